@@ -1,0 +1,3 @@
+from ustack.cli import main
+
+raise SystemExit(main())

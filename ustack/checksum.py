@@ -1,0 +1,43 @@
+"""The Internet checksum, computed by the C core in csrc/ (RFC 1071, RFC 1624).
+
+Every function takes any contiguous buffer (bytes, bytearray, memoryview,
+including slices) and hands it to C without copying, through ffi.from_buffer.
+16-bit values are the numbers as they stand on the wire: pack them with "!H".
+"""
+
+from ustack._checksum import ffi, lib
+
+Buffer = bytes | bytearray | memoryview
+
+_from_buffer = ffi.from_buffer
+
+
+def ones_sum(data: Buffer, initial: int = 0) -> int:
+    """Folded one's-complement sum of data plus `initial`, not complemented."""
+    return lib.us_ones_sum(_from_buffer(data), len(data), initial)
+
+
+def internet_checksum(data: Buffer) -> int:
+    """The checksum to put in a header; a header with a correct one sums to 0."""
+    return lib.us_checksum(_from_buffer(data), len(data))
+
+
+def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
+    """Folded sum of the IPv4 pseudo-header; addresses as integers."""
+    return lib.us_pseudo_sum_v4(src, dst, protocol, length)
+
+
+def transport_checksum(src: int, dst: int, protocol: int, segment: Buffer) -> int:
+    """TCP/UDP checksum over the pseudo-header and segment: 0 means valid
+    (checksum field filled), else the value to write (checksum field zeroed)."""
+    return lib.us_l4_checksum_v4(src, dst, protocol, _from_buffer(segment), len(segment))
+
+
+def update16(checksum: int, old_word: int, new_word: int) -> int:
+    """RFC 1624 incremental update for one changed 16-bit field."""
+    return lib.us_update16(checksum, old_word, new_word)
+
+
+def update32(checksum: int, old_value: int, new_value: int) -> int:
+    """RFC 1624 incremental update for one changed 32-bit field."""
+    return lib.us_update32(checksum, old_value, new_value)
