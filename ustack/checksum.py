@@ -2,6 +2,8 @@
 
 Every function takes any contiguous buffer (bytes, bytearray, memoryview,
 including slices) and hands it to C without copying, through ffi.from_buffer.
+The length passed to C is that of the cdata (the buffer's size in bytes), not
+len(data), which counts items in a memoryview whose itemsize is not 1.
 16-bit values are the numbers as they stand on the wire: pack them with "!H".
 """
 
@@ -14,12 +16,14 @@ _from_buffer = ffi.from_buffer
 
 def ones_sum(data: Buffer, initial: int = 0) -> int:
     """Folded one's-complement sum of data plus `initial`, not complemented."""
-    return lib.us_ones_sum(_from_buffer(data), len(data), initial)
+    buf = _from_buffer(data)
+    return lib.us_ones_sum(buf, len(buf), initial)
 
 
 def internet_checksum(data: Buffer) -> int:
     """The checksum to put in a header; a header with a correct one sums to 0."""
-    return lib.us_checksum(_from_buffer(data), len(data))
+    buf = _from_buffer(data)
+    return lib.us_checksum(buf, len(buf))
 
 
 def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
@@ -30,7 +34,8 @@ def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
 def transport_checksum(src: int, dst: int, protocol: int, segment: Buffer) -> int:
     """TCP/UDP checksum over the pseudo-header and segment: 0 means valid
     (checksum field filled), else the value to write (checksum field zeroed)."""
-    return lib.us_l4_checksum_v4(src, dst, protocol, _from_buffer(segment), len(segment))
+    buf = _from_buffer(segment)
+    return lib.us_l4_checksum_v4(src, dst, protocol, buf, len(buf))
 
 
 def update16(checksum: int, old_word: int, new_word: int) -> int:
