@@ -49,32 +49,48 @@ def best_ns_per_call(func: Callable[[], object]) -> float:
     return min(timer.repeat(repeat=REPEATS, number=number)) / number * 1e9
 
 
-def row(name: str, size: int, c_func: Callable[[], object],
-        py_func: Callable[[], object]) -> str:
+def row(name: str, size: int, c_func: Callable[[], object], py_func: Callable[[], object]) -> str:
     c_ns = best_ns_per_call(c_func)
     py_ns = best_ns_per_call(py_func)
     # bytes per nanosecond is GB/s (10^9 bytes per second).
-    return (f"{name:<20} {size:>7} {c_ns:>12.1f} {size / c_ns:>8.2f}"
-            f" {py_ns:>14.1f} {size / py_ns:>8.4f} {py_ns / c_ns:>9.0f}x")
+    return (
+        f"{name:<20} {size:>7} {c_ns:>12.1f} {size / c_ns:>8.2f}"
+        f" {py_ns:>14.1f} {size / py_ns:>8.4f} {py_ns / c_ns:>9.0f}x"
+    )
 
 
 def main() -> None:
-    print(f"CPU: {cpu_name()} | Python {platform.python_version()}"
-          f" ({platform.python_implementation()}, {sys.platform})")
+    print(
+        f"CPU: {cpu_name()} | Python {platform.python_version()}"
+        f" ({platform.python_implementation()}, {sys.platform})"
+    )
     rng = random.Random(1071)
-    header = (f"{'function':<20} {'bytes':>7} {'C ns/call':>12} {'C GB/s':>8}"
-              f" {'Py ns/call':>14} {'Py GB/s':>8} {'speed-up':>10}")
+    header = (
+        f"{'function':<20} {'bytes':>7} {'C ns/call':>12} {'C GB/s':>8}"
+        f" {'Py ns/call':>14} {'Py GB/s':>8} {'speed-up':>10}"
+    )
     print(header)
     print("-" * len(header))
     for size in SIZES:
         buf = rng.randbytes(size)
-        print(row("internet_checksum", size,
-                  lambda buf=buf: c_impl.internet_checksum(buf),
-                  lambda buf=buf: py_impl.internet_checksum(buf)), flush=True)
+        print(
+            row(
+                "internet_checksum",
+                size,
+                lambda buf=buf: c_impl.internet_checksum(buf),
+                lambda buf=buf: py_impl.internet_checksum(buf),
+            ),
+            flush=True,
+        )
     seg = rng.randbytes(TRANSPORT_SIZE)
-    print(row("transport_checksum", TRANSPORT_SIZE,
-              lambda: c_impl.transport_checksum(SRC, DST, TCP, seg),
-              lambda: py_impl.transport_checksum(SRC, DST, TCP, seg)))
+    print(
+        row(
+            "transport_checksum",
+            TRANSPORT_SIZE,
+            lambda: c_impl.transport_checksum(SRC, DST, TCP, seg),
+            lambda: py_impl.transport_checksum(SRC, DST, TCP, seg),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -135,8 +135,34 @@ def test_single_byte_is_high_order_byte_of_padded_word(value: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "length", [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129,
-               1499, 1500, 65535, 65536, 65537, MAX_LEN - 1, MAX_LEN]
+    "length",
+    [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        7,
+        8,
+        9,
+        15,
+        16,
+        17,
+        63,
+        64,
+        65,
+        127,
+        128,
+        129,
+        1499,
+        1500,
+        65535,
+        65536,
+        65537,
+        MAX_LEN - 1,
+        MAX_LEN,
+    ],
 )
 def test_all_ones_and_all_zeros(length: int) -> None:
     ones = b"\xff" * length
@@ -216,21 +242,22 @@ def test_initial_chains_after_even_length_prefix(head: bytes, tail: bytes) -> No
 
 @SETTINGS
 @given(u32, u32, u8, u16)
-def test_pseudo_header_sum_matches_reference(src: int, dst: int, proto: int,
-                                             length: int) -> None:
+def test_pseudo_header_sum_matches_reference(src: int, dst: int, proto: int, length: int) -> None:
     assert cs.pseudo_header_sum(src, dst, proto, length) == (
         ref.pseudo_header_sum(src, dst, proto, length)
     )
 
 
-segments = buffers(st.one_of(st.integers(0, 200), st.integers(1000, 1600),
-                             st.integers(60_000, 65_535)))
+segments = buffers(
+    st.one_of(st.integers(0, 200), st.integers(1000, 1600), st.integers(60_000, 65_535))
+)
 
 
 @SETTINGS
 @given(u32, u32, u8, segments)
-def test_transport_checksum_matches_reference(src: int, dst: int, proto: int,
-                                              segment: bytes) -> None:
+def test_transport_checksum_matches_reference(
+    src: int, dst: int, proto: int, segment: bytes
+) -> None:
     expected = ref.transport_checksum(src, dst, proto, segment)
     assert cs.transport_checksum(src, dst, proto, segment) == expected
     pseudo = ref.pseudo_header_sum(src, dst, proto, len(segment))
@@ -277,16 +304,20 @@ def headers(draw: st.DrawFn, field_size: int) -> tuple[bytearray, int, int]:
     """A header of even length with a valid checksum filled in, the checksum
     offset, and the offset of a `field_size`-byte field not overlapping it."""
     n_words = draw(st.integers(max(2, field_size // 2 + 1), 30))
-    header = bytearray(draw(st.one_of(
-        st.binary(min_size=2 * n_words, max_size=2 * n_words),
-        buffers(st.just(2 * n_words)),
-    )))
+    header = bytearray(
+        draw(
+            st.one_of(
+                st.binary(min_size=2 * n_words, max_size=2 * n_words),
+                buffers(st.just(2 * n_words)),
+            )
+        )
+    )
     field_words = field_size // 2
     first = draw(st.integers(0, n_words - field_words))
     field = 2 * first
-    ck = 2 * draw(st.sampled_from(
-        [i for i in range(n_words) if not first <= i < first + field_words]
-    ))
+    ck = 2 * draw(
+        st.sampled_from([i for i in range(n_words) if not first <= i < first + field_words])
+    )
     header[ck : ck + 2] = b"\x00\x00"
     struct.pack_into("!H", header, ck, ref.internet_checksum(header))
     assert cs.internet_checksum(header) == 0
@@ -383,7 +414,7 @@ def test_update16_corner_cases() -> None:
     assert cs.update16(0xFFFF, 0x0000, 0x1234) == 0xEDCB
     # The TTL decrement of the IPv4 header above (ttl/proto word 0x4011 -> 0x3f11).
     assert cs.update16(0xB861, 0x4011, 0x3F11) == ref.internet_checksum(
-        bytes.fromhex("4500007300004000" "3f110000c0a80001c0a800c7")
+        bytes.fromhex("45000073000040003f110000c0a80001c0a800c7")
     )
 
 
@@ -400,16 +431,15 @@ def test_update32_address_rewrite() -> None:
 
 @SETTINGS
 @given(u32, u32, u32, segments)
-def test_update32_pseudo_header_address_rewrite(src: int, dst: int, new_src: int,
-                                                body: bytes) -> None:
+def test_update32_pseudo_header_address_rewrite(
+    src: int, dst: int, new_src: int, body: bytes
+) -> None:
     # NAT: the source address is in the TCP pseudo-header, so the TCP checksum
     # follows an address rewrite through update32 alone.
     segment = bytearray(body.ljust(20, b"\x00"))
     segment[16:18] = b"\x00\x00"
     old_ck = cs.transport_checksum(src, dst, TCP, segment)
-    assert cs.update32(old_ck, src, new_src) == ref.transport_checksum(
-        new_src, dst, TCP, segment
-    )
+    assert cs.update32(old_ck, src, new_src) == ref.transport_checksum(new_src, dst, TCP, segment)
 
 
 # --- No copies ---------------------------------------------------------------------------

@@ -1,0 +1,23 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# tests/harness.py is shared by the interop tests and the benchmarks.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """netns tests need root. Off CI they are skipped for a non-root user; on CI
+    (CI=true) a missing privilege is a failure, never a silent skip."""
+    interop = Path(__file__).resolve().parent / "interop"
+    for item in items:
+        if interop in Path(item.path).parents:
+            item.add_marker(pytest.mark.netns)
+    if os.geteuid() == 0 or os.environ.get("CI"):
+        return
+    skip = pytest.mark.skip(reason="needs root for network namespaces")
+    for item in items:
+        if "netns" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,900 @@
+"""ustack.headers: round trips, fast parse == construct parse, scapy as an oracle,
+and malformed input mapped to the right MalformedPacket reason."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from construct import BitsInteger, BitStruct, Bytes, Container, Flag, Int16ub, Struct, VarInt
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from ustack import headers as h
+from ustack.checksum import internet_checksum, transport_checksum
+from ustack.errors import MalformedPacket
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    logging.getLogger("scapy").setLevel(logging.ERROR)
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, TCPOptions
+    from scapy.packet import Raw
+
+settings.register_profile(
+    "headers", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("headers")
+
+u8 = st.integers(0, 0xFF)
+u16 = st.integers(0, 0xFFFF)
+u32 = st.integers(0, 0xFFFFFFFF)
+
+SCAPY_KNOWN_OPTION_KINDS = set(TCPOptions[0])
+# Kinds neither we nor scapy interpret, so both keep them as raw (kind, data).
+UNKNOWN_KINDS = st.integers(9, 254).filter(lambda kind: kind not in SCAPY_KNOWN_OPTION_KINDS)
+
+LINUX_SYN_OPTIONS = h.TcpOptions(mss=1460, sack_permitted=True, timestamps=(1, 2), window_scale=7)
+
+
+# --- Helpers: the construct parse, turned into the fast API's shapes ---------------------
+
+
+def flatten(container: Container) -> dict[str, Any]:
+    """Merge the BitStruct groups into one level, as the fast NamedTuples have it."""
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, Container) and key != "rest":  # ICMP's rest stays nested
+            flat.update(flatten(value))
+        else:
+            flat[key] = value
+    return flat
+
+
+def options_from_construct(options: list[Container]) -> h.TcpOptions:
+    """Independent reading of the construct option list; a repeated option: last wins."""
+    result = h.TcpOptions()
+    unknown = []
+    for option in options:
+        kind, body = option.kind, option.body
+        if kind == h.OPT_MSS:
+            result.mss = body.mss
+        elif kind == h.OPT_WINDOW_SCALE:
+            result.window_scale = body.shift
+        elif kind == h.OPT_SACK_PERMITTED:
+            result.sack_permitted = True
+        elif kind == h.OPT_SACK:
+            result.sack_blocks = tuple((block.left, block.right) for block in body.blocks)
+        elif kind == h.OPT_TIMESTAMPS:
+            result.timestamps = (body.tsval, body.tsecr)
+        elif kind not in (h.OPT_EOL, h.OPT_NOP):
+            unknown.append((kind, body.data))
+    result.unknown = tuple(unknown)
+    return result
+
+
+def ipv4_via_construct(data: bytes) -> h.IPv4Header:
+    flat = flatten(h.construct_parse(h.IPV4_HEADER, data))
+    return h.IPv4Header(**{name: flat[name] for name in h.IPv4Header._fields})
+
+
+def tcp_via_construct(data: bytes) -> h.TcpHeader:
+    flat = flatten(h.construct_parse(h.TCP_HEADER, data))
+    flat["options"] = options_from_construct(flat["options"])
+    return h.TcpHeader(**{name: flat[name] for name in h.TcpHeader._fields})
+
+
+def udp_via_construct(data: bytes) -> h.UdpHeader:
+    return h.UdpHeader(**flatten(h.construct_parse(h.UDP_HEADER, data)))
+
+
+def icmp_via_construct(data: bytes) -> h.IcmpHeader:
+    parsed = h.construct_parse(h.ICMP_HEADER, data)
+    if parsed.type in (h.ECHO_REQUEST, h.ECHO_REPLY):
+        rest = parsed.rest.identifier << 16 | parsed.rest.sequence
+    elif parsed.type == h.DEST_UNREACH:
+        rest = parsed.rest.unused << 16 | parsed.rest.next_hop_mtu
+    else:
+        rest = int.from_bytes(parsed.rest, "big")
+    return h.IcmpHeader(parsed.type, parsed.code, parsed.checksum, rest)
+
+
+def outcome(parse: Callable[[bytes], Any], data: bytes) -> tuple[str, Any]:
+    """("ok", fields) or ("error", reason); anything but MalformedPacket propagates."""
+    try:
+        return "ok", parse(data)
+    except MalformedPacket as error:
+        return "error", error.reason
+
+
+def encoded_options_length(options: h.TcpOptions) -> int:
+    """The option bytes Linux would write, counted independently of the builder."""
+    length = 4 if options.mss is not None else 0
+    if options.timestamps is not None:
+        length += 12  # SACK-permitted (or NOP NOP) + timestamps
+    elif options.sack_permitted:
+        length += 4
+    length += 4 if options.window_scale is not None else 0
+    length += 4 + 8 * len(options.sack_blocks) if options.sack_blocks else 0
+    length += sum(2 + len(data) for _, data in options.unknown)
+    return length + -length % 4
+
+
+def ip_int(address: str) -> int:
+    return int(ipaddress.IPv4Address(address))
+
+
+def ip_str(address: int) -> str:
+    return str(ipaddress.IPv4Address(address))
+
+
+# --- Strategies ----------------------------------------------------------------------
+
+
+@st.composite
+def tcp_options(draw: st.DrawFn, unknown_kinds: st.SearchStrategy[int] = UNKNOWN_KINDS):
+    options = h.TcpOptions(
+        mss=draw(st.none() | u16),
+        window_scale=draw(st.none() | u8),
+        sack_permitted=draw(st.booleans()),
+        sack_blocks=tuple(draw(st.lists(st.tuples(u32, u32), max_size=4))),
+        timestamps=draw(st.none() | st.tuples(u32, u32)),
+        unknown=tuple(draw(st.lists(st.tuples(unknown_kinds, st.binary(max_size=8)), max_size=3))),
+    )
+    assume(encoded_options_length(options) <= 40)
+    return options
+
+
+ipv4_fields = st.fixed_dictionaries(
+    {
+        "src": u32,
+        "dst": u32,
+        "protocol": u8,
+        "payload_length": st.integers(0, 0xFFFF - 60),
+        "ttl": u8,
+        "identification": u16,
+        "dont_fragment": st.booleans(),
+        "dscp": st.integers(0, 63),
+        "ecn": st.integers(0, 3),
+        "options": st.binary(max_size=40),
+    }
+)
+
+tcp_fields = st.fixed_dictionaries(
+    {
+        "src": u32,
+        "dst": u32,
+        "src_port": u16,
+        "dst_port": u16,
+        "seq": u32,
+        "ack": u32,
+        "flags": u8,
+        "window": u16,
+        "urgent": u16,
+        "options": st.none() | tcp_options(),
+        "payload": st.binary(max_size=64),
+    }
+)
+
+icmp_fields = st.fixed_dictionaries(
+    {"type": u8, "code": u8, "rest": u32, "payload": st.binary(max_size=64)}
+)
+
+
+@st.composite
+def option_area(draw: st.DrawFn) -> bytes:
+    """Option bytes that are mostly well formed, with the odd bad length or EOL."""
+    chunks = draw(
+        st.lists(
+            st.one_of(
+                st.just(b"\x01"),
+                st.just(b"\x00"),
+                st.builds(lambda mss: struct.pack("!BBH", 2, 4, mss), u16),
+                st.builds(lambda shift: bytes([3, 3, shift]), u8),
+                st.just(b"\x04\x02"),
+                st.builds(lambda a, b: struct.pack("!BBII", 8, 10, a, b), u32, u32),
+                st.builds(
+                    lambda blocks: (
+                        bytes([5, 2 + 8 * len(blocks)])
+                        + b"".join(struct.pack("!II", *block) for block in blocks)
+                    ),
+                    st.lists(st.tuples(u32, u32), min_size=1, max_size=4),
+                ),
+                st.builds(
+                    lambda kind, data: bytes([kind, 2 + len(data)]) + data,
+                    st.integers(9, 255),
+                    st.binary(max_size=6),
+                ),
+                # malformed: any kind with any length byte, then a few bytes
+                st.builds(
+                    lambda kind, length, tail: bytes([kind, length]) + tail,
+                    st.integers(0, 12),
+                    u8,
+                    st.binary(max_size=4),
+                ),
+                st.binary(min_size=1, max_size=3),
+            ),
+            max_size=8,
+        )
+    )
+    area = b"".join(chunks)[:40]
+    return area + bytes(-len(area) % 4)
+
+
+@st.composite
+def tcp_like_bytes(draw: st.DrawFn) -> bytes:
+    """A TCP header whose data offset may or may not match the bytes that follow."""
+    fixed = bytearray(draw(st.binary(min_size=20, max_size=20)))
+    area = draw(option_area())
+    data_offset = draw(st.sampled_from([5 + len(area) // 4, *range(16)]))
+    fixed[12] = data_offset << 4 | fixed[12] & 0x0F
+    segment = bytes(fixed) + area + draw(st.binary(max_size=8))
+    return segment[: draw(st.integers(0, len(segment)))] if draw(st.booleans()) else segment
+
+
+@st.composite
+def ipv4_like_bytes(draw: st.DrawFn) -> bytes:
+    first = draw(st.sampled_from([0x45, 0x46, 0x4F, 0x44, 0x40, 0x65, 0x05]) | u8)
+    rest = draw(st.binary(max_size=70))
+    packet = bytes([first]) + rest
+    return packet[: draw(st.integers(0, len(packet)))]
+
+
+# --- Known answers ---------------------------------------------------------------------
+
+
+def test_ipv4_known_header():
+    # The classic example header (192.168.0.1 -> 192.168.0.199, UDP, checksum 0xb861).
+    expected = bytes.fromhex("450000730000400040 11b861c0a80001c0a800c7".replace(" ", ""))
+    built = h.build_ipv4(
+        src=ip_int("192.168.0.1"),
+        dst=ip_int("192.168.0.199"),
+        protocol=h.PROTO_UDP,
+        payload_length=0x73 - 20,
+    )
+    assert built == expected
+    header = h.parse_ipv4(expected)
+    assert header.checksum == 0xB861
+    assert header.total_length == 0x73
+    assert header.dont_fragment is True and header.more_fragments is False
+    assert header.header_length == 20
+
+
+def test_tcp_syn_options_in_linux_order():
+    segment = h.build_tcp(
+        src=1,
+        dst=2,
+        src_port=40000,
+        dst_port=80,
+        seq=7,
+        ack=0,
+        flags=h.SYN,
+        window=64240,
+        options=h.TcpOptions(
+            mss=1460, sack_permitted=True, timestamps=(0x11223344, 0), window_scale=7
+        ),
+    )
+    assert segment[20:] == bytes.fromhex(
+        "020405b4 0402080a 11223344 00000000 01030307".replace(" ", "")
+    )
+    assert segment[12] >> 4 == 10
+    assert transport_checksum(1, 2, h.PROTO_TCP, segment) == 0
+
+
+def test_tcp_options_alignment_without_sack_permitted():
+    segment = h.build_tcp(
+        src=1,
+        dst=2,
+        src_port=1,
+        dst_port=2,
+        seq=0,
+        ack=0,
+        flags=h.ACK,
+        window=1,
+        options=h.TcpOptions(timestamps=(5, 6), sack_blocks=((10, 20),)),
+    )
+    assert segment[20:] == bytes.fromhex(
+        "0101080a 00000005 00000006 0101050a 0000000a 00000014".replace(" ", "")
+    )
+
+
+def test_flag_and_protocol_constants():
+    assert (h.FIN, h.SYN, h.RST, h.PSH, h.ACK, h.URG, h.ECE, h.CWR) == (
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        64,
+        128,
+    )
+    assert (h.PROTO_ICMP, h.PROTO_TCP, h.PROTO_UDP) == (1, 6, 17)
+    assert (h.ECHO_REPLY, h.DEST_UNREACH, h.ECHO_REQUEST, h.TIME_EXCEEDED) == (0, 3, 8, 11)
+    assert (h.PORT_UNREACH, h.FRAG_NEEDED) == (3, 4)
+
+
+def test_derived_layouts_have_the_rfc_sizes():
+    assert h.IPV4_MIN_HEADER_LENGTH == 20
+    assert h.TCP_MIN_HEADER_LENGTH == 20
+    assert h.UDP_HEADER_LENGTH == 8
+    assert h.ICMP_HEADER_LENGTH == 8
+    assert h._IPV4_LAYOUT.offset_of("checksum") == 10
+    assert h._TCP_LAYOUT.offset_of("checksum") == 16
+
+
+def test_deriver_matches_construct_on_a_toy_struct():
+    toy = Struct(
+        "a" / Int16ub,
+        "group" / BitStruct("x" / BitsInteger(3), "y" / Flag, "z" / BitsInteger(12)),
+        "tail" / Bytes(3),
+    )
+    layout = h._flat_struct(toy)
+    unpack = h._compile_unpacker(layout, ["a", "x", "y", "z", "tail"])
+    for data in (bytes(7), b"\xff" * 7, bytes(range(1, 8)), b"\x12\x34\xa5\x5a\x01\x02\x03"):
+        parsed = flatten(toy.parse(data))
+        assert unpack(data) == (parsed["a"], parsed["x"], parsed["y"], parsed["z"], parsed["tail"])
+        buffer = bytearray(7)
+        h._compile_packer(layout)(buffer, 0, **parsed)
+        assert bytes(buffer) == data
+
+
+def test_deriver_refuses_what_it_cannot_flatten():
+    with pytest.raises(TypeError, match="cannot derive"):
+        h._flat_struct(Struct("a" / Int16ub, "n" / VarInt))
+    with pytest.raises(TypeError, match="no field"):
+        h._compile_unpacker(h._flat_struct(Struct("a" / Int16ub)), ["a", "b"])
+
+
+# --- Round trips ---------------------------------------------------------------------
+
+
+@given(ipv4_fields)
+def test_ipv4_round_trip(fields):
+    header_bytes = h.build_ipv4(**fields)
+    padded_options = fields["options"] + bytes(-len(fields["options"]) % 4)
+    assert len(header_bytes) == 20 + len(padded_options)
+    assert internet_checksum(header_bytes) == 0
+    header = h.parse_ipv4(header_bytes + bytes(fields["payload_length"] % 50))
+    assert header.version == 4
+    assert header.header_length == len(header_bytes)
+    assert header.total_length == len(header_bytes) + fields["payload_length"]
+    assert (header.src, header.dst, header.protocol) == (
+        fields["src"],
+        fields["dst"],
+        fields["protocol"],
+    )
+    assert (header.ttl, header.identification, header.dont_fragment) == (
+        fields["ttl"],
+        fields["identification"],
+        fields["dont_fragment"],
+    )
+    assert (header.dscp, header.ecn) == (fields["dscp"], fields["ecn"])
+    assert header.more_fragments is False and header.fragment_offset == 0
+    assert header.options == padded_options
+    assert header == ipv4_via_construct(header_bytes)
+    # construct builds back exactly the bytes it parsed
+    parsed = h.construct_parse(h.IPV4_HEADER, header_bytes)
+    assert h.construct_build(h.IPV4_HEADER, parsed) == header_bytes
+
+
+@given(tcp_fields)
+def test_tcp_round_trip(fields):
+    segment = h.build_tcp(**fields)
+    assert transport_checksum(fields["src"], fields["dst"], h.PROTO_TCP, segment) == 0
+    header = h.parse_tcp(segment)
+    options = fields["options"] or h.TcpOptions()
+    assert header.header_length == 20 + encoded_options_length(options)
+    assert segment[header.header_length :] == fields["payload"]
+    for name in ("src_port", "dst_port", "seq", "ack", "flags", "window", "urgent"):
+        assert getattr(header, name) == fields[name], name
+    assert header.options == options
+    assert header == tcp_via_construct(segment)
+    parsed = h.construct_parse(h.TCP_HEADER, segment)
+    assert h.construct_build(h.TCP_HEADER, parsed) == segment[: header.header_length]
+
+
+@given(st.tuples(u16, u16, u16, u16), st.binary(max_size=16))
+def test_udp_round_trip(values, payload):
+    src_port, dst_port, length, checksum = values
+    fields = {"src_port": src_port, "dst_port": dst_port, "length": length, "checksum": checksum}
+    datagram = h.construct_build(h.UDP_HEADER, fields) + payload
+    assert datagram[:8] == struct.pack("!HHHH", src_port, dst_port, length, checksum)
+    assert h.parse_udp(datagram) == h.UdpHeader(src_port, dst_port, length, checksum)
+    assert h.parse_udp(datagram) == udp_via_construct(datagram)
+
+
+@given(icmp_fields)
+def test_icmp_round_trip(fields):
+    message = h.build_icmp(**fields)
+    assert internet_checksum(message) == 0
+    header = h.parse_icmp(message)
+    assert (header.type, header.code, header.rest) == (
+        fields["type"],
+        fields["code"],
+        fields["rest"],
+    )
+    assert message[8:] == fields["payload"]
+    assert header == icmp_via_construct(message)
+    parsed = h.construct_parse(h.ICMP_HEADER, message)
+    assert h.construct_build(h.ICMP_HEADER, parsed) == message[:8]
+
+
+def test_icmp_construct_names_the_echo_and_unreachable_fields():
+    echo = h.construct_parse(
+        h.ICMP_HEADER, h.build_icmp(type=h.ECHO_REQUEST, code=0, rest=0x00070009)
+    )
+    assert (echo.rest.identifier, echo.rest.sequence) == (7, 9)
+    unreachable = h.construct_parse(
+        h.ICMP_HEADER, h.build_icmp(type=h.DEST_UNREACH, code=h.FRAG_NEEDED, rest=1400)
+    )
+    assert (unreachable.rest.unused, unreachable.rest.next_hop_mtu) == (0, 1400)
+    other = h.construct_parse(h.ICMP_HEADER, h.build_icmp(type=h.TIME_EXCEEDED, code=0, rest=1))
+    assert other.rest == b"\x00\x00\x00\x01"
+
+
+def test_parsers_accept_memoryview_slices():
+    ip = h.build_ipv4(src=1, dst=2, protocol=h.PROTO_TCP, payload_length=0, options=b"\x01" * 4)
+    tcp = h.build_tcp(
+        src=1,
+        dst=2,
+        src_port=1,
+        dst_port=2,
+        seq=3,
+        ack=4,
+        flags=h.SYN,
+        window=5,
+        options=LINUX_SYN_OPTIONS,
+        payload=b"data",
+    )
+    view = memoryview(b"junk" + ip + tcp)
+    header = h.parse_ipv4(view[4:])
+    assert header == h.parse_ipv4(ip)
+    assert isinstance(header.options, bytes)
+    assert h.parse_tcp(view[4 + header.header_length :]) == h.parse_tcp(tcp)
+    assert h.parse_udp(view[4:12]) == h.parse_udp(ip[:8])
+    assert h.parse_icmp(bytearray(ip[:8])) == h.parse_icmp(ip[:8])
+
+
+def test_build_rejects_options_that_do_not_fit():
+    with pytest.raises(ValueError, match="at most 40"):
+        h.build_ipv4(src=1, dst=2, protocol=6, payload_length=0, options=bytes(41))
+    with pytest.raises(ValueError, match="at most 40"):
+        h.build_tcp(
+            src=1,
+            dst=2,
+            src_port=1,
+            dst_port=2,
+            seq=0,
+            ack=0,
+            flags=0,
+            window=0,
+            options=h.TcpOptions(unknown=((99, bytes(40)),)),
+        )
+    with pytest.raises(ValueError, match="not unknown"):
+        h.build_tcp(
+            src=1,
+            dst=2,
+            src_port=1,
+            dst_port=2,
+            seq=0,
+            ack=0,
+            flags=0,
+            window=0,
+            options=h.TcpOptions(unknown=((h.OPT_MSS, b"\x05\xb4"),)),
+        )
+
+
+# --- Fast parse == construct parse on any bytes ----------------------------------------
+
+
+@given(tcp_like_bytes())
+@settings(max_examples=400)
+def test_fast_tcp_parse_agrees_with_construct(segment):
+    assert outcome(h.parse_tcp, segment) == outcome(tcp_via_construct, segment)
+
+
+@given(ipv4_like_bytes())
+@settings(max_examples=300)
+def test_fast_ipv4_parse_agrees_with_construct(packet):
+    assert outcome(h.parse_ipv4, packet) == outcome(ipv4_via_construct, packet)
+
+
+@given(st.binary(max_size=12))
+def test_fast_udp_and_icmp_parse_agree_with_construct(data):
+    assert outcome(h.parse_udp, data) == outcome(udp_via_construct, data)
+    assert outcome(h.parse_icmp, data) == outcome(icmp_via_construct, data)
+
+
+def test_options_after_eol_are_padding():
+    area = struct.pack("!BBH", 2, 4, 1460) + b"\x00" + b"\x08\x0a" + bytes(1)
+    segment = struct.pack("!HHIIBBHHH", 1, 2, 3, 4, 7 << 4, 0, 0, 0, 0) + area
+    assert h.parse_tcp(segment).options == h.TcpOptions(mss=1460)
+    assert tcp_via_construct(segment).options == h.TcpOptions(mss=1460)
+
+
+def test_unknown_option_kept_raw_and_repeated_option_last_wins():
+    area = bytes([2, 4, 0, 1, 200, 5, 1, 2, 3, 2, 4, 0, 2, 1, 1, 1])
+    segment = struct.pack("!HHIIBBHHH", 1, 2, 3, 4, 9 << 4, 0, 0, 0, 0) + area
+    expected = h.TcpOptions(mss=2, unknown=((200, b"\x01\x02\x03"),))
+    assert h.parse_tcp(segment).options == expected
+    assert tcp_via_construct(segment).options == expected
+
+
+# --- scapy as an independent oracle ----------------------------------------------------
+
+
+def scapy_tcp_options(options: h.TcpOptions) -> list[tuple[Any, Any]]:
+    scapy_options: list[tuple[Any, Any]] = []
+    if options.mss is not None:
+        scapy_options.append(("MSS", options.mss))
+    if options.sack_permitted:
+        scapy_options.append(("SAckOK", b""))
+    if options.timestamps is not None:
+        scapy_options.append(("Timestamp", options.timestamps))
+    if options.window_scale is not None:
+        scapy_options.append(("WScale", options.window_scale))
+    if options.sack_blocks:
+        scapy_options.append(("SAck", tuple(v for block in options.sack_blocks for v in block)))
+    scapy_options.extend(options.unknown)
+    return scapy_options
+
+
+def options_from_scapy(scapy_options: list[tuple[Any, Any]]) -> h.TcpOptions:
+    result = h.TcpOptions()
+    unknown = []
+    for name, value in scapy_options:
+        if name == "EOL":
+            break
+        if name == "MSS":
+            result.mss = value
+        elif name == "WScale":
+            result.window_scale = value
+        elif name == "SAckOK":
+            result.sack_permitted = True
+        elif name == "Timestamp":
+            result.timestamps = tuple(value)
+        elif name == "SAck":
+            result.sack_blocks = tuple(zip(value[::2], value[1::2], strict=True))
+        elif name != "NOP":
+            unknown.append((name, value))
+    result.unknown = tuple(unknown)
+    return result
+
+
+ip_options_strategy = (
+    st.lists(st.sampled_from([b"\x01", b"\x94\x04\x00\x00"]), max_size=10)
+    .map(b"".join)
+    .filter(lambda options: len(options) <= 40)
+)
+
+
+@given(ipv4_fields, ip_options_strategy)
+def test_ipv4_against_scapy(fields, ip_options):
+    fields["options"] = ip_options
+    ours = h.build_ipv4(**fields)
+    theirs = IP(ours)
+    header = h.parse_ipv4(ours)
+    assert theirs.version == header.version == 4
+    assert theirs.ihl == header.ihl
+    assert theirs.tos == header.dscp << 2 | header.ecn
+    assert theirs.len == header.total_length
+    assert theirs.id == header.identification
+    assert int(theirs.flags) == header.dont_fragment << 1 | header.more_fragments
+    assert theirs.frag == header.fragment_offset
+    assert (theirs.ttl, theirs.proto) == (header.ttl, header.protocol)
+    assert (theirs.src, theirs.dst) == (ip_str(header.src), ip_str(header.dst))
+    assert b"".join(bytes(option) for option in theirs.options) == header.options
+    # scapy recomputes the checksum from scratch and gets ours
+    del theirs.chksum
+    assert IP(bytes(theirs)).chksum == header.checksum
+
+
+@given(ipv4_fields)
+def test_scapy_built_ipv4_parses(fields):
+    flags = "DF" if fields["dont_fragment"] else 0
+    packet = bytes(
+        IP(
+            src=ip_str(fields["src"]),
+            dst=ip_str(fields["dst"]),
+            proto=fields["protocol"],
+            ttl=fields["ttl"],
+            id=fields["identification"],
+            flags=flags,
+            tos=fields["dscp"] << 2 | fields["ecn"],
+        )
+        / Raw(b"x" * 8)
+    )
+    header = h.parse_ipv4(packet)
+    theirs = IP(packet)
+    assert header == h.IPv4Header(
+        version=4,
+        ihl=5,
+        dscp=fields["dscp"],
+        ecn=fields["ecn"],
+        total_length=28,
+        identification=fields["identification"],
+        dont_fragment=fields["dont_fragment"],
+        more_fragments=False,
+        fragment_offset=0,
+        ttl=fields["ttl"],
+        protocol=fields["protocol"],
+        checksum=theirs.chksum,
+        src=fields["src"],
+        dst=fields["dst"],
+        options=b"",
+    )
+    assert internet_checksum(packet[:20]) == 0
+
+
+@given(tcp_fields)
+def test_tcp_against_scapy(fields):
+    segment = h.build_tcp(**fields)
+    header = h.parse_tcp(segment)
+    packet = IP(
+        h.build_ipv4(
+            src=fields["src"], dst=fields["dst"], protocol=h.PROTO_TCP, payload_length=len(segment)
+        )
+        + segment
+    )
+    theirs = packet[TCP]
+    assert (theirs.sport, theirs.dport) == (header.src_port, header.dst_port)
+    assert (theirs.seq, theirs.ack) == (header.seq, header.ack)
+    assert theirs.dataofs == header.data_offset
+    assert theirs.reserved == 0
+    assert int(theirs.flags) == header.flags
+    assert (theirs.window, theirs.urgptr) == (header.window, header.urgent)
+    assert options_from_scapy(theirs.options) == header.options
+    assert bytes(theirs.payload) == fields["payload"]
+    # scapy recomputes the checksum over its own pseudo-header and gets ours
+    del packet[TCP].chksum
+    assert IP(bytes(packet))[TCP].chksum == header.checksum
+
+
+@given(tcp_fields)
+def test_scapy_built_tcp_parses(fields):
+    options = fields["options"] or h.TcpOptions()
+    packet = bytes(
+        IP(src=ip_str(fields["src"]), dst=ip_str(fields["dst"]))
+        / TCP(
+            sport=fields["src_port"],
+            dport=fields["dst_port"],
+            seq=fields["seq"],
+            ack=fields["ack"],
+            flags=fields["flags"],
+            window=fields["window"],
+            urgptr=fields["urgent"],
+            options=scapy_tcp_options(options),
+        )
+        / Raw(fields["payload"])
+    )
+    segment = packet[20:]
+    header = h.parse_tcp(segment)
+    assert (header.src_port, header.dst_port) == (fields["src_port"], fields["dst_port"])
+    assert (header.seq, header.ack) == (fields["seq"], fields["ack"])
+    assert (header.flags, header.window, header.urgent) == (
+        fields["flags"],
+        fields["window"],
+        fields["urgent"],
+    )
+    assert header.options == options
+    assert header.checksum == IP(packet)[TCP].chksum
+    assert transport_checksum(fields["src"], fields["dst"], h.PROTO_TCP, segment) == 0
+    assert header == tcp_via_construct(segment)
+
+
+@given(u16, u16, st.binary(max_size=32), u32, u32)
+def test_udp_against_scapy(src_port, dst_port, payload, src, dst):
+    packet = bytes(
+        IP(src=ip_str(src), dst=ip_str(dst)) / UDP(sport=src_port, dport=dst_port) / Raw(payload)
+    )
+    header = h.parse_udp(packet[20:])
+    theirs = IP(packet)[UDP]
+    assert header == h.UdpHeader(src_port, dst_port, 8 + len(payload), theirs.chksum)
+    assert transport_checksum(src, dst, h.PROTO_UDP, packet[20:]) == 0
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from([0, 3, 8, 11]),
+            "code": u8,
+            "rest": u32,
+            "payload": st.binary(max_size=64),
+        }
+    )
+)
+def test_icmp_against_scapy(fields):
+    message = h.build_icmp(**fields)
+    theirs = ICMP(message)
+    header = h.parse_icmp(message)
+    assert (theirs.type, theirs.code) == (header.type, header.code)
+    if header.type in (h.ECHO_REQUEST, h.ECHO_REPLY):
+        assert theirs.id << 16 | theirs.seq == header.rest
+    elif header.type == h.DEST_UNREACH:  # reserved(8) length(8) next-hop MTU(16)
+        assert theirs.reserved << 24 | theirs.length << 16 | theirs.nexthopmtu == header.rest
+    else:  # time exceeded: reserved(8) length(8) unused(16)
+        assert theirs.reserved << 24 | theirs.length << 16 | theirs.unused == header.rest
+    del theirs.chksum
+    assert ICMP(bytes(theirs)).chksum == header.checksum
+
+
+@given(u16, u16, st.binary(max_size=32))
+def test_scapy_built_icmp_echo_parses(identifier, sequence, payload):
+    message = bytes(ICMP(type="echo-request", id=identifier, seq=sequence) / Raw(payload))
+    header = h.parse_icmp(message)
+    assert header == h.IcmpHeader(
+        h.ECHO_REQUEST, 0, ICMP(message).chksum, identifier << 16 | sequence
+    )
+    assert internet_checksum(message) == 0
+
+
+# --- Malformed input ---------------------------------------------------------------------
+
+IPV4_WITH_OPTIONS = h.build_ipv4(src=1, dst=2, protocol=6, payload_length=0, options=bytes(8))
+TCP_SYN = h.build_tcp(
+    src=1,
+    dst=2,
+    src_port=1,
+    dst_port=2,
+    seq=0,
+    ack=0,
+    flags=h.SYN,
+    window=1,
+    options=LINUX_SYN_OPTIONS,
+)
+UDP_DATAGRAM = struct.pack("!HHHH", 1, 2, 8, 0)
+ICMP_ECHO = h.build_icmp(type=h.ECHO_REQUEST, code=0, rest=1)
+
+
+def both_parsers_reject(
+    fast: Callable[[bytes], Any], slow: Callable[[bytes], Any], data: bytes, reason: str
+) -> None:
+    for parse in (fast, slow):
+        with pytest.raises(MalformedPacket) as caught:
+            parse(data)
+        assert caught.value.reason == reason, (parse, data.hex())
+        assert str(caught.value).startswith(reason + ": ")
+        # nothing of construct (or struct) rides along
+        assert caught.value.__context__ is None and caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize("length", range(len(IPV4_WITH_OPTIONS)))
+def test_truncated_ipv4(length):
+    both_parsers_reject(
+        h.parse_ipv4, ipv4_via_construct, IPV4_WITH_OPTIONS[:length], "ipv4-truncated"
+    )
+
+
+@pytest.mark.parametrize("length", range(len(TCP_SYN)))
+def test_truncated_tcp(length):
+    # Fewer than 20 bytes is truncation; a data offset past the end is a bad offset.
+    reason = "tcp-truncated" if length < 20 else "tcp-bad-offset"
+    both_parsers_reject(h.parse_tcp, tcp_via_construct, TCP_SYN[:length], reason)
+
+
+@pytest.mark.parametrize("length", range(8))
+def test_truncated_udp_and_icmp(length):
+    both_parsers_reject(h.parse_udp, udp_via_construct, UDP_DATAGRAM[:length], "udp-truncated")
+    both_parsers_reject(h.parse_icmp, icmp_via_construct, ICMP_ECHO[:length], "icmp-truncated")
+
+
+@pytest.mark.parametrize("version", [0, 1, 5, 6, 15])
+def test_ipv4_bad_version(version):
+    packet = bytes([version << 4 | 5]) + IPV4_WITH_OPTIONS[1:]
+    both_parsers_reject(h.parse_ipv4, ipv4_via_construct, packet, "ipv4-bad-version")
+    both_parsers_reject(h.parse_ipv4, ipv4_via_construct, packet[:1], "ipv4-bad-version")
+
+
+@pytest.mark.parametrize("ihl", range(5))
+def test_ipv4_ihl_below_five(ihl):
+    packet = bytes([0x40 | ihl]) + IPV4_WITH_OPTIONS[1:]
+    both_parsers_reject(h.parse_ipv4, ipv4_via_construct, packet, "ipv4-bad-ihl")
+
+
+@pytest.mark.parametrize("data_offset", [0, 1, 4, 11, 15])
+def test_tcp_bad_data_offset(data_offset):
+    segment = TCP_SYN[:12] + bytes([data_offset << 4]) + TCP_SYN[13:]  # 40 bytes long
+    both_parsers_reject(h.parse_tcp, tcp_via_construct, segment, "tcp-bad-offset")
+
+
+def tcp_with_option_area(area: bytes) -> bytes:
+    area += bytes(-len(area) % 4)
+    data_offset = 5 + len(area) // 4
+    return struct.pack("!HHIIBBHHH", 1, 2, 3, 4, data_offset << 4, h.SYN, 5, 0, 0) + area
+
+
+@pytest.mark.parametrize(
+    "area",
+    [
+        pytest.param(b"\x02\x00\x05\xb4", id="length-0"),
+        pytest.param(b"\x1e\x01\x00\x00", id="length-1-unknown"),
+        pytest.param(b"\x08\x01\x00\x00", id="length-1-known"),
+        pytest.param(b"\x01\x01\x01\x1e", id="no-length-byte"),
+        pytest.param(b"\x1e\x08\x00\x00", id="unknown-past-end"),
+        pytest.param(b"\x01\x01\x1e\x03", id="unknown-one-byte-past-end"),
+        pytest.param(b"\x01\x02\x04\x05", id="mss-one-byte-past-end"),
+        pytest.param(b"\x08\x0a\x00\x00\x00\x00\x00\x00", id="timestamps-past-end"),
+        pytest.param(b"\x02\x03\x05\x01", id="mss-length-3"),
+        pytest.param(b"\x02\x05\x05\xb4\x00\x00\x00\x00", id="mss-length-5"),
+        pytest.param(b"\x03\x04\x07\x00", id="window-scale-length-4"),
+        pytest.param(b"\x04\x03\x00\x00", id="sack-permitted-length-3"),
+        pytest.param(b"\x08\x08" + bytes(6), id="timestamps-length-8"),
+        pytest.param(b"\x05\x02\x00\x00", id="sack-no-blocks"),
+        pytest.param(b"\x05\x0b" + bytes(10), id="sack-length-11"),
+    ],
+)
+def test_tcp_bad_option(area):
+    both_parsers_reject(
+        h.parse_tcp, tcp_via_construct, tcp_with_option_area(area), "tcp-bad-option"
+    )
+
+
+def test_construct_build_errors_are_malformed_packet():
+    fields = flatten(h.construct_parse(h.IPV4_HEADER, IPV4_WITH_OPTIONS))
+    bad_version = h.construct_parse(h.IPV4_HEADER, IPV4_WITH_OPTIONS)
+    bad_version.version_ihl.version = 6
+    with pytest.raises(MalformedPacket) as caught:
+        h.construct_build(h.IPV4_HEADER, bad_version)
+    assert caught.value.reason == "ipv4-bad-version"
+    with pytest.raises(MalformedPacket) as caught:
+        h.construct_build(
+            h.UDP_HEADER, {"src_port": 70000, "dst_port": 1, "length": 8, "checksum": 0}
+        )
+    assert caught.value.reason == "udp-bad-field"
+    assert "src_port" in str(caught.value)
+    with pytest.raises(MalformedPacket) as caught:
+        h.construct_build(h.IPV4_HEADER, fields)  # flat: the bit groups are missing
+    assert caught.value.reason == "ipv4-bad-field"
+    assert caught.value.__context__ is None
+
+
+@given(st.binary(max_size=80))
+def test_random_bytes_only_ever_raise_malformed_packet(data):
+    for parse in (
+        h.parse_ipv4,
+        h.parse_tcp,
+        h.parse_udp,
+        h.parse_icmp,
+        ipv4_via_construct,
+        tcp_via_construct,
+        udp_via_construct,
+        icmp_via_construct,
+    ):
+        outcome(parse, data)
+
+
+def test_build_takes_the_bytes_of_any_payload_buffer():
+    wide_view = memoryview(b"abcdef").cast("H")  # 3 items, 6 bytes
+    segment = h.build_tcp(
+        src=1, dst=2, src_port=1, dst_port=2, seq=0, ack=0, flags=h.ACK, window=1,
+        payload=wide_view,
+    )  # fmt: skip
+    assert segment[20:] == b"abcdef"
+    assert transport_checksum(1, 2, h.PROTO_TCP, segment) == 0
+    message = h.build_icmp(type=h.ECHO_REPLY, code=0, payload=wide_view)
+    assert message[8:] == b"abcdef"
+    assert internet_checksum(message) == 0
+
+
+@pytest.mark.parametrize("length", range(13, 20))
+@pytest.mark.parametrize("data_offset", [0, 4])
+def test_short_tcp_with_bad_data_offset_reports_the_offset_first(length, data_offset):
+    # construct validates the data offset (byte 12) before it misses the rest of the header
+    segment = (TCP_SYN[:12] + bytes([data_offset << 4]) + TCP_SYN[13:])[:length]
+    both_parsers_reject(h.parse_tcp, tcp_via_construct, segment, "tcp-bad-offset")
+
+
+def test_tcp_options_are_padded_with_nops():
+    segment = h.build_tcp(
+        src=1, dst=2, src_port=1, dst_port=2, seq=0, ack=0, flags=h.SYN, window=1,
+        options=h.TcpOptions(mss=1460, unknown=((99, b"x"),)),
+    )  # fmt: skip
+    assert segment[20:] == bytes.fromhex("020405b4 63037801".replace(" ", ""))
+    assert h.parse_tcp(segment).options == h.TcpOptions(mss=1460, unknown=((99, b"x"),))

@@ -1,0 +1,170 @@
+"""IPv4 input and output, ICMP echo and ICMP errors (RFC 791, 792, 1122).
+
+Every packet that is not accepted is counted under `ip.drop.<reason>` (or the
+upper layer's prefix), so a user can see exactly why it was dropped.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Callable
+
+from ustack.checksum import internet_checksum, transport_checksum
+from ustack.errors import MalformedPacket
+from ustack.headers import (
+    DEST_UNREACH,
+    ECHO_REPLY,
+    ECHO_REQUEST,
+    PORT_UNREACH,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    build_icmp,
+    build_ipv4,
+    parse_icmp,
+    parse_ipv4,
+    parse_udp,
+)
+
+Buffer = bytes | bytearray | memoryview
+# Receives one TCP segment (src, dst, segment bytes) that passed IP input.
+TcpInput = Callable[[int, int, memoryview], None]
+
+# RFC 1122 3.2.2: an ICMP error quotes the offending datagram, as much as fits
+# in a 576-byte datagram (RFC 1812 4.3.2.3).
+ICMP_ERROR_MAX = 576
+DEFAULT_TTL = 64
+
+
+def _is_unicast_source(address: int) -> bool:
+    """RFC 1122 3.2.1.3 / 3.2.2: no replies or errors to these sources."""
+    first_octet = address >> 24
+    return not (
+        address == 0  # "this host" placeholder
+        or address == 0xFFFFFFFF  # limited broadcast
+        or first_octet == 127  # loopback never arrives on a wire
+        or first_octet >= 224  # multicast and reserved
+    )
+
+
+class IPv4Layer:
+    def __init__(
+        self,
+        address: int,
+        transmit: Callable[[bytes], bool],
+        counters: Counter[str],
+        mtu: int = 1500,
+    ) -> None:
+        self.address = address
+        self.mtu = mtu
+        self._transmit = transmit
+        self._counters = counters
+        self._identification = 0
+        self.tcp_input: TcpInput | None = None
+
+    # ---- input ----------------------------------------------------------
+
+    def receive(self, packet: Buffer) -> None:
+        counters = self._counters
+        counters["ip.in"] += 1
+        if packet and packet[0] >> 4 == 6:
+            counters["ip.drop.ipv6-unsupported"] += 1
+            return
+        try:
+            header = parse_ipv4(packet)
+        except MalformedPacket as exc:
+            counters[f"ip.drop.{exc.reason}"] += 1
+            return
+        if not header.header_length <= header.total_length <= len(packet):
+            counters["ip.drop.ipv4-bad-total-length"] += 1
+            return
+        if internet_checksum(memoryview(packet)[: header.header_length]) != 0:
+            counters["ip.drop.ipv4-bad-checksum"] += 1
+            return
+        if header.ttl == 0:
+            counters["ip.drop.ipv4-ttl-zero"] += 1
+            return
+        if header.dst != self.address:
+            counters["ip.drop.not-for-us"] += 1
+            return
+        if not _is_unicast_source(header.src):
+            counters["ip.drop.bad-source"] += 1
+            return
+        if header.more_fragments or header.fragment_offset:
+            # No reassembly yet: every fragment is dropped, and counted.
+            counters["ip.drop.fragment"] += 1
+            return
+        # Bytes past total_length are link padding, not payload.
+        payload = memoryview(packet)[header.header_length : header.total_length]
+        if header.protocol == PROTO_TCP and self.tcp_input is not None:
+            self.tcp_input(header.src, header.dst, payload)
+        elif header.protocol == PROTO_ICMP:
+            self._receive_icmp(header.src, payload)
+        elif header.protocol == PROTO_UDP:
+            self._receive_udp(header.src, payload, packet[: header.total_length])
+        else:
+            counters["ip.drop.unknown-protocol"] += 1
+
+    def _receive_icmp(self, src: int, message: memoryview) -> None:
+        counters = self._counters
+        try:
+            icmp = parse_icmp(message)
+        except MalformedPacket as exc:
+            counters[f"icmp.drop.{exc.reason}"] += 1
+            return
+        if internet_checksum(message) != 0:
+            counters["icmp.drop.bad-checksum"] += 1
+            return
+        if icmp.type != ECHO_REQUEST:
+            counters[f"icmp.in.type-{icmp.type}"] += 1
+            return
+        counters["icmp.echo"] += 1
+        reply = build_icmp(type=ECHO_REPLY, code=0, rest=icmp.rest, payload=message[8:])
+        self.send(src, PROTO_ICMP, reply)
+
+    def _receive_udp(self, src: int, datagram: memoryview, packet: Buffer) -> None:
+        """No UDP sockets exist yet: every port is closed (RFC 1122 4.1.3.1)."""
+        counters = self._counters
+        try:
+            udp = parse_udp(datagram)
+        except MalformedPacket as exc:
+            counters[f"udp.drop.{exc.reason}"] += 1
+            return
+        if not 8 <= udp.length <= len(datagram):
+            counters["udp.drop.bad-length"] += 1
+            return
+        # A zero checksum means the sender computed none (RFC 768).
+        if udp.checksum and transport_checksum(src, self.address, PROTO_UDP, datagram) != 0:
+            counters["udp.drop.bad-checksum"] += 1
+            return
+        counters["udp.out.port-unreachable"] += 1
+        self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)
+
+    # ---- output ---------------------------------------------------------
+
+    def send(self, dst: int, protocol: int, payload: Buffer) -> None:
+        total = 20 + len(payload)
+        if total > self.mtu:
+            # We never fragment; TCP keeps its segments under the MSS.
+            self._counters["ip.drop.out-too-big"] += 1
+            return
+        self._identification = (self._identification + 1) & 0xFFFF
+        header = build_ipv4(
+            src=self.address,
+            dst=dst,
+            protocol=protocol,
+            payload_length=len(payload),
+            ttl=DEFAULT_TTL,
+            identification=self._identification,
+        )
+        if self._transmit(header + payload):
+            self._counters["ip.out"] += 1
+        else:
+            self._counters["ip.drop.out-queue-full"] += 1
+
+    def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> None:
+        """An ICMP error about `offending` (a whole IPv4 packet we received)."""
+        src = struct.unpack_from("!I", offending, 12)[0]
+        quote = offending[: ICMP_ERROR_MAX - 20 - 8]
+        self.send(src, PROTO_ICMP, build_icmp(type=type_, code=code, rest=rest, payload=quote))

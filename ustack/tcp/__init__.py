@@ -1,0 +1,1 @@
+"""TCP: demultiplexing, and (coming) the sans-I/O connection state machine."""
