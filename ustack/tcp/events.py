@@ -1,0 +1,36 @@
+"""What a connection tells its application (h11 style: small plain classes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The handshake completed: ESTABLISHED."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    """New in-order bytes wait in the receive buffer: call read()."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """The peer's FIN arrived after all its data: read() returns b"" once drained."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendSpace:
+    """Acknowledged data freed room in the send buffer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The connection is gone. `error` is None after an orderly close, else an
+    errno name: ECONNRESET, ECONNREFUSED or ETIMEDOUT."""
+
+    error: str | None = None
+
+
+AppEvent = Connected | DataReceived | EndOfStream | SendSpace | Closed

@@ -1,0 +1,44 @@
+"""The segment the TCP core works on: header fields that matter plus payload.
+
+Ports and addresses are not here: the demultiplexer has matched them already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ustack.headers import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
+
+_FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"),
+               (ECE, "E"), (CWR, "W"))  # fmt: skip
+NO_OPTIONS = TcpOptions()
+
+
+@dataclass(slots=True)
+class Segment:
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    payload: bytes | memoryview = b""
+    options: TcpOptions = field(default_factory=lambda: NO_OPTIONS)
+
+    @classmethod
+    def from_header(cls, header: TcpHeader, payload: bytes | memoryview) -> Segment:
+        return cls(header.seq, header.ack, header.flags, header.window, payload, header.options)
+
+    @property
+    def seg_len(self) -> int:
+        """SEG.LEN: the payload, plus one each for SYN and FIN (RFC 9293 3.4)."""
+        return len(self.payload) + bool(self.flags & SYN) + bool(self.flags & FIN)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{flag_string(self.flags)} seq={self.seq} ack={self.ack} win={self.window}"
+            f" len={len(self.payload)}>"
+        )
+
+
+def flag_string(flags: int) -> str:
+    """tcpdump-style flags: S, F, R, P, '.' for ACK (e.g. 'S.' is SYN,ACK)."""
+    return "".join(name for bit, name in _FLAG_NAMES if flags & bit) or "none"
