@@ -28,8 +28,8 @@ from ustack.headers import (
 )
 
 Buffer = bytes | bytearray | memoryview
-# Receives one TCP segment (src, dst, segment bytes) that passed IP input.
-TcpInput = Callable[[int, int, memoryview], None]
+# Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
+TcpInput = Callable[[int, int, memoryview, float], None]
 
 # RFC 1122 3.2.2: an ICMP error quotes the offending datagram, as much as fits
 # in a 576-byte datagram (RFC 1812 4.3.2.3).
@@ -65,7 +65,7 @@ class IPv4Layer:
 
     # ---- input ----------------------------------------------------------
 
-    def receive(self, packet: Buffer) -> None:
+    def receive(self, packet: Buffer, now: float = 0.0) -> None:
         counters = self._counters
         counters["ip.in"] += 1
         if packet and packet[0] >> 4 == 6:
@@ -98,7 +98,7 @@ class IPv4Layer:
         # Bytes past total_length are link padding, not payload.
         payload = memoryview(packet)[header.header_length : header.total_length]
         if header.protocol == PROTO_TCP and self.tcp_input is not None:
-            self.tcp_input(header.src, header.dst, payload)
+            self.tcp_input(header.src, header.dst, payload, now)
         elif header.protocol == PROTO_ICMP:
             self._receive_icmp(header.src, payload)
         elif header.protocol == PROTO_UDP:

@@ -17,7 +17,9 @@ from ustack.control import ControlServer
 from ustack.headers import PROTO_TCP
 from ustack.ip import IPv4Layer
 from ustack.link import LinkConfig, TunLink
+from ustack.tcp.connection import TcpConfig
 from ustack.tcp.demux import TcpDemux
+from ustack.trace import Tracer
 
 log = logging.getLogger("ustack")
 
@@ -30,14 +32,23 @@ class Stack:
     """IPv4 + ICMP + TCP for one address. Packets go in through `receive`
     and out through the `transmit` callable; the caller owns all I/O."""
 
-    def __init__(self, address: int, transmit: Callable[[bytes], bool], mtu: int = 1500) -> None:
+    def __init__(
+        self,
+        address: int,
+        transmit: Callable[[bytes], bool],
+        mtu: int = 1500,
+        tcp_config: TcpConfig | None = None,
+        trace: Tracer | None = None,
+        isn: Callable[[int, int, int, int, float], int] | None = None,
+    ) -> None:
         self.counters: Counter[str] = Counter()
         self.ip = IPv4Layer(address, transmit, self.counters, mtu)
-        self.tcp = TcpDemux(address, self._send_tcp, self.counters)
+        config = tcp_config or TcpConfig(mss=mtu - 40)
+        self.tcp = TcpDemux(address, self._send_tcp, self.counters, config, trace, isn)
         self.ip.tcp_input = self.tcp.receive
 
-    def receive(self, packet: bytes) -> None:
-        self.ip.receive(packet)
+    def receive(self, packet: bytes, now: float = 0.0) -> None:
+        self.ip.receive(packet, now)
 
     def _send_tcp(self, dst: int, segment: bytes) -> None:
         self.ip.send(dst, PROTO_TCP, segment)

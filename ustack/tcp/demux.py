@@ -1,11 +1,18 @@
-"""TCP input: checksum, parse, and delivery by 4-tuple.
+"""TCP input and output around the connections: checksum, parse, delivery by
+4-tuple, listeners, ephemeral ports, ISNs, and every connection's timers.
 
-Until connections exist, every segment is for a closed port and is answered
-the way RFC 9293 3.10.7.1 says a CLOSED endpoint answers.
+A segment that matches no connection goes to a listener on its port, or is
+answered the way RFC 9293 3.10.7.1 says a CLOSED endpoint answers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import itertools
+import os
+import random
+import struct
 from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
@@ -13,10 +20,22 @@ from typing import NamedTuple
 from ustack.checksum import transport_checksum
 from ustack.errors import MalformedPacket
 from ustack.headers import ACK, FIN, PROTO_TCP, RST, SYN, TcpHeader, build_tcp, parse_tcp
+from ustack.tcp import seq
+from ustack.tcp.connection import TcpConfig, TcpConnection
+from ustack.tcp.events import AppEvent
+from ustack.tcp.segment import NO_OPTIONS, Segment
+from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.trace import StateChange, Tracer
 
 Buffer = bytes | bytearray | memoryview
 # Hands a TCP segment (header + payload, checksum filled) to IP for `dst`.
 SendSegment = Callable[[int, bytes], None]
+# The application side of one connection: receives its events.
+AppHandler = Callable[[AppEvent], None]
+# (remote address, remote port, local port): our own address is fixed.
+Key = tuple[int, int, int]
+
+EPHEMERAL_PORTS = range(32768, 61000)  # Linux's ip_local_port_range
 
 
 class ResetReply(NamedTuple):
@@ -25,7 +44,7 @@ class ResetReply(NamedTuple):
     flags: int
 
 
-def reset_for_closed_port(header: TcpHeader, payload_length: int) -> ResetReply | None:
+def reset_for_closed_port(header: TcpHeader | Segment, payload_length: int) -> ResetReply | None:
     """RFC 9293 3.10.7.1: the reply of a CLOSED endpoint to an incoming segment.
 
     - a RST is never answered (no RST wars);
@@ -38,16 +57,117 @@ def reset_for_closed_port(header: TcpHeader, payload_length: int) -> ResetReply 
     if header.flags & ACK:
         return ResetReply(seq=header.ack, ack=0, flags=RST)
     seg_len = payload_length + bool(header.flags & SYN) + bool(header.flags & FIN)
-    return ResetReply(seq=0, ack=(header.seq + seg_len) & 0xFFFFFFFF, flags=RST | ACK)
+    return ResetReply(seq=0, ack=seq.add(header.seq, seg_len), flags=RST | ACK)
+
+
+class IsnGenerator:
+    """RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock and F
+    a keyed hash, so a reopened 4-tuple gets a larger ISN than before and an
+    off-path attacker cannot guess one."""
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self._secret = secret or os.urandom(16)
+
+    def __call__(
+        self, local: int, local_port: int, remote: int, remote_port: int, now: float
+    ) -> int:
+        tuple_bytes = struct.pack("!IHIH", local, local_port, remote, remote_port)
+        digest = hashlib.blake2b(tuple_bytes, key=self._secret, digest_size=4).digest()
+        return (int(now * 250_000) + int.from_bytes(digest, "big")) & seq.MASK
+
+
+class Listener:
+    """A passive OPEN on one port, with a bounded backlog (half-open plus
+    not yet accepted connections)."""
+
+    def __init__(self, port: int, backlog: int, on_accept: Callable[[TcpConnection], None]):
+        self.port = port
+        self.backlog = backlog
+        self.on_accept = on_accept
+        self.state = State.CLOSED
+        self.embryonic: set[TcpConnection] = set()
+
+    def __repr__(self) -> str:
+        return f"<Listener :{self.port} {self.state} backlog={self.backlog}>"
 
 
 class TcpDemux:
-    def __init__(self, address: int, send: SendSegment, counters: Counter[str]) -> None:
+    def __init__(
+        self,
+        address: int,
+        send: SendSegment,
+        counters: Counter[str],
+        config: TcpConfig | None = None,
+        trace: Tracer | None = None,
+        isn: Callable[[int, int, int, int, float], int] | None = None,
+    ) -> None:
         self.address = address
+        self.config = config or TcpConfig()
+        self.trace = trace
+        self.connections: dict[Key, TcpConnection] = {}
+        self.listeners: dict[int, Listener] = {}
+        self._keys: dict[TcpConnection, Key] = {}
+        self._apps: dict[TcpConnection, AppHandler] = {}
+        self._listener_of: dict[TcpConnection, Listener] = {}
         self._send = send
         self._counters = counters
+        self._isn = isn or IsnGenerator()
+        self._ids = itertools.count(1)
+        self._timers: list[tuple[float, int, TcpConnection]] = []
+        self._scheduled: dict[TcpConnection, float] = {}
 
-    def receive(self, src: int, dst: int, segment: Buffer) -> None:
+    # ---- the application's side --------------------------------------------
+
+    def listen(
+        self,
+        port: int,
+        on_accept: Callable[[TcpConnection], None],
+        backlog: int = 128,
+        now: float = 0.0,
+    ) -> Listener:
+        if port in self.listeners:
+            raise OSError(98, f"port {port} already has a listener")  # EADDRINUSE
+        listener = Listener(port, backlog, on_accept)
+        self._listener_transition(listener, Event.APP_LISTEN, now)
+        self.listeners[port] = listener
+        return listener
+
+    def close_listener(self, listener: Listener, now: float) -> None:
+        """Closing a listener resets every connection it has not handed over
+        yet (behaviour 11); later segments for them get RST as for a closed port."""
+        if self.listeners.get(listener.port) is not listener:
+            return
+        del self.listeners[listener.port]
+        self._listener_transition(listener, Event.APP_CLOSE, now)
+        for conn in list(listener.embryonic):
+            conn.abort(now)
+            self.flush(conn)
+
+    def connect(
+        self, remote: int, remote_port: int, now: float, local_port: int | None = None
+    ) -> TcpConnection:
+        """Active OPEN to remote:remote_port; the SYN goes out at once."""
+        if local_port is None:
+            local_port = self._ephemeral_port(remote, remote_port)
+        key = (remote, remote_port, local_port)
+        if key in self.connections:
+            raise OSError(98, "that 4-tuple is in use")  # EADDRINUSE
+        conn = self._new_connection(key, now)
+        conn.connect(now)
+        self.flush(conn)
+        return conn
+
+    def attach(self, conn: TcpConnection, app: AppHandler) -> None:
+        """Route `conn`'s events to `app`, the queued ones first."""
+        self._apps[conn] = app
+        self.flush(conn)
+
+    def endpoints(self, conn: TcpConnection) -> Key | None:
+        return self._keys.get(conn)
+
+    # ---- input ----------------------------------------------------------------
+
+    def receive(self, src: int, dst: int, segment: Buffer, now: float = 0.0) -> None:
         counters = self._counters
         if transport_checksum(src, dst, PROTO_TCP, segment) != 0:
             counters["tcp.drop.bad-checksum"] += 1
@@ -58,21 +178,193 @@ class TcpDemux:
             counters[f"tcp.drop.{exc.reason}"] += 1
             return
         counters["tcp.in"] += 1
-        reply = reset_for_closed_port(header, len(segment) - header.header_length)
-        if reply is None:
-            counters["tcp.drop.rst-to-closed-port"] += 1
+        payload = memoryview(segment)[header.header_length :]
+        seg = Segment.from_header(header, payload)
+        key = (src, header.src_port, header.dst_port)
+        conn = self.connections.get(key)
+        previous = None
+        if conn is not None and conn.state is State.TIME_WAIT and self._reopens(conn, seg):
+            conn.reopen(now)
+            self.flush(conn)
+            previous, conn = conn, None
+        if conn is not None:
+            conn.receive(seg, now)
+            self.flush(conn)
             return
-        counters["tcp.out.rst"] += 1
+        listener = self.listeners.get(header.dst_port)
+        if listener is not None:
+            self._receive_in_listen(listener, key, seg, now, previous)
+            return
+        self._reply_closed(src, header.dst_port, header.src_port, seg, "tcp.closed-port")
+
+    def _reopens(self, conn: TcpConnection, seg: Segment) -> bool:
+        """RFC 9293 3.10.7.4 note / RFC 6191: a SYN above RCV.NXT may start a
+        new incarnation of a 4-tuple in TIME_WAIT (behaviour 46)."""
+        return (
+            seg.flags & (SYN | ACK | RST) == SYN
+            and seq.gt(seg.seq, conn.rcv_nxt)
+            and self._keys[conn][2] in self.listeners
+        )
+
+    def _receive_in_listen(
+        self,
+        listener: Listener,
+        key: Key,
+        seg: Segment,
+        now: float,
+        previous: TcpConnection | None,
+    ) -> None:
+        """RFC 9293 3.10.7.2."""
+        counters = self._counters
+        if seg.flags & RST:
+            counters["tcp.drop.rst-to-listener"] += 1
+            return
+        if seg.flags & ACK:
+            self._reply_closed(key[0], key[2], key[1], seg, "tcp.listen-ack")
+            return
+        if not seg.flags & SYN:
+            counters["tcp.drop.listen-no-syn"] += 1
+            return
+        if len(listener.embryonic) >= listener.backlog:
+            counters["tcp.drop.backlog-full"] += 1
+            return
+        iss = None
+        if previous is not None and not seq.gt(self._isn_for(key, now), previous.snd_max):
+            iss = seq.add(previous.snd_max, 1 << 17)  # above anything the old one sent
+        conn = self._new_connection(key, now, iss)
+        listener.embryonic.add(conn)
+        self._listener_of[conn] = listener
+        conn.listen_accept(seg, now)
+        counters["tcp.passive-opens"] += 1
+        self.flush(conn)
+
+    def _reply_closed(
+        self, remote: int, local_port: int, remote_port: int, seg: Segment, why: str
+    ) -> None:
+        reply = reset_for_closed_port(seg, len(seg.payload))
+        if reply is None:
+            self._counters["tcp.drop.rst-to-closed-port"] += 1
+            return
+        self._counters["tcp.out.rst"] += 1
         self._send(
-            src,
+            remote,
             build_tcp(
-                src=dst,
-                dst=src,
-                src_port=header.dst_port,
-                dst_port=header.src_port,
+                src=self.address,
+                dst=remote,
+                src_port=local_port,
+                dst_port=remote_port,
                 seq=reply.seq,
                 ack=reply.ack,
                 flags=reply.flags,
                 window=0,
             ),
         )
+
+    # ---- output, events, life cycle ----------------------------------------------
+
+    def flush(self, conn: TcpConnection) -> None:
+        """After anything happened to `conn`: send its segments, hand over its
+        events, reschedule its timer, and forget it once it is closed."""
+        key = self._keys.get(conn)
+        if key is None:
+            return
+        remote, remote_port, local_port = key
+        counters = self._counters
+        for out in conn.segments_to_send():
+            counters["tcp.out"] += 1
+            if out.flags & RST:
+                counters["tcp.out.rst"] += 1
+            self._send(
+                remote,
+                build_tcp(
+                    src=self.address,
+                    dst=remote,
+                    src_port=local_port,
+                    dst_port=remote_port,
+                    seq=out.seq,
+                    ack=out.ack,
+                    flags=out.flags,
+                    window=out.window,
+                    options=None if out.options is NO_OPTIONS else out.options,
+                    payload=out.payload,
+                ),
+            )
+        listener = self._listener_of.get(conn)
+        if listener is not None and conn.state not in (State.SYN_RECEIVED, State.LISTEN):
+            # Handshake done (or failed): the listener lets go of it.
+            listener.embryonic.discard(conn)
+            del self._listener_of[conn]
+            if conn.state is not State.CLOSED and listener.state is State.LISTEN:
+                listener.on_accept(conn)
+        app = self._apps.get(conn)
+        if app is not None:
+            while (event := conn.next_event()) is not None:
+                app(event)
+        if conn.state in (State.CLOSED, State.LISTEN):
+            self._forget(conn, key)
+            return
+        deadline = conn.get_timer()
+        if deadline is not None and self._scheduled.get(conn) != deadline:
+            self._scheduled[conn] = deadline
+            heapq.heappush(self._timers, (deadline, next(self._ids), conn))
+
+    def _forget(self, conn: TcpConnection, key: Key) -> None:
+        if self.connections.get(key) is conn:
+            del self.connections[key]
+        del self._keys[conn]
+        self._apps.pop(conn, None)
+        self._scheduled.pop(conn, None)
+        listener = self._listener_of.pop(conn, None)
+        if listener is not None:
+            listener.embryonic.discard(conn)
+
+    def next_deadline(self) -> float | None:
+        while self._timers:
+            deadline, _, conn = self._timers[0]
+            if self._scheduled.get(conn) == deadline:
+                return deadline
+            heapq.heappop(self._timers)  # stale: rescheduled or gone
+        return None
+
+    def handle_timers(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _, conn = heapq.heappop(self._timers)
+            if self._scheduled.get(conn) != deadline:
+                continue
+            del self._scheduled[conn]
+            conn.handle_timer(now)
+            self.flush(conn)
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def _new_connection(self, key: Key, now: float, iss: int | None = None) -> TcpConnection:
+        if iss is None:
+            iss = self._isn_for(key, now)
+        conn = TcpConnection(conn_id=next(self._ids), iss=iss, config=self.config, trace=self.trace)
+        self.connections[key] = conn
+        self._keys[conn] = key
+        return conn
+
+    def _isn_for(self, key: Key, now: float) -> int:
+        remote, remote_port, local_port = key
+        return self._isn(self.address, local_port, remote, remote_port, now)
+
+    def _ephemeral_port(self, remote: int, remote_port: int) -> int:
+        start = random.randrange(len(EPHEMERAL_PORTS))
+        for i in range(len(EPHEMERAL_PORTS)):
+            port = EPHEMERAL_PORTS[(start + i) % len(EPHEMERAL_PORTS)]
+            if (remote, remote_port, port) not in self.connections and port not in self.listeners:
+                return port
+        raise OSError(99, "no free ephemeral port")  # EADDRNOTAVAIL
+
+    def _listener_transition(self, listener: Listener, event: Event, now: float) -> None:
+        transition = TRANSITIONS[(listener.state, event)]
+        old, listener.state = listener.state, transition.new_state
+        if self.trace is not None:
+            self.trace(
+                StateChange(now, 0, old, listener.state, event, transition.rule, transition.why)
+            )
+
+    def queued(self) -> dict[str, int]:
+        """Connections by state, for stats and leak checks."""
+        return dict(Counter(str(conn.state) for conn in self.connections.values()))

@@ -127,9 +127,6 @@ TRANSITIONS: dict[tuple[State, Event], Transition] = {
         S.CLOSED, "Linux tcp_fin_timeout", "orphaned FIN_WAIT_2 timed out"
     ),
     # Passive close
-    (S.SYN_RECEIVED, E.RCV_FIN): Transition(
-        S.CLOSE_WAIT, "RFC 9293 3.10.7.4", "FIN received: the peer has no more to send"
-    ),
     (S.ESTABLISHED, E.RCV_FIN): Transition(
         S.CLOSE_WAIT, "RFC 9293 3.10.7.4", "FIN received: the peer has no more to send"
     ),
@@ -168,9 +165,10 @@ for _state in _SYNCHRONIZED:
     TRANSITIONS[(_state, E.APP_ABORT)] = Transition(
         S.CLOSED, "RFC 9293 3.10.5", "ABORT: RST sent, the TCB is deleted"
     )
-    TRANSITIONS[(_state, E.TIMEOUT_RETRANSMIT)] = Transition(
-        S.CLOSED, "RFC 9293 3.8.3 (R2)", "retransmissions exhausted: connection timed out"
-    )
+    if _state != S.FIN_WAIT_2:  # nothing of ours is unacknowledged in FIN_WAIT_2
+        TRANSITIONS[(_state, E.TIMEOUT_RETRANSMIT)] = Transition(
+            S.CLOSED, "RFC 9293 3.8.3 (R2)", "retransmissions exhausted: connection timed out"
+        )
 TRANSITIONS[(S.SYN_SENT, E.TIMEOUT_RETRANSMIT)] = Transition(
     S.CLOSED, "RFC 6298 5.5 / RFC 9293 3.8.3", "SYN retransmissions exhausted: timed out"
 )

@@ -1,0 +1,330 @@
+"""A packetdrill-like DSL for the sans-I/O TCP core, on a virtual clock.
+
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, mss=1460)              # the peer sends us a SYN
+    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)    # we must answer exactly this
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1)
+    t.expect_none()
+    assert t.states() == ["LISTEN", "SYN_RECEIVED", "ESTABLISHED"]
+    t.at(61.0)                                       # the clock moves, timers fire
+
+Segments go in as real bytes through IP and TCP input (checksums, parsing,
+demultiplexing); what comes out is parsed back from the bytes we would put on
+the TUN. Flags are tcpdump's: S F R P and "." for ACK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ustack.headers import (
+    PROTO_TCP,
+    TcpOptions,
+    build_ipv4,
+    build_tcp,
+    parse_ipv4,
+    parse_tcp,
+)
+from ustack.stack import Stack
+from ustack.tcp.connection import TcpConfig, TcpConnection
+from ustack.tcp.events import AppEvent
+from ustack.tcp.segment import flag_string
+from ustack.tcp.states import Event, State
+from ustack.trace import Decision, StateChange, TraceEvent
+
+US = 0xC6120002  # 198.18.0.2, the stack
+PEER = 0xC6120001  # 198.18.0.1, the Linux side
+OUR_ISS = 5000
+PEER_ISS = 1000
+PEER_PORT = 40000
+WINDOW = 65535
+
+# Set by the coverage test: every transition any script makes is reported here.
+transition_recorder: Callable[[StateChange], None] | None = None
+
+_FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, ".": 0x10, "U": 0x20, "E": 0x40,
+              "W": 0x80}  # fmt: skip
+
+
+def flags_of(text: str) -> int:
+    bits = 0
+    for char in text:
+        bits |= _FLAG_BITS[char]
+    return bits
+
+
+def canonical_flags(text: str) -> str:
+    return flag_string(flags_of(text))
+
+
+@dataclass
+class Out:
+    """A segment the stack sent, parsed back from its bytes."""
+
+    flags: str
+    seq: int
+    ack: int
+    window: int
+    payload: bytes
+    options: TcpOptions
+    src_port: int
+    dst_port: int
+
+    def __repr__(self) -> str:
+        return (
+            f"<{self.flags} seq={self.seq} ack={self.ack} win={self.window}"
+            f" len={len(self.payload)} {self.src_port}->{self.dst_port}>"
+        )
+
+
+@dataclass
+class AppLog:
+    events: list[AppEvent] = field(default_factory=list)
+
+    def __call__(self, event: AppEvent) -> None:
+        self.events.append(event)
+
+    def names(self) -> list[str]:
+        return [type(event).__name__ for event in self.events]
+
+
+class TcpScript:
+    def __init__(
+        self,
+        listen: int | None = 80,
+        our_iss: int = OUR_ISS,
+        backlog: int = 128,
+        **config: Any,
+    ) -> None:
+        # Short TIME_WAIT; RFC 6298's 1 s minimum RTO keeps timer arithmetic readable.
+        config.setdefault("msl", 1.0)
+        config.setdefault("min_rto", 1.0)
+        self.config = TcpConfig(**config)
+        self.now = 0.0
+        self.trace: list[TraceEvent] = []
+        self._wire: list[bytes] = []
+        self._iss = our_iss
+        self.stack = Stack(
+            US, self._transmit, tcp_config=self.config, trace=self._on_trace, isn=self._isn
+        )
+        self.tcp = self.stack.tcp
+        self.accepted: list[TcpConnection] = []
+        self.apps: dict[TcpConnection, AppLog] = {}
+        self.conn: TcpConnection | None = None
+        self.listener = None
+        if listen is not None:
+            self.listener = self.tcp.listen(listen, self._accept, backlog=backlog, now=self.now)
+        self.local_port = listen or 0
+
+    # ---- plumbing ---------------------------------------------------------------
+
+    def _isn(self, *_: Any) -> int:
+        return self._iss
+
+    def _transmit(self, packet: bytes) -> bool:
+        self._wire.append(packet)
+        return True
+
+    def _on_trace(self, event: TraceEvent) -> None:
+        self.trace.append(event)
+        if isinstance(event, StateChange) and transition_recorder is not None:
+            transition_recorder(event)
+
+    def _accept(self, conn: TcpConnection) -> None:
+        self.accepted.append(conn)
+        self.conn = conn
+        log = self.apps.setdefault(conn, AppLog())
+        self.tcp.attach(conn, log)
+
+    # ---- time ---------------------------------------------------------------------
+
+    def at(self, t: float) -> TcpScript:
+        """Move the virtual clock to t, firing every timer due on the way."""
+        assert t >= self.now, f"time goes forward only ({t} < {self.now})"
+        while (deadline := self.tcp.next_deadline()) is not None and deadline <= t:
+            self.now = max(self.now, deadline)
+            self.tcp.handle_timers(self.now)
+        self.now = t
+        return self
+
+    def wait(self, seconds: float) -> TcpScript:
+        return self.at(self.now + seconds)
+
+    # ---- the peer's side ------------------------------------------------------------
+
+    def send(
+        self,
+        flags: str,
+        seq: int = 0,
+        ack: int = 0,
+        payload: bytes = b"",
+        win: int = WINDOW,
+        mss: int | None = None,
+        ws: int | None = None,
+        sack_permitted: bool = False,
+        ts: tuple[int, int] | None = None,
+        sport: int = PEER_PORT,
+        dport: int | None = None,
+    ) -> TcpScript:
+        """The peer sends us one segment."""
+        options = None
+        if mss is not None or ws is not None or sack_permitted or ts is not None:
+            options = TcpOptions(mss=mss, window_scale=ws, sack_permitted=sack_permitted,
+                                 timestamps=ts)  # fmt: skip
+        segment = build_tcp(
+            src=PEER, dst=US, src_port=sport, dst_port=dport or self.local_port,
+            seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags_of(flags), window=win,
+            options=options, payload=payload,
+        )  # fmt: skip
+        header = build_ipv4(src=PEER, dst=US, protocol=PROTO_TCP, payload_length=len(segment))
+        self.stack.receive(header + segment, self.now)
+        return self
+
+    def sent(self) -> list[Out]:
+        """Everything the stack sent since the last look."""
+        out = []
+        for packet in self._wire:
+            ip = parse_ipv4(packet)
+            assert (ip.src, ip.dst, ip.protocol) == (US, PEER, PROTO_TCP), ip
+            raw = packet[ip.header_length : ip.total_length]
+            tcp = parse_tcp(raw)
+            out.append(
+                Out(flag_string(tcp.flags), tcp.seq, tcp.ack, tcp.window,
+                    bytes(raw[tcp.header_length :]), tcp.options, tcp.src_port, tcp.dst_port)
+            )  # fmt: skip
+        self._wire.clear()
+        return out
+
+    def expect(
+        self,
+        flags: str,
+        seq: int | None = None,
+        ack: int | None = None,
+        payload: bytes | None = None,
+        win: int | None = None,
+        **options: Any,
+    ) -> Out:
+        """Exactly one segment must have gone out, with these fields."""
+        out = self.sent()
+        assert len(out) == 1, f"expected one {flags} segment, the stack sent {out}"
+        return self._check(out[0], flags, seq, ack, payload, win, options)
+
+    def expect_many(self, *flags: str) -> list[Out]:
+        out = self.sent()
+        assert [o.flags for o in out] == [canonical_flags(f) for f in flags], out
+        return out
+
+    def expect_none(self) -> None:
+        out = self.sent()
+        assert out == [], f"expected silence, the stack sent {out}"
+
+    @staticmethod
+    def _check(
+        out: Out, flags: str, seq: int | None, ack: int | None, payload: bytes | None,
+        win: int | None, options: dict[str, Any],
+    ) -> Out:  # fmt: skip
+        assert out.flags == canonical_flags(flags), f"flags: {out}"
+        if seq is not None:
+            assert out.seq == seq & 0xFFFFFFFF, f"seq: {out} (want {seq})"
+        if ack is not None:
+            assert out.ack == ack & 0xFFFFFFFF, f"ack: {out} (want {ack})"
+        if payload is not None:
+            assert out.payload == payload, f"payload: {out.payload[:40]!r}..."
+        if win is not None:
+            assert out.window == win, f"window: {out} (want {win})"
+        for name, value in options.items():
+            assert getattr(out.options, name) == value, f"{name}: {out.options}"
+        return out
+
+    # ---- handshakes, for scripts that start later in life -------------------------------
+
+    def establish(self, win: int = WINDOW, **syn_options: Any) -> TcpConnection:
+        """Passive open completed: the peer connected to our listener."""
+        self.send("S", seq=PEER_ISS, win=win, **syn_options)
+        self.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+        self.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1, win=win)
+        self.expect_none()
+        assert self.conn is not None and self.conn.state is State.ESTABLISHED
+        return self.conn
+
+    def connect(self, port: int = 8080, local_port: int = 50000) -> TcpConnection:
+        """Active OPEN: we send a SYN to the peer."""
+        self.local_port = local_port
+        conn = self.tcp.connect(PEER, port, self.now, local_port=local_port)
+        self.conn = conn
+        self.tcp.attach(conn, self.apps.setdefault(conn, AppLog()))
+        return conn
+
+    def connect_established(self, port: int = 8080, local_port: int = 50000) -> TcpConnection:
+        conn = self.connect(port, local_port)
+        self.expect("S", seq=OUR_ISS)
+        self.send("S.", seq=PEER_ISS, ack=OUR_ISS + 1, sport=port, mss=1460)
+        self.expect(".", seq=OUR_ISS + 1, ack=PEER_ISS + 1)
+        assert conn.state is State.ESTABLISHED
+        return conn
+
+    # ---- the application's side ----------------------------------------------------------
+
+    def _flush(self) -> None:
+        assert self.conn is not None
+        self.tcp.flush(self.conn)
+
+    def write(self, data: bytes) -> int:
+        assert self.conn is not None
+        n = self.conn.send(data, self.now)
+        self._flush()
+        return n
+
+    def read(self, max_bytes: int = 1 << 30) -> bytes:
+        assert self.conn is not None
+        data = self.conn.read(max_bytes, self.now)
+        self._flush()
+        return data
+
+    def shutdown(self) -> None:
+        assert self.conn is not None
+        self.conn.shutdown(self.now)
+        self._flush()
+
+    def close(self) -> None:
+        assert self.conn is not None
+        self.conn.close(self.now)
+        self._flush()
+
+    def abort(self) -> None:
+        assert self.conn is not None
+        self.conn.abort(self.now)
+        self._flush()
+
+    # ---- what happened ----------------------------------------------------------------------
+
+    def states(self, conn: TcpConnection | None = None) -> list[str]:
+        """The states `conn` (default: the current one) went through, in order."""
+        conn = conn or self.conn
+        assert conn is not None
+        changes = [e for e in self.trace if isinstance(e, StateChange) and e.conn == conn.conn_id]
+        if not changes:
+            return [str(conn.state)]
+        return [str(changes[0].old)] + [str(e.new) for e in changes]
+
+    def events(self, conn: TcpConnection | None = None) -> list[Event]:
+        conn = conn or self.conn
+        assert conn is not None
+        return [
+            e.event for e in self.trace if isinstance(e, StateChange) and e.conn == conn.conn_id
+        ]
+
+    def decisions(self) -> list[str]:
+        return [e.what for e in self.trace if isinstance(e, Decision)]
+
+    def app_events(self, conn: TcpConnection | None = None) -> list[str]:
+        conn = conn or self.conn
+        assert conn is not None
+        return self.apps[conn].names()
+
+    @property
+    def table(self) -> dict[str, int]:
+        """Connections by state: empty once everything is over."""
+        return self.tcp.queued()

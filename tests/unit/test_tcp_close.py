@@ -1,0 +1,413 @@
+"""Closing: active, passive, simultaneous, half-close, abortive, TIME_WAIT.
+
+Each test names the behaviour of ../shared/TCP-BEHAVIOURS.md it covers ("B19" ...).
+Sequence numbers: the peer's data starts at P = PEER_ISS + 1, ours at U = OUR_ISS + 1.
+"""
+
+from __future__ import annotations
+
+import pytest
+from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+
+from ustack.tcp.events import Closed
+from ustack.tcp.states import State
+
+P = PEER_ISS + 1
+U = OUR_ISS + 1
+
+
+def established(**config: object) -> TcpScript:
+    t = TcpScript(listen=80, **config)
+    t.establish()
+    return t
+
+
+# ---- active close -------------------------------------------------------------------
+
+
+def test_active_close_full_path_and_time_wait_expiry() -> None:
+    t = established(msl=2.0)
+    t.close()
+    t.expect("F.", seq=U, ack=P)
+    t.send(".", seq=P, ack=U + 1)
+    t.expect_none()  # B20: the ACK of our FIN is not answered
+    t.send("F.", seq=P, ack=U + 1)
+    t.expect(".", seq=U + 1, ack=P + 1)  # B23
+    assert t.table == {"TIME_WAIT": 1}
+    t.at(3.99)
+    assert t.table == {"TIME_WAIT": 1}  # B42: 2*MSL = 4 s
+    t.at(4.0)
+    t.expect_none()
+    assert t.table == {}
+    assert t.states() == ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT_1",
+                          "FIN_WAIT_2", "TIME_WAIT", "CLOSED"]  # fmt: skip
+    assert t.app_events()[-2:] == ["EndOfStream", "Closed"]
+
+
+def test_b19_fin_follows_queued_data() -> None:
+    t = TcpScript(listen=80)
+    t.establish(mss=1460)
+    t.write(b"x" * 3000)
+    t.expect_many(".", ".", "P.")  # 1460 + 1460 + 80
+    t.close()
+    t.expect("F.", seq=U + 3000)
+
+
+def test_b19_fin_rides_on_last_data_segment_when_queued_together() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, mss=1000, win=1000)
+    t.expect("S.")
+    t.send(".", seq=P, ack=U, win=1000)
+    t.write(b"a" * 1500)  # 1000 go out, 500 wait for the window
+    out = t.expect(".", seq=U, payload=b"a" * 1000)
+    assert out is not None
+    t.close()
+    t.expect_none()
+    t.send(".", seq=P, ack=U + 1000, win=1000)
+    t.expect("FP.", seq=U + 1000, payload=b"a" * 500)
+
+
+def test_b21_partial_ack_keeps_fin_wait_1_and_fin_on_timer() -> None:
+    t = established()
+    t.write(b"abc")
+    t.expect("P.")
+    t.close()
+    t.expect("F.", seq=U + 3)
+    t.send(".", seq=P, ack=U + 3)
+    assert t.conn is not None and t.conn.state is State.FIN_WAIT_1
+    t.at(1.0)  # RTO: only the FIN is outstanding, resent with its SEQ
+    t.expect("F.", seq=U + 3)
+
+
+def test_b22_fin_retransmitted_same_seq_with_backoff_then_given_up() -> None:
+    t = established(retries=3)
+    t.close()
+    t.expect("F.", seq=U, ack=P)
+    for at in (1.0, 3.0, 7.0):
+        t.at(at)
+        t.expect("F.", seq=U, ack=P)
+    t.at(15.0)
+    t.expect_none()
+    assert t.table == {}
+    assert t.conn is not None and t.conn.error == "ETIMEDOUT"
+    t.send(".", seq=P, ack=U + 1)  # a later segment meets no connection
+    t.expect("R", seq=U + 1)
+
+
+def test_b24_data_after_shutdown_write_is_accepted() -> None:
+    t = established()
+    t.shutdown()
+    t.expect("F.", seq=U)
+    t.send("P.", seq=P, ack=U, payload=b"still talking")  # FIN_WAIT_1
+    t.expect(".", ack=P + 13)
+    t.send(".", seq=P + 13, ack=U + 1)
+    t.send("P.", seq=P + 13, ack=U + 1, payload=b"more")  # FIN_WAIT_2
+    t.expect(".", ack=P + 17)
+    assert t.read() == b"still talkingmore"
+    assert t.conn is not None and t.conn.state is State.FIN_WAIT_2
+
+
+def test_b25_orphaned_fin_wait_2_times_out_then_rst() -> None:
+    t = established(fin_wait_2_timeout=5.0)
+    t.close()
+    t.expect("F.")
+    t.send(".", seq=P, ack=U + 1)
+    assert t.conn is not None and t.conn.state is State.FIN_WAIT_2
+    t.at(4.9)
+    assert t.table == {"FIN_WAIT_2": 1}
+    t.at(5.0)
+    assert t.table == {}
+    assert t.events()[-1].name == "TIMEOUT_FIN_WAIT_2"
+    t.send("F.", seq=P, ack=U + 1)
+    t.expect("R", seq=U + 1)
+
+
+def test_half_closed_fin_wait_2_waits_for_the_peer_without_timeout() -> None:
+    t = established(fin_wait_2_timeout=5.0)
+    t.shutdown()  # not orphaned: the application still reads
+    t.expect("F.")
+    t.send(".", seq=P, ack=U + 1)
+    t.at(100.0)
+    assert t.table == {"FIN_WAIT_2": 1}
+
+
+@pytest.mark.parametrize(("ack", "state"), [(U, "FIN_WAIT_1"), (U + 1, "FIN_WAIT_2")])
+def test_b26_data_for_an_orphaned_connection_gets_rst(ack: int, state: str) -> None:
+    t = established()
+    t.close()
+    t.expect("F.")
+    t.send("P.", seq=P, ack=ack, payload=b"too late")
+    t.expect("R.", seq=U + 1, ack=P)
+    assert t.table == {}
+    assert t.states()[-2:] == [state, "CLOSED"]
+    assert t.events()[-1].name == "RCV_DATA_ORPHANED"
+
+
+# ---- passive close -----------------------------------------------------------------
+
+
+def test_passive_close_full_path() -> None:
+    t = established()
+    t.send("F.", seq=P, ack=U)
+    t.expect(".", seq=U, ack=P + 1)
+    assert t.conn is not None and t.conn.state is State.CLOSE_WAIT
+    assert t.read() == b"" and t.conn.at_eof
+    t.close()
+    t.expect("F.", seq=U, ack=P + 1)
+    t.send(".", seq=P + 1, ack=U + 1)
+    t.expect_none()
+    assert t.table == {}
+    assert t.states()[2:] == ["ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
+    assert t.apps[t.conn].events[-1] == Closed(None)
+
+
+def test_b27_fin_with_zero_window_is_acked() -> None:
+    t = established(receive_buffer=4000, window_scaling=False)
+    t.send("P.", seq=P, ack=U, payload=b"z" * 4000)
+    t.expect(".", ack=P + 4000, win=0)
+    t.send("F.", seq=P + 4000, ack=U)
+    t.expect(".", ack=P + 4001, win=0)
+    assert t.conn is not None and t.conn.state is State.CLOSE_WAIT
+    assert len(t.read()) == 4000 and t.read() == b"" and t.conn.at_eof
+
+
+def test_b28_fin_beyond_a_hole_is_held_until_the_hole_fills() -> None:
+    t = established()
+    t.send("F.", seq=P + 5, ack=U, payload=b"world")
+    t.expect(".", ack=P)  # duplicate ACK for RCV.NXT, FIN not acknowledged
+    assert t.conn is not None and t.conn.state is State.ESTABLISHED
+    t.send("P.", seq=P, ack=U, payload=b"hello")
+    t.expect(".", ack=P + 11)  # data and FIN together
+    assert t.conn.state is State.CLOSE_WAIT
+    assert t.read() == b"helloworld"
+
+
+def test_fin_carrying_data() -> None:
+    t = established()
+    t.send("FP.", seq=P, ack=U, payload=b"last words")
+    t.expect(".", ack=P + 11)
+    assert t.read() == b"last words"
+    assert t.conn is not None and t.conn.at_eof and t.conn.state is State.CLOSE_WAIT
+
+
+def test_b29_send_in_close_wait() -> None:
+    t = established()
+    t.send("F.", seq=P, ack=U)
+    t.expect(".")
+    t.write(b"reply")
+    t.expect("P.", seq=U, ack=P + 1, payload=b"reply")
+
+
+def test_b30_late_segment_after_last_ack_gets_rst() -> None:
+    t = established()
+    t.send("F.", seq=P, ack=U)
+    t.expect(".")
+    t.close()
+    t.expect("F.")
+    t.send(".", seq=P + 1, ack=U + 1)
+    assert t.table == {}
+    t.send(".", seq=P + 1, ack=U + 1)  # a duplicate ACK
+    t.expect("R", seq=U + 1)
+
+
+def test_b31_old_ack_in_last_ack_keeps_fin_on_the_timer() -> None:
+    t = established()
+    t.send("F.", seq=P, ack=U)
+    t.expect(".")
+    t.close()
+    t.expect("F.", seq=U)
+    t.send(".", seq=P + 1, ack=U)  # old: does not cover the FIN
+    t.expect_none()
+    assert t.conn is not None and t.conn.state is State.LAST_ACK
+    t.at(1.0)
+    t.expect("F.", seq=U)
+
+
+def test_b32_data_beyond_the_peers_fin_is_dropped() -> None:
+    t = established()
+    t.send("F.", seq=P, ack=U)
+    t.expect(".")
+    t.send("P.", seq=P + 1, ack=U, payload=b"ghost")
+    assert t.read() == b""
+    assert t.conn is not None and t.conn.state is State.CLOSE_WAIT
+
+
+# ---- simultaneous close ------------------------------------------------------------
+
+
+def test_b33_simultaneous_close_through_closing() -> None:
+    t = established()
+    t.close()
+    t.expect("F.", seq=U, ack=P)
+    t.send("F.", seq=P, ack=U)  # their FIN crossed ours
+    t.expect(".", seq=U + 1, ack=P + 1)
+    assert t.conn is not None and t.conn.state is State.CLOSING
+    t.send(".", seq=P + 1, ack=U + 1)
+    assert t.table == {"TIME_WAIT": 1}
+    assert t.states()[3:] == ["FIN_WAIT_1", "CLOSING", "TIME_WAIT"]
+
+
+def test_b34_fin_that_acks_our_fin_goes_straight_to_time_wait() -> None:
+    t = established()
+    t.close()
+    t.expect("F.")
+    t.send("F.", seq=P, ack=U + 1)
+    t.expect(".", ack=P + 1)
+    assert t.states()[3:] == ["FIN_WAIT_1", "TIME_WAIT"]
+
+
+def test_b35_fin_not_yet_sent_when_peer_fin_arrives_is_still_sent() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, win=100)
+    t.expect("S.")
+    t.send(".", seq=P, ack=U, win=100)
+    t.write(b"q" * 200)
+    t.expect(".", payload=b"q" * 100)
+    t.close()  # our FIN waits behind data the window holds back
+    t.expect_none()
+    t.send("F.", seq=P, ack=U + 100, win=100)
+    t.expect("FP.", seq=U + 100, ack=P + 1, payload=b"q" * 100)
+    assert t.conn is not None and t.conn.state is State.CLOSING
+    t.at(1.0)
+    t.expect("FP.", seq=U + 100)  # retransmitted in CLOSING until ACKed
+    t.send(".", seq=P + 1, ack=U + 201)
+    assert t.table == {"TIME_WAIT": 1}
+
+
+def test_b36_out_of_window_segment_in_closing_gets_ack() -> None:
+    t = established()
+    t.close()
+    t.expect("F.")
+    t.send("F.", seq=P, ack=U)
+    t.expect(".")
+    for flags in ("S", "S.", ".", "F.", "P."):
+        t.send(flags, seq=P + 100000, ack=U, payload=b"x" if flags == "P." else b"")
+        t.expect(".", seq=U + 1, ack=P + 1)
+    assert t.conn is not None and t.conn.state is State.CLOSING
+
+
+# ---- half-close and abortive close -----------------------------------------------------
+
+
+def test_b37_shutdown_write_then_write_fails_and_read_continues() -> None:
+    t = established()
+    t.shutdown()
+    t.expect("F.")
+    with pytest.raises(BrokenPipeError):
+        t.write(b"nope")
+    t.send("P.", seq=P, ack=U + 1, payload=b"data")
+    t.expect(".")
+    assert t.read() == b"data"
+
+
+def test_b38_shutdown_read_sends_nothing_and_close_sends_fin() -> None:
+    t = established()
+    assert t.conn is not None
+    t.conn.shutdown_read()
+    t.expect_none()
+    assert t.read() == b""
+    t.close()
+    t.expect("F.", seq=U)
+
+
+def test_b39_close_with_unread_data_sends_rst() -> None:
+    t = established()
+    t.send("P.", seq=P, ack=U, payload=b"unread")
+    t.expect(".")
+    t.close()
+    t.expect("R.", seq=U, ack=P + 6)
+    assert t.table == {}
+    assert t.events()[-1].name == "APP_CLOSE_UNREAD"
+
+
+def test_b39_close_with_unread_data_in_close_wait_sends_rst() -> None:
+    t = established()
+    t.send("FP.", seq=P, ack=U, payload=b"unread")
+    t.expect(".")
+    t.close()
+    t.expect("R.", seq=U, ack=P + 7)
+    assert t.table == {}
+
+
+def test_b40_abort_sends_rst_and_frees() -> None:
+    t = established()
+    t.write(b"pending")
+    t.expect("P.")
+    t.abort()
+    t.expect("R.", seq=U + 7, ack=P)
+    assert t.table == {}
+
+
+def test_b41_exact_rst_aborts_with_econnreset() -> None:
+    t = established()
+    t.send("R", seq=P)
+    t.expect_none()
+    assert t.conn is not None and t.conn.state is State.CLOSED
+    assert t.conn.error == "ECONNRESET"
+    with pytest.raises(ConnectionError):
+        t.write(b"x")
+    t.send(".", seq=P, ack=U)
+    t.expect("R", seq=U)
+
+
+# ---- TIME_WAIT ---------------------------------------------------------------------------
+
+
+def in_time_wait(**config: object) -> TcpScript:
+    t = established(**config)
+    t.close()
+    t.expect("F.")
+    t.send("F.", seq=P, ack=U + 1)
+    t.expect(".")
+    assert t.table == {"TIME_WAIT": 1}
+    return t
+
+
+def test_b43_retransmitted_fin_in_time_wait_is_acked_and_restarts_2msl() -> None:
+    t = in_time_wait(msl=1.0)
+    t.at(1.5)
+    t.send("F.", seq=P, ack=U + 1)
+    t.expect(".", seq=U + 1, ack=P + 1)
+    t.at(3.4)  # 2 s after 1.5: still there
+    assert t.table == {"TIME_WAIT": 1}
+    t.at(3.5)
+    assert t.table == {}
+
+
+def test_b44_old_ack_or_data_in_time_wait_gets_ack() -> None:
+    t = in_time_wait()
+    t.send(".", seq=P - 500, ack=U)
+    t.expect(".", seq=U + 1, ack=P + 1)
+    t.send("P.", seq=P - 3, ack=U + 1, payload=b"old")
+    t.expect(".", seq=U + 1, ack=P + 1)
+    assert t.table == {"TIME_WAIT": 1}
+
+
+def test_b45_rst_in_time_wait_ignored_per_rfc1337_by_default() -> None:
+    t = in_time_wait()
+    t.send("R", seq=P + 1)
+    assert t.table == {"TIME_WAIT": 1}
+    assert any("RFC 1337" in d for d in t.decisions())
+
+
+def test_b45_rst_in_time_wait_honoured_when_configured() -> None:
+    t = in_time_wait(rfc1337=False)
+    t.send("R", seq=P + 1)
+    assert t.table == {}
+
+
+def test_b46_new_syn_above_rcv_nxt_reopens_time_wait() -> None:
+    t = in_time_wait()
+    old = t.conn
+    t.send("S", seq=P + 100000)
+    out = t.expect("S.", ack=P + 100001)
+    assert old is not None and old.state is State.CLOSED
+    assert out.seq != OUR_ISS + 0 or out.seq > U + 1  # a fresh ISS above the old SND.NXT
+    assert t.table == {"SYN_RECEIVED": 1}
+
+
+def test_b46_old_syn_in_time_wait_gets_ack() -> None:
+    t = in_time_wait()
+    t.send("S", seq=PEER_ISS)  # below RCV.NXT: an old duplicate
+    t.expect(".", seq=U + 1, ack=P + 1)
+    assert t.table == {"TIME_WAIT": 1}

@@ -1,0 +1,243 @@
+"""Opening a connection: passive, active, simultaneous; closed ports and listeners.
+
+Each test names the behaviour of ../shared/TCP-BEHAVIOURS.md it covers ("B1" ...).
+"""
+
+from __future__ import annotations
+
+from tcpscript import OUR_ISS, PEER_ISS, PEER_PORT, TcpScript
+
+from ustack.tcp.demux import IsnGenerator
+from ustack.tcp.events import Closed
+from ustack.tcp.states import State
+
+
+def test_b1_syn_to_closed_port_gets_rst_ack() -> None:
+    t = TcpScript(listen=None)
+    t.send("S", seq=PEER_ISS, dport=81)
+    t.expect("R.", seq=0, ack=PEER_ISS + 1)
+    assert t.table == {}
+
+
+def test_b2_ack_to_closed_port_gets_rst_seq_seg_ack() -> None:
+    t = TcpScript(listen=None)
+    t.send(".", seq=7, ack=123456, dport=81)
+    t.expect("R", seq=123456)
+
+
+def test_b3_rst_to_closed_port_or_listener_gets_nothing() -> None:
+    t = TcpScript(listen=80)
+    t.send("R", seq=1, dport=81)
+    t.send("R.", seq=1, ack=5, dport=81)
+    t.send("R", seq=1)  # to the listener
+    t.expect_none()
+
+
+def test_b4_passive_open_three_way_handshake() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, mss=1400, ws=7)
+    out = t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1, mss=1460)
+    assert out.options.window_scale is not None and out.options.window_scale <= 14
+    assert not out.options.sack_permitted and out.options.timestamps is None
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1)
+    t.expect_none()
+    assert t.states() == ["LISTEN", "SYN_RECEIVED", "ESTABLISHED"]
+    assert t.app_events() == ["Connected"]
+    assert t.conn is not None and t.conn.peer_mss == 1400
+
+
+def test_b4_no_window_scale_in_synack_unless_offered() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, mss=1460, sack_permitted=True, ts=(1, 0))
+    out = t.expect("S.", ack=PEER_ISS + 1)
+    assert out.options.window_scale is None
+    # We do not negotiate SACK or timestamps yet, so we do not echo them.
+    assert not out.options.sack_permitted and out.options.timestamps is None
+
+
+def test_b5_retransmitted_syn_in_syn_received_gets_same_synack() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS)
+    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    t.send("S", seq=PEER_ISS)
+    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    assert t.table == {"SYN_RECEIVED": 1}
+
+
+def test_b6_bad_ack_in_syn_received_gets_rst_and_no_establishment() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS)
+    t.expect("S.")
+    for bad_ack in (OUR_ISS, OUR_ISS + 2, OUR_ISS + 1000):
+        t.send(".", seq=PEER_ISS + 1, ack=bad_ack)
+        t.expect("R", seq=bad_ack)
+    assert t.table == {"SYN_RECEIVED": 1}
+    assert t.accepted == []
+
+
+def test_b7_rst_in_syn_received_returns_to_listen() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS)
+    t.expect("S.")
+    t.send("R", seq=PEER_ISS + 1)
+    t.expect_none()
+    assert t.table == {}
+    embryo = next(e for e in t.trace if getattr(e, "new", None) is State.SYN_RECEIVED)
+    assert str(embryo.old) == "LISTEN"
+    # A late ACK for it now meets the listener, which answers RST.
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1)
+    t.expect("R", seq=OUR_ISS + 1)
+
+
+def test_b8_synack_retransmitted_with_backoff_then_dropped_silently() -> None:
+    t = TcpScript(listen=80, synack_retries=3)
+    t.send("S", seq=PEER_ISS)
+    t.expect("S.", seq=OUR_ISS)
+    for at in (1.0, 3.0, 7.0):  # 1 s, then 2 s, 4 s later
+        t.at(at - 0.01)
+        t.expect_none()
+        t.at(at)
+        t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    t.at(15.0)  # the 4th timeout exceeds synack_retries: gone, nothing sent
+    t.expect_none()
+    assert t.table == {}
+
+
+def test_b9_final_ack_without_timestamps_establishes() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, ts=(100, 0))
+    t.expect("S.")
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1)
+    assert t.conn is not None and t.conn.state is State.ESTABLISHED
+
+
+def test_b10_ecn_setup_syn_is_a_plain_syn() -> None:
+    t = TcpScript(listen=80)
+    t.send("SEW", seq=PEER_ISS)
+    t.expect("S.", ack=PEER_ISS + 1)
+
+
+def test_b11_closing_listener_resets_half_open_connections() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS)
+    t.expect("S.")
+    assert t.listener is not None
+    t.tcp.close_listener(t.listener, t.now)
+    t.expect("R.", seq=OUR_ISS + 1, ack=PEER_ISS + 1)
+    assert t.table == {}
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1)  # the late handshake ACK
+    t.expect("R", seq=OUR_ISS + 1)
+
+
+def test_backlog_bounds_half_open_connections() -> None:
+    t = TcpScript(listen=80, backlog=2)
+    for port in (1, 2, 3):
+        t.send("S", seq=PEER_ISS, sport=port)
+    assert len(t.sent()) == 2
+    assert t.stack.counters["tcp.drop.backlog-full"] == 1
+
+
+def test_b12_connect_sends_syn_and_times_out_with_backoff() -> None:
+    t = TcpScript(listen=None, syn_retries=3)
+    conn = t.connect()
+    out = t.expect("S", seq=OUR_ISS, ack=0, mss=1460)
+    assert out.options.window_scale is not None
+    for at in (1.0, 3.0, 7.0):
+        t.at(at)
+        t.expect("S", seq=OUR_ISS)
+    t.at(15.0)
+    t.expect_none()
+    assert conn.state is State.CLOSED and conn.error == "ETIMEDOUT"
+    assert t.apps[conn].events[-1] == Closed("ETIMEDOUT")
+    assert t.states() == ["CLOSED", "SYN_SENT", "CLOSED"]
+
+
+def test_b13_synack_establishes_active_open() -> None:
+    t = TcpScript(listen=None)
+    conn = t.connect(port=8080)
+    t.expect("S", seq=OUR_ISS)
+    t.send("S.", seq=PEER_ISS, ack=OUR_ISS + 1, sport=8080, mss=1000, ws=2)
+    t.expect(".", seq=OUR_ISS + 1, ack=PEER_ISS + 1)
+    assert conn.state is State.ESTABLISHED
+    assert conn.peer_mss == 1000 and conn.snd_shift == 2
+    assert t.app_events() == ["Connected"]
+
+
+def test_b14_bad_ack_in_syn_sent_gets_rst_and_stays() -> None:
+    t = TcpScript(listen=None)
+    conn = t.connect(port=8080)
+    t.expect("S")
+    for bad in (OUR_ISS, OUR_ISS + 5):
+        t.send("S.", seq=PEER_ISS, ack=bad, sport=8080)
+        t.expect("R", seq=bad)
+    t.send(".", seq=PEER_ISS, ack=OUR_ISS + 9, sport=8080)
+    t.expect("R", seq=OUR_ISS + 9)
+    assert conn.state is State.SYN_SENT
+
+
+def test_b15_rst_ack_in_syn_sent_is_connection_refused() -> None:
+    t = TcpScript(listen=None)
+    conn = t.connect(port=8080)
+    t.expect("S")
+    t.send("R", seq=0, sport=8080)  # no ACK: ignored
+    t.send("R.", seq=0, ack=OUR_ISS + 7, sport=8080)  # wrong ACK: RST is not answered
+    assert conn.state is State.SYN_SENT
+    t.send("R.", seq=0, ack=OUR_ISS + 1, sport=8080)
+    t.expect_none()
+    assert conn.state is State.CLOSED and conn.error == "ECONNREFUSED"
+    assert t.table == {}
+
+
+def test_b16_simultaneous_open() -> None:
+    t = TcpScript(listen=None)
+    conn = t.connect(port=8080)
+    t.expect("S", seq=OUR_ISS)
+    t.send("S", seq=PEER_ISS, sport=8080, mss=1460)
+    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    assert conn.state is State.SYN_RECEIVED
+    t.send("S.", seq=PEER_ISS, ack=OUR_ISS + 1, sport=8080)  # the peer's SYN,ACK
+    t.expect(".", seq=OUR_ISS + 1, ack=PEER_ISS + 1)
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1, sport=8080)
+    assert conn.state is State.ESTABLISHED
+    assert t.states() == ["CLOSED", "SYN_SENT", "SYN_RECEIVED", "ESTABLISHED"]
+
+
+def test_simultaneous_open_reset_is_refused() -> None:
+    t = TcpScript(listen=None)
+    conn = t.connect(port=8080)
+    t.expect("S")
+    t.send("S", seq=PEER_ISS, sport=8080)
+    t.expect("S.")
+    t.send("R", seq=PEER_ISS + 1, sport=8080)
+    assert conn.state is State.CLOSED and conn.error == "ECONNREFUSED"
+
+
+def test_b17_close_in_syn_sent_sends_nothing() -> None:
+    t = TcpScript(listen=None)
+    conn = t.connect(port=8080)
+    t.expect("S")
+    t.close()
+    t.expect_none()
+    assert conn.state is State.CLOSED and t.table == {}
+    t.send("S.", seq=PEER_ISS, ack=OUR_ISS + 1, sport=8080)
+    t.expect("R", seq=OUR_ISS + 1)
+
+
+def test_b50_isn_is_keyed_hash_plus_clock() -> None:
+    isn = IsnGenerator(b"k" * 16)
+    a = isn(1, 80, 2, PEER_PORT, 0.0)
+    assert isn(1, 80, 2, PEER_PORT, 1.0) == (a + 250_000) & 0xFFFFFFFF  # 4 us ticks
+    assert isn(1, 80, 2, PEER_PORT + 1, 0.0) != a  # another tuple, another offset
+    assert IsnGenerator(b"x" * 16)(1, 80, 2, PEER_PORT, 0.0) != a  # the secret matters
+
+
+def test_b50_syn_window_is_never_scaled() -> None:
+    t = TcpScript(listen=80, receive_buffer=1 << 20)
+    t.send("S", seq=PEER_ISS, ws=7, win=1000)
+    out = t.expect("S.")
+    assert out.window == 0xFFFF and out.options.window_scale == 5
+    assert t.conn is None  # still SYN_RECEIVED
+    conn = t.tcp.connections[next(iter(t.tcp.connections))]
+    assert conn.snd_wnd == 1000  # the SYN's window, unscaled
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1, win=1000)
+    assert conn.snd_wnd == 1000 << 7

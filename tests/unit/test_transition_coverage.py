@@ -1,0 +1,77 @@
+"""Every arrow of the state table is exercised by at least one script.
+
+The script tests are run again here, in-process, with a recorder on the
+trace; the table printed with `pytest -s` shows which script covers which
+transition.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import tcpscript
+
+from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.trace import StateChange
+
+SCRIPT_MODULES = ["test_tcp_open", "test_tcp_close", "test_tcp_data", "test_tcp_every_state"]
+
+
+def _calls(function: Callable[..., Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The test's parametrized cases, as (id, keyword arguments)."""
+    axes = []
+    for mark in getattr(function, "pytestmark", []):
+        if mark.name != "parametrize":
+            continue
+        names = [n.strip() for n in mark.args[0].split(",")] if isinstance(
+            mark.args[0], str) else list(mark.args[0])  # fmt: skip
+        cases = [dict(zip(names, v if len(names) > 1 else (v,), strict=True))
+                 for v in mark.args[1]]  # fmt: skip
+        axes.append(cases)
+    for combination in itertools.product(*axes):
+        kwargs: dict[str, Any] = {}
+        for case in combination:
+            kwargs.update(case)
+        label = "-".join(str(v) for v in kwargs.values())
+        yield (f"[{label}]" if label else ""), kwargs
+
+
+def covering_scripts() -> dict[tuple[State, Event], list[str]]:
+    covered: dict[tuple[State, Event], list[str]] = {}
+    current = ""
+
+    def record(change: StateChange) -> None:
+        covered.setdefault((change.old, change.event), []).append(current)
+
+    tcpscript.transition_recorder = record
+    try:
+        for module_name in SCRIPT_MODULES:
+            module = importlib.import_module(module_name)
+            for name, function in inspect.getmembers(module, inspect.isfunction):
+                if not name.startswith("test_") or function.__module__ != module.__name__:
+                    continue
+                for label, kwargs in _calls(function):
+                    current = f"{module_name}::{name}{label}"
+                    function(**kwargs)
+    finally:
+        tcpscript.transition_recorder = None
+    return covered
+
+
+def test_every_transition_is_exercised() -> None:
+    covered = covering_scripts()
+    width = max(len(f"{s} --{e.name}--> {t.new_state}") for (s, e), t in TRANSITIONS.items())
+    print("\ntransition coverage:")
+    for (state, event), transition in TRANSITIONS.items():
+        arrow = f"{state} --{event.name}--> {transition.new_state}"
+        scripts = sorted(set(covered.get((state, event), [])))
+        first = scripts[0] if scripts else "NOT COVERED"
+        print(f"  {arrow:<{width}}  {len(scripts):>3}  {first}")
+    missing = [f"{s} --{e.name}-->" for (s, e) in TRANSITIONS if (s, e) not in covered]
+    assert not missing, f"transitions no script exercises: {missing}"
+    unknown = [key for key in covered if key not in TRANSITIONS]
+    assert not unknown, unknown

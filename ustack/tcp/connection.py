@@ -1,0 +1,765 @@
+"""TcpConnection: one TCB and the RFC 9293 event processing, sans I/O.
+
+The connection never reads a clock, a socket or the TUN. It is driven by
+`receive(segment, now)`, `handle_timer(now)` and the application calls
+(`send`, `read`, `shutdown`, `close`, `abort`); it answers with segments
+(`segments_to_send()`), application events (`next_event()`), trace events
+(through `trace`) and one deadline (`get_timer()`).
+
+Names follow RFC 9293 3.3.1: snd_una is SND.UNA, rcv_nxt is RCV.NXT, and so
+on. The comments name the step of 3.10.7.4 each block implements.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from ustack.headers import ACK, FIN, PSH, RST, SYN, TcpOptions
+from ustack.tcp import seq
+from ustack.tcp.events import (
+    AppEvent,
+    Closed,
+    Connected,
+    DataReceived,
+    EndOfStream,
+    SendSpace,
+)
+from ustack.tcp.recovery import RttEstimator
+from ustack.tcp.segment import Segment
+from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.trace import Decision, StateChange, Tracer
+
+DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
+MAX_WINDOW_SHIFT = 14  # RFC 7323 2.3
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    mss: int = 1460  # announced in our SYN: the MTU less 40
+    receive_buffer: int = 256 * 1024
+    send_buffer: int = 256 * 1024
+    window_scaling: bool = True
+    msl: float = 30.0  # TIME_WAIT lasts 2*MSL
+    initial_rto: float = 1.0  # RFC 6298 2.1
+    min_rto: float = 0.2  # Linux's; RFC 6298 says 1 s
+    max_rto: float = 60.0
+    syn_retries: int = 6  # SYN retransmissions before ETIMEDOUT (Linux tcp_syn_retries)
+    synack_retries: int = 5  # SYN,ACK retransmissions before the half-open entry goes
+    retries: int = 15  # data/FIN retransmissions before ETIMEDOUT (Linux tcp_retries2)
+    fin_wait_2_timeout: float = 60.0  # orphaned FIN_WAIT_2 (Linux tcp_fin_timeout)
+    rfc1337: bool = True  # ignore RST in TIME_WAIT (RFC 1337); False: honour it
+    challenge_ack_limit: int = 10  # challenge ACKs per second (RFC 5961 7)
+    initial_window_segments: int = 10  # RFC 6928
+
+    @property
+    def window_shift(self) -> int:
+        """The smallest shift that lets the 16-bit field carry our whole buffer."""
+        shift = 0
+        while (self.receive_buffer >> shift) > 0xFFFF and shift < MAX_WINDOW_SHIFT:
+            shift += 1
+        return shift
+
+
+class ConnectionClosedError(ConnectionError):
+    """send() or read() on a connection that can no longer do it."""
+
+
+class TcpConnection:
+    def __init__(
+        self, *, conn_id: int, iss: int, config: TcpConfig, trace: Tracer | None = None
+    ) -> None:
+        self.conn_id = conn_id
+        self.config = config
+        self.trace = trace
+        self.state = State.CLOSED
+        self.passive = False  # opened by a listener (matters for RST in SYN_RECEIVED)
+        self.orphaned = False  # the application closed: nobody will read
+        self.error: str | None = None  # why it closed, as an errno name
+        # Send sequence variables (RFC 9293 3.3.1). SND.MAX is the highest
+        # SND.NXT ever sent: SND.NXT goes back to SND.UNA on a timeout.
+        self.iss = iss
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.snd_max = iss
+        self.snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self.max_snd_wnd = 0
+        self.snd_shift = 0  # the peer's window scale, applied to its windows
+        self.peer_mss = DEFAULT_PEER_MSS
+        # Receive sequence variables. RCV.WND is what we last advertised:
+        # rcv_adv (its right edge) minus RCV.NXT.
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_adv = 0
+        self.rcv_shift = 0  # our window scale
+        # Buffers: _send_buf holds unacknowledged and unsent data from
+        # sequence number _send_buf_seq; _recv_buf holds in-order data not
+        # yet read; _out_of_order holds segments beyond a hole, by SEQ.
+        self._send_buf = bytearray()
+        self._send_buf_seq = seq.add(iss, 1)
+        self._fin_queued = False  # our FIN follows the last byte of _send_buf
+        self._recv_buf = bytearray()
+        self._out_of_order: dict[int, bytes] = {}
+        self._held_fin: int | None = None  # SEQ of a FIN that arrived beyond a hole
+        self.fin_received = False
+        self._read_shut = False
+        # Loss recovery: one timer, RFC 6298 RTO, Karn's rule; a minimal
+        # slow start so a timeout does not resend a whole window at once.
+        self._rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
+        self._timed: tuple[int, float] | None = None  # (SEQ being timed, when sent)
+        self._retries = 0
+        self.cwnd = config.initial_window_segments * config.mss
+        self.ssthresh = 1 << 30
+        # Deadlines by timer name: retransmit, persist, time_wait, fin_wait_2.
+        self._timers: dict[str, float] = {}
+        self._challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
+        self._ack_now = False
+        self._now = 0.0
+        self._outbox: list[Segment] = []
+        self._events: deque[AppEvent] = deque()
+
+    # ---- opening ----------------------------------------------------------
+
+    def connect(self, now: float) -> None:
+        """Active OPEN: send a SYN (RFC 9293 3.10.1)."""
+        self._now = now
+        self._transition(Event.APP_CONNECT)
+        self._output()
+
+    def listen_accept(self, syn: Segment, now: float) -> None:
+        """A listener hands us the SYN it received (RFC 9293 3.10.7.2)."""
+        self._now = now
+        self.passive = True
+        self.state = State.LISTEN
+        self._take_syn(syn)
+        self.snd_wnd = syn.window  # never scaled in a SYN (RFC 7323 2.2)
+        self.max_snd_wnd = self.snd_wnd
+        self.snd_wl1 = syn.seq
+        self._transition(Event.RCV_SYN)
+        self._output()
+
+    def _take_syn(self, syn: Segment) -> None:
+        """IRS, RCV.NXT and the options of the peer's SYN."""
+        self.irs = syn.seq
+        self.rcv_nxt = seq.add(syn.seq, 1)
+        options = syn.options
+        self.peer_mss = options.mss or DEFAULT_PEER_MSS
+        if options.window_scale is not None and self.config.window_scaling:
+            self.snd_shift = min(options.window_scale, MAX_WINDOW_SHIFT)
+            self.rcv_shift = self.config.window_shift
+        else:  # both sides must offer it, else neither scales (RFC 7323 2.2)
+            self.snd_shift = self.rcv_shift = 0
+
+    def reopen(self, now: float) -> None:
+        """A new SYN above RCV.NXT takes over this TIME_WAIT 4-tuple (RFC 6191)."""
+        self._now = now
+        self._transition(Event.RCV_SYN_NEW_INCARNATION)
+
+    # ---- the application's calls -------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        """Queue data; returns how many bytes fit in the send buffer."""
+        self._now = now
+        if self.state is State.CLOSED:
+            raise ConnectionClosedError(self.error or "ENOTCONN")
+        if self._fin_queued or self.state not in _CAN_SEND:
+            raise BrokenPipeError("EPIPE: the sending side is shut down")
+        room = self.config.send_buffer - len(self._send_buf)
+        taken = data[: max(room, 0)]
+        self._send_buf += taken
+        self._output()
+        return len(taken)
+
+    @property
+    def send_space(self) -> int:
+        return max(self.config.send_buffer - len(self._send_buf), 0)
+
+    @property
+    def unsent_bytes(self) -> int:
+        return len(self._send_buf)
+
+    def read(self, max_bytes: int, now: float) -> bytes:
+        """Up to max_bytes of received data; b"" means none waits (check at_eof)."""
+        self._now = now
+        data = bytes(self._recv_buf[:max_bytes])
+        del self._recv_buf[:max_bytes]
+        if data and self.state in _CAN_ACK:
+            self._maybe_window_update()
+            self._output()
+        return data
+
+    @property
+    def readable_bytes(self) -> int:
+        return len(self._recv_buf)
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer's FIN arrived and every byte before it has been read."""
+        return self.fin_received and not self._recv_buf
+
+    def shutdown(self, now: float) -> None:
+        """shutdown(SHUT_WR): FIN after the queued data; we can still receive."""
+        self._now = now
+        if self._fin_queued or self.state in (State.CLOSED, State.LISTEN):
+            return
+        if self.state is State.SYN_SENT:
+            self._transition(Event.APP_CLOSE)
+            return
+        self._fin_queued = True
+        self._transition(Event.APP_CLOSE)
+        self._output()
+
+    def shutdown_read(self) -> None:
+        """shutdown(SHUT_RD): nothing goes on the wire; later data is dropped."""
+        self._read_shut = True
+        self._recv_buf.clear()
+
+    def close(self, now: float) -> None:
+        """The application is done with the connection (RFC 9293 3.10.4).
+
+        Unread data makes it an abortive close (RST, RFC 9293 3.6 SHLD-3);
+        otherwise the FIN goes after any queued data, and the connection
+        lives on, orphaned, until the close completes."""
+        self._now = now
+        self.orphaned = True
+        if self._recv_buf and self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
+            self._send_rst_ack()
+            self._transition(Event.APP_CLOSE_UNREAD)
+            return
+        self.shutdown(now)
+        if self.state is State.FIN_WAIT_2:
+            self._arm("fin_wait_2", self.config.fin_wait_2_timeout)
+
+    def abort(self, now: float) -> None:
+        """ABORT (RFC 9293 3.10.5), like SO_LINGER 0: RST and gone."""
+        self._now = now
+        self.orphaned = True
+        if self.state in (State.CLOSED, State.LISTEN, State.TIME_WAIT):
+            return
+        if self.state is not State.SYN_SENT:
+            self._send_rst_ack()
+        self._transition(Event.APP_ABORT)
+
+    # ---- segment arrival ---------------------------------------------------
+
+    def receive(self, segment: Segment, now: float) -> None:
+        self._now = now
+        if self.state is State.SYN_SENT:
+            self._receive_in_syn_sent(segment)
+        elif self.state is not State.CLOSED:
+            self._receive_synchronized(segment)
+        self._output()
+
+    def _receive_in_syn_sent(self, seg: Segment) -> None:
+        """RFC 9293 3.10.7.3."""
+        flags = seg.flags
+        # First: the ACK must acknowledge our SYN, nothing less, nothing more.
+        if flags & ACK and (seq.le(seg.ack, self.iss) or seq.gt(seg.ack, self.snd_max)):
+            if not flags & RST:
+                self._emit(Segment(seg.ack, 0, RST, 0))
+            self._decide("unacceptable ACK in SYN_SENT: RST <SEQ=SEG.ACK>", "3.10.7.3")
+            return
+        # Second: a RST counts only if it acknowledges our SYN.
+        if flags & RST:
+            if flags & ACK:
+                self._transition(Event.RCV_RST, error="ECONNREFUSED")
+            else:
+                self._decide("RST without ACK in SYN_SENT ignored", "3.10.7.3")
+            return
+        # Fourth: the SYN.
+        if not flags & SYN:
+            self._decide("neither SYN nor RST in SYN_SENT: dropped", "3.10.7.3")
+            return
+        self._take_syn(seg)
+        self.snd_wnd = seg.window  # a SYN's window is never scaled
+        self.max_snd_wnd = self.snd_wnd
+        self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+        if flags & ACK:
+            self._ack_advanced(seg.ack)
+            self._transition(Event.RCV_SYN_ACK)
+            self._events.append(Connected())
+            self._ack_now = True
+            if seg.payload or flags & FIN:  # rare: data on the SYN,ACK
+                self._receive_text_and_fin(seg, seq.add(seg.seq, 1), seg.payload, flags & FIN)
+        else:
+            # Simultaneous open: answer with SYN,ACK from the same ISS.
+            self._transition(Event.RCV_SYN)
+            self.snd_nxt = self.iss
+            self._retries = 0
+
+    def _receive_synchronized(self, seg: Segment) -> None:
+        """RFC 9293 3.10.7.4, for SYN_RECEIVED and every later state."""
+        flags = seg.flags
+        state = self.state
+        if state is State.TIME_WAIT and flags & FIN and not flags & RST:
+            if seq.add(seg.seq, len(seg.payload) + 1) == self.rcv_nxt:
+                # The peer lost our last ACK and resent its FIN.
+                self._ack_now = True
+                self._arm("time_wait", 2 * self.config.msl)
+                self._decide("FIN retransmitted in TIME_WAIT: ACK again, 2MSL restarts", "3.10.7.4")
+                return
+        if state is State.SYN_RECEIVED and flags & SYN and not flags & (ACK | RST):
+            if seg.seq == self.irs:
+                # The peer did not get our SYN,ACK: send it again, same ISS.
+                self.snd_nxt = self.iss
+                self._decide("retransmitted SYN in SYN_RECEIVED: SYN,ACK again", "3.10.7.4")
+                return
+        # First: is the segment acceptable (in the receive window)?
+        if not self._acceptable(seg):
+            if not flags & RST:
+                self._ack_now = True
+            self._decide("segment outside the receive window: dropped, ACK sent", "3.10.7.4")
+            return
+        # Second: RST (RFC 5961 3.2: only an exact RCV.NXT match resets).
+        if flags & RST:
+            self._receive_rst(seg)
+            return
+        # Fourth: a SYN in a synchronized state gets a challenge ACK (RFC 5961 4.2).
+        if flags & SYN:
+            self._challenge_ack("SYN in a synchronized state", "RFC 5961 4.2")
+            return
+        # Fifth: the ACK field.
+        if not flags & ACK:
+            self._decide("segment without ACK in a synchronized state: dropped", "3.10.7.4")
+            return
+        if state is State.SYN_RECEIVED:
+            if not (seq.lt(self.snd_una, seg.ack) and seq.le(seg.ack, self.snd_max)):
+                self._emit(Segment(seg.ack, 0, RST, 0))
+                self._decide("unacceptable ACK in SYN_RECEIVED: RST <SEQ=SEG.ACK>", "3.10.7.4")
+                return
+            self.snd_wnd = seg.window << self.snd_shift
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+            self._transition(Event.RCV_ACK_OF_SYN)
+            self._events.append(Connected())
+        if not self._receive_ack(seg):
+            return
+        # Sixth (URG) is not supported: urgent data is ordinary data here.
+        # Seventh and eighth: the text, then the FIN.
+        if self.state in (State.CLOSED, State.TIME_WAIT):
+            return
+        self._receive_text_and_fin(seg, seg.seq, seg.payload, seg.flags & FIN)
+
+    def _acceptable(self, seg: Segment) -> bool:
+        """The four cases of the acceptability test (RFC 9293 3.10.7.4)."""
+        window = seq.diff(self.rcv_adv, self.rcv_nxt)
+        length = seg.seg_len
+        if window <= 0:
+            # A zero window still takes ACKs, RSTs and a FIN at RCV.NXT
+            # (Linux does the same for the FIN; behaviour 27).
+            return seg.seq == self.rcv_nxt and not seg.payload
+        if length == 0:
+            return seq.in_window(seg.seq, self.rcv_nxt, window)
+        last = seq.add(seg.seq, length - 1)
+        return seq.in_window(seg.seq, self.rcv_nxt, window) or seq.in_window(
+            last, self.rcv_nxt, window
+        )
+
+    def _receive_rst(self, seg: Segment) -> None:
+        if seg.seq != self.rcv_nxt:
+            self._challenge_ack("RST in the window but not at RCV.NXT", "RFC 5961 3.2")
+            return
+        state = self.state
+        if state is State.SYN_RECEIVED:
+            if self.passive:
+                self._transition(Event.RCV_RST)  # back to LISTEN: the listener stays
+            else:
+                self._transition(Event.RCV_RST_AFTER_SIMULTANEOUS_OPEN, error="ECONNREFUSED")
+        elif state is State.TIME_WAIT:
+            if self.config.rfc1337:
+                self._decide(
+                    "RST in TIME_WAIT ignored (RFC 1337 TIME-WAIT assassination fix)", "RFC 1337"
+                )
+            else:
+                self._transition(Event.RCV_RST)
+        else:
+            error = "ECONNRESET" if state in _PEER_MAY_RESET else None
+            self._transition(Event.RCV_RST, error=error)
+
+    def _receive_ack(self, seg: Segment) -> bool:
+        """The fifth step for ESTABLISHED and the closing states; False when
+        the segment is finished with."""
+        ack = seg.ack
+        if seq.gt(ack, self.snd_max):
+            self._ack_now = True
+            self._decide("ACK of data never sent: dropped, ACK sent", "RFC 5961 5.2")
+            return False
+        if seq.lt(ack, seq.add(self.snd_una, -self.max_snd_wnd - 1)):
+            self._ack_now = True
+            self._decide("ACK older than the send window: dropped, ACK sent", "RFC 5961 5.2")
+            return False
+        if seq.lt(self.snd_una, ack):
+            self._ack_advanced(ack)
+        # Window update, from the newest segment only (SND.WL1, SND.WL2).
+        if seq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, ack)):
+            reopened = self.snd_wnd == 0 and seg.window > 0
+            self.snd_wnd = seg.window << self.snd_shift
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+            self.snd_wl1, self.snd_wl2 = seg.seq, ack
+            if self.snd_wnd:
+                self._timers.pop("persist", None)
+                if reopened:
+                    self.snd_nxt = self.snd_una  # resend a probe byte the peer dropped
+            else:
+                self._retries = 0  # the peer is alive, just full
+        if not self._fin_acked():
+            return True
+        state = self.state
+        if state is State.FIN_WAIT_1:
+            end = seq.add(seg.seq, len(seg.payload))
+            if seg.flags & FIN and seq.le(seg.seq, self.rcv_nxt) and seq.ge(end, self.rcv_nxt):
+                return True  # its FIN, next in sequence, takes us straight to TIME_WAIT
+            self._transition(Event.RCV_ACK_OF_FIN)
+            if self.orphaned:
+                self._arm("fin_wait_2", self.config.fin_wait_2_timeout)
+        elif state is State.CLOSING:
+            self._transition(Event.RCV_ACK_OF_FIN)
+            return False
+        elif state is State.LAST_ACK:
+            self._transition(Event.RCV_ACK_OF_FIN)
+            return False
+        return True
+
+    def _ack_advanced(self, ack: int) -> None:
+        """SND.UNA moves to `ack`: free the acknowledged bytes, measure, re-arm."""
+        acked = seq.diff(ack, self.snd_una)
+        data_acked = min(max(seq.diff(ack, self._send_buf_seq), 0), len(self._send_buf))
+        if data_acked:
+            del self._send_buf[:data_acked]
+            self._send_buf_seq = seq.add(self._send_buf_seq, data_acked)
+            self._events.append(SendSpace())
+        self.snd_una = ack
+        if seq.lt(self.snd_nxt, ack):
+            self.snd_nxt = ack
+        if self._timed is not None and seq.gt(ack, self._timed[0]):
+            self._rtt.sample(self._now - self._timed[1])
+            self._timed = None
+        self._retries = 0
+        mss = self._mss
+        if self.cwnd < self.ssthresh:
+            self.cwnd += min(acked, mss)  # slow start
+        else:
+            self.cwnd += max(mss * mss // self.cwnd, 1)  # congestion avoidance
+        if self.snd_una == self.snd_max:
+            self._timers.pop("retransmit", None)
+        else:
+            self._arm("retransmit", self._rtt.rto)  # RFC 6298 5.3
+
+    def _fin_acked(self) -> bool:
+        return self._fin_queued and self.snd_una == seq.add(self._fin_seq, 1)
+
+    @property
+    def _fin_seq(self) -> int:
+        return seq.add(self._send_buf_seq, len(self._send_buf))
+
+    def _receive_text_and_fin(
+        self, seg: Segment, start: int, payload: bytes | memoryview, fin: int
+    ) -> None:
+        state = self.state
+        # Trim what lies before RCV.NXT (already received) or past the window.
+        skip = seq.diff(self.rcv_nxt, start)
+        if skip > 0:
+            if skip > len(payload):
+                return  # everything, FIN included, is old
+            payload = payload[skip:]
+            start = self.rcv_nxt
+        over = seq.diff(seq.add(start, len(payload)), self.rcv_adv)
+        if over > 0:
+            payload = payload[: len(payload) - over]
+            fin = 0  # the FIN lies beyond the window too
+        if payload:
+            if state not in _RECEIVES_TEXT:
+                self._decide(f"data after the peer's FIN ignored in {state}", "3.10.7.4")
+                return
+            if self.orphaned:
+                self._send_rst_ack()
+                self._transition(Event.RCV_DATA_ORPHANED)
+                return
+            self._receive_text(start, bytes(payload))
+        if fin:
+            fin_seq = seq.add(start, len(payload))
+            if fin_seq == self.rcv_nxt:
+                self._receive_fin()
+            elif seq.gt(fin_seq, self.rcv_nxt):
+                self._held_fin = fin_seq
+                self._ack_now = True
+                self._decide("FIN beyond a hole: held until the hole fills", "3.10.7.4")
+
+    def _receive_text(self, start: int, data: bytes) -> None:
+        self._ack_now = True  # every segment is ACKed at once (no delayed ACK yet)
+        if start != self.rcv_nxt:
+            held = self._out_of_order.get(start)
+            if held is None or len(held) < len(data):
+                self._out_of_order[start] = data
+            self._decide("out-of-order segment held, duplicate ACK sent", "3.10.7.4")
+            return
+        self._deliver(data)
+        # Segments that waited beyond the hole may now follow.
+        progressed = True
+        while progressed and self._out_of_order:
+            progressed = False
+            for held_seq in list(self._out_of_order):
+                if seq.le(held_seq, self.rcv_nxt):
+                    held = self._out_of_order.pop(held_seq)
+                    overlap = seq.diff(self.rcv_nxt, held_seq)
+                    if overlap < len(held):
+                        self._deliver(held[overlap:])
+                        progressed = True
+        if self._held_fin == self.rcv_nxt:
+            self._receive_fin()
+
+    def _deliver(self, data: bytes) -> None:
+        self.rcv_nxt = seq.add(self.rcv_nxt, len(data))
+        if not self._read_shut:
+            self._recv_buf += data
+            self._events.append(DataReceived())
+
+    def _receive_fin(self) -> None:
+        """The eighth step: the FIN is next in sequence."""
+        self._held_fin = None
+        self.rcv_nxt = seq.add(self.rcv_nxt, 1)
+        self._ack_now = True
+        if self.fin_received:
+            return
+        self.fin_received = True
+        self._events.append(EndOfStream())
+        state = self.state
+        if state in (State.ESTABLISHED, State.FIN_WAIT_2):
+            self._transition(Event.RCV_FIN)
+        elif state is State.FIN_WAIT_1:
+            self._transition(Event.RCV_FIN_ACK_OF_FIN if self._fin_acked() else Event.RCV_FIN)
+
+    # ---- timers ------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline at which handle_timer() has work, if any."""
+        return min(self._timers.values()) if self._timers else None
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        for name, deadline in sorted(self._timers.items(), key=lambda item: item[1]):
+            if deadline > now or self._timers.get(name) != deadline:
+                continue
+            del self._timers[name]
+            if name == "retransmit":
+                self._on_retransmit_timeout()
+            elif name == "persist":
+                self._on_persist_timeout()
+            elif name == "time_wait":
+                self._transition(Event.TIMEOUT_2MSL)
+            elif name == "fin_wait_2" and self.state is State.FIN_WAIT_2:
+                self._transition(Event.TIMEOUT_FIN_WAIT_2)
+        self._output()
+
+    def _arm(self, name: str, delay: float) -> None:
+        self._timers[name] = self._now + delay
+
+    def _on_retransmit_timeout(self) -> None:
+        """RFC 6298 5.4-5.7: back off, go back to SND.UNA, resend."""
+        self._retries += 1
+        if self.state is State.SYN_SENT:
+            limit = self.config.syn_retries
+        elif self.state is State.SYN_RECEIVED and self.passive:
+            limit = self.config.synack_retries
+        else:
+            limit = self.config.retries
+        if self._retries > limit:
+            self._transition(Event.TIMEOUT_RETRANSMIT, error="ETIMEDOUT")
+            return
+        self._rtt.back_off()
+        self._timed = None  # Karn: never time a retransmission
+        flight = seq.diff(self.snd_max, self.snd_una)
+        self.ssthresh = max(flight // 2, 2 * self._mss)
+        self.cwnd = self._mss
+        self.snd_nxt = self.snd_una
+        self._decide(
+            f"retransmission timeout #{self._retries}: resend from SND.UNA, RTO now "
+            f"{self._rtt.rto:.3f}s",
+            "RFC 6298 5.4-5.6",
+        )
+        if self.snd_wnd == 0 and self.snd_una != self.iss and self.state in _SENDS_DATA:
+            self._send_data(1, probe=True)  # the lost byte was a zero-window probe
+        else:
+            self._output()
+        self._arm("retransmit", self._rtt.rto)
+
+    def _on_persist_timeout(self) -> None:
+        """Zero-window probe (RFC 9293 3.8.6.1): push one byte past the window."""
+        if self.snd_wnd or seq.diff(self._fin_seq, self.snd_nxt) <= 0:
+            return
+        self._send_data(1, probe=True)
+        self._rtt.back_off()
+
+    # ---- output --------------------------------------------------------------
+
+    @property
+    def _mss(self) -> int:
+        return min(self.peer_mss, self.config.mss)
+
+    def segments_to_send(self) -> list[Segment]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> AppEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def _output(self) -> None:
+        state = self.state
+        if state in (State.CLOSED, State.LISTEN):
+            return
+        if state is not State.TIME_WAIT:
+            if self.snd_nxt == self.iss:
+                self._send_syn()
+            elif self.snd_una != self.iss and state in _SENDS_DATA:
+                self._send_data(None)
+        if self._ack_now:
+            self._ack_now = False
+            self._emit(Segment(self.snd_nxt, self.rcv_nxt, ACK, self._window_field()))
+
+    def _send_syn(self) -> None:
+        config = self.config
+        ack = self.state is not State.SYN_SENT
+        shift = self.rcv_shift if ack else config.window_shift
+        offer_scaling = config.window_scaling and (not ack or self.snd_shift or self.rcv_shift)
+        options = TcpOptions(mss=config.mss, window_scale=shift if offer_scaling else None)
+        window = min(self._free_receive_space(), 0xFFFF)  # a SYN's window is not scaled
+        self.rcv_adv = seq.add(self.rcv_nxt, window)
+        flags = SYN | ACK if ack else SYN
+        self._emit(Segment(self.iss, self.rcv_nxt if ack else 0, flags, window, b"", options))
+        self.snd_nxt = seq.add(self.iss, 1)
+        if self.snd_max == self.iss:
+            self.snd_max = self.snd_nxt
+            self._timed = (self.iss, self._now)
+        self._ack_now = False
+        if "retransmit" not in self._timers:
+            self._arm("retransmit", self._rtt.rto)
+
+    def _send_data(self, limit: int | None, probe: bool = False) -> None:
+        """Segments from SND.NXT while window and data allow; the FIN on the last."""
+        buf = self._send_buf
+        mss = self._mss
+        while True:
+            offset = seq.diff(self.snd_nxt, self._send_buf_seq)
+            if offset > len(buf):
+                break  # the FIN is out already
+            unsent = len(buf) - offset
+            if probe:
+                size = min(unsent, 1)
+            else:
+                window = min(self.snd_wnd, self.cwnd)
+                usable = seq.diff(seq.add(self.snd_una, window), self.snd_nxt)
+                size = max(min(unsent, usable, mss), 0)
+            if limit is not None:
+                size = min(size, limit)
+            fin = self._fin_queued and offset + size == len(buf)
+            if size == 0 and not fin:
+                break
+            flags = ACK | (FIN if fin else 0) | (PSH if size and offset + size == len(buf) else 0)
+            payload = bytes(buf[offset : offset + size])
+            self._emit(Segment(self.snd_nxt, self.rcv_nxt, flags, self._window_field(), payload))
+            if self._timed is None and self.snd_nxt == self.snd_max and size:
+                self._timed = (self.snd_nxt, self._now)
+            self.snd_nxt = seq.add(self.snd_nxt, size + fin)
+            if seq.gt(self.snd_nxt, self.snd_max):
+                self.snd_max = self.snd_nxt
+            self._ack_now = False
+            if "retransmit" not in self._timers:
+                self._arm("retransmit", self._rtt.rto)
+            if fin or probe:
+                break
+        stalled = self.snd_wnd == 0 and seq.diff(self._fin_seq, self.snd_nxt) >= 0
+        if stalled and self.snd_una == self.snd_max and "persist" not in self._timers:
+            self._arm("persist", self._rtt.rto)
+
+    def _free_receive_space(self) -> int:
+        return max(self.config.receive_buffer - len(self._recv_buf), 0)
+
+    def _window_field(self) -> int:
+        """The window to advertise, scaled; the right edge never moves left
+        (RFC 9293 3.8.6.2.2), and it grows only by useful amounts (SWS)."""
+        free = self._free_receive_space()
+        promised = max(seq.diff(self.rcv_adv, self.rcv_nxt), 0)
+        if free - promised < min(self.config.receive_buffer // 2, self._mss):
+            free = promised  # a small opening is not worth announcing yet
+        # Round up: rounding down would pull a promised right edge back.
+        granule = (1 << self.rcv_shift) - 1
+        field = min((max(free, promised) + granule) >> self.rcv_shift, 0xFFFF)
+        self.rcv_adv = seq.add(self.rcv_nxt, field << self.rcv_shift)
+        return field
+
+    def _maybe_window_update(self) -> None:
+        """After a read: announce the window if it opened by enough to matter."""
+        promised = max(seq.diff(self.rcv_adv, self.rcv_nxt), 0)
+        if self._free_receive_space() - promised >= min(
+            self.config.receive_buffer // 2, 2 * self._mss
+        ):
+            self._ack_now = True
+
+    def _emit(self, segment: Segment) -> None:
+        self._outbox.append(segment)
+
+    def _send_rst_ack(self) -> None:
+        self._emit(Segment(self.snd_nxt, self.rcv_nxt, RST | ACK, 0))
+
+    def _challenge_ack(self, what: str, rule: str) -> None:
+        """RFC 5961 7: at most challenge_ack_limit challenge ACKs a second."""
+        started, count = self._challenges
+        if self._now - started >= 1.0:
+            started, count = self._now, 0
+        if count < self.config.challenge_ack_limit:
+            self._challenges = (started, count + 1)
+            self._ack_now = True
+            self._decide(f"{what}: challenge ACK", rule)
+        else:
+            self._decide(f"{what}: challenge ACK suppressed by the rate limit", rule)
+
+    # ---- state changes and trace ------------------------------------------------
+
+    def _transition(self, event: Event, error: str | None = None) -> None:
+        transition = TRANSITIONS[(self.state, event)]
+        old, self.state = self.state, transition.new_state
+        if self.trace is not None:
+            self.trace(
+                StateChange(
+                    self._now, self.conn_id, old, self.state, event, transition.rule, transition.why
+                )
+            )
+        if self.state in (State.CLOSED, State.LISTEN):
+            self._timers.clear()
+            self.error = error
+            self._events.append(Closed(error))
+        elif self.state is State.TIME_WAIT:
+            self._timers.clear()
+            self._arm("time_wait", 2 * self.config.msl)
+
+    def _decide(self, what: str, rule: str) -> None:
+        if self.trace is not None:
+            if rule[0].isdigit():
+                rule = f"RFC 9293 {rule}"
+            self.trace(Decision(self._now, self.conn_id, what, rule))
+
+    def __repr__(self) -> str:
+        return (
+            f"<TcpConnection {self.conn_id} {self.state} snd_una={self.snd_una}"
+            f" snd_nxt={self.snd_nxt} rcv_nxt={self.rcv_nxt}>"
+        )
+
+
+# States in which the application may still queue data.
+_CAN_SEND = (State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT)
+# States in which data (and our FIN) goes out.
+_SENDS_DATA = (
+    State.ESTABLISHED,
+    State.CLOSE_WAIT,
+    State.FIN_WAIT_1,
+    State.CLOSING,
+    State.LAST_ACK,
+)
+# States in which the peer may still send us data.
+_RECEIVES_TEXT = (State.SYN_RECEIVED, State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
+# States in which a read-side window update means something.
+_CAN_ACK = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
+# States in which a RST is an error the application must hear about.
+_PEER_MAY_RESET = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT)
