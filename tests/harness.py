@@ -8,11 +8,13 @@ traffic can leave it: the namespace has no route anywhere but its own TUN.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,6 +102,7 @@ class UstackDaemon:
     process: subprocess.Popen[bytes]
     control: Path
     log: Path
+    trace: Path
 
     @classmethod
     def start(
@@ -113,17 +116,19 @@ class UstackDaemon:
         """Start the daemon (under `wrapper`, e.g. setpriv) and wait until it is ready."""
         control = workdir / "control.sock"
         log = workdir / "ustack.log"
+        trace = workdir / "trace.jsonl"
         ready_r, ready_w = os.pipe()
         argv = ns.command(
             *wrapper, sys.executable, "-m", "ustack", "serve", "--control", str(control),
-            "--ready-fd", str(ready_w), "--log-level", "debug", *extra,
+            "--ready-fd", str(ready_w), "--log-level", "debug", "--trace", str(trace),
+            "--msl", "0.5", *extra,
         )  # fmt: skip
         with open(log, "wb") as log_file:
             process = subprocess.Popen(
                 argv, stdout=log_file, stderr=subprocess.STDOUT, pass_fds=[ready_w]
             )
         os.close(ready_w)
-        daemon = cls(ns, process, control, log)
+        daemon = cls(ns, process, control, log, trace)
         try:
             # The daemon writes a line when the device is up; EOF means it died first.
             readable, _, _ = select.select([ready_r], [], [], ready_timeout)
@@ -137,6 +142,38 @@ class UstackDaemon:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def trace_events(self) -> list[dict[str, Any]]:
+        with open(self.trace, encoding="utf-8") as stream:
+            return [json.loads(line) for line in stream if line.strip()]
+
+    def lives(self, **match: Any) -> list[list[str]]:
+        """The state sequences of the connections whose "connection" trace
+        event matches (e.g. local_port=80), in the order they were made."""
+        events = self.trace_events()
+        ids = [
+            e["conn"]
+            for e in events
+            if e["type"] == "connection" and all(e[k] == v for k, v in match.items())
+        ]
+        lives = []
+        for conn in ids:
+            changes = [e for e in events if e["type"] == "state" and e["conn"] == conn]
+            lives.append([changes[0]["old"], *(e["new"] for e in changes)] if changes else [])
+        return lives
+
+    def connections(self) -> list[dict[str, Any]]:
+        reply = request(self.control, "connections")
+        assert reply["ok"], reply
+        return reply["connections"]
+
+    def wait_until_no_connections(self, timeout: float = 10.0) -> None:
+        """TIME_WAIT and LAST_ACK end on the daemon's own timers: poll its table."""
+        deadline = time.monotonic() + timeout
+        while self.connections():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"connections left: {self.connections()}")
+            time.sleep(0.05)
 
     def stats(self) -> dict[str, int]:
         reply = request(self.control, "stats")

@@ -255,6 +255,7 @@ class TcpScript:
         conn = self.tcp.connect(PEER, port, self.now, local_port=local_port)
         self.conn = conn
         self.tcp.attach(conn, self.apps.setdefault(conn, AppLog()))
+        self.tcp.flush(conn)
         return conn
 
     def connect_established(self, port: int = 8080, local_port: int = 50000) -> TcpConnection:

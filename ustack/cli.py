@@ -1,4 +1,4 @@
-"""Command line: `ustack serve` runs the daemon, `ustack stats` asks a running one."""
+"""Command line: `ustack serve` runs the daemon; `stats`, `ss` and `connect` talk to it."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
 from ustack import __version__
-from ustack.control import ControlError, request
+from ustack.control import ControlError, encode, request
+from ustack.daemon import ServeConfig, serve
 from ustack.link import LinkConfig, LinkError
-from ustack.stack import ServeConfig, serve
+from ustack.services import SERVICES
+from ustack.tcp.connection import TcpConfig
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
@@ -52,6 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--mtu",
         help="MTU (default: 1500 on a new device, the device's own on an existing one)",
     )
+    serve_cmd.add_argument(
+        "--services",
+        default=",".join(SERVICES),
+        help="services to run, NAME or NAME:PORT, comma-separated; '' for none "
+        f"(default: {','.join(f'{n}:{p}' for n, (p, _) in SERVICES.items())})",
+    )
+    serve_cmd.add_argument(
+        "--msl", default="30", help="maximum segment lifetime, s; TIME_WAIT is 2*MSL (default 30)"
+    )
+    serve_cmd.add_argument(
+        "--fin-timeout",
+        default="60",
+        help="an orphaned FIN_WAIT_2 is dropped after this many seconds (default 60)",
+    )
+    serve_cmd.add_argument(
+        "--time-wait-rst",
+        choices=["ignore", "close"],
+        default="ignore",
+        help="a RST in TIME_WAIT: ignore it (RFC 1337, default) or close",
+    )
+    serve_cmd.add_argument("--trace", type=Path, help="write trace events to FILE (JSON lines)")
     _add_control_option(serve_cmd)
     serve_cmd.add_argument("--no-control", action="store_true", help="run without control socket")
     serve_cmd.add_argument(
@@ -65,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     stats_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     _add_control_option(stats_cmd)
     stats_cmd.add_argument("--json", action="store_true", help="print the raw JSON reply")
+
+    ss_cmd = commands.add_parser("ss", help="connections of a running daemon, like ss -tan")
+    ss_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
+    _add_control_option(ss_cmd)
+
+    connect_cmd = commands.add_parser(
+        "connect", help="make the stack connect to HOST PORT; stdin/stdout like nc"
+    )
+    connect_cmd.add_argument("host")
+    connect_cmd.add_argument("port", type=int)
+    connect_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
+    _add_control_option(connect_cmd)
     return parser
 
 
@@ -104,12 +141,47 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     if not args.device or len(args.device) > 15 or "/" in args.device:
         raise UsageError(f"bad --device {args.device!r}: a Linux interface name, 1-15 chars")
     control = None if args.no_control else args.control or default_control_path(args.device)
+    tcp = TcpConfig(
+        msl=_seconds(args.msl, "--msl"),
+        fin_wait_2_timeout=_seconds(args.fin_timeout, "--fin-timeout"),
+        rfc1337=args.time_wait_rst == "ignore",
+    )
     return ServeConfig(
         link=LinkConfig(device=args.device, linux_side=linux_side, mtu=mtu),
         address=address,
+        tcp=tcp,
+        services=_services(args.services),
         control_path=control,
         ready_fd=args.ready_fd,
+        trace_path=args.trace,
     )
+
+
+def _seconds(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"bad {flag} {text!r}: want seconds") from None
+    if not 0 <= value <= 86400:
+        raise UsageError(f"bad {flag} {text}: want 0..86400 seconds")
+    return value
+
+
+def _services(text: str) -> dict[str, int]:
+    chosen: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, port_text = item.partition(":")
+        if name not in SERVICES:
+            raise UsageError(f"unknown service {name!r} (known: {', '.join(SERVICES)})")
+        port = SERVICES[name][0]
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise UsageError(f"bad port in --services {item!r}")
+            port = int(port_text)
+        if port in chosen.values():
+            raise UsageError(f"two services on port {port}")
+        chosen[name] = port
+    return chosen
 
 
 def _setup_logging(level: str) -> None:
@@ -135,6 +207,50 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ss(args: argparse.Namespace) -> int:
+    reply = request(args.control or default_control_path(args.device), "connections")
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error")))
+    print(f"{'State':<13} {'Recv-Q':>7} {'Send-Q':>7}  {'Local':<22} {'Peer':<22}")
+    for local in reply["listening"]:
+        print(f"{'LISTEN':<13} {0:>7} {0:>7}  {local:<22} {'0.0.0.0:*':<22}")
+    for row in reply["connections"]:
+        print(
+            f"{row['state']:<13} {row['recv_queue']:>7} {row['send_queue']:>7}  "
+            f"{row['local']:<22} {row['remote']:<22}"
+        )
+    return 0
+
+
+def _connect(args: argparse.Namespace) -> int:
+    """Splice stdin/stdout with a connection the daemon opens (half-close aware)."""
+    path = args.control or default_control_path(args.device)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError as exc:
+        raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror or exc}") from None
+    with sock:
+        sock.sendall(encode({"command": "connect", "host": args.host, "port": args.port}))
+        stream = sock.makefile("rb", buffering=0)
+        reply = json.loads(stream.readline() or b"{}")
+        if not reply.get("ok"):
+            raise ControlError(str(reply.get("error", "the daemon closed the connection")))
+
+        def upload() -> None:
+            with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as stdin:
+                while data := stdin.read(65536):
+                    sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)  # our EOF becomes the stack's FIN
+
+        threading.Thread(target=upload, daemon=True).start()
+        out = sys.stdout.buffer
+        while data := sock.recv(65536):
+            out.write(data)
+            out.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -143,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             config = serve_config(args)
             _setup_logging(args.log_level)
             return serve(config)
-        return _stats(args)
+        return {"stats": _stats, "ss": _ss, "connect": _connect}[args.command](args)
     except (UsageError, ControlError, LinkError) as exc:
         print(f"ustack: error: {exc}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,11 @@ PROTOCOL_VERSION = 1
 MAX_REQUEST = 64 * 1024
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# A command that takes the connection over after its request (e.g. "connect",
+# which turns it into a byte pipe): it writes its own reply line.
+StreamHandler = Callable[
+    [dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
+]
 
 
 class ControlError(Exception):
@@ -36,7 +41,12 @@ class ControlServer:
         self.path = path
 
     @classmethod
-    async def start(cls, path: Path, handlers: dict[str, Handler]) -> ControlServer:
+    async def start(
+        cls,
+        path: Path,
+        handlers: dict[str, Handler],
+        stream_handlers: dict[str, StreamHandler] | None = None,
+    ) -> ControlServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             if _answers(path):
@@ -44,7 +54,7 @@ class ControlServer:
             path.unlink()  # left behind by a daemon that died
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await _serve_client(reader, writer, handlers)
+            await _serve_client(reader, writer, handlers, stream_handlers or {})
 
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
         try:
@@ -62,7 +72,10 @@ class ControlServer:
 
 
 async def _serve_client(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handlers: dict[str, Handler]
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    handlers: dict[str, Handler],
+    stream_handlers: dict[str, StreamHandler],
 ) -> None:
     try:
         while True:
@@ -70,12 +83,19 @@ async def _serve_client(
                 line = await reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as exc:
                 if exc.partial.strip():
-                    writer.write(_encode(_error("request not terminated by a newline")))
+                    writer.write(encode(error_reply("request not terminated by a newline")))
                 break
             except asyncio.LimitOverrunError:
-                writer.write(_encode(_error(f"request longer than {MAX_REQUEST} bytes")))
+                writer.write(encode(error_reply(f"request longer than {MAX_REQUEST} bytes")))
                 break  # the rest of the stream cannot be framed: hang up
-            writer.write(_encode(_dispatch(line, handlers)))
+            request, problem = _parse(line)
+            if request is None:
+                writer.write(encode(error_reply(problem)))
+            elif request["command"] in stream_handlers:
+                await stream_handlers[request["command"]](request, reader, writer)
+                return
+            else:
+                writer.write(encode(_dispatch(request, handlers, stream_handlers)))
             await writer.drain()
         await writer.drain()
     except (ConnectionError, OSError):
@@ -86,29 +106,36 @@ async def _serve_client(
             await writer.wait_closed()
 
 
-def _dispatch(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
+def _parse(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(the request, "") or (None, what is wrong with the line)."""
     try:
         request = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return _error(f"not JSON: {exc}")
+        return None, f"not JSON: {exc}"
     if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-        return _error('a request is a JSON object with a "command" string')
+        return None, 'a request is a JSON object with a "command" string'
+    return request, ""
+
+
+def _dispatch(
+    request: dict[str, Any], handlers: dict[str, Handler], stream_handlers: dict[str, StreamHandler]
+) -> dict[str, Any]:
     handler = handlers.get(request["command"])
     if handler is None:
-        known = ", ".join(sorted(handlers))
-        return _error(f"unknown command {request['command']!r} (known: {known})")
+        known = ", ".join(sorted([*handlers, *stream_handlers]))
+        return error_reply(f"unknown command {request['command']!r} (known: {known})")
     try:
         return {"ok": True, "version": PROTOCOL_VERSION, **handler(request)}
     except Exception as exc:  # a handler bug must not take the daemon down
         log.exception("control command %r failed", request["command"])
-        return _error(f"internal error: {exc}")
+        return error_reply(f"internal error: {exc}")
 
 
-def _error(message: str) -> dict[str, Any]:
+def error_reply(message: str) -> dict[str, Any]:
     return {"ok": False, "version": PROTOCOL_VERSION, "error": message}
 
 
-def _encode(reply: dict[str, Any]) -> bytes:
+def encode(reply: dict[str, Any]) -> bytes:
     return json.dumps(reply).encode() + b"\n"
 
 
@@ -132,7 +159,7 @@ def request(path: Path, command: str, timeout: float = 5.0, **fields: Any) -> di
             raise ControlError(
                 f"cannot reach the daemon at {path}: {reason} (is ustack serve running?)"
             ) from None
-        sock.sendall(_encode({"command": command, **fields}))
+        sock.sendall(encode({"command": command, **fields}))
         with sock.makefile("rb") as stream:
             line = stream.readline()
     if not line:

@@ -31,8 +31,9 @@ def test_ping_payload_sizes_come_back_intact(ns: Netns, daemon: UstackDaemon) ->
 
 
 def test_curl_to_closed_port_is_refused(ns: Netns, daemon: UstackDaemon) -> None:
+    # Port 80 has the HTTP service; 81 has nothing.
     # -v makes curl print the errno text of the failed connect().
-    result = ns.run("curl", "-v", "--connect-timeout", "5", f"http://{STACK_ADDRESS}/")
+    result = ns.run("curl", "-v", "--connect-timeout", "5", f"http://{STACK_ADDRESS}:81/")
     # 7 is "failed to connect" (RST), 28 would be a time-out (no answer).
     assert result.returncode == 7, result.stderr.decode()
     assert "Connection refused" in result.stderr.decode()

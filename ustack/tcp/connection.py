@@ -729,10 +729,14 @@ class TcpConnection:
         if self.state in (State.CLOSED, State.LISTEN):
             self._timers.clear()
             self.error = error
-            self._events.append(Closed(error))
+            if old is not State.TIME_WAIT:
+                self._events.append(Closed(error))
         elif self.state is State.TIME_WAIT:
+            # Both FINs are through: for the application the connection is
+            # over; TIME_WAIT is the stack's business, as with kernel sockets.
             self._timers.clear()
             self._arm("time_wait", 2 * self.config.msl)
+            self._events.append(Closed(None))
 
     def _decide(self, what: str, rule: str) -> None:
         if self.trace is not None:

@@ -25,7 +25,7 @@ from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent
 from ustack.tcp.segment import NO_OPTIONS, Segment
 from ustack.tcp.states import TRANSITIONS, Event, State
-from ustack.trace import StateChange, Tracer
+from ustack.trace import NewConnection, StateChange, Tracer, dotted
 
 Buffer = bytes | bytearray | memoryview
 # Hands a TCP segment (header + payload, checksum filled) to IP for `dst`.
@@ -112,9 +112,11 @@ class TcpDemux:
         self._send = send
         self._counters = counters
         self._isn = isn or IsnGenerator()
-        self._ids = itertools.count(1)
+        self._conn_ids = itertools.count(1)
+        self._heap_order = itertools.count()  # ties between equal deadlines
         self._timers: list[tuple[float, int, TcpConnection]] = []
         self._scheduled: dict[TcpConnection, float] = {}
+        self._flushing: set[TcpConnection] = set()
 
     # ---- the application's side --------------------------------------------
 
@@ -158,9 +160,8 @@ class TcpDemux:
         return conn
 
     def attach(self, conn: TcpConnection, app: AppHandler) -> None:
-        """Route `conn`'s events to `app`, the queued ones first."""
+        """Route `conn`'s events to `app`, from the next flush on (queued ones first)."""
         self._apps[conn] = app
-        self.flush(conn)
 
     def endpoints(self, conn: TcpConnection) -> Key | None:
         return self._keys.get(conn)
@@ -231,7 +232,7 @@ class TcpDemux:
         iss = None
         if previous is not None and not seq.gt(self._isn_for(key, now), previous.snd_max):
             iss = seq.add(previous.snd_max, 1 << 17)  # above anything the old one sent
-        conn = self._new_connection(key, now, iss)
+        conn = self._new_connection(key, now, iss, passive=True)
         listener.embryonic.add(conn)
         self._listener_of[conn] = listener
         conn.listen_accept(seg, now)
@@ -264,13 +265,35 @@ class TcpDemux:
 
     def flush(self, conn: TcpConnection) -> None:
         """After anything happened to `conn`: send its segments, hand over its
-        events, reschedule its timer, and forget it once it is closed."""
+        events, reschedule its timer, and forget it once it is closed.
+
+        An application reacting to an event may call into the connection
+        again (read, write, close) and call flush itself: that inner call
+        returns at once, and this loop picks up what it queued."""
         key = self._keys.get(conn)
-        if key is None:
+        if key is None or conn in self._flushing:
             return
+        self._flushing.add(conn)
+        try:
+            while self._flush_once(conn, key):
+                pass
+        finally:
+            self._flushing.discard(conn)
+        if conn.state in (State.CLOSED, State.LISTEN):
+            self._forget(conn, key)
+            return
+        deadline = conn.get_timer()
+        if deadline is not None and self._scheduled.get(conn) != deadline:
+            self._scheduled[conn] = deadline
+            heapq.heappush(self._timers, (deadline, next(self._heap_order), conn))
+
+    def _flush_once(self, conn: TcpConnection, key: Key) -> bool:
+        """One round of output and events; True if anything happened."""
         remote, remote_port, local_port = key
         counters = self._counters
+        progressed = False
         for out in conn.segments_to_send():
+            progressed = True
             counters["tcp.out"] += 1
             if out.flags & RST:
                 counters["tcp.out.rst"] += 1
@@ -296,22 +319,18 @@ class TcpDemux:
             del self._listener_of[conn]
             if conn.state is not State.CLOSED and listener.state is State.LISTEN:
                 listener.on_accept(conn)
+            progressed = True
         app = self._apps.get(conn)
         if app is not None:
             while (event := conn.next_event()) is not None:
+                progressed = True
                 app(event)
-        if conn.state in (State.CLOSED, State.LISTEN):
-            self._forget(conn, key)
-            return
-        deadline = conn.get_timer()
-        if deadline is not None and self._scheduled.get(conn) != deadline:
-            self._scheduled[conn] = deadline
-            heapq.heappush(self._timers, (deadline, next(self._ids), conn))
+        return progressed
 
     def _forget(self, conn: TcpConnection, key: Key) -> None:
         if self.connections.get(key) is conn:
             del self.connections[key]
-        del self._keys[conn]
+        self._keys.pop(conn, None)
         self._apps.pop(conn, None)
         self._scheduled.pop(conn, None)
         listener = self._listener_of.pop(conn, None)
@@ -337,12 +356,29 @@ class TcpDemux:
 
     # ---- helpers ---------------------------------------------------------------
 
-    def _new_connection(self, key: Key, now: float, iss: int | None = None) -> TcpConnection:
+    def _new_connection(
+        self, key: Key, now: float, iss: int | None = None, passive: bool = False
+    ) -> TcpConnection:
         if iss is None:
             iss = self._isn_for(key, now)
-        conn = TcpConnection(conn_id=next(self._ids), iss=iss, config=self.config, trace=self.trace)
+        conn = TcpConnection(
+            conn_id=next(self._conn_ids), iss=iss, config=self.config, trace=self.trace
+        )
         self.connections[key] = conn
         self._keys[conn] = key
+        if self.trace is not None:
+            remote, remote_port, local_port = key
+            self.trace(
+                NewConnection(
+                    now,
+                    conn.conn_id,
+                    dotted(self.address),
+                    local_port,
+                    dotted(remote),
+                    remote_port,
+                    passive,
+                )
+            )
         return conn
 
     def _isn_for(self, key: Key, now: float) -> int:

@@ -27,7 +27,8 @@ class SendSpace:
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """The connection is gone. `error` is None after an orderly close, else an
+    """The connection is over for the application (its TCB is gone, or waits
+    out TIME_WAIT on its own). `error` is None after an orderly close, else an
     errno name: ECONNRESET, ECONNREFUSED or ETIMEDOUT."""
 
     error: str | None = None

@@ -1,0 +1,267 @@
+"""asyncio streams on the stack: `open_connection` and `start_server`.
+
+A connection of the stack is wrapped in an `asyncio.Transport`, so an
+application gets the standard `asyncio.StreamReader` / `StreamWriter` and
+flow control (drain, pause_reading) exactly as with the kernel's sockets:
+
+    reader, writer = await open_connection(runner, "198.18.0.1", 8080)
+    server = await start_server(runner, handle_client, 7)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ustack.stack import StackRunner
+from ustack.tcp.connection import TcpConnection
+from ustack.tcp.demux import Listener
+from ustack.tcp.events import AppEvent, Closed, Connected, DataReceived, EndOfStream, SendSpace
+from ustack.tcp.states import State
+
+STREAM_LIMIT = 64 * 1024
+WRITE_HIGH_WATER = 256 * 1024  # bytes waiting beyond the send buffer before pause_writing
+
+ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+_ERRORS: dict[str, type[OSError]] = {
+    "ECONNRESET": ConnectionResetError,
+    "ECONNREFUSED": ConnectionRefusedError,
+    "ETIMEDOUT": TimeoutError,
+}
+
+
+def error_for(errno_name: str | None) -> OSError | None:
+    if errno_name is None:
+        return None
+    return _ERRORS.get(errno_name, ConnectionError)(errno_name)
+
+
+def _address(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+class TcpTransport(asyncio.Transport):
+    """One stack connection as an asyncio transport."""
+
+    def __init__(
+        self, runner: StackRunner, conn: TcpConnection, protocol: asyncio.Protocol
+    ) -> None:
+        super().__init__()
+        self._runner = runner
+        self._conn = conn
+        self._protocol = protocol
+        self._pending = bytearray()  # written by the app, not yet in the send buffer
+        self._eof_requested = False
+        self._closing = False
+        self._paused_reading = False
+        self._writing_paused = False
+        self._eof_delivered = False
+        self._lost = False
+        self.connected: asyncio.Future[None] = runner.loop.create_future()
+        key = runner.stack.tcp.endpoints(conn)
+        assert key is not None
+        remote, remote_port, local_port = key
+        self._extra = {
+            "peername": (_address(remote), remote_port),
+            "sockname": (_address(runner.stack.tcp.address), local_port),
+            "connection": conn,
+        }
+
+    # ---- events from the connection -----------------------------------------------
+
+    def on_event(self, event: AppEvent) -> None:
+        if isinstance(event, Connected):
+            if not self.connected.done():
+                self.connected.set_result(None)
+                self._protocol.connection_made(self)
+        elif isinstance(event, DataReceived | EndOfStream):
+            self._deliver()
+        elif isinstance(event, SendSpace):
+            self._push()
+        elif isinstance(event, Closed):
+            self._on_closed(error_for(event.error))
+
+    def _deliver(self) -> None:
+        """Move received bytes to the protocol, unless it asked for a pause
+        (then they wait in the connection and its window closes)."""
+        conn = self._conn
+        if self._lost or not self.connected.done():
+            return
+        while not self._paused_reading and conn.readable_bytes:
+            self._protocol.data_received(conn.read(conn.readable_bytes, self._runner.now()))
+        if conn.at_eof and not self._eof_delivered and not self._paused_reading:
+            self._eof_delivered = True
+            keep_open = self._protocol.eof_received()
+            if not keep_open:
+                self.close()
+        self._runner.done(conn)
+
+    def _on_closed(self, exc: OSError | None) -> None:
+        if self._lost:
+            return
+        if not self.connected.done():
+            self.connected.set_exception(exc or ConnectionError("closed before established"))
+            self._lost = True
+            return
+        self._deliver()
+        self._lost = True
+        self._runner.loop.call_soon(self._protocol.connection_lost, exc)
+
+    # ---- asyncio.Transport ---------------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof_requested or self._closing:
+            raise RuntimeError("write after write_eof() or close()")
+        if self._lost or not data:
+            return
+        self._pending += data
+        self._push()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def write_eof(self) -> None:
+        if self._eof_requested:
+            return
+        self._eof_requested = True
+        self._push()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._pending)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (0, WRITE_HIGH_WATER)
+
+    def pause_reading(self) -> None:
+        self._paused_reading = True
+
+    def resume_reading(self) -> None:
+        if self._paused_reading:
+            self._paused_reading = False
+            self._runner.loop.call_soon(self._deliver)
+
+    def is_reading(self) -> bool:
+        return not self._paused_reading
+
+    def close(self) -> None:
+        """Orderly close: the FIN goes once everything written has been queued."""
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self._push()
+
+    def abort(self) -> None:
+        """Like SO_LINGER 0: RST now."""
+        if self._lost:
+            return
+        self._closing = True
+        self._pending.clear()
+        self._conn.abort(self._runner.now())
+        self._runner.done(self._conn)
+
+    # ---- moving written data into the connection -------------------------------------------
+
+    def _push(self) -> None:
+        conn, now = self._conn, self._runner.now()
+        if self._lost or conn.state is State.CLOSED:
+            return
+        if self._pending and conn.state is not State.SYN_SENT:
+            try:
+                taken = conn.send(self._pending, now)
+            except (BrokenPipeError, ConnectionError):
+                self._pending.clear()
+                taken = 0
+            del self._pending[:taken]
+        if not self._pending:
+            if self._closing:
+                conn.close(now)
+            elif self._eof_requested:
+                conn.shutdown(now)
+        self._update_write_pause()
+        self._runner.done(conn)
+
+    def _update_write_pause(self) -> None:
+        size = len(self._pending)
+        if not self._writing_paused and size > WRITE_HIGH_WATER:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+        elif self._writing_paused and size == 0:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+
+
+def _attach(runner: StackRunner, conn: TcpConnection, protocol: asyncio.Protocol) -> TcpTransport:
+    transport = TcpTransport(runner, conn, protocol)
+    runner.stack.tcp.attach(conn, transport.on_event)
+    return transport
+
+
+async def open_connection(
+    runner: StackRunner, host: str, port: int, *, limit: int = STREAM_LIMIT
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Active OPEN from the stack; raises ConnectionRefusedError, TimeoutError."""
+    loop = runner.loop
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    conn = runner.stack.tcp.connect(int(ipaddress.IPv4Address(host)), port, runner.now())
+    transport = _attach(runner, conn, protocol)
+    runner.done(conn)
+    await transport.connected
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, writer
+
+
+class StackServer:
+    """What start_server returns: close() stops listening (and resets the
+    connections not yet handed over, RFC 9293 style)."""
+
+    def __init__(self, runner: StackRunner, listener: Listener) -> None:
+        self._runner = runner
+        self.listener = listener
+        self.port = listener.port
+
+    def close(self) -> None:
+        self._runner.stack.tcp.close_listener(self.listener, self._runner.now())
+        self._runner.done()
+
+    async def wait_closed(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StackServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+async def start_server(
+    runner: StackRunner,
+    client_connected_cb: ClientCallback,
+    port: int,
+    *,
+    backlog: int = 128,
+    limit: int = STREAM_LIMIT,
+) -> StackServer:
+    """Passive OPEN on `port`; each connection gets (reader, writer) like asyncio's."""
+    loop = runner.loop
+
+    def on_accept(conn: TcpConnection) -> None:
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+        _attach(runner, conn, protocol)  # its Connected event follows in this flush
+
+    listener = runner.stack.tcp.listen(port, on_accept, backlog=backlog, now=runner.now())
+    return StackServer(runner, listener)
