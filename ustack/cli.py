@@ -19,6 +19,7 @@ from ustack.daemon import ServeConfig, serve
 from ustack.link import LinkConfig, LinkError
 from ustack.services import SERVICES
 from ustack.tcp.connection import TcpConfig
+from ustack.trace import TRACE_FORMATS, TraceFilter, TraceSpec, format_for
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
@@ -76,7 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="ignore",
         help="a RST in TIME_WAIT: ignore it (RFC 1337, default) or close",
     )
-    serve_cmd.add_argument("--trace", type=Path, help="write trace events to FILE (JSON lines)")
+    serve_cmd.add_argument(
+        "--trace",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="write the trace to FILE ('-': stderr); may be given several times",
+    )
+    serve_cmd.add_argument(
+        "--trace-format",
+        action="append",
+        default=[],
+        choices=TRACE_FORMATS,
+        help="format of the matching --trace (in order); default from the file name: "
+        ".pcap pcap, .jsonl jsonl, else text",
+    )
+    serve_cmd.add_argument(
+        "--trace-port", type=int, action="append", default=[], help="trace only this port"
+    )
+    serve_cmd.add_argument(
+        "--trace-host", action="append", default=[], help="trace only this address"
+    )
     _add_control_option(serve_cmd)
     serve_cmd.add_argument("--no-control", action="store_true", help="run without control socket")
     serve_cmd.add_argument(
@@ -153,8 +175,26 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         services=_services(args.services),
         control_path=control,
         ready_fd=args.ready_fd,
-        trace_path=args.trace,
+        traces=_trace_specs(args),
+        trace_filter=TraceFilter(frozenset(args.trace_port), frozenset(args.trace_host)),
     )
+
+
+def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
+    if len(args.trace_format) > len(args.trace):
+        raise UsageError("more --trace-format than --trace")
+    specs = []
+    for i, path in enumerate(args.trace):
+        fmt = args.trace_format[i] if i < len(args.trace_format) else format_for(path)
+        if fmt == "pcap" and str(path) == "-":
+            raise UsageError("a pcap trace needs a file, not '-'")
+        specs.append(TraceSpec(path, fmt))
+    for host in args.trace_host:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise UsageError(f"bad --trace-host {host!r}") from None
+    return specs
 
 
 def _seconds(text: str, flag: str) -> float:

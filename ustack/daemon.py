@@ -10,10 +10,9 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ustack.api import open_connection, start_server
 from ustack.control import ControlServer, encode, error_reply
@@ -21,7 +20,7 @@ from ustack.link import LinkConfig, TunLink
 from ustack.services import SERVICES
 from ustack.stack import DEFAULT_ADDRESS, Stack, StackRunner
 from ustack.tcp.connection import TcpConfig
-from ustack.trace import JsonlWriter, TraceEvent, dotted
+from ustack.trace import TraceFilter, TraceSinks, TraceSpec, dotted
 
 log = logging.getLogger("ustack")
 
@@ -42,7 +41,8 @@ class ServeConfig:
     services: dict[str, int] = field(default_factory=lambda: default_services())
     control_path: Path | None = None
     ready_fd: int | None = None
-    trace_path: Path | None = None
+    traces: list[TraceSpec] = field(default_factory=list)
+    trace_filter: TraceFilter = field(default_factory=TraceFilter)
 
 
 class Daemon:
@@ -53,13 +53,16 @@ class Daemon:
         self.link = link
         self._stopped = asyncio.Event()
         self._exit_code = 0
-        self._trace_file: IO[str] | None = None
-        tracer: Callable[[TraceEvent], None] | None = None
-        if config.trace_path is not None:
-            self._trace_file = open(config.trace_path, "w", encoding="utf-8")
-            tracer = JsonlWriter(self._trace_file)
+        self._traces = TraceSinks(config.traces, config.trace_filter)
         tcp = dataclasses.replace(config.tcp, mss=link.mtu - 40)  # IPv4 + TCP headers
-        self.stack = Stack(int(config.address), link.write, link.mtu, tcp, tracer)
+        self.stack = Stack(
+            int(config.address),
+            link.write,
+            link.mtu,
+            tcp,
+            self._traces.tracer,
+            tap=self._traces.tap,
+        )
         self.runner: StackRunner | None = None
 
     async def run(self) -> int:
@@ -89,8 +92,7 @@ class Daemon:
             if control is not None:
                 await control.close()
             link.close()
-            if self._trace_file is not None:
-                self._trace_file.close()
+            self._traces.close()
             log.info("counters: %s", _format_counters(self.stack.counters))
         return self._exit_code
 

@@ -7,10 +7,10 @@ upper layer's prefix), so a user can see exactly why it was dropped.
 from __future__ import annotations
 
 import struct
-from collections import Counter
 from collections.abc import Callable
 
 from ustack.checksum import internet_checksum, transport_checksum
+from ustack.counters import Counters
 from ustack.errors import MalformedPacket
 from ustack.headers import (
     DEST_UNREACH,
@@ -26,6 +26,7 @@ from ustack.headers import (
     parse_ipv4,
     parse_udp,
 )
+from ustack.trace import PacketTap
 
 Buffer = bytes | bytearray | memoryview
 # Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
@@ -53,7 +54,7 @@ class IPv4Layer:
         self,
         address: int,
         transmit: Callable[[bytes], bool],
-        counters: Counter[str],
+        counters: Counters,
         mtu: int = 1500,
     ) -> None:
         self.address = address
@@ -61,39 +62,44 @@ class IPv4Layer:
         self._transmit = transmit
         self._counters = counters
         self._identification = 0
+        self._now = 0.0  # of the packet being handled, for the trace
         self.tcp_input: TcpInput | None = None
+        self.tap: PacketTap | None = None  # sees every packet in and out (pcap)
 
     # ---- input ----------------------------------------------------------
 
     def receive(self, packet: Buffer, now: float = 0.0) -> None:
+        self._now = now
         counters = self._counters
         counters["ip.in"] += 1
+        if self.tap is not None:
+            self.tap("in", bytes(packet), now)
         if packet and packet[0] >> 4 == 6:
-            counters["ip.drop.ipv6-unsupported"] += 1
+            counters.drop("ip", "ipv6-unsupported", now)
             return
         try:
             header = parse_ipv4(packet)
         except MalformedPacket as exc:
-            counters[f"ip.drop.{exc.reason}"] += 1
+            counters.drop("ip", exc.reason, now)
             return
         if not header.header_length <= header.total_length <= len(packet):
-            counters["ip.drop.ipv4-bad-total-length"] += 1
+            counters.drop("ip", "ipv4-bad-total-length", now)
             return
         if internet_checksum(memoryview(packet)[: header.header_length]) != 0:
-            counters["ip.drop.ipv4-bad-checksum"] += 1
+            counters.drop("ip", "ipv4-bad-checksum", now)
             return
         if header.ttl == 0:
-            counters["ip.drop.ipv4-ttl-zero"] += 1
+            counters.drop("ip", "ipv4-ttl-zero", now)
             return
         if header.dst != self.address:
-            counters["ip.drop.not-for-us"] += 1
+            counters.drop("ip", "not-for-us", now)
             return
         if not _is_unicast_source(header.src):
-            counters["ip.drop.bad-source"] += 1
+            counters.drop("ip", "bad-source", now)
             return
         if header.more_fragments or header.fragment_offset:
             # No reassembly yet: every fragment is dropped, and counted.
-            counters["ip.drop.fragment"] += 1
+            counters.drop("ip", "fragment", now)
             return
         # Bytes past total_length are link padding, not payload.
         payload = memoryview(packet)[header.header_length : header.total_length]
@@ -104,17 +110,17 @@ class IPv4Layer:
         elif header.protocol == PROTO_UDP:
             self._receive_udp(header.src, payload, packet[: header.total_length])
         else:
-            counters["ip.drop.unknown-protocol"] += 1
+            counters.drop("ip", "unknown-protocol", now)
 
     def _receive_icmp(self, src: int, message: memoryview) -> None:
         counters = self._counters
         try:
             icmp = parse_icmp(message)
         except MalformedPacket as exc:
-            counters[f"icmp.drop.{exc.reason}"] += 1
+            counters.drop("icmp", exc.reason, self._now)
             return
         if internet_checksum(message) != 0:
-            counters["icmp.drop.bad-checksum"] += 1
+            counters.drop("icmp", "bad-checksum", self._now)
             return
         if icmp.type != ECHO_REQUEST:
             counters[f"icmp.in.type-{icmp.type}"] += 1
@@ -129,14 +135,14 @@ class IPv4Layer:
         try:
             udp = parse_udp(datagram)
         except MalformedPacket as exc:
-            counters[f"udp.drop.{exc.reason}"] += 1
+            counters.drop("udp", exc.reason, self._now)
             return
         if not 8 <= udp.length <= len(datagram):
-            counters["udp.drop.bad-length"] += 1
+            counters.drop("udp", "bad-length", self._now)
             return
         # A zero checksum means the sender computed none (RFC 768).
         if udp.checksum and transport_checksum(src, self.address, PROTO_UDP, datagram) != 0:
-            counters["udp.drop.bad-checksum"] += 1
+            counters.drop("udp", "bad-checksum", self._now)
             return
         counters["udp.out.port-unreachable"] += 1
         self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)
@@ -147,7 +153,7 @@ class IPv4Layer:
         total = 20 + len(payload)
         if total > self.mtu:
             # We never fragment; TCP keeps its segments under the MSS.
-            self._counters["ip.drop.out-too-big"] += 1
+            self._counters.drop("ip", "out-too-big", self._now)
             return
         self._identification = (self._identification + 1) & 0xFFFF
         header = build_ipv4(
@@ -158,10 +164,13 @@ class IPv4Layer:
             ttl=DEFAULT_TTL,
             identification=self._identification,
         )
-        if self._transmit(header + payload):
+        packet = header + payload
+        if self.tap is not None:
+            self.tap("out", packet, self._now)
+        if self._transmit(packet):
             self._counters["ip.out"] += 1
         else:
-            self._counters["ip.drop.out-queue-full"] += 1
+            self._counters.drop("ip", "out-queue-full", self._now)
 
     def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> None:
         """An ICMP error about `offending` (a whole IPv4 packet we received)."""

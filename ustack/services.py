@@ -130,12 +130,12 @@ async def _serve_one_request(reader: asyncio.StreamReader, writer: asyncio.Strea
         return False
     try:
         method, target, version, headers = _parse_head(head)
+        body_length = _content_length(headers)
     except BadRequest as exc:
         await _respond(writer, exc.status, f"{exc}\n".encode(), keep_alive=False)
         return False
     connection = headers.get("connection", "").lower()
     keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-    body_length = _content_length(headers)
     if method == "POST" and target == "/upload":
         digest, size = await _consume(reader, body_length)
         body = f"{size} {digest}\n".encode()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections import Counter
 from collections.abc import Callable
 
+from ustack.counters import Counters
 from ustack.headers import PROTO_TCP
 from ustack.ip import IPv4Layer
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
-from ustack.trace import Tracer
+from ustack.trace import PacketTap, Tracer
 
 DEFAULT_ADDRESS = ipaddress.IPv4Address("198.18.0.2")
 
@@ -28,9 +28,12 @@ class Stack:
         tcp_config: TcpConfig | None = None,
         trace: Tracer | None = None,
         isn: Callable[[int, int, int, int, float], int] | None = None,
+        tap: PacketTap | None = None,
     ) -> None:
-        self.counters: Counter[str] = Counter()
+        self.counters = Counters()
+        self.counters.tracer = trace
         self.ip = IPv4Layer(address, transmit, self.counters, mtu)
+        self.ip.tap = tap
         config = tcp_config or TcpConfig(mss=mtu - 40)
         self.tcp = TcpDemux(address, self._send_tcp, self.counters, config, trace, isn)
         self.ip.tcp_input = self.tcp.receive

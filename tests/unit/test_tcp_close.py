@@ -25,7 +25,7 @@ def established(**config: object) -> TcpScript:
 # ---- active close -------------------------------------------------------------------
 
 
-def test_active_close_full_path_and_time_wait_expiry() -> None:
+def test_b20_b23_b42_active_close_full_path_and_time_wait_expiry() -> None:
     t = established(msl=2.0)
     t.close()
     t.expect("F.", seq=U, ack=P)

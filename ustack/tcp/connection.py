@@ -28,7 +28,7 @@ from ustack.tcp.events import (
 from ustack.tcp.recovery import RttEstimator
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import TRANSITIONS, Event, State
-from ustack.trace import Decision, StateChange, Tracer
+from ustack.trace import Decision, StateChange, TimerEvent, Tracer
 
 DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
 MAX_WINDOW_SHIFT = 14  # RFC 7323 2.3
@@ -116,9 +116,15 @@ class TcpConnection:
         self._timers: dict[str, float] = {}
         self._challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
         self._ack_now = False
+        self._ack_note = ""  # why the next pure ACK goes out, when it is special
         self._now = 0.0
         self._outbox: list[Segment] = []
         self._events: deque[AppEvent] = deque()
+
+    @property
+    def now(self) -> float:
+        """The time of the latest event the connection handled."""
+        return self._now
 
     # ---- opening ----------------------------------------------------------
 
@@ -258,7 +264,7 @@ class TcpConnection:
         # First: the ACK must acknowledge our SYN, nothing less, nothing more.
         if flags & ACK and (seq.le(seg.ack, self.iss) or seq.gt(seg.ack, self.snd_max)):
             if not flags & RST:
-                self._emit(Segment(seg.ack, 0, RST, 0))
+                self._emit(Segment(seg.ack, 0, RST, 0, note="RST for an unacceptable ACK"))
             self._decide("unacceptable ACK in SYN_SENT: RST <SEQ=SEG.ACK>", "3.10.7.3")
             return
         # Second: a RST counts only if it acknowledges our SYN.
@@ -326,7 +332,7 @@ class TcpConnection:
             return
         if state is State.SYN_RECEIVED:
             if not (seq.lt(self.snd_una, seg.ack) and seq.le(seg.ack, self.snd_max)):
-                self._emit(Segment(seg.ack, 0, RST, 0))
+                self._emit(Segment(seg.ack, 0, RST, 0, note="RST for an unacceptable ACK"))
                 self._decide("unacceptable ACK in SYN_RECEIVED: RST <SEQ=SEG.ACK>", "3.10.7.4")
                 return
             self.snd_wnd = seg.window << self.snd_shift
@@ -399,7 +405,7 @@ class TcpConnection:
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, ack
             if self.snd_wnd:
-                self._timers.pop("persist", None)
+                self._cancel("persist")
                 if reopened:
                     self.snd_nxt = self.snd_una  # resend a probe byte the peer dropped
             else:
@@ -443,7 +449,7 @@ class TcpConnection:
         else:
             self.cwnd += max(mss * mss // self.cwnd, 1)  # congestion avoidance
         if self.snd_una == self.snd_max:
-            self._timers.pop("retransmit", None)
+            self._cancel("retransmit")
         else:
             self._arm("retransmit", self._rtt.rto)  # RFC 6298 5.3
 
@@ -543,6 +549,8 @@ class TcpConnection:
             if deadline > now or self._timers.get(name) != deadline:
                 continue
             del self._timers[name]
+            if self.trace is not None:
+                self.trace(TimerEvent(now, self.conn_id, name, "fired"))
             if name == "retransmit":
                 self._on_retransmit_timeout()
             elif name == "persist":
@@ -554,7 +562,17 @@ class TcpConnection:
         self._output()
 
     def _arm(self, name: str, delay: float) -> None:
-        self._timers[name] = self._now + delay
+        deadline = self._timers[name] = self._now + delay
+        if self.trace is not None:
+            self.trace(TimerEvent(self._now, self.conn_id, name, "set", deadline))
+
+    def _cancel(self, name: str) -> None:
+        if self._timers.pop(name, None) is not None and self.trace is not None:
+            self.trace(TimerEvent(self._now, self.conn_id, name, "cancelled"))
+
+    def _cancel_all(self) -> None:
+        for name in list(self._timers):
+            self._cancel(name)
 
     def _on_retransmit_timeout(self) -> None:
         """RFC 6298 5.4-5.7: back off, go back to SND.UNA, resend."""
@@ -616,7 +634,9 @@ class TcpConnection:
                 self._send_data(None)
         if self._ack_now:
             self._ack_now = False
-            self._emit(Segment(self.snd_nxt, self.rcv_nxt, ACK, self._window_field()))
+            window = self._window_field()
+            self._emit(Segment(self.snd_nxt, self.rcv_nxt, ACK, window, note=self._ack_note))
+        self._ack_note = ""
 
     def _send_syn(self) -> None:
         config = self.config
@@ -627,7 +647,9 @@ class TcpConnection:
         window = min(self._free_receive_space(), 0xFFFF)  # a SYN's window is not scaled
         self.rcv_adv = seq.add(self.rcv_nxt, window)
         flags = SYN | ACK if ack else SYN
-        self._emit(Segment(self.iss, self.rcv_nxt if ack else 0, flags, window, b"", options))
+        note = "retransmission" if self.snd_max != self.iss else ""
+        ack_number = self.rcv_nxt if ack else 0
+        self._emit(Segment(self.iss, ack_number, flags, window, b"", options, note=note))
         self.snd_nxt = seq.add(self.iss, 1)
         if self.snd_max == self.iss:
             self.snd_max = self.snd_nxt
@@ -658,7 +680,11 @@ class TcpConnection:
                 break
             flags = ACK | (FIN if fin else 0) | (PSH if size and offset + size == len(buf) else 0)
             payload = bytes(buf[offset : offset + size])
-            self._emit(Segment(self.snd_nxt, self.rcv_nxt, flags, self._window_field(), payload))
+            note = "zero-window probe" if probe else ""
+            if seq.lt(self.snd_nxt, self.snd_max):
+                note = "retransmission"
+            window = self._window_field()
+            self._emit(Segment(self.snd_nxt, self.rcv_nxt, flags, window, payload, note=note))
             if self._timed is None and self.snd_nxt == self.snd_max and size:
                 self._timed = (self.snd_nxt, self._now)
             self.snd_nxt = seq.add(self.snd_nxt, size + fin)
@@ -711,6 +737,7 @@ class TcpConnection:
         if count < self.config.challenge_ack_limit:
             self._challenges = (started, count + 1)
             self._ack_now = True
+            self._ack_note = "challenge ACK"
             self._decide(f"{what}: challenge ACK", rule)
         else:
             self._decide(f"{what}: challenge ACK suppressed by the rate limit", rule)
@@ -727,14 +754,14 @@ class TcpConnection:
                 )
             )
         if self.state in (State.CLOSED, State.LISTEN):
-            self._timers.clear()
+            self._cancel_all()
             self.error = error
             if old is not State.TIME_WAIT:
                 self._events.append(Closed(error))
         elif self.state is State.TIME_WAIT:
             # Both FINs are through: for the application the connection is
             # over; TIME_WAIT is the stack's business, as with kernel sockets.
-            self._timers.clear()
+            self._cancel_all()
             self._arm("time_wait", 2 * self.config.msl)
             self._events.append(Closed(None))
 

@@ -18,14 +18,15 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ustack.checksum import transport_checksum
+from ustack.counters import Counters
 from ustack.errors import MalformedPacket
 from ustack.headers import ACK, FIN, PROTO_TCP, RST, SYN, TcpHeader, build_tcp, parse_tcp
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent
-from ustack.tcp.segment import NO_OPTIONS, Segment
+from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
 from ustack.tcp.states import TRANSITIONS, Event, State
-from ustack.trace import NewConnection, StateChange, Tracer, dotted
+from ustack.trace import NewConnection, SegmentEvent, StateChange, TraceEvent, Tracer, dotted
 
 Buffer = bytes | bytearray | memoryview
 # Hands a TCP segment (header + payload, checksum filled) to IP for `dst`.
@@ -96,7 +97,7 @@ class TcpDemux:
         self,
         address: int,
         send: SendSegment,
-        counters: Counter[str],
+        counters: Counters,
         config: TcpConfig | None = None,
         trace: Tracer | None = None,
         isn: Callable[[int, int, int, int, float], int] | None = None,
@@ -171,12 +172,12 @@ class TcpDemux:
     def receive(self, src: int, dst: int, segment: Buffer, now: float = 0.0) -> None:
         counters = self._counters
         if transport_checksum(src, dst, PROTO_TCP, segment) != 0:
-            counters["tcp.drop.bad-checksum"] += 1
+            counters.drop("tcp", "bad-checksum", now, f"from {dotted(src)}")
             return
         try:
             header = parse_tcp(segment)
         except MalformedPacket as exc:
-            counters[f"tcp.drop.{exc.reason}"] += 1
+            counters.drop("tcp", exc.reason, now, f"from {dotted(src)}")
             return
         counters["tcp.in"] += 1
         payload = memoryview(segment)[header.header_length :]
@@ -189,14 +190,44 @@ class TcpDemux:
             self.flush(conn)
             previous, conn = conn, None
         if conn is not None:
-            conn.receive(seg, now)
-            self.flush(conn)
+            self._deliver(conn, key, seg, now)
             return
         listener = self.listeners.get(header.dst_port)
         if listener is not None:
             self._receive_in_listen(listener, key, seg, now, previous)
             return
-        self._reply_closed(src, header.dst_port, header.src_port, seg, "tcp.closed-port")
+        if self.trace is not None:
+            self.trace(self._segment_event(now, None, key, "in", seg, "CLOSED", "CLOSED"))
+        self._reply_closed(src, header.dst_port, header.src_port, seg, now)
+
+    def _deliver(self, conn: TcpConnection, key: Key, seg: Segment, now: float) -> None:
+        self._traced(conn, key, seg, now, conn.receive)
+        self.flush(conn)
+
+    def _traced(
+        self,
+        conn: TcpConnection,
+        key: Key,
+        seg: Segment,
+        now: float,
+        handle: Callable[[Segment, float], None],
+    ) -> None:
+        """Let `conn` handle `seg`. With tracing on, the events the connection
+        emits while it works wait until the segment's own event is out, so
+        the trace reads in cause-and-effect order."""
+        if self.trace is None:
+            handle(seg, now)
+            return
+        before = "LISTEN" if conn.state is State.CLOSED else str(conn.state)
+        held: list[TraceEvent] = []
+        conn.trace = held.append
+        try:
+            handle(seg, now)
+        finally:
+            conn.trace = self.trace
+        self.trace(self._segment_event(now, conn, key, "in", seg, before, str(conn.state)))
+        for event in held:
+            self.trace(event)
 
     def _reopens(self, conn: TcpConnection, seg: Segment) -> bool:
         """RFC 9293 3.10.7.4 note / RFC 6191: a SYN above RCV.NXT may start a
@@ -217,17 +248,19 @@ class TcpDemux:
     ) -> None:
         """RFC 9293 3.10.7.2."""
         counters = self._counters
+        if self.trace is not None and not seg.flags & SYN:
+            self.trace(self._segment_event(now, None, key, "in", seg, "LISTEN", "LISTEN"))
         if seg.flags & RST:
-            counters["tcp.drop.rst-to-listener"] += 1
+            counters.drop("tcp", "rst-to-listener", now)
             return
         if seg.flags & ACK:
-            self._reply_closed(key[0], key[2], key[1], seg, "tcp.listen-ack")
+            self._reply_closed(key[0], key[2], key[1], seg, now)
             return
         if not seg.flags & SYN:
-            counters["tcp.drop.listen-no-syn"] += 1
+            counters.drop("tcp", "listen-no-syn", now)
             return
         if len(listener.embryonic) >= listener.backlog:
-            counters["tcp.drop.backlog-full"] += 1
+            counters.drop("tcp", "backlog-full", now, f"port {listener.port}")
             return
         iss = None
         if previous is not None and not seq.gt(self._isn_for(key, now), previous.snd_max):
@@ -235,18 +268,22 @@ class TcpDemux:
         conn = self._new_connection(key, now, iss, passive=True)
         listener.embryonic.add(conn)
         self._listener_of[conn] = listener
-        conn.listen_accept(seg, now)
+        self._traced(conn, key, seg, now, conn.listen_accept)
         counters["tcp.passive-opens"] += 1
         self.flush(conn)
 
     def _reply_closed(
-        self, remote: int, local_port: int, remote_port: int, seg: Segment, why: str
+        self, remote: int, local_port: int, remote_port: int, seg: Segment, now: float
     ) -> None:
         reply = reset_for_closed_port(seg, len(seg.payload))
         if reply is None:
-            self._counters["tcp.drop.rst-to-closed-port"] += 1
+            self._counters.drop("tcp", "rst-to-closed-port", now)
             return
         self._counters["tcp.out.rst"] += 1
+        if self.trace is not None:
+            out = Segment(reply.seq, reply.ack, reply.flags, 0, note="RST: no connection")
+            key = (remote, remote_port, local_port)
+            self.trace(self._segment_event(now, None, key, "out", out, "CLOSED", "CLOSED"))
         self._send(
             remote,
             build_tcp(
@@ -294,6 +331,9 @@ class TcpDemux:
         progressed = False
         for out in conn.segments_to_send():
             progressed = True
+            if self.trace is not None:
+                state = str(conn.state)
+                self.trace(self._segment_event(conn.now, conn, key, "out", out, state, state))
             counters["tcp.out"] += 1
             if out.flags & RST:
                 counters["tcp.out.rst"] += 1
@@ -392,6 +432,43 @@ class TcpDemux:
             if (remote, remote_port, port) not in self.connections and port not in self.listeners:
                 return port
         raise OSError(99, "no free ephemeral port")  # EADDRNOTAVAIL
+
+    def _segment_event(
+        self,
+        now: float,
+        conn: TcpConnection | None,
+        key: Key,
+        direction: str,
+        seg: Segment,
+        before: str,
+        after: str,
+    ) -> SegmentEvent:
+        remote, remote_port, local_port = key
+        rel_seq, rel_ack = seg.seq, seg.ack
+        if conn is not None:
+            ours, theirs = (conn.irs, conn.iss) if direction == "in" else (conn.iss, conn.irs)
+            rel_seq = (seg.seq - ours) & seq.MASK
+            rel_ack = (seg.ack - theirs) & seq.MASK if seg.flags & ACK else 0
+        return SegmentEvent(
+            now,
+            conn.conn_id if conn is not None else None,
+            direction,
+            dotted(self.address),
+            local_port,
+            dotted(remote),
+            remote_port,
+            flag_string(seg.flags),
+            seg.seq,
+            seg.ack,
+            rel_seq,
+            rel_ack,
+            seg.window,
+            len(seg.payload),
+            options_dict(seg.options),
+            before,
+            after,
+            seg.note,
+        )
 
     def _listener_transition(self, listener: Listener, event: Event, now: float) -> None:
         transition = TRANSITIONS[(listener.state, event)]

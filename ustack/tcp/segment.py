@@ -22,6 +22,7 @@ class Segment:
     window: int
     payload: bytes | memoryview = b""
     options: TcpOptions = field(default_factory=lambda: NO_OPTIONS)
+    note: str = ""  # for the trace: why this segment was sent, when not plain
 
     @classmethod
     def from_header(cls, header: TcpHeader, payload: bytes | memoryview) -> Segment:
@@ -42,3 +43,21 @@ class Segment:
 def flag_string(flags: int) -> str:
     """tcpdump-style flags: S, F, R, P, '.' for ACK (e.g. 'S.' is SYN,ACK)."""
     return "".join(name for bit, name in _FLAG_NAMES if flags & bit) or "none"
+
+
+def options_dict(options: TcpOptions) -> dict[str, object]:
+    """The options present, named as tcpdump names them."""
+    found: dict[str, object] = {}
+    if options.mss is not None:
+        found["mss"] = options.mss
+    if options.window_scale is not None:
+        found["wscale"] = options.window_scale
+    if options.sack_permitted:
+        found["sackOK"] = True
+    if options.sack_blocks:
+        found["sack"] = [list(block) for block in options.sack_blocks]
+    if options.timestamps is not None:
+        found["TS"] = list(options.timestamps)
+    for kind, data in options.unknown:
+        found[f"opt-{kind}"] = data.hex()
+    return found
