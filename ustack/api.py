@@ -59,6 +59,8 @@ class TcpTransport(asyncio.Transport):
         self._paused_reading = False
         self._writing_paused = False
         self._eof_delivered = False
+        self._conn_closed = False  # the connection reported Closed; data may still wait
+        self._close_error: OSError | None = None
         self._lost = False
         self.connected: asyncio.Future[None] = runner.loop.create_future()
         key = runner.stack.tcp.endpoints(conn)
@@ -97,6 +99,8 @@ class TcpTransport(asyncio.Transport):
             keep_open = self._protocol.eof_received()
             if not keep_open:
                 self.close()
+        if self._conn_closed and not conn.readable_bytes:
+            self._lose(self._close_error)  # everything received has been handed over
         self._runner.done(conn)
 
     def _on_closed(self, exc: OSError | None) -> None:
@@ -106,7 +110,17 @@ class TcpTransport(asyncio.Transport):
             self.connected.set_exception(exc or ConnectionError("closed before established"))
             self._lost = True
             return
+        if exc is not None:
+            self._lose(exc)  # a reset: what was not read is lost, as with the kernel
+            return
+        # An orderly close: bytes a paused reader has not taken yet still count.
+        self._conn_closed = True
+        self._close_error = exc
         self._deliver()
+
+    def _lose(self, exc: OSError | None) -> None:
+        if self._lost:
+            return
         self._lost = True
         self._runner.loop.call_soon(self._protocol.connection_lost, exc)
 
@@ -219,7 +233,11 @@ async def open_connection(
     conn = runner.stack.tcp.connect(int(ipaddress.IPv4Address(host)), port, runner.now())
     transport = _attach(runner, conn, protocol)
     runner.done(conn)
-    await transport.connected
+    try:
+        await transport.connected
+    except asyncio.CancelledError:
+        transport.abort()  # nobody wants it any more: no SYNs left behind
+        raise
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
 

@@ -16,13 +16,20 @@ from typing import NoReturn
 from ustack import __version__
 from ustack.control import ControlError, encode, request
 from ustack.daemon import ServeConfig, serve
+from ustack.faults import FaultError, FaultRule, parse_rule
+from ustack.faults import __doc__ as faults_module_doc
 from ustack.link import LinkConfig, LinkError
+from ustack.peer_states import PeerStatesError
 from ustack.services import SERVICES
 from ustack.tcp.connection import TcpConfig
 from ustack.trace import TRACE_FORMATS, TraceFilter, TraceSpec, format_for
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
+
+
+def faults_doc() -> str:
+    return (faults_module_doc or "").split("\n\n", 1)[-1]
 
 
 def default_control_path(device: str) -> Path:
@@ -97,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace-port", type=int, action="append", default=[], help="trace only this port"
     )
     serve_cmd.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="a fault rule from the start, e.g. drop:dir=out,flags=FIN,count=1 (see ustack fault)",
+    )
+    serve_cmd.add_argument(
+        "--peer-states",
+        action="store_true",
+        help="also trace the Linux peers' own states (kernel tracepoint; needs root)",
+    )
+    serve_cmd.add_argument(
         "--trace-host", action="append", default=[], help="trace only this address"
     )
     _add_control_option(serve_cmd)
@@ -116,6 +135,34 @@ def build_parser() -> argparse.ArgumentParser:
     ss_cmd = commands.add_parser("ss", help="connections of a running daemon, like ss -tan")
     ss_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     _add_control_option(ss_cmd)
+
+    fault_cmd = commands.add_parser(
+        "fault",
+        help="drop, delay or duplicate matching packets of a running daemon",
+        description=faults_doc(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fault_cmd.add_argument("do", choices=["drop", "delay", "duplicate", "list", "clear"])
+    fault_cmd.add_argument("--dir", choices=["in", "out", "both"])
+    fault_cmd.add_argument("--flags", help="e.g. FIN, SYN+ACK")
+    fault_cmd.add_argument("--only", action="store_true", help="exactly these flags")
+    fault_cmd.add_argument("--port", type=int)
+    fault_cmd.add_argument("--nth", type=int, help="only the Nth matching packet")
+    fault_cmd.add_argument("--count", type=int, help="act this many times")
+    fault_cmd.add_argument("--prob", type=float, help="probability 0..1")
+    fault_cmd.add_argument("--delay", type=float, help="seconds (for delay)")
+    fault_cmd.add_argument("--id", type=int, help="with clear: only this rule")
+    fault_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
+    _add_control_option(fault_cmd)
+
+    config_cmd = commands.add_parser(
+        "config", help="show or change (for new connections) msl, fin timeout, RST in TIME_WAIT"
+    )
+    config_cmd.add_argument("--msl", type=float)
+    config_cmd.add_argument("--fin-timeout", type=float)
+    config_cmd.add_argument("--time-wait-rst", choices=["ignore", "close"])
+    config_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
+    _add_control_option(config_cmd)
 
     connect_cmd = commands.add_parser(
         "connect", help="make the stack connect to HOST PORT; stdin/stdout like nc"
@@ -177,7 +224,16 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         ready_fd=args.ready_fd,
         traces=_trace_specs(args),
         trace_filter=TraceFilter(frozenset(args.trace_port), frozenset(args.trace_host)),
+        peer_states=args.peer_states,
+        faults=[_fault_rule(text) for text in args.fault],
     )
+
+
+def _fault_rule(text: str) -> FaultRule:
+    try:
+        return parse_rule(text)
+    except FaultError as exc:
+        raise UsageError(f"bad --fault {text!r}: {exc}") from None
 
 
 def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
@@ -251,14 +307,63 @@ def _ss(args: argparse.Namespace) -> int:
     reply = request(args.control or default_control_path(args.device), "connections")
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error")))
-    print(f"{'State':<13} {'Recv-Q':>7} {'Send-Q':>7}  {'Local':<22} {'Peer':<22}")
+    print(f"{'State':<13} {'Recv-Q':>7} {'Send-Q':>7}  {'Local':<22} {'Peer':<22} Details")
     for local in reply["listening"]:
         print(f"{'LISTEN':<13} {0:>7} {0:>7}  {local:<22} {'0.0.0.0:*':<22}")
     for row in reply["connections"]:
+        timers = ",".join(f"{name}:{left:.3f}s" for name, left in row["timers"].items())
         print(
             f"{row['state']:<13} {row['recv_queue']:>7} {row['send_queue']:>7}  "
-            f"{row['local']:<22} {row['remote']:<22}"
+            f"{row['local']:<22} {row['remote']:<22} #{row['id']} "
+            f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']} "
+            f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s" + (f" timers {timers}" if timers else "")
         )
+    return 0
+
+
+def _fault(args: argparse.Namespace) -> int:
+    path = args.control or default_control_path(args.device)
+    if args.do in ("list", "clear"):
+        fields: dict[str, object] = {"do": args.do}
+        if args.do == "clear" and args.id is not None:
+            fields["id"] = args.id
+    else:
+        options = {
+            "dir": args.dir,
+            "flags": args.flags,
+            "port": args.port,
+            "nth": args.nth,
+            "count": args.count,
+            "prob": args.prob,
+            "delay": args.delay,
+            "only": 1 if args.only else None,
+        }
+        text = ",".join(f"{k}={v}" for k, v in options.items() if v is not None)
+        rule = f"{args.do}:{text}" if text else args.do
+        _fault_rule(rule)  # a bad rule is reported here, before the daemon is asked
+        fields = {"do": "add", "rule": rule}
+    reply = request(path, "fault", **fields)
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error")))
+    if "rule" in reply:
+        print(f"rule {reply['rule']['id']} added")
+    elif "removed" in reply:
+        print(f"{reply['removed']} rule(s) removed")
+    else:
+        for rule in reply["rules"]:
+            shown = {k: v for k, v in rule.items() if v not in (None, False)}
+            print(" ".join(f"{k}={v}" for k, v in shown.items()))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    path = args.control or default_control_path(args.device)
+    fields = {"msl": args.msl, "fin_timeout": args.fin_timeout, "time_wait_rst": args.time_wait_rst}
+    reply = request(path, "config", **{k: v for k, v in fields.items() if v is not None})
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error")))
+    for key in ("msl", "fin_timeout", "time_wait_rst"):
+        print(f"{key:<14} {reply[key]}")
     return 0
 
 
@@ -299,8 +404,15 @@ def main(argv: list[str] | None = None) -> int:
             config = serve_config(args)
             _setup_logging(args.log_level)
             return serve(config)
-        return {"stats": _stats, "ss": _ss, "connect": _connect}[args.command](args)
-    except (UsageError, ControlError, LinkError) as exc:
+        commands = {
+            "stats": _stats,
+            "ss": _ss,
+            "connect": _connect,
+            "fault": _fault,
+            "config": _config,
+        }
+        return commands[args.command](args)
+    except (UsageError, ControlError, LinkError, PeerStatesError) as exc:
         print(f"ustack: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

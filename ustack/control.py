@@ -35,6 +35,10 @@ class ControlError(Exception):
     """The control socket could not be set up or reached; the message says why."""
 
 
+class ControlRequestError(Exception):
+    """Raised by a handler for a request it cannot honour: an error reply, not a bug."""
+
+
 class ControlServer:
     def __init__(self, server: asyncio.AbstractServer, path: Path) -> None:
         self._server = server
@@ -126,6 +130,8 @@ def _dispatch(
         return error_reply(f"unknown command {request['command']!r} (known: {known})")
     try:
         return {"ok": True, "version": PROTOCOL_VERSION, **handler(request)}
+    except ControlRequestError as exc:
+        return error_reply(str(exc))
     except Exception as exc:  # a handler bug must not take the daemon down
         log.exception("control command %r failed", request["command"])
         return error_reply(f"internal error: {exc}")

@@ -10,17 +10,21 @@ import logging
 import os
 import signal
 import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ustack.api import open_connection, start_server
-from ustack.control import ControlServer, encode, error_reply
+from ustack.control import ControlRequestError, ControlServer, encode, error_reply
+from ustack.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
 from ustack.link import LinkConfig, TunLink
+from ustack.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.services import SERVICES
 from ustack.stack import DEFAULT_ADDRESS, Stack, StackRunner
 from ustack.tcp.connection import TcpConfig
-from ustack.trace import TraceFilter, TraceSinks, TraceSpec, dotted
+from ustack.tcp.segment import flag_string
+from ustack.trace import FaultEvent, TraceFilter, TraceSinks, TraceSpec, dotted
 
 log = logging.getLogger("ustack")
 
@@ -42,6 +46,8 @@ class ServeConfig:
     control_path: Path | None = None
     ready_fd: int | None = None
     traces: list[TraceSpec] = field(default_factory=list)
+    peer_states: bool = False  # add the Linux peer's states (kernel tracepoint) to the trace
+    faults: list[FaultRule] = field(default_factory=list)
     trace_filter: TraceFilter = field(default_factory=TraceFilter)
 
 
@@ -55,15 +61,19 @@ class Daemon:
         self._exit_code = 0
         self._traces = TraceSinks(config.traces, config.trace_filter)
         tcp = dataclasses.replace(config.tcp, mss=link.mtu - 40)  # IPv4 + TCP headers
+        self.faults = FaultInjector()
+        for rule in config.faults:
+            self.faults.add(rule)
         self.stack = Stack(
             int(config.address),
-            link.write,
+            self._transmit,
             link.mtu,
             tcp,
             self._traces.tracer,
             tap=self._traces.tap,
         )
         self.runner: StackRunner | None = None
+        self._peer_states: PeerStateWatcher | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -77,9 +87,16 @@ class Daemon:
             if self.config.control_path is not None:
                 control = await ControlServer.start(
                     self.config.control_path,
-                    {"stats": self._stats, "connections": self._connections},
+                    {
+                        "stats": self._stats,
+                        "connections": self._connections,
+                        "fault": self._fault,
+                        "config": self._config,
+                    },
                     {"connect": self._connect},
                 )
+            if self.config.peer_states:
+                self._start_peer_states(loop)
             loop.add_reader(link.fd, self._on_readable)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._stop, signal.Signals(signum).name)
@@ -89,6 +106,8 @@ class Daemon:
             self._reset_all()
         finally:
             loop.remove_reader(link.fd)
+            if self._peer_states is not None:
+                self._peer_states.stop()
             if control is not None:
                 await control.close()
             link.close()
@@ -96,22 +115,79 @@ class Daemon:
             log.info("counters: %s", _format_counters(self.stack.counters))
         return self._exit_code
 
+    def _start_peer_states(self, loop: asyncio.AbstractEventLoop) -> None:
+        tracer = self._traces.tracer
+        if tracer is None:
+            raise PeerStatesError("--peer-states needs a text or jsonl --trace to write to")
+        tcp = self.stack.tcp
+
+        def conn_lookup(remote: str, remote_port: int, local_port: int) -> int | None:
+            key = (int(ipaddress.IPv4Address(remote)), remote_port, local_port)
+            conn = tcp.connections.get(key)
+            return conn.conn_id if conn is not None else None
+
+        self._peer_states = PeerStateWatcher(str(self.config.address), tracer, conn_lookup, loop)
+        self._peer_states.start()
+        log.info("recording the Linux peers' states (sock:inet_sock_set_state)")
+
     def _on_readable(self) -> None:
         assert self.runner is not None
         read, size = self.link.read, self.link.mtu
         receive, now = self.stack.receive, self.runner.now()
+        faults = self.faults
         try:
             for _ in range(READ_BATCH):
                 packet = read(size)
                 if packet is None:
                     break
-                receive(packet, now)
+                if faults.rules:
+                    self._receive_with_faults(packet)
+                else:
+                    receive(packet, now)
         except OSError as exc:
             # The device went away under us (deleted, or the netns is gone).
             log.error("reading %s failed: %s", self.link.name, exc.strerror or exc)
             self._exit_code = 1
             self._stopped.set()
         self.runner.done()
+
+    # ---- the fault injector, at the TUN boundary ------------------------------------------
+
+    def _transmit(self, packet: bytes) -> bool:
+        if not self.faults.rules:
+            return self.link.write(packet)
+        verdict = self.faults.judge("out", packet)
+        if verdict.rule is not None:
+            self._trace_fault("out", packet, verdict)
+        for _ in range(verdict.copies):
+            if verdict.delay:
+                asyncio.get_running_loop().call_later(verdict.delay, self.link.write, packet)
+            elif not self.link.write(packet):
+                return False
+        return True
+
+    def _receive_with_faults(self, packet: bytes) -> None:
+        assert self.runner is not None
+        verdict = self.faults.judge("in", packet)
+        if verdict.rule is not None:
+            self._trace_fault("in", packet, verdict)
+        for _ in range(verdict.copies):
+            if verdict.delay:
+                self.runner.loop.call_later(verdict.delay, self._receive_late, packet)
+            else:
+                self.stack.receive(packet, self.runner.now())
+
+    def _receive_late(self, packet: bytes) -> None:
+        assert self.runner is not None
+        self.stack.receive(packet, self.runner.now())
+        self.runner.done()
+
+    def _trace_fault(self, direction: str, packet: bytes, verdict: Verdict) -> None:
+        self.stack.counters[f"fault.{verdict.rule.action if verdict.rule else ''}"] += 1
+        tracer = self._traces.tracer
+        if tracer is None or verdict.rule is None or self.runner is None:
+            return
+        tracer(fault_event(self.stack, direction, packet, verdict, self.runner.now()))
 
     def _stop(self, why: str) -> None:
         log.info("%s: shutting down", why)
@@ -137,6 +213,7 @@ class Daemon:
         rows = []
         tcp = self.stack.tcp
         for (remote, remote_port, local_port), conn in tcp.connections.items():
+            now = self.runner.now() if self.runner else 0.0
             rows.append(
                 {
                     "id": conn.conn_id,
@@ -145,10 +222,68 @@ class Daemon:
                     "remote": f"{dotted(remote)}:{remote_port}",
                     "send_queue": conn.unsent_bytes,
                     "recv_queue": conn.readable_bytes,
+                    # Relative to our ISS and the peer's IRS, as in the trace.
+                    "snd_una": (conn.snd_una - conn.iss) & 0xFFFFFFFF,
+                    "snd_nxt": (conn.snd_nxt - conn.iss) & 0xFFFFFFFF,
+                    "rcv_nxt": (conn.rcv_nxt - conn.irs) & 0xFFFFFFFF,
+                    "snd_wnd": conn.snd_wnd,
+                    "rto": round(conn.rto, 3),
+                    "srtt": None if conn.srtt is None else round(conn.srtt, 6),
+                    "timers": {
+                        name: round(deadline - now, 3) for name, deadline in conn.timers().items()
+                    },
                 }
             )
         listening = [f"{dotted(tcp.address)}:{port}" for port in sorted(tcp.listeners)]
         return {"connections": rows, "listening": listening}
+
+    def _fault(self, request: dict[str, Any]) -> dict[str, Any]:
+        """fault: {"do": "add", "rule": "drop:dir=out,flags=FIN,count=1"} | {"do": "list"}
+        | {"do": "clear", "id": N (optional)}."""
+        what = request.get("do", "list")
+        if what == "add":
+            try:
+                rule = self.faults.add(parse_rule(str(request.get("rule", ""))))
+            except FaultError as exc:
+                raise ControlRequestError(f"bad fault rule: {exc}") from None
+            log.info("fault rule %d added: %s", rule.id, request.get("rule"))
+            return {"rule": rule.describe()}
+        if what == "clear":
+            rule_id = request.get("id")
+            if rule_id is not None and not isinstance(rule_id, int):
+                raise ControlRequestError('"id" is a rule number')
+            return {"removed": self.faults.remove(rule_id)}
+        if what != "list":
+            raise ControlRequestError('"do" is add, list or clear')
+        return {"rules": [rule.describe() for rule in self.faults.rules]}
+
+    def _config(self, request: dict[str, Any]) -> dict[str, Any]:
+        """config: show, or change for new connections, the knobs where stacks
+        legitimately differ: msl, fin_timeout, time_wait_rst (ignore|close)."""
+        tcp = self.stack.tcp
+        changes: dict[str, Any] = {}
+        try:
+            if "msl" in request:
+                changes["msl"] = _bounded_float(request["msl"], "msl")
+            if "fin_timeout" in request:
+                changes["fin_wait_2_timeout"] = _bounded_float(
+                    request["fin_timeout"], "fin_timeout"
+                )
+        except ValueError as exc:
+            raise ControlRequestError(str(exc)) from None
+        if "time_wait_rst" in request:
+            if request["time_wait_rst"] not in ("ignore", "close"):
+                raise ControlRequestError('"time_wait_rst" is ignore or close')
+            changes["rfc1337"] = request["time_wait_rst"] == "ignore"
+        if changes:
+            tcp.config = dataclasses.replace(tcp.config, **changes)
+            log.info("configuration for new connections: %s", changes)
+        config = tcp.config
+        return {
+            "msl": config.msl,
+            "fin_timeout": config.fin_wait_2_timeout,
+            "time_wait_rst": "ignore" if config.rfc1337 else "close",
+        }
 
     async def _connect(
         self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -192,6 +327,55 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
             sink.write_eof()
     except (ConnectionError, RuntimeError):
         pass
+
+
+def _bounded_float(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
+        raise ValueError(f'"{name}" is a number of seconds, 0..86400')
+    return float(value)
+
+
+def fault_event(
+    stack: Stack, direction: str, packet: bytes, verdict: Verdict, now: float
+) -> FaultEvent:
+    """The trace event for a packet the injector acted on."""
+    assert verdict.rule is not None
+    local = dotted(stack.tcp.address)
+    remote_int = int.from_bytes(packet[16:20] if direction == "out" else packet[12:16], "big")
+    fields: dict[str, Any] = dict.fromkeys(("local_port", "remote_port", "seq", "ack"), 0)
+    flags, rel_seq, rel_ack, length, conn_id = "", 0, 0, 0, None
+    if len(packet) >= 40 and packet[9] == 6:
+        ihl = (packet[0] & 0x0F) * 4
+        sport, dport, seq_no, ack_no, offset, bits = struct.unpack_from("!HHIIBB", packet, ihl)
+        local_port, remote_port = (sport, dport) if direction == "out" else (dport, sport)
+        fields.update(local_port=local_port, remote_port=remote_port, seq=seq_no, ack=ack_no)
+        flags = flag_string(bits)
+        length = len(packet) - ihl - (offset >> 4) * 4
+        conn = stack.tcp.connections.get((remote_int, remote_port, local_port))
+        rel_seq, rel_ack = seq_no, ack_no
+        if conn is not None:
+            conn_id = conn.conn_id
+            ours, theirs = (conn.iss, conn.irs) if direction == "out" else (conn.irs, conn.iss)
+            rel_seq = (seq_no - ours) & 0xFFFFFFFF
+            rel_ack = (ack_no - theirs) & 0xFFFFFFFF
+    return FaultEvent(
+        now,
+        conn_id,
+        direction,
+        verdict.rule.action,
+        verdict.rule.id,
+        local,
+        fields["local_port"],
+        dotted(remote_int),
+        fields["remote_port"],
+        flags,
+        fields["seq"],
+        fields["ack"],
+        rel_seq,
+        rel_ack,
+        length,
+        verdict.delay,
+    )
 
 
 def _notify_ready(ready_fd: int | None) -> None:

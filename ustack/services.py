@@ -113,7 +113,7 @@ async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         while await _serve_one_request(reader, writer):
             pass
     except ConnectionError:
-        return
+        pass  # a reset, or a body cut short: either way this connection is done
     await _finish(writer)
 
 

@@ -123,8 +123,39 @@ class PeerStateChange:
     new: str
 
 
+@dataclass(frozen=True, slots=True)
+class FaultEvent:
+    """The fault injector acted on a packet at the TUN boundary. For TCP, the
+    segment's fields (relative numbers as in SegmentEvent) say which one; an
+    "out" segment dropped here was traced as sent just before."""
+
+    time: float
+    conn: int | None
+    direction: str  # "in" or "out"
+    action: str  # drop, delay, duplicate
+    rule: int
+    local: str
+    local_port: int
+    remote: str
+    remote_port: int
+    flags: str
+    seq: int
+    ack: int
+    rel_seq: int
+    rel_ack: int
+    length: int
+    delay: float = 0.0
+
+
 TraceEvent = (
-    NewConnection | StateChange | SegmentEvent | TimerEvent | Decision | Drop | PeerStateChange
+    NewConnection
+    | StateChange
+    | SegmentEvent
+    | TimerEvent
+    | Decision
+    | Drop
+    | PeerStateChange
+    | FaultEvent
 )
 Tracer = Callable[[TraceEvent], None]
 # (direction "in"/"out", the raw IPv4 packet, time)
@@ -138,6 +169,7 @@ _KINDS: dict[type, str] = {
     Decision: "decision",
     Drop: "drop",
     PeerStateChange: "peer_state",
+    FaultEvent: "fault",
 }
 
 
@@ -200,7 +232,7 @@ class Filtered:
             if not self._filter.matches(*ends):
                 return
             self._wanted.add(event.conn)
-        elif isinstance(event, SegmentEvent | PeerStateChange) and event.conn is None:
+        elif isinstance(event, SegmentEvent | PeerStateChange | FaultEvent) and event.conn is None:
             ends = ((event.local, event.remote), (event.local_port, event.remote_port))
             if not self._filter.matches(*ends):
                 return
@@ -313,6 +345,13 @@ def format_event(event: TraceEvent) -> tuple[str, str]:
         return "state", (
             f"#{event.conn:<4} new   {event.local}:{event.local_port} <-> "
             f"{event.remote}:{event.remote_port} ({how} open)"
+        )
+    if isinstance(event, FaultEvent):
+        conn = f"#{event.conn}" if event.conn is not None else "#-"
+        extra = f" by {event.delay:.3f}s" if event.action == "delay" else ""
+        return "drop", (
+            f"{conn:<5} fault {event.action}{extra} {event.direction} {event.flags} "
+            f"seq {event.rel_seq} ack {event.rel_ack} len {event.length} (rule {event.rule})"
         )
     if isinstance(event, PeerStateChange):
         return "state", (

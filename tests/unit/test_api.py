@@ -300,12 +300,6 @@ def test_write_eof_half_close_then_the_whole_echo_and_eof(pair: Pair) -> None:
     pair.run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TcpTransport._on_closed hands connection_lost() to the protocol while "
-    "reading is paused and bytes still wait in the connection: they are never delivered "
-    "and the reader sees a premature EOF",
-)
 def test_data_waiting_behind_a_paused_reader_survives_the_close(pair: Pair) -> None:
     """The client half-closes, then does not read while the server sends more than the
     StreamReader takes before it pauses (2 * limit) and closes. The client's connection
@@ -378,6 +372,52 @@ def test_client_closes_first_client_keeps_time_wait(make_pair: Callable[..., Pai
         client_table, server_table = pair.tables()
         assert client_table == {"TIME_WAIT": 1}
         assert server_table == {}
+        await pair.settle()
+
+    pair.run(main())
+
+
+def test_server_half_closes_and_keeps_reading(pair: Pair) -> None:
+    """The server's write_eof: the client sees EOF and may still send."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"say something\n")
+        writer.write_eof()
+        seen.append(await reader.read())
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        _, handler_done = await serve(pair, handler, 5000)
+        reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        assert await read_all(reader) == b"say something\n"
+        assert not writer.is_closing()
+        payload = os.urandom(200_000)
+        writer.write(payload)
+        await step(writer.drain())
+        writer.write_eof()
+        await step(handler_done.wait())
+        assert seen == [payload]
+        await close(writer)
+        await pair.settle()
+
+    pair.run(main())
+
+
+def test_closing_the_server_keeps_established_connections(pair: Pair) -> None:
+    async def main() -> None:
+        server, _ = await serve(pair, services.echo, 7)
+        reader, writer = await step(open_connection(pair.ra, B_HOST, 7))
+        async with server:
+            pass  # __aexit__ closes the listener
+        await server.wait_closed()
+        with pytest.raises(ConnectionRefusedError):
+            await step(open_connection(pair.ra, B_HOST, 7))
+        writer.write(b"still here")
+        writer.write_eof()
+        assert await read_all(reader) == b"still here"
+        await close(writer)
         await pair.settle()
 
     pair.run(main())
@@ -512,6 +552,21 @@ def test_connect_to_an_address_nobody_has_times_out(pair: Pair) -> None:
         with pytest.raises(TimeoutError) as caught:
             await step(open_connection(pair.ra, SILENT_HOST, 80))
         assert caught.value.args == ("ETIMEDOUT",)
+
+    pair.run(main())
+
+
+def test_a_cancelled_connect_leaves_nothing_behind(pair: Pair) -> None:
+    pair.hook = lambda _packet: Action.DROP
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError) as caught:
+            await asyncio.wait_for(open_connection(pair.ra, B_HOST, 7), 0.02)
+        assert caught.value.args == ()  # wait_for's own timeout: the connect was cancelled
+        syns = len(pair.sent(A_ADDR))
+        # The stack would retransmit the SYN at 0.1 s and give up at 0.7 s on its own.
+        await until(lambda: not pair.a.tcp.connections, timeout=0.05)
+        assert len(pair.sent(A_ADDR)) == syns
 
     pair.run(main())
 
@@ -763,13 +818,6 @@ def test_http_post_upload_returns_the_sha256(pair: Pair) -> None:
     pair.run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="BUG: services.http returns on ConnectionError without closing the writer; "
-    "_consume raises ConnectionError('body cut short') on a live half-closed connection, "
-    "which then stays in CLOSE_WAIT for ever (the client never gets the server's FIN)",
-)
 def test_http_client_cut_short_during_upload(pair: Pair) -> None:
     """A body that never completes: the handler gives up and closes."""
 

@@ -122,6 +122,18 @@ class TcpConnection:
         self._events: deque[AppEvent] = deque()
 
     @property
+    def rto(self) -> float:
+        return self._rtt.rto
+
+    @property
+    def srtt(self) -> float | None:
+        return self._rtt.srtt
+
+    def timers(self) -> dict[str, float]:
+        """Pending timers: name -> deadline."""
+        return dict(self._timers)
+
+    @property
     def now(self) -> float:
         """The time of the latest event the connection handled."""
         return self._now

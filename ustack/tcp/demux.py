@@ -180,6 +180,8 @@ class TcpDemux:
             counters.drop("tcp", exc.reason, now, f"from {dotted(src)}")
             return
         counters["tcp.in"] += 1
+        if header.flags & RST:
+            counters["tcp.in.rst"] += 1
         payload = memoryview(segment)[header.header_length :]
         seg = Segment.from_header(header, payload)
         key = (src, header.src_port, header.dst_port)
@@ -337,6 +339,8 @@ class TcpDemux:
             counters["tcp.out"] += 1
             if out.flags & RST:
                 counters["tcp.out.rst"] += 1
+            if out.note == "retransmission":
+                counters["tcp.out.retransmit"] += 1
             self._send(
                 remote,
                 build_tcp(

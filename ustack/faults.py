@@ -1,0 +1,213 @@
+"""Faults on demand, at the TUN boundary: drop, delay or duplicate the packets
+that match a rule, so a student can watch TCP recover (a lost FIN retransmitted
+after the RTO, a lost final ACK making the peer resend its FIN into TIME_WAIT).
+
+A rule is written `ACTION[:KEY=VALUE,...]`, e.g. `drop:dir=out,flags=FIN,count=1`:
+
+  dir      in (Linux -> ustack), out (ustack -> Linux) or both (default)
+  flags    TCP flags that must all be set: FIN, SYN, RST, PSH, ACK, URG, or
+           combinations like SYN+ACK (default: any packet, TCP or not)
+  only     with flags: the flags must be exactly these (e.g. only=1 flags=ACK: pure ACKs)
+  port     either TCP port of the segment
+  nth      act on the Nth matching packet only (1 = the first)
+  count    act this many times, then the rule is spent (default: no limit)
+  prob     probability of acting on a matching packet, 0..1 (default 1)
+  delay    seconds, for ACTION=delay
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ustack.headers import ACK, FIN, PSH, RST, SYN, URG
+
+ACTIONS = ("drop", "delay", "duplicate")
+DIRECTIONS = ("in", "out", "both")
+FLAG_NAMES = {"FIN": FIN, "SYN": SYN, "RST": RST, "PSH": PSH, "ACK": ACK, "URG": URG}
+
+
+class FaultError(ValueError):
+    """A rule that does not parse; the message says which part."""
+
+
+@dataclass
+class FaultRule:
+    action: str
+    direction: str = "both"
+    flags: int = 0
+    only: bool = False
+    port: int | None = None
+    nth: int | None = None
+    count: int | None = None
+    probability: float = 1.0
+    delay: float = 0.0
+    id: int = 0
+    matched: int = 0  # packets that matched so far
+    applied: int = 0  # times the action was taken
+
+    @property
+    def spent(self) -> bool:
+        return self.count is not None and self.applied >= self.count
+
+    def describe(self) -> dict[str, Any]:
+        flags = "+".join(name for name, bit in FLAG_NAMES.items() if self.flags & bit)
+        return {
+            "id": self.id,
+            "action": self.action,
+            "dir": self.direction,
+            "flags": flags or None,
+            "only": self.only,
+            "port": self.port,
+            "nth": self.nth,
+            "count": self.count,
+            "prob": self.probability,
+            "delay": self.delay,
+            "matched": self.matched,
+            "applied": self.applied,
+        }
+
+
+def parse_rule(text: str) -> FaultRule:
+    """`drop:dir=out,flags=FIN,count=1` -> FaultRule."""
+    action, _, rest = text.strip().partition(":")
+    fields: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FaultError(f"{item!r}: want KEY=VALUE")
+        fields[key.strip()] = value.strip()
+    return rule_from_fields(action, fields)
+
+
+def rule_from_fields(action: str, fields: dict[str, Any]) -> FaultRule:
+    if action not in ACTIONS:
+        raise FaultError(f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
+    rule = FaultRule(action)
+    for key, value in fields.items():
+        if value is None:
+            continue
+        text = str(value)
+        try:
+            if key == "dir":
+                if text not in DIRECTIONS:
+                    raise FaultError(f"dir={text}: want in, out or both")
+                rule.direction = text
+            elif key == "flags":
+                rule.flags = _flags(text)
+            elif key == "only":
+                rule.only = text.lower() in ("1", "true", "yes")
+            elif key == "port":
+                rule.port = _bounded_int(text, 1, 65535, key)
+            elif key == "nth":
+                rule.nth = _bounded_int(text, 1, 1 << 31, key)
+            elif key == "count":
+                rule.count = _bounded_int(text, 1, 1 << 31, key)
+            elif key == "prob":
+                rule.probability = float(text)
+                if not 0 <= rule.probability <= 1:
+                    raise FaultError(f"prob={text}: want 0..1")
+            elif key == "delay":
+                rule.delay = float(text)
+                if not 0 <= rule.delay <= 60:
+                    raise FaultError(f"delay={text}: want 0..60 seconds")
+            else:
+                raise FaultError(f"unknown key {key!r}")
+        except ValueError as exc:
+            if isinstance(exc, FaultError):
+                raise
+            raise FaultError(f"{key}={text}: not a number") from None
+    if rule.action == "delay" and rule.delay <= 0:
+        raise FaultError("delay needs delay=SECONDS")
+    if rule.only and not rule.flags:
+        raise FaultError("only=1 needs flags=...")
+    return rule
+
+
+def _flags(text: str) -> int:
+    bits = 0
+    for name in text.upper().replace(",", "+").split("+"):
+        if name not in FLAG_NAMES:
+            raise FaultError(f"flags={text}: {name!r} is not one of {', '.join(FLAG_NAMES)}")
+        bits |= FLAG_NAMES[name]
+    return bits
+
+
+def _bounded_int(text: str, low: int, high: int, key: str) -> int:
+    value = int(text)
+    if not low <= value <= high:
+        raise FaultError(f"{key}={text}: want {low}..{high}")
+    return value
+
+
+@dataclass
+class Verdict:
+    """What becomes of one packet: sent `copies` times after `delay` seconds
+    (0 copies: dropped), and the rule responsible, if any."""
+
+    copies: int = 1
+    delay: float = 0.0
+    rule: FaultRule | None = None
+
+
+PASS = Verdict()
+
+
+@dataclass
+class FaultInjector:
+    rules: list[FaultRule] = field(default_factory=list)
+    rng: random.Random = field(default_factory=random.Random)
+    _next_id: int = 1
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        rule = replace(rule, id=self._next_id, matched=0, applied=0)
+        self._next_id += 1
+        self.rules.append(rule)
+        return rule
+
+    def remove(self, rule_id: int | None = None) -> int:
+        """Remove one rule, or all (None); how many went."""
+        before = len(self.rules)
+        self.rules = [r for r in self.rules if rule_id is not None and r.id != rule_id]
+        return before - len(self.rules)
+
+    def judge(self, direction: str, packet: bytes) -> Verdict:
+        """The first live rule that matches and fires decides."""
+        if not self.rules:
+            return PASS
+        for rule in self.rules:
+            if rule.spent or not _matches(rule, direction, packet):
+                continue
+            rule.matched += 1
+            if rule.nth is not None and rule.matched != rule.nth:
+                continue
+            if rule.probability < 1 and self.rng.random() >= rule.probability:
+                continue
+            rule.applied += 1
+            if rule.action == "drop":
+                return Verdict(0, 0.0, rule)
+            if rule.action == "duplicate":
+                return Verdict(2, 0.0, rule)
+            return Verdict(1, rule.delay, rule)
+        return PASS
+
+
+def _matches(rule: FaultRule, direction: str, packet: bytes) -> bool:
+    if rule.direction != "both" and rule.direction != direction:
+        return False
+    if not rule.flags and rule.port is None:
+        return True
+    if len(packet) < 20 or packet[9] != 6:
+        return False  # flags and ports are TCP's
+    ihl = (packet[0] & 0x0F) * 4
+    if len(packet) < ihl + 14:
+        return False
+    src_port, dst_port = struct.unpack_from("!HH", packet, ihl)
+    if rule.port is not None and rule.port not in (src_port, dst_port):
+        return False
+    flags = packet[ihl + 13]
+    if rule.only:
+        return flags & 0x3F == rule.flags
+    return flags & rule.flags == rule.flags
