@@ -1,0 +1,572 @@
+"""The Linux peer's own TCP states, from the kernel tracepoint sock:inet_sock_set_state.
+
+A `PeerStateWatcher` makes a private tracing instance (tracefs
+``instances/ustack-<pid>``), enables the tracepoint there, reads its
+``trace_pipe`` in a thread and hands each state change of a Linux socket whose
+remote end is the stack to the event loop as a `PeerStateChange`. The global
+tracing instance is never touched; at stop the instance is removed (and tracefs
+unmounted if we mounted it).
+
+TIME_WAIT: Linux hands a closing connection over to a small "timewait socket"
+and closes the full socket, so the tracepoint says FIN_WAIT2 -> CLOSE (or
+FIN_WAIT1/CLOSING -> CLOSE) where the connection really went on in TIME_WAIT,
+or in FIN_WAIT2 if the application had already closed it. The timewait socket
+emits no tracepoint. So after such a CLOSE the watcher asks sock_diag (in its
+own network namespace, which must be the Linux peer's) whether a timewait
+socket holds that 4-tuple, reports its state instead of CLOSED, and then polls
+it until it changes or goes away (CLOSED).
+
+Tracefs is global to the machine, not per network namespace: an event of
+another namespace that uses the same two addresses cannot be told apart (the
+`conn` of such an event is normally None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import ipaddress
+import itertools
+import logging
+import os
+import re
+import socket
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ustack.trace import PeerStateChange
+
+log = logging.getLogger("ustack.peer_states")
+
+TRACING_ROOT = Path("/sys/kernel/tracing")
+EVENT = ("sock", "inet_sock_set_state")
+INSTANCE_PREFIX = "ustack-"
+# Written to our instance's trace_marker to wake the reader thread at stop.
+STOP_MARKER = "ustack-peer-states: stop"
+BUFFER_SIZE_KB = 512  # per CPU; state changes are small and read at once
+TIMEWAIT_POLL = 0.1  # seconds between sock_diag looks at held timewait sockets
+JOIN_TIMEOUT = 2.0
+
+# The kernel's names (include/net/tcp_states.h) in ours (ustack.tcp.states.State).
+# TCP_NEW_SYN_RECV is a request socket: it is SYN_RECEIVED too.
+KERNEL_STATES = {
+    "TCP_ESTABLISHED": "ESTABLISHED",
+    "TCP_SYN_SENT": "SYN_SENT",
+    "TCP_SYN_RECV": "SYN_RECEIVED",
+    "TCP_FIN_WAIT1": "FIN_WAIT_1",
+    "TCP_FIN_WAIT2": "FIN_WAIT_2",
+    "TCP_TIME_WAIT": "TIME_WAIT",
+    "TCP_CLOSE": "CLOSED",
+    "TCP_CLOSE_WAIT": "CLOSE_WAIT",
+    "TCP_LAST_ACK": "LAST_ACK",
+    "TCP_LISTEN": "LISTEN",
+    "TCP_CLOSING": "CLOSING",
+    "TCP_NEW_SYN_RECV": "SYN_RECEIVED",
+}
+# The states a full socket leaves for CLOSE when a timewait socket takes over.
+_HANDOFF_FROM = frozenset({"FIN_WAIT_1", "FIN_WAIT_2", "CLOSING"})
+
+_TRACE_LINE = re.compile(r"\binet_sock_set_state: (.*)$")
+_INSTANCE_NAME = re.compile(rf"^{re.escape(INSTANCE_PREFIX)}(\d+)(?:-\d+)?$")
+_instance_serial = itertools.count()
+
+# (the Linux socket's address, its port, the stack's port): our connection's key order
+Key = tuple[str, int, int]
+
+
+class PeerStatesError(Exception):
+    """Peer states cannot be watched; the message says why, on one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class KernelStateChange:
+    """One tracepoint line about a Linux socket connected to the stack."""
+
+    linux: str
+    linux_port: int
+    stack: str
+    stack_port: int
+    old: str  # our state names
+    new: str
+
+
+def state_name(kernel_name: str) -> str:
+    """TCP_FIN_WAIT1 -> FIN_WAIT_1 and so on; an unknown name loses its TCP_ only."""
+    return KERNEL_STATES.get(kernel_name, kernel_name.removeprefix("TCP_"))
+
+
+def parse_line(line: str, stack_address: str) -> KernelStateChange | None:
+    """The state change a trace_pipe line reports, if it is a TCP/IPv4 socket
+    of Linux whose remote end is `stack_address`; None for anything else."""
+    match = _TRACE_LINE.search(line.rstrip())
+    if match is None:
+        return None
+    fields = dict(part.split("=", 1) for part in match.group(1).split() if "=" in part)
+    try:
+        if fields["family"] != "AF_INET" or fields["protocol"] != "IPPROTO_TCP":
+            return None
+        # The socket is Linux's: its own end is saddr, the stack is daddr.
+        if fields["daddr"] != stack_address or fields["saddr"] in (stack_address, "0.0.0.0"):
+            return None
+        return KernelStateChange(
+            linux=fields["saddr"],
+            linux_port=int(fields["sport"]),
+            stack=fields["daddr"],
+            stack_port=int(fields["dport"]),
+            old=state_name(fields["oldstate"]),
+            new=state_name(fields["newstate"]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+# ---- sock_diag: the timewait sockets the tracepoint does not show ---------------------------
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, seq, pid
+_NOCOOKIE = 0xFFFFFFFF
+_TIMEWAIT_SUBSTATES = {5: "FIN_WAIT_2", 6: "TIME_WAIT"}  # TCP_FIN_WAIT2, TCP_TIME_WAIT
+
+
+class SockDiag:
+    """Exact lookups and dumps of TCP/IPv4 sockets over NETLINK_SOCK_DIAG, in
+    the network namespace of the thread that made it. A timewait socket reports
+    its substate (FIN_WAIT2 or TIME_WAIT) as its state."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG)
+        self._sock.settimeout(1.0)
+        self._seq = itertools.count(1)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def timewait_state(self, key: Key, stack: str) -> str | None:
+        """The state of the timewait socket on this 4-tuple, if there is one."""
+        linux, linux_port, stack_port = key
+        sock_id = _sock_id(linux, linux_port, stack, stack_port)
+        found = self._request(_NLM_F_REQUEST, 0xFFFFFFFF, sock_id)
+        return next(iter(found.values()), None)
+
+    def timewait_states(self, stack: str) -> dict[Key, str]:
+        """Every socket in FIN_WAIT2 or TIME_WAIT whose remote end is `stack`."""
+        found = self._request(_NLM_F_REQUEST | _NLM_F_DUMP, (1 << 5) | (1 << 6), bytes(48))
+        return {key: state for (key, remote), state in found.items() if remote == stack}
+
+    def _request(self, flags: int, states: int, sock_id: bytes) -> dict[tuple[Key, str], str]:
+        seq = next(self._seq)
+        body = struct.pack("=BBBxI", socket.AF_INET, socket.IPPROTO_TCP, 0, states) + sock_id
+        header = _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, flags,
+                                    seq, 0)  # fmt: skip
+        self._sock.send(header + body)
+        found: dict[tuple[Key, str], str] = {}
+        while True:
+            data = self._sock.recv(1 << 16)
+            offset = 0
+            while offset + _NLMSG_HEADER.size <= len(data):
+                length, kind, _, reply_seq, _ = _NLMSG_HEADER.unpack_from(data, offset)
+                payload = data[offset + _NLMSG_HEADER.size : offset + length]
+                offset += (length + 3) & ~3
+                if length < _NLMSG_HEADER.size:
+                    return found
+                if reply_seq != seq:
+                    continue
+                if kind == _NLMSG_DONE:
+                    return found
+                if kind == _NLMSG_ERROR:
+                    (error,) = struct.unpack_from("=i", payload)
+                    if error in (0, -errno.ENOENT):
+                        return found
+                    raise OSError(-error, os.strerror(-error))
+                if kind == _SOCK_DIAG_BY_FAMILY and len(payload) >= 4 + 48:
+                    state = _TIMEWAIT_SUBSTATES.get(payload[1])
+                    if state is not None:
+                        found[_key_of(payload[4:52])] = state
+                    if not flags & _NLM_F_DUMP:  # an exact lookup has one answer
+                        return found
+
+
+def _sock_id(linux: str, linux_port: int, stack: str, stack_port: int) -> bytes:
+    """struct inet_diag_sockid: the socket's own end (Linux) is the source."""
+    return struct.pack(
+        "!HH16s16s", linux_port, stack_port,
+        ipaddress.IPv4Address(linux).packed, ipaddress.IPv4Address(stack).packed,
+    ) + struct.pack("=III", 0, _NOCOOKIE, _NOCOOKIE)  # fmt: skip
+
+
+def _key_of(sock_id: bytes) -> tuple[Key, str]:
+    sport, dport = struct.unpack_from("!HH", sock_id)
+    src = str(ipaddress.IPv4Address(sock_id[4:8]))
+    dst = str(ipaddress.IPv4Address(sock_id[20:24]))
+    return (src, sport, dport), dst
+
+
+# ---- tracefs ------------------------------------------------------------------------------
+
+_MS_NONE = 0
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _mount_tracefs(root: Path) -> None:
+    if _libc().mount(b"nodev", os.fsencode(root), b"tracefs", _MS_NONE, None) != 0:
+        code = ctypes.get_errno()
+        hint = " (needs root)" if code in (errno.EPERM, errno.EACCES) else ""
+        raise PeerStatesError(f"cannot mount tracefs on {root}: {os.strerror(code)}{hint}")
+
+
+def _unmount(root: Path) -> None:
+    if _libc().umount2(os.fsencode(root), 0) != 0:
+        code = ctypes.get_errno()
+        log.warning("peer states: leaving tracefs mounted on %s: %s", root, os.strerror(code))
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="ascii") as stream:
+        stream.write(text)
+
+
+def remove_stale_instances(root: Path = TRACING_ROOT) -> list[str]:
+    """Remove the instances of watchers whose process is gone (killed before
+    their stop); an instance in use cannot be removed. The names removed."""
+    removed = []
+    try:
+        names = os.listdir(root / "instances")
+    except OSError:
+        return removed
+    for name in names:
+        match = _INSTANCE_NAME.match(name)
+        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            continue
+        try:
+            os.rmdir(root / "instances" / name)
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---- the watcher ----------------------------------------------------------------------------
+
+
+class PeerStateWatcher:
+    """Reports the state changes of the Linux sockets whose remote end is the
+    stack, as `PeerStateChange` events passed to `emit` on the loop's thread.
+
+    `conn_lookup(linux_address, linux_port, stack_port)` names our connection
+    on that 4-tuple (None if none); it is called on the loop's thread.
+    `start()` and `stop()` are called on the loop's thread (or with no loop
+    running); `start()` also makes the sock_diag socket, so it must run in the
+    Linux peer's network namespace."""
+
+    def __init__(
+        self,
+        stack_address: str,
+        emit: Callable[[PeerStateChange], None],
+        conn_lookup: Callable[[str, int, int], int | None],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        tracing_root: Path | str = TRACING_ROOT,
+    ) -> None:
+        self._stack = str(ipaddress.IPv4Address(stack_address))
+        self._emit_event = emit
+        self._conn_lookup = conn_lookup
+        self._loop = loop
+        self._root = Path(tracing_root)
+        serial = next(_instance_serial)
+        suffix = "" if serial == 0 else f"-{serial}"
+        self._name = f"{INSTANCE_PREFIX}{os.getpid()}{suffix}"
+        self._instance: Path | None = None  # set once we made it
+        self._mounted = False
+        self._enabled = False
+        self._fd: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._diag: SockDiag | None = None
+        self._held: dict[Key, str] = {}  # 4-tuples in a timewait socket, and its state
+        self._open: set[Key] = set()  # 4-tuples reported in a state other than CLOSED
+        # connect(2) enters SYN_SENT before it picks the port: (Linux address,
+        # stack port) -> when each such SYN_SENT was handled, oldest first.
+        self._unbound: dict[tuple[str, int], deque[float]] = {}
+        self._poll: asyncio.TimerHandle | None = None
+        self._started = False
+        self._closed = False
+
+    @property
+    def instance_path(self) -> Path:
+        """Where the private tracing instance is (while running)."""
+        return self._root / "instances" / self._name
+
+    # ---- start and stop ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Make the instance, enable the tracepoint, start reading. PeerStatesError
+        (nothing left behind) when that cannot be done."""
+        if self._started:
+            raise PeerStatesError("peer states: the watcher was already started")
+        self._started = True
+        try:
+            self._set_up()
+        except BaseException:
+            self._tear_down()
+            self._closed = True
+            raise
+        self._thread = threading.Thread(
+            target=self._read_pipe, name=f"peer-states-{self._name}", daemon=True
+        )
+        self._thread.start()
+        log.info("peer states: tracing sock:inet_sock_set_state in %s", self.instance_path)
+
+    def stop(self) -> None:
+        """Stop reading, disable the tracepoint, remove the instance, unmount
+        tracefs if we mounted it. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
+        self._held.clear()
+        self._open.clear()
+        self._unbound.clear()
+        self._stop_reader()
+        self._tear_down()
+
+    def _set_up(self) -> None:
+        root = self._root
+        if not (root / "instances").is_dir():
+            if root != TRACING_ROOT:
+                raise PeerStatesError(f"no tracefs at {root} (it has no instances/ directory)")
+            if not root.is_dir():
+                raise PeerStatesError(f"no {root}: the kernel has no tracing (CONFIG_TRACING)")
+            _mount_tracefs(root)
+            self._mounted = True
+            if not (root / "instances").is_dir():
+                raise PeerStatesError(f"tracefs on {root} has no instances/ directory")
+        remove_stale_instances(root)
+        instance = self.instance_path
+        try:
+            instance.mkdir()
+        except FileExistsError:
+            # Only a process that had our pid before us names an instance so.
+            try:
+                instance.rmdir()
+                instance.mkdir()
+            except OSError as exc:
+                raise PeerStatesError(f"tracing instance {instance} exists and is in use") from exc
+        except OSError as exc:
+            hint = " (needs root)" if exc.errno in (errno.EPERM, errno.EACCES) else ""
+            raise PeerStatesError(
+                f"cannot create tracing instance {instance}: {exc.strerror}{hint}"
+            ) from exc
+        self._instance = instance
+        event = instance.joinpath("events", *EVENT)
+        if not (event / "enable").is_file():
+            raise PeerStatesError(
+                f"the kernel has no tracepoint {':'.join(EVENT)} ({event} is missing)"
+            )
+        for setting, value in ((instance / "buffer_size_kb", str(BUFFER_SIZE_KB)),
+                               (event / "filter", "family == 2 && protocol == 6")):  # fmt: skip
+            try:
+                _write(setting, value)  # a smaller buffer, and TCP/IPv4 only: nice to have
+            except OSError as exc:
+                log.debug("peer states: cannot set %s: %s", setting, exc.strerror)
+        try:
+            self._fd = os.open(instance / "trace_pipe", os.O_RDONLY | os.O_CLOEXEC)
+            _write(event / "enable", "1")
+            self._enabled = True
+        except OSError as exc:
+            raise PeerStatesError(
+                f"cannot enable {':'.join(EVENT)} in {instance}: {exc.strerror}"
+            ) from exc
+        try:
+            self._diag = SockDiag()
+        except OSError as exc:
+            log.warning("peer states: no sock_diag (%s): TIME_WAIT shows as CLOSED", exc.strerror)
+
+    def _stop_reader(self) -> None:
+        """The reader blocks in read(2) on trace_pipe: wake it with a line of our
+        own in our instance's trace_marker; it sees `_stopping` and returns."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping.set()
+        assert self._instance is not None
+        for wake, value in ((self._instance / "trace_marker", STOP_MARKER + "\n"),
+                            # Turning tracing off also wakes readers (Linux 6.7+).
+                            (self._instance / "tracing_on", "0")):  # fmt: skip
+            if not thread.is_alive():
+                break
+            try:
+                _write(wake, value)
+            except OSError as exc:
+                log.warning("peer states: cannot write %s: %s", wake, exc.strerror)
+            thread.join(JOIN_TIMEOUT)
+        if thread.is_alive():
+            log.error("peer states: the trace_pipe reader does not stop; leaving %s", self._name)
+            self._fd = None  # still in use by the thread: not ours to close
+        else:
+            self._thread = None
+
+    def _tear_down(self) -> None:
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
+        instance = self._instance
+        if instance is not None and self._enabled:
+            try:
+                _write(instance.joinpath("events", *EVENT, "enable"), "0")
+            except OSError as exc:
+                log.warning("peer states: cannot disable the tracepoint: %s", exc.strerror)
+            self._enabled = False
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if instance is not None and self._thread is None:
+            try:
+                instance.rmdir()
+                self._instance = None
+            except OSError as exc:
+                log.warning("peer states: cannot remove %s: %s", instance, exc.strerror)
+        if self._mounted and self._instance is None:
+            _unmount(self._root)
+            self._mounted = False
+
+    # ---- the reader thread -----------------------------------------------------------------
+
+    def _read_pipe(self) -> None:
+        fd = self._fd
+        assert fd is not None
+        pending = b""
+        while not self._stopping.is_set():
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                log.error("peer states: reading trace_pipe failed: %s", exc.strerror)
+                return
+            if not chunk:  # tracing was turned off under us
+                if not self._stopping.is_set():
+                    log.error("peer states: trace_pipe ended")
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                change = parse_line(line.decode("ascii", "replace"), self._stack)
+                if change is None:
+                    continue
+                try:
+                    self._loop.call_soon_threadsafe(self._handle, change)
+                except RuntimeError:  # the loop is closed
+                    return
+
+    # ---- on the loop's thread --------------------------------------------------------------
+
+    def _handle(self, change: KernelStateChange) -> None:
+        if self._closed:
+            return
+        key = (change.linux, change.linux_port, change.stack_port)
+        if change.old == "CLOSED" and change.new == "SYN_SENT" and change.linux_port == 0:
+            # The port shows with the next change (SYN_SENT -> ESTABLISHED or CLOSED).
+            waiting = self._unbound.setdefault((change.linux, change.stack_port), deque())
+            waiting.append(self._loop.time())
+            return
+        held = self._held.pop(key, None)
+        if held is not None:  # the 4-tuple is used anew: its timewait socket is gone
+            self._report(key, held, "CLOSED")
+        if change.old == "SYN_SENT" and key not in self._open:
+            waiting = self._unbound.get((change.linux, change.stack_port))
+            if waiting:
+                handled = waiting.popleft()
+                if not waiting:
+                    del self._unbound[(change.linux, change.stack_port)]
+                self._report(key, "CLOSED", "SYN_SENT", handled)
+        old, new = change.old, change.new
+        if new == "CLOSED" and old in _HANDOFF_FROM:
+            state = self._timewait_state(key)
+            if state is not None:
+                self._held[key] = state
+                self._schedule_poll()
+                if state == old:  # closed by its application: FIN_WAIT_2 goes on
+                    return
+                new = state
+        self._report(key, old, new)
+
+    def _timewait_state(self, key: Key) -> str | None:
+        if self._diag is None:
+            return None
+        try:
+            return self._diag.timewait_state(key, self._stack)
+        except OSError as exc:
+            self._diag_failed(exc)
+            return None
+
+    def _schedule_poll(self) -> None:
+        if self._poll is None and not self._closed:
+            self._poll = self._loop.call_later(TIMEWAIT_POLL, self._poll_timewait)
+
+    def _poll_timewait(self) -> None:
+        self._poll = None
+        if self._closed or not self._held or self._diag is None:
+            return
+        try:
+            current = self._diag.timewait_states(self._stack)
+        except OSError as exc:
+            self._diag_failed(exc)
+            return
+        for key, state in list(self._held.items()):
+            now = current.get(key)
+            if now is None:
+                del self._held[key]
+                self._report(key, state, "CLOSED")
+            elif now != state:
+                self._held[key] = now
+                self._report(key, state, now)
+        if self._held:
+            self._schedule_poll()
+
+    def _diag_failed(self, exc: OSError) -> None:
+        log.warning("peer states: sock_diag failed (%s): TIME_WAIT shows as CLOSED", exc)
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
+        self._held.clear()
+
+    def _report(self, key: Key, old: str, new: str, handled: float | None = None) -> None:
+        if new == "CLOSED":
+            self._open.discard(key)
+        else:
+            self._open.add(key)
+        linux, linux_port, stack_port = key
+        self._emit_event(
+            PeerStateChange(
+                time=self._loop.time() if handled is None else handled,
+                conn=self._conn_lookup(linux, linux_port, stack_port),
+                local=self._stack,
+                local_port=stack_port,
+                remote=linux,
+                remote_port=linux_port,
+                old=old,
+                new=new,
+            )
+        )
