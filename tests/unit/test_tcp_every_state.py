@@ -78,8 +78,10 @@ def test_exact_rst_closes_every_synchronized_state(state: str, error: str | None
 def test_abort_in_every_state(state: str) -> None:
     t = into(state)
     t.abort()
-    if state == "SYN_SENT":
-        t.expect_none()  # nothing to reset on the other side yet
+    if state in ("SYN_SENT", "CLOSING", "LAST_ACK"):
+        # SYN_SENT: nothing to reset yet; CLOSING, LAST_ACK: both FINs are out,
+        # RFC 9293 3.10.5 only deletes the TCB (Linux agrees).
+        t.expect_none()
     else:
         t.expect("R.", ack=rcv_nxt(t))
     assert t.table == {}
@@ -121,4 +123,26 @@ def test_data_for_orphaned_fin_wait_2_gets_rst() -> None:
     t.close()
     t.send("P.", seq=P, ack=U + 1, payload=b"late")
     t.expect("R.", seq=U + 1)
+    assert t.table == {}
+
+
+@pytest.mark.parametrize("state", ["FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK"])
+def test_close_with_unread_data_after_shutdown_resets(state: str) -> None:
+    """RFC 9293 3.6 (SHLD-3): unread data at CLOSE means RST, whatever the
+    state shutdown() left us in (behaviour 39 beyond ESTABLISHED/CLOSE_WAIT)."""
+    t = TcpScript(listen=80)
+    t.establish()
+    if state == "LAST_ACK":
+        t.send("FP.", seq=P, ack=U, payload=b"unread")
+        t.shutdown()
+    else:
+        t.shutdown()
+        fin_flags = "FP." if state == "CLOSING" else "P."
+        ack = U + 1 if state == "FIN_WAIT_2" else U
+        t.send(fin_flags, seq=P, ack=ack, payload=b"unread")
+    t.sent()
+    assert t.conn is not None and str(t.conn.state) == state
+    t.close()
+    rst = t.expect("R.", ack=t.conn.rcv_nxt)
+    assert rst.seq == U + 1  # after our FIN
     assert t.table == {}

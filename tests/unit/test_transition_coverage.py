@@ -18,7 +18,13 @@ import tcpscript
 from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.trace import StateChange
 
-SCRIPT_MODULES = ["test_tcp_open", "test_tcp_close", "test_tcp_data", "test_tcp_every_state"]
+SCRIPT_MODULES = [
+    "test_tcp_open",
+    "test_tcp_close",
+    "test_tcp_data",
+    "test_tcp_every_state",
+    "test_tcp_review",
+]
 
 
 def _calls(function: Callable[..., Any]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ustack.headers import ACK, FIN, PSH, RST, SYN, TcpOptions
 from ustack.tcp import seq
+from ustack.tcp.buffers import ReassemblyQueue
 from ustack.tcp.events import (
     AppEvent,
     Closed,
@@ -96,12 +97,12 @@ class TcpConnection:
         self.rcv_shift = 0  # our window scale
         # Buffers: _send_buf holds unacknowledged and unsent data from
         # sequence number _send_buf_seq; _recv_buf holds in-order data not
-        # yet read; _out_of_order holds segments beyond a hole, by SEQ.
+        # yet read; _out_of_order holds data beyond a hole.
         self._send_buf = bytearray()
         self._send_buf_seq = seq.add(iss, 1)
         self._fin_queued = False  # our FIN follows the last byte of _send_buf
         self._recv_buf = bytearray()
-        self._out_of_order: dict[int, bytes] = {}
+        self._out_of_order = ReassemblyQueue()
         self._held_fin: int | None = None  # SEQ of a FIN that arrived beyond a hole
         self.fin_received = False
         self._read_shut = False
@@ -110,6 +111,7 @@ class TcpConnection:
         self._rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
         self._timed: tuple[int, float] | None = None  # (SEQ being timed, when sent)
         self._retries = 0
+        self._syn_retransmitted = False
         self.cwnd = config.initial_window_segments * config.mss
         self.ssthresh = 1 << 30
         # Deadlines by timer name: retransmit, persist, time_wait, fin_wait_2.
@@ -162,6 +164,9 @@ class TcpConnection:
         """IRS, RCV.NXT and the options of the peer's SYN."""
         self.irs = syn.seq
         self.rcv_nxt = seq.add(syn.seq, 1)
+        # Our SYN (if it went first) advertised the empty buffer from a RCV.NXT
+        # we did not know yet: the same window, from the real RCV.NXT.
+        self.rcv_adv = seq.add(self.rcv_nxt, min(self._free_receive_space(), 0xFFFF))
         options = syn.options
         self.peer_mss = options.mss or DEFAULT_PEER_MSS
         if options.window_scale is not None and self.config.window_scaling:
@@ -242,12 +247,12 @@ class TcpConnection:
         lives on, orphaned, until the close completes."""
         self._now = now
         self.orphaned = True
-        if self._recv_buf and self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
+        if self._recv_buf and self.state in _CLOSE_UNREAD_RESETS:
             self._send_rst_ack()
             self._transition(Event.APP_CLOSE_UNREAD)
             return
         self.shutdown(now)
-        if self.state is State.FIN_WAIT_2:
+        if self.state is State.FIN_WAIT_2 and "fin_wait_2" not in self._timers:
             self._arm("fin_wait_2", self.config.fin_wait_2_timeout)
 
     def abort(self, now: float) -> None:
@@ -256,7 +261,8 @@ class TcpConnection:
         self.orphaned = True
         if self.state in (State.CLOSED, State.LISTEN, State.TIME_WAIT):
             return
-        if self.state is not State.SYN_SENT:
+        # RFC 9293 3.10.5: in CLOSING and LAST_ACK both FINs are out; just delete.
+        if self.state not in (State.SYN_SENT, State.CLOSING, State.LAST_ACK):
             self._send_rst_ack()
         self._transition(Event.APP_ABORT)
 
@@ -297,6 +303,7 @@ class TcpConnection:
         if flags & ACK:
             self._ack_advanced(seg.ack)
             self._transition(Event.RCV_SYN_ACK)
+            self._after_handshake()
             self._events.append(Connected())
             self._ack_now = True
             if seg.payload or flags & FIN:  # rare: data on the SYN,ACK
@@ -318,6 +325,24 @@ class TcpConnection:
                 self._arm("time_wait", 2 * self.config.msl)
                 self._decide("FIN retransmitted in TIME_WAIT: ACK again, 2MSL restarts", "3.10.7.4")
                 return
+        if (
+            state is State.SYN_RECEIVED
+            and not self.passive
+            and flags & (SYN | ACK | RST) == SYN | ACK
+            and seg.seq == self.irs
+            and seg.ack == seq.add(self.iss, 1)
+        ):
+            # Simultaneous open (RFC 9293 3.5, Figure 8): the peer's SYN,ACK
+            # acknowledges our SYN; it is its SYN again, so no text follows.
+            self.snd_una = seg.ack
+            self.snd_wnd = seg.window << self.snd_shift
+            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+            self._cancel("retransmit")
+            self._transition(Event.RCV_ACK_OF_SYN)
+            self._after_handshake()
+            self._events.append(Connected())
+            self._ack_now = True
+            return
         if state is State.SYN_RECEIVED and flags & SYN and not flags & (ACK | RST):
             if seg.seq == self.irs:
                 # The peer did not get our SYN,ACK: send it again, same ISS.
@@ -351,6 +376,7 @@ class TcpConnection:
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
             self._transition(Event.RCV_ACK_OF_SYN)
+            self._after_handshake()
             self._events.append(Connected())
         if not self._receive_ack(seg):
             return
@@ -365,9 +391,10 @@ class TcpConnection:
         window = seq.diff(self.rcv_adv, self.rcv_nxt)
         length = seg.seg_len
         if window <= 0:
-            # A zero window still takes ACKs, RSTs and a FIN at RCV.NXT
-            # (Linux does the same for the FIN; behaviour 27).
-            return seg.seq == self.rcv_nxt and not seg.payload
+            # A zero window still takes the ACK, RST and FIN of a segment at
+            # RCV.NXT (RFC 9293 3.10.7.4 "special allowance"; behaviour 27):
+            # its text is trimmed away later.
+            return seg.seq == self.rcv_nxt
         if length == 0:
             return seq.in_window(seg.seq, self.rcv_nxt, window)
         last = seq.add(seg.seq, length - 1)
@@ -401,17 +428,18 @@ class TcpConnection:
         the segment is finished with."""
         ack = seg.ack
         if seq.gt(ack, self.snd_max):
-            self._ack_now = True
-            self._decide("ACK of data never sent: dropped, ACK sent", "RFC 5961 5.2")
+            self._challenge_ack("ACK of data never sent: dropped", "RFC 5961 5.2")
             return False
-        if seq.lt(ack, seq.add(self.snd_una, -self.max_snd_wnd - 1)):
-            self._ack_now = True
-            self._decide("ACK older than the send window: dropped, ACK sent", "RFC 5961 5.2")
+        if seq.lt(ack, seq.add(self.snd_una, -self.max_snd_wnd)):
+            self._challenge_ack("ACK older than the send window: dropped", "RFC 5961 5.2")
             return False
         if seq.lt(self.snd_una, ack):
             self._ack_advanced(ack)
         # Window update, from the newest segment only (SND.WL1, SND.WL2).
-        if seq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, ack)):
+        newer = seq.lt(self.snd_wl1, seg.seq) or (
+            self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, ack)
+        )
+        if newer and seq.le(self.snd_una, ack):
             reopened = self.snd_wnd == 0 and seg.window > 0
             self.snd_wnd = seg.window << self.snd_shift
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
@@ -420,6 +448,7 @@ class TcpConnection:
                 self._cancel("persist")
                 if reopened:
                     self.snd_nxt = self.snd_una  # resend a probe byte the peer dropped
+                    self._timed = None  # Karn: no sample from what is sent again
             else:
                 self._retries = 0  # the peer is alive, just full
         if not self._fin_acked():
@@ -465,6 +494,12 @@ class TcpConnection:
         else:
             self._arm("retransmit", self._rtt.rto)  # RFC 6298 5.3
 
+    def _after_handshake(self) -> None:
+        """RFC 6298 5.7: after a SYN (or SYN,ACK) was retransmitted, data
+        starts with an RTO of 3 s (Karn left us without a measurement)."""
+        if self._syn_retransmitted and self._rtt.srtt is None:
+            self._rtt.rto = min(max(self._rtt.rto, 3.0), self.config.max_rto)
+
     def _fin_acked(self) -> bool:
         return self._fin_queued and self.snd_una == seq.add(self._fin_seq, 1)
 
@@ -487,6 +522,7 @@ class TcpConnection:
         if over > 0:
             payload = payload[: len(payload) - over]
             fin = 0  # the FIN lies beyond the window too
+            self._ack_now = True  # tell the sender where the window ends
         if payload:
             if state not in _RECEIVES_TEXT:
                 self._decide(f"data after the peer's FIN ignored in {state}", "3.10.7.4")
@@ -496,7 +532,9 @@ class TcpConnection:
                 self._transition(Event.RCV_DATA_ORPHANED)
                 return
             self._receive_text(start, bytes(payload))
-        if fin:
+        if fin and self.fin_received:
+            self._decide("FIN after the peer's FIN ignored", "3.10.7.4")
+        elif fin:
             fin_seq = seq.add(start, len(payload))
             if fin_seq == self.rcv_nxt:
                 self._receive_fin()
@@ -508,23 +546,13 @@ class TcpConnection:
     def _receive_text(self, start: int, data: bytes) -> None:
         self._ack_now = True  # every segment is ACKed at once (no delayed ACK yet)
         if start != self.rcv_nxt:
-            held = self._out_of_order.get(start)
-            if held is None or len(held) < len(data):
-                self._out_of_order[start] = data
+            self._out_of_order.add(start, data, self.rcv_nxt)
             self._decide("out-of-order segment held, duplicate ACK sent", "3.10.7.4")
             return
         self._deliver(data)
-        # Segments that waited beyond the hole may now follow.
-        progressed = True
-        while progressed and self._out_of_order:
-            progressed = False
-            for held_seq in list(self._out_of_order):
-                if seq.le(held_seq, self.rcv_nxt):
-                    held = self._out_of_order.pop(held_seq)
-                    overlap = seq.diff(self.rcv_nxt, held_seq)
-                    if overlap < len(held):
-                        self._deliver(held[overlap:])
-                        progressed = True
+        # Data that waited beyond the hole may now follow.
+        while (ready := self._out_of_order.pop_ready(self.rcv_nxt)) is not None:
+            self._deliver(ready)
         if self._held_fin == self.rcv_nxt:
             self._receive_fin()
 
@@ -647,7 +675,9 @@ class TcpConnection:
         if self._ack_now:
             self._ack_now = False
             window = self._window_field()
-            self._emit(Segment(self.snd_nxt, self.rcv_nxt, ACK, window, note=self._ack_note))
+            # SND.MAX, not SND.NXT: after a timeout SND.NXT went back, but the
+            # peer may have everything up to SND.MAX already.
+            self._emit(Segment(self.snd_max, self.rcv_nxt, ACK, window, note=self._ack_note))
         self._ack_note = ""
 
     def _send_syn(self) -> None:
@@ -657,9 +687,12 @@ class TcpConnection:
         offer_scaling = config.window_scaling and (not ack or self.snd_shift or self.rcv_shift)
         options = TcpOptions(mss=config.mss, window_scale=shift if offer_scaling else None)
         window = min(self._free_receive_space(), 0xFFFF)  # a SYN's window is not scaled
-        self.rcv_adv = seq.add(self.rcv_nxt, window)
+        edge = seq.add(self.rcv_nxt, window)
+        if not ack or seq.gt(edge, self.rcv_adv):
+            self.rcv_adv = edge  # (a retransmitted SYN,ACK never pulls the edge back)
         flags = SYN | ACK if ack else SYN
         note = "retransmission" if self.snd_max != self.iss else ""
+        self._syn_retransmitted = self._syn_retransmitted or bool(note)
         ack_number = self.rcv_nxt if ack else 0
         self._emit(Segment(self.iss, ack_number, flags, window, b"", options, note=note))
         self.snd_nxt = seq.add(self.iss, 1)
@@ -707,7 +740,7 @@ class TcpConnection:
                 self._arm("retransmit", self._rtt.rto)
             if fin or probe:
                 break
-        stalled = self.snd_wnd == 0 and seq.diff(self._fin_seq, self.snd_nxt) >= 0
+        stalled = self.snd_wnd == 0 and seq.diff(self._fin_seq, self.snd_nxt) > 0
         if stalled and self.snd_una == self.snd_max and "persist" not in self._timers:
             self._arm("persist", self._rtt.rto)
 
@@ -721,9 +754,14 @@ class TcpConnection:
         promised = max(seq.diff(self.rcv_adv, self.rcv_nxt), 0)
         if free - promised < min(self.config.receive_buffer // 2, self._mss):
             free = promised  # a small opening is not worth announcing yet
+        window = max(free, promised)
+        if self.state is State.SYN_RECEIVED:
+            # A SYN,ACK may yet be resent, and it cannot say more than 65535:
+            # promise no more before the handshake is over.
+            window = min(window, (0xFFFF >> self.rcv_shift) << self.rcv_shift)
         # Round up: rounding down would pull a promised right edge back.
         granule = (1 << self.rcv_shift) - 1
-        field = min((max(free, promised) + granule) >> self.rcv_shift, 0xFFFF)
+        field = min((window + granule) >> self.rcv_shift, 0xFFFF)
         self.rcv_adv = seq.add(self.rcv_nxt, field << self.rcv_shift)
         return field
 
@@ -739,7 +777,7 @@ class TcpConnection:
         self._outbox.append(segment)
 
     def _send_rst_ack(self) -> None:
-        self._emit(Segment(self.snd_nxt, self.rcv_nxt, RST | ACK, 0))
+        self._emit(Segment(self.snd_max, self.rcv_nxt, RST | ACK, 0))
 
     def _challenge_ack(self, what: str, rule: str) -> None:
         """RFC 5961 7: at most challenge_ack_limit challenge ACKs a second."""
@@ -804,5 +842,14 @@ _SENDS_DATA = (
 _RECEIVES_TEXT = (State.SYN_RECEIVED, State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
 # States in which a read-side window update means something.
 _CAN_ACK = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
+# States in which closing with unread data resets (RFC 9293 3.6 SHLD-3).
+_CLOSE_UNREAD_RESETS = (
+    State.ESTABLISHED,
+    State.CLOSE_WAIT,
+    State.FIN_WAIT_1,
+    State.FIN_WAIT_2,
+    State.CLOSING,
+    State.LAST_ACK,
+)
 # States in which a RST is an error the application must hear about.
 _PEER_MAY_RESET = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT)

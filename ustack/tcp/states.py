@@ -143,6 +143,18 @@ TRANSITIONS: dict[tuple[State, Event], Transition] = {
     (S.CLOSE_WAIT, E.APP_CLOSE_UNREAD): Transition(
         S.CLOSED, "RFC 9293 3.6 (SHLD-3)", "CLOSE with unread data: RST sent"
     ),
+    (S.FIN_WAIT_1, E.APP_CLOSE_UNREAD): Transition(
+        S.CLOSED, "RFC 9293 3.6 (SHLD-3)", "CLOSE with unread data after shutdown: RST sent"
+    ),
+    (S.FIN_WAIT_2, E.APP_CLOSE_UNREAD): Transition(
+        S.CLOSED, "RFC 9293 3.6 (SHLD-3)", "CLOSE with unread data after shutdown: RST sent"
+    ),
+    (S.CLOSING, E.APP_CLOSE_UNREAD): Transition(
+        S.CLOSED, "RFC 9293 3.6 (SHLD-3)", "CLOSE with unread data after shutdown: RST sent"
+    ),
+    (S.LAST_ACK, E.APP_CLOSE_UNREAD): Transition(
+        S.CLOSED, "RFC 9293 3.6 (SHLD-3)", "CLOSE with unread data after shutdown: RST sent"
+    ),
     (S.FIN_WAIT_1, E.RCV_DATA_ORPHANED): Transition(
         S.CLOSED, "RFC 9293 3.6 (SHLD-3)", "data for a closed application: RST sent"
     ),

@@ -1,0 +1,77 @@
+"""The reassembly queue: data that arrived beyond a hole, waiting for it.
+
+Held data never overlaps itself, so it never exceeds the receive window, and
+filling a hole costs time in proportion to what it releases.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from ustack.tcp import seq
+
+
+class ReassemblyQueue:
+    def __init__(self) -> None:
+        # Entries sorted by their SEQ's distance from _origin (a RCV.NXT of the
+        # past: every held SEQ lies ahead of it); entries never overlap.
+        self._starts: list[int] = []
+        self._data: list[bytes] = []
+        self._origin = 0
+        self.held_bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._data)
+
+    def add(self, start: int, data: bytes, rcv_nxt: int) -> None:
+        """Hold `data` (SEQ `start`, beyond RCV.NXT), keeping only bytes not held yet."""
+        if not self._data:
+            self._origin = rcv_nxt
+        first = seq.diff(start, self._origin)
+        last = first + len(data)
+        position = bisect.bisect_right(self._starts, first)
+        if position:  # the entry before may reach into the new data
+            position -= 1
+        cursor = first
+        new_starts: list[int] = []
+        new_data: list[bytes] = []
+        while position < len(self._starts) and cursor < last:
+            held_start = self._starts[position]
+            held_end = held_start + len(self._data[position])
+            if held_end <= cursor:
+                position += 1
+                continue
+            if held_start >= last:
+                break
+            if held_start > cursor:
+                new_starts.append(cursor)
+                new_data.append(data[cursor - first : held_start - first])
+            cursor = max(cursor, held_end)
+            position += 1
+        if cursor < last:
+            new_starts.append(cursor)
+            new_data.append(data[cursor - first :])
+        for piece_start, piece in zip(new_starts, new_data, strict=True):
+            at = bisect.bisect_left(self._starts, piece_start)
+            self._starts.insert(at, piece_start)
+            self._data.insert(at, piece)
+            self.held_bytes += len(piece)
+
+    def pop_ready(self, rcv_nxt: int) -> bytes | None:
+        """The held bytes that now follow RCV.NXT directly, if any; old ones go."""
+        while self._data:
+            held_seq = seq.add(self._origin, self._starts[0])
+            overlap = seq.diff(rcv_nxt, held_seq)
+            if overlap < 0:
+                return None  # still a hole before the first entry
+            self._starts.pop(0)
+            data = self._data.pop(0)
+            self.held_bytes -= len(data)
+            if overlap < len(data):
+                return data[overlap:]
+        return None
+
+    def clear(self) -> None:
+        self._starts.clear()
+        self._data.clear()
+        self.held_bytes = 0
