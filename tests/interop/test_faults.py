@@ -43,7 +43,7 @@ def test_lost_fin_is_retransmitted_after_rto(ns: Netns, tmp_path) -> None:
         daemon.stop()
     fins = [e for e in events if "F" in e.get("flags", "") and e.get("direction") == "out"]
     assert [e["type"] for e in fins[:3]] == ["segment", "fault", "segment"]
-    first, lost, again = fins[:3]
+    first, _lost, again = fins[:3]
     assert again["note"] == "retransmission" and again["seq"] == first["seq"]
     assert again["time"] - first["time"] >= 0.19  # after the retransmission timeout
     assert any(t["timer"] == "retransmit" and t["action"] == "fired" for t in timers)
