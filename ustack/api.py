@@ -54,6 +54,7 @@ class TcpTransport(asyncio.Transport):
         self._conn = conn
         self._protocol = protocol
         self._pending = bytearray()  # written by the app, not yet in the send buffer
+        self._push_scheduled = False
         self._eof_requested = False
         self._closing = False
         self._paused_reading = False
@@ -138,7 +139,12 @@ class TcpTransport(asyncio.Transport):
         if self._lost or not data:
             return
         self._pending += data
-        self._push()
+        # Writes of one loop turn go out together (a response's head and body
+        # in one segment, not two): the push waits for the turn to end.
+        if not self._push_scheduled:
+            self._push_scheduled = True
+            self._runner.loop.call_soon(self._push)
+        self._update_write_pause()
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -189,6 +195,7 @@ class TcpTransport(asyncio.Transport):
     # ---- moving written data into the connection -------------------------------------------
 
     def _push(self) -> None:
+        self._push_scheduled = False
         conn, now = self._conn, self._runner.now()
         if self._lost or conn.state is State.CLOSED:
             return

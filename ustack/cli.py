@@ -16,13 +16,15 @@ from typing import NoReturn
 from ustack import __version__
 from ustack.control import ControlError, encode, request
 from ustack.daemon import ServeConfig, serve
+from ustack.explain import add_explain_arguments, explain_command
 from ustack.faults import FaultError, FaultRule, parse_rule
 from ustack.faults import __doc__ as faults_module_doc
+from ustack.ladder import add_ladder_arguments, ladder_command
 from ustack.link import LinkConfig, LinkError
 from ustack.peer_states import PeerStatesError
 from ustack.services import SERVICES
 from ustack.tcp.connection import TcpConfig
-from ustack.trace import TRACE_FORMATS, TraceFilter, TraceSpec, format_for
+from ustack.trace import TRACE_FORMATS, TraceFilter, TraceOutputError, TraceSpec, format_for
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
@@ -163,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmd.add_argument("--time-wait-rst", choices=["ignore", "close"])
     config_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     _add_control_option(config_cmd)
+
+    ladder_cmd = commands.add_parser(
+        "ladder", help="draw one connection of a JSONL trace as a sequence (ladder) diagram"
+    )
+    add_ladder_arguments(ladder_cmd)
+    explain_cmd = commands.add_parser(
+        "explain", help="tell one connection of a JSONL trace in plain words, step by step"
+    )
+    add_explain_arguments(explain_cmd)
 
     connect_cmd = commands.add_parser(
         "connect", help="make the stack connect to HOST PORT; stdin/stdout like nc"
@@ -410,9 +421,11 @@ def main(argv: list[str] | None = None) -> int:
             "connect": _connect,
             "fault": _fault,
             "config": _config,
+            "ladder": ladder_command,
+            "explain": explain_command,
         }
         return commands[args.command](args)
-    except (UsageError, ControlError, LinkError, PeerStatesError) as exc:
+    except (UsageError, ControlError, LinkError, PeerStatesError, TraceOutputError) as exc:
         print(f"ustack: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

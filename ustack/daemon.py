@@ -104,6 +104,7 @@ class Daemon:
             _notify_ready(self.config.ready_fd)
             await self._stopped.wait()
             self._reset_all()
+            await _finish_tasks()
         finally:
             loop.remove_reader(link.fd)
             if self._peer_states is not None:
@@ -329,6 +330,18 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         pass
 
 
+async def _finish_tasks() -> None:
+    """Let the services see their connections reset and return, then cancel
+    what is left, so shutdown logs no tracebacks of cancelled handlers."""
+    for _ in range(3):
+        await asyncio.sleep(0)  # connection_lost runs, readers raise, handlers end
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
 def _bounded_float(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
         raise ValueError(f'"{name}" is a number of seconds, 0..86400')
@@ -343,10 +356,12 @@ def fault_event(
     local = dotted(stack.tcp.address)
     remote_int = int.from_bytes(packet[16:20] if direction == "out" else packet[12:16], "big")
     fields: dict[str, Any] = dict.fromkeys(("local_port", "remote_port", "seq", "ack"), 0)
-    flags, rel_seq, rel_ack, length, conn_id = "", 0, 0, 0, None
+    flags, rel_seq, rel_ack, length, window, conn_id = "", 0, 0, 0, 0, None
     if len(packet) >= 40 and packet[9] == 6:
         ihl = (packet[0] & 0x0F) * 4
-        sport, dport, seq_no, ack_no, offset, bits = struct.unpack_from("!HHIIBB", packet, ihl)
+        sport, dport, seq_no, ack_no, offset, bits, window = struct.unpack_from(
+            "!HHIIBBH", packet, ihl
+        )
         local_port, remote_port = (sport, dport) if direction == "out" else (dport, sport)
         fields.update(local_port=local_port, remote_port=remote_port, seq=seq_no, ack=ack_no)
         flags = flag_string(bits)
@@ -359,22 +374,20 @@ def fault_event(
             rel_seq = (seq_no - ours) & 0xFFFFFFFF
             rel_ack = (ack_no - theirs) & 0xFFFFFFFF
     return FaultEvent(
-        now,
-        conn_id,
-        direction,
-        verdict.rule.action,
-        verdict.rule.id,
-        local,
-        fields["local_port"],
-        dotted(remote_int),
-        fields["remote_port"],
-        flags,
-        fields["seq"],
-        fields["ack"],
-        rel_seq,
-        rel_ack,
-        length,
-        verdict.delay,
+        time=now,
+        conn=conn_id,
+        direction=direction,
+        action=verdict.rule.action,
+        rule=verdict.rule.id,
+        local=local,
+        remote=dotted(remote_int),
+        flags=flags,
+        rel_seq=rel_seq,
+        rel_ack=rel_ack,
+        length=length,
+        window=window,
+        delay=verdict.delay,
+        **fields,
     )
 
 

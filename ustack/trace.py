@@ -144,6 +144,7 @@ class FaultEvent:
     rel_seq: int
     rel_ack: int
     length: int
+    window: int = 0
     delay: float = 0.0
 
 
@@ -310,7 +311,7 @@ class TextWriter:
         if self._start is None:
             self._start = event.time
         kind, text = format_event(event)
-        stamp = f"{event.time - self._start:10.6f}"
+        stamp = f"{event.time - self._start:11.6f}"
         line = f"{stamp} {text}"
         if self._colour:
             line = f"{_COLOURS.get(kind, '')}{line}{_RESET}"
@@ -331,39 +332,39 @@ def format_event(event: TraceEvent) -> tuple[str, str]:
         )
         note = f"  ({event.note})" if event.note else ""
         return event.direction, (
-            f"{conn:<5} {event.direction:<3} {ends:<43} {event.flags:<4} seq {event.rel_seq}"
+            f"{conn:<6} {event.direction:<3} {ends:<45} {event.flags:<4} seq {event.rel_seq}"
             f" ack {event.rel_ack} win {event.window} len {event.length}"
             f"{format_options(event.options)}  {states}{note}"
         )
     if isinstance(event, StateChange):
         return "state", (
-            f"#{event.conn:<4} state {event.old} -> {event.new}  "
+            f"#{event.conn:<5} state {event.old} -> {event.new}  "
             f"({event.event.name}; {event.rule}: {event.why})"
         )
     if isinstance(event, NewConnection):
         how = "passive" if event.passive else "active"
         return "state", (
-            f"#{event.conn:<4} new   {event.local}:{event.local_port} <-> "
+            f"#{event.conn:<5} new   {event.local}:{event.local_port} <-> "
             f"{event.remote}:{event.remote_port} ({how} open)"
         )
     if isinstance(event, FaultEvent):
         conn = f"#{event.conn}" if event.conn is not None else "#-"
         extra = f" by {event.delay:.3f}s" if event.action == "delay" else ""
         return "drop", (
-            f"{conn:<5} fault {event.action}{extra} {event.direction} {event.flags} "
+            f"{conn:<6} fault {event.action}{extra} {event.direction} {event.flags} "
             f"seq {event.rel_seq} ack {event.rel_ack} len {event.length} (rule {event.rule})"
         )
     if isinstance(event, PeerStateChange):
         return "state", (
-            f"#{event.conn if event.conn is not None else '-':<4} peer  "
+            f"#{event.conn if event.conn is not None else '-':<5} peer  "
             f"{event.remote}:{event.remote_port} (Linux) {event.old} -> {event.new}"
         )
     if isinstance(event, TimerEvent):
         when = f" at +{event.deadline - event.time:.3f}s" if event.deadline is not None else ""
-        return "timer", f"#{event.conn:<4} timer {event.timer} {event.action}{when}"
+        return "timer", f"#{event.conn:<5} timer {event.timer} {event.action}{when}"
     if isinstance(event, Decision):
-        return "decision", f"#{event.conn:<4} note  {event.what} ({event.rule})"
-    return "drop", f"#-    drop  {event.layer}: {event.reason} {event.summary}".rstrip()
+        return "decision", f"#{event.conn:<5} note  {event.what} ({event.rule})"
+    return "drop", f"#-     drop  {event.layer}: {event.reason} {event.summary}".rstrip()
 
 
 class PcapWriter:
@@ -420,12 +421,25 @@ class TraceSpec:
     format: str
 
 
+class TraceOutputError(Exception):
+    """A trace file could not be opened; the message says which and why."""
+
+
 class TraceSinks:
     """The open trace outputs of a daemon: one tracer and one packet tap that
     feed every writer (each through the filter), and their files."""
 
     def __init__(self, specs: list[TraceSpec], trace_filter: TraceFilter | None = None) -> None:
         self._files: list[IO[Any]] = []
+        try:
+            self._open(specs, trace_filter)
+        except OSError as exc:
+            self.close()
+            raise TraceOutputError(
+                f"cannot write the trace {exc.filename}: {exc.strerror}"
+            ) from None
+
+    def _open(self, specs: list[TraceSpec], trace_filter: TraceFilter | None) -> None:
         tracers: list[Tracer] = []
         taps: list[PacketTap] = []
         for spec in specs:

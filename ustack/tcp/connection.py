@@ -52,6 +52,7 @@ class TcpConfig:
     rfc1337: bool = True  # ignore RST in TIME_WAIT (RFC 1337); False: honour it
     challenge_ack_limit: int = 10  # challenge ACKs per second (RFC 5961 7)
     initial_window_segments: int = 10  # RFC 6928
+    nagle: bool = True  # hold small segments while a small one is unacknowledged
 
     @property
     def window_shift(self) -> int:
@@ -112,6 +113,8 @@ class TcpConnection:
         self._timed: tuple[int, float] | None = None  # (SEQ being timed, when sent)
         self._retries = 0
         self._syn_retransmitted = False
+        self.nodelay = not config.nagle  # TCP_NODELAY: send small segments at once
+        self._small_sent_end = iss  # SEQ just after the last sub-MSS segment sent
         self.cwnd = config.initial_window_segments * config.mss
         self.ssthresh = 1 << 30
         # Deadlines by timer name: retransmit, persist, time_wait, fin_wait_2.
@@ -471,7 +474,6 @@ class TcpConnection:
 
     def _ack_advanced(self, ack: int) -> None:
         """SND.UNA moves to `ack`: free the acknowledged bytes, measure, re-arm."""
-        acked = seq.diff(ack, self.snd_una)
         data_acked = min(max(seq.diff(ack, self._send_buf_seq), 0), len(self._send_buf))
         if data_acked:
             del self._send_buf[:data_acked]
@@ -484,10 +486,11 @@ class TcpConnection:
             self._rtt.sample(self._now - self._timed[1])
             self._timed = None
         self._retries = 0
+        # Only acknowledged data opens the congestion window (not a SYN or FIN).
         mss = self._mss
-        if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, mss)  # slow start
-        else:
+        if data_acked and self.cwnd < self.ssthresh:
+            self.cwnd += min(data_acked, mss)  # slow start
+        elif data_acked:
             self.cwnd += max(mss * mss // self.cwnd, 1)  # congestion avoidance
         if self.snd_una == self.snd_max:
             self._cancel("retransmit")
@@ -723,6 +726,8 @@ class TcpConnection:
             fin = self._fin_queued and offset + size == len(buf)
             if size == 0 and not fin:
                 break
+            if 0 < size < mss and not probe and self._hold_small(size, unsent):
+                break
             flags = ACK | (FIN if fin else 0) | (PSH if size and offset + size == len(buf) else 0)
             payload = bytes(buf[offset : offset + size])
             note = "zero-window probe" if probe else ""
@@ -733,6 +738,8 @@ class TcpConnection:
             if self._timed is None and self.snd_nxt == self.snd_max and size:
                 self._timed = (self.snd_nxt, self._now)
             self.snd_nxt = seq.add(self.snd_nxt, size + fin)
+            if 0 < size < mss:
+                self._small_sent_end = self.snd_nxt
             if seq.gt(self.snd_nxt, self.snd_max):
                 self.snd_max = self.snd_nxt
             self._ack_now = False
@@ -743,6 +750,17 @@ class TcpConnection:
         stalled = self.snd_wnd == 0 and seq.diff(self._fin_seq, self.snd_nxt) > 0
         if stalled and self.snd_una == self.snd_max and "persist" not in self._timers:
             self._arm("persist", self._rtt.rto)
+
+    def _hold_small(self, size: int, unsent: int) -> bool:
+        """Sender-side silly window avoidance (RFC 9293 3.8.6.2.1) with Nagle's
+        algorithm in Minshall's form (RFC 896, RFC 1122 4.2.3.4): a segment
+        smaller than the MSS waits while more may come, unless it is all we
+        have and no other small segment is unacknowledged."""
+        if self.snd_nxt != self.snd_max or self.snd_una == self.snd_max:
+            return False  # a retransmission, or nothing in flight: never hold
+        if size == unsent:
+            return not self.nodelay and seq.gt(self._small_sent_end, self.snd_una)
+        return size < self.max_snd_wnd // 2  # window-limited: wait for a useful opening
 
     def _free_receive_space(self) -> int:
         return max(self.config.receive_buffer - len(self._recv_buf), 0)

@@ -250,7 +250,9 @@ class TcpDemux:
     ) -> None:
         """RFC 9293 3.10.7.2."""
         counters = self._counters
-        if self.trace is not None and not seg.flags & SYN:
+        opens = seg.flags & (SYN | RST | ACK) == SYN and len(listener.embryonic) < listener.backlog
+        if self.trace is not None and not opens:
+            # A connection's first segment is traced with it; every other one here.
             self.trace(self._segment_event(now, None, key, "in", seg, "LISTEN", "LISTEN"))
         if seg.flags & RST:
             counters.drop("tcp", "rst-to-listener", now)
