@@ -134,7 +134,7 @@ class Daemon:
     def _on_readable(self) -> None:
         assert self.runner is not None
         read, size = self.link.read, self.link.mtu
-        receive, now = self.stack.receive, self.runner.now()
+        receive, clock = self.stack.receive, self.runner.loop.time
         faults = self.faults
         try:
             for _ in range(READ_BATCH):
@@ -144,7 +144,7 @@ class Daemon:
                 if faults.rules:
                     self._receive_with_faults(packet)
                 else:
-                    receive(packet, now)
+                    receive(packet, clock())  # each packet its own time: the trace is exact
         except OSError as exc:
             # The device went away under us (deleted, or the netns is gone).
             log.error("reading %s failed: %s", self.link.name, exc.strerror or exc)

@@ -124,7 +124,11 @@ def as_records(events: Iterable[Record | TraceEvent]) -> list[Record]:
     """Dicts as in a trace file; TraceEvent objects (a live tracer's) converted,
     and the fault injector's drops folded into the segments they hit."""
     records = [event if isinstance(event, dict) else event_dict(event) for event in events]
-    return _fold_faults(records) if any(r.get("type") == "fault" for r in records) else records
+    if any(r.get("type") == "fault" for r in records):
+        records = _fold_faults(records)
+    # The peer's states arrive late but carry the kernel's own time: in time
+    # order they fall into place (a stable sort keeps the rest as written).
+    return sorted(records, key=lambda record: record.get("time", 0.0))
 
 
 def _fold_faults(records: list[Record]) -> list[Record]:
@@ -246,6 +250,8 @@ def connections(events: Sequence[Record]) -> list[ConnectionSummary]:
                 continue  # a timer or decision of a connection we never saw opened
             passive = event.get("passive") if kind == "connection" else None
             found[conn] = ConnectionSummary(conn, ends, passive, start=event["time"])
+        if kind == "connection":  # the peer's first state may sort before it
+            found[conn].passive = event.get("passive")
         found[conn].events.append(event)
         found[conn].end = event["time"]
     by_ends: dict[FourTuple, list[ConnectionSummary]] = {}

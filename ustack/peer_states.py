@@ -71,7 +71,8 @@ KERNEL_STATES = {
 # The states a full socket leaves for CLOSE when a timewait socket takes over.
 _HANDOFF_FROM = frozenset({"FIN_WAIT_1", "FIN_WAIT_2", "CLOSING"})
 
-_TRACE_LINE = re.compile(r"\binet_sock_set_state: (.*)$")
+# "<task>-<pid> [cpu] flags  <seconds>: inet_sock_set_state: key=value ..."
+_TRACE_LINE = re.compile(r"\s(\d+\.\d+): inet_sock_set_state: (.*)$")
 _INSTANCE_NAME = re.compile(rf"^{re.escape(INSTANCE_PREFIX)}(\d+)(?:-\d+)?$")
 _instance_serial = itertools.count()
 
@@ -93,6 +94,7 @@ class KernelStateChange:
     stack_port: int
     old: str  # our state names
     new: str
+    at: float | None = None  # the kernel's timestamp (CLOCK_MONOTONIC, like loop.time())
 
 
 def state_name(kernel_name: str) -> str:
@@ -106,7 +108,7 @@ def parse_line(line: str, stack_address: str) -> KernelStateChange | None:
     match = _TRACE_LINE.search(line.rstrip())
     if match is None:
         return None
-    fields = dict(part.split("=", 1) for part in match.group(1).split() if "=" in part)
+    fields = dict(part.split("=", 1) for part in match.group(2).split() if "=" in part)
     try:
         if fields["family"] != "AF_INET" or fields["protocol"] != "IPPROTO_TCP":
             return None
@@ -120,6 +122,7 @@ def parse_line(line: str, stack_address: str) -> KernelStateChange | None:
             stack_port=int(fields["dport"]),
             old=state_name(fields["oldstate"]),
             new=state_name(fields["newstate"]),
+            at=float(match.group(1)),
         )
     except (KeyError, ValueError):
         return None
@@ -311,6 +314,7 @@ class PeerStateWatcher:
         self._poll: asyncio.TimerHandle | None = None
         self._started = False
         self._closed = False
+        self._mono_clock = False  # our instance stamps events with CLOCK_MONOTONIC
 
     @property
     def instance_path(self) -> Path:
@@ -385,12 +389,18 @@ class PeerStateWatcher:
             raise PeerStatesError(
                 f"the kernel has no tracepoint {':'.join(EVENT)} ({event} is missing)"
             )
-        for setting, value in ((instance / "buffer_size_kb", str(BUFFER_SIZE_KB)),
+        # trace_clock mono: the events carry the time they happened, on the
+        # loop's clock, so they sort in among ours although they arrive late.
+        for setting, value in ((instance / "trace_clock", "mono"),
+                               (instance / "buffer_size_kb", str(BUFFER_SIZE_KB)),
                                (event / "filter", "family == 2 && protocol == 6")):  # fmt: skip
             try:
-                _write(setting, value)  # a smaller buffer, and TCP/IPv4 only: nice to have
+                _write(setting, value)  # nice to have: without them it still works
             except OSError as exc:
                 log.debug("peer states: cannot set %s: %s", setting, exc.strerror)
+            else:
+                if setting.name == "trace_clock":
+                    self._mono_clock = True
         try:
             self._fd = os.open(instance / "trace_pipe", os.O_RDONLY | os.O_CLOEXEC)
             _write(event / "enable", "1")
@@ -489,7 +499,7 @@ class PeerStateWatcher:
         if change.old == "CLOSED" and change.new == "SYN_SENT" and change.linux_port == 0:
             # The port shows with the next change (SYN_SENT -> ESTABLISHED or CLOSED).
             waiting = self._unbound.setdefault((change.linux, change.stack_port), deque())
-            waiting.append(self._loop.time())
+            waiting.append(self._time_of(change))
             return
         held = self._held.pop(key, None)
         if held is not None:  # the 4-tuple is used anew: its timewait socket is gone
@@ -510,7 +520,11 @@ class PeerStateWatcher:
                 if state == old:  # closed by its application: FIN_WAIT_2 goes on
                     return
                 new = state
-        self._report(key, old, new)
+        self._report(key, old, new, self._time_of(change))
+
+    def _time_of(self, change: KernelStateChange) -> float:
+        """The kernel's timestamp when the instance runs on the mono clock."""
+        return change.at if change.at is not None and self._mono_clock else self._loop.time()
 
     def _timewait_state(self, key: Key) -> str | None:
         if self._diag is None:
