@@ -519,7 +519,9 @@ class PeerStateWatcher:
                 self._schedule_poll()
                 if state == old:  # closed by its application: FIN_WAIT_2 goes on
                     return
-                new = state
+                # It moved on before we looked: say so at the time we saw it.
+                self._report(key, old, state, self._loop.time())
+                return
         self._report(key, old, new, self._time_of(change))
 
     def _time_of(self, change: KernelStateChange) -> float:
