@@ -101,6 +101,9 @@ class TcpScript:
         # Short TIME_WAIT; RFC 6298's 1 s minimum RTO keeps timer arithmetic readable.
         config.setdefault("msl", 1.0)
         config.setdefault("min_rto", 1.0)
+        # Every segment ACKed at once, so a script's expectations stay exact;
+        # the delayed-ACK scripts turn it on.
+        config.setdefault("delayed_ack", 0.0)
         self.config = TcpConfig(**config)
         self.now = 0.0
         self.trace: list[TraceEvent] = []

@@ -38,7 +38,7 @@ def test_b4_passive_open_three_way_handshake() -> None:
     t.send("S", seq=PEER_ISS, mss=1400, ws=7)
     out = t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1, mss=1460)
     assert out.options.window_scale is not None and out.options.window_scale <= 14
-    assert not out.options.sack_permitted and out.options.timestamps is None
+    assert not out.options.sack_permitted and out.options.timestamps is None  # not offered
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1)
     t.expect_none()
     assert t.states() == ["LISTEN", "SYN_RECEIVED", "ESTABLISHED"]
@@ -51,8 +51,14 @@ def test_b4_no_window_scale_in_synack_unless_offered() -> None:
     t.send("S", seq=PEER_ISS, mss=1460, sack_permitted=True, ts=(1, 0))
     out = t.expect("S.", ack=PEER_ISS + 1)
     assert out.options.window_scale is None
-    # We do not negotiate SACK or timestamps yet, so we do not echo them.
-    assert not out.options.sack_permitted and out.options.timestamps is None
+    # SACK-permitted is echoed because it was offered; timestamps are not negotiated yet.
+    assert out.options.sack_permitted and out.options.timestamps is None
+
+
+def test_b4_no_sack_permitted_in_synack_unless_offered() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, mss=1460, ws=7)
+    assert not t.expect("S.", ack=PEER_ISS + 1).options.sack_permitted
 
 
 def test_b5_retransmitted_syn_in_syn_received_gets_same_synack() -> None:

@@ -71,6 +71,23 @@ class ReassemblyQueue:
                 return data[overlap:]
         return None
 
+    def blocks(self, latest: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+        """The held data as SACK blocks (left, right edges; RFC 2018), touching
+        entries merged; the block holding `latest` (the newest segment) first."""
+        merged: list[list[int]] = []
+        for start, data in zip(self._starts, self._data, strict=True):
+            if merged and merged[-1][1] == start:
+                merged[-1][1] += len(data)
+            else:
+                merged.append([start, start + len(data)])
+        edges = [(seq.add(self._origin, a), seq.add(self._origin, b)) for a, b in merged]
+        if latest is not None:
+            for index, (left, right) in enumerate(edges):
+                if seq.le(left, latest[0]) and seq.le(latest[1], right):
+                    edges.insert(0, edges.pop(index))
+                    break
+        return edges
+
     def clear(self) -> None:
         self._starts.clear()
         self._data.clear()

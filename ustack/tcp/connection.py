@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ustack.headers import ACK, FIN, PSH, RST, SYN, TcpOptions
-from ustack.tcp import seq
+from ustack.tcp import congestion, seq
 from ustack.tcp.buffers import ReassemblyQueue
 from ustack.tcp.events import (
     AppEvent,
@@ -27,7 +27,7 @@ from ustack.tcp.events import (
     SendSpace,
 )
 from ustack.tcp.recovery import RttEstimator
-from ustack.tcp.segment import Segment
+from ustack.tcp.segment import NO_OPTIONS, Segment
 from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.trace import Decision, StateChange, TimerEvent, Tracer
 
@@ -53,6 +53,9 @@ class TcpConfig:
     challenge_ack_limit: int = 10  # challenge ACKs per second (RFC 5961 7)
     initial_window_segments: int = 10  # RFC 6928
     nagle: bool = True  # hold small segments while a small one is unacknowledged
+    congestion_control: str = "cubic"  # or "newreno"
+    delayed_ack: float = 0.04  # at most this long before an ACK (Linux's 40 ms; RFC: < 0.5 s)
+    sack: bool = True  # offer SACK-permitted and send SACK blocks (RFC 2018)
 
     @property
     def window_shift(self) -> int:
@@ -115,16 +118,31 @@ class TcpConnection:
         self._syn_retransmitted = False
         self.nodelay = not config.nagle  # TCP_NODELAY: send small segments at once
         self._small_sent_end = iss  # SEQ just after the last sub-MSS segment sent
-        self.cwnd = config.initial_window_segments * config.mss
-        self.ssthresh = 1 << 30
+        self.cc = congestion.make(
+            config.congestion_control, config.mss, config.initial_window_segments * config.mss
+        )
+        self._dupacks = 0
+        self._recover: int | None = None  # NewReno: SND.MAX when fast recovery began
+        self._recovery_high = iss  # RFC 6582 "recover", for the next entry check
+        self.sack_ok = False  # both sides offered SACK
+        self._last_hold: tuple[int, int] | None = None  # the latest out-of-order segment
         # Deadlines by timer name: retransmit, persist, time_wait, fin_wait_2.
         self._timers: dict[str, float] = {}
         self._challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
         self._ack_now = False
+        self._unacked_bytes = 0  # received since our last ACK (delayed ACK)
         self._ack_note = ""  # why the next pure ACK goes out, when it is special
         self._now = 0.0
         self._outbox: list[Segment] = []
         self._events: deque[AppEvent] = deque()
+
+    @property
+    def cwnd(self) -> int:
+        return self.cc.cwnd
+
+    @property
+    def ssthresh(self) -> int:
+        return self.cc.ssthresh
 
     @property
     def rto(self) -> float:
@@ -177,6 +195,10 @@ class TcpConnection:
             self.rcv_shift = self.config.window_shift
         else:  # both sides must offer it, else neither scales (RFC 7323 2.2)
             self.snd_shift = self.rcv_shift = 0
+        self.sack_ok = options.sack_permitted and self.config.sack
+        # Now the segment size is known: the congestion window counts in it.
+        self.cc.mss = self._mss
+        self.cc.cwnd = self.config.initial_window_segments * self._mss
 
     def reopen(self, now: float) -> None:
         """A new SYN above RCV.NXT takes over this TIME_WAIT 4-tuple (RFC 6191)."""
@@ -438,6 +460,8 @@ class TcpConnection:
             return False
         if seq.lt(self.snd_una, ack):
             self._ack_advanced(ack)
+        elif self._is_duplicate_ack(seg):
+            self._duplicate_ack()
         # Window update, from the newest segment only (SND.WL1, SND.WL2).
         newer = seq.lt(self.snd_wl1, seg.seq) or (
             self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, ack)
@@ -472,6 +496,65 @@ class TcpConnection:
             return False
         return True
 
+    def _is_duplicate_ack(self, seg: Segment) -> bool:
+        """RFC 5681 2: same ACK, no data, no SYN/FIN, same window, data in flight."""
+        return (
+            seg.ack == self.snd_una
+            and not seg.payload
+            and not seg.flags & (SYN | FIN)
+            and (seg.window << self.snd_shift) == self.snd_wnd
+            and self.snd_una != self.snd_max
+            and self.state in _SENDS_DATA
+        )
+
+    def _duplicate_ack(self) -> None:
+        """Fast retransmit on the third duplicate ACK, and NewReno fast
+        recovery (RFC 5681 3.2, RFC 6582)."""
+        self._dupacks += 1
+        mss = self._mss
+        if self._recover is not None:
+            self.cc.cwnd += mss  # each duplicate: one more segment has left the network
+            return
+        if self._dupacks != 3 or not seq.gt(self.snd_una, self._recovery_high):
+            return  # RFC 6582 3.2 (1): no new recovery for losses of an old one
+        flight = seq.diff(self.snd_max, self.snd_una)
+        self._recover = self._recovery_high = self.snd_max
+        self.cc.on_loss(self._now, flight)
+        self.cc.cwnd += 3 * mss
+        self._decide(
+            f"fast retransmit: 3 duplicate ACKs; {self.cc.name} ssthresh {self.cc.ssthresh}, "
+            f"cwnd {self.cc.cwnd}",
+            "RFC 5681 3.2",
+        )
+        self._retransmit_first()
+
+    def _retransmit_first(self) -> None:
+        """Send the first unacknowledged segment again (fast retransmit, or a
+        partial ACK's next hole), without going back with SND.NXT."""
+        offset = seq.diff(self.snd_una, self._send_buf_seq)
+        size = min(self._mss, len(self._send_buf) - offset)
+        if size <= 0 and not self._fin_queued:
+            return
+        fin = self._fin_queued and offset + size == len(self._send_buf)
+        fin = fin and seq.gt(self.snd_max, self._fin_seq)  # only a FIN that went out before
+        flags = ACK | (FIN if fin else 0) | (PSH if fin else 0)
+        payload = bytes(self._send_buf[offset : offset + size])
+        window = self._window_field()
+        self._emit(
+            Segment(
+                self.snd_una,
+                self.rcv_nxt,
+                flags,
+                window,
+                payload,
+                self._ack_options(),
+                note="retransmission",
+            )
+        )
+        self._timed = None  # Karn
+        self._ack_now = False
+        self._arm("retransmit", self._rtt.rto)
+
     def _ack_advanced(self, ack: int) -> None:
         """SND.UNA moves to `ack`: free the acknowledged bytes, measure, re-arm."""
         data_acked = min(max(seq.diff(ack, self._send_buf_seq), 0), len(self._send_buf))
@@ -486,12 +569,19 @@ class TcpConnection:
             self._rtt.sample(self._now - self._timed[1])
             self._timed = None
         self._retries = 0
-        # Only acknowledged data opens the congestion window (not a SYN or FIN).
-        mss = self._mss
-        if data_acked and self.cwnd < self.ssthresh:
-            self.cwnd += min(data_acked, mss)  # slow start
+        self._dupacks = 0
+        if self._recover is not None:
+            if seq.ge(ack, self._recover):  # a full ACK: recovery is over (RFC 6582 3.2 (3))
+                self._recover = None
+                self.cc.on_recovery_end(self._now)
+                self._decide(f"fast recovery over, cwnd {self.cc.cwnd}", "RFC 6582 3.2")
+            else:  # a partial ACK: the next hole is lost too (RFC 6582 3.2 (5))
+                self.cc.cwnd = max(self.cc.cwnd - data_acked + self._mss, self._mss)
+                self._retransmit_first()
+                return
         elif data_acked:
-            self.cwnd += max(mss * mss // self.cwnd, 1)  # congestion avoidance
+            # Only acknowledged data opens the congestion window (not a SYN or FIN).
+            self.cc.on_ack(data_acked, self._now, self._rtt.srtt)
         if self.snd_una == self.snd_max:
             self._cancel("retransmit")
         else:
@@ -547,17 +637,32 @@ class TcpConnection:
                 self._decide("FIN beyond a hole: held until the hole fills", "3.10.7.4")
 
     def _receive_text(self, start: int, data: bytes) -> None:
-        self._ack_now = True  # every segment is ACKed at once (no delayed ACK yet)
         if start != self.rcv_nxt:
             self._out_of_order.add(start, data, self.rcv_nxt)
+            self._last_hold = (start, seq.add(start, len(data)))
+            self._ack_now = True  # at once: the sender counts duplicate ACKs (RFC 5681 4.2)
             self._decide("out-of-order segment held, duplicate ACK sent", "3.10.7.4")
             return
+        filled_hole = bool(self._out_of_order)
         self._deliver(data)
         # Data that waited beyond the hole may now follow.
         while (ready := self._out_of_order.pop_ready(self.rcv_nxt)) is not None:
             self._deliver(ready)
+        if filled_hole or self._out_of_order:
+            self._ack_now = True  # a hole (partly) filled: tell the sender at once
+        else:
+            self._delay_ack(len(data))
         if self._held_fin == self.rcv_nxt:
             self._receive_fin()
+
+    def _delay_ack(self, received: int) -> None:
+        """Delayed ACK (RFC 9293 3.8.6.3, RFC 5681 4.2): ACK every second full
+        segment at once, anything less within `delayed_ack` seconds."""
+        self._unacked_bytes += received
+        if self._unacked_bytes >= 2 * self._mss or self.config.delayed_ack <= 0:
+            self._ack_now = True
+        elif "delayed_ack" not in self._timers:
+            self._arm("delayed_ack", self.config.delayed_ack)
 
     def _deliver(self, data: bytes) -> None:
         self.rcv_nxt = seq.add(self.rcv_nxt, len(data))
@@ -598,6 +703,8 @@ class TcpConnection:
                 self._on_retransmit_timeout()
             elif name == "persist":
                 self._on_persist_timeout()
+            elif name == "delayed_ack":
+                self._ack_now = True
             elif name == "time_wait":
                 self._transition(Event.TIMEOUT_2MSL)
             elif name == "fin_wait_2" and self.state is State.FIN_WAIT_2:
@@ -632,8 +739,11 @@ class TcpConnection:
         self._rtt.back_off()
         self._timed = None  # Karn: never time a retransmission
         flight = seq.diff(self.snd_max, self.snd_una)
-        self.ssthresh = max(flight // 2, 2 * self._mss)
-        self.cwnd = self._mss
+        if self.snd_una != self.iss:  # a lost SYN says nothing about the path's capacity
+            self.cc.on_timeout(self._now, flight)
+        self._recover = None
+        self._recovery_high = self.snd_max  # no fast retransmit for what we resend now
+        self._dupacks = 0
         self.snd_nxt = self.snd_una
         self._decide(
             f"retransmission timeout #{self._retries}: resend from SND.UNA, RTO now "
@@ -680,7 +790,10 @@ class TcpConnection:
             window = self._window_field()
             # SND.MAX, not SND.NXT: after a timeout SND.NXT went back, but the
             # peer may have everything up to SND.MAX already.
-            self._emit(Segment(self.snd_max, self.rcv_nxt, ACK, window, note=self._ack_note))
+            options = self._ack_options()
+            self._emit(
+                Segment(self.snd_max, self.rcv_nxt, ACK, window, b"", options, self._ack_note)
+            )
         self._ack_note = ""
 
     def _send_syn(self) -> None:
@@ -688,7 +801,12 @@ class TcpConnection:
         ack = self.state is not State.SYN_SENT
         shift = self.rcv_shift if ack else config.window_shift
         offer_scaling = config.window_scaling and (not ack or self.snd_shift or self.rcv_shift)
-        options = TcpOptions(mss=config.mss, window_scale=shift if offer_scaling else None)
+        offer_sack = config.sack and (not ack or self.sack_ok)
+        options = TcpOptions(
+            mss=config.mss,
+            window_scale=shift if offer_scaling else None,
+            sack_permitted=offer_sack,
+        )
         window = min(self._free_receive_space(), 0xFFFF)  # a SYN's window is not scaled
         edge = seq.add(self.rcv_nxt, window)
         if not ack or seq.gt(edge, self.rcv_adv):
@@ -734,7 +852,8 @@ class TcpConnection:
             if seq.lt(self.snd_nxt, self.snd_max):
                 note = "retransmission"
             window = self._window_field()
-            self._emit(Segment(self.snd_nxt, self.rcv_nxt, flags, window, payload, note=note))
+            options = self._ack_options()
+            self._emit(Segment(self.snd_nxt, self.rcv_nxt, flags, window, payload, options, note))
             if self._timed is None and self.snd_nxt == self.snd_max and size:
                 self._timed = (self.snd_nxt, self._now)
             self.snd_nxt = seq.add(self.snd_nxt, size + fin)
@@ -793,6 +912,16 @@ class TcpConnection:
 
     def _emit(self, segment: Segment) -> None:
         self._outbox.append(segment)
+        if segment.flags & ACK and segment.ack == self.rcv_nxt:
+            self._unacked_bytes = 0  # whatever it carries, it acknowledges all we have
+            if "delayed_ack" in self._timers:
+                self._cancel("delayed_ack")
+
+    def _ack_options(self) -> TcpOptions:
+        """SACK blocks for the data held beyond a hole (RFC 2018), if agreed."""
+        if not (self.sack_ok and self._out_of_order):
+            return NO_OPTIONS
+        return TcpOptions(sack_blocks=tuple(self._out_of_order.blocks(self._last_hold)[:4]))
 
     def _send_rst_ack(self) -> None:
         self._emit(Segment(self.snd_max, self.rcv_nxt, RST | ACK, 0))

@@ -1,0 +1,136 @@
+"""Loss recovery and ACK policy: delayed ACK, fast retransmit and NewReno fast
+recovery, SACK blocks for held data (RFC 5681, 6582, 2018, 9293 3.8.6.3)."""
+
+from __future__ import annotations
+
+from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+
+P = PEER_ISS + 1
+U = OUR_ISS + 1
+MSS = 1000
+
+
+def sender(**config: object) -> TcpScript:
+    """We send: peer MSS 1000, a large window; NewReno for exact numbers."""
+    config.setdefault("congestion_control", "newreno")
+    t = TcpScript(listen=80, **config)
+    t.establish(mss=MSS, win=65535)
+    return t
+
+
+def test_delayed_ack_acks_every_second_full_segment_at_once() -> None:
+    t = TcpScript(listen=80, delayed_ack=0.04)
+    t.establish(mss=1460)
+    t.send(".", seq=P, ack=U, payload=b"a" * 1460)
+    t.expect_none()  # one segment: the ACK may wait
+    t.send(".", seq=P + 1460, ack=U, payload=b"b" * 1460)
+    t.expect(".", ack=P + 2920)  # the second full segment: at once
+
+
+def test_delayed_ack_fires_within_its_timeout() -> None:
+    t = TcpScript(listen=80, delayed_ack=0.04)
+    t.establish(mss=1460)
+    t.send("P.", seq=P, ack=U, payload=b"GET /")
+    t.expect_none()
+    t.at(0.039)
+    t.expect_none()
+    t.at(0.04)
+    t.expect(".", ack=P + 5)
+
+
+def test_delayed_ack_rides_on_data_we_send() -> None:
+    t = TcpScript(listen=80, delayed_ack=0.04)
+    t.establish(mss=1460)
+    t.send("P.", seq=P, ack=U, payload=b"ping")
+    t.write(b"pong")
+    t.expect("P.", ack=P + 4, payload=b"pong")
+    t.send(".", seq=P + 4, ack=U + 4)
+    t.at(0.5)
+    t.expect_none()  # the data carried the ACK: no delayed ACK later
+
+
+def test_out_of_order_data_is_acked_at_once_with_sack_blocks() -> None:
+    t = TcpScript(listen=80, delayed_ack=0.04)
+    t.establish(mss=1460, sack_permitted=True)
+    t.send(".", seq=P + 1000, ack=U, payload=b"x" * 500)
+    first = t.expect(".", ack=P)
+    assert first.options.sack_blocks == ((P + 1000, P + 1500),)
+    t.send(".", seq=P + 3000, ack=U, payload=b"y" * 500)
+    second = t.expect(".", ack=P)
+    # The block of the newest segment comes first (RFC 2018 4).
+    assert second.options.sack_blocks == ((P + 3000, P + 3500), (P + 1000, P + 1500))
+    t.send(".", seq=P + 1500, ack=U, payload=b"z" * 1500)
+    merged = t.expect(".", ack=P)
+    assert merged.options.sack_blocks == ((P + 1000, P + 3500),)
+    t.send(".", seq=P, ack=U, payload=b"w" * 1000)
+    final = t.expect(".", ack=P + 3500)  # the hole filled: at once, no blocks left
+    assert final.options.sack_blocks == ()
+
+
+def test_no_sack_blocks_without_sack_permitted() -> None:
+    t = TcpScript(listen=80)
+    t.establish(mss=1460)
+    t.send(".", seq=P + 1000, ack=U, payload=b"x" * 500)
+    assert t.expect(".", ack=P).options.sack_blocks == ()
+
+
+def test_fast_retransmit_on_the_third_duplicate_ack() -> None:
+    t = sender()
+    t.write(bytes(8000))
+    assert len(t.sent()) == 8  # initial window 10 segments
+    t.send(".", seq=P, ack=U + 1000)  # the first segment arrived
+    t.send(".", seq=P, ack=U + 1000)  # duplicates: the second was lost
+    t.send(".", seq=P, ack=U + 1000)
+    t.expect_none()
+    t.send(".", seq=P, ack=U + 1000)
+    t.expect(".", seq=U + 1000, payload=bytes(1000))  # the third duplicate
+    assert any("fast retransmit" in d for d in t.decisions())
+    conn = t.conn
+    assert conn is not None and conn.ssthresh == 3500  # flight 7000 / 2
+    assert conn.cwnd == 3500 + 3 * MSS  # RFC 5681 3.2 (4): ssthresh plus 3 segments
+    t.send(".", seq=P, ack=U + 1000)
+    assert conn.cwnd == 3500 + 4 * MSS  # each further duplicate inflates it
+
+
+def test_newreno_partial_ack_retransmits_the_next_hole_and_full_ack_ends_recovery() -> None:
+    t = sender()
+    t.write(bytes(8000))
+    t.sent()
+    t.send(".", seq=P, ack=U + 1000)
+    for _ in range(3):
+        t.send(".", seq=P, ack=U + 1000)
+    t.expect(".", seq=U + 1000)  # segments 2 and 4 were lost
+    t.send(".", seq=P, ack=U + 3000)  # partial: up to the next hole
+    t.expect(".", seq=U + 3000, payload=bytes(1000))  # retransmitted at once (RFC 6582)
+    t.send(".", seq=P, ack=U + 8000)  # full ACK
+    conn = t.conn
+    assert conn is not None and conn.cwnd == conn.ssthresh
+    assert any("fast recovery over" in d for d in t.decisions())
+
+
+def test_rto_collapses_the_window_and_blocks_fast_retransmit_of_old_data() -> None:
+    t = sender()
+    t.write(bytes(5000))
+    t.sent()
+    t.at(1.0)
+    t.expect(".", seq=U, payload=bytes(1000))  # cwnd = 1 segment after the timeout
+    conn = t.conn
+    assert conn is not None and conn.cwnd == MSS
+    for _ in range(3):  # duplicates for what was sent before the timeout
+        t.send(".", seq=P, ack=U)
+    t.expect_none()
+    assert not any("fast retransmit" in d for d in t.decisions())
+
+
+def test_cubic_is_the_default_and_recovers_too() -> None:
+    t = TcpScript(listen=80)
+    t.establish(mss=MSS)
+    assert t.conn is not None and t.conn.cc.name == "cubic"
+    t.write(bytes(8000))
+    t.sent()
+    t.send(".", seq=P, ack=U + 1000)
+    cwnd = t.conn.cwnd
+    for _ in range(3):
+        t.send(".", seq=P, ack=U + 1000)
+    t.expect(".", seq=U + 1000)
+    assert t.conn.ssthresh == cwnd * 7 // 10  # beta 0.7 of cwnd (RFC 9438 4.6)
