@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--trace-host", action="append", default=[], help="trace only this address"
     )
+    serve_cmd.add_argument(
+        "--no-offload",
+        action="store_true",
+        help="no GSO/TSO/checksum offload on the TUN: every segment as it goes on the wire",
+    )
     _add_control_option(serve_cmd)
     serve_cmd.add_argument("--no-control", action="store_true", help="run without control socket")
     serve_cmd.add_argument(
@@ -227,7 +232,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         rfc1337=args.time_wait_rst == "ignore",
     )
     return ServeConfig(
-        link=LinkConfig(device=args.device, linux_side=linux_side, mtu=mtu),
+        link=LinkConfig(
+            device=args.device, linux_side=linux_side, mtu=mtu, offload=not args.no_offload
+        ),
         address=address,
         tcp=tcp,
         services=_services(args.services),

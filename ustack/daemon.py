@@ -31,6 +31,7 @@ log = logging.getLogger("ustack")
 # Packets read per wake-up of the loop before other callbacks get a turn.
 READ_BATCH = 256
 PIPE_CHUNK = 64 * 1024
+GSO_SEGMENTS = 44  # 44 * 1460 bytes: one 64 KB super-segment per write
 
 
 def default_services() -> dict[str, int]:
@@ -60,7 +61,11 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._exit_code = 0
         self._traces = TraceSinks(config.traces, config.trace_filter)
-        tcp = dataclasses.replace(config.tcp, mss=link.mtu - 40)  # IPv4 + TCP headers
+        tcp = dataclasses.replace(
+            config.tcp,
+            mss=link.mtu - 40,  # IPv4 + TCP headers
+            gso_segments=GSO_SEGMENTS if link.offload else 1,
+        )
         self.faults = FaultInjector()
         for rule in config.faults:
             self.faults.add(rule)
@@ -154,16 +159,18 @@ class Daemon:
 
     # ---- the fault injector, at the TUN boundary ------------------------------------------
 
-    def _transmit(self, packet: bytes) -> bool:
+    def _transmit(self, packet: bytes, gso_size: int = 0) -> bool:
         if not self.faults.rules:
-            return self.link.write(packet)
+            return self.link.write(packet, gso_size)
         verdict = self.faults.judge("out", packet)
         if verdict.rule is not None:
             self._trace_fault("out", packet, verdict)
         for _ in range(verdict.copies):
+            copy = bytearray(packet) if gso_size else packet  # the link patches GSO packets
             if verdict.delay:
-                asyncio.get_running_loop().call_later(verdict.delay, self.link.write, packet)
-            elif not self.link.write(packet):
+                loop = asyncio.get_running_loop()
+                loop.call_later(verdict.delay, self.link.write, copy, gso_size)
+            elif not self.link.write(copy, gso_size):
                 return False
         return True
 

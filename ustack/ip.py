@@ -53,7 +53,7 @@ class IPv4Layer:
     def __init__(
         self,
         address: int,
-        transmit: Callable[[bytes], bool],
+        transmit: Callable[..., bool],  # (packet) or (packet, gso_size) -> sent?
         counters: Counters,
         mtu: int = 1500,
     ) -> None:
@@ -149,9 +149,11 @@ class IPv4Layer:
 
     # ---- output ---------------------------------------------------------
 
-    def send(self, dst: int, protocol: int, payload: Buffer) -> None:
+    def send(self, dst: int, protocol: int, payload: Buffer, gso_size: int = 0) -> None:
+        """One datagram to `dst`. A TCP segment larger than the MTU is allowed
+        with `gso_size`: the link has it cut into segments of that size."""
         total = 20 + len(payload)
-        if total > self.mtu:
+        if total > self.mtu and not gso_size:
             # We never fragment; TCP keeps its segments under the MSS.
             self._counters.drop("ip", "out-too-big", self._now)
             return
@@ -164,10 +166,16 @@ class IPv4Layer:
             ttl=DEFAULT_TTL,
             identification=self._identification,
         )
-        packet = header + payload
+        if gso_size:
+            packet: bytes | bytearray = bytearray(header)  # the link patches it in place
+            packet += payload
+            sent = self._transmit(packet, gso_size)
+        else:
+            packet = header + payload
+            sent = self._transmit(packet)
         if self.tap is not None:
-            self.tap("out", packet, self._now)
-        if self._transmit(packet):
+            self.tap("out", bytes(packet), self._now)
+        if sent:
             self._counters["ip.out"] += 1
         else:
             self._counters.drop("ip", "out-queue-full", self._now)

@@ -1,5 +1,11 @@
 """The link layer: a Linux TUN device (python-pytun), configured over netlink (pyroute2).
 
+With offloads on (the default), the device speaks the virtio-net header
+(IFF_VNET_HDR), as a NIC driver does: we hand the kernel TCP segments of up to
+64 KB that it cuts to the MSS itself (GSO), and it hands us large coalesced
+segments whose TCP checksum we finish (checksum offload). One system call then
+carries tens of segments; on the wire the peer sees ordinary ones.
+
 `TunLink.open()` either creates a device, which then lives as long as our file
 descriptor (the kernel removes it when we close), or attaches to an existing
 persistent one (`ip tuntap add dev tun0 mode tun user NAME`), which we leave as
@@ -13,16 +19,28 @@ import fcntl
 import ipaddress
 import logging
 import os
+import struct
 from dataclasses import dataclass
 
 import pytun
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ustack.checksum import ones_sum, pseudo_header_sum
+
 log = logging.getLogger("ustack.link")
 
 TUN_CLONE_DEVICE = "/dev/net/tun"
 DEFAULT_LINUX_SIDE = ipaddress.IPv4Interface("198.18.0.1/24")
+
+# <linux/if_tun.h> and <linux/virtio_net.h>
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4 = 0x01, 0x02
+VNET_HEADER = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, offset
+VNET_F_NEEDS_CSUM = 1
+VNET_GSO_NONE, VNET_GSO_TCPV4 = 0, 1
+PLAIN_HEADER = VNET_HEADER.pack(0, VNET_GSO_NONE, 0, 0, 0, 0)
+MAX_PACKET = 65535
 
 
 class LinkError(Exception):
@@ -35,15 +53,19 @@ class LinkConfig:
     # The kernel's address on the TUN, with the prefix it routes to us.
     linux_side: ipaddress.IPv4Interface = DEFAULT_LINUX_SIDE
     mtu: int | None = None  # None: 1500 on a new device, the device's own on an existing one
+    offload: bool = True  # virtio-net header: GSO out, coalesced segments and checksum offload in
 
 
 class TunLink:
     """An open TUN device: raw IPv4 packets in and out through a non-blocking fd."""
 
-    def __init__(self, tun: pytun.TunTapDevice, created: bool, mtu: int) -> None:
+    def __init__(
+        self, tun: pytun.TunTapDevice, created: bool, mtu: int, offload: bool = False
+    ) -> None:
         self._tun = tun
         self.created = created
         self.mtu = mtu
+        self.offload = offload
         self.name: str = tun.name
         self.fd: int = tun.fileno()
 
@@ -53,29 +75,59 @@ class TunLink:
             raise LinkError(f"{TUN_CLONE_DEVICE} does not exist (is the tun module loaded?)")
         with IPRoute() as ipr:
             existed = bool(ipr.link_lookup(ifname=config.device))
-            tun = _attach(config.device, existed)
+            tun = _attach(config.device, existed, config.offload)
             try:
                 flags = fcntl.fcntl(tun.fileno(), fcntl.F_GETFL)
                 fcntl.fcntl(tun.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+                if config.offload:
+                    # What we accept from the kernel: partial checksums and TSO.
+                    fcntl.ioctl(tun.fileno(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
                 mtu = _configure(ipr, config, existed)
+            except OSError as exc:
+                tun.close()
+                raise LinkError(f"cannot set up {config.device}: {exc.strerror or exc}") from None
             except BaseException:
                 tun.close()
                 raise
         verb = "created" if not existed else "attached to existing"
-        log.info("%s %s, %s on the Linux side, mtu %d", verb, tun.name, config.linux_side, mtu)
-        return cls(tun, created=not existed, mtu=mtu)
+        offloads = ", offloads GSO/TSO/csum" if config.offload else ""
+        log.info(
+            "%s %s, %s on the Linux side, mtu %d%s",
+            verb,
+            tun.name,
+            config.linux_side,
+            mtu,
+            offloads,
+        )
+        return cls(tun, created=not existed, mtu=mtu, offload=config.offload)
 
-    def read(self, size: int) -> bytes | None:
-        """One packet, or None when none is waiting."""
+    def read(self, size: int = MAX_PACKET) -> bytes | bytearray | None:
+        """One packet, or None when none is waiting. With offloads, a
+        coalesced segment may exceed the MTU; its checksum is finished here."""
         try:
-            return os.read(self.fd, size)
+            if not self.offload:
+                return os.read(self.fd, size)
+            data = os.read(self.fd, MAX_PACKET + VNET_HEADER.size)
         except BlockingIOError:
             return None
+        flags, _gso, _hdr, _size, start, offset = VNET_HEADER.unpack_from(data)
+        if not flags & VNET_F_NEEDS_CSUM:
+            return data[VNET_HEADER.size :]
+        packet = bytearray(memoryview(data)[VNET_HEADER.size :])
+        _finish_checksum(packet, start, offset)
+        return packet
 
-    def write(self, packet: bytes | bytearray | memoryview) -> bool:
-        """Queue one packet to the kernel; False if its queue is full (a drop)."""
+    def write(self, packet: bytes | bytearray | memoryview, gso_size: int = 0) -> bool:
+        """Queue one packet to the kernel; False if its queue is full (a drop).
+        A TCP segment longer than the MTU goes with `gso_size`: the kernel cuts
+        it into segments of that many payload bytes."""
         try:
-            os.write(self.fd, packet)
+            if not self.offload:
+                os.write(self.fd, packet)
+            elif gso_size and len(packet) > self.mtu:
+                os.writev(self.fd, [_gso_header(packet, gso_size), packet])
+            else:
+                os.writev(self.fd, [PLAIN_HEADER, packet])
         except BlockingIOError:
             return False
         return True
@@ -89,9 +141,29 @@ class TunLink:
             log.info("detached from %s, left in place", self.name)
 
 
-def _attach(name: str, existed: bool) -> pytun.TunTapDevice:
+def _finish_checksum(packet: bytearray, start: int, offset: int) -> None:
+    """CHECKSUM_PARTIAL: the field holds the pseudo-header sum; add the rest
+    and store the complement, as a NIC would before putting it on a wire."""
+    field = start + offset
+    total = ones_sum(memoryview(packet)[start:])
+    struct.pack_into("!H", packet, field, ~total & 0xFFFF)
+
+
+def _gso_header(packet: bytearray | bytes | memoryview, gso_size: int) -> bytes:
+    """The virtio-net header for a TCP/IPv4 segment the kernel is to cut,
+    after turning its checksum into the partial form the kernel completes."""
+    ihl = (packet[0] & 0x0F) * 4
+    tcp_header = (packet[ihl + 12] >> 4) * 4
+    src, dst = struct.unpack_from("!II", packet, 12)
+    assert isinstance(packet, bytearray), "GSO packets are patched in place"
+    struct.pack_into("!H", packet, ihl + 16, pseudo_header_sum(src, dst, 6, len(packet) - ihl))
+    return VNET_HEADER.pack(VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, ihl + tcp_header, gso_size, ihl, 16)
+
+
+def _attach(name: str, existed: bool, offload: bool = False) -> pytun.TunTapDevice:
+    flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
     try:
-        return pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+        return pytun.TunTapDevice(name=name, flags=flags)
     except pytun.Error as exc:
         code = exc.args[0] if exc.args else None
         raise LinkError(_attach_failure(name, code, existed, str(exc))) from None

@@ -41,8 +41,8 @@ class Stack:
     def receive(self, packet: bytes, now: float = 0.0) -> None:
         self.ip.receive(packet, now)
 
-    def _send_tcp(self, dst: int, segment: bytes) -> None:
-        self.ip.send(dst, PROTO_TCP, segment)
+    def _send_tcp(self, dst: int, segment: bytes, gso_size: int = 0) -> None:
+        self.ip.send(dst, PROTO_TCP, segment, gso_size)
 
 
 class StackRunner:

@@ -7,6 +7,7 @@ filling a hole costs time in proportion to what it releases.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 
 from ustack.tcp import seq
 
@@ -92,3 +93,47 @@ class ReassemblyQueue:
         self._starts.clear()
         self._data.clear()
         self.held_bytes = 0
+
+
+class ReceiveBuffer:
+    """In-order data waiting for the application: the segments' own bytes,
+    kept as they came, so delivering them copies nothing until read() joins."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+
+    def take(self, max_bytes: int) -> bytes:
+        """Up to max_bytes from the front."""
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        if max_bytes >= self._size:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._size = 0
+            return data
+        taken: list[bytes] = []
+        need = max_bytes
+        while need:
+            chunk = chunks[0]
+            if len(chunk) <= need:
+                taken.append(chunks.popleft())
+                need -= len(chunk)
+            else:
+                taken.append(chunk[:need])
+                chunks[0] = chunk[need:]
+                need = 0
+        self._size -= max_bytes
+        return b"".join(taken)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._size = 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ustack.headers import ACK, FIN, PSH, RST, SYN, TcpOptions
 from ustack.tcp import congestion, seq
-from ustack.tcp.buffers import ReassemblyQueue
+from ustack.tcp.buffers import ReassemblyQueue, ReceiveBuffer
 from ustack.tcp.events import (
     AppEvent,
     Closed,
@@ -33,6 +33,7 @@ from ustack.trace import Decision, StateChange, TimerEvent, Tracer
 
 DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
 MAX_WINDOW_SHIFT = 14  # RFC 7323 2.3
+MAX_GSO_PAYLOAD = 65535 - 60 - 60  # an IP datagram less the largest IP and TCP headers
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TcpConfig:
     congestion_control: str = "cubic"  # or "newreno"
     delayed_ack: float = 0.04  # at most this long before an ACK (Linux's 40 ms; RFC: < 0.5 s)
     sack: bool = True  # offer SACK-permitted and send SACK blocks (RFC 2018)
+    gso_segments: int = 1  # >1: hand the link super-segments of this many MSS (GSO)
 
     @property
     def window_shift(self) -> int:
@@ -105,7 +107,7 @@ class TcpConnection:
         self._send_buf = bytearray()
         self._send_buf_seq = seq.add(iss, 1)
         self._fin_queued = False  # our FIN follows the last byte of _send_buf
-        self._recv_buf = bytearray()
+        self._recv_buf = ReceiveBuffer()
         self._out_of_order = ReassemblyQueue()
         self._held_fin: int | None = None  # SEQ of a FIN that arrived beyond a hole
         self.fin_received = False
@@ -231,8 +233,7 @@ class TcpConnection:
     def read(self, max_bytes: int, now: float) -> bytes:
         """Up to max_bytes of received data; b"" means none waits (check at_eof)."""
         self._now = now
-        data = bytes(self._recv_buf[:max_bytes])
-        del self._recv_buf[:max_bytes]
+        data = self._recv_buf.take(max_bytes)
         if data and self.state in _CAN_ACK:
             self._maybe_window_update()
             self._output()
@@ -667,7 +668,7 @@ class TcpConnection:
     def _deliver(self, data: bytes) -> None:
         self.rcv_nxt = seq.add(self.rcv_nxt, len(data))
         if not self._read_shut:
-            self._recv_buf += data
+            self._recv_buf.append(data)
             self._events.append(DataReceived())
 
     def _receive_fin(self) -> None:
@@ -769,6 +770,12 @@ class TcpConnection:
     def _mss(self) -> int:
         return min(self.peer_mss, self.config.mss)
 
+    @property
+    def _max_segment(self) -> int:
+        """The most payload one segment we emit may carry: one MSS, or with GSO
+        many, within an IP datagram's 64 KB (headers and options left room)."""
+        return min(self._mss * self.config.gso_segments, MAX_GSO_PAYLOAD) or self._mss
+
     def segments_to_send(self) -> list[Segment]:
         out, self._outbox = self._outbox, []
         return out
@@ -838,7 +845,7 @@ class TcpConnection:
             else:
                 window = min(self.snd_wnd, self.cwnd)
                 usable = seq.diff(seq.add(self.snd_una, window), self.snd_nxt)
-                size = max(min(unsent, usable, mss), 0)
+                size = max(min(unsent, usable, self._max_segment), 0)
             if limit is not None:
                 size = min(size, limit)
             fin = self._fin_queued and offset + size == len(buf)
@@ -853,7 +860,10 @@ class TcpConnection:
                 note = "retransmission"
             window = self._window_field()
             options = self._ack_options()
-            self._emit(Segment(self.snd_nxt, self.rcv_nxt, flags, window, payload, options, note))
+            gso = mss if size > mss else 0
+            self._emit(
+                Segment(self.snd_nxt, self.rcv_nxt, flags, window, payload, options, note, gso)
+            )
             if self._timed is None and self.snd_nxt == self.snd_max and size:
                 self._timed = (self.snd_nxt, self._now)
             self.snd_nxt = seq.add(self.snd_nxt, size + fin)

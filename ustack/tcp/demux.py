@@ -30,7 +30,7 @@ from ustack.trace import NewConnection, SegmentEvent, StateChange, TraceEvent, T
 
 Buffer = bytes | bytearray | memoryview
 # Hands a TCP segment (header + payload, checksum filled) to IP for `dst`.
-SendSegment = Callable[[int, bytes], None]
+SendSegment = Callable[[int, bytes, int], None]  # (dst, segment, gso_size)
 # The application side of one connection: receives its events.
 AppHandler = Callable[[AppEvent], None]
 # (remote address, remote port, local port): our own address is fixed.
@@ -300,6 +300,7 @@ class TcpDemux:
                 flags=reply.flags,
                 window=0,
             ),
+            0,
         )
 
     # ---- output, events, life cycle ----------------------------------------------
@@ -357,6 +358,7 @@ class TcpDemux:
                     options=None if out.options is NO_OPTIONS else out.options,
                     payload=out.payload,
                 ),
+                out.gso_size,
             )
         listener = self._listener_of.get(conn)
         if listener is not None and conn.state not in (State.SYN_RECEIVED, State.LISTEN):

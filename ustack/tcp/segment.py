@@ -23,6 +23,7 @@ class Segment:
     payload: bytes | memoryview = b""
     options: TcpOptions = field(default_factory=lambda: NO_OPTIONS)
     note: str = ""  # for the trace: why this segment was sent, when not plain
+    gso_size: int = 0  # a super-segment the link cuts into segments of this size
 
     @classmethod
     def from_header(cls, header: TcpHeader, payload: bytes | memoryview) -> Segment:
