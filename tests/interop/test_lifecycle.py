@@ -129,6 +129,48 @@ def test_chargen_until_the_client_closes(ns: Netns, daemon: UstackDaemon) -> Non
     assert daemon.lives(local_port=19) == [PASSIVE_CLOSE]
 
 
+def test_nc_chargen_then_close(ns: Netns, daemon: UstackDaemon) -> None:
+    # head takes 10,000 bytes and exits; nc dies on the broken pipe and its
+    # socket closes with data unread, so Linux resets: chargen must stop.
+    result = ns.run("sh", "-c", f"nc {STACK_ADDRESS} 19 | head -c 10000", check=True)
+    printable = bytes(range(32, 127))
+    expected = b"".join((printable[i:] + printable[:i])[:72] + b"\r\n" for i in range(95))
+    assert result.stdout == (expected * 2)[:10000]
+    daemon.wait_until_no_connections()
+    (life,) = daemon.lives(local_port=19)
+    assert life[:3] == ["LISTEN", "SYN_RECEIVED", "ESTABLISHED"] and life[-1] == "CLOSED"
+
+
+def test_download_without_offloads_segment_by_segment(ns: Netns, tmp_path: Path) -> None:
+    """--no-offload: every segment as on the wire (1460 bytes), the same bytes."""
+    daemon = UstackDaemon.start(ns, tmp_path, "--no-offload")
+    try:
+        size = 3 * 1024 * 1024
+        result = ns.run(
+            "sh", "-c", f"curl -sS --max-time 60 http://{STACK_ADDRESS}/bytes/{size} | sha256sum",
+            timeout=90, check=True,
+        )  # fmt: skip
+        assert result.stdout.split()[0].decode() == pattern_sha256(size)
+        daemon.wait_until_no_connections()
+        lengths = [e["length"] for e in daemon.trace_events() if e["type"] == "segment"]
+    finally:
+        daemon.stop()
+    assert max(lengths) == 1460
+
+
+def test_download_with_offloads_uses_super_segments(ns: Netns, daemon: UstackDaemon) -> None:
+    size = 3 * 1024 * 1024
+    result = ns.run(
+        "sh", "-c", f"curl -sS --max-time 60 http://{STACK_ADDRESS}/bytes/{size} | sha256sum",
+        timeout=90, check=True,
+    )  # fmt: skip
+    assert result.stdout.split()[0].decode() == pattern_sha256(size)
+    daemon.wait_until_no_connections()
+    out = [e["length"] for e in daemon.trace_events() if e["type"] == "segment"
+           and e["direction"] == "out"]  # fmt: skip
+    assert max(out) > 1460 and max(out) % 1460 == 0  # GSO: whole MSS multiples
+
+
 def test_python_client_so_linger_zero_resets(ns: Netns, daemon: UstackDaemon) -> None:
     code = (
         "import socket, struct\n"
