@@ -23,6 +23,7 @@ from ustack.ladder import add_ladder_arguments, ladder_command
 from ustack.link import LinkConfig, LinkError
 from ustack.peer_states import PeerStatesError
 from ustack.services import SERVICES
+from ustack.tcp import congestion
 from ustack.tcp.connection import TcpConfig
 from ustack.trace import TRACE_FORMATS, TraceFilter, TraceOutputError, TraceSpec, format_for
 
@@ -119,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(
         "--trace-host", action="append", default=[], help="trace only this address"
+    )
+    serve_cmd.add_argument(
+        "--congestion",
+        choices=sorted(congestion.ALGORITHMS),
+        default="cubic",
+        help="congestion control (default: cubic, as Linux)",
+    )
+    serve_cmd.add_argument(
+        "--no-nagle", action="store_true", help="TCP_NODELAY for every connection"
+    )
+    serve_cmd.add_argument(
+        "--keepalive", metavar="SECONDS", help="probe connections idle this long (default: off)"
     )
     serve_cmd.add_argument(
         "--no-offload",
@@ -230,6 +243,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         msl=_seconds(args.msl, "--msl"),
         fin_wait_2_timeout=_seconds(args.fin_timeout, "--fin-timeout"),
         rfc1337=args.time_wait_rst == "ignore",
+        congestion_control=args.congestion,
+        nagle=not args.no_nagle,
+        keepalive_idle=_seconds(args.keepalive, "--keepalive") if args.keepalive else None,
     )
     return ServeConfig(
         link=LinkConfig(

@@ -134,3 +134,42 @@ def test_cubic_is_the_default_and_recovers_too() -> None:
         t.send(".", seq=P, ack=U + 1000)
     t.expect(".", seq=U + 1000)
     assert t.conn.ssthresh == cwnd * 7 // 10  # beta 0.7 of cwnd (RFC 9438 4.6)
+
+
+def test_no_keepalive_by_default() -> None:
+    t = TcpScript(listen=80)
+    t.establish()
+    t.at(10_000.0)
+    t.expect_none()
+
+
+def test_keepalive_probes_an_idle_peer_and_gives_up() -> None:
+    t = TcpScript(listen=80, keepalive_idle=60.0, keepalive_interval=10.0, keepalive_probes=3)
+    t.establish()
+    t.at(59.0)
+    t.expect_none()
+    t.at(60.0)
+    t.expect(".", seq=U - 1, ack=P)  # SEG.SEQ = SND.UNA - 1: the peer must answer
+    t.send(".", seq=P, ack=U)  # it does: the peer is alive
+    t.at(119.0)
+    t.expect_none()  # idle counts again from what we last heard
+    for at in (120.0, 130.0, 140.0):
+        t.at(at)
+        t.expect(".", seq=U - 1)
+    t.at(150.0)
+    t.expect_none()
+    assert t.table == {}
+    assert t.conn is not None and t.conn.error == "ETIMEDOUT"
+    assert t.events()[-1].name == "TIMEOUT_KEEPALIVE"
+
+
+def test_keepalive_gives_up_in_close_wait_too() -> None:
+    t = TcpScript(listen=80, keepalive_idle=5.0, keepalive_interval=1.0, keepalive_probes=1)
+    t.establish()
+    t.send("F.", seq=P, ack=U)
+    t.sent()
+    t.at(6.0)
+    t.expect(".", seq=U - 1, ack=P + 1)
+    t.at(7.0)
+    assert t.table == {}
+    assert t.states()[-2:] == ["CLOSE_WAIT", "CLOSED"]

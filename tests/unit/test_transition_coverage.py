@@ -19,6 +19,7 @@ from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.trace import StateChange
 
 SCRIPT_MODULES = [
+    "test_tcp_recovery",
     "test_tcp_open",
     "test_tcp_close",
     "test_tcp_data",

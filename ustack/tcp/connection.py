@@ -58,6 +58,10 @@ class TcpConfig:
     delayed_ack: float = 0.04  # at most this long before an ACK (Linux's 40 ms; RFC: < 0.5 s)
     sack: bool = True  # offer SACK-permitted and send SACK blocks (RFC 2018)
     gso_segments: int = 1  # >1: hand the link super-segments of this many MSS (GSO)
+    # Keep-alive (RFC 1122 4.2.3.6), off by default: probe after this many idle seconds.
+    keepalive_idle: float | None = None
+    keepalive_interval: float = 75.0
+    keepalive_probes: int = 9
 
     @property
     def window_shift(self) -> int:
@@ -132,6 +136,8 @@ class TcpConnection:
         self._timers: dict[str, float] = {}
         self._challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
         self._ack_now = False
+        self._last_heard = 0.0  # when the peer last sent anything (keep-alive)
+        self._keepalive_probes = 0
         self._unacked_bytes = 0  # received since our last ACK (delayed ACK)
         self._ack_note = ""  # why the next pure ACK goes out, when it is special
         self._now = 0.0
@@ -296,6 +302,8 @@ class TcpConnection:
 
     def receive(self, segment: Segment, now: float) -> None:
         self._now = now
+        self._last_heard = now
+        self._keepalive_probes = 0
         if self.state is State.SYN_SENT:
             self._receive_in_syn_sent(segment)
         elif self.state is not State.CLOSED:
@@ -593,6 +601,8 @@ class TcpConnection:
         starts with an RTO of 3 s (Karn left us without a measurement)."""
         if self._syn_retransmitted and self._rtt.srtt is None:
             self._rtt.rto = min(max(self._rtt.rto, 3.0), self.config.max_rto)
+        if self.config.keepalive_idle is not None:
+            self._arm("keepalive", self.config.keepalive_idle)
 
     def _fin_acked(self) -> bool:
         return self._fin_queued and self.snd_una == seq.add(self._fin_seq, 1)
@@ -710,7 +720,35 @@ class TcpConnection:
                 self._transition(Event.TIMEOUT_2MSL)
             elif name == "fin_wait_2" and self.state is State.FIN_WAIT_2:
                 self._transition(Event.TIMEOUT_FIN_WAIT_2)
+            elif name == "keepalive":
+                self._on_keepalive_timeout()
         self._output()
+
+    def _on_keepalive_timeout(self) -> None:
+        """RFC 1122 4.2.3.6: after `keepalive_idle` seconds of silence, probe
+        with <SEQ=SND.UNA-1> (an old byte: the peer must answer with an ACK);
+        after `keepalive_probes` unanswered probes the peer is gone."""
+        config = self.config
+        assert config.keepalive_idle is not None
+        if self.state not in (State.ESTABLISHED, State.CLOSE_WAIT):
+            return
+        quiet_until = self._last_heard + config.keepalive_idle
+        if self._keepalive_probes == 0 and self._now < quiet_until:
+            self._arm("keepalive", quiet_until - self._now)  # heard from it meanwhile
+            return
+        if self._keepalive_probes >= config.keepalive_probes:
+            self._transition(Event.TIMEOUT_KEEPALIVE, error="ETIMEDOUT")
+            return
+        self._keepalive_probes += 1
+        probe = Segment(
+            seq.add(self.snd_una, -1),
+            self.rcv_nxt,
+            ACK,
+            self._window_field(),
+            note="keep-alive probe",
+        )
+        self._emit(probe)
+        self._arm("keepalive", config.keepalive_interval)
 
     def _arm(self, name: str, delay: float) -> None:
         deadline = self._timers[name] = self._now + delay

@@ -49,6 +49,7 @@ class Event(enum.Enum):
     TIMEOUT_2MSL = "2MSL timeout"
     TIMEOUT_FIN_WAIT_2 = "FIN_WAIT_2 timeout"
     TIMEOUT_RETRANSMIT = "retransmission limit"
+    TIMEOUT_KEEPALIVE = "keep-alive probes unanswered"
 
     def __str__(self) -> str:
         return self.value
@@ -181,6 +182,10 @@ for _state in _SYNCHRONIZED:
         TRANSITIONS[(_state, E.TIMEOUT_RETRANSMIT)] = Transition(
             S.CLOSED, "RFC 9293 3.8.3 (R2)", "retransmissions exhausted: connection timed out"
         )
+for _state in (S.ESTABLISHED, S.CLOSE_WAIT):
+    TRANSITIONS[(_state, E.TIMEOUT_KEEPALIVE)] = Transition(
+        S.CLOSED, "RFC 1122 4.2.3.6", "keep-alive probes unanswered: the peer is gone"
+    )
 TRANSITIONS[(S.SYN_SENT, E.TIMEOUT_RETRANSMIT)] = Transition(
     S.CLOSED, "RFC 6298 5.5 / RFC 9293 3.8.3", "SYN retransmissions exhausted: timed out"
 )
