@@ -51,8 +51,9 @@ def test_b4_no_window_scale_in_synack_unless_offered() -> None:
     t.send("S", seq=PEER_ISS, mss=1460, sack_permitted=True, ts=(1, 0))
     out = t.expect("S.", ack=PEER_ISS + 1)
     assert out.options.window_scale is None
-    # SACK-permitted is echoed because it was offered; timestamps are not negotiated yet.
-    assert out.options.sack_permitted and out.options.timestamps is None
+    # SACK-permitted and timestamps are echoed because they were offered; our
+    # TSval, and their TSval 1 as TSecr (RFC 7323 3.2).
+    assert out.options.sack_permitted and out.options.timestamps == (OUR_ISS, 1)
 
 
 def test_b4_no_sack_permitted_in_synack_unless_offered() -> None:

@@ -173,3 +173,53 @@ def test_keepalive_gives_up_in_close_wait_too() -> None:
     t.at(7.0)
     assert t.table == {}
     assert t.states()[-2:] == ["CLOSE_WAIT", "CLOSED"]
+
+
+def with_timestamps(**config: object) -> TcpScript:
+    t = TcpScript(listen=80, **config)
+    t.send("S", seq=PEER_ISS, mss=1460, ts=(100, 0))
+    synack = t.expect("S.", ack=P)
+    assert synack.options.timestamps == (OUR_ISS, 100)  # TSval, and TSecr echoes theirs
+    t.send(".", seq=P, ack=U, ts=(101, OUR_ISS))
+    assert t.conn is not None and t.conn.ts_ok
+    return t
+
+
+def test_b50_timestamps_on_every_segment_and_the_mss_leaves_room_for_them() -> None:
+    t = with_timestamps()
+    t.at(0.5)
+    t.write(bytes(3000))
+    out = t.expect_many(".", ".", "P.")
+    assert [len(o.payload) for o in out] == [1448, 1448, 104]  # 1460 - 12 bytes of option
+    assert all(o.options.timestamps == (OUR_ISS + 500, 101) for o in out)
+
+
+def test_b50_paws_drops_an_old_tsval_and_acks() -> None:
+    t = with_timestamps()
+    t.send("P.", seq=P, ack=U, payload=b"new", ts=(200, OUR_ISS))
+    t.expect(".", ack=P + 3)
+    t.send("P.", seq=P + 3, ack=U, payload=b"old", ts=(150, OUR_ISS))  # TSval went back
+    t.expect(".", ack=P + 3)  # dropped, ACKed
+    assert t.read() == b"new"
+    assert any("PAWS" in d for d in t.decisions())
+    t.send("R", seq=P + 3, ts=(150, OUR_ISS))  # a RST is exempt from PAWS
+    assert t.table == {}
+
+
+def test_b50_our_rst_carries_a_current_tsval() -> None:
+    t = with_timestamps()
+    t.at(2.0)
+    t.abort()
+    rst = t.expect("R.")
+    assert rst.options.timestamps == (OUR_ISS + 2000, 101)
+
+
+def test_rtt_is_measured_from_the_echoed_timestamp() -> None:
+    t = with_timestamps()
+    t.at(1.0)
+    t.write(b"x" * 100)
+    t.expect("P.")
+    t.at(1.25)
+    t.send(".", seq=P, ack=U + 100, ts=(102, OUR_ISS + 1000))
+    # SRTT was 0 (the handshake); a 250 ms sample moves it by 1/8 (RFC 6298 2.3).
+    assert t.conn is not None and t.conn.srtt == 0.25 / 8

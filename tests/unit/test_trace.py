@@ -266,7 +266,9 @@ def test_jsonl_segments_have_flags_window_length_and_options(session: Session) -
     assert syn_ack["window"] == 65535  # a SYN's window is never scaled
     assert syn_ack["options"]["mss"] == 1460 and "wscale" in syn_ack["options"]
     data = [r for r in records if r["type"] == "segment" and r["length"]]
-    assert all(r["options"] == {} for r in data)
+    # Timestamps were agreed on the HTTP connection: our segments carry them (RFC 7323).
+    assert all(set(r["options"]) <= {"TS"} for r in data)
+    assert all("TS" in r["options"] for r in data if r["direction"] == "out" and r["conn"] == 1)
     assert [r["flags"] for r in segments_as_records(records, HTTP_CONN)] == [
         "S", "S.", ".", "P.", ".", "P.", ".", "F.", ".", "F.", ".",
     ]  # fmt: skip
@@ -818,7 +820,7 @@ class BackToBack:
 def test_a_bulk_transfer_goes_out_in_full_segments() -> None:
     events: list[TraceEvent] = []
     wire = BackToBack(events.append)
-    total, mss = 1000 * 1460, 1460
+    total, mss = 1000 * 1460, 1460 - 12  # timestamps take 12 bytes of every segment
     data = bytes(total)
     sent = 0
 

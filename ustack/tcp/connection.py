@@ -57,6 +57,7 @@ class TcpConfig:
     congestion_control: str = "cubic"  # or "newreno"
     delayed_ack: float = 0.04  # at most this long before an ACK (Linux's 40 ms; RFC: < 0.5 s)
     sack: bool = True  # offer SACK-permitted and send SACK blocks (RFC 2018)
+    timestamps: bool = True  # RFC 7323: RTT measurement on every ACK, and PAWS
     gso_segments: int = 1  # >1: hand the link super-segments of this many MSS (GSO)
     # Keep-alive (RFC 1122 4.2.3.6), off by default: probe after this many idle seconds.
     keepalive_idle: float | None = None
@@ -131,6 +132,8 @@ class TcpConnection:
         self._recover: int | None = None  # NewReno: SND.MAX when fast recovery began
         self._recovery_high = iss  # RFC 6582 "recover", for the next entry check
         self.sack_ok = False  # both sides offered SACK
+        self.ts_ok = False  # both sides sent timestamps (RFC 7323)
+        self.ts_recent = 0  # TS.Recent: the peer's latest TSval worth echoing
         self._last_hold: tuple[int, int] | None = None  # the latest out-of-order segment
         # Deadlines by timer name: retransmit, persist, time_wait, fin_wait_2.
         self._timers: dict[str, float] = {}
@@ -204,6 +207,9 @@ class TcpConnection:
         else:  # both sides must offer it, else neither scales (RFC 7323 2.2)
             self.snd_shift = self.rcv_shift = 0
         self.sack_ok = options.sack_permitted and self.config.sack
+        self.ts_ok = options.timestamps is not None and self.config.timestamps
+        if options.timestamps is not None:
+            self.ts_recent = options.timestamps[0]
         # Now the segment size is known: the congestion window counts in it.
         self.cc.mss = self._mss
         self.cc.cwnd = self.config.initial_window_segments * self._mss
@@ -383,6 +389,8 @@ class TcpConnection:
                 self.snd_nxt = self.iss
                 self._decide("retransmitted SYN in SYN_RECEIVED: SYN,ACK again", "3.10.7.4")
                 return
+        if self.ts_ok and not self._timestamps_ok(seg):
+            return
         # First: is the segment acceptable (in the receive window)?
         if not self._acceptable(seg):
             if not flags & RST:
@@ -419,6 +427,22 @@ class TcpConnection:
         if self.state in (State.CLOSED, State.TIME_WAIT):
             return
         self._receive_text_and_fin(seg, seg.seq, seg.payload, seg.flags & FIN)
+
+    def _timestamps_ok(self, seg: Segment) -> bool:
+        """RFC 7323 5.3 PAWS: a segment whose TSval is older than TS.Recent is
+        an old duplicate (a RST excepted): ACK and drop. Otherwise TS.Recent
+        follows the segments at the left edge of the window (4.3)."""
+        stamps = seg.options.timestamps
+        if stamps is None:
+            return True  # accepted, as Linux does (behaviour 9)
+        tsval = stamps[0]
+        if seq.lt(tsval, self.ts_recent) and not seg.flags & RST:
+            self._ack_now = True
+            self._decide("PAWS: TSval older than TS.Recent, dropped, ACK sent", "RFC 7323 5.3")
+            return False
+        if seq.le(seg.seq, self.rcv_nxt) and seq.ge(tsval, self.ts_recent):
+            self.ts_recent = tsval
+        return True
 
     def _acceptable(self, seg: Segment) -> bool:
         """The four cases of the acceptability test (RFC 9293 3.10.7.4)."""
@@ -468,6 +492,14 @@ class TcpConnection:
             self._challenge_ack("ACK older than the send window: dropped", "RFC 5961 5.2")
             return False
         if seq.lt(self.snd_una, ack):
+            stamps = seg.options.timestamps
+            if self.ts_ok and stamps is not None and stamps[1]:
+                # RFC 7323 4: the echoed TSval times this ACK exactly, even for
+                # retransmitted data (the echo is the TSval of what arrived).
+                rtt = ((self._ts_now() - stamps[1]) & seq.MASK) / 1000
+                if rtt < 60:
+                    self._rtt.sample(rtt)
+                    self._timed = None
             self._ack_advanced(ack)
         elif self._is_duplicate_ack(seg):
             self._duplicate_ack()
@@ -745,6 +777,8 @@ class TcpConnection:
             self.rcv_nxt,
             ACK,
             self._window_field(),
+            b"",
+            self._ack_options(),
             note="keep-alive probe",
         )
         self._emit(probe)
@@ -806,7 +840,8 @@ class TcpConnection:
 
     @property
     def _mss(self) -> int:
-        return min(self.peer_mss, self.config.mss)
+        """Payload per segment: the MSS less the timestamps' 12 option bytes."""
+        return min(self.peer_mss, self.config.mss) - (12 if self.ts_ok else 0)
 
     @property
     def _max_segment(self) -> int:
@@ -847,10 +882,12 @@ class TcpConnection:
         shift = self.rcv_shift if ack else config.window_shift
         offer_scaling = config.window_scaling and (not ack or self.snd_shift or self.rcv_shift)
         offer_sack = config.sack and (not ack or self.sack_ok)
+        offer_ts = config.timestamps and (not ack or self.ts_ok)
         options = TcpOptions(
             mss=config.mss,
             window_scale=shift if offer_scaling else None,
             sack_permitted=offer_sack,
+            timestamps=(self._ts_now(), self.ts_recent if ack else 0) if offer_ts else None,
         )
         window = min(self._free_receive_space(), 0xFFFF)  # a SYN's window is not scaled
         edge = seq.add(self.rcv_nxt, window)
@@ -966,13 +1003,24 @@ class TcpConnection:
                 self._cancel("delayed_ack")
 
     def _ack_options(self) -> TcpOptions:
-        """SACK blocks for the data held beyond a hole (RFC 2018), if agreed."""
-        if not (self.sack_ok and self._out_of_order):
+        """Timestamps (RFC 7323) and SACK blocks for data held beyond a hole
+        (RFC 2018), as agreed: 40 bytes hold TS and three blocks, or four."""
+        sack = self.sack_ok and bool(self._out_of_order)
+        if not (sack or self.ts_ok):
             return NO_OPTIONS
-        return TcpOptions(sack_blocks=tuple(self._out_of_order.blocks(self._last_hold)[:4]))
+        blocks = (
+            self._out_of_order.blocks(self._last_hold)[: 3 if self.ts_ok else 4] if sack else []
+        )
+        stamps = (self._ts_now(), self.ts_recent) if self.ts_ok else None
+        return TcpOptions(sack_blocks=tuple(blocks), timestamps=stamps)
+
+    def _ts_now(self) -> int:
+        """Our TSval: a 1 ms clock, offset per connection (by the ISS, a keyed hash)."""
+        return (int(self._now * 1000) + self.iss) & seq.MASK
 
     def _send_rst_ack(self) -> None:
-        self._emit(Segment(self.snd_max, self.rcv_nxt, RST | ACK, 0))
+        # With timestamps, a RST carries a current TSval (RFC 7323 5.4).
+        self._emit(Segment(self.snd_max, self.rcv_nxt, RST | ACK, 0, b"", self._ack_options()))
 
     def _challenge_ack(self, what: str, rule: str) -> None:
         """RFC 5961 7: at most challenge_ack_limit challenge ACKs a second."""
