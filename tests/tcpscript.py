@@ -168,14 +168,15 @@ class TcpScript:
         ws: int | None = None,
         sack_permitted: bool = False,
         ts: tuple[int, int] | None = None,
+        sack: tuple[tuple[int, int], ...] = (),
         sport: int = PEER_PORT,
         dport: int | None = None,
     ) -> TcpScript:
         """The peer sends us one segment."""
         options = None
-        if mss is not None or ws is not None or sack_permitted or ts is not None:
+        if mss is not None or ws is not None or sack_permitted or ts is not None or sack:
             options = TcpOptions(mss=mss, window_scale=ws, sack_permitted=sack_permitted,
-                                 timestamps=ts)  # fmt: skip
+                                 timestamps=ts, sack_blocks=tuple(sack))  # fmt: skip
         segment = build_tcp(
             src=PEER, dst=US, src_port=sport, dst_port=dport or self.local_port,
             seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags_of(flags), window=win,

@@ -223,3 +223,39 @@ def test_rtt_is_measured_from_the_echoed_timestamp() -> None:
     t.send(".", seq=P, ack=U + 100, ts=(102, OUR_ISS + 1000))
     # SRTT was 0 (the handshake); a 250 ms sample moves it by 1/8 (RFC 6298 2.3).
     assert t.conn is not None and t.conn.srtt == 0.25 / 8
+
+
+def sack_sender() -> TcpScript:
+    t = TcpScript(listen=80, congestion_control="newreno")
+    t.establish(mss=MSS, win=65535, sack_permitted=True)
+    assert t.conn is not None and t.conn.sack_ok
+    return t
+
+
+def test_sack_recovery_resends_every_hole_the_peer_reports() -> None:
+    """Segments 2, 4 and 6 of 8 are lost; the peer's SACK blocks say so, and
+    recovery resends each hole on successive ACKs instead of one per round
+    trip as NewReno alone would (RFC 6675 in outline)."""
+    t = sack_sender()
+    t.write(bytes(8000))
+    t.sent()
+    held = [(U + 2000, U + 3000), (U + 4000, U + 5000), (U + 6000, U + 8000)]
+    t.send(".", seq=P, ack=U + 1000)
+    for i in range(3):
+        t.send(".", seq=P, ack=U + 1000, sack=tuple(held[: i + 1]))
+    t.expect(".", seq=U + 1000)  # fast retransmit of the first hole
+    t.send(".", seq=P, ack=U + 1000, sack=tuple(held))
+    t.expect(".", seq=U + 3000, payload=bytes(1000))  # the next hole, at once
+    t.send(".", seq=P, ack=U + 1000, sack=tuple(held))
+    t.expect(".", seq=U + 5000, payload=bytes(1000))  # and the last one
+    t.send(".", seq=P, ack=U + 8000)
+    assert t.conn is not None and t.conn.snd_una == U + 8000
+    assert any("fast recovery over" in d for d in t.decisions())
+
+
+def test_sack_blocks_outside_the_window_are_ignored() -> None:
+    t = sack_sender()
+    t.write(bytes(3000))
+    t.sent()
+    t.send(".", seq=P, ack=U, sack=((U + 50000, U + 60000), (U - 500, U)))
+    assert t.conn is not None and t.conn._sacked == []

@@ -132,6 +132,11 @@ class TcpConnection:
         self._recover: int | None = None  # NewReno: SND.MAX when fast recovery began
         self._recovery_high = iss  # RFC 6582 "recover", for the next entry check
         self.sack_ok = False  # both sides offered SACK
+        # The SACK scoreboard (RFC 6675, simplified): [left, right) ranges above
+        # SND.UNA the peer reported holding, sorted, merged; and where the next
+        # search for a hole to retransmit starts during recovery.
+        self._sacked: list[list[int]] = []
+        self._rexmit_next = iss
         self.ts_ok = False  # both sides sent timestamps (RFC 7323)
         self.ts_recent = 0  # TS.Recent: the peer's latest TSval worth echoing
         self._last_hold: tuple[int, int] | None = None  # the latest out-of-order segment
@@ -491,6 +496,8 @@ class TcpConnection:
         if seq.lt(ack, seq.add(self.snd_una, -self.max_snd_wnd)):
             self._challenge_ack("ACK older than the send window: dropped", "RFC 5961 5.2")
             return False
+        if self.sack_ok and seg.options.sack_blocks:
+            self._note_sacks(seg.options.sack_blocks)
         if seq.lt(self.snd_una, ack):
             stamps = seg.options.timestamps
             if self.ts_ok and stamps is not None and stamps[1]:
@@ -555,6 +562,8 @@ class TcpConnection:
         mss = self._mss
         if self._recover is not None:
             self.cc.cwnd += mss  # each duplicate: one more segment has left the network
+            if self._sacked:
+                self._retransmit_next_hole()
             return
         if self._dupacks != 3 or not seq.gt(self.snd_una, self._recovery_high):
             return  # RFC 6582 3.2 (1): no new recovery for losses of an old one
@@ -569,13 +578,52 @@ class TcpConnection:
         )
         self._retransmit_first()
 
+    def _note_sacks(self, blocks: tuple[tuple[int, int], ...]) -> None:
+        """Merge the peer's SACK blocks into the scoreboard (blocks that do not
+        lie within SND.UNA..SND.MAX are ignored: D-SACKs, or a liar)."""
+        base = self.snd_una
+        ranges = [(seq.diff(left, base), seq.diff(right, base)) for left, right in self._sacked]
+        limit = seq.diff(self.snd_max, base)
+        for left, right in blocks:
+            lo, hi = seq.diff(left, base), seq.diff(right, base)
+            if 0 < hi <= limit and lo < hi:
+                ranges.append((max(lo, 0), hi))
+        ranges.sort()
+        merged: list[list[int]] = []
+        for lo, hi in ranges:
+            if hi <= 0:
+                continue
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([max(lo, 0), hi])
+        self._sacked = [[seq.add(base, lo), seq.add(base, hi)] for lo, hi in merged]
+
+    def _retransmit_next_hole(self) -> None:
+        """SACK-based recovery (after RFC 6675): resend the first stretch below
+        the highest SACKed byte that the peer does not hold and that was not
+        resent yet in this recovery; one segment per ACK keeps the clock."""
+        base = self.snd_una
+        cursor = max(seq.diff(self._rexmit_next, base), 0)
+        for left, right in self._sacked:
+            lo, hi = seq.diff(left, base), seq.diff(right, base)
+            if cursor < lo:
+                size = min(self._mss, lo - cursor)
+                self._retransmit_at(seq.add(base, cursor), size)
+                return
+            cursor = max(cursor, hi)
+
     def _retransmit_first(self) -> None:
         """Send the first unacknowledged segment again (fast retransmit, or a
         partial ACK's next hole), without going back with SND.NXT."""
-        offset = seq.diff(self.snd_una, self._send_buf_seq)
-        size = min(self._mss, len(self._send_buf) - offset)
+        self._retransmit_at(self.snd_una, self._mss)
+
+    def _retransmit_at(self, start: int, max_size: int) -> None:
+        offset = seq.diff(start, self._send_buf_seq)
+        size = min(max_size, len(self._send_buf) - offset)
         if size <= 0 and not self._fin_queued:
             return
+        self._rexmit_next = seq.add(start, max(size, 0))
         fin = self._fin_queued and offset + size == len(self._send_buf)
         fin = fin and seq.gt(self.snd_max, self._fin_seq)  # only a FIN that went out before
         flags = ACK | (FIN if fin else 0) | (PSH if fin else 0)
@@ -583,7 +631,7 @@ class TcpConnection:
         window = self._window_field()
         self._emit(
             Segment(
-                self.snd_una,
+                start,
                 self.rcv_nxt,
                 flags,
                 window,
@@ -606,6 +654,12 @@ class TcpConnection:
         self.snd_una = ack
         if seq.lt(self.snd_nxt, ack):
             self.snd_nxt = ack
+        if self._sacked:
+            self._sacked = [
+                [left if seq.gt(left, ack) else ack, right]
+                for left, right in self._sacked
+                if seq.gt(right, ack)
+            ]
         if self._timed is not None and seq.gt(ack, self._timed[0]):
             self._rtt.sample(self._now - self._timed[1])
             self._timed = None
@@ -618,7 +672,12 @@ class TcpConnection:
                 self._decide(f"fast recovery over, cwnd {self.cc.cwnd}", "RFC 6582 3.2")
             else:  # a partial ACK: the next hole is lost too (RFC 6582 3.2 (5))
                 self.cc.cwnd = max(self.cc.cwnd - data_acked + self._mss, self._mss)
-                self._retransmit_first()
+                if seq.lt(self._rexmit_next, ack):
+                    self._rexmit_next = ack
+                if self._sacked:
+                    self._retransmit_next_hole()
+                else:
+                    self._retransmit_first()
                 return
         elif data_acked:
             # Only acknowledged data opens the congestion window (not a SYN or FIN).
@@ -816,6 +875,7 @@ class TcpConnection:
             self.cc.on_timeout(self._now, flight)
         self._recover = None
         self._recovery_high = self.snd_max  # no fast retransmit for what we resend now
+        self._sacked = []  # the peer may renege: after a timeout, resend everything
         self._dupacks = 0
         self.snd_nxt = self.snd_una
         self._decide(
