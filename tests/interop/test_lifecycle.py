@@ -7,10 +7,8 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from harness import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 
 PASSIVE_CLOSE = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
@@ -29,13 +27,13 @@ def pattern_sha256(length: int) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture
-def daemon(ns: Netns, tmp_path: Path) -> Iterator[UstackDaemon]:
-    d = UstackDaemon.start(ns, tmp_path)
-    try:
-        yield d
-    finally:
-        d.stop()
+def download_sha256(ns: Netns, size: int) -> str:
+    """curl /bytes/SIZE from the stack; the SHA-256 of what arrived."""
+    result = ns.run(
+        "sh", "-c", f"curl -sS --max-time 120 http://{STACK_ADDRESS}/bytes/{size} | sha256sum",
+        timeout=150, check=True,
+    )  # fmt: skip
+    return result.stdout.split()[0].decode()
 
 
 def test_curl_small_page(ns: Netns, daemon: UstackDaemon) -> None:
@@ -48,11 +46,7 @@ def test_curl_small_page(ns: Netns, daemon: UstackDaemon) -> None:
 
 def test_curl_50_megabytes_every_byte_checked(ns: Netns, daemon: UstackDaemon) -> None:
     size = 50 * 1024 * 1024
-    result = ns.run(
-        "sh", "-c", f"curl -sS --max-time 120 http://{STACK_ADDRESS}/bytes/{size} | sha256sum",
-        timeout=150, check=True,
-    )  # fmt: skip
-    assert result.stdout.split()[0].decode() == pattern_sha256(size)
+    assert download_sha256(ns, size) == pattern_sha256(size)
     daemon.wait_until_no_connections()
     assert daemon.lives(local_port=80) == [PASSIVE_CLOSE]
 
@@ -147,11 +141,7 @@ def test_download_without_offloads_segment_by_segment(ns: Netns, tmp_path: Path)
     daemon = UstackDaemon.start(ns, tmp_path, "--no-offload")
     try:
         size = 3 * 1024 * 1024
-        result = ns.run(
-            "sh", "-c", f"curl -sS --max-time 60 http://{STACK_ADDRESS}/bytes/{size} | sha256sum",
-            timeout=90, check=True,
-        )  # fmt: skip
-        assert result.stdout.split()[0].decode() == pattern_sha256(size)
+        assert download_sha256(ns, size) == pattern_sha256(size)
         daemon.wait_until_no_connections()
         lengths = [e["length"] for e in daemon.trace_events() if e["type"] == "segment"]
     finally:
@@ -161,11 +151,7 @@ def test_download_without_offloads_segment_by_segment(ns: Netns, tmp_path: Path)
 
 def test_download_with_offloads_uses_super_segments(ns: Netns, daemon: UstackDaemon) -> None:
     size = 3 * 1024 * 1024
-    result = ns.run(
-        "sh", "-c", f"curl -sS --max-time 60 http://{STACK_ADDRESS}/bytes/{size} | sha256sum",
-        timeout=90, check=True,
-    )  # fmt: skip
-    assert result.stdout.split()[0].decode() == pattern_sha256(size)
+    assert download_sha256(ns, size) == pattern_sha256(size)
     daemon.wait_until_no_connections()
     out = [e["length"] for e in daemon.trace_events() if e["type"] == "segment"
            and e["direction"] == "out"]  # fmt: skip

@@ -288,19 +288,8 @@ class TcpDemux:
             out = Segment(reply.seq, reply.ack, reply.flags, 0, note="RST: no connection")
             key = (remote, remote_port, local_port)
             self.trace(self._segment_event(now, None, key, "out", out, "CLOSED", "CLOSED"))
-        self._send(
-            remote,
-            build_tcp(
-                src=self.address,
-                dst=remote,
-                src_port=local_port,
-                dst_port=remote_port,
-                seq=reply.seq,
-                ack=reply.ack,
-                flags=reply.flags,
-                window=0,
-            ),
-            0,
+        self._transmit(
+            (remote, remote_port, local_port), Segment(reply.seq, reply.ack, reply.flags, 0)
         )
 
     # ---- output, events, life cycle ----------------------------------------------
@@ -331,7 +320,6 @@ class TcpDemux:
 
     def _flush_once(self, conn: TcpConnection, key: Key) -> bool:
         """One round of output and events; True if anything happened."""
-        remote, remote_port, local_port = key
         counters = self._counters
         progressed = False
         for out in conn.segments_to_send():
@@ -344,22 +332,7 @@ class TcpDemux:
                 counters["tcp.out.rst"] += 1
             if out.note == "retransmission":
                 counters["tcp.out.retransmit"] += 1
-            self._send(
-                remote,
-                build_tcp(
-                    src=self.address,
-                    dst=remote,
-                    src_port=local_port,
-                    dst_port=remote_port,
-                    seq=out.seq,
-                    ack=out.ack,
-                    flags=out.flags,
-                    window=out.window,
-                    options=None if out.options is NO_OPTIONS else out.options,
-                    payload=out.payload,
-                ),
-                out.gso_size,
-            )
+            self._transmit(key, out)
         listener = self._listener_of.get(conn)
         if listener is not None and conn.state not in (State.SYN_RECEIVED, State.LISTEN):
             # Handshake done (or failed): the listener lets go of it.
@@ -440,6 +413,23 @@ class TcpDemux:
             if (remote, remote_port, port) not in self.connections and port not in self.listeners:
                 return port
         raise OSError(99, "no free ephemeral port")  # EADDRNOTAVAIL
+
+    def _transmit(self, key: Key, seg: Segment) -> None:
+        """Build `seg` for the 4-tuple `key` and hand it to IP."""
+        remote, remote_port, local_port = key
+        segment = build_tcp(
+            src=self.address,
+            dst=remote,
+            src_port=local_port,
+            dst_port=remote_port,
+            seq=seg.seq,
+            ack=seg.ack,
+            flags=seg.flags,
+            window=seg.window,
+            options=None if seg.options is NO_OPTIONS else seg.options,
+            payload=seg.payload,
+        )
+        self._send(remote, segment, seg.gso_size)
 
     def _segment_event(
         self,
