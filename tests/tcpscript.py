@@ -96,6 +96,7 @@ class TcpScript:
         listen: int | None = 80,
         our_iss: int = OUR_ISS,
         backlog: int = 128,
+        syncookies: bool = True,
         **config: Any,
     ) -> None:
         # Short TIME_WAIT; RFC 6298's 1 s minimum RTO keeps timer arithmetic readable.
@@ -110,8 +111,9 @@ class TcpScript:
         self._wire: list[bytes] = []
         self._iss = our_iss
         self.stack = Stack(
-            US, self._transmit, tcp_config=self.config, trace=self._on_trace, isn=self._isn
-        )
+            US, self._transmit, tcp_config=self.config, trace=self._on_trace, isn=self._isn,
+            syncookies=syncookies,
+        )  # fmt: skip
         self.tcp = self.stack.tcp
         self.accepted: list[TcpConnection] = []
         self.apps: dict[TcpConnection, AppLog] = {}

@@ -41,6 +41,7 @@ VNET_F_NEEDS_CSUM = 1
 VNET_GSO_NONE, VNET_GSO_TCPV4 = 0, 1
 PLAIN_HEADER = VNET_HEADER.pack(0, VNET_GSO_NONE, 0, 0, 0, 0)
 MAX_PACKET = 65535
+TX_QUEUE_LENGTH = 10000
 
 
 class LinkError(Exception):
@@ -201,6 +202,9 @@ def _configure(ipr: IPRoute, config: LinkConfig, existed: bool) -> int:
     try:
         if not existed:
             _disable_ipv6(config.device)
+            # The kernel queues packets for us here; 500 overflows when thousands
+            # of connections answer at once (each drop costs a retransmission).
+            ipr.link("set", index=index, txqlen=TX_QUEUE_LENGTH)
         if link.get_attr("IFLA_MTU") != mtu:
             ipr.link("set", index=index, mtu=mtu)
         if (str(iface.ip), iface.network.prefixlen) not in addresses:

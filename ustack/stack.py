@@ -11,6 +11,7 @@ from ustack.headers import PROTO_TCP
 from ustack.ip import IPv4Layer
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
+from ustack.tcp.syncookies import SynCookies
 from ustack.trace import PacketTap, Tracer
 
 DEFAULT_ADDRESS = ipaddress.IPv4Address("198.18.0.2")
@@ -29,13 +30,22 @@ class Stack:
         trace: Tracer | None = None,
         isn: Callable[[int, int, int, int, float], int] | None = None,
         tap: PacketTap | None = None,
+        syncookies: bool = True,
     ) -> None:
         self.counters = Counters()
         self.counters.tracer = trace
         self.ip = IPv4Layer(address, transmit, self.counters, mtu)
         self.ip.tap = tap
         config = tcp_config or TcpConfig(mss=mtu - 40)
-        self.tcp = TcpDemux(address, self._send_tcp, self.counters, config, trace, isn)
+        self.tcp = TcpDemux(
+            address,
+            self._send_tcp,
+            self.counters,
+            config,
+            trace,
+            isn,
+            SynCookies() if syncookies else None,
+        )
         self.ip.tcp_input = self.tcp.receive
 
     def receive(self, packet: bytes, now: float = 0.0) -> None:

@@ -137,11 +137,47 @@ def test_b11_closing_listener_resets_half_open_connections() -> None:
 
 
 def test_backlog_bounds_half_open_connections() -> None:
-    t = TcpScript(listen=80, backlog=2)
+    t = TcpScript(listen=80, backlog=2, syncookies=False)
     for port in (1, 2, 3):
         t.send("S", seq=PEER_ISS, sport=port)
     assert len(t.sent()) == 2
     assert t.stack.counters["tcp.drop.backlog-full"] == 1
+
+
+def test_full_backlog_answers_with_a_syn_cookie_and_keeps_no_state() -> None:
+    t = TcpScript(listen=80, backlog=1)
+    t.send("S", seq=PEER_ISS, sport=1)
+    t.expect("S.")
+    t.send("S", seq=PEER_ISS, sport=2, mss=1400, ws=7, sack_permitted=True)
+    cookie = t.expect("S.", ack=PEER_ISS + 1, mss=1460)
+    # Only the MSS: what a cookie cannot carry is not offered (RFC 4987 3.6).
+    assert cookie.options.window_scale is None and not cookie.options.sack_permitted
+    assert t.table == {"SYN_RECEIVED": 1}
+    assert t.stack.counters["tcp.syncookies.sent"] == 1
+    # The final ACK returns the cookie: established, with the MSS it encoded.
+    t.send(".", seq=PEER_ISS + 1, ack=cookie.seq + 1, sport=2, payload=b"hi")
+    t.expect(".", seq=cookie.seq + 1, ack=PEER_ISS + 3)
+    conn = t.accepted[-1]
+    assert str(conn.state) == "ESTABLISHED" and conn.peer_mss == 1220
+    assert t.read() == b"hi"
+    assert t.states(conn) == ["LISTEN", "ESTABLISHED"]
+
+
+def test_forged_or_stale_cookies_get_rst() -> None:
+    t = TcpScript(listen=80, backlog=1)
+    t.send("S", seq=PEER_ISS, sport=1)
+    t.expect("S.")
+    t.send("S", seq=PEER_ISS, sport=2)
+    cookie = t.expect("S.")
+    t.send(".", seq=PEER_ISS + 1, ack=cookie.seq + 2, sport=2)  # not our cookie
+    t.expect("R", seq=cookie.seq + 2)
+    t.send(".", seq=PEER_ISS + 8, ack=cookie.seq + 1, sport=2)  # another ISN: the hash differs
+    t.expect("R")
+    t.at(200.0)  # two periods later the cookie is stale
+    t.sent()
+    t.send(".", seq=PEER_ISS + 1, ack=cookie.seq + 1, sport=2)
+    t.expect("R")
+    assert t.stack.counters["tcp.syncookies.accepted"] == 0
 
 
 def test_b12_connect_sends_syn_and_times_out_with_backoff() -> None:

@@ -197,6 +197,25 @@ class TcpConnection:
         self._transition(Event.RCV_SYN)
         self._output()
 
+    def accept_cookie(self, ack: Segment, irs: int, peer_mss: int, now: float) -> None:
+        """The final ACK of a handshake answered with a SYN cookie (RFC 4987):
+        the connection starts ESTABLISHED, with what the cookie carried."""
+        self._now = now
+        self.passive = True
+        self.state = State.LISTEN
+        self.irs = irs
+        self.rcv_nxt = seq.add(irs, 1)
+        self.rcv_adv = seq.add(self.rcv_nxt, min(self._free_receive_space(), 0xFFFF))
+        self.peer_mss = peer_mss
+        self.snd_una = self.snd_nxt = self.snd_max = seq.add(self.iss, 1)
+        self.snd_wnd = self.max_snd_wnd = ack.window  # no window scaling without the SYN
+        self.snd_wl1, self.snd_wl2 = ack.seq, ack.ack
+        self.cc.mss = self._mss
+        self.cc.cwnd = self.config.initial_window_segments * self._mss
+        self._transition(Event.RCV_VALID_COOKIE)
+        self._events.append(Connected())
+        self.receive(ack, now)  # its data, if any
+
     def _take_syn(self, syn: Segment) -> None:
         """IRS, RCV.NXT and the options of the peer's SYN."""
         self.irs = syn.seq
@@ -970,6 +989,7 @@ class TcpConnection:
         """Segments from SND.NXT while window and data allow; the FIN on the last."""
         buf = self._send_buf
         mss = self._mss
+        full = min(mss, self._max_segment)  # a "full-sized" segment, even at MTU 65535
         while True:
             offset = seq.diff(self.snd_nxt, self._send_buf_seq)
             if offset > len(buf):
@@ -986,7 +1006,7 @@ class TcpConnection:
             fin = self._fin_queued and offset + size == len(buf)
             if size == 0 and not fin:
                 break
-            if 0 < size < mss and not probe and self._hold_small(size, unsent):
+            if 0 < size < full and not probe and self._hold_small(size, unsent):
                 break
             flags = ACK | (FIN if fin else 0) | (PSH if size and offset + size == len(buf) else 0)
             payload = bytes(buf[offset : offset + size])
@@ -1002,7 +1022,7 @@ class TcpConnection:
             if self._timed is None and self.snd_nxt == self.snd_max and size:
                 self._timed = (self.snd_nxt, self._now)
             self.snd_nxt = seq.add(self.snd_nxt, size + fin)
-            if 0 < size < mss:
+            if 0 < size < full:
                 self._small_sent_end = self.snd_nxt
             if seq.gt(self.snd_nxt, self.snd_max):
                 self.snd_max = self.snd_nxt

@@ -20,12 +20,23 @@ from typing import NamedTuple
 from ustack.checksum import transport_checksum
 from ustack.counters import Counters
 from ustack.errors import MalformedPacket
-from ustack.headers import ACK, FIN, PROTO_TCP, RST, SYN, TcpHeader, build_tcp, parse_tcp
+from ustack.headers import (
+    ACK,
+    FIN,
+    PROTO_TCP,
+    RST,
+    SYN,
+    TcpHeader,
+    TcpOptions,
+    build_tcp,
+    parse_tcp,
+)
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent
 from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
 from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.tcp.syncookies import SynCookies
 from ustack.trace import NewConnection, SegmentEvent, StateChange, TraceEvent, Tracer, dotted
 
 Buffer = bytes | bytearray | memoryview
@@ -101,6 +112,7 @@ class TcpDemux:
         config: TcpConfig | None = None,
         trace: Tracer | None = None,
         isn: Callable[[int, int, int, int, float], int] | None = None,
+        syncookies: SynCookies | None = None,
     ) -> None:
         self.address = address
         self.config = config or TcpConfig()
@@ -113,6 +125,7 @@ class TcpDemux:
         self._send = send
         self._counters = counters
         self._isn = isn or IsnGenerator()
+        self.syncookies = syncookies  # None: a full backlog drops SYNs
         self._conn_ids = itertools.count(1)
         self._heap_order = itertools.count()  # ties between equal deadlines
         self._timers: list[tuple[float, int, TcpConnection]] = []
@@ -258,13 +271,18 @@ class TcpDemux:
             counters.drop("tcp", "rst-to-listener", now)
             return
         if seg.flags & ACK:
+            if not seg.flags & (SYN | RST) and self._accept_cookie(listener, key, seg, now):
+                return
             self._reply_closed(key[0], key[2], key[1], seg, now)
             return
         if not seg.flags & SYN:
             counters.drop("tcp", "listen-no-syn", now)
             return
         if len(listener.embryonic) >= listener.backlog:
-            counters.drop("tcp", "backlog-full", now, f"port {listener.port}")
+            if self.syncookies is None:
+                counters.drop("tcp", "backlog-full", now, f"port {listener.port}")
+            else:
+                self._send_cookie(key, seg, now)
             return
         iss = None
         if previous is not None and not seq.gt(self._isn_for(key, now), previous.snd_max):
@@ -275,6 +293,45 @@ class TcpDemux:
         self._traced(conn, key, seg, now, conn.listen_accept)
         counters["tcp.passive-opens"] += 1
         self.flush(conn)
+
+    def _send_cookie(self, key: Key, syn: Segment, now: float) -> None:
+        """Backlog full: a stateless SYN,ACK whose ISS is a SYN cookie."""
+        assert self.syncookies is not None
+        remote, remote_port, local_port = key
+        ends = (self.address, local_port, remote, remote_port)
+        cookie = self.syncookies.make(ends, syn.seq, syn.options.mss or 536, now)
+        mss = self.config.mss
+        synack = Segment(
+            cookie,
+            seq.add(syn.seq, 1),
+            SYN | ACK,
+            min(self.config.receive_buffer, 0xFFFF),
+            b"",
+            TcpOptions(mss=mss),
+            note="SYN cookie",
+        )
+        self._counters["tcp.syncookies.sent"] += 1
+        if self.trace is not None:
+            self.trace(self._segment_event(now, None, key, "out", synack, "LISTEN", "LISTEN"))
+        self._transmit(key, synack)
+
+    def _accept_cookie(self, listener: Listener, key: Key, ack: Segment, now: float) -> bool:
+        """An ACK to a listener may complete a handshake we answered with a cookie."""
+        if self.syncookies is None:
+            return False
+        remote, remote_port, local_port = key
+        ends = (self.address, local_port, remote, remote_port)
+        peer_mss = self.syncookies.check(ends, ack.ack, ack.seq, now)
+        if peer_mss is None:
+            return False
+        self._counters["tcp.syncookies.accepted"] += 1
+        conn = self._new_connection(key, now, seq.add(ack.ack, -1), passive=True)
+        irs = seq.add(ack.seq, -1)
+        self._traced(conn, key, ack, now, lambda seg, t: conn.accept_cookie(seg, irs, peer_mss, t))
+        if listener.state is State.LISTEN:
+            listener.on_accept(conn)
+        self.flush(conn)
+        return True
 
     def _reply_closed(
         self, remote: int, local_port: int, remote_port: int, seg: Segment, now: float

@@ -39,6 +39,7 @@ class Event(enum.Enum):
     RCV_SYN = "SYN received"
     RCV_SYN_ACK = "SYN,ACK received"
     RCV_ACK_OF_SYN = "ACK of SYN received"
+    RCV_VALID_COOKIE = "ACK carrying a valid SYN cookie received"
     RCV_FIN = "FIN received"
     RCV_ACK_OF_FIN = "ACK of FIN received"
     RCV_FIN_ACK_OF_FIN = "FIN with ACK of our FIN received"
@@ -76,6 +77,9 @@ TRANSITIONS: dict[tuple[State, Event], Transition] = {
     (S.CLOSED, E.APP_CONNECT): Transition(S.SYN_SENT, "RFC 9293 3.10.1", "active OPEN: SYN sent"),
     (S.LISTEN, E.RCV_SYN): Transition(
         S.SYN_RECEIVED, "RFC 9293 3.10.7.2", "SYN received in LISTEN: SYN,ACK sent"
+    ),
+    (S.LISTEN, E.RCV_VALID_COOKIE): Transition(
+        S.ESTABLISHED, "RFC 4987 3.6", "the ACK returns our SYN cookie: established without state"
     ),
     (S.SYN_SENT, E.RCV_SYN_ACK): Transition(
         S.ESTABLISHED, "RFC 9293 3.10.7.3", "SYN,ACK acknowledges our SYN: ACK sent"
