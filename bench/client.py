@@ -1,0 +1,141 @@
+"""The small Python clients of bench/run.py, the same for ustack and the kernel.
+
+    python bench/client.py connect  HOST PORT N      # connect+close loop, connections/s
+    python bench/client.py pingpong HOST PORT N      # 1-byte echo ping-pong, latency
+    python bench/client.py hold     HOST PORT K      # hold K idle connections open
+
+Each prints one JSON object on stdout. `hold` prints it once all K
+connections are established and have echoed one byte each, then keeps them
+until a line (or EOF) arrives on stdin, closes them all and prints
+{"closed": K}. Every socket operation has a timeout, and `--deadline` bounds
+the whole run; errors are counted, not fatal, up to a limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import select
+import socket
+import statistics
+import sys
+import time
+
+SOCKET_TIMEOUT = 5.0
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def connect_loop(host: str, port: int, count: int, deadline: float) -> dict[str, object]:
+    """Open and close `count` connections one after the other. Each is a full
+    life: connect, our FIN (shutdown), wait for the server's FIN, close. So
+    the server has taken every connection down before the next one starts."""
+    errors: dict[str, int] = {}
+    done = 0
+    start = time.perf_counter()
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            errors["deadline"] = errors.get("deadline", 0) + 1
+            break
+        try:
+            with socket.create_connection((host, port), timeout=SOCKET_TIMEOUT) as sock:
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+            done += 1
+        except OSError as exc:
+            name = type(exc).__name__
+            errors[name] = errors.get(name, 0) + 1
+            if sum(errors.values()) > max(10, count // 10):
+                break
+    seconds = time.perf_counter() - start
+    return {"count": done, "seconds": seconds, "rate": done / seconds, "errors": errors}
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of sorted samples."""
+    rank = max(0, min(len(samples) - 1, round(fraction * len(samples)) - 1))
+    return samples[rank]
+
+
+def ping_pong(host: str, port: int, count: int, warmup: int, deadline: float) -> dict[str, object]:
+    """One connection to an echo server; send 1 byte, wait for it back, `count` times."""
+    samples: list[float] = []
+    with socket.create_connection((host, port), timeout=SOCKET_TIMEOUT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        byte = b"x"
+        for i in range(warmup + count):
+            if time.monotonic() > deadline:
+                break
+            t0 = time.perf_counter_ns()
+            sock.sendall(byte)
+            reply = sock.recv(1)
+            t1 = time.perf_counter_ns()
+            if reply != byte:
+                raise SystemExit(f"pingpong: echo returned {reply!r}")
+            if i >= warmup:
+                samples.append((t1 - t0) / 1000)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    if not samples:
+        raise SystemExit("pingpong: no samples before the deadline")
+    samples.sort()
+    return {
+        "count": len(samples),
+        "p50_us": percentile(samples, 0.50),
+        "p99_us": percentile(samples, 0.99),
+        "mean_us": statistics.fmean(samples),
+        "max_us": samples[-1],
+    }
+
+
+def hold(host: str, port: int, count: int, deadline: float) -> None:
+    """Open `count` connections to an echo port, echo one byte on each, report,
+    wait for a word on stdin, then close them all."""
+    raise_fd_limit()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"hold: deadline after {len(socks)} connections")
+            socks.append(socket.create_connection((host, port), timeout=SOCKET_TIMEOUT))
+        for sock in socks:
+            sock.sendall(b"x")
+        for sock in socks:
+            if sock.recv(1) != b"x":
+                raise SystemExit("hold: echo did not answer")
+        print(json.dumps({"held": len(socks)}), flush=True)
+        remaining = max(0.0, deadline - time.monotonic())
+        select.select([sys.stdin], [], [], remaining)  # run.py measures, then says go
+    finally:
+        for sock in socks:
+            sock.close()
+    print(json.dumps({"closed": len(socks)}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="bench/run.py's clients")
+    parser.add_argument("mode", choices=("connect", "pingpong", "hold"))
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("count", type=int)
+    parser.add_argument("--warmup", type=int, default=100, help="pingpong: unmeasured rounds")
+    parser.add_argument("--deadline", type=float, default=60.0, help="seconds for the whole run")
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.deadline
+    if args.mode == "connect":
+        print(json.dumps(connect_loop(args.host, args.port, args.count, deadline)))
+    elif args.mode == "pingpong":
+        print(json.dumps(ping_pong(args.host, args.port, args.count, args.warmup, deadline)))
+    else:
+        hold(args.host, args.port, args.count, deadline)
+
+
+if __name__ == "__main__":
+    main()

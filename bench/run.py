@@ -1,0 +1,1080 @@
+"""ustack against the Linux kernel's TCP, side by side, in one run.
+
+Run (as root, from the repository, with the venv's Python):
+    /tmp/venv/bin/python bench/run.py                  # the full run, about 2-3 minutes
+    /tmp/venv/bin/python bench/run.py --quick          # a CI smoke, about 20-30 s
+    /tmp/venv/bin/python bench/run.py --json out.json  # also write the table as JSON
+
+Two setups, both in private network namespaces made here and removed at the
+end (also on failure, SIGINT, SIGTERM; children get SIGTERM if this process dies):
+
+  ustack   one namespace: `ustack serve` on its TUN (Linux 198.18.0.1, stack
+           198.18.0.2); the clients run in the same namespace.
+  kernel   two namespaces joined by a veth pair: the server (bench/kernel_server.py,
+           ustack's own service handlers on kernel sockets through asyncio) at
+           198.19.0.2, the clients at 198.19.0.1.
+
+The same client programs drive both: curl (download, upload), ab (HTTP rate),
+bench/client.py (connect+close rate, 1-byte echo ping-pong, idle connections).
+Rates are the best of --reps repetitions, latencies the median of the reps'
+percentiles, the memory rows one measurement each; the two setups take turns
+rep by rep, so that background load hits both alike. Retransmissions and drops
+seen during each row are reported under the table. bench/README.md describes
+every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import ctypes
+import hashlib
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+NS_PREFIX = "ustack-b"
+USTACK_LINUX, USTACK_STACK = "198.18.0.1", "198.18.0.2"
+KERNEL_CLIENT, KERNEL_SERVER = "198.19.0.1", "198.19.0.2"
+ECHO, DISCARD = 7, 9
+BIG_MTU = 65535
+MB = 1_000_000  # MB/s here are 10^6 bytes per second, as curl reports them
+TOOLS = ("ip", "curl", "ab", "ss")
+
+
+class BenchError(Exception):
+    """A failure worth one clear line (and the run's cleanup), not a traceback."""
+
+
+class Interrupted(BenchError):
+    pass
+
+
+# ---- processes and namespaces, and their cleanup ------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when bench/run.py dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Resources:
+    """Everything this run created, to be removed exactly once."""
+
+    namespaces: list[str] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    cleaned: bool = False
+
+    def netns(self, tag: str) -> str:
+        name = f"{NS_PREFIX}{os.getpid()}-{tag}"
+        run(["ip", "netns", "add", name], timeout=10)
+        self.namespaces.append(name)
+        run(["ip", "-n", name, "link", "set", "lo", "up"], timeout=10)
+        # Room for many short connections from the clients (a per-namespace setting).
+        run(nsexec(name, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"), timeout=10)
+        return name
+
+    def spawn(
+        self, argv: Sequence[str], log: Path, pass_fds: Sequence[int] = ()
+    ) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as log_file:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                pass_fds=tuple(pass_fds),
+                start_new_session=True,  # the terminal's Ctrl-C comes to us; we stop them
+                preexec_fn=_die_with_parent,
+            )
+        self.processes.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], timeout: float = 10) -> int:
+        """SIGTERM by PID, then SIGKILL if it does not go in time."""
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        if process in self.processes:
+            self.processes.remove(process)
+        return process.returncode
+
+    def remove_namespace(self, name: str) -> None:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+        if name in self.namespaces:
+            self.namespaces.remove(name)
+
+    def cleanup(self) -> None:
+        if self.cleaned:
+            return
+        self.cleaned = True
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        for process in list(self.processes):
+            try:
+                self.stop(process)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        for name in list(self.namespaces):
+            try:
+                self.remove_namespace(name)
+            except (OSError, subprocess.TimeoutExpired):
+                print(f"bench: could not remove namespace {name}", file=sys.stderr)
+
+
+def nsexec(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def run(
+    argv: Sequence[str], timeout: float, check: bool = True, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """subprocess.run with a timeout always, and failures as BenchError."""
+    try:
+        result = subprocess.run(
+            list(argv),
+            capture_output=True,
+            timeout=timeout,
+            input=input,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from None
+    if check and result.returncode != 0:
+        stderr = result.stderr.decode(errors="replace").strip()
+        raise BenchError(f"exit {result.returncode}: {' '.join(argv)}: {stderr[-500:]}")
+    return result
+
+
+def remove_stale_namespaces() -> None:
+    """Namespaces of earlier runs of this benchmark whose process is gone."""
+    listing = run(["ip", "netns", "list"], timeout=10).stdout.decode()
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        pid = name[len(NS_PREFIX) :].split("-")[0] if name.startswith(NS_PREFIX) else ""
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+def wait_ready(read_fd: int, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    """Wait for 'ready' on a pipe (EOF: the process died first)."""
+    try:
+        readable, _, _ = select.select([read_fd], [], [], 30)
+        line = os.read(read_fd, 64) if readable else b""
+    finally:
+        os.close(read_fd)
+    if line != b"ready\n":
+        tail = log.read_text(errors="replace")[-2000:]
+        raise BenchError(f"{what} did not come up (exit {process.poll()}):\n{tail}")
+
+
+def vm_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def slab_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Slab:"):
+            return int(line.split()[1])
+    raise BenchError("no Slab in /proc/meminfo")
+
+
+# ---- the two setups --------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One side of the comparison: where the clients run and whom they talk to."""
+
+    label: str
+    client_ns: str
+    server_ns: str
+    address: str
+    server: subprocess.Popen[bytes]
+    log: Path
+    control: Path | None = None  # ustack's control socket
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def client(self, *argv: str) -> list[str]:
+        return nsexec(self.client_ns, *argv)
+
+    def alive(self) -> None:
+        if self.server.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise BenchError(
+                f"the {self.label} server died (exit {self.server.returncode}):\n{tail}"
+            )
+
+
+def start_ustack(res: Resources, workdir: Path, mtu: int, extra: Sequence[str] = ()) -> Target:
+    ns = res.netns(f"u{mtu}")
+    log = workdir / f"ustack-{mtu}.log"
+    control = workdir / f"ustack-{mtu}.sock"
+    ready_r, ready_w = os.pipe()
+    # fmt: off
+    argv = nsexec(
+        ns, sys.executable, "-m", "ustack", "serve", "--mtu", str(mtu),
+        "--linux-address", f"{USTACK_LINUX}/24", "--address", USTACK_STACK,
+        "--services", "echo,discard,http", "--control", str(control),
+        "--ready-fd", str(ready_w), "--log-level", "info", *extra,
+    )
+    # fmt: on
+    try:
+        process = res.spawn(argv, log, pass_fds=[ready_w])
+    finally:
+        os.close(ready_w)
+    wait_ready(ready_r, process, f"ustack serve --mtu {mtu}", log)
+    check_pid_is(process.pid, "ustack")
+    return Target("ustack", ns, ns, USTACK_STACK, process, log, control)
+
+
+def start_kernel(res: Resources, workdir: Path) -> Target:
+    client_ns, server_ns = res.netns("kc"), res.netns("ks")
+    # Made inside the namespaces: nothing appears in the root namespace, not even briefly.
+    run(
+        [
+            "ip",
+            "-n",
+            client_ns,
+            "link",
+            "add",
+            "bk0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "bk1",
+            "netns",
+            server_ns,
+        ],
+        timeout=10,
+    )
+    for ns, dev, address in ((client_ns, "bk0", KERNEL_CLIENT), (server_ns, "bk1", KERNEL_SERVER)):
+        run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", dev], timeout=10)
+        run(["ip", "-n", ns, "link", "set", dev, "up"], timeout=10)
+    log = workdir / "kernel-server.log"
+    ready_r, ready_w = os.pipe()
+    argv = nsexec(
+        server_ns,
+        sys.executable,
+        str(BENCH / "kernel_server.py"),
+        "--address",
+        KERNEL_SERVER,
+        "--ready-fd",
+        str(ready_w),
+    )
+    try:
+        process = res.spawn(argv, log, pass_fds=[ready_w])
+    finally:
+        os.close(ready_w)
+    wait_ready(ready_r, process, "bench/kernel_server.py", log)
+    check_pid_is(process.pid, "kernel_server")
+    return Target("kernel", client_ns, server_ns, KERNEL_SERVER, process, log)
+
+
+def set_kernel_mtu(target: Target, mtu: int) -> None:
+    for ns, dev in ((target.client_ns, "bk0"), (target.server_ns, "bk1")):
+        run(["ip", "-n", ns, "link", "set", dev, "mtu", str(mtu)], timeout=10)
+
+
+def check_pid_is(pid: int, word: str) -> None:
+    """`ip netns exec` execs its command, so the PID we hold is the server's own
+    (whose VmRSS we read): make sure."""
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    if word not in cmdline:
+        raise BenchError(f"pid {pid} is {cmdline!r}, not the {word} server")
+
+
+# ---- the measurements ---------------------------------------------------------------------
+
+
+def curl(t: Target, max_time: float, *argv: str) -> tuple[str, list[str]]:
+    """Run curl in the client namespace; (body, the -w fields). A transfer cut
+    at --max-time (exit 28) still reports what it moved, in what time."""
+    result = run(
+        t.client("curl", "-sS", "--max-time", f"{max_time:.0f}", *argv),
+        timeout=max_time + 15,
+        check=False,
+    )
+    out = result.stdout.decode(errors="replace")
+    if result.returncode not in (0, 28) or "\n@@" not in out:
+        stderr = result.stderr.decode(errors="replace").strip()
+        raise BenchError(f"{t.label}: curl {argv[-1]} exit {result.returncode}: {stderr}")
+    body, fields = out.rsplit("\n@@", 1)
+    return body, fields.split()
+
+
+def curl_download(t: Target, size: int, max_time: float, slow: list[str]) -> float:
+    url = f"http://{t.address}/bytes/{size}"
+    w = "\n@@%{http_code} %{size_download} %{time_total}"
+    _, (code, got, seconds) = curl(t, max_time, "-o", "/dev/null", "-w", w, url)
+    if int(got) < size and float(seconds) >= max_time - 1:
+        slow.append(f"{t.label}: GET {url} cut at {max_time:.0f} s after {got} bytes")
+    elif code != "200" or int(got) != size:
+        raise BenchError(f"{t.label}: download of {size} bytes got HTTP {code}, {got} bytes")
+    return int(got) / float(seconds) / MB
+
+
+def curl_upload(
+    t: Target, path: Path, size: int, digest: str, max_time: float, slow: list[str]
+) -> float:
+    url = f"http://{t.address}/upload"
+    w = "\n@@%{http_code} %{size_upload} %{time_total}"
+    # -T streams the file (POST by -X); no "Expect: 100-continue" and its 1 s wait.
+    # fmt: off
+    body, (code, sent, seconds) = curl(
+        t, max_time, "-X", "POST", "-T", str(path), "-H", "Expect:",
+        "-H", "Content-Type: application/octet-stream", "-w", w, url,
+    )
+    # fmt: on
+    if int(sent) < size and float(seconds) >= max_time - 1:
+        slow.append(f"{t.label}: POST {size} bytes cut at {max_time:.0f} s after {sent} bytes")
+    elif code != "200" or int(sent) != size or body.strip() != f"{size} {digest}":
+        raise BenchError(
+            f"{t.label}: upload of {size} bytes: HTTP {code}, sent {sent}, got {body!r}"
+        )
+    return int(sent) / float(seconds) / MB
+
+
+@dataclass
+class AbResult:
+    rate: float
+    failed: int
+    problems: list[str]
+
+
+def apache_bench(t: Target, requests: int, concurrency: int) -> AbResult:
+    timeout = 30 + requests / 50  # at least 50 requests/s
+    result = run(
+        t.client(
+            "ab",
+            "-q",
+            "-r",
+            "-s",
+            "10",
+            "-n",
+            str(requests),
+            "-c",
+            str(concurrency),
+            f"http://{t.address}/",
+        ),
+        timeout=timeout,
+        check=False,
+    )
+    text = result.stdout.decode(errors="replace")
+
+    def number(pattern: str) -> float | None:
+        match = re.search(pattern, text)
+        return float(match.group(1)) if match else None
+
+    rate = number(r"Requests per second:\s+([\d.]+)")
+    complete = number(r"Complete requests:\s+(\d+)") or 0
+    failed = int(number(r"Failed requests:\s+(\d+)") or 0)
+    non2xx = int(number(r"Non-2xx responses:\s+(\d+)") or 0)
+    problems = []
+    if result.returncode != 0 or rate is None:
+        stderr = result.stderr.decode(errors="replace").strip().splitlines()
+        problems.append(f"ab exit {result.returncode}: {stderr[-1] if stderr else text[-200:]}")
+    if complete < requests:
+        problems.append(f"only {complete:.0f} of {requests} requests completed")
+    if failed:
+        detail = re.search(r"\(Connect: .*\)", text)
+        problems.append(f"{failed} failed {detail.group(0) if detail else ''}".strip())
+    if non2xx:
+        problems.append(f"{non2xx} non-2xx responses")
+    return AbResult(rate or 0.0, failed + non2xx + max(0, requests - int(complete)), problems)
+
+
+def client_py(
+    t: Target, mode: str, port: int, count: int, timeout: float, *extra: str
+) -> dict[str, Any]:
+    argv = t.client(
+        sys.executable,
+        str(BENCH / "client.py"),
+        mode,
+        t.address,
+        str(port),
+        str(count),
+        "--deadline",
+        f"{timeout:.0f}",
+        *extra,
+    )
+    return json.loads(run(argv, timeout=timeout + 10).stdout)
+
+
+def connect_rate(t: Target, count: int) -> tuple[float, dict[str, int]]:
+    out = client_py(t, "connect", DISCARD, count, 30 + count / 50)
+    return out["rate"], out["errors"]
+
+
+def echo_latency(t: Target, count: int) -> tuple[float, float]:
+    out = client_py(t, "pingpong", ECHO, count, 30 + count / 500, "--warmup", "200")
+    return out["p50_us"], out["p99_us"]
+
+
+@dataclass
+class Memory:
+    rss_kib_per_conn: float
+    slab_kib_per_conn: float
+    established: int | None
+
+
+def idle_memory(t: Target, count: int) -> Memory:
+    """RSS of the server process and the kernel's Slab, before and while the
+    client holds `count` idle connections to the echo port."""
+    client_py(t, "pingpong", ECHO, 20, 30, "--warmup", "0")  # warm the code path first
+    time.sleep(0.5)
+    rss0, slab0 = vm_rss_kib(t.pid), slab_kib()
+    timeout = 30 + count / 100
+    argv = t.client(
+        sys.executable,
+        str(BENCH / "client.py"),
+        "hold",
+        t.address,
+        str(ECHO),
+        str(count),
+        "--deadline",
+        f"{timeout:.0f}",
+    )
+    holder = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        readable, _, _ = select.select([holder.stdout], [], [], timeout)
+        line = holder.stdout.readline() if readable else b""
+        if not line.startswith(b'{"held"'):
+            err = holder.stderr.read().decode(errors="replace") if holder.poll() is not None else ""
+            raise BenchError(
+                f"{t.label}: could not hold {count} connections: {line!r} {err[-500:]}"
+            )
+        time.sleep(1.0)  # let the server settle
+        rss1, slab1 = vm_rss_kib(t.pid), slab_kib()
+        established = None
+        if t.control is not None:
+            from ustack.control import request
+
+            established = request(t.control, "stats")["connections"].get("ESTABLISHED", 0)
+        holder.stdin.write(b"go\n")
+        holder.stdin.flush()
+        holder.wait(30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
+    return Memory((rss1 - rss0) / count, (slab1 - slab0) / count, established)
+
+
+# ---- after each phase: did anything go wrong? ---------------------------------------------
+
+LOG_PROBLEM = re.compile(r"Traceback|ERROR|WARNING|Exception|error:", re.IGNORECASE)
+
+
+def health(t: Target, settle: float = 5.0) -> dict[str, Any]:
+    """Connections left behind (other than TIME_WAIT and listeners), nonzero drop
+    counters, and suspicious lines in the server's log."""
+    report: dict[str, Any] = {}
+    deadline = time.monotonic() + settle
+    while True:
+        states = connection_states(t)
+        lingering = {s: n for s, n in states.items() if s not in ("TIME_WAIT", "LISTEN")}
+        if not lingering or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    report["states"] = states
+    if lingering:
+        report["lingering"] = lingering
+        if t.control is not None:
+            from ustack.control import request
+
+            conns = request(t.control, "connections")["connections"]
+            report["lingering_detail"] = [c for c in conns if c["state"] in lingering][:10]
+    if t.control is not None:
+        from ustack.control import request
+
+        counters = request(t.control, "stats")["counters"]
+        report["drops"] = {k: v for k, v in counters.items() if ".drop." in k and v}
+        report["counters"] = counters
+    lines = t.log.read_text(errors="replace").splitlines()
+    report["log_problems"] = [line for line in lines if LOG_PROBLEM.search(line)][:20]
+    return report
+
+
+def connection_states(t: Target) -> dict[str, int]:
+    if t.control is not None:
+        from ustack.control import request
+
+        return dict(request(t.control, "stats")["connections"])
+    out = run(nsexec(t.server_ns, "ss", "-Htan"), timeout=10).stdout.decode()
+    names = {
+        "ESTAB": "ESTABLISHED",
+        "TIME-WAIT": "TIME_WAIT",
+        "CLOSE-WAIT": "CLOSE_WAIT",
+        "LAST-ACK": "LAST_ACK",
+        "FIN-WAIT-1": "FIN_WAIT_1",
+        "FIN-WAIT-2": "FIN_WAIT_2",
+        "SYN-RECV": "SYN_RECEIVED",
+        "CLOSING": "CLOSING",
+    }
+    states: dict[str, int] = {}
+    for line in out.splitlines():
+        state = names.get(line.split()[0], line.split()[0])
+        states[state] = states.get(state, 0) + 1
+    return states
+
+
+# ---- the table ----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    metric: str
+    unit: str
+    better: str  # "higher", "lower" or "" (a count, a memory figure)
+    ustack: list[float] = field(default_factory=list)
+    kernel: list[float] = field(default_factory=list)
+    how: str = "best"  # best of the reps, their "median" or "sum", or "one" measurement
+
+    def value(self, side: str) -> float | None:
+        values = self.ustack if side == "ustack" else self.kernel
+        if not values:
+            return None
+        if self.how == "sum":
+            return sum(values)
+        if self.how == "one":
+            return values[0]
+        if self.how == "median":
+            return statistics.median(values)
+        return max(values) if self.better == "higher" else min(values)
+
+    def of(self, t: Target) -> list[float]:
+        """The list of `t`'s measurements."""
+        return self.ustack if t.label == "ustack" else self.kernel
+
+    def ratio(self) -> float | None:
+        u, k = self.value("ustack"), self.value("kernel")
+        if u is None or k is None or k == 0 or self.how == "sum":
+            return None
+        return u / k
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    header = ("metric", "ustack", "kernel", "ustack/kernel")
+    body = [
+        (
+            f"{r.metric} ({r.unit})",
+            fmt(r.value("ustack")),
+            fmt(r.value("kernel")),
+            "-" if r.ratio() is None else f"{r.ratio():.3f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(4)]
+    lines = []
+    for n, line in enumerate([header, *body]):
+        cells = [line[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    bulk_mb: int
+    connects: int
+    requests: int
+    pings: int
+    idle_conns: int
+    reps: int
+    concurrency: int
+    transfer_timeout: int  # seconds one curl may take (a slower one reports what it moved)
+    row_budget: int  # seconds one side may spend on one row before its reps are cut
+
+
+# fmt: off
+DEFAULTS = Settings(bulk_mb=200, connects=5000, requests=5000, pings=5000, idle_conns=2000,
+                    reps=5, concurrency=50, transfer_timeout=30, row_budget=40)
+QUICK = Settings(bulk_mb=20, connects=500, requests=500, pings=1000, idle_conns=300,
+                 reps=2, concurrency=50, transfer_timeout=8, row_budget=8)
+# fmt: on
+
+
+def log_step(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def kernel_losses(ns: str, device: str) -> tuple[int, int]:
+    """(RetransSegs of the kernel's TCP, packets the device dropped) in one
+    namespace: /proc/net and, under `ip netns exec`, /sys are the namespace's own."""
+    stats = f"/sys/class/net/{device}/statistics"
+    argv = nsexec(ns, "cat", "/proc/net/snmp", f"{stats}/tx_dropped", f"{stats}/rx_dropped")
+    lines = run(argv, timeout=10).stdout.decode().splitlines()
+    tcp = [line.split() for line in lines if line.startswith("Tcp:")]
+    return int(tcp[1][tcp[0].index("RetransSegs")]), int(lines[-2]) + int(lines[-1])
+
+
+def loss_snapshot(t: Target) -> dict[str, int]:
+    """Counters that should not move on a lossless virtual link: retransmissions
+    by the server and by the clients' kernel, packets dropped by the TUN or veth
+    devices (a full queue), and (ustack) every drop counter of the stack."""
+    if t.control is None:
+        client, client_dev = kernel_losses(t.client_ns, "bk0")
+        server, server_dev = kernel_losses(t.server_ns, "bk1")
+        return {
+            "client retransmits": client,
+            "server retransmits": server,
+            "veth drops": client_dev + server_dev,
+        }
+    from ustack.control import request
+
+    client, tun = kernel_losses(t.client_ns, "tun0")
+    counters = request(t.control, "stats")["counters"]
+    snapshot = {
+        "client retransmits": client,
+        "server retransmits": sum(v for k, v in counters.items() if "retransmit" in k),
+        "tun drops": tun,
+    }
+    snapshot.update({k: v for k, v in counters.items() if ".drop." in k})
+    return snapshot
+
+
+@dataclass
+class Rotation:
+    """Runs each row's reps, the targets taking turns rep by rep, so that
+    background load hits both alike. Records the loss counters that moved
+    during each row, and cuts a target's reps once it has spent the row budget."""
+
+    reps: int
+    budget: float
+    losses: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    slow: list[str] = field(default_factory=list)
+
+    def tally(
+        self, what: str, t: Target, before: dict[str, int], after: dict[str, int]
+    ) -> dict[str, int]:
+        """Add up the loss counters that moved between two snapshots."""
+        moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        for k, v in moved.items():
+            tally = self.losses.setdefault(what, {}).setdefault(t.label, {})
+            tally[k] = tally.get(k, 0) + v
+        return moved
+
+    def row(
+        self,
+        targets: Sequence[Target],
+        row: Row,
+        measure: Callable[[Target], float],
+        what: str,
+    ) -> None:
+        spent = {t.label: 0.0 for t in targets}
+        before_row = {t.label: len(row.of(t)) for t in targets}
+        for rep in range(self.reps):
+            for t in targets:
+                t.alive()
+                done = len(row.of(t)) - before_row[t.label]
+                if done and spent[t.label] * (done + 1) / done > self.budget:  # one more: over
+                    if rep + 1 == self.reps:
+                        self.slow.append(
+                            f"{what}: {t.label} stopped after {done} of {self.reps} reps "
+                            f"({spent[t.label]:.0f} s; one more would pass the row budget, "
+                            f"{self.budget:.0f} s)"
+                        )
+                    continue
+                start = time.monotonic()
+                before = loss_snapshot(t)
+                value = measure(t)
+                after = loss_snapshot(t)
+                spent[t.label] += time.monotonic() - start
+                moved = self.tally(what, t, before, after)
+                row.of(t).append(value)
+                extra = f"  ({', '.join(f'{k} +{v}' for k, v in moved.items())})" if moved else ""
+                log_step(f"  {what} rep {rep + 1}/{self.reps} {t.label}: {fmt(value)}{extra}")
+        for t in targets:
+            t.alive()
+
+
+def benchmark(
+    s: Settings, res: Resources, workdir: Path, ustack_args: Sequence[str] = ()
+) -> tuple[list[Row], dict[str, Any]]:
+    bulk = s.bulk_mb * MB
+    rows = {
+        "down1500": Row("download server->client, MTU 1500", "MB/s", "higher"),
+        "up1500": Row("upload client->server, MTU 1500", "MB/s", "higher"),
+        "down64k": Row(f"download server->client, MTU {BIG_MTU}", "MB/s", "higher"),
+        "up64k": Row(f"upload client->server, MTU {BIG_MTU}", "MB/s", "higher"),
+        "connect": Row("connect+close, discard port", "conn/s", "higher"),
+        "ab1": Row("HTTP GET / ab -c 1", "req/s", "higher"),
+        "ab1fail": Row("HTTP ab -c 1 failed, all reps", "count", "", how="sum"),
+        "abN": Row(f"HTTP GET / ab -c {s.concurrency}", "req/s", "higher"),
+        "abNfail": Row(f"HTTP ab -c {s.concurrency} failed, all reps", "count", "", how="sum"),
+        "p50": Row("echo 1-byte ping-pong p50, median", "us", "lower", how="median"),
+        "p99": Row("echo 1-byte ping-pong p99, median", "us", "lower", how="median"),
+        "rss": Row("idle conn: server process RSS", "KiB/conn", "", how="one"),
+        "slab": Row("idle conn: kernel Slab", "KiB/conn", "", how="one"),
+    }
+    rotation = Rotation(s.reps, s.row_budget)
+    notes: dict[str, Any] = {"ab_problems": [], "connect_errors": [], "memory": [], "health": {}}
+
+    upload = workdir / "upload.bin"
+    digest = hashlib.sha256()
+    with open(upload, "wb") as stream:
+        for offset in range(0, bulk, MB):
+            chunk = os.urandom(min(MB, bulk - offset))
+            digest.update(chunk)
+            stream.write(chunk)
+    hexdigest = digest.hexdigest()
+
+    log_step("starting ustack (MTU 1500) and the kernel reference")
+    ustack = start_ustack(res, workdir, 1500, ustack_args)
+    kernel = start_kernel(res, workdir)
+    targets = (ustack, kernel)
+
+    # Memory first, on fresh servers: later phases leave freed memory that would be reused.
+    for t in targets:
+        before = loss_snapshot(t)
+        mem = idle_memory(t, s.idle_conns)
+        time.sleep(1)  # the closes' stragglers
+        rotation.tally(f"idle memory ({s.idle_conns} conns)", t, before, loss_snapshot(t))
+        rows["rss"].of(t).append(mem.rss_kib_per_conn)
+        rows["slab"].of(t).append(mem.slab_kib_per_conn)
+        if mem.established is not None and mem.established < s.idle_conns:
+            notes["memory"].append(f"ustack had {mem.established} ESTABLISHED of {s.idle_conns}")
+        log_step(
+            f"  idle memory {t.label}: {fmt(mem.rss_kib_per_conn)} KiB RSS, "
+            f"{fmt(mem.slab_kib_per_conn)} KiB slab per connection"
+        )
+
+    def ping(t: Target) -> float:
+        p50, p99 = echo_latency(t, s.pings)
+        rows["p99"].of(t).append(p99)
+        return p50
+
+    rotation.row(targets, rows["p50"], ping, "echo p50 (us)")
+
+    def connects(t: Target) -> float:
+        rate, errors = connect_rate(t, s.connects)
+        if errors:
+            notes["connect_errors"].append({t.label: errors})
+        return rate
+
+    rotation.row(targets, rows["connect"], connects, "connect+close (conn/s)")
+
+    for key, conc in (("ab1", 1), ("abN", s.concurrency)):
+
+        def ab(t: Target, conc: int = conc, key: str = key) -> float:
+            result = apache_bench(t, s.requests, conc)
+            rows[key + "fail"].of(t).append(result.failed)
+            if result.problems:
+                notes["ab_problems"].append(
+                    {"target": t.label, "c": conc, "problems": result.problems}
+                )
+            return result.rate
+
+        rotation.row(targets, rows[key], ab, f"ab -c {conc} (req/s)")
+
+    def download(t: Target) -> float:
+        return curl_download(t, bulk, s.transfer_timeout, rotation.slow)
+
+    def upload_(t: Target) -> float:
+        return curl_upload(t, upload, bulk, hexdigest, s.transfer_timeout, rotation.slow)
+
+    rotation.row(targets, rows["down1500"], download, "download MTU 1500 (MB/s)")
+    rotation.row(targets, rows["up1500"], upload_, "upload MTU 1500 (MB/s)")
+    for t in targets:
+        notes["health"][f"{t.label} (MTU 1500 phase)"] = health(t)
+
+    log_step(f"restarting ustack with --mtu {BIG_MTU}; kernel veth mtu {BIG_MTU}")
+    res.stop(ustack.server)
+    res.remove_namespace(ustack.client_ns)
+    ustack = start_ustack(res, workdir, BIG_MTU, ustack_args)
+    set_kernel_mtu(kernel, BIG_MTU)
+    targets = (ustack, kernel)
+    rotation.row(targets, rows["down64k"], download, f"download MTU {BIG_MTU} (MB/s)")
+    rotation.row(targets, rows["up64k"], upload_, f"upload MTU {BIG_MTU} (MB/s)")
+    notes["health"][f"ustack (MTU {BIG_MTU} phase)"] = health(ustack)
+    upload.unlink()
+
+    notes["losses"], notes["slow"] = rotation.losses, rotation.slow
+    order = ["down1500", "up1500", "down64k", "up64k", "connect", "ab1", "ab1fail", "abN",
+             "abNfail", "p50", "p99", "rss", "slab"]  # fmt: skip
+    return [rows[k] for k in order], notes
+
+
+def revision() -> str:
+    """The commit benchmarked, and whether the working tree differs from it."""
+    try:
+        out = run(["git", "-C", str(BENCH.parent), "describe", "--always", "--dirty"], timeout=10)
+    except (BenchError, OSError):
+        return "unknown"
+    return out.stdout.decode().strip()
+
+
+def preflight() -> None:
+    if sys.platform != "linux":
+        raise BenchError("Linux only")
+    if os.geteuid() != 0:
+        raise BenchError(
+            "run as root: the benchmark makes network namespaces, a TUN and a veth pair"
+        )
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        hint = {"curl": "curl", "ab": "apache2-utils", "ip": "iproute2", "ss": "iproute2"}
+        packages = sorted({hint[m] for m in missing})
+        raise BenchError(
+            f"missing tool(s): {', '.join(missing)} (apt-get install {' '.join(packages)})"
+        )
+    try:
+        import ustack.services  # noqa: F401
+    except ImportError:
+        raise BenchError(
+            f"{sys.executable} cannot import ustack: use the venv where it is installed"
+        ) from None
+
+
+def print_health(notes: dict[str, Any]) -> None:
+    for phase, report in notes["health"].items():
+        states = ", ".join(f"{k} {v}" for k, v in sorted(report["states"].items())) or "none"
+        print(f"{phase}: connections left: {states}")
+        if report.get("lingering"):
+            print(f"  LINGERING (not TIME_WAIT) after 5 s: {report['lingering']}")
+            for conn in report.get("lingering_detail", []):
+                print(f"    {conn}")
+        if report.get("drops"):
+            print(f"  drop counters: {report['drops']}")
+        for line in report["log_problems"]:
+            print(f"  log: {line}")
+    for problem in notes["ab_problems"]:
+        what = "; ".join(problem["problems"])
+        print(f"ab problems ({problem['target']}, -c {problem['c']}): {what}")
+    for errors in notes["connect_errors"]:
+        print(f"connect+close errors: {errors}")
+    for line in notes["slow"]:
+        print(f"slow: {line}")
+    for line in notes["memory"]:
+        print(f"memory: {line}")
+    for what, sides in notes["losses"].items():
+        for label, moved in sides.items():
+            tally = ", ".join(f"{k} {v}" for k, v in moved.items())
+            print(f"during {what}, {label}: {tally}")
+
+
+def problem_count(notes: dict[str, Any]) -> int:
+    """What --strict fails on (retransmissions and drops are reported, not failed:
+    a loaded 2-CPU machine may cause a few)."""
+    count = len(notes["ab_problems"]) + len(notes["connect_errors"]) + len(notes["slow"])
+    for report in notes["health"].values():
+        count += bool(report.get("lingering")) + len(report["log_problems"])
+    return count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="ustack vs the kernel's TCP, side by side (as root; see bench/README.md)"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes for a ~30 s CI smoke")
+    parser.add_argument(
+        "--bulk-mb",
+        type=int,
+        help=f"MB per download/upload ({DEFAULTS.bulk_mb}; quick {QUICK.bulk_mb})",
+    )
+    parser.add_argument(
+        "--connects",
+        type=int,
+        help=f"connect+close count ({DEFAULTS.connects}; quick {QUICK.connects})",
+    )
+    parser.add_argument(
+        "--requests", type=int, help=f"ab -n ({DEFAULTS.requests}; quick {QUICK.requests})"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help=f"ab -c for the concurrent row ({DEFAULTS.concurrency})"
+    )
+    parser.add_argument(
+        "--pings", type=int, help=f"echo ping-pongs ({DEFAULTS.pings}; quick {QUICK.pings})"
+    )
+    parser.add_argument(
+        "--idle-conns",
+        type=int,
+        help=f"idle connections held ({DEFAULTS.idle_conns}; quick {QUICK.idle_conns})",
+    )
+    parser.add_argument(
+        "--reps", type=int, help=f"repetitions, best reported ({DEFAULTS.reps}; quick {QUICK.reps})"
+    )
+    parser.add_argument(
+        "--transfer-timeout",
+        type=int,
+        help="seconds one download/upload may take; a slower one reports the rate of what it"
+        f" moved ({DEFAULTS.transfer_timeout}; quick {QUICK.transfer_timeout})",
+    )
+    parser.add_argument(
+        "--row-budget",
+        type=int,
+        help="seconds one side may spend on one row before its remaining reps are skipped"
+        f" ({DEFAULTS.row_budget}; quick {QUICK.row_budget})",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the table and details as JSON"
+    )
+    parser.add_argument(
+        "--ustack-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to `ustack serve` too (repeat for several, e.g. --ustack-arg=--msl)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 3 if anything looked wrong: failed requests, connect errors, transfers cut"
+        " short, connections left behind, problems in a server's log (for CI)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the server logs here (default: a temporary dir)"
+    )
+    args = parser.parse_args(argv)
+
+    base = QUICK if args.quick else DEFAULTS
+    s = Settings(
+        **{
+            k: getattr(args, k) if getattr(args, k) is not None else v
+            for k, v in vars(base).items()
+        }
+    )
+    for name, value in vars(s).items():
+        low = 10 if name in ("connects", "requests", "pings", "idle_conns") else 1
+        if not low <= value <= 10**6:
+            parser.error(f"--{name.replace('_', '-')} {value}: want {low}..{10**6}")
+    if s.idle_conns > 20000:
+        parser.error("--idle-conns: at most 20000")
+    if s.concurrency > s.requests:
+        parser.error("--concurrency: at most --requests")
+
+    res = Resources()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    atexit.register(res.cleanup)
+    started = time.monotonic()
+    keep = args.workdir is not None
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ustack-bench-"))
+    try:
+        preflight()
+        workdir.mkdir(parents=True, exist_ok=True)
+        remove_stale_namespaces()
+        rows, notes = benchmark(s, res, workdir, args.ustack_arg)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 130 if isinstance(exc, Interrupted) else 1
+    finally:
+        res.cleanup()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    rev = revision()
+
+    extra = f", ustack serve {' '.join(args.ustack_arg)}" if args.ustack_arg else ""
+    print(
+        f"ustack {rev} vs Linux kernel TCP -- {platform.node()}, {os.cpu_count()} CPUs, "
+        f"Linux {platform.release()}, Python {platform.python_version()}{extra}"
+    )
+    print(
+        f"bulk {s.bulk_mb} MB, {s.connects} connects, ab -n {s.requests} -c 1 and -c "
+        f"{s.concurrency}, {s.pings} pings, {s.idle_conns} idle conns; best of {s.reps} reps "
+        "(latency: median of the reps' percentiles; memory: one measurement)"
+    )
+    print()
+    print(format_table(rows))
+    print()
+    print_health(notes)
+    print(f"elapsed {elapsed:.0f} s")
+    problems = problem_count(notes)
+    if args.json:
+        document = {
+            "settings": vars(s),
+            "revision": rev,
+            "ustack_args": args.ustack_arg,
+            "elapsed_s": round(elapsed, 1),
+            "machine": {
+                "host": platform.node(),
+                "cpus": os.cpu_count(),
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+            },
+            "rows": [
+                {
+                    "metric": r.metric,
+                    "unit": r.unit,
+                    "how": r.how,
+                    "ustack": r.value("ustack"),
+                    "kernel": r.value("kernel"),
+                    "ratio": r.ratio(),
+                    "ustack_reps": r.ustack,
+                    "kernel_reps": r.kernel,
+                }
+                for r in rows
+            ],
+            "notes": notes,
+            "problems": problems,
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if args.strict and problems:
+        print(f"bench: --strict: {problems} problem(s), see above", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
