@@ -15,7 +15,8 @@ import random
 import sys
 import timeit
 from collections.abc import Callable
-from pathlib import Path
+
+import machine  # bench/machine.py: scripts here run as python bench/NAME.py
 
 from ustack import checksum as c_impl
 from ustack import checksum_ref as py_impl
@@ -25,17 +26,6 @@ TRANSPORT_SIZE = 1500
 REPEATS = 5
 MIN_SECONDS = 0.1
 SRC, DST, TCP = 0xC6120001, 0xC6120002, 6
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, or what platform knows elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def best_ns_per_call(func: Callable[[], object]) -> float:
@@ -61,7 +51,7 @@ def row(name: str, size: int, c_func: Callable[[], object], py_func: Callable[[]
 
 def main() -> None:
     print(
-        f"CPU: {cpu_name()} | Python {platform.python_version()}"
+        f"CPU: {machine.cpu_name()} | Python {platform.python_version()}"
         f" ({platform.python_implementation()}, {sys.platform})"
     )
     rng = random.Random(1071)

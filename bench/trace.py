@@ -32,7 +32,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+
+import machine  # bench/machine.py: scripts here run as python bench/NAME.py
 
 from ustack.stack import Stack
 from ustack.tcp.connection import TcpConfig, TcpConnection
@@ -150,20 +151,9 @@ def transfer(mode: Mode, segments: int) -> tuple[float, int]:
     return elapsed, wire.segments()
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, or what platform knows elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def main() -> None:
     print(
-        f"CPU: {cpu_name()} | Python {platform.python_version()}"
+        f"CPU: {machine.cpu_name()} | Python {platform.python_version()}"
         f" ({platform.python_implementation()}, {sys.platform})"
     )
     transfer(MODES[0], 200)  # warm-up: imports, caches, the compiled header structs
