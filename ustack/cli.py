@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a fault rule from the start, e.g. drop:dir=out,flags=FIN,count=1 (see ustack fault)",
     )
     serve_cmd.add_argument(
+        "--fault-seed",
+        type=int,
+        help="seed the fault injector's random choices (reproducible runs)",
+    )
+    serve_cmd.add_argument(
         "--peer-states",
         action="store_true",
         help="also trace the Linux peers' own states (kernel tracepoint; needs root)",
@@ -260,6 +265,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         trace_filter=TraceFilter(frozenset(args.trace_port), frozenset(args.trace_host)),
         peer_states=args.peer_states,
         faults=[_fault_rule(text) for text in args.fault],
+        fault_seed=args.fault_seed,
     )
 
 

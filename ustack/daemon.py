@@ -49,6 +49,7 @@ class ServeConfig:
     traces: list[TraceSpec] = field(default_factory=list)
     peer_states: bool = False  # add the Linux peer's states (kernel tracepoint) to the trace
     faults: list[FaultRule] = field(default_factory=list)
+    fault_seed: int | None = None
     trace_filter: TraceFilter = field(default_factory=TraceFilter)
 
 
@@ -67,6 +68,8 @@ class Daemon:
             gso_segments=GSO_SEGMENTS if link.offload else 1,
         )
         self.faults = FaultInjector()
+        if config.fault_seed is not None:
+            self.faults.rng.seed(config.fault_seed)
         for rule in config.faults:
             self.faults.add(rule)
         self.stack = Stack(

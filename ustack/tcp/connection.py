@@ -515,8 +515,11 @@ class TcpConnection:
         if seq.lt(ack, seq.add(self.snd_una, -self.max_snd_wnd)):
             self._challenge_ack("ACK older than the send window: dropped", "RFC 5961 5.2")
             return False
+        new_sack = False
         if self.sack_ok and seg.options.sack_blocks:
+            before = self._sacked_bytes()
             self._note_sacks(seg.options.sack_blocks)
+            new_sack = self._sacked_bytes() > before
         if seq.lt(self.snd_una, ack):
             stamps = seg.options.timestamps
             if self.ts_ok and stamps is not None and stamps[1]:
@@ -527,7 +530,7 @@ class TcpConnection:
                     self._rtt.sample(rtt)
                     self._timed = None
             self._ack_advanced(ack)
-        elif self._is_duplicate_ack(seg):
+        elif self._is_duplicate_ack(seg, new_sack):
             self._duplicate_ack()
         # Window update, from the newest segment only (SND.WL1, SND.WL2).
         newer = seq.lt(self.snd_wl1, seg.seq) or (
@@ -563,16 +566,21 @@ class TcpConnection:
             return False
         return True
 
-    def _is_duplicate_ack(self, seg: Segment) -> bool:
-        """RFC 5681 2: same ACK, no data, no SYN/FIN, same window, data in flight."""
+    def _is_duplicate_ack(self, seg: Segment, new_sack: bool) -> bool:
+        """RFC 5681 2: same ACK, no data, no SYN/FIN, same window, data in
+        flight; or, with SACK, an ACK that reports bytes not SACKed before
+        (RFC 6675 2: the window may change, as Linux's does while it grows)."""
         return (
             seg.ack == self.snd_una
             and not seg.payload
             and not seg.flags & (SYN | FIN)
-            and (seg.window << self.snd_shift) == self.snd_wnd
+            and ((seg.window << self.snd_shift) == self.snd_wnd or new_sack)
             and self.snd_una != self.snd_max
             and self.state in _SENDS_DATA
         )
+
+    def _sacked_bytes(self) -> int:
+        return sum(seq.diff(right, left) for left, right in self._sacked)
 
     def _duplicate_ack(self) -> None:
         """Fast retransmit on the third duplicate ACK, and NewReno fast
@@ -584,7 +592,10 @@ class TcpConnection:
             if self._sacked:
                 self._retransmit_next_hole()
             return
-        if self._dupacks != 3 or not seq.gt(self.snd_una, self._recovery_high):
+        # Loss: three duplicates, or (RFC 6675 IsLost) more than three
+        # segments' worth SACKed above SND.UNA.
+        lost = self._dupacks >= 3 or self._sacked_bytes() >= 3 * mss
+        if not lost or not seq.gt(self.snd_una, self._recovery_high):
             return  # RFC 6582 3.2 (1): no new recovery for losses of an old one
         flight = seq.diff(self.snd_max, self.snd_una)
         self._recover = self._recovery_high = self.snd_max
