@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""Bulk transfers through a lossy, reordering, duplicating link, both ways.
+
+    sudo python tools/losstest.py [--size 50M] [--loss 0.05] [--reorder 0.10]
+                                  [--duplicate 0.01] [--delay 0.005] [--seed N]
+
+This kernel has no netem, so the impairment is ustack's own fault injector at
+the TUN boundary (ustack/faults.py), acting on every packet in both
+directions: each packet is lost with probability LOSS, held back DELAY seconds
+(so later packets overtake it) with probability REORDER, or sent twice with
+probability DUPLICATE. The rules are chained (the first that fires decides),
+so their probabilities are set to give exactly these per-packet rates.
+
+What it does, all inside a network namespace of its own (ustack-t<pid>-loss,
+removed at the end, also on failure or Ctrl-C; a namespace left by a killed
+run is removed by the interop tests' stale-namespace sweep):
+
+  1. starts `ustack serve` with the fault rules (http only, MSL 0.5 s);
+  2. download: curl GET /bytes/SIZE (ustack -> Linux), sha256 against the
+     pattern (byte i is i % 256);
+  3. upload: curl POST /upload of SIZE random bytes (Linux -> ustack), the
+     reply's length and sha256 against what was sent;
+  4. after each: time, MiB/s, the daemon's counters for that transfer
+     (retransmissions, faults applied, drops), and whether its connection
+     table empties;
+  5. at the end: the daemon still alive, no Traceback in its log.
+
+Exit code: 0 all good; 1 corruption (wrong length or sha256); 2 a transfer
+failed or timed out (curl's --max-time, --timeout; also Ctrl-C); 3 the daemon
+misbehaved (died, a Traceback in its log, connections left 30 s after a
+transfer). With several, the lowest code wins. On any failure the work
+directory (daemon log, trace if asked) is kept and its path printed.
+
+Counters printed: tcp.out/tcp.in (segments ustack sent/took), tcp.out.retransmit
+(ustack's retransmissions), fault.* (the injector's actions, both directions),
+any *.drop.* of the stack, and linux.retransmit (the namespace's Tcp
+RetransSegs: Linux's own retransmissions, i.e. the upload's).
+--offload keeps the TUN's GSO/TSO: a fault then hits a whole 64 KB
+super-segment, not one wire segment. --trace FILE records the daemon's trace
+(slower). --direction down|up runs one transfer only.
+
+--seed makes the injector's random choices reproducible (the same sequence of
+decisions; which packet meets which decision still depends on timing). The
+daemon gets `--fault-seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+STACK_ADDRESS = "198.18.0.2"
+NS_PREFIX = "ustack-t"  # the interop tests' prefix: their sweep removes a namespace we leave
+MiB = 1 << 20
+CHUNK = 1 << 20
+
+
+class Interrupted(Exception):
+    pass
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([KMG]?)i?B?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: want e.g. 50M, 512K, 1048576")
+    return int(match[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[match[2].upper()]
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: want 0..1")
+    return value
+
+
+def fault_rules(loss: float, reorder: float, duplicate: float, delay: float) -> list[str]:
+    """Chained rules whose per-packet rates are exactly loss, reorder, duplicate:
+    a later rule only sees the packets every earlier rule let pass."""
+    rules = []
+    remaining = 1.0
+    for action, rate, extra in (
+        ("drop", loss, ""),
+        ("delay", reorder, f",delay={delay:g}"),
+        ("duplicate", duplicate, ""),
+    ):
+        if rate <= 0:
+            continue
+        conditional = min(1.0, rate / remaining)
+        rules.append(f"{action}:dir=both,prob={conditional:.6f}{extra}")
+        remaining -= rate
+    return rules
+
+
+def pattern_sha256(length: int) -> str:
+    block = bytes(range(256)) * 4096  # 1 MiB, a multiple of 256
+    digest = hashlib.sha256()
+    for start in range(0, length, len(block)):
+        digest.update(block[: min(len(block), length - start)])
+    return digest.hexdigest()
+
+
+class Run:
+    """The namespace, the daemon and the child processes, all removed in close()."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.ns = f"{NS_PREFIX}{os.getpid()}-loss"
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.control = workdir / "control.sock"
+        self.log = workdir / "ustack.log"
+        self.ns_made = False
+
+    def exec(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+    def make_namespace(self) -> None:
+        subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
+        self.ns_made = True
+        subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
+
+    def start_daemon(
+        self, rules: list[str], seed: int | None, trace: str | None, offload: bool
+    ) -> None:
+        ready_r, ready_w = os.pipe()
+        serve = [
+            "-m",
+            "ustack",
+            "serve",
+            "--control",
+            str(self.control),
+            "--ready-fd",
+            str(ready_w),
+            "--services",
+            "http",
+            "--msl",
+            "0.5",
+            "--log-level",
+            "info",
+        ]
+        for rule in rules:
+            serve += ["--fault", rule]
+        if trace:
+            serve += ["--trace", trace]
+        if not offload:
+            serve += ["--no-offload"]
+        if seed is None:
+            argv = [sys.executable, *serve]
+        else:
+            argv = [sys.executable, *serve, "--fault-seed", str(seed)]
+        with open(self.log, "wb") as log:
+            self.daemon = subprocess.Popen(
+                self.exec(*argv), stdout=log, stderr=subprocess.STDOUT, pass_fds=[ready_w]
+            )
+        os.close(ready_w)
+        try:
+            readable, _, _ = select.select([ready_r], [], [], 30)
+            line = os.read(ready_r, 64) if readable else b""
+        finally:
+            os.close(ready_r)
+        if line != b"ready\n":
+            raise RuntimeError(f"ustack serve did not come up:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def request(self, command: str) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.control))
+            sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        reply = json.loads(data)
+        if not reply.get("ok"):
+            raise RuntimeError(f"control {command}: {reply}")
+        return reply
+
+    def counters(self) -> dict[str, int]:
+        """The daemon's counters, plus the namespace's own Linux TCP retransmissions
+        (Tcp RetransSegs: Linux as the sender) as linux.retransmit."""
+        counters = dict(self.request("stats")["counters"])
+        snmp = subprocess.run(self.exec("cat", "/proc/net/snmp"), capture_output=True, timeout=10)
+        tcp = [
+            line.split() for line in snmp.stdout.decode().splitlines() if line.startswith("Tcp:")
+        ]
+        if len(tcp) == 2 and "RetransSegs" in tcp[0]:
+            counters["linux.retransmit"] = int(tcp[1][tcp[0].index("RetransSegs")])
+        return counters
+
+    def connections(self) -> list[dict[str, Any]]:
+        return self.request("connections")["connections"]
+
+    def wait_until_no_connections(self, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while (left := self.connections()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return left
+
+    def spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(self.exec(*argv), **kwargs)
+        self.children.append(child)
+        return child
+
+    def close(self) -> int | None:
+        """Stop what we started (by PID), then remove the namespace."""
+        for child in self.children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        code = None
+        if self.daemon is not None:
+            if self.daemon.poll() is None:
+                self.daemon.send_signal(signal.SIGTERM)
+                try:
+                    self.daemon.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.daemon.kill()
+                    self.daemon.wait()
+            code = self.daemon.returncode
+        if self.ns_made:
+            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        return code
+
+
+def run_curl(run: Run, argv: list[str], max_time: float) -> tuple[int, bytes, str, float, Any]:
+    """curl with a hard bound: --max-time, and a kill by PID a little after it.
+    Returns exit code, stdout (or the sha256 and byte count for a download),
+    stderr, seconds."""
+    start = time.monotonic()
+    child = run.spawn(
+        ["curl", "-sS", "--max-time", f"{max_time:g}", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    watchdog = threading.Timer(max_time + 30, child.kill)  # by PID: the curl we started
+    watchdog.start()
+    err_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: err_chunks.append(child.stderr.read()), daemon=True)
+    reader.start()
+    digest = hashlib.sha256()
+    received = 0
+    head = b""
+    try:
+        while chunk := child.stdout.read(CHUNK):
+            digest.update(chunk)
+            received += len(chunk)
+            if len(head) < 4096:
+                head += chunk[:4096]
+        code = child.wait()
+    finally:
+        watchdog.cancel()
+    reader.join(5)
+    elapsed = time.monotonic() - start
+    stderr = b"".join(err_chunks).decode(errors="replace").strip()
+    return code, head, stderr, elapsed, (digest.hexdigest(), received)
+
+
+INTERESTING = (
+    "tcp.out",
+    "tcp.in",
+    "tcp.out.retransmit",
+    "fault.drop",
+    "fault.delay",
+    "fault.duplicate",
+    "linux.retransmit",
+)
+ALSO = ("tcp.out.rst", "tcp.in.rst")  # shown when they moved
+
+
+def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    names = set(INTERESTING) | set(ALSO)
+    names |= {n for n in after if ".drop." in n or n.startswith("fault.")}
+    delta = {n: after.get(n, 0) - before.get(n, 0) for n in names}
+    return {n: v for n, v in sorted(delta.items()) if v or n in INTERESTING}
+
+
+def transfer(
+    run: Run, name: str, argv: list[str], size: int, max_time: float, check: Any
+) -> dict[str, Any]:
+    before = run.counters()
+    code, head, stderr, elapsed, (digest, received) = run_curl(run, argv, max_time)
+    ok, detail = check(code, head, digest, received)
+    left = run.wait_until_no_connections(30)
+    delta = counter_delta(before, run.counters())
+    rate = f"{size / MiB / elapsed:7.2f}" if ok and elapsed else "      -"
+    verdict = "OK" if ok else ("FAIL" if code == 0 else "TIMEOUT" if code == 28 else "ERROR")
+    print(
+        f"{name:9s} {size / MiB:8.2f} MiB  {elapsed:8.2f} s  {rate} MiB/s  "
+        f"sha256 {verdict}  (curl exit {code})"
+    )
+    if detail:
+        print(f"          {detail}")
+    if stderr:
+        print(f"          curl: {stderr}")
+    print("          counters: " + ", ".join(f"{k}={v}" for k, v in delta.items()))
+    if delta.get("tcp.out"):
+        print(
+            f"          retransmitted {delta['tcp.out.retransmit'] / delta['tcp.out']:.1%} "
+            f"of ustack's {delta['tcp.out']} segments"
+        )
+    if left:
+        print(f"          connections left after 30 s: {json.dumps(left)}")
+    return {"name": name, "code": code, "ok": ok, "elapsed": elapsed, "left": left}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=parse_size("50M"),
+        help="bytes each way; K, M, G are powers of 1024 (default 50M)",
+    )
+    parser.add_argument(
+        "--loss",
+        type=probability,
+        default=0.05,
+        help="per-packet loss, each direction (default 0.05)",
+    )
+    parser.add_argument(
+        "--reorder",
+        type=probability,
+        default=0.10,
+        help="share of packets delayed by --delay (default 0.10)",
+    )
+    parser.add_argument(
+        "--duplicate",
+        type=probability,
+        default=0.01,
+        help="share of packets sent twice (default 0.01)",
+    )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.005,
+        help="seconds a reordered packet is held (default 0.005)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the injector's random choices (default: a random one, printed)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900,
+        help="curl --max-time for each transfer, seconds (default 900)",
+    )
+    parser.add_argument(
+        "--direction",
+        choices=["both", "down", "up"],
+        default="both",
+        help="down: GET (ustack -> Linux), up: POST (Linux -> ustack)",
+    )
+    parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep the TUN offloads (GSO/TSO): a fault then hits a whole "
+        "super-segment of up to 44 segments (default: --no-offload, so the "
+        "rates are per wire segment)",
+    )
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="also write the daemon's trace (e.g. t.jsonl, t.pcap; it slows it)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the daemon log etc. here (default: a temporary directory, "
+        "removed unless something failed)",
+    )
+    args = parser.parse_args(argv)
+    if args.loss + args.reorder + args.duplicate > 1:
+        parser.error("--loss + --reorder + --duplicate must be at most 1")
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces): sudo python tools/losstest.py ...")
+    if shutil.which("curl") is None:
+        parser.error("needs curl")
+    probe = subprocess.run([sys.executable, "-c", "import ustack.control"], capture_output=True)
+    if probe.returncode != 0:
+        parser.error(
+            f"{sys.executable} cannot import ustack: run it with the Python "
+            "that has ustack installed (e.g. sudo .venv/bin/python tools/losstest.py)"
+        )
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
+
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="losstest-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rules = fault_rules(args.loss, args.reorder, args.duplicate, args.delay)
+    run = Run(workdir)
+    results: list[dict[str, Any]] = []
+    problems: list[tuple[int, str]] = []  # (exit code, what); the lowest code wins
+    during = 0  # Tracebacks in the daemon log before we stopped it
+    try:
+        run.make_namespace()
+        run.start_daemon(rules, seed, args.trace, args.offload)
+        print(
+            f"ustack losstest: {args.size} bytes ({args.size / MiB:g} MiB) each way; "
+            f"loss {args.loss:g}, reorder {args.reorder:g} (delay {args.delay * 1000:g} ms), "
+            f"duplicate {args.duplicate:g}, both directions; seed {seed}"
+        )
+        offloads = "on" if args.offload else "off"
+        print(f"  namespace {run.ns}, workdir {workdir}, TUN offloads {offloads}")
+        print(f"  rules: {' '.join(rules) or 'none'}")
+        url = f"http://{STACK_ADDRESS}"
+        if args.direction in ("both", "down"):
+            expected = pattern_sha256(args.size)
+
+            def check_download(code: int, _head: bytes, digest: str, received: int) -> Any:
+                if code != 0:
+                    return False, f"received {received} of {args.size} bytes"
+                if received != args.size:
+                    return False, f"length {received}, expected {args.size}"
+                if digest != expected:
+                    return False, f"sha256 {digest}, expected {expected}"
+                return True, ""
+
+            results.append(
+                transfer(
+                    run,
+                    "download",
+                    ["-o", "-", f"{url}/bytes/{args.size}"],
+                    args.size,
+                    args.timeout,
+                    check_download,
+                )
+            )
+        if args.direction in ("both", "up"):
+            body = workdir / "upload.bin"
+            body.write_bytes(random.Random(seed).randbytes(args.size))
+            sent = hashlib.sha256(body.read_bytes()).hexdigest()
+
+            def check_upload(code: int, head: bytes, _digest: str, _received: int) -> Any:
+                if code != 0:
+                    return False, ""
+                reply = head.decode(errors="replace").split()
+                if reply != [str(args.size), sent]:
+                    return False, f"reply {' '.join(reply)!r}, expected '{args.size} {sent}'"
+                return True, ""
+
+            try:
+                results.append(
+                    transfer(
+                        run,
+                        "upload",
+                        [
+                            "-H",
+                            "Expect:",
+                            "-H",
+                            "Content-Type: application/octet-stream",
+                            "--data-binary",
+                            f"@{body}",
+                            "-o",
+                            "-",
+                            f"{url}/upload",
+                        ],
+                        args.size,
+                        args.timeout,
+                        check_upload,
+                    )
+                )
+            finally:
+                body.unlink(missing_ok=True)
+        for result in results:
+            if not result["ok"]:
+                code = 1 if result["code"] == 0 else 2  # wrong bytes / no (complete) transfer
+                problems.append((code, f"{result['name']} failed (curl exit {result['code']})"))
+            if result["left"]:
+                problems.append((3, f"connections left after the {result['name']}"))
+        if run.daemon is not None and run.daemon.poll() is not None:
+            problems.append((3, f"the daemon died (exit {run.daemon.returncode})"))
+        else:
+            total = run.counters()
+            print(
+                "  daemon totals: "
+                + ", ".join(
+                    f"{k}={v}"
+                    for k, v in total.items()
+                    if k.startswith(("fault.", "tcp.out", "tcp.in")) or ".drop." in k
+                )
+            )
+            # Let the last delayed packets (held --delay seconds) go out before the
+            # SIGTERM: one still held then is a separate, known shutdown race.
+            time.sleep(min(1.0, 2 * args.delay + 0.1))
+        during = run.log_text().count("Traceback")
+    except (KeyboardInterrupt, Interrupted) as exc:
+        problems.append((2, f"interrupted ({exc or 'SIGINT'})"))
+    except Exception as exc:  # a setup failure: report it, clean up anyway
+        problems.append((2, f"{type(exc).__name__}: {exc}"))
+    finally:
+        exit_code = run.close()
+    log = run.log_text()
+    tracebacks = log.count("Traceback")
+    if during:
+        problems.append((3, f"{during} Traceback(s) in the daemon log during the transfers"))
+    if tracebacks > during:
+        problems.append((3, f"{tracebacks - during} Traceback(s) in the daemon log at shutdown"))
+    if exit_code not in (0, None):
+        problems.append((3, f"the daemon exited {exit_code} on SIGTERM"))
+    status = min((code for code, _ in problems), default=0)
+    if problems:
+        print("PROBLEMS: " + "; ".join(what for _, what in problems))
+        if tracebacks:
+            first = log.index("Traceback")
+            print(log[max(0, log.rfind("\n", 0, max(0, first - 200))) : first + 3000])
+        print(f"kept {workdir} (daemon log: {run.log})")
+    elif args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("RESULT: " + ("PASS" if status == 0 else f"FAIL (exit {status})"))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
