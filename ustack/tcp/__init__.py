@@ -1,1 +1,1 @@
-"""TCP: demultiplexing, and (coming) the sans-I/O connection state machine."""
+"""TCP: the sans-I/O connection state machine, its buffers, congestion control and demultiplexing."""
