@@ -1,1 +1,2 @@
-"""TCP: the sans-I/O connection state machine, its buffers, congestion control and demultiplexing."""
+"""TCP: the sans-I/O connection state machine, its buffers, congestion control
+and demultiplexing."""
