@@ -221,15 +221,17 @@ class Run:
         self.children.append(child)
         return child
 
-    def close(self) -> int | None:
-        """Stop what we started (by PID), then remove the namespace."""
+    def close(self) -> tuple[int | None, bool]:
+        """Stop what we started (by PID), then remove the namespace. Returns the
+        daemon's exit code and whether it was still running when we stopped it."""
         for child in self.children:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-        code = None
+        code, running = None, False
         if self.daemon is not None:
-            if self.daemon.poll() is None:
+            running = self.daemon.poll() is None
+            if running:
                 self.daemon.send_signal(signal.SIGTERM)
                 try:
                     self.daemon.wait(10)
@@ -239,7 +241,7 @@ class Run:
             code = self.daemon.returncode
         if self.ns_made:
             subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
-        return code
+        return code, running
 
 
 def run_curl(run: Run, argv: list[str], max_time: float) -> tuple[int, bytes, str, float, Any]:
@@ -400,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs root (network namespaces): sudo python tools/losstest.py ...")
     if shutil.which("curl") is None:
         parser.error("needs curl")
-    probe = subprocess.run([sys.executable, "-c", "import ustack.control"], capture_output=True)
+    probe = subprocess.run([sys.executable, "-c", "import ustack.cli"], capture_output=True)
     if probe.returncode != 0:
         parser.error(
             f"{sys.executable} cannot import ustack: run it with the Python "
@@ -518,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a setup failure: report it, clean up anyway
         problems.append((2, f"{type(exc).__name__}: {exc}"))
     finally:
-        exit_code = run.close()
+        during = during or run.log_text().count("Traceback")  # also after a setup failure
+        exit_code, was_running = run.close()
     log = run.log_text()
     tracebacks = log.count("Traceback")
     if during:
@@ -526,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     if tracebacks > during:
         problems.append((3, f"{tracebacks - during} Traceback(s) in the daemon log at shutdown"))
     if exit_code not in (0, None):
-        problems.append((3, f"the daemon exited {exit_code} on SIGTERM"))
+        when = "on SIGTERM" if was_running else "by itself, before we stopped it"
+        problems.append((3, f"the daemon exited {exit_code} {when}"))
     status = min((code for code, _ in problems), default=0)
     if problems:
         print("PROBLEMS: " + "; ".join(what for _, what in problems))

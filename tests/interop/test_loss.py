@@ -28,9 +28,11 @@ from test_lifecycle import pattern_sha256
 
 SEED = 20261125  # the injector's random choices; the same seed, the same decisions
 MiB = 1 << 20
-# Typical times on the 2-core CI machine (commit a65fd21): the 5% download ~30 s
-# (23-37), its upload ~0.5 s; at 20% a 1 MiB download takes minutes (~140 s) and
-# has long RTO back-off stalls, so it gets 64 KiB (1-4 s; 128 KiB: 5-33 s).
+# Measured on the 2-core machine at 53ec523: the 5% download 20-24 s, its upload
+# ~0.5 s. At 20%, ustack as the sender stalls on retransmission timeouts that
+# grow to 60 s (a 1 MiB download did not finish in 15 minutes; 128 KiB took
+# 25-77 s, 256 KiB up to 300+ s), so it downloads 64 KiB (2-6 s); Linux as the
+# sender uploads 1 MiB in under a second, 50 MiB in ~5 s.
 MIXED_DOWN, MIXED_UP = 5 * MiB, 5 * MiB
 HEAVY_DOWN, HEAVY_UP = 64 * 1024, 1 * MiB
 
