@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class Daemon:
         )
         self.runner: StackRunner | None = None
         self._peer_states: PeerStateWatcher | None = None
+        self._held: set[asyncio.TimerHandle] = set()  # delayed by the fault injector
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -115,6 +117,8 @@ class Daemon:
             await _finish_tasks()
         finally:
             loop.remove_reader(link.fd)
+            for handle in self._held:  # packets a delay fault still holds: dropped
+                handle.cancel()
             if self._peer_states is not None:
                 self._peer_states.stop()
             if control is not None:
@@ -171,8 +175,7 @@ class Daemon:
         for _ in range(verdict.copies):
             copy = bytearray(packet) if gso_size else packet  # the link patches GSO packets
             if verdict.delay:
-                loop = asyncio.get_running_loop()
-                loop.call_later(verdict.delay, self.link.write, copy, gso_size)
+                self._hold(verdict.delay, self.link.write, copy, gso_size)
             elif not self.link.write(copy, gso_size):
                 return False
         return True
@@ -184,9 +187,17 @@ class Daemon:
             self._trace_fault("in", packet, verdict)
         for _ in range(verdict.copies):
             if verdict.delay:
-                self.runner.loop.call_later(verdict.delay, self._receive_late, packet)
+                self._hold(verdict.delay, self._receive_late, packet)
             else:
                 self.stack.receive(packet, self.runner.now())
+
+    def _hold(self, delay: float, callback: Callable[..., object], *args: object) -> None:
+        """Run `callback` later; shutdown cancels what has not run yet."""
+        loop = asyncio.get_running_loop()
+        if len(self._held) > 1000:  # forget the handles that have run
+            now = loop.time()
+            self._held = {handle for handle in self._held if handle.when() > now}
+        self._held.add(loop.call_later(delay, callback, *args))
 
     def _receive_late(self, packet: bytes) -> None:
         assert self.runner is not None

@@ -123,6 +123,7 @@ class TcpConnection:
         self._timed: tuple[int, float] | None = None  # (SEQ being timed, when sent)
         self._retries = 0
         self._syn_retransmitted = False
+        self._ts_at_timeout = 0  # our TSval at the last retransmission timeout
         self.nodelay = not config.nagle  # TCP_NODELAY: send small segments at once
         self._small_sent_end = iss  # SEQ just after the last sub-MSS segment sent
         self.cc = congestion.make(
@@ -522,9 +523,15 @@ class TcpConnection:
             new_sack = self._sacked_bytes() > before
         if seq.lt(self.snd_una, ack):
             stamps = seg.options.timestamps
-            if self.ts_ok and stamps is not None and stamps[1]:
-                # RFC 7323 4: the echoed TSval times this ACK exactly, even for
-                # retransmitted data (the echo is the TSval of what arrived).
+            if (
+                self.ts_ok
+                and stamps is not None
+                and stamps[1]
+                and not seq.lt(stamps[1], self._ts_at_timeout)
+            ):
+                # RFC 7323 4: the echo times this ACK. But the peer echoes the
+                # TSval of the last *acceptable* segment (4.3): after a timeout,
+                # an echo older than it may time an old segment, not this ACK.
                 rtt = ((self._ts_now() - stamps[1]) & seq.MASK) / 1000
                 if rtt < 60:
                     self._rtt.sample(rtt)
@@ -900,6 +907,7 @@ class TcpConnection:
             return
         self._rtt.back_off()
         self._timed = None  # Karn: never time a retransmission
+        self._ts_at_timeout = self._ts_now()
         flight = seq.diff(self.snd_max, self.snd_una)
         if self.snd_una != self.iss:  # a lost SYN says nothing about the path's capacity
             self.cc.on_timeout(self._now, flight)
