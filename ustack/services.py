@@ -89,7 +89,6 @@ async def chargen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 PATTERN = bytes(range(256)) * (CHUNK // 256)  # byte i of any /bytes/N body is i % 256
 MAX_BODY = 1 << 40
-MAX_HEADER = 16 * 1024
 INDEX = (
     b"<!doctype html>\n<html><head><title>ustack</title></head>\n"
     b"<body><h1>Hello from ustack</h1>\n"

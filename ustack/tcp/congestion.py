@@ -88,7 +88,6 @@ class Cubic:
         self._k = 0.0
         self._epoch: float | None = None  # when the current congestion avoidance began
         self._w_est = 0.0  # the Reno-friendly estimate, segments
-        self._cwnd_at_epoch = 0.0
 
     def on_ack(self, acked: int, now: float, srtt: float | None) -> None:
         if self.cwnd < self.ssthresh:
@@ -104,7 +103,6 @@ class Cubic:
                 self._k = 0.0
                 self.w_max = segments
             self._w_est = segments
-            self._cwnd_at_epoch = segments
         t = now - self._epoch
         target = self.C * (t + rtt - self._k) ** 3 + self.w_max  # W_cubic(t + RTT)
         target = min(max(target, segments), 1.5 * segments)  # RFC 9438 4.4

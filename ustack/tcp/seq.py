@@ -38,7 +38,3 @@ def ge(a: int, b: int) -> bool:
 def in_window(x: int, start: int, size: int) -> bool:
     """start <= x < start + size, on the circle."""
     return ((x - start) & MASK) < size
-
-
-def max_seq(a: int, b: int) -> int:
-    return b if lt(a, b) else a
