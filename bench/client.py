@@ -3,6 +3,7 @@
     python bench/client.py connect  HOST PORT N      # connect+close loop, connections/s
     python bench/client.py pingpong HOST PORT N      # 1-byte echo ping-pong, latency
     python bench/client.py hold     HOST PORT K      # hold K idle connections open
+    python bench/client.py send     HOST PORT BYTES  # bulk to a discard port, MB/s
 
 Each prints one JSON object on stdout. `hold` prints it once all K
 connections are established and have echoed one byte each, then keeps them
@@ -95,6 +96,22 @@ def ping_pong(host: str, port: int, count: int, warmup: int, deadline: float) ->
     }
 
 
+def send_bulk(host: str, port: int, size: int, deadline: float) -> dict[str, object]:
+    """Send `size` zero bytes to a discard server, half-close and wait for its
+    FIN: the time from connect to the server's FIN, so every byte was taken."""
+    chunk = memoryview(bytes(1 << 20))
+    start = time.perf_counter()
+    sent = 0
+    with socket.create_connection((host, port), timeout=SOCKET_TIMEOUT) as sock:
+        while sent < size and time.monotonic() < deadline:
+            sent += sock.send(chunk[: min(len(chunk), size - sent)])
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    seconds = time.perf_counter() - start
+    return {"bytes": sent, "seconds": seconds, "rate_mb_s": sent / seconds / 1e6}
+
+
 def hold(host: str, port: int, count: int, deadline: float) -> None:
     """Open `count` connections to an echo port, echo one byte on each, report,
     wait for a word on stdin, then close them all."""
@@ -121,7 +138,7 @@ def hold(host: str, port: int, count: int, deadline: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="bench/run.py's clients")
-    parser.add_argument("mode", choices=("connect", "pingpong", "hold"))
+    parser.add_argument("mode", choices=("connect", "pingpong", "hold", "send"))
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("count", type=int)
@@ -133,6 +150,8 @@ def main() -> None:
         print(json.dumps(connect_loop(args.host, args.port, args.count, deadline)))
     elif args.mode == "pingpong":
         print(json.dumps(ping_pong(args.host, args.port, args.count, args.warmup, deadline)))
+    elif args.mode == "send":
+        print(json.dumps(send_bulk(args.host, args.port, args.count, deadline)))
     else:
         hold(args.host, args.port, args.count, deadline)
 

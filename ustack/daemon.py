@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ustack.api import open_connection, start_server
+from ustack.checksum import Buffer
 from ustack.control import ControlRequestError, ControlServer, encode, error_reply
 from ustack.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
 from ustack.link import LinkConfig, TunLink
@@ -63,6 +64,8 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._exit_code = 0
         self._traces = TraceSinks(config.traces, config.trace_filter)
+        # A pcap shows the packets as on a wire: with the checksums filled in.
+        link.finish_checksums = self._traces.tap is not None
         tcp = dataclasses.replace(
             config.tcp,
             mss=link.mtu - 40,  # IPv4 + TCP headers
@@ -150,13 +153,14 @@ class Daemon:
         faults = self.faults
         try:
             for _ in range(READ_BATCH):
-                packet = read(size)
-                if packet is None:
+                got = read(size)
+                if got is None:
                     break
+                packet, checksum_ok = got
                 if faults.rules:
-                    self._receive_with_faults(packet)
+                    self._receive_with_faults(packet, checksum_ok)
                 else:
-                    receive(packet, clock())  # each packet its own time: the trace is exact
+                    receive(packet, clock(), checksum_ok)  # each its own time: exact traces
         except OSError as exc:
             # The device went away under us (deleted, or the netns is gone).
             log.error("reading %s failed: %s", self.link.name, exc.strerror or exc)
@@ -180,16 +184,16 @@ class Daemon:
                 return False
         return True
 
-    def _receive_with_faults(self, packet: bytes) -> None:
+    def _receive_with_faults(self, packet: Buffer, checksum_ok: bool) -> None:
         assert self.runner is not None
         verdict = self.faults.judge("in", packet)
         if verdict.rule is not None:
             self._trace_fault("in", packet, verdict)
         for _ in range(verdict.copies):
             if verdict.delay:
-                self._hold(verdict.delay, self._receive_late, packet)
+                self._hold(verdict.delay, self._receive_late, packet, checksum_ok)
             else:
-                self.stack.receive(packet, self.runner.now())
+                self.stack.receive(packet, self.runner.now(), checksum_ok)
 
     def _hold(self, delay: float, callback: Callable[..., object], *args: object) -> None:
         """Run `callback` later; shutdown cancels what has not run yet."""
@@ -199,9 +203,9 @@ class Daemon:
             self._held = {handle for handle in self._held if handle.when() > now}
         self._held.add(loop.call_later(delay, callback, *args))
 
-    def _receive_late(self, packet: bytes) -> None:
+    def _receive_late(self, packet: Buffer, checksum_ok: bool) -> None:
         assert self.runner is not None
-        self.stack.receive(packet, self.runner.now())
+        self.stack.receive(packet, self.runner.now(), checksum_ok)
         self.runner.done()
 
     def _trace_fault(self, direction: str, packet: bytes, verdict: Verdict) -> None:

@@ -30,7 +30,7 @@ from ustack.trace import PacketTap
 
 Buffer = bytes | bytearray | memoryview
 # Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
-TcpInput = Callable[[int, int, memoryview, float], None]
+TcpInput = Callable[[int, int, memoryview, float, bool], None]
 
 # RFC 1122 3.2.2: an ICMP error quotes the offending datagram, as much as fits
 # in a 576-byte datagram (RFC 1812 4.3.2.3).
@@ -68,7 +68,9 @@ class IPv4Layer:
 
     # ---- input ----------------------------------------------------------
 
-    def receive(self, packet: Buffer, now: float = 0.0) -> None:
+    def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
+        """One IPv4 packet; `checksum_ok`: its transport checksum is known
+        good (the kernel's own packet, see TunLink.read), not to be checked."""
         self._now = now
         counters = self._counters
         counters["ip.in"] += 1
@@ -104,11 +106,11 @@ class IPv4Layer:
         # Bytes past total_length are link padding, not payload.
         payload = memoryview(packet)[header.header_length : header.total_length]
         if header.protocol == PROTO_TCP and self.tcp_input is not None:
-            self.tcp_input(header.src, header.dst, payload, now)
+            self.tcp_input(header.src, header.dst, payload, now, checksum_ok)
         elif header.protocol == PROTO_ICMP:
             self._receive_icmp(header.src, payload)
         elif header.protocol == PROTO_UDP:
-            self._receive_udp(header.src, payload, packet[: header.total_length])
+            self._receive_udp(header.src, payload, packet[: header.total_length], checksum_ok)
         else:
             counters.drop("ip", "unknown-protocol", now)
 
@@ -129,7 +131,9 @@ class IPv4Layer:
         reply = build_icmp(type=ECHO_REPLY, code=0, rest=icmp.rest, payload=message[8:])
         self.send(src, PROTO_ICMP, reply)
 
-    def _receive_udp(self, src: int, datagram: memoryview, packet: Buffer) -> None:
+    def _receive_udp(
+        self, src: int, datagram: memoryview, packet: Buffer, checksum_ok: bool
+    ) -> None:
         """No UDP sockets exist yet: every port is closed (RFC 1122 4.1.3.1)."""
         counters = self._counters
         try:
@@ -141,7 +145,11 @@ class IPv4Layer:
             counters.drop("udp", "bad-length", self._now)
             return
         # A zero checksum means the sender computed none (RFC 768).
-        if udp.checksum and transport_checksum(src, self.address, PROTO_UDP, datagram) != 0:
+        if (
+            not checksum_ok
+            and udp.checksum
+            and transport_checksum(src, self.address, PROTO_UDP, datagram) != 0
+        ):
             counters.drop("udp", "bad-checksum", self._now)
             return
         counters["udp.out.port-unreachable"] += 1

@@ -26,7 +26,7 @@ import pytun
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ustack.checksum import ones_sum, pseudo_header_sum
+from ustack.checksum import Buffer, ones_sum, pseudo_header_sum
 
 log = logging.getLogger("ustack.link")
 
@@ -67,6 +67,7 @@ class TunLink:
         self.created = created
         self.mtu = mtu
         self.offload = offload
+        self.finish_checksums = False  # see read()
         self.name: str = tun.name
         self.fd: int = tun.fileno()
 
@@ -102,21 +103,28 @@ class TunLink:
         )
         return cls(tun, created=not existed, mtu=mtu, offload=config.offload)
 
-    def read(self, size: int = MAX_PACKET) -> bytes | bytearray | None:
-        """One packet, or None when none is waiting. With offloads, a
-        coalesced segment may exceed the MTU; its checksum is finished here."""
+    def read(self, size: int = MAX_PACKET) -> tuple[Buffer, bool] | None:
+        """One packet and whether its transport checksum is known good, or
+        None when none is waiting. With offloads, a coalesced segment may
+        exceed the MTU. The kernel hands its own packets over with the
+        checksum left partial (CHECKSUM_PARTIAL: no wire has touched them,
+        so there is nothing to verify, as Linux itself skips it): the
+        packet comes as it is, known good, unless `finish_checksums` asks
+        for the field to be filled in (for a pcap that shows true sums)."""
         try:
             if not self.offload:
-                return os.read(self.fd, size)
+                return os.read(self.fd, size), False
             data = os.read(self.fd, MAX_PACKET + VNET_HEADER.size)
         except BlockingIOError:
             return None
         flags, _gso, _hdr, _size, start, offset = VNET_HEADER.unpack_from(data)
         if not flags & VNET_F_NEEDS_CSUM:
-            return data[VNET_HEADER.size :]
+            return memoryview(data)[VNET_HEADER.size :], False
+        if not self.finish_checksums:
+            return memoryview(data)[VNET_HEADER.size :], True
         packet = bytearray(memoryview(data)[VNET_HEADER.size :])
         _finish_checksum(packet, start, offset)
-        return packet
+        return packet, True
 
     def write(self, packet: bytes | bytearray | memoryview, gso_size: int = 0) -> bool:
         """Queue one packet to the kernel; False if its queue is full (a drop).

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 from collections.abc import Callable
 
+from ustack.checksum import Buffer
 from ustack.counters import Counters
 from ustack.headers import PROTO_TCP
 from ustack.ip import IPv4Layer
@@ -48,8 +49,8 @@ class Stack:
         )
         self.ip.tcp_input = self.tcp.receive
 
-    def receive(self, packet: bytes, now: float = 0.0) -> None:
-        self.ip.receive(packet, now)
+    def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
+        self.ip.receive(packet, now, checksum_ok)
 
     def _send_tcp(self, dst: int, segment: bytes, gso_size: int = 0) -> None:
         self.ip.send(dst, PROTO_TCP, segment, gso_size)

@@ -175,3 +175,29 @@ def test_corrupted_valid_packets_never_raise(tail: bytes, where: int, value: int
     )
     packet[where % len(packet)] = value
     Wire().send(bytes(packet))
+
+
+def test_a_checksum_the_kernel_left_partial_is_trusted_only_when_said() -> None:
+    """A packet the kernel hands over with CHECKSUM_PARTIAL carries the
+    pseudo-header sum, not a checksum (TunLink.read says so): the stack must
+    take it then, and drop the same bytes from anywhere else."""
+    syn = IP(src=PEER, dst=US) / TCP(sport=40000, dport=7, flags="S", seq=1)
+    packet = bytearray(bytes(syn))
+    packet[20 + 16 : 20 + 18] = b"\x12\x34"  # what a partial checksum looks like: no sum
+    wire = Wire()
+    wire.send(bytes(packet))
+    assert wire.counters.get("tcp.drop.bad-checksum") == 1
+    wire.stack.receive(bytes(packet), 0.0, checksum_ok=True)
+    (reply,) = [IP(p) for p in wire.sent]
+    assert reply[TCP].flags == "RA"  # the closed port answered: the segment was taken
+
+
+def test_a_partial_udp_checksum_is_trusted_only_when_said() -> None:
+    packet = bytearray(bytes(IP(src=PEER, dst=US) / UDP(sport=5000, dport=9999) / b"hi"))
+    packet[20 + 6 : 20 + 8] = b"\x12\x34"
+    wire = Wire()
+    assert wire.send(bytes(packet)) == []
+    assert wire.counters.get("udp.drop.bad-checksum") == 1
+    wire.stack.receive(bytes(packet), 0.0, checksum_ok=True)
+    (reply,) = [IP(p) for p in wire.sent]
+    assert (reply[ICMP].type, reply[ICMP].code) == (3, 3)
