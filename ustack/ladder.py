@@ -374,6 +374,7 @@ _TIMER_NOTES = {
     "time_wait": ("2MSL timer {}", "2MSL timer expired"),
     "fin_wait_2": ("fin timeout {}", "fin timeout expired"),
     "persist": ("persist timer {}", "persist timer fired"),
+    "probe": ("loss probe {}", "loss probe fired"),
 }
 
 

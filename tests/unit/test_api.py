@@ -960,7 +960,9 @@ def test_an_impaired_data_segment_does_not_corrupt_the_stream(
         lost = list(firsts.values())[5]
         resent = [p for p in data if p.seq == lost.seq]
         assert len(resent) >= 2, "the dropped segment was never retransmitted"
-        assert resent[1].payload[: len(lost.payload)] == lost.payload
+        # The same bytes again (a retransmission may be cut differently).
+        common = min(len(resent[1].payload), len(lost.payload))
+        assert common > 0 and resent[1].payload[:common] == lost.payload[:common]
 
 
 def test_a_lost_data_segment_is_retransmitted_and_the_data_arrives(pair: Pair) -> None:

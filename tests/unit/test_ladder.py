@@ -42,7 +42,8 @@ LOST = "dropped by fault injector"
 
 
 def handshake() -> TcpScript:
-    t = TcpScript(listen=80)
+    # No tail loss probes: these scenarios tell the RTO's story.
+    t = TcpScript(listen=80, tail_loss_probe=False)
     t.send("S", seq=PEER_ISS, mss=1460, ws=7, sack_permitted=True)
     t.expect("S.", seq=OUR_ISS, ack=P)
     t.at(0.0004)

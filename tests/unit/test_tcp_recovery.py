@@ -259,3 +259,94 @@ def test_sack_blocks_outside_the_window_are_ignored() -> None:
     t.sent()
     t.send(".", seq=P, ack=U, sack=((U + 50000, U + 60000), (U - 500, U)))
     assert t.conn is not None and t.conn._sacked == []
+
+
+def test_tail_loss_probe_at_two_srtt_and_its_sack_starts_recovery() -> None:
+    """RFC 8985 7: the first of three segments is lost and so are the ACKs of
+    the others: instead of the RTO, a probe (the last segment again) goes
+    after PTO = 2*SRTT; its SACK shows the head missing: fast retransmit."""
+    t = sack_sender()
+    conn = t.conn
+    assert conn is not None and conn._rtt.srtt is not None
+    pto = max(2 * conn._rtt.srtt, 0.01)
+    assert pto < conn._rtt.rto
+    start = t.now
+    t.write(bytes(3000))
+    assert len(t.sent()) == 3
+    t.at(start + pto - 0.001)
+    t.expect_none()
+    t.at(start + pto)
+    t.expect(".", seq=U + 2000, payload=bytes(1000))  # the probe: the last segment
+    assert any("tail loss probe" in d for d in t.decisions())
+    t.send(".", seq=P, ack=U, sack=((U + 2000, U + 3000),))
+    t.expect(".", seq=U, payload=bytes(1000))  # the head, at once: no RTO waited for
+    assert any("SACK after a tail loss probe" in d for d in t.decisions())
+    t.send(".", seq=P, ack=U + 3000)
+    assert conn.snd_una == U + 3000
+
+
+def test_a_probe_whose_ack_covers_everything_needs_no_recovery() -> None:
+    """Only the ACKs were lost: the probe's ACK acknowledges it all."""
+    t = sack_sender()
+    conn = t.conn
+    assert conn is not None
+    cwnd = conn.cwnd
+    t.write(bytes(2000))
+    t.sent()
+    t.at(t.now + 0.5)
+    t.expect(".", seq=U + 1000, payload=bytes(1000))
+    t.send(".", seq=P, ack=U + 2000)
+    assert conn.snd_una == U + 2000 and conn.cwnd >= cwnd
+    assert not any("fast retransmit" in d for d in t.decisions())
+
+
+def test_no_tail_loss_probe_without_sack_or_when_switched_off() -> None:
+    for t in (sender(), sack_sender_with(tail_loss_probe=False)):
+        t.write(bytes(3000))
+        t.sent()
+        t.at(t.now + 0.9)
+        t.expect_none()  # only the RTO (1 s with the handshake's RTT) resends
+        assert not any("tail loss probe" in d for d in t.decisions())
+
+
+def sack_sender_with(**config: object) -> TcpScript:
+    t = TcpScript(listen=80, congestion_control="newreno", **config)
+    t.establish(mss=MSS, win=65535, sack_permitted=True)
+    return t
+
+
+def test_a_loss_right_after_a_recovery_starts_a_new_one() -> None:
+    """RFC 6582 3.2 (1): a new recovery may start once the ACK covers more
+    than "recover", the highest byte sent when the last one began. An ACK
+    of exactly everything sent then does: the next loss is a new event."""
+    t = sender()
+    t.write(bytes(4000))
+    t.sent()
+    t.send(".", seq=P, ack=U + 1000)
+    for _ in range(3):
+        t.send(".", seq=P, ack=U + 1000)
+    t.expect(".", seq=U + 1000)  # fast retransmit; recover = U + 4000
+    t.write(bytes(4000))
+    t.send(".", seq=P, ack=U + 4000)  # a full ACK: that recovery is over
+    assert t.conn is not None and t.conn.snd_max - (U + 4000) >= 2000  # new data out
+    t.sent()
+    for _ in range(3):  # the first segment sent after it was lost
+        t.send(".", seq=P, ack=U + 4000)
+    resent = t.sent()[0]  # (new data may follow: the window inflates)
+    assert (resent.seq, resent.payload) == (U + 4000, bytes(1000))
+    assert sum("fast retransmit" in d for d in t.decisions()) == 2
+
+
+def test_segments_carrying_sack_blocks_shrink_to_fit_the_mss() -> None:
+    """While we hold data beyond a hole, every segment we send carries SACK
+    blocks; its payload must leave room for them (RFC 2018 3), or a segment
+    of a full MSS would not fit the MTU and never leave (seen when both
+    directions carried data and one had a hole)."""
+    t = sack_sender()
+    t.send(".", seq=P + 1000, ack=U, payload=b"x" * 500)  # a hole before it
+    assert t.expect(".", ack=P).options.sack_blocks == ((P + 1000, P + 1500),)
+    t.write(bytes(3000))
+    sent = t.sent()
+    assert sent and all(s.options.sack_blocks for s in sent)
+    assert all(len(s.payload) <= MSS - 12 for s in sent)  # NOP NOP kind len + one block
+    assert sum(len(s.payload) for s in sent) == 3000

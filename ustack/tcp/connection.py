@@ -58,6 +58,7 @@ class TcpConfig:
     delayed_ack: float = 0.04  # at most this long before an ACK (Linux's 40 ms; RFC: < 0.5 s)
     sack: bool = True  # offer SACK-permitted and send SACK blocks (RFC 2018)
     timestamps: bool = True  # RFC 7323: RTT measurement on every ACK, and PAWS
+    tail_loss_probe: bool = True  # RFC 8985 7 (with SACK): a probe at 2*SRTT, not the RTO
     gso_segments: int = 1  # >1: hand the link super-segments of this many MSS (GSO)
     # Keep-alive (RFC 1122 4.2.3.6), off by default: probe after this many idle seconds.
     keepalive_idle: float | None = None
@@ -130,6 +131,7 @@ class TcpConnection:
             config.congestion_control, config.mss, config.initial_window_segments * config.mss
         )
         self._dupacks = 0
+        self._probe_high: int | None = None  # SND.MAX when a tail loss probe went out
         self._recover: int | None = None  # NewReno: SND.MAX when fast recovery began
         self._recovery_high = iss  # RFC 6582 "recover", for the next entry check
         self.sack_ok = False  # both sides offered SACK
@@ -600,18 +602,27 @@ class TcpConnection:
                 self._retransmit_next_hole()
             return
         # Loss: three duplicates, or (RFC 6675 IsLost) more than three
-        # segments' worth SACKed above SND.UNA.
-        lost = self._dupacks >= 3 or self._sacked_bytes() >= 3 * mss
-        if not lost or not seq.gt(self.snd_una, self._recovery_high):
-            return  # RFC 6582 3.2 (1): no new recovery for losses of an old one
+        # segments' worth SACKed above SND.UNA, or, after a tail loss probe,
+        # any SACK: the probe got through, while SND.UNA has waited more than
+        # 2*SRTT since the last send and a round trip more since then (what
+        # RACK, RFC 8985 6.2, would call lost).
+        probed = self._probe_high is not None and bool(self._sacked)
+        lost = self._dupacks >= 3 or self._sacked_bytes() >= 3 * mss or probed
+        if not lost or seq.lt(self.snd_una, self._recovery_high):
+            # RFC 6582 3.2 (1): no new recovery for losses of an old one, until
+            # the ACK "covers more than recover", the highest byte sent then
+            # (SND.MAX - 1 then; here we keep SND.MAX, hence >=).
+            return
         flight = seq.diff(self.snd_max, self.snd_una)
         self._recover = self._recovery_high = self.snd_max
         self.cc.on_loss(self._now, flight)
         self.cc.cwnd += 3 * mss
+        self._probe_high = None
+        why = "SACK after a tail loss probe" if probed else "3 duplicate ACKs"
         self._decide(
-            f"fast retransmit: 3 duplicate ACKs; {self.cc.name} ssthresh {self.cc.ssthresh}, "
+            f"fast retransmit: {why}; {self.cc.name} ssthresh {self.cc.ssthresh}, "
             f"cwnd {self.cc.cwnd}",
-            "RFC 5681 3.2",
+            "RFC 8985 7.4" if probed else "RFC 5681 3.2",
         )
         self._retransmit_first()
 
@@ -657,7 +668,9 @@ class TcpConnection:
 
     def _retransmit_at(self, start: int, max_size: int) -> None:
         offset = seq.diff(start, self._send_buf_seq)
-        size = min(max_size, len(self._send_buf) - offset)
+        options = self._ack_options()
+        room = self._mss - _sack_length(options)
+        size = min(max_size, room, len(self._send_buf) - offset)
         if size <= 0 and not self._fin_queued:
             return
         self._rexmit_next = seq.add(start, max(size, 0))
@@ -673,7 +686,7 @@ class TcpConnection:
                 flags,
                 window,
                 payload,
-                self._ack_options(),
+                options,
                 note="retransmission",
             )
         )
@@ -719,10 +732,14 @@ class TcpConnection:
         elif data_acked:
             # Only acknowledged data opens the congestion window (not a SYN or FIN).
             self.cc.on_ack(data_acked, self._now, self._rtt.srtt)
+        if self._probe_high is not None and seq.ge(ack, self._probe_high):
+            self._probe_high = None  # the probe's episode is over (RFC 8985 7.4)
         if self.snd_una == self.snd_max:
             self._cancel("retransmit")
+            self._cancel("probe")
         else:
             self._arm("retransmit", self._rtt.rto)  # RFC 6298 5.3
+            self._arm_probe()
 
     def _after_handshake(self) -> None:
         """RFC 6298 5.7: after a SYN (or SYN,ACK) was retransmitted, data
@@ -842,6 +859,8 @@ class TcpConnection:
                 self._on_retransmit_timeout()
             elif name == "persist":
                 self._on_persist_timeout()
+            elif name == "probe":
+                self._on_probe_timeout()
             elif name == "delayed_ack":
                 self._ack_now = True
             elif name == "time_wait":
@@ -912,6 +931,8 @@ class TcpConnection:
         if self.snd_una != self.iss:  # a lost SYN says nothing about the path's capacity
             self.cc.on_timeout(self._now, flight)
         self._recover = None
+        self._probe_high = None
+        self._cancel("probe")
         self._recovery_high = self.snd_max  # no fast retransmit for what we resend now
         self._sacked = []  # the peer may renege: after a timeout, resend everything
         self._dupacks = 0
@@ -926,6 +947,38 @@ class TcpConnection:
         else:
             self._output()
         self._arm("retransmit", self._rtt.rto)
+
+    def _arm_probe(self) -> None:
+        """RFC 8985 7.2: with data in flight and no recovery going on, a tail
+        loss probe after PTO = 2*SRTT (at least 10 ms, as Linux; plus the
+        peer's worst delayed ACK when one segment is out), if that is sooner
+        than the RTO. The probe stands in for the ACKs a lost tail never
+        gets: without it, a loss at the end of a flight waits for the RTO."""
+        srtt = self._rtt.srtt
+        if (
+            not self.config.tail_loss_probe
+            or not self.sack_ok
+            or srtt is None
+            or self._recover is not None
+            or self._probe_high is not None
+            or self.state not in _SENDS_DATA
+        ):
+            return
+        pto = max(2 * srtt, 0.01)
+        if seq.diff(self.snd_max, self.snd_una) <= self._mss:
+            pto += 0.2  # RFC 8985 7.2 WCDelAckT: the lone segment's ACK may be delayed
+        if pto < self._rtt.rto:
+            self._arm("probe", pto)
+
+    def _on_probe_timeout(self) -> None:
+        """RFC 8985 7.3: send the last segment again (we keep no new data for
+        it: the simpler choice the RFC allows), then wait for the RTO."""
+        if self.snd_una == self.snd_max or self._recover is not None:
+            return
+        self._probe_high = self.snd_max
+        last = max(seq.diff(self.snd_max, self.snd_una) - self._mss, 0)
+        self._decide("tail loss probe: the last segment again", "RFC 8985 7.3")
+        self._retransmit_at(seq.add(self.snd_una, last), self._mss)
 
     def _on_persist_timeout(self) -> None:
         """Zero-window probe (RFC 9293 3.8.6.1): push one byte past the window."""
@@ -962,7 +1015,12 @@ class TcpConnection:
             if self.snd_nxt == self.iss:
                 self._send_syn()
             elif self.snd_una != self.iss and state in _SENDS_DATA:
-                self._send_data(None)
+                # Bytes not yet sent, or the FIN right after the last byte:
+                # only then has _send_data anything to do (the common case of
+                # a receiver answering data with a bare ACK skips it).
+                unsent = len(self._send_buf) - seq.diff(self.snd_nxt, self._send_buf_seq)
+                if unsent > 0 or (unsent == 0 and self._fin_queued):
+                    self._send_data(None)
         if self._ack_now:
             self._ack_now = False
             window = self._window_field()
@@ -1007,8 +1065,15 @@ class TcpConnection:
     def _send_data(self, limit: int | None, probe: bool = False) -> None:
         """Segments from SND.NXT while window and data allow; the FIN on the last."""
         buf = self._send_buf
-        mss = self._mss
-        full = min(mss, self._max_segment)  # a "full-sized" segment, even at MTU 65535
+        options = self._ack_options()
+        if options.sack_blocks:
+            # The blocks ride on every segment: its payload shrinks to fit the
+            # MSS (RFC 2018 3; else an MTU-sized segment would be too big).
+            mss = max_segment = self._mss - _sack_length(options)
+        else:
+            mss, max_segment = self._mss, self._max_segment
+        full = min(mss, max_segment)  # a "full-sized" segment, even at MTU 65535
+        sent_new = False
         while True:
             offset = seq.diff(self.snd_nxt, self._send_buf_seq)
             if offset > len(buf):
@@ -1019,7 +1084,7 @@ class TcpConnection:
             else:
                 window = min(self.snd_wnd, self.cwnd)
                 usable = seq.diff(seq.add(self.snd_una, window), self.snd_nxt)
-                size = max(min(unsent, usable, self._max_segment), 0)
+                size = max(min(unsent, usable, max_segment), 0)
             if limit is not None:
                 size = min(size, limit)
             fin = self._fin_queued and offset + size == len(buf)
@@ -1033,7 +1098,6 @@ class TcpConnection:
             if seq.lt(self.snd_nxt, self.snd_max):
                 note = "retransmission"
             window = self._window_field()
-            options = self._ack_options()
             gso = mss if size > mss else 0
             self._emit(
                 Segment(self.snd_nxt, self.rcv_nxt, flags, window, payload, options, note, gso)
@@ -1045,11 +1109,14 @@ class TcpConnection:
                 self._small_sent_end = self.snd_nxt
             if seq.gt(self.snd_nxt, self.snd_max):
                 self.snd_max = self.snd_nxt
+                sent_new = not probe
             self._ack_now = False
             if "retransmit" not in self._timers:
                 self._arm("retransmit", self._rtt.rto)
             if fin or probe:
                 break
+        if sent_new:
+            self._arm_probe()  # (RFC 8985 7.2: restarted by each new transmission)
         stalled = self.snd_wnd == 0 and seq.diff(self._fin_seq, self.snd_nxt) > 0
         if stalled and self.snd_una == self.snd_max and "persist" not in self._timers:
             self._arm("persist", self._rtt.rto)
@@ -1195,3 +1262,8 @@ _CLOSE_UNREAD_RESETS = (
 )
 # States in which a RST is an error the application must hear about.
 _PEER_MAY_RESET = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT)
+
+
+def _sack_length(options: TcpOptions) -> int:
+    """Bytes the SACK option takes in a segment, with its two NOPs."""
+    return 4 + 8 * len(options.sack_blocks) if options.sack_blocks else 0
