@@ -435,6 +435,14 @@ def connect_rate(t: Target, count: int) -> tuple[float, dict[str, int]]:
     return out["rate"], out["errors"]
 
 
+def send_rate(t: Target, size: int, timeout: float, slow: list[str]) -> float:
+    """Bulk to the discard port (no SHA-256 in the way): MB/s until its FIN."""
+    out = client_py(t, "send", DISCARD, size, timeout)
+    if out["bytes"] < size:
+        slow.append(f"{t.label}: send to discard moved {out['bytes']} of {size} bytes")
+    return out["rate_mb_s"]
+
+
 def echo_latency(t: Target, count: int) -> tuple[float, float]:
     out = client_py(t, "pingpong", ECHO, count, 30 + count / 500, "--warmup", "200")
     return out["p50_us"], out["p99_us"]
@@ -753,6 +761,8 @@ def benchmark(
         "up1500": Row("upload client->server, MTU 1500", "MB/s", "higher"),
         "down64k": Row(f"download server->client, MTU {BIG_MTU}", "MB/s", "higher"),
         "up64k": Row(f"upload client->server, MTU {BIG_MTU}", "MB/s", "higher"),
+        "send1500": Row("send client->server discard, MTU 1500", "MB/s", "higher"),
+        "send64k": Row(f"send client->server discard, MTU {BIG_MTU}", "MB/s", "higher"),
         "connect": Row("connect+close, discard port", "conn/s", "higher"),
         "ab1": Row("HTTP GET / ab -c 1", "req/s", "higher"),
         "ab1fail": Row("HTTP ab -c 1 failed, all reps", "count", "", how="sum"),
@@ -829,8 +839,12 @@ def benchmark(
     def upload_(t: Target) -> float:
         return curl_upload(t, upload, bulk, hexdigest, s.transfer_timeout, rotation.slow)
 
+    def send(t: Target) -> float:
+        return send_rate(t, bulk, s.transfer_timeout, rotation.slow)
+
     rotation.row(targets, rows["down1500"], download, "download MTU 1500 (MB/s)")
     rotation.row(targets, rows["up1500"], upload_, "upload MTU 1500 (MB/s)")
+    rotation.row(targets, rows["send1500"], send, "send to discard MTU 1500 (MB/s)")
     for t in targets:
         notes["health"][f"{t.label} (MTU 1500 phase)"] = health(t)
 
@@ -842,12 +856,13 @@ def benchmark(
     targets = (ustack, kernel)
     rotation.row(targets, rows["down64k"], download, f"download MTU {BIG_MTU} (MB/s)")
     rotation.row(targets, rows["up64k"], upload_, f"upload MTU {BIG_MTU} (MB/s)")
+    rotation.row(targets, rows["send64k"], send, f"send to discard MTU {BIG_MTU} (MB/s)")
     notes["health"][f"ustack (MTU {BIG_MTU} phase)"] = health(ustack)
     upload.unlink()
 
     notes["losses"], notes["slow"] = rotation.losses, rotation.slow
-    order = ["down1500", "up1500", "down64k", "up64k", "connect", "ab1", "ab1fail", "abN",
-             "abNfail", "p50", "p99", "rss", "slab"]  # fmt: skip
+    order = ["down1500", "up1500", "send1500", "down64k", "up64k", "send64k", "connect",
+             "ab1", "ab1fail", "abN", "abNfail", "p50", "p99", "rss", "slab"]  # fmt: skip
     return [rows[k] for k in order], notes
 
 
