@@ -171,9 +171,13 @@ def test_b48_challenge_acks_are_rate_limited() -> None:
     for i in range(10):
         t.send("R", seq=P + 1 + i)
     assert len(t.sent()) == 3
+    # Counted, sent and withheld, for `ustack stats` (Linux: TCPChallengeACK).
+    assert t.stack.counters["tcp.out.challenge-ack"] == 3
+    assert t.stack.counters["tcp.out.challenge-ack-limited"] == 7
     t.wait(1.0)
     t.send("R", seq=P + 50)
     t.expect(".")
+    assert t.stack.counters["tcp.out.challenge-ack"] == 4
 
 
 def test_b49_out_of_window_data_gets_pure_ack() -> None:

@@ -442,6 +442,7 @@ class TcpDemux:
         conn = TcpConnection(
             conn_id=next(self._conn_ids), iss=iss, config=self.config, trace=self.trace
         )
+        conn.counters = self._counters
         self.connections[key] = conn
         self._keys[conn] = key
         if self.trace is not None:
