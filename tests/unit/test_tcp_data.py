@@ -7,6 +7,7 @@ from __future__ import annotations
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
 from ustack.tcp.states import State
+from ustack.trace import SegmentEvent
 
 P = PEER_ISS + 1
 U = OUR_ISS + 1
@@ -101,6 +102,13 @@ def test_zero_window_probe_keeps_the_connection_alive() -> None:
     t.send(".", seq=P, ack=U + 1000, win=1000)
     t.expect("P.", seq=U + 1000, payload=b"x" * 500)
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
+    # Each probe, resent or not, is a probe in the trace, not a retransmission.
+    notes = [
+        e.note
+        for e in t.trace
+        if isinstance(e, SegmentEvent) and e.direction == "out" and e.length == 1
+    ]
+    assert notes == ["zero-window probe"] * 6
 
 
 def test_send_buffer_is_bounded() -> None:

@@ -1032,7 +1032,8 @@ class TcpConnection:
             flags = ACK | (FIN if fin else 0) | (PSH if size and offset + size == len(buf) else 0)
             payload = bytes(buf[offset : offset + size])
             note = "zero-window probe" if probe else ""
-            if seq.lt(self.snd_nxt, self.snd_max):
+            if seq.lt(self.snd_nxt, self.snd_max) and not probe:
+                # (A probe resent after its timeout is still a probe, not a loss.)
                 note = "retransmission"
             window = self._window_field()
             options = self._ack_options()
