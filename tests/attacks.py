@@ -148,6 +148,7 @@ def blind(
     device: str,
     seed: int,
     exact_rst: bool = False,
+    until: int = 0,
 ) -> dict[str, Any]:
     """Spoof the client's 4-tuple and inject, round robin over `kinds`:
 
@@ -158,9 +159,13 @@ def blind(
       SND.NXT (RFC 5961 5.2): 1 GiB behind SND.UNA or 512 MiB beyond SND.NXT.
 
     The window is learned from the daemon's `connections` (what a blind
-    attacker guesses, we read), refreshed every few packets since RCV.NXT
-    moves during an upload. exact_rst: one RST at exactly RCV.NXT, then stop.
-    Stops after `count` packets or when the connection is gone."""
+    attacker guesses, we read), refreshed every 16 packets since RCV.NXT
+    moves during an upload; we aim at the window's upper half, which stays
+    inside as RCV.NXT moves on (the right edge never moves left).
+    exact_rst: one RST at exactly RCV.NXT, then stop. Stops after `count`
+    packets, when the connection is gone or leaves ESTABLISHED, or once it
+    has moved `until` bytes either way (so that no SYN comes after its close:
+    that one would open a new connection, as any spoofed SYN does)."""
     rng = random.Random(seed)
     src, dst = int(ipaddress.IPv4Address(client)), int(ipaddress.IPv4Address(target))
     injector = Injector(device)
@@ -172,7 +177,9 @@ def blind(
         if i % 16 == 0:
             row = _find(control, client_port, port)
             if row is None or row["state"] != "ESTABLISHED":
-                break  # the transfer is over: stop before a SYN may open a new connection
+                break  # the transfer is over
+            if until and max(row["snd_una"], row["rcv_nxt"]) >= until:
+                break  # nearly over: stop before a SYN may come after the close
         assert row is not None
         rcv_nxt = (row["irs"] + row["rcv_nxt"]) & MASK
         snd_una = (row["iss"] + row["snd_una"]) & MASK
@@ -183,8 +190,7 @@ def blind(
             sent = {"rst-exact": 1}
             break
         kind = kinds[i % len(kinds)]
-        # Half the window: RCV.NXT may have moved on since we looked.
-        inside = rng.randrange(1, max(window // 2, 2))
+        inside = rng.randrange(max(window // 2, 1), window)
         bad_ack = (snd_una - (1 << 30)) if rng.random() < 0.5 else (snd_nxt + (1 << 29))
         if kind == "rst":
             packet = tcp_packet(src, dst, client_port, port, rcv_nxt + inside, 0, RST, 0)
@@ -362,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     inject.add_argument("--count", type=int, default=3000)
     inject.add_argument("--rate", type=float, default=2000)
     inject.add_argument("--exact-rst", action="store_true")
+    inject.add_argument("--until", type=int, default=0, help="stop after this many bytes")
     args = parser.parse_args(argv)
     if args.attack == "synflood":
         result = synflood(args.target, args.port, args.count, args.rate or None, args.device,
@@ -370,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         result = blind(
             args.control, args.client, args.client_port, args.target, args.port,
             args.kinds.split(","), args.count, args.rate, args.device, args.seed, args.exact_rst,
+            args.until,
         )  # fmt: skip
     print(json.dumps(result), flush=True)
     return 0

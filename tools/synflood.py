@@ -8,7 +8,7 @@ All inside a network namespace of its own (ustack-t<pid>-<n>, removed at
 the end, also on failure or Ctrl-C):
 
   1. starts `ustack serve` (http only; no trace unless --trace, which traces
-     only the legitimate client 198.18.0.1);
+     only the legitimate client 198.18.0.1; --keep DIR keeps the log and trace);
   2. an injector in the namespace (tests/attacks.py synflood) sends COUNT
      SYNs to port 80 from random addresses of 198.19.0.0/16 (not local to the
      namespace: the SYN,ACKs go nowhere, the kernel drops them) through an
@@ -52,9 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-time", type=float, default=20, help="each curl's --max-time")
     parser.add_argument("--rss-bound-mib", type=float, default=32, help="allowed RSS growth")
     parser.add_argument("--trace", action="store_true", help="trace the legitimate client")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the daemon's log and trace in this directory"
+    )
     args = parser.parse_args(argv)
     remove_stale_namespaces()
-    with tempfile.TemporaryDirectory(prefix="synflood-") as workdir, netns() as ns:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="synflood-") as scratch, netns() as ns:
+        workdir = args.keep or scratch
         extra = ["--services", "http", "--log-level", "info"]
         if args.trace:
             extra += ["--trace-host", "198.18.0.1"]

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ from typing import Any
 from attacks import flood_with_curls
 from harness import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 from test_lifecycle import PASSIVE_CLOSE, pattern_sha256
+
+from ustack import services
 
 ATTACKS = Path(__file__).resolve().parents[1] / "attacks.py"
 BACKLOG = 128  # ustack.api.start_server's default
@@ -121,18 +124,17 @@ def wait_for_transfer(
 def blind_attack(
     ns: Netns, daemon: UstackDaemon, client_port: int, *extra: str, count: int = 1_000_000
 ) -> dict[str, Any]:
-    """tests/attacks.py blind in the namespace; it stops when the connection is gone."""
+    """tests/attacks.py blind in the namespace, until the last MiB of the transfer."""
     result = ns.run(
         sys.executable, str(ATTACKS), "blind", "--control", str(daemon.control),
         "--client-port", str(client_port), "--count", str(count), "--rate", str(INJECT_RATE),
-        *extra, timeout=120, check=True,
+        "--until", str(BULK - MiB), *extra, timeout=120, check=True,
     )  # fmt: skip
     return json.loads(result.stdout)
 
 
 def connection_events(daemon: UstackDaemon, client_port: int) -> list[dict[str, Any]]:
-    """The trace of the first connection from `client_port` (the real one: a
-    spoofed SYN that lands after it closed may open another)."""
+    """The trace of the first connection from `client_port`."""
     events = daemon.trace_events()
     conn = next(
         e["conn"] for e in events if e["type"] == "connection" and e["remote_port"] == client_port
@@ -187,7 +189,7 @@ def check_survived_attack(
     assert limited >= attack["total"] // 2
     assert not [e for e in events if e["type"] == "state" and e["event"] == "RCV_RST"]
     lives = daemon.lives(remote_port=client_port)
-    assert lives[0] == PASSIVE_CLOSE, lives
+    assert lives == [PASSIVE_CLOSE], lives
     fin = [
         e for e in events if e["type"] == "segment" and e["direction"] == "in" and "F" in e["flags"]
     ]
@@ -276,3 +278,152 @@ def test_exact_sequence_rst_still_resets_a_transfer(ns: Netns, tmp_path: Path) -
         assert [(e["old"], e["new"]) for e in resets] == [("ESTABLISHED", "CLOSED")]
     finally:
         daemon.stop()
+
+
+# ---- slow readers -------------------------------------------------------------------------------
+
+SLOW_READER_APP = Path(__file__).resolve().parents[1] / "slow_reader_app.py"
+WANT = 20 * MiB  # what the writing client wants to send
+
+# A Linux client that writes as fast as it can until nothing more goes for a
+# second, says how much went, then (on a line from the test) sends the rest,
+# half-closes and prints the server's answer, then the SHA-256 of what it sent.
+EAGER_WRITER = r"""
+import hashlib, os, select, socket, sys
+data = os.urandom(int(sys.argv[3]))
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.setblocking(False)
+sent = 0
+while select.select([], [s], [], 1.0)[1]:
+    try:
+        sent += s.send(data[sent:sent + 65536])
+    except BlockingIOError:
+        pass
+print(sent, flush=True)
+sys.stdin.readline()
+s.setblocking(True)
+s.sendall(data[sent:])
+s.shutdown(socket.SHUT_WR)
+print(s.makefile().readline().strip(), flush=True)
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+def zero_window_acks(events: list[dict[str, Any]]) -> int:
+    return sum(
+        1 for e in events if e["type"] == "segment" and e["direction"] == "out" and e["window"] == 0
+    )
+
+
+def test_application_that_never_reads_closes_the_window_and_holds_the_sender_off(
+    ns: Netns, tmp_path: Path
+) -> None:
+    daemon = UstackDaemon.start(ns, tmp_path, "--services", "hold", program=(str(SLOW_READER_APP),))
+    try:
+        rss_before = daemon.rss_kib()
+        client = subprocess.Popen(
+            ns.command(sys.executable, "-c", EAGER_WRITER, STACK_ADDRESS, "5001", str(WANT)),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert client.stdout is not None and client.stdin is not None
+        sent = int(client.stdout.readline())  # the client could not send more for a second
+        (row,) = daemon.connections()
+        ss = ns.run("ss", "-tin", "dst", STACK_ADDRESS).stdout.decode()
+        rss_held = daemon.rss_kib()
+        events = connection_events(daemon, int(row["remote"].split(":")[1]))
+        probes = [
+            e
+            for e in events
+            if e["type"] == "segment" and e["direction"] == "in" and e["length"] <= 1
+            and e["rel_seq"] in (row["rcv_nxt"] - 1, row["rcv_nxt"])
+        ]  # fmt: skip
+        print(
+            f"client sent {sent:,} of {WANT:,}; ustack holds {row['recv_queue']:,}, "
+            f"rcv_wnd {row['rcv_wnd']}; {zero_window_acks(events)} ACKs with win 0, "
+            f"{len(probes)} zero-window probes; RSS {rss_before:,} -> {rss_held:,} KiB"
+        )
+        print(ss)
+        # The stack's window is shut and it told the client so, more than once.
+        assert row["rcv_wnd"] == 0 and row["recv_queue"] > 0
+        assert zero_window_acks(events) >= 2
+        assert probes, "the Linux client never probed the zero window"
+        # The client is held off: its data waits in its own send buffer.
+        assert sent < WANT // 2
+        assert int(ss.split("\n")[1].split()[2]) > 0, ss  # Send-Q: unacknowledged bytes
+        assert rss_held - rss_before < 16 * 1024
+        # Now the application reads: every byte arrives, in order, intact.
+        daemon.process.send_signal(signal.SIGUSR1)
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0, err
+        answer, sent_digest = out.splitlines()
+        assert answer == sent_digest and answer.startswith(f"{WANT} ")
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log_text()
+
+
+# A Linux client with a small receive buffer that reads nothing for a while,
+# then reads READ bytes and prints their SHA-256.
+IDLE_READER = r"""
+import hashlib, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+s.connect((sys.argv[1], int(sys.argv[2])))
+print("connected", flush=True)
+sys.stdin.readline()
+got = bytearray()
+while len(got) < int(sys.argv[3]):
+    got += s.recv(65536)
+print(hashlib.sha256(bytes(got[:int(sys.argv[3])])).hexdigest(), flush=True)
+"""
+
+
+def test_linux_reader_that_never_reads_gets_zero_window_probes_and_bounded_memory(
+    ns: Netns, tmp_path: Path
+) -> None:
+    daemon = UstackDaemon.start(ns, tmp_path, "--services", "chargen")
+    read = 4 * MiB
+    try:
+        rss_before = daemon.rss_kib()
+        client = subprocess.Popen(
+            ns.command(sys.executable, "-c", IDLE_READER, STACK_ADDRESS, "19", str(read)),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert client.stdout is not None and client.stdin is not None
+        assert client.stdout.readline() == "connected\n"
+        # chargen writes without end: the client's window closes, ustack probes it.
+        deadline = time.monotonic() + 15
+        while True:
+            (row,) = daemon.connections()
+            port = int(row["remote"].split(":")[1])
+            events = connection_events(daemon, port)
+            probes = [
+                e for e in events if e["type"] == "segment" and e["note"] == "zero-window probe"
+            ]
+            if row["snd_wnd"] == 0 and len(probes) >= 2:
+                break
+            assert time.monotonic() < deadline, (row, len(probes))
+            time.sleep(0.1)
+        rss_held = daemon.rss_kib()
+        print(
+            f"ustack: snd_wnd 0, send queue {row['send_queue']:,} bytes, {len(probes)} "
+            f"zero-window probes; RSS {rss_before:,} -> {rss_held:,} KiB"
+        )
+        # Backpressure: the send buffer is full and the application waits; no
+        # more than the buffers hold (256 KiB each) is kept.
+        assert 0 < row["send_queue"] <= 256 * 1024
+        assert all(e["length"] == 1 for e in probes)
+        assert rss_held - rss_before < 16 * 1024
+        # The reader wakes up: the stream goes on where it stopped, intact.
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        answer, err = client.communicate(timeout=60)
+        assert client.returncode == 0, err
+        pattern = services.chargen_pattern()
+        expected = (pattern * (read // len(pattern) + 1))[:read]
+        assert answer.strip() == hashlib.sha256(expected).hexdigest()
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log_text()
