@@ -245,8 +245,8 @@ class FloodReport:
         slowest = max((seconds for _, seconds, _ in self.curls), default=0.0)
         return [
             f"SYNs sent by the injector  {inj['sent']:,} in {inj['seconds']:.2f} s "
-            f"({inj['rate']:,}/s flat out); the TUN queue dropped {inj['tun_tx_dropped']:,} "
-            "and they were sent again",
+            f"({inj['rate']:,}/s); the TUN queue dropped {inj['tun_tx_dropped']:,} "
+            "(sent again)",
             f"SYNs handled by ustack     {self.syns_handled:,} in {self.flood_seconds:.2f} s "
             f"(peak {self.peak_syn_rate:,}/s)",
             f"SYN cookies                sent {self.cookies_sent:,}, "
