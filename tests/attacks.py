@@ -293,35 +293,41 @@ def flood_with_curls(
     samples: list[tuple[float, int]] = [(0.0, _syns(before))]
     rss_peak, half_open_peak = rss_before, 0
     next_curl = next_stats = start
-    while True:
-        now = time.monotonic()
-        rss_peak = max(rss_peak, daemon.rss_kib())
-        if now >= next_curl:
-            curl = ns.command("curl", "-sS", "-o", "/dev/null", "-w", "%{time_total}",
-                              "--max-time", str(max_time), target_url)  # fmt: skip
-            curls.append(subprocess.Popen(curl, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-            next_curl += curl_every
-        if now >= next_stats:
-            reply = daemon.request("stats")
-            samples.append((now - start, _syns(reply["counters"])))
-            half_open_peak = max(half_open_peak, reply["connections"].get("SYN_RECEIVED", 0))
-            next_stats += 0.25
-            # Done when the injector is and ustack has drained the TUN's queue
-            # (the curls' own SYNs count too: at least as many as were delivered).
-            if injector.poll() is not None:
-                if delivered is None:
-                    out, err = injector.communicate()
-                    if injector.returncode != 0:
-                        raise AssertionError(f"injector failed: {err.decode(errors='replace')}")
-                    delivered = json.loads(out)["delivered"]
-                if samples[-1][1] - samples[0][1] >= delivered or now - start > drain_limit:
-                    break
-        time.sleep(0.05)
-    results = []
-    for process in curls:
-        curl_out, curl_err = process.communicate(timeout=max_time + 10)
-        seconds = float(curl_out or 0)
-        results.append((process.returncode, seconds, curl_err.decode().strip()))
+    try:
+        while True:
+            now = time.monotonic()
+            rss_peak = max(rss_peak, daemon.rss_kib())
+            if now >= next_curl:
+                curl = ns.command("curl", "-sS", "-o", "/dev/null", "-w", "%{time_total}",
+                                  "--max-time", str(max_time), target_url)  # fmt: skip
+                curls.append(subprocess.Popen(curl, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                next_curl += curl_every
+            if now >= next_stats:
+                reply = daemon.request("stats")
+                samples.append((now - start, _syns(reply["counters"])))
+                half_open_peak = max(half_open_peak, reply["connections"].get("SYN_RECEIVED", 0))
+                next_stats += 0.25
+                # Done when the injector is and ustack has drained the TUN's queue
+                # (the curls' own SYNs count too: at least as many as were delivered).
+                if injector.poll() is not None:
+                    if delivered is None:
+                        out, err = injector.communicate()
+                        if injector.returncode != 0:
+                            raise AssertionError(f"injector failed: {err.decode(errors='replace')}")
+                        delivered = json.loads(out)["delivered"]
+                    if samples[-1][1] - samples[0][1] >= delivered or now - start > drain_limit:
+                        break
+            time.sleep(0.05)
+        results = []
+        for process in curls:
+            curl_out, curl_err = process.communicate(timeout=max_time + 10)
+            seconds = float(curl_out or 0)
+            results.append((process.returncode, seconds, curl_err.decode().strip()))
+    finally:  # a failure on the way leaves nothing running
+        for process in (injector, *curls):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     after = daemon.stats()
     rss_peak = max(rss_peak, daemon.rss_kib())
     last_rise = samples[-1][0]

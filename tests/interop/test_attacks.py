@@ -25,14 +25,18 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from attacks import flood_with_curls
 from harness import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 from test_lifecycle import PASSIVE_CLOSE, pattern_sha256
 
 from ustack import services
+
+Spawn = Callable[..., "subprocess.Popen[Any]"]
 
 ATTACKS = Path(__file__).resolve().parents[1] / "attacks.py"
 BACKLOG = 128  # ustack.api.start_server's default
@@ -41,6 +45,26 @@ MiB = 1 << 20
 BULK = 50 * MiB
 CHALLENGE_LIMIT = 10  # TcpConfig.challenge_ack_limit: challenge ACKs a second, per connection
 INJECT_RATE = 3000  # spoofed segments a second
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """subprocess.Popen for the test's clients: any still running when the
+    test ends (a failure left it waiting) is killed."""
+    started: list[subprocess.Popen[Any]] = []
+
+    def start(argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        started.append(subprocess.Popen(argv, **kwargs))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_syn_flood_keeps_memory_bounded_and_legitimate_curls_complete(
@@ -82,11 +106,11 @@ def test_syn_flood_keeps_memory_bounded_and_legitimate_curls_complete(
 
 
 def test_connections_reports_absolute_origins_and_the_receive_window(
-    ns: Netns, daemon: UstackDaemon
+    ns: Netns, daemon: UstackDaemon, spawn: Spawn
 ) -> None:
     """`connections` gives ISS and IRS (absolute) beside the relative numbers,
     and RCV.WND as advertised: what the injector needs to aim at a window."""
-    client = subprocess.Popen(ns.command("nc", "-N", STACK_ADDRESS, "9"), stdin=subprocess.PIPE)
+    client = spawn(ns.command("nc", "-N", STACK_ADDRESS, "9"), stdin=subprocess.PIPE)
     try:
         assert client.stdin is not None
         client.stdin.write(b"x" * 1000)
@@ -199,13 +223,15 @@ def check_survived_attack(
     return kinds
 
 
-def test_blind_in_window_rst_syn_and_data_during_a_50mb_download(ns: Netns, tmp_path: Path) -> None:
+def test_blind_in_window_rst_syn_and_data_during_a_50mb_download(
+    ns: Netns, tmp_path: Path, spawn: Spawn
+) -> None:
     daemon = UstackDaemon.start(ns, tmp_path, "--services", "http")
     port = 41000
     got = tmp_path / "download.bin"
     try:
         # --limit-rate: curl reads slowly, so the transfer lasts long enough to attack.
-        curl = subprocess.Popen(
+        curl = spawn(
             ns.command("curl", "-sS", "--local-port", str(port), "--limit-rate", "20M",
                        "--max-time", "60", "-o", str(got), f"http://{STACK_ADDRESS}/bytes/{BULK}"),
             stderr=subprocess.PIPE,
@@ -226,14 +252,16 @@ def test_blind_in_window_rst_syn_and_data_during_a_50mb_download(ns: Netns, tmp_
     assert "Traceback" not in daemon.log_text()
 
 
-def test_blind_in_window_rst_syn_and_data_during_a_50mb_upload(ns: Netns, tmp_path: Path) -> None:
+def test_blind_in_window_rst_syn_and_data_during_a_50mb_upload(
+    ns: Netns, tmp_path: Path, spawn: Spawn
+) -> None:
     daemon = UstackDaemon.start(ns, tmp_path, "--services", "http")
     port = 41001
     body = tmp_path / "upload.bin"
     data = os.urandom(BULK)
     body.write_bytes(data)
     try:
-        curl = subprocess.Popen(
+        curl = spawn(
             ns.command("curl", "-sS", "--local-port", str(port), "--limit-rate", "10M",
                        "--max-time", "60", "-H", "Expect:", "--data-binary", f"@{body}",
                        f"http://{STACK_ADDRESS}/upload"),
@@ -255,12 +283,14 @@ def test_blind_in_window_rst_syn_and_data_during_a_50mb_upload(ns: Netns, tmp_pa
     assert "Traceback" not in daemon.log_text()
 
 
-def test_exact_sequence_rst_still_resets_a_transfer(ns: Netns, tmp_path: Path) -> None:
+def test_exact_sequence_rst_still_resets_a_transfer(
+    ns: Netns, tmp_path: Path, spawn: Spawn
+) -> None:
     """The control case: a RST at exactly RCV.NXT is the real thing (RFC 5961 3.2)."""
     daemon = UstackDaemon.start(ns, tmp_path, "--services", "http")
     port = 41002
     try:
-        curl = subprocess.Popen(
+        curl = spawn(
             ns.command("curl", "-sS", "--local-port", str(port), "--limit-rate", "5M",
                        "--max-time", "60", "-o", "/dev/null", f"http://{STACK_ADDRESS}/bytes/{BULK}"),
             stderr=subprocess.PIPE,
@@ -317,12 +347,12 @@ def zero_window_acks(events: list[dict[str, Any]]) -> int:
 
 
 def test_application_that_never_reads_closes_the_window_and_holds_the_sender_off(
-    ns: Netns, tmp_path: Path
+    ns: Netns, tmp_path: Path, spawn: Spawn
 ) -> None:
     daemon = UstackDaemon.start(ns, tmp_path, "--services", "hold", program=(str(SLOW_READER_APP),))
     try:
         rss_before = daemon.rss_kib()
-        client = subprocess.Popen(
+        client = spawn(
             ns.command(sys.executable, "-c", EAGER_WRITER, STACK_ADDRESS, "5001", str(WANT)),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -385,13 +415,13 @@ print(hashlib.sha256(bytes(got[:int(sys.argv[3])])).hexdigest(), flush=True)
 
 
 def test_linux_reader_that_never_reads_gets_zero_window_probes_and_bounded_memory(
-    ns: Netns, tmp_path: Path
+    ns: Netns, tmp_path: Path, spawn: Spawn
 ) -> None:
     daemon = UstackDaemon.start(ns, tmp_path, "--services", "chargen")
     read = 4 * MiB
     try:
         rss_before = daemon.rss_kib()
-        client = subprocess.Popen(
+        client = spawn(
             ns.command(sys.executable, "-c", IDLE_READER, STACK_ADDRESS, "19", str(read)),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
