@@ -112,23 +112,27 @@ class UstackDaemon:
         *extra: str,
         wrapper: Sequence[str] = (),
         ready_timeout: float = 30,
+        trace: bool = True,
+        program: Sequence[str] = ("-m", "ustack"),
     ) -> UstackDaemon:
-        """Start the daemon (under `wrapper`, e.g. setpriv) and wait until it is ready."""
+        """Start the daemon (under `wrapper`, e.g. setpriv) and wait until it is ready.
+        trace=False: no trace file (long transfers, floods); `program` replaces
+        `-m ustack` (a script that runs the daemon with extra services)."""
         control = workdir / "control.sock"
         log = workdir / "ustack.log"
-        trace = workdir / "trace.jsonl"
+        trace_path = workdir / "trace.jsonl"
         ready_r, ready_w = os.pipe()
         argv = ns.command(
-            *wrapper, sys.executable, "-m", "ustack", "serve", "--control", str(control),
-            "--ready-fd", str(ready_w), "--log-level", "debug", "--trace", str(trace),
-            "--msl", "0.5", *extra,
+            *wrapper, sys.executable, *program, "serve", "--control", str(control),
+            "--ready-fd", str(ready_w), "--log-level", "debug",
+            *(("--trace", str(trace_path)) if trace else ()), "--msl", "0.5", *extra,
         )  # fmt: skip
         with open(log, "wb") as log_file:
             process = subprocess.Popen(
                 argv, stdout=log_file, stderr=subprocess.STDOUT, pass_fds=[ready_w]
             )
         os.close(ready_w)
-        daemon = cls(ns, process, control, log, trace)
+        daemon = cls(ns, process, control, log, trace_path)
         try:
             # The daemon writes a line when the device is up; EOF means it died first.
             readable, _, _ = select.select([ready_r], [], [], ready_timeout)
@@ -182,6 +186,14 @@ class UstackDaemon:
 
     def request(self, command: str, **fields: Any) -> dict[str, Any]:
         return request(self.control, command, **fields)
+
+    def rss_kib(self) -> int:
+        """The daemon's resident memory now (VmRSS); `ip netns exec` execs
+        the daemon, so the process we started is the daemon itself."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(
+            next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        )
 
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, then the exit code (SIGKILL if it does not go in time)."""

@@ -24,6 +24,7 @@ from ustack.link import LinkConfig, TunLink
 from ustack.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.services import SERVICES
 from ustack.stack import DEFAULT_ADDRESS, Stack, StackRunner
+from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig
 from ustack.tcp.segment import flag_string
 from ustack.trace import FaultEvent, TraceFilter, TraceSinks, TraceSpec, dotted
@@ -252,7 +253,11 @@ class Daemon:
                     "snd_una": (conn.snd_una - conn.iss) & 0xFFFFFFFF,
                     "snd_nxt": (conn.snd_nxt - conn.iss) & 0xFFFFFFFF,
                     "rcv_nxt": (conn.rcv_nxt - conn.irs) & 0xFFFFFFFF,
+                    # The origins, for tools that need absolute numbers.
+                    "iss": conn.iss,
+                    "irs": conn.irs,
                     "snd_wnd": conn.snd_wnd,
+                    "rcv_wnd": max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 0),  # as advertised
                     "rto": round(conn.rto, 3),
                     "srtt": None if conn.srtt is None else round(conn.srtt, 6),
                     "timers": {

@@ -7,6 +7,7 @@ from __future__ import annotations
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
 from ustack.tcp.states import State
+from ustack.trace import SegmentEvent
 
 P = PEER_ISS + 1
 U = OUR_ISS + 1
@@ -101,6 +102,13 @@ def test_zero_window_probe_keeps_the_connection_alive() -> None:
     t.send(".", seq=P, ack=U + 1000, win=1000)
     t.expect("P.", seq=U + 1000, payload=b"x" * 500)
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
+    # Each probe, resent or not, is a probe in the trace, not a retransmission.
+    notes = [
+        e.note
+        for e in t.trace
+        if isinstance(e, SegmentEvent) and e.direction == "out" and e.length == 1
+    ]
+    assert notes == ["zero-window probe"] * 6
 
 
 def test_send_buffer_is_bounded() -> None:
@@ -171,9 +179,13 @@ def test_b48_challenge_acks_are_rate_limited() -> None:
     for i in range(10):
         t.send("R", seq=P + 1 + i)
     assert len(t.sent()) == 3
+    # Counted, sent and withheld, for `ustack stats` (Linux: TCPChallengeACK).
+    assert t.stack.counters["tcp.out.challenge-ack"] == 3
+    assert t.stack.counters["tcp.out.challenge-ack-limited"] == 7
     t.wait(1.0)
     t.send("R", seq=P + 50)
     t.expect(".")
+    assert t.stack.counters["tcp.out.challenge-ack"] == 4
 
 
 def test_b49_out_of_window_data_gets_pure_ack() -> None:

@@ -169,15 +169,35 @@ def test_forged_or_stale_cookies_get_rst() -> None:
     t.expect("S.")
     t.send("S", seq=PEER_ISS, sport=2)
     cookie = t.expect("S.")
-    t.send(".", seq=PEER_ISS + 1, ack=cookie.seq + 2, sport=2)  # not our cookie
-    t.expect("R", seq=cookie.seq + 2)
-    t.send(".", seq=PEER_ISS + 8, ack=cookie.seq + 1, sport=2)  # another ISN: the hash differs
-    t.expect("R")
+    forged = cookie.seq ^ (0x10 << 27)  # not a counter value of ours
+    t.send(".", seq=PEER_ISS + 1, ack=forged + 1, sport=2)
+    t.expect("R", seq=forged + 1)
     t.at(200.0)  # two periods later the cookie is stale
     t.sent()
     t.send(".", seq=PEER_ISS + 1, ack=cookie.seq + 1, sport=2)
     t.expect("R")
     assert t.stack.counters["tcp.syncookies.accepted"] == 0
+
+
+def test_cookie_handshake_survives_losing_its_final_ack_and_first_data() -> None:
+    """Under a SYN flood the peer's final ACK and its request may be lost; its
+    next segment (SEQ past ISN + 1, e.g. the answer to a second SYN,ACK)
+    cannot be checked. A RST would kill the connection (curl: "connection
+    reset by peer"): it is dropped, and the peer's retransmission from
+    ISN + 1 completes the handshake."""
+    t = TcpScript(listen=80, backlog=1)
+    t.send("S", seq=PEER_ISS, sport=1)
+    t.expect("S.")
+    t.send("S", seq=PEER_ISS, sport=2)
+    cookie = t.expect("S.")
+    t.send(".", seq=PEER_ISS + 75, ack=cookie.seq + 1, sport=2)  # after 74 lost bytes
+    t.expect_none()
+    assert t.stack.counters["tcp.drop.syncookie-unverified"] == 1
+    request = b"x" * 74
+    t.send("P.", seq=PEER_ISS + 1, ack=cookie.seq + 1, sport=2, payload=request)  # resent
+    t.expect(".", seq=cookie.seq + 1, ack=PEER_ISS + 75)
+    assert t.read() == request
+    assert t.stack.counters["tcp.syncookies.accepted"] == 1
 
 
 def test_b12_connect_sends_syn_and_times_out_with_backoff() -> None:

@@ -12,7 +12,7 @@ on. The comments name the step of 3.10.7.4 each block implements.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from ustack.headers import ACK, FIN, PSH, RST, SYN, TcpOptions
@@ -146,6 +146,8 @@ class TcpConnection:
         # Deadlines by timer name: retransmit, persist, time_wait, fin_wait_2.
         self._timers: dict[str, float] = {}
         self._challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
+        # The stack's counters, if it gives them (challenge ACKs sent and withheld).
+        self.counters: Counter[str] | None = None
         self._ack_now = False
         self._last_heard = 0.0  # when the peer last sent anything (keep-alive)
         self._keepalive_probes = 0
@@ -1095,7 +1097,8 @@ class TcpConnection:
             flags = ACK | (FIN if fin else 0) | (PSH if size and offset + size == len(buf) else 0)
             payload = bytes(buf[offset : offset + size])
             note = "zero-window probe" if probe else ""
-            if seq.lt(self.snd_nxt, self.snd_max):
+            if seq.lt(self.snd_nxt, self.snd_max) and not probe:
+                # (A probe resent after its timeout is still a probe, not a loss.)
                 note = "retransmission"
             window = self._window_field()
             gso = mss if size > mss else 0
@@ -1193,7 +1196,12 @@ class TcpConnection:
         started, count = self._challenges
         if self._now - started >= 1.0:
             started, count = self._now, 0
-        if count < self.config.challenge_ack_limit:
+        limited = count >= self.config.challenge_ack_limit
+        if self.counters is not None:
+            self.counters[
+                "tcp.out.challenge-ack-limited" if limited else "tcp.out.challenge-ack"
+            ] += 1
+        if not limited:
             self._challenges = (started, count + 1)
             self._ack_now = True
             self._ack_note = "challenge ACK"

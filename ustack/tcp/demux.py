@@ -36,6 +36,7 @@ from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent
 from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
 from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
 from ustack.trace import NewConnection, SegmentEvent, StateChange, TraceEvent, Tracer, dotted
 
@@ -98,6 +99,7 @@ class Listener:
         self.on_accept = on_accept
         self.state = State.CLOSED
         self.embryonic: set[TcpConnection] = set()
+        self.cookies_until = 0.0  # the last SYN cookie it sent is good until then
 
     def __repr__(self) -> str:
         return f"<Listener :{self.port} {self.state} backlog={self.backlog}>"
@@ -273,8 +275,12 @@ class TcpDemux:
             counters.drop("tcp", "rst-to-listener", now)
             return
         if seg.flags & ACK:
-            if not seg.flags & (SYN | RST) and self._accept_cookie(listener, key, seg, now):
-                return
+            if not seg.flags & (SYN | RST):
+                if self._accept_cookie(listener, key, seg, now):
+                    return
+                if self._unverifiable_cookie(listener, seg, now):
+                    counters.drop("tcp", "syncookie-unverified", now, f"port {listener.port}")
+                    return
             self._reply_closed(key[0], key[2], key[1], seg, now)
             return
         if not seg.flags & SYN:
@@ -285,6 +291,7 @@ class TcpDemux:
                 counters.drop("tcp", "backlog-full", now, f"port {listener.port}")
             else:
                 self._send_cookie(key, seg, now)
+                listener.cookies_until = now + 2 * COOKIE_PERIOD
             return
         iss = None
         if previous is not None and not seq.gt(self._isn_for(key, now), previous.snd_max):
@@ -334,6 +341,20 @@ class TcpDemux:
             listener.on_accept(conn)
         self.flush(conn)
         return True
+
+    def _unverifiable_cookie(self, listener: Listener, seg: Segment, now: float) -> bool:
+        """An ACK that carries one of our current cookies but fails the check
+        may be a later segment of a real handshake whose final ACK and first
+        data were lost (a busy queue drops them): its SEQ is past ISN + 1, so
+        the ISN the hash needs is unknown. A RST would kill that connection;
+        dropped, the peer resends from ISN + 1 and the cookie checks. Only
+        while the listener hands out cookies, and only for ACKs whose counter
+        bits are current; anything else gets the RST of RFC 9293 3.10.7.2."""
+        return (
+            self.syncookies is not None
+            and now < listener.cookies_until
+            and self.syncookies.current(seg.ack, now)
+        )
 
     def _reply_closed(
         self, remote: int, local_port: int, remote_port: int, seg: Segment, now: float
@@ -444,6 +465,7 @@ class TcpDemux:
         conn = TcpConnection(
             conn_id=next(self._conn_ids), iss=iss, config=self.config, trace=self.trace
         )
+        conn.counters = self._counters
         self.connections[key] = conn
         self._keys[conn] = key
         if self.trace is not None:

@@ -38,6 +38,12 @@ class SynCookies:
         index = max(i for i, mss in enumerate(MSS_TABLE) if mss <= peer_mss or i == 0)
         return ((tick & 0x1F) << 27) | (index << 25) | self._hash(key, tick, peer_isn)
 
+    def current(self, ack: int, now: float) -> bool:
+        """Whether SEG.ACK - 1 carries the counter of a cookie made now or one
+        tick ago: it may be one of ours, for a SEG.SEQ we cannot check."""
+        tick = int(now / PERIOD)
+        return seq.add(ack, -1) >> 27 in (tick & 0x1F, (tick - 1) & 0x1F)
+
     def check(
         self, key: tuple[int, int, int, int], ack: int, seg_seq: int, now: float
     ) -> int | None:
