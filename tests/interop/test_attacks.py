@@ -26,6 +26,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,34 @@ def verdicts(events: list[dict[str, Any]]) -> Counter[str]:
     return kinds
 
 
+@dataclass
+class Attacked:
+    """A transfer that ran under a blind attack, with what is needed to judge it."""
+
+    out: bytes
+    attack: dict[str, Any]
+    before: dict[str, int]
+    seconds: float
+
+    def check_survived(self, daemon: UstackDaemon, client_port: int) -> None:
+        daemon.wait_until_no_connections()
+        check_survived_attack(daemon, client_port, self.attack, self.before, self.seconds)
+
+
+def attack_during(
+    ns: Netns, daemon: UstackDaemon, client_port: int, curl: subprocess.Popen[bytes]
+) -> Attacked:
+    """Once the transfer runs, attack it; then let curl finish, successfully."""
+    wait_for_transfer(daemon, client_port)
+    before = daemon.stats()
+    start = time.monotonic()
+    attack = blind_attack(ns, daemon, client_port)
+    seconds = time.monotonic() - start
+    out, err = curl.communicate(timeout=60)
+    assert curl.returncode == 0, err
+    return Attacked(out or b"", attack, before, seconds)
+
+
 def check_survived_attack(
     daemon: UstackDaemon,
     client_port: int,
@@ -236,17 +265,10 @@ def test_blind_in_window_rst_syn_and_data_during_a_50mb_download(
                        "--max-time", "60", "-o", str(got), f"http://{STACK_ADDRESS}/bytes/{BULK}"),
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        wait_for_transfer(daemon, port)
-        before = daemon.stats()
-        start = time.monotonic()
-        attack = blind_attack(ns, daemon, port)
-        seconds = time.monotonic() - start
-        _, err = curl.communicate(timeout=60)
-        assert curl.returncode == 0, err
+        attacked = attack_during(ns, daemon, port, curl)
         digest = hashlib.sha256(got.read_bytes()).hexdigest()
         assert digest == pattern_sha256(BULK)
-        daemon.wait_until_no_connections()
-        check_survived_attack(daemon, port, attack, before, seconds)
+        attacked.check_survived(daemon, port)
     finally:
         daemon.stop()
     assert "Traceback" not in daemon.log_text()
@@ -267,17 +289,10 @@ def test_blind_in_window_rst_syn_and_data_during_a_50mb_upload(
                        f"http://{STACK_ADDRESS}/upload"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        wait_for_transfer(daemon, port)
-        before = daemon.stats()
-        start = time.monotonic()
-        attack = blind_attack(ns, daemon, port)
-        seconds = time.monotonic() - start
-        out, err = curl.communicate(timeout=60)
-        assert curl.returncode == 0, err
+        attacked = attack_during(ns, daemon, port, curl)
         # The application saw exactly the client's bytes: no injected data.
-        assert out.decode().split() == [str(BULK), hashlib.sha256(data).hexdigest()]
-        daemon.wait_until_no_connections()
-        check_survived_attack(daemon, port, attack, before, seconds)
+        assert attacked.out.decode().split() == [str(BULK), hashlib.sha256(data).hexdigest()]
+        attacked.check_survived(daemon, port)
     finally:
         daemon.stop()
     assert "Traceback" not in daemon.log_text()
