@@ -18,6 +18,17 @@ def sender(**config: object) -> TcpScript:
     return t
 
 
+def fast_retransmit_of_the_second_segment(t: TcpScript, size: int) -> None:
+    """Send `size` bytes; the peer gets the first segment, not the second:
+    its ACK and three duplicates bring the second again."""
+    t.write(bytes(size))
+    t.sent()
+    t.send(".", seq=P, ack=U + 1000)
+    for _ in range(3):
+        t.send(".", seq=P, ack=U + 1000)
+    t.expect(".", seq=U + 1000)
+
+
 def test_delayed_ack_acks_every_second_full_segment_at_once() -> None:
     t = TcpScript(listen=80, delayed_ack=0.04)
     t.establish(mss=1460)
@@ -94,12 +105,7 @@ def test_fast_retransmit_on_the_third_duplicate_ack() -> None:
 
 def test_newreno_partial_ack_retransmits_the_next_hole_and_full_ack_ends_recovery() -> None:
     t = sender()
-    t.write(bytes(8000))
-    t.sent()
-    t.send(".", seq=P, ack=U + 1000)
-    for _ in range(3):
-        t.send(".", seq=P, ack=U + 1000)
-    t.expect(".", seq=U + 1000)  # segments 2 and 4 were lost
+    fast_retransmit_of_the_second_segment(t, 8000)  # segments 2 and 4 were lost
     t.send(".", seq=P, ack=U + 3000)  # partial: up to the next hole
     t.expect(".", seq=U + 3000, payload=bytes(1000))  # retransmitted at once (RFC 6582)
     t.send(".", seq=P, ack=U + 8000)  # full ACK
@@ -320,12 +326,7 @@ def test_a_loss_right_after_a_recovery_starts_a_new_one() -> None:
     than "recover", the highest byte sent when the last one began. An ACK
     of exactly everything sent then does: the next loss is a new event."""
     t = sender()
-    t.write(bytes(4000))
-    t.sent()
-    t.send(".", seq=P, ack=U + 1000)
-    for _ in range(3):
-        t.send(".", seq=P, ack=U + 1000)
-    t.expect(".", seq=U + 1000)  # fast retransmit; recover = U + 4000
+    fast_retransmit_of_the_second_segment(t, 4000)  # recover = U + 4000
     t.write(bytes(4000))
     t.send(".", seq=P, ack=U + 4000)  # a full ACK: that recovery is over
     assert t.conn is not None and t.conn.snd_max - (U + 4000) >= 2000  # new data out
