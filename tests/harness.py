@@ -112,15 +112,18 @@ class UstackDaemon:
         *extra: str,
         wrapper: Sequence[str] = (),
         ready_timeout: float = 30,
+        trace: bool = True,
     ) -> UstackDaemon:
-        """Start the daemon (under `wrapper`, e.g. setpriv) and wait until it is ready."""
+        """Start the daemon (under `wrapper`, e.g. setpriv) and wait until it is ready.
+        trace=False: no JSONL trace (thousands of connections would make it costly)."""
         control = workdir / "control.sock"
         log = workdir / "ustack.log"
-        trace = workdir / "trace.jsonl"
+        trace_path = workdir / "trace.jsonl"
         ready_r, ready_w = os.pipe()
+        tracing = ("--trace", str(trace_path)) if trace else ()
         argv = ns.command(
             *wrapper, sys.executable, "-m", "ustack", "serve", "--control", str(control),
-            "--ready-fd", str(ready_w), "--log-level", "debug", "--trace", str(trace),
+            "--ready-fd", str(ready_w), "--log-level", "debug", *tracing,
             "--msl", "0.5", *extra,
         )  # fmt: skip
         with open(log, "wb") as log_file:
@@ -128,7 +131,7 @@ class UstackDaemon:
                 argv, stdout=log_file, stderr=subprocess.STDOUT, pass_fds=[ready_w]
             )
         os.close(ready_w)
-        daemon = cls(ns, process, control, log, trace)
+        daemon = cls(ns, process, control, log, trace_path)
         try:
             # The daemon writes a line when the device is up; EOF means it died first.
             readable, _, _ = select.select([ready_r], [], [], ready_timeout)
