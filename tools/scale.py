@@ -368,6 +368,18 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def stable_fd_count(pid: int) -> int:
+    """The daemon closes its --ready-fd pipe just after it wrote to it: the
+    count once two reads 0.1 s apart agree."""
+    count = fd_count(pid)
+    for _ in range(20):
+        time.sleep(0.1)
+        count, previous = fd_count(pid), count
+        if count == previous:
+            break
+    return count
+
+
 class Child:
     """A helper process in the namespace speaking JSON lines on stdout."""
 
@@ -501,7 +513,7 @@ def run_scale(
     probe = Child(ns.command(sys.executable, str(HERE), "_probe", "--interval", "0.01"))
     try:
         probe.read(30)
-        report.rss_start, report.fds_start = rss_kib(pid), fd_count(pid)
+        report.fds_start, report.rss_start = stable_fd_count(pid), rss_kib(pid)
         for number in range(1, rounds + 1):
             r = Round(number, rss_start=report.rss_start, rss_before=rss_kib(pid))
             r.fds_before = settle_fds(report.fds_start)

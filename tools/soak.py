@@ -80,6 +80,11 @@ class Tally:
     ab_failed_requests: int = 0
     longest_s: float = 0.0
     problems: list[str] = field(default_factory=list)  # the first few, for the report
+    durations: list[float] = field(default_factory=list)  # seconds, each completed transfer
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.durations)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else 0.0
 
 
 @dataclass
@@ -120,6 +125,22 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def stable_fd_count(pid: int) -> int:
+    """The daemon closes its --ready-fd pipe just after it wrote to it: the
+    count once two reads 0.1 s apart agree."""
+    count = fd_count(pid)
+    for _ in range(20):
+        time.sleep(0.1)
+        count, previous = fd_count(pid), count
+        if count == previous:
+            break
+    return count
+
+
 def log_uniform(rng: random.Random, low: int, high: int) -> int:
     return int(math.exp(rng.uniform(math.log(low), math.log(max(low, high)))))
 
@@ -154,6 +175,7 @@ class Soak:
             tally = self.report.tallies[kind]
             tally.transfers += 1
             tally.longest_s = max(tally.longest_s, seconds)
+            tally.durations.append(seconds)
             if code != 0:
                 tally.failed += 1
                 problem = problem or ("timed out" if code == -1 else f"exit {code}")
@@ -195,6 +217,7 @@ class Soak:
             tally.bytes += field_of("Total transferred")
             tally.ab_failed_requests += failed + (AB_REQUESTS - complete)
             tally.longest_s = max(tally.longest_s, time.monotonic() - start)
+            tally.durations.append(time.monotonic() - start)  # the whole ab run
             if code != 0 or complete != AB_REQUESTS:
                 tally.failed += 1
                 if len(tally.problems) < 5:
@@ -268,7 +291,7 @@ class Soak:
         return Sample(
             round(time.monotonic() - started, 1),
             rss_kib(pid),
-            len(os.listdir(f"/proc/{pid}/fd")),
+            fd_count(pid),
             sum(states.values()),
             states,
         )
@@ -285,14 +308,15 @@ def run_soak(
     sample_every: float = 5.0,
     timeout: float = 300,
     rss_slack_mib: float = 16,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> SoakReport:
     """Run the mixed load on a daemon started by tests/harness.py (with the
     fault rules already in place); the report with its problems."""
+    log = log or (lambda line: print(line, flush=True))  # flushed: the run is long
     report = SoakReport(seconds, rules, seed)
     soak = Soak(ns, daemon, report, max_size, timeout)
     pid = daemon.process.pid
-    report.fds_start = len(os.listdir(f"/proc/{pid}/fd"))
+    report.fds_start = stable_fd_count(pid)
     started = time.monotonic()
     until = started + seconds
     warmup = min(60.0, seconds / 4)
@@ -344,7 +368,7 @@ def run_soak(
     deadline = time.monotonic() + 2
     while final.fds != report.fds_start and time.monotonic() < deadline:
         time.sleep(0.05)  # our own control connection may still be closing in the daemon
-        final.fds = len(os.listdir(f"/proc/{pid}/fd"))
+        final.fds = fd_count(pid)
     report.samples.append(final)
     report.rss_last, report.fds_end = final.rss_kib, final.fds
     report.rss_max = max(s.rss_kib for s in report.samples)
@@ -390,14 +414,14 @@ def print_report(report: SoakReport) -> None:
     )
     print(
         f"{'kind':9s} {'transfers':>9s} {'MiB':>9s} {'failed':>6s} {'corrupt':>7s} "
-        f"{'longest s':>9s}"
+        f"{'p50 s':>6s} {'p99 s':>6s} {'max s':>6s}"
     )
     total = Tally()
     for kind, t in report.tallies.items():
         failed = t.failed if kind != "ab" else t.ab_failed_requests
         print(
             f"{kind:9s} {t.transfers:9,} {t.bytes / (1 << 20):9.1f} {failed:6} {t.corrupt:7} "
-            f"{t.longest_s:9.1f}"
+            f"{t.percentile(0.5):6.2f} {t.percentile(0.99):6.2f} {t.longest_s:6.1f}"
         )
         total.transfers += t.transfers
         total.bytes += t.bytes
@@ -407,7 +431,10 @@ def print_report(report: SoakReport) -> None:
         f"{'total':9s} {total.transfers:9,} {total.bytes / (1 << 20):9.1f} {total.failed:6} "
         f"{total.corrupt:7}"
     )
-    print("  (ab: requests that succeeded, bytes as ab counts them, failed requests)")
+    print(
+        "  (ab: requests that succeeded, bytes as ab counts them, failed requests; its times "
+        f"are those of a whole `ab -n {AB_REQUESTS} -c {AB_CONCURRENCY}`)"
+    )
     c = report.counters
     print(
         f"faults applied: drop {c.get('fault.drop', 0):,}, delay {c.get('fault.delay', 0):,}, "
@@ -525,7 +552,13 @@ def main(argv: list[str] | None = None) -> int:
             report.problems.append((3, "a Traceback in the daemon log"))
         print_report(report)
         if args.json:
-            args.json.write_text(json.dumps(dataclasses.asdict(report), indent=1))
+            out = dataclasses.asdict(report)
+            for kind, tally in report.tallies.items():
+                del out["tallies"][kind]["durations"]
+                out["tallies"][kind].update(
+                    p50_s=tally.percentile(0.5), p99_s=tally.percentile(0.99)
+                )
+            args.json.write_text(json.dumps(out, indent=1))
         status = report.status()
         for _, what in report.problems:
             print(f"PROBLEM: {what}")
