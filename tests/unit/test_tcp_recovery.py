@@ -351,3 +351,20 @@ def test_segments_carrying_sack_blocks_shrink_to_fit_the_mss() -> None:
     assert sent and all(s.options.sack_blocks for s in sent)
     assert all(len(s.payload) <= MSS - 12 for s in sent)  # NOP NOP kind len + one block
     assert sum(len(s.payload) for s in sent) == 3000
+
+
+def test_a_fin_held_beyond_a_hole_is_sacked() -> None:
+    """The last data segment before the FIN was lost: the FIN (alone, or on
+    data) is reported in a SACK block, so the sender learns of the hole at
+    once (Linux does the same)."""
+    t = TcpScript(listen=80)
+    t.establish(mss=1460, sack_permitted=True)
+    t.send("F.", seq=P + 1000, ack=U)
+    assert t.expect(".", ack=P).options.sack_blocks == ((P + 1000, P + 1001),)
+    t = TcpScript(listen=80)
+    t.establish(mss=1460, sack_permitted=True)
+    t.send("F.", seq=P + 1000, ack=U, payload=b"z" * 500)
+    assert t.expect(".", ack=P).options.sack_blocks == ((P + 1000, P + 1501),)
+    t.send(".", seq=P, ack=U, payload=b"a" * 1000)
+    final = t.expect(".", ack=P + 1501)  # the hole filled: data and FIN taken
+    assert final.options.sack_blocks == ()

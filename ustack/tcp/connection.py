@@ -1174,12 +1174,23 @@ class TcpConnection:
     def _ack_options(self) -> TcpOptions:
         """Timestamps (RFC 7323) and SACK blocks for data held beyond a hole
         (RFC 2018), as agreed: 40 bytes hold TS and three blocks, or four."""
-        sack = self.sack_ok and bool(self._out_of_order)
+        held_fin = self._held_fin
+        sack = self.sack_ok and (bool(self._out_of_order) or held_fin is not None)
         if not (sack or self.ts_ok):
             return NO_OPTIONS
-        blocks = (
-            self._out_of_order.blocks(self._last_hold)[: 3 if self.ts_ok else 4] if sack else []
-        )
+        blocks = self._out_of_order.blocks(self._last_hold) if sack else []
+        if sack and held_fin is not None:
+            # A FIN held beyond a hole is reported too (it occupies sequence
+            # space, as Linux reports it): else a sender that lost only the
+            # last data segment has no SACK to go on and waits for its RTO.
+            end = seq.add(held_fin, 1)
+            touching = [i for i, (_, right) in enumerate(blocks) if right == held_fin]
+            if touching:
+                left, _ = blocks[touching[0]]
+                blocks[touching[0]] = (left, end)
+            else:
+                blocks.insert(0, (held_fin, end))
+        blocks = blocks[: 3 if self.ts_ok else 4]
         stamps = (self._ts_now(), self.ts_recent) if self.ts_ok else None
         return TcpOptions(sack_blocks=tuple(blocks), timestamps=stamps)
 
