@@ -844,15 +844,18 @@ def build_tcp(
     options: TcpOptions | None = None,
     payload: Buffer = b"",
     urgent: int = 0,
-) -> bytes:
+    headroom: int = 0,
+) -> bytearray:
     """Header, options (NOP-padded) and payload, with the checksum over the
-    pseudo-header of `src` and `dst` (IPv4 addresses as integers) filled in."""
+    pseudo-header of `src` and `dst` (IPv4 addresses as integers) filled in.
+    `headroom` bytes stay free in front, for the IP header to be written in
+    place (the payload is copied once, here, and never again)."""
     encoded_options = _encode_tcp_options(options) if options is not None else b""
     header_length = TCP_MIN_HEADER_LENGTH + len(encoded_options)
-    segment = bytearray(TCP_MIN_HEADER_LENGTH)
+    segment = bytearray(headroom + TCP_MIN_HEADER_LENGTH)
     _pack_tcp_into(
         segment,
-        0,
+        headroom,
         src_port=src_port,
         dst_port=dst_port,
         seq=seq,
@@ -864,8 +867,9 @@ def build_tcp(
     )
     segment += encoded_options
     segment += payload  # += takes any buffer by its bytes, whatever a memoryview's format
-    _pack_checksum(segment, _TCP_CHECKSUM_OFFSET, transport_checksum(src, dst, PROTO_TCP, segment))
-    return bytes(segment)
+    checksum = transport_checksum(src, dst, PROTO_TCP, memoryview(segment)[headroom:])
+    _pack_checksum(segment, headroom + _TCP_CHECKSUM_OFFSET, checksum)
+    return segment
 
 
 class UdpHeader(NamedTuple):

@@ -16,6 +16,7 @@ from ustack.headers import (
     DEST_UNREACH,
     ECHO_REPLY,
     ECHO_REQUEST,
+    IPV4_MIN_HEADER_LENGTH,
     PORT_UNREACH,
     PROTO_ICMP,
     PROTO_TCP,
@@ -160,27 +161,27 @@ class IPv4Layer:
     def send(self, dst: int, protocol: int, payload: Buffer, gso_size: int = 0) -> None:
         """One datagram to `dst`. A TCP segment larger than the MTU is allowed
         with `gso_size`: the link has it cut into segments of that size."""
-        total = 20 + len(payload)
-        if total > self.mtu and not gso_size:
+        packet = bytearray(IPV4_MIN_HEADER_LENGTH)
+        packet += payload
+        self.send_in_place(dst, protocol, packet, gso_size)
+
+    def send_in_place(self, dst: int, protocol: int, packet: bytearray, gso_size: int = 0) -> None:
+        """Like send(), for a payload that already sits behind 20 free bytes:
+        the header goes there, and the payload is not copied again."""
+        if len(packet) > self.mtu and not gso_size:
             # We never fragment; TCP keeps its segments under the MSS.
             self._counters.drop("ip", "out-too-big", self._now)
             return
         self._identification = (self._identification + 1) & 0xFFFF
-        header = build_ipv4(
+        packet[:IPV4_MIN_HEADER_LENGTH] = build_ipv4(
             src=self.address,
             dst=dst,
             protocol=protocol,
-            payload_length=len(payload),
+            payload_length=len(packet) - IPV4_MIN_HEADER_LENGTH,
             ttl=DEFAULT_TTL,
             identification=self._identification,
         )
-        if gso_size:
-            packet: bytes | bytearray = bytearray(header)  # the link patches it in place
-            packet += payload
-            sent = self._transmit(packet, gso_size)
-        else:
-            packet = header + payload
-            sent = self._transmit(packet)
+        sent = self._transmit(packet, gso_size) if gso_size else self._transmit(packet)
         if self.tap is not None:
             self.tap("out", bytes(packet), self._now)
         if sent:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ustack.checksum import Buffer
 from ustack.counters import Counters
-from ustack.headers import PROTO_TCP
+from ustack.headers import IPV4_MIN_HEADER_LENGTH, PROTO_TCP
 from ustack.ip import IPv4Layer
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
@@ -46,14 +46,15 @@ class Stack:
             trace,
             isn,
             SynCookies() if syncookies else None,
+            headroom=IPV4_MIN_HEADER_LENGTH,  # IP writes its header there: no copy
         )
         self.ip.tcp_input = self.tcp.receive
 
     def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
         self.ip.receive(packet, now, checksum_ok)
 
-    def _send_tcp(self, dst: int, segment: bytes, gso_size: int = 0) -> None:
-        self.ip.send(dst, PROTO_TCP, segment, gso_size)
+    def _send_tcp(self, dst: int, packet: bytearray, gso_size: int = 0) -> None:
+        self.ip.send_in_place(dst, PROTO_TCP, packet, gso_size)
 
 
 class StackRunner:

@@ -679,7 +679,7 @@ class TcpConnection:
         fin = self._fin_queued and offset + size == len(self._send_buf)
         fin = fin and seq.gt(self.snd_max, self._fin_seq)  # only a FIN that went out before
         flags = ACK | (FIN if fin else 0) | (PSH if fin else 0)
-        payload = bytes(self._send_buf[offset : offset + size])
+        payload = _copy_out(self._send_buf, offset, size)
         window = self._window_field()
         self._emit(
             Segment(
@@ -1095,7 +1095,7 @@ class TcpConnection:
             if 0 < size < full and not probe and self._hold_small(size, unsent):
                 break
             flags = ACK | (FIN if fin else 0) | (PSH if size and offset + size == len(buf) else 0)
-            payload = bytes(buf[offset : offset + size])
+            payload = _copy_out(buf, offset, size)
             note = "zero-window probe" if probe else ""
             if seq.lt(self.snd_nxt, self.snd_max) and not probe:
                 # (A probe resent after its timeout is still a probe, not a loss.)
@@ -1286,3 +1286,10 @@ _PEER_MAY_RESET = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.
 def _sack_length(options: TcpOptions) -> int:
     """Bytes the SACK option takes in a segment, with its two NOPs."""
     return 4 + 8 * len(options.sack_blocks) if options.sack_blocks else 0
+
+
+def _copy_out(buf: bytearray, offset: int, size: int) -> bytes:
+    """Bytes of the send buffer in one copy (a slice of the bytearray and then
+    bytes() would be two); no view outlives the call, so the buffer may shrink."""
+    with memoryview(buf) as view:
+        return bytes(view[offset : offset + size])

@@ -42,7 +42,8 @@ from ustack.trace import NewConnection, SegmentEvent, StateChange, TraceEvent, T
 
 Buffer = bytes | bytearray | memoryview
 # Hands a TCP segment (header + payload, checksum filled) to IP for `dst`.
-SendSegment = Callable[[int, bytes, int], None]  # (dst, segment, gso_size)
+# (dst, segment, gso_size); the segment has `headroom` free bytes in front.
+SendSegment = Callable[[int, bytearray, int], None]
 # The application side of one connection: receives its events.
 AppHandler = Callable[[AppEvent], None]
 # (remote address, remote port, local port): our own address is fixed.
@@ -115,8 +116,10 @@ class TcpDemux:
         trace: Tracer | None = None,
         isn: Callable[[int, int, int, int, float], int] | None = None,
         syncookies: SynCookies | None = None,
+        headroom: int = 0,
     ) -> None:
         self.address = address
+        self.headroom = headroom  # free bytes before each segment handed to `send`
         self.config = config or TcpConfig()
         self.trace = trace
         self.connections: dict[Key, TcpConnection] = {}
@@ -509,6 +512,7 @@ class TcpDemux:
             window=seg.window,
             options=None if seg.options is NO_OPTIONS else seg.options,
             payload=seg.payload,
+            headroom=self.headroom,
         )
         self._send(remote, segment, seg.gso_size)
 
