@@ -1063,9 +1063,9 @@ def case_to_json(case: Case, about: str = "") -> str:
     out: dict[str, Any] = {}
     if about:
         out["about"] = about
-    for name in ("failure", "detail"):
+    for name in ("failure", "detail"):  # what it broke when found
         if name in case:
-            out[name] = case[name]
+            out[f"found_{name}"] = case[name]
     out["setup"] = case["setup"]
     out["actions"] = actions
     lines = ",\n    ".join(json.dumps(a) for a in actions)
