@@ -32,6 +32,7 @@ from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.trace import Decision, StateChange, TimerEvent, Tracer
 
 DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
+MIN_PEER_MSS = 48  # Linux's tcp_min_snd_mss: what we use for a smaller MSS option
 MAX_WINDOW_SHIFT = 14  # RFC 7323 2.3
 MAX_GSO_PAYLOAD = 65535 - 60 - 60  # an IP datagram less the largest IP and TCP headers
 
@@ -225,7 +226,9 @@ class TcpConnection:
         # we did not know yet: the same window, from the real RCV.NXT.
         self.rcv_adv = seq.add(self.rcv_nxt, min(self._free_receive_space(), 0xFFFF))
         options = syn.options
-        self.peer_mss = options.mss or DEFAULT_PEER_MSS
+        # A tiny MSS would leave no room for data next to our options (Linux
+        # floors it the same way, tcp_min_snd_mss).
+        self.peer_mss = max(options.mss or DEFAULT_PEER_MSS, MIN_PEER_MSS)
         if options.window_scale is not None and self.config.window_scaling:
             self.snd_shift = min(options.window_scale, MAX_WINDOW_SHIFT)
             self.rcv_shift = self.config.window_shift

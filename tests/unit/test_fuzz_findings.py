@@ -1,0 +1,25 @@
+"""Bugs the fuzzer (tools/fuzz.py) found, each as a readable script.
+
+The minimised inputs themselves are in tests/fuzz_corpus/ and replayed by
+test_fuzz_corpus.py; these scripts say what was wrong and what is right.
+"""
+
+from __future__ import annotations
+
+import pytest
+from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+
+
+@pytest.mark.parametrize("mss", [1, 12, 40])
+def test_a_tiny_peer_mss_still_lets_data_flow(mss: int) -> None:
+    """An MSS option of 12 with timestamps (12 option bytes) left a segment
+    size of 0: no data could ever go out, and nothing timed the stall."""
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, mss=mss, ts=(100, 0))
+    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1, ts=(101, OUR_ISS))
+    assert t.write(b"x" * 100) == 100
+    sent = t.sent()
+    assert sent and all(0 < len(out.payload) <= 36 for out in sent)  # 48 - 12: Linux's floor
+    t.send(".", seq=PEER_ISS + 1, ack=sent[-1].seq + len(sent[-1].payload), ts=(102, OUR_ISS))
+    assert t.conn is not None and t.conn.snd_una == sent[-1].seq + len(sent[-1].payload)
