@@ -23,3 +23,26 @@ def test_a_tiny_peer_mss_still_lets_data_flow(mss: int) -> None:
     assert sent and all(0 < len(out.payload) <= 36 for out in sent)  # 48 - 12: Linux's floor
     t.send(".", seq=PEER_ISS + 1, ack=sent[-1].seq + len(sent[-1].payload), ts=(102, OUR_ISS))
     assert t.conn is not None and t.conn.snd_una == sent[-1].seq + len(sent[-1].payload)
+
+
+def test_small_segments_close_a_scaled_window() -> None:
+    """With window scaling, each ACK rounded the promised window up to the
+    scale's unit again, so the right edge crept on with every small segment
+    and the window never closed: the receive buffer grew without bound while
+    the application did not read (RFC 7323 Appendix F; Linux had the same,
+    fixed by tcp_shrink_window). Now the edge stops at the free space."""
+    t = TcpScript(listen=80, receive_buffer=70000)  # window scale 1
+    conn = t.establish(ws=7)
+    seq = PEER_ISS + 1
+    for _ in range(69):
+        t.send(".", seq=seq, ack=OUR_ISS + 1, payload=b"x" * 1000)
+        seq += 1000
+    t.sent()
+    windows = []
+    for _ in range(1100):  # more than the free space, one byte at a time
+        t.send(".", seq=seq, ack=OUR_ISS + 1, payload=b"y")
+        (ack,) = t.sent()
+        seq = ack.ack  # the peer sends only what was acknowledged
+        windows.append(ack.window)
+    assert conn.readable_bytes <= 70000 + 1
+    assert windows[-1] == 0

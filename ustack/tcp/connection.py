@@ -1073,8 +1073,9 @@ class TcpConnection:
 
     def _window_field(self) -> int:
         """The window to advertise, scaled; the right edge never moves left
-        (RFC 9293 3.8.6.2.2), and it grows only by useful amounts (SWS)."""
-        free = self._free_receive_space()
+        (RFC 9293 3.8.6.2.2) but by the scale's rounding, and it grows only
+        by useful amounts (SWS)."""
+        room = free = self._free_receive_space()
         promised = max(seq.diff(self.rcv_adv, self.rcv_nxt), 0)
         if free - promised < min(self.config.receive_buffer // 2, self._mss):
             free = promised  # a small opening is not worth announcing yet
@@ -1083,9 +1084,14 @@ class TcpConnection:
             # A SYN,ACK may yet be resent, and it cannot say more than 65535:
             # promise no more before the handshake is over.
             window = min(window, (0xFFFF >> self.rcv_shift) << self.rcv_shift)
-        # Round up: rounding down would pull a promised right edge back.
+        # Round up: rounding down would pull a promised right edge back. But
+        # never past the free space: rounding a promise up again on every ACK
+        # let the edge creep on with each small segment, and the window never
+        # closed (RFC 7323 Appendix F); there the edge goes back by < 1 unit.
         granule = (1 << self.rcv_shift) - 1
-        field = min((window + granule) >> self.rcv_shift, 0xFFFF)
+        field = min(
+            (window + granule) >> self.rcv_shift, (room + granule) >> self.rcv_shift, 0xFFFF
+        )
         self.rcv_adv = seq.add(self.rcv_nxt, field << self.rcv_shift)
         return field
 
