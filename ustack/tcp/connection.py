@@ -404,6 +404,7 @@ class TcpConnection:
             # acknowledges our SYN; it is its SYN again, so no text follows.
             self.snd_una = seg.ack
             self.snd_wnd = seg.window << self.snd_shift
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
             self._cancel("retransmit")
             self._transition(Event.RCV_ACK_OF_SYN)
