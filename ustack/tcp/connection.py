@@ -797,6 +797,11 @@ class TcpConnection:
             self._delay_ack(len(data))
         if self._held_fin == self.rcv_nxt:
             self._receive_fin()
+        elif self._held_fin is not None and seq.lt(self._held_fin, self.rcv_nxt):
+            # Data ran past the held FIN: the peer contradicted itself; its
+            # FIN counts where it comes next (Linux drops such a FIN too).
+            self._held_fin = None
+            self._decide("data past a held FIN: the FIN is dropped", "3.10.7.4")
 
     def _delay_ack(self, received: int) -> None:
         """Delayed ACK (RFC 9293 3.8.6.3, RFC 5681 4.2): ACK every second full
