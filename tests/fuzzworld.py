@@ -55,6 +55,7 @@ from ustack.tcp.connection import ConnectionClosedError, TcpConfig, TcpConnectio
 from ustack.tcp.demux import IsnGenerator
 from ustack.tcp.events import AppEvent, Closed, DataReceived, EndOfStream
 from ustack.tcp.invariants import InvariantChecker, InvariantError
+from ustack.tcp.segment import Segment
 from ustack.tcp.states import State
 from ustack.tcp.syncookies import SynCookies
 
@@ -134,7 +135,7 @@ class Coverage:
     def summary(self) -> str:
         drops = sum(1 for name in self.counters if ".drop." in name)
         return (
-            f"{len(self.states)}/11 states, {len(self.moves)} state pairs, "
+            f"{len(self.states)}/9 connection states, {len(self.moves)} moves between them, "
             f"{len(self.counters)} counters ({drops} drop reasons)"
         )
 
@@ -150,10 +151,14 @@ class App:
         self.conn = conn
         self.mode = "manual"
         self.done = False  # closed or aborted by us: no more calls
+        self.closed = False  # the connection said Closed
+        self.problem = ""  # an event out of order, for the checks
 
     def __call__(self, event: AppEvent) -> None:
+        if self.closed and not self.problem:
+            self.problem = f"{type(event).__name__} after Closed"
         if isinstance(event, Closed):
-            self.done = True
+            self.done = self.closed = True
             return
         if self.mode == "manual" or self.done:
             return
@@ -279,8 +284,18 @@ class World:
             self._check_output(packet, gso_size)
         self._out.clear()
         self.checker.check(self.now)
-        for conn in [c for c in self.apps if self.tcp.endpoints(c) is None]:
-            del self.apps[conn]
+        for conn, app in list(self.apps.items()):
+            gone = self.tcp.endpoints(conn) is None
+            if app.problem:
+                raise FuzzFailure("app-events", f"{conn}: {app.problem}")
+            if gone and not app.closed:
+                raise FuzzFailure("app-events", f"{conn} left the table without Closed")
+            if app.closed and not gone and conn.state is not State.TIME_WAIT:
+                raise FuzzFailure("app-events", f"{conn}: Closed, but still in {conn.state}")
+            if gone:
+                del self.apps[conn]
+            elif "_emit" not in conn.__dict__:
+                conn._emit = _window_checked(conn, conn._emit)  # type: ignore[method-assign]
         if self.coverage is not None:
             self._note_coverage()
 
@@ -390,6 +405,29 @@ class World:
             problem = "bad ICMP checksum"
         if problem:
             raise FuzzFailure("bad-output", f"{problem}: {packet[:60].hex()}")
+
+
+def _window_checked(
+    conn: TcpConnection, emit: Callable[[Segment], None]
+) -> Callable[[Segment], None]:
+    """Wraps a connection's _emit: no data beyond the peer's window (RFC 9293
+    3.8.6), except one segment at SND.UNA (a retransmission or a zero-window
+    probe, as Linux allows), checked with the TCB as it is at that moment."""
+
+    def emit_checked(segment: Segment) -> None:
+        size = len(segment.payload)
+        if size and not segment.flags & RST:
+            end = seq.add(segment.seq, size)
+            right = seq.add(conn.snd_una, conn.snd_wnd)
+            at_left_edge = segment.seq == conn.snd_una and size <= conn._mss
+            if seq.gt(end, right) and not at_left_edge:
+                raise FuzzFailure(
+                    "beyond-send-window",
+                    f"{conn}: {size} bytes at {segment.seq} end past SND.UNA+SND.WND {right}",
+                )
+        emit(segment)
+
+    return emit_checked
 
 
 def _accounts(counter: str) -> bool:

@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the fuzz target lives with the test h
 DEFAULT_CORPUS = ROOT / "tests" / "fuzz_corpus"
 DEFAULT_WORK = Path("/tmp/ustack-fuzz")
 PROGRESS_EVERY = 30.0  # seconds between progress lines
+SEED_INPUTS = 200  # random programs to start libFuzzer's corpus with
 
 
 class Recorder:
@@ -212,6 +213,12 @@ def run_atheris_worker(args: argparse.Namespace) -> None:
 
     libfuzzer_corpus = args.work / "corpus"
     libfuzzer_corpus.mkdir(parents=True, exist_ok=True)
+    if not any(libfuzzer_corpus.iterdir()):
+        # A head start: programs long enough to reach the later states, which
+        # libFuzzer's slowly growing length limit would reach only late.
+        next_input = fw.random_programs(args.seed, args.max_len)
+        for number in range(SEED_INPUTS):
+            (libfuzzer_corpus / f"seed-{number}").write_bytes(next_input())
     flags = [
         f"-runs={2 * args.inputs + 1000}",
         f"-max_len={args.max_len}",
@@ -243,6 +250,8 @@ def run_atheris(args: argparse.Namespace) -> int:
             found = re.search(r"cov: \d+ ft: \d+ corp: \S+", line)
             if found:
                 last_cov = found.group(0)
+            if line.startswith("INFO: Instrumenting"):
+                continue
             if re.match(r"#\d+\s+(NEW|REDUCE|INITED)", line):
                 new_lines += 1
                 continue
