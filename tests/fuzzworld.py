@@ -539,7 +539,7 @@ class Generator:
             self.icmp_udp(live)
         elif op < 215:
             self.advance()
-        elif op < 245:
+        elif op < 240:
             self.app_call()
         elif op < 251:
             self.w.apply(["connect", self.s.pick(CONNECT_PORTS), self.s.pick(LOCAL_PORTS)])
@@ -552,7 +552,15 @@ class Generator:
         port = s.pick((80, 80, 80, 80, 7, 7, CLOSED_PORT))
         remote = PEER2 if s.chance(16) else PEER
         key = (remote, s.pick(PEER_PORTS), port)
+        waiting = [
+            k for k, c in sorted(self.w.tcp.connections.items()) if c.state is State.TIME_WAIT
+        ]
+        if waiting and s.chance(64):
+            key = s.pick(waiting)  # a SYN for a 4-tuple in TIME_WAIT
         iss = s.pick((1000, 1000, 0, MASK, MASK - 15, HALF - 1, HALF, s.u32()))
+        old = self.w.tcp.connections.get(key)
+        if old is not None and s.chance(160):
+            iss = (old.rcv_nxt + s.pick((1, 100_000, HALF - 1, -1))) & MASK  # a new incarnation?
         self.peers[key] = Peer(iss)
         flags = SYN if s.chance(230) else s.pick((SYN | ECE | CWR, SYN | PSH, SYN | URG))
         options = self.syn_options()
@@ -588,10 +596,30 @@ class Generator:
         s = self.s
         peer = self.peers.setdefault(key, Peer(s.u32()))
         if conn.state is State.SYN_SENT:
-            flags = SYN | ACK if s.chance(220) else SYN
+            flags = SYN | ACK if s.chance(190) else SYN  # SYN: simultaneous open
             ack = conn.snd_nxt if flags & ACK else 0
             peer.iss = s.pick((1000, MASK, HALF, s.u32()))
             self.send(key, peer.iss, ack, flags, self.window(), self.syn_options())
+            return
+        if conn.state is State.SYN_RECEIVED and not conn.passive and s.chance(200):
+            # Simultaneous open: the peer's SYN,ACK acknowledges our SYN.
+            self.send(key, conn.irs, seq.add(conn.iss, 1), SYN | ACK, self.window())
+            return
+        if conn.snd_una != conn.snd_max and s.chance(60):
+            # Duplicate ACKs (same window, no data), with SACK blocks if agreed:
+            # fast retransmit, recovery, partial ACKs.
+            window = conn.snd_wnd >> conn.snd_shift
+            for _ in range(3 + s.below(3)):
+                conn = self.w.tcp.connections.get(key)  # type: ignore[assignment]
+                if conn is None:
+                    return
+                options = self.ts_option(key)
+                if conn.sack_ok and s.chance(180):
+                    options += self.sack_option(conn)
+                self.send(key, conn.rcv_nxt, conn.snd_una, ACK, window, options)
+            return
+        if s.chance(40):
+            self.reordered(key, conn)
             return
         ack = s.pick((conn.snd_max, conn.snd_max, conn.snd_max, conn.snd_nxt, conn.snd_una))
         if s.chance(40):
@@ -613,6 +641,27 @@ class Generator:
             self.send(key, conn.rcv_nxt, ack, flags, window, options, payload)
             if key not in self.w.tcp.connections:
                 break
+
+    def reordered(self, key: tuple[int, int, int], conn: TcpConnection) -> None:
+        """The peer's next few segments, out of order, some overlapping or
+        repeated, the FIN maybe on the last: holes, reassembly, held FINs."""
+        s = self.s
+        start, ack = conn.rcv_nxt, conn.snd_max
+        pieces = []
+        offset = 0
+        for _ in range(2 + s.below(4)):
+            size = s.pick((conn._mss, conn._mss // 2, 1 + s.byte(), 1))
+            pieces.append((offset, size))
+            offset += size - (s.below(size) if s.chance(40) else 0)  # overlap the next
+        fin_at = len(pieces) - 1 if s.chance(60) else -1
+        order = sorted(range(len(pieces)), key=lambda _: s.byte())
+        for index in order + ([s.pick(order)] if s.chance(60) else []):
+            if key not in self.w.tcp.connections:
+                return
+            offset, size = pieces[index]
+            flags = ACK | (FIN if index == fin_at else 0)
+            payload = _PATTERN[offset % 256 : offset % 256 + size]
+            self.send(key, start + offset, ack, flags, 0xFFFF, self.ts_option(key), payload)
 
     def stray_segment(self) -> None:
         """A segment for no connection: to a listener, a closed port, an old tuple."""
@@ -702,8 +751,9 @@ class Generator:
     def pick_seq(self, conn: TcpConnection) -> int:
         s = self.s
         edge = conn.rcv_adv
-        bases = (conn.rcv_nxt, conn.rcv_nxt, conn.rcv_nxt, conn.rcv_nxt, edge, edge - 1,
-                 conn.rcv_nxt - 1, conn.irs, conn.irs + 1, conn.rcv_nxt + HALF,
+        ahead = conn.rcv_nxt + conn._mss * (1 + s.below(4))  # beyond a hole
+        bases = (conn.rcv_nxt, conn.rcv_nxt, conn.rcv_nxt, conn.rcv_nxt, ahead, ahead, edge,
+                 edge - 1, conn.rcv_nxt - 1, conn.irs, conn.irs + 1, conn.rcv_nxt + HALF,
                  conn.rcv_nxt + HALF - 1, conn.rcv_nxt - HALF + 1, s.u32())  # fmt: skip
         return (s.pick(bases) + self.delta(conn)) & MASK
 
@@ -865,7 +915,7 @@ class Generator:
         seg_ack: int,
         flags: int,
         window: int,
-        options: bytes,
+        options: bytes = b"",
         payload: bytes = b"",
         mutate: bool = False,
     ) -> None:
