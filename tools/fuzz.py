@@ -193,7 +193,7 @@ def run_atheris_worker(args: argparse.Namespace) -> None:
     """The child: libFuzzer drives `one_input`; stats go to a file the parent reads."""
     import atheris
 
-    with atheris.instrument_imports(include=["ustack", "fuzzworld"]):
+    with atheris.instrument_imports(include=["ustack"]):  # coverage of the stack only
         fw = _load_target()
     signal.signal(signal.SIGALRM, _on_alarm)
     recorder = Recorder(fw, args.corpus, args.work, not args.no_minimize)
@@ -302,7 +302,7 @@ def main() -> int:
     parser.add_argument("--inputs", type=int, default=100_000, help="inputs to run")
     parser.add_argument("--engine", choices=("atheris", "random"), default=None)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--max-len", type=int, default=1024, help="bytes per input")
+    parser.add_argument("--max-len", type=int, default=512, help="bytes per input")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per input")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
