@@ -58,6 +58,7 @@ from ustack.tcp.invariants import InvariantChecker, InvariantError
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import State
 from ustack.tcp.syncookies import SynCookies
+from ustack.trace import FanOut, JsonlWriter, PcapWriter, TextWriter
 
 US = 0xC6120002  # 198.18.0.2
 PEER = 0xC6120001  # 198.18.0.1
@@ -141,6 +142,19 @@ class Coverage:
         )
 
 
+class _Discard:
+    """A stream for the trace writers that keeps nothing."""
+
+    def write(self, data: str | bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 class App:
     """The application side of one connection, as the services use it
     (ustack/api.py does these calls): `manual` reads only when told (a
@@ -195,6 +209,7 @@ class World:
         self.apps: dict[TcpConnection, App] = {}
         self._states: dict[TcpConnection, str] = {}
         isn_hash = IsnGenerator(b"ustack-fuzz-isn!") if setup["isn_hash"] else None
+        sink: Any = _Discard()
         base = setup["isn_base"]
 
         def isn(local: int, local_port: int, remote: int, remote_port: int, now: float) -> int:
@@ -206,7 +221,9 @@ class World:
             self._transmit,
             mtu=setup["mtu"],
             tcp_config=TcpConfig(**{"mss": setup["mtu"] - 40, **setup["config"]}),
-            trace=(lambda event: None) if setup["trace"] else None,
+            # The trace writers are on the input path too when --trace is given.
+            trace=FanOut([TextWriter(sink), JsonlWriter(sink)]) if setup["trace"] else None,
+            tap=PcapWriter(sink) if setup["trace"] else None,
             isn=isn,
             syncookies=setup["syncookies"],
         )
