@@ -79,3 +79,24 @@ def test_data_past_a_held_fin_drops_it() -> None:
     t.send("F.", seq=PEER_ISS + 1 + 2000, ack=OUR_ISS + 1)
     t.expect(".", ack=PEER_ISS + 1 + 2001)
     assert conn.state is State.CLOSE_WAIT
+
+
+def test_fin_and_ack_of_our_fin_beyond_a_full_window_still_end_fin_wait_1() -> None:
+    """In FIN_WAIT_1 a segment acknowledging our FIN and carrying the peer's
+    FIN went "straight to TIME_WAIT" - but its data ran past our window, so
+    its FIN was trimmed away and the connection stayed in FIN_WAIT_1, our
+    FIN acknowledged, no timer left: once the application read and closed,
+    a silent peer left it there for ever."""
+    t = TcpScript(listen=80, receive_buffer=1000)
+    conn = t.establish()
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1, payload=b"a" * 990)  # not read yet
+    t.sent()
+    t.shutdown()
+    t.expect("F.", seq=OUR_ISS + 1)
+    t.send("F.", seq=PEER_ISS + 991, ack=OUR_ISS + 2, payload=b"b" * 100)
+    t.expect(".", ack=PEER_ISS + 1001, win=0)  # 10 bytes fitted; the FIN did not
+    assert conn.state is State.FIN_WAIT_2
+    assert len(t.read()) == 1000
+    t.close()
+    t.wait(3600)  # the peer is gone: the FIN_WAIT_2 timeout ends it
+    assert t.table == {}

@@ -564,7 +564,12 @@ class TcpConnection:
         state = self.state
         if state is State.FIN_WAIT_1:
             end = seq.add(seg.seq, len(seg.payload))
-            if seg.flags & FIN and seq.le(seg.seq, self.rcv_nxt) and seq.ge(end, self.rcv_nxt):
+            if (
+                seg.flags & FIN
+                and seq.le(seg.seq, self.rcv_nxt)
+                and seq.ge(end, self.rcv_nxt)
+                and seq.le(end, self.rcv_adv)  # else the FIN is trimmed with the data
+            ):
                 return True  # its FIN, next in sequence, takes us straight to TIME_WAIT
             self._transition(Event.RCV_ACK_OF_FIN)
             if self.orphaned:
