@@ -8,6 +8,11 @@
     assert t.states() == ["LISTEN", "SYN_RECEIVED", "ESTABLISHED"]
     t.at(61.0)                                       # the clock moves, timers fire
 
+After every segment, timer and application call the TCB invariants of
+ustack/tcp/invariants.py are checked (SND.UNA <= SND.NXT, the window's
+right edge, buffers, timers per state, the demux tables): a script that
+breaks one fails there, with the rule's name.
+
 Segments go in as real bytes through IP and TCP input (checksums, parsing,
 demultiplexing); what comes out is parsed back from the bytes we would put on
 the TUN. Flags are tcpdump's: S F R P and "." for ACK.
@@ -30,6 +35,7 @@ from ustack.headers import (
 from ustack.stack import Stack
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent
+from ustack.tcp.invariants import InvariantChecker
 from ustack.tcp.segment import flag_string
 from ustack.tcp.states import Event, State
 from ustack.trace import Decision, StateChange, TraceEvent
@@ -122,6 +128,7 @@ class TcpScript:
         if listen is not None:
             self.listener = self.tcp.listen(listen, self._accept, backlog=backlog, now=self.now)
         self.local_port = listen or 0
+        self.checker = InvariantChecker(self.tcp)
 
     # ---- plumbing ---------------------------------------------------------------
 
@@ -151,6 +158,7 @@ class TcpScript:
         while (deadline := self.tcp.next_deadline()) is not None and deadline <= t:
             self.now = max(self.now, deadline)
             self.tcp.handle_timers(self.now)
+            self.checker.check(self.now)
         self.now = t
         return self
 
@@ -186,6 +194,7 @@ class TcpScript:
         )  # fmt: skip
         header = build_ipv4(src=PEER, dst=US, protocol=PROTO_TCP, payload_length=len(segment))
         self.stack.receive(header + segment, self.now)
+        self.checker.check(self.now)
         return self
 
     def sent(self) -> list[Out]:
@@ -277,6 +286,7 @@ class TcpScript:
     def _flush(self) -> None:
         assert self.conn is not None
         self.tcp.flush(self.conn)
+        self.checker.check(self.now)
 
     def write(self, data: bytes) -> int:
         assert self.conn is not None

@@ -32,6 +32,7 @@ from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.trace import Decision, StateChange, TimerEvent, Tracer
 
 DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
+MIN_PEER_MSS = 48  # Linux's tcp_min_snd_mss: what we use for a smaller MSS option
 MAX_WINDOW_SHIFT = 14  # RFC 7323 2.3
 MAX_GSO_PAYLOAD = 65535 - 60 - 60  # an IP datagram less the largest IP and TCP headers
 
@@ -229,7 +230,9 @@ class TcpConnection:
         # we did not know yet: the same window, from the real RCV.NXT.
         self.rcv_adv = seq.add(self.rcv_nxt, min(self._free_receive_space(), 0xFFFF))
         options = syn.options
-        self.peer_mss = options.mss or DEFAULT_PEER_MSS
+        # A tiny MSS would leave no room for data next to our options (Linux
+        # floors it the same way, tcp_min_snd_mss).
+        self.peer_mss = max(options.mss or DEFAULT_PEER_MSS, MIN_PEER_MSS)
         if options.window_scale is not None and self.config.window_scaling:
             self.snd_shift = min(options.window_scale, MAX_WINDOW_SHIFT)
             self.rcv_shift = self.config.window_shift
@@ -405,6 +408,7 @@ class TcpConnection:
             # acknowledges our SYN; it is its SYN again, so no text follows.
             self.snd_una = seg.ack
             self.snd_wnd = seg.window << self.snd_shift
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
             self._cancel("retransmit")
             self._transition(Event.RCV_ACK_OF_SYN)
@@ -564,7 +568,12 @@ class TcpConnection:
         state = self.state
         if state is State.FIN_WAIT_1:
             end = seq.add(seg.seq, len(seg.payload))
-            if seg.flags & FIN and seq.le(seg.seq, self.rcv_nxt) and seq.ge(end, self.rcv_nxt):
+            if (
+                seg.flags & FIN
+                and seq.le(seg.seq, self.rcv_nxt)
+                and seq.ge(end, self.rcv_nxt)
+                and seq.le(end, self.rcv_adv)  # else the FIN is trimmed with the data
+            ):
                 return True  # its FIN, next in sequence, takes us straight to TIME_WAIT
             self._transition(Event.RCV_ACK_OF_FIN)
             if self.orphaned:
@@ -812,6 +821,11 @@ class TcpConnection:
             self._delay_ack(len(data))
         if self._held_fin == self.rcv_nxt:
             self._receive_fin()
+        elif self._held_fin is not None and seq.lt(self._held_fin, self.rcv_nxt):
+            # Data ran past the held FIN: the peer contradicted itself; its
+            # FIN counts where it comes next (Linux drops such a FIN too).
+            self._held_fin = None
+            self._decide("data past a held FIN: the FIN is dropped", "3.10.7.4")
 
     def _delay_ack(self, received: int) -> None:
         """Delayed ACK (RFC 9293 3.8.6.3, RFC 5681 4.2): ACK every second full
@@ -1140,8 +1154,9 @@ class TcpConnection:
 
     def _window_field(self) -> int:
         """The window to advertise, scaled; the right edge never moves left
-        (RFC 9293 3.8.6.2.2), and it grows only by useful amounts (SWS)."""
-        free = self._free_receive_space()
+        (RFC 9293 3.8.6.2.2) but by the scale's rounding, and it grows only
+        by useful amounts (SWS)."""
+        room = free = self._free_receive_space()
         promised = max(seq.diff(self.rcv_adv, self.rcv_nxt), 0)
         if free - promised < min(self.config.receive_buffer // 2, self._mss):
             free = promised  # a small opening is not worth announcing yet
@@ -1150,9 +1165,14 @@ class TcpConnection:
             # A SYN,ACK may yet be resent, and it cannot say more than 65535:
             # promise no more before the handshake is over.
             window = min(window, (0xFFFF >> self.rcv_shift) << self.rcv_shift)
-        # Round up: rounding down would pull a promised right edge back.
+        # Round up: rounding down would pull a promised right edge back. But
+        # never past the free space: rounding a promise up again on every ACK
+        # let the edge creep on with each small segment, and the window never
+        # closed (RFC 7323 Appendix F); there the edge goes back by < 1 unit.
         granule = (1 << self.rcv_shift) - 1
-        field = min((window + granule) >> self.rcv_shift, 0xFFFF)
+        field = min(
+            (window + granule) >> self.rcv_shift, (room + granule) >> self.rcv_shift, 0xFFFF
+        )
         self.rcv_adv = seq.add(self.rcv_nxt, field << self.rcv_shift)
         return field
 
