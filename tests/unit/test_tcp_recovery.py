@@ -368,3 +368,23 @@ def test_a_fin_held_beyond_a_hole_is_sacked() -> None:
     t.send(".", seq=P, ack=U, payload=b"a" * 1000)
     final = t.expect(".", ack=P + 1501)  # the hole filled: data and FIN taken
     assert final.options.sack_blocks == ()
+
+
+def test_the_ack_of_a_peers_fin_waits_for_our_own_fin_to_carry_it() -> None:
+    """The peer closes first: the ACK of its FIN is delayed (Linux's pingpong
+    mode), so an application that closes at once sends one FIN,ACK, not an
+    ACK and then a FIN; one that does not gets the ACK within the delay."""
+    t = TcpScript(listen=80, delayed_ack=0.04)
+    t.establish(mss=1460)
+    t.send("F.", seq=P, ack=U)
+    t.expect_none()
+    t.close()
+    t.expect("F.", seq=U, ack=P + 1)  # one segment: our FIN acknowledges theirs
+    t = TcpScript(listen=80, delayed_ack=0.04)
+    t.establish(mss=1460)
+    start = t.now
+    t.send("F.", seq=P, ack=U)
+    t.at(start + 0.039)
+    t.expect_none()
+    t.at(start + 0.04)
+    t.expect(".", ack=P + 1)

@@ -846,12 +846,19 @@ class TcpConnection:
         """The eighth step: the FIN is next in sequence."""
         self._held_fin = None
         self.rcv_nxt = seq.add(self.rcv_nxt, 1)
-        self._ack_now = True
+        state = self.state
+        if state is State.ESTABLISHED and not self.fin_received:
+            # The peer closes first: our own FIN is likely to follow as soon as
+            # the application sees the end, and it can carry this ACK (one
+            # segment, not two), as Linux's "pingpong" delayed ACK does. The
+            # delayed-ACK timer bounds the wait.
+            self._delay_ack(0)
+        else:
+            self._ack_now = True
         if self.fin_received:
             return
         self.fin_received = True
         self._events.append(EndOfStream())
-        state = self.state
         if state in (State.ESTABLISHED, State.FIN_WAIT_2):
             self._transition(Event.RCV_FIN)
         elif state is State.FIN_WAIT_1:
