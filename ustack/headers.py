@@ -53,12 +53,12 @@ from construct import (
 )
 from construct.core import bytes2bits, stream_read_entire
 
-from ustack.checksum import internet_checksum, transport_checksum
+from ustack.checksum import Buffer, internet_checksum, transport_checksum
 from ustack.errors import MalformedPacket
 
-# Parsers index and measure a memoryview by item: pass bytes-format views
-# (memoryview(bytes or bytearray) and their slices), not casts to wider items.
-Buffer = bytes | bytearray | memoryview
+# Parsers take any Buffer and index and measure a memoryview by item: pass
+# bytes-format views (memoryview(bytes or bytearray) and their slices), not
+# casts to wider items.
 
 # --- Protocol numbers and flags -------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from ustack.checksum import internet_checksum, transport_checksum
+from ustack.checksum import Buffer, internet_checksum, transport_checksum
 from ustack.counters import Counters
 from ustack.errors import MalformedPacket
 from ustack.headers import (
@@ -29,7 +29,6 @@ from ustack.headers import (
 )
 from ustack.trace import PacketTap
 
-Buffer = bytes | bytearray | memoryview
 # Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
 TcpInput = Callable[[int, int, memoryview, float, bool], None]
 

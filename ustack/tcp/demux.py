@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ustack.checksum import transport_checksum
+from ustack.checksum import Buffer, transport_checksum
 from ustack.counters import Counters
 from ustack.errors import MalformedPacket
 from ustack.headers import (
@@ -40,7 +40,6 @@ from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
 from ustack.trace import NewConnection, SegmentEvent, StateChange, TraceEvent, Tracer, dotted
 
-Buffer = bytes | bytearray | memoryview
 # Hands a TCP segment (header + payload, checksum filled) to IP for `dst`.
 # (dst, segment, gso_size); the segment has `headroom` free bytes in front.
 SendSegment = Callable[[int, bytearray, int], None]
