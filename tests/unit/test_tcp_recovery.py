@@ -388,3 +388,34 @@ def test_the_ack_of_a_peers_fin_waits_for_our_own_fin_to_carry_it() -> None:
     t.expect_none()
     t.at(start + 0.04)
     t.expect(".", ack=P + 1)
+
+
+def test_after_a_timeout_what_the_peer_sacked_is_not_sent_again() -> None:
+    """RFC 6675 5.1: going back to SND.UNA after a timeout, the scoreboard
+    spares the blocks the peer holds; a second timeout in a row forgets it
+    (the peer may have reneged, RFC 2018 8)."""
+    t = sack_sender_with(tail_loss_probe=False)  # the timeout's story only
+    t.write(bytes(4000))
+    t.sent()
+    t.send(".", seq=P, ack=U, sack=((U + 2000, U + 4000),))  # 1 and 2 lost, 3 and 4 held
+    t.at(t.now + 1.0)
+    t.expect(".", seq=U, payload=bytes(1000))  # the timeout: the first segment
+    t.send(".", seq=P, ack=U + 1000, sack=((U + 2000, U + 4000),))
+    t.expect(".", seq=U + 1000, payload=bytes(1000))  # the second hole
+    t.expect_none()  # and not the 2,000 bytes the peer holds
+    t.send(".", seq=P, ack=U + 4000)
+    assert t.conn is not None and t.conn.snd_una == t.conn.snd_max == U + 4000
+
+
+def test_a_second_timeout_in_a_row_resends_even_what_was_sacked() -> None:
+    t = sack_sender_with(tail_loss_probe=False)  # the timeout's story only
+    t.write(bytes(3000))
+    t.sent()
+    t.send(".", seq=P, ack=U, sack=((U + 1000, U + 3000),))
+    start = t.now
+    t.at(start + 1.0)
+    t.expect(".", seq=U, payload=bytes(1000))
+    t.at(start + 3.0)  # RTO doubled: the peer answers nothing
+    t.expect(".", seq=U, payload=bytes(1000))
+    t.send(".", seq=P, ack=U + 1000)  # it reneged on what it SACKed
+    assert [s.seq for s in t.sent()] == [U + 1000, U + 2000]  # so that goes again too

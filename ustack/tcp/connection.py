@@ -957,7 +957,10 @@ class TcpConnection:
         self._probe_high = None
         self._cancel("probe")
         self._recovery_high = self.snd_max  # no fast retransmit for what we resend now
-        self._sacked = []  # the peer may renege: after a timeout, resend everything
+        if self._retries > 1:
+            # A second timeout in a row: the peer may have reneged (dropped
+            # what it SACKed, RFC 2018 8): forget the scoreboard, resend all.
+            self._sacked = []
         self._dupacks = 0
         self.snd_nxt = self.snd_una
         self._decide(
@@ -1098,6 +1101,7 @@ class TcpConnection:
         full = min(mss, max_segment)  # a "full-sized" segment, even at MTU 65535
         sent_new = False
         while True:
+            hole = self._skip_sacked() if self._sacked else None
             offset = seq.diff(self.snd_nxt, self._send_buf_seq)
             if offset > len(buf):
                 break  # the FIN is out already
@@ -1110,6 +1114,8 @@ class TcpConnection:
                 size = max(min(unsent, usable, max_segment), 0)
             if limit is not None:
                 size = min(size, limit)
+            if hole is not None:
+                size = min(size, hole)
             fin = self._fin_queued and offset + size == len(buf)
             if size == 0 and not fin:
                 break
@@ -1144,6 +1150,20 @@ class TcpConnection:
         stalled = self.snd_wnd == 0 and seq.diff(self._fin_seq, self.snd_nxt) > 0
         if stalled and self.snd_una == self.snd_max and "persist" not in self._timers:
             self._arm("persist", self._rtt.rto)
+
+    def _skip_sacked(self) -> int | None:
+        """Going back after a timeout (SND.NXT below SND.MAX): step over what
+        the peer has SACKed, and return how much may go before the next
+        SACKed block (RFC 6675 5.1: the scoreboard spares what it holds)."""
+        nxt = self.snd_nxt
+        if not seq.lt(nxt, self.snd_max):
+            return None
+        for left, right in self._sacked:
+            if seq.le(left, nxt) and seq.lt(nxt, right):
+                nxt = self.snd_nxt = right
+            elif seq.gt(left, nxt):
+                return seq.diff(left, nxt)
+        return None
 
     def _hold_small(self, size: int, unsent: int) -> bool:
         """Sender-side silly window avoidance (RFC 9293 3.8.6.2.1) with Nagle's
