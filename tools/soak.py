@@ -65,6 +65,7 @@ from typing import Any
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 from losstest import fault_rules, parse_size, pattern_sha256, probability  # noqa: E402
+from scale import fd_count, rss_kib, stable_fd_count  # noqa: E402
 
 STACK = "198.18.0.2"
 KINDS = ("ab", "download", "upload", "nc")
@@ -116,29 +117,6 @@ class SoakReport:
 
     def status(self) -> int:
         return min((code for code, _ in self.problems), default=0)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def stable_fd_count(pid: int) -> int:
-    """The daemon closes its --ready-fd pipe just after it wrote to it: the
-    count once two reads 0.1 s apart agree."""
-    count = fd_count(pid)
-    for _ in range(20):
-        time.sleep(0.1)
-        count, previous = fd_count(pid), count
-        if count == previous:
-            break
-    return count
 
 
 def log_uniform(rng: random.Random, low: int, high: int) -> int:
