@@ -422,10 +422,21 @@ def test_daemon_curl_peer_states(pns: Netns, peer_daemon: UstackDaemon) -> None:
     may be skipped when our FIN comes with the ACK of curl's)."""
     result = pns.run("curl", "-sS", "--max-time", "10", f"http://{STACK_ADDRESS}/", check=True)
     assert b"Hello from ustack" in result.stdout
-    wait_for_peer(peer_daemon, "TIME_WAIT", local=STACK_ADDRESS, local_port=80)
-    (life,) = peer_lives(peer_daemon, local_port=80).values()
+    # The tracepoint is system-wide: another namespace's sockets with the same
+    # addresses may show too (a parallel run), so follow curl's port only.
+    (port,) = {
+        e["remote_port"]
+        for e in peer_daemon.trace_events()
+        if e["type"] == "connection" and e["local_port"] == 80
+    }
+    wait_for_peer(peer_daemon, "TIME_WAIT", local=STACK_ADDRESS, local_port=80, remote_port=port)
+    life = peer_lives(peer_daemon, local_port=80, remote_port=port)[port]
     assert life in (ACTIVE_CLOSE, [s for s in ACTIVE_CLOSE if s != "FIN_WAIT_2"])
-    events = [e for e in peer_daemon.trace_events() if e["type"] == "peer_state"]
+    events = [
+        e
+        for e in peer_daemon.trace_events()
+        if e["type"] == "peer_state" and e["remote_port"] == port
+    ]
     (conn,) = {e["conn"] for e in events if e["new"] == "ESTABLISHED"}
     ours = [e for e in peer_daemon.trace_events() if e.get("conn") == conn]
     assert ours[0]["type"] == "connection" and ours[0]["remote"] == LINUX_ADDRESS
