@@ -524,11 +524,9 @@ class TcpConnection:
         if seq.lt(ack, seq.add(self.snd_una, -self.max_snd_wnd)):
             self._challenge_ack("ACK older than the send window: dropped", "RFC 5961 5.2")
             return False
-        new_sack = False
-        if self.sack_ok and seg.options.sack_blocks:
-            before = self._sacked_bytes()
-            self._note_sacks(seg.options.sack_blocks)
-            new_sack = self._sacked_bytes() > before
+        new_sack = self.sack_ok and bool(seg.options.sack_blocks)
+        if new_sack:
+            new_sack = self._note_sacks(seg.options.sack_blocks)
         if seq.lt(self.snd_una, ack):
             stamps = seg.options.timestamps
             if (
@@ -637,11 +635,13 @@ class TcpConnection:
         )
         self._retransmit_first()
 
-    def _note_sacks(self, blocks: tuple[tuple[int, int], ...]) -> None:
+    def _note_sacks(self, blocks: tuple[tuple[int, int], ...]) -> bool:
         """Merge the peer's SACK blocks into the scoreboard (blocks that do not
-        lie within SND.UNA..SND.MAX are ignored: D-SACKs, or a liar)."""
+        lie within SND.UNA..SND.MAX are ignored: D-SACKs, or a liar); True if
+        they reported bytes not SACKed before."""
         base = self.snd_una
         ranges = [(seq.diff(left, base), seq.diff(right, base)) for left, right in self._sacked]
+        before = sum(hi - lo for lo, hi in ranges)
         limit = seq.diff(self.snd_max, base)
         for left, right in blocks:
             lo, hi = seq.diff(left, base), seq.diff(right, base)
@@ -657,6 +657,7 @@ class TcpConnection:
             else:
                 merged.append([max(lo, 0), hi])
         self._sacked = [[seq.add(base, lo), seq.add(base, hi)] for lo, hi in merged]
+        return sum(hi - lo for lo, hi in merged) > before
 
     def _retransmit_next_hole(self) -> None:
         """SACK-based recovery (after RFC 6675): resend the first stretch below
@@ -923,7 +924,10 @@ class TcpConnection:
         self._arm("keepalive", config.keepalive_interval)
 
     def _arm(self, name: str, delay: float) -> None:
-        deadline = self._timers[name] = self._now + delay
+        deadline = self._now + delay
+        if self._timers.get(name) == deadline:
+            return  # set again at the same instant (e.g. the probe: ACK, then new data)
+        self._timers[name] = deadline
         if self.trace is not None:
             self.trace(TimerEvent(self._now, self.conn_id, name, "set", deadline))
 
