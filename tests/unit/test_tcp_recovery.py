@@ -238,25 +238,85 @@ def sack_sender() -> TcpScript:
     return t
 
 
-def test_sack_recovery_resends_every_hole_the_peer_reports() -> None:
-    """Segments 2, 4 and 6 of 8 are lost; the peer's SACK blocks say so, and
-    recovery resends each hole on successive ACKs instead of one per round
-    trip as NewReno alone would (RFC 6675 in outline)."""
+def test_rack_resends_every_hole_the_peer_reports() -> None:
+    """Segments 2, 4 and 6 of 8 are lost. RACK (RFC 8985 6.2) calls a segment
+    lost once one sent after it is SACKed; the first hole goes at once (RFC
+    6675 4.3), the others as the pipe leaves room in the halved window, not
+    one per round trip as NewReno alone would."""
     t = sack_sender()
     t.write(bytes(8000))
     t.sent()
+    t.at(t.now + 0.005)  # (before the loss probe's 10 ms)
     held = [(U + 2000, U + 3000), (U + 4000, U + 5000), (U + 6000, U + 8000)]
     t.send(".", seq=P, ack=U + 1000)
-    for i in range(3):
-        t.send(".", seq=P, ack=U + 1000, sack=tuple(held[: i + 1]))
-    t.expect(".", seq=U + 1000)  # fast retransmit of the first hole
+    t.send(".", seq=P, ack=U + 1000, sack=tuple(held[:1]))
+    t.expect(".", seq=U + 1000, payload=bytes(1000))  # fast retransmit: the first hole
+    t.send(".", seq=P, ack=U + 1000, sack=tuple(held[:2]))
+    t.expect_none()  # segment 4 is lost too, but 4,000 bytes are in the pipe (cwnd 3,500)
     t.send(".", seq=P, ack=U + 1000, sack=tuple(held))
-    t.expect(".", seq=U + 3000, payload=bytes(1000))  # the next hole, at once
-    t.send(".", seq=P, ack=U + 1000, sack=tuple(held))
-    t.expect(".", seq=U + 5000, payload=bytes(1000))  # and the last one
+    assert [(s.seq, len(s.payload)) for s in t.sent()] == [(U + 3000, 1000), (U + 5000, 1000)]
     t.send(".", seq=P, ack=U + 8000)
     assert t.conn is not None and t.conn.snd_una == U + 8000
     assert any("fast recovery over" in d for d in t.decisions())
+    assert any(d.startswith("RACK: 1 segment(s)") for d in t.decisions())
+
+
+def rack_sender(rtt: float, **config: object) -> TcpScript:
+    """A SACK sender whose handshake took `rtt`: RACK's minimum RTT."""
+    t = TcpScript(listen=80, congestion_control="newreno", **config)
+    t.send("S", seq=PEER_ISS, win=65535, mss=MSS, sack_permitted=True)
+    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    t.at(t.now + rtt)
+    t.send(".", seq=P, ack=U, win=65535)
+    assert t.conn is not None and t.conn.sack_ok and t.conn.srtt == rtt
+    return t
+
+
+def test_rack_waits_a_quarter_rtt_before_calling_a_hole_lost() -> None:
+    """One SACK above a hole: before three segments are SACKed, RACK waits
+    min_RTT/4 past a round trip (RFC 8985 6.2 step 4), as the hole may be
+    only reordered. If the segment arrives meanwhile, nothing is resent."""
+    for reordered in (True, False):
+        t = rack_sender(0.04)
+        start = t.now
+        t.write(bytes(4000))
+        t.sent()
+        t.at(start + 0.04)
+        t.send(".", seq=P, ack=U, sack=((U + 2000, U + 3000),))
+        assert t.conn is not None and "reorder" in t.conn.timers()
+        t.at(start + 0.0499)
+        if reordered:
+            t.send(".", seq=P, ack=U + 3000)  # the first two were late, not lost
+            t.at(start + 0.06)
+            t.expect_none()
+            assert t.conn._rack.reordering_seen and "reorder" not in t.conn.timers()
+        else:
+            t.expect_none()
+            t.at(start + 0.05)  # 40 ms + 10 ms after the first two went
+            assert [s.seq for s in t.sent()] == [U]  # the head; the pipe holds the rest
+            assert any("RACK: 2 segment(s)" in d for d in t.decisions())
+
+
+def test_a_lost_retransmission_is_found_without_a_timeout() -> None:
+    """The fast retransmission is lost too. New data sent after it is SACKed
+    a round trip later: RACK calls the retransmission lost (it went before
+    that data) and sends it again, long before the RTO."""
+    t = rack_sender(0.01)
+    start = t.now
+    t.write(bytes(4000))
+    t.sent()
+    t.at(start + 0.01)
+    t.send(".", seq=P, ack=U, sack=((U + 1000, U + 4000),))  # three SACKed: no waiting
+    t.expect(".", seq=U, payload=bytes(1000))  # the fast retransmission (lost)
+    t.write(bytes(1000))
+    t.expect("P.", seq=U + 4000)  # new data, as the pipe allows
+    t.at(start + 0.02)
+    t.send(".", seq=P, ack=U, sack=((U + 1000, U + 5000),))
+    t.expect(".", seq=U, payload=bytes(1000))  # again, 10 ms later; the RTO is 200+ ms
+    assert t.conn is not None and t.conn.rto >= 0.2
+    assert any("RACK: 1 segment(s) from" in d for d in t.decisions())
+    t.send(".", seq=P, ack=U + 5000)
+    assert t.conn.snd_una == U + 5000
 
 
 def test_sack_blocks_outside_the_window_are_ignored() -> None:
@@ -282,10 +342,11 @@ def test_tail_loss_probe_at_two_srtt_and_its_sack_starts_recovery() -> None:
     t.at(start + pto - 0.001)
     t.expect_none()
     t.at(start + pto)
-    t.expect(".", seq=U + 2000, payload=bytes(1000))  # the probe: the last segment
+    t.expect("P.", seq=U + 2000, payload=bytes(1000))  # the probe: the last segment
     assert any("tail loss probe" in d for d in t.decisions())
     t.send(".", seq=P, ack=U, sack=((U + 2000, U + 3000),))
-    t.expect(".", seq=U, payload=bytes(1000))  # the head, at once: no RTO waited for
+    # RACK: both sent before the probe are lost; at once, no RTO waited for.
+    assert [(s.seq, len(s.payload)) for s in t.sent()] == [(U, 1000), (U + 1000, 1000)]
     assert any("SACK after a tail loss probe" in d for d in t.decisions())
     t.send(".", seq=P, ack=U + 3000)
     assert conn.snd_una == U + 3000
@@ -300,7 +361,7 @@ def test_a_probe_whose_ack_covers_everything_needs_no_recovery() -> None:
     t.write(bytes(2000))
     t.sent()
     t.at(t.now + 0.5)
-    t.expect(".", seq=U + 1000, payload=bytes(1000))
+    t.expect("P.", seq=U + 1000, payload=bytes(1000))
     t.send(".", seq=P, ack=U + 2000)
     assert conn.snd_una == U + 2000 and conn.cwnd >= cwnd
     assert not any("fast retransmit" in d for d in t.decisions())
@@ -391,15 +452,17 @@ def test_the_ack_of_a_peers_fin_waits_for_our_own_fin_to_carry_it() -> None:
 
 
 def test_after_a_timeout_what_the_peer_sacked_is_not_sent_again() -> None:
-    """RFC 6675 5.1: going back to SND.UNA after a timeout, the scoreboard
-    spares the blocks the peer holds; a second timeout in a row forgets it
-    (the peer may have reneged, RFC 2018 8)."""
+    """RFC 6675 5.1, RFC 8985 6.3: after a timeout all that is not SACKed is
+    lost and goes again as slow start allows; the blocks the peer holds do
+    not. A second timeout in a row forgets them (the peer may have reneged,
+    RFC 2018 8)."""
     t = sack_sender_with(tail_loss_probe=False)  # the timeout's story only
     t.write(bytes(4000))
     t.sent()
     t.send(".", seq=P, ack=U, sack=((U + 2000, U + 4000),))  # 1 and 2 lost, 3 and 4 held
+    assert [s.seq for s in t.sent()] == [U, U + 1000]  # RACK resends both: lost again
     t.at(t.now + 1.0)
-    t.expect(".", seq=U, payload=bytes(1000))  # the timeout: the first segment
+    t.expect(".", seq=U, payload=bytes(1000))  # the timeout: one segment (cwnd 1 MSS)
     t.send(".", seq=P, ack=U + 1000, sack=((U + 2000, U + 4000),))
     t.expect(".", seq=U + 1000, payload=bytes(1000))  # the second hole
     t.expect_none()  # and not the 2,000 bytes the peer holds
@@ -411,8 +474,9 @@ def test_a_second_timeout_in_a_row_resends_even_what_was_sacked() -> None:
     t = sack_sender_with(tail_loss_probe=False)  # the timeout's story only
     t.write(bytes(3000))
     t.sent()
-    t.send(".", seq=P, ack=U, sack=((U + 1000, U + 3000),))
     start = t.now
+    t.send(".", seq=P, ack=U, sack=((U + 1000, U + 3000),))
+    t.expect(".", seq=U, payload=bytes(1000))  # RACK's fast retransmission
     t.at(start + 1.0)
     t.expect(".", seq=U, payload=bytes(1000))
     t.at(start + 3.0)  # RTO doubled: the peer answers nothing

@@ -26,6 +26,7 @@ from ustack.tcp.events import (
     EndOfStream,
     SendSpace,
 )
+from ustack.tcp.rack import Rack
 from ustack.tcp.recovery import RttEstimator
 from ustack.tcp.segment import NO_OPTIONS, Segment
 from ustack.tcp.states import TRANSITIONS, Event, State
@@ -137,10 +138,10 @@ class TcpConnection:
         self._recovery_high = iss  # RFC 6582 "recover", for the next entry check
         self.sack_ok = False  # both sides offered SACK
         # The SACK scoreboard (RFC 6675, simplified): [left, right) ranges above
-        # SND.UNA the peer reported holding, sorted, merged; and where the next
-        # search for a hole to retransmit starts during recovery.
+        # SND.UNA the peer reported holding, sorted, merged. With SACK, the
+        # RACK log (RFC 8985) knows when each segment went out and which are lost.
         self._sacked: list[list[int]] = []
-        self._rexmit_next = iss
+        self._rack = Rack()
         self.ts_ok = False  # both sides sent timestamps (RFC 7323)
         self.ts_recent = 0  # TS.Recent: the peer's latest TSval worth echoing
         self._last_hold: tuple[int, int] | None = None  # the latest out-of-order segment
@@ -524,9 +525,10 @@ class TcpConnection:
         if seq.lt(ack, seq.add(self.snd_una, -self.max_snd_wnd)):
             self._challenge_ack("ACK older than the send window: dropped", "RFC 5961 5.2")
             return False
-        new_sack = self.sack_ok and bool(seg.options.sack_blocks)
+        blocks = seg.options.sack_blocks if self.sack_ok else ()
+        new_sack = bool(blocks) and self._note_sacks(blocks)
         if new_sack:
-            new_sack = self._note_sacks(seg.options.sack_blocks)
+            self._rack.on_sack(blocks, self._now)
         if seq.lt(self.snd_una, ack):
             stamps = seg.options.timestamps
             if (
@@ -540,11 +542,13 @@ class TcpConnection:
                 # an echo older than it may time an old segment, not this ACK.
                 rtt = ((self._ts_now() - stamps[1]) & seq.MASK) / 1000
                 if rtt < 60:
-                    self._rtt.sample(rtt)
+                    self._rtt_sample(rtt)
                     self._timed = None
             self._ack_advanced(ack)
         elif self._is_duplicate_ack(seg, new_sack):
             self._duplicate_ack()
+        if self._sacked or self._rack.retransmitted_out:
+            self._rack_detect()  # (only then can a later segment be delivered before an earlier)
         # Window update, from the newest segment only (SND.WL1, SND.WL2).
         newer = seq.lt(self.snd_wl1, seg.seq) or (
             self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, ack)
@@ -597,43 +601,75 @@ class TcpConnection:
             and self.state in _SENDS_DATA
         )
 
-    def _sacked_bytes(self) -> int:
-        return sum(seq.diff(right, left) for left, right in self._sacked)
-
     def _duplicate_ack(self) -> None:
         """Fast retransmit on the third duplicate ACK, and NewReno fast
-        recovery (RFC 5681 3.2, RFC 6582)."""
+        recovery (RFC 5681 3.2, RFC 6582). With SACK, RACK finds the losses
+        (`_rack_detect`); three duplicates without SACK blocks still count."""
         self._dupacks += 1
-        mss = self._mss
         if self._recover is not None:
-            self.cc.cwnd += mss  # each duplicate: one more segment has left the network
-            if self._sacked:
-                self._retransmit_next_hole()
+            if not self.sack_ok:
+                self.cc.cwnd += self._mss  # each duplicate: one more segment has left the network
             return
-        # Loss: three duplicates, or (RFC 6675 IsLost) more than three
-        # segments' worth SACKed above SND.UNA, or, after a tail loss probe,
-        # any SACK: the probe got through, while SND.UNA has waited more than
-        # 2*SRTT since the last send and a round trip more since then (what
-        # RACK, RFC 8985 6.2, would call lost).
-        probed = self._probe_high is not None and bool(self._sacked)
-        lost = self._dupacks >= 3 or self._sacked_bytes() >= 3 * mss or probed
-        if not lost or seq.lt(self.snd_una, self._recovery_high):
+        if self._dupacks < 3 or seq.lt(self.snd_una, self._recovery_high):
             # RFC 6582 3.2 (1): no new recovery for losses of an old one, until
             # the ACK "covers more than recover", the highest byte sent then
             # (SND.MAX - 1 then; here we keep SND.MAX, hence >=).
             return
+        if self.sack_ok:
+            if self._sacked or not self._rack.log:
+                return  # RACK decides from the blocks
+            self._rack.mark_lost(self._rack.log[0])
+        self._enter_recovery("3 duplicate ACKs", "RFC 5681 3.2")
+        if not self.sack_ok:
+            self._retransmit_first()
+
+    def _enter_recovery(self, why: str, rule: str) -> None:
+        """Fast recovery begins: the congestion window is cut once for all the
+        losses of this window (RFC 6582, RFC 6675 5)."""
         flight = seq.diff(self.snd_max, self.snd_una)
         self._recover = self._recovery_high = self.snd_max
         self.cc.on_loss(self._now, flight)
-        self.cc.cwnd += 3 * mss
+        if not self.sack_ok:
+            self.cc.cwnd += 3 * self._mss  # NewReno's inflation; with SACK, pipe counts instead
         self._probe_high = None
-        why = "SACK after a tail loss probe" if probed else "3 duplicate ACKs"
+        self._cancel("probe")
         self._decide(
             f"fast retransmit: {why}; {self.cc.name} ssthresh {self.cc.ssthresh}, "
             f"cwnd {self.cc.cwnd}",
-            "RFC 8985 7.4" if probed else "RFC 5681 3.2",
+            rule,
         )
-        self._retransmit_first()
+        first = self._rack.first_lost() if self.sack_ok else None
+        if first is not None:
+            # RFC 6675 5 (4.3): the first loss goes at once, whatever the pipe.
+            self._retransmit_at(first.start, seq.diff(first.end, first.start))
+
+    def _rack_detect(self) -> None:
+        """RFC 8985 6.2: mark lost what was sent before a delivered segment,
+        RACK.rtt plus the reordering window ago; wait for the rest."""
+        rack = self._rack
+        in_recovery = self._recover is not None
+        reo_wnd = rack.reordering_window(
+            in_recovery, rack.sacked_segments(self._mss), self._rtt.srtt or 0.0
+        )
+        lost, wait = rack.detect_loss(self._now, reo_wnd)
+        if wait > 0:
+            self._arm("reorder", wait)
+        else:
+            self._cancel("reorder")
+        if not lost:
+            return
+        if self.counters is not None:
+            self.counters["tcp.rack.lost"] += len(lost)
+        first = lost[0]
+        self._decide(
+            f"RACK: {len(lost)} segment(s) from {first.start} lost (a segment sent later "
+            f"was delivered, {1000 * (rack.rtt + reo_wnd):.1f} ms after)",
+            "RFC 8985 6.2",
+        )
+        if not in_recovery and not seq.lt(self.snd_una, self._recovery_high):
+            probed = self._probe_high is not None
+            why = "SACK after a tail loss probe" if probed else "RACK"
+            self._enter_recovery(why, "RFC 8985 7.4" if probed else "RFC 8985 6.2")
 
     def _note_sacks(self, blocks: tuple[tuple[int, int], ...]) -> bool:
         """Merge the peer's SACK blocks into the scoreboard (blocks that do not
@@ -659,36 +695,43 @@ class TcpConnection:
         self._sacked = [[seq.add(base, lo), seq.add(base, hi)] for lo, hi in merged]
         return sum(hi - lo for lo, hi in merged) > before
 
-    def _retransmit_next_hole(self) -> None:
-        """SACK-based recovery (after RFC 6675): resend the first stretch below
-        the highest SACKed byte that the peer does not hold and that was not
-        resent yet in this recovery; one segment per ACK keeps the clock."""
-        base = self.snd_una
-        cursor = max(seq.diff(self._rexmit_next, base), 0)
-        for left, right in self._sacked:
-            lo, hi = seq.diff(left, base), seq.diff(right, base)
-            if cursor < lo:
-                size = min(self._mss, lo - cursor)
-                self._retransmit_at(seq.add(base, cursor), size)
-                return
-            cursor = max(cursor, hi)
+    def _retransmit_lost(self) -> None:
+        """Send again what RACK (or a timeout) marked lost, first in sequence
+        first, while the congestion window has room beyond the pipe (RFC 6675
+        5: pipe, not flight, since the SACKed and the lost have left it)."""
+        rack = self._rack
+        budget = self.cc.cwnd - rack.pipe()
+        while budget >= self._mss:
+            entry = rack.first_lost()
+            if entry is None:
+                break
+            sent = self._retransmit_at(entry.start, seq.diff(entry.end, entry.start))
+            if not sent:
+                rack.mark_sent(entry)  # nothing left to send there (cannot happen; never loop)
+                break
+            budget -= sent
 
     def _retransmit_first(self) -> None:
         """Send the first unacknowledged segment again (fast retransmit, or a
         partial ACK's next hole), without going back with SND.NXT."""
         self._retransmit_at(self.snd_una, self._mss)
 
-    def _retransmit_at(self, start: int, max_size: int) -> None:
+    def _retransmit_at(self, start: int, max_size: int) -> int:
+        """One segment from `start` again (FIN included if it is the end);
+        the sequence space it covered."""
         offset = seq.diff(start, self._send_buf_seq)
         options = self._ack_options()
         room = self._mss - _sack_length(options)
         size = min(max_size, room, len(self._send_buf) - offset)
         if size <= 0 and not self._fin_queued:
-            return
-        self._rexmit_next = seq.add(start, max(size, 0))
+            return 0
+        size = max(size, 0)
         fin = self._fin_queued and offset + size == len(self._send_buf)
         fin = fin and seq.gt(self.snd_max, self._fin_seq)  # only a FIN that went out before
-        flags = ACK | (FIN if fin else 0) | (PSH if fin else 0)
+        if size == 0 and not fin:
+            return 0
+        last = size and offset + size == len(self._send_buf)  # PSH as when it first went
+        flags = ACK | (FIN if fin else 0) | (PSH if last else 0)
         payload = _copy_out(self._send_buf, offset, size)
         window = self._window_field()
         self._emit(
@@ -702,9 +745,12 @@ class TcpConnection:
                 note="retransmission",
             )
         )
+        if self.sack_ok:
+            self._rack.on_send(start, seq.add(start, size + fin), self._now)
         self._timed = None  # Karn
         self._ack_now = False
         self._arm("retransmit", self._rtt.rto)
+        return size + fin
 
     def _ack_advanced(self, ack: int) -> None:
         """SND.UNA moves to `ack`: free the acknowledged bytes, measure, re-arm."""
@@ -722,8 +768,10 @@ class TcpConnection:
                 for left, right in self._sacked
                 if seq.gt(right, ack)
             ]
+        if self._rack.log:
+            self._rack.on_ack(ack, self._now)
         if self._timed is not None and seq.gt(ack, self._timed[0]):
-            self._rtt.sample(self._now - self._timed[1])
+            self._rtt_sample(self._now - self._timed[1])
             self._timed = None
         self._retries = 0
         self._dupacks = 0
@@ -732,14 +780,9 @@ class TcpConnection:
                 self._recover = None
                 self.cc.on_recovery_end(self._now)
                 self._decide(f"fast recovery over, cwnd {self.cc.cwnd}", "RFC 6582 3.2")
-            else:  # a partial ACK: the next hole is lost too (RFC 6582 3.2 (5))
+            elif not self.sack_ok:  # a partial ACK: the next hole is lost too (RFC 6582 3.2 (5))
                 self.cc.cwnd = max(self.cc.cwnd - data_acked + self._mss, self._mss)
-                if seq.lt(self._rexmit_next, ack):
-                    self._rexmit_next = ack
-                if self._sacked:
-                    self._retransmit_next_hole()
-                else:
-                    self._retransmit_first()
+                self._retransmit_first()
                 return
         elif data_acked:
             # Only acknowledged data opens the congestion window (not a SYN or FIN).
@@ -749,9 +792,14 @@ class TcpConnection:
         if self.snd_una == self.snd_max:
             self._cancel("retransmit")
             self._cancel("probe")
+            self._cancel("reorder")
         else:
             self._arm("retransmit", self._rtt.rto)  # RFC 6298 5.3
             self._arm_probe()
+
+    def _rtt_sample(self, rtt: float) -> None:
+        self._rtt.sample(rtt)
+        self._rack.note_rtt(rtt)  # RACK.min_RTT, from every sample (the handshake's too)
 
     def _after_handshake(self) -> None:
         """RFC 6298 5.7: after a SYN (or SYN,ACK) was retransmitted, data
@@ -885,6 +933,8 @@ class TcpConnection:
                 self._on_persist_timeout()
             elif name == "probe":
                 self._on_probe_timeout()
+            elif name == "reorder":
+                self._rack_detect()
             elif name == "delayed_ack":
                 self._ack_now = True
             elif name == "time_wait":
@@ -965,8 +1015,15 @@ class TcpConnection:
             # A second timeout in a row: the peer may have reneged (dropped
             # what it SACKed, RFC 2018 8): forget the scoreboard, resend all.
             self._sacked = []
+            self._rack.forget_sacks()
         self._dupacks = 0
-        self.snd_nxt = self.snd_una
+        self._cancel("reorder")
+        if self._rack.log and self.snd_wnd:
+            # RFC 8985 6.3: all not SACKed is lost; it goes again as the
+            # window opens, the SACKed stays where it is (RFC 6675 5.1).
+            self._rack.mark_all_lost()
+        else:
+            self.snd_nxt = self.snd_una  # go back: without SACK, everything is resent
         self._decide(
             f"retransmission timeout #{self._retries}: resend from SND.UNA, RTO now "
             f"{self._rtt.rto:.3f}s",
@@ -1048,6 +1105,8 @@ class TcpConnection:
                 # Bytes not yet sent, or the FIN right after the last byte:
                 # only then has _send_data anything to do (the common case of
                 # a receiver answering data with a bare ACK skips it).
+                if self._rack.lost_out:
+                    self._retransmit_lost()
                 unsent = len(self._send_buf) - seq.diff(self.snd_nxt, self._send_buf_seq)
                 if unsent > 0 or (unsent == 0 and self._fin_queued):
                     self._send_data(None)
@@ -1104,6 +1163,12 @@ class TcpConnection:
             mss, max_segment = self._mss, self._max_segment
         full = min(mss, max_segment)  # a "full-sized" segment, even at MTU 65535
         sent_new = False
+        rack = self._rack if self.sack_ok else None
+        # In recovery, or with losses not yet sent again, new data is limited
+        # by the pipe (RFC 6675 5), not by what is in flight since SND.UNA.
+        budget = None
+        if rack is not None and (self._recover is not None or rack.lost_out):
+            budget = self.cc.cwnd - rack.pipe()
         while True:
             hole = self._skip_sacked() if self._sacked else None
             offset = seq.diff(self.snd_nxt, self._send_buf_seq)
@@ -1113,8 +1178,12 @@ class TcpConnection:
             if probe:
                 size = min(unsent, 1)
             else:
-                window = min(self.snd_wnd, self.cwnd)
-                usable = seq.diff(seq.add(self.snd_una, window), self.snd_nxt)
+                if budget is None:
+                    window = min(self.snd_wnd, self.cwnd)
+                    usable = seq.diff(seq.add(self.snd_una, window), self.snd_nxt)
+                else:
+                    edge = seq.add(self.snd_una, self.snd_wnd)
+                    usable = min(seq.diff(edge, self.snd_nxt), budget)
                 size = max(min(unsent, usable, max_segment), 0)
             if limit is not None:
                 size = min(size, limit)
@@ -1138,6 +1207,10 @@ class TcpConnection:
             )
             if self._timed is None and self.snd_nxt == self.snd_max and size:
                 self._timed = (self.snd_nxt, self._now)
+            if rack is not None:
+                rack.on_send(self.snd_nxt, seq.add(self.snd_nxt, size + fin), self._now)
+                if budget is not None:
+                    budget -= size + fin
             self.snd_nxt = seq.add(self.snd_nxt, size + fin)
             if 0 < size < full:
                 self._small_sent_end = self.snd_nxt

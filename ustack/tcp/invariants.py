@@ -226,6 +226,7 @@ def check_connection(conn: TcpConnection, now: float, demux: TcpDemux | None = N
         fail("segment-size", f"MSS {conn._mss}, cwnd {conn.cwnd}, ssthresh {conn.ssthresh}")
     if not min(config.min_rto, config.initial_rto) <= conn.rto <= config.max_rto:
         fail("rto", f"RTO {conn.rto}")
+    _check_rack_log(conn, fail)
     # Receive sequence space, once the peer's ISN is known.
     if state is not State.SYN_SENT:
         _check_receive_side(conn, fail)
@@ -255,6 +256,37 @@ def check_connection(conn: TcpConnection, now: float, demux: TcpDemux | None = N
         fail("outbox", f"{len(conn._outbox)} segments not sent after a flush")
     if demux is not None and conn in demux._apps and conn._events:
         fail("events", f"{len(conn._events)} events not handed to the application")
+
+
+def _check_rack_log(conn: TcpConnection, fail: Fail) -> None:
+    """With SACK, RACK's log covers SND.UNA..SND.MAX exactly, in order, and
+    its counts match its entries (they gate loss detection and the pipe)."""
+    rack = conn._rack
+    log = rack.log
+    if not conn.sack_ok or not log:
+        if log:
+            fail("rack-log", "a send log without SACK")
+        if conn.sack_ok and conn.snd_una != conn.iss and conn.snd_una != conn.snd_max:
+            fail("rack-log", f"{seq.diff(conn.snd_max, conn.snd_una)} bytes out, none logged")
+        return
+    if log[0].start != conn.snd_una or log[-1].end != conn.snd_max:
+        fail(
+            "rack-log",
+            f"log {log[0].start}..{log[-1].end}, SND.UNA..MAX {conn.snd_una}..{conn.snd_max}",
+        )
+    previous = log[0].start
+    for entry in log:
+        if entry.start != previous or not seq.lt(entry.start, entry.end):
+            fail("rack-log", f"entry {entry} after {previous}")
+        if entry.lost and entry.sacked:
+            fail("rack-log", f"entry {entry} both SACKed and lost")
+        previous = entry.end
+    lost = sum(entry.lost for entry in log)
+    resent = sum(entry.retransmitted for entry in log)
+    if (lost, resent) != (rack.lost_out, rack.retransmitted_out):
+        fail(
+            "rack-log", f"counts {rack.lost_out}/{rack.retransmitted_out}, entries {lost}/{resent}"
+        )
 
 
 def _check_receive_side(conn: TcpConnection, fail: Fail) -> None:

@@ -1,0 +1,248 @@
+"""RACK (RFC 8985 6): loss detection by time, from a log of what was sent when.
+
+A segment is lost when one sent *after* it has been delivered (ACKed or
+SACKed) and a reordering window has passed since: RACK.rtt after its own
+send. Time, not sequence order, is what counts, so a lost retransmission is
+found like any other loss, without waiting for the retransmission timeout.
+
+The connection logs every data segment (and the FIN) it sends, with SACK
+agreed; the log covers exactly SND.UNA..SND.MAX, one entry per transmission
+(entries split where a later retransmission or a SACK block cuts them).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ustack.tcp import seq
+
+INFINITY = float("inf")
+
+
+class Sent:
+    """One stretch of sequence space and its latest transmission."""
+
+    __slots__ = ("end", "lost", "retransmitted", "sacked", "sent_at", "start")
+
+    def __init__(self, start: int, end: int, sent_at: float) -> None:
+        self.start = start
+        self.end = end
+        self.sent_at = sent_at
+        self.retransmitted = False
+        self.sacked = False
+        self.lost = False  # deemed lost and not sent again since
+
+    def split(self, at: int) -> Sent:
+        """Cut at `at`: this keeps start..at, the returned copy at..end."""
+        tail = Sent(at, self.end, self.sent_at)
+        tail.retransmitted, tail.sacked, tail.lost = self.retransmitted, self.sacked, self.lost
+        self.end = at
+        return tail
+
+    def __repr__(self) -> str:
+        marks = zip("RSL", (self.retransmitted, self.sacked, self.lost), strict=True)
+        flags = "".join(c for c, on in marks if on)
+        return f"<Sent {self.start}..{self.end} @{self.sent_at:.6f} {flags}>"
+
+
+def sent_after(t1: float, end1: int, t2: float, end2: int) -> bool:
+    """RFC 8985 6.2 RACK_sent_after: later in time; at the same instant, higher in sequence."""
+    return t1 > t2 or (t1 == t2 and seq.gt(end1, end2))
+
+
+class Rack:
+    def __init__(self) -> None:
+        self.log: deque[Sent] = deque()
+        # RACK.xmit_ts, RACK.end_seq: the most recently sent delivered segment;
+        # RACK.rtt: its round trip; RACK.fack: the highest end delivered.
+        self.xmit_ts = -INFINITY
+        self.end_seq = 0
+        self.rtt = 0.0
+        self.min_rtt = INFINITY
+        self.fack: int | None = None
+        self.reordering_seen = False  # RACK.reord: a segment arrived below RACK.fack
+        self.retransmitted_out = 0  # log entries sent more than once (loss may hide there)
+        self.lost_out = 0  # log entries marked lost, not sent again yet
+
+    # ---- what was sent -----------------------------------------------------
+
+    def on_send(self, start: int, end: int, now: float) -> None:
+        """A data segment (or FIN) covering start..end went out at `now`."""
+        log = self.log
+        if not log or seq.ge(start, log[-1].end):
+            log.append(Sent(start, end, now))
+            return
+        # A retransmission (maybe running on into new data).
+        top = log[-1].end
+        if seq.gt(end, top):
+            log.append(Sent(top, end, now))
+            end = top
+        self._split_at(start)
+        self._split_at(end)
+        for entry in self._between(start, end):
+            if not entry.retransmitted:
+                entry.retransmitted = True
+                self.retransmitted_out += 1
+            if entry.lost:
+                entry.lost = False
+                self.lost_out -= 1
+            entry.sent_at = now
+
+    # ---- what was delivered -----------------------------------------------
+
+    def on_ack(self, ack: int, now: float) -> None:
+        """SND.UNA moved to `ack`: entries below it are delivered and go."""
+        log = self.log
+        while log and seq.le(log[0].end, ack):
+            self._drop(log.popleft(), now)
+        if log and seq.lt(log[0].start, ack):
+            head = log[0]
+            if not head.sacked:
+                self._delivered(head, now)
+            head.start = ack
+
+    def on_sack(self, blocks: tuple[tuple[int, int], ...], now: float) -> bool:
+        """The peer holds these blocks; True if an entry was newly SACKed."""
+        log = self.log
+        if not log:
+            return False
+        low, high = log[0].start, log[-1].end
+        newly = False
+        for left, right in blocks:
+            if seq.le(right, low) or seq.ge(left, high) or not seq.lt(left, right):
+                continue  # a D-SACK below SND.UNA, or not ours
+            left = left if seq.gt(left, low) else low
+            right = right if seq.lt(right, high) else high
+            self._split_at(left)
+            self._split_at(right)
+            for entry in self._between(left, right):
+                if not entry.sacked:
+                    entry.sacked = newly = True
+                    if entry.lost:
+                        entry.lost = False
+                        self.lost_out -= 1
+                    self._delivered(entry, now)
+        return newly
+
+    def forget_sacks(self) -> None:
+        """The peer may have reneged (RFC 2018 8): nothing counts as held."""
+        for entry in self.log:
+            entry.sacked = False
+
+    def _drop(self, entry: Sent, now: float) -> None:
+        if not entry.sacked:
+            self._delivered(entry, now)
+        if entry.retransmitted:
+            self.retransmitted_out -= 1
+        if entry.lost:
+            self.lost_out -= 1
+
+    def _delivered(self, entry: Sent, now: float) -> None:
+        """RFC 8985 6.2 steps 2 and 3, for one newly delivered entry."""
+        rtt = now - entry.sent_at
+        if entry.retransmitted and rtt < self.min_rtt != INFINITY:
+            return  # faster than the path can be: the ACK is for the original (spurious)
+        if not entry.retransmitted:
+            self.note_rtt(rtt)
+        if sent_after(entry.sent_at, entry.end, self.xmit_ts, self.end_seq):
+            self.xmit_ts, self.end_seq, self.rtt = entry.sent_at, entry.end, rtt
+        if self.fack is None or seq.gt(entry.end, self.fack):
+            self.fack = entry.end
+        elif not entry.retransmitted:
+            self.reordering_seen = True  # delivered below one delivered before
+
+    def note_rtt(self, rtt: float) -> None:
+        if rtt < self.min_rtt:
+            self.min_rtt = rtt
+
+    # ---- losses --------------------------------------------------------------
+
+    def reordering_window(self, in_recovery: bool, sacked_segments: int, srtt: float) -> float:
+        """RFC 8985 6.2 step 4: none while no reordering was seen and we are in
+        recovery or three segments are SACKed (the DupThresh rule); else a
+        quarter of the minimum RTT, at most SRTT."""
+        if not self.reordering_seen and (in_recovery or sacked_segments >= 3):
+            return 0.0
+        quarter = self.min_rtt / 4 if self.min_rtt != INFINITY else 0.0
+        return min(quarter, srtt)
+
+    def detect_loss(self, now: float, reo_wnd: float) -> tuple[list[Sent], float]:
+        """RFC 8985 6.2 step 5: mark lost every entry sent before the latest
+        delivered one, once RACK.rtt + reo_wnd has passed since it went out.
+        Returns the entries newly marked, and how long until the next one
+        may be (0: none pending)."""
+        lost: list[Sent] = []
+        wait = 0.0
+        xmit_ts, end_seq, deadline_base = self.xmit_ts, self.end_seq, self.rtt + reo_wnd
+        for entry in self.log:
+            if entry.sacked or entry.lost:
+                continue
+            if not sent_after(xmit_ts, end_seq, entry.sent_at, entry.end):
+                continue
+            remaining = entry.sent_at + deadline_base - now
+            if remaining <= 0:
+                entry.lost = True
+                self.lost_out += 1
+                lost.append(entry)
+            elif remaining > wait:
+                wait = remaining
+        return lost, wait
+
+    def mark_all_lost(self) -> int:
+        """A retransmission timeout (RFC 8985 6.3): all not SACKed is lost."""
+        count = 0
+        for entry in self.log:
+            if not entry.sacked and not entry.lost:
+                entry.lost = True
+                count += 1
+        self.lost_out += count
+        return count
+
+    def mark_lost(self, entry: Sent) -> None:
+        if not entry.lost and not entry.sacked:
+            entry.lost = True
+            self.lost_out += 1
+
+    def mark_sent(self, entry: Sent) -> None:
+        if entry.lost:
+            entry.lost = False
+            self.lost_out -= 1
+
+    def first_lost(self) -> Sent | None:
+        if self.lost_out:
+            for entry in self.log:
+                if entry.lost:
+                    return entry
+        return None
+
+    def pipe(self) -> int:
+        """RFC 6675 pipe: bytes thought to be in the network (sent, neither
+        SACKed nor lost since; a lost one sent again counts once more)."""
+        return sum(
+            seq.diff(entry.end, entry.start)
+            for entry in self.log
+            if not entry.sacked and not entry.lost
+        )
+
+    def sacked_segments(self, mss: int) -> int:
+        return sum(seq.diff(e.end, e.start) for e in self.log if e.sacked) // max(mss, 1)
+
+    # ---- the log itself -----------------------------------------------------
+
+    def _split_at(self, at: int) -> None:
+        """Make `at` an entry boundary (if it falls inside one)."""
+        log = self.log
+        for index, entry in enumerate(log):
+            if seq.lt(entry.start, at) and seq.lt(at, entry.end):
+                tail = entry.split(at)
+                log.insert(index + 1, tail)
+                if tail.retransmitted:
+                    self.retransmitted_out += 1
+                if tail.lost:
+                    self.lost_out += 1
+                return
+            if seq.ge(entry.start, at):
+                return
+
+    def _between(self, start: int, end: int) -> list[Sent]:
+        return [e for e in self.log if seq.ge(e.start, start) and seq.le(e.end, end)]
