@@ -483,3 +483,45 @@ def test_a_second_timeout_in_a_row_resends_even_what_was_sacked() -> None:
     t.expect(".", seq=U, payload=bytes(1000))
     t.send(".", seq=P, ack=U + 1000)  # it reneged on what it SACKed
     assert [s.seq for s in t.sent()] == [U + 1000, U + 2000]  # so that goes again too
+
+
+def test_a_dsack_of_every_resent_byte_undoes_the_window_cut() -> None:
+    """The "lost" segment was only late: the peer reports the original as a
+    duplicate (D-SACK, RFC 2883) after the retransmission filled the hole.
+    Every byte resent in the episode came back duplicated, so the cut is
+    undone (RFC 3708, RFC 4015); and RACK's reordering window widens."""
+    t = rack_sender(0.01)
+    conn = t.conn
+    assert conn is not None
+    before = (conn.cwnd, conn.ssthresh)
+    start = t.now
+    t.write(bytes(4000))
+    t.sent()
+    t.at(start + 0.01)
+    t.send(".", seq=P, ack=U, sack=((U + 1000, U + 4000),))
+    t.expect(".", seq=U)  # fast retransmit: the window is cut
+    assert conn.cwnd < before[0]
+    t.send(".", seq=P, ack=U + 4000)  # recovery over
+    t.send(".", seq=P, ack=U + 4000, sack=((U, U + 1000),))  # the original, late: a D-SACK
+    assert (conn.cwnd, conn.ssthresh) == before
+    assert any("spurious retransmission" in d for d in t.decisions())
+    assert conn._rack.reordering_seen and conn._rack.reo_wnd_mult == 2
+
+
+def test_a_dsack_of_part_of_what_was_resent_undoes_nothing() -> None:
+    t = rack_sender(0.01)
+    conn = t.conn
+    assert conn is not None
+    start = t.now
+    t.write(bytes(5000))
+    t.sent()
+    t.at(start + 0.01)
+    t.send(".", seq=P, ack=U, sack=((U + 2000, U + 5000),))  # two holes: both resent
+    assert [s.seq for s in t.sent()] == [U, U + 1000]
+    cut = (conn.cwnd, conn.ssthresh)
+    t.send(".", seq=P, ack=U + 5000)
+    t.send(".", seq=P, ack=U + 5000, sack=((U, U + 1000),))  # only one was late
+    assert (conn.cwnd, conn.ssthresh) == cut
+    assert not any("spurious" in d for d in t.decisions())
+    t.send(".", seq=P, ack=U + 5000, sack=((U + 1000, U + 2000),))
+    assert any("spurious" in d for d in t.decisions())  # and now the other

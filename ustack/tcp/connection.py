@@ -12,6 +12,7 @@ on. The comments name the step of 3.10.7.4 each block implements.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter, deque
 from dataclasses import dataclass
 
@@ -142,6 +143,12 @@ class TcpConnection:
         # RACK log (RFC 8985) knows when each segment went out and which are lost.
         self._sacked: list[list[int]] = []
         self._rack = Rack()
+        # Undo (RFC 3708 detection, RFC 4015 response): the congestion state
+        # from before the last loss episode's cut, SND.UNA then, and the bytes
+        # resent since that no D-SACK has shown to be needless yet.
+        self._undo_cc: congestion.CongestionControl | None = None
+        self._undo_marker = iss
+        self._undo_bytes = 0
         self.ts_ok = False  # both sides sent timestamps (RFC 7323)
         self.ts_recent = 0  # TS.Recent: the peer's latest TSval worth echoing
         self._last_hold: tuple[int, int] | None = None  # the latest out-of-order segment
@@ -549,6 +556,10 @@ class TcpConnection:
             self._duplicate_ack()
         if self._sacked or self._rack.retransmitted_out:
             self._rack_detect()  # (only then can a later segment be delivered before an earlier)
+        if blocks:
+            dsack = _dsack_block(blocks, ack)
+            if dsack is not None:
+                self._duplicate_reported(dsack)
         # Window update, from the newest segment only (SND.WL1, SND.WL2).
         newer = seq.lt(self.snd_wl1, seg.seq) or (
             self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, ack)
@@ -628,6 +639,7 @@ class TcpConnection:
         losses of this window (RFC 6582, RFC 6675 5)."""
         flight = seq.diff(self.snd_max, self.snd_una)
         self._recover = self._recovery_high = self.snd_max
+        self._begin_undo()
         self.cc.on_loss(self._now, flight)
         if not self.sack_ok:
             self.cc.cwnd += 3 * self._mss  # NewReno's inflation; with SACK, pipe counts instead
@@ -670,6 +682,38 @@ class TcpConnection:
             probed = self._probe_high is not None
             why = "SACK after a tail loss probe" if probed else "RACK"
             self._enter_recovery(why, "RFC 8985 7.4" if probed else "RFC 8985 6.2")
+
+    def _begin_undo(self) -> None:
+        """A loss episode begins: keep the congestion state before its cut."""
+        self._undo_cc = copy.copy(self.cc)
+        self._undo_marker = self.snd_una
+        self._undo_bytes = 0
+
+    def _duplicate_reported(self, block: tuple[int, int]) -> None:
+        """A D-SACK (RFC 2883): the peer got these bytes twice. Reordering,
+        not loss, if they were resent: RACK widens its window (RFC 8985 6.2
+        step 4), and once every byte resent in the episode has come back
+        duplicated, no loss happened: the window cut is undone (RFC 3708
+        detection, RFC 4015 response; Linux's DSACK undo)."""
+        left, right = block
+        self._rack.on_dsack(self._now, self._rtt.srtt or 0.0)
+        if self._undo_cc is None or self._undo_bytes <= 0 or seq.lt(left, self._undo_marker):
+            return  # no episode, nothing resent in it, or a duplicate from before it
+        self._undo_bytes -= seq.diff(right, left)
+        if self._undo_bytes > 0 or self._rack.lost_out:
+            return
+        prior, cwnd = self._undo_cc, self.cc.cwnd
+        self._undo_cc = None
+        prior.cwnd = max(prior.cwnd, cwnd)
+        self.cc = prior
+        self._recover = None
+        if self.counters is not None:
+            self.counters["tcp.undo"] += 1
+        self._decide(
+            f"spurious retransmission: all resent since {self._undo_marker} came back "
+            f"D-SACKed; {self.cc.name} cwnd back to {self.cc.cwnd}, ssthresh {self.cc.ssthresh}",
+            "RFC 3708, RFC 4015",
+        )
 
     def _note_sacks(self, blocks: tuple[tuple[int, int], ...]) -> bool:
         """Merge the peer's SACK blocks into the scoreboard (blocks that do not
@@ -747,6 +791,7 @@ class TcpConnection:
         )
         if self.sack_ok:
             self._rack.on_send(start, seq.add(start, size + fin), self._now)
+        self._undo_bytes += size
         self._timed = None  # Karn
         self._ack_now = False
         self._arm("retransmit", self._rtt.rto)
@@ -778,6 +823,7 @@ class TcpConnection:
         if self._recover is not None:
             if seq.ge(ack, self._recover):  # a full ACK: recovery is over (RFC 6582 3.2 (3))
                 self._recover = None
+                self._rack.recovery_over()
                 self.cc.on_recovery_end(self._now)
                 self._decide(f"fast recovery over, cwnd {self.cc.cwnd}", "RFC 6582 3.2")
             elif not self.sack_ok:  # a partial ACK: the next hole is lost too (RFC 6582 3.2 (5))
@@ -1006,6 +1052,8 @@ class TcpConnection:
         self._ts_at_timeout = self._ts_now()
         flight = seq.diff(self.snd_max, self.snd_una)
         if self.snd_una != self.iss:  # a lost SYN says nothing about the path's capacity
+            if self._recover is None and self._retries == 1:
+                self._begin_undo()  # (a timeout within an episode belongs to it)
             self.cc.on_timeout(self._now, flight)
         self._recover = None
         self._probe_high = None
@@ -1200,6 +1248,7 @@ class TcpConnection:
             if seq.lt(self.snd_nxt, self.snd_max) and not probe:
                 # (A probe resent after its timeout is still a probe, not a loss.)
                 note = "retransmission"
+                self._undo_bytes += size
             window = self._window_field()
             gso = mss if size > mss else 0
             self._emit(
@@ -1405,6 +1454,19 @@ _CLOSE_UNREAD_RESETS = (
 )
 # States in which a RST is an error the application must hear about.
 _PEER_MAY_RESET = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT)
+
+
+def _dsack_block(blocks: tuple[tuple[int, int], ...], ack: int) -> tuple[int, int] | None:
+    """The first block, if it reports a duplicate (RFC 2883 4): below the
+    cumulative ACK, or inside the second block."""
+    left, right = blocks[0]
+    if seq.le(right, ack):
+        return blocks[0]
+    if len(blocks) > 1:
+        outer_left, outer_right = blocks[1]
+        if seq.ge(left, outer_left) and seq.le(right, outer_right):
+            return blocks[0]
+    return None
 
 
 def _sack_length(options: TcpOptions) -> int:

@@ -61,6 +61,11 @@ class Rack:
         self.min_rtt = INFINITY
         self.fack: int | None = None
         self.reordering_seen = False  # RACK.reord: a segment arrived below RACK.fack
+        # RFC 8985 6.2 step 4: the window grows by min_RTT/4 for each round
+        # trip with a D-SACK, and shrinks back after 16 recoveries without.
+        self.reo_wnd_mult = 1
+        self._reo_wnd_persist = 0
+        self._mult_raised_at = -INFINITY
         self.retransmitted_out = 0  # log entries sent more than once (loss may hide there)
         self.lost_out = 0  # log entries marked lost, not sent again yet
 
@@ -157,6 +162,19 @@ class Rack:
 
     # ---- losses --------------------------------------------------------------
 
+    def on_dsack(self, now: float, srtt: float) -> None:
+        self.reordering_seen = True
+        if now - self._mult_raised_at >= srtt:  # once a round trip
+            self.reo_wnd_mult += 1
+            self._mult_raised_at = now
+            self._reo_wnd_persist = 16
+
+    def recovery_over(self) -> None:
+        if self._reo_wnd_persist:
+            self._reo_wnd_persist -= 1
+            if not self._reo_wnd_persist:
+                self.reo_wnd_mult = 1
+
     def reordering_window(self, in_recovery: bool, sacked_segments: int, srtt: float) -> float:
         """RFC 8985 6.2 step 4: none while no reordering was seen and we are in
         recovery or three segments are SACKed (the DupThresh rule); else a
@@ -164,7 +182,7 @@ class Rack:
         if not self.reordering_seen and (in_recovery or sacked_segments >= 3):
             return 0.0
         quarter = self.min_rtt / 4 if self.min_rtt != INFINITY else 0.0
-        return min(quarter, srtt)
+        return min(self.reo_wnd_mult * quarter, srtt)
 
     def detect_loss(self, now: float, reo_wnd: float) -> tuple[list[Sent], float]:
         """RFC 8985 6.2 step 5: mark lost every entry sent before the latest
