@@ -134,6 +134,12 @@ class Run:
         self.ns_made = True
         subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
 
+    def set_linux_cc(self, name: str) -> None:
+        """The Linux side's congestion control towards the stack, by a host
+        route's congctl (the namespace's sysctl may not be writable here)."""
+        route = ["ip", "-n", self.ns, "route", "replace", f"{STACK_ADDRESS}/32"]
+        subprocess.run([*route, "dev", "tun0", "congctl", "lock", name], check=True)
+
     def start_daemon(
         self, rules: list[str], seed: int | None, trace: str | None, offload: bool
     ) -> None:
@@ -385,6 +391,13 @@ def main(argv: list[str] | None = None) -> int:
         "rates are per wire segment)",
     )
     parser.add_argument(
+        "--linux-cc",
+        metavar="NAME",
+        help="the Linux side's congestion control towards the stack (default: "
+        "the kernel's, often bbr, which does not back off on random loss; "
+        "cubic, ustack's default, makes the two directions comparable)",
+    )
+    parser.add_argument(
         "--trace",
         metavar="FILE",
         help="also write the daemon's trace (e.g. t.jsonl, t.pcap; it slows it)",
@@ -408,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{sys.executable} cannot import ustack: run it with the Python "
             "that has ustack installed (e.g. sudo .venv/bin/python tools/losstest.py)"
         )
+    sysctl = Path("/proc/sys/net/ipv4")
+    available = (sysctl / "tcp_available_congestion_control").read_text().split()
+    if args.linux_cc is not None and args.linux_cc not in available:
+        parser.error(f"--linux-cc {args.linux_cc}: this kernel has {' '.join(available)}")
+    linux_cc = args.linux_cc or (sysctl / "tcp_congestion_control").read_text().strip()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
 
     def interrupted(signum: int, _frame: Any) -> None:
@@ -426,13 +444,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run.make_namespace()
         run.start_daemon(rules, seed, args.trace, args.offload)
+        if args.linux_cc is not None:
+            run.set_linux_cc(args.linux_cc)
         print(
             f"ustack losstest: {args.size} bytes ({args.size / MiB:g} MiB) each way; "
             f"loss {args.loss:g}, reorder {args.reorder:g} (delay {args.delay * 1000:g} ms), "
             f"duplicate {args.duplicate:g}, both directions; seed {seed}"
         )
         offloads = "on" if args.offload else "off"
-        print(f"  namespace {run.ns}, workdir {workdir}, TUN offloads {offloads}")
+        print(
+            f"  namespace {run.ns}, workdir {workdir}, TUN offloads {offloads}, "
+            f"Linux congestion control {linux_cc}"
+        )
         print(f"  rules: {' '.join(rules) or 'none'}")
         url = f"http://{STACK_ADDRESS}"
         if args.direction in ("both", "down"):

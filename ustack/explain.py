@@ -539,6 +539,13 @@ def _timer_step(item: _Item, resent: _Item | None, context: _Context) -> tuple[s
         if resent is not None:
             text += " ustack probes it again."
         return text, refs or ["RFC 9293 3.8.6.1"]
+    if name == "reorder":
+        text = (
+            "RACK's reordering timer fires: segments sent before one the peer has "
+            "acknowledged have had a round trip and the reordering window to arrive; "
+            "those still missing are lost."
+        )
+        return text, refs or ["RFC 8985 6.2"]
     return f"ustack's {name} timer fires.", refs or ["RFC 9293 3.10.8"]
 
 

@@ -375,6 +375,7 @@ _TIMER_NOTES = {
     "fin_wait_2": ("fin timeout {}", "fin timeout expired"),
     "persist": ("persist timer {}", "persist timer fired"),
     "probe": ("loss probe {}", "loss probe fired"),
+    "reorder": ("RACK reorder timer {}", "RACK reorder timer fired"),
 }
 
 

@@ -81,7 +81,7 @@ class SegmentEvent:
 class TimerEvent:
     time: float
     conn: int
-    timer: str  # retransmit, persist, time_wait, fin_wait_2
+    timer: str  # retransmit, probe, reorder, persist, delayed_ack, keepalive, time_wait, fin_wait_2
     action: str  # set, fired, cancelled
     deadline: float | None = None
 
