@@ -381,6 +381,8 @@ _TIMER_NOTES = {
 
 def _duration(seconds: float) -> str:
     """ms for the short timers, s for the long ones (keeps notes narrow)."""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"  # (RACK's reordering window: tenths of a ms)
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.0f} s"
 
 

@@ -734,3 +734,27 @@ def test_explain_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert code == 1 and "40001" in out and err.count("\n") == 1
     code, out, err = run(explain_command, add_explain_arguments, [str(two), "--conn", "3"], capsys)
     assert code == 1 and out == "" and "no connection 3" in err
+
+
+def rack_reordering_window() -> TcpScript:
+    """Three segments; the peer SACKs the third: RACK waits a quarter of the
+    0.4 ms handshake RTT past a round trip, then calls the first two lost."""
+    t = handshake()
+    t.at(0.010)
+    t.write(bytes(4000))
+    t.sent()
+    t.at(0.0104)
+    t.send(".", seq=P, ack=U, sack=((U + 2920, U + 4000),))
+    t.expect_none()
+    t.at(0.0106)
+    assert [s.seq for s in t.sent()] == [U, U + 1460]
+    return t
+
+
+def test_rack_reorder_timer_in_the_ladder_and_explained(tmp_path: Path) -> None:
+    text = render_ascii(trace_of(tmp_path, rack_reordering_window))
+    assert "(RACK reorder timer 0.1 ms)" in text
+    assert "(RACK reorder timer fired)" in text
+    steps = steps_of(tmp_path, rack_reordering_window)
+    fired = [s for s in steps if "RACK's reordering timer fires" in s]
+    assert len(fired) == 1 and fired[0].endswith("[RFC 8985 6.2]")
