@@ -751,8 +751,7 @@ class TcpConnection:
                 break
             sent = self._retransmit_at(entry.start, seq.diff(entry.end, entry.start))
             if not sent:
-                rack.mark_sent(entry)  # nothing left to send there (cannot happen; never loop)
-                break
+                break  # beyond a window that shrank: it waits for the window to open
             budget -= sent
 
     def _retransmit_first(self) -> None:
@@ -766,7 +765,19 @@ class TcpConnection:
         offset = seq.diff(start, self._send_buf_seq)
         options = self._ack_options()
         room = self._mss - _sack_length(options)
-        size = min(max_size, room, len(self._send_buf) - offset)
+        # Only what went out before: never past SND.MAX (nor into the window
+        # beyond it, when the probe's "last segment" is shorter than an MSS).
+        sent = seq.diff(self.snd_max, start)
+        if self._fin_queued and seq.gt(self.snd_max, self._fin_seq):
+            sent -= 1  # SND.MAX counts the FIN
+        # Within the peer's window, if it shrank since (RFC 1122 4.2.2.16); at
+        # SND.UNA one segment regardless, as Linux resends its head.
+        window = seq.diff(seq.add(self.snd_una, self.snd_wnd), start)
+        if window <= 0:
+            if start != self.snd_una:
+                return 0
+            window = self._mss
+        size = min(max_size, room, len(self._send_buf) - offset, sent, window)
         if size <= 0 and not self._fin_queued:
             return 0
         size = max(size, 0)

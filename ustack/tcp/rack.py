@@ -221,11 +221,6 @@ class Rack:
             entry.lost = True
             self.lost_out += 1
 
-    def mark_sent(self, entry: Sent) -> None:
-        if entry.lost:
-            entry.lost = False
-            self.lost_out -= 1
-
     def first_lost(self) -> Sent | None:
         if self.lost_out:
             for entry in self.log:
