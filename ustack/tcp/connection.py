@@ -1106,6 +1106,7 @@ class TcpConnection:
             or not self.sack_ok
             or srtt is None
             or self._recover is not None
+            or self._rack.lost_out  # (after a timeout: what is lost goes first)
             or self._probe_high is not None
             or self.state not in _SENDS_DATA
         ):
@@ -1229,7 +1230,8 @@ class TcpConnection:
         if rack is not None and (self._recover is not None or rack.lost_out):
             budget = self.cc.cwnd - rack.pipe()
         while True:
-            hole = self._skip_sacked() if self._sacked else None
+            # (A zero-window probe stays at SND.UNA, whatever the peer claims to hold.)
+            hole = self._skip_sacked() if self._sacked and not probe else None
             offset = seq.diff(self.snd_nxt, self._send_buf_seq)
             if offset > len(buf):
                 break  # the FIN is out already
