@@ -51,6 +51,7 @@ BENCH = Path(__file__).resolve().parent
 NS_PREFIX = "ustack-b"
 USTACK_LINUX, USTACK_STACK = "198.18.0.1", "198.18.0.2"
 KERNEL_CLIENT, KERNEL_SERVER = "198.19.0.1", "198.19.0.2"
+LINUX_CC = "cubic"  # ustack's default congestion control; Linux's everywhere here
 ECHO, DISCARD = 7, 9
 BIG_MTU = 65535
 MB = 1_000_000  # MB/s here are 10^6 bytes per second, as curl reports them
@@ -253,7 +254,16 @@ def start_ustack(res: Resources, workdir: Path, mtu: int, extra: Sequence[str] =
         os.close(ready_w)
     wait_ready(ready_r, process, f"ustack serve --mtu {mtu}", log)
     check_pid_is(process.pid, "ustack")
+    linux_cc(ns, USTACK_STACK, "tun0")
     return Target("ustack", ns, ns, USTACK_STACK, process, log, control)
+
+
+def linux_cc(ns: str, peer: str, dev: str) -> None:
+    """Linux's TCP towards `peer` runs CUBIC, like ustack, whatever the
+    machine's default (often BBR): a host route's congctl, since a namespace's
+    sysctl may not be writable."""
+    route = ["ip", "-n", ns, "route", "replace", f"{peer}/32", "dev", dev]
+    run([*route, "congctl", "lock", LINUX_CC], timeout=10)
 
 
 def start_kernel(res: Resources, workdir: Path) -> Target:
@@ -280,6 +290,8 @@ def start_kernel(res: Resources, workdir: Path) -> Target:
     for ns, dev, address in ((client_ns, "bk0", KERNEL_CLIENT), (server_ns, "bk1", KERNEL_SERVER)):
         run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", dev], timeout=10)
         run(["ip", "-n", ns, "link", "set", dev, "up"], timeout=10)
+    linux_cc(client_ns, KERNEL_SERVER, "bk0")
+    linux_cc(server_ns, KERNEL_CLIENT, "bk1")
     log = workdir / "kernel-server.log"
     ready_r, ready_w = os.pipe()
     argv = nsexec(
