@@ -33,7 +33,7 @@ from ustack.headers import (
 )
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
-from ustack.tcp.events import AppEvent
+from ustack.tcp.events import AppEvent, Closed
 from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
 from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
@@ -428,6 +428,12 @@ class TcpDemux:
             while (event := conn.next_event()) is not None:
                 progressed = True
                 app(event)
+                if type(event) is Closed:
+                    # Closed is the last event: let go of the application now,
+                    # not after TIME_WAIT, so its transport, protocol and
+                    # futures do not sit in memory (and in every full GC) 60 s.
+                    self._apps.pop(conn, None)
+                    break
         return progressed
 
     def _forget(self, conn: TcpConnection, key: Key) -> None:
