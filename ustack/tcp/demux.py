@@ -201,8 +201,8 @@ class TcpDemux:
         counters["tcp.in"] += 1
         if header.flags & RST:
             counters["tcp.in.rst"] += 1
-        payload = memoryview(segment)[header.header_length :]
-        seg = Segment.from_header(header, payload)
+        payload = memoryview(segment)[header.data_offset * 4 :]
+        seg = Segment(header.seq, header.ack, header.flags, header.window, payload, header.options)
         key = (src, header.src_port, header.dst_port)
         conn = self.connections.get(key)
         previous = None
