@@ -150,7 +150,7 @@ class Daemon:
     def _on_readable(self) -> None:
         assert self.runner is not None
         read, size = self.link.read, self.link.mtu
-        receive, clock = self.stack.receive, self.runner.loop.time
+        receive, clock = self.stack.ip.receive, self.runner.loop.time  # (Stack.receive calls it)
         faults = self.faults
         try:
             for _ in range(READ_BATCH):

@@ -392,48 +392,61 @@ class TcpDemux:
                 pass
         finally:
             self._flushing.discard(conn)
-        if conn.state in (State.CLOSED, State.LISTEN):
+        state = conn.state
+        if state is State.CLOSED or state is State.LISTEN:
             self._forget(conn, key)
             return
         deadline = conn.get_timer()
-        if deadline is not None and self._scheduled.get(conn) != deadline:
+        if deadline is None:
+            # Its timers are all cancelled: the heap entry goes stale, so no
+            # wake-up comes for nothing (one per handshake: the SYN,ACK's).
+            self._scheduled.pop(conn, None)
+        elif self._scheduled.get(conn) != deadline:
             self._scheduled[conn] = deadline
             heapq.heappush(self._timers, (deadline, next(self._heap_order), conn))
 
     def _flush_once(self, conn: TcpConnection, key: Key) -> bool:
-        """One round of output and events; True if anything happened."""
-        counters = self._counters
+        """One round of output and events; True if anything happened.
+        (It looks at the connection's outbox and event queue before taking
+        them: most rounds, the last one of every flush, find both empty.)"""
         progressed = False
-        for out in conn.segments_to_send():
+        if conn._outbox:
             progressed = True
-            if self.trace is not None:
-                state = str(conn.state)
-                self.trace(self._segment_event(conn.now, conn, key, "out", out, state, state))
-            counters["tcp.out"] += 1
-            if out.flags & RST:
-                counters["tcp.out.rst"] += 1
-            if out.note == "retransmission":
-                counters["tcp.out.retransmit"] += 1
-            self._transmit(key, out)
-        listener = self._listener_of.get(conn)
-        if listener is not None and conn.state not in (State.SYN_RECEIVED, State.LISTEN):
-            # Handshake done (or failed): the listener lets go of it.
-            listener.embryonic.discard(conn)
-            del self._listener_of[conn]
-            if conn.state is not State.CLOSED and listener.state is State.LISTEN:
-                listener.on_accept(conn)
-            progressed = True
-        app = self._apps.get(conn)
-        if app is not None:
-            while (event := conn.next_event()) is not None:
+            counters = self._counters
+            for out in conn.segments_to_send():
+                if self.trace is not None:
+                    state = str(conn.state)
+                    self.trace(self._segment_event(conn.now, conn, key, "out", out, state, state))
+                counters["tcp.out"] += 1
+                if out.flags & RST:
+                    counters["tcp.out.rst"] += 1
+                if out.note == "retransmission":
+                    counters["tcp.out.retransmit"] += 1
+                self._transmit(key, out)
+        if conn in self._listener_of:
+            state = conn.state
+            if state is not State.SYN_RECEIVED and state is not State.LISTEN:
+                # Handshake done (or failed): the listener lets go of it.
+                listener = self._listener_of.pop(conn)
+                listener.embryonic.discard(conn)
+                if state is not State.CLOSED and listener.state is State.LISTEN:
+                    listener.on_accept(conn)
                 progressed = True
-                app(event)
-                if type(event) is Closed:
-                    # Closed is the last event: let go of the application now,
-                    # not after TIME_WAIT, so its transport, protocol and
-                    # futures do not sit in memory (and in every full GC) 60 s.
-                    self._apps.pop(conn, None)
-                    break
+        events = conn._events
+        if events:
+            app = self._apps.get(conn)
+            if app is not None:
+                progressed = True
+                while events:
+                    event = events.popleft()
+                    app(event)
+                    if type(event) is Closed:
+                        # Closed is the last event: let go of the application
+                        # now, not after TIME_WAIT, so its transport, protocol
+                        # and futures do not sit in memory (and in every full
+                        # GC) for 60 s.
+                        self._apps.pop(conn, None)
+                        break
         return progressed
 
     def _forget(self, conn: TcpConnection, key: Key) -> None:
