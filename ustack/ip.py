@@ -178,11 +178,14 @@ class IPv4Layer:
         with `gso_size`: the link has it cut into segments of that size."""
         packet = bytearray(IPV4_MIN_HEADER_LENGTH)
         packet += payload
-        self.send_in_place(dst, protocol, packet, gso_size)
+        self.send_in_place(dst, packet, gso_size, protocol)
 
-    def send_in_place(self, dst: int, protocol: int, packet: bytearray, gso_size: int = 0) -> None:
+    def send_in_place(
+        self, dst: int, packet: bytearray, gso_size: int = 0, protocol: int = PROTO_TCP
+    ) -> None:
         """Like send(), for a payload that already sits behind 20 free bytes:
-        the header goes there, and the payload is not copied again."""
+        the header goes there, and the payload is not copied again. (TCP's
+        SendSegment as it is: the TCP layer calls it for every segment.)"""
         if len(packet) > self.mtu and not gso_size:
             # We never fragment; TCP keeps its segments under the MSS.
             self._counters.drop("ip", "out-too-big", self._now)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ustack.checksum import Buffer
 from ustack.counters import Counters
-from ustack.headers import IPV4_MIN_HEADER_LENGTH, PROTO_TCP
+from ustack.headers import IPV4_MIN_HEADER_LENGTH
 from ustack.ip import IPv4Layer
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
@@ -40,7 +40,7 @@ class Stack:
         config = tcp_config or TcpConfig(mss=mtu - 40)
         self.tcp = TcpDemux(
             address,
-            self._send_tcp,
+            self.ip.send_in_place,
             self.counters,
             config,
             trace,
@@ -52,9 +52,6 @@ class Stack:
 
     def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
         self.ip.receive(packet, now, checksum_ok)
-
-    def _send_tcp(self, dst: int, packet: bytearray, gso_size: int = 0) -> None:
-        self.ip.send_in_place(dst, PROTO_TCP, packet, gso_size)
 
 
 class StackRunner:

@@ -222,7 +222,10 @@ class TcpDemux:
         self._reply_closed(src, header.dst_port, header.src_port, seg, now)
 
     def _deliver(self, conn: TcpConnection, key: Key, seg: Segment, now: float) -> None:
-        self._traced(conn, key, seg, now, conn.receive)
+        if self.trace is None:
+            conn.receive(seg, now)  # (what _traced does untraced, one call less per segment)
+        else:
+            self._traced(conn, key, seg, now, conn.receive)
         self.flush(conn)
 
     def _traced(
@@ -382,14 +385,43 @@ class TcpDemux:
 
         An application reacting to an event may call into the connection
         again (read, write, close) and call flush itself: that inner call
-        returns at once, and this loop picks up what it queued."""
+        returns at once, and this loop picks up what it queued.
+
+        Each round looks at the outbox and the event queue before taking
+        them: most rounds, the last one of every flush, find both empty."""
         key = self._keys.get(conn)
         if key is None or conn in self._flushing:
             return
         self._flushing.add(conn)
         try:
-            while self._flush_once(conn, key):
-                pass
+            progressed = True
+            while progressed:
+                progressed = False
+                if conn._outbox:
+                    progressed = True
+                    self._send_out(conn, key)
+                if conn in self._listener_of:
+                    state = conn.state
+                    if state is not State.SYN_RECEIVED and state is not State.LISTEN:
+                        # Handshake done (or failed): the listener lets go of it.
+                        listener = self._listener_of.pop(conn)
+                        listener.embryonic.discard(conn)
+                        if state is not State.CLOSED and listener.state is State.LISTEN:
+                            listener.on_accept(conn)
+                        progressed = True
+                events = conn._events
+                if events and (app := self._apps.get(conn)) is not None:
+                    progressed = True
+                    while events:
+                        event = events.popleft()
+                        app(event)
+                        if type(event) is Closed:
+                            # Closed is the last event: let go of the application
+                            # now, not after TIME_WAIT, so its transport, protocol
+                            # and futures do not sit in memory (and in every full
+                            # GC) for 60 s.
+                            self._apps.pop(conn, None)
+                            break
         finally:
             self._flushing.discard(conn)
         state = conn.state
@@ -405,49 +437,19 @@ class TcpDemux:
             self._scheduled[conn] = deadline
             heapq.heappush(self._timers, (deadline, next(self._heap_order), conn))
 
-    def _flush_once(self, conn: TcpConnection, key: Key) -> bool:
-        """One round of output and events; True if anything happened.
-        (It looks at the connection's outbox and event queue before taking
-        them: most rounds, the last one of every flush, find both empty.)"""
-        progressed = False
-        if conn._outbox:
-            progressed = True
-            counters = self._counters
-            for out in conn.segments_to_send():
-                if self.trace is not None:
-                    state = str(conn.state)
-                    self.trace(self._segment_event(conn.now, conn, key, "out", out, state, state))
-                counters["tcp.out"] += 1
-                if out.flags & RST:
-                    counters["tcp.out.rst"] += 1
-                if out.note == "retransmission":
-                    counters["tcp.out.retransmit"] += 1
-                self._transmit(key, out)
-        if conn in self._listener_of:
-            state = conn.state
-            if state is not State.SYN_RECEIVED and state is not State.LISTEN:
-                # Handshake done (or failed): the listener lets go of it.
-                listener = self._listener_of.pop(conn)
-                listener.embryonic.discard(conn)
-                if state is not State.CLOSED and listener.state is State.LISTEN:
-                    listener.on_accept(conn)
-                progressed = True
-        events = conn._events
-        if events:
-            app = self._apps.get(conn)
-            if app is not None:
-                progressed = True
-                while events:
-                    event = events.popleft()
-                    app(event)
-                    if type(event) is Closed:
-                        # Closed is the last event: let go of the application
-                        # now, not after TIME_WAIT, so its transport, protocol
-                        # and futures do not sit in memory (and in every full
-                        # GC) for 60 s.
-                        self._apps.pop(conn, None)
-                        break
-        return progressed
+    def _send_out(self, conn: TcpConnection, key: Key) -> None:
+        """Transmit what the connection queued."""
+        counters = self._counters
+        for out in conn.segments_to_send():
+            if self.trace is not None:
+                state = str(conn.state)
+                self.trace(self._segment_event(conn.now, conn, key, "out", out, state, state))
+            counters["tcp.out"] += 1
+            if out.flags & RST:
+                counters["tcp.out.rst"] += 1
+            if out.note == "retransmission":
+                counters["tcp.out.retransmit"] += 1
+            self._transmit(key, out)
 
     def _forget(self, conn: TcpConnection, key: Key) -> None:
         if self.connections.get(key) is conn:
