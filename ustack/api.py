@@ -79,10 +79,14 @@ class TcpTransport(asyncio.Transport):
 
     # ---- events from the connection -----------------------------------------------
 
+    # The connection's events come from inside the demux's flush, which
+    # sends what they cause and whose caller then sets the stack's timer:
+    # what handles them passes settle=False, and does not ask for that again.
+
     def on_event(self, event: AppEvent) -> None:
         kind = type(event)  # (the event classes are final: no isinstance chain)
         if kind is DataReceived or kind is EndOfStream:
-            self._deliver()
+            self._deliver(settle=False)
         elif kind is Connected:
             connected = self.connected
             if not self._established and not (connected is not None and connected.done()):
@@ -92,12 +96,12 @@ class TcpTransport(asyncio.Transport):
                     connected.set_result(None)
                 self._protocol.connection_made(self)
         elif kind is SendSpace:
-            self._push()
+            self._push(settle=False)
         elif kind is Closed:
             assert isinstance(event, Closed)
             self._on_closed(error_for(event.error))
 
-    def _deliver(self) -> None:
+    def _deliver(self, settle: bool = True) -> None:
         """Move received bytes to the protocol, unless it asked for a pause
         (then they wait in the connection and its window closes)."""
         conn = self._conn
@@ -112,7 +116,8 @@ class TcpTransport(asyncio.Transport):
                 self.close()
         if self._conn_closed and not conn.readable_bytes:
             self._lose(self._close_error)  # everything received has been handed over
-        self._runner.done(conn)
+        if settle:
+            self._runner.done(conn)
 
     def _on_closed(self, exc: OSError | None) -> None:
         if self._lost:
@@ -128,7 +133,7 @@ class TcpTransport(asyncio.Transport):
         # An orderly close: bytes a paused reader has not taken yet still count.
         self._conn_closed = True
         self._close_error = exc
-        self._deliver()
+        self._deliver(settle=False)  # (only ever called from on_event)
 
     def _lose(self, exc: OSError | None) -> None:
         if self._lost:
@@ -212,7 +217,7 @@ class TcpTransport(asyncio.Transport):
 
     # ---- moving written data into the connection -------------------------------------------
 
-    def _push(self) -> None:
+    def _push(self, settle: bool = True) -> None:
         self._push_scheduled = False
         conn, now = self._conn, self._runner.now()
         if self._lost or conn.state is State.CLOSED:
@@ -230,7 +235,8 @@ class TcpTransport(asyncio.Transport):
             elif self._eof_requested:
                 conn.shutdown(now)
         self._update_write_pause()
-        self._runner.done(conn)
+        if settle:
+            self._runner.done(conn)
 
     def _update_write_pause(self) -> None:
         size = len(self._pending)
