@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Callable
 
 from ustack.checksum import Buffer
@@ -62,12 +63,16 @@ class StackRunner:
         self.stack = stack
         self.loop = loop
         self._timer: asyncio.TimerHandle | None = None
-
-    def now(self) -> float:
-        return self.loop.time()
+        self._timer_when = 0.0  # its deadline (TimerHandle.when() is a Python call)
+        # The loop's clock. asyncio's own loops read time.monotonic: that is
+        # called directly, not through a method (it is read for every packet
+        # and every call of the application into a connection).
+        self.now: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        )
 
     def receive(self, packet: bytes) -> None:
-        self.stack.receive(packet, self.loop.time())
+        self.stack.receive(packet, self.now())
 
     def done(self, conn: TcpConnection | None = None) -> None:
         """Call after feeding packets or calling into a connection: sends what
@@ -78,12 +83,13 @@ class StackRunner:
         if deadline is None:
             return
         if self._timer is not None:
-            if self._timer.when() <= deadline:
+            if self._timer_when <= deadline:
                 return
             self._timer.cancel()
         self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer_when = deadline
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.stack.tcp.handle_timers(self.loop.time())
+        self.stack.tcp.handle_timers(self.now())
         self.done()
