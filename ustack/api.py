@@ -224,7 +224,10 @@ class TcpTransport(asyncio.Transport):
             return
         if self._pending and conn.state is not State.SYN_SENT:
             try:
-                taken = conn.send(self._pending, now)
+                # Through a view: the connection copies what fits straight
+                # into its send buffer (a bytearray slice would copy it first).
+                with memoryview(self._pending) as pending:
+                    taken = conn.send(pending, now)
             except (BrokenPipeError, ConnectionError):
                 self._pending.clear()
                 taken = 0
