@@ -47,7 +47,11 @@ class TcpTransport(asyncio.Transport):
     """One stack connection as an asyncio transport."""
 
     def __init__(
-        self, runner: StackRunner, conn: TcpConnection, protocol: asyncio.Protocol
+        self,
+        runner: StackRunner,
+        conn: TcpConnection,
+        protocol: asyncio.Protocol,
+        active: bool = True,
     ) -> None:
         super().__init__()
         self._runner = runner
@@ -63,35 +67,45 @@ class TcpTransport(asyncio.Transport):
         self._conn_closed = False  # the connection reported Closed; data may still wait
         self._close_error: OSError | None = None
         self._lost = False
-        self.connected: asyncio.Future[None] = runner.loop.create_future()
+        self._established = False  # Connected has arrived
+        # What open_connection awaits; an accepted connection is established
+        # already, and nobody awaits it: no future for it.
+        self.connected: asyncio.Future[None] | None = (
+            runner.loop.create_future() if active else None
+        )
         key = runner.stack.tcp.endpoints(conn)
         assert key is not None
-        remote, remote_port, local_port = key
-        self._extra = {
-            "peername": (_address(remote), remote_port),
-            "sockname": (_address(runner.stack.tcp.address), local_port),
-            "connection": conn,
-        }
+        self._key = key  # the names are made when asked for (rarely)
 
     # ---- events from the connection -----------------------------------------------
 
+    # The connection's events come from inside the demux's flush, which
+    # sends what they cause and whose caller then sets the stack's timer:
+    # what handles them passes settle=False, and does not ask for that again.
+
     def on_event(self, event: AppEvent) -> None:
-        if isinstance(event, Connected):
-            if not self.connected.done():
-                self.connected.set_result(None)
+        kind = type(event)  # (the event classes are final: no isinstance chain)
+        if kind is DataReceived or kind is EndOfStream:
+            self._deliver(settle=False)
+        elif kind is Connected:
+            connected = self.connected
+            if not self._established and not (connected is not None and connected.done()):
+                # (a done future here was cancelled: nobody wants the connection)
+                self._established = True
+                if connected is not None:
+                    connected.set_result(None)
                 self._protocol.connection_made(self)
-        elif isinstance(event, DataReceived | EndOfStream):
-            self._deliver()
-        elif isinstance(event, SendSpace):
-            self._push()
-        elif isinstance(event, Closed):
+        elif kind is SendSpace:
+            self._push(settle=False)
+        elif kind is Closed:
+            assert isinstance(event, Closed)
             self._on_closed(error_for(event.error))
 
-    def _deliver(self) -> None:
+    def _deliver(self, settle: bool = True) -> None:
         """Move received bytes to the protocol, unless it asked for a pause
         (then they wait in the connection and its window closes)."""
         conn = self._conn
-        if self._lost or not self.connected.done():
+        if self._lost or not self._established:
             return
         while not self._paused_reading and conn.readable_bytes:
             self._protocol.data_received(conn.read(conn.readable_bytes, self._runner.now()))
@@ -102,13 +116,15 @@ class TcpTransport(asyncio.Transport):
                 self.close()
         if self._conn_closed and not conn.readable_bytes:
             self._lose(self._close_error)  # everything received has been handed over
-        self._runner.done(conn)
+        if settle:
+            self._runner.done(conn)
 
     def _on_closed(self, exc: OSError | None) -> None:
         if self._lost:
             return
-        if not self.connected.done():
-            self.connected.set_exception(exc or ConnectionError("closed before established"))
+        if not self._established:
+            if self.connected is not None and not self.connected.done():
+                self.connected.set_exception(exc or ConnectionError("closed before established"))
             self._lost = True
             return
         if exc is not None:
@@ -117,7 +133,7 @@ class TcpTransport(asyncio.Transport):
         # An orderly close: bytes a paused reader has not taken yet still count.
         self._conn_closed = True
         self._close_error = exc
-        self._deliver()
+        self._deliver(settle=False)  # (only ever called from on_event)
 
     def _lose(self, exc: OSError | None) -> None:
         if self._lost:
@@ -128,7 +144,14 @@ class TcpTransport(asyncio.Transport):
     # ---- asyncio.Transport ---------------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._extra.get(name, default)
+        remote, remote_port, local_port = self._key
+        if name == "peername":
+            return (_address(remote), remote_port)
+        if name == "sockname":
+            return (_address(self._runner.stack.tcp.address), local_port)
+        if name == "connection":
+            return self._conn
+        return default
 
     def is_closing(self) -> bool:
         return self._closing or self._lost
@@ -194,14 +217,17 @@ class TcpTransport(asyncio.Transport):
 
     # ---- moving written data into the connection -------------------------------------------
 
-    def _push(self) -> None:
+    def _push(self, settle: bool = True) -> None:
         self._push_scheduled = False
         conn, now = self._conn, self._runner.now()
         if self._lost or conn.state is State.CLOSED:
             return
         if self._pending and conn.state is not State.SYN_SENT:
             try:
-                taken = conn.send(self._pending, now)
+                # Through a view: the connection copies what fits straight
+                # into its send buffer (a bytearray slice would copy it first).
+                with memoryview(self._pending) as pending:
+                    taken = conn.send(pending, now)
             except (BrokenPipeError, ConnectionError):
                 self._pending.clear()
                 taken = 0
@@ -212,7 +238,8 @@ class TcpTransport(asyncio.Transport):
             elif self._eof_requested:
                 conn.shutdown(now)
         self._update_write_pause()
-        self._runner.done(conn)
+        if settle:
+            self._runner.done(conn)
 
     def _update_write_pause(self) -> None:
         size = len(self._pending)
@@ -224,8 +251,10 @@ class TcpTransport(asyncio.Transport):
             self._protocol.resume_writing()
 
 
-def _attach(runner: StackRunner, conn: TcpConnection, protocol: asyncio.Protocol) -> TcpTransport:
-    transport = TcpTransport(runner, conn, protocol)
+def _attach(
+    runner: StackRunner, conn: TcpConnection, protocol: asyncio.Protocol, active: bool = True
+) -> TcpTransport:
+    transport = TcpTransport(runner, conn, protocol, active)
     runner.stack.tcp.attach(conn, transport.on_event)
     return transport
 
@@ -240,6 +269,7 @@ async def open_connection(
     conn = runner.stack.tcp.connect(int(ipaddress.IPv4Address(host)), port, runner.now())
     transport = _attach(runner, conn, protocol)
     runner.done(conn)
+    assert transport.connected is not None
     try:
         await transport.connected
     except asyncio.CancelledError:
@@ -286,7 +316,7 @@ async def start_server(
     def on_accept(conn: TcpConnection) -> None:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
-        _attach(runner, conn, protocol)  # its Connected event follows in this flush
+        _attach(runner, conn, protocol, active=False)  # its Connected event follows in this flush
 
     listener = runner.stack.tcp.listen(port, on_accept, backlog=backlog, now=runner.now())
     return StackServer(runner, listener)

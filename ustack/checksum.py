@@ -26,6 +26,15 @@ def internet_checksum(data: Buffer) -> int:
     return lib.us_checksum(buf, len(buf))
 
 
+def prefix_checksum(data: Buffer, length: int) -> int:
+    """internet_checksum of the first `length` bytes of `data` (a header at
+    the front of its packet), without slicing a view of them first."""
+    buf = _from_buffer(data)
+    if not 0 <= length <= len(buf):
+        raise ValueError(f"prefix of {length} bytes of a {len(buf)}-byte buffer")
+    return lib.us_checksum(buf, length)
+
+
 def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
     """Folded sum of the IPv4 pseudo-header; addresses as integers."""
     return lib.us_pseudo_sum_v4(src, dst, protocol, length)

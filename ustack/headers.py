@@ -53,7 +53,7 @@ from construct import (
 )
 from construct.core import bytes2bits, stream_read_entire
 
-from ustack.checksum import Buffer, internet_checksum, transport_checksum
+from ustack.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
 from ustack.errors import MalformedPacket
 
 # Parsers take any Buffer and index and measure a memoryview by item: pass
@@ -581,7 +581,7 @@ class IPv4Header(NamedTuple):
 
 _unpack_ipv4 = _compile_unpacker(_IPV4_LAYOUT, IPv4Header._fields[:-1])
 _pack_ipv4_into = _compile_packer(_IPV4_LAYOUT)
-_new_ipv4 = IPv4Header._make
+_tuple_new = tuple.__new__  # NamedTuple._make is a Python-level wrapper of it
 _IPV4_CHECKSUM_OFFSET = _IPV4_LAYOUT.offset_of("checksum")
 # For error reports on short packets: just the first byte.
 _unpack_version_ihl = _compile_unpacker(
@@ -601,6 +601,16 @@ def _ipv4_error(packet: Buffer) -> MalformedPacket:
     return MalformedPacket("ipv4-truncated", f"{len(packet)} bytes, the header needs {ihl * 4}")
 
 
+# The receive path's shortcut for the common header (version 4, IHL 5: no
+# options), which parse_ipv4 would accept: the fields IP input checks, without
+# building an IPv4Header. A packet whose first byte differs takes parse_ipv4.
+IPV4_PLAIN_FIRST_BYTE = 4 << 4 | IPV4_MIN_HEADER_LENGTH >> 2
+ipv4_plain_fields = _compile_unpacker(
+    _IPV4_LAYOUT,
+    ("total_length", "more_fragments", "fragment_offset", "ttl", "protocol", "src", "dst"),
+)
+
+
 def parse_ipv4(packet: Buffer) -> IPv4Header:
     """Parse the IPv4 header at the start of `packet`.
 
@@ -614,8 +624,10 @@ def parse_ipv4(packet: Buffer) -> IPv4Header:
         header_length = ihl * 4
         if version != 4 or ihl < 5 or header_length > len(packet):
             raise _ipv4_error(packet)
-        return _new_ipv4((*fields, bytes(packet[IPV4_MIN_HEADER_LENGTH:header_length])))
-    return _new_ipv4((*fields, b""))
+        return _tuple_new(
+            IPv4Header, (*fields, bytes(packet[IPV4_MIN_HEADER_LENGTH:header_length]))
+        )
+    return _tuple_new(IPv4Header, (*fields, b""))
 
 
 def build_ipv4(
@@ -659,6 +671,29 @@ def build_ipv4(
     return bytes(header)
 
 
+def build_ipv4_in_place(
+    packet: bytearray, *, src: int, dst: int, protocol: int, ttl: int, identification: int
+) -> None:
+    """build_ipv4's header with no options, DF set, written over the first 20
+    bytes of `packet` (the payload follows them): no header object, no copy."""
+    total_length = len(packet)
+    if total_length > 0xFFFF:
+        raise ValueError(f"IPv4 total length {total_length} exceeds 65535")
+    _pack_ipv4_into(
+        packet,
+        0,
+        ihl=IPV4_MIN_HEADER_LENGTH >> 2,
+        total_length=total_length,
+        identification=identification,
+        dont_fragment=True,
+        ttl=ttl,
+        protocol=protocol,
+        src=src,
+        dst=dst,
+    )  # (the checksum field is written as 0, then summed)
+    _pack_checksum(packet, _IPV4_CHECKSUM_OFFSET, prefix_checksum(packet, IPV4_MIN_HEADER_LENGTH))
+
+
 @dataclass(slots=True)
 class TcpOptions:
     """The TCP options we understand; for a repeated option the last one wins."""
@@ -690,7 +725,6 @@ class TcpHeader(NamedTuple):
 
 _unpack_tcp = _compile_unpacker(_TCP_LAYOUT, TcpHeader._fields[:-1])
 _pack_tcp_into = _compile_packer(_TCP_LAYOUT)
-_new_tcp = TcpHeader._make
 _TCP_CHECKSUM_OFFSET = _TCP_LAYOUT.offset_of("checksum")
 # For error reports on short segments: the fields up to the data offset.
 _TCP_UP_TO_OFFSET = _flat_struct(TCP_HEADER, upto="flags")
@@ -716,8 +750,18 @@ def _bad_option(kind: int, position: int, problem: str) -> MalformedPacket:
     return MalformedPacket("tcp-bad-option", f"option kind {kind} at byte {position}: {problem}")
 
 
+# NOP, NOP, Timestamps: all the options of nearly every segment after the
+# handshake (Linux writes them so), read in one go; then two 32-bit values.
+_NOP_NOP_TIMESTAMPS = OPT_NOP << 24 | OPT_NOP << 16 | OPT_TIMESTAMPS << 8 | _TIMESTAMPS.length
+_NOP_NOP_TIMESTAMPS_STRUCT = struct.Struct("!III")
+
+
 def _parse_tcp_options(segment: Buffer, position: int, end: int) -> TcpOptions:
     """Walk the kind/length bytes; agrees with construct_parse(TCP_OPTION...) exactly."""
+    if end - position == _NOP_NOP_TIMESTAMPS_STRUCT.size:
+        kinds, tsval, tsecr = _NOP_NOP_TIMESTAMPS_STRUCT.unpack_from(segment, position)
+        if kinds == _NOP_NOP_TIMESTAMPS:
+            return TcpOptions(None, None, False, (), (tsval, tsecr))
     options = TcpOptions()
     unknown = []
     while position < end:
@@ -774,11 +818,11 @@ def parse_tcp(segment: Buffer) -> TcpHeader:
     fields = _unpack_tcp(segment)
     data_offset = fields[4]
     if data_offset == 5:
-        return _new_tcp((*fields, TcpOptions()))
+        return _tuple_new(TcpHeader, (*fields, TcpOptions()))
     if data_offset < 5 or data_offset * 4 > len(segment):
         raise _tcp_error(segment)
     options = _parse_tcp_options(segment, TCP_MIN_HEADER_LENGTH, data_offset * 4)
-    return _new_tcp((*fields, options))
+    return _tuple_new(TcpHeader, (*fields, options))
 
 
 _NOP = bytes([OPT_NOP])
@@ -796,6 +840,18 @@ _KNOWN_OPTION_KINDS = {
 
 def _encode_tcp_options(options: TcpOptions) -> bytes:
     """Options in the order and alignment Linux writes them (tcp_options_write)."""
+    stamps = options.timestamps
+    if (
+        stamps is not None
+        and options.mss is None
+        and options.window_scale is None
+        and not options.sack_permitted
+        and not options.sack_blocks
+        and not options.unknown
+    ):
+        # Timestamps alone, as on every segment after the handshake: the
+        # same NOP, NOP, Timestamps the general walk below writes, in one go.
+        return _NOP_NOP_TIMESTAMPS_STRUCT.pack(_NOP_NOP_TIMESTAMPS, *stamps)
     parts = []
     if options.mss is not None:
         parts.append(_MSS.whole.pack(OPT_MSS, _MSS.length, options.mss))

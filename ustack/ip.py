@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from ustack.checksum import Buffer, internet_checksum, transport_checksum
+from ustack.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
 from ustack.counters import Counters
 from ustack.errors import MalformedPacket
 from ustack.headers import (
@@ -17,12 +17,14 @@ from ustack.headers import (
     ECHO_REPLY,
     ECHO_REQUEST,
     IPV4_MIN_HEADER_LENGTH,
+    IPV4_PLAIN_FIRST_BYTE,
     PORT_UNREACH,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
     build_icmp,
-    build_ipv4,
+    build_ipv4_in_place,
+    ipv4_plain_fields,
     parse_icmp,
     parse_ipv4,
     parse_udp,
@@ -76,41 +78,55 @@ class IPv4Layer:
         counters["ip.in"] += 1
         if self.tap is not None:
             self.tap("in", bytes(packet), now)
-        if packet and packet[0] >> 4 == 6:
-            counters.drop("ip", "ipv6-unsupported", now)
-            return
-        try:
-            header = parse_ipv4(packet)
-        except MalformedPacket as exc:
-            counters.drop("ip", exc.reason, now)
-            return
-        if not header.header_length <= header.total_length <= len(packet):
+        if len(packet) >= IPV4_MIN_HEADER_LENGTH and packet[0] == IPV4_PLAIN_FIRST_BYTE:
+            # The common header, no options: parse_ipv4 would accept it.
+            total_length, more_fragments, fragment_offset, ttl, protocol, src, dst = (
+                ipv4_plain_fields(packet)
+            )
+            header_length = IPV4_MIN_HEADER_LENGTH
+        else:
+            if packet and packet[0] >> 4 == 6:
+                counters.drop("ip", "ipv6-unsupported", now)
+                return
+            try:
+                header = parse_ipv4(packet)
+            except MalformedPacket as exc:
+                counters.drop("ip", exc.reason, now)
+                return
+            total_length, more_fragments, fragment_offset = (
+                header.total_length,
+                header.more_fragments,
+                header.fragment_offset,
+            )
+            ttl, protocol, src, dst = header.ttl, header.protocol, header.src, header.dst
+            header_length = header.header_length
+        if not header_length <= total_length <= len(packet):
             counters.drop("ip", "ipv4-bad-total-length", now)
             return
-        if internet_checksum(memoryview(packet)[: header.header_length]) != 0:
+        if prefix_checksum(packet, header_length) != 0:
             counters.drop("ip", "ipv4-bad-checksum", now)
             return
-        if header.ttl == 0:
+        if ttl == 0:
             counters.drop("ip", "ipv4-ttl-zero", now)
             return
-        if header.dst != self.address:
+        if dst != self.address:
             counters.drop("ip", "not-for-us", now)
             return
-        if not _is_unicast_source(header.src):
+        if not _is_unicast_source(src):
             counters.drop("ip", "bad-source", now)
             return
-        if header.more_fragments or header.fragment_offset:
+        if more_fragments or fragment_offset:
             # No reassembly yet: every fragment is dropped, and counted.
             counters.drop("ip", "fragment", now)
             return
         # Bytes past total_length are link padding, not payload.
-        payload = memoryview(packet)[header.header_length : header.total_length]
-        if header.protocol == PROTO_TCP and self.tcp_input is not None:
-            self.tcp_input(header.src, header.dst, payload, now, checksum_ok)
-        elif header.protocol == PROTO_ICMP:
-            self._receive_icmp(header.src, payload)
-        elif header.protocol == PROTO_UDP:
-            self._receive_udp(header.src, payload, packet[: header.total_length], checksum_ok)
+        payload = memoryview(packet)[header_length:total_length]
+        if protocol == PROTO_TCP and self.tcp_input is not None:
+            self.tcp_input(src, dst, payload, now, checksum_ok)
+        elif protocol == PROTO_ICMP:
+            self._receive_icmp(src, payload)
+        elif protocol == PROTO_UDP:
+            self._receive_udp(src, payload, packet[:total_length], checksum_ok)
         else:
             counters.drop("ip", "unknown-protocol", now)
 
@@ -162,21 +178,24 @@ class IPv4Layer:
         with `gso_size`: the link has it cut into segments of that size."""
         packet = bytearray(IPV4_MIN_HEADER_LENGTH)
         packet += payload
-        self.send_in_place(dst, protocol, packet, gso_size)
+        self.send_in_place(dst, packet, gso_size, protocol)
 
-    def send_in_place(self, dst: int, protocol: int, packet: bytearray, gso_size: int = 0) -> None:
+    def send_in_place(
+        self, dst: int, packet: bytearray, gso_size: int = 0, protocol: int = PROTO_TCP
+    ) -> None:
         """Like send(), for a payload that already sits behind 20 free bytes:
-        the header goes there, and the payload is not copied again."""
+        the header goes there, and the payload is not copied again. (TCP's
+        SendSegment as it is: the TCP layer calls it for every segment.)"""
         if len(packet) > self.mtu and not gso_size:
             # We never fragment; TCP keeps its segments under the MSS.
             self._counters.drop("ip", "out-too-big", self._now)
             return
         self._identification = (self._identification + 1) & 0xFFFF
-        packet[:IPV4_MIN_HEADER_LENGTH] = build_ipv4(
+        build_ipv4_in_place(
+            packet,
             src=self.address,
             dst=dst,
             protocol=protocol,
-            payload_length=len(packet) - IPV4_MIN_HEADER_LENGTH,
             ttl=DEFAULT_TTL,
             identification=self._identification,
         )

@@ -37,6 +37,7 @@ DEFAULT_LINUX_SIDE = ipaddress.IPv4Interface("198.18.0.1/24")
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM, TUN_F_TSO4 = 0x01, 0x02
 VNET_HEADER = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, offset
+VNET_HEADER_SIZE = VNET_HEADER.size
 VNET_F_NEEDS_CSUM = 1
 VNET_GSO_NONE, VNET_GSO_TCPV4 = 0, 1
 PLAIN_HEADER = VNET_HEADER.pack(0, VNET_GSO_NONE, 0, 0, 0, 0)
@@ -114,15 +115,15 @@ class TunLink:
         try:
             if not self.offload:
                 return os.read(self.fd, size), False
-            data = os.read(self.fd, MAX_PACKET + VNET_HEADER.size)
+            data = os.read(self.fd, MAX_PACKET + VNET_HEADER_SIZE)
         except BlockingIOError:
             return None
-        flags, _gso, _hdr, _size, start, offset = VNET_HEADER.unpack_from(data)
-        if not flags & VNET_F_NEEDS_CSUM:
-            return memoryview(data)[VNET_HEADER.size :], False
+        if not data[0] & VNET_F_NEEDS_CSUM:  # (flags: the header's first byte)
+            return memoryview(data)[VNET_HEADER_SIZE:], False
         if not self.finish_checksums:
-            return memoryview(data)[VNET_HEADER.size :], True
-        packet = bytearray(memoryview(data)[VNET_HEADER.size :])
+            return memoryview(data)[VNET_HEADER_SIZE:], True
+        _flags, _gso, _hdr, _size, start, offset = VNET_HEADER.unpack_from(data)
+        packet = bytearray(memoryview(data)[VNET_HEADER_SIZE:])
         _finish_checksum(packet, start, offset)
         return packet, True
 

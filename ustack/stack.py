@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Callable
 
 from ustack.checksum import Buffer
 from ustack.counters import Counters
-from ustack.headers import IPV4_MIN_HEADER_LENGTH, PROTO_TCP
+from ustack.headers import IPV4_MIN_HEADER_LENGTH
 from ustack.ip import IPv4Layer
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
@@ -40,7 +41,7 @@ class Stack:
         config = tcp_config or TcpConfig(mss=mtu - 40)
         self.tcp = TcpDemux(
             address,
-            self._send_tcp,
+            self.ip.send_in_place,
             self.counters,
             config,
             trace,
@@ -53,9 +54,6 @@ class Stack:
     def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
         self.ip.receive(packet, now, checksum_ok)
 
-    def _send_tcp(self, dst: int, packet: bytearray, gso_size: int = 0) -> None:
-        self.ip.send_in_place(dst, PROTO_TCP, packet, gso_size)
-
 
 class StackRunner:
     """Drives a Stack from an asyncio loop: `now` is the loop's clock, and one
@@ -65,12 +63,16 @@ class StackRunner:
         self.stack = stack
         self.loop = loop
         self._timer: asyncio.TimerHandle | None = None
-
-    def now(self) -> float:
-        return self.loop.time()
+        self._timer_when = 0.0  # its deadline (TimerHandle.when() is a Python call)
+        # The loop's clock. asyncio's own loops read time.monotonic: that is
+        # called directly, not through a method (it is read for every packet
+        # and every call of the application into a connection).
+        self.now: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        )
 
     def receive(self, packet: bytes) -> None:
-        self.stack.receive(packet, self.loop.time())
+        self.stack.receive(packet, self.now())
 
     def done(self, conn: TcpConnection | None = None) -> None:
         """Call after feeding packets or calling into a connection: sends what
@@ -81,12 +83,13 @@ class StackRunner:
         if deadline is None:
             return
         if self._timer is not None:
-            if self._timer.when() <= deadline:
+            if self._timer_when <= deadline:
                 return
             self._timer.cancel()
         self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer_when = deadline
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.stack.tcp.handle_timers(self.loop.time())
+        self.stack.tcp.handle_timers(self.now())
         self.done()

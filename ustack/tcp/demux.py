@@ -33,7 +33,7 @@ from ustack.headers import (
 )
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
-from ustack.tcp.events import AppEvent
+from ustack.tcp.events import AppEvent, Closed
 from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
 from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
@@ -201,8 +201,8 @@ class TcpDemux:
         counters["tcp.in"] += 1
         if header.flags & RST:
             counters["tcp.in.rst"] += 1
-        payload = memoryview(segment)[header.header_length :]
-        seg = Segment.from_header(header, payload)
+        payload = memoryview(segment)[header.data_offset * 4 :]
+        seg = Segment(header.seq, header.ack, header.flags, header.window, payload, header.options)
         key = (src, header.src_port, header.dst_port)
         conn = self.connections.get(key)
         previous = None
@@ -222,7 +222,10 @@ class TcpDemux:
         self._reply_closed(src, header.dst_port, header.src_port, seg, now)
 
     def _deliver(self, conn: TcpConnection, key: Key, seg: Segment, now: float) -> None:
-        self._traced(conn, key, seg, now, conn.receive)
+        if self.trace is None:
+            conn.receive(seg, now)  # (what _traced does untraced, one call less per segment)
+        else:
+            self._traced(conn, key, seg, now, conn.receive)
         self.flush(conn)
 
     def _traced(
@@ -382,30 +385,62 @@ class TcpDemux:
 
         An application reacting to an event may call into the connection
         again (read, write, close) and call flush itself: that inner call
-        returns at once, and this loop picks up what it queued."""
+        returns at once, and this loop picks up what it queued.
+
+        Each round looks at the outbox and the event queue before taking
+        them: most rounds, the last one of every flush, find both empty."""
         key = self._keys.get(conn)
         if key is None or conn in self._flushing:
             return
         self._flushing.add(conn)
         try:
-            while self._flush_once(conn, key):
-                pass
+            progressed = True
+            while progressed:
+                progressed = False
+                if conn._outbox:
+                    progressed = True
+                    self._send_out(conn, key)
+                if conn in self._listener_of:
+                    state = conn.state
+                    if state is not State.SYN_RECEIVED and state is not State.LISTEN:
+                        # Handshake done (or failed): the listener lets go of it.
+                        listener = self._listener_of.pop(conn)
+                        listener.embryonic.discard(conn)
+                        if state is not State.CLOSED and listener.state is State.LISTEN:
+                            listener.on_accept(conn)
+                        progressed = True
+                events = conn._events
+                if events and (app := self._apps.get(conn)) is not None:
+                    progressed = True
+                    while events:
+                        event = events.popleft()
+                        app(event)
+                        if type(event) is Closed:
+                            # Closed is the last event: let go of the application
+                            # now, not after TIME_WAIT, so its transport, protocol
+                            # and futures do not sit in memory (and in every full
+                            # GC) for 60 s.
+                            self._apps.pop(conn, None)
+                            break
         finally:
             self._flushing.discard(conn)
-        if conn.state in (State.CLOSED, State.LISTEN):
+        state = conn.state
+        if state is State.CLOSED or state is State.LISTEN:
             self._forget(conn, key)
             return
         deadline = conn.get_timer()
-        if deadline is not None and self._scheduled.get(conn) != deadline:
+        if deadline is None:
+            # Its timers are all cancelled: the heap entry goes stale, so no
+            # wake-up comes for nothing (one per handshake: the SYN,ACK's).
+            self._scheduled.pop(conn, None)
+        elif self._scheduled.get(conn) != deadline:
             self._scheduled[conn] = deadline
             heapq.heappush(self._timers, (deadline, next(self._heap_order), conn))
 
-    def _flush_once(self, conn: TcpConnection, key: Key) -> bool:
-        """One round of output and events; True if anything happened."""
+    def _send_out(self, conn: TcpConnection, key: Key) -> None:
+        """Transmit what the connection queued."""
         counters = self._counters
-        progressed = False
         for out in conn.segments_to_send():
-            progressed = True
             if self.trace is not None:
                 state = str(conn.state)
                 self.trace(self._segment_event(conn.now, conn, key, "out", out, state, state))
@@ -415,20 +450,6 @@ class TcpDemux:
             if out.note == "retransmission":
                 counters["tcp.out.retransmit"] += 1
             self._transmit(key, out)
-        listener = self._listener_of.get(conn)
-        if listener is not None and conn.state not in (State.SYN_RECEIVED, State.LISTEN):
-            # Handshake done (or failed): the listener lets go of it.
-            listener.embryonic.discard(conn)
-            del self._listener_of[conn]
-            if conn.state is not State.CLOSED and listener.state is State.LISTEN:
-                listener.on_accept(conn)
-            progressed = True
-        app = self._apps.get(conn)
-        if app is not None:
-            while (event := conn.next_event()) is not None:
-                progressed = True
-                app(event)
-        return progressed
 
     def _forget(self, conn: TcpConnection, key: Key) -> None:
         if self.connections.get(key) is conn:

@@ -24,6 +24,11 @@ class State(enum.Enum):
     LAST_ACK = "LAST_ACK"
     TIME_WAIT = "TIME_WAIT"
 
+    # Members are singletons compared by identity: the identity hash is
+    # consistent with that, and C-fast, where Enum's hashes the name in Python
+    # (every transition looks up TRANSITIONS[(state, event)]).
+    __hash__ = object.__hash__
+
     def __str__(self) -> str:
         return self.value
 
@@ -51,6 +56,8 @@ class Event(enum.Enum):
     TIMEOUT_FIN_WAIT_2 = "FIN_WAIT_2 timeout"
     TIMEOUT_RETRANSMIT = "retransmission limit"
     TIMEOUT_KEEPALIVE = "keep-alive probes unanswered"
+
+    __hash__ = object.__hash__  # as State's
 
     def __str__(self) -> str:
         return self.value
