@@ -74,8 +74,12 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._exit_code = 0
         self._traces = TraceSinks(config.traces, config.trace_filter)
-        # A pcap shows the packets as on a wire: with the checksums filled in.
+        # A pcap shows the packets as on a wire: with the checksums filled in,
+        # those we take and those we send. Without one, with offloads, the
+        # kernel finishes our TCP checksums (or, delivering locally, needs none).
         link.finish_checksums = self._traces.tap is not None
+        partial_checksums = link.offload and self._traces.tap is None
+        link.partial_tcp_checksums = partial_checksums
         tcp = dataclasses.replace(
             config.tcp,
             mss=link.mtu - 40,  # IPv4 + TCP headers
@@ -94,6 +98,7 @@ class Daemon:
             self._traces.tracer,
             tap=self._traces.tap,
         )
+        self.stack.tcp.partial_checksums = partial_checksums
         self.runner: StackRunner | None = None
         self._peer_states: PeerStateWatcher | None = None
         self._held: set[asyncio.TimerHandle] = set()  # delayed by the fault injector

@@ -53,7 +53,13 @@ from construct import (
 )
 from construct.core import bytes2bits, stream_read_entire
 
-from ustack.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
+from ustack.checksum import (
+    Buffer,
+    internet_checksum,
+    prefix_checksum,
+    pseudo_header_sum,
+    transport_checksum,
+)
 from ustack.errors import MalformedPacket
 
 # Parsers take any Buffer and index and measure a memoryview by item: pass
@@ -901,11 +907,15 @@ def build_tcp(
     payload: Buffer = b"",
     urgent: int = 0,
     headroom: int = 0,
+    partial_checksum: bool = False,
 ) -> bytearray:
     """Header, options (NOP-padded) and payload, with the checksum over the
     pseudo-header of `src` and `dst` (IPv4 addresses as integers) filled in.
     `headroom` bytes stay free in front, for the IP header to be written in
-    place (the payload is copied once, here, and never again)."""
+    place (the payload is copied once, here, and never again).
+    `partial_checksum`: only the pseudo-header's sum goes in the field, the
+    CHECKSUM_PARTIAL form a device with checksum offload completes (or, for
+    the kernel's own delivery, has no need to)."""
     encoded_options = _encode_tcp_options(options) if options is not None else b""
     header_length = TCP_MIN_HEADER_LENGTH + len(encoded_options)
     segment = bytearray(headroom + TCP_MIN_HEADER_LENGTH)
@@ -923,7 +933,11 @@ def build_tcp(
     )
     segment += encoded_options
     segment += payload  # += takes any buffer by its bytes, whatever a memoryview's format
-    checksum = transport_checksum(src, dst, PROTO_TCP, memoryview(segment)[headroom:])
+    length = len(segment) - headroom
+    if partial_checksum:
+        checksum = pseudo_header_sum(src, dst, PROTO_TCP, length)
+    else:
+        checksum = transport_checksum(src, dst, PROTO_TCP, memoryview(segment)[headroom:])
     _pack_checksum(segment, headroom + _TCP_CHECKSUM_OFFSET, checksum)
     return segment
 

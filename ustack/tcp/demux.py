@@ -119,6 +119,9 @@ class TcpDemux:
     ) -> None:
         self.address = address
         self.headroom = headroom  # free bytes before each segment handed to `send`
+        # True when the link finishes TCP checksums (a TUN with offloads):
+        # segments go with the pseudo-header sum only (CHECKSUM_PARTIAL).
+        self.partial_checksums = False
         self.config = config or TcpConfig()
         self.trace = trace
         self.connections: dict[Key, TcpConnection] = {}
@@ -533,6 +536,7 @@ class TcpDemux:
             options=None if seg.options is NO_OPTIONS else seg.options,
             payload=seg.payload,
             headroom=self.headroom,
+            partial_checksum=self.partial_checksums,
         )
         self._send(remote, segment, seg.gso_size)
 
