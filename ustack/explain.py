@@ -32,6 +32,9 @@ _CLOSING = "RFC 9293 3.6"
 _DATA = "RFC 9293 3.8"
 _RESET = "RFC 9293 3.5.3"
 _RTO = "RFC 6298 5.4-5.6"
+# The rules of the decisions that send data again (a timeout, duplicate ACKs,
+# RACK, a tail loss probe's SACK): a retransmission cites the latest of them.
+_LOSS_RULES = {_RTO, "RFC 5681 3.2", "RFC 8985 6.2", "RFC 8985 7.4"}
 
 # What a transition means for ustack, by (old state, event); (None, event)
 # for every old state. "{time_wait}" becomes the 2MSL wait of this trace.
@@ -96,6 +99,7 @@ class _Context:
     numbers: dict[int, tuple[int, int]]
     time_wait: str  # "for 2MSL (4,000 ms)"
     rto_set: dict[int, float]  # fired retransmit timer (by id) -> when it was set
+    loss_rule: str = _RTO  # why the latest retransmissions went (see _LOSS_RULES)
 
     def rel(self, event: Record) -> tuple[int, int]:
         return self.numbers.get(id(event), (event["rel_seq"], event["rel_ack"]))
@@ -195,6 +199,9 @@ def _steps(items: list[_Item], context: _Context) -> list[tuple[str, list[str]]]
     i = 0
     while i < len(items):
         item = items[i]
+        for decision in item.decisions:
+            if decision["rule"] in _LOSS_RULES:
+                context.loss_rule = decision["rule"]
         if item.kind == "peer_state":
             peer_news.append(item.event)
             i += 1
@@ -459,7 +466,7 @@ def _outgoing(item: _Item, context: _Context) -> tuple[str, list[str]]:
             refs.append("RFC 9293 3.5.2")
     elif "retransmission" in note:
         text = f"ustack sends {_what(event, context)} again (retransmission)."
-        refs.append(_RTO)
+        refs.append(context.loss_rule)
     elif "S" in flags and "." in flags:
         text = (
             f"ustack answers SYN,ACK: its own initial sequence number, and ack {ack} "
@@ -545,8 +552,20 @@ def _timer_step(item: _Item, resent: _Item | None, context: _Context) -> tuple[s
             "acknowledged have had a round trip and the reordering window to arrive; "
             "those still missing are lost."
         )
-        return text, refs or ["RFC 8985 6.2"]
-    return f"ustack's {name} timer fires.", refs or ["RFC 9293 3.10.8"]
+        default = "RFC 8985 6.2"
+    elif name == "probe":
+        text = (
+            "No acknowledgement came within two round trips: ustack's tail loss probe "
+            "timer fires, and the probe's ACK or SACK will show what is missing."
+        )
+        default = "RFC 8985 7.3"
+    else:
+        text, default = f"ustack's {name} timer fires.", "RFC 9293 3.10.8"
+    if resent is not None:
+        text += f" ustack sends {_what(resent.event, context)} again."
+        if _lost(resent.event):
+            text += _never_arrives(resent.event)
+    return text, refs or [default]
 
 
 def _state_step(event: Record) -> tuple[str, list[str]]:

@@ -756,5 +756,29 @@ def test_rack_reorder_timer_in_the_ladder_and_explained(tmp_path: Path) -> None:
     assert "(RACK reorder timer 0.1 ms)" in text
     assert "(RACK reorder timer fired)" in text
     steps = steps_of(tmp_path, rack_reordering_window)
-    fired = [s for s in steps if "RACK's reordering timer fires" in s]
-    assert len(fired) == 1 and fired[0].endswith("[RFC 8985 6.2]")
+    fired = [i for i, s in enumerate(steps) if "RACK's reordering timer fires" in s]
+    assert len(fired) == 1
+    assert "ustack sends 1,460 bytes of data (seq 1) again. [RFC 8985 6.2]" in steps[fired[0]]
+    # The next loss goes in its own step, and cites RACK, not the RTO.
+    assert steps[fired[0] + 1].endswith("(seq 1461) again (retransmission). [RFC 8985 6.2]")
+
+
+def tail_loss_probe() -> TcpScript:
+    """Three segments and no ACK: at 2*SRTT (at least 10 ms) the last goes again."""
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, mss=1460, ws=7, sack_permitted=True)
+    t.expect("S.", seq=OUR_ISS, ack=P)
+    t.at(0.0004)
+    t.send(".", seq=P, ack=U)
+    t.at(0.010)
+    t.write(bytes(4000))
+    t.sent()
+    t.at(0.020)
+    t.expect("P.", seq=U + 2540)  # the last MSS sent, again
+    return t
+
+
+def test_a_tail_loss_probe_is_explained_with_what_it_sends(tmp_path: Path) -> None:
+    steps = steps_of(tmp_path, tail_loss_probe)
+    assert steps[-1].startswith("5. No acknowledgement came within two round trips")
+    assert steps[-1].endswith("ustack sends 1,460 bytes of data (seq 2541) again. [RFC 8985 7.3]")
