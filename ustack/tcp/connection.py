@@ -138,10 +138,8 @@ class TcpConnection:
         self._recover: int | None = None  # NewReno: SND.MAX when fast recovery began
         self._recovery_high = iss  # RFC 6582 "recover", for the next entry check
         self.sack_ok = False  # both sides offered SACK
-        # The SACK scoreboard (RFC 6675, simplified): [left, right) ranges above
-        # SND.UNA the peer reported holding, sorted, merged. With SACK, the
-        # RACK log (RFC 8985) knows when each segment went out and which are lost.
-        self._sacked: list[list[int]] = []
+        # With SACK, the RACK log (RFC 8985) knows when each segment went out,
+        # which the peer holds (the SACK scoreboard) and which are lost.
         self._rack = Rack()
         # Undo (RFC 3708 detection, RFC 4015 response): the congestion state
         # from before the last loss episode's cut, SND.UNA then, and the bytes
@@ -173,6 +171,12 @@ class TcpConnection:
     @property
     def ssthresh(self) -> int:
         return self.cc.ssthresh
+
+    @property
+    def _sacked(self) -> list[list[int]]:
+        """The SACK scoreboard (RFC 6675): sorted, merged [left, right) ranges
+        above SND.UNA that the peer reported holding; RACK's log has it."""
+        return self._rack.sacked_ranges()
 
     @property
     def rto(self) -> float:
@@ -533,9 +537,7 @@ class TcpConnection:
             self._challenge_ack("ACK older than the send window: dropped", "RFC 5961 5.2")
             return False
         blocks = seg.options.sack_blocks if self.sack_ok else ()
-        new_sack = bool(blocks) and self._note_sacks(blocks)
-        if new_sack:
-            self._rack.on_sack(blocks, self._now)
+        new_sack = bool(blocks) and self._rack.on_sack(blocks, self._now)
         if seq.lt(self.snd_una, ack):
             stamps = seg.options.timestamps
             if (
@@ -554,7 +556,7 @@ class TcpConnection:
             self._ack_advanced(ack)
         elif self._is_duplicate_ack(seg, new_sack):
             self._duplicate_ack()
-        if self._sacked or self._rack.retransmitted_out:
+        if self._rack.sacked_bytes or self._rack.retransmitted_out:
             self._rack_detect()  # (only then can a later segment be delivered before an earlier)
         if blocks:
             dsack = _dsack_block(blocks, ack)
@@ -627,7 +629,7 @@ class TcpConnection:
             # (SND.MAX - 1 then; here we keep SND.MAX, hence >=).
             return
         if self.sack_ok:
-            if self._sacked or not self._rack.log:
+            if self._rack.sacked_bytes or not self._rack.log:
                 return  # RACK decides from the blocks
             self._rack.mark_lost(self._rack.log[0])
         self._enter_recovery("3 duplicate ACKs", "RFC 5681 3.2")
@@ -715,30 +717,6 @@ class TcpConnection:
             "RFC 3708, RFC 4015",
         )
 
-    def _note_sacks(self, blocks: tuple[tuple[int, int], ...]) -> bool:
-        """Merge the peer's SACK blocks into the scoreboard (blocks that do not
-        lie within SND.UNA..SND.MAX are ignored: D-SACKs, or a liar); True if
-        they reported bytes not SACKed before."""
-        base = self.snd_una
-        ranges = [(seq.diff(left, base), seq.diff(right, base)) for left, right in self._sacked]
-        before = sum(hi - lo for lo, hi in ranges)
-        limit = seq.diff(self.snd_max, base)
-        for left, right in blocks:
-            lo, hi = seq.diff(left, base), seq.diff(right, base)
-            if 0 < hi <= limit and lo < hi:
-                ranges.append((max(lo, 0), hi))
-        ranges.sort()
-        merged: list[list[int]] = []
-        for lo, hi in ranges:
-            if hi <= 0:
-                continue
-            if merged and lo <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([max(lo, 0), hi])
-        self._sacked = [[seq.add(base, lo), seq.add(base, hi)] for lo, hi in merged]
-        return sum(hi - lo for lo, hi in merged) > before
-
     def _retransmit_lost(self) -> None:
         """Send again what RACK (or a timeout) marked lost, first in sequence
         first, while the congestion window has room beyond the pipe (RFC 6675
@@ -818,12 +796,6 @@ class TcpConnection:
         self.snd_una = ack
         if seq.lt(self.snd_nxt, ack):
             self.snd_nxt = ack
-        if self._sacked:
-            self._sacked = [
-                [left if seq.gt(left, ack) else ack, right]
-                for left, right in self._sacked
-                if seq.gt(right, ack)
-            ]
         if self._rack.log:
             self._rack.on_ack(ack, self._now)
         if self._timed is not None and seq.gt(ack, self._timed[0]):
@@ -1073,7 +1045,6 @@ class TcpConnection:
         if self._retries > 1:
             # A second timeout in a row: the peer may have reneged (dropped
             # what it SACKed, RFC 2018 8): forget the scoreboard, resend all.
-            self._sacked = []
             self._rack.forget_sacks()
         self._dupacks = 0
         self._cancel("reorder")
@@ -1231,7 +1202,7 @@ class TcpConnection:
             budget = self.cc.cwnd - rack.pipe()
         while True:
             # (A zero-window probe stays at SND.UNA, whatever the peer claims to hold.)
-            hole = self._skip_sacked() if self._sacked and not probe else None
+            hole = self._skip_sacked() if self._rack.sacked_bytes and not probe else None
             offset = seq.diff(self.snd_nxt, self._send_buf_seq)
             if offset > len(buf):
                 break  # the FIN is out already
@@ -1297,7 +1268,7 @@ class TcpConnection:
         nxt = self.snd_nxt
         if not seq.lt(nxt, self.snd_max):
             return None
-        for left, right in self._sacked:
+        for left, right in self._sacked:  # (merged: each range steps at most once)
             if seq.le(left, nxt) and seq.lt(nxt, right):
                 nxt = self.snd_nxt = right
             elif seq.gt(left, nxt):

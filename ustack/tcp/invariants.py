@@ -283,10 +283,10 @@ def _check_rack_log(conn: TcpConnection, fail: Fail) -> None:
         previous = entry.end
     lost = sum(entry.lost for entry in log)
     resent = sum(entry.retransmitted for entry in log)
-    if (lost, resent) != (rack.lost_out, rack.retransmitted_out):
-        fail(
-            "rack-log", f"counts {rack.lost_out}/{rack.retransmitted_out}, entries {lost}/{resent}"
-        )
+    held = sum(seq.diff(entry.end, entry.start) for entry in log if entry.sacked)
+    counts = (rack.lost_out, rack.retransmitted_out, rack.sacked_bytes)
+    if counts != (lost, resent, held):
+        fail("rack-log", f"counts {counts}, entries {(lost, resent, held)}")
 
 
 def _check_receive_side(conn: TcpConnection, fail: Fail) -> None:

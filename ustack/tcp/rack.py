@@ -67,6 +67,7 @@ class Rack:
         self._reo_wnd_persist = 0
         self._mult_raised_at = -INFINITY
         self.retransmitted_out = 0  # log entries sent more than once (loss may hide there)
+        self.sacked_bytes = 0  # what the peer holds above SND.UNA: the SACK scoreboard
         self.lost_out = 0  # log entries marked lost, not sent again yet
 
     # ---- what was sent -----------------------------------------------------
@@ -102,27 +103,31 @@ class Rack:
             self._drop(log.popleft(), now)
         if log and seq.lt(log[0].start, ack):
             head = log[0]
-            if not head.sacked:
+            if head.sacked:
+                self.sacked_bytes -= seq.diff(ack, head.start)
+            else:
                 self._delivered(head, now)
             head.start = ack
 
     def on_sack(self, blocks: tuple[tuple[int, int], ...], now: float) -> bool:
-        """The peer holds these blocks; True if an entry was newly SACKed."""
+        """The peer holds these blocks; True if it reported bytes not SACKed
+        before. Blocks that do not end within SND.UNA..SND.MAX are ignored
+        (D-SACKs below SND.UNA, or a liar); one reaching below SND.UNA is cut."""
         log = self.log
         if not log:
             return False
         low, high = log[0].start, log[-1].end
         newly = False
         for left, right in blocks:
-            if seq.le(right, low) or seq.ge(left, high) or not seq.lt(left, right):
-                continue  # a D-SACK below SND.UNA, or not ours
+            if seq.le(right, low) or seq.gt(right, high) or not seq.lt(left, right):
+                continue
             left = left if seq.gt(left, low) else low
-            right = right if seq.lt(right, high) else high
             self._split_at(left)
             self._split_at(right)
             for entry in self._between(left, right):
                 if not entry.sacked:
                     entry.sacked = newly = True
+                    self.sacked_bytes += seq.diff(entry.end, entry.start)
                     if entry.lost:
                         entry.lost = False
                         self.lost_out -= 1
@@ -133,9 +138,24 @@ class Rack:
         """The peer may have reneged (RFC 2018 8): nothing counts as held."""
         for entry in self.log:
             entry.sacked = False
+        self.sacked_bytes = 0
+
+    def sacked_ranges(self) -> list[list[int]]:
+        """The scoreboard as sorted, merged [left, right) ranges."""
+        ranges: list[list[int]] = []
+        for entry in self.log:
+            if not entry.sacked:
+                continue
+            if ranges and ranges[-1][1] == entry.start:
+                ranges[-1][1] = entry.end
+            else:
+                ranges.append([entry.start, entry.end])
+        return ranges
 
     def _drop(self, entry: Sent, now: float) -> None:
-        if not entry.sacked:
+        if entry.sacked:
+            self.sacked_bytes -= seq.diff(entry.end, entry.start)
+        else:
             self._delivered(entry, now)
         if entry.retransmitted:
             self.retransmitted_out -= 1
@@ -238,7 +258,7 @@ class Rack:
         )
 
     def sacked_segments(self, mss: int) -> int:
-        return sum(seq.diff(e.end, e.start) for e in self.log if e.sacked) // max(mss, 1)
+        return self.sacked_bytes // max(mss, 1)
 
     # ---- the log itself -----------------------------------------------------
 
