@@ -65,7 +65,7 @@ from typing import Any
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 from losstest import fault_rules, parse_size, pattern_sha256, probability  # noqa: E402
-from scale import fd_count, rss_kib, stable_fd_count  # noqa: E402
+from scale import fd_count, rss_kib, run_then_stop, stable_fd_count  # noqa: E402
 
 STACK = "198.18.0.2"
 KINDS = ("ab", "download", "upload", "nc")
@@ -507,8 +507,9 @@ def main(argv: list[str] | None = None) -> int:
                 str(seed),
                 trace=False,
             )
-            try:
-                report = run_soak(
+            report, troubles = run_then_stop(
+                daemon,
+                lambda: run_soak(
                     ns,
                     daemon,
                     seconds,
@@ -519,15 +520,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.sample,
                     args.timeout,
                     args.rss_slack,
-                )
-                alive = daemon.process.poll() is None
-            finally:
-                code = daemon.stop()
-            log = daemon.log_text()
-        if not alive:
-            report.problems.append((3, f"the daemon died (exit {code})"))
-        if "Traceback" in log:
-            report.problems.append((3, "a Traceback in the daemon log"))
+                ),
+            )
+        report.problems.extend((3, trouble) for trouble in troubles)
         print_report(report)
         if args.json:
             out = dataclasses.asdict(report)
