@@ -146,6 +146,10 @@ class Soak:
             return -1, b""
         return done.returncode, done.stdout
 
+    def curl(self, *args: str, data: bytes | None = None) -> tuple[int, bytes]:
+        """curl in the namespace, given up 5 s before `run` would kill it."""
+        return self.run(["curl", "-sS", "--max-time", str(self.timeout - 5), *args], data)
+
     def record(
         self, kind: str, size: int, seconds: float, code: int, problem: str, corrupt: bool
     ) -> None:
@@ -204,17 +208,7 @@ class Soak:
     def download(self, rng: random.Random) -> None:
         size = log_uniform(rng, 1024, self.max_size)
         start = time.monotonic()
-        code, body = self.run(
-            [
-                "curl",
-                "-sS",
-                "--max-time",
-                str(self.timeout - 5),
-                "-o",
-                "-",
-                f"http://{STACK}/bytes/{size}",
-            ]
-        )
+        code, body = self.curl("-o", "-", f"http://{STACK}/bytes/{size}")
         problem = ""
         if len(body) != size:
             problem = f"{len(body)} bytes"
@@ -226,21 +220,15 @@ class Soak:
         size = log_uniform(rng, 1024, self.max_size)
         body = rng.randbytes(size)
         start = time.monotonic()
-        code, reply = self.run(
-            [
-                "curl",
-                "-sS",
-                "--max-time",
-                str(self.timeout - 5),
-                "-H",
-                "Expect:",
-                "-H",
-                "Content-Type: application/octet-stream",
-                "--data-binary",
-                "@-",
-                f"http://{STACK}/upload",
-            ],
-            body,
+        code, reply = self.curl(
+            "-H",
+            "Expect:",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            "@-",
+            f"http://{STACK}/upload",
+            data=body,
         )
         expected = f"{size} {hashlib.sha256(body).hexdigest()}"
         got = reply.decode(errors="replace").strip()
