@@ -67,7 +67,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 STACK = "198.18.0.2"
 ECHO, HTTP = 7, 80
@@ -378,6 +380,24 @@ def stable_fd_count(pid: int) -> int:
         if count == previous:
             break
     return count
+
+
+def run_then_stop(daemon: Any, run: Callable[[], R]) -> tuple[R, list[str]]:
+    """Call `run`, then stop the daemon (tests/harness.py's): what `run`
+    returned, and what the daemon did wrong (died during the run, a Traceback
+    in its log)."""
+    try:
+        result = run()
+        alive = daemon.process.poll() is None
+    finally:
+        code = daemon.stop()
+    log = daemon.log_text()
+    troubles: list[str] = []
+    if not alive:
+        troubles.append(f"the daemon died (exit {code})")
+    if "Traceback" in log:
+        troubles.append("a Traceback in the daemon log")
+    return result, troubles
 
 
 class Child:
@@ -754,8 +774,9 @@ def main(argv: list[str] | None = None) -> int:
             daemon = UstackDaemon.start(
                 ns, workdir, "--log-level", "info", trace=args.trace, wrapper=wrapper
             )
-            try:
-                report = run_scale(
+            report, troubles = run_then_stop(
+                daemon,
+                lambda: run_scale(
                     ns,
                     daemon,
                     args.connections,
@@ -764,15 +785,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.first_close,
                     args.timeout,
                     args.rss_tolerance,
-                )
-                alive = daemon.process.poll() is None
-            finally:
-                code = daemon.stop()
-            log = daemon.log_text()
-        if not alive:
-            report.problems.append(f"the daemon died (exit {code})")
-        if "Traceback" in log:
-            report.problems.append("a Traceback in the daemon log")
+                ),
+            )
+        report.problems.extend(troubles)
         if gc_file.exists():
             report.gc = {int(g): v for g, v in json.loads(gc_file.read_text()).items()}
         print_report(report)

@@ -65,7 +65,7 @@ from typing import Any
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 from losstest import fault_rules, parse_size, pattern_sha256, probability  # noqa: E402
-from scale import fd_count, rss_kib, stable_fd_count  # noqa: E402
+from scale import fd_count, rss_kib, run_then_stop, stable_fd_count  # noqa: E402
 
 STACK = "198.18.0.2"
 KINDS = ("ab", "download", "upload", "nc")
@@ -146,6 +146,10 @@ class Soak:
             return -1, b""
         return done.returncode, done.stdout
 
+    def curl(self, *args: str, data: bytes | None = None) -> tuple[int, bytes]:
+        """curl in the namespace, given up 5 s before `run` would kill it."""
+        return self.run(["curl", "-sS", "--max-time", str(self.timeout - 5), *args], data)
+
     def record(
         self, kind: str, size: int, seconds: float, code: int, problem: str, corrupt: bool
     ) -> None:
@@ -204,17 +208,7 @@ class Soak:
     def download(self, rng: random.Random) -> None:
         size = log_uniform(rng, 1024, self.max_size)
         start = time.monotonic()
-        code, body = self.run(
-            [
-                "curl",
-                "-sS",
-                "--max-time",
-                str(self.timeout - 5),
-                "-o",
-                "-",
-                f"http://{STACK}/bytes/{size}",
-            ]
-        )
+        code, body = self.curl("-o", "-", f"http://{STACK}/bytes/{size}")
         problem = ""
         if len(body) != size:
             problem = f"{len(body)} bytes"
@@ -226,21 +220,15 @@ class Soak:
         size = log_uniform(rng, 1024, self.max_size)
         body = rng.randbytes(size)
         start = time.monotonic()
-        code, reply = self.run(
-            [
-                "curl",
-                "-sS",
-                "--max-time",
-                str(self.timeout - 5),
-                "-H",
-                "Expect:",
-                "-H",
-                "Content-Type: application/octet-stream",
-                "--data-binary",
-                "@-",
-                f"http://{STACK}/upload",
-            ],
-            body,
+        code, reply = self.curl(
+            "-H",
+            "Expect:",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            "@-",
+            f"http://{STACK}/upload",
+            data=body,
         )
         expected = f"{size} {hashlib.sha256(body).hexdigest()}"
         got = reply.decode(errors="replace").strip()
@@ -507,8 +495,9 @@ def main(argv: list[str] | None = None) -> int:
                 str(seed),
                 trace=False,
             )
-            try:
-                report = run_soak(
+            report, troubles = run_then_stop(
+                daemon,
+                lambda: run_soak(
                     ns,
                     daemon,
                     seconds,
@@ -519,15 +508,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.sample,
                     args.timeout,
                     args.rss_slack,
-                )
-                alive = daemon.process.poll() is None
-            finally:
-                code = daemon.stop()
-            log = daemon.log_text()
-        if not alive:
-            report.problems.append((3, f"the daemon died (exit {code})"))
-        if "Traceback" in log:
-            report.problems.append((3, "a Traceback in the daemon log"))
+                ),
+            )
+        report.problems.extend((3, trouble) for trouble in troubles)
         print_report(report)
         if args.json:
             out = dataclasses.asdict(report)

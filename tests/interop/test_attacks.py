@@ -147,6 +147,15 @@ def wait_for_transfer(
     raise AssertionError(f"no transfer from port {client_port}: {daemon.connections()}")
 
 
+def transfer_to_attack(
+    ns: Netns, spawn: Spawn, port: int, rate: str, *args: str, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """curl from `port` (where the injector aims), at most `rate` a second
+    (--limit-rate: the transfer lasts long enough to attack)."""
+    argv = ["curl", "-sS", "--local-port", str(port), "--limit-rate", rate, "--max-time", "60"]
+    return spawn(ns.command(*argv, *args), **popen)
+
+
 def blind_attack(
     ns: Netns, daemon: UstackDaemon, client_port: int, *extra: str, count: int = 1_000_000
 ) -> dict[str, Any]:
@@ -259,10 +268,8 @@ def test_blind_in_window_rst_syn_and_data_during_a_50mb_download(
     port = 41000
     got = tmp_path / "download.bin"
     try:
-        # --limit-rate: curl reads slowly, so the transfer lasts long enough to attack.
-        curl = spawn(
-            ns.command("curl", "-sS", "--local-port", str(port), "--limit-rate", "20M",
-                       "--max-time", "60", "-o", str(got), f"http://{STACK_ADDRESS}/bytes/{BULK}"),
+        curl = transfer_to_attack(
+            ns, spawn, port, "20M", "-o", str(got), f"http://{STACK_ADDRESS}/bytes/{BULK}",
             stderr=subprocess.PIPE,
         )  # fmt: skip
         attacked = attack_during(ns, daemon, port, curl)
@@ -283,11 +290,9 @@ def test_blind_in_window_rst_syn_and_data_during_a_50mb_upload(
     data = os.urandom(BULK)
     body.write_bytes(data)
     try:
-        curl = spawn(
-            ns.command("curl", "-sS", "--local-port", str(port), "--limit-rate", "10M",
-                       "--max-time", "60", "-H", "Expect:", "--data-binary", f"@{body}",
-                       f"http://{STACK_ADDRESS}/upload"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        curl = transfer_to_attack(
+            ns, spawn, port, "10M", "-H", "Expect:", "--data-binary", f"@{body}",
+            f"http://{STACK_ADDRESS}/upload", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         attacked = attack_during(ns, daemon, port, curl)
         # The application saw exactly the client's bytes: no injected data.
@@ -305,9 +310,8 @@ def test_exact_sequence_rst_still_resets_a_transfer(
     daemon = UstackDaemon.start(ns, tmp_path, "--services", "http")
     port = 41002
     try:
-        curl = spawn(
-            ns.command("curl", "-sS", "--local-port", str(port), "--limit-rate", "5M",
-                       "--max-time", "60", "-o", "/dev/null", f"http://{STACK_ADDRESS}/bytes/{BULK}"),
+        curl = transfer_to_attack(
+            ns, spawn, port, "5M", "-o", "/dev/null", f"http://{STACK_ADDRESS}/bytes/{BULK}",
             stderr=subprocess.PIPE,
         )  # fmt: skip
         wait_for_transfer(daemon, port)
