@@ -49,6 +49,7 @@ from ustack.headers import (
     parse_tcp,
 )
 from ustack.ip import _is_unicast_source
+from ustack.link import _finish_checksum
 from ustack.stack import Stack
 from ustack.tcp import seq
 from ustack.tcp.connection import ConnectionClosedError, TcpConfig, TcpConnection
@@ -403,6 +404,9 @@ class World:
         elif len(packet) > self.setup["mtu"] and not gso_size:
             problem = f"{len(packet)} bytes over the MTU"
         elif ip.protocol == PROTO_TCP:
+            if gso_size:  # the partial form (CHECKSUM_PARTIAL): finish it as the kernel will
+                packet = bytearray(packet)
+                _finish_checksum(packet, ip.header_length, 16)
             segment = packet[ip.header_length :]
             if transport_checksum(ip.src, ip.dst, PROTO_TCP, segment) != 0:
                 problem = "bad TCP checksum"

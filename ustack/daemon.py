@@ -193,10 +193,9 @@ class Daemon:
         if verdict.rule is not None:
             self._trace_fault("out", packet, verdict)
         for _ in range(verdict.copies):
-            copy = bytearray(packet) if gso_size else packet  # the link patches GSO packets
             if verdict.delay:
-                self._hold(verdict.delay, self.link.write, copy, gso_size)
-            elif not self.link.write(copy, gso_size):
+                self._hold(verdict.delay, self.link.write, packet, gso_size)
+            elif not self.link.write(packet, gso_size):
                 return False
         return True
 

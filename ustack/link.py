@@ -26,7 +26,8 @@ import pytun
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ustack.checksum import Buffer, ones_sum, pseudo_header_sum
+from ustack.checksum import Buffer, ones_sum
+from ustack.headers import IPV4_PLAIN_FIRST_BYTE, PROTO_TCP
 
 log = logging.getLogger("ustack.link")
 
@@ -43,7 +44,6 @@ VNET_GSO_NONE, VNET_GSO_TCPV4 = 0, 1
 PLAIN_HEADER = VNET_HEADER.pack(0, VNET_GSO_NONE, 0, 0, 0, 0)
 # A TCP/IPv4 packet (20-byte IP header) whose checksum the kernel is to finish.
 PARTIAL_TCP_HEADER = VNET_HEADER.pack(VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, 20, 16)
-IPV4_PLAIN_FIRST_BYTE, PROTO_TCP = 0x45, 6
 MAX_PACKET = 65535
 TX_QUEUE_LENGTH = 10000
 
@@ -172,13 +172,10 @@ def _finish_checksum(packet: bytearray, start: int, offset: int) -> None:
 
 
 def _gso_header(packet: bytearray | bytes | memoryview, gso_size: int) -> bytes:
-    """The virtio-net header for a TCP/IPv4 segment the kernel is to cut,
-    after turning its checksum into the partial form the kernel completes."""
+    """The virtio-net header for a TCP/IPv4 segment the kernel is to cut; TCP
+    built it with the partial checksum the kernel completes for each piece."""
     ihl = (packet[0] & 0x0F) * 4
     tcp_header = (packet[ihl + 12] >> 4) * 4
-    src, dst = struct.unpack_from("!II", packet, 12)
-    assert isinstance(packet, bytearray), "GSO packets are patched in place"
-    struct.pack_into("!H", packet, ihl + 16, pseudo_header_sum(src, dst, 6, len(packet) - ihl))
     return VNET_HEADER.pack(VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, ihl + tcp_header, gso_size, ihl, 16)
 
 

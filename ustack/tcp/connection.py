@@ -3,8 +3,9 @@
 The connection never reads a clock, a socket or the TUN. It is driven by
 `receive(segment, now)`, `handle_timer(now)` and the application calls
 (`send`, `read`, `shutdown`, `close`, `abort`); it answers with segments
-(`segments_to_send()`), application events (`next_event()`), trace events
-(through `trace`) and one deadline (`get_timer()`).
+(`segments_to_send()`), application events (the `events` queue, oldest
+first, which its driver pops), trace events (through `trace`) and one
+deadline (`get_timer()`).
 
 Names follow RFC 9293 3.3.1: snd_una is SND.UNA, rcv_nxt is RCV.NXT, and so
 on. The comments name the step of 3.10.7.4 each block implements.
@@ -162,7 +163,7 @@ class TcpConnection:
         self._ack_note = ""  # why the next pure ACK goes out, when it is special
         self._now = 0.0
         self._outbox: list[Segment] = []
-        self._events: deque[AppEvent] = deque()
+        self.events: deque[AppEvent] = deque()  # for the application, oldest first
 
     @property
     def cwnd(self) -> int:
@@ -231,7 +232,7 @@ class TcpConnection:
         self.cc.mss = self._mss
         self.cc.cwnd = self.config.initial_window_segments * self._mss
         self._transition(Event.RCV_VALID_COOKIE)
-        self._events.append(Connected())
+        self.events.append(Connected())
         self.receive(ack, now)  # its data, if any
 
     def _take_syn(self, syn: Segment) -> None:
@@ -388,7 +389,7 @@ class TcpConnection:
             self._ack_advanced(seg.ack)
             self._transition(Event.RCV_SYN_ACK)
             self._after_handshake()
-            self._events.append(Connected())
+            self.events.append(Connected())
             self._ack_now = True
             if seg.payload or flags & FIN:  # rare: data on the SYN,ACK
                 self._receive_text_and_fin(seg, seq.add(seg.seq, 1), seg.payload, flags & FIN)
@@ -425,7 +426,7 @@ class TcpConnection:
             self._cancel("retransmit")
             self._transition(Event.RCV_ACK_OF_SYN)
             self._after_handshake()
-            self._events.append(Connected())
+            self.events.append(Connected())
             self._ack_now = True
             return
         if state is State.SYN_RECEIVED and flags & SYN and not flags & (ACK | RST):
@@ -464,7 +465,7 @@ class TcpConnection:
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
             self._transition(Event.RCV_ACK_OF_SYN)
             self._after_handshake()
-            self._events.append(Connected())
+            self.events.append(Connected())
         if not self._receive_ack(seg):
             return
         # Sixth (URG) is not supported: urgent data is ordinary data here.
@@ -792,7 +793,7 @@ class TcpConnection:
         if data_acked:
             del self._send_buf[:data_acked]
             self._send_buf_seq = seq.add(self._send_buf_seq, data_acked)
-            self._events.append(SendSpace())
+            self.events.append(SendSpace())
         self.snd_una = ack
         if seq.lt(self.snd_nxt, ack):
             self.snd_nxt = ack
@@ -918,7 +919,7 @@ class TcpConnection:
         self.rcv_nxt = seq.add(self.rcv_nxt, len(data))
         if not self._read_shut:
             self._recv_buf.append(data)
-            self._events.append(DataReceived())
+            self.events.append(DataReceived())
 
     def _receive_fin(self) -> None:
         """The eighth step: the FIN is next in sequence."""
@@ -936,7 +937,7 @@ class TcpConnection:
         if self.fin_received:
             return
         self.fin_received = True
-        self._events.append(EndOfStream())
+        self.events.append(EndOfStream())
         if state in (State.ESTABLISHED, State.FIN_WAIT_2):
             self._transition(Event.RCV_FIN)
         elif state is State.FIN_WAIT_1:
@@ -1121,9 +1122,6 @@ class TcpConnection:
     def segments_to_send(self) -> list[Segment]:
         out, self._outbox = self._outbox, []
         return out
-
-    def next_event(self) -> AppEvent | None:
-        return self._events.popleft() if self._events else None
 
     def _output(self) -> None:
         state = self.state
@@ -1392,13 +1390,13 @@ class TcpConnection:
             self._cancel_all()
             self.error = error
             if old is not State.TIME_WAIT:
-                self._events.append(Closed(error))
+                self.events.append(Closed(error))
         elif self.state is State.TIME_WAIT:
             # Both FINs are through: for the application the connection is
             # over; TIME_WAIT is the stack's business, as with kernel sockets.
             self._cancel_all()
             self._arm("time_wait", 2 * self.config.msl)
-            self._events.append(Closed(None))
+            self.events.append(Closed(None))
 
     def _decide(self, what: str, rule: str) -> None:
         if self.trace is not None:

@@ -412,7 +412,7 @@ class TcpDemux:
                         if state is not State.CLOSED and listener.state is State.LISTEN:
                             listener.on_accept(conn)
                         progressed = True
-                events = conn._events
+                events = conn.events
                 if events and (app := self._apps.get(conn)) is not None:
                     progressed = True
                     while events:
@@ -536,7 +536,8 @@ class TcpDemux:
             options=None if seg.options is NO_OPTIONS else seg.options,
             payload=seg.payload,
             headroom=self.headroom,
-            partial_checksum=self.partial_checksums,
+            # (GSO needs it: the kernel sums each piece it cuts)
+            partial_checksum=self.partial_checksums or seg.gso_size > 0,
         )
         self._send(remote, segment, seg.gso_size)
 

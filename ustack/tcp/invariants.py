@@ -254,8 +254,8 @@ def check_connection(conn: TcpConnection, now: float, demux: TcpDemux | None = N
         fail("timers", "an orphaned FIN_WAIT_2 without its timeout")
     if conn._outbox:
         fail("outbox", f"{len(conn._outbox)} segments not sent after a flush")
-    if demux is not None and conn in demux._apps and conn._events:
-        fail("events", f"{len(conn._events)} events not handed to the application")
+    if demux is not None and conn in demux._apps and conn.events:
+        fail("events", f"{len(conn.events)} events not handed to the application")
 
 
 def _check_rack_log(conn: TcpConnection, fail: Fail) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ustack.headers import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
+from ustack.headers import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpOptions
 
 _FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"),
                (ECE, "E"), (CWR, "W"))  # fmt: skip
@@ -24,10 +24,6 @@ class Segment:
     options: TcpOptions = field(default_factory=lambda: NO_OPTIONS)
     note: str = ""  # for the trace: why this segment was sent, when not plain
     gso_size: int = 0  # a super-segment the link cuts into segments of this size
-
-    @classmethod
-    def from_header(cls, header: TcpHeader, payload: bytes | memoryview) -> Segment:
-        return cls(header.seq, header.ack, header.flags, header.window, payload, header.options)
 
     @property
     def seg_len(self) -> int:
