@@ -2,4 +2,4 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["ustack/_build_checksum.py:ffibuilder"])
+setup(cffi_modules=["ustack/wire/_build_checksum.py:ffibuilder"])

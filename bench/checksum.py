@@ -2,7 +2,7 @@
 
 Run: python bench/checksum.py
 
-Every C timing goes through the public wrapper (ustack.checksum), so it
+Every C timing goes through the public wrapper (ustack.wire.checksum), so it
 includes the cffi call and the ffi.from_buffer cost, as the stack pays them.
 Each cell is the best of REPEATS timeit runs of an auto-calibrated number of
 calls (>= MIN_SECONDS per run); the best run is the least disturbed one.
@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import machine  # bench/machine.py: scripts here run as python bench/NAME.py
 
-from ustack import checksum as c_impl
-from ustack import checksum_ref as py_impl
+from ustack.wire import checksum as c_impl
+from ustack.wire import checksum_ref as py_impl
 
 SIZES = (40, 1500, 65536)
 TRANSPORT_SIZE = 1500

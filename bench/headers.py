@@ -18,7 +18,7 @@ from typing import Any
 
 import construct
 
-from ustack import headers as h
+from ustack.wire import headers as h
 
 REPEATS = 5
 MIN_REPEAT_SECONDS = 0.1

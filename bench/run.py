@@ -505,7 +505,7 @@ def idle_memory(t: Target, count: int) -> Memory:
         rss1, slab1 = vm_rss_kib(t.pid), slab_kib()
         established = None
         if t.control is not None:
-            from ustack.control import request
+            from ustack.linux.control import request
 
             established = request(t.control, "stats")["connections"].get("ESTABLISHED", 0)
         holder.stdin.write(b"go\n")
@@ -538,12 +538,12 @@ def health(t: Target, settle: float = 5.0) -> dict[str, Any]:
     if lingering:
         report["lingering"] = lingering
         if t.control is not None:
-            from ustack.control import request
+            from ustack.linux.control import request
 
             conns = request(t.control, "connections")["connections"]
             report["lingering_detail"] = [c for c in conns if c["state"] in lingering][:10]
     if t.control is not None:
-        from ustack.control import request
+        from ustack.linux.control import request
 
         counters = request(t.control, "stats")["counters"]
         report["drops"] = {k: v for k, v in counters.items() if ".drop." in k and v}
@@ -555,7 +555,7 @@ def health(t: Target, settle: float = 5.0) -> dict[str, Any]:
 
 def connection_states(t: Target) -> dict[str, int]:
     if t.control is not None:
-        from ustack.control import request
+        from ustack.linux.control import request
 
         return dict(request(t.control, "stats")["connections"])
     out = run(nsexec(t.server_ns, "ss", "-Htan"), timeout=10).stdout.decode()
@@ -696,7 +696,7 @@ def loss_snapshot(t: Target) -> dict[str, int]:
             "server retransmits": server,
             "veth drops": client_dev + server_dev,
         }
-    from ustack.control import request
+    from ustack.linux.control import request
 
     client, tun = kernel_losses(t.client_ns, "tun0")
     counters = request(t.control, "stats")["counters"]

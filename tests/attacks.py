@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ustack.checksum import internet_checksum, transport_checksum
-from ustack.control import request
+from ustack.linux.control import request
+from ustack.wire.checksum import internet_checksum, transport_checksum
 
 if TYPE_CHECKING:
     from harness import Netns, UstackDaemon

@@ -31,9 +31,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ustack.checksum import internet_checksum, transport_checksum
-from ustack.errors import MalformedPacket
-from ustack.headers import (
+from ustack.linux.tun import _finish_checksum
+from ustack.net.ipv4 import _is_unicast_source
+from ustack.stack import Stack
+from ustack.study.sinks import FanOut, JsonlWriter, PcapWriter, TextWriter
+from ustack.tcp import seq
+from ustack.tcp.connection import ConnectionClosedError, TcpConfig, TcpConnection
+from ustack.tcp.demux import IsnGenerator
+from ustack.tcp.events import AppEvent, Closed, DataReceived, EndOfStream
+from ustack.tcp.invariants import InvariantChecker, InvariantError
+from ustack.tcp.segment import Segment
+from ustack.tcp.states import State
+from ustack.tcp.syncookies import SynCookies
+from ustack.wire.checksum import internet_checksum, transport_checksum
+from ustack.wire.errors import MalformedPacket
+from ustack.wire.headers import (
     ACK,
     CWR,
     ECE,
@@ -48,18 +60,6 @@ from ustack.headers import (
     parse_ipv4,
     parse_tcp,
 )
-from ustack.ip import _is_unicast_source
-from ustack.link import _finish_checksum
-from ustack.stack import Stack
-from ustack.tcp import seq
-from ustack.tcp.connection import ConnectionClosedError, TcpConfig, TcpConnection
-from ustack.tcp.demux import IsnGenerator
-from ustack.tcp.events import AppEvent, Closed, DataReceived, EndOfStream
-from ustack.tcp.invariants import InvariantChecker, InvariantError
-from ustack.tcp.segment import Segment
-from ustack.tcp.states import State
-from ustack.tcp.syncookies import SynCookies
-from ustack.trace import FanOut, JsonlWriter, PcapWriter, TextWriter
 
 US = 0xC6120002  # 198.18.0.2
 PEER = 0xC6120001  # 198.18.0.1

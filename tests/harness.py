@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ustack.control import request
+from ustack.linux.control import request
 
 NS_PREFIX = "ustack-t"
 STACK_ADDRESS = "198.18.0.2"

@@ -24,21 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ustack.headers import (
-    PROTO_TCP,
-    TcpOptions,
-    build_ipv4,
-    build_tcp,
-    parse_ipv4,
-    parse_tcp,
-)
 from ustack.stack import Stack
+from ustack.study.records import Decision, StateChange, TraceEvent
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent
 from ustack.tcp.invariants import InvariantChecker
 from ustack.tcp.segment import flag_string
 from ustack.tcp.states import Event, State
-from ustack.trace import Decision, StateChange, TraceEvent
+from ustack.wire.headers import PROTO_TCP, TcpOptions, build_ipv4, build_tcp, parse_ipv4, parse_tcp
 
 US = 0xC6120002  # 198.18.0.2, the stack
 PEER = 0xC6120001  # 198.18.0.1, the Linux side

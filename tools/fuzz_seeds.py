@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import fuzzworld as fw  # noqa: E402
 
-from ustack.checksum import internet_checksum, transport_checksum  # noqa: E402
-from ustack.headers import ACK, FIN, PROTO_TCP, PSH, RST, SYN, URG  # noqa: E402
 from ustack.tcp.connection import TcpConnection  # noqa: E402
+from ustack.wire.checksum import internet_checksum, transport_checksum  # noqa: E402
+from ustack.wire.headers import ACK, FIN, PROTO_TCP, PSH, RST, SYN, URG  # noqa: E402
 
 Key = tuple[int, int, int]
 HALF = 1 << 31

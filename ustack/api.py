@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ustack.stack import StackRunner
+from ustack.runner import StackRunner
 from ustack.tcp.connection import TcpConnection
 from ustack.tcp.demux import Listener
 from ustack.tcp.events import AppEvent, Closed, Connected, DataReceived, EndOfStream, SendSpace

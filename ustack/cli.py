@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from ustack import __version__
-from ustack.control import ControlError, encode, request
 from ustack.daemon import ServeConfig, serve
-from ustack.explain import add_explain_arguments, explain_command
-from ustack.faults import FaultError, FaultRule, parse_rule
-from ustack.faults import __doc__ as faults_module_doc
-from ustack.ladder import add_ladder_arguments, ladder_command
-from ustack.link import LinkConfig, LinkError
-from ustack.peer_states import PeerStatesError
+from ustack.linux.control import ControlError, encode, request
+from ustack.linux.peer_states import PeerStatesError
+from ustack.linux.tun import LinkConfig, LinkError
 from ustack.services import SERVICES
+from ustack.study.explain import add_explain_arguments, explain_command
+from ustack.study.faults import FaultError, FaultRule, parse_rule
+from ustack.study.faults import __doc__ as faults_module_doc
+from ustack.study.ladder import add_ladder_arguments, ladder_command
+from ustack.study.sinks import TRACE_FORMATS, TraceFilter, TraceOutputError, TraceSpec, format_for
 from ustack.tcp import congestion
 from ustack.tcp.connection import TcpConfig
-from ustack.trace import TRACE_FORMATS, TraceFilter, TraceOutputError, TraceSpec, format_for
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535

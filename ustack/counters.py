@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ustack.trace import Drop, Tracer
+from ustack.study.records import Drop, Tracer
 
 
 class Counters(Counter[str]):

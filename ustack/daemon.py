@@ -18,17 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from ustack.api import open_connection, start_server
-from ustack.checksum import Buffer
-from ustack.control import ControlRequestError, ControlServer, encode, error_reply
-from ustack.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
-from ustack.link import LinkConfig, TunLink
-from ustack.peer_states import PeerStatesError, PeerStateWatcher
+from ustack.linux.control import ControlRequestError, ControlServer, encode, error_reply
+from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
+from ustack.linux.tun import LinkConfig, TunLink
+from ustack.runner import StackRunner
 from ustack.services import SERVICES
-from ustack.stack import DEFAULT_ADDRESS, Stack, StackRunner
+from ustack.stack import DEFAULT_ADDRESS, Stack
+from ustack.study.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
+from ustack.study.records import FaultEvent, dotted
+from ustack.study.sinks import TraceFilter, TraceSinks, TraceSpec
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig
 from ustack.tcp.segment import flag_string
-from ustack.trace import FaultEvent, TraceFilter, TraceSinks, TraceSpec, dotted
+from ustack.wire.checksum import Buffer
 
 log = logging.getLogger("ustack")
 

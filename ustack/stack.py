@@ -1,20 +1,20 @@
-"""The stack (IP + TCP wired together, no I/O of its own) and its asyncio driver."""
+"""The stack: IP + TCP wired together, with no I/O of its own (sans-I/O).
+
+Its asyncio driver is `ustack.runner.StackRunner`."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import time
 from collections.abc import Callable
 
-from ustack.checksum import Buffer
 from ustack.counters import Counters
-from ustack.headers import IPV4_MIN_HEADER_LENGTH
-from ustack.ip import IPv4Layer
-from ustack.tcp.connection import TcpConfig, TcpConnection
+from ustack.net.ipv4 import IPv4Layer
+from ustack.study.records import PacketTap, Tracer
+from ustack.tcp.connection import TcpConfig
 from ustack.tcp.demux import TcpDemux
 from ustack.tcp.syncookies import SynCookies
-from ustack.trace import PacketTap, Tracer
+from ustack.wire.checksum import Buffer
+from ustack.wire.headers import IPV4_MIN_HEADER_LENGTH
 
 DEFAULT_ADDRESS = ipaddress.IPv4Address("198.18.0.2")
 
@@ -53,43 +53,3 @@ class Stack:
 
     def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
         self.ip.receive(packet, now, checksum_ok)
-
-
-class StackRunner:
-    """Drives a Stack from an asyncio loop: `now` is the loop's clock, and one
-    loop timer stands for the earliest deadline of all connections."""
-
-    def __init__(self, stack: Stack, loop: asyncio.AbstractEventLoop) -> None:
-        self.stack = stack
-        self.loop = loop
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0  # its deadline (TimerHandle.when() is a Python call)
-        # The loop's clock. asyncio's own loops read time.monotonic: that is
-        # called directly, not through a method (it is read for every packet
-        # and every call of the application into a connection).
-        self.now: Callable[[], float] = (
-            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
-        )
-
-    def receive(self, packet: bytes) -> None:
-        self.stack.receive(packet, self.now())
-
-    def done(self, conn: TcpConnection | None = None) -> None:
-        """Call after feeding packets or calling into a connection: sends what
-        it queued, hands out its events and keeps the timer right."""
-        if conn is not None:
-            self.stack.tcp.flush(conn)
-        deadline = self.stack.tcp.next_deadline()
-        if deadline is None:
-            return
-        if self._timer is not None:
-            if self._timer_when <= deadline:
-                return
-            self._timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
-        self._timer_when = deadline
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.stack.tcp.handle_timers(self.now())
-        self.done()

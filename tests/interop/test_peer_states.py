@@ -23,13 +23,8 @@ from typing import Any, TypeVar
 import pytest
 from harness import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 
-from ustack.peer_states import (
-    PeerStatesError,
-    PeerStateWatcher,
-    parse_line,
-    state_name,
-)
-from ustack.trace import PeerStateChange
+from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher, parse_line, state_name
+from ustack.study.records import PeerStateChange
 
 # The direct tests' own pair, so that other namespaces' tests (198.18.0.x) do not mix in.
 STACK = "198.18.200.2"
@@ -336,7 +331,7 @@ def test_missing_tracepoint_leaves_nothing_behind(tmp_path: Path) -> None:
 
 NOT_ROOT = """
 import asyncio
-from ustack.peer_states import PeerStatesError, PeerStateWatcher
+from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 watcher = PeerStateWatcher("198.18.0.2", print, lambda *_: None, asyncio.new_event_loop())
 try:
     watcher.start()
@@ -364,7 +359,7 @@ def test_not_root_gives_a_one_line_error() -> None:
 
 UNMOUNTS = """
 import asyncio, os
-from ustack.peer_states import PeerStateWatcher
+from ustack.linux.peer_states import PeerStateWatcher
 def tracefs():
     with open("/proc/self/mountinfo") as f:
         return [line for line in f if " - tracefs " in line]

@@ -26,9 +26,10 @@ import pytest
 
 from ustack import services
 from ustack.api import WRITE_HIGH_WATER, StackServer, open_connection, start_server
-from ustack.headers import ACK, FIN, RST, SYN
-from ustack.stack import Stack, StackRunner
+from ustack.runner import StackRunner
+from ustack.stack import Stack
 from ustack.tcp.connection import TcpConfig
+from ustack.wire.headers import ACK, FIN, RST, SYN
 
 A_ADDR = 0xC6120001
 B_ADDR = 0xC6120002

@@ -1,5 +1,5 @@
-"""Property tests of the C checksum core (ustack.checksum) against the
-pure-Python RFC 1071 reference (ustack.checksum_ref), plus RFC worked examples."""
+"""Property tests of the C checksum core (ustack.wire.checksum) against the
+pure-Python RFC 1071 reference (ustack.wire.checksum_ref), plus RFC worked examples."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ustack import checksum as cs
-from ustack import checksum_ref as ref
-from ustack.checksum import ffi  # the cffi FFI of ustack._checksum
+from ustack.wire import checksum as cs
+from ustack.wire import checksum_ref as ref
+from ustack.wire.checksum import ffi  # the cffi FFI of ustack.wire._checksum
 
 Buffer = bytes | bytearray | memoryview
 

@@ -1,4 +1,4 @@
-"""ustack.headers: round trips, fast parse == construct parse, scapy as an oracle,
+"""ustack.wire.headers: round trips, fast parse == construct parse, scapy as an oracle,
 and malformed input mapped to the right MalformedPacket reason."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from construct import BitsInteger, BitStruct, Bytes, Container, Flag, Int16ub, S
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ustack import headers as h
-from ustack.checksum import internet_checksum, transport_checksum
-from ustack.errors import MalformedPacket
+from ustack.wire import headers as h
+from ustack.wire.checksum import internet_checksum, transport_checksum
+from ustack.wire.errors import MalformedPacket
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
-from ustack.explain import add_explain_arguments, explain, explain_command
-from ustack.ladder import (
+from ustack.study.explain import add_explain_arguments, explain, explain_command
+from ustack.study.ladder import (
     TraceError,
     add_ladder_arguments,
     build_ladder,
@@ -31,7 +31,8 @@ from ustack.ladder import (
     render_mermaid,
     render_svg,
 )
-from ustack.trace import JsonlWriter, PeerStateChange, SegmentEvent, TraceEvent
+from ustack.study.records import PeerStateChange, SegmentEvent, TraceEvent
+from ustack.study.sinks import JsonlWriter
 
 P = PEER_ISS + 1
 U = OUR_ISS + 1
@@ -446,7 +447,7 @@ def test_connections_listing(tmp_path: Path) -> None:
     [
         ("", "empty file"),
         ("not json at all\n", ":1: not JSON"),
-        ('{"type": "header", "schema": 1}\n', "trace schema 1; this ustack reads schema 2"),
+        ('{"type": "header", "schema": 1}\n', "trace schema 1; this ustack reads schema 3"),
         ('{"type": "segment", "time": 0}\n', "not a ustack JSONL trace"),
         ('{"type": "header", "schema": 2}\n{"type": "state"\n', ":2: not JSON"),
         ('{"type": "header", "schema": 2}\n[1, 2]\n', ":2: not a JSON object"),

@@ -6,9 +6,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ustack.checksum import internet_checksum, pseudo_header_sum, transport_checksum
-from ustack.headers import ACK, PROTO_TCP, build_ipv4, build_tcp
-from ustack.link import (
+from ustack.linux.tun import (
     VNET_F_NEEDS_CSUM,
     VNET_GSO_TCPV4,
     VNET_HEADER,
@@ -16,6 +14,8 @@ from ustack.link import (
     _finish_checksum,
     _gso_header,
 )
+from ustack.wire.checksum import internet_checksum, pseudo_header_sum, transport_checksum
+from ustack.wire.headers import ACK, PROTO_TCP, build_ipv4, build_tcp
 
 SRC, DST = 0xC6120001, 0xC6120002
 
@@ -62,7 +62,7 @@ def test_tcp_built_with_a_partial_checksum_is_what_the_kernel_finishes() -> None
 
 def test_the_link_marks_only_tcp_packets_for_the_kernel_to_finish(monkeypatch: Any) -> None:
     written: list[list[bytes]] = []
-    monkeypatch.setattr("ustack.link.os.writev", lambda fd, parts: written.append(list(parts)))
+    monkeypatch.setattr("ustack.linux.tun.os.writev", lambda fd, parts: written.append(list(parts)))
     link = TunLink.__new__(TunLink)
     link.fd, link.mtu, link.offload = -1, 1500, True
     link.partial_tcp_checksums = True

@@ -29,32 +29,34 @@ import pytest
 from tcpscript import OUR_ISS, PEER, PEER_ISS, US, WINDOW, AppLog, TcpScript, canonical_flags
 
 from ustack.stack import Stack
-from ustack.tcp.connection import TcpConnection
-from ustack.tcp.events import AppEvent, DataReceived, SendSpace
-from ustack.trace import (
+from ustack.study.records import (
     TRACE_SCHEMA_VERSION,
     Decision,
     Drop,
-    FanOut,
     FaultEvent,
-    Filtered,
-    FilteredTap,
-    JsonlWriter,
     NewConnection,
-    PcapWriter,
     PeerStateChange,
     SegmentEvent,
     StateChange,
-    TextWriter,
     TimerEvent,
     TraceEvent,
+    dotted,
+    event_dict,
+)
+from ustack.study.sinks import (
+    FanOut,
+    Filtered,
+    FilteredTap,
+    JsonlWriter,
+    PcapWriter,
+    TextWriter,
     TraceFilter,
     TraceSinks,
     TraceSpec,
-    dotted,
-    event_dict,
     format_for,
 )
+from ustack.tcp.connection import TcpConnection
+from ustack.tcp.events import AppEvent, DataReceived, SendSpace
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.inet import ICMP, IP, TCP  # noqa: E402
@@ -180,9 +182,9 @@ def test_the_session_made_every_kind_of_event(session: Session) -> None:
 # ---- JSON lines ----------------------------------------------------------------------------------
 
 
-def test_jsonl_first_line_names_schema_2(session: Session) -> None:
-    assert TRACE_SCHEMA_VERSION == 2
-    assert json.loads(jsonl_lines(session.events)[0]) == {"type": "header", "schema": 2}
+def test_jsonl_first_line_names_the_schema_version(session: Session) -> None:
+    assert TRACE_SCHEMA_VERSION == 3
+    assert json.loads(jsonl_lines(session.events)[0]) == {"type": "header", "schema": 3}
 
 
 def test_jsonl_every_event_is_one_json_object_with_type_and_time(session: Session) -> None:

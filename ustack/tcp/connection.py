@@ -17,7 +17,7 @@ import copy
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from ustack.headers import ACK, FIN, PSH, RST, SYN, TcpOptions
+from ustack.study.records import Decision, StateChange, TimerEvent, Tracer
 from ustack.tcp import congestion, seq
 from ustack.tcp.buffers import ReassemblyQueue, ReceiveBuffer
 from ustack.tcp.events import (
@@ -29,10 +29,10 @@ from ustack.tcp.events import (
     SendSpace,
 )
 from ustack.tcp.rack import Rack
-from ustack.tcp.recovery import RttEstimator
+from ustack.tcp.rtt import RttEstimator
 from ustack.tcp.segment import NO_OPTIONS, Segment
 from ustack.tcp.states import TRANSITIONS, Event, State
-from ustack.trace import Decision, StateChange, TimerEvent, Tracer
+from ustack.wire.headers import ACK, FIN, PSH, RST, SYN, TcpOptions
 
 DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
 MIN_PEER_MSS = 48  # Linux's tcp_min_snd_mss: what we use for a smaller MSS option

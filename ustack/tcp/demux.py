@@ -10,17 +10,32 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-import os
 import random
+import secrets
 import struct
 from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ustack.checksum import Buffer, transport_checksum
 from ustack.counters import Counters
-from ustack.errors import MalformedPacket
-from ustack.headers import (
+from ustack.study.records import (
+    NewConnection,
+    SegmentEvent,
+    StateChange,
+    TraceEvent,
+    Tracer,
+    dotted,
+)
+from ustack.tcp import seq
+from ustack.tcp.connection import TcpConfig, TcpConnection
+from ustack.tcp.events import AppEvent, Closed
+from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
+from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
+from ustack.tcp.syncookies import SynCookies
+from ustack.wire.checksum import Buffer, transport_checksum
+from ustack.wire.errors import MalformedPacket
+from ustack.wire.headers import (
     ACK,
     FIN,
     PROTO_TCP,
@@ -31,14 +46,6 @@ from ustack.headers import (
     build_tcp,
     parse_tcp,
 )
-from ustack.tcp import seq
-from ustack.tcp.connection import TcpConfig, TcpConnection
-from ustack.tcp.events import AppEvent, Closed
-from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
-from ustack.tcp.states import TRANSITIONS, Event, State
-from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
-from ustack.tcp.syncookies import SynCookies
-from ustack.trace import NewConnection, SegmentEvent, StateChange, TraceEvent, Tracer, dotted
 
 # Hands a TCP segment (header + payload, checksum filled) to IP for `dst`.
 # (dst, segment, gso_size); the segment has `headroom` free bytes in front.
@@ -79,7 +86,7 @@ class IsnGenerator:
     off-path attacker cannot guess one."""
 
     def __init__(self, secret: bytes | None = None) -> None:
-        self._secret = secret or os.urandom(16)
+        self._secret = secret or secrets.token_bytes(16)
 
     def __call__(
         self, local: int, local_port: int, remote: int, remote_port: int, now: float

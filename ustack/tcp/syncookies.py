@@ -12,7 +12,7 @@ connection, as in RFC 4987.
 from __future__ import annotations
 
 import hashlib
-import os
+import secrets
 import struct
 
 from ustack.tcp import seq
@@ -24,7 +24,7 @@ _HASH_BITS = (1 << 25) - 1
 
 class SynCookies:
     def __init__(self, secret: bytes | None = None) -> None:
-        self._secret = secret or os.urandom(16)
+        self._secret = secret or secrets.token_bytes(16)
 
     def _hash(self, key: tuple[int, int, int, int], tick: int, peer_isn: int) -> int:
         data = struct.pack("!IHIHII", *key, tick & 0xFFFFFFFF, peer_isn)

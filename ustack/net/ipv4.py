@@ -9,10 +9,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from ustack.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
 from ustack.counters import Counters
-from ustack.errors import MalformedPacket
-from ustack.headers import (
+from ustack.study.records import PacketTap
+from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
+from ustack.wire.errors import MalformedPacket
+from ustack.wire.headers import (
     DEST_UNREACH,
     ECHO_REPLY,
     ECHO_REQUEST,
@@ -29,7 +30,6 @@ from ustack.headers import (
     parse_ipv4,
     parse_udp,
 )
-from ustack.trace import PacketTap
 
 # Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
 TcpInput = Callable[[int, int, memoryview, float, bool], None]

@@ -1,201 +1,37 @@
-"""Trace events: what the stack did and why, for study, tools and tests.
+"""Trace sinks: where trace events and raw packets go (JSON lines, text, pcap),
+filters in front of them, and the set of files a daemon writes.
 
-The core hands events to a `Tracer` (any callable) when one is set; with
-none set, tracing costs one `is not None` test per place. Raw packets go to
-packet taps (the pcap writer) the same way.
-
-Schema version 2 (see README "Trace"): every event has a "type" and a
-"time"; events of a connection have its id ("conn") and 4-tuple.
+The records themselves, and the `Tracer` type the core calls, live in
+`ustack.study.records`; the sans-I/O core never imports this module.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import functools
-import ipaddress
 import json
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ustack.tcp.states import Event, State
-
-TRACE_SCHEMA_VERSION = 2
-
-
-@dataclass(frozen=True, slots=True)
-class NewConnection:
-    """A TCB was made: its id and 4-tuple."""
-
-    time: float
-    conn: int
-    local: str
-    local_port: int
-    remote: str
-    remote_port: int
-    passive: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    time: float
-    conn: int
-    old: State
-    new: State
-    event: Event
-    rule: str  # RFC and section
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentEvent:
-    """A TCP segment in or out. Relative numbers count from our ISS for our
-    sequence space and from the peer's IRS for theirs (0 where unknown)."""
-
-    time: float
-    conn: int | None  # None: it matched no connection
-    direction: str  # "in" or "out"
-    local: str
-    local_port: int
-    remote: str
-    remote_port: int
-    flags: str  # tcpdump style: S F R P . (ACK)
-    seq: int
-    ack: int
-    rel_seq: int
-    rel_ack: int
-    window: int  # the 16-bit field as on the wire
-    length: int  # payload bytes
-    options: dict[str, Any]
-    state_before: str
-    state_after: str
-    note: str = ""  # why we sent it, when that is not plain: "retransmission", "challenge ACK"
-
-
-@dataclass(frozen=True, slots=True)
-class TimerEvent:
-    time: float
-    conn: int
-    timer: str  # retransmit, probe, reorder, persist, delayed_ack, keepalive, time_wait, fin_wait_2
-    action: str  # set, fired, cancelled
-    deadline: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """A branch the core took that is worth explaining (a drop, a challenge
-    ACK, a configurable choice), with the rule behind it."""
-
-    time: float
-    conn: int
-    what: str
-    rule: str
-
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """A packet the stack did not accept, and why (the counter's reason)."""
-
-    time: float
-    layer: str
-    reason: str
-    summary: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStateChange:
-    """The Linux peer's own socket changed state (kernel tracepoint
-    sock:inet_sock_set_state), as seen from our side of the 4-tuple: `local`
-    is the stack's address, `remote` the Linux socket's. States are named
-    like ours (SYN_SENT, FIN_WAIT_1, ...). `conn` is our connection on that
-    4-tuple, if one exists when the event arrives."""
-
-    time: float
-    conn: int | None
-    local: str
-    local_port: int
-    remote: str
-    remote_port: int
-    old: str
-    new: str
-
-
-@dataclass(frozen=True, slots=True)
-class FaultEvent:
-    """The fault injector acted on a packet at the TUN boundary. For TCP, the
-    segment's fields (relative numbers as in SegmentEvent) say which one; an
-    "out" segment dropped here was traced as sent just before."""
-
-    time: float
-    conn: int | None
-    direction: str  # "in" or "out"
-    action: str  # drop, delay, duplicate
-    rule: int
-    local: str
-    local_port: int
-    remote: str
-    remote_port: int
-    flags: str
-    seq: int
-    ack: int
-    rel_seq: int
-    rel_ack: int
-    length: int
-    window: int = 0
-    delay: float = 0.0
-
-
-TraceEvent = (
-    NewConnection
-    | StateChange
-    | SegmentEvent
-    | TimerEvent
-    | Decision
-    | Drop
-    | PeerStateChange
-    | FaultEvent
+from ustack.study.records import (
+    TRACE_SCHEMA_VERSION,
+    Decision,
+    Drop,
+    FaultEvent,
+    NewConnection,
+    PacketTap,
+    PeerStateChange,
+    SegmentEvent,
+    StateChange,
+    TimerEvent,
+    TraceEvent,
+    Tracer,
+    dotted,
+    event_dict,
 )
-Tracer = Callable[[TraceEvent], None]
-# (direction "in"/"out", the raw IPv4 packet, time)
-PacketTap = Callable[[str, bytes, float], None]
-
-_KINDS: dict[type, str] = {
-    NewConnection: "connection",
-    StateChange: "state",
-    SegmentEvent: "segment",
-    TimerEvent: "timer",
-    Decision: "decision",
-    Drop: "drop",
-    PeerStateChange: "peer_state",
-    FaultEvent: "fault",
-}
-
-
-@functools.lru_cache(maxsize=4096)
-def dotted(address: int) -> str:
-    """198.18.0.2 for 0xC6120002 (cached: a trace names the same few addresses)."""
-    return str(ipaddress.IPv4Address(address))
-
-
-@functools.cache
-def _field_names(kind: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(kind))
-
-
-def event_dict(event: TraceEvent) -> dict[str, Any]:
-    """The event as JSON-ready data, with its "type" first (a shallow copy:
-    dataclasses.asdict would deep-copy every options dict)."""
-    record: dict[str, Any] = {"type": _KINDS[type(event)]}
-    for name in _field_names(type(event)):
-        value = getattr(event, name)
-        record[name] = value.name if isinstance(value, enum.Enum) else value
-    return record
-
 
 # ---- filtering ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ustack.ladder import (
+from ustack.study.ladder import (
     LOST_NOTE,
     Record,
     TraceError,
@@ -24,8 +24,8 @@ from ustack.ladder import (
     relative_numbers,
     report_error,
 )
+from ustack.study.records import TraceEvent
 from ustack.tcp.states import TRANSITIONS
-from ustack.trace import TraceEvent
 
 _HANDSHAKE = "RFC 9293 3.5"
 _CLOSING = "RFC 9293 3.6"

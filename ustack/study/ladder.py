@@ -5,7 +5,7 @@ right: one arrow per segment, each side's state beside it after each step,
 ustack's timers as annotations, time in ms at the left margin. Three
 renderings of one model: ASCII (a terminal), SVG (a page), Mermaid (GitHub).
 
-The trace is read as plain dicts (schema version 2, see ustack/trace.py), so
+The trace is read as plain dicts (schema version 3, see docs/trace-format.md), so
 a file from another ustack build, a test or a hand edit reads the same way.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from ustack.trace import (
+from ustack.study.records import (
+    READABLE_SCHEMAS,
     TRACE_SCHEMA_VERSION,
     Decision,
     Drop,
@@ -92,7 +93,7 @@ def load_trace(path: str | Path) -> list[Record]:
     header = _parse_line(path, *numbered[0])
     if header.get("type") != "header" or "schema" not in header:
         raise TraceError(f"{path}: not a ustack JSONL trace (the first line is not its header)")
-    if header["schema"] != TRACE_SCHEMA_VERSION:
+    if header["schema"] not in READABLE_SCHEMAS:
         raise TraceError(
             f"{path}: trace schema {header['schema']!r}; this ustack reads schema "
             f"{TRACE_SCHEMA_VERSION}"

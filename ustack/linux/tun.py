@@ -26,8 +26,8 @@ import pytun
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ustack.checksum import Buffer, ones_sum
-from ustack.headers import IPV4_PLAIN_FIRST_BYTE, PROTO_TCP
+from ustack.wire.checksum import Buffer, ones_sum
+from ustack.wire.headers import IPV4_PLAIN_FIRST_BYTE, PROTO_TCP
 
 log = logging.getLogger("ustack.link")
 

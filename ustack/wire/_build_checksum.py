@@ -1,10 +1,10 @@
-"""cffi out-of-line API builder: compiles csrc/checksum.c into ustack._checksum."""
+"""cffi out-of-line API builder: compiles csrc/checksum.c into ustack.wire._checksum."""
 
 from pathlib import Path
 
 from cffi import FFI
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
 ffibuilder = FFI()
 ffibuilder.cdef(
@@ -19,7 +19,7 @@ ffibuilder.cdef(
     """
 )
 ffibuilder.set_source(
-    "ustack._checksum",
+    "ustack.wire._checksum",
     '#include "checksum.h"',
     # Relative paths: setuptools runs the build from the project root.
     sources=["csrc/checksum.c"],

@@ -7,7 +7,7 @@ written to be read next to the RFC diagrams. Construct's own parser costs
 from those definitions at import time: changing a definition changes the
 fast form, and a definition the deriver cannot flatten fails at import.
 
-All parsers raise `ustack.errors.MalformedPacket` with a stable reason code;
+All parsers raise `ustack.wire.errors.MalformedPacket` with a stable reason code;
 the fast and the construct parse give the same fields and the same reasons
 on any input (tests/unit/test_headers.py checks this with hypothesis).
 """
@@ -53,14 +53,14 @@ from construct import (
 )
 from construct.core import bytes2bits, stream_read_entire
 
-from ustack.checksum import (
+from ustack.wire.checksum import (
     Buffer,
     internet_checksum,
     prefix_checksum,
     pseudo_header_sum,
     transport_checksum,
 )
-from ustack.errors import MalformedPacket
+from ustack.wire.errors import MalformedPacket
 
 # Parsers take any Buffer and index and measure a memoryview by item: pass
 # bytes-format views (memoryview(bytes or bytearray) and their slices), not
@@ -454,7 +454,7 @@ def _flat_struct(schema: Struct, upto: str | None = None) -> _FlatLayout:
 
 
 def _generate(source: str, function: str, namespace: dict[str, Any]) -> Callable[..., Any]:
-    exec(compile(source, f"<ustack.headers {function}>", "exec"), namespace)
+    exec(compile(source, f"<ustack.wire.headers {function}>", "exec"), namespace)
     generated = namespace[function]
     generated.source = source  # kept for study and debugging
     return generated

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ustack.trace import PeerStateChange
+from ustack.study.records import PeerStateChange
 
 log = logging.getLogger("ustack.peer_states")
 

@@ -1,0 +1,226 @@
+"""The trace's vocabulary, defined once: timer kinds, segment notes, the
+decisions the core explains, drop reasons and the rules they cite.
+
+The core writes these members; the study tools (ladder, explain) read them
+back from the JSON trace. Every member is a `StrEnum`, so a record's field
+compares equal to its JSON text and the trace on disk is plain strings, while
+in the code a misspelt name is an AttributeError (and a mypy error), not a
+silent mismatch. `docs/trace-format.md` lists them for readers of the files.
+
+This module is sans-I/O and imports nothing from the stack: the core (tcp,
+net) and the study tools may both import it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Rule(enum.StrEnum):
+    """The source of a behaviour, as cited in the trace: RFC and section."""
+
+    RFC9293_OPEN = "RFC 9293 3.10.1"
+    RFC9293_CLOSED = "RFC 9293 3.10.7.1"
+    RFC9293_LISTEN = "RFC 9293 3.10.7.2"
+    RFC9293_SYN_SENT = "RFC 9293 3.10.7.3"
+    RFC9293_OTHERWISE = "RFC 9293 3.10.7.4"
+    RFC1337 = "RFC 1337"
+    RFC5961_RST = "RFC 5961 3.2"
+    RFC5961_SYN = "RFC 5961 4.2"
+    RFC5961_ACK = "RFC 5961 5.2"
+    RFC5681_FAST_RETRANSMIT = "RFC 5681 3.2"
+    RFC6582_RECOVERY_OVER = "RFC 6582 3.2"
+    RFC6298_TIMEOUT = "RFC 6298 5.4-5.6"
+    RFC7323_PAWS = "RFC 7323 5.3"
+    RFC8985_RACK = "RFC 8985 6.2"
+    RFC8985_PROBE = "RFC 8985 7.3"
+    RFC8985_PROBE_RECOVERY = "RFC 8985 7.4"
+    RFC3708_UNDO = "RFC 3708, RFC 4015"
+
+
+class TimerKind(enum.StrEnum):
+    """A connection's timers (TimerEvent.timer)."""
+
+    RETRANSMIT = "retransmit"  # RFC 6298
+    PROBE = "probe"  # RFC 8985 7: tail loss probe
+    REORDER = "reorder"  # RFC 8985 6.2: RACK's reordering window
+    PERSIST = "persist"  # RFC 9293 3.8.6.1: zero-window probe
+    DELAYED_ACK = "delayed_ack"  # RFC 1122 4.2.3.2
+    KEEPALIVE = "keepalive"  # RFC 1122 4.2.3.6
+    TIME_WAIT = "time_wait"  # RFC 9293 3.6.1: 2*MSL
+    FIN_WAIT_2 = "fin_wait_2"  # Linux tcp_fin_timeout for orphans
+
+
+class TimerAction(enum.StrEnum):
+    SET = "set"
+    FIRED = "fired"
+    CANCELLED = "cancelled"
+
+
+class SegmentNote(enum.StrEnum):
+    """Why a segment went out, when that is not plain (SegmentEvent.note)."""
+
+    NONE = ""
+    RETRANSMISSION = "retransmission"
+    ZERO_WINDOW_PROBE = "zero-window probe"
+    KEEPALIVE_PROBE = "keep-alive probe"
+    CHALLENGE_ACK = "challenge ACK"
+    RST_UNACCEPTABLE_ACK = "RST for an unacceptable ACK"
+    RST_NO_CONNECTION = "RST: no connection"
+    SYN_COOKIE = "SYN cookie"
+
+
+class Note(enum.Enum):
+    """A branch the core took that is worth explaining (Decision.kind is the
+    member's name in lower case). Each has its sentence (a format string over
+    the keyword arguments the core passes) and the rule behind it."""
+
+    text: str
+    rule: Rule
+
+    def __init__(self, text: str, rule: Rule) -> None:
+        self.text = text
+        self.rule = rule
+
+    @property
+    def kind(self) -> str:
+        return self.name.lower()
+
+    def sentence(self, **values: object) -> str:
+        return self.text.format(**values) if values else self.text
+
+    # SYN_SENT (RFC 9293 3.10.7.3)
+    UNACCEPTABLE_ACK_IN_SYN_SENT = (
+        "unacceptable ACK in SYN_SENT: RST <SEQ=SEG.ACK>",
+        Rule.RFC9293_SYN_SENT,
+    )
+    RST_WITHOUT_ACK_IN_SYN_SENT = ("RST without ACK in SYN_SENT ignored", Rule.RFC9293_SYN_SENT)
+    NEITHER_SYN_NOR_RST_IN_SYN_SENT = (
+        "neither SYN nor RST in SYN_SENT: dropped",
+        Rule.RFC9293_SYN_SENT,
+    )
+    # Every later state (RFC 9293 3.10.7.4)
+    FIN_AGAIN_IN_TIME_WAIT = (
+        "FIN retransmitted in TIME_WAIT: ACK again, 2MSL restarts",
+        Rule.RFC9293_OTHERWISE,
+    )
+    SYN_AGAIN_IN_SYN_RECEIVED = (
+        "retransmitted SYN in SYN_RECEIVED: SYN,ACK again",
+        Rule.RFC9293_OTHERWISE,
+    )
+    OUTSIDE_WINDOW = (
+        "segment outside the receive window: dropped, ACK sent",
+        Rule.RFC9293_OTHERWISE,
+    )
+    NO_ACK_FLAG = (
+        "segment without ACK in a synchronized state: dropped",
+        Rule.RFC9293_OTHERWISE,
+    )
+    UNACCEPTABLE_ACK_IN_SYN_RECEIVED = (
+        "unacceptable ACK in SYN_RECEIVED: RST <SEQ=SEG.ACK>",
+        Rule.RFC9293_OTHERWISE,
+    )
+    DATA_AFTER_FIN = ("data after the peer's FIN ignored in {state}", Rule.RFC9293_OTHERWISE)
+    FIN_AFTER_FIN = ("FIN after the peer's FIN ignored", Rule.RFC9293_OTHERWISE)
+    FIN_BEYOND_HOLE = ("FIN beyond a hole: held until the hole fills", Rule.RFC9293_OTHERWISE)
+    OUT_OF_ORDER_HELD = (
+        "out-of-order segment held, duplicate ACK sent",
+        Rule.RFC9293_OTHERWISE,
+    )
+    DATA_PAST_HELD_FIN = ("data past a held FIN: the FIN is dropped", Rule.RFC9293_OTHERWISE)
+    PAWS = ("PAWS: TSval older than TS.Recent, dropped, ACK sent", Rule.RFC7323_PAWS)
+    RST_IN_TIME_WAIT_IGNORED = (
+        "RST in TIME_WAIT ignored (RFC 1337 TIME-WAIT assassination fix)",
+        Rule.RFC1337,
+    )
+    # RFC 5961 challenge ACKs: "{what}" is one of the CHALLENGE_* reasons below.
+    CHALLENGE_ACK = ("{what}: challenge ACK", Rule.RFC5961_RST)
+    CHALLENGE_ACK_SUPPRESSED = (
+        "{what}: challenge ACK suppressed by the rate limit",
+        Rule.RFC5961_RST,
+    )
+    # Loss recovery
+    FAST_RETRANSMIT = (
+        "fast retransmit: {why}; {cc} ssthresh {ssthresh}, cwnd {cwnd}",
+        Rule.RFC5681_FAST_RETRANSMIT,
+    )
+    RACK_LOST = (
+        "RACK: {count} segment(s) from {start} lost (a segment sent later was delivered, "
+        "{after_ms:.1f} ms after)",
+        Rule.RFC8985_RACK,
+    )
+    SPURIOUS_RETRANSMISSION = (
+        "spurious retransmission: all resent since {marker} came back D-SACKed; "
+        "{cc} cwnd back to {cwnd}, ssthresh {ssthresh}",
+        Rule.RFC3708_UNDO,
+    )
+    RECOVERY_OVER = ("fast recovery over, cwnd {cwnd}", Rule.RFC6582_RECOVERY_OVER)
+    RETRANSMISSION_TIMEOUT = (
+        "retransmission timeout #{count}: resend from SND.UNA, RTO now {rto:.3f}s",
+        Rule.RFC6298_TIMEOUT,
+    )
+    TAIL_LOSS_PROBE = ("tail loss probe: the last segment again", Rule.RFC8985_PROBE)
+
+
+class Challenge(enum.Enum):
+    """Why a challenge ACK (RFC 5961) was due, with the section that asks for it."""
+
+    text: str
+    rule: Rule
+
+    def __init__(self, text: str, rule: Rule) -> None:
+        self.text = text
+        self.rule = rule
+
+    SYN_SYNCHRONIZED = ("SYN in a synchronized state", Rule.RFC5961_SYN)
+    RST_NOT_AT_RCV_NXT = ("RST in the window but not at RCV.NXT", Rule.RFC5961_RST)
+    ACK_OF_UNSENT = ("ACK of data never sent: dropped", Rule.RFC5961_ACK)
+    ACK_TOO_OLD = ("ACK older than the send window: dropped", Rule.RFC5961_ACK)
+
+
+# Decisions after which explain says the next retransmissions were sent by
+# loss recovery, and which rule sent them.
+LOSS_RULES = frozenset(
+    {
+        Rule.RFC6298_TIMEOUT,
+        Rule.RFC5681_FAST_RETRANSMIT,
+        Rule.RFC8985_RACK,
+        Rule.RFC8985_PROBE_RECOVERY,
+    }
+)
+
+
+class Layer(enum.StrEnum):
+    """Where a packet was dropped (Drop.layer, and the counter's prefix)."""
+
+    IP = "ip"
+    ICMP = "icmp"
+    UDP = "udp"
+    TCP = "tcp"
+
+
+class DropReason(enum.StrEnum):
+    """Why a packet was dropped (Drop.reason; the counter is LAYER.drop.REASON).
+    Parsers add their own reasons through `MalformedPacket.reason`, which the
+    wire layer defines with its schemas."""
+
+    # ip
+    IPV6_UNSUPPORTED = "ipv6-unsupported"
+    IPV4_BAD_TOTAL_LENGTH = "ipv4-bad-total-length"
+    IPV4_BAD_CHECKSUM = "ipv4-bad-checksum"
+    IPV4_TTL_ZERO = "ipv4-ttl-zero"
+    NOT_FOR_US = "not-for-us"
+    BAD_SOURCE = "bad-source"
+    FRAGMENT = "fragment"
+    UNKNOWN_PROTOCOL = "unknown-protocol"
+    OUT_TOO_BIG = "out-too-big"
+    OUT_QUEUE_FULL = "out-queue-full"
+    # icmp, udp, tcp
+    BAD_CHECKSUM = "bad-checksum"
+    BAD_LENGTH = "bad-length"
+    # tcp
+    RST_TO_LISTENER = "rst-to-listener"
+    SYNCOOKIE_UNVERIFIED = "syncookie-unverified"
+    LISTEN_NO_SYN = "listen-no-syn"
+    BACKLOG_FULL = "backlog-full"
+    RST_TO_CLOSED_PORT = "rst-to-closed-port"
