@@ -1,6 +1,7 @@
 """Closing: active, passive, simultaneous, half-close, abortive, TIME_WAIT.
 
-Each test names the behaviour of ../shared/TCP-BEHAVIOURS.md it covers ("B19" ...).
+Each test is named by the behaviour it shows; docs/behaviours.md lists the
+behaviours of the teardown and the tests that show each.
 Sequence numbers: the peer's data starts at P = PEER_ISS + 1, ours at U = OUR_ISS + 1.
 """
 
@@ -25,7 +26,7 @@ def established(**config: object) -> TcpScript:
 # ---- active close -------------------------------------------------------------------
 
 
-def test_b20_b23_b42_active_close_full_path_and_time_wait_expiry() -> None:
+def test_active_close_full_path_and_time_wait_expiry() -> None:
     t = established(msl=2.0)
     t.close()
     t.expect("F.", seq=U, ack=P)
@@ -44,7 +45,7 @@ def test_b20_b23_b42_active_close_full_path_and_time_wait_expiry() -> None:
     assert t.app_events()[-2:] == ["EndOfStream", "Closed"]
 
 
-def test_b19_fin_follows_queued_data() -> None:
+def test_fin_follows_queued_data() -> None:
     t = TcpScript(listen=80)
     t.establish(mss=1460)
     t.write(b"x" * 3000)
@@ -53,7 +54,7 @@ def test_b19_fin_follows_queued_data() -> None:
     t.expect("F.", seq=U + 3000)
 
 
-def test_b19_fin_rides_on_last_data_segment_when_queued_together() -> None:
+def test_fin_rides_on_the_last_data_segment_when_queued_together() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS, mss=1000, win=1000)
     t.expect("S.")
@@ -67,7 +68,7 @@ def test_b19_fin_rides_on_last_data_segment_when_queued_together() -> None:
     t.expect("FP.", seq=U + 1000, payload=b"a" * 500)
 
 
-def test_b21_partial_ack_keeps_fin_wait_1_and_fin_on_timer() -> None:
+def test_partial_ack_keeps_fin_wait_1_and_the_fin_on_the_timer() -> None:
     t = established()
     t.write(b"abc")
     t.expect("P.")
@@ -79,7 +80,7 @@ def test_b21_partial_ack_keeps_fin_wait_1_and_fin_on_timer() -> None:
     t.expect("F.", seq=U + 3)
 
 
-def test_b22_fin_retransmitted_same_seq_with_backoff_then_given_up() -> None:
+def test_fin_is_resent_with_the_same_seq_and_backoff_then_given_up() -> None:
     t = established(retries=3)
     t.close()
     t.expect("F.", seq=U, ack=P)
@@ -94,7 +95,7 @@ def test_b22_fin_retransmitted_same_seq_with_backoff_then_given_up() -> None:
     t.expect("R", seq=U + 1)
 
 
-def test_b24_data_after_shutdown_write_is_accepted() -> None:
+def test_data_after_shutdown_write_is_accepted_and_acked() -> None:
     t = established()
     t.shutdown()
     t.expect("F.", seq=U)
@@ -107,7 +108,7 @@ def test_b24_data_after_shutdown_write_is_accepted() -> None:
     assert t.conn is not None and t.conn.state is State.FIN_WAIT_2
 
 
-def test_b25_orphaned_fin_wait_2_times_out_then_rst() -> None:
+def test_fin_wait_2_timeout_drops_an_orphan_and_later_segments_get_rst() -> None:
     t = established(fin_wait_2_timeout=5.0)
     t.close()
     t.expect("F.")
@@ -132,7 +133,7 @@ def test_half_closed_fin_wait_2_waits_for_the_peer_without_timeout() -> None:
 
 
 @pytest.mark.parametrize(("ack", "state"), [(U, "FIN_WAIT_1"), (U + 1, "FIN_WAIT_2")])
-def test_b26_data_for_an_orphaned_connection_gets_rst(ack: int, state: str) -> None:
+def test_new_data_for_an_orphaned_connection_gets_rst_and_aborts(ack: int, state: str) -> None:
     t = established()
     t.close()
     t.expect("F.")
@@ -161,7 +162,7 @@ def test_passive_close_full_path() -> None:
     assert t.apps[t.conn].events[-1] == Closed(None)
 
 
-def test_b27_fin_with_zero_window_is_acked() -> None:
+def test_fin_is_acked_even_when_our_receive_window_is_zero() -> None:
     t = established(receive_buffer=4000, window_scaling=False)
     t.send("P.", seq=P, ack=U, payload=b"z" * 4000)
     t.expect(".", ack=P + 4000, win=0)
@@ -171,7 +172,7 @@ def test_b27_fin_with_zero_window_is_acked() -> None:
     assert len(t.read()) == 4000 and t.read() == b"" and t.conn.at_eof
 
 
-def test_b28_fin_beyond_a_hole_is_held_until_the_hole_fills() -> None:
+def test_fin_beyond_a_hole_is_held_until_the_hole_fills() -> None:
     t = established()
     t.send("F.", seq=P + 5, ack=U, payload=b"world")
     t.expect(".", ack=P)  # duplicate ACK for RCV.NXT, FIN not acknowledged
@@ -190,7 +191,7 @@ def test_fin_carrying_data() -> None:
     assert t.conn is not None and t.conn.at_eof and t.conn.state is State.CLOSE_WAIT
 
 
-def test_b29_send_in_close_wait() -> None:
+def test_send_still_works_in_close_wait() -> None:
     t = established()
     t.send("F.", seq=P, ack=U)
     t.expect(".")
@@ -198,7 +199,7 @@ def test_b29_send_in_close_wait() -> None:
     t.expect("P.", seq=U, ack=P + 1, payload=b"reply")
 
 
-def test_b30_late_segment_after_last_ack_gets_rst() -> None:
+def test_segment_after_last_ack_has_closed_gets_rst() -> None:
     t = established()
     t.send("F.", seq=P, ack=U)
     t.expect(".")
@@ -210,7 +211,7 @@ def test_b30_late_segment_after_last_ack_gets_rst() -> None:
     t.expect("R", seq=U + 1)
 
 
-def test_b31_old_ack_in_last_ack_keeps_fin_on_the_timer() -> None:
+def test_old_ack_in_last_ack_keeps_the_fin_on_the_timer() -> None:
     t = established()
     t.send("F.", seq=P, ack=U)
     t.expect(".")
@@ -223,7 +224,7 @@ def test_b31_old_ack_in_last_ack_keeps_fin_on_the_timer() -> None:
     t.expect("F.", seq=U)
 
 
-def test_b32_data_beyond_the_peers_fin_is_dropped() -> None:
+def test_data_beyond_the_peers_fin_is_dropped() -> None:
     t = established()
     t.send("F.", seq=P, ack=U)
     t.expect(".")
@@ -235,7 +236,7 @@ def test_b32_data_beyond_the_peers_fin_is_dropped() -> None:
 # ---- simultaneous close ------------------------------------------------------------
 
 
-def test_b33_simultaneous_close_through_closing() -> None:
+def test_simultaneous_close_goes_through_closing_to_time_wait() -> None:
     t = established()
     t.close()
     t.expect("F.", seq=U, ack=P)
@@ -247,7 +248,7 @@ def test_b33_simultaneous_close_through_closing() -> None:
     assert t.states()[3:] == ["FIN_WAIT_1", "CLOSING", "TIME_WAIT"]
 
 
-def test_b34_fin_that_acks_our_fin_goes_straight_to_time_wait() -> None:
+def test_peer_fin_that_acks_our_fin_goes_straight_to_time_wait() -> None:
     t = established()
     t.close()
     t.expect("F.")
@@ -256,7 +257,7 @@ def test_b34_fin_that_acks_our_fin_goes_straight_to_time_wait() -> None:
     assert t.states()[3:] == ["FIN_WAIT_1", "TIME_WAIT"]
 
 
-def test_b35_fin_not_yet_sent_when_peer_fin_arrives_is_still_sent() -> None:
+def test_our_fin_still_queued_when_the_peers_fin_arrives_is_sent_and_resent() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS, win=100)
     t.expect("S.")
@@ -274,7 +275,7 @@ def test_b35_fin_not_yet_sent_when_peer_fin_arrives_is_still_sent() -> None:
     assert t.table == {"TIME_WAIT": 1}
 
 
-def test_b36_out_of_window_segment_in_closing_gets_ack() -> None:
+def test_out_of_window_segment_in_closing_gets_an_ack() -> None:
     t = established()
     t.close()
     t.expect("F.")
@@ -289,7 +290,7 @@ def test_b36_out_of_window_segment_in_closing_gets_ack() -> None:
 # ---- half-close and abortive close -----------------------------------------------------
 
 
-def test_b37_shutdown_write_then_write_fails_and_read_continues() -> None:
+def test_shutdown_write_sends_fin_then_write_fails_and_read_goes_on() -> None:
     t = established()
     t.shutdown()
     t.expect("F.")
@@ -300,7 +301,7 @@ def test_b37_shutdown_write_then_write_fails_and_read_continues() -> None:
     assert t.read() == b"data"
 
 
-def test_b38_shutdown_read_sends_nothing_and_close_sends_fin() -> None:
+def test_shutdown_read_sends_nothing_and_a_later_close_sends_fin() -> None:
     t = established()
     assert t.conn is not None
     t.conn.shutdown_read()
@@ -310,7 +311,7 @@ def test_b38_shutdown_read_sends_nothing_and_close_sends_fin() -> None:
     t.expect("F.", seq=U)
 
 
-def test_b39_close_with_unread_data_sends_rst() -> None:
+def test_close_with_unread_data_sends_rst_instead_of_fin() -> None:
     t = established()
     t.send("P.", seq=P, ack=U, payload=b"unread")
     t.expect(".")
@@ -320,7 +321,7 @@ def test_b39_close_with_unread_data_sends_rst() -> None:
     assert t.events()[-1].name == "APP_CLOSE_UNREAD"
 
 
-def test_b39_close_with_unread_data_in_close_wait_sends_rst() -> None:
+def test_close_in_close_wait_with_unread_data_sends_rst() -> None:
     t = established()
     t.send("FP.", seq=P, ack=U, payload=b"unread")
     t.expect(".")
@@ -329,7 +330,7 @@ def test_b39_close_with_unread_data_in_close_wait_sends_rst() -> None:
     assert t.table == {}
 
 
-def test_b40_abort_sends_rst_and_frees() -> None:
+def test_abort_sends_rst_ack_and_frees_the_connection() -> None:
     t = established()
     t.write(b"pending")
     t.expect("P.")
@@ -338,7 +339,7 @@ def test_b40_abort_sends_rst_and_frees() -> None:
     assert t.table == {}
 
 
-def test_b41_exact_rst_aborts_with_econnreset() -> None:
+def test_exact_rst_aborts_with_econnreset_and_later_segments_get_rst() -> None:
     t = established()
     t.send("R", seq=P)
     t.expect_none()
@@ -363,7 +364,7 @@ def in_time_wait(**config: object) -> TcpScript:
     return t
 
 
-def test_b43_retransmitted_fin_in_time_wait_is_acked_and_restarts_2msl() -> None:
+def test_retransmitted_fin_in_time_wait_is_acked_and_restarts_2msl() -> None:
     t = in_time_wait(msl=1.0)
     t.at(1.5)
     t.send("F.", seq=P, ack=U + 1)
@@ -374,7 +375,7 @@ def test_b43_retransmitted_fin_in_time_wait_is_acked_and_restarts_2msl() -> None
     assert t.table == {}
 
 
-def test_b44_old_ack_or_data_in_time_wait_gets_ack() -> None:
+def test_old_ack_or_data_in_time_wait_gets_an_ack() -> None:
     t = in_time_wait()
     t.send(".", seq=P - 500, ack=U)
     t.expect(".", seq=U + 1, ack=P + 1)
@@ -383,20 +384,20 @@ def test_b44_old_ack_or_data_in_time_wait_gets_ack() -> None:
     assert t.table == {"TIME_WAIT": 1}
 
 
-def test_b45_rst_in_time_wait_ignored_per_rfc1337_by_default() -> None:
+def test_rst_in_time_wait_is_ignored_by_default_per_rfc_1337() -> None:
     t = in_time_wait()
     t.send("R", seq=P + 1)
     assert t.table == {"TIME_WAIT": 1}
     assert any("RFC 1337" in d for d in t.decisions())
 
 
-def test_b45_rst_in_time_wait_honoured_when_configured() -> None:
+def test_rst_in_time_wait_closes_it_when_configured() -> None:
     t = in_time_wait(rfc1337=False)
     t.send("R", seq=P + 1)
     assert t.table == {}
 
 
-def test_b46_new_syn_above_rcv_nxt_reopens_time_wait() -> None:
+def test_new_syn_above_rcv_nxt_reopens_a_tuple_in_time_wait() -> None:
     t = in_time_wait()
     old = t.conn
     t.send("S", seq=P + 100000)
@@ -406,7 +407,7 @@ def test_b46_new_syn_above_rcv_nxt_reopens_time_wait() -> None:
     assert t.table == {"SYN_RECEIVED": 1}
 
 
-def test_b46_old_syn_in_time_wait_gets_ack() -> None:
+def test_old_syn_in_time_wait_gets_an_ack() -> None:
     t = in_time_wait()
     t.send("S", seq=PEER_ISS)  # below RCV.NXT: an old duplicate
     t.expect(".", seq=U + 1, ack=P + 1)

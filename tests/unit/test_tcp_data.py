@@ -1,6 +1,6 @@
 """Data transfer enough for real clients, and robustness of a live connection
-(RFC 5961, acceptability). Behaviour numbers ("B18" ...) refer to
-../shared/TCP-BEHAVIOURS.md."""
+(RFC 5961, acceptability). docs/behaviours.md lists which of these tests show
+which behaviour of the checklist."""
 
 from __future__ import annotations
 
@@ -136,21 +136,21 @@ def test_sequence_numbers_wrap_around_2_to_the_32() -> None:
     assert t.read() == b"w" * 100
 
 
-def test_b18_segment_without_ack_is_dropped() -> None:
+def test_segment_without_the_ack_flag_is_dropped_and_delivers_nothing() -> None:
     t = established()
     t.send("P", seq=P, payload=b"no ack flag")
     t.expect_none()
     assert t.read() == b""
 
 
-def test_b47_rst_in_window_not_exact_gets_challenge_ack() -> None:
+def test_in_window_rst_not_at_rcv_nxt_gets_a_challenge_ack() -> None:
     t = established()
     t.send("R", seq=P + 100)
     t.expect(".", seq=U, ack=P)
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
 
 
-def test_b47_rst_outside_the_window_is_dropped_silently() -> None:
+def test_rst_outside_the_window_is_dropped_silently() -> None:
     t = established()
     t.send("R", seq=P + 10_000_000)
     t.send("R", seq=P - 1)
@@ -158,7 +158,7 @@ def test_b47_rst_outside_the_window_is_dropped_silently() -> None:
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
 
 
-def test_b48_syn_in_established_gets_challenge_ack() -> None:
+def test_syn_in_established_gets_a_challenge_ack_not_a_reset() -> None:
     t = established()
     t.send("S", seq=P + 5)
     t.expect(".", seq=U, ack=P)
@@ -167,14 +167,14 @@ def test_b48_syn_in_established_gets_challenge_ack() -> None:
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
 
 
-def test_b48_ack_of_unsent_data_is_dropped_with_an_ack() -> None:
+def test_ack_of_data_never_sent_is_dropped_with_an_ack() -> None:
     t = established()
     t.send("P.", seq=P, ack=U + 5000, payload=b"bogus")
     t.expect(".", seq=U, ack=P)
     assert t.read() == b""  # the segment was dropped, data too
 
 
-def test_b48_challenge_acks_are_rate_limited() -> None:
+def test_challenge_acks_are_rate_limited_per_second() -> None:
     t = established(challenge_ack_limit=3)
     for i in range(10):
         t.send("R", seq=P + 1 + i)
@@ -188,7 +188,7 @@ def test_b48_challenge_acks_are_rate_limited() -> None:
     assert t.stack.counters["tcp.out.challenge-ack"] == 4
 
 
-def test_b49_out_of_window_data_gets_pure_ack() -> None:
+def test_out_of_window_data_gets_a_pure_ack_of_rcv_nxt() -> None:
     t = established()
     t.send("P.", seq=P + 1_000_000, ack=U, payload=b"far away")
     t.expect(".", seq=U, ack=P)

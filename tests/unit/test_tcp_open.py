@@ -1,6 +1,7 @@
 """Opening a connection: passive, active, simultaneous; closed ports and listeners.
 
-Each test names the behaviour of ../shared/TCP-BEHAVIOURS.md it covers ("B1" ...).
+Each test is named by the behaviour it shows; docs/behaviours.md lists the
+behaviours of the handshake and the tests that show each.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ from ustack.tcp.events import Closed
 from ustack.tcp.states import State
 
 
-def test_b1_syn_to_closed_port_gets_rst_ack() -> None:
+def test_syn_to_a_closed_port_gets_rst_ack_and_leaves_no_state() -> None:
     t = TcpScript(listen=None)
     t.send("S", seq=PEER_ISS, dport=81)
     t.expect("R.", seq=0, ack=PEER_ISS + 1)
     assert t.table == {}
 
 
-def test_b2_ack_to_closed_port_gets_rst_seq_seg_ack() -> None:
+def test_ack_to_a_closed_port_gets_a_bare_rst_with_seq_from_its_ack() -> None:
     t = TcpScript(listen=None)
     t.send(".", seq=7, ack=123456, dport=81)
     t.expect("R", seq=123456)
 
 
-def test_b3_rst_to_closed_port_or_listener_gets_nothing() -> None:
+def test_rst_to_a_closed_port_or_a_listener_is_never_answered() -> None:
     t = TcpScript(listen=80)
     t.send("R", seq=1, dport=81)
     t.send("R.", seq=1, ack=5, dport=81)
@@ -33,7 +34,7 @@ def test_b3_rst_to_closed_port_or_listener_gets_nothing() -> None:
     t.expect_none()
 
 
-def test_b4_passive_open_three_way_handshake() -> None:
+def test_passive_open_answers_syn_with_synack_and_establishes_on_the_ack() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS, mss=1400, ws=7)
     out = t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1, mss=1460)
@@ -46,7 +47,7 @@ def test_b4_passive_open_three_way_handshake() -> None:
     assert t.conn is not None and t.conn.peer_mss == 1400
 
 
-def test_b4_no_window_scale_in_synack_unless_offered() -> None:
+def test_synack_offers_no_window_scale_unless_the_syn_did() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS, mss=1460, sack_permitted=True, ts=(1, 0))
     out = t.expect("S.", ack=PEER_ISS + 1)
@@ -56,13 +57,13 @@ def test_b4_no_window_scale_in_synack_unless_offered() -> None:
     assert out.options.sack_permitted and out.options.timestamps == (OUR_ISS, 1)
 
 
-def test_b4_no_sack_permitted_in_synack_unless_offered() -> None:
+def test_synack_offers_no_sack_permitted_unless_the_syn_did() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS, mss=1460, ws=7)
     assert not t.expect("S.", ack=PEER_ISS + 1).options.sack_permitted
 
 
-def test_b5_retransmitted_syn_in_syn_received_gets_same_synack() -> None:
+def test_retransmitted_syn_in_syn_received_gets_the_same_synack() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS)
     t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
@@ -71,7 +72,7 @@ def test_b5_retransmitted_syn_in_syn_received_gets_same_synack() -> None:
     assert t.table == {"SYN_RECEIVED": 1}
 
 
-def test_b6_bad_ack_in_syn_received_gets_rst_and_no_establishment() -> None:
+def test_bad_ack_in_syn_received_gets_rst_and_does_not_establish() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS)
     t.expect("S.")
@@ -82,7 +83,7 @@ def test_b6_bad_ack_in_syn_received_gets_rst_and_no_establishment() -> None:
     assert t.accepted == []
 
 
-def test_b7_rst_in_syn_received_returns_to_listen() -> None:
+def test_rst_in_syn_received_drops_the_embryo_and_a_late_ack_gets_rst() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS)
     t.expect("S.")
@@ -96,7 +97,7 @@ def test_b7_rst_in_syn_received_returns_to_listen() -> None:
     t.expect("R", seq=OUR_ISS + 1)
 
 
-def test_b8_synack_retransmitted_with_backoff_then_dropped_silently() -> None:
+def test_unanswered_synack_backs_off_then_the_half_open_entry_goes_silently() -> None:
     t = TcpScript(listen=80, synack_retries=3)
     t.send("S", seq=PEER_ISS)
     t.expect("S.", seq=OUR_ISS)
@@ -110,7 +111,7 @@ def test_b8_synack_retransmitted_with_backoff_then_dropped_silently() -> None:
     assert t.table == {}
 
 
-def test_b9_final_ack_without_timestamps_establishes() -> None:
+def test_final_ack_without_the_negotiated_timestamps_still_establishes() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS, ts=(100, 0))
     t.expect("S.")
@@ -118,13 +119,13 @@ def test_b9_final_ack_without_timestamps_establishes() -> None:
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
 
 
-def test_b10_ecn_setup_syn_is_a_plain_syn() -> None:
+def test_syn_with_ecn_setup_flags_is_taken_as_a_plain_syn() -> None:
     t = TcpScript(listen=80)
     t.send("SEW", seq=PEER_ISS)
     t.expect("S.", ack=PEER_ISS + 1)
 
 
-def test_b11_closing_listener_resets_half_open_connections() -> None:
+def test_closing_a_listener_resets_its_half_open_connections() -> None:
     t = TcpScript(listen=80)
     t.send("S", seq=PEER_ISS)
     t.expect("S.")
@@ -200,7 +201,7 @@ def test_cookie_handshake_survives_losing_its_final_ack_and_first_data() -> None
     assert t.stack.counters["tcp.syncookies.accepted"] == 1
 
 
-def test_b12_connect_sends_syn_and_times_out_with_backoff() -> None:
+def test_connect_sends_syn_with_options_and_times_out_with_backoff() -> None:
     t = TcpScript(listen=None, syn_retries=3)
     conn = t.connect()
     out = t.expect("S", seq=OUR_ISS, ack=0, mss=1460)
@@ -215,7 +216,7 @@ def test_b12_connect_sends_syn_and_times_out_with_backoff() -> None:
     assert t.states() == ["CLOSED", "SYN_SENT", "CLOSED"]
 
 
-def test_b13_synack_establishes_active_open() -> None:
+def test_synack_acking_our_syn_establishes_an_active_open() -> None:
     t = TcpScript(listen=None)
     conn = t.connect(port=8080)
     t.expect("S", seq=OUR_ISS)
@@ -226,7 +227,7 @@ def test_b13_synack_establishes_active_open() -> None:
     assert t.app_events() == ["Connected"]
 
 
-def test_b14_bad_ack_in_syn_sent_gets_rst_and_stays() -> None:
+def test_bad_ack_in_syn_sent_gets_rst_and_the_connect_goes_on() -> None:
     t = TcpScript(listen=None)
     conn = t.connect(port=8080)
     t.expect("S")
@@ -238,7 +239,7 @@ def test_b14_bad_ack_in_syn_sent_gets_rst_and_stays() -> None:
     assert conn.state is State.SYN_SENT
 
 
-def test_b15_rst_ack_in_syn_sent_is_connection_refused() -> None:
+def test_rst_ack_of_our_syn_refuses_the_connect_and_other_rsts_are_ignored() -> None:
     t = TcpScript(listen=None)
     conn = t.connect(port=8080)
     t.expect("S")
@@ -251,7 +252,7 @@ def test_b15_rst_ack_in_syn_sent_is_connection_refused() -> None:
     assert t.table == {}
 
 
-def test_b16_simultaneous_open() -> None:
+def test_simultaneous_open_goes_through_syn_received_with_the_same_iss() -> None:
     t = TcpScript(listen=None)
     conn = t.connect(port=8080)
     t.expect("S", seq=OUR_ISS)
@@ -275,7 +276,7 @@ def test_simultaneous_open_reset_is_refused() -> None:
     assert conn.state is State.CLOSED and conn.error == "ECONNREFUSED"
 
 
-def test_b17_close_in_syn_sent_sends_nothing() -> None:
+def test_close_in_syn_sent_sends_nothing_and_a_late_synack_gets_rst() -> None:
     t = TcpScript(listen=None)
     conn = t.connect(port=8080)
     t.expect("S")
@@ -286,7 +287,7 @@ def test_b17_close_in_syn_sent_sends_nothing() -> None:
     t.expect("R", seq=OUR_ISS + 1)
 
 
-def test_b50_isn_is_keyed_hash_plus_clock() -> None:
+def test_isn_is_a_4us_clock_plus_a_keyed_hash_of_the_4_tuple() -> None:
     isn = IsnGenerator(b"k" * 16)
     a = isn(1, 80, 2, PEER_PORT, 0.0)
     assert isn(1, 80, 2, PEER_PORT, 1.0) == (a + 250_000) & 0xFFFFFFFF  # 4 us ticks
@@ -294,7 +295,7 @@ def test_b50_isn_is_keyed_hash_plus_clock() -> None:
     assert IsnGenerator(b"x" * 16)(1, 80, 2, PEER_PORT, 0.0) != a  # the secret matters
 
 
-def test_b50_syn_window_is_never_scaled() -> None:
+def test_window_in_a_syn_is_never_scaled() -> None:
     t = TcpScript(listen=80, receive_buffer=1 << 20)
     t.send("S", seq=PEER_ISS, ws=7, win=1000)
     out = t.expect("S.")

@@ -191,7 +191,7 @@ def with_timestamps(**config: object) -> TcpScript:
     return t
 
 
-def test_b50_timestamps_on_every_segment_and_the_mss_leaves_room_for_them() -> None:
+def test_timestamps_on_every_segment_and_the_mss_leaves_room_for_them() -> None:
     t = with_timestamps()
     t.at(0.5)
     t.write(bytes(3000))
@@ -200,7 +200,7 @@ def test_b50_timestamps_on_every_segment_and_the_mss_leaves_room_for_them() -> N
     assert all(o.options.timestamps == (OUR_ISS + 500, 101) for o in out)
 
 
-def test_b50_paws_drops_an_old_tsval_and_acks() -> None:
+def test_paws_drops_an_old_tsval_and_acks() -> None:
     t = with_timestamps()
     t.send("P.", seq=P, ack=U, payload=b"new", ts=(200, OUR_ISS))
     t.expect(".", ack=P + 3)
@@ -212,7 +212,7 @@ def test_b50_paws_drops_an_old_tsval_and_acks() -> None:
     assert t.table == {}
 
 
-def test_b50_our_rst_carries_a_current_tsval() -> None:
+def test_our_rst_carries_a_current_tsval() -> None:
     t = with_timestamps()
     t.at(2.0)
     t.abort()
