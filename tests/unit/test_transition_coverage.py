@@ -24,7 +24,7 @@ SCRIPT_MODULES = [
     "test_tcp_close",
     "test_tcp_data",
     "test_tcp_every_state",
-    "test_tcp_review",
+    "test_tcp_sequence_and_windows",
 ]
 
 

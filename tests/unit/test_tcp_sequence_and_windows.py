@@ -1,10 +1,18 @@
-"""Review of the TCP core: sequence edges, FIN handling, retransmission, windows,
-RFC 5961 checks, closing corner cases and hostile input.
+"""Sequence numbers and windows at their edges, clause by clause of the RFCs.
 
-Tests that pass pin down correct behaviour worth keeping. Tests marked
-`xfail(strict=True, reason="BUG: ...")` show a bug or an RFC deviation: they
-fail today, and the fix will flip them (strict xfail then reports XPASS as a
-failure, so remove the mark together with the fix).
+Most tests pin one rule of RFC 9293, RFC 5961 or RFC 6298 (the name begins
+with the clause) where a sequence number or a window sits at its limit: the
+four cases of the acceptability test and the wrap at 2**32; the receive window
+before RCV.NXT is known, at zero, and with a right edge that never moves left;
+SND.WL1/SND.WL2 window updates; the ACK bounds of RFC 5961; the sequence
+numbers we send after an RTO; the out-of-order data held within the window.
+Beside them: two RTO rules of RFC 6298 (Karn, 3 s after a lost SYN), a few
+open and close corner cases, and a property test that throws hostile segments
+at a connection and checks the same invariants from the other side.
+
+A test that shows a bug or an RFC deviation before it is fixed is marked
+`xfail(strict=True, reason="BUG: ...")`: strict xfail reports the fix's XPASS
+as a failure, so the mark goes with the fix.
 
 Sequence numbers: the peer's data starts at P = PEER_ISS + 1, ours at U = OUR_ISS + 1.
 A few assertions read private TCB fields (`_out_of_order`, `_rtt`, `_recv_buf`) where the
