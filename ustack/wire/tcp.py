@@ -92,7 +92,7 @@ SACK_PERMITTED_OPTION = struct.Struct("!BB")
 TIMESTAMPS_OPTION = struct.Struct("!BBII")
 SACK_BLOCK = struct.Struct("!II")  # left, right
 
-_SACK_BLOCK_SIZE = TCP_SACK_BLOCK.sizeof()
+_SACK_BLOCK_SIZE: int = TCP_SACK_BLOCK.sizeof()
 
 
 def _valid_sack_length(length: int) -> bool:
