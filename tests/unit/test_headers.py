@@ -74,6 +74,7 @@ from ustack.wire.tcp import (
     SACK_PERMITTED_OPTION,
     SYN,
     TCP_CHECKSUM_OFFSET,
+    TCP_DATA_OFFSET_BYTE,
     TCP_FIXED,
     TCP_FIXED_FIELDS,
     TCP_HEADER,
@@ -412,7 +413,7 @@ def test_fixed_layouts_have_the_rfc_sizes():
     assert IPV4_CHECKSUM_OFFSET == schema_offsets(IPV4_HEADER)["checksum"] == 10
     assert TCP_CHECKSUM_OFFSET == schema_offsets(TCP_HEADER)["checksum"] == 16
     assert ICMP_CHECKSUM_OFFSET == schema_offsets(ICMP_HEADER)["checksum"] == 2
-    assert schema_offsets(TCP_HEADER)["offset_reserved"] == 12  # tcp._tcp_error reads it
+    assert TCP_DATA_OFFSET_BYTE == schema_offsets(TCP_HEADER)["offset_reserved"] == 12
 
 
 # --- The struct formats against their construct schemas --------------------------------
@@ -454,7 +455,9 @@ def schema_offsets(schema: Struct) -> dict[str, int]:
 def struct_widths(layout: struct.Struct) -> list[int]:
     """The width of each item of a struct format, in order."""
     assert layout.format[0] == "!", "network byte order"
-    return [struct.calcsize("!" + code) for code in re.findall(r"\d*\D", layout.format[1:])]
+    codes = re.findall(r"\d*\D", layout.format[1:])
+    assert all(code[-1] in "BHIsx" for code in codes), "unsigned, as every header field is"
+    return [struct.calcsize("!" + code) for code in codes]
 
 
 @pytest.mark.parametrize(("schema", "layout", "names"), FIXED_LAYOUTS)
@@ -566,6 +569,7 @@ def test_builders_write_the_schema_defaults():
 
 @given(st.binary(min_size=20, max_size=20))
 def test_ipv4_plain_fields_agree_with_parse_ipv4(data):
+    # ipv4_plain_fields has its own struct format: IPV4_FIXED with pad bytes
     packet = bytes([IPV4_PLAIN_FIRST_BYTE]) + data[1:]
     header = parse_ipv4(packet)
     assert ipv4_plain_fields(packet) == (

@@ -90,6 +90,10 @@ IPV4_CHECKSUM_OFFSET = 10  # after version_ihl .. protocol
 # options), which parse_ipv4 would accept: the fields IP input checks, without
 # building an IPv4Header. A packet whose first byte differs takes parse_ipv4.
 IPV4_PLAIN_FIRST_BYTE = IPV4_VERSION << 4 | IPV4_MIN_HEADER_LENGTH >> 2
+# IPV4_FIXED with the fields the shortcut does not read as pad bytes (x), which
+# struct skips without making objects of them: total_length, flags_fragment,
+# ttl, protocol, src, dst.
+_IP_INPUT_FIELDS = struct.Struct("!2xH2xHBB2xII")
 
 register_error_reasons(
     IPV4_HEADER,
@@ -141,9 +145,7 @@ def _ipv4_error(packet: Buffer) -> MalformedPacket:
 def ipv4_plain_fields(packet: Buffer) -> tuple[int, bool, int, int, int, int, int]:
     """(total_length, more_fragments, fragment_offset, ttl, protocol, src, dst)
     of a packet whose first byte is IPV4_PLAIN_FIRST_BYTE, at least 20 bytes long."""
-    _, _, total_length, _, flags_fragment, ttl, protocol, _, src, dst = IPV4_FIXED.unpack_from(
-        packet
-    )
+    total_length, flags_fragment, ttl, protocol, src, dst = _IP_INPUT_FIELDS.unpack_from(packet)
     more_fragments = (flags_fragment & _MORE_FRAGMENTS) != 0
     return total_length, more_fragments, flags_fragment & _FRAGMENT_OFFSET, ttl, protocol, src, dst
 
@@ -162,7 +164,8 @@ def parse_ipv4(packet: Buffer) -> IPv4Header:
     options = b""
     if version_ihl != IPV4_PLAIN_FIRST_BYTE:
         header_length = (version_ihl & 0x0F) * 4
-        if version_ihl >> 4 != IPV4_VERSION or header_length < 20 or header_length > len(packet):
+        too_short = header_length < IPV4_MIN_HEADER_LENGTH  # IHL below 5
+        if version_ihl >> 4 != IPV4_VERSION or too_short or header_length > len(packet):
             raise _ipv4_error(packet)
         options = bytes(packet[IPV4_MIN_HEADER_LENGTH:header_length])
     return tuple_new(

@@ -202,7 +202,7 @@ TCP_FIXED = struct.Struct("!HHIIBBHHH")
 
 TCP_MIN_HEADER_LENGTH = TCP_FIXED.size
 TCP_CHECKSUM_OFFSET = 16  # after src_port .. window
-_OFFSET_RESERVED_AT = 12  # the byte whose high nibble is the data offset
+TCP_DATA_OFFSET_BYTE = 12  # offset_reserved: the data offset is its high nibble
 
 register_error_reasons(
     TCP_HEADER,
@@ -253,8 +253,8 @@ class TcpHeader(NamedTuple):
 
 def _tcp_error(segment: Buffer) -> MalformedPacket:
     """The reason a segment failed, checked in the order the construct parse meets them."""
-    if len(segment) > _OFFSET_RESERVED_AT:
-        data_offset = segment[_OFFSET_RESERVED_AT] >> 4
+    if len(segment) > TCP_DATA_OFFSET_BYTE:
+        data_offset = segment[TCP_DATA_OFFSET_BYTE] >> 4
         if data_offset < 5:
             return MalformedPacket("tcp-bad-offset", f"data offset {data_offset} is below 5")
         if len(segment) >= TCP_MIN_HEADER_LENGTH:
