@@ -1,7 +1,9 @@
-"""What a header costs: construct (interpreted, compiled) vs our derived fast form
-vs hand-written struct code, on a typical Linux SYN (IPv4 + TCP with options).
+"""What a header costs: construct (interpreted, compiled) vs ustack's struct
+codecs (ustack.wire.ipv4, .tcp) vs minimal hand-written struct code, on a
+typical Linux SYN (IPv4 + TCP with options); then the calls the stack makes on
+every packet, and the builders.
 
-    python bench/headers.py
+    python bench/headers.py [--repeats N] [--no-construct]
 
 Every variant is checked to read the same fields before it is timed. Times are
 the best of several repeats, each long enough (~0.1 s) to swamp timer noise.
@@ -9,6 +11,7 @@ the best of several repeats, each long enough (~0.1 s) to swamp timer noise.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import struct
 import sys
@@ -18,24 +21,32 @@ from typing import Any
 
 import construct
 
-from ustack.wire import headers as h
+from ustack.wire.ipv4 import (
+    IPV4_HEADER,
+    PROTO_TCP,
+    build_ipv4,
+    build_ipv4_in_place,
+    ipv4_plain_fields,
+    parse_ipv4,
+)
+from ustack.wire.tcp import ACK, SYN, TCP_HEADER, TcpOptions, build_tcp, parse_tcp
 
 REPEATS = 5
 MIN_REPEAT_SECONDS = 0.1
 
 SRC, DST = 0x0A000001, 0x0A000002
-SYN_OPTIONS = h.TcpOptions(mss=1460, sack_permitted=True, timestamps=(123456, 0), window_scale=7)
-TCP_SYN = h.build_tcp(
-    src=SRC, dst=DST, src_port=40000, dst_port=80, seq=1, ack=0, flags=h.SYN, window=64240,
+SYN_OPTIONS = TcpOptions(mss=1460, sack_permitted=True, timestamps=(123456, 0), window_scale=7)
+TCP_SYN = build_tcp(
+    src=SRC, dst=DST, src_port=40000, dst_port=80, seq=1, ack=0, flags=SYN, window=64240,
     options=SYN_OPTIONS,
 )  # fmt: skip
-IP_HEADER = h.build_ipv4(src=SRC, dst=DST, protocol=h.PROTO_TCP, payload_length=len(TCP_SYN))
+IP_HEADER = build_ipv4(src=SRC, dst=DST, protocol=PROTO_TCP, payload_length=len(TCP_SYN))
 PACKET = memoryview(IP_HEADER + TCP_SYN)
 IP_BYTES = bytes(PACKET[: len(IP_HEADER)])
 TCP_BYTES = bytes(PACKET[len(IP_HEADER) :])
 
-COMPILED_IPV4 = h.IPV4_HEADER.compile()
-COMPILED_TCP = h.TCP_HEADER.compile()
+COMPILED_IPV4 = IPV4_HEADER.compile()
+COMPILED_TCP = TCP_HEADER.compile()
 
 # --- Hand-written baselines: the layout typed in by hand, no derivation ----------------
 
@@ -107,9 +118,9 @@ def both(parse_ipv4: Callable[[Any], Any], parse_tcp: Callable[[Any], Any]) -> C
 PARSE_VARIANTS: list[ParseVariant] = [
     (
         "construct, interpreted",
-        lambda: h.IPV4_HEADER.parse(IP_BYTES),
-        lambda: h.TCP_HEADER.parse(TCP_BYTES),
-        both(h.IPV4_HEADER.parse, h.TCP_HEADER.parse),
+        lambda: IPV4_HEADER.parse(IP_BYTES),
+        lambda: TCP_HEADER.parse(TCP_BYTES),
+        both(IPV4_HEADER.parse, TCP_HEADER.parse),
     ),
     (
         "construct, .compile()d",
@@ -118,10 +129,10 @@ PARSE_VARIANTS: list[ParseVariant] = [
         both(COMPILED_IPV4.parse, COMPILED_TCP.parse),
     ),
     (
-        "ustack fast form (derived)",
-        lambda: h.parse_ipv4(IP_BYTES),
-        lambda: h.parse_tcp(TCP_BYTES),
-        both(h.parse_ipv4, h.parse_tcp),
+        "ustack struct codec",
+        lambda: parse_ipv4(IP_BYTES),
+        lambda: parse_tcp(TCP_BYTES),
+        both(parse_ipv4, parse_tcp),
     ),
     (
         "hand-written struct + options",
@@ -138,37 +149,63 @@ PARSE_VARIANTS: list[ParseVariant] = [
 ]
 
 DATA_PAYLOAD = bytes(1448)
-SYN_CONTAINER = h.TCP_HEADER.parse(TCP_BYTES)
+SYN_CONTAINER = TCP_HEADER.parse(TCP_BYTES)
 
 BUILD_VARIANTS: list[tuple[str, Callable[[], Any]]] = [
     (
         "build_tcp: SYN, 5 options, no payload",
-        lambda: h.build_tcp(
-            src=SRC, dst=DST, src_port=40000, dst_port=80, seq=1, ack=0, flags=h.SYN,
+        lambda: build_tcp(
+            src=SRC, dst=DST, src_port=40000, dst_port=80, seq=1, ack=0, flags=SYN,
             window=64240, options=SYN_OPTIONS,
         ),
     ),
     (
         "build_tcp: ACK, timestamps, 1448 B",
-        lambda: h.build_tcp(
-            src=SRC, dst=DST, src_port=40000, dst_port=80, seq=1, ack=1, flags=h.ACK,
-            window=502, options=h.TcpOptions(timestamps=(1, 2)), payload=DATA_PAYLOAD,
+        lambda: build_tcp(
+            src=SRC, dst=DST, src_port=40000, dst_port=80, seq=1, ack=1, flags=ACK,
+            window=502, options=TcpOptions(timestamps=(1, 2)), payload=DATA_PAYLOAD,
         ),
     ),
     (
         "build_ipv4: 20-byte header",
-        lambda: h.build_ipv4(src=SRC, dst=DST, protocol=h.PROTO_TCP, payload_length=40),
+        lambda: build_ipv4(src=SRC, dst=DST, protocol=PROTO_TCP, payload_length=40),
     ),
     (
         "construct build (interpreted), TCP SYN header",
-        lambda: h.TCP_HEADER.build(SYN_CONTAINER),
+        lambda: TCP_HEADER.build(SYN_CONTAINER),
     ),
 ]  # fmt: skip
 
 
+# The calls the stack makes on every packet of a bulk transfer: IP input's
+# shortcut for a plain header, TCP's parse of an ACK with NOP NOP timestamps,
+# and the in-place IPv4 header of every segment sent.
+ACK_SEGMENT = build_tcp(
+    src=SRC, dst=DST, src_port=80, dst_port=40000, seq=1, ack=1, flags=ACK, window=502,
+    options=TcpOptions(timestamps=(1, 2)),
+)  # fmt: skip
+ACK_PACKET = memoryview(
+    build_ipv4(src=DST, dst=SRC, protocol=PROTO_TCP, payload_length=len(ACK_SEGMENT)) + ACK_SEGMENT
+)
+ACK_TCP = ACK_PACKET[20:]
+OUTGOING = bytearray(20 + 1448 + 32)
+
+HOT_PATH_VARIANTS: list[tuple[str, Callable[[], Any]]] = [
+    ("ipv4_plain_fields: receive shortcut", lambda: ipv4_plain_fields(ACK_PACKET)),
+    ("parse_ipv4: 20-byte header", lambda: parse_ipv4(ACK_PACKET)),
+    ("parse_tcp: ACK, NOP NOP timestamps", lambda: parse_tcp(ACK_TCP)),
+    (
+        "build_ipv4_in_place: 1500 B packet",
+        lambda: build_ipv4_in_place(
+            OUTGOING, src=SRC, dst=DST, protocol=PROTO_TCP, ttl=64, identification=1
+        ),
+    ),
+]
+
+
 def check_variants_agree() -> None:
     """Don't time code that reads something else: compare every variant's fields."""
-    fast_ip, fast_tcp = h.parse_ipv4(PACKET), h.parse_tcp(PACKET[20:])
+    fast_ip, fast_tcp = parse_ipv4(PACKET), parse_tcp(PACKET[20:])
     options = fast_tcp.options
     assert options == SYN_OPTIONS, options
     fast_tuple = (
@@ -177,32 +214,48 @@ def check_variants_agree() -> None:
         (options.mss, options.window_scale, options.sack_permitted, options.timestamps),
     )
     assert (*ipv4_by_hand(PACKET), *tcp_by_hand(PACKET[20:])) == fast_tuple
-    for schema in (h.IPV4_HEADER, COMPILED_IPV4):
+    for schema in (IPV4_HEADER, COMPILED_IPV4):
         parsed = schema.parse(IP_BYTES)
         assert (parsed.src, parsed.dst, parsed.version_ihl.ihl) == (SRC, DST, 5)
-    for schema in (h.TCP_HEADER, COMPILED_TCP):
+    for schema in (TCP_HEADER, COMPILED_TCP):
         parsed = schema.parse(TCP_BYTES)
         assert parsed.offset_reserved.data_offset == fast_tcp.data_offset == 10
         assert [option.kind for option in parsed.options] == [2, 4, 8, 1, 3]
         assert parsed.options[2].body.tsval == 123456
-    assert h.TCP_HEADER.build(SYN_CONTAINER) == TCP_BYTES
+    assert TCP_HEADER.build(SYN_CONTAINER) == TCP_BYTES
     assert BUILD_VARIANTS[0][1]() == TCP_SYN
+    ack = parse_tcp(ACK_TCP)
+    assert (ack.flags, ack.options) == (ACK, TcpOptions(timestamps=(1, 2)))
+    assert ipv4_plain_fields(ACK_PACKET)[-3:] == (PROTO_TCP, DST, SRC)
+    HOT_PATH_VARIANTS[-1][1]()
+    assert parse_ipv4(OUTGOING).total_length == len(OUTGOING)
 
 
-def seconds_per_call(function: Callable[[], Any]) -> float:
+def seconds_per_call(function: Callable[[], Any], repeats: int) -> float:
     timer = timeit.Timer(function)
     number = 1
     while (elapsed := timer.timeit(number)) < MIN_REPEAT_SECONDS:
         number *= max(2, int(MIN_REPEAT_SECONDS / max(elapsed, 1e-9) * 1.2))
-    best = min([elapsed, *timer.repeat(repeat=REPEATS - 1, number=number)])
+    best = min([elapsed, *timer.repeat(repeat=repeats - 1, number=number)])
     return best / number
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=REPEATS, help=f"best of how many (default {REPEATS})"
+    )
+    parser.add_argument(
+        "--no-construct", action="store_true", help="skip construct's own (slow) parse and build"
+    )
+    args = parser.parse_args()
+    repeats = max(1, args.repeats)
     check_variants_agree()
     print(
         f"ustack header benchmark: Python {platform.python_version()}, "
-        f"construct {construct.__version__}, best of {REPEATS}"
+        f"construct {construct.__version__}, best of {repeats}"
     )
     print(
         f"packet: IPv4 header ({len(IP_HEADER)} B) + TCP SYN header ({len(TCP_SYN)} B: "
@@ -215,20 +268,26 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name, ipv4_only, tcp_only, packet in PARSE_VARIANTS:
-        ipv4_cost = seconds_per_call(ipv4_only)
-        tcp_cost = seconds_per_call(tcp_only)
-        packet_cost = seconds_per_call(packet)
+        if args.no_construct and name.startswith("construct"):
+            continue
+        ipv4_cost = seconds_per_call(ipv4_only, repeats)
+        tcp_cost = seconds_per_call(tcp_only, repeats)
+        packet_cost = seconds_per_call(packet, repeats)
         print(
             f"{name:<32} {ipv4_cost * 1e6:>9.2f} {tcp_cost * 1e6:>9.2f} "
             f"{packet_cost * 1e6:>12.2f} {1 / packet_cost:>17,.0f}"
         )
     print()
-    header = f"{'build':<46} {'us/call':>9} {'calls/s':>12}"
-    print(header)
-    print("-" * len(header))
-    for name, build in BUILD_VARIANTS:
-        cost = seconds_per_call(build)
-        print(f"{name:<46} {cost * 1e6:>9.2f} {1 / cost:>12,.0f}")
+    for title, variants in (("per packet", HOT_PATH_VARIANTS), ("build", BUILD_VARIANTS)):
+        header = f"{title:<46} {'us/call':>9} {'calls/s':>12}"
+        print(header)
+        print("-" * len(header))
+        for name, call in variants:
+            if args.no_construct and name.startswith("construct"):
+                continue
+            cost = seconds_per_call(call, repeats)
+            print(f"{name:<46} {cost * 1e6:>9.2f} {1 / cost:>12,.0f}")
+        print()
     sys.stdout.flush()
 
 

@@ -45,21 +45,8 @@ from ustack.tcp.states import State
 from ustack.tcp.syncookies import SynCookies
 from ustack.wire.checksum import internet_checksum, transport_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.headers import (
-    ACK,
-    CWR,
-    ECE,
-    FIN,
-    PROTO_ICMP,
-    PROTO_TCP,
-    PROTO_UDP,
-    PSH,
-    RST,
-    SYN,
-    URG,
-    parse_ipv4,
-    parse_tcp,
-)
+from ustack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, parse_ipv4
+from ustack.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, parse_tcp
 
 US = 0xC6120002  # 198.18.0.2
 PEER = 0xC6120001  # 198.18.0.1

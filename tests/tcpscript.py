@@ -31,7 +31,8 @@ from ustack.tcp.events import AppEvent
 from ustack.tcp.invariants import InvariantChecker
 from ustack.tcp.segment import flag_string
 from ustack.tcp.states import Event, State
-from ustack.wire.headers import PROTO_TCP, TcpOptions, build_ipv4, build_tcp, parse_ipv4, parse_tcp
+from ustack.wire.ipv4 import PROTO_TCP, build_ipv4, parse_ipv4
+from ustack.wire.tcp import TcpOptions, build_tcp, parse_tcp
 
 US = 0xC6120002  # 198.18.0.2, the stack
 PEER = 0xC6120001  # 198.18.0.1, the Linux side

@@ -28,7 +28,8 @@ import fuzzworld as fw  # noqa: E402
 
 from ustack.tcp.connection import TcpConnection  # noqa: E402
 from ustack.wire.checksum import internet_checksum, transport_checksum  # noqa: E402
-from ustack.wire.headers import ACK, FIN, PROTO_TCP, PSH, RST, SYN, URG  # noqa: E402
+from ustack.wire.ipv4 import PROTO_TCP  # noqa: E402
+from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG  # noqa: E402
 
 Key = tuple[int, int, int]
 HALF = 1 << 31

@@ -14,7 +14,7 @@ from ustack.tcp.connection import TcpConfig
 from ustack.tcp.demux import TcpDemux
 from ustack.tcp.syncookies import SynCookies
 from ustack.wire.checksum import Buffer
-from ustack.wire.headers import IPV4_MIN_HEADER_LENGTH
+from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH
 
 DEFAULT_ADDRESS = ipaddress.IPv4Address("198.18.0.2")
 

@@ -29,7 +29,7 @@ from ustack.api import WRITE_HIGH_WATER, StackServer, open_connection, start_ser
 from ustack.runner import StackRunner
 from ustack.stack import Stack
 from ustack.tcp.connection import TcpConfig
-from ustack.wire.headers import ACK, FIN, RST, SYN
+from ustack.wire.tcp import ACK, FIN, RST, SYN
 
 A_ADDR = 0xC6120001
 B_ADDR = 0xC6120002

@@ -15,7 +15,8 @@ from ustack.linux.tun import (
     _gso_header,
 )
 from ustack.wire.checksum import internet_checksum, pseudo_header_sum, transport_checksum
-from ustack.wire.headers import ACK, PROTO_TCP, build_ipv4, build_tcp
+from ustack.wire.ipv4 import PROTO_TCP, build_ipv4
+from ustack.wire.tcp import ACK, build_tcp
 
 SRC, DST = 0xC6120001, 0xC6120002
 

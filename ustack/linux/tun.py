@@ -27,7 +27,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ustack.wire.checksum import Buffer, ones_sum
-from ustack.wire.headers import IPV4_PLAIN_FIRST_BYTE, PROTO_TCP
+from ustack.wire.ipv4 import IPV4_PLAIN_FIRST_BYTE, PROTO_TCP
 
 log = logging.getLogger("ustack.link")
 

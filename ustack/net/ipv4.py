@@ -13,23 +13,25 @@ from ustack.counters import Counters
 from ustack.study.records import PacketTap
 from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.headers import (
+from ustack.wire.icmp import (
     DEST_UNREACH,
     ECHO_REPLY,
     ECHO_REQUEST,
+    PORT_UNREACH,
+    build_icmp,
+    parse_icmp,
+)
+from ustack.wire.ipv4 import (
     IPV4_MIN_HEADER_LENGTH,
     IPV4_PLAIN_FIRST_BYTE,
-    PORT_UNREACH,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
-    build_icmp,
     build_ipv4_in_place,
     ipv4_plain_fields,
-    parse_icmp,
     parse_ipv4,
-    parse_udp,
 )
+from ustack.wire.udp import parse_udp
 
 # Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
 TcpInput = Callable[[int, int, memoryview, float, bool], None]

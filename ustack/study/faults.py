@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ustack.wire.headers import ACK, FIN, PSH, RST, SYN, URG
+from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
 
 ACTIONS = ("drop", "delay", "duplicate")
 DIRECTIONS = ("in", "out", "both")

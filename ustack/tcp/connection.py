@@ -32,7 +32,7 @@ from ustack.tcp.rack import Rack
 from ustack.tcp.rtt import RttEstimator
 from ustack.tcp.segment import NO_OPTIONS, Segment
 from ustack.tcp.states import TRANSITIONS, Event, State
-from ustack.wire.headers import ACK, FIN, PSH, RST, SYN, TcpOptions
+from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions
 
 DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
 MIN_PEER_MSS = 48  # Linux's tcp_min_snd_mss: what we use for a smaller MSS option

@@ -35,17 +35,8 @@ from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.headers import (
-    ACK,
-    FIN,
-    PROTO_TCP,
-    RST,
-    SYN,
-    TcpHeader,
-    TcpOptions,
-    build_tcp,
-    parse_tcp,
-)
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, build_tcp, parse_tcp
 
 # Hands a TCP segment (header + payload, checksum filled) to IP for `dst`.
 # (dst, segment, gso_size); the segment has `headroom` free bytes in front.

@@ -1,8 +1,10 @@
 """cffi out-of-line API builder: compiles csrc/checksum.c into ustack.wire._checksum."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
-from cffi import FFI
+from cffi import FFI  # type: ignore[import-untyped]
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 

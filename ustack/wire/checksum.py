@@ -7,6 +7,8 @@ len(data), which counts items in a memoryview whose itemsize is not 1.
 16-bit values are the numbers as they stand on the wire: pack them with "!H".
 """
 
+from __future__ import annotations
+
 from ustack.wire._checksum import ffi, lib
 
 Buffer = bytes | bytearray | memoryview

@@ -1,6 +1,8 @@
 """Pure-Python Internet checksum, straight from RFC 1071: the reference that
 tests and benchmarks hold the C core against. Not used on the packet path."""
 
+from __future__ import annotations
+
 
 def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     data = bytes(data)

@@ -1,5 +1,7 @@
 """Exceptions the stack raises to its callers."""
 
+from __future__ import annotations
+
 
 class MalformedPacket(ValueError):
     """Bytes that do not form a valid header.

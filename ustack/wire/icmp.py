@@ -1,0 +1,82 @@
+"""The ICMP header (RFC 792), with the types and codes we send or interpret.
+
+ICMP_HEADER is the single description of the header; ICMP_FIXED is struct's
+view of it, written out next to it for the per-packet codec and checked
+against it by tests/unit/test_headers.py (see ustack.wire.codec).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from construct import Bytes, Int8ub, Int16ub, Struct, Switch, this  # type: ignore[import-untyped]
+
+from ustack.wire.checksum import Buffer, internet_checksum
+from ustack.wire.codec import ErrorReasons, pack_checksum, register_error_reasons, tuple_new
+from ustack.wire.errors import MalformedPacket
+
+# Types.
+ECHO_REPLY = 0
+DEST_UNREACH = 3
+ECHO_REQUEST = 8
+TIME_EXCEEDED = 11
+PARAMETER_PROBLEM = 12
+# DEST_UNREACH codes
+NET_UNREACH = 0
+HOST_UNREACH = 1
+PROTO_UNREACH = 2
+PORT_UNREACH = 3
+FRAG_NEEDED = 4
+# TIME_EXCEEDED codes
+TTL_EXCEEDED = 0
+REASSEMBLY_TIME_EXCEEDED = 1
+
+ICMP_ECHO = Struct("identifier" / Int16ub, "sequence" / Int16ub)
+ICMP_DEST_UNREACH = Struct("unused" / Int16ub, "next_hop_mtu" / Int16ub)  # MTU: RFC 1191
+
+# fmt: off
+ICMP_HEADER = Struct(
+    "type" / Int8ub,
+    "code" / Int8ub,
+    "checksum" / Int16ub,
+    "rest" / Switch(
+        this.type,
+        {ECHO_REQUEST: ICMP_ECHO, ECHO_REPLY: ICMP_ECHO, DEST_UNREACH: ICMP_DEST_UNREACH},
+        default=Bytes(4),
+    ),
+)
+# fmt: on
+
+# struct's view of ICMP_HEADER: one code per field, in order; `rest`, whatever
+# the type makes of it, as one 32-bit number.
+ICMP_FIXED_FIELDS = ("type", "code", "checksum", "rest")
+ICMP_FIXED = struct.Struct("!BBHI")
+
+ICMP_HEADER_LENGTH = ICMP_FIXED.size
+ICMP_CHECKSUM_OFFSET = 2  # after type and code
+
+register_error_reasons(ICMP_HEADER, ErrorReasons("icmp", "icmp-truncated", {}))
+
+
+class IcmpHeader(NamedTuple):
+    type: int
+    code: int
+    checksum: int
+    rest: int  # the 4 bytes after the checksum; echo: identifier << 16 | sequence
+
+
+def parse_icmp(message: Buffer) -> IcmpHeader:
+    """Parse the ICMP header; the checksum is the caller's to check."""
+    if len(message) < ICMP_HEADER_LENGTH:
+        raise MalformedPacket("icmp-truncated", f"{len(message)} bytes, the header needs 8")
+    return tuple_new(IcmpHeader, ICMP_FIXED.unpack_from(message))
+
+
+def build_icmp(*, type: int, code: int, rest: int = 0, payload: Buffer = b"") -> bytes:
+    """Header and payload, checksum filled in."""
+    message = bytearray(ICMP_HEADER_LENGTH)
+    ICMP_FIXED.pack_into(message, 0, type, code, 0, rest)  # checksum 0 while summing
+    message += payload
+    pack_checksum(message, ICMP_CHECKSUM_OFFSET, internet_checksum(message))
+    return bytes(message)
