@@ -18,7 +18,8 @@ it until it changes or goes away (CLOSED).
 
 Tracefs is global to the machine, not per network namespace: an event of
 another namespace that uses the same two addresses cannot be told apart (the
-`conn` of such an event is normally None).
+`conn` of such an event is normally None). The tracepoint has no field for the
+namespace, so no event filter can test it; that would take a BPF program.
 """
 
 from __future__ import annotations
