@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ustack import __version__
 from ustack.daemon import ServeConfig, serve
@@ -364,7 +364,7 @@ def _ss(args: argparse.Namespace) -> int:
 def _fault(args: argparse.Namespace) -> int:
     path = args.control or default_control_path(args.device)
     if args.do in ("list", "clear"):
-        fields: dict[str, object] = {"do": args.do}
+        fields: dict[str, Any] = {"do": args.do}  # JSON values
         if args.do == "clear" and args.id is not None:
             fields["id"] = args.id
     else:

@@ -225,7 +225,7 @@ class Daemon:
         self.stack.receive(packet, self.runner.now(), checksum_ok)
         self.runner.done()
 
-    def _trace_fault(self, direction: str, packet: bytes, verdict: Verdict) -> None:
+    def _trace_fault(self, direction: str, packet: Buffer, verdict: Verdict) -> None:
         self.stack.counters[f"fault.{verdict.rule.action if verdict.rule else ''}"] += 1
         tracer = self._traces.tracer
         if tracer is None or verdict.rule is None or self.runner is None:
@@ -395,7 +395,7 @@ def _bounded_float(value: object, name: str) -> float:
 
 
 def fault_event(
-    stack: Stack, direction: str, packet: bytes, verdict: Verdict, now: float
+    stack: Stack, direction: str, packet: Buffer, verdict: Verdict, now: float
 ) -> FaultEvent:
     """The trace event for a packet the injector acted on."""
     assert verdict.rule is not None

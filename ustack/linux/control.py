@@ -170,4 +170,5 @@ def request(path: Path, command: str, timeout: float = 5.0, **fields: Any) -> di
             line = stream.readline()
     if not line:
         raise ControlError(f"the daemon at {path} closed the connection without a reply")
-    return json.loads(line)
+    reply: dict[str, Any] = json.loads(line)  # the daemon answers with an object
+    return reply

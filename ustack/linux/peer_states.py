@@ -18,7 +18,8 @@ it until it changes or goes away (CLOSED).
 
 Tracefs is global to the machine, not per network namespace: an event of
 another namespace that uses the same two addresses cannot be told apart (the
-`conn` of such an event is normally None).
+`conn` of such an event is normally None). The tracepoint has no field for the
+namespace, so no event filter can test it; that would take a BPF program.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ import logging
 import os
 import re
 import socket
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from pyroute2 import netlink
+from pyroute2.netlink import diag
 
 from ustack.study.records import PeerStateChange
 
@@ -130,13 +133,13 @@ def parse_line(line: str, stack_address: str) -> KernelStateChange | None:
 
 # ---- sock_diag: the timewait sockets the tracepoint does not show ---------------------------
 
-_NETLINK_SOCK_DIAG = 4
-_SOCK_DIAG_BY_FAMILY = 20
-_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, seq, pid
-_NOCOOKIE = 0xFFFFFFFF
-_TIMEWAIT_SUBSTATES = {5: "FIN_WAIT_2", 6: "TIME_WAIT"}  # TCP_FIN_WAIT2, TCP_TIME_WAIT
+# pyroute2 builds the requests and decodes the answers. Its DiagSocket is not
+# used: each of its calls runs an asyncio loop of its own (run_until_complete),
+# which cannot run on the thread of the daemon's loop, where the lookups are
+# made; so sending and receiving is ours, on a plain blocking netlink socket.
+_TIMEWAIT_SUBSTATES = {diag.SS_FIN_WAIT2: "FIN_WAIT_2", diag.SS_TIME_WAIT: "TIME_WAIT"}
+_ANY_STATE = 0xFFFFFFFF
+_NO_COOKIE = (1 << 64) - 1  # INET_DIAG_NOCOOKIE: look the socket up by its 4-tuple
 
 
 class SockDiag:
@@ -145,9 +148,10 @@ class SockDiag:
     its substate (FIN_WAIT2 or TIME_WAIT) as its state."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG)
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_SOCK_DIAG)
         self._sock.settimeout(1.0)
         self._seq = itertools.count(1)
+        self._marshal = diag.MarshalDiag()
 
     def close(self) -> None:
         self._sock.close()
@@ -155,61 +159,59 @@ class SockDiag:
     def timewait_state(self, key: Key, stack: str) -> str | None:
         """The state of the timewait socket on this 4-tuple, if there is one."""
         linux, linux_port, stack_port = key
-        sock_id = _sock_id(linux, linux_port, stack, stack_port)
-        found = self._request(_NLM_F_REQUEST, 0xFFFFFFFF, sock_id)
+        found = self._ask(
+            netlink.NLM_F_REQUEST, _ANY_STATE,
+            # The socket's own end (Linux) is the source.
+            idiag_sport=linux_port, idiag_src=_address(linux),
+            idiag_dport=stack_port, idiag_dst=_address(stack),
+            idiag_cookie=_NO_COOKIE,
+        )  # fmt: skip
         return next(iter(found.values()), None)
 
     def timewait_states(self, stack: str) -> dict[Key, str]:
         """Every socket in FIN_WAIT2 or TIME_WAIT whose remote end is `stack`."""
-        found = self._request(_NLM_F_REQUEST | _NLM_F_DUMP, (1 << 5) | (1 << 6), bytes(48))
+        states = (1 << diag.SS_FIN_WAIT2) | (1 << diag.SS_TIME_WAIT)
+        found = self._ask(netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, states)
         return {key: state for (key, remote), state in found.items() if remote == stack}
 
-    def _request(self, flags: int, states: int, sock_id: bytes) -> dict[tuple[Key, str], str]:
+    def _ask(self, flags: int, states: int, **sock_id: object) -> dict[tuple[Key, str], str]:
+        """Send a request; the timewait states in the answers, by (4-tuple, remote)."""
         seq = next(self._seq)
-        body = struct.pack("=BBBxI", socket.AF_INET, socket.IPPROTO_TCP, 0, states) + sock_id
-        header = _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, flags,
-                                    seq, 0)  # fmt: skip
-        self._sock.send(header + body)
+        request = diag.inet_diag_req()
+        request["header"].update(type=diag.SOCK_DIAG_BY_FAMILY, flags=flags, sequence_number=seq)
+        request.update(sdiag_family=socket.AF_INET, sdiag_protocol=socket.IPPROTO_TCP,
+                       idiag_states=states, **sock_id)  # fmt: skip
+        request.encode()
+        self._sock.send(request.data)
         found: dict[tuple[Key, str], str] = {}
         while True:
-            data = self._sock.recv(1 << 16)
-            offset = 0
-            while offset + _NLMSG_HEADER.size <= len(data):
-                length, kind, _, reply_seq, _ = _NLMSG_HEADER.unpack_from(data, offset)
-                payload = data[offset + _NLMSG_HEADER.size : offset + length]
-                offset += (length + 3) & ~3
-                if length < _NLMSG_HEADER.size:
-                    return found
-                if reply_seq != seq:
+            for answer in self._marshal.parse(self._sock.recv(1 << 16)):
+                kind = answer["header"]["type"]
+                if answer["header"]["sequence_number"] != seq:
                     continue
-                if kind == _NLMSG_DONE:
+                if kind == netlink.NLMSG_DONE:
                     return found
-                if kind == _NLMSG_ERROR:
-                    (error,) = struct.unpack_from("=i", payload)
-                    if error in (0, -errno.ENOENT):
+                if kind == netlink.NLMSG_ERROR:
+                    # MarshalDiag picks a message's class by address family, not
+                    # by type, so it leaves an error undecoded.
+                    error = netlink.nlmsgerr(answer.data, offset=answer.offset)
+                    error.decode()
+                    code = -error["error"]
+                    if code in (0, errno.ENOENT):
                         return found
-                    raise OSError(-error, os.strerror(-error))
-                if kind == _SOCK_DIAG_BY_FAMILY and len(payload) >= 4 + 48:
-                    state = _TIMEWAIT_SUBSTATES.get(payload[1])
+                    raise OSError(code, os.strerror(code))
+                if kind == diag.SOCK_DIAG_BY_FAMILY:
+                    state = _TIMEWAIT_SUBSTATES.get(answer["idiag_state"])
                     if state is not None:
-                        found[_key_of(payload[4:52])] = state
-                    if not flags & _NLM_F_DUMP:  # an exact lookup has one answer
+                        key = (answer["idiag_src"], answer["idiag_sport"], answer["idiag_dport"])
+                        found[key, answer["idiag_dst"]] = state
+                    if not flags & netlink.NLM_F_DUMP:  # an exact lookup has one answer
                         return found
 
 
-def _sock_id(linux: str, linux_port: int, stack: str, stack_port: int) -> bytes:
-    """struct inet_diag_sockid: the socket's own end (Linux) is the source."""
-    return struct.pack(
-        "!HH16s16s", linux_port, stack_port,
-        ipaddress.IPv4Address(linux).packed, ipaddress.IPv4Address(stack).packed,
-    ) + struct.pack("=III", 0, _NOCOOKIE, _NOCOOKIE)  # fmt: skip
-
-
-def _key_of(sock_id: bytes) -> tuple[Key, str]:
-    sport, dport = struct.unpack_from("!HH", sock_id)
-    src = str(ipaddress.IPv4Address(sock_id[4:8]))
-    dst = str(ipaddress.IPv4Address(sock_id[20:24]))
-    return (src, sport, dport), dst
+def _address(dotted: str) -> tuple[int, int, int, int]:
+    """An IPv4 address as inet_diag_sockid holds it (the first of four words)."""
+    return int(ipaddress.IPv4Address(dotted)), 0, 0, 0
 
 
 # ---- tracefs ------------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def _write(path: Path, text: str) -> None:
 def remove_stale_instances(root: Path = TRACING_ROOT) -> list[str]:
     """Remove the instances of watchers whose process is gone (killed before
     their stop); an instance in use cannot be removed. The names removed."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(root / "instances")
     except OSError:
@@ -498,8 +500,8 @@ class PeerStateWatcher:
         key = (change.linux, change.linux_port, change.stack_port)
         if change.old == "CLOSED" and change.new == "SYN_SENT" and change.linux_port == 0:
             # The port shows with the next change (SYN_SENT -> ESTABLISHED or CLOSED).
-            waiting = self._unbound.setdefault((change.linux, change.stack_port), deque())
-            waiting.append(self._time_of(change))
+            unbound = self._unbound.setdefault((change.linux, change.stack_port), deque())
+            unbound.append(self._time_of(change))
             return
         held = self._held.pop(key, None)
         if held is not None:  # the 4-tuple is used anew: its timewait socket is gone
