@@ -69,6 +69,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ustack.linux.lab import UstackDaemon, netns
+
 R = TypeVar("R")
 
 STACK = "198.18.0.2"
@@ -758,9 +760,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs root (network namespaces): sudo python tools/scale.py ...")
     if args.connections < 1 or args.rounds < 1 or args.inflight < 1:
         parser.error("--connections, --rounds and --inflight are at least 1")
-    sys.path.insert(0, str(HERE.parent.parent / "tests"))
-    from harness import UstackDaemon, netns
-
     workdir = Path(tempfile.mkdtemp(prefix="scale-"))
     wrapper: list[str] = []
     gc_file = workdir / "gc.json"

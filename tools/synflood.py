@@ -38,10 +38,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from attacks import flood_with_curls
-from harness import UstackDaemon, netns, remove_stale_namespaces
+from tests.attacks import flood_with_curls
+from ustack.linux.lab import UstackDaemon, netns, remove_stale_namespaces
 
 
 def main(argv: list[str] | None = None) -> int:

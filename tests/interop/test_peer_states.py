@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from harness import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 
+from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher, parse_line, state_name
 from ustack.study.records import PeerStateChange
 

@@ -8,13 +8,10 @@ match, nothing may fail, no connection or fd may be left, RSS must stay flat.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from harness import Netns, UstackDaemon
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import soak
+from tools import soak
+from ustack.linux.lab import Netns, UstackDaemon
 
 SEED = 20261125
 SECONDS = 45
