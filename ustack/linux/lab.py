@@ -340,8 +340,10 @@ def run_in_lab(
     """Run `command` in a new namespace beside `ustack serve serve_args` (defaults:
     Linux side 198.18.0.1/24, stack 198.18.0.2; its control socket in the
     environment as USTACK_CONTROL) and remove it all afterwards. The command's
-    exit status (128 + N when signal N ended it). A terminal's Ctrl-C reaches
-    the command itself; SIGTERM or SIGHUP sent to us are passed on to it."""
+    exit status (128 + N when signal N ended it). SIGINT, SIGTERM and SIGHUP
+    sent to us are passed on to the command (a terminal's Ctrl-C reaches it
+    twice: harmless to programs that end on the first, ignored by a shell);
+    before the command runs they stop the set-up, which is undone."""
     if os.geteuid() != 0:
         raise LabError("ustack lab needs root (it makes a network namespace): run it with sudo")
     remove_stale_namespaces()
@@ -357,7 +359,9 @@ def run_in_lab(
         else:
             raise _Forwarded(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     try:
         with netns("ustack-lab") as ns:
             daemon = UstackDaemon.start(
@@ -370,12 +374,7 @@ def run_in_lab(
                 )
             env = dict(os.environ, USTACK_CONTROL=str(daemon.control), USTACK_LAB=ns.name)
             child = subprocess.Popen(ns.command(*command), env=env)
-            while True:
-                try:
-                    code = child.wait()
-                    break
-                except KeyboardInterrupt:
-                    continue  # the terminal's Ctrl-C went to the command too: its call
+            code = child.wait()
             if daemon.process.poll() is not None:
                 sys.stderr.write(
                     f"ustack lab: the daemon died during the command "
@@ -383,9 +382,8 @@ def run_in_lab(
                 )
             daemon.stop()
             return 128 - code if code < 0 else code
-    except (_Forwarded, KeyboardInterrupt) as exc:
-        signum = exc.args[0] if isinstance(exc, _Forwarded) else signal.SIGINT
-        return 128 + int(signum)
+    except _Forwarded as stopped:
+        return 128 + int(stopped.args[0])
     finally:
         if daemon is not None:
             daemon.stop()
