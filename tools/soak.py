@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A long mixed run through a lossy, reordering, duplicating link.
 
-    sudo python tools/soak.py [--minutes 30 | --seconds S] [--loss 0.02]
+    sudo python -m tools.soak [--minutes 30 | --seconds S] [--loss 0.02]
                               [--reorder 0.05] [--duplicate 0.01] [--delay 0.005]
                               [--parallel 2] [--max-size 1M] [--seed N] [--json FILE]
 
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.loss + args.reorder + args.duplicate > 1:
         parser.error("--loss + --reorder + --duplicate must be at most 1")
     if os.geteuid() != 0:
-        parser.error("needs root (network namespaces): sudo python tools/soak.py ...")
+        parser.error("needs root (network namespaces): sudo python -m tools.soak ...")
     for tool in ("ab", "curl", "nc"):
         if shutil.which(tool) is None:
             parser.error(f"needs {tool}")

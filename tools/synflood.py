@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A SYN flood from spoofed sources against ustack, with legitimate clients.
 
-    sudo python tools/synflood.py [--count 100000] [--rate 0] [--curl-every 0.1]
+    sudo python -m tools.synflood [--count 100000] [--rate 0] [--curl-every 0.1]
                                   [--max-time 20] [--trace]
 
 All inside a network namespace of its own (ustack-t<pid>-<n>, removed at

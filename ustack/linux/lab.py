@@ -69,7 +69,7 @@ def remove_stale_namespaces() -> None:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In a child before exec: SIGTERM when the process that started it dies,
     however it dies, so that a killed run leaves no daemon behind."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -184,7 +184,7 @@ def start_until_ready(
                 env=None if env is None else dict(env),
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
     finally:
         os.close(ready_w)
