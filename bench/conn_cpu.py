@@ -5,7 +5,7 @@ Run as root from the repository, with the venv's Python:
     python bench/conn_cpu.py --tree /tmp/old --reps 4 # another checkout's ustack/
 
 The daemon (`ustack serve`, services discard and http) runs in a network
-namespace made here and removed at the end; the clients run beside it, as in
+namespace of ustack.linux.lab, removed at the end; the clients run beside it, as in
 bench/run.py: `bench/client.py connect` (connect, our FIN, wait for the
 server's FIN, close), then `ab -n N -c 1` and `ab -n N -c 50` (HTTP/1.0, a new
 connection per request). For each row it prints the rate and the daemon's CPU
@@ -24,11 +24,12 @@ import argparse
 import json
 import os
 import re
-import select
-import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+from ustack.linux.lab import UstackDaemon, netns, remove_stale_namespaces
 
 BENCH = Path(__file__).resolve().parent
 STACK, LINUX = "198.18.0.2", "198.18.0.1"
@@ -60,63 +61,53 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root (a network namespace)")
-    ns = f"ustack-c{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    daemon: subprocess.Popen[bytes] | None = None
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+    remove_stale_namespaces()
+    with tempfile.TemporaryDirectory(prefix="conn-cpu-") as workdir, netns("ustack-c") as lab:
+        ns = lab.name
         in_ns(ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
         env, cwd = dict(os.environ), None
         if args.tree is not None:
-            # (-m puts the working directory first on sys.path: the tree's too)
-            cwd = str(args.tree.resolve())
-            env["PYTHONPATH"] = cwd
-        ready_r, ready_w = os.pipe()
-        argv = [sys.executable, "-m", "ustack", "serve", "--services", "discard,http"]
-        argv += ["--no-control", "--ready-fd", str(ready_w), "--log-level", "warning"]
-        daemon = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *argv, *args.ustack_arg],
-            env=env,
-            cwd=cwd,
-            pass_fds=[ready_w],
-            stdin=subprocess.DEVNULL,
-        )
-        os.close(ready_w)
-        select.select([ready_r], [], [], 30)
-        if os.read(ready_r, 64) != b"ready\n":
-            raise SystemExit("the daemon did not come up")
-        client = [sys.executable, str(BENCH / "client.py")]
-        in_ns(ns, *client, "connect", STACK, "9", "300")  # warm-up
-        results: dict[str, list[float]] = {}
-        for _ in range(args.reps):
-            for row in args.rows.split(","):
-                before = cpu_seconds(daemon.pid)
-                if row == "connect":
-                    out = json.loads(in_ns(ns, *client, "connect", STACK, "9", str(args.connects)))
-                    count, rate = out["count"], out["rate"]
-                else:
-                    concurrency = row.removeprefix("ab")
-                    text = in_ns(ns, "ab", "-q", "-r", "-s", "10", "-n", str(args.requests),
-                                 "-c", concurrency, f"http://{STACK}/")  # fmt: skip
-                    found = re.search(r"Requests per second:\s+([\d.]+)", text)
-                    count, rate = args.requests, float(found.group(1)) if found else 0.0
-                after = cpu_seconds(daemon.pid)
-                results.setdefault(f"{row} /s", []).append(round(rate))
-                results.setdefault(f"{row} us", []).append(
-                    round((after[0] - before[0]) / count * 1e6, 1)
-                )
-                results.setdefault(f"{row} sys us", []).append(
-                    round((after[1] - before[1]) / count * 1e6, 1)
-                )
-        for name, values in results.items():
-            print(f"{name:16} {' '.join(f'{v:8}' for v in values)}")
-        print(json.dumps(results))
-    finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(30)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            # -m runs ustack from the working directory: the tree's
+            cwd = args.tree.resolve()
+            env["PYTHONPATH"] = str(cwd)
+        daemon = UstackDaemon.start(
+            lab, Path(workdir), "--services", "discard,http", *args.ustack_arg,
+            log_level="warning", msl=None, trace=False, control=False, env=env, cwd=cwd,
+        )  # fmt: skip
+        try:
+            measure(args, ns, daemon.process.pid)
+        finally:
+            daemon.stop(30)
     return 0
+
+
+def measure(args: argparse.Namespace, ns: str, pid: int) -> None:
+    client = [sys.executable, str(BENCH / "client.py")]
+    in_ns(ns, *client, "connect", STACK, "9", "300")  # warm-up
+    results: dict[str, list[float]] = {}
+    for _ in range(args.reps):
+        for row in args.rows.split(","):
+            before = cpu_seconds(pid)
+            if row == "connect":
+                out = json.loads(in_ns(ns, *client, "connect", STACK, "9", str(args.connects)))
+                count, rate = out["count"], out["rate"]
+            else:
+                concurrency = row.removeprefix("ab")
+                text = in_ns(ns, "ab", "-q", "-r", "-s", "10", "-n", str(args.requests),
+                             "-c", concurrency, f"http://{STACK}/")  # fmt: skip
+                found = re.search(r"Requests per second:\s+([\d.]+)", text)
+                count, rate = args.requests, float(found.group(1)) if found else 0.0
+            after = cpu_seconds(pid)
+            results.setdefault(f"{row} /s", []).append(round(rate))
+            results.setdefault(f"{row} us", []).append(
+                round((after[0] - before[0]) / count * 1e6, 1)
+            )
+            results.setdefault(f"{row} sys us", []).append(
+                round((after[1] - before[1]) / count * 1e6, 1)
+            )
+    for name, values in results.items():
+        print(f"{name:16} {' '.join(f'{v:8}' for v in values)}")
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import hashlib
 import json
 import os
@@ -42,10 +41,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from ustack.linux.lab import (
+    LabError,
+    Netns,
+    UstackDaemon,
+    die_with_parent,
+    netns,
+    remove_stale_namespaces,
+    start_until_ready,
+    stop_process,
+    veth_pair,
+)
 
 BENCH = Path(__file__).resolve().parent
 NS_PREFIX = "ustack-b"
@@ -69,62 +81,29 @@ class Interrupted(BenchError):
 # ---- processes and namespaces, and their cleanup ------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when bench/run.py dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class Resources:
-    """Everything this run created, to be removed exactly once."""
+    """Everything this run created (namespaces and servers, from ustack.linux.lab),
+    removed exactly once, servers before their namespaces."""
 
-    namespaces: list[str] = field(default_factory=list)
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    lab: ExitStack = field(default_factory=ExitStack)
+    namespaces: dict[str, Netns] = field(default_factory=dict)
     cleaned: bool = False
 
     def netns(self, tag: str) -> str:
-        name = f"{NS_PREFIX}{os.getpid()}-{tag}"
-        run(["ip", "netns", "add", name], timeout=10)
-        self.namespaces.append(name)
-        run(["ip", "-n", name, "link", "set", "lo", "up"], timeout=10)
+        ns = self.lab.enter_context(netns(NS_PREFIX, tag))
+        self.namespaces[ns.name] = ns
         # Room for many short connections from the clients (a per-namespace setting).
-        run(nsexec(name, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"), timeout=10)
-        return name
+        run(nsexec(ns.name, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"), timeout=10)
+        return ns.name
 
-    def spawn(
-        self, argv: Sequence[str], log: Path, pass_fds: Sequence[int] = ()
-    ) -> subprocess.Popen[bytes]:
-        with open(log, "wb") as log_file:
-            process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                pass_fds=tuple(pass_fds),
-                start_new_session=True,  # the terminal's Ctrl-C comes to us; we stop them
-                preexec_fn=_die_with_parent,
-            )
-        self.processes.append(process)
+    def server(self, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self.lab.callback(stop_process, process)
         return process
 
-    def stop(self, process: subprocess.Popen[bytes], timeout: float = 10) -> int:
-        """SIGTERM by PID, then SIGKILL if it does not go in time."""
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        if process in self.processes:
-            self.processes.remove(process)
-        return process.returncode
-
     def remove_namespace(self, name: str) -> None:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
-        if name in self.namespaces:
-            self.namespaces.remove(name)
+        """Ends what still runs in it, too."""
+        self.namespaces.pop(name).remove()
 
     def cleanup(self) -> None:
         if self.cleaned:
@@ -132,16 +111,10 @@ class Resources:
         self.cleaned = True
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
-        for process in list(self.processes):
-            try:
-                self.stop(process)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        for name in list(self.namespaces):
-            try:
-                self.remove_namespace(name)
-            except (OSError, subprocess.TimeoutExpired):
-                print(f"bench: could not remove namespace {name}", file=sys.stderr)
+        try:
+            self.lab.close()
+        except (OSError, subprocess.TimeoutExpired, LabError) as exc:
+            print(f"bench: cleanup: {exc}", file=sys.stderr)
 
 
 def nsexec(ns: str, *argv: str) -> list[str]:
@@ -159,7 +132,7 @@ def run(
             timeout=timeout,
             input=input,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     except subprocess.TimeoutExpired:
         raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from None
@@ -167,28 +140,6 @@ def run(
         stderr = result.stderr.decode(errors="replace").strip()
         raise BenchError(f"exit {result.returncode}: {' '.join(argv)}: {stderr[-500:]}")
     return result
-
-
-def remove_stale_namespaces() -> None:
-    """Namespaces of earlier runs of this benchmark whose process is gone."""
-    listing = run(["ip", "netns", "list"], timeout=10).stdout.decode()
-    for line in listing.splitlines():
-        name = line.split()[0] if line.split() else ""
-        pid = name[len(NS_PREFIX) :].split("-")[0] if name.startswith(NS_PREFIX) else ""
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
-
-
-def wait_ready(read_fd: int, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    """Wait for 'ready' on a pipe (EOF: the process died first)."""
-    try:
-        readable, _, _ = select.select([read_fd], [], [], 30)
-        line = os.read(read_fd, 64) if readable else b""
-    finally:
-        os.close(read_fd)
-    if line != b"ready\n":
-        tail = log.read_text(errors="replace")[-2000:]
-        raise BenchError(f"{what} did not come up (exit {process.poll()}):\n{tail}")
 
 
 def vm_rss_kib(pid: int) -> int:
@@ -237,25 +188,17 @@ class Target:
 
 def start_ustack(res: Resources, workdir: Path, mtu: int, extra: Sequence[str] = ()) -> Target:
     ns = res.netns(f"u{mtu}")
-    log = workdir / f"ustack-{mtu}.log"
-    control = workdir / f"ustack-{mtu}.sock"
-    ready_r, ready_w = os.pipe()
-    # fmt: off
-    argv = nsexec(
-        ns, sys.executable, "-m", "ustack", "serve", "--mtu", str(mtu),
-        "--linux-address", f"{USTACK_LINUX}/24", "--address", USTACK_STACK,
-        "--services", "echo,discard,http", "--control", str(control),
-        "--ready-fd", str(ready_w), "--log-level", "info", *extra,
-    )
-    # fmt: on
-    try:
-        process = res.spawn(argv, log, pass_fds=[ready_w])
-    finally:
-        os.close(ready_w)
-    wait_ready(ready_r, process, f"ustack serve --mtu {mtu}", log)
-    check_pid_is(process.pid, "ustack")
+    private = workdir / f"ustack-{mtu}"  # its own control socket and log
+    private.mkdir(exist_ok=True)
+    daemon = UstackDaemon.start(
+        Netns(ns), private, "--mtu", str(mtu), "--linux-address", f"{USTACK_LINUX}/24",
+        "--address", USTACK_STACK, "--services", "echo,discard,http", *extra,
+        log_level="info", msl=None, trace=False,
+    )  # fmt: skip
+    res.server(daemon.process)
+    check_pid_is(daemon.process.pid, "ustack")
     linux_cc(ns, USTACK_STACK, "tun0")
-    return Target("ustack", ns, ns, USTACK_STACK, process, log, control)
+    return Target("ustack", ns, ns, USTACK_STACK, daemon.process, daemon.log, daemon.control)
 
 
 def linux_cc(ns: str, peer: str, dev: str) -> None:
@@ -268,46 +211,18 @@ def linux_cc(ns: str, peer: str, dev: str) -> None:
 
 def start_kernel(res: Resources, workdir: Path) -> Target:
     client_ns, server_ns = res.netns("kc"), res.netns("ks")
-    # Made inside the namespaces: nothing appears in the root namespace, not even briefly.
-    run(
-        [
-            "ip",
-            "-n",
-            client_ns,
-            "link",
-            "add",
-            "bk0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "bk1",
-            "netns",
-            server_ns,
-        ],
-        timeout=10,
-    )
-    for ns, dev, address in ((client_ns, "bk0", KERNEL_CLIENT), (server_ns, "bk1", KERNEL_SERVER)):
-        run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", dev], timeout=10)
-        run(["ip", "-n", ns, "link", "set", dev, "up"], timeout=10)
+    veth_pair(Netns(client_ns), Netns(server_ns), ("bk0", "bk1"),
+              (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))  # fmt: skip
     linux_cc(client_ns, KERNEL_SERVER, "bk0")
     linux_cc(server_ns, KERNEL_CLIENT, "bk1")
     log = workdir / "kernel-server.log"
-    ready_r, ready_w = os.pipe()
-    argv = nsexec(
-        server_ns,
-        sys.executable,
-        str(BENCH / "kernel_server.py"),
-        "--address",
-        KERNEL_SERVER,
-        "--ready-fd",
-        str(ready_w),
-    )
-    try:
-        process = res.spawn(argv, log, pass_fds=[ready_w])
-    finally:
-        os.close(ready_w)
-    wait_ready(ready_r, process, "bench/kernel_server.py", log)
+    server = BENCH / "kernel_server.py"
+    process = start_until_ready(
+        lambda fd: nsexec(server_ns, sys.executable, str(server), "--address", KERNEL_SERVER,
+                          "--ready-fd", str(fd)),
+        log,
+    )  # fmt: skip
+    res.server(process)
     check_pid_is(process.pid, "kernel_server")
     return Target("kernel", client_ns, server_ns, KERNEL_SERVER, process, log)
 
@@ -490,7 +405,7 @@ def idle_memory(t: Target, count: int) -> Memory:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     try:
         assert holder.stdout is not None and holder.stdin is not None
@@ -861,7 +776,7 @@ def benchmark(
         notes["health"][f"{t.label} (MTU 1500 phase)"] = health(t)
 
     log_step(f"restarting ustack with --mtu {BIG_MTU}; kernel veth mtu {BIG_MTU}")
-    res.stop(ustack.server)
+    stop_process(ustack.server)
     res.remove_namespace(ustack.client_ns)
     ustack = start_ustack(res, workdir, BIG_MTU, ustack_args)
     set_kernel_mtu(kernel, BIG_MTU)
@@ -1042,7 +957,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         remove_stale_namespaces()
         rows, notes = benchmark(s, res, workdir, args.ustack_arg)
-    except BenchError as exc:
+    except (BenchError, LabError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 130 if isinstance(exc, Interrupted) else 1
     finally:

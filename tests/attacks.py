@@ -28,13 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ustack.linux.control import request
 from ustack.wire.checksum import internet_checksum, transport_checksum
 
 if TYPE_CHECKING:
-    from harness import Netns, UstackDaemon
+    from ustack.linux.lab import Netns, UstackDaemon
 
 SPOOF_NET = ipaddress.IPv4Network("198.19.0.0/16")  # not local to the namespace
 ETH_P_IP = 0x0800

@@ -1,11 +1,7 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-# tests/harness.py is shared by the interop tests and the benchmarks.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Fuzz the whole input path: raw IPv4 bytes -> IP -> TCP -> connections.
 
-    python tools/fuzz.py --inputs 1000000        # coverage-guided (atheris), the long run
-    python tools/fuzz.py --engine random --inputs 20000 --seed 7
-    python tools/fuzz.py --replay                # replay tests/fuzz_corpus/*.json
-    python tools/fuzz.py --replay FILE.json ...  # some cases; failures printed in full
-    python tools/fuzz.py --run-input FILE        # one raw fuzz input (bytes) from the work dir
+    python -m tools.fuzz --inputs 1000000        # coverage-guided (atheris), the long run
+    python -m tools.fuzz --engine random --inputs 20000 --seed 7
+    python -m tools.fuzz --replay                # replay tests/fuzz_corpus/*.json
+    python -m tools.fuzz --replay FILE.json ...  # some cases; failures printed in full
+    python -m tools.fuzz --run-input FILE        # one raw fuzz input (bytes) from the work dir
 
 Each input is a program for the fuzz target in tests/fuzzworld.py: it
 brings connections up with valid segments, then sends structure-aware
@@ -49,7 +49,6 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the fuzz target lives with the test helpers
 
 DEFAULT_CORPUS = ROOT / "tests" / "fuzz_corpus"
 DEFAULT_WORK = Path("/tmp/ustack-fuzz")
@@ -137,7 +136,7 @@ class Recorder:
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    import fuzzworld
+    from tests import fuzzworld
 
     raise fuzzworld.Hang("the input ran past --timeout")
 
@@ -151,7 +150,7 @@ def _slug(signature: str) -> str:
 
 
 def _load_target() -> Any:
-    import fuzzworld
+    from tests import fuzzworld
 
     return fuzzworld
 
@@ -237,10 +236,15 @@ def run_atheris(args: argparse.Namespace) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     stats_file = args.work / "stats.json"
     stats_file.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--worker", *sys.argv[1:]]
+    command = [sys.executable, "-m", "tools.fuzz", "--worker", *sys.argv[1:]]
     started = time.monotonic()
     child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        cwd=ROOT,  # the worker runs as `-m tools.fuzz`, from the repository root
     )
     assert child.stdout is not None
     last_cov = ""

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the hand-made cases of the fuzz corpus (tests/fuzz_corpus/seed-*.json).
 
-    python tools/fuzz_seeds.py [--corpus DIR]
+    python -m tools.fuzz_seeds [--corpus DIR]
 
 Each seed drives the stack through one of the nastiest corners with packets
 built here around the live TCB's values (sequence numbers at the window
@@ -21,15 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests import fuzzworld as fw
+from ustack.tcp.connection import TcpConnection
+from ustack.wire.checksum import internet_checksum, transport_checksum
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import fuzzworld as fw  # noqa: E402
-
-from ustack.tcp.connection import TcpConnection  # noqa: E402
-from ustack.wire.checksum import internet_checksum, transport_checksum  # noqa: E402
-from ustack.wire.ipv4 import PROTO_TCP  # noqa: E402
-from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG  # noqa: E402
 
 Key = tuple[int, int, int]
 HALF = 1 << 31

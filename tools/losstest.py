@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bulk transfers through a lossy, reordering, duplicating link, both ways.
 
-    sudo python tools/losstest.py [--size 50M] [--loss 0.05] [--reorder 0.10]
+    sudo python -m tools.losstest [--size 50M] [--loss 0.05] [--reorder 0.10]
                                   [--duplicate 0.01] [--delay 0.005] [--seed N]
 
 This kernel has no netem, so the impairment is ustack's own fault injector at
@@ -52,20 +52,19 @@ import json
 import os
 import random
 import re
-import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-STACK_ADDRESS = "198.18.0.2"
-NS_PREFIX = "ustack-t"  # the interop tests' prefix: their sweep removes a namespace we leave
+from ustack.linux.lab import NS_PREFIX, STACK_ADDRESS, Netns, UstackDaemon, netns
+
 MiB = 1 << 20
 CHUNK = 1 << 20
 
@@ -115,88 +114,55 @@ def pattern_sha256(length: int) -> str:
 
 
 class Run:
-    """The namespace, the daemon and the child processes, all removed in close()."""
+    """The namespace, the daemon (ustack.linux.lab) and the child processes,
+    all removed in close()."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.ns = f"{NS_PREFIX}{os.getpid()}-loss"
-        self.daemon: subprocess.Popen[bytes] | None = None
-        self.children: list[subprocess.Popen[bytes]] = []
-        self.control = workdir / "control.sock"
         self.log = workdir / "ustack.log"
-        self.ns_made = False
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.lab = ExitStack()
+        self.ns: Netns | None = None
+        self.daemon: UstackDaemon | None = None
 
     def exec(self, *argv: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, *argv]
+        assert self.ns is not None
+        return self.ns.command(*argv)
 
     def make_namespace(self) -> None:
-        subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
-        self.ns_made = True
-        subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
+        # The tests' prefix: a namespace a killed run leaves is swept by the next run.
+        self.ns = self.lab.enter_context(netns(NS_PREFIX, tag="loss"))
 
     def set_linux_cc(self, name: str) -> None:
         """The Linux side's congestion control towards the stack, by a host
         route's congctl (the namespace's sysctl may not be writable here)."""
-        route = ["ip", "-n", self.ns, "route", "replace", f"{STACK_ADDRESS}/32"]
+        assert self.ns is not None
+        route = ["ip", "-n", self.ns.name, "route", "replace", f"{STACK_ADDRESS}/32"]
         subprocess.run([*route, "dev", "tun0", "congctl", "lock", name], check=True)
 
     def start_daemon(
         self, rules: list[str], seed: int | None, trace: str | None, offload: bool
     ) -> None:
-        ready_r, ready_w = os.pipe()
-        serve = [
-            "-m",
-            "ustack",
-            "serve",
-            "--control",
-            str(self.control),
-            "--ready-fd",
-            str(ready_w),
-            "--services",
-            "http",
-            "--msl",
-            "0.5",
-            "--log-level",
-            "info",
-        ]
+        assert self.ns is not None
+        serve = ["--services", "http"]
         for rule in rules:
             serve += ["--fault", rule]
         if trace:
             serve += ["--trace", trace]
         if not offload:
             serve += ["--no-offload"]
-        if seed is None:
-            argv = [sys.executable, *serve]
-        else:
-            argv = [sys.executable, *serve, "--fault-seed", str(seed)]
-        with open(self.log, "wb") as log:
-            self.daemon = subprocess.Popen(
-                self.exec(*argv), stdout=log, stderr=subprocess.STDOUT, pass_fds=[ready_w]
-            )
-        os.close(ready_w)
-        try:
-            readable, _, _ = select.select([ready_r], [], [], 30)
-            line = os.read(ready_r, 64) if readable else b""
-        finally:
-            os.close(ready_r)
-        if line != b"ready\n":
-            raise RuntimeError(f"ustack serve did not come up:\n{self.log_text()}")
+        if seed is not None:
+            serve += ["--fault-seed", str(seed)]
+        self.daemon = UstackDaemon.start(
+            self.ns, self.workdir, *serve, log_level="info", trace=False
+        )
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def request(self, command: str) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(10)
-            sock.connect(str(self.control))
-            sock.sendall(json.dumps({"command": command}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        reply = json.loads(data)
+        assert self.daemon is not None
+        reply = self.daemon.request(command)
         if not reply.get("ok"):
             raise RuntimeError(f"control {command}: {reply}")
         return reply
@@ -236,17 +202,9 @@ class Run:
                 child.wait()
         code, running = None, False
         if self.daemon is not None:
-            running = self.daemon.poll() is None
-            if running:
-                self.daemon.send_signal(signal.SIGTERM)
-                try:
-                    self.daemon.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.daemon.kill()
-                    self.daemon.wait()
-            code = self.daemon.returncode
-        if self.ns_made:
-            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+            running = self.daemon.process.poll() is None
+            code = self.daemon.stop()
+        self.lab.close()
         return code, running
 
 
@@ -412,14 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.loss + args.reorder + args.duplicate > 1:
         parser.error("--loss + --reorder + --duplicate must be at most 1")
     if os.geteuid() != 0:
-        parser.error("needs root (network namespaces): sudo python tools/losstest.py ...")
+        parser.error("needs root (network namespaces): sudo python -m tools.losstest ...")
     if shutil.which("curl") is None:
         parser.error("needs curl")
     probe = subprocess.run([sys.executable, "-c", "import ustack.cli"], capture_output=True)
     if probe.returncode != 0:
         parser.error(
             f"{sys.executable} cannot import ustack: run it with the Python "
-            "that has ustack installed (e.g. sudo .venv/bin/python tools/losstest.py)"
+            "that has ustack installed (e.g. sudo .venv/bin/python -m tools.losstest)"
         )
     sysctl = Path("/proc/sys/net/ipv4")
     available = (sysctl / "tcp_available_congestion_control").read_text().split()
@@ -453,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         offloads = "on" if args.offload else "off"
         print(
-            f"  namespace {run.ns}, workdir {workdir}, TUN offloads {offloads}, "
+            f"  namespace {run.ns and run.ns.name}, workdir {workdir}, TUN offloads {offloads}, "
             f"Linux congestion control {linux_cc}"
         )
         print(f"  rules: {' '.join(rules) or 'none'}")
@@ -522,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append((code, f"{result['name']} failed (curl exit {result['code']})"))
             if result["left"]:
                 problems.append((3, f"connections left after the {result['name']}"))
-        if run.daemon is not None and run.daemon.poll() is not None:
-            problems.append((3, f"the daemon died (exit {run.daemon.returncode})"))
+        if run.daemon is not None and run.daemon.process.poll() is not None:
+            problems.append((3, f"the daemon died (exit {run.daemon.process.returncode})"))
         else:
             total = run.counters()
             print(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Thousands of concurrent connections held open, data on each, then closed; rounds.
 
-    sudo python tools/scale.py [--connections 10000] [--rounds 3] [--inflight 64]
+    sudo python -m tools.scale [--connections 10000] [--rounds 3] [--inflight 64]
                                [--first-close both|linux|ustack] [--json FILE]
 
 All inside a network namespace of its own (ustack-t<pid>-<n>, removed at the
@@ -68,6 +68,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from ustack.linux.lab import UstackDaemon, netns
 
 R = TypeVar("R")
 
@@ -755,12 +757,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        parser.error("needs root (network namespaces): sudo python tools/scale.py ...")
+        parser.error("needs root (network namespaces): sudo python -m tools.scale ...")
     if args.connections < 1 or args.rounds < 1 or args.inflight < 1:
         parser.error("--connections, --rounds and --inflight are at least 1")
-    sys.path.insert(0, str(HERE.parent.parent / "tests"))
-    from harness import UstackDaemon, netns
-
     workdir = Path(tempfile.mkdtemp(prefix="scale-"))
     wrapper: list[str] = []
     gc_file = workdir / "gc.json"

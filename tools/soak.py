@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A long mixed run through a lossy, reordering, duplicating link.
 
-    sudo python tools/soak.py [--minutes 30 | --seconds S] [--loss 0.02]
+    sudo python -m tools.soak [--minutes 30 | --seconds S] [--loss 0.02]
                               [--reorder 0.05] [--duplicate 0.01] [--delay 0.005]
                               [--parallel 2] [--max-size 1M] [--seed N] [--json FILE]
 
@@ -62,11 +62,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))
-from losstest import fault_rules, parse_size, pattern_sha256, probability  # noqa: E402
-from scale import fd_count, rss_kib, run_then_stop, stable_fd_count  # noqa: E402
+from tools.losstest import fault_rules, parse_size, pattern_sha256, probability
+from tools.scale import fd_count, rss_kib, run_then_stop, stable_fd_count
+from ustack.linux.lab import UstackDaemon, netns
 
+HERE = Path(__file__).resolve()
 STACK = "198.18.0.2"
 KINDS = ("ab", "download", "upload", "nc")
 AB_REQUESTS, AB_CONCURRENCY = 100, 4
@@ -468,16 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.loss + args.reorder + args.duplicate > 1:
         parser.error("--loss + --reorder + --duplicate must be at most 1")
     if os.geteuid() != 0:
-        parser.error("needs root (network namespaces): sudo python tools/soak.py ...")
+        parser.error("needs root (network namespaces): sudo python -m tools.soak ...")
     for tool in ("ab", "curl", "nc"):
         if shutil.which(tool) is None:
             parser.error(f"needs {tool}")
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     rules = fault_rules(args.loss, args.reorder, args.duplicate, args.delay)
-    sys.path.insert(0, str(HERE.parent.parent / "tests"))
-    from harness import UstackDaemon, netns
-
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     print(f"ustack soak: {seconds:g} s; {' '.join(rules)}; seed {seed}; workdir {workdir}")
     faults = [a for rule in rules for a in ("--fault", rule)]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A SYN flood from spoofed sources against ustack, with legitimate clients.
 
-    sudo python tools/synflood.py [--count 100000] [--rate 0] [--curl-every 0.1]
+    sudo python -m tools.synflood [--count 100000] [--rate 0] [--curl-every 0.1]
                                   [--max-time 20] [--trace]
 
 All inside a network namespace of its own (ustack-t<pid>-<n>, removed at
@@ -38,10 +38,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from attacks import flood_with_curls
-from harness import UstackDaemon, netns, remove_stale_namespaces
+from tests.attacks import flood_with_curls
+from ustack.linux.lab import UstackDaemon, netns, remove_stale_namespaces
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,38 +7,25 @@
 set -euo pipefail
 out=$(realpath -m "${1:-tour}")
 mkdir -p "$out"
-ns="ustack-tour-$$"
 python=${PYTHON:-python3}
-daemon_pid=""
 
-cleanup() {
-    if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
-        kill -TERM "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true
-    fi
-    ip netns del "$ns" 2>/dev/null || true
-}
-trap cleanup EXIT
-
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-exec {ready}<> <(:)
-ip netns exec "$ns" "$python" -m ustack serve --control "$out/control.sock" --msl 1 \
-    --trace "$out/trace.txt" --trace "$out/trace.jsonl" --trace "$out/trace.pcap" \
-    --peer-states --ready-fd "$ready" 2>"$out/daemon.log" &
-daemon_pid=$!
-read -r -t 20 -u "$ready" line || { cat "$out/daemon.log"; exit 1; }
-
+# `ustack lab` makes the namespace and runs the daemon (its log and control
+# socket in $out); the session runs inside, and when it ends the daemon stops,
+# so the traces are complete, and the namespace goes.
+"$python" -m ustack lab --workdir "$out" --serve-arg=--msl=1 --serve-arg=--peer-states \
+    --trace "$out/trace.txt" --trace "$out/trace.jsonl" --trace "$out/trace.pcap" -- \
+    env PYTHON="$python" bash -euo pipefail -c '
 echo "== curl http://198.18.0.2/"
-ip netns exec "$ns" curl -sS http://198.18.0.2/ | head -3
+curl -sS http://198.18.0.2/ | head -3
 echo "== ustack ss (curl closed first: Linux holds TIME_WAIT, our table has only listeners)"
-"$python" -m ustack ss --control "$out/control.sock"
+"$PYTHON" -m ustack ss
 echo "== nc 198.18.0.2 13 (daytime: ustack closes first and holds TIME_WAIT)"
-ip netns exec "$ns" nc -w 2 198.18.0.2 13
-"$python" -m ustack ss --control "$out/control.sock"
+nc -w 2 198.18.0.2 13 </dev/null
+"$PYTHON" -m ustack ss
 echo "== ustack stats"
-"$python" -m ustack stats --control "$out/control.sock"
-sleep 2.5   # TIME_WAIT (2 * MSL = 2 s) ends, the peers' timewait sockets too
-kill -TERM "$daemon_pid"; wait "$daemon_pid" || true; daemon_pid=""
+"$PYTHON" -m ustack stats
+sleep 2.5   # TIME_WAIT (2 * MSL = 2 s) ends, the peers timewait sockets too
+'
 
 conn=$(grep -m1 '"type": "connection"' "$out/trace.jsonl" | sed 's/.*"conn": \([0-9]*\).*/\1/')
 echo "== ustack ladder (connection $conn, the curl session)"

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from ustack import __version__
 from ustack.daemon import ServeConfig, serve
 from ustack.linux.control import ControlError, encode, request
+from ustack.linux.lab import LabError, run_in_lab
 from ustack.linux.peer_states import PeerStatesError
 from ustack.linux.tun import LinkConfig, LinkError
 from ustack.services import SERVICES
@@ -36,6 +37,9 @@ def faults_doc() -> str:
 
 
 def default_control_path(device: str) -> Path:
+    # `ustack lab` puts its daemon's socket in the environment of the command it runs.
+    if lab_control := os.environ.get("USTACK_CONTROL"):
+        return Path(lab_control)
     return Path("/run/ustack") / f"{device}.sock"
 
 
@@ -205,7 +209,57 @@ def build_parser() -> argparse.ArgumentParser:
     connect_cmd.add_argument("port", type=int)
     connect_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     _add_control_option(connect_cmd)
+
+    lab_cmd = commands.add_parser(
+        "lab",
+        help="run a command (or a shell) in a throwaway namespace beside a daemon (root)",
+        description="ustack lab -- curl -s http://198.18.0.2/   or   ustack lab shell: a new "
+        "network namespace, `ustack serve` in it on its defaults (Linux side 198.18.0.1/24, "
+        "stack 198.18.0.2), the command run inside with USTACK_CONTROL set (so `ustack ss` "
+        "finds the daemon); exit status the command's; all removed afterwards.",
+    )
+    lab_cmd.add_argument(
+        "--trace", action="append", default=[], metavar="FILE", help="the daemon's --trace FILE"
+    )
+    lab_cmd.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to `ustack serve` (repeat; e.g. --serve-arg=--msl=1)",
+    )
+    lab_cmd.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the daemon's log and control socket here (default: a temporary directory)",
+    )
+    lab_cmd.add_argument(
+        "cmd", nargs=argparse.REMAINDER, help="'shell', or -- COMMAND [ARG...] to run inside"
+    )
     return parser
+
+
+def lab_plan(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The command to run and the extra `serve` arguments, checked by serve's own
+    parser before anything touches the system (UsageError says what is wrong)."""
+    command = list(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
+    if not command:
+        raise UsageError("lab: want a command (ustack lab -- CMD ...) or 'shell'")
+    if command == ["shell"]:
+        command = [os.environ.get("SHELL") or "/bin/sh"]
+    serve_args = [arg for path in args.trace for arg in ("--trace", path)] + args.serve_arg
+    serve = build_parser().parse_args(["serve", *serve_args])
+    if serve.control or serve.no_control or serve.ready_fd is not None:
+        raise UsageError("lab: --control, --no-control and --ready-fd are the lab's own")
+    serve_config(serve)
+    return command, serve_args
+
+
+def _lab(args: argparse.Namespace) -> int:
+    command, serve_args = lab_plan(args)
+    shell = [word for word in args.cmd if word != "--"] == ["shell"]
+    announce = (lambda line: print(line, file=sys.stderr)) if shell else None
+    return run_in_lab(command, serve_args, args.workdir, announce)
 
 
 def _add_control_option(cmd: argparse.ArgumentParser) -> None:
@@ -452,9 +506,17 @@ def main(argv: list[str] | None = None) -> int:
             "config": _config,
             "ladder": ladder_command,
             "explain": explain_command,
+            "lab": _lab,
         }
         return commands[args.command](args)
-    except (UsageError, ControlError, LinkError, PeerStatesError, TraceOutputError) as exc:
+    except (
+        UsageError,
+        ControlError,
+        LinkError,
+        PeerStatesError,
+        TraceOutputError,
+        LabError,
+    ) as exc:
         print(f"ustack: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Netns, UstackDaemon, netns, remove_stale_namespaces
+
+from ustack.linux.lab import Netns, UstackDaemon, netns, remove_stale_namespaces
 
 
 @pytest.fixture(scope="session", autouse=True)

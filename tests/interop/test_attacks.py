@@ -32,10 +32,10 @@ from typing import Any
 
 import pytest
 from attacks import flood_with_curls
-from harness import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 from test_lifecycle import PASSIVE_CLOSE, pattern_sha256
 
 from ustack import services
+from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 
 Spawn = Callable[..., "subprocess.Popen[Any]"]
 

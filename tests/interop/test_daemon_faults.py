@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
 
 
 def test_device_removed_under_the_daemon_is_a_clear_error(ns: Netns, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
 
 
 def segments(daemon: UstackDaemon, port: int) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, ping
+
+from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, ping
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: E402

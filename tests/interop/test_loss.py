@@ -23,8 +23,9 @@ import re
 import time
 from pathlib import Path
 
-from harness import STACK_ADDRESS, Netns, UstackDaemon
 from test_lifecycle import pattern_sha256
+
+from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
 
 SEED = 20261125  # the injector's random choices; the same seed, the same decisions
 MiB = 1 << 20

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import itertools
-import os
 import subprocess
 import sys
 import threading
@@ -21,8 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from harness import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 
+from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher, parse_line, state_name
 from ustack.study.records import PeerStateChange
 
@@ -31,7 +29,6 @@ STACK = "198.18.200.2"
 LINUX = "198.18.200.1"
 NS_PREFIX = "ustack-p"
 CLONE_NEWNET = 0x40000000
-_serial = itertools.count()
 T = TypeVar("T")
 
 ACTIVE_CLOSE = ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT"]
@@ -49,26 +46,11 @@ LINE = (
 # ---- namespaces -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _clean_stale_namespaces() -> None:
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        name = line.split()[0] if line.split() else ""
-        pid = name[len(NS_PREFIX) :].split("-")[0]
-        if name.startswith(NS_PREFIX) and pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
 @pytest.fixture
 def pns() -> Iterator[Netns]:
-    """A namespace of our own: lo up, nothing else."""
-    name = f"{NS_PREFIX}{os.getpid()}-{next(_serial)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield Netns(name)
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    """A namespace of our own: lo up, nothing else (stale ones are swept by conftest)."""
+    with netns(NS_PREFIX) as namespace:
+        yield namespace
 
 
 @pytest.fixture

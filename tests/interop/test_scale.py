@@ -11,13 +11,10 @@ about 8 s a round, 10.2 KiB of daemon RSS per held connection.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from harness import Netns, UstackDaemon
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import scale
+from tools import scale
+from ustack.linux.lab import Netns, UstackDaemon
 
 CONNECTIONS, ROUNDS = 10_000, 3
 

@@ -3,18 +3,15 @@ fault injector (this kernel has no netem): ab, curl downloads and uploads with
 their SHA-256 checked, and nc half-closes to the echo service, all at once,
 with 2% loss, 5% reordering and 1% duplication both ways. Every body must
 match, nothing may fail, no connection or fd may be left, RSS must stay flat.
-`sudo python tools/soak.py --minutes 30` is the long run.
+`sudo python -m tools.soak --minutes 30` is the long run.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from harness import Netns, UstackDaemon
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import soak
+from tools import soak
+from ustack.linux.lab import Netns, UstackDaemon
 
 SEED = 20261125
 SECONDS = 45

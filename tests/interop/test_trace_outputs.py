@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LINUX_ADDRESS, STACK_ADDRESS, DaemonFailed, Netns, UstackDaemon
+
+from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, DaemonFailed, Netns, UstackDaemon
 
 HANDSHAKE_AND_CLOSE = [
     ("LISTEN", "SYN_RECEIVED"),

@@ -1,0 +1,393 @@
+"""A private network namespace with a real ustack daemon in it: the one lab.
+
+Tests, benchmarks, tools and `ustack lab` all build their world here. A
+namespace is named ustack-<kind><pid>-<tag> and removed afterwards, also on
+failure; one left by a killed run is removed by the next run's sweep
+(remove_stale_namespaces). The daemon (`python -m ustack serve`) gets its
+control socket, log and trace in a directory of its own, never a default path
+another namespace could share, and is started with --ready-fd: start() returns
+once packets flow. No traffic can leave a namespace: it has no route anywhere
+but its own TUN (or its own veth pair).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ustack.linux.control import request
+
+NS_PREFIX = "ustack-t"  # the tests'; tools pass their own kind (ustack-b, ustack-lab, ...)
+STACK_ADDRESS = "198.18.0.2"
+LINUX_ADDRESS = "198.18.0.1"
+_OURS = re.compile(r"ustack-[a-z]+(\d+)-\S+")
+_serial = itertools.count()
+
+
+class LabError(RuntimeError):
+    """The lab could not be built (a command failed, the daemon did not come up)."""
+
+
+class CommandFailed(LabError, AssertionError):
+    """A command in the namespace exited non-zero (an AssertionError for the tests)."""
+
+
+class DaemonFailed(LabError, AssertionError):
+    """`ustack serve` did not come up."""
+
+
+def _ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    result = subprocess.run(["ip", *argv], capture_output=True, timeout=30)
+    if check and result.returncode != 0:
+        stderr = result.stderr.decode(errors="replace").strip()
+        raise LabError(f"ip {' '.join(argv)}: {stderr}")
+    return result
+
+
+def remove_stale_namespaces() -> None:
+    """Namespaces of earlier runs (ustack-<kind><pid>-...) whose process is gone."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        match = _OURS.fullmatch(name)
+        if match and not Path(f"/proc/{match[1]}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the process that started it dies,
+    however it dies, so that a killed run leaves no daemon behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Netns:
+    name: str
+
+    def command(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(
+        self, *argv: str, timeout: float = 30, check: bool = False, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        result = subprocess.run(
+            self.command(*argv), capture_output=True, timeout=timeout, input=input
+        )
+        if check and result.returncode != 0:
+            stderr = result.stderr.decode(errors="replace")
+            raise CommandFailed(f"{' '.join(argv)} exited {result.returncode}: {stderr}")
+        return result
+
+    def python(
+        self, code: str, *args: str, timeout: float = 30
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a Python snippet inside the namespace (e.g. a raw-socket injector)."""
+        return self.run(sys.executable, "-c", code, *args, timeout=timeout, check=True)
+
+    def inject(self, packet: bytes, device: str = "tun0") -> None:
+        """Put raw IPv4 bytes on the TUN as if the kernel routed them to the stack:
+        an AF_PACKET socket skips every check the kernel's IP layer would make."""
+        self.python(
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)\n"
+            "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 0x0800))\n",
+            device,
+            packet.hex(),
+        )
+
+    def pids(self) -> list[int]:
+        result = _ip("netns", "pids", self.name, check=False)
+        return [int(word) for word in result.stdout.split()]
+
+    def end_processes(self, grace: float = 2.0) -> None:
+        """End what was started inside and is still running (by PID: `ip netns
+        pids` lists only this namespace's): SIGTERM, then SIGKILL."""
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            pids = self.pids()
+            for pid in pids:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while pids and self.pids() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def remove(self) -> None:
+        """End its processes and delete it; a second call does nothing."""
+        if Path(f"/run/netns/{self.name}").exists():
+            self.end_processes()
+            _ip("netns", "del", self.name, check=False)
+
+
+@contextmanager
+def netns(prefix: str = NS_PREFIX, tag: str | None = None) -> Iterator[Netns]:
+    """A fresh namespace with lo up, removed on exit (with what runs in it)."""
+    tag = tag if tag is not None else str(next(_serial))
+    name = f"{prefix}{os.getpid()}-{tag}"
+    _ip("netns", "add", name)
+    ns = Netns(name)
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+        yield ns
+    finally:
+        ns.remove()
+
+
+def veth_pair(a: Netns, b: Netns, devices: tuple[str, str], addresses: tuple[str, str]) -> None:
+    """Two namespaces joined by a veth pair (addresses with their /prefix), made
+    inside them: nothing appears in the root namespace, not even briefly."""
+    _ip("-n", a.name, "link", "add", devices[0], "type", "veth",
+        "peer", "name", devices[1], "netns", b.name)  # fmt: skip
+    for ns, device, address in ((a, devices[0], addresses[0]), (b, devices[1], addresses[1])):
+        _ip("-n", ns.name, "addr", "add", address, "dev", device)
+        _ip("-n", ns.name, "link", "set", device, "up")
+
+
+def start_until_ready(
+    argv_with_fd: Callable[[int], Sequence[str]],
+    log: Path,
+    *,
+    timeout: float = 30,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a server that writes 'ready' to the fd it is given once it serves;
+    its output goes to `log`. It runs in a session of its own (a terminal's
+    Ctrl-C is for the foreground command, not for it) and gets SIGTERM if we
+    die. DaemonFailed (the server stopped) if it is not ready in time."""
+    ready_r, ready_w = os.pipe()
+    try:
+        with open(log, "wb") as log_file:
+            process = subprocess.Popen(
+                list(argv_with_fd(ready_w)),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                pass_fds=[ready_w],
+                env=None if env is None else dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+    finally:
+        os.close(ready_w)
+    try:
+        # The server writes a line when it is up; EOF means it died first.
+        readable, _, _ = select.select([ready_r], [], [], timeout)
+        line = os.read(ready_r, 64) if readable else b""
+    finally:
+        os.close(ready_r)
+    if line != b"ready\n":
+        stop_process(process)
+        raise DaemonFailed(
+            f"{' '.join(argv_with_fd(ready_w)[-8:])} did not come up:\n"
+            + log.read_text(errors="replace")
+        )
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> int:
+    """SIGTERM by PID, then the exit code (SIGKILL if it does not go in time)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class UstackDaemon:
+    """`ustack serve` running inside a namespace."""
+
+    ns: Netns
+    process: subprocess.Popen[bytes]
+    control: Path
+    log: Path
+    trace: Path
+
+    @classmethod
+    def start(
+        cls,
+        ns: Netns,
+        workdir: Path,
+        *extra: str,
+        wrapper: Sequence[str] = (),
+        ready_timeout: float = 30,
+        trace: bool = True,
+        program: Sequence[str] = ("-m", "ustack"),
+        log_level: str = "debug",
+        msl: str | None = "0.5",
+        control: bool = True,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> UstackDaemon:
+        """Start the daemon (under `wrapper`, e.g. setpriv) and wait until it is
+        ready; its control socket, log and trace are in `workdir`. trace=False:
+        no trace file (long transfers, floods); `program` replaces `-m ustack`
+        (a script that runs the daemon with extra services); msl=None: the
+        daemon's own MSL; control=False: no control socket."""
+        control_path = workdir / "control.sock"
+        log = workdir / "ustack.log"
+        trace_path = workdir / "trace.jsonl"
+
+        def argv(ready_fd: int) -> list[str]:
+            return ns.command(
+                *wrapper, sys.executable, *program, "serve",
+                *(("--control", str(control_path)) if control else ("--no-control",)),
+                "--ready-fd", str(ready_fd), "--log-level", log_level,
+                *(("--trace", str(trace_path)) if trace else ()),
+                *(("--msl", msl) if msl is not None else ()), *extra,
+            )  # fmt: skip
+
+        process = start_until_ready(argv, log, timeout=ready_timeout, env=env, cwd=cwd)
+        return cls(ns, process, control_path, log, trace_path)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def trace_events(self) -> list[dict[str, Any]]:
+        with open(self.trace, encoding="utf-8") as stream:
+            return [json.loads(line) for line in stream if line.strip()]
+
+    def lives(self, **match: Any) -> list[list[str]]:
+        """The state sequences of the connections whose "connection" trace
+        event matches (e.g. local_port=80), in the order they were made."""
+        events = self.trace_events()
+        ids = [
+            e["conn"]
+            for e in events
+            if e["type"] == "connection" and all(e[k] == v for k, v in match.items())
+        ]
+        lives = []
+        for conn in ids:
+            changes = [e for e in events if e["type"] == "state" and e["conn"] == conn]
+            lives.append([changes[0]["old"], *(e["new"] for e in changes)] if changes else [])
+        return lives
+
+    def connections(self) -> list[dict[str, Any]]:
+        reply = request(self.control, "connections")
+        assert reply["ok"], reply
+        connections: list[dict[str, Any]] = reply["connections"]
+        return connections
+
+    def wait_until_no_connections(self, timeout: float = 10.0) -> None:
+        """TIME_WAIT and LAST_ACK end on the daemon's own timers: poll its table."""
+        deadline = time.monotonic() + timeout
+        while self.connections():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"connections left: {self.connections()}")
+            time.sleep(0.05)
+
+    def stats(self) -> dict[str, int]:
+        reply = request(self.control, "stats")
+        assert reply["ok"], reply
+        counters: dict[str, int] = reply["counters"]
+        return counters
+
+    def request(self, command: str, **fields: Any) -> dict[str, Any]:
+        return request(self.control, command, **fields)
+
+    def rss_kib(self) -> int:
+        """The daemon's resident memory now (VmRSS); `ip netns exec` execs
+        the daemon, so the process we started is the daemon itself."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(
+            next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        )
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM, then the exit code (SIGKILL if it does not go in time)."""
+        return stop_process(self.process, timeout)
+
+
+def ping(ns: Netns, count: int = 1, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    return ns.run("ping", "-n", "-c", str(count), "-W", "2", "-i", "0.2", *extra, STACK_ADDRESS)
+
+
+# ---- `ustack lab`: one command in a throwaway namespace with a daemon on defaults ----------
+
+
+class _Forwarded(Exception):
+    pass
+
+
+def run_in_lab(
+    command: Sequence[str],
+    serve_args: Sequence[str] = (),
+    workdir: Path | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> int:
+    """Run `command` in a new namespace beside `ustack serve serve_args` (defaults:
+    Linux side 198.18.0.1/24, stack 198.18.0.2; its control socket in the
+    environment as USTACK_CONTROL) and remove it all afterwards. The command's
+    exit status (128 + N when signal N ended it). SIGINT, SIGTERM and SIGHUP
+    sent to us are passed on to the command (a terminal's Ctrl-C reaches it
+    twice: harmless to programs that end on the first, ignored by a shell);
+    before the command runs they stop the set-up, which is undone."""
+    if os.geteuid() != 0:
+        raise LabError("ustack lab needs root (it makes a network namespace): run it with sudo")
+    remove_stale_namespaces()
+    scratch = workdir is None
+    where = Path(tempfile.mkdtemp(prefix="ustack-lab-")) if workdir is None else workdir
+    where.mkdir(parents=True, exist_ok=True)
+    child: subprocess.Popen[bytes] | None = None
+    daemon: UstackDaemon | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+        else:
+            raise _Forwarded(signum)
+
+    previous = {
+        s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        with netns("ustack-lab") as ns:
+            daemon = UstackDaemon.start(
+                ns, where, *serve_args, trace=False, log_level="info", msl=None
+            )
+            if announce is not None:
+                announce(
+                    f"ustack lab: namespace {ns.name}, Linux {LINUX_ADDRESS}/24, stack "
+                    f"{STACK_ADDRESS}; daemon log {daemon.log}"
+                )
+            env = dict(os.environ, USTACK_CONTROL=str(daemon.control), USTACK_LAB=ns.name)
+            child = subprocess.Popen(ns.command(*command), env=env)
+            code = child.wait()
+            if daemon.process.poll() is not None:
+                sys.stderr.write(
+                    f"ustack lab: the daemon died during the command "
+                    f"(exit {daemon.process.returncode}):\n{daemon.log_text()[-2000:]}"
+                )
+            daemon.stop()
+            return 128 - code if code < 0 else code
+    except _Forwarded as stopped:
+        return 128 + int(stopped.args[0])
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if scratch:
+            shutil.rmtree(where, ignore_errors=True)
