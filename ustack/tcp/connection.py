@@ -27,100 +27,29 @@ comments name the step of 3.10.7.4 each block implements.
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass
-from operator import attrgetter
-from typing import Generic, TypeVar, overload
 
 from ustack.study.records import Decision, StateChange, Tracer
 from ustack.study.vocabulary import Challenge, Note, Rule, SegmentNote, TimerKind
 from ustack.tcp import congestion, seq
+from ustack.tcp.config import DEFAULT_PEER_MSS, MAX_WINDOW_SHIFT, MIN_PEER_MSS, TcpConfig
 from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
+from ustack.tcp.forward import Forward
+from ustack.tcp.keepalive import Keepalive
 from ustack.tcp.rack import Rack
 from ustack.tcp.receiver import Receiver
 from ustack.tcp.recovery import Recovery
 from ustack.tcp.rtt import RttEstimator
 from ustack.tcp.segment import Segment
-from ustack.tcp.sender import MAX_GSO_PAYLOAD, Sender
+from ustack.tcp.sender import Sender
 from ustack.tcp.states import SENDS_DATA, TRANSITIONS, Event, State
 from ustack.tcp.timers import DELAYED_ACK, PERSIST, PROBE, REORDER, RETRANSMIT, Timers
 from ustack.wire.headers import ACK, FIN, RST, SYN
 
-DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
-MIN_PEER_MSS = 48  # Linux's tcp_min_snd_mss: what we use for a smaller MSS option
-MAX_WINDOW_SHIFT = 14  # RFC 7323 2.3
-
-__all__ = ["MAX_GSO_PAYLOAD", "ConnectionClosedError", "TcpConfig", "TcpConnection"]
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class TcpConfig:
-    mss: int = 1460  # announced in our SYN: the MTU less 40
-    receive_buffer: int = 256 * 1024
-    send_buffer: int = 256 * 1024
-    window_scaling: bool = True
-    msl: float = 30.0  # TIME_WAIT lasts 2*MSL
-    initial_rto: float = 1.0  # RFC 6298 2.1
-    min_rto: float = 0.2  # Linux's; RFC 6298 says 1 s
-    max_rto: float = 60.0
-    syn_retries: int = 6  # SYN retransmissions before ETIMEDOUT (Linux tcp_syn_retries)
-    synack_retries: int = 5  # SYN,ACK retransmissions before the half-open entry goes
-    retries: int = 15  # data/FIN retransmissions before ETIMEDOUT (Linux tcp_retries2)
-    fin_wait_2_timeout: float = 60.0  # orphaned FIN_WAIT_2 (Linux tcp_fin_timeout)
-    rfc1337: bool = True  # ignore RST in TIME_WAIT (RFC 1337); False: honour it
-    challenge_ack_limit: int = 10  # challenge ACKs per second (RFC 5961 7)
-    initial_window_segments: int = 10  # RFC 6928
-    nagle: bool = True  # hold small segments while a small one is unacknowledged
-    congestion_control: str = "cubic"  # or "newreno"
-    delayed_ack: float = 0.04  # at most this long before an ACK (Linux's 40 ms; RFC: < 0.5 s)
-    sack: bool = True  # offer SACK-permitted and send SACK blocks (RFC 2018)
-    timestamps: bool = True  # RFC 7323: RTT measurement on every ACK, and PAWS
-    tail_loss_probe: bool = True  # RFC 8985 7 (with SACK): a probe at 2*SRTT, not the RTO
-    gso_segments: int = 1  # >1: hand the link super-segments of this many MSS (GSO)
-    # Keep-alive (RFC 1122 4.2.3.6), off by default: probe after this many idle seconds.
-    keepalive_idle: float | None = None
-    keepalive_interval: float = 75.0
-    keepalive_probes: int = 9
-
-    @property
-    def window_shift(self) -> int:
-        """The smallest shift that lets the 16-bit field carry our whole buffer."""
-        shift = 0
-        while (self.receive_buffer >> shift) > 0xFFFF and shift < MAX_WINDOW_SHIFT:
-            shift += 1
-        return shift
+__all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
 
 
 class ConnectionClosedError(ConnectionError):
     """send() or read() on a connection that can no longer do it."""
-
-
-class Forward(Generic[T]):
-    """A TcpConnection attribute kept by one of its parts: `conn.snd_una` is
-    `conn.sender.snd_una`. For readers outside (the demux's trace, the
-    daemon's listing, the invariants, tests); the connection itself and
-    its parts use the part's attribute directly."""
-
-    __slots__ = ("_get", "_name", "_owner")
-
-    def __init__(self, path: str) -> None:
-        owner, _, self._name = path.rpartition(".")
-        self._get = attrgetter(path)
-        self._owner = attrgetter(owner)
-
-    @overload
-    def __get__(self, conn: None, owner: type) -> Forward[T]: ...
-    @overload
-    def __get__(self, conn: object, owner: type) -> T: ...
-    def __get__(self, conn: object, owner: type) -> T | Forward[T]:
-        if conn is None:
-            return self
-        value: T = self._get(conn)
-        return value
-
-    def __set__(self, conn: object, value: T) -> None:
-        setattr(self._owner(conn), self._name, value)
 
 
 class TcpConnection:
@@ -174,10 +103,8 @@ class TcpConnection:
         self.mss = min(self.peer_mss, config.mss)
         # The stack's counters, if it gives them (challenge ACKs sent and withheld).
         self.counters: Counter[str] | None = None
-        self._challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
-        self._last_heard = 0.0  # when the peer last sent anything (keep-alive)
-        self._keepalive_probes = 0
         self._timers = Timers(self)
+        self.keepalive = Keepalive(self, self._timers)
         self.receiver = Receiver(self, self._timers)
         self.sender = Sender(self, self._timers, self.receiver, iss, not config.nagle)
         self.recovery = Recovery(self, self._timers, self.sender, self.receiver)
@@ -325,8 +252,9 @@ class TcpConnection:
 
     def receive(self, segment: Segment, now: float) -> None:
         self.now = now
-        self._last_heard = now
-        self._keepalive_probes = 0
+        keepalive = self.keepalive
+        keepalive.last_heard = now
+        keepalive.probes = 0
         state = self.state
         if state is State.SYN_SENT:
             self._receive_in_syn_sent(segment)
@@ -423,7 +351,7 @@ class TcpConnection:
             return
         # Fourth: a SYN in a synchronized state gets a challenge ACK (RFC 5961 4.2).
         if flags & SYN:
-            self._challenge_ack(Challenge.SYN_SYNCHRONIZED)
+            self.receiver.challenge_ack(Challenge.SYN_SYNCHRONIZED)
             return
         # Fifth: the ACK field.
         if not flags & ACK:
@@ -448,7 +376,7 @@ class TcpConnection:
 
     def _receive_rst(self, seg: Segment) -> None:
         if seg.seq != self.receiver.rcv_nxt:
-            self._challenge_ack(Challenge.RST_NOT_AT_RCV_NXT)
+            self.receiver.challenge_ack(Challenge.RST_NOT_AT_RCV_NXT)
             return
         state = self.state
         if state is State.SYN_RECEIVED:
@@ -471,10 +399,10 @@ class TcpConnection:
         ack = seg.ack
         snd = self.sender
         if seq.gt(ack, snd.snd_max):
-            self._challenge_ack(Challenge.ACK_OF_UNSENT)
+            self.receiver.challenge_ack(Challenge.ACK_OF_UNSENT)
             return False
         if seq.lt(ack, seq.add(snd.snd_una, -snd.max_snd_wnd)):
-            self._challenge_ack(Challenge.ACK_TOO_OLD)
+            self.receiver.challenge_ack(Challenge.ACK_TOO_OLD)
             return False
         self.recovery.on_ack(seg)
         snd.update_window(seg)
@@ -504,8 +432,7 @@ class TcpConnection:
 
     def _after_handshake(self) -> None:
         self.recovery.after_handshake()
-        if self.config.keepalive_idle is not None:
-            self._timers.arm(TimerKind.KEEPALIVE, self.config.keepalive_idle)
+        self.keepalive.start()
 
     def _receive_text_and_fin(self, start: int, payload: bytes | memoryview, fin: int) -> None:
         """The seventh and eighth steps: the segment's text, then its FIN."""
@@ -585,7 +512,11 @@ class TcpConnection:
             elif kind is TimerKind.FIN_WAIT_2 and self.state is State.FIN_WAIT_2:
                 self._transition(Event.TIMEOUT_FIN_WAIT_2)
             elif kind is TimerKind.KEEPALIVE:
-                self._on_keepalive_timeout()
+                if (
+                    self.state in (State.ESTABLISHED, State.CLOSE_WAIT)
+                    and not self.keepalive.timeout()
+                ):
+                    self._transition(Event.TIMEOUT_KEEPALIVE, error="ETIMEDOUT")
         self._output()
 
     def _on_retransmit_timeout(self) -> None:
@@ -600,35 +531,6 @@ class TcpConnection:
         else:
             self._output()
         self._timers.arm(RETRANSMIT, recovery.rtt.rto)
-
-    def _on_keepalive_timeout(self) -> None:
-        """RFC 1122 4.2.3.6: after `keepalive_idle` seconds of silence, probe
-        with <SEQ=SND.UNA-1> (an old byte: the peer must answer with an ACK);
-        after `keepalive_probes` unanswered probes the peer is gone."""
-        config = self.config
-        assert config.keepalive_idle is not None
-        if self.state not in (State.ESTABLISHED, State.CLOSE_WAIT):
-            return
-        quiet_until = self._last_heard + config.keepalive_idle
-        if self._keepalive_probes == 0 and self.now < quiet_until:
-            self._timers.arm(TimerKind.KEEPALIVE, quiet_until - self.now)  # heard from it
-            return
-        if self._keepalive_probes >= config.keepalive_probes:
-            self._transition(Event.TIMEOUT_KEEPALIVE, error="ETIMEDOUT")
-            return
-        self._keepalive_probes += 1
-        rcv = self.receiver
-        probe = Segment(
-            seq.add(self.sender.snd_una, -1),
-            rcv.rcv_nxt,
-            ACK,
-            rcv.window_field(),
-            b"",
-            rcv.ack_options(),
-            note=SegmentNote.KEEPALIVE_PROBE,
-        )
-        self._emit(probe)
-        self._timers.arm(TimerKind.KEEPALIVE, config.keepalive_interval)
 
     # ---- output --------------------------------------------------------------
 
@@ -681,24 +583,6 @@ class TcpConnection:
         rcv = self.receiver
         options = rcv.ack_options()
         self._emit(Segment(self.sender.snd_max, rcv.rcv_nxt, RST | ACK, 0, b"", options))
-
-    def _challenge_ack(self, challenge: Challenge) -> None:
-        """RFC 5961 7: at most challenge_ack_limit challenge ACKs a second."""
-        started, count = self._challenges
-        if self.now - started >= 1.0:
-            started, count = self.now, 0
-        limited = count >= self.config.challenge_ack_limit
-        if self.counters is not None:
-            self.counters[
-                "tcp.out.challenge-ack-limited" if limited else "tcp.out.challenge-ack"
-            ] += 1
-        if not limited:
-            self._challenges = (started, count + 1)
-            self.receiver.ack_now = True
-            self.receiver.ack_note = SegmentNote.CHALLENGE_ACK
-            self.decide(Note.CHALLENGE_ACK, challenge.rule, what=challenge.text)
-        else:
-            self.decide(Note.CHALLENGE_ACK_SUPPRESSED, challenge.rule, what=challenge.text)
 
     # ---- state changes and trace ------------------------------------------------
 

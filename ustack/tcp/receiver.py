@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ustack.study.vocabulary import Note, SegmentNote
+from ustack.study.vocabulary import Challenge, Note, SegmentNote
 from ustack.tcp import seq
 from ustack.tcp.buffers import ReassemblyQueue, ReceiveBuffer
 from ustack.tcp.events import DataReceived
@@ -36,6 +36,7 @@ class Receiver:
         "ack_note",
         "ack_now",
         "buffer",
+        "challenges",
         "fin_received",
         "held_fin",
         "irs",
@@ -69,6 +70,7 @@ class Receiver:
         self.unacked_bytes = 0  # received since our last ACK (delayed ACK)
         self.ack_now = False  # an ACK is due at once
         self.ack_note = _NO_NOTE  # why the next pure ACK goes out, when it is special
+        self.challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
 
     # ---- the handshake ---------------------------------------------------------
 
@@ -112,6 +114,26 @@ class Receiver:
             return seq.in_window(seg.seq, rcv_nxt, window)
         last = seq.add(seg.seq, length - 1)
         return seq.in_window(seg.seq, rcv_nxt, window) or seq.in_window(last, rcv_nxt, window)
+
+    def challenge_ack(self, challenge: Challenge) -> None:
+        """RFC 5961 7: at most challenge_ack_limit challenge ACKs a second."""
+        conn = self._conn
+        now = conn.now
+        started, count = self.challenges
+        if now - started >= 1.0:
+            started, count = now, 0
+        limited = count >= conn.config.challenge_ack_limit
+        if conn.counters is not None:
+            conn.counters[
+                "tcp.out.challenge-ack-limited" if limited else "tcp.out.challenge-ack"
+            ] += 1
+        if not limited:
+            self.challenges = (started, count + 1)
+            self.ack_now = True
+            self.ack_note = SegmentNote.CHALLENGE_ACK
+            conn.decide(Note.CHALLENGE_ACK, challenge.rule, what=challenge.text)
+        else:
+            conn.decide(Note.CHALLENGE_ACK_SUPPRESSED, challenge.rule, what=challenge.text)
 
     # ---- the text and the FIN ------------------------------------------------------
 
