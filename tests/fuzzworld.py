@@ -428,7 +428,7 @@ def _window_checked(
         if size and not segment.flags & RST:
             end = seq.add(segment.seq, size)
             right = seq.add(conn.snd_una, conn.snd_wnd)
-            at_left_edge = segment.seq == conn.snd_una and size <= conn._mss
+            at_left_edge = segment.seq == conn.snd_una and size <= conn.mss
             if seq.gt(end, right) and not at_left_edge:
                 raise FuzzFailure(
                     "beyond-send-window",
@@ -632,7 +632,7 @@ class Generator:
             return
         ack = s.pick((conn.snd_max, conn.snd_max, conn.snd_max, conn.snd_nxt, conn.snd_una))
         if s.chance(40):
-            ack = seq.add(conn.snd_una, conn._mss * s.below(8))  # a partial ACK
+            ack = seq.add(conn.snd_una, conn.mss * s.below(8))  # a partial ACK
             if seq.gt(ack, conn.snd_max):
                 ack = conn.snd_max
         flags = ACK
@@ -659,7 +659,7 @@ class Generator:
         pieces = []
         offset = 0
         for _ in range(2 + s.below(4)):
-            size = s.pick((conn._mss, conn._mss // 2, 1 + s.byte(), 1))
+            size = s.pick((conn.mss, conn.mss // 2, 1 + s.byte(), 1))
             pieces.append((offset, size))
             offset += size - (s.below(size) if s.chance(40) else 0)  # overlap the next
         fin_at = len(pieces) - 1 if s.chance(60) else -1
@@ -760,7 +760,7 @@ class Generator:
     def pick_seq(self, conn: TcpConnection) -> int:
         s = self.s
         edge = conn.rcv_adv
-        ahead = conn.rcv_nxt + conn._mss * (1 + s.below(4))  # beyond a hole
+        ahead = conn.rcv_nxt + conn.mss * (1 + s.below(4))  # beyond a hole
         bases = (conn.rcv_nxt, conn.rcv_nxt, conn.rcv_nxt, conn.rcv_nxt, ahead, ahead, edge,
                  edge - 1, conn.rcv_nxt - 1, conn.irs, conn.irs + 1, conn.rcv_nxt + HALF,
                  conn.rcv_nxt + HALF - 1, conn.rcv_nxt - HALF + 1, s.u32())  # fmt: skip
@@ -782,7 +782,7 @@ class Generator:
         if b < 210:
             return s.below(9) - 4
         if b < 230:
-            step = s.pick((conn._mss, max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 1), 65536))
+            step = s.pick((conn.mss, max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 1), 65536))
             return step * (s.below(5) - 2)
         return s.u16() - 0x8000
 
@@ -805,7 +805,7 @@ class Generator:
         if b < 190:
             n = 1 + s.byte() % 64
         elif b < 210:
-            n = conn._mss if conn is not None else 536
+            n = conn.mss if conn is not None else 536
         elif b < 225:
             window = seq.diff(conn.rcv_adv, conn.rcv_nxt) if conn is not None else 1000
             n = max(window + s.below(3) - 1, 0)
@@ -871,8 +871,8 @@ class Generator:
         blocks = []
         for _ in range(1 + s.below(4)):
             base = s.pick((conn.snd_una, conn.snd_nxt, conn.snd_max, conn.iss, s.u32()))
-            left = (base + conn._mss * (s.below(12) - 2)) & MASK
-            right = (left + conn._mss * (s.below(6) - 1) + s.below(3) - 1) & MASK
+            left = (base + conn.mss * (s.below(12) - 2)) & MASK
+            right = (left + conn.mss * (s.below(6) - 1) + s.below(3) - 1) & MASK
             blocks.append(struct.pack("!II", left, right))
         return b"\x01\x01" + bytes((5, 2 + 8 * len(blocks))) + b"".join(blocks)
 

@@ -340,7 +340,7 @@ def sack_recovery() -> Seed:
     s.handshake()
     s.app("write", 30000)
     conn = s.conn()
-    una, mss_ = conn.snd_una, conn._mss
+    una, mss_ = conn.snd_una, conn.mss
     lying = (
         sack((una + mss_, una + 3 * mss_)),
         sack((una + 3 * mss_, una + 2 * mss_)),  # left > right

@@ -81,7 +81,7 @@ def test_the_finish_catches_a_leak() -> None:
     world.apply(["connect", 8080, 50000])
     (conn,) = world.tcp.connections.values()
     world.apps.clear()  # forget the application: nobody will close it
-    conn._timers.clear()
+    conn._timers.deadlines.clear()
     world.tcp._scheduled.clear()
     with pytest.raises(fuzzworld.FuzzFailure) as caught:
         world.finish()

@@ -73,7 +73,7 @@ def test_data_past_a_held_fin_drops_it() -> None:
     t.send("F.", seq=PEER_ISS + 1 + 1000, ack=OUR_ISS + 1)
     t.sent()
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1, payload=b"z" * 2000)
-    assert conn._held_fin is None
+    assert conn.receiver.held_fin is None
     assert conn.state is State.ESTABLISHED
     t.sent()
     t.send("F.", seq=PEER_ISS + 1 + 2000, ack=OUR_ISS + 1)

@@ -95,7 +95,7 @@ def test_zero_window_probe_keeps_the_connection_alive() -> None:
     t.send(".", seq=P, ack=U + 1000, win=0)
     t.expect_none()
     for _ in range(6):  # more probes than `retries`: a peer that answers is alive
-        t.wait(t.conn._rtt.rto if t.conn else 1)
+        t.wait(t.conn.recovery.rtt.rto if t.conn else 1)
         probe = t.expect(".", seq=U + 1000)
         assert len(probe.payload) == 1
         t.send(".", seq=P, ack=U + 1000, win=0)

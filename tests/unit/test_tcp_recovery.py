@@ -289,7 +289,7 @@ def test_rack_waits_a_quarter_rtt_before_calling_a_hole_lost() -> None:
             t.send(".", seq=P, ack=U + 3000)  # the first two were late, not lost
             t.at(start + 0.06)
             t.expect_none()
-            assert t.conn._rack.reordering_seen and "reorder" not in t.conn.timers()
+            assert t.conn.recovery.rack.reordering_seen and "reorder" not in t.conn.timers()
         else:
             t.expect_none()
             t.at(start + 0.05)  # 40 ms + 10 ms after the first two went
@@ -324,7 +324,7 @@ def test_sack_blocks_outside_the_window_are_ignored() -> None:
     t.write(bytes(3000))
     t.sent()
     t.send(".", seq=P, ack=U, sack=((U + 50000, U + 60000), (U - 500, U)))
-    assert t.conn is not None and t.conn._sacked == []
+    assert t.conn is not None and t.conn.recovery.rack.sacked_ranges() == []
 
 
 def test_tail_loss_probe_at_two_srtt_and_its_sack_starts_recovery() -> None:
@@ -333,9 +333,9 @@ def test_tail_loss_probe_at_two_srtt_and_its_sack_starts_recovery() -> None:
     after PTO = 2*SRTT; its SACK shows the head missing: fast retransmit."""
     t = sack_sender()
     conn = t.conn
-    assert conn is not None and conn._rtt.srtt is not None
-    pto = max(2 * conn._rtt.srtt, 0.01)
-    assert pto < conn._rtt.rto
+    assert conn is not None and conn.recovery.rtt.srtt is not None
+    pto = max(2 * conn.recovery.rtt.srtt, 0.01)
+    assert pto < conn.recovery.rtt.rto
     start = t.now
     t.write(bytes(3000))
     assert len(t.sent()) == 3
@@ -505,7 +505,7 @@ def test_a_dsack_of_every_resent_byte_undoes_the_window_cut() -> None:
     t.send(".", seq=P, ack=U + 4000, sack=((U, U + 1000),))  # the original, late: a D-SACK
     assert (conn.cwnd, conn.ssthresh) == before
     assert any("spurious retransmission" in d for d in t.decisions())
-    assert conn._rack.reordering_seen and conn._rack.reo_wnd_mult == 2
+    assert conn.recovery.rack.reordering_seen and conn.recovery.rack.reo_wnd_mult == 2
 
 
 def test_a_dsack_of_part_of_what_was_resent_undoes_nothing() -> None:

@@ -262,7 +262,7 @@ def test_rfc6298_3_karn_no_rtt_sample_from_data_resent_after_a_window_reopen() -
     t.establish(mss=1000, win=5000)
     conn = t.conn
     assert conn is not None
-    srtt_before = conn._rtt.srtt
+    srtt_before = conn.recovery.rtt.srtt
     t.write(b"a" * 1000)
     t.expect("P.", seq=U)
     t.at(0.1)
@@ -272,7 +272,7 @@ def test_rfc6298_3_karn_no_rtt_sample_from_data_resent_after_a_window_reopen() -
     t.expect("P.", seq=U)  # resent after the window reopened
     t.at(0.6)
     t.send(".", seq=P, ack=U + 1000, win=5000)
-    assert conn._rtt.srtt == srtt_before  # 0.6 s would mix two transmissions
+    assert conn.recovery.rtt.srtt == srtt_before  # 0.6 s would mix two transmissions
 
 
 # ---- SND.WL1/SND.WL2 window updates --------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_out_of_order_data_held_is_bounded_by_the_receive_window() -> None:
         t.send(".", seq=P + i, ack=U, payload=b"x" * (19000 - i))
     t.sent()
     assert t.conn is not None
-    held = t.conn._out_of_order.held_bytes
+    held = t.conn.receiver.out_of_order.held_bytes
     assert held <= 20000
 
 
@@ -515,7 +515,7 @@ def test_hostile_segments_never_raise_and_keep_the_tcb_consistent(
             getattr(t, step[0])()
         t.sent()
         assert seq.le(conn.snd_una, conn.snd_nxt) and seq.le(conn.snd_nxt, conn.snd_max), conn
-        assert len(conn._recv_buf) <= buffer + (1 << conn.rcv_shift)
+        assert len(conn.receiver.buffer) <= buffer + (1 << conn.rcv_shift)
         assert seq.ge(conn.rcv_nxt, rcv_nxt)
         rcv_nxt = conn.rcv_nxt
         if conn.state in (State.CLOSED, State.TIME_WAIT):

@@ -191,5 +191,9 @@ def event_dict(event: TraceEvent) -> dict[str, Any]:
     record: dict[str, Any] = {"type": _KINDS[type(event)]}
     for name in _field_names(type(event)):
         value = getattr(event, name)
-        record[name] = value.name if isinstance(value, enum.Enum) else value
+        if isinstance(value, enum.Enum):
+            # The vocabulary's StrEnums are written as their text; State and
+            # Event by name.
+            value = value.value if isinstance(value, str) else value.name
+        record[name] = value
     return record

@@ -16,7 +16,7 @@ behaviour seen on the wire. Sequence numbers compare on the circle (seq.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import NoReturn
 
 from ustack.tcp import seq
@@ -26,7 +26,7 @@ from ustack.tcp.states import State
 
 # States in which our FIN has been queued (after CLOSE or shutdown).
 _FIN_QUEUED = (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK, State.TIME_WAIT)
-# States in which data and our FIN may go out (connection.py's _SENDS_DATA).
+# States in which data and our FIN may go out (states.SENDS_DATA).
 _SENDS = (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK)
 _HANDSHAKE = (State.SYN_SENT, State.SYN_RECEIVED)
 _SYN_MAY_BE_UNACKED = (*_HANDSHAKE, State.FIN_WAIT_1, State.CLOSING)
@@ -90,7 +90,7 @@ class InvariantChecker:
             raise InvariantError("leak", f"connections left: {states}")
         if demux.next_deadline() is not None or demux._timers:
             raise InvariantError("leak", f"{len(demux._timers)} timer heap entries left")
-        leftovers = {
+        leftovers: dict[str, Sized] = {
             "keys": demux._keys,
             "apps": demux._apps,
             "scheduled": demux._scheduled,
@@ -122,13 +122,13 @@ class InvariantChecker:
         for deadline, _, conn in demux._timers:
             heap.setdefault(conn, set()).add(deadline)
         for conn in conns:
-            deadline = conn.get_timer()
-            if deadline is None:
+            next_timer = conn.get_timer()
+            if next_timer is None:
                 continue
-            if demux._scheduled.get(conn) != deadline or deadline not in heap.get(conn, ()):
+            if demux._scheduled.get(conn) != next_timer or next_timer not in heap.get(conn, ()):
                 raise InvariantError(
                     "timer-heap",
-                    f"{conn} has its next timer at {deadline} but the demux scheduled "
+                    f"{conn} has its next timer at {next_timer} but the demux scheduled "
                     f"{demux._scheduled.get(conn)}",
                 )
         for port, listener in demux.listeners.items():
@@ -137,14 +137,14 @@ class InvariantChecker:
             if len(listener.embryonic) > listener.backlog:
                 raise InvariantError("listener", f"{listener}: backlog exceeded")
             for conn in listener.embryonic:
-                key = demux._keys.get(conn)
+                filed = demux._keys.get(conn)
                 if (
-                    key is None
-                    or key[2] != port
+                    filed is None
+                    or filed[2] != port
                     or demux._listener_of.get(conn) is not listener
                     or conn.state is not State.SYN_RECEIVED
                 ):
-                    raise InvariantError("listener", f"{listener} holds {conn} (key {key})")
+                    raise InvariantError("listener", f"{listener} holds {conn} (key {filed})")
 
     def _check_movement(self, conn: TcpConnection) -> None:
         seen = self._seen.get(conn)
@@ -202,28 +202,28 @@ def check_connection(conn: TcpConnection, now: float, demux: TcpDemux | None = N
     if state not in _SYN_MAY_BE_UNACKED and conn.snd_una == conn.iss:
         fail("synchronized-snd.una", "our SYN is not acknowledged")
     # The send buffer starts at SND.UNA (after the SYN; before an acknowledged FIN).
-    buf, buf_seq = conn._send_buf, conn._send_buf_seq
+    buf, buf_seq = conn.sender.buffer, conn.sender.buffer_seq
     if len(buf) > config.send_buffer:
         fail("send-buffer", f"{len(buf)} bytes in a {config.send_buffer}-byte buffer")
-    fin_queued = conn._fin_queued
+    fin_queued = conn.sender.fin_queued
     offset = seq.diff(conn.snd_una, buf_seq)
     if conn.snd_una == conn.iss:
         if buf_seq != seq.add(conn.iss, 1):
             fail("send-buffer-seq", f"buffer at {buf_seq} before the SYN is acknowledged")
-    elif not (offset == 0 or (offset == 1 and conn._fin_acked())):
+    elif not (offset == 0 or (offset == 1 and conn.sender.fin_acked())):
         fail("send-buffer-seq", f"buffer at {buf_seq}, SND.UNA {conn.snd_una}")
     if seq.diff(conn.snd_max, buf_seq) > len(buf) + fin_queued:
         fail("snd.max-beyond-data", f"SND.MAX {conn.snd_max} past the data and FIN")
     if fin_queued != (state in _FIN_QUEUED):
         fail("fin-queued", f"FIN queued {fin_queued}")
-    if conn._fin_acked() != (state in (State.FIN_WAIT_2, State.TIME_WAIT)):
-        fail("fin-acked", f"our FIN acknowledged: {conn._fin_acked()}")
+    if conn.sender.fin_acked() != (state in (State.FIN_WAIT_2, State.TIME_WAIT)):
+        fail("fin-acked", f"our FIN acknowledged: {conn.sender.fin_acked()}")
     if not 0 <= conn.snd_wnd <= MAX_SEND_WINDOW:
         fail("snd.wnd", f"SND.WND {conn.snd_wnd}")
     if conn.max_snd_wnd < conn.snd_wnd:
         fail("max-snd-wnd", f"max {conn.max_snd_wnd} below SND.WND {conn.snd_wnd}")
-    if conn._mss <= 0 or conn.cwnd <= 0 or conn.ssthresh <= 0:
-        fail("segment-size", f"MSS {conn._mss}, cwnd {conn.cwnd}, ssthresh {conn.ssthresh}")
+    if conn.mss <= 0 or conn.cwnd <= 0 or conn.ssthresh <= 0:
+        fail("segment-size", f"MSS {conn.mss}, cwnd {conn.cwnd}, ssthresh {conn.ssthresh}")
     if not min(config.min_rto, config.initial_rto) <= conn.rto <= config.max_rto:
         fail("rto", f"RTO {conn.rto}")
     _check_rack_log(conn, fail)
@@ -247,7 +247,7 @@ def check_connection(conn: TcpConnection, now: float, demux: TcpDemux | None = N
         fail("timers", "no retransmission timer for our SYN")
     if state is not State.TIME_WAIT and conn.snd_una != conn.snd_max and "retransmit" not in timers:
         fail("timers", f"{seq.diff(conn.snd_max, conn.snd_una)} bytes in flight, no timer")
-    waiting = seq.diff(seq.add(conn._fin_seq, fin_queued), conn.snd_nxt)
+    waiting = seq.diff(seq.add(conn.sender.fin_seq, fin_queued), conn.snd_nxt)
     if state in _SENDS and waiting > 0 and not {"retransmit", "persist"} & set(timers):
         fail("timers", f"{waiting} unsent (window {conn.snd_wnd}) and no timer to send it")
     if state is State.FIN_WAIT_2 and conn.orphaned and "fin_wait_2" not in timers:
@@ -261,7 +261,7 @@ def check_connection(conn: TcpConnection, now: float, demux: TcpDemux | None = N
 def _check_rack_log(conn: TcpConnection, fail: Fail) -> None:
     """With SACK, RACK's log covers SND.UNA..SND.MAX exactly, in order, and
     its counts match its entries (they gate loss detection and the pipe)."""
-    rack = conn._rack
+    rack = conn.recovery.rack
     log = rack.log
     if not conn.sack_ok or not log:
         if log:
@@ -297,13 +297,13 @@ def _check_receive_side(conn: TcpConnection, fail: Fail) -> None:
     if window < 0 and not (window == -1 and conn.fin_received):
         fail("rcv.nxt<=rcv-edge", f"RCV.NXT {conn.rcv_nxt} past the window edge {conn.rcv_adv}")
     granule = (1 << conn.rcv_shift) - 1
-    unread = len(conn._recv_buf)
+    unread = len(conn.receiver.buffer)
     limit = conn.config.receive_buffer + granule
     if max(window, 0) + unread > limit:
         fail("receive-buffer", f"{unread} unread + window {window} over {limit}")
     # Data held beyond a hole lies in a window we advertised: within the
     # buffer (the edge may have gone back by the scale's rounding since).
-    held = conn._out_of_order
+    held = conn.receiver.out_of_order
     if held.held_bytes + unread > limit:
         fail("reassembly", f"{held.held_bytes} bytes held, {unread} unread, over {limit}")
     if held and not conn.fin_received:
@@ -315,6 +315,6 @@ def _check_receive_side(conn: TcpConnection, fail: Fail) -> None:
             fail("reassembly", f"held data from {left}, not beyond RCV.NXT {conn.rcv_nxt}")
         if seq.diff(right, conn.rcv_nxt) + unread > limit:
             fail("reassembly", f"held data up to {right}, past the buffer ({limit} bytes)")
-    held_fin = conn._held_fin
+    held_fin = conn.receiver.held_fin
     if held_fin is not None and (conn.fin_received or not seq.gt(held_fin, conn.rcv_nxt)):
         fail("held-fin", f"a FIN held at {held_fin}, RCV.NXT {conn.rcv_nxt}")

@@ -63,6 +63,16 @@ class Event(enum.Enum):
         return self.value
 
 
+# States in which data (and our FIN) goes out.
+SENDS_DATA = (
+    State.ESTABLISHED,
+    State.CLOSE_WAIT,
+    State.FIN_WAIT_1,
+    State.CLOSING,
+    State.LAST_ACK,
+)
+
+
 class Transition(NamedTuple):
     new_state: State
     rule: str  # RFC and section

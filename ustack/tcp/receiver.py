@@ -1,0 +1,286 @@
+"""The receive side of a connection: RCV.NXT and the window we advertise,
+the receive buffer, the reassembly queue and a FIN held beyond a hole,
+TS.Recent, delayed ACKs and the SACK blocks we send (RFC 9293 3.3.1,
+3.8.6.2.2, 3.8.6.3; RFC 7323; RFC 2018).
+
+The connection keeps the state machine: the receiver takes text that the
+seventh step (RFC 9293 3.10.7.4) accepted, tells it when a held FIN has come
+next in sequence, and answers what the window and the options of each
+outgoing segment are. `ack_now` (and its note) is the flag every step sets
+when an ACK is due at once; the connection's output sends it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ustack.study.vocabulary import Challenge, Note, SegmentNote
+from ustack.tcp import seq
+from ustack.tcp.buffers import ReassemblyQueue, ReceiveBuffer
+from ustack.tcp.events import DataReceived
+from ustack.tcp.segment import NO_OPTIONS, Segment
+from ustack.tcp.states import State
+from ustack.tcp.timers import DELAYED_ACK, Timers
+from ustack.wire.tcp import RST, TcpOptions
+
+if TYPE_CHECKING:
+    from ustack.tcp.connection import TcpConnection
+
+_NO_NOTE = SegmentNote.NONE
+
+
+class Receiver:
+    __slots__ = (
+        "_conn",
+        "_timers",
+        "ack_note",
+        "ack_now",
+        "buffer",
+        "challenges",
+        "fin_received",
+        "held_fin",
+        "irs",
+        "last_hold",
+        "out_of_order",
+        "rcv_adv",
+        "rcv_nxt",
+        "rcv_shift",
+        "read_shut",
+        "ts_recent",
+        "unacked_bytes",
+    )
+
+    def __init__(self, conn: TcpConnection, timers: Timers) -> None:
+        self._conn = conn
+        self._timers = timers
+        # Receive sequence variables. RCV.WND is what we last advertised:
+        # rcv_adv (its right edge) minus RCV.NXT.
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_adv = 0
+        self.rcv_shift = 0  # our window scale
+        # In-order data not yet read, and data beyond a hole.
+        self.buffer = ReceiveBuffer()
+        self.out_of_order = ReassemblyQueue()
+        self.last_hold: tuple[int, int] | None = None  # the latest out-of-order segment
+        self.held_fin: int | None = None  # SEQ of a FIN that arrived beyond a hole
+        self.fin_received = False
+        self.read_shut = False
+        self.ts_recent = 0  # TS.Recent: the peer's latest TSval worth echoing
+        self.unacked_bytes = 0  # received since our last ACK (delayed ACK)
+        self.ack_now = False  # an ACK is due at once
+        self.ack_note = _NO_NOTE  # why the next pure ACK goes out, when it is special
+        self.challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
+
+    # ---- the handshake ---------------------------------------------------------
+
+    def take_syn(self, irs: int) -> None:
+        """IRS and RCV.NXT from the peer's SYN. Our SYN (if it went first)
+        advertised the empty buffer from a RCV.NXT we did not know yet: the
+        same window, from the real RCV.NXT."""
+        self.irs = irs
+        self.rcv_nxt = seq.add(irs, 1)
+        self.rcv_adv = seq.add(self.rcv_nxt, min(self.free_space(), 0xFFFF))
+
+    # ---- the sequence check --------------------------------------------------------
+
+    def timestamps_ok(self, seg: Segment) -> bool:
+        """RFC 7323 5.3 PAWS: a segment whose TSval is older than TS.Recent is
+        an old duplicate (a RST excepted): ACK and drop. Otherwise TS.Recent
+        follows the segments at the left edge of the window (4.3)."""
+        stamps = seg.options.timestamps
+        if stamps is None:
+            return True  # accepted, as Linux does (behaviour 9)
+        tsval = stamps[0]
+        if seq.lt(tsval, self.ts_recent) and not seg.flags & RST:
+            self.ack_now = True
+            self._conn.decide(Note.PAWS)
+            return False
+        if seq.le(seg.seq, self.rcv_nxt) and seq.ge(tsval, self.ts_recent):
+            self.ts_recent = tsval
+        return True
+
+    def acceptable(self, seg: Segment) -> bool:
+        """The four cases of the acceptability test (RFC 9293 3.10.7.4)."""
+        rcv_nxt = self.rcv_nxt
+        window = seq.diff(self.rcv_adv, rcv_nxt)
+        length = seg.seg_len
+        if window <= 0:
+            # A zero window still takes the ACK, RST and FIN of a segment at
+            # RCV.NXT (RFC 9293 3.10.7.4 "special allowance"; behaviour 27):
+            # its text is trimmed away later.
+            return seg.seq == rcv_nxt
+        if length == 0:
+            return seq.in_window(seg.seq, rcv_nxt, window)
+        last = seq.add(seg.seq, length - 1)
+        return seq.in_window(seg.seq, rcv_nxt, window) or seq.in_window(last, rcv_nxt, window)
+
+    def challenge_ack(self, challenge: Challenge) -> None:
+        """RFC 5961 7: at most challenge_ack_limit challenge ACKs a second."""
+        conn = self._conn
+        now = conn.now
+        started, count = self.challenges
+        if now - started >= 1.0:
+            started, count = now, 0
+        limited = count >= conn.config.challenge_ack_limit
+        if conn.counters is not None:
+            conn.counters[
+                "tcp.out.challenge-ack-limited" if limited else "tcp.out.challenge-ack"
+            ] += 1
+        if not limited:
+            self.challenges = (started, count + 1)
+            self.ack_now = True
+            self.ack_note = SegmentNote.CHALLENGE_ACK
+            conn.decide(Note.CHALLENGE_ACK, challenge.rule, what=challenge.text)
+        else:
+            conn.decide(Note.CHALLENGE_ACK_SUPPRESSED, challenge.rule, what=challenge.text)
+
+    # ---- the text and the FIN ------------------------------------------------------
+
+    def text(self, start: int, data: bytes) -> bool:
+        """Take in-window text at `start`; True when a FIN held beyond a hole
+        is now next in sequence (the connection processes it)."""
+        if start != self.rcv_nxt:
+            self.out_of_order.add(start, data, self.rcv_nxt)
+            self.last_hold = (start, seq.add(start, len(data)))
+            self.ack_now = True  # at once: the sender counts duplicate ACKs (RFC 5681 4.2)
+            self._conn.decide(Note.OUT_OF_ORDER_HELD)
+            return False
+        out_of_order = self.out_of_order
+        filled_hole = bool(out_of_order)
+        self._deliver(data)
+        # Data that waited beyond the hole may now follow.
+        while (ready := out_of_order.pop_ready(self.rcv_nxt)) is not None:
+            self._deliver(ready)
+        if filled_hole or out_of_order:
+            self.ack_now = True  # a hole (partly) filled: tell the sender at once
+        else:
+            self.delay_ack(len(data))
+        held_fin = self.held_fin
+        if held_fin == self.rcv_nxt:
+            return True
+        if held_fin is not None and seq.lt(held_fin, self.rcv_nxt):
+            # Data ran past the held FIN: the peer contradicted itself; its
+            # FIN counts where it comes next (Linux drops such a FIN too).
+            self.held_fin = None
+            self._conn.decide(Note.DATA_PAST_HELD_FIN)
+        return False
+
+    def _deliver(self, data: bytes) -> None:
+        self.rcv_nxt = seq.add(self.rcv_nxt, len(data))
+        if not self.read_shut:
+            self.buffer.append(data)
+            self._conn.events.append(DataReceived())
+
+    def hold_fin(self, fin_seq: int) -> None:
+        """A FIN beyond a hole waits for the hole to fill."""
+        self.held_fin = fin_seq
+        self.ack_now = True
+        self._conn.decide(Note.FIN_BEYOND_HOLE)
+
+    def take_fin(self, delay: bool) -> None:
+        """The FIN is next in sequence: it takes one sequence number. Its ACK
+        goes at once, or (`delay`) as a delayed ACK."""
+        self.held_fin = None
+        self.rcv_nxt = seq.add(self.rcv_nxt, 1)
+        if delay:
+            self.delay_ack(0)
+        else:
+            self.ack_now = True
+
+    def delay_ack(self, received: int) -> None:
+        """Delayed ACK (RFC 9293 3.8.6.3, RFC 5681 4.2): ACK every second full
+        segment at once, anything less within `delayed_ack` seconds."""
+        self.unacked_bytes += received
+        conn = self._conn
+        delayed_ack = conn.config.delayed_ack
+        if self.unacked_bytes >= 2 * conn.mss or delayed_ack <= 0:
+            self.ack_now = True
+        elif DELAYED_ACK not in self._timers.deadlines:
+            self._timers.arm(DELAYED_ACK, delayed_ack)
+
+    # ---- the application's side --------------------------------------------------
+
+    def window_update(self) -> None:
+        """After a read: announce the window if it opened by enough to matter."""
+        promised = max(seq.diff(self.rcv_adv, self.rcv_nxt), 0)
+        config = self._conn.config
+        if self.free_space() - promised >= min(config.receive_buffer // 2, 2 * self._conn.mss):
+            self.ack_now = True
+
+    @property
+    def readable(self) -> int:
+        return len(self.buffer)
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer's FIN arrived and every byte before it has been read."""
+        return self.fin_received and not self.buffer
+
+    def shut(self) -> None:
+        """shutdown(SHUT_RD): what waits and what comes later is dropped."""
+        self.read_shut = True
+        self.buffer.clear()
+
+    # ---- what each outgoing segment says -------------------------------------------
+
+    def free_space(self) -> int:
+        return max(self._conn.config.receive_buffer - len(self.buffer), 0)
+
+    def window_field(self) -> int:
+        """The window to advertise, scaled; the right edge never moves left
+        (RFC 9293 3.8.6.2.2) but by the scale's rounding, and it grows only
+        by useful amounts (SWS)."""
+        conn = self._conn
+        shift = self.rcv_shift
+        room = free = self.free_space()
+        promised = max(seq.diff(self.rcv_adv, self.rcv_nxt), 0)
+        if free - promised < min(conn.config.receive_buffer // 2, conn.mss):
+            free = promised  # a small opening is not worth announcing yet
+        window = max(free, promised)
+        if conn.state is State.SYN_RECEIVED:
+            # A SYN,ACK may yet be resent, and it cannot say more than 65535:
+            # promise no more before the handshake is over.
+            window = min(window, (0xFFFF >> shift) << shift)
+        # Round up: rounding down would pull a promised right edge back. But
+        # never past the free space: rounding a promise up again on every ACK
+        # let the edge creep on with each small segment, and the window never
+        # closed (RFC 7323 Appendix F); there the edge goes back by < 1 unit.
+        granule = (1 << shift) - 1
+        field = min((window + granule) >> shift, (room + granule) >> shift, 0xFFFF)
+        self.rcv_adv = seq.add(self.rcv_nxt, field << shift)
+        return field
+
+    def syn_window(self, advance: bool) -> int:
+        """The window of our SYN or SYN,ACK: never scaled, at most 65535. A
+        retransmitted SYN,ACK never pulls the edge back (`advance` False)."""
+        window = min(self.free_space(), 0xFFFF)
+        edge = seq.add(self.rcv_nxt, window)
+        if advance or seq.gt(edge, self.rcv_adv):
+            self.rcv_adv = edge
+        return window
+
+    def ack_options(self) -> TcpOptions:
+        """Timestamps (RFC 7323) and SACK blocks for data held beyond a hole
+        (RFC 2018), as agreed: 40 bytes hold TS and three blocks, or four."""
+        conn = self._conn
+        ts_ok = conn.ts_ok
+        held_fin = self.held_fin
+        sack = conn.sack_ok and (bool(self.out_of_order) or held_fin is not None)
+        if not (sack or ts_ok):
+            return NO_OPTIONS
+        blocks = self.out_of_order.blocks(self.last_hold) if sack else []
+        if sack and held_fin is not None:
+            # A FIN held beyond a hole is reported too (it occupies sequence
+            # space, as Linux reports it): else a sender that lost only the
+            # last data segment has no SACK to go on and waits for its RTO.
+            end = seq.add(held_fin, 1)
+            touching = [i for i, (_, right) in enumerate(blocks) if right == held_fin]
+            if touching:
+                left, _ = blocks[touching[0]]
+                blocks[touching[0]] = (left, end)
+            else:
+                blocks.insert(0, (held_fin, end))
+        blocks = blocks[: 3 if ts_ok else 4]
+        stamps = (conn.ts_now(), self.ts_recent) if ts_ok else None
+        return TcpOptions(sack_blocks=tuple(blocks), timestamps=stamps)

@@ -1,0 +1,360 @@
+"""The send side of a connection: the send sequence variables, the send
+buffer and our FIN after it, and what may go out now: segmentation (and
+GSO super-segments), Nagle and sender-side silly window avoidance, the
+zero-window probe (RFC 9293 3.3.1, 3.8.6; RFC 1122 4.2.3.4).
+
+Loss recovery decides *what* is lost and when it goes again; the sender
+builds those segments from its buffer too (`resend`). The receiver gives
+each segment its ACK number, window and options.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ustack.study.vocabulary import SegmentNote
+from ustack.tcp import seq
+from ustack.tcp.events import SendSpace
+from ustack.tcp.segment import Segment
+from ustack.tcp.states import State
+from ustack.tcp.timers import PERSIST, RETRANSMIT, Timers
+from ustack.wire.tcp import ACK, FIN, PSH, SYN, TcpOptions
+
+if TYPE_CHECKING:
+    from ustack.tcp.connection import TcpConnection
+    from ustack.tcp.receiver import Receiver
+    from ustack.tcp.recovery import Recovery
+
+MAX_GSO_PAYLOAD = 65535 - 60 - 60  # an IP datagram less the largest IP and TCP headers
+
+_NONE = SegmentNote.NONE
+_RETRANSMISSION = SegmentNote.RETRANSMISSION
+_ZERO_WINDOW_PROBE = SegmentNote.ZERO_WINDOW_PROBE
+
+
+class Sender:
+    __slots__ = (
+        "_conn",
+        "_rcv",
+        "_recovery",
+        "_timers",
+        "buffer",
+        "buffer_seq",
+        "fin_queued",
+        "iss",
+        "max_snd_wnd",
+        "nodelay",
+        "small_sent_end",
+        "snd_max",
+        "snd_nxt",
+        "snd_shift",
+        "snd_una",
+        "snd_wl1",
+        "snd_wl2",
+        "snd_wnd",
+    )
+
+    def __init__(
+        self, conn: TcpConnection, timers: Timers, receiver: Receiver, iss: int, nodelay: bool
+    ) -> None:
+        self._conn = conn
+        self._timers = timers
+        self._rcv = receiver
+        self._recovery: Recovery  # (set by attach: the two refer to each other)
+        # Send sequence variables (RFC 9293 3.3.1). SND.MAX is the highest
+        # SND.NXT ever sent: SND.NXT goes back to SND.UNA on a timeout.
+        self.iss = iss
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.snd_max = iss
+        self.snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self.max_snd_wnd = 0
+        self.snd_shift = 0  # the peer's window scale, applied to its windows
+        # Unacknowledged and unsent data from sequence number buffer_seq.
+        self.buffer = bytearray()
+        self.buffer_seq = seq.add(iss, 1)
+        self.fin_queued = False  # our FIN follows the last byte of the buffer
+        self.nodelay = nodelay  # TCP_NODELAY: send small segments at once
+        self.small_sent_end = iss  # SEQ just after the last sub-MSS segment sent
+
+    def attach(self, recovery: Recovery) -> None:
+        self._recovery = recovery
+
+    # ---- the buffer -------------------------------------------------------------
+
+    def queue(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue data; how many bytes fit in the send buffer."""
+        room = self._conn.config.send_buffer - len(self.buffer)
+        taken = data[: max(room, 0)]
+        self.buffer += taken
+        return len(taken)
+
+    @property
+    def space(self) -> int:
+        """Free room in the send buffer."""
+        return max(self._conn.config.send_buffer - len(self.buffer), 0)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes in the send buffer (unacknowledged or not sent yet)."""
+        return len(self.buffer)
+
+    @property
+    def fin_seq(self) -> int:
+        """The SEQ of our FIN: just after the last byte queued."""
+        return seq.add(self.buffer_seq, len(self.buffer))
+
+    def fin_acked(self) -> bool:
+        return self.fin_queued and self.snd_una == seq.add(self.fin_seq, 1)
+
+    def acked(self, ack: int) -> int:
+        """SND.UNA moves to `ack`: the acknowledged bytes leave the buffer.
+        Returns how many data bytes that was (not the SYN or the FIN)."""
+        buffer = self.buffer
+        data_acked = min(max(seq.diff(ack, self.buffer_seq), 0), len(buffer))
+        if data_acked:
+            del buffer[:data_acked]
+            self.buffer_seq = seq.add(self.buffer_seq, data_acked)
+            self._conn.events.append(SendSpace())
+        self.snd_una = ack
+        if seq.lt(self.snd_nxt, ack):
+            self.snd_nxt = ack
+        return data_acked
+
+    # ---- the peer's window -------------------------------------------------------
+
+    def update_window(self, seg: Segment) -> None:
+        """The window from the newest segment only (SND.WL1, SND.WL2)."""
+        ack = seg.ack
+        wl1 = self.snd_wl1
+        newer = seq.lt(wl1, seg.seq) or (wl1 == seg.seq and seq.le(self.snd_wl2, ack))
+        if newer and seq.le(self.snd_una, ack):
+            reopened = self.snd_wnd == 0 and seg.window > 0
+            self.snd_wnd = seg.window << self.snd_shift
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+            self.snd_wl1, self.snd_wl2 = seg.seq, ack
+            if self.snd_wnd:
+                self._timers.cancel(PERSIST)
+                if reopened:
+                    self.snd_nxt = self.snd_una  # resend a probe byte the peer dropped
+                    self._recovery.timed = None  # Karn: no sample from what is sent again
+            else:
+                self._recovery.retries = 0  # the peer is alive, just full
+
+    def take_window(self, seg: Segment) -> None:
+        """The window of a segment that acknowledges our SYN (scaled now)."""
+        self.snd_wnd = seg.window << self.snd_shift
+        self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+
+    # ---- output --------------------------------------------------------------------
+
+    def send_syn(self) -> None:
+        """Our SYN, or SYN,ACK (from the same ISS, again after a loss)."""
+        conn = self._conn
+        rcv = self._rcv
+        recovery = self._recovery
+        config = conn.config
+        ack = conn.state is not State.SYN_SENT
+        shift = rcv.rcv_shift if ack else config.window_shift
+        offer_scaling = config.window_scaling and (not ack or self.snd_shift or rcv.rcv_shift)
+        offer_sack = config.sack and (not ack or conn.sack_ok)
+        offer_ts = config.timestamps and (not ack or conn.ts_ok)
+        options = TcpOptions(
+            mss=config.mss,
+            window_scale=shift if offer_scaling else None,
+            sack_permitted=offer_sack,
+            timestamps=(conn.ts_now(), rcv.ts_recent if ack else 0) if offer_ts else None,
+        )
+        window = rcv.syn_window(advance=not ack)
+        flags = SYN | ACK if ack else SYN
+        iss = self.iss
+        note = _RETRANSMISSION if self.snd_max != iss else _NONE
+        recovery.syn_retransmitted = recovery.syn_retransmitted or bool(note)
+        ack_number = rcv.rcv_nxt if ack else 0
+        conn._emit(Segment(iss, ack_number, flags, window, b"", options, note=note))
+        self.snd_nxt = seq.add(iss, 1)
+        if self.snd_max == iss:
+            self.snd_max = self.snd_nxt
+            recovery.timed = (iss, conn.now)
+        rcv.ack_now = False
+        if RETRANSMIT not in self._timers.deadlines:
+            self._timers.arm(RETRANSMIT, recovery.rtt.rto)
+
+    def send_data(self, limit: int | None, probe: bool = False) -> None:
+        """Segments from SND.NXT while window and data allow; the FIN on the last."""
+        conn = self._conn
+        rcv = self._rcv
+        recovery = self._recovery
+        timers = self._timers
+        buf = self.buffer
+        options = rcv.ack_options()
+        if options.sack_blocks:
+            # The blocks ride on every segment: its payload shrinks to fit the
+            # MSS (RFC 2018 3; else an MTU-sized segment would be too big).
+            mss = max_segment = conn.mss - sack_length(options)
+        else:
+            mss = conn.mss
+            # With GSO, many MSS in one super-segment, within an IP datagram's 64 KB.
+            max_segment = min(mss * conn.config.gso_segments, MAX_GSO_PAYLOAD) or mss
+        full = min(mss, max_segment)  # a "full-sized" segment, even at MTU 65535
+        sent_new = False
+        scoreboard = recovery.rack
+        rack = scoreboard if conn.sack_ok else None
+        # In recovery, or with losses not yet sent again, new data is limited
+        # by the pipe (RFC 6675 5), not by what is in flight since SND.UNA.
+        budget = None
+        if rack is not None and (recovery.recover is not None or rack.lost_out):
+            budget = recovery.cc.cwnd - rack.pipe()
+        while True:
+            # (A zero-window probe stays at SND.UNA, whatever the peer claims to hold.)
+            hole = self._skip_sacked() if scoreboard.sacked_bytes and not probe else None
+            offset = seq.diff(self.snd_nxt, self.buffer_seq)
+            if offset > len(buf):
+                break  # the FIN is out already
+            unsent = len(buf) - offset
+            if probe:
+                size = min(unsent, 1)
+            else:
+                if budget is None:
+                    window = min(self.snd_wnd, recovery.cc.cwnd)
+                    usable = seq.diff(seq.add(self.snd_una, window), self.snd_nxt)
+                else:
+                    edge = seq.add(self.snd_una, self.snd_wnd)
+                    usable = min(seq.diff(edge, self.snd_nxt), budget)
+                size = max(min(unsent, usable, max_segment), 0)
+            if limit is not None:
+                size = min(size, limit)
+            if hole is not None:
+                size = min(size, hole)
+            fin = self.fin_queued and offset + size == len(buf)
+            if size == 0 and not fin:
+                break
+            if 0 < size < full and not probe and self._hold_small(size, unsent):
+                break
+            flags = ACK | (FIN if fin else 0) | (PSH if size and offset + size == len(buf) else 0)
+            payload = copy_out(buf, offset, size)
+            note = _ZERO_WINDOW_PROBE if probe else _NONE
+            snd_nxt = self.snd_nxt
+            if seq.lt(snd_nxt, self.snd_max) and not probe:
+                # (A probe resent after its timeout is still a probe, not a loss.)
+                note = _RETRANSMISSION
+                recovery.undo_bytes += size
+            window = rcv.window_field()
+            gso = mss if size > mss else 0
+            conn._emit(Segment(snd_nxt, rcv.rcv_nxt, flags, window, payload, options, note, gso))
+            if recovery.timed is None and snd_nxt == self.snd_max and size:
+                recovery.timed = (snd_nxt, conn.now)
+            if rack is not None:
+                rack.on_send(snd_nxt, seq.add(snd_nxt, size + fin), conn.now)
+                if budget is not None:
+                    budget -= size + fin
+            self.snd_nxt = snd_nxt = seq.add(snd_nxt, size + fin)
+            if 0 < size < full:
+                self.small_sent_end = snd_nxt
+            if seq.gt(snd_nxt, self.snd_max):
+                self.snd_max = snd_nxt
+                sent_new = not probe
+            rcv.ack_now = False
+            if RETRANSMIT not in timers.deadlines:
+                timers.arm(RETRANSMIT, recovery.rtt.rto)
+            if fin or probe:
+                break
+        if sent_new:
+            recovery.arm_probe()  # (RFC 8985 7.2: restarted by each new transmission)
+        stalled = self.snd_wnd == 0 and seq.diff(self.fin_seq, self.snd_nxt) > 0
+        if stalled and self.snd_una == self.snd_max and PERSIST not in timers.deadlines:
+            timers.arm(PERSIST, recovery.rtt.rto)
+
+    def _skip_sacked(self) -> int | None:
+        """Going back after a timeout (SND.NXT below SND.MAX): step over what
+        the peer has SACKed, and return how much may go before the next
+        SACKed block (RFC 6675 5.1: the scoreboard spares what it holds)."""
+        nxt = self.snd_nxt
+        if not seq.lt(nxt, self.snd_max):
+            return None
+        for left, right in self._recovery.rack.sacked_ranges():  # (merged: each steps once)
+            if seq.le(left, nxt) and seq.lt(nxt, right):
+                nxt = self.snd_nxt = right
+            elif seq.gt(left, nxt):
+                return seq.diff(left, nxt)
+        return None
+
+    def _hold_small(self, size: int, unsent: int) -> bool:
+        """Sender-side silly window avoidance (RFC 9293 3.8.6.2.1) with Nagle's
+        algorithm in Minshall's form (RFC 896, RFC 1122 4.2.3.4): a segment
+        smaller than the MSS waits while more may come, unless it is all we
+        have and no other small segment is unacknowledged."""
+        if self.snd_nxt != self.snd_max or self.snd_una == self.snd_max:
+            return False  # a retransmission, or nothing in flight: never hold
+        if size == unsent:
+            return not self.nodelay and seq.gt(self.small_sent_end, self.snd_una)
+        return size < self.max_snd_wnd // 2  # window-limited: wait for a useful opening
+
+    def resend(self, start: int, max_size: int) -> tuple[int, int] | None:
+        """One segment from `start` again (FIN included if it is the end):
+        its payload size and FIN (0 or 1), or None if nothing could go."""
+        conn = self._conn
+        rcv = self._rcv
+        buf = self.buffer
+        mss = conn.mss
+        offset = seq.diff(start, self.buffer_seq)
+        options = rcv.ack_options()
+        room = mss - sack_length(options)
+        # Only what went out before: never past SND.MAX (nor into the window
+        # beyond it, when the probe's "last segment" is shorter than an MSS).
+        sent = seq.diff(self.snd_max, start)
+        fin_seq = self.fin_seq
+        if self.fin_queued and seq.gt(self.snd_max, fin_seq):
+            sent -= 1  # SND.MAX counts the FIN
+        # Within the peer's window, if it shrank since (RFC 1122 4.2.2.16); at
+        # SND.UNA one segment regardless, as Linux resends its head.
+        window = seq.diff(seq.add(self.snd_una, self.snd_wnd), start)
+        if window <= 0:
+            if start != self.snd_una:
+                return None
+            window = mss
+        size = min(max_size, room, len(buf) - offset, sent, window)
+        if size <= 0 and not self.fin_queued:
+            return None
+        size = max(size, 0)
+        fin = self.fin_queued and offset + size == len(buf)
+        fin = fin and seq.gt(self.snd_max, fin_seq)  # only a FIN that went out before
+        if size == 0 and not fin:
+            return None
+        last = size and offset + size == len(buf)  # PSH as when it first went
+        flags = ACK | (FIN if fin else 0) | (PSH if last else 0)
+        payload = copy_out(buf, offset, size)
+        window = rcv.window_field()
+        conn._emit(
+            Segment(start, rcv.rcv_nxt, flags, window, payload, options, note=_RETRANSMISSION)
+        )
+        return size, int(fin)
+
+    def persist_timeout(self) -> None:
+        """Zero-window probe (RFC 9293 3.8.6.1): push one byte past the window."""
+        if self.snd_wnd or seq.diff(self.fin_seq, self.snd_nxt) <= 0:
+            return
+        self.send_data(1, probe=True)
+        self._recovery.rtt.back_off()
+
+    def may_send(self) -> bool:
+        """Bytes not yet sent, or the FIN right after the last byte: only then
+        has send_data anything to do (the common case of a receiver answering
+        data with a bare ACK skips it)."""
+        unsent = len(self.buffer) - seq.diff(self.snd_nxt, self.buffer_seq)
+        return unsent > 0 or (unsent == 0 and self.fin_queued)
+
+
+def sack_length(options: TcpOptions) -> int:
+    """Bytes the SACK option takes in a segment, with its two NOPs."""
+    return 4 + 8 * len(options.sack_blocks) if options.sack_blocks else 0
+
+
+def copy_out(buf: bytearray, offset: int, size: int) -> bytes:
+    """Bytes of the send buffer in one copy (a slice of the bytearray and then
+    bytes() would be two); no view outlives the call, so the buffer may shrink."""
+    with memoryview(buf) as view:
+        return bytes(view[offset : offset + size])
