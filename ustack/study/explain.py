@@ -14,12 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ustack.study.ladder import (
-    LOST_NOTE,
+from ustack.study.load import (
     Record,
     TraceError,
     as_records,
     choose_connection,
+    is_lost,
     load_trace,
     relative_numbers,
     report_error,
@@ -268,7 +268,7 @@ def _is_resend(timer: _Item, follow: _Item) -> bool:
 
 
 def _lost(event: Record) -> bool:
-    return LOST_NOTE in (event.get("note") or "")
+    return is_lost(event)
 
 
 def _never_arrives(event: Record) -> str:
