@@ -138,7 +138,7 @@ def build_ladder(
     rows = ladder.rows
 
     def ms(event: Record) -> float:
-        return (event["time"] - start) * 1000.0
+        return float(event["time"] - start) * 1000.0
 
     shown = summary.first_state  # ustack's state as the ladder shows it so far
     pending_state: tuple[float, str] | None = None  # a change no arrow showed yet

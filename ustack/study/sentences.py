@@ -161,8 +161,10 @@ def _what(event: Record, context: Context) -> str:
 
 def _meaning(state: Record, context: Context) -> str:
     event = _event(state)
-    meaning = _MEANING.get((_state(state["old"]), event)) or _MEANING.get(
-        (None, event), state["why"]
+    meaning = (
+        _MEANING.get((_state(state["old"]), event))
+        or _MEANING.get((None, event))
+        or str(state["why"])
     )
     return meaning.format(time_wait=context.time_wait)
 
