@@ -100,7 +100,7 @@ TOLD = {
     SegmentNote.NONE: (".", "ustack sends an ACK (ack 1)"),
     SegmentNote.RETRANSMISSION: ("P.", "again (retransmission)"),
     SegmentNote.ZERO_WINDOW_PROBE: ("P.", "zero-window probe"),
-    SegmentNote.KEEPALIVE_PROBE: (".", "zero-window probe"),
+    SegmentNote.KEEPALIVE_PROBE: (".", "sends a keep-alive probe (seq 1,"),
     SegmentNote.CHALLENGE_ACK: (".", "a challenge ACK (ack 1)"),
     SegmentNote.RST_UNACCEPTABLE_ACK: ("R", "(RST for an unacceptable ACK)"),
     SegmentNote.RST_NO_CONNECTION: ("R.", "no connection for that segment"),

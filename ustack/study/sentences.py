@@ -21,6 +21,7 @@ _RST_SENT = "RFC 9293 3.5.2"
 _TIME_WAIT_RULE = "RFC 9293 3.6.1"  # where the 2MSL wait is required
 _ZERO_WINDOW_PROBE = "RFC 9293 3.8.6.1"
 _TIMER_FIRES = "RFC 9293 3.10.8"  # timeouts, in general
+_KEEPALIVE = "RFC 1122 4.2.3.6"
 
 # What a transition means for ustack, by (old state, event); (None, event)
 # for every old state. "{time_wait}" becomes the 2MSL wait of this trace.
@@ -334,12 +335,19 @@ def outgoing_step(item: Item, context: Context) -> tuple[str, list[str]]:
     elif kind is SegmentNote.CHALLENGE_ACK:
         text = f"ustack sends a challenge ACK (ack {ack})."
         refs.append("RFC 5961 7")
-    elif kind in (SegmentNote.ZERO_WINDOW_PROBE, SegmentNote.KEEPALIVE_PROBE):
+    elif kind is SegmentNote.ZERO_WINDOW_PROBE:
         text = (
             f"The peer's window is closed: ustack sends a zero-window probe (seq {seq}) to "
             f"learn when it opens again."
         )
         refs.append(_ZERO_WINDOW_PROBE)
+    elif kind is SegmentNote.KEEPALIVE_PROBE:
+        text = (
+            f"ustack has heard nothing from the peer for a while: it sends a keep-alive probe "
+            f"(seq {seq}, one below what the peer acknowledged) that the peer must answer "
+            f"with an ACK, to learn whether it is still there."
+        )
+        refs.append(_KEEPALIVE)
     elif length:
         text = f"ustack sends {length:,} bytes of data (seq {seq})."
         refs.append(_DATA)
