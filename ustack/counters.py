@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from ustack.study.records import Drop, Tracer
+from ustack.study.vocabulary import DropReason, Layer
+from ustack.wire.errors import MalformedPacket
 
 
 class Counters(Counter[str]):
@@ -12,7 +14,13 @@ class Counters(Counter[str]):
 
     tracer: Tracer | None = None
 
-    def drop(self, layer: str, reason: str, now: float, summary: str = "") -> None:
+    def drop(
+        self, layer: Layer, why: DropReason | MalformedPacket, now: float, summary: str = ""
+    ) -> None:
+        """A packet `layer` did not accept: for one of the vocabulary's reasons,
+        or because its parser rejected it (the reason is then the wire layer's,
+        MalformedPacket.reason)."""
+        reason = why.reason if isinstance(why, MalformedPacket) else why
         self[f"{layer}.drop.{reason}"] += 1
         if self.tracer is not None:
             self.tracer(Drop(now, layer, reason, summary))

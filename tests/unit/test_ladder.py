@@ -20,17 +20,14 @@ from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
 from ustack.study.explain import add_explain_arguments, explain, explain_command
 from ustack.study.ladder import (
-    TraceError,
     add_ladder_arguments,
     build_ladder,
-    choose_connection,
-    connections,
     ladder_command,
-    load_trace,
     render_ascii,
     render_mermaid,
     render_svg,
 )
+from ustack.study.load import TraceError, choose_connection, connections, load_trace
 from ustack.study.records import PeerStateChange, SegmentEvent, TraceEvent
 from ustack.study.sinks import JsonlWriter
 

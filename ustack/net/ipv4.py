@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from ustack.counters import Counters
 from ustack.study.records import PacketTap
+from ustack.study.vocabulary import DropReason, Layer
 from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import (
@@ -88,12 +89,12 @@ class IPv4Layer:
             header_length = IPV4_MIN_HEADER_LENGTH
         else:
             if packet and packet[0] >> 4 == 6:
-                counters.drop("ip", "ipv6-unsupported", now)
+                counters.drop(Layer.IP, DropReason.IPV6_UNSUPPORTED, now)
                 return
             try:
                 header = parse_ipv4(packet)
             except MalformedPacket as exc:
-                counters.drop("ip", exc.reason, now)
+                counters.drop(Layer.IP, exc, now)
                 return
             total_length, more_fragments, fragment_offset = (
                 header.total_length,
@@ -103,23 +104,23 @@ class IPv4Layer:
             ttl, protocol, src, dst = header.ttl, header.protocol, header.src, header.dst
             header_length = header.header_length
         if not header_length <= total_length <= len(packet):
-            counters.drop("ip", "ipv4-bad-total-length", now)
+            counters.drop(Layer.IP, DropReason.IPV4_BAD_TOTAL_LENGTH, now)
             return
         if prefix_checksum(packet, header_length) != 0:
-            counters.drop("ip", "ipv4-bad-checksum", now)
+            counters.drop(Layer.IP, DropReason.IPV4_BAD_CHECKSUM, now)
             return
         if ttl == 0:
-            counters.drop("ip", "ipv4-ttl-zero", now)
+            counters.drop(Layer.IP, DropReason.IPV4_TTL_ZERO, now)
             return
         if dst != self.address:
-            counters.drop("ip", "not-for-us", now)
+            counters.drop(Layer.IP, DropReason.NOT_FOR_US, now)
             return
         if not _is_unicast_source(src):
-            counters.drop("ip", "bad-source", now)
+            counters.drop(Layer.IP, DropReason.BAD_SOURCE, now)
             return
         if more_fragments or fragment_offset:
             # No reassembly yet: every fragment is dropped, and counted.
-            counters.drop("ip", "fragment", now)
+            counters.drop(Layer.IP, DropReason.FRAGMENT, now)
             return
         # Bytes past total_length are link padding, not payload.
         payload = memoryview(packet)[header_length:total_length]
@@ -130,17 +131,17 @@ class IPv4Layer:
         elif protocol == PROTO_UDP:
             self._receive_udp(src, payload, packet[:total_length], checksum_ok)
         else:
-            counters.drop("ip", "unknown-protocol", now)
+            counters.drop(Layer.IP, DropReason.UNKNOWN_PROTOCOL, now)
 
     def _receive_icmp(self, src: int, message: memoryview) -> None:
         counters = self._counters
         try:
             icmp = parse_icmp(message)
         except MalformedPacket as exc:
-            counters.drop("icmp", exc.reason, self._now)
+            counters.drop(Layer.ICMP, exc, self._now)
             return
         if internet_checksum(message) != 0:
-            counters.drop("icmp", "bad-checksum", self._now)
+            counters.drop(Layer.ICMP, DropReason.BAD_CHECKSUM, self._now)
             return
         if icmp.type != ECHO_REQUEST:
             counters[f"icmp.in.type-{icmp.type}"] += 1
@@ -157,10 +158,10 @@ class IPv4Layer:
         try:
             udp = parse_udp(datagram)
         except MalformedPacket as exc:
-            counters.drop("udp", exc.reason, self._now)
+            counters.drop(Layer.UDP, exc, self._now)
             return
         if not 8 <= udp.length <= len(datagram):
-            counters.drop("udp", "bad-length", self._now)
+            counters.drop(Layer.UDP, DropReason.BAD_LENGTH, self._now)
             return
         # A zero checksum means the sender computed none (RFC 768).
         if (
@@ -168,7 +169,7 @@ class IPv4Layer:
             and udp.checksum
             and transport_checksum(src, self.address, PROTO_UDP, datagram) != 0
         ):
-            counters.drop("udp", "bad-checksum", self._now)
+            counters.drop(Layer.UDP, DropReason.BAD_CHECKSUM, self._now)
             return
         counters["udp.out.port-unreachable"] += 1
         self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)
@@ -190,7 +191,7 @@ class IPv4Layer:
         SendSegment as it is: the TCP layer calls it for every segment.)"""
         if len(packet) > self.mtu and not gso_size:
             # We never fragment; TCP keeps its segments under the MSS.
-            self._counters.drop("ip", "out-too-big", self._now)
+            self._counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
             return
         self._identification = (self._identification + 1) & 0xFFFF
         build_ipv4_in_place(
@@ -207,7 +208,7 @@ class IPv4Layer:
         if sent:
             self._counters["ip.out"] += 1
         else:
-            self._counters.drop("ip", "out-queue-full", self._now)
+            self._counters.drop(Layer.IP, DropReason.OUT_QUEUE_FULL, self._now)
 
     def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> None:
         """An ICMP error about `offending` (a whole IPv4 packet we received)."""

@@ -22,9 +22,10 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ustack.study.vocabulary import FaultAction
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
 
-ACTIONS = ("drop", "delay", "duplicate")
+ACTIONS = tuple(FaultAction)
 DIRECTIONS = ("in", "out", "both")
 FLAG_NAMES = {"FIN": FIN, "SYN": SYN, "RST": RST, "PSH": PSH, "ACK": ACK, "URG": URG}
 
@@ -35,7 +36,7 @@ class FaultError(ValueError):
 
 @dataclass
 class FaultRule:
-    action: str
+    action: FaultAction
     direction: str = "both"
     flags: int = 0
     only: bool = False
@@ -85,7 +86,7 @@ def parse_rule(text: str) -> FaultRule:
 def rule_from_fields(action: str, fields: dict[str, Any]) -> FaultRule:
     if action not in ACTIONS:
         raise FaultError(f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
-    rule = FaultRule(action)
+    rule = FaultRule(FaultAction(action))
     for key, value in fields.items():
         if value is None:
             continue
@@ -119,7 +120,7 @@ def rule_from_fields(action: str, fields: dict[str, Any]) -> FaultRule:
             if isinstance(exc, FaultError):
                 raise
             raise FaultError(f"{key}={text}: not a number") from None
-    if rule.action == "delay" and rule.delay <= 0:
+    if rule.action is FaultAction.DELAY and rule.delay <= 0:
         raise FaultError("delay needs delay=SECONDS")
     if rule.only and not rule.flags:
         raise FaultError("only=1 needs flags=...")
@@ -186,9 +187,9 @@ class FaultInjector:
             if rule.probability < 1 and self.rng.random() >= rule.probability:
                 continue
             rule.applied += 1
-            if rule.action == "drop":
+            if rule.action is FaultAction.DROP:
                 return Verdict(0, 0.0, rule)
-            if rule.action == "duplicate":
+            if rule.action is FaultAction.DUPLICATE:
                 return Verdict(2, 0.0, rule)
             return Verdict(1, rule.delay, rule)
         return PASS

@@ -4,8 +4,10 @@ The core hands events to a `Tracer` (any callable) when one is set; with
 none set, tracing costs one `is not None` test per place. Raw packets go to
 packet taps (the pcap writer) the same way.
 
-Schema version 2 (see README "Trace"): every event has a "type" and a
-"time"; events of a connection have its id ("conn") and 4-tuple.
+Schema version 3 (docs/trace-format.md): every event has a "type" and a
+"time"; events of a connection have its id ("conn") and 4-tuple. Fields
+typed with the vocabulary's StrEnums (ustack.study.vocabulary) are written
+as their text, so the file holds plain strings.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ustack.study.vocabulary import (
+    DropReason,
+    FaultAction,
+    Layer,
+    SegmentNote,
+    TimerAction,
+    TimerKind,
+)
 from ustack.tcp.states import Event, State
 
 TRACE_SCHEMA_VERSION = 3
@@ -71,15 +81,15 @@ class SegmentEvent:
     options: dict[str, Any]
     state_before: str
     state_after: str
-    note: str = ""  # why we sent it, when that is not plain: "retransmission", "challenge ACK"
+    note: SegmentNote = SegmentNote.NONE  # why we sent it, when that is not plain
 
 
 @dataclass(frozen=True, slots=True)
 class TimerEvent:
     time: float
     conn: int
-    timer: str  # retransmit, probe, reorder, persist, delayed_ack, keepalive, time_wait, fin_wait_2
-    action: str  # set, fired, cancelled
+    timer: TimerKind
+    action: TimerAction
     deadline: float | None = None
 
 
@@ -90,8 +100,8 @@ class Decision:
 
     time: float
     conn: int
-    what: str  # the sentence
-    rule: str  # RFC and section
+    what: str  # the sentence: the Note's text with its values
+    rule: str  # RFC and section (the Note's Rule)
     kind: str = ""  # the vocabulary's Note, in lower case (e.g. "fast_retransmit")
 
 
@@ -100,8 +110,8 @@ class Drop:
     """A packet the stack did not accept, and why (the counter's reason)."""
 
     time: float
-    layer: str
-    reason: str
+    layer: Layer
+    reason: DropReason | str  # or a parser's MalformedPacket.reason (the wire layer's)
     summary: str = ""
 
 
@@ -132,7 +142,7 @@ class FaultEvent:
     time: float
     conn: int | None
     direction: str  # "in" or "out"
-    action: str  # drop, delay, duplicate
+    action: FaultAction
     rule: int
     local: str
     local_port: int
@@ -180,20 +190,19 @@ def dotted(address: int) -> str:
     return str(ipaddress.IPv4Address(address))
 
 
-@functools.cache
-def _field_names(kind: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(kind))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    kind: tuple(f.name for f in dataclasses.fields(kind)) for kind in _KINDS
+}
 
 
 def event_dict(event: TraceEvent) -> dict[str, Any]:
     """The event as JSON-ready data, with its "type" first (a shallow copy:
-    dataclasses.asdict would deep-copy every options dict)."""
+    dataclasses.asdict would deep-copy every options dict). A State or Event
+    is written by its name; a vocabulary StrEnum is its own text already."""
     record: dict[str, Any] = {"type": _KINDS[type(event)]}
-    for name in _field_names(type(event)):
+    for name in _FIELD_NAMES[type(event)]:
         value = getattr(event, name)
-        if isinstance(value, enum.Enum):
-            # The vocabulary's StrEnums are written as their text; State and
-            # Event by name.
-            value = value.value if isinstance(value, str) else value.name
+        if isinstance(value, enum.Enum) and not isinstance(value, str):
+            value = value.name
         record[name] = value
     return record

@@ -32,6 +32,7 @@ from ustack.study.records import (
     dotted,
     event_dict,
 )
+from ustack.study.vocabulary import FaultAction
 
 # ---- filtering ---------------------------------------------------------------------------
 
@@ -195,7 +196,7 @@ def format_event(event: TraceEvent) -> tuple[str, str]:
         )
     if isinstance(event, FaultEvent):
         conn = f"#{event.conn}" if event.conn is not None else "#-"
-        extra = f" by {event.delay:.3f}s" if event.action == "delay" else ""
+        extra = f" by {event.delay:.3f}s" if event.action == FaultAction.DELAY else ""
         return "drop", (
             f"{conn:<6} fault {event.action}{extra} {event.direction} {event.flags} "
             f"seq {event.rel_seq} ack {event.rel_ack} len {event.length} (rule {event.rule})"

@@ -190,6 +190,24 @@ LOSS_RULES = frozenset(
 )
 
 
+# ---- the fault injector's (study/faults.py), and what the trace readers make of it -------
+
+
+class FaultAction(enum.StrEnum):
+    """What the fault injector does to a matching packet (a rule's ACTION,
+    FaultEvent.action)."""
+
+    DROP = "drop"
+    DELAY = "delay"
+    DUPLICATE = "duplicate"
+
+
+# The trace readers fold a FaultEvent that dropped a segment into the segment:
+# its note gets this (after the core's own note, if any: "retransmission
+# dropped by fault injector"), and the ladder shows it as "lost".
+LOST_NOTE = "dropped by fault injector"
+
+
 class Layer(enum.StrEnum):
     """Where a packet was dropped (Drop.layer, and the counter's prefix)."""
 

@@ -26,6 +26,7 @@ from ustack.study.records import (
     Tracer,
     dotted,
 )
+from ustack.study.vocabulary import DropReason, Layer, SegmentNote
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, Closed
@@ -192,12 +193,12 @@ class TcpDemux:
     ) -> None:
         counters = self._counters
         if not checksum_ok and transport_checksum(src, dst, PROTO_TCP, segment) != 0:
-            counters.drop("tcp", "bad-checksum", now, f"from {dotted(src)}")
+            counters.drop(Layer.TCP, DropReason.BAD_CHECKSUM, now, f"from {dotted(src)}")
             return
         try:
             header = parse_tcp(segment)
         except MalformedPacket as exc:
-            counters.drop("tcp", exc.reason, now, f"from {dotted(src)}")
+            counters.drop(Layer.TCP, exc, now, f"from {dotted(src)}")
             return
         counters["tcp.in"] += 1
         if header.flags & RST:
@@ -278,23 +279,25 @@ class TcpDemux:
             # A connection's first segment is traced with it; every other one here.
             self.trace(self._segment_event(now, None, key, "in", seg, "LISTEN", "LISTEN"))
         if seg.flags & RST:
-            counters.drop("tcp", "rst-to-listener", now)
+            counters.drop(Layer.TCP, DropReason.RST_TO_LISTENER, now)
             return
         if seg.flags & ACK:
             if not seg.flags & (SYN | RST):
                 if self._accept_cookie(listener, key, seg, now):
                     return
                 if self._unverifiable_cookie(listener, seg, now):
-                    counters.drop("tcp", "syncookie-unverified", now, f"port {listener.port}")
+                    counters.drop(
+                        Layer.TCP, DropReason.SYNCOOKIE_UNVERIFIED, now, f"port {listener.port}"
+                    )
                     return
             self._reply_closed(key[0], key[2], key[1], seg, now)
             return
         if not seg.flags & SYN:
-            counters.drop("tcp", "listen-no-syn", now)
+            counters.drop(Layer.TCP, DropReason.LISTEN_NO_SYN, now)
             return
         if len(listener.embryonic) >= listener.backlog:
             if self.syncookies is None:
-                counters.drop("tcp", "backlog-full", now, f"port {listener.port}")
+                counters.drop(Layer.TCP, DropReason.BACKLOG_FULL, now, f"port {listener.port}")
             else:
                 self._send_cookie(key, seg, now)
                 listener.cookies_until = now + 2 * COOKIE_PERIOD
@@ -323,7 +326,7 @@ class TcpDemux:
             min(self.config.receive_buffer, 0xFFFF),
             b"",
             TcpOptions(mss=mss),
-            note="SYN cookie",
+            note=SegmentNote.SYN_COOKIE,
         )
         self._counters["tcp.syncookies.sent"] += 1
         if self.trace is not None:
@@ -367,11 +370,11 @@ class TcpDemux:
     ) -> None:
         reply = reset_for_closed_port(seg, len(seg.payload))
         if reply is None:
-            self._counters.drop("tcp", "rst-to-closed-port", now)
+            self._counters.drop(Layer.TCP, DropReason.RST_TO_CLOSED_PORT, now)
             return
         self._counters["tcp.out.rst"] += 1
         if self.trace is not None:
-            out = Segment(reply.seq, reply.ack, reply.flags, 0, note="RST: no connection")
+            out = Segment(reply.seq, reply.ack, reply.flags, 0, note=SegmentNote.RST_NO_CONNECTION)
             key = (remote, remote_port, local_port)
             self.trace(self._segment_event(now, None, key, "out", out, "CLOSED", "CLOSED"))
         self._transmit(
@@ -448,7 +451,7 @@ class TcpDemux:
             counters["tcp.out"] += 1
             if out.flags & RST:
                 counters["tcp.out.rst"] += 1
-            if out.note == "retransmission":
+            if out.note == SegmentNote.RETRANSMISSION:
                 counters["tcp.out.retransmit"] += 1
             self._transmit(key, out)
 
@@ -573,7 +576,7 @@ class TcpDemux:
             options_dict(seg.options),
             before,
             after,
-            seg.note,
+            SegmentNote(seg.note),
         )
 
     def _listener_transition(self, listener: Listener, event: Event, now: float) -> None:
