@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import machine  # bench/machine.py: scripts here run as python bench/NAME.py
 
 from ustack.stack import Stack
-from ustack.study.records import PacketTap, TraceEvent, Tracer
 from ustack.study.sinks import JsonlWriter, PcapWriter, TextWriter
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, DataReceived, SendSpace
+from ustack.trace.records import PacketTap, TraceEvent, Tracer
 
 CLIENT = 0xC6120001  # 198.18.0.1
 SERVER = 0xC6120002  # 198.18.0.2

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ustack.stack import Stack
-from ustack.study.records import Decision, StateChange, TraceEvent
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent
 from ustack.tcp.invariants import InvariantChecker
 from ustack.tcp.segment import flag_string
 from ustack.tcp.states import Event, State
+from ustack.trace.records import Decision, StateChange, TraceEvent
 from ustack.wire.ipv4 import PROTO_TCP, build_ipv4, parse_ipv4
 from ustack.wire.tcp import TcpOptions, build_tcp, parse_tcp
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ustack.study.records import Drop, Tracer
-from ustack.study.vocabulary import DropReason, Layer
+from ustack.trace.records import Drop, Tracer
+from ustack.trace.vocabulary import DropReason, Layer
 from ustack.wire.errors import MalformedPacket
 
 

@@ -25,11 +25,11 @@ from ustack.runner import StackRunner
 from ustack.services import SERVICES
 from ustack.stack import DEFAULT_ADDRESS, Stack
 from ustack.study.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
-from ustack.study.records import FaultEvent, dotted
 from ustack.study.sinks import TraceFilter, TraceSinks, TraceSpec
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig
 from ustack.tcp.segment import flag_string
+from ustack.trace.records import FaultEvent, dotted
 from ustack.wire.checksum import Buffer
 
 log = logging.getLogger("ustack")

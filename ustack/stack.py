@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 from ustack.counters import Counters
 from ustack.net.ipv4 import IPv4Layer
-from ustack.study.records import PacketTap, Tracer
 from ustack.tcp.connection import TcpConfig
 from ustack.tcp.demux import TcpDemux
 from ustack.tcp.syncookies import SynCookies
+from ustack.trace.records import PacketTap, Tracer
 from ustack.wire.checksum import Buffer
 from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH
 

@@ -140,9 +140,9 @@ def wait_for_transfer(
     while time.monotonic() < deadline:
         for row in daemon.connections():
             moving = row["snd_nxt"] > 1 or row["rcv_nxt"] > 1000
-            if row["remote"].endswith(f":{client_port}") and row["state"] == "ESTABLISHED":
-                if moving:
-                    return row
+            ours = row["remote"].endswith(f":{client_port}") and row["state"] == "ESTABLISHED"
+            if ours and moving:
+                return row
         time.sleep(0.02)
     raise AssertionError(f"no transfer from port {client_port}: {daemon.connections()}")
 

@@ -22,7 +22,7 @@ import pytest
 
 from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher, parse_line, state_name
-from ustack.study.records import PeerStateChange
+from ustack.trace.records import PeerStateChange
 
 # The direct tests' own pair, so that other namespaces' tests (198.18.0.x) do not mix in.
 STACK = "198.18.200.2"

@@ -28,8 +28,8 @@ from ustack.study.ladder import (
     render_svg,
 )
 from ustack.study.load import TraceError, choose_connection, connections, load_trace
-from ustack.study.records import PeerStateChange, SegmentEvent, TraceEvent
 from ustack.study.sinks import JsonlWriter
+from ustack.trace.records import PeerStateChange, SegmentEvent, TraceEvent
 
 P = PEER_ISS + 1
 U = OUR_ISS + 1

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
-from ustack.study.records import SegmentEvent
 from ustack.tcp.states import State
+from ustack.trace.records import SegmentEvent
 
 P = PEER_ISS + 1
 U = OUR_ISS + 1

@@ -29,20 +29,6 @@ import pytest
 from tcpscript import OUR_ISS, PEER, PEER_ISS, US, WINDOW, AppLog, TcpScript, canonical_flags
 
 from ustack.stack import Stack
-from ustack.study.records import (
-    TRACE_SCHEMA_VERSION,
-    Decision,
-    Drop,
-    FaultEvent,
-    NewConnection,
-    PeerStateChange,
-    SegmentEvent,
-    StateChange,
-    TimerEvent,
-    TraceEvent,
-    dotted,
-    event_dict,
-)
 from ustack.study.sinks import (
     FanOut,
     Filtered,
@@ -57,6 +43,20 @@ from ustack.study.sinks import (
 )
 from ustack.tcp.connection import TcpConnection
 from ustack.tcp.events import AppEvent, DataReceived, SendSpace
+from ustack.trace.records import (
+    TRACE_SCHEMA_VERSION,
+    Decision,
+    Drop,
+    FaultEvent,
+    NewConnection,
+    PeerStateChange,
+    SegmentEvent,
+    StateChange,
+    TimerEvent,
+    TraceEvent,
+    dotted,
+    event_dict,
+)
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.inet import ICMP, IP, TCP  # noqa: E402

@@ -15,8 +15,8 @@ from typing import Any
 
 import tcpscript
 
-from ustack.study.records import StateChange
 from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.trace.records import StateChange
 
 SCRIPT_MODULES = [
     "test_tcp_recovery",

@@ -1,4 +1,4 @@
-"""The trace's vocabulary (ustack/study/vocabulary.py) against its readers
+"""The trace's vocabulary (ustack/trace/vocabulary.py) against its readers
 and its documentation: every timer kind, segment note and decision the core
 can write is one that `ustack ladder` and `ustack explain` know; every drop
 reason makes a counter name; docs/trace-format.md lists every member and
@@ -26,7 +26,8 @@ from ustack.study.load import (
     load_trace,
     segment_note,
 )
-from ustack.study.records import (
+from ustack.study.sinks import JsonlWriter, TextWriter
+from ustack.trace.records import (
     _KINDS,
     READABLE_SCHEMAS,
     TRACE_SCHEMA_VERSION,
@@ -38,8 +39,7 @@ from ustack.study.records import (
     TraceEvent,
     event_dict,
 )
-from ustack.study.sinks import JsonlWriter, TextWriter
-from ustack.study.vocabulary import (
+from ustack.trace.vocabulary import (
     LOSS_RULES,
     LOST_NOTE,
     Challenge,
@@ -155,7 +155,7 @@ def test_the_values_explain_reads_from_decisions_are_in_their_sentences() -> Non
 
 
 def test_loss_rules_are_rules() -> None:
-    assert LOSS_RULES <= set(Rule)
+    assert set(Rule) >= LOSS_RULES
     assert {note.rule for note in Note} <= set(Rule)
 
 

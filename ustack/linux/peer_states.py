@@ -42,7 +42,7 @@ from pathlib import Path
 from pyroute2 import netlink
 from pyroute2.netlink import diag
 
-from ustack.study.records import PeerStateChange
+from ustack.trace.records import PeerStateChange
 
 log = logging.getLogger("ustack.peer_states")
 

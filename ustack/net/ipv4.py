@@ -10,8 +10,8 @@ import struct
 from collections.abc import Callable
 
 from ustack.counters import Counters
-from ustack.study.records import PacketTap
-from ustack.study.vocabulary import DropReason, Layer
+from ustack.trace.records import PacketTap
+from ustack.trace.vocabulary import DropReason, Layer
 from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import (

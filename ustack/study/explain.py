@@ -24,7 +24,6 @@ from ustack.study.load import (
     report_error,
     segment_note,
 )
-from ustack.study.records import TraceEvent
 from ustack.study.sentences import (
     Context,
     Item,
@@ -36,8 +35,9 @@ from ustack.study.sentences import (
     state_step,
     timer_step,
 )
-from ustack.study.vocabulary import LOSS_RULES, SegmentNote, TimerAction, TimerKind
 from ustack.tcp.states import Event
+from ustack.trace.records import TraceEvent
+from ustack.trace.vocabulary import LOSS_RULES, SegmentNote, TimerAction, TimerKind
 
 
 def explain(events: Iterable[Record | TraceEvent]) -> list[str]:

@@ -22,7 +22,8 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ustack.study.vocabulary import FaultAction
+from ustack.trace.vocabulary import FaultAction
+from ustack.wire.checksum import Buffer
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
 
 ACTIONS = tuple(FaultAction)
@@ -174,7 +175,7 @@ class FaultInjector:
         self.rules = [r for r in self.rules if rule_id is not None and r.id != rule_id]
         return before - len(self.rules)
 
-    def judge(self, direction: str, packet: bytes) -> Verdict:
+    def judge(self, direction: str, packet: Buffer) -> Verdict:
         """The first live rule that matches and fires decides."""
         if not self.rules:
             return PASS
@@ -195,7 +196,7 @@ class FaultInjector:
         return PASS
 
 
-def _matches(rule: FaultRule, direction: str, packet: bytes) -> bool:
+def _matches(rule: FaultRule, direction: str, packet: Buffer) -> bool:
     if rule.direction != "both" and rule.direction != direction:
         return False
     if not rule.flags and rule.port is None:

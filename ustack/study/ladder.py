@@ -28,8 +28,8 @@ from ustack.study.load import (
     relative_numbers,
     report_error,
 )
-from ustack.study.records import TraceEvent
-from ustack.study.vocabulary import LOST_NOTE, TimerAction, TimerKind
+from ustack.trace.records import TraceEvent
+from ustack.trace.vocabulary import LOST_NOTE, TimerAction, TimerKind
 
 FORMATS = ("ascii", "svg", "mermaid")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ustack.study.records import (
+from ustack.trace.records import (
     READABLE_SCHEMAS,
     TRACE_SCHEMA_VERSION,
     Decision,
@@ -33,7 +33,7 @@ from ustack.study.records import (
     TraceEvent,
     event_dict,
 )
-from ustack.study.vocabulary import LOST_NOTE, FaultAction, Note, SegmentNote
+from ustack.trace.vocabulary import LOST_NOTE, FaultAction, Note, SegmentNote
 
 Record = dict[str, Any]
 

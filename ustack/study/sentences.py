@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ustack.study.load import Record, decision_note, is_lost, segment_note
-from ustack.study.vocabulary import Note, Rule, SegmentNote, TimerKind
 from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.trace.vocabulary import Note, Rule, SegmentNote, TimerKind
 
 # The sections a step cites besides the rules the trace names.
 _HANDSHAKE = "RFC 9293 3.5"

@@ -2,7 +2,7 @@
 filters in front of them, and the set of files a daemon writes.
 
 The records themselves, and the `Tracer` type the core calls, live in
-`ustack.study.records`; the sans-I/O core never imports this module.
+`ustack.trace.records`; the sans-I/O core never imports this module.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ustack.study.records import (
+from ustack.trace.records import (
     TRACE_SCHEMA_VERSION,
     Decision,
     Drop,
@@ -32,7 +32,7 @@ from ustack.study.records import (
     dotted,
     event_dict,
 )
-from ustack.study.vocabulary import FaultAction
+from ustack.trace.vocabulary import FaultAction
 
 # ---- filtering ---------------------------------------------------------------------------
 
@@ -291,14 +291,14 @@ class TraceSinks:
         taps: list[PacketTap] = []
         for spec in specs:
             if spec.format == "pcap":
-                stream: IO[Any] = open(spec.path, "wb")
+                stream: IO[Any] = open(spec.path, "wb")  # noqa: SIM115 (open for the daemon's life; close() shuts it)
                 self._files.append(stream)
                 taps.append(PcapWriter(stream))
                 continue
             if str(spec.path) == "-":
                 stream = sys.stderr
             else:
-                stream = open(spec.path, "w", encoding="utf-8")
+                stream = open(spec.path, "w", encoding="utf-8")  # noqa: SIM115 (as above)
                 self._files.append(stream)
             tracers.append(TextWriter(stream) if spec.format == "text" else JsonlWriter(stream))
         self.tracer: Tracer | None = None

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
-from ustack.study.records import Decision, StateChange, Tracer
-from ustack.study.vocabulary import Challenge, Note, Rule, SegmentNote, TimerKind
 from ustack.tcp import congestion, seq
 from ustack.tcp.config import DEFAULT_PEER_MSS, MAX_WINDOW_SHIFT, MIN_PEER_MSS, TcpConfig
 from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
@@ -43,6 +41,8 @@ from ustack.tcp.segment import Segment
 from ustack.tcp.sender import Sender
 from ustack.tcp.states import SENDS_DATA, TRANSITIONS, Event, State
 from ustack.tcp.timers import DELAYED_ACK, PERSIST, PROBE, REORDER, RETRANSMIT, Timers
+from ustack.trace.records import Decision, StateChange, Tracer
+from ustack.trace.vocabulary import Challenge, Note, Rule, SegmentNote, TimerKind
 from ustack.wire.tcp import ACK, FIN, RST, SYN
 
 __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
@@ -307,13 +307,17 @@ class TcpConnection:
         state = self.state
         snd = self.sender
         rcv = self.receiver
-        if state is State.TIME_WAIT and flags & FIN and not flags & RST:
-            if seq.add(seg.seq, len(seg.payload) + 1) == rcv.rcv_nxt:
-                # The peer lost our last ACK and resent its FIN.
-                rcv.ack_now = True
-                self._timers.arm(TimerKind.TIME_WAIT, 2 * self.config.msl)
-                self.decide(Note.FIN_AGAIN_IN_TIME_WAIT)
-                return
+        if (
+            state is State.TIME_WAIT
+            and flags & FIN
+            and not flags & RST
+            and seq.add(seg.seq, len(seg.payload) + 1) == rcv.rcv_nxt
+        ):
+            # The peer lost our last ACK and resent its FIN.
+            rcv.ack_now = True
+            self._timers.arm(TimerKind.TIME_WAIT, 2 * self.config.msl)
+            self.decide(Note.FIN_AGAIN_IN_TIME_WAIT)
+            return
         if (
             state is State.SYN_RECEIVED
             and not self.passive
@@ -331,12 +335,16 @@ class TcpConnection:
             self.events.append(Connected())
             rcv.ack_now = True
             return
-        if state is State.SYN_RECEIVED and flags & SYN and not flags & (ACK | RST):
-            if seg.seq == rcv.irs:
-                # The peer did not get our SYN,ACK: send it again, same ISS.
-                snd.snd_nxt = snd.iss
-                self.decide(Note.SYN_AGAIN_IN_SYN_RECEIVED)
-                return
+        if (
+            state is State.SYN_RECEIVED
+            and flags & SYN
+            and not flags & (ACK | RST)
+            and seg.seq == rcv.irs
+        ):
+            # The peer did not get our SYN,ACK: send it again, same ISS.
+            snd.snd_nxt = snd.iss
+            self.decide(Note.SYN_AGAIN_IN_SYN_RECEIVED)
+            return
         if self.ts_ok and not rcv.timestamps_ok(seg):
             return
         # First: is the segment acceptable (in the receive window)?
@@ -422,10 +430,7 @@ class TcpConnection:
             self._transition(Event.RCV_ACK_OF_FIN)
             if self.orphaned:
                 self._timers.arm(TimerKind.FIN_WAIT_2, self.config.fin_wait_2_timeout)
-        elif state is State.CLOSING:
-            self._transition(Event.RCV_ACK_OF_FIN)
-            return False
-        elif state is State.LAST_ACK:
+        elif state is State.CLOSING or state is State.LAST_ACK:
             self._transition(Event.RCV_ACK_OF_FIN)
             return False
         return True
@@ -511,12 +516,12 @@ class TcpConnection:
                 self._transition(Event.TIMEOUT_2MSL)
             elif kind is TimerKind.FIN_WAIT_2 and self.state is State.FIN_WAIT_2:
                 self._transition(Event.TIMEOUT_FIN_WAIT_2)
-            elif kind is TimerKind.KEEPALIVE:
-                if (
-                    self.state in (State.ESTABLISHED, State.CLOSE_WAIT)
-                    and not self.keepalive.timeout()
-                ):
-                    self._transition(Event.TIMEOUT_KEEPALIVE, error="ETIMEDOUT")
+            elif (
+                kind is TimerKind.KEEPALIVE
+                and self.state in (State.ESTABLISHED, State.CLOSE_WAIT)
+                and not self.keepalive.timeout()
+            ):
+                self._transition(Event.TIMEOUT_KEEPALIVE, error="ETIMEDOUT")
         self._output()
 
     def _on_retransmit_timeout(self) -> None:

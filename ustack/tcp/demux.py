@@ -18,15 +18,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ustack.counters import Counters
-from ustack.study.records import (
-    NewConnection,
-    SegmentEvent,
-    StateChange,
-    TraceEvent,
-    Tracer,
-    dotted,
-)
-from ustack.study.vocabulary import DropReason, Layer, SegmentNote
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, Closed
@@ -34,6 +25,15 @@ from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
 from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
+from ustack.trace.records import (
+    NewConnection,
+    SegmentEvent,
+    StateChange,
+    TraceEvent,
+    Tracer,
+    dotted,
+)
+from ustack.trace.vocabulary import DropReason, Layer, SegmentNote
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.ipv4 import PROTO_TCP

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ustack.study.vocabulary import SegmentNote, TimerKind
 from ustack.tcp import seq
 from ustack.tcp.segment import Segment
 from ustack.tcp.timers import Timers
+from ustack.trace.vocabulary import SegmentNote, TimerKind
 from ustack.wire.tcp import ACK
 
 if TYPE_CHECKING:

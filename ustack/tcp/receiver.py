@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ustack.study.vocabulary import Challenge, Note, SegmentNote
 from ustack.tcp import seq
 from ustack.tcp.buffers import ReassemblyQueue, ReceiveBuffer
 from ustack.tcp.events import DataReceived
 from ustack.tcp.segment import NO_OPTIONS, Segment
 from ustack.tcp.states import State
 from ustack.tcp.timers import DELAYED_ACK, Timers
+from ustack.trace.vocabulary import Challenge, Note, SegmentNote
 from ustack.wire.tcp import RST, TcpOptions
 
 if TYPE_CHECKING:

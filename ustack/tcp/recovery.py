@@ -21,13 +21,13 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING
 
-from ustack.study.vocabulary import Note, Rule
 from ustack.tcp import congestion, seq
 from ustack.tcp.rack import Rack
 from ustack.tcp.rtt import RttEstimator
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import SENDS_DATA, State
 from ustack.tcp.timers import PROBE, REORDER, RETRANSMIT, Timers
+from ustack.trace.vocabulary import Note, Rule
 from ustack.wire.tcp import FIN, SYN
 
 if TYPE_CHECKING:

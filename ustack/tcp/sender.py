@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ustack.study.vocabulary import SegmentNote
 from ustack.tcp import seq
 from ustack.tcp.events import SendSpace
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import State
 from ustack.tcp.timers import PERSIST, RETRANSMIT, Timers
+from ustack.trace.vocabulary import SegmentNote
 from ustack.wire.tcp import ACK, FIN, PSH, SYN, TcpOptions
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import Protocol
 
-from ustack.study.records import TimerEvent, Tracer
-from ustack.study.vocabulary import TimerAction, TimerKind
+from ustack.trace.records import TimerEvent, Tracer
+from ustack.trace.vocabulary import TimerAction, TimerKind
 
 # Module-level names for the members the per-segment path uses: a global is
 # cheaper to look up than an Enum class attribute (an EnumType lookup).

@@ -6,7 +6,7 @@ packet taps (the pcap writer) the same way.
 
 Schema version 3 (docs/trace-format.md): every event has a "type" and a
 "time"; events of a connection have its id ("conn") and 4-tuple. Fields
-typed with the vocabulary's StrEnums (ustack.study.vocabulary) are written
+typed with the vocabulary's StrEnums (ustack.trace.vocabulary) are written
 as their text, so the file holds plain strings.
 """
 
@@ -18,9 +18,9 @@ import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ustack.study.vocabulary import (
+from ustack.trace.vocabulary import (
     DropReason,
     FaultAction,
     Layer,
@@ -28,7 +28,9 @@ from ustack.study.vocabulary import (
     TimerAction,
     TimerKind,
 )
-from ustack.tcp.states import Event, State
+
+if TYPE_CHECKING:  # annotations only: the trace sits below the TCP core
+    from ustack.tcp.states import Event, State
 
 TRACE_SCHEMA_VERSION = 3
 # Schemas the readers accept: 2 lacks Decision.kind, which readers treat as "".
