@@ -28,18 +28,26 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
-from ustack.tcp import congestion, seq
+from ustack.tcp import seq
 from ustack.tcp.config import DEFAULT_PEER_MSS, MAX_WINDOW_SHIFT, MIN_PEER_MSS, TcpConfig
 from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
-from ustack.tcp.forward import Forward
+from ustack.tcp.forward import TcbView
 from ustack.tcp.keepalive import Keepalive
-from ustack.tcp.rack import Rack
 from ustack.tcp.receiver import Receiver
 from ustack.tcp.recovery import Recovery
-from ustack.tcp.rtt import RttEstimator
 from ustack.tcp.segment import Segment
 from ustack.tcp.sender import Sender
-from ustack.tcp.states import SENDS_DATA, TRANSITIONS, Event, State
+from ustack.tcp.states import (
+    CAN_ACK,
+    CAN_SEND,
+    CLOSE_UNREAD_RESETS,
+    PEER_MAY_RESET,
+    RECEIVES_TEXT,
+    SENDS_DATA,
+    TRANSITIONS,
+    Event,
+    State,
+)
 from ustack.tcp.timers import DELAYED_ACK, PERSIST, PROBE, REORDER, RETRANSMIT, Timers
 from ustack.trace.records import Decision, StateChange, Tracer
 from ustack.trace.vocabulary import Challenge, Note, Rule, SegmentNote, TimerKind
@@ -52,37 +60,7 @@ class ConnectionClosedError(ConnectionError):
     """send() or read() on a connection that can no longer do it."""
 
 
-class TcpConnection:
-    # The TCB variables (RFC 9293 3.3.1) and what the parts keep, as read
-    # from outside.
-    iss: Forward[int] = Forward("sender.iss")
-    snd_una: Forward[int] = Forward("sender.snd_una")
-    snd_nxt: Forward[int] = Forward("sender.snd_nxt")
-    snd_max: Forward[int] = Forward("sender.snd_max")
-    snd_wnd: Forward[int] = Forward("sender.snd_wnd")
-    snd_wl1: Forward[int] = Forward("sender.snd_wl1")
-    snd_wl2: Forward[int] = Forward("sender.snd_wl2")
-    max_snd_wnd: Forward[int] = Forward("sender.max_snd_wnd")
-    snd_shift: Forward[int] = Forward("sender.snd_shift")
-    nodelay: Forward[bool] = Forward("sender.nodelay")
-    send_space: Forward[int] = Forward("sender.space")
-    unsent_bytes: Forward[int] = Forward("sender.unsent")
-    irs: Forward[int] = Forward("receiver.irs")
-    rcv_nxt: Forward[int] = Forward("receiver.rcv_nxt")
-    rcv_adv: Forward[int] = Forward("receiver.rcv_adv")
-    rcv_shift: Forward[int] = Forward("receiver.rcv_shift")
-    ts_recent: Forward[int] = Forward("receiver.ts_recent")
-    fin_received: Forward[bool] = Forward("receiver.fin_received")
-    readable_bytes: Forward[int] = Forward("receiver.readable")
-    at_eof: Forward[bool] = Forward("receiver.at_eof")
-    cc: Forward[congestion.CongestionControl] = Forward("recovery.cc")
-    cwnd: Forward[int] = Forward("recovery.cc.cwnd")
-    ssthresh: Forward[int] = Forward("recovery.cc.ssthresh")
-    rto: Forward[float] = Forward("recovery.rtt.rto")
-    srtt: Forward[float | None] = Forward("recovery.rtt.srtt")
-    _rtt: Forward[RttEstimator] = Forward("recovery.rtt")
-    _rack: Forward[Rack] = Forward("recovery.rack")
-
+class TcpConnection(TcbView):
     def __init__(
         self, *, conn_id: int, iss: int, config: TcpConfig, trace: Tracer | None = None
     ) -> None:
@@ -190,7 +168,7 @@ class TcpConnection:
         self.now = now
         if self.state is State.CLOSED:
             raise ConnectionClosedError(self.error or "ENOTCONN")
-        if self.sender.fin_queued or self.state not in _CAN_SEND:
+        if self.sender.fin_queued or self.state not in CAN_SEND:
             raise BrokenPipeError("EPIPE: the sending side is shut down")
         taken = self.sender.queue(data)
         self._output()
@@ -200,7 +178,7 @@ class TcpConnection:
         """Up to max_bytes of received data; b"" means none waits (check at_eof)."""
         self.now = now
         data = self.receiver.buffer.take(max_bytes)
-        if data and self.state in _CAN_ACK:
+        if data and self.state in CAN_ACK:
             self.receiver.window_update()
             self._output()
         return data
@@ -229,7 +207,7 @@ class TcpConnection:
         lives on, orphaned, until the close completes."""
         self.now = now
         self.orphaned = True
-        if self.receiver.buffer and self.state in _CLOSE_UNREAD_RESETS:
+        if self.receiver.buffer and self.state in CLOSE_UNREAD_RESETS:
             self._send_rst_ack()
             self._transition(Event.APP_CLOSE_UNREAD)
             return
@@ -398,7 +376,7 @@ class TcpConnection:
             else:
                 self._transition(Event.RCV_RST)
         else:
-            error = "ECONNRESET" if state in _PEER_MAY_RESET else None
+            error = "ECONNRESET" if state in PEER_MAY_RESET else None
             self._transition(Event.RCV_RST, error=error)
 
     def _receive_ack(self, seg: Segment) -> bool:
@@ -456,7 +434,7 @@ class TcpConnection:
             fin = 0  # the FIN lies beyond the window too
             rcv.ack_now = True  # tell the sender where the window ends
         if payload:
-            if state not in _RECEIVES_TEXT:
+            if state not in RECEIVES_TEXT:
                 self.decide(Note.DATA_AFTER_FIN, state=state)
                 return
             if self.orphaned:
@@ -568,7 +546,7 @@ class TcpConnection:
             # peer may have everything up to SND.MAX already.
             options = rcv.ack_options()
             self._emit(Segment(snd.snd_max, rcv.rcv_nxt, ACK, window, b"", options, rcv.ack_note))
-        rcv.ack_note = _NO_NOTE
+        rcv.ack_note = SegmentNote.NONE
 
     def _emit(self, segment: Segment) -> None:
         """Every segment goes out through here (a test may wrap it)."""
@@ -624,23 +602,3 @@ class TcpConnection:
             f"<TcpConnection {self.conn_id} {self.state} snd_una={self.sender.snd_una}"
             f" snd_nxt={self.sender.snd_nxt} rcv_nxt={self.receiver.rcv_nxt}>"
         )
-
-
-_NO_NOTE = SegmentNote.NONE
-# States in which the application may still queue data.
-_CAN_SEND = (State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT)
-# States in which the peer may still send us data.
-_RECEIVES_TEXT = (State.SYN_RECEIVED, State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
-# States in which a read-side window update means something.
-_CAN_ACK = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
-# States in which closing with unread data resets (RFC 9293 3.6 SHLD-3).
-_CLOSE_UNREAD_RESETS = (
-    State.ESTABLISHED,
-    State.CLOSE_WAIT,
-    State.FIN_WAIT_1,
-    State.FIN_WAIT_2,
-    State.CLOSING,
-    State.LAST_ACK,
-)
-# States in which a RST is an error the application must hear about.
-_PEER_MAY_RESET = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT)

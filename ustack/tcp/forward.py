@@ -1,9 +1,15 @@
-"""Forward: a TcpConnection attribute that one of its parts keeps."""
+"""Forward: a TcpConnection attribute that one of its parts keeps; TcbView: all
+of them, the TCB as read from outside."""
 
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Generic, TypeVar, overload
+
+if TYPE_CHECKING:
+    from ustack.tcp import congestion
+    from ustack.tcp.rack import Rack
+    from ustack.tcp.rtt import RttEstimator
 
 T = TypeVar("T")
 
@@ -33,3 +39,36 @@ class Forward(Generic[T]):
 
     def __set__(self, conn: object, value: T) -> None:
         setattr(self._owner(conn), self._name, value)
+
+
+class TcbView:
+    """The TCB variables (RFC 9293 3.3.1) and what the connection's parts
+    keep, as read from outside: TcpConnection's base."""
+
+    iss: Forward[int] = Forward("sender.iss")
+    snd_una: Forward[int] = Forward("sender.snd_una")
+    snd_nxt: Forward[int] = Forward("sender.snd_nxt")
+    snd_max: Forward[int] = Forward("sender.snd_max")
+    snd_wnd: Forward[int] = Forward("sender.snd_wnd")
+    snd_wl1: Forward[int] = Forward("sender.snd_wl1")
+    snd_wl2: Forward[int] = Forward("sender.snd_wl2")
+    max_snd_wnd: Forward[int] = Forward("sender.max_snd_wnd")
+    snd_shift: Forward[int] = Forward("sender.snd_shift")
+    nodelay: Forward[bool] = Forward("sender.nodelay")
+    send_space: Forward[int] = Forward("sender.space")
+    unsent_bytes: Forward[int] = Forward("sender.unsent")
+    irs: Forward[int] = Forward("receiver.irs")
+    rcv_nxt: Forward[int] = Forward("receiver.rcv_nxt")
+    rcv_adv: Forward[int] = Forward("receiver.rcv_adv")
+    rcv_shift: Forward[int] = Forward("receiver.rcv_shift")
+    ts_recent: Forward[int] = Forward("receiver.ts_recent")
+    fin_received: Forward[bool] = Forward("receiver.fin_received")
+    readable_bytes: Forward[int] = Forward("receiver.readable")
+    at_eof: Forward[bool] = Forward("receiver.at_eof")
+    cc: Forward[congestion.CongestionControl] = Forward("recovery.cc")
+    cwnd: Forward[int] = Forward("recovery.cc.cwnd")
+    ssthresh: Forward[int] = Forward("recovery.cc.ssthresh")
+    rto: Forward[float] = Forward("recovery.rtt.rto")
+    srtt: Forward[float | None] = Forward("recovery.rtt.srtt")
+    _rtt: Forward[RttEstimator] = Forward("recovery.rtt")
+    _rack: Forward[Rack] = Forward("recovery.rack")

@@ -72,6 +72,24 @@ SENDS_DATA = (
     State.LAST_ACK,
 )
 
+# States in which the application may still queue data.
+CAN_SEND = (State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT)
+# States in which the peer may still send us data.
+RECEIVES_TEXT = (State.SYN_RECEIVED, State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
+# States in which a read-side window update means something.
+CAN_ACK = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
+# States in which closing with unread data resets (RFC 9293 3.6 SHLD-3).
+CLOSE_UNREAD_RESETS = (
+    State.ESTABLISHED,
+    State.CLOSE_WAIT,
+    State.FIN_WAIT_1,
+    State.FIN_WAIT_2,
+    State.CLOSING,
+    State.LAST_ACK,
+)
+# States in which a RST is an error the application must hear about.
+PEER_MAY_RESET = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT)
+
 
 class Transition(NamedTuple):
     new_state: State

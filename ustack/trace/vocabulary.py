@@ -70,10 +70,8 @@ class SegmentNote(enum.StrEnum):
     SYN_COOKIE = "SYN cookie"
 
 
-class Note(enum.Enum):
-    """A branch the core took that is worth explaining (Decision.kind is the
-    member's name in lower case). Each has its sentence (a format string over
-    the keyword arguments the core passes) and the rule behind it."""
+class _TextAndRule:
+    """Members that are a sentence and the rule behind it."""
 
     text: str
     rule: Rule
@@ -81,6 +79,12 @@ class Note(enum.Enum):
     def __init__(self, text: str, rule: Rule) -> None:
         self.text = text
         self.rule = rule
+
+
+class Note(_TextAndRule, enum.Enum):
+    """A branch the core took that is worth explaining (Decision.kind is the
+    member's name in lower case). Each has its sentence (a format string over
+    the keyword arguments the core passes) and the rule behind it."""
 
     @property
     def kind(self) -> str:
@@ -162,15 +166,8 @@ class Note(enum.Enum):
     TAIL_LOSS_PROBE = ("tail loss probe: the last segment again", Rule.RFC8985_PROBE)
 
 
-class Challenge(enum.Enum):
+class Challenge(_TextAndRule, enum.Enum):
     """Why a challenge ACK (RFC 5961) was due, with the section that asks for it."""
-
-    text: str
-    rule: Rule
-
-    def __init__(self, text: str, rule: Rule) -> None:
-        self.text = text
-        self.rule = rule
 
     SYN_SYNCHRONIZED = ("SYN in a synchronized state", Rule.RFC5961_SYN)
     RST_NOT_AT_RCV_NXT = ("RST in the window but not at RCV.NXT", Rule.RFC5961_RST)

@@ -9,17 +9,12 @@ from cffi import FFI  # type: ignore[import-untyped]
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
 ffibuilder = FFI()
-ffibuilder.cdef(
-    """
-    uint16_t us_ones_sum(const uint8_t *buf, size_t len, uint16_t initial);
-    uint16_t us_checksum(const uint8_t *buf, size_t len);
-    uint16_t us_pseudo_sum_v4(uint32_t src, uint32_t dst, uint8_t proto, uint16_t l4_len);
-    uint16_t us_l4_checksum_v4(uint32_t src, uint32_t dst, uint8_t proto,
-                               const uint8_t *seg, size_t len);
-    uint16_t us_update16(uint16_t checksum, uint16_t old_word, uint16_t new_word);
-    uint16_t us_update32(uint16_t checksum, uint32_t old_value, uint32_t new_value);
-    """
+# The header is the one description of the C functions: cffi reads their
+# declarations from it (cffi's parser takes no preprocessor lines).
+_DECLARATIONS = "\n".join(
+    line for line in (CSRC / "checksum.h").read_text().splitlines() if not line.startswith("#")
 )
+ffibuilder.cdef(_DECLARATIONS)
 ffibuilder.set_source(
     "ustack.wire._checksum",
     '#include "checksum.h"',
