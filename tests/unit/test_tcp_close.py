@@ -412,3 +412,36 @@ def test_old_syn_in_time_wait_gets_an_ack() -> None:
     t.send("S", seq=PEER_ISS)  # below RCV.NXT: an old duplicate
     t.expect(".", seq=U + 1, ack=P + 1)
     assert t.table == {"TIME_WAIT": 1}
+
+
+# ---- memory ---------------------------------------------------------------------------
+
+
+def test_a_forgotten_connection_is_freed_at_once_without_the_garbage_collector() -> None:
+    """The connection and its parts (sender, receiver, recovery, timers) refer
+    to each other while it lives; once the demux forgets it (TIME_WAIT over),
+    they let go, so reference counting frees it at once: the daemon runs full
+    collections rarely, and 10,000 closed connections must not wait for one."""
+    import gc
+    import weakref
+
+    t = established(msl=1.0)
+    t.close()
+    t.expect("F.", seq=U, ack=P)
+    t.send("F.", seq=P, ack=U + 1)
+    t.expect(".", seq=U + 1, ack=P + 1)
+    conn = weakref.ref(t.conn)
+    gc.collect()
+    gc.disable()
+    try:
+        t.at(2.0)
+        assert t.table == {}
+        # Drop the script's own references, as an application would.
+        t.conn = None  # type: ignore[assignment]
+        t.checker = None  # type: ignore[assignment]
+        t.accepted.clear()
+        t.apps.clear()
+        assert conn() is None
+        assert gc.collect() == 0  # and no cycle among its parts was left behind
+    finally:
+        gc.enable()

@@ -597,6 +597,18 @@ class TcpConnection(TcbView):
             what = note.sentence(**values)
             self.trace(Decision(self.now, self.conn_id, what, rule or note.rule, note.kind))
 
+    def release(self) -> None:
+        """Called once the demux has forgotten a closed connection: the parts
+        let go of the connection and of each other. Without the back
+        references there is no cycle, so the TCB and its buffers are freed at
+        once by reference counting, not at some later full collection (the
+        daemon runs collections rarely). A closed connection's calls (send,
+        read, close, ...) still answer; nothing else reaches the parts."""
+        for part in (self.sender, self.receiver, self.recovery, self.keepalive, self._timers):
+            for name in ("_conn", "_owner", "_timers", "_rcv", "_snd", "_recovery"):
+                if hasattr(part, name):
+                    delattr(part, name)
+
     def __repr__(self) -> str:
         return (
             f"<TcpConnection {self.conn_id} {self.state} snd_una={self.sender.snd_una}"

@@ -464,6 +464,7 @@ class TcpDemux:
         listener = self._listener_of.pop(conn, None)
         if listener is not None:
             listener.embryonic.discard(conn)
+        conn.release()
 
     def next_deadline(self) -> float | None:
         while self._timers:
