@@ -58,7 +58,8 @@ def test_every_test_the_checklist_names_exists() -> None:
     missing = []
     for path, name in refs:
         assert path.startswith(UNIT), f"{path}::{name}: name interop tests by file only"
-        module = importlib.import_module(Path(path).stem)  # pytest puts tests/unit on the import path
+        # pytest puts tests/unit on the import path
+        module = importlib.import_module(Path(path).stem)
         function = getattr(module, name, None)
         if not (
             name.startswith("test_")
