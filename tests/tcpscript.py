@@ -275,6 +275,16 @@ class TcpScript:
         assert conn.state is State.ESTABLISHED
         return conn
 
+    def simultaneous_open(self, port: int = 8080, **syn_options: Any) -> TcpConnection:
+        """Active OPEN crossed by the peer's own SYN (RFC 9293 3.5 Figure 8): we
+        answer SYN,ACK with our first ISS and wait in SYN_RECEIVED."""
+        conn = self.connect(port)
+        self.expect("S", seq=OUR_ISS)
+        self.send("S", seq=PEER_ISS, sport=port, **syn_options)
+        self.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+        assert conn.state is State.SYN_RECEIVED
+        return conn
+
     # ---- the application's side ----------------------------------------------------------
 
     def _flush(self) -> None:

@@ -228,6 +228,16 @@ async def serve(pair: Pair, handler: Handler, port: int) -> tuple[StackServer, a
     return server, finished
 
 
+async def connected(
+    pair: Pair, handler: Handler, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Event]:
+    """Serve `handler` on B's `port` and connect to it from A: the client's
+    reader and writer, and the event set when the handler returns."""
+    _, handler_done = await serve(pair, handler, port)
+    reader, writer = await step(open_connection(pair.ra, B_HOST, port))
+    return reader, writer, handler_done
+
+
 async def close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     await step(writer.wait_closed())
@@ -253,8 +263,7 @@ def test_echo_round_trip_of_one_megabyte(pair: Pair) -> None:
     payload = os.urandom(1 << 20)
 
     async def main() -> None:
-        _, handler_done = await serve(pair, services.echo, 7)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 7))
+        reader, writer, handler_done = await connected(pair, services.echo, 7)
         assert writer.get_extra_info("peername") == (B_HOST, 7)
         assert writer.get_extra_info("sockname")[0] == A_HOST
 
@@ -282,8 +291,7 @@ def test_write_eof_half_close_then_the_whole_echo_and_eof(pair: Pair) -> None:
     payload = os.urandom(100_000)  # fits in the buffers: no need to read while writing
 
     async def main() -> None:
-        _, handler_done = await serve(pair, services.echo, 7)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 7))
+        reader, writer, handler_done = await connected(pair, services.echo, 7)
         writer.write(payload)
         assert writer.can_write_eof()
         writer.write_eof()
@@ -313,8 +321,7 @@ def test_data_waiting_behind_a_paused_reader_survives_the_close(pair: Pair) -> N
         await services._finish(writer)
 
     async def main() -> None:
-        _, handler_done = await serve(pair, handler, 5000)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        reader, writer, handler_done = await connected(pair, handler, 5000)
         writer.write_eof()
         await step(handler_done.wait())  # the server's FIN was ACKed: all is at the client
         received = await read_all(reader)
@@ -336,8 +343,7 @@ def test_server_closes_first_server_keeps_time_wait(make_pair: Callable[..., Pai
         await writer.wait_closed()
 
     async def main() -> None:
-        _, handler_done = await serve(pair, handler, 5000)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        reader, writer, handler_done = await connected(pair, handler, 5000)
         assert await read_all(reader) == b"bye\n"
         assert not handler_done.is_set()  # the server waits in FIN_WAIT_2 for our FIN
         await close(writer)
@@ -362,8 +368,7 @@ def test_client_closes_first_client_keeps_time_wait(make_pair: Callable[..., Pai
         await writer.wait_closed()
 
     async def main() -> None:
-        _, handler_done = await serve(pair, handler, 5000)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        reader, writer, handler_done = await connected(pair, handler, 5000)
         writer.write(b"hello")
         writer.write_eof()
         assert await read_all(reader) == b"done\n"
@@ -390,8 +395,7 @@ def test_server_half_closes_and_keeps_reading(pair: Pair) -> None:
         await writer.wait_closed()
 
     async def main() -> None:
-        _, handler_done = await serve(pair, handler, 5000)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        reader, writer, handler_done = await connected(pair, handler, 5000)
         assert await read_all(reader) == b"say something\n"
         assert not writer.is_closing()
         payload = os.urandom(200_000)
@@ -428,8 +432,7 @@ def test_client_close_without_half_close(pair: Pair) -> None:
     """writer.close() straight away: FIN, the server sees EOF and closes too."""
 
     async def main() -> None:
-        _, handler_done = await serve(pair, services.discard, 9)
-        _reader, writer = await step(open_connection(pair.ra, B_HOST, 9))
+        _reader, writer, handler_done = await connected(pair, services.discard, 9)
         writer.write(b"x" * 10_000)
         await close(writer)
         await step(handler_done.wait())
@@ -454,8 +457,7 @@ def test_a_reader_that_does_not_read_blocks_the_writers_drain(pair: Pair) -> Non
         await writer.wait_closed()
 
     async def main() -> None:
-        _, handler_done = await serve(pair, handler, 5000)
-        _reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        _reader, writer, handler_done = await connected(pair, handler, 5000)
         transport = writer.transport
         for _ in range(total // len(chunk)):
             writer.write(chunk)
@@ -492,8 +494,7 @@ def test_a_slow_reader_still_gets_everything_in_order(pair: Pair) -> None:
         await writer.wait_closed()
 
     async def main() -> None:
-        await serve(pair, handler, 5000)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        reader, writer, _ = await connected(pair, handler, 5000)
         parts = []
         while part := await step(reader.read(7_000)):
             parts.append(part)
@@ -582,8 +583,7 @@ def test_client_abort_resets_the_server_reader(pair: Pair) -> None:
             errors.append(exc)
 
     async def main() -> None:
-        _, handler_done = await serve(pair, handler, 5000)
-        _reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        _reader, writer, handler_done = await connected(pair, handler, 5000)
         writer.write(b"some data first")
         await writer.drain()
         writer.transport.abort()
@@ -603,8 +603,7 @@ def test_server_abort_resets_the_client_reader(pair: Pair) -> None:
         writer.transport.abort()
 
     async def main() -> None:
-        _, handler_done = await serve(pair, handler, 5000)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        reader, writer, handler_done = await connected(pair, handler, 5000)
         writer.write(b"ping")
         with pytest.raises(ConnectionResetError):
             await step(reader.read())
@@ -621,8 +620,7 @@ def test_client_drain_raises_after_the_peer_reset(pair: Pair) -> None:
         writer.transport.abort()
 
     async def main() -> None:
-        await serve(pair, handler, 5000)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        reader, writer, _ = await connected(pair, handler, 5000)
         with pytest.raises(ConnectionResetError):
             await step(reader.read())
         writer.write(b"into the void")  # ignored, as asyncio does after connection_lost
@@ -661,9 +659,7 @@ async def http_response(
 
 
 async def http_pair(pair: Pair) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Event]:
-    _, handler_done = await serve(pair, services.http, 80)
-    reader, writer = await step(open_connection(pair.ra, B_HOST, 80))
-    return reader, writer, handler_done
+    return await connected(pair, services.http, 80)
 
 
 def test_http_get_index(pair: Pair) -> None:
@@ -842,8 +838,7 @@ def test_daytime_server_closes_first(make_pair: Callable[..., Pair]) -> None:
     pair = make_pair(msl=0.25)
 
     async def main() -> None:
-        _, handler_done = await serve(pair, services.daytime, 13)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 13))
+        reader, writer, handler_done = await connected(pair, services.daytime, 13)
         line = await read_all(reader)
         assert re.fullmatch(
             rb"[A-Z][a-z]+day, [A-Z][a-z]+ \d\d, \d{4} \d\d:\d\d:\d\d-UTC\r\n", line
@@ -862,8 +857,7 @@ def test_chargen_until_the_client_closes(pair: Pair) -> None:
     cycle = services.chargen_pattern()
 
     async def main() -> None:
-        _, handler_done = await serve(pair, services.chargen, 19)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 19))
+        reader, writer, handler_done = await connected(pair, services.chargen, 19)
         n = 3 * len(cycle) + 1234
         data = await step(reader.readexactly(n))
         assert data == (cycle * 4)[:n]
@@ -882,8 +876,7 @@ def test_discard_swallows_everything(pair: Pair) -> None:
     payload = os.urandom(500_000)
 
     async def main() -> None:
-        _, handler_done = await serve(pair, services.discard, 9)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 9))
+        reader, writer, handler_done = await connected(pair, services.discard, 9)
         writer.write(payload)
         await step(writer.drain())
         writer.write_eof()
@@ -942,8 +935,7 @@ def test_an_impaired_data_segment_does_not_corrupt_the_stream(
     pair.hook = nth_data_segment(src, 5, action)
 
     async def main() -> None:
-        await serve(pair, services.echo, 7)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 7))
+        reader, writer, _ = await connected(pair, services.echo, 7)
         writer.write(payload)
         writer.write_eof()
         echoed = await read_all(reader)
@@ -977,8 +969,7 @@ def test_a_lost_data_segment_is_retransmitted_and_the_data_arrives(pair: Pair) -
         await writer.wait_closed()
 
     async def main() -> None:
-        _, handler_done = await serve(pair, handler, 5000)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 5000))
+        reader, writer, handler_done = await connected(pair, handler, 5000)
         writer.write(payload)
         writer.write_eof()
         await step(handler_done.wait())
@@ -1013,8 +1004,7 @@ def test_a_lost_control_segment_is_recovered(pair: Pair, which: Callable[[Packet
     pair.hook = hook
 
     async def main() -> None:
-        _, handler_done = await serve(pair, services.echo, 7)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 7))
+        reader, writer, handler_done = await connected(pair, services.echo, 7)
         writer.write(b"through loss")
         writer.write_eof()
         assert await read_all(reader) == b"through loss"
@@ -1040,8 +1030,7 @@ def test_duplicated_and_reordered_everything(pair: Pair) -> None:
     pair.hook = hook
 
     async def main() -> None:
-        await serve(pair, services.echo, 7)
-        reader, writer = await step(open_connection(pair.ra, B_HOST, 7))
+        reader, writer, _ = await connected(pair, services.echo, 7)
 
         async def send() -> None:
             writer.write(payload)

@@ -90,10 +90,6 @@ def get16(data: Buffer, offset: int) -> int:
     return struct.unpack_from("!H", data, offset)[0]
 
 
-def get32(data: Buffer, offset: int) -> int:
-    return struct.unpack_from("!I", data, offset)[0]
-
-
 # --- RFC worked examples and fixed values -------------------------------------------
 
 
@@ -342,24 +338,28 @@ def check_update(header: bytearray, ck: int, updated: int) -> None:
         assert cs.internet_checksum(header) == 0
 
 
+def update_field_and_check(
+    case: tuple[bytearray, int, int], new: int, update: Callable[[int, int, int], int], fmt: str
+) -> None:
+    """Set the field (struct format `fmt`) to `new`, its checksum by `update`:
+    the incremental checksum must be the recomputed one (check_update)."""
+    header, ck, field = case
+    (old,) = struct.unpack_from(fmt, header, field)
+    updated = update(get16(header, ck), old, new)
+    struct.pack_into(fmt, header, field, new)
+    check_update(header, ck, updated)
+
+
 @SETTINGS
 @given(headers(2), u16)
 def test_update16_matches_recompute(case: tuple[bytearray, int, int], new: int) -> None:
-    header, ck, field = case
-    old = get16(header, field)
-    updated = cs.update16(get16(header, ck), old, new)
-    struct.pack_into("!H", header, field, new)
-    check_update(header, ck, updated)
+    update_field_and_check(case, new, cs.update16, "!H")
 
 
 @SETTINGS
 @given(headers(4), u32)
 def test_update32_matches_recompute(case: tuple[bytearray, int, int], new: int) -> None:
-    header, ck, field = case
-    old = get32(header, field)
-    updated = cs.update32(get16(header, ck), old, new)
-    struct.pack_into("!I", header, field, new)
-    check_update(header, ck, updated)
+    update_field_and_check(case, new, cs.update32, "!I")
 
 
 @SETTINGS

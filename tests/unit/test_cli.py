@@ -3,9 +3,9 @@ anything touches the system."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
 
-from ustack.cli import main
+import pytest
 
 
 @pytest.mark.parametrize(
@@ -22,16 +22,15 @@ from ustack.cli import main
         ([], "required"),
     ],
 )
-def test_bad_arguments(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert err.startswith("ustack: error: ") and expected in err
+def test_bad_arguments(
+    argv: list[str], expected: str, cli_error: Callable[[list[str]], str]
+) -> None:
+    assert expected in cli_error(argv)
 
 
 def test_stats_without_daemon_is_a_clear_error(
-    tmp_path, capsys: pytest.CaptureFixture[str]
+    tmp_path, cli_error: Callable[[list[str]], str]
 ) -> None:
-    assert main(["stats", "--control", str(tmp_path / "none.sock")]) == 1
-    err = capsys.readouterr().err
-    assert "cannot reach the daemon" in err and err.count("\n") == 1
+    assert "cannot reach the daemon" in cli_error(
+        ["stats", "--control", str(tmp_path / "none.sock")]
+    )

@@ -54,10 +54,7 @@ def test_simultaneous_open_synack_updates_the_largest_window_seen() -> None:
     """The SYN,ACK that completes a simultaneous open set SND.WND (scaled)
     but not max_snd_wnd, which bounds old ACKs and Nagle's wait."""
     t = TcpScript(listen=None)
-    conn = t.connect(port=8080, local_port=50000)
-    t.expect("S", seq=OUR_ISS)
-    t.send("S", seq=PEER_ISS, sport=8080, ws=7, mss=1460)
-    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    conn = t.simultaneous_open(ws=7, mss=1460)
     t.send("S.", seq=PEER_ISS, ack=OUR_ISS + 1, sport=8080, win=1000)
     assert conn.snd_wnd == 1000 << 7
     assert conn.max_snd_wnd >= conn.snd_wnd

@@ -211,6 +211,19 @@ def encoded_options_length(options: TcpOptions) -> int:
     return length + -length % 4
 
 
+def small_tcp(**fields: Any) -> bytearray:
+    """build_tcp from 1:1 to 2:2, seq 0, ack 0, ACK, window 1, but for `fields`."""
+    defaults = {"src_port": 1, "dst_port": 2, "seq": 0, "ack": 0, "flags": ACK, "window": 1}
+    return build_tcp(src=1, dst=2, **(defaults | fields))
+
+
+def tcp_with_option_area(area: bytes) -> bytes:
+    """A SYN whose option area is `area` (zero-padded to a word), its data offset to match."""
+    area += bytes(-len(area) % 4)
+    data_offset = 5 + len(area) // 4
+    return struct.pack("!HHIIBBHHH", 1, 2, 3, 4, data_offset << 4, SYN, 5, 0, 0) + area
+
+
 def ip_int(address: str) -> int:
     return int(ipaddress.IPv4Address(address))
 
@@ -352,13 +365,10 @@ def test_ipv4_known_header():
 
 
 def test_tcp_syn_options_in_linux_order():
-    segment = build_tcp(
-        src=1,
-        dst=2,
+    segment = small_tcp(
         src_port=40000,
         dst_port=80,
         seq=7,
-        ack=0,
         flags=SYN,
         window=64240,
         options=TcpOptions(
@@ -373,17 +383,7 @@ def test_tcp_syn_options_in_linux_order():
 
 
 def test_tcp_options_alignment_without_sack_permitted():
-    segment = build_tcp(
-        src=1,
-        dst=2,
-        src_port=1,
-        dst_port=2,
-        seq=0,
-        ack=0,
-        flags=ACK,
-        window=1,
-        options=TcpOptions(timestamps=(5, 6), sack_blocks=((10, 20),)),
-    )
+    segment = small_tcp(options=TcpOptions(timestamps=(5, 6), sack_blocks=((10, 20),)))
     assert segment[20:] == bytes.fromhex(
         "0101080a 00000005 00000006 0101050a 0000000a 00000014".replace(" ", "")
     )
@@ -511,37 +511,46 @@ def changed_fields(parsed: tuple[Any, ...], base: tuple[Any, ...]) -> set[str]:
 # it, and the fast parse reads that field, and only that field, changed.
 
 
-@pytest.mark.parametrize(
-    ("field", "width"), [pytest.param(field, width, id=field) for field, width in IPV4_BITS]
-)
-def test_each_ipv4_bit_field_reads_back_alone(field, width):
-    base = parse_ipv4(construct_build(IPV4_HEADER, ipv4_container()))
-    if field == "version":  # a Const: no other value builds
-        assert base.version == 4
-        return
-    built = construct_build(IPV4_HEADER, ipv4_container(**{field: (1 << width) - 1}))
-    parsed = parse_ipv4(built)
-    assert parsed == ipv4_via_construct(built)
+def check_bit_field_reads_back_alone(
+    schema: Struct,
+    container: Callable[..., Container],
+    parse: Callable[[bytes], Any],
+    via_construct: Callable[[bytes], Any],
+    field: str,
+    width: int,
+    also_changed: frozenset[str] = frozenset(),
+) -> None:
+    base = parse(construct_build(schema, container()))
+    built = construct_build(schema, container(**{field: (1 << width) - 1}))
+    parsed = parse(built)
+    assert parsed == via_construct(built)
     if field == "reserved":  # not reported: the parse looks past it
         assert parsed == base
         return
     assert getattr(parsed, field) == (1 << width) - 1
-    assert changed_fields(parsed, base) == ({field, "options"} if field == "ihl" else {field})
+    assert changed_fields(parsed, base) == {field} | also_changed
+
+
+@pytest.mark.parametrize(
+    ("field", "width"), [pytest.param(field, width, id=field) for field, width in IPV4_BITS]
+)
+def test_each_ipv4_bit_field_reads_back_alone(field, width):
+    if field == "version":  # a Const: no other value builds
+        assert parse_ipv4(construct_build(IPV4_HEADER, ipv4_container())).version == 4
+        return
+    also_changed = frozenset({"options"} if field == "ihl" else ())
+    check_bit_field_reads_back_alone(
+        IPV4_HEADER, ipv4_container, parse_ipv4, ipv4_via_construct, field, width, also_changed
+    )
 
 
 @pytest.mark.parametrize(
     ("field", "width"), [pytest.param(field, width, id=field) for field, width in TCP_BITS]
 )
 def test_each_tcp_bit_field_reads_back_alone(field, width):
-    base = parse_tcp(construct_build(TCP_HEADER, tcp_container()))
-    built = construct_build(TCP_HEADER, tcp_container(**{field: (1 << width) - 1}))
-    parsed = parse_tcp(built)
-    assert parsed == tcp_via_construct(built)
-    if field == "reserved":  # not reported: the parse looks past it
-        assert parsed == base
-        return
-    assert getattr(parsed, field) == (1 << width) - 1
-    assert changed_fields(parsed, base) == {field}
+    check_bit_field_reads_back_alone(
+        TCP_HEADER, tcp_container, parse_tcp, tcp_via_construct, field, width
+    )
 
 
 def test_builders_write_the_schema_defaults():
@@ -558,9 +567,7 @@ def test_builders_write_the_schema_defaults():
     assert in_place[:20] == build_ipv4(src=1, dst=2, protocol=6, payload_length=20)
     assert ipv4_plain_fields(in_place) == (40, False, 0, 64, 6, 1, 2)
     assert in_place[0] == IPV4_PLAIN_FIRST_BYTE
-    segment = build_tcp(
-        src=1, dst=2, src_port=3, dst_port=4, seq=5, ack=6, flags=ACK, window=7
-    )  # fmt: skip
+    segment = small_tcp(src_port=3, dst_port=4, seq=5, ack=6, window=7)
     tcp = construct_parse(TCP_HEADER, segment)
     assert (tcp.offset_reserved.reserved, tcp.urgent, tcp.options) == (0, 0, [])
     icmp = construct_parse(ICMP_HEADER, build_icmp(type=TIME_EXCEEDED, code=0))
@@ -703,18 +710,7 @@ def test_icmp_construct_names_the_echo_and_unreachable_fields():
 
 def test_parsers_accept_memoryview_slices():
     ip = build_ipv4(src=1, dst=2, protocol=PROTO_TCP, payload_length=0, options=b"\x01" * 4)
-    tcp = build_tcp(
-        src=1,
-        dst=2,
-        src_port=1,
-        dst_port=2,
-        seq=3,
-        ack=4,
-        flags=SYN,
-        window=5,
-        options=LINUX_SYN_OPTIONS,
-        payload=b"data",
-    )
+    tcp = small_tcp(seq=3, ack=4, flags=SYN, window=5, options=LINUX_SYN_OPTIONS, payload=b"data")
     view = memoryview(b"junk" + ip + tcp)
     header = parse_ipv4(view[4:])
     assert header == parse_ipv4(ip)
@@ -728,29 +724,9 @@ def test_build_rejects_options_that_do_not_fit():
     with pytest.raises(ValueError, match="at most 40"):
         build_ipv4(src=1, dst=2, protocol=6, payload_length=0, options=bytes(41))
     with pytest.raises(ValueError, match="at most 40"):
-        build_tcp(
-            src=1,
-            dst=2,
-            src_port=1,
-            dst_port=2,
-            seq=0,
-            ack=0,
-            flags=0,
-            window=0,
-            options=TcpOptions(unknown=((99, bytes(40)),)),
-        )
+        small_tcp(flags=0, window=0, options=TcpOptions(unknown=((99, bytes(40)),)))
     with pytest.raises(ValueError, match="not unknown"):
-        build_tcp(
-            src=1,
-            dst=2,
-            src_port=1,
-            dst_port=2,
-            seq=0,
-            ack=0,
-            flags=0,
-            window=0,
-            options=TcpOptions(unknown=((OPT_MSS, b"\x05\xb4"),)),
-        )
+        small_tcp(flags=0, window=0, options=TcpOptions(unknown=((OPT_MSS, b"\x05\xb4"),)))
 
 
 # --- Fast parse == construct parse on any bytes ----------------------------------------
@@ -776,14 +752,14 @@ def test_fast_udp_and_icmp_parse_agree_with_construct(data):
 
 def test_options_after_eol_are_padding():
     area = struct.pack("!BBH", 2, 4, 1460) + b"\x00" + b"\x08\x0a" + bytes(1)
-    segment = struct.pack("!HHIIBBHHH", 1, 2, 3, 4, 7 << 4, 0, 0, 0, 0) + area
+    segment = tcp_with_option_area(area)
     assert parse_tcp(segment).options == TcpOptions(mss=1460)
     assert tcp_via_construct(segment).options == TcpOptions(mss=1460)
 
 
 def test_unknown_option_kept_raw_and_repeated_option_last_wins():
     area = bytes([2, 4, 0, 1, 200, 5, 1, 2, 3, 2, 4, 0, 2, 1, 1, 1])
-    segment = struct.pack("!HHIIBBHHH", 1, 2, 3, 4, 9 << 4, 0, 0, 0, 0) + area
+    segment = tcp_with_option_area(area)
     expected = TcpOptions(mss=2, unknown=((200, b"\x01\x02\x03"),))
     assert parse_tcp(segment).options == expected
     assert tcp_via_construct(segment).options == expected
@@ -998,17 +974,7 @@ def test_scapy_built_icmp_echo_parses(identifier, sequence, payload):
 # --- Malformed input ---------------------------------------------------------------------
 
 IPV4_WITH_OPTIONS = build_ipv4(src=1, dst=2, protocol=6, payload_length=0, options=bytes(8))
-TCP_SYN = build_tcp(
-    src=1,
-    dst=2,
-    src_port=1,
-    dst_port=2,
-    seq=0,
-    ack=0,
-    flags=SYN,
-    window=1,
-    options=LINUX_SYN_OPTIONS,
-)
+TCP_SYN = small_tcp(flags=SYN, options=LINUX_SYN_OPTIONS)
 UDP_DATAGRAM = struct.pack("!HHHH", 1, 2, 8, 0)
 ICMP_ECHO = build_icmp(type=ECHO_REQUEST, code=0, rest=1)
 
@@ -1062,12 +1028,6 @@ def test_ipv4_ihl_below_five(ihl):
 def test_tcp_bad_data_offset(data_offset):
     segment = TCP_SYN[:12] + bytes([data_offset << 4]) + TCP_SYN[13:]  # 40 bytes long
     both_parsers_reject(parse_tcp, tcp_via_construct, segment, "tcp-bad-offset")
-
-
-def tcp_with_option_area(area: bytes) -> bytes:
-    area += bytes(-len(area) % 4)
-    data_offset = 5 + len(area) // 4
-    return struct.pack("!HHIIBBHHH", 1, 2, 3, 4, data_offset << 4, SYN, 5, 0, 0) + area
 
 
 @pytest.mark.parametrize(
@@ -1128,10 +1088,7 @@ def test_random_bytes_only_ever_raise_malformed_packet(data):
 
 def test_build_takes_the_bytes_of_any_payload_buffer():
     wide_view = memoryview(b"abcdef").cast("H")  # 3 items, 6 bytes
-    segment = build_tcp(
-        src=1, dst=2, src_port=1, dst_port=2, seq=0, ack=0, flags=ACK, window=1,
-        payload=wide_view,
-    )  # fmt: skip
+    segment = small_tcp(payload=wide_view)
     assert segment[20:] == b"abcdef"
     assert transport_checksum(1, 2, PROTO_TCP, segment) == 0
     message = build_icmp(type=ECHO_REPLY, code=0, payload=wide_view)
@@ -1148,9 +1105,6 @@ def test_short_tcp_with_bad_data_offset_reports_the_offset_first(length, data_of
 
 
 def test_tcp_options_are_padded_with_nops():
-    segment = build_tcp(
-        src=1, dst=2, src_port=1, dst_port=2, seq=0, ack=0, flags=SYN, window=1,
-        options=TcpOptions(mss=1460, unknown=((99, b"x"),)),
-    )  # fmt: skip
+    segment = small_tcp(flags=SYN, options=TcpOptions(mss=1460, unknown=((99, b"x"),)))
     assert segment[20:] == bytes.fromhex("020405b4 63037801".replace(" ", ""))
     assert parse_tcp(segment).options == TcpOptions(mss=1460, unknown=((99, b"x"),))

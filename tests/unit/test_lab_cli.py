@@ -4,10 +4,11 @@ and without root it is one line and exit code 1."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 
-from ustack.cli import build_parser, lab_plan, main
+from ustack.cli import build_parser, lab_plan
 
 
 def plan(*argv: str) -> tuple[list[str], list[str]]:
@@ -40,20 +41,18 @@ def test_shell_is_the_users_shell(monkeypatch: pytest.MonkeyPatch) -> None:
         (["lab", "--serve-arg=--ready-fd=3", "--", "true"], "the lab's own"),
     ],
 )
-def test_bad_arguments(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert err.startswith("ustack: error: ") and expected in err
+def test_bad_arguments(
+    argv: list[str], expected: str, cli_error: Callable[[list[str]], str]
+) -> None:
+    assert expected in cli_error(argv)
 
 
 def test_without_root_one_line_and_exit_1(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, cli_error: Callable[[list[str]], str]
 ) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert main(["lab", "--", "true"]) == 1
-    err = capsys.readouterr().err
     assert (
-        err == "ustack: error: ustack lab needs root (it makes a network namespace): "
+        cli_error(["lab", "--", "true"])
+        == "ustack: error: ustack lab needs root (it makes a network namespace): "
         "run it with sudo\n"
     )

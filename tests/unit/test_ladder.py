@@ -39,14 +39,32 @@ LOST = "dropped by fault injector"
 # ---- scenarios ---------------------------------------------------------------------------
 
 
-def handshake() -> TcpScript:
-    # No tail loss probes: these scenarios tell the RTO's story.
-    t = TcpScript(listen=80, tail_loss_probe=False)
+def handshake(tail_loss_probe: bool = False) -> TcpScript:
+    # No tail loss probes unless asked: most scenarios tell the RTO's story.
+    t = TcpScript(listen=80, tail_loss_probe=tail_loss_probe)
     t.send("S", seq=PEER_ISS, mss=1460, ws=7, sack_permitted=True)
     t.expect("S.", seq=OUR_ISS, ack=P)
     t.at(0.0004)
     t.send(".", seq=P, ack=U)
     t.expect_none()
+    return t
+
+
+def peer_sends_first(payload: bytes) -> TcpScript:
+    """At 5 ms the peer sends `payload` and ustack acknowledges it."""
+    t = handshake()
+    t.at(0.005)
+    t.send("P.", seq=P, ack=U, payload=payload)
+    t.expect(".", ack=P + len(payload))
+    return t
+
+
+def ustack_closes_first() -> TcpScript:
+    """At 10 ms the application closes: ustack sends its FIN."""
+    t = handshake()
+    t.at(0.010)
+    t.close()
+    t.expect("F.", seq=U, ack=P)
     return t
 
 
@@ -70,10 +88,7 @@ def active_close() -> TcpScript:
 
 
 def passive_close() -> TcpScript:
-    t = handshake()
-    t.at(0.005)
-    t.send("P.", seq=P, ack=U, payload=b"GET / HTTP/1.0\r\n\r\n")
-    t.expect(".", ack=P + 18)
+    t = peer_sends_first(b"GET / HTTP/1.0\r\n\r\n")  # 18 bytes
     t.at(0.006)
     t.read()
     t.write(b"x" * 1000)
@@ -94,10 +109,7 @@ def passive_close() -> TcpScript:
 
 
 def simultaneous_close() -> TcpScript:
-    t = handshake()
-    t.at(0.010)
-    t.close()
-    t.expect("F.", seq=U, ack=P)
+    t = ustack_closes_first()
     t.at(0.0102)
     t.send("F.", seq=P, ack=U)  # crosses ours
     t.expect(".", seq=U + 1, ack=P + 1)
@@ -108,10 +120,7 @@ def simultaneous_close() -> TcpScript:
 
 
 def reset() -> TcpScript:
-    t = handshake()
-    t.at(0.005)
-    t.send("P.", seq=P, ack=U, payload=b"hi")
-    t.expect(".", ack=P + 2)
+    t = peer_sends_first(b"hi")
     t.at(0.008)
     t.send("R.", seq=P + 2, ack=U)
     t.expect_none()
@@ -125,10 +134,7 @@ def peer(time: float, old: str, new: str, conn: int | None = 1) -> PeerStateChan
 def lost_fin_with_peer_states() -> list[TraceEvent]:
     """Our first FIN is lost (as the fault injector marks it) and resent on
     RTO; the Linux side's own states come from its tracepoint."""
-    t = handshake()
-    t.at(0.010)
-    t.close()
-    t.expect("F.", seq=U, ack=P)
+    t = ustack_closes_first()
     t.at(1.010)
     t.expect("F.", seq=U, ack=P)  # the retransmission
     t.at(1.0104)
@@ -763,11 +769,7 @@ def test_rack_reorder_timer_in_the_ladder_and_explained(tmp_path: Path) -> None:
 
 def tail_loss_probe() -> TcpScript:
     """Three segments and no ACK: at 2*SRTT (at least 10 ms) the last goes again."""
-    t = TcpScript(listen=80)
-    t.send("S", seq=PEER_ISS, mss=1460, ws=7, sack_permitted=True)
-    t.expect("S.", seq=OUR_ISS, ack=P)
-    t.at(0.0004)
-    t.send(".", seq=P, ack=U)
+    t = handshake(tail_loss_probe=True)
     t.at(0.010)
     t.write(bytes(4000))
     t.sent()

@@ -311,23 +311,25 @@ def test_shutdown_read_sends_nothing_and_a_later_close_sends_fin() -> None:
     t.expect("F.", seq=U)
 
 
-def test_close_with_unread_data_sends_rst_instead_of_fin() -> None:
+def close_with_unread_data(flags: str, rcv_nxt: int) -> TcpScript:
+    """The peer sends b"unread" with `flags`; we ACK it, the application
+    closes without reading, and we answer RST,ACK at `rcv_nxt`: nothing stays."""
     t = established()
-    t.send("P.", seq=P, ack=U, payload=b"unread")
+    t.send(flags, seq=P, ack=U, payload=b"unread")
     t.expect(".")
     t.close()
-    t.expect("R.", seq=U, ack=P + 6)
+    t.expect("R.", seq=U, ack=rcv_nxt)
     assert t.table == {}
+    return t
+
+
+def test_close_with_unread_data_sends_rst_instead_of_fin() -> None:
+    t = close_with_unread_data("P.", rcv_nxt=P + 6)
     assert t.events()[-1].name == "APP_CLOSE_UNREAD"
 
 
 def test_close_in_close_wait_with_unread_data_sends_rst() -> None:
-    t = established()
-    t.send("FP.", seq=P, ack=U, payload=b"unread")
-    t.expect(".")
-    t.close()
-    t.expect("R.", seq=U, ack=P + 7)
-    assert t.table == {}
+    close_with_unread_data("FP.", rcv_nxt=P + 7)  # the FIN takes a sequence number too
 
 
 def test_abort_sends_rst_ack_and_frees_the_connection() -> None:

@@ -104,10 +104,7 @@ def test_retransmissions_exhausted_in_every_state(state: str) -> None:
 
 def test_close_in_syn_received_after_simultaneous_open() -> None:
     t = TcpScript(listen=None)
-    conn = t.connect(port=8080)
-    t.expect("S")
-    t.send("S", seq=PEER_ISS, sport=8080)
-    t.expect("S.")
+    conn = t.simultaneous_open()
     t.close()
     assert conn.state is State.FIN_WAIT_1
     t.expect_none()  # the FIN waits until our SYN is acknowledged

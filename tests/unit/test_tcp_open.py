@@ -254,10 +254,7 @@ def test_rst_ack_of_our_syn_refuses_the_connect_and_other_rsts_are_ignored() -> 
 
 def test_simultaneous_open_goes_through_syn_received_with_the_same_iss() -> None:
     t = TcpScript(listen=None)
-    conn = t.connect(port=8080)
-    t.expect("S", seq=OUR_ISS)
-    t.send("S", seq=PEER_ISS, sport=8080, mss=1460)
-    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    conn = t.simultaneous_open(mss=1460)  # our SYN,ACK has our ISS again
     assert conn.state is State.SYN_RECEIVED
     t.send("S.", seq=PEER_ISS, ack=OUR_ISS + 1, sport=8080)  # the peer's SYN,ACK
     t.expect(".", seq=OUR_ISS + 1, ack=PEER_ISS + 1)
@@ -268,10 +265,7 @@ def test_simultaneous_open_goes_through_syn_received_with_the_same_iss() -> None
 
 def test_simultaneous_open_reset_is_refused() -> None:
     t = TcpScript(listen=None)
-    conn = t.connect(port=8080)
-    t.expect("S")
-    t.send("S", seq=PEER_ISS, sport=8080)
-    t.expect("S.")
+    conn = t.simultaneous_open()
     t.send("R", seq=PEER_ISS + 1, sport=8080)
     assert conn.state is State.CLOSED and conn.error == "ECONNREFUSED"
 

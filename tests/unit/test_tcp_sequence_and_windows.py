@@ -399,10 +399,7 @@ def test_rfc9293_3_5_simultaneous_open_synack_establishes() -> None:
     """RFC 9293 3.5 Figure 8, line 6: in SYN-RECEIVED, the peer's
     <SEQ=IRS><ACK=ISS+1><CTL=SYN,ACK> moves us to ESTABLISHED (Linux does too)."""
     t = TcpScript(listen=None)
-    conn = t.connect(port=8080)
-    t.expect("S")
-    t.send("S", seq=PEER_ISS, sport=8080)
-    t.expect("S.", seq=OUR_ISS, ack=P)
+    conn = t.simultaneous_open()
     t.send("S.", seq=PEER_ISS, ack=U, sport=8080)
     assert conn.state is State.ESTABLISHED
 

@@ -791,18 +791,20 @@ class BackToBack:
     def __init__(self, tracer: Callable[[TraceEvent], None]) -> None:
         self.to_server: deque[bytes] = deque()
         self.to_client: deque[bytes] = deque()
-        self.client = Stack(PEER, self._for_server, trace=tracer)
-        self.server = Stack(US, self._for_client, trace=tracer)
+        self.client = Stack(PEER, self._queue(self.to_server), trace=tracer)
+        self.server = Stack(US, self._queue(self.to_client), trace=tracer)
         self.received = 0
         self.server.tcp.listen(9, self._accept)
 
-    def _for_server(self, packet: bytes) -> bool:
-        self.to_server.append(packet)
-        return True
+    @staticmethod
+    def _queue(queue: deque[bytes]) -> Callable[[bytes], bool]:
+        """A transmit callable that puts each packet on `queue` for the other side."""
 
-    def _for_client(self, packet: bytes) -> bool:
-        self.to_client.append(packet)
-        return True
+        def transmit(packet: bytes) -> bool:
+            queue.append(packet)
+            return True
+
+        return transmit
 
     def _accept(self, conn: TcpConnection) -> None:
         def read(event: AppEvent) -> None:
