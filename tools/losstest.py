@@ -106,6 +106,7 @@ def fault_rules(loss: float, reorder: float, duplicate: float, delay: float) -> 
 
 
 def pattern_sha256(length: int) -> str:
+    """The SHA-256 of /bytes/N: byte i is i % 256."""
     block = bytes(range(256)) * 4096  # 1 MiB, a multiple of 256
     digest = hashlib.sha256()
     for start in range(0, length, len(block)):
