@@ -64,12 +64,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ustack.linux.lab import UstackDaemon, netns
+from ustack.linux.lab import Netns, UstackDaemon, netns
 
 R = TypeVar("R")
 
@@ -400,6 +400,34 @@ def run_then_stop(daemon: Any, run: Callable[[], R]) -> tuple[R, list[str]]:
     if "Traceback" in log:
         troubles.append("a Traceback in the daemon log")
     return result, troubles
+
+
+def run_with_daemon(
+    workdir: Path,
+    serve_args: Sequence[str],
+    run: Callable[[Netns, UstackDaemon], R],
+    **start_options: Any,
+) -> tuple[R, list[str]]:
+    """`run` in a new namespace beside `ustack serve serve_args` (its files in
+    `workdir`; UstackDaemon.start's options), then run_then_stop's answer."""
+    with netns() as ns:
+        daemon = UstackDaemon.start(ns, workdir, *serve_args, **start_options)
+        return run_then_stop(daemon, lambda: run(ns, daemon))
+
+
+def in_workdir(prefix: str, run: Callable[[Path], int]) -> int:
+    """`run` with a new temporary directory; its exit status. The directory
+    is removed after a success, kept (its path printed) after a failure."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    status = 1
+    try:
+        status = run(workdir)
+    finally:
+        if status:
+            print(f"kept {workdir} (daemon log)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return status
 
 
 class Child:
@@ -760,48 +788,42 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs root (network namespaces): sudo python -m tools.scale ...")
     if args.connections < 1 or args.rounds < 1 or args.inflight < 1:
         parser.error("--connections, --rounds and --inflight are at least 1")
-    workdir = Path(tempfile.mkdtemp(prefix="scale-"))
-    wrapper: list[str] = []
-    gc_file = workdir / "gc.json"
-    if args.gc_stats:
-        (workdir / "gchook").mkdir()
-        (workdir / "gchook" / "sitecustomize.py").write_text(GC_HOOK)
-        wrapper = ["env", f"PYTHONPATH={workdir / 'gchook'}", f"USTACK_GC_STATS={gc_file}"]
-    failed = True
-    try:
-        with netns() as ns:
-            daemon = UstackDaemon.start(
-                ns, workdir, "--log-level", "info", trace=args.trace, wrapper=wrapper
-            )
-            report, troubles = run_then_stop(
+
+    def scale(workdir: Path) -> int:
+        wrapper: list[str] = []
+        gc_file = workdir / "gc.json"
+        if args.gc_stats:
+            (workdir / "gchook").mkdir()
+            (workdir / "gchook" / "sitecustomize.py").write_text(GC_HOOK)
+            wrapper = ["env", f"PYTHONPATH={workdir / 'gchook'}", f"USTACK_GC_STATS={gc_file}"]
+        report, troubles = run_with_daemon(
+            workdir,
+            ["--log-level", "info"],
+            lambda ns, daemon: run_scale(
+                ns,
                 daemon,
-                lambda: run_scale(
-                    ns,
-                    daemon,
-                    args.connections,
-                    args.rounds,
-                    args.inflight,
-                    args.first_close,
-                    args.timeout,
-                    args.rss_tolerance,
-                ),
-            )
+                args.connections,
+                args.rounds,
+                args.inflight,
+                args.first_close,
+                args.timeout,
+                args.rss_tolerance,
+            ),
+            trace=args.trace,
+            wrapper=wrapper,
+        )
         report.problems.extend(troubles)
         if gc_file.exists():
             report.gc = {int(g): v for g, v in json.loads(gc_file.read_text()).items()}
         print_report(report)
         if args.json:
             args.json.write_text(json.dumps(_as_dict(report), indent=2))
-        failed = bool(report.problems)
         for problem in report.problems:
             print(f"PROBLEM: {problem}")
-        print("RESULT: " + ("FAIL" if failed else "PASS"))
-    finally:
-        if failed:
-            print(f"kept {workdir} (daemon log)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if failed else 0
+        print("RESULT: " + ("FAIL" if report.problems else "PASS"))
+        return 1 if report.problems else 0
+
+    return in_workdir("scale-", scale)
 
 
 def _as_dict(report: Report) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tools import soak
+from tools.losstest import fault_rules
 from ustack.linux.lab import Netns, UstackDaemon
 
 SEED = 20261125
@@ -18,7 +19,7 @@ SECONDS = 45
 
 
 def test_mixed_load_through_loss_reordering_and_duplication(ns: Netns, tmp_path: Path) -> None:
-    rules = soak.fault_rules(loss=0.02, reorder=0.05, duplicate=0.01, delay=0.005)
+    rules = fault_rules(loss=0.02, reorder=0.05, duplicate=0.01, delay=0.005)
     faults = [arg for rule in rules for arg in ("--fault", rule)]
     with UstackDaemon.start(
         ns, tmp_path, "--log-level", "info", "--no-offload", *faults,
