@@ -917,19 +917,9 @@ class Generator:
 
     # ---- packets --------------------------------------------------------------------------------
 
-    def send(
-        self,
-        key: tuple[int, int, int],
-        seg_seq: int,
-        seg_ack: int,
-        flags: int,
-        window: int,
-        options: bytes = b"",
-        payload: bytes = b"",
-        mutate: bool = False,
-    ) -> None:
-        packet = self.build(key, seg_seq, seg_ack, flags, window, options, payload, mutate)
-        self.w.apply(["packet", packet])
+    def send(self, *segment: Any, **fields: Any) -> None:
+        """The packet build(*segment, **fields) makes, to the stack."""
+        self.w.apply(["packet", self.build(*segment, **fields)])
 
     def build(
         self,
@@ -938,8 +928,8 @@ class Generator:
         seg_ack: int,
         flags: int,
         window: int,
-        options: bytes,
-        payload: bytes,
+        options: bytes = b"",
+        payload: bytes = b"",
         mutate: bool = False,
     ) -> bytes:
         s = self.s
