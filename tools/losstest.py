@@ -63,6 +63,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tools.common import tool_parser
 from ustack.linux.lab import NS_PREFIX, STACK_ADDRESS, Netns, UstackDaemon, netns
 
 MiB = 1 << 20
@@ -330,9 +331,7 @@ def transfer(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--size",
         type=parse_size,

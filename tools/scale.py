@@ -57,21 +57,17 @@ import random
 import resource
 import select
 import selectors
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from ustack.linux.lab import Netns, UstackDaemon, netns
-
-R = TypeVar("R")
+from tools.common import in_workdir, print_result, run_with_daemon, tool_parser
 
 STACK = "198.18.0.2"
 ECHO, HTTP = 7, 80
@@ -384,52 +380,6 @@ def stable_fd_count(pid: int) -> int:
     return count
 
 
-def run_then_stop(daemon: Any, run: Callable[[], R]) -> tuple[R, list[str]]:
-    """Call `run`, then stop the daemon (tests/harness.py's): what `run`
-    returned, and what the daemon did wrong (died during the run, a Traceback
-    in its log)."""
-    try:
-        result = run()
-        alive = daemon.process.poll() is None
-    finally:
-        code = daemon.stop()
-    log = daemon.log_text()
-    troubles: list[str] = []
-    if not alive:
-        troubles.append(f"the daemon died (exit {code})")
-    if "Traceback" in log:
-        troubles.append("a Traceback in the daemon log")
-    return result, troubles
-
-
-def run_with_daemon(
-    workdir: Path,
-    serve_args: Sequence[str],
-    run: Callable[[Netns, UstackDaemon], R],
-    **start_options: Any,
-) -> tuple[R, list[str]]:
-    """`run` in a new namespace beside `ustack serve serve_args` (its files in
-    `workdir`; UstackDaemon.start's options), then run_then_stop's answer."""
-    with netns() as ns:
-        daemon = UstackDaemon.start(ns, workdir, *serve_args, **start_options)
-        return run_then_stop(daemon, lambda: run(ns, daemon))
-
-
-def in_workdir(prefix: str, run: Callable[[Path], int]) -> int:
-    """`run` with a new temporary directory; its exit status. The directory
-    is removed after a success, kept (its path printed) after a failure."""
-    workdir = Path(tempfile.mkdtemp(prefix=prefix))
-    status = 1
-    try:
-        status = run(workdir)
-    finally:
-        if status:
-            print(f"kept {workdir} (daemon log)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return status
-
-
 class Child:
     """A helper process in the namespace speaking JSON lines on stdout."""
 
@@ -727,9 +677,7 @@ def print_report(report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     sub = sys.argv[1] if argv is None and len(sys.argv) > 1 else None
     if sub in ("_client", "_probe"):  # the helpers run inside the namespace
         inner = argparse.ArgumentParser()
@@ -818,10 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         print_report(report)
         if args.json:
             args.json.write_text(json.dumps(_as_dict(report), indent=2))
-        for problem in report.problems:
-            print(f"PROBLEM: {problem}")
-        print("RESULT: " + ("FAIL" if report.problems else "PASS"))
-        return 1 if report.problems else 0
+        return print_result(report.problems, 1 if report.problems else 0)
 
     return in_workdir("scale-", scale)
 

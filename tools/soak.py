@@ -43,7 +43,6 @@ code wins. On failure the work directory (daemon log) is kept.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -61,13 +60,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.common import in_workdir, print_result, run_with_daemon, tool_parser
 from tools.losstest import (
     add_fault_arguments,
     fault_arguments_rules,
     parse_size,
     pattern_sha256,
 )
-from tools.scale import fd_count, in_workdir, rss_kib, run_with_daemon, stable_fd_count
+from tools.scale import fd_count, rss_kib, stable_fd_count
 
 HERE = Path(__file__).resolve()
 STACK = "198.18.0.2"
@@ -425,9 +425,7 @@ def print_report(report: SoakReport) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, default=30, help="duration (default 30)")
     length.add_argument("--seconds", type=float, help="duration in seconds instead")
@@ -499,11 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                     p50_s=tally.percentile(0.5), p99_s=tally.percentile(0.99)
                 )
             args.json.write_text(json.dumps(out, indent=1))
-        status = report.status()
-        for _, what in report.problems:
-            print(f"PROBLEM: {what}")
-        print("RESULT: " + ("PASS" if status == 0 else f"FAIL (exit {status})"))
-        return status
+        return print_result((what for _, what in report.problems), report.status())
 
     return in_workdir("soak-", soak)
 
