@@ -232,8 +232,9 @@ def test_text_jsonl_and_pcap_of_one_curl(
 
 def test_trace_port_keeps_other_connections_out_of_every_output(ns: Netns, tmp_path: Path) -> None:
     files = trace_files(tmp_path, FORMATS_FROM_NAMES)
-    args = [*trace_arguments(files, explicit=False), "--trace-port", "80"]
-    with serving(ns, tmp_path, *args) as daemon:
+    with serving(
+        ns, tmp_path, *trace_arguments(files, explicit=False), "--trace-port", "80"
+    ) as daemon:
         echoed = ns.run("nc", "-N", STACK_ADDRESS, "7", input=b"not traced\n", check=True)
         assert echoed.stdout == b"not traced\n"
         curl(ns)
@@ -264,8 +265,9 @@ def test_trace_port_keeps_other_connections_out_of_every_output(ns: Netns, tmp_p
 
 def test_trace_host_of_nobody_leaves_every_output_empty(ns: Netns, tmp_path: Path) -> None:
     files = trace_files(tmp_path, FORMATS_FROM_NAMES)
-    args = [*trace_arguments(files, explicit=False), "--trace-host", "198.18.0.99"]
-    with serving(ns, tmp_path, *args) as daemon:
+    with serving(
+        ns, tmp_path, *trace_arguments(files, explicit=False), "--trace-host", "198.18.0.99"
+    ) as daemon:
         curl(ns)
         daemon.wait_until_no_connections()
     assert read_jsonl(files["jsonl"]) == []
