@@ -67,8 +67,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.common import in_workdir, print_result, run_with_daemon, tool_parser
-
 STACK = "198.18.0.2"
 ECHO, HTTP = 7, 80
 SOURCE_BASE = 101  # Linux-side source addresses 198.18.0.101, .102, ...
@@ -677,7 +675,6 @@ def print_report(report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = tool_parser(__doc__)
     sub = sys.argv[1] if argv is None and len(sys.argv) > 1 else None
     if sub in ("_client", "_probe"):  # the helpers run inside the namespace
         inner = argparse.ArgumentParser()
@@ -691,6 +688,11 @@ def main(argv: list[str] | None = None) -> int:
             return client_main(inner.parse_args(sys.argv[2:]))
         inner.add_argument("--interval", type=float, required=True)
         return probe_main(inner.parse_args(sys.argv[2:]))
+    # Imported here, past the helpers: they run this file as a script in the
+    # namespace, where the tools package is not importable.
+    from tools.common import in_workdir, print_result, run_with_daemon, tool_parser
+
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--connections",
         type=int,
