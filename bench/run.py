@@ -583,6 +583,18 @@ DEFAULTS = Settings(bulk_mb=200, connects=5000, requests=5000, pings=5000, idle_
 QUICK = Settings(bulk_mb=20, connects=500, requests=500, pings=1000, idle_conns=300,
                  reps=2, concurrency=50, transfer_timeout=8, row_budget=8)
 # fmt: on
+SETTINGS_HELP = {  # the options, in --help's order
+    "bulk_mb": "MB per download/upload",
+    "connects": "connect+close count",
+    "requests": "ab -n",
+    "concurrency": "ab -c for the concurrent row",
+    "pings": "echo ping-pongs",
+    "idle_conns": "idle connections held",
+    "reps": "repetitions, best reported",
+    "transfer_timeout": "seconds one download/upload may take; a slower one reports the rate"
+    " of what it moved",
+    "row_budget": "seconds one side may spend on one row before its remaining reps are skipped",
+}
 
 
 def log_step(message: str) -> None:
@@ -865,45 +877,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="ustack vs the kernel's TCP, side by side (as root; see bench/README.md)"
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for a ~30 s CI smoke")
-    parser.add_argument(
-        "--bulk-mb",
-        type=int,
-        help=f"MB per download/upload ({DEFAULTS.bulk_mb}; quick {QUICK.bulk_mb})",
-    )
-    parser.add_argument(
-        "--connects",
-        type=int,
-        help=f"connect+close count ({DEFAULTS.connects}; quick {QUICK.connects})",
-    )
-    parser.add_argument(
-        "--requests", type=int, help=f"ab -n ({DEFAULTS.requests}; quick {QUICK.requests})"
-    )
-    parser.add_argument(
-        "--concurrency", type=int, help=f"ab -c for the concurrent row ({DEFAULTS.concurrency})"
-    )
-    parser.add_argument(
-        "--pings", type=int, help=f"echo ping-pongs ({DEFAULTS.pings}; quick {QUICK.pings})"
-    )
-    parser.add_argument(
-        "--idle-conns",
-        type=int,
-        help=f"idle connections held ({DEFAULTS.idle_conns}; quick {QUICK.idle_conns})",
-    )
-    parser.add_argument(
-        "--reps", type=int, help=f"repetitions, best reported ({DEFAULTS.reps}; quick {QUICK.reps})"
-    )
-    parser.add_argument(
-        "--transfer-timeout",
-        type=int,
-        help="seconds one download/upload may take; a slower one reports the rate of what it"
-        f" moved ({DEFAULTS.transfer_timeout}; quick {QUICK.transfer_timeout})",
-    )
-    parser.add_argument(
-        "--row-budget",
-        type=int,
-        help="seconds one side may spend on one row before its remaining reps are skipped"
-        f" ({DEFAULTS.row_budget}; quick {QUICK.row_budget})",
-    )
+    for name, about in SETTINGS_HELP.items():  # each Settings field is an option
+        default, quick = getattr(DEFAULTS, name), getattr(QUICK, name)
+        given = f"{default}" if default == quick else f"{default}; quick {quick}"
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"{about} ({given})")
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="also write the table and details as JSON"
     )

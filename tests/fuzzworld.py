@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import struct
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -917,19 +918,9 @@ class Generator:
 
     # ---- packets --------------------------------------------------------------------------------
 
-    def send(
-        self,
-        key: tuple[int, int, int],
-        seg_seq: int,
-        seg_ack: int,
-        flags: int,
-        window: int,
-        options: bytes = b"",
-        payload: bytes = b"",
-        mutate: bool = False,
-    ) -> None:
-        packet = self.build(key, seg_seq, seg_ack, flags, window, options, payload, mutate)
-        self.w.apply(["packet", packet])
+    def send(self, *segment: Any, **fields: Any) -> None:
+        """The packet build(*segment, **fields) makes, to the stack."""
+        self.w.apply(["packet", self.build(*segment, **fields)])
 
     def build(
         self,
@@ -938,8 +929,8 @@ class Generator:
         seg_ack: int,
         flags: int,
         window: int,
-        options: bytes,
-        payload: bytes,
+        options: bytes = b"",
+        payload: bytes = b"",
         mutate: bool = False,
     ) -> bytes:
         s = self.s
@@ -1048,17 +1039,25 @@ def run_program(data: bytes, coverage: Coverage | None = None) -> World:
     source = Source(data)
     world = World(SETUPS[source.byte() % len(SETUPS)], coverage)
     generator = Generator(world, source)
-    try:
+    with failing_with_case(world):
         ops = 0
         while source.more() and ops < MAX_OPS:
             generator.step()
             ops += 1
         world.finish()
+    return world
+
+
+@contextmanager
+def failing_with_case(world: World) -> Iterator[None]:
+    """Whatever goes wrong in the block is a FuzzFailure that carries the
+    case (the world's actions so far) which led to it."""
+    try:
+        yield
     except Exception as exc:
         failure = as_failure(exc)
         failure.case = make_case(world, failure)
         raise failure from exc
-    return world
 
 
 def make_case(world: World, failure: FuzzFailure | None = None) -> Case:
@@ -1073,16 +1072,12 @@ def make_case(world: World, failure: FuzzFailure | None = None) -> Case:
 def replay(case: Case, coverage: Coverage | None = None) -> World:
     """Run a case's actions, then the finish; raises FuzzFailure."""
     world = World(case["setup"], coverage)
-    try:
+    with failing_with_case(world):
         for action in case["actions"]:
             if action[0] == "packet" and isinstance(action[-1], str):
                 action = ["packet", bytes.fromhex(action[-1])]  # [kind, summary, hex]
             world.apply(list(action))
         world.finish()
-    except Exception as exc:
-        failure = as_failure(exc)
-        failure.case = make_case(world, failure)
-        raise failure from exc
     return world
 
 

@@ -154,6 +154,16 @@ class Seed:
         return fw.make_case(self.w)
 
 
+def established(setup: int = 0, written: int = 0) -> tuple[Seed, TcpConnection]:
+    """A seed whose connection KEY is ESTABLISHED (with `written` bytes from the
+    application, sent or queued), and that connection."""
+    s = Seed(setup)
+    s.handshake()
+    if written:
+        s.app("write", written)
+    return s, s.conn()
+
+
 def wraparound() -> Seed:
     s = Seed(4)  # our ISS is 2^32 - 1: our first data byte is sequence number 0
     s.handshake(iss=MASK - 3000)
@@ -168,9 +178,7 @@ def wraparound() -> Seed:
 
 
 def rst_variants() -> Seed:
-    s = Seed(0)
-    s.handshake()
-    conn = s.conn()
+    s, conn = established()
     edge, nxt, una = conn.rcv_adv, conn.rcv_nxt, conn.snd_una
     for seq in (nxt + 1, edge - 1, edge, edge + 1, nxt - 1, nxt + HALF, nxt - HALF):
         s.send(RST, seq, 0)
@@ -196,9 +204,7 @@ def every_flag_combination() -> Seed:
 
 
 def malformed_headers() -> Seed:
-    s = Seed(0)
-    s.handshake()
-    conn = s.conn()
+    s, conn = established()
     good = segment(KEY, conn.rcv_nxt, conn.snd_nxt, ACK | PSH, payload=b"data")
     for packet in (
         b"",
@@ -245,10 +251,7 @@ def malformed_headers() -> Seed:
 
 
 def window_edges() -> Seed:
-    s = Seed(0)
-    s.handshake()
-    s.app("write", 5000)
-    conn = s.conn()
+    s, conn = established(written=5000)
     edge, nxt = conn.rcv_adv, conn.rcv_nxt
     una, snd_max, wnd = conn.snd_una, conn.snd_max, conn.max_snd_wnd
     s.send(ACK, edge - 1, una, payload=b"E")  # the last byte of the window: held
@@ -336,10 +339,7 @@ def simultaneous() -> Seed:
 
 
 def sack_recovery() -> Seed:
-    s = Seed(0)
-    s.handshake()
-    s.app("write", 30000)
-    conn = s.conn()
+    s, conn = established(written=30000)
     una, mss_ = conn.snd_una, conn.mss
     lying = (
         sack((una + mss_, una + 3 * mss_)),

@@ -63,6 +63,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tools.common import tool_parser
 from ustack.linux.lab import NS_PREFIX, STACK_ADDRESS, Netns, UstackDaemon, netns
 
 MiB = 1 << 20
@@ -105,7 +106,47 @@ def fault_rules(loss: float, reorder: float, duplicate: float, delay: float) -> 
     return rules
 
 
+def add_fault_arguments(
+    parser: argparse.ArgumentParser, loss: float, reorder: float, duplicate: float
+) -> None:
+    """--loss, --reorder, --duplicate (per-packet rates, both directions; these
+    defaults) and --delay: what fault_arguments_rules turns into rules."""
+    parser.add_argument(
+        "--loss",
+        type=probability,
+        default=loss,
+        help=f"per-packet loss, each direction (default {loss:g})",
+    )
+    parser.add_argument(
+        "--reorder",
+        type=probability,
+        default=reorder,
+        help=f"share of packets delayed by --delay (default {reorder:g})",
+    )
+    parser.add_argument(
+        "--duplicate",
+        type=probability,
+        default=duplicate,
+        help=f"share of packets sent twice (default {duplicate:g})",
+    )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.005,
+        help="seconds a reordered packet is held (default 0.005)",
+    )
+
+
+def fault_arguments_rules(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The rules of add_fault_arguments' options (a usage error if the rates
+    add up to more than 1)."""
+    if args.loss + args.reorder + args.duplicate > 1:
+        parser.error("--loss + --reorder + --duplicate must be at most 1")
+    return fault_rules(args.loss, args.reorder, args.duplicate, args.delay)
+
+
 def pattern_sha256(length: int) -> str:
+    """The SHA-256 of /bytes/N: byte i is i % 256."""
     block = bytes(range(256)) * 4096  # 1 MiB, a multiple of 256
     digest = hashlib.sha256()
     for start in range(0, length, len(block)):
@@ -290,39 +331,14 @@ def transfer(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--size",
         type=parse_size,
         default=parse_size("50M"),
         help="bytes each way; K, M, G are powers of 1024 (default 50M)",
     )
-    parser.add_argument(
-        "--loss",
-        type=probability,
-        default=0.05,
-        help="per-packet loss, each direction (default 0.05)",
-    )
-    parser.add_argument(
-        "--reorder",
-        type=probability,
-        default=0.10,
-        help="share of packets delayed by --delay (default 0.10)",
-    )
-    parser.add_argument(
-        "--duplicate",
-        type=probability,
-        default=0.01,
-        help="share of packets sent twice (default 0.01)",
-    )
-    parser.add_argument(
-        "--delay",
-        type=float,
-        default=0.005,
-        help="seconds a reordered packet is held (default 0.005)",
-    )
+    add_fault_arguments(parser, loss=0.05, reorder=0.10, duplicate=0.01)
     parser.add_argument(
         "--seed",
         type=int,
@@ -367,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "removed unless something failed)",
     )
     args = parser.parse_args(argv)
-    if args.loss + args.reorder + args.duplicate > 1:
-        parser.error("--loss + --reorder + --duplicate must be at most 1")
+    rules = fault_arguments_rules(parser, args)
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces): sudo python -m tools.losstest ...")
     if shutil.which("curl") is None:
@@ -394,7 +409,6 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="losstest-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    rules = fault_rules(args.loss, args.reorder, args.duplicate, args.delay)
     run = Run(workdir)
     results: list[dict[str, Any]] = []
     problems: list[tuple[int, str]] = []  # (exit code, what); the lowest code wins

@@ -57,21 +57,15 @@ import random
 import resource
 import select
 import selectors
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-from ustack.linux.lab import UstackDaemon, netns
-
-R = TypeVar("R")
+from typing import Any
 
 STACK = "198.18.0.2"
 ECHO, HTTP = 7, 80
@@ -384,24 +378,6 @@ def stable_fd_count(pid: int) -> int:
     return count
 
 
-def run_then_stop(daemon: Any, run: Callable[[], R]) -> tuple[R, list[str]]:
-    """Call `run`, then stop the daemon (tests/harness.py's): what `run`
-    returned, and what the daemon did wrong (died during the run, a Traceback
-    in its log)."""
-    try:
-        result = run()
-        alive = daemon.process.poll() is None
-    finally:
-        code = daemon.stop()
-    log = daemon.log_text()
-    troubles: list[str] = []
-    if not alive:
-        troubles.append(f"the daemon died (exit {code})")
-    if "Traceback" in log:
-        troubles.append("a Traceback in the daemon log")
-    return result, troubles
-
-
 class Child:
     """A helper process in the namespace speaking JSON lines on stdout."""
 
@@ -699,9 +675,6 @@ def print_report(report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
     sub = sys.argv[1] if argv is None and len(sys.argv) > 1 else None
     if sub in ("_client", "_probe"):  # the helpers run inside the namespace
         inner = argparse.ArgumentParser()
@@ -715,6 +688,11 @@ def main(argv: list[str] | None = None) -> int:
             return client_main(inner.parse_args(sys.argv[2:]))
         inner.add_argument("--interval", type=float, required=True)
         return probe_main(inner.parse_args(sys.argv[2:]))
+    # Imported here, past the helpers: they run this file as a script in the
+    # namespace, where the tools package is not importable.
+    from tools.common import in_workdir, print_result, run_with_daemon, tool_parser
+
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--connections",
         type=int,
@@ -760,48 +738,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs root (network namespaces): sudo python -m tools.scale ...")
     if args.connections < 1 or args.rounds < 1 or args.inflight < 1:
         parser.error("--connections, --rounds and --inflight are at least 1")
-    workdir = Path(tempfile.mkdtemp(prefix="scale-"))
-    wrapper: list[str] = []
-    gc_file = workdir / "gc.json"
-    if args.gc_stats:
-        (workdir / "gchook").mkdir()
-        (workdir / "gchook" / "sitecustomize.py").write_text(GC_HOOK)
-        wrapper = ["env", f"PYTHONPATH={workdir / 'gchook'}", f"USTACK_GC_STATS={gc_file}"]
-    failed = True
-    try:
-        with netns() as ns:
-            daemon = UstackDaemon.start(
-                ns, workdir, "--log-level", "info", trace=args.trace, wrapper=wrapper
-            )
-            report, troubles = run_then_stop(
+
+    def scale(workdir: Path) -> int:
+        wrapper: list[str] = []
+        gc_file = workdir / "gc.json"
+        if args.gc_stats:
+            (workdir / "gchook").mkdir()
+            (workdir / "gchook" / "sitecustomize.py").write_text(GC_HOOK)
+            wrapper = ["env", f"PYTHONPATH={workdir / 'gchook'}", f"USTACK_GC_STATS={gc_file}"]
+        report, troubles = run_with_daemon(
+            workdir,
+            ["--log-level", "info"],
+            lambda ns, daemon: run_scale(
+                ns,
                 daemon,
-                lambda: run_scale(
-                    ns,
-                    daemon,
-                    args.connections,
-                    args.rounds,
-                    args.inflight,
-                    args.first_close,
-                    args.timeout,
-                    args.rss_tolerance,
-                ),
-            )
+                args.connections,
+                args.rounds,
+                args.inflight,
+                args.first_close,
+                args.timeout,
+                args.rss_tolerance,
+            ),
+            trace=args.trace,
+            wrapper=wrapper,
+        )
         report.problems.extend(troubles)
         if gc_file.exists():
             report.gc = {int(g): v for g, v in json.loads(gc_file.read_text()).items()}
         print_report(report)
         if args.json:
             args.json.write_text(json.dumps(_as_dict(report), indent=2))
-        failed = bool(report.problems)
-        for problem in report.problems:
-            print(f"PROBLEM: {problem}")
-        print("RESULT: " + ("FAIL" if failed else "PASS"))
-    finally:
-        if failed:
-            print(f"kept {workdir} (daemon log)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if failed else 0
+        return print_result(report.problems, 1 if report.problems else 0)
+
+    return in_workdir("scale-", scale)
 
 
 def _as_dict(report: Report) -> dict[str, Any]:

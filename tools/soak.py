@@ -43,7 +43,6 @@ code wins. On failure the work directory (daemon log) is kept.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -54,7 +53,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -62,9 +60,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.losstest import fault_rules, parse_size, pattern_sha256, probability
-from tools.scale import fd_count, rss_kib, run_then_stop, stable_fd_count
-from ustack.linux.lab import UstackDaemon, netns
+from tools.common import in_workdir, print_result, run_with_daemon, tool_parser
+from tools.losstest import (
+    add_fault_arguments,
+    fault_arguments_rules,
+    parse_size,
+    pattern_sha256,
+)
+from tools.scale import fd_count, rss_kib, stable_fd_count
 
 HERE = Path(__file__).resolve()
 STACK = "198.18.0.2"
@@ -422,21 +425,11 @@ def print_report(report: SoakReport) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, default=30, help="duration (default 30)")
     length.add_argument("--seconds", type=float, help="duration in seconds instead")
-    parser.add_argument("--loss", type=probability, default=0.02, help="default 0.02")
-    parser.add_argument("--reorder", type=probability, default=0.05, help="default 0.05")
-    parser.add_argument("--duplicate", type=probability, default=0.01, help="default 0.01")
-    parser.add_argument(
-        "--delay",
-        type=float,
-        default=0.005,
-        help="seconds a reordered packet is held (default 0.005)",
-    )
+    add_fault_arguments(parser, loss=0.02, reorder=0.05, duplicate=0.01)
     parser.add_argument(
         "--parallel",
         type=int,
@@ -465,8 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="the injector's and the sizes' seed")
     parser.add_argument("--json", type=Path, help="also write the report and samples here")
     args = parser.parse_args(argv)
-    if args.loss + args.reorder + args.duplicate > 1:
-        parser.error("--loss + --reorder + --duplicate must be at most 1")
+    rules = fault_arguments_rules(parser, args)
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces): sudo python -m tools.soak ...")
     for tool in ("ab", "curl", "nc"):
@@ -474,39 +466,27 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"needs {tool}")
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    rules = fault_rules(args.loss, args.reorder, args.duplicate, args.delay)
-    workdir = Path(tempfile.mkdtemp(prefix="soak-"))
-    print(f"ustack soak: {seconds:g} s; {' '.join(rules)}; seed {seed}; workdir {workdir}")
     faults = [a for rule in rules for a in ("--fault", rule)]
-    status = 3
-    try:
-        with netns() as ns:
-            daemon = UstackDaemon.start(
+
+    def soak(workdir: Path) -> int:
+        print(f"ustack soak: {seconds:g} s; {' '.join(rules)}; seed {seed}; workdir {workdir}")
+        report, troubles = run_with_daemon(
+            workdir,
+            ["--log-level", "info", "--no-offload", *faults, "--fault-seed", str(seed)],
+            lambda ns, daemon: run_soak(
                 ns,
-                workdir,
-                "--log-level",
-                "info",
-                "--no-offload",
-                *faults,
-                "--fault-seed",
-                str(seed),
-                trace=False,
-            )
-            report, troubles = run_then_stop(
                 daemon,
-                lambda: run_soak(
-                    ns,
-                    daemon,
-                    seconds,
-                    rules,
-                    seed,
-                    args.parallel,
-                    args.max_size,
-                    args.sample,
-                    args.timeout,
-                    args.rss_slack,
-                ),
-            )
+                seconds,
+                rules,
+                seed,
+                args.parallel,
+                args.max_size,
+                args.sample,
+                args.timeout,
+                args.rss_slack,
+            ),
+            trace=False,
+        )
         report.problems.extend((3, trouble) for trouble in troubles)
         print_report(report)
         if args.json:
@@ -517,16 +497,9 @@ def main(argv: list[str] | None = None) -> int:
                     p50_s=tally.percentile(0.5), p99_s=tally.percentile(0.99)
                 )
             args.json.write_text(json.dumps(out, indent=1))
-        status = report.status()
-        for _, what in report.problems:
-            print(f"PROBLEM: {what}")
-        print("RESULT: " + ("PASS" if status == 0 else f"FAIL (exit {status})"))
-    finally:
-        if status:
-            print(f"kept {workdir} (daemon log)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return status
+        return print_result((what for _, what in report.problems), report.status())
+
+    return in_workdir("soak-", soak)
 
 
 if __name__ == "__main__":

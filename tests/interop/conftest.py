@@ -19,8 +19,5 @@ def ns() -> Iterator[Netns]:
 
 @pytest.fixture
 def daemon(ns: Netns, tmp_path: Path) -> Iterator[UstackDaemon]:
-    d = UstackDaemon.start(ns, tmp_path)
-    try:
+    with UstackDaemon.start(ns, tmp_path) as d:
         yield d
-    finally:
-        d.stop()

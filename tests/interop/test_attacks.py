@@ -26,14 +26,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from attacks import flood_with_curls
-from test_lifecycle import PASSIVE_CLOSE, pattern_sha256
+from test_lifecycle import PASSIVE_CLOSE
 
+from tools.losstest import pattern_sha256
 from ustack import services
 from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 
@@ -225,6 +227,23 @@ def attack_during(
     return Attacked(out or b"", attack, before, seconds)
 
 
+@contextmanager
+def attacked_http_transfer(
+    ns: Netns,
+    workdir: Path,
+    spawn: Spawn,
+    client_port: int,
+    rate: str,
+    *curl_args: str,
+    **popen: Any,
+) -> Iterator[tuple[UstackDaemon, Attacked]]:
+    """An http daemon for the block, and a curl transfer (transfer_to_attack's
+    arguments) that ran under a blind attack and completed."""
+    with UstackDaemon.start(ns, workdir, "--services", "http") as daemon:
+        curl = transfer_to_attack(ns, spawn, client_port, rate, *curl_args, **popen)
+        yield daemon, attack_during(ns, daemon, client_port, curl)
+
+
 def check_survived_attack(
     daemon: UstackDaemon,
     client_port: int,
@@ -264,42 +283,32 @@ def check_survived_attack(
 def test_blind_in_window_rst_syn_and_data_during_a_50mb_download(
     ns: Netns, tmp_path: Path, spawn: Spawn
 ) -> None:
-    daemon = UstackDaemon.start(ns, tmp_path, "--services", "http")
     port = 41000
     got = tmp_path / "download.bin"
-    try:
-        curl = transfer_to_attack(
-            ns, spawn, port, "20M", "-o", str(got), f"http://{STACK_ADDRESS}/bytes/{BULK}",
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        attacked = attack_during(ns, daemon, port, curl)
+    with attacked_http_transfer(
+        ns, tmp_path, spawn, port, "20M", "-o", str(got), f"http://{STACK_ADDRESS}/bytes/{BULK}",
+        stderr=subprocess.PIPE,
+    ) as (daemon, attacked):  # fmt: skip
         digest = hashlib.sha256(got.read_bytes()).hexdigest()
         assert digest == pattern_sha256(BULK)
         attacked.check_survived(daemon, port)
-    finally:
-        daemon.stop()
     assert "Traceback" not in daemon.log_text()
 
 
 def test_blind_in_window_rst_syn_and_data_during_a_50mb_upload(
     ns: Netns, tmp_path: Path, spawn: Spawn
 ) -> None:
-    daemon = UstackDaemon.start(ns, tmp_path, "--services", "http")
     port = 41001
     body = tmp_path / "upload.bin"
     data = os.urandom(BULK)
     body.write_bytes(data)
-    try:
-        curl = transfer_to_attack(
-            ns, spawn, port, "10M", "-H", "Expect:", "--data-binary", f"@{body}",
-            f"http://{STACK_ADDRESS}/upload", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        attacked = attack_during(ns, daemon, port, curl)
+    with attacked_http_transfer(
+        ns, tmp_path, spawn, port, "10M", "-H", "Expect:", "--data-binary", f"@{body}",
+        f"http://{STACK_ADDRESS}/upload", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as (daemon, attacked):  # fmt: skip
         # The application saw exactly the client's bytes: no injected data.
         assert attacked.out.decode().split() == [str(BULK), hashlib.sha256(data).hexdigest()]
         attacked.check_survived(daemon, port)
-    finally:
-        daemon.stop()
     assert "Traceback" not in daemon.log_text()
 
 
@@ -307,9 +316,8 @@ def test_exact_sequence_rst_still_resets_a_transfer(
     ns: Netns, tmp_path: Path, spawn: Spawn
 ) -> None:
     """The control case: a RST at exactly RCV.NXT is the real thing (RFC 5961 3.2)."""
-    daemon = UstackDaemon.start(ns, tmp_path, "--services", "http")
     port = 41002
-    try:
+    with UstackDaemon.start(ns, tmp_path, "--services", "http") as daemon:
         curl = transfer_to_attack(
             ns, spawn, port, "5M", "-o", "/dev/null", f"http://{STACK_ADDRESS}/bytes/{BULK}",
             stderr=subprocess.PIPE,
@@ -326,8 +334,6 @@ def test_exact_sequence_rst_still_resets_a_transfer(
             if e["type"] == "state" and e["event"] == "RCV_RST"
         ]
         assert [(e["old"], e["new"]) for e in resets] == [("ESTABLISHED", "CLOSED")]
-    finally:
-        daemon.stop()
 
 
 # ---- slow readers -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools.losstest import pattern_sha256
 from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
 
 PASSIVE_CLOSE = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
@@ -16,15 +17,6 @@ ACTIVE_CLOSE = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT
                 "TIME_WAIT", "CLOSED"]  # fmt: skip
 ACTIVE_CLOSE_COMBINED = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT_1", "TIME_WAIT",
                          "CLOSED"]  # fmt: skip
-
-
-def pattern_sha256(length: int) -> str:
-    """The SHA-256 of /bytes/N: byte i is i % 256."""
-    block = bytes(range(256)) * 256
-    digest = hashlib.sha256()
-    for start in range(0, length, len(block)):
-        digest.update(block[: min(len(block), length - start)])
-    return digest.hexdigest()
 
 
 def download_sha256(ns: Netns, size: int) -> str:
@@ -189,7 +181,10 @@ def test_ab_2000_requests_20_concurrent(ns: Netns, daemon: UstackDaemon) -> None
     assert all(life[-1] == "CLOSED" and "ESTABLISHED" in life for life in lives)
 
 
-def _ustack_connect(daemon: UstackDaemon, port: int, data: bytes) -> subprocess.CompletedProcess:
+def ustack_connect(
+    daemon: UstackDaemon, port: int, data: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    """`ustack connect` to Linux's `port` through the daemon, `data` on its stdin."""
     return subprocess.run(
         [sys.executable, "-m", "ustack", "connect", "--control", str(daemon.control),
          LINUX_ADDRESS, str(port)],
@@ -197,18 +192,27 @@ def _ustack_connect(daemon: UstackDaemon, port: int, data: bytes) -> subprocess.
     )  # fmt: skip
 
 
-def test_stack_connects_to_linux_nc_and_closes_first(ns: Netns, daemon: UstackDaemon) -> None:
+def ustack_connect_to_nc(
+    ns: Netns, daemon: UstackDaemon, data: bytes
+) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
+    """`ustack connect` sends `data` to nc listening on Linux's port 9000 (in
+    `ns`); our stdin ends first, so our FIN goes first and nc answers with its
+    own. What `ustack connect` returned, and what nc received."""
     server = subprocess.Popen(
         ns.command("nc", "-l", "-N", LINUX_ADDRESS, "9000"),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
         ns.run("sh", "-c", "until ss -ltn | grep -q :9000; do sleep 0.02; done", timeout=10)
-        # Our stdin ends first: our FIN goes first, nc answers with its own.
-        result = _ustack_connect(daemon, 9000, b"hello from the stack\n")
+        result = ustack_connect(daemon, 9000, data)
         got, _ = server.communicate(b"", timeout=10)
     finally:
         server.kill()
+    return result, got
+
+
+def test_stack_connects_to_linux_nc_and_closes_first(ns: Netns, daemon: UstackDaemon) -> None:
+    result, got = ustack_connect_to_nc(ns, daemon, b"hello from the stack\n")
     assert result.returncode == 0, result.stderr
     assert got == b"hello from the stack\n"
     daemon.wait_until_no_connections()
@@ -253,6 +257,6 @@ def test_stack_connects_to_python_server_which_closes_first(
 
 
 def test_stack_connect_refused(ns: Netns, daemon: UstackDaemon) -> None:
-    result = _ustack_connect(daemon, 9999, b"")
+    result = ustack_connect(daemon, 9999, b"")
     assert result.returncode == 1
     assert b"ECONNREFUSED" in result.stderr

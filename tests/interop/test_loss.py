@@ -23,8 +23,7 @@ import re
 import time
 from pathlib import Path
 
-from test_lifecycle import pattern_sha256
-
+from tools.losstest import fault_rules, pattern_sha256
 from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
 
 SEED = 20261125  # the injector's random choices; the same seed, the same decisions
@@ -34,22 +33,6 @@ MiB = 1 << 20
 # 256 KiB took up to 300+ s); Linux (BBR) uploads 1 MiB in under a second.
 MIXED_DOWN, MIXED_UP = 5 * MiB, 5 * MiB
 HEAVY_DOWN, HEAVY_UP = 256 * 1024, 1 * MiB
-
-
-def fault_rules(loss: float, reorder: float, duplicate: float, delay: float) -> list[str]:
-    """Chained rules (the first that fires decides) whose per-packet rates are
-    exactly loss, reorder and duplicate: each later rule sees only what the
-    earlier ones let pass, so its probability is conditional."""
-    rules, remaining = [], 1.0
-    for action, rate, extra in (
-        ("drop", loss, ""),
-        ("delay", reorder, f",delay={delay:g}"),
-        ("duplicate", duplicate, ""),
-    ):
-        if rate:
-            rules.append(f"{action}:dir=both,prob={rate / remaining:.6f}{extra}")
-            remaining -= rate
-    return rules
 
 
 def start_lossy(ns: Netns, tmp_path: Path, rules: list[str]) -> UstackDaemon:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from test_lifecycle import PASSIVE_CLOSE, ustack_connect_to_nc
 
 from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher, parse_line, state_name
@@ -32,7 +33,6 @@ CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 ACTIVE_CLOSE = ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT"]
-PASSIVE_CLOSE = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
 
 # As read from trace_pipe on Linux 6.18.
 LINE = (
@@ -421,20 +421,7 @@ def test_daemon_curl_peer_states(pns: Netns, peer_daemon: UstackDaemon) -> None:
 
 def test_daemon_stack_connects_to_linux_peer_states(pns: Netns, peer_daemon: UstackDaemon) -> None:
     """The stack connects to nc and closes first: Linux's passive close."""
-    server = subprocess.Popen(
-        pns.command("nc", "-l", "-N", LINUX_ADDRESS, "9000"),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        pns.run("sh", "-c", "until ss -ltn | grep -q :9000; do sleep 0.02; done", timeout=10)
-        result = subprocess.run(
-            [sys.executable, "-m", "ustack", "connect", "--control", str(peer_daemon.control),
-             LINUX_ADDRESS, "9000"],
-            input=b"hello\n", capture_output=True, timeout=30,
-        )  # fmt: skip
-        got, _ = server.communicate(b"", timeout=10)
-    finally:
-        server.kill()
+    result, got = ustack_connect_to_nc(pns, peer_daemon, b"hello\n")
     assert result.returncode == 0, result.stderr
     assert got == b"hello\n"
     wait_for_peer(peer_daemon, "CLOSED", remote_port=9000)

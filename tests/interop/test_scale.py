@@ -20,12 +20,9 @@ CONNECTIONS, ROUNDS = 10_000, 3
 
 
 def test_ten_thousand_connections_three_rounds(ns: Netns, tmp_path: Path) -> None:
-    daemon = UstackDaemon.start(ns, tmp_path, "--log-level", "info", trace=False)
-    try:
+    with UstackDaemon.start(ns, tmp_path, "--log-level", "info", trace=False) as daemon:
         report = scale.run_scale(ns, daemon, CONNECTIONS, ROUNDS, log=lambda _line: None)
         assert daemon.process.poll() is None, daemon.log_text()
-    finally:
-        daemon.stop()
     scale.print_report(report)  # shown by pytest when an assertion fails
     assert report.problems == []
     assert "Traceback" not in daemon.log_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tools import soak
+from tools.losstest import fault_rules
 from ustack.linux.lab import Netns, UstackDaemon
 
 SEED = 20261125
@@ -18,17 +19,14 @@ SECONDS = 45
 
 
 def test_mixed_load_through_loss_reordering_and_duplication(ns: Netns, tmp_path: Path) -> None:
-    rules = soak.fault_rules(loss=0.02, reorder=0.05, duplicate=0.01, delay=0.005)
+    rules = fault_rules(loss=0.02, reorder=0.05, duplicate=0.01, delay=0.005)
     faults = [arg for rule in rules for arg in ("--fault", rule)]
-    daemon = UstackDaemon.start(
+    with UstackDaemon.start(
         ns, tmp_path, "--log-level", "info", "--no-offload", *faults,
         "--fault-seed", str(SEED), trace=False,
-    )  # fmt: skip
-    try:
+    ) as daemon:  # fmt: skip
         report = soak.run_soak(ns, daemon, SECONDS, rules, SEED, log=lambda _line: None)
         assert daemon.process.poll() is None, daemon.log_text()
-    finally:
-        daemon.stop()
     soak.print_report(report)  # shown by pytest when an assertion fails
     assert report.problems == []
     assert "Traceback" not in daemon.log_text()

@@ -164,6 +164,14 @@ def serving(
         assert "Traceback" not in daemon.log_text(), log_tail(daemon.log_text())
 
 
+FORMATS_FROM_NAMES = {"text": "T.txt", "jsonl": "T.jsonl", "pcap": "T.pcap"}
+
+
+def trace_files(directory: Path, names: dict[str, str]) -> dict[str, Path]:
+    """Each trace format's file in `directory`, by format."""
+    return {fmt: directory / name for fmt, name in names.items()}
+
+
 def trace_arguments(files: dict[str, Path], explicit: bool) -> list[str]:
     """--trace for each file; with `explicit`, a --trace-format for each too.
     --trace-format goes with the --trace of the same rank, and the harness
@@ -178,8 +186,7 @@ def trace_arguments(files: dict[str, Path], explicit: bool) -> list[str]:
 @pytest.mark.parametrize(
     ("names", "explicit"),
     [
-        pytest.param({"text": "T.txt", "jsonl": "T.jsonl", "pcap": "T.pcap"}, False,
-                     id="formats-from-names"),
+        pytest.param(FORMATS_FROM_NAMES, False, id="formats-from-names"),
         # Names that suggest another format: the explicit one must win.
         pytest.param({"pcap": "capture.txt", "jsonl": "events.pcap", "text": "human.jsonl"},
                      True, id="explicit-trace-format"),
@@ -188,7 +195,7 @@ def trace_arguments(files: dict[str, Path], explicit: bool) -> list[str]:
 def test_text_jsonl_and_pcap_of_one_curl(
     ns: Netns, tmp_path: Path, names: dict[str, str], explicit: bool
 ) -> None:
-    files = {fmt: tmp_path / name for fmt, name in names.items()}
+    files = trace_files(tmp_path, names)
     with serving(ns, tmp_path, *trace_arguments(files, explicit)) as daemon:
         curl(ns)
         daemon.wait_until_no_connections()
@@ -224,10 +231,10 @@ def test_text_jsonl_and_pcap_of_one_curl(
 
 
 def test_trace_port_keeps_other_connections_out_of_every_output(ns: Netns, tmp_path: Path) -> None:
-    files = {"text": tmp_path / "T.txt", "jsonl": tmp_path / "T.jsonl",
-             "pcap": tmp_path / "T.pcap"}  # fmt: skip
-    args = [*trace_arguments(files, explicit=False), "--trace-port", "80"]
-    with serving(ns, tmp_path, *args) as daemon:
+    files = trace_files(tmp_path, FORMATS_FROM_NAMES)
+    with serving(
+        ns, tmp_path, *trace_arguments(files, explicit=False), "--trace-port", "80"
+    ) as daemon:
         echoed = ns.run("nc", "-N", STACK_ADDRESS, "7", input=b"not traced\n", check=True)
         assert echoed.stdout == b"not traced\n"
         curl(ns)
@@ -257,10 +264,10 @@ def test_trace_port_keeps_other_connections_out_of_every_output(ns: Netns, tmp_p
 
 
 def test_trace_host_of_nobody_leaves_every_output_empty(ns: Netns, tmp_path: Path) -> None:
-    files = {"text": tmp_path / "T.txt", "jsonl": tmp_path / "T.jsonl",
-             "pcap": tmp_path / "T.pcap"}  # fmt: skip
-    args = [*trace_arguments(files, explicit=False), "--trace-host", "198.18.0.99"]
-    with serving(ns, tmp_path, *args) as daemon:
+    files = trace_files(tmp_path, FORMATS_FROM_NAMES)
+    with serving(
+        ns, tmp_path, *trace_arguments(files, explicit=False), "--trace-host", "198.18.0.99"
+    ) as daemon:
         curl(ns)
         daemon.wait_until_no_connections()
     assert read_jsonl(files["jsonl"]) == []
@@ -291,8 +298,7 @@ def test_stopping_the_daemon_traces_the_reset_of_an_open_connection(
 ) -> None:
     """SIGTERM resets every connection: the RST is the last thing in every
     output, so the files are closed only after it."""
-    files = {"text": tmp_path / "T.txt", "jsonl": tmp_path / "T.jsonl",
-             "pcap": tmp_path / "T.pcap"}  # fmt: skip
+    files = trace_files(tmp_path, FORMATS_FROM_NAMES)
     with (
         serving(ns, tmp_path, *trace_arguments(files, explicit=False), clean_log=False) as daemon,
         open_echo_connection(ns),

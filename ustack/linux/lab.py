@@ -319,6 +319,14 @@ class UstackDaemon:
         """SIGTERM, then the exit code (SIGKILL if it does not go in time)."""
         return stop_process(self.process, timeout)
 
+    def __enter__(self) -> UstackDaemon:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """`with UstackDaemon.start(...) as daemon:` stops it after the block,
+        also on failure; its exit code is then daemon.process.returncode."""
+        self.stop()
+
 
 def ping(ns: Netns, count: int = 1, *extra: str) -> subprocess.CompletedProcess[bytes]:
     return ns.run("ping", "-n", "-c", str(count), "-W", "2", "-i", "0.2", *extra, STACK_ADDRESS)
