@@ -598,12 +598,9 @@ class TcpConnection(TcbView):
             self.trace(Decision(self.now, self.conn_id, what, rule or note.rule, note.kind))
 
     def release(self) -> None:
-        """Called once the demux has forgotten a closed connection: the parts
-        let go of the connection and of each other. Without the back
-        references there is no cycle, so the TCB and its buffers are freed at
-        once by reference counting, not at some later full collection (the
-        daemon runs collections rarely). A closed connection's calls (send,
-        read, close, ...) still answer; nothing else reaches the parts."""
+        """Once the demux forgets it: the parts drop their references back, so
+        reference counting frees the TCB at once (no cycle waits for a full
+        collection). A closed connection's calls still answer."""
         for part in (self.sender, self.receiver, self.recovery, self.keepalive, self._timers):
             for name in ("_conn", "_owner", "_timers", "_rcv", "_snd", "_recovery"):
                 if hasattr(part, name):
