@@ -126,17 +126,15 @@ def log_uniform(rng: random.Random, low: int, high: int) -> int:
     return int(math.exp(rng.uniform(math.log(low), math.log(max(low, high)))))
 
 
+@dataclass(eq=False)
 class Soak:
-    def __init__(
-        self, ns: Any, daemon: Any, report: SoakReport, max_size: int, timeout: float
-    ) -> None:
-        self.ns = ns
-        self.daemon = daemon
-        self.report = report
-        self.max_size = max_size
-        self.timeout = timeout
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
+    ns: Any
+    daemon: Any
+    report: SoakReport
+    max_size: int
+    timeout: float
+    lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    stop: threading.Event = field(default_factory=threading.Event, init=False)
 
     def run(self, argv: list[str], data: bytes | None = None) -> tuple[int, bytes]:
         """One client in the namespace; (exit code, stdout); -1 on timeout (the

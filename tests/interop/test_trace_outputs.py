@@ -183,6 +183,18 @@ def trace_arguments(files: dict[str, Path], explicit: bool) -> list[str]:
     return args
 
 
+@contextmanager
+def serving_traced(
+    ns: Netns, workdir: Path, *extra: str, clean_log: bool = True
+) -> Iterator[tuple[UstackDaemon, dict[str, Path]]]:
+    """`serving` with a trace file of each format (FORMATS_FROM_NAMES), told
+    by its name; yields the daemon and the files, by format."""
+    files = trace_files(workdir, FORMATS_FROM_NAMES)
+    arguments = trace_arguments(files, explicit=False)
+    with serving(ns, workdir, *arguments, *extra, clean_log=clean_log) as daemon:
+        yield daemon, files
+
+
 @pytest.mark.parametrize(
     ("names", "explicit"),
     [
@@ -231,10 +243,7 @@ def test_text_jsonl_and_pcap_of_one_curl(
 
 
 def test_trace_port_keeps_other_connections_out_of_every_output(ns: Netns, tmp_path: Path) -> None:
-    files = trace_files(tmp_path, FORMATS_FROM_NAMES)
-    with serving(
-        ns, tmp_path, *trace_arguments(files, explicit=False), "--trace-port", "80"
-    ) as daemon:
+    with serving_traced(ns, tmp_path, "--trace-port", "80") as (daemon, files):
         echoed = ns.run("nc", "-N", STACK_ADDRESS, "7", input=b"not traced\n", check=True)
         assert echoed.stdout == b"not traced\n"
         curl(ns)
@@ -264,10 +273,7 @@ def test_trace_port_keeps_other_connections_out_of_every_output(ns: Netns, tmp_p
 
 
 def test_trace_host_of_nobody_leaves_every_output_empty(ns: Netns, tmp_path: Path) -> None:
-    files = trace_files(tmp_path, FORMATS_FROM_NAMES)
-    with serving(
-        ns, tmp_path, *trace_arguments(files, explicit=False), "--trace-host", "198.18.0.99"
-    ) as daemon:
+    with serving_traced(ns, tmp_path, "--trace-host", "198.18.0.99") as (daemon, files):
         curl(ns)
         daemon.wait_until_no_connections()
     assert read_jsonl(files["jsonl"]) == []
@@ -298,11 +304,7 @@ def test_stopping_the_daemon_traces_the_reset_of_an_open_connection(
 ) -> None:
     """SIGTERM resets every connection: the RST is the last thing in every
     output, so the files are closed only after it."""
-    files = trace_files(tmp_path, FORMATS_FROM_NAMES)
-    with (
-        serving(ns, tmp_path, *trace_arguments(files, explicit=False), clean_log=False) as daemon,
-        open_echo_connection(ns),
-    ):
+    with serving_traced(ns, tmp_path, clean_log=False) as (daemon, files), open_echo_connection(ns):
         daemon.stop()  # while nc is still connected
     records = read_jsonl(files["jsonl"])
     segments = segment_records(records)

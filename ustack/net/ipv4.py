@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import TypeVar
 
 from ustack.counters import Counters
 from ustack.trace.records import PacketTap
@@ -33,6 +34,8 @@ from ustack.wire.ipv4 import (
     parse_ipv4,
 )
 from ustack.wire.udp import parse_udp
+
+_Header = TypeVar("_Header")
 
 # Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
 TcpInput = Callable[[int, int, memoryview, float, bool], None]
@@ -133,12 +136,20 @@ class IPv4Layer:
         else:
             counters.drop(Layer.IP, DropReason.UNKNOWN_PROTOCOL, now)
 
+    def _parse_or_drop(
+        self, parse: Callable[[memoryview], _Header], data: memoryview, layer: Layer
+    ) -> _Header | None:
+        """parse(data), or None with the malformed packet counted as a drop at `layer`."""
+        try:
+            return parse(data)
+        except MalformedPacket as exc:
+            self._counters.drop(layer, exc, self._now)
+            return None
+
     def _receive_icmp(self, src: int, message: memoryview) -> None:
         counters = self._counters
-        try:
-            icmp = parse_icmp(message)
-        except MalformedPacket as exc:
-            counters.drop(Layer.ICMP, exc, self._now)
+        icmp = self._parse_or_drop(parse_icmp, message, Layer.ICMP)
+        if icmp is None:
             return
         if internet_checksum(message) != 0:
             counters.drop(Layer.ICMP, DropReason.BAD_CHECKSUM, self._now)
@@ -155,10 +166,8 @@ class IPv4Layer:
     ) -> None:
         """No UDP sockets exist yet: every port is closed (RFC 1122 4.1.3.1)."""
         counters = self._counters
-        try:
-            udp = parse_udp(datagram)
-        except MalformedPacket as exc:
-            counters.drop(Layer.UDP, exc, self._now)
+        udp = self._parse_or_drop(parse_udp, datagram, Layer.UDP)
+        if udp is None:
             return
         if not 8 <= udp.length <= len(datagram):
             counters.drop(Layer.UDP, DropReason.BAD_LENGTH, self._now)

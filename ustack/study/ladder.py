@@ -17,17 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ustack.study import load
 from ustack.study.ladder_draw import draw_ascii, draw_mermaid, draw_svg
-from ustack.study.load import (
-    Record,
-    TraceError,
-    as_records,
-    choose_connection,
-    is_lost,
-    load_trace,
-    relative_numbers,
-    report_error,
-)
+from ustack.study.load import Record
 from ustack.trace.records import TraceEvent
 from ustack.trace.vocabulary import LOST_NOTE, TimerAction, TimerKind
 
@@ -126,10 +118,10 @@ def build_ladder(
 ) -> Ladder:
     """The rows of one connection's ladder. `events` are that connection's
     (see `choose_connection`), or a whole trace with `conn` to pick one."""
-    records = as_records(events)
-    summary = choose_connection(records, conn)
+    records = load.as_records(events)
+    summary = load.choose_connection(records, conn)
     records = summary.events
-    numbers = relative_numbers(records)
+    numbers = load.relative_numbers(records)
     start = records[0]["time"]
     peer_start = next((e["old"] for e in records if e["type"] == "peer_state"), "")
     ladder = Ladder(
@@ -183,7 +175,7 @@ def build_ladder(
                 direction,
                 event["flags"],
                 segment_label(event, absolute, numbers[id(event)]),
-                is_lost(event),
+                load.is_lost(event),
             )
             if pending_peer is not None:
                 row.peer_state = pending_peer[1]
@@ -282,11 +274,11 @@ def _format_for(args: argparse.Namespace) -> str:
 
 def ladder_command(args: argparse.Namespace) -> int:
     try:
-        events = load_trace(args.trace)
-        summary = choose_connection(events, args.conn, str(args.trace))
+        events = load.load_trace(args.trace)
+        summary = load.choose_connection(events, args.conn, str(args.trace))
         text = RENDERERS[_format_for(args)](summary.events, args.absolute)
-    except TraceError as exc:
-        return report_error(exc)
+    except load.TraceError as exc:
+        return load.report_error(exc)
     if args.output is None:
         sys.stdout.write(text)
         return 0

@@ -20,19 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ustack.trace.records import (
-    READABLE_SCHEMAS,
-    TRACE_SCHEMA_VERSION,
-    Decision,
-    Drop,
-    NewConnection,
-    PeerStateChange,
-    SegmentEvent,
-    StateChange,
-    TimerEvent,
-    TraceEvent,
-    event_dict,
-)
+from ustack.trace import records as trace_records
 from ustack.trace.vocabulary import LOST_NOTE, FaultAction, Note, SegmentNote
 
 Record = dict[str, Any]
@@ -45,13 +33,13 @@ _MASK = 0xFFFFFFFF
 _REQUIRED: dict[str, tuple[str, ...]] = {
     name: tuple(f.name for f in dataclasses.fields(cls))
     for name, cls in (
-        ("connection", NewConnection),
-        ("state", StateChange),
-        ("segment", SegmentEvent),
-        ("timer", TimerEvent),
-        ("decision", Decision),
-        ("drop", Drop),
-        ("peer_state", PeerStateChange),
+        ("connection", trace_records.NewConnection),
+        ("state", trace_records.StateChange),
+        ("segment", trace_records.SegmentEvent),
+        ("timer", trace_records.TimerEvent),
+        ("decision", trace_records.Decision),
+        ("drop", trace_records.Drop),
+        ("peer_state", trace_records.PeerStateChange),
     )
 }
 # Optional in old writers' output: don't reject a file for these ("kind": schema 2).
@@ -97,10 +85,10 @@ def load_trace(path: str | Path) -> list[Record]:
     header = _parse_line(path, *numbered[0])
     if header.get("type") != "header" or "schema" not in header:
         raise TraceError(f"{path}: not a ustack JSONL trace (the first line is not its header)")
-    if header["schema"] not in READABLE_SCHEMAS:
+    if header["schema"] not in trace_records.READABLE_SCHEMAS:
         raise TraceError(
             f"{path}: trace schema {header['schema']!r}; this ustack reads schema "
-            f"{TRACE_SCHEMA_VERSION}"
+            f"{trace_records.TRACE_SCHEMA_VERSION}"
         )
     events = []
     for number, line in numbered[1:]:
@@ -125,10 +113,12 @@ def _parse_line(path: Path, number: int, line: str) -> Record:
     return record
 
 
-def as_records(events: Iterable[Record | TraceEvent]) -> list[Record]:
+def as_records(events: Iterable[Record | trace_records.TraceEvent]) -> list[Record]:
     """Dicts as in a trace file; TraceEvent objects (a live tracer's) converted,
     and the fault injector's drops folded into the segments they hit."""
-    records = [event if isinstance(event, dict) else event_dict(event) for event in events]
+    records = [
+        event if isinstance(event, dict) else trace_records.event_dict(event) for event in events
+    ]
     if any(r.get("type") == "fault" for r in records):
         records = _fold_faults(records)
     # The peer's states arrive late but carry the kernel's own time: in time
