@@ -70,6 +70,11 @@ class SegmentNote(enum.StrEnum):
     SYN_COOKIE = "SYN cookie"
 
 
+# The rules most decisions cite, short enough for one decision a line.
+_SYN_SENT = Rule.RFC9293_SYN_SENT
+_OTHERWISE = Rule.RFC9293_OTHERWISE
+
+
 class _TextAndRule:
     """Members that are a sentence and the rule behind it."""
 
@@ -94,44 +99,26 @@ class Note(_TextAndRule, enum.Enum):
         return self.text.format(**values) if values else self.text
 
     # SYN_SENT (RFC 9293 3.10.7.3)
-    UNACCEPTABLE_ACK_IN_SYN_SENT = (
-        "unacceptable ACK in SYN_SENT: RST <SEQ=SEG.ACK>",
-        Rule.RFC9293_SYN_SENT,
-    )
-    RST_WITHOUT_ACK_IN_SYN_SENT = ("RST without ACK in SYN_SENT ignored", Rule.RFC9293_SYN_SENT)
-    NEITHER_SYN_NOR_RST_IN_SYN_SENT = (
-        "neither SYN nor RST in SYN_SENT: dropped",
-        Rule.RFC9293_SYN_SENT,
-    )
+    UNACCEPTABLE_ACK_IN_SYN_SENT = ("unacceptable ACK in SYN_SENT: RST <SEQ=SEG.ACK>", _SYN_SENT)
+    RST_WITHOUT_ACK_IN_SYN_SENT = ("RST without ACK in SYN_SENT ignored", _SYN_SENT)
+    NEITHER_SYN_NOR_RST_IN_SYN_SENT = ("neither SYN nor RST in SYN_SENT: dropped", _SYN_SENT)
     # Every later state (RFC 9293 3.10.7.4)
     FIN_AGAIN_IN_TIME_WAIT = (
         "FIN retransmitted in TIME_WAIT: ACK again, 2MSL restarts",
-        Rule.RFC9293_OTHERWISE,
+        _OTHERWISE,
     )
-    SYN_AGAIN_IN_SYN_RECEIVED = (
-        "retransmitted SYN in SYN_RECEIVED: SYN,ACK again",
-        Rule.RFC9293_OTHERWISE,
-    )
-    OUTSIDE_WINDOW = (
-        "segment outside the receive window: dropped, ACK sent",
-        Rule.RFC9293_OTHERWISE,
-    )
-    NO_ACK_FLAG = (
-        "segment without ACK in a synchronized state: dropped",
-        Rule.RFC9293_OTHERWISE,
-    )
+    SYN_AGAIN_IN_SYN_RECEIVED = ("retransmitted SYN in SYN_RECEIVED: SYN,ACK again", _OTHERWISE)
+    OUTSIDE_WINDOW = ("segment outside the receive window: dropped, ACK sent", _OTHERWISE)
+    NO_ACK_FLAG = ("segment without ACK in a synchronized state: dropped", _OTHERWISE)
     UNACCEPTABLE_ACK_IN_SYN_RECEIVED = (
         "unacceptable ACK in SYN_RECEIVED: RST <SEQ=SEG.ACK>",
-        Rule.RFC9293_OTHERWISE,
+        _OTHERWISE,
     )
-    DATA_AFTER_FIN = ("data after the peer's FIN ignored in {state}", Rule.RFC9293_OTHERWISE)
-    FIN_AFTER_FIN = ("FIN after the peer's FIN ignored", Rule.RFC9293_OTHERWISE)
-    FIN_BEYOND_HOLE = ("FIN beyond a hole: held until the hole fills", Rule.RFC9293_OTHERWISE)
-    OUT_OF_ORDER_HELD = (
-        "out-of-order segment held, duplicate ACK sent",
-        Rule.RFC9293_OTHERWISE,
-    )
-    DATA_PAST_HELD_FIN = ("data past a held FIN: the FIN is dropped", Rule.RFC9293_OTHERWISE)
+    DATA_AFTER_FIN = ("data after the peer's FIN ignored in {state}", _OTHERWISE)
+    FIN_AFTER_FIN = ("FIN after the peer's FIN ignored", _OTHERWISE)
+    FIN_BEYOND_HOLE = ("FIN beyond a hole: held until the hole fills", _OTHERWISE)
+    OUT_OF_ORDER_HELD = ("out-of-order segment held, duplicate ACK sent", _OTHERWISE)
+    DATA_PAST_HELD_FIN = ("data past a held FIN: the FIN is dropped", _OTHERWISE)
     PAWS = ("PAWS: TSval older than TS.Recent, dropped, ACK sent", Rule.RFC7323_PAWS)
     RST_IN_TIME_WAIT_IGNORED = (
         "RST in TIME_WAIT ignored (RFC 1337 TIME-WAIT assassination fix)",
