@@ -262,11 +262,13 @@ def _attach(
 async def open_connection(
     runner: StackRunner, host: str, port: int, *, limit: int = STREAM_LIMIT
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Active OPEN from the stack; raises ConnectionRefusedError, TimeoutError."""
+    """Active OPEN from the stack; raises ConnectionRefusedError, TimeoutError,
+    OSError ENETUNREACH (a broadcast, multicast, loopback or own address: at
+    once) or ENOBUFS (the connection table is full)."""
     loop = runner.loop
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    conn = runner.stack.tcp.connect(int(ipaddress.IPv4Address(host)), port, runner.now())
+    conn = runner.stack.connect(int(ipaddress.IPv4Address(host)), port, runner.now())
     transport = _attach(runner, conn, protocol)
     runner.done(conn)
     assert transport.connected is not None

@@ -99,6 +99,7 @@ class Daemon:
             tcp,
             self._traces.tracer,
             tap=self._traces.tap,
+            network=config.link.linux_side.network,
         )
         self.stack.tcp.partial_checksums = partial_checksums
         self.runner: StackRunner | None = None

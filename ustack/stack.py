@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ustack.counters import Counters
 from ustack.net.ipv4 import IPv4Layer
-from ustack.tcp.connection import TcpConfig
+from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
 from ustack.tcp.syncookies import SynCookies
 from ustack.trace.records import PacketTap, Tracer
@@ -33,10 +33,13 @@ class Stack:
         isn: Callable[[int, int, int, int, float], int] | None = None,
         tap: PacketTap | None = None,
         syncookies: bool = True,
+        network: ipaddress.IPv4Network | None = None,
     ) -> None:
+        """`network`: the link's subnet, whose broadcast addresses are then
+        neither accepted as a source nor connected to."""
         self.counters = Counters()
         self.counters.tracer = trace
-        self.ip = IPv4Layer(address, transmit, self.counters, mtu)
+        self.ip = IPv4Layer(address, transmit, self.counters, mtu, network)
         self.ip.tap = tap
         config = tcp_config or TcpConfig(mss=mtu - 40)
         self.tcp = TcpDemux(
@@ -53,3 +56,9 @@ class Stack:
 
     def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
         self.ip.receive(packet, now, checksum_ok)
+
+    def connect(self, remote: int, remote_port: int, now: float) -> TcpConnection:
+        """Active OPEN, refused at once (OSError ENETUNREACH) for an address no
+        connection may be made with (IPv4Layer.check_destination)."""
+        self.ip.check_destination(remote)
+        return self.tcp.connect(remote, remote_port, now)

@@ -6,6 +6,8 @@ upper layer's prefix), so a user can see exactly why it was dropped.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import struct
 from collections.abc import Callable
 from typing import TypeVar
@@ -47,14 +49,32 @@ DEFAULT_TTL = 64
 
 
 def _is_unicast_source(address: int) -> bool:
-    """RFC 1122 3.2.1.3 / 3.2.2: no replies or errors to these sources."""
+    """RFC 1122 3.2.1.3 / 3.2.2: no replies or errors to these sources (Linux's
+    martian sources, ip_route_input_slow)."""
     first_octet = address >> 24
     return not (
-        address == 0  # "this host" placeholder
+        first_octet == 0  # "this host" (0.0.0.0) and "this network" (0/8)
         or address == 0xFFFFFFFF  # limited broadcast
         or first_octet == 127  # loopback never arrives on a wire
         or first_octet >= 224  # multicast and reserved
     )
+
+
+def subnet_broadcasts(network: ipaddress.IPv4Network | None) -> frozenset[int]:
+    """The directed broadcast of the link's subnet and its 0-host form, which
+    RFC 1122 3.3.6 asks hosts to take as a broadcast too; a /31 or /32 has
+    neither (RFC 3021)."""
+    if network is None or network.prefixlen >= 31:
+        return frozenset()
+    return frozenset({int(network.network_address), int(network.broadcast_address)})
+
+
+class Unreachable(OSError):
+    """An active open to an address no connection can be made with: ENETUNREACH,
+    what Linux's connect() says for a broadcast or multicast address."""
+
+    def __init__(self, address: int, why: str) -> None:
+        super().__init__(errno.ENETUNREACH, f"{ipaddress.IPv4Address(address)} is {why}")
 
 
 class IPv4Layer:
@@ -64,9 +84,12 @@ class IPv4Layer:
         transmit: Callable[..., bool],  # (packet) or (packet, gso_size) -> sent?
         counters: Counters,
         mtu: int = 1500,
+        network: ipaddress.IPv4Network | None = None,
     ) -> None:
         self.address = address
         self.mtu = mtu
+        # The link's subnet (the Linux side's), for its broadcast addresses.
+        self.broadcasts = subnet_broadcasts(network)
         self._transmit = transmit
         self._counters = counters
         self._identification = 0
@@ -118,8 +141,13 @@ class IPv4Layer:
         if dst != self.address:
             counters.drop(Layer.IP, DropReason.NOT_FOR_US, now)
             return
-        if not _is_unicast_source(src):
+        if not _is_unicast_source(src) or src in self.broadcasts:
             counters.drop(Layer.IP, DropReason.BAD_SOURCE, now)
+            return
+        if src == self.address:
+            # Ours only comes back through a loop or a spoofer (Linux:
+            # fib_validate_source, SKB_DROP_REASON_IP_LOCAL_SOURCE).
+            counters.drop(Layer.IP, DropReason.LOCAL_SOURCE, now)
             return
         if more_fragments or fragment_offset:
             # No reassembly yet: every fragment is dropped, and counted.
@@ -184,6 +212,28 @@ class IPv4Layer:
         self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)
 
     # ---- output ---------------------------------------------------------
+
+    def check_destination(self, dst: int) -> None:
+        """Raise Unreachable for an address no connection may be opened to:
+        a broadcast or multicast address (RFC 1122 4.2.3.10: an active open
+        MUST NOT be made to one), "this host" 0/8, loopback 127/8 or the
+        stack's own address (RFC 1122 3.2.1.3; this stack has no loopback to
+        reach itself through), a reserved 240/4 address, or the subnet's
+        broadcasts. Linux answers ENETUNREACH for the broadcast, multicast,
+        0/8 and 240/4 ones; for its own addresses, it has a loopback."""
+        first_octet = dst >> 24
+        if dst == 0xFFFFFFFF or dst in self.broadcasts:
+            raise Unreachable(dst, "a broadcast address (RFC 1122 4.2.3.10)")
+        if 224 <= first_octet < 240:
+            raise Unreachable(dst, "a multicast address (RFC 1122 4.2.3.10)")
+        if first_octet >= 240:
+            raise Unreachable(dst, "a reserved address (RFC 1122 3.2.1.3)")
+        if first_octet == 0:
+            raise Unreachable(dst, '"this host" on this network (RFC 1122 3.2.1.3)')
+        if first_octet == 127:
+            raise Unreachable(dst, "a loopback address (RFC 1122 3.2.1.3): this stack has none")
+        if dst == self.address:
+            raise Unreachable(dst, "the stack's own address: it has no loopback to reach itself")
 
     def send(self, dst: int, protocol: int, payload: Buffer, gso_size: int = 0) -> None:
         """One datagram to `dst`. A TCP segment larger than the MTU is allowed

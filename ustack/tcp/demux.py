@@ -274,7 +274,10 @@ class TcpDemux:
     ) -> None:
         """RFC 9293 3.10.7.2."""
         counters = self._counters
-        opens = seg.flags & (SYN | RST | ACK) == SYN and len(listener.embryonic) < listener.backlog
+        opens = (
+            seg.flags & (SYN | RST | ACK | FIN) == SYN
+            and len(listener.embryonic) < listener.backlog
+        )
         if self.trace is not None and not opens:
             # A connection's first segment is traced with it; every other one here.
             self.trace(self._segment_event(now, None, key, "in", seg, "LISTEN", "LISTEN"))
@@ -294,6 +297,11 @@ class TcpDemux:
             return
         if not seg.flags & SYN:
             counters.drop(Layer.TCP, DropReason.LISTEN_NO_SYN, now)
+            return
+        if seg.flags & FIN:
+            # No connection starts with SYN+FIN (a scanner's probe): Linux's
+            # tcp_rcv_state_process discards it in LISTEN, and so do we.
+            counters.drop(Layer.TCP, DropReason.SYN_FIN, now)
             return
         if len(listener.embryonic) >= listener.backlog:
             if self.syncookies is None:

@@ -212,7 +212,8 @@ class DropReason(enum.StrEnum):
     IPV4_BAD_CHECKSUM = "ipv4-bad-checksum"
     IPV4_TTL_ZERO = "ipv4-ttl-zero"
     NOT_FOR_US = "not-for-us"
-    BAD_SOURCE = "bad-source"
+    BAD_SOURCE = "bad-source"  # broadcast, multicast, 0/8, loopback: a martian
+    LOCAL_SOURCE = "local-source"  # our own address as the source
     FRAGMENT = "fragment"
     UNKNOWN_PROTOCOL = "unknown-protocol"
     OUT_TOO_BIG = "out-too-big"
@@ -224,5 +225,6 @@ class DropReason(enum.StrEnum):
     RST_TO_LISTENER = "rst-to-listener"
     SYNCOOKIE_UNVERIFIED = "syncookie-unverified"
     LISTEN_NO_SYN = "listen-no-syn"
+    SYN_FIN = "syn-fin"  # SYN and FIN together: no connection starts so (Linux discards)
     BACKLOG_FULL = "backlog-full"
     RST_TO_CLOSED_PORT = "rst-to-closed-port"
