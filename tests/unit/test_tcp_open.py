@@ -6,7 +6,10 @@ behaviours of the handshake and the tests that show each.
 
 from __future__ import annotations
 
-from tcpscript import OUR_ISS, PEER_ISS, PEER_PORT, TcpScript
+import errno
+
+import pytest
+from tcpscript import OUR_ISS, PEER, PEER_ISS, PEER_PORT, TcpScript
 
 from ustack.tcp.demux import IsnGenerator
 from ustack.tcp.events import Closed
@@ -299,3 +302,48 @@ def test_window_in_a_syn_is_never_scaled() -> None:
     assert conn.snd_wnd == 1000  # the SYN's window, unscaled
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1, win=1000)
     assert conn.snd_wnd == 1000 << 7
+
+
+# ---- the connection limit (TcpConfig.max_connections) ------------------------------------
+
+
+def test_a_syn_beyond_the_connection_limit_is_dropped_and_counted_until_one_closes() -> None:
+    t = TcpScript(listen=80, max_connections=2)
+    t.establish()
+    t.send("S", seq=PEER_ISS, sport=2)  # half-open: it counts too
+    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    t.send("S", seq=PEER_ISS, sport=3)
+    t.expect_none()  # no SYN,ACK, no RST, no SYN cookie: the peer will try again
+    assert t.stack.counters["tcp.drop.connection-limit"] == 1
+    assert t.table == {"ESTABLISHED": 1, "SYN_RECEIVED": 1}
+    with pytest.raises(OSError) as refused:
+        t.tcp.connect(PEER, 8080, t.now)
+    assert refused.value.errno == errno.ENOBUFS
+    t.abort()  # the established one goes: room again
+    t.expect("R.")
+    t.send("S", seq=PEER_ISS, sport=3)
+    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    assert t.table == {"SYN_RECEIVED": 2}
+
+
+def test_a_full_table_ends_its_oldest_time_wait_for_a_new_syn() -> None:
+    t = TcpScript(listen=80, max_connections=1)
+    old = t.establish()
+    t.close()
+    t.expect("F.", seq=OUR_ISS + 1, ack=PEER_ISS + 1)
+    t.send("F.", seq=PEER_ISS + 1, ack=OUR_ISS + 2)
+    t.expect(".", seq=OUR_ISS + 2, ack=PEER_ISS + 2)
+    assert t.table == {"TIME_WAIT": 1}
+    t.send("S", seq=PEER_ISS, sport=2)
+    t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
+    assert t.states(old)[-2:] == ["TIME_WAIT", "CLOSED"]
+    assert t.stack.counters["tcp.time-wait-reclaimed"] == 1
+    assert t.table == {"SYN_RECEIVED": 1}
+
+
+def test_a_syn_with_fin_to_a_listener_is_dropped_and_counted() -> None:
+    t = TcpScript(listen=80)
+    t.send("SF", seq=PEER_ISS)
+    t.expect_none()  # Linux discards it in LISTEN too (tcp_rcv_state_process)
+    assert t.stack.counters["tcp.drop.syn-fin"] == 1
+    assert t.table == {}

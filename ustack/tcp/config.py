@@ -38,6 +38,13 @@ class TcpConfig:
     keepalive_idle: float | None = None
     keepalive_interval: float = 75.0
     keepalive_probes: int = 9
+    # The demux's: TCBs in its table, in every state (SYN_SENT and SYN_RECEIVED,
+    # TIME_WAIT too). Beyond it a new SYN is dropped and counted, as Linux drops
+    # a SYN its full accept queue has no room for; an active open fails with
+    # ENOBUFS. The oldest TIME_WAIT gives way first (FreeBSD's tcp_tw_2msl_scan
+    # reuse; Linux skips TIME_WAIT beyond tcp_max_tw_buckets). At about 3 KB
+    # of TCB each (the application's side comes on top), 65,536 cost ~200 MB.
+    max_connections: int = 65_536
 
     @property
     def window_shift(self) -> int:

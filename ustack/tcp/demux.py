@@ -7,6 +7,7 @@ answered the way RFC 9293 3.10.7.1 says a CLOSED endpoint answers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import heapq
 import itertools
@@ -137,6 +138,9 @@ class TcpDemux:
         self._timers: list[tuple[float, int, TcpConnection]] = []
         self._scheduled: dict[TcpConnection, float] = {}
         self._flushing: set[TcpConnection] = set()
+        # Connections in TIME_WAIT, oldest first: the first to give way when
+        # the table is full (TcpConfig.max_connections).
+        self._time_wait: dict[TcpConnection, None] = {}
 
     # ---- the application's side --------------------------------------------
 
@@ -174,6 +178,11 @@ class TcpDemux:
         key = (remote, remote_port, local_port)
         if key in self.connections:
             raise OSError(98, "that 4-tuple is in use")  # EADDRINUSE
+        if not self._make_room(now):
+            raise OSError(
+                errno.ENOBUFS,
+                f"connection table full ({self.config.max_connections} connections)",
+            )
         conn = self._new_connection(key, now)
         conn.connect(now)
         self.flush(conn)
@@ -310,6 +319,14 @@ class TcpDemux:
                 self._send_cookie(key, seg, now)
                 listener.cookies_until = now + 2 * COOKIE_PERIOD
             return
+        if not self._make_room(now):
+            # As Linux with a full accept queue (ListenOverflows, ListenDrops):
+            # silence, so the peer retries its SYN. No SYN cookie: its ACK
+            # would need a TCB as much as this SYN does.
+            if self.trace is not None:
+                self.trace(self._segment_event(now, None, key, "in", seg, "LISTEN", "LISTEN"))
+            counters.drop(Layer.TCP, DropReason.CONNECTION_LIMIT, now, f"port {listener.port}")
+            return
         iss = None
         if previous is not None and not seq.gt(self._isn_for(key, now), previous.snd_max):
             iss = seq.add(previous.snd_max, 1 << 17)  # above anything the old one sent
@@ -350,6 +367,12 @@ class TcpDemux:
         peer_mss = self.syncookies.check(ends, ack.ack, ack.seq, now)
         if peer_mss is None:
             return False
+        if not self._make_room(now):
+            # The peer thinks it is connected; its data, resent, may find room.
+            self._counters.drop(
+                Layer.TCP, DropReason.CONNECTION_LIMIT, now, f"port {listener.port}"
+            )
+            return True
         self._counters["tcp.syncookies.accepted"] += 1
         conn = self._new_connection(key, now, seq.add(ack.ack, -1), passive=True)
         irs = seq.add(ack.seq, -1)
@@ -440,6 +463,8 @@ class TcpDemux:
         if state is State.CLOSED or state is State.LISTEN:
             self._forget(conn, key)
             return
+        if state is State.TIME_WAIT and conn not in self._time_wait:
+            self._time_wait[conn] = None
         deadline = conn.get_timer()
         if deadline is None:
             # Its timers are all cancelled: the heap entry goes stale, so no
@@ -469,6 +494,7 @@ class TcpDemux:
         self._keys.pop(conn, None)
         self._apps.pop(conn, None)
         self._scheduled.pop(conn, None)
+        self._time_wait.pop(conn, None)
         listener = self._listener_of.pop(conn, None)
         if listener is not None:
             listener.embryonic.discard(conn)
@@ -492,6 +518,19 @@ class TcpDemux:
             self.flush(conn)
 
     # ---- helpers ---------------------------------------------------------------
+
+    def _make_room(self, now: float) -> bool:
+        """Room for one more connection in the table: below the limit, or
+        made by ending the oldest TIME_WAIT (counted)."""
+        if len(self.connections) < self.config.max_connections:
+            return True
+        if not self._time_wait:
+            return False
+        oldest = next(iter(self._time_wait))
+        oldest.end_time_wait(now)
+        self._counters["tcp.time-wait-reclaimed"] += 1
+        self.flush(oldest)  # forgets it
+        return len(self.connections) < self.config.max_connections
 
     def _new_connection(
         self, key: Key, now: float, iss: int | None = None, passive: bool = False

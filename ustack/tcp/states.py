@@ -53,6 +53,7 @@ class Event(enum.Enum):
     RCV_DATA_ORPHANED = "data received after CLOSE"
     RCV_SYN_NEW_INCARNATION = "new SYN in TIME_WAIT"
     TIMEOUT_2MSL = "2MSL timeout"
+    TIME_WAIT_RECLAIMED = "connection table full"
     TIMEOUT_FIN_WAIT_2 = "FIN_WAIT_2 timeout"
     TIMEOUT_RETRANSMIT = "retransmission limit"
     TIMEOUT_KEEPALIVE = "keep-alive probes unanswered"
@@ -203,6 +204,9 @@ TRANSITIONS: dict[tuple[State, Event], Transition] = {
     ),
     (S.TIME_WAIT, E.RCV_SYN_NEW_INCARNATION): Transition(
         S.CLOSED, "RFC 9293 3.10.7.4 / RFC 6191", "new SYN above RCV.NXT reopens the 4-tuple"
+    ),
+    (S.TIME_WAIT, E.TIME_WAIT_RECLAIMED): Transition(
+        S.CLOSED, "TcpConfig.max_connections", "the oldest TIME_WAIT gives way to a new connection"
     ),
     (S.TIME_WAIT, E.RCV_RST): Transition(
         S.CLOSED, "RFC 9293 3.10.7.4", "RST in TIME_WAIT honoured (RFC 1337 check off)"

@@ -227,4 +227,5 @@ class DropReason(enum.StrEnum):
     LISTEN_NO_SYN = "listen-no-syn"
     SYN_FIN = "syn-fin"  # SYN and FIN together: no connection starts so (Linux discards)
     BACKLOG_FULL = "backlog-full"
+    CONNECTION_LIMIT = "connection-limit"  # the table holds max_connections, none in TIME_WAIT
     RST_TO_CLOSED_PORT = "rst-to-closed-port"
