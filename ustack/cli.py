@@ -143,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--keepalive", metavar="SECONDS", help="probe connections idle this long (default: off)"
     )
     serve_cmd.add_argument(
+        "--syn-retries",
+        metavar="N",
+        help="SYN retransmissions before a connect fails with ETIMEDOUT (default 6: after "
+        "123 s; 1: after 3 s), as Linux's tcp_syn_retries",
+    )
+    serve_cmd.add_argument(
+        "--max-connections",
+        metavar="N",
+        help="connections in every state the stack keeps at most (default 65536); beyond, "
+        "new SYNs are dropped (the oldest TIME_WAIT gives way first)",
+    )
+    serve_cmd.add_argument(
         "--no-offload",
         action="store_true",
         help="no GSO/TSO/checksum offload on the TUN: every segment as it goes on the wire",
@@ -305,6 +317,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         congestion_control=args.congestion,
         nagle=not args.no_nagle,
         keepalive_idle=_seconds(args.keepalive, "--keepalive") if args.keepalive else None,
+        **_limits(args),
     )
     return ServeConfig(
         link=LinkConfig(
@@ -345,6 +358,21 @@ def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
         except ValueError:
             raise UsageError(f"bad --trace-host {host!r}") from None
     return specs
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int]:
+    """--syn-retries and --max-connections, as TcpConfig fields (when given)."""
+    limits = {}
+    for text, flag, field, low, high in (
+        (args.syn_retries, "--syn-retries", "syn_retries", 0, 127),  # Linux's bounds
+        (args.max_connections, "--max-connections", "max_connections", 1, 10_000_000),
+    ):
+        if text is None:
+            continue
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise UsageError(f"bad {flag} {text!r}: want a whole number {low}..{high}")
+        limits[field] = int(text)
+    return limits
 
 
 def _seconds(text: str, flag: str) -> float:

@@ -307,7 +307,8 @@ class Daemon:
 
     def _config(self, request: dict[str, Any]) -> dict[str, Any]:
         """config: show, or change for new connections, the knobs where stacks
-        legitimately differ: msl, fin_timeout, time_wait_rst (ignore|close)."""
+        legitimately differ: msl, fin_timeout, time_wait_rst (ignore|close),
+        syn_retries; and max_connections (the table's limit, from now on)."""
         tcp = self.stack.tcp
         changes: dict[str, Any] = {}
         try:
@@ -323,6 +324,16 @@ class Daemon:
             if request["time_wait_rst"] not in ("ignore", "close"):
                 raise ControlRequestError('"time_wait_rst" is ignore or close')
             changes["rfc1337"] = request["time_wait_rst"] == "ignore"
+        for key, low, high in (("syn_retries", 0, 127), ("max_connections", 1, 10_000_000)):
+            if key in request:
+                value = request[key]
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int)
+                    or not low <= value <= high
+                ):
+                    raise ControlRequestError(f'"{key}" is a whole number {low}..{high}')
+                changes[key] = value
         if changes:
             tcp.config = dataclasses.replace(tcp.config, **changes)
             log.info("configuration for new connections: %s", changes)
@@ -331,6 +342,9 @@ class Daemon:
             "msl": config.msl,
             "fin_timeout": config.fin_wait_2_timeout,
             "time_wait_rst": "ignore" if config.rfc1337 else "close",
+            "syn_retries": config.syn_retries,
+            "connect_timeout": config.connect_timeout,
+            "max_connections": config.max_connections,
         }
 
     async def _connect(

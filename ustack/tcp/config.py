@@ -47,6 +47,16 @@ class TcpConfig:
     max_connections: int = 65_536
 
     @property
+    def connect_timeout(self) -> float:
+        """How long an active open tries before ETIMEDOUT: the first RTO and
+        syn_retries doubled ones, each at most max_rto (6: 123 s; Linux's 127 s
+        with its 120 s cap)."""
+        return sum(
+            min(self.initial_rto * 2**attempt, self.max_rto)
+            for attempt in range(self.syn_retries + 1)
+        )
+
+    @property
     def window_shift(self) -> int:
         """The smallest shift that lets the 16-bit field carry our whole buffer."""
         shift = 0
