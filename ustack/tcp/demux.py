@@ -448,7 +448,7 @@ class TcpDemux:
                 if events and (app := self._apps.get(conn)) is not None:
                     progressed = True
                     while events:
-                        event = events.popleft()
+                        event = events.pop(0)
                         app(event)
                         if type(event) is Closed:
                             # Closed is the last event: let go of the application
