@@ -317,7 +317,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         congestion_control=args.congestion,
         nagle=not args.no_nagle,
         keepalive_idle=_seconds(args.keepalive, "--keepalive") if args.keepalive else None,
-        **_limits(args),
+        syn_retries=_count(args.syn_retries, "--syn-retries", 0, 127, TcpConfig.syn_retries),
+        max_connections=_count(
+            args.max_connections, "--max-connections", 1, 10_000_000, TcpConfig.max_connections
+        ),
     )
     return ServeConfig(
         link=LinkConfig(
@@ -360,19 +363,13 @@ def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
     return specs
 
 
-def _limits(args: argparse.Namespace) -> dict[str, int]:
-    """--syn-retries and --max-connections, as TcpConfig fields (when given)."""
-    limits = {}
-    for text, flag, field, low, high in (
-        (args.syn_retries, "--syn-retries", "syn_retries", 0, 127),  # Linux's bounds
-        (args.max_connections, "--max-connections", "max_connections", 1, 10_000_000),
-    ):
-        if text is None:
-            continue
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise UsageError(f"bad {flag} {text!r}: want a whole number {low}..{high}")
-        limits[field] = int(text)
-    return limits
+def _count(text: str | None, flag: str, low: int, high: int, default: int) -> int:
+    """A whole number low..high, or `default` when the flag is not given."""
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise UsageError(f"bad {flag} {text!r}: want a whole number {low}..{high}")
+    return int(text)
 
 
 def _seconds(text: str, flag: str) -> float:

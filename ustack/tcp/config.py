@@ -52,7 +52,7 @@ class TcpConfig:
         syn_retries doubled ones, each at most max_rto (6: 123 s; Linux's 127 s
         with its 120 s cap)."""
         return sum(
-            min(self.initial_rto * 2**attempt, self.max_rto)
+            min(self.initial_rto * (1 << attempt), self.max_rto)
             for attempt in range(self.syn_retries + 1)
         )
 
