@@ -95,6 +95,7 @@ class InvariantChecker:
             "apps": demux._apps,
             "scheduled": demux._scheduled,
             "listener_of": demux._listener_of,
+            "time_wait": demux._time_wait,
         }
         for name, table in leftovers.items():
             if table:
@@ -112,12 +113,14 @@ class InvariantChecker:
                 )
         if set(demux._keys) != conns:
             raise InvariantError("table", "demux._keys and demux.connections disagree")
-        for name in ("_apps", "_scheduled", "_listener_of"):
+        for name in ("_apps", "_scheduled", "_listener_of", "_time_wait"):
             stray = set(getattr(demux, name)) - conns
             if stray:
                 raise InvariantError("table", f"demux.{name} holds connections not in the table")
         if demux._flushing:
             raise InvariantError("table", "a flush is still marked as running")
+        if any(conn.state is not State.TIME_WAIT for conn in demux._time_wait):
+            raise InvariantError("table", "demux._time_wait holds a connection not in TIME_WAIT")
         heap: dict[TcpConnection, set[float]] = {}
         for deadline, _, conn in demux._timers:
             heap.setdefault(conn, set()).add(deadline)
