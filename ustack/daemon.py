@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ustack.api import open_connection, start_server
+from ustack.api import StackServer, open_connection, start_server
 from ustack.linux.control import ControlRequestError, ControlServer, encode, error_reply
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.linux.tun import LinkConfig, TunLink
@@ -104,6 +104,7 @@ class Daemon:
         self.runner: StackRunner | None = None
         self._peer_states: PeerStateWatcher | None = None
         self._held: set[asyncio.TimerHandle] = set()  # delayed by the fault injector
+        self._servers: list[StackServer] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -112,7 +113,7 @@ class Daemon:
         control: ControlServer | None = None
         try:
             for name, port in self.config.services.items():
-                await start_server(runner, SERVICES[name][1], port)
+                self._servers.append(await start_server(runner, SERVICES[name][1], port))
                 log.info("%s on port %d", name, port)
             if self.config.control_path is not None:
                 control = await ControlServer.start(
@@ -250,6 +251,7 @@ class Daemon:
         return {
             "counters": dict(sorted(self.stack.counters.items())),
             "connections": self.stack.tcp.queued(),
+            "handlers": sum(len(server.handlers) for server in self._servers),  # running now
         }
 
     def _connections(self, _request: dict[str, Any]) -> dict[str, Any]:
