@@ -22,7 +22,7 @@ from ustack.linux.control import ControlRequestError, ControlServer, encode, err
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.linux.tun import LinkConfig, TunLink
 from ustack.runner import StackRunner
-from ustack.services import SERVICES
+from ustack.services import SERVICES, HttpLimits, HttpService
 from ustack.stack import DEFAULT_ADDRESS, Stack
 from ustack.study.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
 from ustack.study.sinks import TraceFilter, TraceSinks, TraceSpec
@@ -65,6 +65,7 @@ class ServeConfig:
     faults: list[FaultRule] = field(default_factory=list)
     fault_seed: int | None = None
     trace_filter: TraceFilter = field(default_factory=TraceFilter)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 class Daemon:
@@ -112,8 +113,10 @@ class Daemon:
         link = self.link
         control: ControlServer | None = None
         try:
+            handlers = {name: handler for name, (_, handler) in SERVICES.items()}
+            handlers["http"] = HttpService(self.config.http)
             for name, port in self.config.services.items():
-                self._servers.append(await start_server(runner, SERVICES[name][1], port))
+                self._servers.append(await start_server(runner, handlers[name], port))
                 log.info("%s on port %d", name, port)
             if self.config.control_path is not None:
                 control = await ControlServer.start(
