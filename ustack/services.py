@@ -224,34 +224,33 @@ http = HttpService()  # on the default limits
 
 
 async def _read_head(reader: asyncio.StreamReader, start: bytes, limits: HttpLimits) -> Request:
-    """The request line and header lines, each checked against the limits as
-    it arrives (a client cannot make us buffer more than max_head)."""
-    line = start + await _read_line(reader, 414, f"request line over {limits.max_request_line}")
-    if len(line) > limits.max_request_line:
-        raise BadRequest(414, f"request line over {limits.max_request_line} bytes")
-    size = len(line)
-    method, target, version = _parse_request_line(_ascii(line))
-    headers: dict[str, str] = {}
-    too_large = f"request head over {limits.max_head} bytes"
-    while (line := await _read_line(reader, 431, too_large)) != b"\r\n":
-        size += len(line)
-        if size > limits.max_head:
-            raise BadRequest(431, too_large)
-        text = _ascii(line)[:-2]
-        name, sep, value = text.partition(":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest(400, f"bad header line {text[:80]!r}")
-        headers[name.lower()] = value.strip()
-    return Request(method, target, version, headers)
-
-
-async def _read_line(reader: asyncio.StreamReader, status: int, too_long: str) -> bytes:
+    """The request line and headers (`start` is the head's first byte), within
+    the limits: 414 for the request line, 431 for the whole head. (The
+    StreamReader buffers at most its own limit, 64 KiB, looking for the end.)"""
+    line_limit = f"request line over {limits.max_request_line} bytes"
+    head_limit = f"request head over {limits.max_head} bytes"
     try:
-        return await reader.readuntil(b"\r\n")
-    except asyncio.LimitOverrunError:
-        raise BadRequest(status, too_long) from None
+        head = start + await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError as exc:
+        seen = start + await reader.read(exc.consumed)  # (buffered already)
+        line_end = seen.find(b"\r\n")
+        too_long = line_end < 0 or line_end + 2 > limits.max_request_line
+        raise BadRequest(414, line_limit) if too_long else BadRequest(431, head_limit) from None
     except asyncio.IncompleteReadError:
         raise BadRequest(400, "incomplete request") from None
+    request_line, *header_lines = _ascii(head)[:-4].split("\r\n")
+    if len(request_line) + 2 > limits.max_request_line:
+        raise BadRequest(414, line_limit)
+    if len(head) > limits.max_head:
+        raise BadRequest(431, head_limit)
+    method, target, version = _parse_request_line(request_line)
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise BadRequest(400, f"bad header line {line[:80]!r}")
+        headers[name.lower()] = value.strip()
+    return Request(method, target, version, headers)
 
 
 def _ascii(line: bytes) -> str:
@@ -262,9 +261,9 @@ def _ascii(line: bytes) -> str:
 
 
 def _parse_request_line(line: str) -> tuple[str, str, str]:
-    parts = line[:-2].split(" ")
+    parts = line.split(" ")
     if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1") or not parts[1].startswith("/"):
-        raise BadRequest(400, f"bad request line {line[:80].strip()!r}")
+        raise BadRequest(400, f"bad request line {line[:80]!r}")
     return parts[0], parts[1], parts[2]
 
 
