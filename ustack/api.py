@@ -150,12 +150,11 @@ class TcpTransport(asyncio.Transport):
         self._runner.loop.call_soon(self._connection_lost, exc)
 
     def _connection_lost(self, exc: OSError | None) -> None:
+        # The protocol, its StreamReader and StreamWriter refer back to us:
+        # letting go of them lets reference counting free the whole connection
+        # now, not at the next full collection (rare in the daemon).
         protocol, self._protocol = self._protocol, _GONE
         protocol.connection_lost(exc)
-        # The protocol, its StreamReader and StreamWriter refer back to us (and
-        # the reader may hold an exception whose traceback holds the handler's
-        # frame): letting go of them here lets reference counting free the whole
-        # connection now, not at the next full collection (rare in the daemon).
 
     # ---- asyncio.Transport ---------------------------------------------------------------
 
@@ -374,5 +373,5 @@ async def start_server(
         _attach(runner, conn, protocol, active=False)  # its Connected event follows in this flush
 
     listener = runner.stack.tcp.listen(port, on_accept, backlog=backlog, now=runner.now())
-    server = StackServer(runner, listener)
+    server = StackServer(runner, listener)  # (`handler` finds it when a connection comes)
     return server
