@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from ustack.tcp.connection import TcpConnection
 from ustack.tcp.demux import Listener
 from ustack.tcp.events import AppEvent, Closed, Connected, DataReceived, EndOfStream, SendSpace
 from ustack.tcp.states import State
+
+log = logging.getLogger("ustack.api")
 
 STREAM_LIMIT = 64 * 1024
 WRITE_HIGH_WATER = 256 * 1024  # bytes waiting beyond the send buffer before pause_writing
@@ -41,6 +44,9 @@ def error_for(errno_name: str | None) -> OSError | None:
 
 def _address(value: int) -> str:
     return str(ipaddress.IPv4Address(value))
+
+
+_GONE = asyncio.Protocol()  # a lost transport's protocol: it is told nothing more
 
 
 class TcpTransport(asyncio.Transport):
@@ -127,8 +133,10 @@ class TcpTransport(asyncio.Transport):
                 self.connected.set_exception(exc or ConnectionError("closed before established"))
             self._lost = True
             return
-        if exc is not None:
-            self._lose(exc)  # a reset: what was not read is lost, as with the kernel
+        if exc is not None or self._closing:
+            # A reset: what was not read is lost, as with the kernel. Or the
+            # application closed: it reads nothing more (asyncio's close()).
+            self._lose(exc)
             return
         # An orderly close: bytes a paused reader has not taken yet still count.
         self._conn_closed = True
@@ -139,7 +147,14 @@ class TcpTransport(asyncio.Transport):
         if self._lost:
             return
         self._lost = True
-        self._runner.loop.call_soon(self._protocol.connection_lost, exc)
+        self._runner.loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: OSError | None) -> None:
+        # The protocol, its StreamReader and StreamWriter refer back to us:
+        # letting go of them lets reference counting free the whole connection
+        # now, not at the next full collection (rare in the daemon).
+        protocol, self._protocol = self._protocol, _GONE
+        protocol.connection_lost(exc)
 
     # ---- asyncio.Transport ---------------------------------------------------------------
 
@@ -283,12 +298,15 @@ async def open_connection(
 
 class StackServer:
     """What start_server returns: close() stops listening (and resets the
-    connections not yet handed over, RFC 9293 style)."""
+    connections not yet handed over, RFC 9293 style). `handlers` are the
+    handler tasks running now; `failures` counts those that raised."""
 
     def __init__(self, runner: StackRunner, listener: Listener) -> None:
         self._runner = runner
         self.listener = listener
         self.port = listener.port
+        self.handlers: set[asyncio.Task[Any]] = set()  # (also keeps them from the GC)
+        self.failures = 0
 
     def close(self) -> None:
         self._runner.stack.tcp.close_listener(self.listener, self._runner.now())
@@ -303,6 +321,39 @@ class StackServer:
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
+    async def run_handler(
+        self,
+        callback: ClientCallback,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """One connection's handler, accounted for: an exception it lets out is
+        one line in the log, a counter (app.handler-errors) and a reset of its
+        connection, never a traceback; cancelled (shutdown), it just ends."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        try:
+            result = callback(reader, writer)
+            if result is not None:
+                await result
+        except asyncio.CancelledError:
+            writer.transport.abort()
+        except Exception as exc:
+            self.failures += 1
+            self._runner.stack.counters["app.handler-errors"] += 1
+            peer = writer.get_extra_info("peername")
+            log.error("port %d, peer %s:%d: handler failed: %r", self.port, *peer, exc)
+            writer.transport.abort()
+        finally:
+            self.handlers.discard(task)
+            # A reset leaves its exception in the reader; raised into the
+            # handler, it took a traceback of the handler's frames, which hold
+            # the reader: a cycle only a full collection would free.
+            error = reader.exception()
+            if error is not None:
+                error.__traceback__ = None
+
 
 async def start_server(
     runner: StackRunner,
@@ -315,10 +366,14 @@ async def start_server(
     """Passive OPEN on `port`; each connection gets (reader, writer) like asyncio's."""
     loop = runner.loop
 
+    def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
+        return server.run_handler(client_connected_cb, reader, writer)
+
     def on_accept(conn: TcpConnection) -> None:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, handler, loop=loop)
         _attach(runner, conn, protocol, active=False)  # its Connected event follows in this flush
 
     listener = runner.stack.tcp.listen(port, on_accept, backlog=backlog, now=runner.now())
-    return StackServer(runner, listener)
+    server = StackServer(runner, listener)  # (`handler` finds it when a connection comes)
+    return server

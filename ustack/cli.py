@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ustack import __version__
+from ustack.api import STREAM_LIMIT
 from ustack.daemon import ServeConfig, serve
 from ustack.linux.control import ControlError, encode, request
 from ustack.linux.lab import LabError, run_in_lab
 from ustack.linux.peer_states import PeerStatesError
 from ustack.linux.tun import LinkConfig, LinkError
-from ustack.services import SERVICES
+from ustack.services import SERVICES, HttpLimits
 from ustack.study.explain import add_explain_arguments, explain_command
 from ustack.study.faults import FaultError, FaultRule, parse_rule
 from ustack.study.faults import __doc__ as faults_module_doc
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no GSO/TSO/checksum offload on the TUN: every segment as it goes on the wire",
     )
+    _add_http_options(serve_cmd)
     _add_control_option(serve_cmd)
     serve_cmd.add_argument("--no-control", action="store_true", help="run without control socket")
     serve_cmd.add_argument(
@@ -282,6 +284,48 @@ def _add_control_option(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+# ---- the HTTP service's limits: --http-NAME for each field of HttpLimits ----------------------
+
+HTTP_OPTIONS = {  # field: (help, what a value is)
+    "max_requests": ("requests per connection; the last answer closes it", "count"),
+    "idle_timeout": ("seconds a kept-alive connection may wait for its next request", "seconds"),
+    "head_timeout": ("seconds for a whole request head (slowloris)", "seconds"),
+    "body_timeout": ("seconds a request body may stall", "seconds"),
+    "max_head": (f"bytes of request head, at most {STREAM_LIMIT} (else 431)", "bytes"),
+    "max_request_line": ("bytes of request line (else 414)", "bytes"),
+}
+
+
+def _add_http_options(serve_cmd: argparse.ArgumentParser) -> None:
+    defaults = HttpLimits()
+    for name, (meaning, kind) in HTTP_OPTIONS.items():
+        serve_cmd.add_argument(
+            "--http-" + name.replace("_", "-"),
+            metavar={"seconds": "S", "count": "N", "bytes": "BYTES"}[kind],
+            help=f"{meaning} (default {getattr(defaults, name):g})",
+        )
+
+
+def _http_limits(args: argparse.Namespace) -> HttpLimits:
+    values: dict[str, float] = {}
+    for name, (_, kind) in HTTP_OPTIONS.items():
+        text, flag = getattr(args, "http_" + name), "--http-" + name.replace("_", "-")
+        if text is None:
+            continue
+        if kind == "seconds":
+            values[name] = _seconds(text, flag)
+            if values[name] == 0:
+                raise UsageError(f"bad {flag} 0: want seconds > 0")
+        elif not text.isdigit() or int(text) == 0:
+            raise UsageError(f"bad {flag} {text!r}: want a positive whole number")
+        else:
+            values[name] = int(text)
+    limits = HttpLimits(**values)  # type: ignore[arg-type]
+    if limits.max_head > STREAM_LIMIT:
+        raise UsageError(f"bad --http-max-head {limits.max_head}: at most {STREAM_LIMIT}")
+    return limits
+
+
 def serve_config(args: argparse.Namespace) -> ServeConfig:
     """Validate the serve arguments; UsageError says which one is wrong."""
     try:
@@ -336,6 +380,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         peer_states=args.peer_states,
         faults=[_fault_rule(text) for text in args.fault],
         fault_seed=args.fault_seed,
+        http=_http_limits(args),
     )
 
 

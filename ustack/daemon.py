@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ustack.api import open_connection, start_server
+from ustack.api import StackServer, open_connection, start_server
 from ustack.linux.control import ControlRequestError, ControlServer, encode, error_reply
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.linux.tun import LinkConfig, TunLink
 from ustack.runner import StackRunner
-from ustack.services import SERVICES
+from ustack.services import SERVICES, HttpLimits, HttpService
 from ustack.stack import DEFAULT_ADDRESS, Stack
 from ustack.study.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
 from ustack.study.sinks import TraceFilter, TraceSinks, TraceSpec
@@ -65,6 +65,7 @@ class ServeConfig:
     faults: list[FaultRule] = field(default_factory=list)
     fault_seed: int | None = None
     trace_filter: TraceFilter = field(default_factory=TraceFilter)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 class Daemon:
@@ -105,6 +106,7 @@ class Daemon:
         self.runner: StackRunner | None = None
         self._peer_states: PeerStateWatcher | None = None
         self._held: set[asyncio.TimerHandle] = set()  # delayed by the fault injector
+        self._servers: list[StackServer] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -112,8 +114,10 @@ class Daemon:
         link = self.link
         control: ControlServer | None = None
         try:
+            handlers = {name: handler for name, (_, handler) in SERVICES.items()}
+            handlers["http"] = HttpService(self.config.http)
             for name, port in self.config.services.items():
-                await start_server(runner, SERVICES[name][1], port)
+                self._servers.append(await start_server(runner, handlers[name], port))
                 log.info("%s on port %d", name, port)
             if self.config.control_path is not None:
                 control = await ControlServer.start(
@@ -251,6 +255,7 @@ class Daemon:
         return {
             "counters": dict(sorted(self.stack.counters.items())),
             "connections": self.stack.tcp.queued(),
+            "handlers": sum(len(server.handlers) for server in self._servers),  # running now
         }
 
     def _connections(self, _request: dict[str, Any]) -> dict[str, Any]:
