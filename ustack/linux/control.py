@@ -53,9 +53,10 @@ class ControlRequestError(Exception):
 
 
 class ControlServer:
-    def __init__(self, server: asyncio.AbstractServer, path: Path) -> None:
+    def __init__(self, server: asyncio.AbstractServer, path: Path, made_dir: bool) -> None:
         self._server = server
         self.path = path
+        self._made_dir = made_dir  # remove the directory too (e.g. /run/ustack/net-INODE)
 
     @classmethod
     async def start(
@@ -66,7 +67,7 @@ class ControlServer:
         chunked_handlers: dict[str, ChunkedHandler] | None = None,
     ) -> ControlServer:
         commands = _Commands(handlers, stream_handlers or {}, chunked_handlers or {})
-        _make_room(path)
+        made_dir = _make_room(path)
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await _serve_client(reader, writer, commands)
@@ -81,23 +82,28 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         log.info("control socket %s", path)
-        return cls(server, path)
+        return cls(server, path, made_dir)
 
     async def close(self) -> None:
         self._server.close()
         await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        if self._made_dir:
+            with contextlib.suppress(OSError):  # not empty: someone else's files, leave it
+                self.path.parent.rmdir()
 
 
-def _make_room(path: Path) -> None:
-    """Make the socket's directory (0700 when we make it) and remove a socket a
-    dead daemon left there; anything else at `path` is not ours to delete."""
+def _make_room(path: Path) -> bool:
+    """Make the socket's directory (0700 when we make it; True then) and remove
+    a socket a dead daemon left there; anything else at `path` is not ours to
+    delete."""
+    made_dir = not path.parent.exists()
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         mode = path.lstat().st_mode
     except FileNotFoundError:
-        return
+        return made_dir
     except OSError as exc:
         raise ControlError(f"cannot make control socket {path}: {exc.strerror or exc}") from None
     if not stat.S_ISSOCK(mode):
@@ -108,6 +114,7 @@ def _make_room(path: Path) -> None:
         path.unlink()  # left behind by a daemon that died
     except OSError as exc:
         raise ControlError(f"cannot remove stale control socket {path}: {exc.strerror}") from None
+    return made_dir
 
 
 class _Commands:
