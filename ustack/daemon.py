@@ -339,7 +339,11 @@ class Daemon:
         try:
             tcp_reader, tcp_writer = await open_connection(self.runner, host, port)
         except OSError as exc:
-            writer.write(encode(error_reply(f"connect to {host}:{port}: {exc}")))
+            why = str(exc)
+            if isinstance(exc, TimeoutError):
+                retries = self.stack.tcp.config.syn_retries
+                why += f" (no answer to the SYN and its {retries} retransmissions)"
+            writer.write(encode(error_reply(f"connect to {host}:{port}: {why}")))
             await writer.drain()
             writer.close()
             return

@@ -314,3 +314,28 @@ def test_the_readme_recipe_without_root(ns: Netns, tmp_path: Path) -> None:
 
 def _ids() -> tuple[int, int]:
     return pwd.getpwnam(_USER).pw_uid, grp.getgrnam(_GROUP).gr_gid
+
+
+# With one SYN retransmission the connect times out after 1 + 2 s (RTO doubling).
+_SERVE_WITH_ONE_SYN_RETRY = """\
+import functools
+from ustack import cli
+cli.TcpConfig = functools.partial(cli.TcpConfig, syn_retries=1)
+raise SystemExit(cli.main())
+"""
+
+
+def test_connect_timeout_is_one_clear_line(ns: Netns, tmp_path: Path) -> None:
+    """No host answers at 198.18.0.3 (the namespace does not forward): ETIMEDOUT."""
+    program = ("-c", _SERVE_WITH_ONE_SYN_RETRY)
+    with UstackDaemon.start(ns, tmp_path, program=program) as daemon:
+        result = subprocess.run(
+            [sys.executable, "-m", "ustack", "connect", "--control", str(daemon.control),
+             "198.18.0.3", "80"],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert (result.returncode, result.stderr) == (
+        1,
+        "ustack: error: connect to 198.18.0.3:80: ETIMEDOUT "
+        "(no answer to the SYN and its 1 retransmissions)\n",
+    )
