@@ -441,19 +441,18 @@ def _check_trace_path(path: Path) -> None:
     if str(path) == "-":
         return
     try:
-        try:
+        if path.exists():
             mode = path.stat().st_mode
-            where = path
-        except FileNotFoundError:
-            mode = None
-            where = path.parent
-            if not where.is_dir():
-                raise UsageError(f"bad --trace {path}: no directory {where}") from None
-        if mode is not None and stat.S_ISFIFO(mode):
-            return
-        if mode is not None and not stat.S_ISREG(mode):
-            raise UsageError(f"bad --trace {path}: not a regular file or a FIFO ('-': stderr)")
-        if not os.access(where, os.W_OK if mode is not None else os.W_OK | os.X_OK):
+            if stat.S_ISFIFO(mode):
+                return
+            if not stat.S_ISREG(mode):
+                raise UsageError(f"bad --trace {path}: not a regular file or a FIFO ('-': stderr)")
+            where, access = path, os.W_OK
+        elif path.parent.is_dir():
+            where, access = path.parent, os.W_OK | os.X_OK  # to create the file in it
+        else:
+            raise UsageError(f"bad --trace {path}: no directory {path.parent}")
+        if not os.access(where, access):
             raise UsageError(f"bad --trace {path}: {where} is not writable")
         filesystem = _filesystem_type(where.stat().st_dev)
     except OSError as exc:
