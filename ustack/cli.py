@@ -7,9 +7,12 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import socket
+import stat
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,6 +34,13 @@ from ustack.tcp.connection import TcpConfig
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
+USAGE_EXIT = 2  # argparse's convention: a bad command line; runtime failures exit 1
+ROOT_CONTROL_DIR = Path("/run/ustack")
+# Kernel filesystems whose files are knobs and reports, not places for a trace.
+PSEUDO_FILESYSTEMS = frozenset(
+    {"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup", "cgroup2", "configfs",
+     "bpf", "efivarfs", "pstore", "devpts", "mqueue", "hugetlbfs", "fusectl"}
+)  # fmt: skip
 
 
 def faults_doc() -> str:
@@ -38,14 +48,66 @@ def faults_doc() -> str:
 
 
 def default_control_path(device: str) -> Path:
-    # `ustack lab` puts its daemon's socket in the environment of the command it runs.
+    """$USTACK_CONTROL, else DIR/net-INODE/DEVICE.sock.
+
+    `ustack lab` puts its daemon's socket in the environment of the command it
+    runs. DIR is /run/ustack for root and $XDG_RUNTIME_DIR/ustack for anyone
+    else (a directory of their own; /run/ustack is root's). INODE is this
+    network namespace's (/proc/self/ns/net): daemons on defaults in two
+    namespaces never share a socket, and `ustack ss` run in a namespace finds
+    the daemon of that namespace. (An abstract socket is per namespace too, but
+    has no file mode: anyone in the namespace could connect, where a path keeps
+    the socket 0600 in a 0700 directory.)"""
     if lab_control := os.environ.get("USTACK_CONTROL"):
         return Path(lab_control)
-    return Path("/run/ustack") / f"{device}.sock"
+    if os.geteuid() == 0:
+        base = ROOT_CONTROL_DIR
+    elif runtime_dir := os.environ.get("XDG_RUNTIME_DIR"):
+        base = Path(runtime_dir) / "ustack"
+    else:
+        raise ControlError(
+            "no default control socket: not root and XDG_RUNTIME_DIR is not set "
+            "(give --control PATH)"
+        )
+    return base / f"net-{os.stat('/proc/self/ns/net').st_ino}" / f"{device}.sock"
+
+
+def control_path(args: argparse.Namespace) -> Path:
+    """The control socket a client command talks to: --control, else the default."""
+    if args.control:
+        return Path(args.control)
+    _check_device(args.device)
+    return default_control_path(args.device)
 
 
 class UsageError(Exception):
-    """A bad argument: reported on one line, exit code 1."""
+    """A bad argument: reported on one line, exit code 2 (USAGE_EXIT)."""
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number low..high (argparse names the flag)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # also a number of over 4300 digits
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
+        return value
+
+    return parse
+
+
+PORT = bounded_int(1, 65535)
+
+
+def ipv4_address(text: str) -> str:
+    """An argparse type: a dotted IPv4 address."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an IPv4 address") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         ".pcap pcap, .jsonl jsonl, else text",
     )
     serve_cmd.add_argument(
-        "--trace-port", type=int, action="append", default=[], help="trace only this port"
+        "--trace-port", type=PORT, action="append", default=[], help="trace only this port"
     )
     serve_cmd.add_argument(
         "--fault",
@@ -120,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(
         "--fault-seed",
-        type=int,
+        type=bounded_int(0, 2**64 - 1),
         help="seed the fault injector's random choices (reproducible runs)",
     )
     serve_cmd.add_argument(
@@ -164,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_option(serve_cmd)
     serve_cmd.add_argument("--no-control", action="store_true", help="run without control socket")
     serve_cmd.add_argument(
-        "--ready-fd", type=int, help="write 'ready' to this fd once packets flow, then close it"
+        "--ready-fd",
+        type=bounded_int(0, 2**31 - 1),
+        help="write 'ready' to this fd once packets flow, then close it",
     )
     serve_cmd.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -194,15 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     fault_cmd.add_argument("--count", type=int, help="act this many times")
     fault_cmd.add_argument("--prob", type=float, help="probability 0..1")
     fault_cmd.add_argument("--delay", type=float, help="seconds (for delay)")
-    fault_cmd.add_argument("--id", type=int, help="with clear: only this rule")
+    fault_cmd.add_argument("--id", type=bounded_int(1, 2**31), help="with clear: only this rule")
     fault_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     _add_control_option(fault_cmd)
 
     config_cmd = commands.add_parser(
         "config", help="show or change (for new connections) msl, fin timeout, RST in TIME_WAIT"
     )
-    config_cmd.add_argument("--msl", type=float)
-    config_cmd.add_argument("--fin-timeout", type=float)
+    config_cmd.add_argument("--msl", help="seconds, 0..86400")
+    config_cmd.add_argument("--fin-timeout", help="seconds, 0..86400")
     config_cmd.add_argument("--time-wait-rst", choices=["ignore", "close"])
     config_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     _add_control_option(config_cmd)
@@ -219,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     connect_cmd = commands.add_parser(
         "connect", help="make the stack connect to HOST PORT; stdin/stdout like nc"
     )
-    connect_cmd.add_argument("host")
-    connect_cmd.add_argument("port", type=int)
+    connect_cmd.add_argument("host", type=ipv4_address)
+    connect_cmd.add_argument("port", type=PORT)
     connect_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     _add_control_option(connect_cmd)
 
@@ -265,6 +329,7 @@ def lab_plan(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     serve = build_parser().parse_args(["serve", *serve_args])
     if serve.control or serve.no_control or serve.ready_fd is not None:
         raise UsageError("lab: --control, --no-control and --ready-fd are the lab's own")
+    serve.no_control = True  # the lab gives the daemon a control socket of its own
     serve_config(serve)
     return command, serve_args
 
@@ -280,7 +345,8 @@ def _add_control_option(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--control",
         type=Path,
-        help="control socket path (default: /run/ustack/DEVICE.sock)",
+        help="control socket path (default: $USTACK_CONTROL, else /run/ustack/net-NETNS/"
+        "DEVICE.sock for root, $XDG_RUNTIME_DIR/ustack/net-NETNS/DEVICE.sock for others)",
     )
 
 
@@ -351,21 +417,27 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             raise UsageError(f"bad --mtu {args.mtu!r}: want a number") from None
         if not MIN_MTU <= mtu <= MAX_MTU:
             raise UsageError(f"bad --mtu {mtu}: want {MIN_MTU}..{MAX_MTU}")
-    if not args.device or len(args.device) > 15 or "/" in args.device:
-        raise UsageError(f"bad --device {args.device!r}: a Linux interface name, 1-15 chars")
-    control = None if args.no_control else args.control or default_control_path(args.device)
+    _check_device(args.device)
+    control = None if args.no_control else control_path(args)
     tcp = TcpConfig(
         msl=_seconds(args.msl, "--msl"),
         fin_wait_2_timeout=_seconds(args.fin_timeout, "--fin-timeout"),
         rfc1337=args.time_wait_rst == "ignore",
         congestion_control=args.congestion,
         nagle=not args.no_nagle,
-        keepalive_idle=_seconds(args.keepalive, "--keepalive") if args.keepalive else None,
+        keepalive_idle=_keepalive(args.keepalive),
         syn_retries=_count(args.syn_retries, "--syn-retries", 0, 127, TcpConfig.syn_retries),
         max_connections=_count(
             args.max_connections, "--max-connections", 1, 10_000_000, TcpConfig.max_connections
         ),
     )
+    if args.ready_fd is not None:
+        try:
+            os.fstat(args.ready_fd)
+        except OSError:
+            raise UsageError(
+                f"bad --ready-fd {args.ready_fd}: not an open file descriptor"
+            ) from None
     return ServeConfig(
         link=LinkConfig(
             device=args.device, linux_side=linux_side, mtu=mtu, offload=not args.no_offload
@@ -384,6 +456,20 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     )
 
 
+def _check_device(name: str) -> None:
+    if not name or len(name) > 15 or "/" in name or name in (".", ".."):
+        raise UsageError(f"bad --device {name!r}: a Linux interface name, 1-15 chars")
+
+
+def _keepalive(text: str | None) -> float | None:
+    if text is None:
+        return None
+    seconds = _seconds(text, "--keepalive")
+    if seconds <= 0:
+        raise UsageError(f"bad --keepalive {text}: want seconds > 0 (leave it out for none)")
+    return seconds
+
+
 def _fault_rule(text: str) -> FaultRule:
     try:
         return parse_rule(text)
@@ -399,6 +485,7 @@ def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
         fmt = args.trace_format[i] if i < len(args.trace_format) else format_for(path)
         if fmt == "pcap" and str(path) == "-":
             raise UsageError("a pcap trace needs a file, not '-'")
+        _check_trace_path(path)
         specs.append(TraceSpec(path, fmt))
     for host in args.trace_host:
         try:
@@ -415,6 +502,44 @@ def _count(text: str | None, flag: str, low: int, high: int, default: int) -> in
     if not text.isdigit() or not low <= int(text) <= high:
         raise UsageError(f"bad {flag} {text!r}: want a whole number {low}..{high}")
     return int(text)
+
+
+def _check_trace_path(path: Path) -> None:
+    """A trace goes to '-' (stderr), a FIFO, or a regular file we may create or
+    write, not onto a kernel filesystem (/proc/version takes the open, then
+    fails the first write): UsageError if not, before the daemon starts."""
+    if str(path) == "-":
+        return
+    try:
+        if path.exists():
+            mode = path.stat().st_mode
+            if stat.S_ISFIFO(mode):
+                return
+            if not stat.S_ISREG(mode):
+                raise UsageError(f"bad --trace {path}: not a regular file or a FIFO ('-': stderr)")
+            where, access = path, os.W_OK
+        elif path.parent.is_dir():
+            where, access = path.parent, os.W_OK | os.X_OK  # to create the file in it
+        else:
+            raise UsageError(f"bad --trace {path}: no directory {path.parent}")
+        if not os.access(where, access):
+            raise UsageError(f"bad --trace {path}: {where} is not writable")
+        filesystem = _filesystem_type(where.stat().st_dev)
+    except OSError as exc:
+        raise UsageError(f"bad --trace {path}: {exc.strerror or exc}") from None
+    if filesystem in PSEUDO_FILESYSTEMS:
+        raise UsageError(f"bad --trace {path}: a file of the kernel's {filesystem} filesystem")
+
+
+def _filesystem_type(device: int) -> str:
+    """The type of the mounted filesystem on `device` (st_dev), from mountinfo."""
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[2] == wanted and "-" in fields:
+                return fields[fields.index("-") + 1]
+    return ""
 
 
 def _seconds(text: str, flag: str) -> float:
@@ -435,9 +560,10 @@ def _services(text: str) -> dict[str, int]:
             raise UsageError(f"unknown service {name!r} (known: {', '.join(SERVICES)})")
         port = SERVICES[name][0]
         if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise UsageError(f"bad port in --services {item!r}")
-            port = int(port_text)
+            try:
+                port = PORT(port_text)
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"bad port in --services {item[:60]!r}: {exc}") from None
         if port in chosen.values():
             raise UsageError(f"two services on port {port}")
         chosen[name] = port
@@ -453,8 +579,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    path = args.control or default_control_path(args.device)
-    reply = request(path, "stats")
+    reply = request(control_path(args), "stats")
     if args.json:
         print(json.dumps(reply, indent=2))
     elif not reply.get("ok"):
@@ -468,7 +593,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _ss(args: argparse.Namespace) -> int:
-    reply = request(args.control or default_control_path(args.device), "connections")
+    reply = request(control_path(args), "connections")
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error")))
     print(f"{'State':<13} {'Recv-Q':>7} {'Send-Q':>7}  {'Local':<22} {'Peer':<22} Details")
@@ -486,7 +611,7 @@ def _ss(args: argparse.Namespace) -> int:
 
 
 def _fault(args: argparse.Namespace) -> int:
-    path = args.control or default_control_path(args.device)
+    path = control_path(args)
     if args.do in ("list", "clear"):
         fields: dict[str, Any] = {"do": args.do}  # JSON values
         if args.do == "clear" and args.id is not None:
@@ -521,8 +646,14 @@ def _fault(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    path = args.control or default_control_path(args.device)
-    fields = {"msl": args.msl, "fin_timeout": args.fin_timeout, "time_wait_rst": args.time_wait_rst}
+    path = control_path(args)
+    fields = {
+        "msl": None if args.msl is None else _seconds(args.msl, "--msl"),
+        "fin_timeout": None
+        if args.fin_timeout is None
+        else _seconds(args.fin_timeout, "--fin-timeout"),
+        "time_wait_rst": args.time_wait_rst,
+    }
     reply = request(path, "config", **{k: v for k, v in fields.items() if v is not None})
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error")))
@@ -533,34 +664,63 @@ def _config(args: argparse.Namespace) -> int:
 
 def _connect(args: argparse.Namespace) -> int:
     """Splice stdin/stdout with a connection the daemon opens (half-close aware)."""
-    path = args.control or default_control_path(args.device)
+    path = control_path(args)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
     except OSError as exc:
         raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror or exc}") from None
     with sock:
-        sock.sendall(encode({"command": "connect", "host": args.host, "port": args.port}))
-        stream = sock.makefile("rb", buffering=0)
-        reply = json.loads(stream.readline() or b"{}")
+        try:
+            sock.sendall(encode({"command": "connect", "host": args.host, "port": args.port}))
+            stream = sock.makefile("rb", buffering=0)
+            reply = json.loads(stream.readline() or b"{}")
+        except (OSError, ValueError) as exc:
+            raise ControlError(f"the daemon at {path} failed the request: {exc}") from None
         if not reply.get("ok"):
             raise ControlError(str(reply.get("error", "the daemon closed the connection")))
 
         def upload() -> None:
             with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as stdin:
-                while data := stdin.read(65536):
-                    sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)  # our EOF becomes the stack's FIN
+                try:
+                    while data := stdin.read(65536):
+                        sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)  # our EOF becomes the stack's FIN
+                except OSError:
+                    pass  # the connection is gone: the download side sees it and ends
 
         threading.Thread(target=upload, daemon=True).start()
         out = sys.stdout.buffer
-        while data := sock.recv(65536):
-            out.write(data)
-            out.flush()
+        try:
+            while data := sock.recv(65536):
+                out.write(data)
+                out.flush()
+        except ConnectionError as exc:
+            raise ControlError(f"the connection to {args.host}:{args.port} broke: {exc}") from None
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`ustack ...`: the exit code. Every failure is one line on stderr, with
+    exit code 2 for a bad command line and 1 for a failure at run time."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a reader gone shows here, not at exit as a traceback
+        return code
+    except UsageError as exc:
+        print(f"ustack: error: {exc}", file=sys.stderr)
+        return USAGE_EXIT
+    except BrokenPipeError:
+        # `ustack ss | head -1`: the reader has what it wanted. Stop quietly, as
+        # `ls` does (killed by SIGPIPE: 128 + 13); stdout goes to /dev/null so
+        # that the flush at exit does not fail again (the Python docs' recipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -580,7 +740,6 @@ def main(argv: list[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except (
-        UsageError,
         ControlError,
         LinkError,
         PeerStatesError,

@@ -12,13 +12,20 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ustack.api import StackServer, open_connection, start_server
-from ustack.linux.control import ControlRequestError, ControlServer, encode, error_reply
+from ustack.linux.control import (
+    CHUNK_ROWS,
+    PROTOCOL_VERSION,
+    ControlRequestError,
+    ControlServer,
+    encode,
+    error_reply,
+)
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.linux.tun import LinkConfig, TunLink
 from ustack.runner import StackRunner
@@ -27,7 +34,7 @@ from ustack.stack import DEFAULT_ADDRESS, Stack
 from ustack.study.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
 from ustack.study.sinks import TraceFilter, TraceSinks, TraceSpec
 from ustack.tcp import seq
-from ustack.tcp.connection import TcpConfig
+from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.segment import flag_string
 from ustack.trace.records import FaultEvent, dotted
 from ustack.wire.checksum import Buffer
@@ -124,11 +131,11 @@ class Daemon:
                     self.config.control_path,
                     {
                         "stats": self._stats,
-                        "connections": self._connections,
                         "fault": self._fault,
                         "config": self._config,
                     },
                     {"connect": self._connect},
+                    {"connections": self._connections},
                 )
             if self.config.peer_states:
                 self._start_peer_states(loop)
@@ -258,37 +265,21 @@ class Daemon:
             "handlers": sum(len(server.handlers) for server in self._servers),  # running now
         }
 
-    def _connections(self, _request: dict[str, Any]) -> dict[str, Any]:
-        rows = []
+    async def _connections(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The connection table, CHUNK_ROWS rows a part (20,000 rows in one
+        reply held the loop 275 ms). A connection gone between parts is left out."""
         tcp = self.stack.tcp
-        for (remote, remote_port, local_port), conn in tcp.connections.items():
+        table = list(tcp.connections.items())
+        for start in range(0, len(table), CHUNK_ROWS):
             now = self.runner.now() if self.runner else 0.0
-            rows.append(
-                {
-                    "id": conn.conn_id,
-                    "state": str(conn.state),
-                    "local": f"{dotted(tcp.address)}:{local_port}",
-                    "remote": f"{dotted(remote)}:{remote_port}",
-                    "send_queue": conn.unsent_bytes,
-                    "recv_queue": conn.readable_bytes,
-                    # Relative to our ISS and the peer's IRS, as in the trace.
-                    "snd_una": (conn.snd_una - conn.iss) & 0xFFFFFFFF,
-                    "snd_nxt": (conn.snd_nxt - conn.iss) & 0xFFFFFFFF,
-                    "rcv_nxt": (conn.rcv_nxt - conn.irs) & 0xFFFFFFFF,
-                    # The origins, for tools that need absolute numbers.
-                    "iss": conn.iss,
-                    "irs": conn.irs,
-                    "snd_wnd": conn.snd_wnd,
-                    "rcv_wnd": max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 0),  # as advertised
-                    "rto": round(conn.rto, 3),
-                    "srtt": None if conn.srtt is None else round(conn.srtt, 6),
-                    "timers": {
-                        name: round(deadline - now, 3) for name, deadline in conn.timers().items()
-                    },
-                }
-            )
+            rows = [
+                connection_row(tcp.address, key, conn, now)
+                for key, conn in table[start : start + CHUNK_ROWS]
+                if tcp.connections.get(key) is conn
+            ]
+            yield {"connections": rows}
         listening = [f"{dotted(tcp.address)}:{port}" for port in sorted(tcp.listeners)]
-        return {"connections": rows, "listening": listening}
+        yield {"connections": [], "listening": listening}
 
     def _fault(self, request: dict[str, Any]) -> dict[str, Any]:
         """fault: {"do": "add", "rule": "drop:dir=out,flags=FIN,count=1"} | {"do": "list"}
@@ -358,30 +349,73 @@ class Daemon:
         """ "connect": the stack opens a connection and the control connection
         becomes a byte pipe to it, half-closes included (like nc)."""
         assert self.runner is not None
-        try:
-            host = str(ipaddress.IPv4Address(request.get("host")))
-            port = int(request["port"])
-            if not 0 < port < 65536:
-                raise ValueError(port)
-        except (ValueError, KeyError, TypeError):
+        target = _connect_target(request)
+        if target is None:
             writer.write(encode(error_reply('connect needs "host" (IPv4) and "port" (1-65535)')))
             await writer.drain()
             writer.close()
             return
+        host, port = target
         try:
             tcp_reader, tcp_writer = await open_connection(self.runner, host, port)
         except OSError as exc:
-            writer.write(encode(error_reply(f"connect to {host}:{port}: {exc}")))
+            why = str(exc)
+            if isinstance(exc, TimeoutError):
+                retries = self.stack.tcp.config.syn_retries
+                why += f" (no answer to the SYN and its {retries} retransmissions)"
+            writer.write(encode(error_reply(f"connect to {host}:{port}: {why}")))
             await writer.drain()
             writer.close()
             return
         local = tcp_writer.get_extra_info("sockname")
-        writer.write(encode({"ok": True, "version": 1, "local": f"{local[0]}:{local[1]}"}))
+        writer.write(
+            encode({"ok": True, "version": PROTOCOL_VERSION, "local": f"{local[0]}:{local[1]}"})
+        )
         await writer.drain()
         await asyncio.gather(_pipe(reader, tcp_writer), _pipe(tcp_reader, writer))
         with contextlib.suppress(ConnectionError):
             tcp_writer.close()
         writer.close()
+
+
+def _connect_target(request: dict[str, Any]) -> tuple[str, int] | None:
+    """(host, port) of a "connect" request, or None: the host a dotted IPv4
+    string, the port a whole JSON number 1..65535 (not true, 80.5, 1e400, NaN)."""
+    host, port = request.get("host"), request.get("port")
+    if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+        return None
+    try:
+        host = str(ipaddress.IPv4Address(host))
+    except ValueError:
+        return None
+    return (host, port) if 0 < port < 65536 else None
+
+
+def connection_row(
+    address: int, key: tuple[int, int, int], conn: TcpConnection, now: float
+) -> dict[str, Any]:
+    """One row of the "connections" control reply (and of `ustack ss`)."""
+    remote, remote_port, local_port = key
+    return {
+        "id": conn.conn_id,
+        "state": str(conn.state),
+        "local": f"{dotted(address)}:{local_port}",
+        "remote": f"{dotted(remote)}:{remote_port}",
+        "send_queue": conn.unsent_bytes,
+        "recv_queue": conn.readable_bytes,
+        # Relative to our ISS and the peer's IRS, as in the trace.
+        "snd_una": (conn.snd_una - conn.iss) & 0xFFFFFFFF,
+        "snd_nxt": (conn.snd_nxt - conn.iss) & 0xFFFFFFFF,
+        "rcv_nxt": (conn.rcv_nxt - conn.irs) & 0xFFFFFFFF,
+        # The origins, for tools that need absolute numbers.
+        "iss": conn.iss,
+        "irs": conn.irs,
+        "snd_wnd": conn.snd_wnd,
+        "rcv_wnd": max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 0),  # as advertised
+        "rto": round(conn.rto, 3),
+        "srtt": None if conn.srtt is None else round(conn.srtt, 6),
+        "timers": {name: round(deadline - now, 3) for name, deadline in conn.timers().items()},
+    }
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

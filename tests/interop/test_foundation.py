@@ -207,8 +207,9 @@ def _serve(
     )
 
 
-def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
-    assert result.returncode == 1, result.stderr
+def _one_line_error(result: subprocess.CompletedProcess[str], expected: str, code: int = 1) -> None:
+    """One line on stderr; exit code 1 (a failure at run time) or 2 (a usage error)."""
+    assert result.returncode == code, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert expected in lines[0], lines[0]
@@ -248,9 +249,9 @@ def test_error_without_dev_net_tun(ns: Netns) -> None:
         (("--bogus",), "unrecognized arguments"),
     ],
 )
-def test_bad_arguments_give_one_line_and_exit_1(
+def test_bad_arguments_give_one_line_and_exit_2(
     ns: Netns, args: tuple[str, ...], expected: str
 ) -> None:
     result = _serve(ns, *args)
-    _one_line_error(result, expected)
+    _one_line_error(result, expected, code=2)
     assert ns.run("ip", "link", "show", "tun0").returncode != 0  # nothing was created

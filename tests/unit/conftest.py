@@ -8,15 +8,17 @@ from ustack.cli import main
 
 
 @pytest.fixture
-def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
-    """Runs `ustack ARGV`, which must fail as every usage error does: exit code 1
-    and one line on stderr, "ustack: error: ...". Returns that line."""
+def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
+    """Runs `ustack ARGV`, which must fail as every error does: one line on
+    stderr, "ustack: error: ...", and exit code `code` (2, a usage error, unless
+    told 1, a failure at run time). Returns that line."""
 
-    def run(argv: list[str]) -> str:
-        assert main(argv) == 1
+    def run(argv: list[str], code: int = 2) -> str:
+        assert main(argv) == code
         err = capsys.readouterr().err
         assert err.count("\n") == 1, err
         assert err.startswith("ustack: error: "), err
+        assert "Traceback" not in err, err
         return err
 
     return run

@@ -1,12 +1,18 @@
-"""Argument validation: bad input is one clear line and exit code 1, before
-anything touches the system."""
+"""Argument validation: bad input is one clear line and exit code 2, before
+anything touches the system; a failure at run time is one line and exit code 1."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ustack import cli
 from ustack.cli import build_parser, serve_config
 
 
@@ -28,17 +34,13 @@ from ustack.cli import build_parser, serve_config
         ([], "required"),
     ],
 )
-def test_bad_arguments(
-    argv: list[str], expected: str, cli_error: Callable[[list[str]], str]
-) -> None:
+def test_bad_arguments(argv: list[str], expected: str, cli_error: Callable[..., str]) -> None:
     assert expected in cli_error(argv)
 
 
-def test_stats_without_daemon_is_a_clear_error(
-    tmp_path, cli_error: Callable[[list[str]], str]
-) -> None:
+def test_stats_without_daemon_is_a_clear_error(tmp_path, cli_error: Callable[..., str]) -> None:
     assert "cannot reach the daemon" in cli_error(
-        ["stats", "--control", str(tmp_path / "none.sock")]
+        ["stats", "--control", str(tmp_path / "none.sock")], code=1
     )
 
 
@@ -50,3 +52,121 @@ def test_syn_retries_and_max_connections_reach_the_tcp_config() -> None:
     defaults = serve_config(build_parser().parse_args(["serve"])).tcp
     assert (defaults.syn_retries, defaults.max_connections) == (6, 65_536)
     assert defaults.connect_timeout == 123.0  # 1+2+4+8+16+32, then 60 (max_rto)
+
+
+@pytest.fixture(autouse=True)
+def _never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A case that wrongly passed validation must not start a daemon here."""
+
+    def refuse(_config: object) -> int:
+        raise AssertionError("serve() reached: the arguments were accepted")
+
+    monkeypatch.setattr(cli, "serve", refuse)
+
+
+_DIGITS_5000 = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # serve: every number and path flag
+        (["serve", "--trace-port", "70000"], "argument --trace-port: 70000 is not in 1..65535"),
+        (["serve", "--trace-port", "0"], "--trace-port: 0 is not in 1..65535"),
+        (["serve", "--trace-port", _DIGITS_5000], "--trace-port: '9999"),
+        (["serve", "--trace-port", "eighty"], "'eighty' is not a whole number"),
+        (["serve", "--trace", "/proc/version"], "kernel's proc filesystem"),
+        (["serve", "--trace", "/proc/ustack-trace"], "kernel's proc filesystem"),
+        (["serve", "--trace", "/sys/kernel/ustack"], "bad --trace /sys/kernel/ustack"),
+        (["serve", "--trace", "/no/such/dir/t.jsonl"], "no directory /no/such/dir"),
+        (["serve", "--trace", "/etc"], "not a regular file or a FIFO"),
+        (["serve", "--trace", "/dev/zero"], "not a regular file or a FIFO"),
+        (["serve", "--trace-format", "text"], "more --trace-format than --trace"),
+        (["serve", "--trace", "-", "--trace-format", "pcap"], "a pcap trace needs a file"),
+        (["serve", "--trace-host", "nobody"], "bad --trace-host"),
+        (["serve", "--fault-seed", "-1"], "--fault-seed: -1 is not in 0.."),
+        (["serve", "--fault-seed", "1.5"], "'1.5' is not a whole number"),
+        (["serve", "--ready-fd", "-1"], "--ready-fd: -1 is not in 0.."),
+        (["serve", "--ready-fd", str(2**40)], "is not in 0..2147483647"),
+        (["serve", "--ready-fd", "999999"], "bad --ready-fd 999999: not an open file descriptor"),
+        (["serve", "--keepalive", "0"], "bad --keepalive 0: want seconds > 0"),
+        (["serve", "--keepalive", "nan"], "bad --keepalive nan"),
+        (["serve", "--msl", "nan"], "bad --msl nan"),
+        (["serve", "--msl", "inf"], "bad --msl inf"),
+        (["serve", "--msl", "1e400"], "bad --msl 1e400"),
+        (["serve", "--msl", "-1"], "bad --msl -1"),
+        (["serve", "--fin-timeout", "soon"], "bad --fin-timeout 'soon'"),
+        (["serve", "--mtu", "nan"], "bad --mtu 'nan'"),
+        (["serve", "--mtu", _DIGITS_5000], "bad --mtu"),
+        (["serve", "--services", "http:0"], "bad port in --services"),
+        (["serve", "--services", "http:99999"], "bad port in --services"),
+        (["serve", "--services", "http:" + _DIGITS_5000], "bad port in --services"),
+        (["serve", "--services", "gopher"], "unknown service 'gopher'"),
+        (["serve", "--services", "echo:9,discard"], "two services on port 9"),
+        (["serve", "--fault", "drop:port=70000"], "bad --fault 'drop:port=70000'"),
+        (["serve", "--fault", "delay"], "delay needs delay=SECONDS"),
+        (["serve", "--device", ""], "bad --device ''"),
+        (["serve", "--device", "../x"], "bad --device '../x'"),
+        (["serve", "--congestion", "bbr"], "invalid choice: 'bbr'"),
+        # the client commands
+        (["stats", "--device", "../../etc/x"], "bad --device '../../etc/x'"),
+        (["ss", "--device", ".."], "bad --device '..'"),
+        (["fault", "drop", "--port", "70000"], "port=70000: want 1..65535"),
+        (["fault", "drop", "--port", "x"], "argument --port: invalid int value"),
+        (["fault", "drop", "--nth", "0"], "nth=0"),
+        (["fault", "drop", "--count", "-1"], "count=-1"),
+        (["fault", "drop", "--prob", "nan"], "prob=nan: want 0..1"),
+        (["fault", "drop", "--prob", "2"], "prob=2.0: want 0..1"),
+        (["fault", "delay", "--delay", "inf"], "delay=inf: want 0..60 seconds"),
+        (["fault", "delay"], "delay needs delay=SECONDS"),
+        (["fault", "drop", "--flags", "XMAS"], "'XMAS' is not one of"),
+        (["fault", "clear", "--id", "0"], "argument --id: 0 is not in 1.."),
+        (["fault", "explode"], "invalid choice: 'explode'"),
+        (["config", "--msl", "nan"], "bad --msl nan"),
+        (["config", "--msl", "-5"], "bad --msl -5"),
+        (["config", "--fin-timeout", "1e400"], "bad --fin-timeout 1e400"),
+        (["config", "--time-wait-rst", "maybe"], "invalid choice: 'maybe'"),
+        (["connect", "198.18.0.1", "70000"], "argument port: 70000 is not in 1..65535"),
+        (["connect", "198.18.0.1", "0"], "argument port: 0 is not in 1..65535"),
+        (["connect", "198.18.0.1", "http"], "argument port: 'http' is not a whole number"),
+        (["connect", "example.org", "80"], "argument host: 'example.org' is not an IPv4 address"),
+        (["connect", "198.18.0.1"], "the following arguments are required: port"),
+        (["ladder", "--conn", "x", "t.jsonl"], "argument --conn: invalid int value"),
+        (["ladder", "--format", "png", "t.jsonl"], "invalid choice: 'png'"),
+        (["explain"], "the following arguments are required: trace"),
+        (["stats", "--bogus"], "unrecognized arguments: --bogus"),
+        (["serve", "--services", "http:\u00b2"], "bad port in --services"),
+    ],
+)
+def test_every_bad_value_is_a_usage_error(
+    argv: list[str], expected: str, cli_error: Callable[..., str]
+) -> None:
+    """Exit code 2, one line "ustack: error: ...", no traceback (cli_error checks)."""
+    assert expected in cli_error(argv)
+
+
+def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    existing = tmp_path / "old.jsonl"
+    existing.write_text("")
+    new = tmp_path / "new.pcap"
+    argv = ["serve", "--no-control", "--trace", "-", "--trace", str(fifo)]
+    argv += ["--trace", str(existing), "--trace", str(new)]
+    config = cli.serve_config(cli.build_parser().parse_args(argv))
+    assert [spec.format for spec in config.traces] == ["text", "text", "jsonl", "pcap"]
+    assert not new.exists()
+
+
+@given(value=st.text(min_size=1, max_size=30).filter(lambda v: not v.startswith("-")))
+@settings(max_examples=100, deadline=None)
+@pytest.mark.parametrize(
+    "flag",
+    ["--trace-port", "--fault-seed", "--mtu", "--msl", "--fin-timeout", "--keepalive",
+     "--address", "--linux-address", "--services", "--fault", "--trace-host"],
+)  # fmt: skip
+def test_any_value_of_a_serve_flag_is_accepted_or_one_line(flag: str, value: str) -> None:
+    """Random text for each flag: a valid configuration, or a UsageError
+    (main's one line, exit 2), never another exception."""
+    with contextlib.suppress(cli.UsageError):
+        cli.serve_config(cli.build_parser().parse_args(["serve", "--no-control", flag, value]))

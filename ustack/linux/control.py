@@ -1,9 +1,15 @@
 """The control socket: a unix stream socket (mode 0600) speaking JSON lines.
 
-Protocol version 1. Each request is one line holding a JSON object with a
+Protocol version 2. Each request is one line holding a JSON object with a
 "command" string; each reply is one line holding a JSON object with "ok"
 (true/false) and either the command's fields or "error". A connection may
 carry many requests. Bad input gets an error reply, never a crash.
+
+A long answer (version 2: "connections") comes in several lines, so that
+building it never holds the event loop for long: every line but the last
+carries "more": true and a part of each list field (at most CHUNK_ROWS
+rows); the last line has "more": false and the rest. A client concatenates
+the lists (request() does). Version 1 answered in one line.
 """
 
 from __future__ import annotations
@@ -14,16 +20,23 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 log = logging.getLogger("ustack.control")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_REQUEST = 64 * 1024
+# Rows per line of a chunked reply: building and encoding 200 connection rows
+# takes about 3 ms, the longest the event loop waits on one control request.
+CHUNK_ROWS = 200
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# A command with a long answer: it yields the parts of its reply (each with at
+# most CHUNK_ROWS rows per list), and the server lets the loop run between them.
+ChunkedHandler = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
 # A command that takes the connection over after its request (e.g. "connect",
 # which turns it into a byte pipe): it writes its own reply line.
 StreamHandler = Callable[
@@ -40,9 +53,10 @@ class ControlRequestError(Exception):
 
 
 class ControlServer:
-    def __init__(self, server: asyncio.AbstractServer, path: Path) -> None:
+    def __init__(self, server: asyncio.AbstractServer, path: Path, made_dir: bool) -> None:
         self._server = server
         self.path = path
+        self._made_dir = made_dir  # remove the directory too (e.g. /run/ustack/net-INODE)
 
     @classmethod
     async def start(
@@ -50,36 +64,74 @@ class ControlServer:
         path: Path,
         handlers: dict[str, Handler],
         stream_handlers: dict[str, StreamHandler] | None = None,
+        chunked_handlers: dict[str, ChunkedHandler] | None = None,
     ) -> ControlServer:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            if _answers(path):
-                raise ControlError(f"control socket {path} is in use by a running daemon")
-            path.unlink()  # left behind by a daemon that died
+        commands = _Commands(handlers, stream_handlers or {}, chunked_handlers or {})
+        made_dir = _make_room(path)
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await _serve_client(reader, writer, handlers, stream_handlers or {})
+            await _serve_client(reader, writer, commands)
 
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
         try:
             server = await asyncio.start_unix_server(on_client, path, limit=MAX_REQUEST)
+        except OSError as exc:
+            raise ControlError(
+                f"cannot make control socket {path}: {exc.strerror or exc}"
+            ) from None
         finally:
             os.umask(old_umask)
         log.info("control socket %s", path)
-        return cls(server, path)
+        return cls(server, path, made_dir)
 
     async def close(self) -> None:
         self._server.close()
         await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        if self._made_dir:
+            with contextlib.suppress(OSError):  # not empty: someone else's files, leave it
+                self.path.parent.rmdir()
+
+
+def _make_room(path: Path) -> bool:
+    """Make the socket's directory (0700 when we make it; True then) and remove
+    a socket a dead daemon left there; anything else at `path` is not ours to
+    delete."""
+    made_dir = not path.parent.exists()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return made_dir
+    except OSError as exc:
+        raise ControlError(f"cannot make control socket {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(mode):
+        raise ControlError(f"control socket {path} exists and is not a socket: not replacing it")
+    if _answers(path):
+        raise ControlError(f"control socket {path} is in use by a running daemon")
+    try:
+        path.unlink()  # left behind by a daemon that died
+    except OSError as exc:
+        raise ControlError(f"cannot remove stale control socket {path}: {exc.strerror}") from None
+    return made_dir
+
+
+class _Commands:
+    def __init__(
+        self,
+        plain: dict[str, Handler],
+        stream: dict[str, StreamHandler],
+        chunked: dict[str, ChunkedHandler],
+    ) -> None:
+        self.plain, self.stream, self.chunked = plain, stream, chunked
+
+    def known(self) -> str:
+        return ", ".join(sorted([*self.plain, *self.stream, *self.chunked]))
 
 
 async def _serve_client(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    handlers: dict[str, Handler],
-    stream_handlers: dict[str, StreamHandler],
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, commands: _Commands
 ) -> None:
     try:
         while True:
@@ -95,11 +147,13 @@ async def _serve_client(
             request, problem = _parse(line)
             if request is None:
                 writer.write(encode(error_reply(problem)))
-            elif request["command"] in stream_handlers:
-                await stream_handlers[request["command"]](request, reader, writer)
+            elif request["command"] in commands.stream:
+                await commands.stream[request["command"]](request, reader, writer)
                 return
+            elif request["command"] in commands.chunked:
+                await _send_chunked(commands.chunked[request["command"]], request, writer)
             else:
-                writer.write(encode(_dispatch(request, handlers, stream_handlers)))
+                writer.write(encode(_dispatch(request, commands)))
             await writer.drain()
         await writer.drain()
     except (ConnectionError, OSError):
@@ -114,20 +168,46 @@ def _parse(line: bytes) -> tuple[dict[str, Any] | None, str]:
     """(the request, "") or (None, what is wrong with the line)."""
     try:
         request = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        return None, "not JSON: nested too deeply"
+    except ValueError as exc:  # bad UTF-8, bad JSON, an integer of over 4300 digits
         return None, f"not JSON: {exc}"
     if not isinstance(request, dict) or not isinstance(request.get("command"), str):
         return None, 'a request is a JSON object with a "command" string'
     return request, ""
 
 
-def _dispatch(
-    request: dict[str, Any], handlers: dict[str, Handler], stream_handlers: dict[str, StreamHandler]
-) -> dict[str, Any]:
-    handler = handlers.get(request["command"])
+async def _send_chunked(
+    handler: ChunkedHandler, request: dict[str, Any], writer: asyncio.StreamWriter
+) -> None:
+    """Each part as it comes, "more": true on all but the last; the loop runs
+    other callbacks between parts, and a slow reader holds us at drain()."""
+    part: dict[str, Any] = {}
+    try:
+        async for following in handler(request):
+            if part:
+                writer.write(
+                    encode({"ok": True, "version": PROTOCOL_VERSION, **part, "more": True})
+                )
+                await writer.drain()
+                await asyncio.sleep(0)
+            part = following
+    except ControlRequestError as exc:
+        writer.write(encode(error_reply(str(exc))))
+        return
+    except (ConnectionError, OSError):
+        raise  # the client went away: _serve_client hangs up
+    except Exception as exc:  # a handler bug must not take the daemon down
+        log.exception("control command %r failed", request["command"])
+        writer.write(encode(error_reply(f"internal error: {exc}")))
+        return
+    writer.write(encode({"ok": True, "version": PROTOCOL_VERSION, **part, "more": False}))
+
+
+def _dispatch(request: dict[str, Any], commands: _Commands) -> dict[str, Any]:
+    handler = commands.plain.get(request["command"])
     if handler is None:
-        known = ", ".join(sorted([*handlers, *stream_handlers]))
-        return error_reply(f"unknown command {request['command']!r} (known: {known})")
+        return error_reply(f"unknown command {request['command']!r} (known: {commands.known()})")
     try:
         return {"ok": True, "version": PROTOCOL_VERSION, **handler(request)}
     except ControlRequestError as exc:
@@ -165,10 +245,32 @@ def request(path: Path, command: str, timeout: float = 5.0, **fields: Any) -> di
             raise ControlError(
                 f"cannot reach the daemon at {path}: {reason} (is ustack serve running?)"
             ) from None
-        sock.sendall(encode({"command": command, **fields}))
-        with sock.makefile("rb") as stream:
-            line = stream.readline()
-    if not line:
-        raise ControlError(f"the daemon at {path} closed the connection without a reply")
-    reply: dict[str, Any] = json.loads(line)  # the daemon answers with an object
-    return reply
+        try:
+            sock.sendall(encode({"command": command, **fields}))
+            with sock.makefile("rb") as stream:
+                return read_reply(stream, path)
+        except TimeoutError:
+            raise ControlError(f"the daemon at {path} did not answer in {timeout:g} s") from None
+        except OSError as exc:
+            raise ControlError(f"the daemon at {path} went away: {exc.strerror or exc}") from None
+
+
+def read_reply(stream: BinaryIO, path: Path) -> dict[str, Any]:
+    """One reply: the lines of a chunked one joined (their lists concatenated)."""
+    reply: dict[str, Any] = {}
+    while True:
+        line = stream.readline()
+        if not line:
+            raise ControlError(f"the daemon at {path} closed the connection without a reply")
+        try:
+            part: dict[str, Any] = json.loads(line)  # the daemon answers with an object
+        except ValueError:
+            raise ControlError(f"{path} answered {line[:60]!r}: not a ustack daemon?") from None
+        for key, value in part.items():
+            if isinstance(value, list) and isinstance(reply.get(key), list):
+                reply[key].extend(value)
+            else:
+                reply[key] = value
+        if not part.get("more"):
+            reply.pop("more", None)
+            return reply
