@@ -316,19 +316,10 @@ def _ids() -> tuple[int, int]:
     return pwd.getpwnam(_USER).pw_uid, grp.getgrnam(_GROUP).gr_gid
 
 
-# With one SYN retransmission the connect times out after 1 + 2 s (RTO doubling).
-_SERVE_WITH_ONE_SYN_RETRY = """\
-import functools
-from ustack import cli
-cli.TcpConfig = functools.partial(cli.TcpConfig, syn_retries=1)
-raise SystemExit(cli.main())
-"""
-
-
 def test_connect_timeout_is_one_clear_line(ns: Netns, tmp_path: Path) -> None:
-    """No host answers at 198.18.0.3 (the namespace does not forward): ETIMEDOUT."""
-    program = ("-c", _SERVE_WITH_ONE_SYN_RETRY)
-    with UstackDaemon.start(ns, tmp_path, program=program) as daemon:
+    """No host answers at 198.18.0.3 (the namespace does not forward): ETIMEDOUT,
+    after 1 + 2 s with one SYN retransmission (RTO doubling)."""
+    with UstackDaemon.start(ns, tmp_path, "--syn-retries", "1") as daemon:
         result = subprocess.run(
             [sys.executable, "-m", "ustack", "connect", "--control", str(daemon.control),
              "198.18.0.3", "80"],
