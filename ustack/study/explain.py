@@ -19,7 +19,7 @@ from ustack.study.load import (
     as_records,
     choose_connection,
     is_lost,
-    load_trace,
+    read_connection,
     relative_numbers,
     report_error,
     segment_note,
@@ -220,7 +220,9 @@ def _refs(refs: Sequence[str]) -> str:
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     """`ustack explain TRACE [--conn ID]`."""
-    parser.add_argument("trace", type=Path, help="a JSONL trace (ustack serve --trace X.jsonl)")
+    parser.add_argument(
+        "trace", type=Path, help="a JSONL trace (ustack serve --trace X.jsonl); - for stdin"
+    )
     parser.add_argument(
         "--conn", type=int, help="the connection to explain (needed when there are several)"
     )
@@ -228,8 +230,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 def explain_command(args: argparse.Namespace) -> int:
     try:
-        events = load_trace(args.trace)
-        summary = choose_connection(events, args.conn, str(args.trace))
+        summary = read_connection(args.trace, args.conn)
         steps = explain(summary.events)
     except TraceError as exc:
         return report_error(exc)
