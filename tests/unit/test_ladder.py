@@ -449,7 +449,7 @@ def test_connections_listing(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("", "empty file"),
-        ("not json at all\n", ":1: not JSON"),
+        ("not json at all\n", "not a ustack JSONL trace (line 1 is not JSON"),
         ('{"type": "header", "schema": 1}\n', "trace schema 1; this ustack reads schema 3"),
         ('{"type": "segment", "time": 0}\n', "not a ustack JSONL trace"),
         ("\xff\xfe\n", "not a ustack JSONL trace (line 1 is not UTF-8)"),

@@ -158,6 +158,9 @@ def _not_a_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_not_a_constant)
+
+
 class TraceFile:
     """A JSONL trace, read a line at a time: each iteration is one pass over
     the file, yielding its events (the header checked, left out). Lines
@@ -173,24 +176,33 @@ class TraceFile:
 
     def __iter__(self) -> Iterator[Record]:
         self.skipped, self.first_skipped = 0, ""
+        return self._events(None)
+
+    def holding(self, *needles: str) -> Iterator[Record]:
+        """A pass over only the lines that hold one of `needles` (the
+        skipped lines are the first pass's to count): a quick second pass."""
+        return self._events(tuple(needle.encode() for needle in needles))
+
+    def _events(self, needles: tuple[bytes, ...] | None) -> Iterator[Record]:
         self._stream.seek(0)
         lines = self._lines()
         first = next(lines, None)
         if first is None:
             raise TraceError(f"{self.name}: empty file, not a ustack trace")
         self._check_header(*first)
-        for number, text in lines:
-            record, fault = _parse(text)
-            if record is not None:
-                fault = _fault(record)
-            if fault:
-                self._skip(number, fault)
-            elif record is not None and record["type"] in _RECORD_CLASSES:
+        for number, line, fault in lines:
+            if needles is not None and not any(needle in line for needle in needles):
+                continue
+            record, fault = _event(line) if not fault else (None, fault)
+            if record is None:
+                if needles is None:
+                    self._skip(number, fault)
+            elif record["type"] in _RECORD_CLASSES:
                 yield record  # (another type, a later writer's, is no concern of ours)
 
-    def _lines(self) -> Iterator[tuple[int, str | None]]:
-        """(number, text) of each non-blank line; text None for a line too
-        long or not UTF-8, which is skipped here."""
+    def _lines(self) -> Iterator[tuple[int, bytes, str]]:
+        """(number, bytes, "") of each non-blank line; (number, b"", fault)
+        for a line too long, which is not kept whole."""
         readline = self._stream.readline
         number = 0
         while line := readline(self.max_line + 1):
@@ -198,35 +210,21 @@ class TraceFile:
             if len(line) > self.max_line and not line.endswith(b"\n"):
                 while line and not line.endswith(b"\n"):  # the rest of it, a piece at a time
                     line = readline(1 << 16)
-                self._skip_or_refuse(number, f"longer than {self.max_line:,} bytes")
-                yield number, None
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield number, line.decode("utf-8")
-            except UnicodeDecodeError:
-                self._skip_or_refuse(number, "not UTF-8")
-                yield number, None
-
-    def _skip_or_refuse(self, number: int, fault: str) -> None:
-        if number == 1:  # no header: not a trace at all (a pcap, say)
-            raise TraceError(f"{self.name}: not a ustack JSONL trace (line 1 is {fault})")
-        self._skip(number, fault)
+                yield number, b"", f"longer than {self.max_line:,} bytes"
+            elif not line.isspace():
+                yield number, line, ""
 
     def _skip(self, number: int, fault: str) -> None:
         self.skipped += 1
         if not self.first_skipped:
             self.first_skipped = f"line {number}: {fault}"
 
-    def _check_header(self, number: int, text: str | None) -> None:
-        header, fault = _parse(text) if text is not None else (None, "")
-        if fault:
-            raise TraceError(f"{self.name}:{number}: {fault}")
+    def _check_header(self, number: int, line: bytes, fault: str) -> None:
+        header, fault = _parse(line) if not fault else (None, fault)
         if header is None or header.get("type") != "header" or "schema" not in header:
-            raise TraceError(
-                f"{self.name}: not a ustack JSONL trace (the first line is not its header)"
-            )
+            # (a pcap, say): say what the first line is, if it is not even JSON
+            why = f" (line {number} is {fault})" if fault else " (the first line is not its header)"
+            raise TraceError(f"{self.name}: not a ustack JSONL trace{why}")
         if header["schema"] not in trace_records.READABLE_SCHEMAS:
             raise TraceError(
                 f"{self.name}: trace schema {header['schema']!r:.20}; this ustack reads schema "
@@ -242,12 +240,12 @@ class TraceFile:
         return f"{self.name}: skipped {self.skipped:,} malformed {lines} (the first, {first})"
 
 
-def _parse(text: str | None) -> tuple[Record | None, str]:
+def _parse(line: bytes) -> tuple[Record | None, str]:
     """The record of a line, or None and what is wrong with it."""
-    if text is None:
-        return None, ""  # (already counted)
     try:
-        record = json.loads(text, parse_constant=_not_a_constant)
+        record = _DECODER.decode(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
     except json.JSONDecodeError as exc:
         return None, f"not JSON ({exc.msg}, column {exc.colno})"
     except RecursionError:  # [[[[... : the decoder's own depth limit
@@ -257,6 +255,14 @@ def _parse(text: str | None) -> tuple[Record | None, str]:
     if not isinstance(record, dict):
         return None, "not a JSON object"
     return record, ""
+
+
+def _event(line: bytes) -> tuple[Record | None, str]:
+    """The event of a line, or None and what is wrong with it."""
+    record, fault = _parse(line)
+    if record is not None:
+        fault = _fault(record)
+    return (None, fault) if fault else (record, "")
 
 
 @contextlib.contextmanager
@@ -566,6 +572,11 @@ def choose_connection(
         chosen = found[0]
     others = [s for s in summaries if s.ends == chosen.ends]
     del summaries  # (only those on its 4-tuple matter now)
+    if isinstance(events, TraceFile):
+        # Each line of the connection holds its id, or its peer's port for
+        # those without one, as digits (JSON writes an integer no other
+        # way): the other lines need not be parsed again.
+        events = events.holding(str(chosen.conn), str(chosen.ends[3]))
     chosen.events = _gather(events, chosen, others)
     return chosen
 
