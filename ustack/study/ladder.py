@@ -59,7 +59,7 @@ class Ladder:
         return f"connection {self.conn}: Linux peer {self.peer} <-> ustack {self.us}{how}"
 
 
-# Timer notes: (when set, with its delay; when fired), for every timer the core runs.
+# Timer notes: (when set, its delay at "{}" at the end; when fired), for every timer the core runs.
 TIMER_NOTES: dict[TimerKind, tuple[str, str]] = {
     TimerKind.RETRANSMIT: ("RTO set {}", "RTO fired"),
     TimerKind.PROBE: ("loss probe {}", "loss probe fired"),
@@ -199,7 +199,8 @@ def build_ladder(
                 # Re-arming a running timer (every new segment) is noise.
                 if name not in running and event.get("deadline") is not None:
                     delay = _duration(event["deadline"] - event["time"])
-                    pending_notes.append((ms(event), when_set.format(delay)))
+                    # (not str.format: an unknown timer's name may hold braces)
+                    pending_notes.append((ms(event), when_set.removesuffix("{}") + delay))
                 running.add(name)
             elif action == TimerAction.FIRED:
                 flush_notes()
@@ -209,7 +210,7 @@ def build_ladder(
                 rows.append(Row(ms(event), "note", note=when_fired))
             else:
                 running.discard(name)
-                unset = when_set.split("{}")[0]
+                unset = when_set.removesuffix("{}")
                 pending_notes[:] = [(t, n) for t, n in pending_notes if not n.startswith(unset)]
         elif kind == "peer_state":
             flush_peer()

@@ -247,7 +247,7 @@ def _parse(line: bytes) -> tuple[Record | None, str]:
     except UnicodeDecodeError:
         return None, "not UTF-8"
     except json.JSONDecodeError as exc:
-        return None, f"not JSON ({exc.msg}, column {exc.colno})"
+        return None, f"not JSON ({exc.msg}, column {exc.pos + 1})"
     except RecursionError:  # [[[[... : the decoder's own depth limit
         return None, "not JSON (nested too deeply)"
     except ValueError as exc:  # NaN, Infinity, an integer of thousands of digits
