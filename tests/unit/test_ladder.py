@@ -457,7 +457,8 @@ def test_connections_listing(tmp_path: Path) -> None:
 )
 def test_bad_trace_files(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_bytes(content.encode("latin-1"))  # (bad lines of a trace: tests/unit/test_readers.py)
+    # (the bad lines of a good trace are skipped: tests/unit/test_readers.py)
+    path.write_bytes(content.encode("latin-1"))
     with pytest.raises(TraceError, match=re.escape(message)):
         load_trace(path)
 
