@@ -362,3 +362,15 @@ def tempfile_with(content: bytes) -> Iterator[str]:
         file.write(content)
         file.flush()
         yield file.name
+
+
+def test_the_line_limit_is_an_option(tmp_path: Path) -> None:
+    path = write_trace(tmp_path / "p.jsonl", passive_close().trace)
+    longest = max(len(line) for line in path.read_bytes().splitlines())
+    code, out, err = run(["explain", str(path), "--max-line-bytes", str(longest - 1)])
+    assert code == 0 and out.startswith("Connection 1: ")
+    assert "skipped 1 malformed line" in err and f"longer than {longest - 1:,} bytes)" in err
+    # A usage error (its exit status is cli.py's: 1 today, 2 for usage errors soon).
+    code, out, err = run(["ladder", str(path), "--max-line-bytes", "lots"])
+    assert code != 0 and out == "" and err.count("\n") == 1
+    assert "--max-line-bytes: want a number of bytes >= 64, not 'lots'" in err

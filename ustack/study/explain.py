@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from ustack.study.load import (
     Record,
     TraceError,
+    add_trace_arguments,
     as_records,
     choose_connection,
     is_lost,
@@ -219,10 +219,8 @@ def _refs(refs: Sequence[str]) -> str:
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
-    """`ustack explain TRACE [--conn ID]`."""
-    parser.add_argument(
-        "trace", type=Path, help="a JSONL trace (ustack serve --trace X.jsonl); - for stdin"
-    )
+    """`ustack explain TRACE [--conn ID] [--max-line-bytes N]`."""
+    add_trace_arguments(parser)
     parser.add_argument(
         "--conn", type=int, help="the connection to explain (needed when there are several)"
     )
@@ -230,7 +228,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 def explain_command(args: argparse.Namespace) -> int:
     try:
-        summary = read_connection(args.trace, args.conn)
+        summary = read_connection(args.trace, args.conn, args.max_line_bytes)
         steps = explain(summary.events)
     except TraceError as exc:
         return report_error(exc)

@@ -250,10 +250,9 @@ RENDERERS: dict[str, Callable[[Iterable[Record | TraceEvent], bool], str]] = {
 
 
 def add_ladder_arguments(parser: argparse.ArgumentParser) -> None:
-    """`ustack ladder TRACE [--conn ID] [--format F] [-o FILE] [--absolute]`."""
-    parser.add_argument(
-        "trace", type=Path, help="a JSONL trace (ustack serve --trace X.jsonl); - for stdin"
-    )
+    """`ustack ladder TRACE [--conn ID] [--format F] [-o FILE] [--absolute]
+    [--max-line-bytes N]`."""
+    load.add_trace_arguments(parser)
     parser.add_argument("--conn", type=int, help="the connection to draw (see the listing)")
     parser.add_argument(
         "--format",
@@ -277,7 +276,7 @@ def _format_for(args: argparse.Namespace) -> str:
 
 def ladder_command(args: argparse.Namespace) -> int:
     try:
-        summary = load.read_connection(args.trace, args.conn)
+        summary = load.read_connection(args.trace, args.conn, args.max_line_bytes)
         text = RENDERERS[_format_for(args)](summary.events, args.absolute)
     except load.TraceError as exc:
         return load.report_error(exc)

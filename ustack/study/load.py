@@ -16,6 +16,7 @@ how many once.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import functools
@@ -581,10 +582,36 @@ def choose_connection(
     return chosen
 
 
-def read_connection(path: str | Path, conn: int | None) -> ConnectionSummary:
+def _line_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 64:
+        raise argparse.ArgumentTypeError(f"want a number of bytes >= 64, not {text!r}")
+    return value
+
+
+def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trace a reader (ladder, explain) reads, and its line limit."""
+    parser.add_argument(
+        "trace", type=Path, help="a JSONL trace (ustack serve --trace X.jsonl); - for stdin"
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_line_limit,
+        default=MAX_LINE_BYTES,
+        metavar="N",
+        help=f"skip (and count) longer lines (default {MAX_LINE_BYTES})",
+    )
+
+
+def read_connection(
+    path: str | Path, conn: int | None, max_line: int = MAX_LINE_BYTES
+) -> ConnectionSummary:
     """Connection `conn` of the trace file at `path` (see choose_connection),
     saying on stderr how many lines were skipped, if any."""
-    with open_trace(path) as trace:
+    with open_trace(path, max_line) as trace:
         try:
             return choose_connection(trace, conn, trace.name)
         finally:
