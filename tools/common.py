@@ -1,10 +1,12 @@
-"""What the long-run tools (scale, soak, losstest) share: their parser, a
+"""What the long-run tools (scale, soak, losstest) share: their parser and
+its common options, the check that they can run (root, commands), a
 daemon in a namespace of its own for the run, a work directory kept only
 after a failure, and the closing PROBLEM/RESULT lines."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +23,34 @@ def tool_parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    timeout: float,
+    timeout_help: str,
+    seed_help: str | None = None,
+    json_help: str | None = None,
+) -> None:
+    """The options the long-run tools share, each tool's words in its help:
+    --timeout SECONDS (with this default); --seed N and --json FILE for the
+    tools that take them (a help given)."""
+    parser.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
+    if seed_help is not None:
+        parser.add_argument("--seed", type=int, default=None, help=seed_help)
+    if json_help is not None:
+        parser.add_argument("--json", type=Path, help=json_help)
+
+
+def check_can_run(parser: argparse.ArgumentParser, tool: str, commands: Sequence[str]) -> None:
+    """A usage error unless we are root (the tool makes network namespaces)
+    and each of `commands` is installed."""
+    if os.geteuid() != 0:
+        parser.error(f"needs root (network namespaces): sudo python -m tools.{tool} ...")
+    for command in commands:
+        if shutil.which(command) is None:
+            parser.error(f"needs {command}")
 
 
 def run_then_stop(daemon: Any, run: Callable[[], R]) -> tuple[R, list[str]]:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -63,7 +62,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tools.common import tool_parser
+from tools.common import add_run_arguments, check_can_run, tool_parser
 from ustack.linux.lab import NS_PREFIX, STACK_ADDRESS, Netns, UstackDaemon, netns
 
 MiB = 1 << 20
@@ -339,17 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         help="bytes each way; K, M, G are powers of 1024 (default 50M)",
     )
     add_fault_arguments(parser, loss=0.05, reorder=0.10, duplicate=0.01)
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed of the injector's random choices (default: a random one, printed)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=900,
-        help="curl --max-time for each transfer, seconds (default 900)",
+    add_run_arguments(
+        parser,
+        timeout=900,
+        timeout_help="curl --max-time for each transfer, seconds (default 900)",
+        seed_help="seed of the injector's random choices (default: a random one, printed)",
     )
     parser.add_argument(
         "--direction",
@@ -384,10 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     rules = fault_arguments_rules(parser, args)
-    if os.geteuid() != 0:
-        parser.error("needs root (network namespaces): sudo python -m tools.losstest ...")
-    if shutil.which("curl") is None:
-        parser.error("needs curl")
+    check_can_run(parser, "losstest", ["curl"])
     probe = subprocess.run([sys.executable, "-c", "import ustack.cli"], capture_output=True)
     if probe.returncode != 0:
         parser.error(

@@ -690,7 +690,14 @@ def main(argv: list[str] | None = None) -> int:
         return probe_main(inner.parse_args(sys.argv[2:]))
     # Imported here, past the helpers: they run this file as a script in the
     # namespace, where the tools package is not importable.
-    from tools.common import in_workdir, print_result, run_with_daemon, tool_parser
+    from tools.common import (
+        add_run_arguments,
+        check_can_run,
+        in_workdir,
+        print_result,
+        run_with_daemon,
+        tool_parser,
+    )
 
     parser = tool_parser(__doc__)
     parser.add_argument(
@@ -712,11 +719,11 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="who sends the first FIN (default both: half each)",
     )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=60,
-        help="seconds for one exchange, and for the table to empty",
+    add_run_arguments(
+        parser,
+        timeout=60,
+        timeout_help="seconds for one exchange, and for the table to empty",
+        json_help="also write the report here",
     )
     parser.add_argument(
         "--rss-tolerance",
@@ -732,10 +739,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="do not time the daemon's garbage collections (a sitecustomize hook)",
     )
-    parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        parser.error("needs root (network namespaces): sudo python -m tools.scale ...")
+    check_can_run(parser, "scale", [])
     if args.connections < 1 or args.rounds < 1 or args.inflight < 1:
         parser.error("--connections, --rounds and --inflight are at least 1")
 

@@ -47,10 +47,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -60,7 +58,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.common import in_workdir, print_result, run_with_daemon, tool_parser
+from tools.common import (
+    add_run_arguments,
+    check_can_run,
+    in_workdir,
+    print_result,
+    run_with_daemon,
+    tool_parser,
+)
 from tools.losstest import (
     add_fault_arguments,
     fault_arguments_rules,
@@ -441,11 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         help="largest download/upload (default 1M; nc up to a quarter)",
     )
     parser.add_argument("--sample", type=float, default=5, help="seconds between samples")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=300,
-        help="seconds one transfer may take before it counts as failed",
+    add_run_arguments(
+        parser,
+        timeout=300,
+        timeout_help="seconds one transfer may take before it counts as failed",
+        seed_help="the injector's and the sizes' seed",
+        json_help="also write the report and samples here",
     )
     parser.add_argument(
         "--rss-slack",
@@ -453,15 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         default=16,
         help="MiB RSS may grow from the warm-up to the end (default 16)",
     )
-    parser.add_argument("--seed", type=int, help="the injector's and the sizes' seed")
-    parser.add_argument("--json", type=Path, help="also write the report and samples here")
     args = parser.parse_args(argv)
     rules = fault_arguments_rules(parser, args)
-    if os.geteuid() != 0:
-        parser.error("needs root (network namespaces): sudo python -m tools.soak ...")
-    for tool in ("ab", "curl", "nc"):
-        if shutil.which(tool) is None:
-            parser.error(f"needs {tool}")
+    check_can_run(parser, "soak", ["ab", "curl", "nc"])
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     faults = [a for rule in rules for a in ("--fault", rule)]

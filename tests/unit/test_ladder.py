@@ -449,18 +449,16 @@ def test_connections_listing(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("", "empty file"),
-        ("not json at all\n", ":1: not JSON"),
+        ("not json at all\n", "not a ustack JSONL trace (line 1 is not JSON"),
         ('{"type": "header", "schema": 1}\n', "trace schema 1; this ustack reads schema 3"),
         ('{"type": "segment", "time": 0}\n', "not a ustack JSONL trace"),
-        ('{"type": "header", "schema": 2}\n{"type": "state"\n', ":2: not JSON"),
-        ('{"type": "header", "schema": 2}\n[1, 2]\n', ":2: not a JSON object"),
-        ('{"type": "header", "schema": 2}\n{"type": "segment", "time": 1}\n', ":2: segment event"),
-        ('{"type": "header", "schema": 2}\n{"time": 1}\n', "needs a 'type'"),
+        ("\xff\xfe\n", "not a ustack JSONL trace (line 1 is not UTF-8)"),
     ],
 )
 def test_bad_trace_files(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text(content)
+    # (the bad lines of a good trace are skipped: tests/unit/test_readers.py)
+    path.write_bytes(content.encode("latin-1"))
     with pytest.raises(TraceError, match=re.escape(message)):
         load_trace(path)
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from ustack.study.load import (
     Record,
     TraceError,
+    add_trace_arguments,
     as_records,
     choose_connection,
     is_lost,
-    load_trace,
+    read_connection,
     relative_numbers,
     report_error,
     segment_note,
@@ -219,8 +219,8 @@ def _refs(refs: Sequence[str]) -> str:
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
-    """`ustack explain TRACE [--conn ID]`."""
-    parser.add_argument("trace", type=Path, help="a JSONL trace (ustack serve --trace X.jsonl)")
+    """`ustack explain TRACE [--conn ID] [--max-line-bytes N]`."""
+    add_trace_arguments(parser)
     parser.add_argument(
         "--conn", type=int, help="the connection to explain (needed when there are several)"
     )
@@ -228,8 +228,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 def explain_command(args: argparse.Namespace) -> int:
     try:
-        events = load_trace(args.trace)
-        summary = choose_connection(events, args.conn, str(args.trace))
+        summary = read_connection(args.trace, args.conn, args.max_line_bytes)
         steps = explain(summary.events)
     except TraceError as exc:
         return report_error(exc)

@@ -59,7 +59,7 @@ class Ladder:
         return f"connection {self.conn}: Linux peer {self.peer} <-> ustack {self.us}{how}"
 
 
-# Timer notes: (when set, with its delay; when fired), for every timer the core runs.
+# Timer notes: (when set, its delay at "{}" at the end; when fired), for every timer the core runs.
 TIMER_NOTES: dict[TimerKind, tuple[str, str]] = {
     TimerKind.RETRANSMIT: ("RTO set {}", "RTO fired"),
     TimerKind.PROBE: ("loss probe {}", "loss probe fired"),
@@ -199,7 +199,8 @@ def build_ladder(
                 # Re-arming a running timer (every new segment) is noise.
                 if name not in running and event.get("deadline") is not None:
                     delay = _duration(event["deadline"] - event["time"])
-                    pending_notes.append((ms(event), when_set.format(delay)))
+                    # (not str.format: an unknown timer's name may hold braces)
+                    pending_notes.append((ms(event), when_set.removesuffix("{}") + delay))
                 running.add(name)
             elif action == TimerAction.FIRED:
                 flush_notes()
@@ -209,7 +210,7 @@ def build_ladder(
                 rows.append(Row(ms(event), "note", note=when_fired))
             else:
                 running.discard(name)
-                unset = when_set.split("{}")[0]
+                unset = when_set.removesuffix("{}")
                 pending_notes[:] = [(t, n) for t, n in pending_notes if not n.startswith(unset)]
         elif kind == "peer_state":
             flush_peer()
@@ -249,8 +250,9 @@ RENDERERS: dict[str, Callable[[Iterable[Record | TraceEvent], bool], str]] = {
 
 
 def add_ladder_arguments(parser: argparse.ArgumentParser) -> None:
-    """`ustack ladder TRACE [--conn ID] [--format F] [-o FILE] [--absolute]`."""
-    parser.add_argument("trace", type=Path, help="a JSONL trace (ustack serve --trace X.jsonl)")
+    """`ustack ladder TRACE [--conn ID] [--format F] [-o FILE] [--absolute]
+    [--max-line-bytes N]`."""
+    load.add_trace_arguments(parser)
     parser.add_argument("--conn", type=int, help="the connection to draw (see the listing)")
     parser.add_argument(
         "--format",
@@ -274,8 +276,7 @@ def _format_for(args: argparse.Namespace) -> str:
 
 def ladder_command(args: argparse.Namespace) -> int:
     try:
-        events = load.load_trace(args.trace)
-        summary = load.choose_connection(events, args.conn, str(args.trace))
+        summary = load.read_connection(args.trace, args.conn, args.max_line_bytes)
         text = RENDERERS[_format_for(args)](summary.events, args.absolute)
     except load.TraceError as exc:
         return load.report_error(exc)

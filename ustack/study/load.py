@@ -4,21 +4,34 @@ of a trace, and the vocabulary members behind a record's strings.
 `ustack ladder` and `ustack explain` both start here. A trace is read as
 plain dicts (schema 3, see docs/trace-format.md; schema 2 reads too), so a
 file from another ustack build, a test or a hand edit reads the same way.
-Every way a file can be wrong is a TraceError with a one-line message.
+
+A trace can be far bigger than memory, so it is read a line at a time, twice:
+a first pass keeps a small summary of each connection, a second keeps the
+events of the one connection drawn. Memory follows that connection, not the
+file. A file that is not a trace (no header, another schema) is a TraceError
+with a one-line message; a bad line in a trace (not JSON, too long, a field
+missing or of the wrong type) is skipped and counted, and the commands say
+how many once.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import functools
 import json
+import os
 import re
+import shutil
+import stat
 import string
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ustack.trace import records as trace_records
 from ustack.trace.vocabulary import LOST_NOTE, FaultAction, Note, SegmentNote
@@ -27,23 +40,20 @@ Record = dict[str, Any]
 
 _MASK = 0xFFFFFFFF
 
-# Required fields per event type, from the dataclasses that write them, so a
-# truncated or foreign line fails at load time with its line number rather
-# than as a KeyError deep in a renderer.
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    name: tuple(f.name for f in dataclasses.fields(cls))
-    for name, cls in (
-        ("connection", trace_records.NewConnection),
-        ("state", trace_records.StateChange),
-        ("segment", trace_records.SegmentEvent),
-        ("timer", trace_records.TimerEvent),
-        ("decision", trace_records.Decision),
-        ("drop", trace_records.Drop),
-        ("peer_state", trace_records.PeerStateChange),
-    )
+# The longest line read: an event is a few hundred bytes; a longer line is
+# skipped (and counted) without being held in memory whole.
+MAX_LINE_BYTES = 1 << 20
+
+_RECORD_CLASSES: dict[str, type] = {
+    "connection": trace_records.NewConnection,
+    "state": trace_records.StateChange,
+    "segment": trace_records.SegmentEvent,
+    "timer": trace_records.TimerEvent,
+    "decision": trace_records.Decision,
+    "drop": trace_records.Drop,
+    "peer_state": trace_records.PeerStateChange,
+    "fault": trace_records.FaultEvent,
 }
-# Optional in old writers' output: don't reject a file for these ("kind": schema 2).
-_OPTIONAL = {"note", "deadline", "summary", "kind"}
 
 
 class TraceError(Exception):
@@ -67,50 +77,219 @@ def report_error(exc: TraceError) -> int:
     return 1
 
 
-# ---- loading ---------------------------------------------------------------------------
+# ---- the fields of each record type --------------------------------------------------
+
+
+def _printable(value: object) -> bool:
+    # No control characters or lone surrogates: they would break a drawing's
+    # lines, an SVG's XML or the terminal's encoding.
+    return isinstance(value, str) and value.isprintable()
+
+
+def _integer(value: object) -> bool:
+    # The trace's integers are ports, 32-bit numbers and counts.
+    return type(value) is int and -(1 << 63) <= value < 1 << 63
+
+
+def _number(value: object) -> bool:
+    # NaN fails both comparisons; 1e400 reads as infinity and fails too.
+    return (type(value) is int or type(value) is float) and -1e18 < value < 1e18
+
+
+def _option_value(value: object) -> bool:
+    """What tcp/segment.options_dict writes: a number, True, hex text, the
+    TS pair or SACK blocks (lists of numbers, one level deep at most)."""
+    if isinstance(value, list):
+        return all(_integer(v) or (isinstance(v, list) and all(map(_integer, v))) for v in value)
+    return _integer(value) or value is True or _printable(value)
+
+
+def _options(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        _printable(name) and _option_value(v) for name, v in value.items()
+    )
+
+
+# Each field's check, by its annotation in trace/records.py (the records are
+# the one description of the file). Any other annotation is a vocabulary
+# StrEnum, a State or an Event: written as text.
+_CHECKS: dict[str, Callable[[object], bool]] = {
+    "float": _number,
+    "int": _integer,
+    "bool": lambda value: type(value) is bool,
+    "int | None": lambda value: value is None or _integer(value),
+    "float | None": lambda value: value is None or _number(value),
+    "dict[str, Any]": _options,
+}
+# (name, check, required) per field: a field with a default may be absent
+# (old writers' output: "kind" is schema 3's).
+_FIELDS: dict[str, tuple[tuple[str, Callable[[object], bool], bool], ...]] = {
+    kind: tuple(
+        (
+            f.name,
+            _CHECKS.get(str(f.type), _printable),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+    )
+    for kind, cls in _RECORD_CLASSES.items()
+}
+
+
+def _fault(record: Record) -> str:
+    """What is wrong with an event record, or "" if nothing."""
+    kind = record.get("type")
+    if not isinstance(kind, str) or not _number(record.get("time")):
+        return "an event needs a 'type' and a numeric 'time'"
+    for name, check, required in _FIELDS.get(kind, ()):
+        if name not in record:
+            if required:
+                return f"{kind} event without {name}"
+        elif not check(record[name]):
+            return f"{kind} event with a bad {name}"
+    if kind in ("segment", "fault") and record["direction"] not in ("in", "out"):
+        return f"{kind} event with a bad direction"
+    return ""
+
+
+# ---- reading a file ------------------------------------------------------------------
+
+
+def _not_a_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_not_a_constant)
+
+
+class TraceFile:
+    """A JSONL trace, read a line at a time: each iteration is one pass over
+    the file, yielding its events (the header checked, left out). Lines
+    that do not make an event are skipped; a pass counts them in `skipped`
+    and keeps the first one's number and fault for the message."""
+
+    def __init__(self, stream: IO[bytes], name: str, max_line: int = MAX_LINE_BYTES) -> None:
+        self._stream = stream  # seekable: every pass starts at the top
+        self.name = name
+        self.max_line = max_line
+        self.skipped = 0
+        self.first_skipped = ""
+
+    def __iter__(self) -> Iterator[Record]:
+        self.skipped, self.first_skipped = 0, ""
+        return self._events(None)
+
+    def holding(self, *needles: str) -> Iterator[Record]:
+        """A pass over only the lines that hold one of `needles` (the
+        skipped lines are the first pass's to count): a quick second pass."""
+        return self._events(tuple(needle.encode() for needle in needles))
+
+    def _events(self, needles: tuple[bytes, ...] | None) -> Iterator[Record]:
+        self._stream.seek(0)
+        lines = self._lines()
+        first = next(lines, None)
+        if first is None:
+            raise TraceError(f"{self.name}: empty file, not a ustack trace")
+        self._check_header(*first)
+        for number, line, fault in lines:
+            if needles is not None and not any(needle in line for needle in needles):
+                continue
+            record, fault = _event(line) if not fault else (None, fault)
+            if record is None:
+                if needles is None:
+                    self._skip(number, fault)
+            elif record["type"] in _RECORD_CLASSES:
+                yield record  # (another type, a later writer's, is no concern of ours)
+
+    def _lines(self) -> Iterator[tuple[int, bytes, str]]:
+        """(number, bytes, "") of each non-blank line; (number, b"", fault)
+        for a line too long, which is not kept whole."""
+        readline = self._stream.readline
+        number = 0
+        while line := readline(self.max_line + 1):
+            number += 1
+            if len(line) > self.max_line and not line.endswith(b"\n"):
+                while line and not line.endswith(b"\n"):  # the rest of it, a piece at a time
+                    line = readline(1 << 16)
+                yield number, b"", f"longer than {self.max_line:,} bytes"
+            elif not line.isspace():
+                yield number, line, ""
+
+    def _skip(self, number: int, fault: str) -> None:
+        self.skipped += 1
+        if not self.first_skipped:
+            self.first_skipped = f"line {number}: {fault}"
+
+    def _check_header(self, number: int, line: bytes, fault: str) -> None:
+        header, fault = _parse(line) if not fault else (None, fault)
+        if header is None or header.get("type") != "header" or "schema" not in header:
+            # (a pcap, say): say what the first line is, if it is not even JSON
+            why = f" (line {number} is {fault})" if fault else " (the first line is not its header)"
+            raise TraceError(f"{self.name}: not a ustack JSONL trace{why}")
+        if header["schema"] not in trace_records.READABLE_SCHEMAS:
+            raise TraceError(
+                f"{self.name}: trace schema {header['schema']!r:.20}; this ustack reads schema "
+                f"{trace_records.TRACE_SCHEMA_VERSION}"
+            )
+
+    def skipped_note(self) -> str:
+        """ "" or the one line that says how many lines were skipped."""
+        if not self.skipped:
+            return ""
+        lines = "line" if self.skipped == 1 else "lines"
+        first = self.first_skipped
+        return f"{self.name}: skipped {self.skipped:,} malformed {lines} (the first, {first})"
+
+
+def _parse(line: bytes) -> tuple[Record | None, str]:
+    """The record of a line, or None and what is wrong with it."""
+    try:
+        record = _DECODER.decode(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON ({exc.msg}, column {exc.pos + 1})"
+    except RecursionError:  # [[[[... : the decoder's own depth limit
+        return None, "not JSON (nested too deeply)"
+    except ValueError as exc:  # NaN, Infinity, an integer of thousands of digits
+        return None, f"not JSON ({str(exc).split(':')[0]})"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    return record, ""
+
+
+def _event(line: bytes) -> tuple[Record | None, str]:
+    """The event of a line, or None and what is wrong with it."""
+    record, fault = _parse(line)
+    if record is not None:
+        fault = _fault(record)
+    return (None, fault) if fault else (record, "")
+
+
+@contextlib.contextmanager
+def open_trace(path: str | Path, max_line: int = MAX_LINE_BYTES) -> Iterator[TraceFile]:
+    """A trace file to read (twice), "-" for stdin. A pipe (stdin, or a
+    shell's <(zcat t.jsonl.gz)) reads only once: it is copied to a
+    temporary file first, so memory stays bounded for it too."""
+    name = str(path)
+    with contextlib.ExitStack() as stack:
+        try:
+            source: IO[bytes] = (
+                sys.stdin.buffer if name == "-" else stack.enter_context(open(path, "rb"))
+            )
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                copy = stack.enter_context(tempfile.TemporaryFile())
+                shutil.copyfileobj(source, copy, 1 << 20)
+                source = copy
+        except OSError as exc:
+            raise TraceError(f"{name}: {exc.strerror or exc}") from None
+        yield TraceFile(source, name, max_line)
 
 
 def load_trace(path: str | Path) -> list[Record]:
-    """The events of a JSONL trace file (the header line left out)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise TraceError(f"{path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise TraceError(f"{path}: not a text file (is it a pcap? want a .jsonl trace)") from None
-    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
-    if not numbered:
-        raise TraceError(f"{path}: empty file, not a ustack trace")
-    header = _parse_line(path, *numbered[0])
-    if header.get("type") != "header" or "schema" not in header:
-        raise TraceError(f"{path}: not a ustack JSONL trace (the first line is not its header)")
-    if header["schema"] not in trace_records.READABLE_SCHEMAS:
-        raise TraceError(
-            f"{path}: trace schema {header['schema']!r}; this ustack reads schema "
-            f"{trace_records.TRACE_SCHEMA_VERSION}"
-        )
-    events = []
-    for number, line in numbered[1:]:
-        record = _parse_line(path, number, line)
-        kind = record.get("type")
-        if not isinstance(kind, str) or not isinstance(record.get("time"), int | float):
-            raise TraceError(f"{path}:{number}: an event needs a 'type' and a numeric 'time'")
-        missing = [k for k in _REQUIRED.get(kind, ()) if k not in record and k not in _OPTIONAL]
-        if missing:
-            raise TraceError(f"{path}:{number}: {kind} event without {', '.join(missing)}")
-        events.append(record)
-    return events
-
-
-def _parse_line(path: Path, number: int, line: str) -> Record:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TraceError(f"{path}:{number}: not JSON ({exc.msg}, column {exc.colno})") from None
-    if not isinstance(record, dict):
-        raise TraceError(f"{path}:{number}: not a JSON object")
-    return record
+    """The events of a (small) JSONL trace file, in a list; bad lines skipped."""
+    with open_trace(path) as trace:
+        return list(trace)
 
 
 def as_records(events: Iterable[Record | trace_records.TraceEvent]) -> list[Record]:
@@ -246,9 +425,11 @@ def _four_tuple(event: Record) -> FourTuple | None:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnectionSummary:
-    """One connection of a trace: what `ustack ladder` lists."""
+    """One connection of a trace: what `ustack ladder` lists. A trace's first
+    pass keeps one for each connection; `events` are filled in only for the
+    connection chosen (see choose_connection)."""
 
     conn: int
     ends: FourTuple
@@ -273,45 +454,75 @@ class ConnectionSummary:
         return f"{self.conn:>5}  {self.peer:>21} <-> {self.us:<21}  {how:<7}  {states}"
 
 
-def connections(events: Sequence[Record]) -> list[ConnectionSummary]:
-    """Every connection of a trace, in order of appearance, each with its
-    events: its own, plus the Linux side's states and the stack's replies
-    on its 4-tuple that carry no connection id."""
-    found: dict[int, ConnectionSummary] = {}
-    for event in events:
+class _Census:
+    """The connections of a trace, told one event at a time: which event is
+    a connection's own, and a summary of each (no events kept)."""
+
+    def __init__(self) -> None:
+        self.found: dict[int, ConnectionSummary] = {}
+
+    def admit(self, event: Record) -> ConnectionSummary | None:
+        """The connection `event` belongs to by its id, if any, its summary
+        brought up to date."""
         conn = event.get("conn")
-        kind = event.get("type")
-        # A listener's state changes carry conn 0 and no connection event.
-        if conn is None or (kind == "state" and conn not in found):
-            continue
-        if conn not in found:
+        kind = event["type"]
+        summary = self.found.get(conn) if conn is not None else None
+        if summary is None:
+            # A listener's state changes carry conn 0 and no connection event.
+            if conn is None or kind == "state":
+                return None
             ends = _four_tuple(event)
             if ends is None:
-                continue  # a timer or decision of a connection we never saw opened
+                return None  # a timer or decision of a connection we never saw opened
             passive = event.get("passive") if kind == "connection" else None
-            found[conn] = ConnectionSummary(conn, ends, passive, start=event["time"])
-        if kind == "connection":  # the peer's first state may sort before it
-            found[conn].passive = event.get("passive")
-        found[conn].events.append(event)
-        found[conn].end = event["time"]
-    by_ends: dict[FourTuple, list[ConnectionSummary]] = {}
-    for summary in found.values():
-        by_ends.setdefault(summary.ends, []).append(summary)
-    orphans: dict[int, list[Record]] = {}
+            summary = self.found[conn] = ConnectionSummary(conn, ends, passive, start=event["time"])
+        if kind == "connection":  # the peer's first state may come before it
+            summary.passive = event.get("passive")
+        summary.end = event["time"]
+        # ustack's first and last state, as its segments and state changes say.
+        if kind == "segment":
+            summary.first_state = summary.first_state or event["state_before"]
+            summary.last_state = event["state_after"]
+        elif kind == "state":
+            summary.first_state = summary.first_state or event["old"]
+            summary.last_state = event["new"]
+        return summary
+
+
+def _orphan_ends(event: Record) -> FourTuple | None:
+    """The 4-tuple of an event that may belong to a connection without its
+    id: the Linux side's states, and the stack's replies on its 4-tuple."""
+    if event["type"] not in ("segment", "peer_state") or event.get("conn") is not None:
+        return None
+    return _four_tuple(event)
+
+
+def connections(events: Iterable[Record]) -> list[ConnectionSummary]:
+    """Every connection of a trace, in order of appearance (one pass, no
+    events kept: see choose_connection for a connection's events)."""
+    census = _Census()
     for event in events:
-        if event.get("type") not in ("segment", "peer_state") or event.get("conn") is not None:
-            continue
-        ends = _four_tuple(event)
-        owner = _owner(event, by_ends.get(ends, [])) if ends is not None else None
-        if owner is not None:
-            orphans.setdefault(owner.conn, []).append(event)
-    for summary in found.values():
-        if summary.conn in orphans:
-            extra = {id(e) for e in orphans[summary.conn]}
-            mine = {id(e) for e in summary.events}
-            summary.events = [e for e in events if id(e) in mine or id(e) in extra]
-        summary.first_state, summary.last_state = _state_span(summary.events)
-    return list(found.values())
+        census.admit(event)
+    return list(census.found.values())
+
+
+def _gather(
+    events: Iterable[Record], chosen: ConnectionSummary, others: list[ConnectionSummary]
+) -> list[Record]:
+    """The events of `chosen`, in file order: its own, plus the Linux side's
+    states and the stack's replies on its 4-tuple that carry no connection
+    id, when they are its rather than those of another connection on the
+    same 4-tuple (`others`, chosen among them)."""
+    mine = _Census()  # (admits the chosen connection's events as the first pass did)
+    gathered = []
+    for event in events:
+        conn = event.get("conn")
+        if conn == chosen.conn and conn is not None:
+            if mine.admit(event) is not None:
+                gathered.append(event)
+        elif _orphan_ends(event) == chosen.ends and _owner(event, others) is chosen:
+            gathered.append(event)
+    return gathered
 
 
 def _owner(event: Record, candidates: list[ConnectionSummary]) -> ConnectionSummary | None:
@@ -332,31 +543,17 @@ def _owner(event: Record, candidates: list[ConnectionSummary]) -> ConnectionSumm
     return later[0] if later else None
 
 
-def _state_span(events: Sequence[Record]) -> tuple[str, str]:
-    """ustack's first and last state in these events."""
-    first = last = ""
-    for event in events:
-        if event.get("conn") is None:
-            continue
-        if event["type"] == "segment":
-            first = first or event["state_before"]
-            last = event["state_after"]
-        elif event["type"] == "state":
-            first = first or event["old"]
-            last = event["new"]
-    return first, last
-
-
 def _listing(summaries: Sequence[ConnectionSummary]) -> str:
     head = f"{'conn':>5}  {'Linux peer':>21}     {'ustack':<21}  {'open':<7}  first -> last state"
     return "\n".join([head, *(s.describe() for s in summaries)])
 
 
 def choose_connection(
-    events: Sequence[Record], conn: int | None, source: str = "the trace"
+    events: Iterable[Record], conn: int | None, source: str = "the trace"
 ) -> ConnectionSummary:
-    """The connection `conn` of the trace; without an id, the only one.
-    Raises ChooseConnection (with the listing) when several would do."""
+    """The connection `conn` of the trace, with its events; without an id,
+    the only one. Raises ChooseConnection (with the listing) when several
+    would do. `events` is read twice (a list, or a TraceFile: two passes)."""
     summaries = connections(events)
     if not summaries:
         raise TraceError(f"{source}: no connections in this trace")
@@ -366,12 +563,60 @@ def choose_connection(
                 f"{source} holds {len(summaries)} connections: choose one with --conn ID",
                 _listing(summaries),
             )
-        return summaries[0]
-    for summary in summaries:
-        if summary.conn == conn:
-            return summary
-    ids = ", ".join(str(s.conn) for s in summaries)
-    raise TraceError(f"{source}: no connection {conn} (the trace has: {ids})")
+        chosen = summaries[0]
+    else:
+        found = [s for s in summaries if s.conn == conn]
+        if not found:
+            ids = ", ".join(str(s.conn) for s in summaries[:20])
+            more = f" and {len(summaries) - 20:,} more" if len(summaries) > 20 else ""
+            raise TraceError(f"{source}: no connection {conn} (the trace has: {ids}{more})")
+        chosen = found[0]
+    others = [s for s in summaries if s.ends == chosen.ends]
+    del summaries  # (only those on its 4-tuple matter now)
+    if isinstance(events, TraceFile):
+        # Each line of the connection holds its id, or its peer's port for
+        # those without one, as digits (JSON writes an integer no other
+        # way): the other lines need not be parsed again.
+        events = events.holding(str(chosen.conn), str(chosen.ends[3]))
+    chosen.events = _gather(events, chosen, others)
+    return chosen
+
+
+def _line_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 64:
+        raise argparse.ArgumentTypeError(f"want a number of bytes >= 64, not {text!r}")
+    return value
+
+
+def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trace a reader (ladder, explain) reads, and its line limit."""
+    parser.add_argument(
+        "trace", type=Path, help="a JSONL trace (ustack serve --trace X.jsonl); - for stdin"
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_line_limit,
+        default=MAX_LINE_BYTES,
+        metavar="N",
+        help=f"skip (and count) longer lines (default {MAX_LINE_BYTES})",
+    )
+
+
+def read_connection(
+    path: str | Path, conn: int | None, max_line: int = MAX_LINE_BYTES
+) -> ConnectionSummary:
+    """Connection `conn` of the trace file at `path` (see choose_connection),
+    saying on stderr how many lines were skipped, if any."""
+    with open_trace(path, max_line) as trace:
+        try:
+            return choose_connection(trace, conn, trace.name)
+        finally:
+            if trace.skipped:
+                print(f"ustack: warning: {trace.skipped_note()}", file=sys.stderr)
 
 
 def relative_numbers(events: Sequence[Record]) -> dict[int, tuple[int, int]]:

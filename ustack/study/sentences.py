@@ -162,11 +162,9 @@ def _what(event: Record, context: Context) -> str:
 
 def _meaning(state: Record, context: Context) -> str:
     event = _event(state)
-    meaning = (
-        _MEANING.get((_state(state["old"]), event))
-        or _MEANING.get((None, event))
-        or str(state["why"])
-    )
+    meaning = _MEANING.get((_state(state["old"]), event)) or _MEANING.get((None, event))
+    if meaning is None:
+        return str(state["why"])  # (the trace's own words: not a template)
     return meaning.format(time_wait=context.time_wait)
 
 
@@ -360,6 +358,15 @@ def outgoing_step(item: Item, context: Context) -> tuple[str, list[str]]:
     return text, refs
 
 
+def _seconds(text: str) -> float | None:
+    """A decision's "{rto:.3f}" read back; None if the sentence holds no number there."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 1e9 else None
+
+
 def _retransmit_fires(item: Item, resent: Item | None, context: Context) -> tuple[str, str]:
     event = item.event
     waited = ""
@@ -376,8 +383,9 @@ def _retransmit_fires(item: Item, resent: Item | None, context: Context) -> tupl
         text += f" ustack sends {_what(resent.event, context)} again"
         for decision in item.decisions:
             note, values = decision_note(decision)
-            if note is Note.RETRANSMISSION_TIMEOUT and "rto" in values:
-                text += f" and doubles its timeout, to {float(values['rto']) * 1000:,.0f} ms"
+            rto = _seconds(values.get("rto", "")) if note is Note.RETRANSMISSION_TIMEOUT else None
+            if rto is not None:
+                text += f" and doubles its timeout, to {rto * 1000:,.0f} ms"
                 break
         text += "."
         if is_lost(resent.event):
