@@ -24,12 +24,21 @@ from ustack.study.explain import add_explain_arguments, explain_command
 from ustack.study.faults import FaultError, FaultRule, parse_rule
 from ustack.study.faults import __doc__ as faults_module_doc
 from ustack.study.ladder import add_ladder_arguments, ladder_command
-from ustack.study.sinks import TRACE_FORMATS, TraceFilter, TraceOutputError, TraceSpec, format_for
+from ustack.study.sinks import (
+    TRACE_FORMATS,
+    TraceFilter,
+    TraceOutputError,
+    TraceRotation,
+    TraceSpec,
+    format_for,
+)
 from ustack.tcp import congestion
 from ustack.tcp.connection import TcpConfig
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
+MIN_TRACE_BYTES = 4096  # a few records a file at least: smaller rotates nearly every event
+MAX_TRACE_KEEP = 1000
 
 
 def faults_doc() -> str:
@@ -154,6 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    # The daemon's files over a long life: a log file, traces rotated (issue 13).
+    serve_cmd.add_argument(
+        "--log-file", type=Path, help="log to FILE, not stderr (SIGHUP reopens it, as the traces)"
+    )
+    serve_cmd.add_argument(
+        "--trace-max-bytes",
+        metavar="N",
+        help=f"rotate each trace file at N bytes ({MIN_TRACE_BYTES}..): FILE -> FILE.1, a new FILE",
+    )
+    serve_cmd.add_argument(
+        "--trace-keep",
+        default="1",
+        metavar="K",
+        help=f"rotated trace files kept: FILE.1..FILE.K (1..{MAX_TRACE_KEEP}, default 1)",
     )
 
     stats_cmd = commands.add_parser("stats", help="counters of a running daemon")
@@ -317,6 +341,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         ready_fd=args.ready_fd,
         traces=_trace_specs(args),
         trace_filter=TraceFilter(frozenset(args.trace_port), frozenset(args.trace_host)),
+        trace_rotation=_trace_rotation(args),
         peer_states=args.peer_states,
         faults=[_fault_rule(text) for text in args.fault],
         fault_seed=args.fault_seed,
@@ -347,6 +372,19 @@ def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
     return specs
 
 
+def _trace_rotation(args: argparse.Namespace) -> TraceRotation:
+    max_bytes = None
+    if args.trace_max_bytes is not None:
+        if not args.trace_max_bytes.isdigit() or int(args.trace_max_bytes) < MIN_TRACE_BYTES:
+            raise UsageError(
+                f"bad --trace-max-bytes {args.trace_max_bytes!r}: want bytes, {MIN_TRACE_BYTES}.."
+            )
+        max_bytes = int(args.trace_max_bytes)
+    if not args.trace_keep.isdigit() or not 1 <= int(args.trace_keep) <= MAX_TRACE_KEEP:
+        raise UsageError(f"bad --trace-keep {args.trace_keep!r}: want 1..{MAX_TRACE_KEEP}")
+    return TraceRotation(max_bytes, int(args.trace_keep))
+
+
 def _seconds(text: str, flag: str) -> float:
     try:
         value = float(text)
@@ -374,12 +412,14 @@ def _services(text: str) -> dict[str, int]:
     return chosen
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, log_file: Path | None = None) -> None:
     # Under systemd the journal stamps each line; elsewhere we do.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format=stamp + "%(name)s: %(message)s"
-    )
+    stamp = "" if os.environ.get("JOURNAL_STREAM") and log_file is None else "%(asctime)s "
+    where: dict[str, Any] = {"stream": sys.stderr} if log_file is None else {"filename": log_file}
+    try:
+        logging.basicConfig(level=level.upper(), format=stamp + "%(name)s: %(message)s", **where)
+    except OSError as exc:
+        raise UsageError(f"cannot open --log-file {log_file}: {exc.strerror}") from None
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -496,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "serve":
             config = serve_config(args)
-            _setup_logging(args.log_level)
+            _setup_logging(args.log_level, args.log_file)
             return serve(config)
         commands = {
             "stats": _stats,
