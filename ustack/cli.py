@@ -28,7 +28,14 @@ from ustack.study.explain import add_explain_arguments, explain_command
 from ustack.study.faults import FaultError, FaultRule, parse_rule
 from ustack.study.faults import __doc__ as faults_module_doc
 from ustack.study.ladder import add_ladder_arguments, ladder_command
-from ustack.study.sinks import TRACE_FORMATS, TraceFilter, TraceOutputError, TraceSpec, format_for
+from ustack.study.sinks import (
+    TRACE_FORMATS,
+    TraceFilter,
+    TraceOutputError,
+    TraceRotation,
+    TraceSpec,
+    format_for,
+)
 from ustack.tcp import congestion
 from ustack.tcp.connection import TcpConfig
 
@@ -41,6 +48,8 @@ PSEUDO_FILESYSTEMS = frozenset(
     {"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup", "cgroup2", "configfs",
      "bpf", "efivarfs", "pstore", "devpts", "mqueue", "hugetlbfs", "fusectl"}
 )  # fmt: skip
+MIN_TRACE_BYTES = 4096  # a few records a file at least: smaller rotates nearly every event
+MAX_TRACE_KEEP = 1000
 
 
 def faults_doc() -> str:
@@ -233,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    # The daemon's files over a long life: a log file, traces rotated (issue 13).
+    serve_cmd.add_argument(
+        "--log-file", type=Path, help="log to FILE, not stderr (SIGHUP reopens it, as the traces)"
+    )
+    serve_cmd.add_argument(
+        "--trace-max-bytes",
+        metavar="N",
+        help=f"rotate each trace file at N bytes ({MIN_TRACE_BYTES}..): FILE -> FILE.1, a new FILE",
+    )
+    serve_cmd.add_argument(
+        "--trace-keep",
+        default="1",
+        metavar="K",
+        help=f"rotated trace files kept: FILE.1..FILE.K (1..{MAX_TRACE_KEEP}, default 1)",
+    )
 
     stats_cmd = commands.add_parser("stats", help="counters of a running daemon")
     stats_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
@@ -382,10 +406,8 @@ def _http_limits(args: argparse.Namespace) -> HttpLimits:
             values[name] = _seconds(text, flag)
             if values[name] == 0:
                 raise UsageError(f"bad {flag} 0: want seconds > 0")
-        elif not text.isdigit() or int(text) == 0:
-            raise UsageError(f"bad {flag} {text!r}: want a positive whole number")
         else:
-            values[name] = int(text)
+            values[name] = _count(text, flag, 1, None, 0)
     limits = HttpLimits(**values)  # type: ignore[arg-type]
     if limits.max_head > STREAM_LIMIT:
         raise UsageError(f"bad --http-max-head {limits.max_head}: at most {STREAM_LIMIT}")
@@ -449,6 +471,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         ready_fd=args.ready_fd,
         traces=_trace_specs(args),
         trace_filter=TraceFilter(frozenset(args.trace_port), frozenset(args.trace_host)),
+        trace_rotation=_trace_rotation(args),
         peer_states=args.peer_states,
         faults=[_fault_rule(text) for text in args.fault],
         fault_seed=args.fault_seed,
@@ -495,13 +518,18 @@ def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
     return specs
 
 
-def _count(text: str | None, flag: str, low: int, high: int, default: int) -> int:
-    """A whole number low..high, or `default` when the flag is not given."""
+def _count(text: str | None, flag: str, low: int, high: int | None, default: int) -> int:
+    """A whole number low..high (no upper bound: None), or `default` when the
+    flag is not given."""
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise UsageError(f"bad {flag} {text!r}: want a whole number {low}..{high}")
-    return int(text)
+    top = high if high is not None else 2**63 - 1
+    # ASCII digits only (str.isdigit takes '²'), no longer than the bound (int()
+    # of 5000 digits raises).
+    if text.isascii() and text.isdigit() and len(text) <= len(str(top)) and low <= int(text) <= top:
+        return int(text)
+    shown = "" if high is None else high
+    raise UsageError(f"bad {flag} {text!r}: want a whole number {low}..{shown}")
 
 
 def _check_trace_path(path: Path) -> None:
@@ -542,6 +570,14 @@ def _filesystem_type(device: int) -> str:
     return ""
 
 
+def _trace_rotation(args: argparse.Namespace) -> TraceRotation:
+    max_bytes = None
+    if args.trace_max_bytes is not None:
+        max_bytes = _count(args.trace_max_bytes, "--trace-max-bytes", MIN_TRACE_BYTES, None, 0)
+    keep = _count(args.trace_keep, "--trace-keep", 1, MAX_TRACE_KEEP, 1)
+    return TraceRotation(max_bytes, keep)
+
+
 def _seconds(text: str, flag: str) -> float:
     try:
         value = float(text)
@@ -570,12 +606,14 @@ def _services(text: str) -> dict[str, int]:
     return chosen
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, log_file: Path | None = None) -> None:
     # Under systemd the journal stamps each line; elsewhere we do.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format=stamp + "%(name)s: %(message)s"
-    )
+    stamp = "" if os.environ.get("JOURNAL_STREAM") and log_file is None else "%(asctime)s "
+    where: dict[str, Any] = {"stream": sys.stderr} if log_file is None else {"filename": log_file}
+    try:
+        logging.basicConfig(level=level.upper(), format=stamp + "%(name)s: %(message)s", **where)
+    except OSError as exc:
+        raise UsageError(f"cannot open --log-file {log_file}: {exc.strerror}") from None
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -726,7 +764,7 @@ def _run(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
         if args.command == "serve":
             config = serve_config(args)
-            _setup_logging(args.log_level)
+            _setup_logging(args.log_level, args.log_file)
             return serve(config)
         commands = {
             "stats": _stats,

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +26,19 @@ from ustack.linux.control import (
     error_reply,
 )
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
-from ustack.linux.tun import LinkConfig, TunLink
+from ustack.linux.tun import LinkConfig, LinkGone, TunLink
 from ustack.runner import StackRunner
 from ustack.services import SERVICES, HttpLimits, HttpService
 from ustack.stack import DEFAULT_ADDRESS, Stack
 from ustack.study.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
-from ustack.study.sinks import TraceFilter, TraceSinks, TraceSpec
+from ustack.study.sinks import TraceFilter, TraceRotation, TraceSinks, TraceSpec
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.segment import flag_string
 from ustack.trace.records import FaultEvent, dotted
 from ustack.wire.checksum import Buffer
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.tcp import TCP_FIXED
 
 log = logging.getLogger("ustack")
 
@@ -73,17 +74,19 @@ class ServeConfig:
     fault_seed: int | None = None
     trace_filter: TraceFilter = field(default_factory=TraceFilter)
     http: HttpLimits = field(default_factory=HttpLimits)
+    trace_rotation: TraceRotation = field(default_factory=TraceRotation)
 
 
 class Daemon:
-    """Runs a Stack on a TUN device until SIGINT/SIGTERM or a link failure."""
+    """Runs a Stack on a TUN device until SIGINT/SIGTERM or the device goes
+    away; SIGHUP reopens the log file and the trace files."""
 
     def __init__(self, config: ServeConfig, link: TunLink) -> None:
         self.config = config
         self.link = link
         self._stopped = asyncio.Event()
         self._exit_code = 0
-        self._traces = TraceSinks(config.traces, config.trace_filter)
+        self._traces = TraceSinks(config.traces, config.trace_filter, config.trace_rotation)
         # A pcap shows the packets as on a wire: with the checksums filled in,
         # those we take and those we send. Without one, with offloads, the
         # kernel finishes our TCP checksums (or, delivering locally, needs none).
@@ -110,6 +113,8 @@ class Daemon:
             network=config.link.linux_side.network,
         )
         self.stack.tcp.partial_checksums = partial_checksums
+        self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`
+        self._link_gone: LinkGone | None = None
         self.runner: StackRunner | None = None
         self._peer_states: PeerStateWatcher | None = None
         self._held: set[asyncio.TimerHandle] = set()  # delayed by the fault injector
@@ -142,6 +147,7 @@ class Daemon:
             loop.add_reader(link.fd, self._on_readable)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._stop, signal.Signals(signum).name)
+            loop.add_signal_handler(signal.SIGHUP, self._reopen)
             log.info("stack at %s on %s, ready", self.config.address, link.name)
             _notify_ready(self.config.ready_fd)
             await self._stopped.wait()
@@ -191,27 +197,43 @@ class Daemon:
                     self._receive_with_faults(packet, checksum_ok)
                 else:
                     receive(packet, clock(), checksum_ok)  # each its own time: exact traces
-        except OSError as exc:
-            # The device went away under us (deleted, or the netns is gone).
-            log.error("reading %s failed: %s", self.link.name, exc.strerror or exc)
+        except LinkGone as exc:
+            self._lost_link(exc)
+        self.runner.done()
+
+    def _lost_link(self, exc: LinkGone) -> bool:
+        """The device went away under us (deleted, or its namespace removed):
+        one line, then shut down with status 1. False: the packet is not sent."""
+        if self._link_gone is None:
+            self._link_gone = exc
+            log.error("error: %s", exc)
             self._exit_code = 1
             self._stopped.set()
-        self.runner.done()
+        return False
 
     # ---- the fault injector, at the TUN boundary ------------------------------------------
 
     def _transmit(self, packet: bytes, gso_size: int = 0) -> bool:
         if not self.faults.rules:
-            return self.link.write(packet, gso_size)
+            try:
+                return self.link.write(packet, gso_size)
+            except LinkGone as exc:
+                return self._lost_link(exc)
         verdict = self.faults.judge("out", packet)
         if verdict.rule is not None:
             self._trace_fault("out", packet, verdict)
         for _ in range(verdict.copies):
             if verdict.delay:
-                self._hold(verdict.delay, self.link.write, packet, gso_size)
-            elif not self.link.write(packet, gso_size):
+                self._hold(verdict.delay, self._write, packet, gso_size)
+            elif not self._write(packet, gso_size):
                 return False
         return True
+
+    def _write(self, packet: bytes, gso_size: int) -> bool:
+        try:
+            return self.link.write(packet, gso_size)
+        except LinkGone as exc:
+            return self._lost_link(exc)
 
     def _receive_with_faults(self, packet: Buffer, checksum_ok: bool) -> None:
         assert self.runner is not None
@@ -247,6 +269,13 @@ class Daemon:
     def _stop(self, why: str) -> None:
         log.info("%s: shutting down", why)
         self._stopped.set()
+
+    def _reopen(self) -> None:
+        """SIGHUP, logrotate's convention: after `mv FILE FILE.1`, the log and
+        the traces go on in a new FILE; the one moved aside is complete."""
+        logs = _reopen_log_files()
+        traces = self._traces.reopen()
+        log.info("SIGHUP: reopened %d log file(s) and %d trace file(s)", logs, traces)
 
     def _reset_all(self) -> None:
         """Going away: RST every connection so no peer waits for us."""
@@ -442,6 +471,24 @@ async def _finish_tasks() -> None:
     await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _reopen_log_files() -> int:
+    """Open every log file again at its path (--log-file); how many were."""
+    reopened = 0
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        try:
+            stream = open(handler.baseFilename, "a", encoding=handler.encoding)  # noqa: SIM115 (the handler's from now on)
+        except OSError as exc:
+            log.error("cannot reopen the log file %s: %s", handler.baseFilename, exc.strerror)
+            continue
+        old = handler.setStream(stream)
+        if old is not None:
+            old.close()
+        reopened += 1
+    return reopened
+
+
 def _bounded_float(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
         raise ValueError(f'"{name}" is a number of seconds, 0..86400')
@@ -451,21 +498,23 @@ def _bounded_float(value: object, name: str) -> float:
 def fault_event(
     stack: Stack, direction: str, packet: Buffer, verdict: Verdict, now: float
 ) -> FaultEvent:
-    """The trace event for a packet the injector acted on."""
+    """The trace event for a packet the injector acted on. Any bytes at all
+    may come in (the stack's own parsers count a malformed packet as a drop
+    afterwards): what the header lengths do not cover is left at zero."""
     assert verdict.rule is not None
     local = dotted(stack.tcp.address)
     remote_int = int.from_bytes(packet[16:20] if direction == "out" else packet[12:16], "big")
     fields: dict[str, Any] = dict.fromkeys(("local_port", "remote_port", "seq", "ack"), 0)
     flags, rel_seq, rel_ack, length, window, conn_id = "", 0, 0, 0, 0, None
-    if len(packet) >= 40 and packet[9] == 6:
-        ihl = (packet[0] & 0x0F) * 4
-        sport, dport, seq_no, ack_no, offset, bits, window = struct.unpack_from(
-            "!HHIIBBH", packet, ihl
+    ihl = (packet[0] & 0x0F) * 4 if packet else 0
+    if len(packet) >= 20 and packet[9] == PROTO_TCP and ihl >= 20 and len(packet) >= ihl + 20:
+        sport, dport, seq_no, ack_no, offset, bits, window, _, _ = TCP_FIXED.unpack_from(
+            packet, ihl
         )
         local_port, remote_port = (sport, dport) if direction == "out" else (dport, sport)
         fields.update(local_port=local_port, remote_port=remote_port, seq=seq_no, ack=ack_no)
         flags = flag_string(bits)
-        length = len(packet) - ihl - (offset >> 4) * 4
+        length = max(len(packet) - ihl - (offset >> 4) * 4, 0)
         conn = stack.tcp.connections.get((remote_int, remote_port, local_port))
         rel_seq, rel_ack = seq_no, ack_no
         if conn is not None:

@@ -10,10 +10,14 @@ tshark is required, not optional: CI installs it (a missing tshark fails here).
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import shutil
+import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,17 +287,24 @@ def test_trace_host_of_nobody_leaves_every_output_empty(ns: Netns, tmp_path: Pat
 
 
 @contextmanager
-def open_echo_connection(ns: Netns) -> Iterator[None]:
-    """An nc connection to the echo service, open (and echoing) for the block."""
+def open_echo_connection(ns: Netns) -> Iterator[Callable[[bytes], None]]:
+    """An nc connection to the echo service, open (and echoing) for the block;
+    yields a function that sends a line and checks that it comes back."""
     process = subprocess.Popen(
         ns.command("nc", STACK_ADDRESS, "7"), stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
-    assert process.stdin is not None and process.stdout is not None
+    stdin, stdout = process.stdin, process.stdout
+    assert stdin is not None and stdout is not None
+
+    def echo(line: bytes) -> None:
+        stdin.write(line)
+        stdin.flush()
+        readable, _, _ = select.select([stdout], [], [], 10)  # a dead daemon never answers
+        assert readable and stdout.readline() == line
+
     try:
-        process.stdin.write(b"still here\n")
-        process.stdin.flush()
-        assert process.stdout.readline() == b"still here\n"
-        yield
+        echo(b"still here\n")
+        yield echo
     finally:
         process.kill()
         process.wait()
@@ -336,3 +347,185 @@ def test_a_trace_file_that_cannot_be_opened_is_a_one_line_error(ns: Netns, tmp_p
     log = (tmp_path / "ustack.log").read_text(errors="replace")
     assert "ustack: error:" in log and "no-such-dir" in log, log_tail(log)
     assert "Traceback" not in log, log_tail(log)
+
+
+# ---- a trace that cannot be written, SIGHUP, rotation (issue 13) --------------------------------
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def trace_errors(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "cannot write the trace" in line]
+
+
+@pytest.mark.parametrize(
+    "formats", [pytest.param((), id="text"), pytest.param(("jsonl", "pcap"), id="pcap")]
+)
+def test_a_trace_on_a_full_disk_stops_that_trace_only(
+    ns: Netns, tmp_path: Path, formats: tuple[str, ...]
+) -> None:
+    """/dev/full fails every write with ENOSPC, the first one (a header, or
+    the listeners' first events) included: one line, one count, and the
+    stack and the other trace carry on."""
+    explicit = [arg for fmt in formats for arg in ("--trace-format", fmt)]
+    with serving(ns, tmp_path, "--trace", "/dev/full", *explicit) as daemon:
+        curl(ns)
+        curl(ns)
+        daemon.wait_until_no_connections()
+        stats = daemon.stats()
+    assert stats["trace.write_errors"] == 1 and stats["tcp.passive-opens"] == 2
+    (error,) = trace_errors(daemon.log_text())
+    assert error.endswith(
+        "ustack.trace: cannot write the trace /dev/full: No space left on device (ENOSPC); "
+        "that trace is stopped"
+    )
+    records = read_jsonl(daemon.trace)  # the other trace has it all
+    assert len([r for r in records if r["type"] == "connection"]) == 2
+
+
+def test_a_trace_fifo_whose_reader_goes_away_stops_that_trace_only(
+    ns: Netns, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so the daemon's open does not wait
+    try:
+        with (
+            serving(ns, tmp_path, "--trace", str(fifo)) as daemon,
+            open_echo_connection(ns) as echo,
+        ):
+            assert os.read(reader, 65536).startswith(b'{"type": "header"')
+            os.close(reader)
+            reader = -1
+            echo(b"after the reader left\n")  # the next trace write gets EPIPE
+            curl(ns)
+            echo(b"the connection lives on\n")
+            stats = daemon.stats()
+    finally:
+        if reader >= 0:
+            os.close(reader)
+    assert stats["trace.write_errors"] == 1
+    (error,) = trace_errors(daemon.log_text())
+    assert error.endswith(
+        f"cannot write the trace {fifo}: Broken pipe (EPIPE); that trace is stopped"
+    )
+    records = read_jsonl(daemon.trace)
+    assert len([r for r in records if r["type"] == "connection"]) == 2
+
+
+def test_a_trace_to_stderr_closed_by_its_reader_stops_that_trace_only(
+    ns: Netns, tmp_path: Path
+) -> None:
+    """--trace -: the daemon's stderr is a pipe whose reader goes away (EPIPE;
+    SIGPIPE is ignored). The log goes to --log-file meanwhile."""
+    fifo = tmp_path / "stderr.fifo"
+    os.mkfifo(fifo)
+    log_file = tmp_path / "daemon.log"
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    stderr_to_fifo = ("sh", "-c", 'exec 2>"$0"; exec "$@"', str(fifo))
+    try:
+        daemon = UstackDaemon.start(
+            ns, tmp_path, "--trace", "-", "--log-file", str(log_file), wrapper=stderr_to_fifo
+        )
+        with daemon:
+            os.close(reader)
+            reader = -1
+            curl(ns)
+            curl(ns)
+            stats = daemon.stats()
+    finally:
+        if reader >= 0:
+            os.close(reader)
+    assert daemon.process.returncode == 0
+    assert stats["trace.write_errors"] == 1 and stats["tcp.passive-opens"] == 2
+    log = log_file.read_text()
+    (error,) = trace_errors(log)
+    assert error.endswith(
+        "cannot write the trace stderr: Broken pipe (EPIPE); that trace is stopped"
+    )
+    assert "Traceback" not in log + daemon.log_text(), log_tail(log)
+
+
+def segment_keys(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(r["conn"], r["direction"], r["seq"], r["ack"], r["flags"], r["length"])
+            for r in segment_records(records)]  # fmt: skip
+
+
+def test_sighup_reopens_the_log_and_the_traces_moved_aside(ns: Netns, tmp_path: Path) -> None:
+    """logrotate's way: mv FILE FILE.1, kill -HUP. The moved files are whole;
+    new events go to new files, each starting with its header; the harness's
+    trace.jsonl, not moved, is continued: together the pair is that trace."""
+    log_file = tmp_path / "daemon.log"
+    files = trace_files(tmp_path, {"jsonl": "T.jsonl", "pcap": "T.pcap"})
+    moved = {path: path.with_name(path.name + ".1") for path in [*files.values(), log_file]}
+    arguments = trace_arguments(files, explicit=False)
+    reopened = "SIGHUP: reopened 1 log file(s) and 3 trace file(s)"
+    with serving(ns, tmp_path, *arguments, "--log-file", str(log_file)) as daemon:
+        with open_echo_connection(ns) as echo:
+            curl(ns)  # a connection before the rotation
+            for path, aside in moved.items():
+                path.rename(aside)
+            daemon.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: log_file.exists() and reopened in log_file.read_text(), reopened)
+            echo(b"across the rotation\n")
+            curl(ns)  # and one after
+        daemon.wait_until_no_connections()
+
+    before, after = read_jsonl(moved[files["jsonl"]]), read_jsonl(files["jsonl"])
+    whole = read_jsonl(daemon.trace)
+    assert before + after == whole  # nothing lost, nothing twice
+    assert daemon.trace.read_text().count('"type": "header"') == 1
+    opened = [r["conn"] for r in whole if r["type"] == "connection"]
+    echo_conn, first, second = opened
+    assert {r["conn"] for r in segment_records(before)} == {echo_conn, first}
+    assert {r["conn"] for r in segment_records(after)} == {echo_conn, second}
+
+    captured = tshark(moved[files["pcap"]]) + tshark(files["pcap"])
+    assert len(tshark(moved[files["pcap"]])) == len(segment_records(before))
+    assert_pcap_matches_jsonl(captured, whole)
+
+    old_log, new_log = moved[log_file].read_text(), log_file.read_text()
+    assert "ready" in old_log and reopened not in old_log
+    assert new_log.splitlines()[0].endswith(reopened) and "counters:" in new_log
+    assert "Traceback" not in old_log + new_log
+
+
+def generations(path: Path) -> list[Path]:
+    """A rotated trace's files, oldest first: FILE.N ... FILE.1, FILE."""
+    rotated = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]))
+    return [*rotated, path]
+
+
+def test_traces_rotate_at_max_bytes_and_every_file_reads_on_its_own(
+    ns: Netns, tmp_path: Path
+) -> None:
+    max_bytes, connections = 4096, 8
+    files = trace_files(tmp_path, {"jsonl": "T.jsonl", "pcap": "T.pcap", "text": "T.txt"})
+    arguments = trace_arguments(files, explicit=False)
+    with serving(ns, tmp_path, *arguments, "--trace-max-bytes", str(max_bytes),
+                 "--trace-keep", "100") as daemon:  # fmt: skip
+        for _ in range(connections):
+            curl(ns)
+        daemon.wait_until_no_connections()
+        stats = daemon.stats()
+
+    jsonl, pcaps, texts = (generations(files[fmt]) for fmt in ("jsonl", "pcap", "text"))
+    assert len(jsonl) > 4 and len(pcaps) > 2 and len(texts) > 2, (jsonl, pcaps, texts)
+    for path in jsonl + pcaps + texts:
+        assert path.stat().st_size <= max_bytes, path
+    records = [record for path in jsonl for record in read_jsonl(path)]  # each has its header
+    # The harness's trace.jsonl rotated too, at its own places: the same records.
+    assert records == [record for path in generations(daemon.trace) for record in read_jsonl(path)]
+    segments = segment_records(records)
+    assert sum(r["direction"] == "in" for r in segments) == stats["tcp.in"]
+    assert sum(r["direction"] == "out" for r in segments) == stats["tcp.out"]
+    assert len([r for r in records if r["type"] == "connection"]) == connections
+    captured = [packet for path in pcaps for packet in tshark(path)]  # each has its header
+    assert_pcap_matches_jsonl(captured, records)
+    lines = [line for path in texts for line in path.read_text().splitlines()]
+    assert_text_matches_jsonl(lines, records)

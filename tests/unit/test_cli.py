@@ -136,6 +136,16 @@ _DIGITS_5000 = "9" * 5000
         (["explain"], "the following arguments are required: trace"),
         (["stats", "--bogus"], "unrecognized arguments: --bogus"),
         (["serve", "--services", "http:\u00b2"], "bad port in --services"),
+        (["serve", "--syn-retries", "128"], "bad --syn-retries '128'"),
+        (["serve", "--max-connections", _DIGITS_5000], "bad --max-connections '9999"),
+        (["serve", "--trace-max-bytes", "100"], "bad --trace-max-bytes '100'"),
+        (["serve", "--trace-max-bytes", _DIGITS_5000], "bad --trace-max-bytes '9999"),
+        (["serve", "--trace-keep", "0"], "bad --trace-keep '0'"),
+        (["serve", "--trace-keep", "\u00b2"], "bad --trace-keep"),
+        (["serve", "--http-max-requests", _DIGITS_5000], "bad --http-max-requests '9999"),
+        (["serve", "--http-max-head", "0"], "bad --http-max-head '0'"),
+        (["serve", "--http-head-timeout", "nan"], "bad --http-head-timeout nan"),
+        (["ladder", "--max-line-bytes", _DIGITS_5000, "t.jsonl"], "want a number of bytes"),
     ],
 )
 def test_every_bad_value_is_a_usage_error(
@@ -163,7 +173,9 @@ def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: P
 @pytest.mark.parametrize(
     "flag",
     ["--trace-port", "--fault-seed", "--mtu", "--msl", "--fin-timeout", "--keepalive",
-     "--address", "--linux-address", "--services", "--fault", "--trace-host"],
+     "--address", "--linux-address", "--services", "--fault", "--trace-host",
+     "--syn-retries", "--max-connections", "--trace-max-bytes", "--trace-keep",
+     "--http-max-requests", "--http-max-head", "--http-head-timeout"],
 )  # fmt: skip
 def test_any_value_of_a_serve_flag_is_accepted_or_one_line(flag: str, value: str) -> None:
     """Random text for each flag: a valid configuration, or a UsageError

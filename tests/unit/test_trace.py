@@ -36,7 +36,9 @@ from ustack.study.sinks import (
     JsonlWriter,
     PcapWriter,
     TextWriter,
+    TraceFile,
     TraceFilter,
+    TraceRotation,
     TraceSinks,
     TraceSpec,
     format_for,
@@ -849,3 +851,60 @@ def test_a_bulk_transfer_goes_out_in_full_segments() -> None:
     ]  # fmt: skip
     small = [size for size in sizes[:-1] if size < mss]
     assert len(sizes) <= total // mss + 10, f"{len(sizes)} segments, {len(small)} below the MSS"
+
+
+# ---- TraceFile: failed writes, rotation, reopening (issue 13) ----------------------------------
+
+
+def trace_file(
+    path: Path, max_bytes: int | None = None, keep: int = 1
+) -> tuple[TraceFile, list[int]]:
+    errors: list[int] = []
+    file = TraceFile(path, b"H\n", TraceRotation(max_bytes, keep), lambda: errors.append(1))
+    return file, errors
+
+
+def test_trace_file_on_a_full_disk_reports_once_writes_nothing_more_and_closes_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="ustack.trace"):
+        file, errors = trace_file(Path("/dev/full"))  # the header fails (ENOSPC)
+        file.write("a record\n")
+        file.close()
+    assert errors == [1]
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot write the trace /dev/full: No space left on device (ENOSPC); that trace is stopped"
+    ]
+
+
+def test_trace_file_rotates_before_a_record_would_pass_max_bytes_and_keeps_k_old_files(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.jsonl"
+    file, errors = trace_file(path, max_bytes=10, keep=2)
+    for n in range(6):
+        file.write(f"{n}{n}{n}\n")  # 4 bytes: the header and two records make 10
+    file.write("a record larger than a whole file\n")
+    file.close()
+    assert errors == []
+    assert path.read_text() == "H\na record larger than a whole file\n"
+    assert (tmp_path / "t.jsonl.1").read_text() == "H\n444\n555\n"
+    assert (tmp_path / "t.jsonl.2").read_text() == "H\n222\n333\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl", "t.jsonl.1", "t.jsonl.2"]
+
+
+def test_trace_file_reopen_starts_a_moved_file_anew_and_continues_one_left_in_place(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.jsonl"
+    file, errors = trace_file(path)
+    file.write("1\n")
+    path.rename(tmp_path / "t.jsonl.1")
+    assert file.reopen()
+    file.write("2\n")
+    assert file.reopen()  # not moved this time: appended to, no second header
+    file.write("3\n")
+    file.close()
+    assert errors == []
+    assert (tmp_path / "t.jsonl.1").read_text() == "H\n1\n"
+    assert path.read_text() == "H\n2\n3\n"

@@ -46,10 +46,18 @@ PLAIN_HEADER = VNET_HEADER.pack(0, VNET_GSO_NONE, 0, 0, 0, 0)
 PARTIAL_TCP_HEADER = VNET_HEADER.pack(VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, 20, 16)
 MAX_PACKET = 65535
 TX_QUEUE_LENGTH = 10000
+# What a write gets once the device is gone from under its fd (ip link del, or
+# its namespace removed): the kernel detaches the fd (tun_chr_write_iter: EBADFD).
+GONE_ERRNOS = frozenset({errno.EBADFD, errno.ENODEV, errno.ENXIO})
 
 
 class LinkError(Exception):
     """The TUN device could not be opened or configured; the message says why."""
+
+
+class LinkGone(Exception):
+    """The open device went away (deleted, or its namespace removed): nothing
+    more can be read or written. The message says which device and why."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,8 @@ class TunLink:
             data = os.read(self.fd, MAX_PACKET + VNET_HEADER_SIZE)
         except BlockingIOError:
             return None
+        except OSError as exc:
+            raise self._gone(exc) from None
         if not data[0] & VNET_F_NEEDS_CSUM:  # (flags: the header's first byte)
             return memoryview(data)[VNET_HEADER_SIZE:], False
         if not self.finish_checksums:
@@ -136,7 +146,8 @@ class TunLink:
     def write(self, packet: bytes | bytearray | memoryview, gso_size: int = 0) -> bool:
         """Queue one packet to the kernel; False if its queue is full (a drop).
         A TCP segment longer than the MTU goes with `gso_size`: the kernel cuts
-        it into segments of that many payload bytes."""
+        it into segments of that many payload bytes. LinkGone if the device
+        is gone; any other refusal is a drop too."""
         try:
             if not self.offload:
                 os.write(self.fd, packet)
@@ -152,7 +163,14 @@ class TunLink:
                 os.writev(self.fd, [PLAIN_HEADER, packet])
         except BlockingIOError:
             return False
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:
+                raise self._gone(exc) from None
+            return False
         return True
+
+    def _gone(self, exc: OSError) -> LinkGone:
+        return LinkGone(f"{self.name} went away ({exc.strerror or exc})")
 
     def close(self) -> None:
         """Close our fd: a device we created disappears with it."""

@@ -7,14 +7,18 @@ The records themselves, and the `Tracer` type the core calls, live in
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
+import os
 import struct
-import sys
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ustack.trace.records import (
     TRACE_SCHEMA_VERSION,
@@ -33,6 +37,8 @@ from ustack.trace.records import (
     event_dict,
 )
 from ustack.trace.vocabulary import FaultAction
+
+log = logging.getLogger("ustack.trace")
 
 # ---- filtering ---------------------------------------------------------------------------
 
@@ -106,15 +112,36 @@ class FanOut:
 # ---- writers -------------------------------------------------------------------------------
 
 
+class TextStream(Protocol):
+    """Where the text and JSON-lines writers put their lines (a file, a TraceFile)."""
+
+    def write(self, text: str, /) -> object: ...
+    def flush(self) -> object: ...
+    def isatty(self) -> bool: ...
+
+
+class BinaryStream(Protocol):
+    """Where the pcap writer puts its records."""
+
+    def write(self, data: bytes, /) -> object: ...
+    def flush(self) -> object: ...
+
+
+JSONL_HEADER = json.dumps({"type": "header", "schema": TRACE_SCHEMA_VERSION}) + "\n"
+
+
 class JsonlWriter:
     """One JSON object per line; the first line names the schema version.
-    Connection events carry their 4-tuple, so a line reads on its own."""
+    Connection events carry their 4-tuple, so a line reads on its own.
+    header=False: the stream writes the header itself (a TraceFile does, at
+    the top of each file it starts)."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: TextStream, header: bool = True) -> None:
         self._stream = stream
         self._tuples: dict[int, str] = {}
-        stream.write(json.dumps({"type": "header", "schema": TRACE_SCHEMA_VERSION}) + "\n")
-        stream.flush()
+        if header:
+            stream.write(JSONL_HEADER)
+            stream.flush()
 
     def __call__(self, event: TraceEvent) -> None:
         record = event_dict(event)
@@ -149,7 +176,7 @@ def format_options(options: dict[str, Any]) -> str:
 class TextWriter:
     """One aligned line per event, tcpdump-like plus states; coloured on a TTY."""
 
-    def __init__(self, stream: IO[str], colour: bool | None = None) -> None:
+    def __init__(self, stream: TextStream, colour: bool | None = None) -> None:
         self._stream = stream
         self._colour = stream.isatty() if colour is None else colour
         self._start: float | None = None
@@ -214,26 +241,33 @@ def format_event(event: TraceEvent) -> tuple[str, str]:
     return "drop", f"#-     drop  {event.layer}: {event.reason} {event.summary}".rstrip()
 
 
+def pcap_header(snaplen: int = 65535) -> bytes:
+    """A classic pcap file's global header: magic, version 2.4, GMT offset,
+    accuracy, snaplen, link type (LINKTYPE_RAW: raw IPv4)."""
+    return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, PcapWriter.LINKTYPE_RAW)
+
+
 class PcapWriter:
     """Raw IPv4 packets as a classic pcap file (LINKTYPE_RAW), for Wireshark
-    and tshark. Timestamps are the wall clock at write time."""
+    and tshark. Timestamps are the wall clock at write time. header=False:
+    the stream writes the global header itself (as JsonlWriter)."""
 
     LINKTYPE_RAW = 101
 
-    def __init__(self, stream: IO[bytes], snaplen: int = 65535) -> None:
+    def __init__(self, stream: BinaryStream, snaplen: int = 65535, header: bool = True) -> None:
         self._stream = stream
         self._snaplen = snaplen
-        # magic, version 2.4, GMT offset, accuracy, snaplen, link type
-        stream.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, self.LINKTYPE_RAW))
-        stream.flush()
+        if header:
+            stream.write(pcap_header(snaplen))
+            stream.flush()
 
     def __call__(self, direction: str, packet: bytes, _now: float) -> None:
         stamp = time.time()
         seconds = int(stamp)
         micros = int((stamp - seconds) * 1_000_000)
         data = packet[: self._snaplen]
-        self._stream.write(struct.pack("<IIII", seconds, micros, len(data), len(packet)))
-        self._stream.write(data)
+        # One write per record: a TraceFile rotates between records, never inside one.
+        self._stream.write(struct.pack("<IIII", seconds, micros, len(data), len(packet)) + data)
         self._stream.flush()
 
 
@@ -268,39 +302,178 @@ class TraceSpec:
     format: str
 
 
+@dataclass(frozen=True)
+class TraceRotation:
+    """When a trace file has max_bytes, it is renamed FILE.1 (FILE.1 to FILE.2,
+    and so on: `keep` old files) and a fresh FILE started, with its header."""
+
+    max_bytes: int | None = None  # None: one file, however large
+    keep: int = 1
+
+
 class TraceOutputError(Exception):
     """A trace file could not be opened; the message says which and why."""
 
 
+class TraceFile:
+    """One trace output (a file, or stderr for "-"): each write is one whole
+    record, flushed at once, so the file always ends on a record boundary.
+
+    A failed write (ENOSPC, EPIPE from a reader that went away...) stops
+    this output only: one error line, one call of `on_error`, nothing more
+    written; the stack serves on. `reopen()` (SIGHUP) starts the file again
+    where its path now points (logrotate moved it), and with `rotation`
+    it rotates itself by size; each new file starts with `header`."""
+
+    def __init__(
+        self, path: Path, header: bytes, rotation: TraceRotation, on_error: Callable[[], None]
+    ) -> None:
+        self.path = path
+        self._header = header
+        self._on_error = on_error
+        self._stderr = str(path) == "-"
+        # Only a regular file can be rotated or reopened (not stderr, a FIFO, /dev/full).
+        self._regular = not self._stderr and (not path.exists() or path.is_file())
+        self._max_bytes = rotation.max_bytes if self._regular else None
+        self._keep = rotation.keep
+        # stderr through a file of our own (a dup of fd 2): after a failed
+        # write, its buffer is ours to drop, not sys.stderr's to retry at exit.
+        self._stream: IO[bytes] | None = (
+            os.fdopen(os.dup(2), "wb") if self._stderr else open(path, "wb")  # noqa: SIM115 (open for the daemon's life; close() shuts it)
+        )
+        self._tty = self._stream.isatty()
+        self._size = 0
+        if header:
+            self.write(header)
+
+    def isatty(self) -> bool:
+        return self._tty
+
+    def flush(self) -> None:
+        """Nothing to do: write() flushes each record."""
+
+    def write(self, record: str | bytes, /) -> None:
+        stream = self._stream
+        if stream is None:  # stopped by a failed write
+            return
+        data = record.encode() if isinstance(record, str) else record
+        try:
+            if (
+                self._max_bytes is not None
+                and self._size + len(data) > self._max_bytes
+                and self._size > len(self._header)  # a record larger than a file still goes in
+            ):
+                stream = self._rotate()
+            stream.write(data)
+            stream.flush()
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self._size += len(data)
+
+    def reopen(self) -> bool:
+        """Close the file and open its path again, appending (a file still
+        there is continued, without a second header); True if reopened.
+        Also retries a file stopped by a failed write."""
+        if not self._regular:
+            return False
+        self._close_quietly()
+        try:
+            self._stream = open(self.path, "ab")  # noqa: SIM115 (as above)
+            self._size = self._stream.tell()
+            if self._size == 0:
+                self._stream.write(self._header)
+                self._stream.flush()
+                self._size = len(self._header)
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        """Closing never raises: what could not be written was reported."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError as exc:
+                self._report(exc)
+
+    def _rotate(self) -> IO[bytes]:
+        """FILE.(keep-1) -> FILE.keep, ..., FILE -> FILE.1; a fresh FILE."""
+        assert self._stream is not None
+        self._stream.close()
+        self._stream = None
+        for n in range(self._keep - 1, 0, -1):
+            older = self._numbered(n)
+            if older.exists():
+                older.replace(self._numbered(n + 1))
+        if self.path.exists():  # (gone if someone moved it away meanwhile)
+            self.path.replace(self._numbered(1))
+        stream = self._stream = open(self.path, "wb")  # noqa: SIM115 (as above)
+        stream.write(self._header)
+        self._size = len(self._header)
+        return stream
+
+    def _numbered(self, n: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{n}")
+
+    def _fail(self, exc: OSError) -> None:
+        self._close_quietly()
+        self._report(exc)
+
+    def _report(self, exc: OSError) -> None:
+        self._on_error()
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        where = "stderr" if self._stderr else str(self.path)
+        log.error("cannot write the trace %s: %s (%s); that trace is stopped", where,
+                  exc.strerror or exc, code)  # fmt: skip
+
+    def _close_quietly(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(OSError):  # the data left in its buffer is given up
+                stream.close()
+
+
 class TraceSinks:
     """The open trace outputs of a daemon: one tracer and one packet tap that
-    feed every writer (each through the filter), and their files."""
+    feed every writer (each through the filter), and their files. Failed
+    writes are counted in `counters` (trace.write_errors)."""
 
-    def __init__(self, specs: list[TraceSpec], trace_filter: TraceFilter | None = None) -> None:
-        self._files: list[IO[Any]] = []
+    def __init__(
+        self,
+        specs: list[TraceSpec],
+        trace_filter: TraceFilter | None = None,
+        rotation: TraceRotation | None = None,
+    ) -> None:
+        self.files: list[TraceFile] = []
+        self.counters: Counter[str] = Counter()
         try:
-            self._open(specs, trace_filter)
+            self._open(specs, trace_filter, rotation or TraceRotation())
         except OSError as exc:
             self.close()
             raise TraceOutputError(
                 f"cannot write the trace {exc.filename}: {exc.strerror}"
             ) from None
 
-    def _open(self, specs: list[TraceSpec], trace_filter: TraceFilter | None) -> None:
+    def _open(
+        self, specs: list[TraceSpec], trace_filter: TraceFilter | None, rotation: TraceRotation
+    ) -> None:
         tracers: list[Tracer] = []
         taps: list[PacketTap] = []
         for spec in specs:
+            header = pcap_header() if spec.format == "pcap" else b""
+            if spec.format == "jsonl":
+                header = JSONL_HEADER.encode()
+            file = TraceFile(spec.path, header, rotation, self._count_write_error)
+            self.files.append(file)
             if spec.format == "pcap":
-                stream: IO[Any] = open(spec.path, "wb")  # noqa: SIM115 (open for the daemon's life; close() shuts it)
-                self._files.append(stream)
-                taps.append(PcapWriter(stream))
-                continue
-            if str(spec.path) == "-":
-                stream = sys.stderr
+                taps.append(PcapWriter(file, header=False))
+            elif spec.format == "jsonl":
+                tracers.append(JsonlWriter(file, header=False))
             else:
-                stream = open(spec.path, "w", encoding="utf-8")  # noqa: SIM115 (as above)
-                self._files.append(stream)
-            tracers.append(TextWriter(stream) if spec.format == "text" else JsonlWriter(stream))
+                tracers.append(TextWriter(file))
         self.tracer: Tracer | None = None
         self.tap: PacketTap | None = None
         if tracers:
@@ -310,9 +483,22 @@ class TraceSinks:
             tap = taps[0] if len(taps) == 1 else _fan_out_taps(taps)
             self.tap = FilteredTap(tap, trace_filter) if trace_filter else tap
 
+    def count_into(self, counters: Counter[str]) -> None:
+        """Count in `counters` from now on (the stack's, which `ustack stats`
+        shows), with what was counted so far (a header that failed at start)."""
+        counters.update(self.counters)
+        self.counters = counters
+
+    def _count_write_error(self) -> None:
+        self.counters["trace.write_errors"] += 1
+
+    def reopen(self) -> int:
+        """SIGHUP: every file opened again at its path; how many were."""
+        return sum(file.reopen() for file in self.files)
+
     def close(self) -> None:
-        for stream in self._files:
-            stream.close()
+        for file in self.files:
+            file.close()
 
 
 def _fan_out_taps(taps: list[PacketTap]) -> PacketTap:
