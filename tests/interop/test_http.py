@@ -76,7 +76,7 @@ def test_slowloris_connections_are_closed_within_the_head_timeout(
     """60 connections dripping a head one byte a second, never ending it: with
     --http-head-timeout 2, each gets 408 and is closed at 2 s (+ margin). On
     the old code none was closed in 40 s (and with the default, 20 s, each
-    is closed at 20 s: tests/unit/test_http.py checks the default <= 30 s)."""
+    is closed at 20 s: tests/unit/test_http_service.py checks the default <= 30 s)."""
     with UstackDaemon.start(ns, tmp_path, "--http-head-timeout", "2", trace=False) as daemon:
         result = ns.run(sys.executable, str(SLOWLORIS), STACK_ADDRESS, "60", "1", "10", timeout=30)
         report = json.loads(result.stdout)
