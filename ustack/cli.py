@@ -533,8 +533,8 @@ def _count(text: str | None, flag: str, low: int, high: int | None, default: int
 
 
 def _check_trace_path(path: Path) -> None:
-    """A trace goes to '-' (stderr), a FIFO, or a regular file we may create or
-    write, not onto a kernel filesystem (/proc/version takes the open, then
+    """A trace goes to '-' (stderr), a FIFO, a character device, or a regular
+    file we may create or write, not onto a kernel filesystem (/proc/version takes the open, then
     fails the first write): UsageError if not, before the daemon starts."""
     if str(path) == "-":
         return
@@ -543,8 +543,11 @@ def _check_trace_path(path: Path) -> None:
             mode = path.stat().st_mode
             if stat.S_ISFIFO(mode):
                 return
-            if not stat.S_ISREG(mode):
-                raise UsageError(f"bad --trace {path}: not a regular file or a FIFO ('-': stderr)")
+            # A character device is a sink too (/dev/null; /dev/full tries a full disk).
+            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+                raise UsageError(
+                    f"bad --trace {path}: not a regular file, a FIFO or a character device"
+                )
             where, access = path, os.W_OK
         elif path.parent.is_dir():
             where, access = path.parent, os.W_OK | os.X_OK  # to create the file in it
