@@ -278,8 +278,11 @@ class Daemon:
         log.info("SIGHUP: reopened %d log file(s) and %d trace file(s)", logs, traces)
 
     def _reset_all(self) -> None:
-        """Going away: RST every connection so no peer waits for us."""
+        """Going away: RST every connection so no peer waits for us (unless the
+        device is gone: then no RST can go out, and no peer is left to wait)."""
         assert self.runner is not None
+        if self._link_gone is not None:
+            return
         now = self.runner.now()
         for conn in list(self.stack.tcp.connections.values()):
             conn.abort(now)
@@ -567,6 +570,8 @@ def serve(config: ServeConfig) -> int:
     """Run the daemon in the foreground; the exit code."""
     # Netlink set-up is synchronous (pyroute2 runs its own loop): before ours starts.
     # A LinkError goes to the caller, which reports it on one line.
+    # SIGHUP (reopen the files) before the handler is in place: nothing to reopen yet.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     link = TunLink.open(config.link)
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
