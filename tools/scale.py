@@ -100,10 +100,17 @@ if _out:
 
 
 def raise_fd_limit(want: int) -> None:
-    """Root may raise the hard limit too (up to fs.nr_open)."""
+    """Root may raise the hard limit too (up to fs.nr_open), unless a container
+    took CAP_SYS_RESOURCE away: then as far as the hard limit, which must do."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = max(hard, want)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, want), max(hard, want)))
+    except (ValueError, OSError):
+        if want > hard:
+            raise SystemExit(
+                f"{want} descriptors needed, the hard limit is {hard} and may not be raised here"
+            ) from None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def http_response(data: bytes, length: int) -> tuple[bool, str]:
