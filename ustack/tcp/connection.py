@@ -332,12 +332,16 @@ class TcpConnection(TcbView):
             self.decide(Note.SYN_AGAIN_IN_SYN_RECEIVED)
             return
         if self.ts_ok and not rcv.timestamps_ok(seg):
+            rcv.report_old_duplicate(seg)
             return
         # First: is the segment acceptable (in the receive window)?
         if not rcv.acceptable(seg):
             if not flags & RST:
                 rcv.ack_now = True
-            self.decide(Note.OUTSIDE_WINDOW)
+                self.decide(Note.OUTSIDE_WINDOW)
+                rcv.report_old_duplicate(seg)
+            else:
+                self.decide(Note.OUTSIDE_WINDOW)
             return
         # Second: RST (RFC 5961 3.2: only an exact RCV.NXT match resets).
         if flags & RST:
@@ -432,6 +436,8 @@ class TcpConnection(TcbView):
         # Trim what lies before RCV.NXT (already received) or past the window.
         skip = seq.diff(rcv.rcv_nxt, start)
         if skip > 0:
+            if payload:  # received before: a D-SACK tells the sender (RFC 2883 4.1.1)
+                rcv.report_duplicate(start, seq.add(start, min(skip, len(payload))))
             if skip > len(payload):
                 return  # everything, FIN included, is old
             payload = payload[skip:]

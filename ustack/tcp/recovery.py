@@ -48,6 +48,7 @@ class Recovery:
         "rack",
         "recover",
         "recovery_high",
+        "resent",
         "retries",
         "rtt",
         "syn_retransmitted",
@@ -89,6 +90,9 @@ class Recovery:
         self.undo_cc: congestion.CongestionControl | None = None
         self.undo_marker = iss
         self.undo_bytes = 0
+        # The latest stretches sent again (a few): a D-SACK of one of them
+        # shows that retransmission was needless (RFC 3708 2).
+        self.resent: list[tuple[int, int]] = []
 
     def start(self, mss: int, initial_window: int) -> None:
         """The segment size is known: the congestion window counts in it."""
@@ -290,6 +294,18 @@ class Recovery:
         conn = self._conn
         left, right = block
         self.rack.on_dsack(conn.now, self.rtt.srtt or 0.0)
+        spurious = self._was_resent(left, right)
+        counters = conn.counters
+        if counters is not None:
+            counters["tcp.in.dsack"] += 1  # Linux's TCPDSACKRecv
+            if spurious:
+                counters["tcp.spurious-retransmits"] += 1
+        conn.decide(
+            Note.DSACK_RECEIVED,
+            left=left,
+            right=right,
+            what="a retransmission was needless" if spurious else "not one we resent lately",
+        )
         if self.undo_cc is None or self.undo_bytes <= 0 or seq.lt(left, self.undo_marker):
             return  # no episode, nothing resent in it, or a duplicate from before it
         self.undo_bytes -= seq.diff(right, left)
@@ -300,8 +316,8 @@ class Recovery:
         prior.cwnd = max(prior.cwnd, cwnd)
         self.cc = prior
         self.recover = None
-        if conn.counters is not None:
-            conn.counters["tcp.undo"] += 1
+        if counters is not None:
+            counters["tcp.undo"] += 1  # Linux's TCPDSACKUndo
         conn.decide(
             Note.SPURIOUS_RETRANSMISSION,
             marker=self.undo_marker,
@@ -309,6 +325,22 @@ class Recovery:
             cwnd=prior.cwnd,
             ssthresh=prior.ssthresh,
         )
+
+    def note_resent(self, start: int, end: int) -> None:
+        """start..end went out again: remember it for the D-SACKs to come."""
+        resent = self.resent
+        resent.append((start, end))
+        if len(resent) > _RESENT_KEPT:
+            del resent[0]
+
+    def _was_resent(self, left: int, right: int) -> bool:
+        """Whether a D-SACKed left..right overlaps a stretch sent again lately
+        (then that retransmission counts once as spurious, RFC 3708 2)."""
+        for index, (start, end) in enumerate(self.resent):
+            if seq.lt(left, end) and seq.lt(start, right):
+                del self.resent[index]
+                return True
+        return False
 
     # ---- retransmission --------------------------------------------------------------
 
@@ -342,6 +374,7 @@ class Recovery:
         conn = self._conn
         if conn.sack_ok:
             self.rack.on_send(start, seq.add(start, size + fin), conn.now)
+            self.note_resent(start, seq.add(start, size + fin))
         self.undo_bytes += size
         self.timed = None  # Karn
         self._rcv.ack_now = False
@@ -429,6 +462,9 @@ class Recovery:
         last = max(seq.diff(snd.snd_max, snd.snd_una) - conn.mss, 0)
         conn.decide(Note.TAIL_LOSS_PROBE)
         self._retransmit_at(seq.add(snd.snd_una, last), conn.mss)
+
+
+_RESENT_KEPT = 16  # retransmitted stretches remembered for D-SACK detection
 
 
 def _dsack_block(blocks: tuple[tuple[int, int], ...], ack: int) -> tuple[int, int] | None:

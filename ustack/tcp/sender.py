@@ -190,6 +190,7 @@ class Sender:
         recovery = self._recovery
         timers = self._timers
         buf = self.buffer
+        dsack = rcv.dsack is not None
         options = rcv.ack_options()
         if options.sack_blocks:
             # The blocks ride on every segment: its payload shrinks to fit the
@@ -242,9 +243,14 @@ class Sender:
                 # (A probe resent after its timeout is still a probe, not a loss.)
                 note = _RETRANSMISSION
                 recovery.undo_bytes += size
+                if rack is not None:
+                    recovery.note_resent(snd_nxt, seq.add(snd_nxt, size + fin))
             window = rcv.window_field()
             gso = mss if size > mss else 0
             conn._emit(Segment(snd_nxt, rcv.rcv_nxt, flags, window, payload, options, note, gso))
+            if dsack:  # the D-SACK goes on the first segment only (RFC 2883 4)
+                dsack = False
+                options = rcv.ack_options()
             if recovery.timed is None and snd_nxt == self.snd_max and size:
                 recovery.timed = (snd_nxt, conn.now)
             if rack is not None:

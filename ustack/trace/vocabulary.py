@@ -36,6 +36,7 @@ class Rule(enum.StrEnum):
     RFC8985_PROBE = "RFC 8985 7.3"
     RFC8985_PROBE_RECOVERY = "RFC 8985 7.4"
     RFC3708_UNDO = "RFC 3708, RFC 4015"
+    RFC2883_DSACK = "RFC 2883 4"
 
 
 class TimerKind(enum.StrEnum):
@@ -118,6 +119,10 @@ class Note(_TextAndRule, enum.Enum):
     FIN_AFTER_FIN = ("FIN after the peer's FIN ignored", _OTHERWISE)
     FIN_BEYOND_HOLE = ("FIN beyond a hole: held until the hole fills", _OTHERWISE)
     OUT_OF_ORDER_HELD = ("out-of-order segment held, duplicate ACK sent", _OTHERWISE)
+    DSACK_SENT = (
+        "duplicate {left}..{right} received ({where}): reported in a D-SACK block",
+        Rule.RFC2883_DSACK,
+    )
     DATA_PAST_HELD_FIN = ("data past a held FIN: the FIN is dropped", _OTHERWISE)
     PAWS = ("PAWS: TSval older than TS.Recent, dropped, ACK sent", Rule.RFC7323_PAWS)
     RST_IN_TIME_WAIT_IGNORED = (
@@ -145,6 +150,7 @@ class Note(_TextAndRule, enum.Enum):
         "{cc} cwnd back to {cwnd}, ssthresh {ssthresh}",
         Rule.RFC3708_UNDO,
     )
+    DSACK_RECEIVED = ("D-SACK {left}..{right} received: {what}", Rule.RFC2883_DSACK)
     RECOVERY_OVER = ("fast recovery over, cwnd {cwnd}", Rule.RFC6582_RECOVERY_OVER)
     RETRANSMISSION_TIMEOUT = (
         "retransmission timeout #{count}: resend from SND.UNA, RTO now {rto:.3f}s",
