@@ -26,8 +26,7 @@ comments name the step of 3.10.7.4 each block implements.
 
 from __future__ import annotations
 
-from collections import Counter
-
+from ustack.counters import Counters
 from ustack.tcp import seq
 from ustack.tcp.config import DEFAULT_PEER_MSS, MAX_WINDOW_SHIFT, MIN_PEER_MSS, TcpConfig
 from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
@@ -50,7 +49,15 @@ from ustack.tcp.states import (
 )
 from ustack.tcp.timers import DELAYED_ACK, PERSIST, PROBE, REORDER, RETRANSMIT, Timers
 from ustack.trace.records import Decision, StateChange, Tracer
-from ustack.trace.vocabulary import Challenge, Note, Rule, SegmentNote, TimerKind
+from ustack.trace.vocabulary import (
+    Challenge,
+    DropReason,
+    Layer,
+    Note,
+    Rule,
+    SegmentNote,
+    TimerKind,
+)
 from ustack.wire.tcp import ACK, FIN, RST, SYN
 
 __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
@@ -80,7 +87,7 @@ class TcpConnection(TcbView):
         self.ts_ok = False
         self.mss = min(self.peer_mss, config.mss)
         # The stack's counters, if it gives them (challenge ACKs sent and withheld).
-        self.counters: Counter[str] | None = None
+        self.counters: Counters | None = None
         self._timers = Timers(self)
         self.keepalive = Keepalive(self, self._timers)
         self.receiver = Receiver(self, self._timers)
@@ -333,6 +340,7 @@ class TcpConnection(TcbView):
             return
         if self.ts_ok and not rcv.timestamps_ok(seg):
             rcv.report_old_duplicate(seg)
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_PAWS)
             return
         # First: is the segment acceptable (in the receive window)?
         if not rcv.acceptable(seg):
@@ -340,8 +348,10 @@ class TcpConnection(TcbView):
                 rcv.ack_now = True
                 self.decide(Note.OUTSIDE_WINDOW)
                 rcv.report_old_duplicate(seg)
+                self._dropped_in_time_wait(DropReason.TIME_WAIT_OUT_OF_WINDOW)
             else:
                 self.decide(Note.OUTSIDE_WINDOW)
+                self._dropped_in_time_wait(DropReason.TIME_WAIT_RST)
             return
         # Second: RST (RFC 5961 3.2: only an exact RCV.NXT match resets).
         if flags & RST:
@@ -350,10 +360,12 @@ class TcpConnection(TcbView):
         # Fourth: a SYN in a synchronized state gets a challenge ACK (RFC 5961 4.2).
         if flags & SYN:
             self.receiver.challenge_ack(Challenge.SYN_SYNCHRONIZED)
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_SYN)
             return
         # Fifth: the ACK field.
         if not flags & ACK:
             self.decide(Note.NO_ACK_FLAG)
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_NO_ACK)
             return
         if state is State.SYN_RECEIVED:
             if not (seq.lt(snd.snd_una, seg.ack) and seq.le(seg.ack, snd.snd_max)):
@@ -364,7 +376,15 @@ class TcpConnection(TcbView):
             self._transition(Event.RCV_ACK_OF_SYN)
             self._after_handshake()
             self.events.append(Connected())
+        was_time_wait = state is State.TIME_WAIT
         if not self._receive_ack(seg):
+            if was_time_wait:
+                self._dropped_in_time_wait(DropReason.TIME_WAIT_BAD_ACK)
+            return
+        if was_time_wait:
+            # Both FINs are through: an ACK or data now is late, nothing to take
+            # (Linux's tcp_timewait_state_process discards it too).
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_LATE)
             return
         # Sixth (URG) is not supported: urgent data is ordinary data here.
         # Seventh and eighth: the text, then the FIN.
@@ -372,9 +392,16 @@ class TcpConnection(TcbView):
             return
         self._receive_text_and_fin(seg.seq, seg.payload, seg.flags & FIN)
 
+    def _dropped_in_time_wait(self, reason: DropReason) -> None:
+        """A segment that TIME_WAIT drops is counted with its reason (the
+        connection itself stays; its ACK or challenge ACK may still go)."""
+        if self.state is State.TIME_WAIT and self.counters is not None:
+            self.counters.drop(Layer.TCP, reason, self.now)
+
     def _receive_rst(self, seg: Segment) -> None:
         if seg.seq != self.receiver.rcv_nxt:
             self.receiver.challenge_ack(Challenge.RST_NOT_AT_RCV_NXT)
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_RST)
             return
         state = self.state
         if state is State.SYN_RECEIVED:
@@ -385,6 +412,7 @@ class TcpConnection(TcbView):
         elif state is State.TIME_WAIT:
             if self.config.rfc1337:
                 self.decide(Note.RST_IN_TIME_WAIT_IGNORED)
+                self._dropped_in_time_wait(DropReason.TIME_WAIT_RST)
             else:
                 self._transition(Event.RCV_RST)
         else:

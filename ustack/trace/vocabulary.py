@@ -235,3 +235,11 @@ class DropReason(enum.StrEnum):
     BACKLOG_FULL = "backlog-full"
     CONNECTION_LIMIT = "connection-limit"  # the table holds max_connections, none in TIME_WAIT
     RST_TO_CLOSED_PORT = "rst-to-closed-port"
+    # tcp, in TIME_WAIT: every segment the state drops (RFC 9293 3.10.7.4, RFC 1337)
+    TIME_WAIT_RST = "time-wait-rst"  # ignored (RFC 1337), or not at RCV.NXT (challenged)
+    TIME_WAIT_PAWS = "time-wait-paws"  # an old TSval (RFC 7323 5.3): ACK sent
+    TIME_WAIT_OUT_OF_WINDOW = "time-wait-out-of-window"  # not in the window: ACK sent
+    TIME_WAIT_SYN = "time-wait-syn"  # a SYN that cannot start a new incarnation: challenged
+    TIME_WAIT_NO_ACK = "time-wait-no-ack"  # neither SYN, RST nor ACK
+    TIME_WAIT_BAD_ACK = "time-wait-bad-ack"  # an ACK of unsent data, or too old: challenged
+    TIME_WAIT_LATE = "time-wait-late"  # an in-window ACK or data: nothing left to receive
