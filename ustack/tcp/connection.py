@@ -525,7 +525,8 @@ class TcpConnection(TcbView):
             if kind is RETRANSMIT:
                 self._on_retransmit_timeout()
             elif kind is PERSIST:
-                self.sender.persist_timeout()
+                if not self.sender.persist_timeout():
+                    self._transition(Event.TIMEOUT_RETRANSMIT, error="ETIMEDOUT")
             elif kind is PROBE:
                 self.recovery.probe_timeout()
             elif kind is REORDER:

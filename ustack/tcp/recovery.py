@@ -191,10 +191,13 @@ class Recovery:
     def _is_duplicate_ack(self, seg: Segment, new_sack: bool) -> bool:
         """RFC 5681 2: same ACK, no data, no SYN/FIN, same window, data in
         flight; or, with SACK, an ACK that reports bytes not SACKed before
-        (RFC 6675 2: the window may change, as Linux's does while it grows)."""
+        (RFC 6675 2: the window may change, as Linux's does while it grows).
+        Not while the peer's window is closed: its ACKs then answer our
+        zero-window probes (RFC 9293 3.8.6.1) and say nothing of a loss."""
         snd = self._snd
         return (
             seg.ack == snd.snd_una
+            and snd.snd_wnd != 0
             and not seg.payload
             and not seg.flags & (SYN | FIN)
             and ((seg.window << snd.snd_shift) == snd.snd_wnd or new_sack)

@@ -37,6 +37,7 @@ class Rule(enum.StrEnum):
     RFC8985_PROBE_RECOVERY = "RFC 8985 7.4"
     RFC3708_UNDO = "RFC 3708, RFC 4015"
     RFC2883_DSACK = "RFC 2883 4"
+    RFC9293_PERSIST = "RFC 9293 3.8.6.1"
 
 
 class TimerKind(enum.StrEnum):
@@ -157,6 +158,10 @@ class Note(_TextAndRule, enum.Enum):
         Rule.RFC6298_TIMEOUT,
     )
     TAIL_LOSS_PROBE = ("tail loss probe: the last segment again", Rule.RFC8985_PROBE)
+    ZERO_WINDOW_PROBE = (
+        "zero-window probe #{count}: the peer's window is closed; next in {rto:.3f}s",
+        Rule.RFC9293_PERSIST,
+    )
 
 
 class Challenge(_TextAndRule, enum.Enum):
