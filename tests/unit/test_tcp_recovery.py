@@ -3,6 +3,7 @@ recovery, SACK blocks for held data (RFC 5681, 6582, 2018, 9293 3.8.6.3)."""
 
 from __future__ import annotations
 
+import pytest
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
 P = PEER_ISS + 1
@@ -623,3 +624,67 @@ def test_a_dsack_of_a_loss_probe_counts_a_spurious_retransmission() -> None:
     assert any("D-SACK" in d and "needless" in d for d in t.decisions())
     t.send(".", seq=P, ack=U + 3000, sack=((U, U + 1000),))  # never resent
     assert (counters["tcp.in.dsack"], counters["tcp.spurious-retransmits"]) == (2, 1)
+
+
+def probe_deadline(t: TcpScript) -> float | None:
+    assert t.conn is not None
+    return t.conn.timers().get("probe")
+
+
+def test_pto_allows_for_a_delayed_ack_while_the_flight_is_short_of_two_full_segments() -> None:
+    """RFC 8985 7.2: PTO = 2*SRTT, plus WCDelAckT (200 ms) when the peer may
+    hold its ACK for its delayed-ACK timer: a flight of one segment, and
+    (RFC 5681 4.2: an ACK is due only for a second full-sized segment) one
+    full segment and a small one. Two full segments get no allowance."""
+    t = rack_sender(0.01)
+    conn = t.conn
+    assert conn is not None and conn.recovery.rtt.rto == 1.0
+    start = t.now
+    t.write(bytes(1500))  # 1000 + 500: one full-sized segment
+    assert len(t.sent()) == 2
+    assert probe_deadline(t) == pytest.approx(start + 2 * 0.01 + 0.2)
+    t.at(start + 0.1)  # the peer's delayed ACK, 100 ms later: no probe before it
+    t.expect_none()
+    t.send(".", seq=P, ack=U + 1500)
+    start = t.now
+    t.write(bytes(2000))  # two full segments: the peer ACKs at once
+    t.sent()
+    srtt = conn.recovery.rtt.srtt
+    assert srtt is not None
+    assert probe_deadline(t) == pytest.approx(start + max(2 * srtt, 0.01))
+    t.send(".", seq=P, ack=U + 3500)
+    t.write(bytes(400))  # one small segment
+    t.sent()
+    srtt = conn.recovery.rtt.srtt
+    assert srtt is not None
+    assert probe_deadline(t) == pytest.approx(t.now + max(2 * srtt, 0.01) + 0.2)
+
+
+def test_a_dsacked_probe_teaches_the_pto_that_the_peer_delays_its_acks() -> None:
+    """A Linux peer whose application reads slowly holds the ACK of several
+    segments (its window would not grow): the probe at 2*SRTT was needless
+    and comes back D-SACKed. From then on every PTO allows for the delayed
+    ACK, so the next such flight goes without a spurious probe."""
+    t = rack_sender(0.01)
+    conn = t.conn
+    assert conn is not None
+    start = t.now
+    t.write(bytes(3000))
+    t.sent()
+    t.at(start + 0.02)
+    t.expect("P.", seq=U + 2000, payload=bytes(1000))  # the probe
+    t.at(start + 0.04)  # the delayed ACK, and the probe's duplicate D-SACKed
+    t.send(".", seq=P, ack=U + 3000, sack=((U + 2000, U + 3000),))
+    counters = t.stack.counters
+    assert counters["tcp.loss-probes"] == 1 and counters["tcp.loss-probes.spurious"] == 1
+    assert conn.recovery.peer_delays_acks
+    start = t.now
+    t.write(bytes(3000))
+    t.sent()
+    srtt = conn.recovery.rtt.srtt
+    assert srtt is not None
+    assert probe_deadline(t) == pytest.approx(start + max(2 * srtt, 0.01) + 0.2)
+    t.at(start + 0.04)
+    t.expect_none()  # no probe: the ACK may still come
+    t.send(".", seq=P, ack=U + 6000)
+    assert counters["tcp.loss-probes"] == 1

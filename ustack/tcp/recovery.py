@@ -44,7 +44,9 @@ class Recovery:
         "_timers",
         "cc",
         "dupacks",
+        "peer_delays_acks",
         "probe_high",
+        "probe_range",
         "rack",
         "recover",
         "recovery_high",
@@ -79,6 +81,11 @@ class Recovery:
         )
         self.dupacks = 0
         self.probe_high: int | None = None  # SND.MAX when a tail loss probe went out
+        self.probe_range: tuple[int, int] | None = None  # what the latest probe resent
+        # A probe came back D-SACKed: the peer holds its ACKs longer than a
+        # PTO even for flights of several segments (a Linux receiver whose
+        # application reads slowly does: its window would not grow).
+        self.peer_delays_acks = False
         self.recover: int | None = None  # NewReno: SND.MAX when fast recovery began
         self.recovery_high = iss  # RFC 6582 "recover", for the next entry check
         # With SACK, the RACK log (RFC 8985) knows when each segment went out,
@@ -298,6 +305,14 @@ class Recovery:
         left, right = block
         self.rack.on_dsack(conn.now, self.rtt.srtt or 0.0)
         spurious = self._was_resent(left, right)
+        probe = self.probe_range
+        if probe is not None and seq.lt(left, probe[1]) and seq.lt(probe[0], right):
+            # The probe was needless: the peer's ACK was only late. From now
+            # on every PTO allows for its delayed ACK (arm_probe).
+            self.probe_range = None
+            self.peer_delays_acks = True
+            if conn.counters is not None:
+                conn.counters["tcp.loss-probes.spurious"] += 1
         counters = conn.counters
         if counters is not None:
             counters["tcp.in.dsack"] += 1  # Linux's TCPDSACKRecv
@@ -431,10 +446,11 @@ class Recovery:
 
     def arm_probe(self) -> None:
         """RFC 8985 7.2: with data in flight and no recovery going on, a tail
-        loss probe after PTO = 2*SRTT (at least 10 ms, as Linux; plus the
-        peer's worst delayed ACK when one segment is out), if that is sooner
-        than the RTO. The probe stands in for the ACKs a lost tail never
-        gets: without it, a loss at the end of a flight waits for the RTO."""
+        loss probe after PTO = 2*SRTT (at least 10 ms), plus WCDelAckT when
+        the peer may hold its ACK for its delayed-ACK timer, if that is
+        sooner than the RTO (PTO <= RTO). The probe stands in for the ACKs a
+        lost tail never gets: without it, a loss at the end of a flight
+        waits for the RTO."""
         conn = self._conn
         srtt = self.rtt.srtt
         if (
@@ -449,8 +465,13 @@ class Recovery:
             return
         pto = max(2 * srtt, 0.01)
         snd = self._snd
-        if seq.diff(snd.snd_max, snd.snd_una) <= conn.mss:
-            pto += 0.2  # RFC 8985 7.2 WCDelAckT: the lone segment's ACK may be delayed
+        if self.peer_delays_acks or seq.diff(snd.snd_max, snd.snd_una) < 2 * conn.mss:
+            # RFC 8985 7.2 adds WCDelAckT for a flight of one segment, as a
+            # receiver need not ACK before a second full-sized one (RFC 5681
+            # 4.2): so for any flight short of two full segments (1448 + 552
+            # bytes is one full segment, not two). And for every flight once
+            # a probe came back D-SACKed: that peer delays more than that.
+            pto += WORST_CASE_DELAYED_ACK
         if pto < self.rtt.rto:
             self._timers.arm(PROBE, pto)
 
@@ -462,11 +483,17 @@ class Recovery:
             return
         conn = self._conn
         self.probe_high = snd.snd_max
-        last = max(seq.diff(snd.snd_max, snd.snd_una) - conn.mss, 0)
+        last = seq.add(snd.snd_una, max(seq.diff(snd.snd_max, snd.snd_una) - conn.mss, 0))
         conn.decide(Note.TAIL_LOSS_PROBE)
-        self._retransmit_at(seq.add(snd.snd_una, last), conn.mss)
+        if conn.counters is not None:
+            conn.counters["tcp.loss-probes"] += 1  # Linux's TCPLossProbes
+        sent = self._retransmit_at(last, conn.mss)
+        self.probe_range = (last, seq.add(last, sent)) if sent else None
 
 
+# RFC 8985 7.2 WCDelAckT: the longest a peer may hold its ACK (its
+# recommended 200 ms; Linux's TCP_DELACK_MAX and tcp_rto_min alike).
+WORST_CASE_DELAYED_ACK = 0.2
 _RESENT_KEPT = 16  # retransmitted stretches remembered for D-SACK detection
 
 
