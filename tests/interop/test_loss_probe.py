@@ -12,6 +12,8 @@
   counts exactly those (TCPDSACKRecv); Linux's D-SACKs for the duplicates
   ustack sends are counted by ustack exactly as Linux counts sending them
   (TCPDSACKOldSent).
+- SACK block order side by side: the same three holes, Linux receiving and
+  ustack receiving; both name the blocks most recently received first.
 """
 
 from __future__ import annotations
@@ -131,3 +133,92 @@ def test_linux_dsacks_for_duplicates_from_ustack_are_counted_not_undone(
     assert moved["TCPDSACKOldSent"] == 3, moved
     assert stats["tcp.in.dsack"] == 3, stats
     assert stats.get("tcp.spurious-retransmits", 0) == 0 and stats.get("tcp.undo", 0) == 0
+
+
+# ---- SACK block order, side by side with Linux -------------------------------------------
+
+# Data segments 3, 5 and 7 of a flight are lost (the first packet matching
+# is the handshake's ACK or the SYN,ACK; rules are chained, so each later
+# rule counts only what the earlier ones let pass).
+HOLES = [4, 5, 6]
+MSS = 1448  # 1460 less the timestamps, both ways
+SEND = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 9))
+s.sendall(bytes(200_000))
+s.close()
+"""
+RECEIVE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 19))
+got = 0
+while got < 200_000:
+    got += len(s.recv(65536))
+s.close()
+"""
+
+
+def sack_order(acks: list[tuple[int, list[tuple[int, int]]]], index: object) -> list[list[int]]:
+    """Each SACK option of a receiver's ACKs, up to the ACK past the first
+    hole, as the segment numbers where its blocks start, repeats merged."""
+    assert callable(index)
+    orders: list[list[int]] = []
+    first_hole = None
+    for ack, blocks in acks:
+        if blocks and first_hole is None:
+            first_hole = ack
+        if first_hole is not None and ack != first_hole:
+            break
+        order = [index(left) for left, _ in blocks]
+        if order and (not orders or orders[-1] != order):
+            orders.append(order)
+    return orders
+
+
+def test_sack_blocks_come_in_linux_s_order(ns: Netns, tmp_path: Path) -> None:
+    """RFC 2018 4, against the kernel: the same three holes in a flight,
+    once with Linux sending to ustack, once ustack to Linux. The receivers'
+    SACK options name the same blocks in the same order (most recently
+    received first, as tcp_sack_new_ofo_skb keeps them)."""
+    drops = [f"drop:dir=in,flags=ACK,port=9,nth={n}" for n in HOLES]
+    drops += [f"drop:dir=out,flags=ACK,port=19,nth={n}" for n in HOLES]
+    faults = [arg for rule in drops for arg in ("--fault", rule)]
+    with UstackDaemon.start(
+        ns, tmp_path, "--no-offload", "--services", "discard,chargen", *faults
+    ) as daemon:
+        ns.python(SEND, STACK_ADDRESS, timeout=60)
+        ns.python(RECEIVE, STACK_ADDRESS, timeout=60)
+        daemon.wait_until_no_connections()
+        events = [e for e in daemon.trace_events() if e["type"] == "segment"]
+    # ustack receives (port 9): its ACKs; Linux's segments are all full-sized.
+    to_ustack = [e for e in events if e["local_port"] == 9]
+    data_start = next(e["rel_seq"] for e in to_ustack if e["direction"] == "in" and e["length"])
+    ustack_acks = [
+        (e["rel_ack"], [(left, right) for left, right in e["options"].get("sack", [])])
+        for e in to_ustack
+        if e["direction"] == "out" and not e["length"]
+    ]
+    ustack_irs = to_ustack[0]["seq"]  # the SYN's
+
+    def linux_segment(edge: int) -> int:
+        return ((edge - ustack_irs) % (1 << 32) - data_start) // MSS + 1
+
+    # Linux receives (port 19): its ACKs; ustack's segments from its own trace.
+    from_ustack = [e for e in events if e["local_port"] == 19]
+    starts: list[int] = []
+    for e in from_ustack:
+        if e["direction"] == "out" and e["length"] and e["seq"] not in starts:
+            starts.append(e["seq"])
+    linux_acks = [
+        (e["rel_ack"], [(left, right) for left, right in e["options"].get("sack", [])])
+        for e in from_ustack
+        if e["direction"] == "in" and not e["length"]
+    ]
+
+    def ustack_segment(edge: int) -> int:
+        return starts.index(edge) + 1
+
+    ustack_order = sack_order(ustack_acks, linux_segment)
+    linux_order = sack_order(linux_acks, ustack_segment)
+    assert ustack_order[:3] == [[4], [6, 4], [8, 6, 4]], ustack_order
+    assert ustack_order == linux_order
