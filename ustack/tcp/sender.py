@@ -143,6 +143,7 @@ class Sender:
                 if reopened:
                     self.snd_nxt = self.snd_una  # resend a probe byte the peer dropped
                     self._recovery.timed = None  # Karn: no sample from what is sent again
+                    self._recovery.retries = 0  # (the probes' count: the peer answered)
             else:
                 self._recovery.retries = 0  # the peer is alive, just full
 
