@@ -780,3 +780,39 @@ def test_a_tail_loss_probe_is_explained_with_what_it_sends(tmp_path: Path) -> No
     steps = steps_of(tmp_path, tail_loss_probe)
     assert steps[-1].startswith("5. No acknowledgement came within two round trips")
     assert steps[-1].endswith("ustack sends 1,460 bytes of data (seq 2541) again. [RFC 8985 7.3]")
+
+
+def zero_window_stall() -> TcpScript:
+    """The peer's window closes with data waiting: two probes refused, then it opens."""
+    t = TcpScript(listen=80)
+    t.establish(mss=1000, win=1000)
+    t.write(b"x" * 1500)
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1001, win=0)
+    for _ in range(2):
+        t.wait(t.conn.recovery.rtt.rto if t.conn else 1.0)
+        t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1001, win=0)
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1001, win=1000)
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1501, win=1000)
+    return t
+
+
+def test_zero_window_probes_are_told_as_probes_not_timeouts(tmp_path: Path) -> None:
+    """Each probe is the persist timer's (RFC 9293 3.8.6.1), in the trace,
+    the ladder and explain: never "retransmission timeout" (issue 14)."""
+    t = zero_window_stall()
+    assert t.stack.counters["tcp.persist-probes"] == 2
+    decisions = t.decisions()
+    assert [d.split(":")[0] for d in decisions if "probe" in d] == [
+        "zero-window probe #1",
+        "zero-window probe #2",
+    ]
+    assert not any("retransmission timeout" in d for d in decisions)
+    events = trace_of(tmp_path, zero_window_stall)
+    fired = [e["timer"] for e in events if e["type"] == "timer" and e["action"] == "fired"]
+    assert fired == ["persist", "persist"]
+    text = "\n".join(steps_of(tmp_path, zero_window_stall))
+    assert text.count("persist timer fires") == 2 and "retransmission timer" not in text
+    assert "zero-window probe" in text and "RFC 9293 3.8.6.1" in text
+    drawn = render_ascii(events)
+    assert drawn.count("(persist timer fired)") == 2 and "RTO fired" not in drawn
+    assert drawn.count("len 1 (zero-window probe)") == 2

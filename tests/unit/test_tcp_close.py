@@ -416,6 +416,57 @@ def test_old_syn_in_time_wait_gets_an_ack() -> None:
     assert t.table == {"TIME_WAIT": 1}
 
 
+def time_wait_drops(t: TcpScript) -> dict[str, int]:
+    prefix = "tcp.drop.time-wait-"
+    return {k[len(prefix) :]: v for k, v in t.stack.counters.items() if k.startswith(prefix) and v}
+
+
+def test_every_segment_dropped_in_time_wait_is_counted_with_its_reason() -> None:
+    """TIME_WAIT answers some segments (an ACK, a challenge ACK) but takes
+    none: each is a drop, counted as tcp.drop.time-wait-REASON and traced."""
+    t = in_time_wait()
+    assert time_wait_drops(t) == {}
+    t.send("R", seq=P + 1)  # RFC 1337: ignored
+    t.send("R", seq=P + 50)  # in the window, not at RCV.NXT: challenged
+    t.expect(".", seq=U + 1, ack=P + 1)
+    assert time_wait_drops(t) == {"rst": 2}
+    t.send(".", seq=P - 500, ack=U + 1)  # outside the window
+    t.expect(".", seq=U + 1, ack=P + 1)
+    t.send("S", seq=PEER_ISS)  # an old SYN: below the window
+    t.expect(".", seq=U + 1, ack=P + 1)
+    t.send("S", seq=P + 1)  # at RCV.NXT, so no new incarnation: challenged
+    t.expect(".", seq=U + 1, ack=P + 1)
+    t.send("P", seq=P + 1, payload=b"x")  # no ACK flag
+    t.send(".", seq=P + 1, ack=U + 5000)  # an ACK of data never sent: challenged
+    t.expect(".", seq=U + 1, ack=P + 1)
+    t.send(".", seq=P + 1, ack=U + 1)  # a late ACK in the window
+    t.send("P.", seq=P + 1, ack=U + 1, payload=b"late")  # late data
+    assert time_wait_drops(t) == {
+        "rst": 2, "out-of-window": 2, "syn": 1, "no-ack": 1, "bad-ack": 1, "late": 2,
+    }  # fmt: skip
+    drops = [e for e in t.trace if type(e).__name__ == "Drop"]
+    assert [d.reason for d in drops][-1] == "time-wait-late"
+    t.send("F.", seq=P, ack=U + 1)  # the FIN again is answered, not dropped
+    t.expect(".", seq=U + 1, ack=P + 1)
+    assert sum(time_wait_drops(t).values()) == 9
+    assert t.table == {"TIME_WAIT": 1}
+
+
+def test_paws_in_time_wait_is_its_own_drop_reason() -> None:
+    t = TcpScript(listen=80)
+    t.send("S", seq=PEER_ISS, ts=(1000, 0))
+    t.expect("S.")
+    t.send(".", seq=P, ack=U, ts=(1001, 0))
+    t.close()
+    t.expect("F.")
+    t.send("F.", seq=P, ack=U + 1, ts=(1002, 0))
+    t.expect(".")
+    assert t.table == {"TIME_WAIT": 1}
+    t.send(".", seq=P + 1, ack=U + 1, ts=(900, 0))  # older than TS.Recent
+    t.expect(".", seq=U + 1, ack=P + 1)
+    assert time_wait_drops(t) == {"paws": 1}
+
+
 # ---- memory ---------------------------------------------------------------------------
 
 

@@ -195,3 +195,27 @@ def test_out_of_window_data_gets_a_pure_ack_of_rcv_nxt() -> None:
     t.send("P.", seq=P - 100, ack=U, payload=b"old")
     t.expect(".", seq=U, ack=P)
     assert t.read() == b""
+
+
+def test_unanswered_zero_window_probes_give_up_after_the_retries() -> None:
+    """A peer that closed its window and then vanished: the persist timer
+    probes `retries` times, backing off, then the connection times out. The
+    probes cut no congestion window (a probe is not a loss)."""
+    t = TcpScript(listen=80, retries=3)
+    t.establish(mss=1000, win=1000)
+    t.write(b"x" * 1500)
+    t.expect(".", seq=U, payload=b"x" * 1000)
+    t.send(".", seq=P, ack=U + 1000, win=0)
+    conn = t.conn
+    assert conn is not None
+    cwnd = conn.cwnd
+    times = []
+    for _ in range(3):
+        t.wait(conn.recovery.rtt.rto)
+        t.expect(".", seq=U + 1000, payload=b"x")
+        times.append(t.now)
+    assert times == [1.0, 3.0, 7.0]  # 1, 2, 4 s: backed off
+    assert conn.cwnd == cwnd and t.stack.counters["tcp.persist-probes"] == 3
+    t.wait(conn.recovery.rtt.rto)
+    assert conn.state is State.CLOSED and conn.error == "ETIMEDOUT"
+    assert not any("retransmission timeout" in d for d in t.decisions())

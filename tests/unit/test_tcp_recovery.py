@@ -3,6 +3,7 @@ recovery, SACK blocks for held data (RFC 5681, 6582, 2018, 9293 3.8.6.3)."""
 
 from __future__ import annotations
 
+import pytest
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
 P = PEER_ISS + 1
@@ -506,6 +507,9 @@ def test_a_dsack_of_every_resent_byte_undoes_the_window_cut() -> None:
     assert (conn.cwnd, conn.ssthresh) == before
     assert any("spurious retransmission" in d for d in t.decisions())
     assert conn.recovery.rack.reordering_seen and conn.recovery.rack.reo_wnd_mult == 2
+    counters = t.stack.counters
+    assert (counters["tcp.in.dsack"], counters["tcp.spurious-retransmits"]) == (1, 1)
+    assert counters["tcp.undo"] == 1  # Linux's TCPDSACKUndo
 
 
 def test_a_dsack_of_part_of_what_was_resent_undoes_nothing() -> None:
@@ -525,3 +529,162 @@ def test_a_dsack_of_part_of_what_was_resent_undoes_nothing() -> None:
     assert not any("spurious" in d for d in t.decisions())
     t.send(".", seq=P, ack=U + 5000, sack=((U + 1000, U + 2000),))
     assert any("spurious" in d for d in t.decisions())  # and now the other
+
+
+def test_sack_blocks_go_most_recently_received_first() -> None:
+    """RFC 2018 4: the first block holds the newest segment, the others
+    follow most recent first (not in sequence order), as Linux's
+    tcp_sack_new_ofo_skb orders them; three fit beside timestamps."""
+    t = TcpScript(listen=80)
+    t.establish(mss=1460, sack_permitted=True)
+    for start in (1000, 3000, 5000, 7000):
+        t.send(".", seq=P + start, ack=U, payload=b"x" * 500)
+        t.sent()
+    t.send(".", seq=P + 3000, ack=U, payload=b"x" * 500)  # a duplicate of the second
+    t.sent()
+    t.send(".", seq=P + 9000, ack=U, payload=b"x" * 500)
+    blocks = t.expect(".", ack=P).options.sack_blocks
+    assert blocks == (
+        (P + 9000, P + 9500),
+        (P + 3000, P + 3500),  # received again just before
+        (P + 7000, P + 7500),
+        (P + 5000, P + 5500),
+    )
+    t.send(".", seq=P + 5500, ack=U, payload=b"x" * 500)  # grows the block at 5000
+    newest, then = t.expect(".", ack=P).options.sack_blocks[:2]
+    assert (newest, then) == ((P + 5000, P + 6000), (P + 9000, P + 9500))
+    t.send(".", seq=P + 1500, ack=U, payload=b"x" * 1500)  # merges 1000..3500
+    assert t.expect(".", ack=P).options.sack_blocks[0] == (P + 1000, P + 3500)
+
+
+def test_a_duplicate_below_rcv_nxt_is_reported_in_a_dsack_block_once() -> None:
+    """RFC 2883 4.1.1: a segment received twice is reported as the first
+    SACK block of the ACK it causes (at once), and only in that one."""
+    t = TcpScript(listen=80, delayed_ack=0.04)
+    t.establish(mss=1460, sack_permitted=True)
+    t.send(".", seq=P, ack=U, payload=b"a" * 1000)
+    t.send(".", seq=P + 1000, ack=U, payload=b"b" * 1000)
+    t.sent()
+    t.send(".", seq=P, ack=U, payload=b"a" * 1000)  # the first again
+    t.expect(".", ack=P + 2000, sack_blocks=((P, P + 1000),))
+    assert t.stack.counters["tcp.out.dsack-old"] == 1
+    assert any("D-SACK" in d for d in t.decisions())
+    t.write(b"reply")
+    t.expect("P.", ack=P + 2000, payload=b"reply", sack_blocks=())  # not repeated
+    # Part old, part new: the old part is the D-SACK; the ACK goes at once.
+    t.send(".", seq=P + 1500, ack=U, payload=b"c" * 1000)
+    t.expect(".", ack=P + 2500, sack_blocks=((P + 1500, P + 2000),))
+    assert t.stack.counters["tcp.out.dsack-old"] == 2
+
+
+def test_a_duplicate_inside_a_sacked_block_comes_first_then_its_block() -> None:
+    """RFC 2883 4.1.2: a duplicate of held out-of-order data: the D-SACK
+    block, then the SACK block holding it, then the others."""
+    t = TcpScript(listen=80)
+    t.establish(mss=1460, sack_permitted=True)
+    t.send(".", seq=P + 1000, ack=U, payload=b"x" * 1000)
+    t.send(".", seq=P + 4000, ack=U, payload=b"y" * 500)
+    t.sent()
+    t.send(".", seq=P + 1500, ack=U, payload=b"x" * 500)  # inside 1000..2000
+    blocks = t.expect(".", ack=P).options.sack_blocks
+    assert blocks == ((P + 1500, P + 2000), (P + 1000, P + 2000), (P + 4000, P + 4500))
+    assert t.stack.counters["tcp.out.dsack-ofo"] == 1
+    t.send(".", seq=P + 6000, ack=U, payload=b"z" * 500)
+    assert t.expect(".", ack=P).options.sack_blocks[0] == (P + 6000, P + 6500)
+
+
+def test_no_dsack_without_sack_permitted() -> None:
+    t = TcpScript(listen=80)
+    t.establish(mss=1460)
+    t.send(".", seq=P, ack=U, payload=b"a" * 1000)
+    t.sent()
+    t.send(".", seq=P, ack=U, payload=b"a" * 1000)
+    t.expect(".", ack=P + 1000, sack_blocks=())
+    assert t.stack.counters["tcp.out.dsack-old"] == 0
+
+
+def test_a_dsack_of_a_loss_probe_counts_a_spurious_retransmission() -> None:
+    """The probe went, but nothing was lost (the ACK was only late): the
+    peer D-SACKs the probe (RFC 8985 7.4.2 with RFC 2883): one spurious
+    retransmission counted, no window to undo since none was cut. A D-SACK
+    of data never resent counts as received, not as spurious."""
+    t = sack_sender()
+    conn = t.conn
+    assert conn is not None
+    cwnd = conn.cwnd
+    t.write(bytes(3000))
+    t.sent()
+    t.at(t.now + 0.5)
+    t.expect("P.", seq=U + 2000, payload=bytes(1000))  # the probe
+    t.send(".", seq=P, ack=U + 3000)
+    t.send(".", seq=P, ack=U + 3000, sack=((U + 2000, U + 3000),))  # the probe's duplicate
+    counters = t.stack.counters
+    assert (counters["tcp.in.dsack"], counters["tcp.spurious-retransmits"]) == (1, 1)
+    assert counters["tcp.undo"] == 0 and conn.cwnd >= cwnd
+    assert any("D-SACK" in d and "needless" in d for d in t.decisions())
+    t.send(".", seq=P, ack=U + 3000, sack=((U, U + 1000),))  # never resent
+    assert (counters["tcp.in.dsack"], counters["tcp.spurious-retransmits"]) == (2, 1)
+
+
+def probe_deadline(t: TcpScript) -> float | None:
+    assert t.conn is not None
+    return t.conn.timers().get("probe")
+
+
+def test_pto_allows_for_a_delayed_ack_while_the_flight_is_short_of_two_full_segments() -> None:
+    """RFC 8985 7.2: PTO = 2*SRTT, plus WCDelAckT (200 ms) when the peer may
+    hold its ACK for its delayed-ACK timer: a flight of one segment, and
+    (RFC 5681 4.2: an ACK is due only for a second full-sized segment) one
+    full segment and a small one. Two full segments get no allowance."""
+    t = rack_sender(0.01)
+    conn = t.conn
+    assert conn is not None and conn.recovery.rtt.rto == 1.0
+    start = t.now
+    t.write(bytes(1500))  # 1000 + 500: one full-sized segment
+    assert len(t.sent()) == 2
+    assert probe_deadline(t) == pytest.approx(start + 2 * 0.01 + 0.2)
+    t.at(start + 0.1)  # the peer's delayed ACK, 100 ms later: no probe before it
+    t.expect_none()
+    t.send(".", seq=P, ack=U + 1500)
+    start = t.now
+    t.write(bytes(2000))  # two full segments: the peer ACKs at once
+    t.sent()
+    srtt = conn.recovery.rtt.srtt
+    assert srtt is not None
+    assert probe_deadline(t) == pytest.approx(start + max(2 * srtt, 0.01))
+    t.send(".", seq=P, ack=U + 3500)
+    t.write(bytes(400))  # one small segment
+    t.sent()
+    srtt = conn.recovery.rtt.srtt
+    assert srtt is not None
+    assert probe_deadline(t) == pytest.approx(t.now + max(2 * srtt, 0.01) + 0.2)
+
+
+def test_a_dsacked_probe_teaches_the_pto_that_the_peer_delays_its_acks() -> None:
+    """A Linux peer whose application reads slowly holds the ACK of several
+    segments (its window would not grow): the probe at 2*SRTT was needless
+    and comes back D-SACKed. From then on every PTO allows for the delayed
+    ACK, so the next such flight goes without a spurious probe."""
+    t = rack_sender(0.01)
+    conn = t.conn
+    assert conn is not None
+    start = t.now
+    t.write(bytes(3000))
+    t.sent()
+    t.at(start + 0.02)
+    t.expect("P.", seq=U + 2000, payload=bytes(1000))  # the probe
+    t.at(start + 0.04)  # the delayed ACK, and the probe's duplicate D-SACKed
+    t.send(".", seq=P, ack=U + 3000, sack=((U + 2000, U + 3000),))
+    counters = t.stack.counters
+    assert counters["tcp.loss-probes"] == 1 and counters["tcp.loss-probes.spurious"] == 1
+    assert conn.recovery.peer_delays_acks
+    start = t.now
+    t.write(bytes(3000))
+    t.sent()
+    srtt = conn.recovery.rtt.srtt
+    assert srtt is not None
+    assert probe_deadline(t) == pytest.approx(start + max(2 * srtt, 0.01) + 0.2)
+    t.at(start + 0.04)
+    t.expect_none()  # no probe: the ACK may still come
+    t.send(".", seq=P, ack=U + 6000)
+    assert counters["tcp.loss-probes"] == 1

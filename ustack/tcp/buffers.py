@@ -17,22 +17,31 @@ class ReassemblyQueue:
         # past: every held SEQ lies ahead of it); entries never overlap.
         self._starts: list[int] = []
         self._data: list[bytes] = []
+        # When each entry was last received (a count of arrivals): the SACK
+        # blocks go most recent first (RFC 2018 4).
+        self._arrivals: list[int] = []
+        self._arrival = 0
         self._origin = 0
         self.held_bytes = 0
 
     def __bool__(self) -> bool:
         return bool(self._data)
 
-    def add(self, start: int, data: bytes, rcv_nxt: int) -> None:
-        """Hold `data` (SEQ `start`, beyond RCV.NXT), keeping only bytes not held yet."""
+    def add(self, start: int, data: bytes, rcv_nxt: int) -> tuple[int, int] | None:
+        """Hold `data` (SEQ `start`, beyond RCV.NXT), keeping only bytes not
+        held yet. Returns the first stretch of it that was held already (the
+        D-SACK of RFC 2883 4), if any."""
         if not self._data:
             self._origin = rcv_nxt
+        self._arrival += 1
+        arrival = self._arrival
         first = seq.diff(start, self._origin)
         last = first + len(data)
         position = bisect.bisect_right(self._starts, first)
         if position:  # the entry before may reach into the new data
             position -= 1
         cursor = first
+        duplicate: tuple[int, int] | None = None
         new_starts: list[int] = []
         new_data: list[bytes] = []
         while position < len(self._starts) and cursor < last:
@@ -46,6 +55,10 @@ class ReassemblyQueue:
             if held_start > cursor:
                 new_starts.append(cursor)
                 new_data.append(data[cursor - first : held_start - first])
+            if duplicate is None:
+                duplicate = (max(held_start, first), min(held_end, last))
+            # The entry came again: its block is the most recent one now.
+            self._arrivals[position] = arrival
             cursor = max(cursor, held_end)
             position += 1
         if cursor < last:
@@ -55,7 +68,11 @@ class ReassemblyQueue:
             at = bisect.bisect_left(self._starts, piece_start)
             self._starts.insert(at, piece_start)
             self._data.insert(at, piece)
+            self._arrivals.insert(at, arrival)
             self.held_bytes += len(piece)
+        if duplicate is None:
+            return None
+        return seq.add(self._origin, duplicate[0]), seq.add(self._origin, duplicate[1])
 
     def pop_ready(self, rcv_nxt: int) -> bytes | None:
         """The held bytes that now follow RCV.NXT directly, if any; old ones go."""
@@ -65,33 +82,39 @@ class ReassemblyQueue:
             if overlap < 0:
                 return None  # still a hole before the first entry
             self._starts.pop(0)
+            self._arrivals.pop(0)
             data = self._data.pop(0)
             self.held_bytes -= len(data)
             if overlap < len(data):
                 return data[overlap:]
         return None
 
-    def blocks(self, latest: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+    def blocks(self) -> list[tuple[int, int]]:
         """The held data as SACK blocks (left, right edges; RFC 2018), touching
-        entries merged; the block holding `latest` (the newest segment) first."""
-        merged: list[list[int]] = []
-        for start, data in zip(self._starts, self._data, strict=True):
+        entries merged: the block holding the most recently received segment
+        first, then the others, most recently received first (RFC 2018 4,
+        as Linux's tcp_sack_new_ofo_skb keeps them)."""
+        merged: list[list[int]] = []  # [left, right, latest arrival]
+        for start, data, arrival in zip(self._starts, self._data, self._arrivals, strict=True):
             if merged and merged[-1][1] == start:
-                merged[-1][1] += len(data)
+                block = merged[-1]
+                block[1] += len(data)
+                block[2] = max(block[2], arrival)
             else:
-                merged.append([start, start + len(data)])
-        edges = [(seq.add(self._origin, a), seq.add(self._origin, b)) for a, b in merged]
-        if latest is not None:
-            for index, (left, right) in enumerate(edges):
-                if seq.le(left, latest[0]) and seq.le(latest[1], right):
-                    edges.insert(0, edges.pop(index))
-                    break
-        return edges
+                merged.append([start, start + len(data), arrival])
+        merged.sort(key=_latest_first)
+        origin = self._origin
+        return [(seq.add(origin, a), seq.add(origin, b)) for a, b, _ in merged]
 
     def clear(self) -> None:
         self._starts.clear()
         self._data.clear()
+        self._arrivals.clear()
         self.held_bytes = 0
+
+
+def _latest_first(block: list[int]) -> int:
+    return -block[2]
 
 
 class ReceiveBuffer:

@@ -26,8 +26,7 @@ comments name the step of 3.10.7.4 each block implements.
 
 from __future__ import annotations
 
-from collections import Counter
-
+from ustack.counters import Counters
 from ustack.tcp import seq
 from ustack.tcp.config import DEFAULT_PEER_MSS, MAX_WINDOW_SHIFT, MIN_PEER_MSS, TcpConfig
 from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
@@ -50,7 +49,15 @@ from ustack.tcp.states import (
 )
 from ustack.tcp.timers import DELAYED_ACK, PERSIST, PROBE, REORDER, RETRANSMIT, Timers
 from ustack.trace.records import Decision, StateChange, Tracer
-from ustack.trace.vocabulary import Challenge, Note, Rule, SegmentNote, TimerKind
+from ustack.trace.vocabulary import (
+    Challenge,
+    DropReason,
+    Layer,
+    Note,
+    Rule,
+    SegmentNote,
+    TimerKind,
+)
 from ustack.wire.tcp import ACK, FIN, RST, SYN
 
 __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
@@ -80,7 +87,7 @@ class TcpConnection(TcbView):
         self.ts_ok = False
         self.mss = min(self.peer_mss, config.mss)
         # The stack's counters, if it gives them (challenge ACKs sent and withheld).
-        self.counters: Counter[str] | None = None
+        self.counters: Counters | None = None
         self._timers = Timers(self)
         self.keepalive = Keepalive(self, self._timers)
         self.receiver = Receiver(self, self._timers)
@@ -332,12 +339,19 @@ class TcpConnection(TcbView):
             self.decide(Note.SYN_AGAIN_IN_SYN_RECEIVED)
             return
         if self.ts_ok and not rcv.timestamps_ok(seg):
+            rcv.report_old_duplicate(seg)
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_PAWS)
             return
         # First: is the segment acceptable (in the receive window)?
         if not rcv.acceptable(seg):
             if not flags & RST:
                 rcv.ack_now = True
-            self.decide(Note.OUTSIDE_WINDOW)
+                self.decide(Note.OUTSIDE_WINDOW)
+                rcv.report_old_duplicate(seg)
+                self._dropped_in_time_wait(DropReason.TIME_WAIT_OUT_OF_WINDOW)
+            else:
+                self.decide(Note.OUTSIDE_WINDOW)
+                self._dropped_in_time_wait(DropReason.TIME_WAIT_RST)
             return
         # Second: RST (RFC 5961 3.2: only an exact RCV.NXT match resets).
         if flags & RST:
@@ -346,10 +360,12 @@ class TcpConnection(TcbView):
         # Fourth: a SYN in a synchronized state gets a challenge ACK (RFC 5961 4.2).
         if flags & SYN:
             self.receiver.challenge_ack(Challenge.SYN_SYNCHRONIZED)
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_SYN)
             return
         # Fifth: the ACK field.
         if not flags & ACK:
             self.decide(Note.NO_ACK_FLAG)
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_NO_ACK)
             return
         if state is State.SYN_RECEIVED:
             if not (seq.lt(snd.snd_una, seg.ack) and seq.le(seg.ack, snd.snd_max)):
@@ -360,7 +376,15 @@ class TcpConnection(TcbView):
             self._transition(Event.RCV_ACK_OF_SYN)
             self._after_handshake()
             self.events.append(Connected())
+        was_time_wait = state is State.TIME_WAIT
         if not self._receive_ack(seg):
+            if was_time_wait:
+                self._dropped_in_time_wait(DropReason.TIME_WAIT_BAD_ACK)
+            return
+        if was_time_wait:
+            # Both FINs are through: an ACK or data now is late, nothing to take
+            # (Linux's tcp_timewait_state_process discards it too).
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_LATE)
             return
         # Sixth (URG) is not supported: urgent data is ordinary data here.
         # Seventh and eighth: the text, then the FIN.
@@ -368,9 +392,16 @@ class TcpConnection(TcbView):
             return
         self._receive_text_and_fin(seg.seq, seg.payload, seg.flags & FIN)
 
+    def _dropped_in_time_wait(self, reason: DropReason) -> None:
+        """A segment that TIME_WAIT drops is counted with its reason (the
+        connection itself stays; its ACK or challenge ACK may still go)."""
+        if self.state is State.TIME_WAIT and self.counters is not None:
+            self.counters.drop(Layer.TCP, reason, self.now)
+
     def _receive_rst(self, seg: Segment) -> None:
         if seg.seq != self.receiver.rcv_nxt:
             self.receiver.challenge_ack(Challenge.RST_NOT_AT_RCV_NXT)
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_RST)
             return
         state = self.state
         if state is State.SYN_RECEIVED:
@@ -381,6 +412,7 @@ class TcpConnection(TcbView):
         elif state is State.TIME_WAIT:
             if self.config.rfc1337:
                 self.decide(Note.RST_IN_TIME_WAIT_IGNORED)
+                self._dropped_in_time_wait(DropReason.TIME_WAIT_RST)
             else:
                 self._transition(Event.RCV_RST)
         else:
@@ -432,6 +464,8 @@ class TcpConnection(TcbView):
         # Trim what lies before RCV.NXT (already received) or past the window.
         skip = seq.diff(rcv.rcv_nxt, start)
         if skip > 0:
+            if payload:  # received before: a D-SACK tells the sender (RFC 2883 4.1.1)
+                rcv.report_duplicate(start, seq.add(start, min(skip, len(payload))))
             if skip > len(payload):
                 return  # everything, FIN included, is old
             payload = payload[skip:]
@@ -491,7 +525,8 @@ class TcpConnection(TcbView):
             if kind is RETRANSMIT:
                 self._on_retransmit_timeout()
             elif kind is PERSIST:
-                self.sender.persist_timeout()
+                if not self.sender.persist_timeout():
+                    self._transition(Event.TIMEOUT_RETRANSMIT, error="ETIMEDOUT")
             elif kind is PROBE:
                 self.recovery.probe_timeout()
             elif kind is REORDER:

@@ -248,7 +248,13 @@ def check_connection(conn: TcpConnection, now: float, demux: TcpDemux | None = N
         fail("timers", "keep-alive is off but its timer runs")
     if state in _HANDSHAKE and "retransmit" not in timers:
         fail("timers", "no retransmission timer for our SYN")
-    if state is not State.TIME_WAIT and conn.snd_una != conn.snd_max and "retransmit" not in timers:
+    probing = conn.snd_wnd == 0 and "persist" in timers  # (a zero-window probe in flight)
+    if (
+        state is not State.TIME_WAIT
+        and conn.snd_una != conn.snd_max
+        and "retransmit" not in timers
+        and not probing
+    ):
         fail("timers", f"{seq.diff(conn.snd_max, conn.snd_una)} bytes in flight, no timer")
     waiting = seq.diff(seq.add(conn.sender.fin_seq, fin_queued), conn.snd_nxt)
     if state in _SENDS and waiting > 0 and not {"retransmit", "persist"} & set(timers):

@@ -37,10 +37,10 @@ class Receiver:
         "ack_now",
         "buffer",
         "challenges",
+        "dsack",
         "fin_received",
         "held_fin",
         "irs",
-        "last_hold",
         "out_of_order",
         "rcv_adv",
         "rcv_nxt",
@@ -62,7 +62,8 @@ class Receiver:
         # In-order data not yet read, and data beyond a hole.
         self.buffer = ReceiveBuffer()
         self.out_of_order = ReassemblyQueue()
-        self.last_hold: tuple[int, int] | None = None  # the latest out-of-order segment
+        # A duplicate to report in the first SACK block of the next segment (RFC 2883).
+        self.dsack: tuple[int, int] | None = None
         self.held_fin: int | None = None  # SEQ of a FIN that arrived beyond a hole
         self.fin_received = False
         self.read_shut = False
@@ -141,10 +142,11 @@ class Receiver:
         """Take in-window text at `start`; True when a FIN held beyond a hole
         is now next in sequence (the connection processes it)."""
         if start != self.rcv_nxt:
-            self.out_of_order.add(start, data, self.rcv_nxt)
-            self.last_hold = (start, seq.add(start, len(data)))
+            duplicate = self.out_of_order.add(start, data, self.rcv_nxt)
             self.ack_now = True  # at once: the sender counts duplicate ACKs (RFC 5681 4.2)
             self._conn.decide(Note.OUT_OF_ORDER_HELD)
+            if duplicate is not None:
+                self.report_duplicate(*duplicate)
             return False
         out_of_order = self.out_of_order
         filled_hole = bool(out_of_order)
@@ -165,6 +167,30 @@ class Receiver:
             self.held_fin = None
             self._conn.decide(Note.DATA_PAST_HELD_FIN)
         return False
+
+    def report_duplicate(self, left: int, right: int) -> None:
+        """Data received twice: the next segment's first SACK block says so
+        (RFC 2883 4, a D-SACK), below RCV.NXT or inside a block held beyond a
+        hole (the block holding it follows, as the most recent). The ACK goes
+        at once: the sender may undo a needless window cut sooner."""
+        conn = self._conn
+        if not conn.sack_ok or not seq.lt(left, right):
+            return
+        self.dsack = (left, right)
+        self.ack_now = True
+        old = seq.lt(left, self.rcv_nxt)
+        if conn.counters is not None:
+            # Linux's TCPDSACKOldSent and TCPDSACKOfoSent.
+            conn.counters["tcp.out.dsack-old" if old else "tcp.out.dsack-ofo"] += 1
+        where = "below RCV.NXT" if old else "inside a SACKed block"
+        conn.decide(Note.DSACK_SENT, left=left, right=right, where=where)
+
+    def report_old_duplicate(self, seg: Segment) -> None:
+        """A segment whose text lies (partly) below RCV.NXT: its old part is a
+        duplicate (RFC 2883 4.1.1, as Linux's tcp_send_dupack)."""
+        if seg.payload and seq.lt(seg.seq, self.rcv_nxt):
+            end = seq.add(seg.seq, len(seg.payload))
+            self.report_duplicate(seg.seq, end if seq.lt(end, self.rcv_nxt) else self.rcv_nxt)
 
     def _deliver(self, data: bytes) -> None:
         self.rcv_nxt = seq.add(self.rcv_nxt, len(data))
@@ -266,10 +292,11 @@ class Receiver:
         conn = self._conn
         ts_ok = conn.ts_ok
         held_fin = self.held_fin
+        dsack = self.dsack
         sack = conn.sack_ok and (bool(self.out_of_order) or held_fin is not None)
-        if not (sack or ts_ok):
+        if not (sack or ts_ok or dsack):
             return NO_OPTIONS
-        blocks = self.out_of_order.blocks(self.last_hold) if sack else []
+        blocks = self.out_of_order.blocks() if sack else []
         if sack and held_fin is not None:
             # A FIN held beyond a hole is reported too (it occupies sequence
             # space, as Linux reports it): else a sender that lost only the
@@ -281,6 +308,11 @@ class Receiver:
                 blocks[touching[0]] = (left, end)
             else:
                 blocks.insert(0, (held_fin, end))
+        if dsack is not None:
+            # RFC 2883 4: the duplicate first, once (a segment that carries it
+            # consumes it); the SACK blocks after it.
+            self.dsack = None
+            blocks.insert(0, dsack)
         blocks = blocks[: 3 if ts_ok else 4]
         stamps = (conn.ts_now(), self.ts_recent) if ts_ok else None
         return TcpOptions(sack_blocks=tuple(blocks), timestamps=stamps)

@@ -44,10 +44,13 @@ class Recovery:
         "_timers",
         "cc",
         "dupacks",
+        "peer_delays_acks",
         "probe_high",
+        "probe_range",
         "rack",
         "recover",
         "recovery_high",
+        "resent",
         "retries",
         "rtt",
         "syn_retransmitted",
@@ -78,6 +81,11 @@ class Recovery:
         )
         self.dupacks = 0
         self.probe_high: int | None = None  # SND.MAX when a tail loss probe went out
+        self.probe_range: tuple[int, int] | None = None  # what the latest probe resent
+        # A probe came back D-SACKed: the peer holds its ACKs longer than a
+        # PTO even for flights of several segments (a Linux receiver whose
+        # application reads slowly does: its window would not grow).
+        self.peer_delays_acks = False
         self.recover: int | None = None  # NewReno: SND.MAX when fast recovery began
         self.recovery_high = iss  # RFC 6582 "recover", for the next entry check
         # With SACK, the RACK log (RFC 8985) knows when each segment went out,
@@ -89,6 +97,9 @@ class Recovery:
         self.undo_cc: congestion.CongestionControl | None = None
         self.undo_marker = iss
         self.undo_bytes = 0
+        # The latest stretches sent again (a few): a D-SACK of one of them
+        # shows that retransmission was needless (RFC 3708 2).
+        self.resent: list[tuple[int, int]] = []
 
     def start(self, mss: int, initial_window: int) -> None:
         """The segment size is known: the congestion window counts in it."""
@@ -187,10 +198,13 @@ class Recovery:
     def _is_duplicate_ack(self, seg: Segment, new_sack: bool) -> bool:
         """RFC 5681 2: same ACK, no data, no SYN/FIN, same window, data in
         flight; or, with SACK, an ACK that reports bytes not SACKed before
-        (RFC 6675 2: the window may change, as Linux's does while it grows)."""
+        (RFC 6675 2: the window may change, as Linux's does while it grows).
+        Not while the peer's window is closed: its ACKs then answer our
+        zero-window probes (RFC 9293 3.8.6.1) and say nothing of a loss."""
         snd = self._snd
         return (
             seg.ack == snd.snd_una
+            and snd.snd_wnd != 0
             and not seg.payload
             and not seg.flags & (SYN | FIN)
             and ((seg.window << snd.snd_shift) == snd.snd_wnd or new_sack)
@@ -290,6 +304,26 @@ class Recovery:
         conn = self._conn
         left, right = block
         self.rack.on_dsack(conn.now, self.rtt.srtt or 0.0)
+        spurious = self._was_resent(left, right)
+        probe = self.probe_range
+        if probe is not None and seq.lt(left, probe[1]) and seq.lt(probe[0], right):
+            # The probe was needless: the peer's ACK was only late. From now
+            # on every PTO allows for its delayed ACK (arm_probe).
+            self.probe_range = None
+            self.peer_delays_acks = True
+            if conn.counters is not None:
+                conn.counters["tcp.loss-probes.spurious"] += 1
+        counters = conn.counters
+        if counters is not None:
+            counters["tcp.in.dsack"] += 1  # Linux's TCPDSACKRecv
+            if spurious:
+                counters["tcp.spurious-retransmits"] += 1
+        conn.decide(
+            Note.DSACK_RECEIVED,
+            left=left,
+            right=right,
+            what="a retransmission was needless" if spurious else "not one we resent lately",
+        )
         if self.undo_cc is None or self.undo_bytes <= 0 or seq.lt(left, self.undo_marker):
             return  # no episode, nothing resent in it, or a duplicate from before it
         self.undo_bytes -= seq.diff(right, left)
@@ -300,8 +334,8 @@ class Recovery:
         prior.cwnd = max(prior.cwnd, cwnd)
         self.cc = prior
         self.recover = None
-        if conn.counters is not None:
-            conn.counters["tcp.undo"] += 1
+        if counters is not None:
+            counters["tcp.undo"] += 1  # Linux's TCPDSACKUndo
         conn.decide(
             Note.SPURIOUS_RETRANSMISSION,
             marker=self.undo_marker,
@@ -309,6 +343,22 @@ class Recovery:
             cwnd=prior.cwnd,
             ssthresh=prior.ssthresh,
         )
+
+    def note_resent(self, start: int, end: int) -> None:
+        """start..end went out again: remember it for the D-SACKs to come."""
+        resent = self.resent
+        resent.append((start, end))
+        if len(resent) > _RESENT_KEPT:
+            del resent[0]
+
+    def _was_resent(self, left: int, right: int) -> bool:
+        """Whether a D-SACKed left..right overlaps a stretch sent again lately
+        (then that retransmission counts once as spurious, RFC 3708 2)."""
+        for index, (start, end) in enumerate(self.resent):
+            if seq.lt(left, end) and seq.lt(start, right):
+                del self.resent[index]
+                return True
+        return False
 
     # ---- retransmission --------------------------------------------------------------
 
@@ -342,6 +392,7 @@ class Recovery:
         conn = self._conn
         if conn.sack_ok:
             self.rack.on_send(start, seq.add(start, size + fin), conn.now)
+            self.note_resent(start, seq.add(start, size + fin))
         self.undo_bytes += size
         self.timed = None  # Karn
         self._rcv.ack_now = False
@@ -395,10 +446,11 @@ class Recovery:
 
     def arm_probe(self) -> None:
         """RFC 8985 7.2: with data in flight and no recovery going on, a tail
-        loss probe after PTO = 2*SRTT (at least 10 ms, as Linux; plus the
-        peer's worst delayed ACK when one segment is out), if that is sooner
-        than the RTO. The probe stands in for the ACKs a lost tail never
-        gets: without it, a loss at the end of a flight waits for the RTO."""
+        loss probe after PTO = 2*SRTT (at least 10 ms), plus WCDelAckT when
+        the peer may hold its ACK for its delayed-ACK timer, if that is
+        sooner than the RTO (PTO <= RTO). The probe stands in for the ACKs a
+        lost tail never gets: without it, a loss at the end of a flight
+        waits for the RTO."""
         conn = self._conn
         srtt = self.rtt.srtt
         if (
@@ -413,8 +465,13 @@ class Recovery:
             return
         pto = max(2 * srtt, 0.01)
         snd = self._snd
-        if seq.diff(snd.snd_max, snd.snd_una) <= conn.mss:
-            pto += 0.2  # RFC 8985 7.2 WCDelAckT: the lone segment's ACK may be delayed
+        if self.peer_delays_acks or seq.diff(snd.snd_max, snd.snd_una) < 2 * conn.mss:
+            # RFC 8985 7.2 adds WCDelAckT for a flight of one segment, as a
+            # receiver need not ACK before a second full-sized one (RFC 5681
+            # 4.2): so for any flight short of two full segments (1448 + 552
+            # bytes is one full segment, not two). And for every flight once
+            # a probe came back D-SACKed: that peer delays more than that.
+            pto += WORST_CASE_DELAYED_ACK
         if pto < self.rtt.rto:
             self._timers.arm(PROBE, pto)
 
@@ -426,9 +483,18 @@ class Recovery:
             return
         conn = self._conn
         self.probe_high = snd.snd_max
-        last = max(seq.diff(snd.snd_max, snd.snd_una) - conn.mss, 0)
+        last = seq.add(snd.snd_una, max(seq.diff(snd.snd_max, snd.snd_una) - conn.mss, 0))
         conn.decide(Note.TAIL_LOSS_PROBE)
-        self._retransmit_at(seq.add(snd.snd_una, last), conn.mss)
+        if conn.counters is not None:
+            conn.counters["tcp.loss-probes"] += 1  # Linux's TCPLossProbes
+        sent = self._retransmit_at(last, conn.mss)
+        self.probe_range = (last, seq.add(last, sent)) if sent else None
+
+
+# RFC 8985 7.2 WCDelAckT: the longest a peer may hold its ACK (its
+# recommended 200 ms; Linux's TCP_DELACK_MAX and tcp_rto_min alike).
+WORST_CASE_DELAYED_ACK = 0.2
+_RESENT_KEPT = 16  # retransmitted stretches remembered for D-SACK detection
 
 
 def _dsack_block(blocks: tuple[tuple[int, int], ...], ack: int) -> tuple[int, int] | None:

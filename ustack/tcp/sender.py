@@ -17,7 +17,7 @@ from ustack.tcp.events import SendSpace
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import State
 from ustack.tcp.timers import PERSIST, RETRANSMIT, Timers
-from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import Note, SegmentNote
 from ustack.wire.tcp import ACK, FIN, PSH, SYN, TcpOptions
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class Sender:
         "snd_wl1",
         "snd_wl2",
         "snd_wnd",
+        "window_probes",
     )
 
     def __init__(
@@ -78,6 +79,7 @@ class Sender:
         self.fin_queued = False  # our FIN follows the last byte of the buffer
         self.nodelay = nodelay  # TCP_NODELAY: send small segments at once
         self.small_sent_end = iss  # SEQ just after the last sub-MSS segment sent
+        self.window_probes = 0  # zero-window probes since the window closed
 
     def attach(self, recovery: Recovery) -> None:
         self._recovery = recovery
@@ -137,9 +139,11 @@ class Sender:
             self.snd_wl1, self.snd_wl2 = seg.seq, ack
             if self.snd_wnd:
                 self._timers.cancel(PERSIST)
+                self.window_probes = 0
                 if reopened:
                     self.snd_nxt = self.snd_una  # resend a probe byte the peer dropped
                     self._recovery.timed = None  # Karn: no sample from what is sent again
+                    self._recovery.retries = 0  # (the probes' count: the peer answered)
             else:
                 self._recovery.retries = 0  # the peer is alive, just full
 
@@ -190,6 +194,7 @@ class Sender:
         recovery = self._recovery
         timers = self._timers
         buf = self.buffer
+        dsack = rcv.dsack is not None
         options = rcv.ack_options()
         if options.sack_blocks:
             # The blocks ride on every segment: its payload shrinks to fit the
@@ -242,9 +247,14 @@ class Sender:
                 # (A probe resent after its timeout is still a probe, not a loss.)
                 note = _RETRANSMISSION
                 recovery.undo_bytes += size
+                if rack is not None:
+                    recovery.note_resent(snd_nxt, seq.add(snd_nxt, size + fin))
             window = rcv.window_field()
             gso = mss if size > mss else 0
             conn._emit(Segment(snd_nxt, rcv.rcv_nxt, flags, window, payload, options, note, gso))
+            if dsack:  # the D-SACK goes on the first segment only (RFC 2883 4)
+                dsack = False
+                options = rcv.ack_options()
             if recovery.timed is None and snd_nxt == self.snd_max and size:
                 recovery.timed = (snd_nxt, conn.now)
             if rack is not None:
@@ -258,9 +268,11 @@ class Sender:
                 self.snd_max = snd_nxt
                 sent_new = not probe
             rcv.ack_now = False
+            if probe:
+                break  # (its own timer, the persist timer, sends it again)
             if RETRANSMIT not in timers.deadlines:
                 timers.arm(RETRANSMIT, recovery.rtt.rto)
-            if fin or probe:
+            if fin:
                 break
         if sent_new:
             recovery.arm_probe()  # (RFC 8985 7.2: restarted by each new transmission)
@@ -333,12 +345,29 @@ class Sender:
         )
         return size, int(fin)
 
-    def persist_timeout(self) -> None:
-        """Zero-window probe (RFC 9293 3.8.6.1): push one byte past the window."""
-        if self.snd_wnd or seq.diff(self.fin_seq, self.snd_nxt) <= 0:
-            return
+    def persist_timeout(self) -> bool:
+        """Zero-window probe (RFC 9293 3.8.6.1): push one byte past the closed
+        window, the same byte again each time the persist timer fires while
+        the window stays shut, the interval backing off (RFC 1122 4.2.2.17).
+        It is a probe, not a loss: no congestion response, no RTO. False
+        when `retries` probes in a row went unanswered: the peer is gone."""
+        if self.snd_wnd or seq.diff(self.fin_seq, self.snd_una) <= 0:
+            return True
+        conn = self._conn
+        recovery = self._recovery
+        recovery.retries += 1  # (any ACK from the peer, even of a zero window, resets it)
+        if recovery.retries > conn.config.retries:
+            return False
+        self.snd_nxt = self.snd_una  # (the byte a refused probe carried goes again)
         self.send_data(1, probe=True)
-        self._recovery.rtt.back_off()
+        rtt = recovery.rtt
+        rtt.back_off()
+        self._timers.arm(PERSIST, rtt.rto)
+        self.window_probes += 1
+        if conn.counters is not None:
+            conn.counters["tcp.persist-probes"] += 1  # Linux's TCPWinProbe
+        conn.decide(Note.ZERO_WINDOW_PROBE, count=self.window_probes, rto=rtt.rto)
+        return True
 
     def may_send(self) -> bool:
         """Bytes not yet sent, or the FIN right after the last byte: only then

@@ -36,6 +36,8 @@ class Rule(enum.StrEnum):
     RFC8985_PROBE = "RFC 8985 7.3"
     RFC8985_PROBE_RECOVERY = "RFC 8985 7.4"
     RFC3708_UNDO = "RFC 3708, RFC 4015"
+    RFC2883_DSACK = "RFC 2883 4"
+    RFC9293_PERSIST = "RFC 9293 3.8.6.1"
 
 
 class TimerKind(enum.StrEnum):
@@ -118,6 +120,10 @@ class Note(_TextAndRule, enum.Enum):
     FIN_AFTER_FIN = ("FIN after the peer's FIN ignored", _OTHERWISE)
     FIN_BEYOND_HOLE = ("FIN beyond a hole: held until the hole fills", _OTHERWISE)
     OUT_OF_ORDER_HELD = ("out-of-order segment held, duplicate ACK sent", _OTHERWISE)
+    DSACK_SENT = (
+        "duplicate {left}..{right} received ({where}): reported in a D-SACK block",
+        Rule.RFC2883_DSACK,
+    )
     DATA_PAST_HELD_FIN = ("data past a held FIN: the FIN is dropped", _OTHERWISE)
     PAWS = ("PAWS: TSval older than TS.Recent, dropped, ACK sent", Rule.RFC7323_PAWS)
     RST_IN_TIME_WAIT_IGNORED = (
@@ -145,12 +151,17 @@ class Note(_TextAndRule, enum.Enum):
         "{cc} cwnd back to {cwnd}, ssthresh {ssthresh}",
         Rule.RFC3708_UNDO,
     )
+    DSACK_RECEIVED = ("D-SACK {left}..{right} received: {what}", Rule.RFC2883_DSACK)
     RECOVERY_OVER = ("fast recovery over, cwnd {cwnd}", Rule.RFC6582_RECOVERY_OVER)
     RETRANSMISSION_TIMEOUT = (
         "retransmission timeout #{count}: resend from SND.UNA, RTO now {rto:.3f}s",
         Rule.RFC6298_TIMEOUT,
     )
     TAIL_LOSS_PROBE = ("tail loss probe: the last segment again", Rule.RFC8985_PROBE)
+    ZERO_WINDOW_PROBE = (
+        "zero-window probe #{count}: the peer's window is closed; next in {rto:.3f}s",
+        Rule.RFC9293_PERSIST,
+    )
 
 
 class Challenge(_TextAndRule, enum.Enum):
@@ -229,3 +240,11 @@ class DropReason(enum.StrEnum):
     BACKLOG_FULL = "backlog-full"
     CONNECTION_LIMIT = "connection-limit"  # the table holds max_connections, none in TIME_WAIT
     RST_TO_CLOSED_PORT = "rst-to-closed-port"
+    # tcp, in TIME_WAIT: every segment the state drops (RFC 9293 3.10.7.4, RFC 1337)
+    TIME_WAIT_RST = "time-wait-rst"  # ignored (RFC 1337), or not at RCV.NXT (challenged)
+    TIME_WAIT_PAWS = "time-wait-paws"  # an old TSval (RFC 7323 5.3): ACK sent
+    TIME_WAIT_OUT_OF_WINDOW = "time-wait-out-of-window"  # not in the window: ACK sent
+    TIME_WAIT_SYN = "time-wait-syn"  # a SYN that cannot start a new incarnation: challenged
+    TIME_WAIT_NO_ACK = "time-wait-no-ack"  # neither SYN, RST nor ACK
+    TIME_WAIT_BAD_ACK = "time-wait-bad-ack"  # an ACK of unsent data, or too old: challenged
+    TIME_WAIT_LATE = "time-wait-late"  # an in-window ACK or data: nothing left to receive
