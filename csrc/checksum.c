@@ -56,28 +56,14 @@ static uint64_t sum_native(const uint8_t *buf, size_t len)
         buf += 8;
         len -= 8;
     }
-    if (len >= 4) {
-        uint32_t w;
-        memcpy(&w, buf, 4);
-        sum += w;
-        buf += 4;
-        len -= 4;
-    }
-    if (len >= 2) {
-        uint16_t h;
-        memcpy(&h, buf, 2);
-        sum += h;
-        buf += 2;
-        len -= 2;
-    }
     if (len) {
-        /* The odd byte is the high-order byte of a zero-padded word on the
-         * wire; in host order that is where a one-byte load lands. */
-#if US_LITTLE_ENDIAN
-        sum += buf[0];
-#else
-        sum += (uint64_t)buf[0] << 8;
-#endif
+        /* The last 1-7 bytes, as one more 8-byte step over a zero-padded
+         * copy: the zeros add nothing (RFC 1071 pads an odd length with a
+         * zero byte), and each byte keeps its place in its 16-bit word, so an
+         * odd last byte is the high-order byte of its word on the wire. */
+        uint8_t last[8] = {0};
+        memcpy(last, buf, len);
+        sum = add_halves(sum, last);
     }
     return sum;
 }

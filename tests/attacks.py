@@ -38,11 +38,13 @@ SPOOF_NET = ipaddress.IPv4Network("198.19.0.0/16")  # not local to the namespace
 ETH_P_IP = 0x0800
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 MASK = 0xFFFFFFFF
+PROTO_TCP = 6
+MSS_1460 = struct.pack("!BBH", 2, 4, 1460)
 _IP = struct.Struct("!BBHHHBBHII")
 _TCP = struct.Struct("!HHIIBBHHH")
 
 
-def tcp_packet(
+def tcp_segment(
     src: int,
     dst: int,
     sport: int,
@@ -50,21 +52,58 @@ def tcp_packet(
     seq: int,
     ack: int,
     flags: int,
-    window: int = 65535,
+    window: int = 0xFFFF,
+    options: bytes = b"",
     payload: bytes = b"",
-    mss: int | None = None,
-    ident: int = 0,
+    offset: int | None = None,
+    reserved: int = 0,
+    urgent: int = 0,
+    bad_checksum: bool = False,
 ) -> bytes:
-    """One IPv4 + TCP packet with both checksums filled."""
-    options = struct.pack("!BBH", 2, 4, mss) if mss is not None else b""
-    offset = (20 + len(options)) // 4 << 4
-    tcp = bytearray(_TCP.pack(sport, dport, seq & MASK, ack & MASK, offset, flags, window, 0, 0))
-    tcp += options + payload
-    struct.pack_into("!H", tcp, 16, transport_checksum(src, dst, 6, tcp))
-    total = 20 + len(tcp)
-    ip = bytearray(_IP.pack(0x45, 0, total, ident & 0xFFFF, 0x4000, 64, 6, 0, src, dst))
-    struct.pack_into("!H", ip, 10, internet_checksum(ip))
-    return bytes(ip + tcp)
+    """A TCP segment built field by field (not by ustack's codecs, so any
+    field can be wrong on purpose), options padded to a multiple of 4, its
+    checksum over the pseudo-header of `src` and `dst` (spoilt if asked).
+    tools/fuzz_seeds.py builds its packets here too."""
+    options += b"\x00" * (-len(options) % 4)
+    data_offset = (20 + len(options)) // 4 if offset is None else offset
+    raw = bytearray(
+        _TCP.pack(sport, dport, seq & MASK, ack & MASK, (data_offset & 15) << 4 | reserved,
+                  flags, window, 0, urgent)
+        + options
+        + payload
+    )  # fmt: skip
+    checksum = transport_checksum(src, dst, PROTO_TCP, raw) ^ (0x1234 if bad_checksum else 0)
+    struct.pack_into("!H", raw, 16, checksum)
+    return bytes(raw)
+
+
+def ipv4_packet(
+    payload: bytes,
+    src: int,
+    dst: int,
+    protocol: int = PROTO_TCP,
+    ident: int = 0,
+    ihl: int = 5,
+    version: int = 4,
+    total: int | None = None,
+    ttl: int = 64,
+    frag: int = 0x4000,  # DF
+    options: bytes = b"",
+    bad_checksum: bool = False,
+    padding: bytes = b"",
+) -> bytes:
+    """`payload` in an IPv4 header built field by field (any of them wrong if
+    asked: `total` other than the true length, a spoilt checksum, link-layer
+    `padding` after the datagram)."""
+    length = 20 + len(options) + len(payload) if total is None else total
+    header = bytearray(
+        _IP.pack(version << 4 | ihl, 0, length & 0xFFFF, ident & 0xFFFF, frag, ttl, protocol, 0,
+                 src, dst)
+        + options
+    )  # fmt: skip
+    checksum = internet_checksum(header) ^ (0x4321 if bad_checksum else 0)
+    struct.pack_into("!H", header, 10, checksum)
+    return bytes(header) + payload + padding
 
 
 class Injector:
@@ -107,8 +146,11 @@ def synflood(
         for _ in range(min(count - delivered, 4096)):
             src = base + rng.randrange(1, size - 1)
             injector.send(
-                tcp_packet(src, dst, rng.randrange(1024, 65536), port, rng.getrandbits(32), 0,
-                           SYN, 64240, mss=1460, ident=injector.sent)
+                ipv4_packet(
+                    tcp_segment(src, dst, rng.randrange(1024, 65536), port, rng.getrandbits(32),
+                                0, SYN, 64240, MSS_1460),
+                    src, dst, ident=injector.sent,
+                )
             )  # fmt: skip
             if rate and injector.sent % 64 == 0:
                 ahead = injector.sent / rate - (time.monotonic() - start)
@@ -167,6 +209,12 @@ def blind(
     rng = random.Random(seed)
     src, dst = int(ipaddress.IPv4Address(client)), int(ipaddress.IPv4Address(target))
     injector = Injector(device)
+
+    def spoofed(seq: int, ack: int, flags: int, window: int, payload: bytes = b"") -> bytes:
+        """From the client's address and port, both checksums right."""
+        segment = tcp_segment(src, dst, client_port, port, seq, ack, flags, window, b"", payload)
+        return ipv4_packet(segment, src, dst)
+
     sent = dict.fromkeys(kinds, 0)
     start = time.monotonic()
     row: dict[str, Any] | None = None
@@ -184,20 +232,20 @@ def blind(
         snd_nxt = (row["iss"] + row["snd_nxt"]) & MASK
         window = max(row["rcv_wnd"], 2)
         if exact_rst:
-            injector.send(tcp_packet(src, dst, client_port, port, rcv_nxt, 0, RST, 0))
+            injector.send(spoofed(rcv_nxt, 0, RST, 0))
             sent = {"rst-exact": 1}
             break
         kind = kinds[i % len(kinds)]
         inside = rng.randrange(max(window // 2, 1), window)
         bad_ack = (snd_una - (1 << 30)) if rng.random() < 0.5 else (snd_nxt + (1 << 29))
         if kind == "rst":
-            packet = tcp_packet(src, dst, client_port, port, rcv_nxt + inside, 0, RST, 0)
+            packet = spoofed(rcv_nxt + inside, 0, RST, 0)
         elif kind == "syn":
-            packet = tcp_packet(src, dst, client_port, port, rcv_nxt + inside, 0, SYN, 64240)
+            packet = spoofed(rcv_nxt + inside, 0, SYN, 64240)
         else:
             at = rcv_nxt if i % 4 == 0 else rcv_nxt + inside
             payload = b"INJECTED" * 12 + b"!!!!"
-            packet = tcp_packet(src, dst, client_port, port, at, bad_ack, ACK | PSH, 512, payload)
+            packet = spoofed(at, bad_ack, ACK | PSH, 512, payload)
         injector.send(packet)
         sent[kind] += 1
         i += 1

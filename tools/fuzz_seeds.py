@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tests import fuzzworld as fw
+from tests.attacks import ipv4_packet, tcp_segment
 from ustack.tcp.connection import TcpConnection
-from ustack.wire.checksum import internet_checksum, transport_checksum
-from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,54 +55,15 @@ SACK_OK = b"\x01\x01\x04\x02"
 LINUX_SYN = mss(1460) + SACK_OK + ts(100, 0) + ws(7)
 
 
-def segment(
-    key: Key,
-    seq: int,
-    ack: int,
-    flags: int,
-    window: int = 0xFFFF,
-    options: bytes = b"",
-    payload: bytes = b"",
-    offset: int | None = None,
-    reserved: int = 0,
-    urgent: int = 0,
-    bad_checksum: bool = False,
-) -> bytes:
+def segment(key: Key, seq: int, ack: int, flags: int, **fields: Any) -> bytes:
+    """From the peer of connection `key` to us (`fields`: tcp_segment's)."""
     remote, remote_port, local_port = key
-    options += b"\x00" * (-len(options) % 4)
-    data_offset = (20 + len(options)) // 4 if offset is None else offset
-    header = struct.pack(
-        "!HHIIBBHHH", remote_port, local_port, seq & MASK, ack & MASK,
-        (data_offset & 15) << 4 | reserved, flags, window, 0, urgent,
-    )  # fmt: skip
-    raw = bytearray(header + options + payload)
-    checksum = transport_checksum(remote, fw.US, PROTO_TCP, raw) ^ (0x1234 if bad_checksum else 0)
-    struct.pack_into("!H", raw, 16, checksum)
-    return bytes(raw)
+    return tcp_segment(remote, fw.US, remote_port, local_port, seq, ack, flags, **fields)
 
 
-def ipv4(
-    payload: bytes,
-    src: int = fw.PEER,
-    dst: int = fw.US,
-    protocol: int = PROTO_TCP,
-    ihl: int = 5,
-    version: int = 4,
-    total: int | None = None,
-    ttl: int = 64,
-    frag: int = 0x4000,
-    options: bytes = b"",
-    bad_checksum: bool = False,
-    padding: bytes = b"",
-) -> bytes:
-    length = 20 + len(options) + len(payload) if total is None else total
-    header = bytearray(
-        struct.pack("!BBHHHBBHII", version << 4 | ihl, 0, length & 0xFFFF, 1, frag, ttl,
-                    protocol, 0, src, dst) + options
-    )  # fmt: skip
-    checksum = internet_checksum(header) ^ (0x4321 if bad_checksum else 0)
-    struct.pack_into("!H", header, 10, checksum)
-    return bytes(header) + payload + padding
+def ipv4(payload: bytes, src: int = fw.PEER, dst: int = fw.US, **fields: Any) -> bytes:
+    """`payload` from the peer to us (`fields`: ipv4_packet's)."""
+    return ipv4_packet(payload, src, dst, ident=1, **fields)
 
 
 class Seed:

@@ -417,6 +417,14 @@ class Child:
 
 
 @dataclass
+class Footprint:
+    """The daemon's resident memory (KiB) and open fds at one moment."""
+
+    rss: int = 0
+    fds: int = 0
+
+
+@dataclass
 class Round:
     number: int
     opened: int = 0
@@ -431,19 +439,20 @@ class Round:
     empty_s: float | None = None  # from the client's last close to the probe alone
     left: dict[str, int] = field(default_factory=dict)
     rss_start: int = 0  # the daemon's, before round 1
-    rss_before: int = 0
-    rss_held: int = 0
-    rss_after: int = 0
-    fds_before: int = 0
-    fds_held: int = 0
-    fds_after: int = 0
+    before: Footprint = field(default_factory=Footprint)
+    held: Footprint = field(default_factory=Footprint)  # all of them open
+    after: Footprint = field(default_factory=Footprint)
     counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def kib_per_conn(self) -> float:
         """What holding them costs above the daemon's start: round 1's growth
         says it best (later rounds reuse what the allocator kept)."""
-        return (self.rss_held - self.rss_start) / max(1, self.opened)
+        return (self.held.rss - self.rss_start) / max(1, self.opened)
+
+    @property
+    def fds_text(self) -> str:
+        return f"{self.before.fds}/{self.held.fds}/{self.after.fds}"
 
 
 @dataclass
@@ -515,13 +524,16 @@ def run_scale(
             time.sleep(0.05)
         return n
 
+    def footprint(expected_fds: int) -> Footprint:
+        rss = rss_kib(pid)
+        return Footprint(rss, settle_fds(expected_fds))
+
     probe = Child(ns.command(sys.executable, str(HERE), "_probe", "--interval", "0.01"))
     try:
         probe.read(30)
         report.fds_start, report.rss_start = stable_fd_count(pid), rss_kib(pid)
         for number in range(1, rounds + 1):
-            r = Round(number, rss_start=report.rss_start, rss_before=rss_kib(pid))
-            r.fds_before = settle_fds(report.fds_start)
+            r = Round(number, rss_start=report.rss_start, before=footprint(report.fds_start))
             before = daemon.stats()
             probe.send(f"phase r{number}-open")
             client = Child(
@@ -548,7 +560,7 @@ def run_scale(
                 r.opened, r.open_s, r.open_errors = held["held"], held["seconds"], held["errors"]
                 probe.send(f"phase r{number}-hold")
                 r.established = table().get("ESTABLISHED", 0) - 1  # less the probe's
-                r.rss_held, r.fds_held = rss_kib(pid), settle_fds(r.fds_before)
+                r.held = footprint(r.before.fds)
                 start = time.monotonic()
                 rows = daemon.request("connections")["connections"]
                 r.connections_ms = (time.monotonic() - start) * 1000
@@ -577,14 +589,13 @@ def run_scale(
                 r.empty_s = time.monotonic() - start
             else:
                 r.left = left
-            r.rss_after, r.fds_after = rss_kib(pid), settle_fds(r.fds_before)
+            r.after = footprint(r.before.fds)
             r.counters = _moved(before, daemon.stats())
             report.rounds.append(r)
             log(
                 f"round {number}: {r.closed} closed in {r.close_s:.1f} s, table back to the "
                 f"probe after {r.empty_s if r.empty_s is None else round(r.empty_s, 2)} s; "
-                f"RSS {r.rss_before} -> {r.rss_held} -> {r.rss_after} KiB, "
-                f"fds {r.fds_before}/{r.fds_held}/{r.fds_after}"
+                f"RSS {r.before.rss} -> {r.held.rss} -> {r.after.rss} KiB, fds {r.fds_text}"
             )
         probe.send("stop")
         report.probe = probe.read(30)
@@ -615,21 +626,18 @@ def problems(report: Report, rss_tolerance: float) -> list[str]:
             found.append(f"{tag}: {r.closed} of {r.opened} closed cleanly; {r.close_errors}")
         if r.empty_s is None:
             found.append(f"{tag}: connections left: {r.left}")
-        if r.fds_after != report.fds_start or r.fds_held != report.fds_start:
-            found.append(
-                f"{tag}: daemon fds {r.fds_before}/{r.fds_held}/{r.fds_after}, "
-                f"{report.fds_start} at the start"
-            )
+        if r.after.fds != report.fds_start or r.held.fds != report.fds_start:
+            found.append(f"{tag}: daemon fds {r.fds_text}, {report.fds_start} at the start")
     if len(report.rounds) > 1:
         # Round 1 leaves RSS higher (the allocator keeps its arenas), so from
         # three rounds on the later rounds are compared among themselves.
         first = report.rounds[0]
         base = report.rounds[1] if len(report.rounds) > 2 else first
         last = report.rounds[-1]
-        allowed = rss_tolerance * max(first.rss_held - first.rss_start, 1)
-        if last.rss_after - base.rss_after > allowed:
+        allowed = rss_tolerance * max(first.held.rss - first.rss_start, 1)
+        if last.after.rss - base.after.rss > allowed:
             found.append(
-                f"RSS grew {last.rss_after - base.rss_after} KiB from round {base.number} to "
+                f"RSS grew {last.after.rss - base.after.rss} KiB from round {base.number} to "
                 f"round {last.number} (allowed {allowed:.0f})"
             )
     if report.probe.get("failures"):
@@ -654,8 +662,8 @@ def print_report(report: Report) -> None:
         empty = f"{r.empty_s:7.2f}" if r.empty_s is not None else "  never"
         print(
             f"{r.number:>5} {r.open_s:7.1f} {r.opened / max(r.open_s, 1e-9):7.0f} "
-            f"{r.rss_before:10,} {r.rss_held:9,} {r.kib_per_conn:8.2f} {r.rss_after:9,} "
-            f"{f'{r.fds_before}/{r.fds_held}/{r.fds_after}':>10} {r.close_s:7.1f} {empty} "
+            f"{r.before.rss:10,} {r.held.rss:9,} {r.kib_per_conn:8.2f} {r.after.rss:9,} "
+            f"{r.fds_text:>10} {r.close_s:7.1f} {empty} "
             f"{r.connections_ms:6.0f}"
         )
     for r in report.rounds:

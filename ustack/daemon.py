@@ -219,15 +219,7 @@ class Daemon:
                 return self.link.write(packet, gso_size)
             except LinkGone as exc:
                 return self._lost_link(exc)
-        verdict = self.faults.judge("out", packet)
-        if verdict.rule is not None:
-            self._trace_fault("out", packet, verdict)
-        for _ in range(verdict.copies):
-            if verdict.delay:
-                self._hold(verdict.delay, self._write, packet, gso_size)
-            elif not self._write(packet, gso_size):
-                return False
-        return True
+        return self._through_faults("out", packet, self._write, self._write, gso_size)
 
     def _write(self, packet: bytes, gso_size: int) -> bool:
         try:
@@ -236,15 +228,27 @@ class Daemon:
             return self._lost_link(exc)
 
     def _receive_with_faults(self, packet: Buffer, checksum_ok: bool) -> None:
-        assert self.runner is not None
-        verdict = self.faults.judge("in", packet)
+        self._through_faults("in", packet, self._receive_now, self._receive_late, checksum_ok)
+
+    def _through_faults(
+        self,
+        direction: str,
+        packet: Buffer,
+        now: Callable[..., object],
+        late: Callable[..., object],
+        *args: object,
+    ) -> bool:
+        """Each copy the fault rules leave of `packet` goes to `now` at once or
+        to `late` after the rule's delay; False once `now` says the link failed."""
+        verdict = self.faults.judge(direction, packet)
         if verdict.rule is not None:
-            self._trace_fault("in", packet, verdict)
+            self._trace_fault(direction, packet, verdict)
         for _ in range(verdict.copies):
             if verdict.delay:
-                self._hold(verdict.delay, self._receive_late, packet, checksum_ok)
-            else:
-                self.stack.receive(packet, self.runner.now(), checksum_ok)
+                self._hold(verdict.delay, late, packet, *args)
+            elif now(packet, *args) is False:
+                return False
+        return True
 
     def _hold(self, delay: float, callback: Callable[..., object], *args: object) -> None:
         """Run `callback` later; shutdown cancels what has not run yet."""
@@ -254,9 +258,15 @@ class Daemon:
             self._held = {handle for handle in self._held if handle.when() > now}
         self._held.add(loop.call_later(delay, callback, *args))
 
-    def _receive_late(self, packet: Buffer, checksum_ok: bool) -> None:
+    def _receive_now(self, packet: Buffer, checksum_ok: bool) -> None:
         assert self.runner is not None
         self.stack.receive(packet, self.runner.now(), checksum_ok)
+
+    def _receive_late(self, packet: Buffer, checksum_ok: bool) -> None:
+        """A delayed copy arrives alone: flush what it caused (the read loop
+        does that for the packets it reads)."""
+        self._receive_now(packet, checksum_ok)
+        assert self.runner is not None
         self.runner.done()
 
     def _trace_fault(self, direction: str, packet: Buffer, verdict: Verdict) -> None:

@@ -34,6 +34,6 @@ def test_ten_thousand_connections_three_rounds(ns: Netns, tmp_path: Path) -> Non
         assert r.counters["tcp.syncookies.sent"] == 0  # the pacing kept the backlog free
         assert r.empty_s is not None  # TIME_WAIT and LAST_ACK all ended
         # The stack's connections cost no file descriptor, in any round.
-        assert r.fds_before == r.fds_held == r.fds_after == report.fds_start
+        assert r.before.fds == r.held.fds == r.after.fds == report.fds_start
     assert report.final_left == {}
     assert report.probe["failures"] == 0

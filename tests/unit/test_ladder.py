@@ -246,9 +246,9 @@ def test_handshake_arrows_states_and_options(tmp_path: Path) -> None:
     assert "(RTO set 1000 ms)" in text
 
 
-def test_passive_close_ascii(tmp_path: Path) -> None:
-    text = render_ascii(trace_of(tmp_path, passive_close))
-    assert arrows(text)[3:] == [
+# The arrows that follow the handshake, and the ustack state beside each.
+AFTER_THE_HANDSHAKE = {
+    passive_close: [
         ("in", "P. seq 1 ack 1 win 65535 len 18", ""),
         ("out", ". seq 1 ack 19 win 32766", ""),
         ("out", "P. seq 1 ack 19 win 32766 len 1000", ""),
@@ -257,32 +257,38 @@ def test_passive_close_ascii(tmp_path: Path) -> None:
         ("out", ". seq 1001 ack 20 win 32766", ""),
         ("out", "F. seq 1001 ack 20 win 32766", "LAST_ACK"),
         ("in", ". seq 20 ack 1002 win 65535", "CLOSED"),
-    ]
-    assert "TIME_WAIT" not in text  # the side that closes second has none
-    assert "2MSL" not in text
-
-
-def test_simultaneous_close_shows_closing_then_time_wait(tmp_path: Path) -> None:
-    text = render_ascii(trace_of(tmp_path, simultaneous_close))
-    assert arrows(text)[3:] == [
+    ],
+    simultaneous_close: [
         ("out", "F. seq 1 ack 1 win 32768", "FIN_WAIT_1"),
         ("in", "F. seq 1 ack 1 win 65535", "CLOSING"),
         ("out", ". seq 2 ack 2 win 32768", ""),
         ("in", ". seq 2 ack 2 win 65535", "TIME_WAIT"),
-    ]
-    lines = text.splitlines()
-    assert lines[-3].endswith("(2MSL timer 2000 ms)")
-    assert lines[-2].startswith("2010.500") and lines[-2].endswith("(2MSL timer expired)")
-    assert lines[-1].endswith("|  CLOSED")
-
-
-def test_reset_arrow(tmp_path: Path) -> None:
-    text = render_ascii(trace_of(tmp_path, reset))
-    assert arrows(text)[-3:] == [
+    ],
+    reset: [
         ("in", "P. seq 1 ack 1 win 65535 len 2", ""),
         ("out", ". seq 1 ack 3 win 32768", ""),
         ("in", "R. seq 3 ack 1 win 65535", "CLOSED"),
-    ]
+    ],
+}
+
+
+@pytest.mark.parametrize("scenario", list(AFTER_THE_HANDSHAKE), ids=lambda s: s.__name__)
+def test_arrows_and_states_after_the_handshake(tmp_path: Path, scenario: Callable[[], Any]) -> None:
+    text = render_ascii(trace_of(tmp_path, scenario))
+    assert arrows(text)[3:] == AFTER_THE_HANDSHAKE[scenario]
+
+
+def test_passive_close_has_no_time_wait(tmp_path: Path) -> None:
+    text = render_ascii(trace_of(tmp_path, passive_close))
+    assert "TIME_WAIT" not in text  # the side that closes second has none
+    assert "2MSL" not in text
+
+
+def test_simultaneous_close_ends_in_time_wait_then_2msl(tmp_path: Path) -> None:
+    lines = render_ascii(trace_of(tmp_path, simultaneous_close)).splitlines()
+    assert lines[-3].endswith("(2MSL timer 2000 ms)")
+    assert lines[-2].startswith("2010.500") and lines[-2].endswith("(2MSL timer expired)")
+    assert lines[-1].endswith("|  CLOSED")
 
 
 def test_absolute_numbers(tmp_path: Path) -> None:

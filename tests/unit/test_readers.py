@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ladder import lost_fin_with_peer_states, passive_close, write_trace
+from test_trace import jsonl_lines
 
 from ustack.cli import main
 from ustack.study.load import MAX_LINE_BYTES
-from ustack.study.sinks import JsonlWriter
 from ustack.trace.records import FaultEvent, TraceEvent
 from ustack.trace.vocabulary import FaultAction
 
@@ -34,15 +34,6 @@ def run(argv: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
     return code, out.getvalue(), err.getvalue()
-
-
-def trace_lines(events: Iterable[TraceEvent]) -> list[str]:
-    """The lines of a JSONL trace of `events`, header first."""
-    stream = io.StringIO()
-    writer = JsonlWriter(stream)
-    for event in events:
-        writer(event)
-    return stream.getvalue().splitlines()
 
 
 # ---- a trace bigger than what is drawn -----------------------------------------------------
@@ -84,7 +75,7 @@ print(code, before, after, file=sys.stderr)
 @pytest.fixture(scope="module")
 def big_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     path = tmp_path_factory.mktemp("big") / "big.jsonl"
-    copies = replicate(trace_lines(passive_close().trace), path, 40_000_000)
+    copies = replicate(jsonl_lines(passive_close().trace), path, 40_000_000)
     return path, copies
 
 
@@ -184,7 +175,7 @@ HOSTILE: list[tuple[bytes, str]] = [
 def test_a_hostile_line_is_skipped_and_counted(
     tmp_path: Path, command: str, line: bytes, fault: str
 ) -> None:
-    lines = [text.encode() for text in trace_lines(passive_close().trace)]
+    lines = [text.encode() for text in jsonl_lines(passive_close().trace)]
     clean = tmp_path / "clean.jsonl"
     clean.write_bytes(b"\n".join(lines) + b"\n")
     expected = run([command, str(clean)])
@@ -201,7 +192,7 @@ def test_a_hostile_line_is_skipped_and_counted(
 
 
 def test_skipped_lines_are_told_once_with_the_first(tmp_path: Path) -> None:
-    lines = trace_lines(passive_close().trace)
+    lines = jsonl_lines(passive_close().trace)
     path = tmp_path / "t.jsonl"
     # A truncated last line (a trace still being written) and two bad ones before it.
     path.write_text("\n".join([*lines[:3], "{oops", *lines[3:], "[]", lines[4][:30]]))
@@ -215,7 +206,7 @@ def test_skipped_lines_are_told_once_with_the_first(tmp_path: Path) -> None:
 
 
 def test_a_record_type_of_a_later_writer_is_ignored_silently(tmp_path: Path) -> None:
-    lines = trace_lines(passive_close().trace)
+    lines = jsonl_lines(passive_close().trace)
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join([*lines[:3], '{"type": "quic", "time": 0, "conn": 1}', *lines[3:]]))
     clean = write_trace(tmp_path / "clean.jsonl", passive_close().trace)
@@ -289,7 +280,7 @@ def _template() -> list[str]:
         FaultEvent(1.5, 1, "in", FaultAction.DROP, 1, "198.18.0.2", 80, "198.18.0.1", 40000,
                    ".", 5, 6, 1, 2, 0, 100)
     )  # fmt: skip
-    return trace_lines(events)
+    return jsonl_lines(events)
 
 
 TEMPLATE = _template()

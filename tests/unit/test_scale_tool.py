@@ -14,8 +14,8 @@ def good_report(rounds: int = 3) -> scale.Report:
         report.rounds.append(
             scale.Round(
                 number, opened=N, established=N, connections_rows=N, closed=N, empty_s=1.0,
-                rss_start=40_000, rss_before=40_000 if number == 1 else 50_000, rss_held=50_000,
-                rss_after=50_000, fds_before=8, fds_held=8, fds_after=8,
+                rss_start=40_000, before=scale.Footprint(40_000 if number == 1 else 50_000, 8),
+                held=scale.Footprint(50_000, 8), after=scale.Footprint(50_000, 8),
             )
         )  # fmt: skip
     return report
@@ -28,7 +28,7 @@ def test_a_clean_run_has_no_problem() -> None:
 
 def test_each_fault_is_reported() -> None:
     report = good_report()
-    report.rounds[1].fds_after = 9  # an fd leaked
+    report.rounds[1].after.fds = 9  # an fd leaked
     report.rounds[2].opened = N - 1  # a connection did not open
     report.rounds[2].left = {"TIME_WAIT": 3}
     report.rounds[2].empty_s = None
@@ -44,9 +44,9 @@ def test_each_fault_is_reported() -> None:
 
 def test_rss_may_stay_up_after_round_one_but_not_keep_growing() -> None:
     report = good_report()
-    report.rounds[0].rss_after = 45_000  # round 2 reuses what round 1 freed: fine
+    report.rounds[0].after.rss = 45_000  # round 2 reuses what round 1 freed: fine
     assert scale.problems(report, 0.05) == []
-    report.rounds[2].rss_after = 50_000 + 501  # 5% of round 1's 10,000 KiB, plus one
+    report.rounds[2].after.rss = 50_000 + 501  # 5% of round 1's 10,000 KiB, plus one
     assert "RSS grew 501 KiB from round 2 to round 3" in scale.problems(report, 0.05)[0]
 
 

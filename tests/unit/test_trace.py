@@ -20,7 +20,7 @@ import re
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -151,7 +151,8 @@ def conn_of(event: TraceEvent) -> int | None:
     return getattr(event, "conn", None)
 
 
-def jsonl_lines(events: list[TraceEvent]) -> list[str]:
+def jsonl_lines(events: Iterable[TraceEvent]) -> list[str]:
+    """The lines of a JSONL trace of `events`, header first."""
     stream = io.StringIO()
     writer = JsonlWriter(stream)
     for event in events:

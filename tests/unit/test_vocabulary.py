@@ -8,13 +8,13 @@ every record field, so neither can drift from the code.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
 import string
 from pathlib import Path
 
 import pytest
+from test_trace import jsonl_lines, text_lines
 
 from ustack.counters import Counters
 from ustack.study import ladder, sentences
@@ -26,7 +26,6 @@ from ustack.study.load import (
     load_trace,
     segment_note,
 )
-from ustack.study.sinks import JsonlWriter, TextWriter
 from ustack.trace.records import (
     _KINDS,
     READABLE_SCHEMAS,
@@ -205,22 +204,15 @@ def test_vocabulary_fields_are_written_as_their_text() -> None:
                      100, 0, {}, "ESTABLISHED", "ESTABLISHED", SegmentNote.CHALLENGE_ACK),
         Decision(1.0, 1, Note.PAWS.text, Note.PAWS.rule, Note.PAWS.kind),
     ]  # fmt: skip
-    stream = io.StringIO()
-    writer = JsonlWriter(stream)
-    for event in events:
-        writer(event)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()[1:]]
+    lines = [json.loads(line) for line in jsonl_lines(events)[1:]]
     assert (lines[0]["timer"], lines[0]["action"]) == ("retransmit", "set")
     assert (lines[1]["layer"], lines[1]["reason"]) == ("ip", "not-for-us")
     assert lines[2]["note"] == "challenge ACK"
     assert (lines[3]["rule"], lines[3]["kind"]) == ("RFC 7323 5.3", "paws")
-    text = io.StringIO()
-    writer_text = TextWriter(text)
-    for event in events:
-        writer_text(event)
-    assert "timer retransmit set" in text.getvalue()
-    assert "drop  ip: not-for-us" in text.getvalue()
-    assert "(challenge ACK)" in text.getvalue()
+    text = "\n".join(text_lines(events))
+    assert "timer retransmit set" in text
+    assert "drop  ip: not-for-us" in text
+    assert "(challenge ACK)" in text
 
 
 def test_a_schema_2_trace_reads_without_decision_kinds(tmp_path: Path) -> None:

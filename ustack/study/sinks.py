@@ -194,11 +194,17 @@ class TextWriter:
 
 
 def format_event(event: TraceEvent) -> tuple[str, str]:
-    """(colour class, text) of one event, without the time."""
+    """(colour class, text) of one event, without the time: the connection
+    column ("#7", "#-" for none) and what happened."""
+    conn = getattr(event, "conn", None)
+    kind, text = _event_text(event)
+    return kind, f"{'#' + ('-' if conn is None else str(conn)):<6} {text}"
+
+
+def _event_text(event: TraceEvent) -> tuple[str, str]:
     if isinstance(event, SegmentEvent):
         arrow = ">" if event.direction == "in" else "<"
         ends = f"{event.remote}:{event.remote_port} {arrow} {event.local}:{event.local_port}"
-        conn = f"#{event.conn}" if event.conn is not None else "#-"
         states = (
             event.state_after
             if event.state_before == event.state_after
@@ -206,39 +212,36 @@ def format_event(event: TraceEvent) -> tuple[str, str]:
         )
         note = f"  ({event.note})" if event.note else ""
         return event.direction, (
-            f"{conn:<6} {event.direction:<3} {ends:<45} {event.flags:<4} seq {event.rel_seq}"
+            f"{event.direction:<3} {ends:<45} {event.flags:<4} seq {event.rel_seq}"
             f" ack {event.rel_ack} win {event.window} len {event.length}"
             f"{format_options(event.options)}  {states}{note}"
         )
     if isinstance(event, StateChange):
         return "state", (
-            f"#{event.conn:<5} state {event.old} -> {event.new}  "
-            f"({event.event.name}; {event.rule}: {event.why})"
+            f"state {event.old} -> {event.new}  ({event.event.name}; {event.rule}: {event.why})"
         )
     if isinstance(event, NewConnection):
         how = "passive" if event.passive else "active"
         return "state", (
-            f"#{event.conn:<5} new   {event.local}:{event.local_port} <-> "
+            f"new   {event.local}:{event.local_port} <-> "
             f"{event.remote}:{event.remote_port} ({how} open)"
         )
     if isinstance(event, FaultEvent):
-        conn = f"#{event.conn}" if event.conn is not None else "#-"
         extra = f" by {event.delay:.3f}s" if event.action == FaultAction.DELAY else ""
         return "drop", (
-            f"{conn:<6} fault {event.action}{extra} {event.direction} {event.flags} "
+            f"fault {event.action}{extra} {event.direction} {event.flags} "
             f"seq {event.rel_seq} ack {event.rel_ack} len {event.length} (rule {event.rule})"
         )
     if isinstance(event, PeerStateChange):
         return "state", (
-            f"#{event.conn if event.conn is not None else '-':<5} peer  "
-            f"{event.remote}:{event.remote_port} (Linux) {event.old} -> {event.new}"
+            f"peer  {event.remote}:{event.remote_port} (Linux) {event.old} -> {event.new}"
         )
     if isinstance(event, TimerEvent):
         when = f" at +{event.deadline - event.time:.3f}s" if event.deadline is not None else ""
-        return "timer", f"#{event.conn:<5} timer {event.timer} {event.action}{when}"
+        return "timer", f"timer {event.timer} {event.action}{when}"
     if isinstance(event, Decision):
-        return "decision", f"#{event.conn:<5} note  {event.what} ({event.rule})"
-    return "drop", f"#-     drop  {event.layer}: {event.reason} {event.summary}".rstrip()
+        return "decision", f"note  {event.what} ({event.rule})"
+    return "drop", f"drop  {event.layer}: {event.reason} {event.summary}".rstrip()
 
 
 def pcap_header(snaplen: int = 65535) -> bytes:

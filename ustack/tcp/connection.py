@@ -63,6 +63,15 @@ from ustack.wire.tcp import ACK, FIN, RST, SYN
 __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
 
 
+# Each part's slots that refer back to the connection or to another part:
+# what release() drops (named once here, not looked up on every connection).
+_LINK_NAMES = {"_conn", "_owner", "_timers", "_rcv", "_snd", "_recovery"}
+_LINKS: dict[type, tuple[str, ...]] = {
+    part: tuple(name for name in part.__slots__ if name in _LINK_NAMES)
+    for part in (Sender, Receiver, Recovery, Keepalive, Timers)
+}
+
+
 class ConnectionClosedError(ConnectionError):
     """send() or read() on a connection that can no longer do it."""
 
@@ -645,9 +654,8 @@ class TcpConnection(TcbView):
         reference counting frees the TCB at once (no cycle waits for a full
         collection). A closed connection's calls still answer."""
         for part in (self.sender, self.receiver, self.recovery, self.keepalive, self._timers):
-            for name in ("_conn", "_owner", "_timers", "_rcv", "_snd", "_recovery"):
-                if hasattr(part, name):
-                    delattr(part, name)
+            for name in _LINKS[type(part)]:
+                delattr(part, name)
 
     def __repr__(self) -> str:
         return (
