@@ -13,7 +13,7 @@ import random
 import pytest
 from tcpscript import OUR_ISS, PEER, PEER_ISS, US, TcpScript
 
-from ustack.net.fragments import FRAGMENT_OVERHEAD, FragmentLimits
+from ustack.net.fragments import DATAGRAM_OVERHEAD, FRAGMENT_OVERHEAD, FragmentLimits
 from ustack.stack import Stack
 from ustack.trace.records import Drop, TraceEvent
 
@@ -261,7 +261,7 @@ def test_a_lone_fragment_expires_inside_a_tcp_script_too() -> None:
 
 
 def test_the_memory_cap_evicts_the_oldest_incomplete_datagram() -> None:
-    limit = 3 * (1000 + FRAGMENT_OVERHEAD)
+    limit = 3 * (1000 + FRAGMENT_OVERHEAD + DATAGRAM_OVERHEAD)
     wire = Wire(limits=FragmentLimits(high_thresh=limit))
     for ip_id in (1, 2, 3):
         wire.now += 1.0

@@ -14,9 +14,9 @@ one. The policy is Linux's (net/ipv4/ip_fragment.c, inet_fragment.c):
   datagram is dropped, with ICMP Time Exceeded code 1 quoting its first
   fragment if that one had come (RFC 792, RFC 1122 3.3.2);
 - all held fragments together cost at most `high_thresh` bytes (Linux's
-  ipfrag_high_thresh, 4 MB), each charged its data plus FRAGMENT_OVERHEAD as
-  Linux charges an skb's truesize: a new fragment that does not fit evicts
-  the oldest incomplete datagrams;
+  ipfrag_high_thresh, 4 MB), each charged its data plus FRAGMENT_OVERHEAD and
+  each datagram DATAGRAM_OVERHEAD, as Linux charges an skb's truesize: a new
+  fragment that does not fit evicts the oldest incomplete datagrams;
 - a datagram may have at most `max_fragments` fragments (see FragmentLimits).
 
 Bookkeeping: since overlaps are refused, the held fragments are disjoint, so a
@@ -37,9 +37,12 @@ from ustack.trace.vocabulary import DropReason, Layer, Rule
 from ustack.wire.checksum import Buffer, prefix_checksum
 
 IPV4_MAX_LENGTH = 0xFFFF  # RFC 791: the total length field
-# The bytes a held fragment costs besides its data: its Python objects (the
-# bytes header, the list slots, the offsets), as Linux charges an skb's truesize.
+# What is charged against the cap besides the data, as Linux charges an skb's
+# truesize: a fragment's Python objects (the bytes object, its list slots and
+# offsets), and a datagram's own (its key, its record, three lists, the first
+# header). Measured with sys.getsizeof by bench/fragment_flood.py.
 FRAGMENT_OVERHEAD = 128
+DATAGRAM_OVERHEAD = 640
 # ICMP types that are not errors (RFC 792, RFC 1122 3.2.2): only about these
 # may an ICMP error be sent (never an error about an error).
 _ICMP_INFORMATIONAL = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
@@ -94,7 +97,7 @@ class _Datagram:
         self.received = 0  # data bytes held (the fragments are disjoint)
         self.length: int | None = None  # the payload's length, once the last fragment came
         self.first_header: bytes | None = None  # the offset-0 fragment's IP header
-        self.cost = 0  # bytes charged against the memory cap
+        self.cost = DATAGRAM_OVERHEAD  # bytes charged against the memory cap
 
     def place(self, start: int, end: int) -> int:
         """Where a fragment [start, end) goes in the sorted list; DUPLICATE: it
@@ -168,6 +171,7 @@ class Reassembly:
         datagram = self.datagrams.get(key)
         if datagram is None:
             datagram = self.datagrams[key] = _Datagram(now)
+            self.memory += datagram.cost
         index = datagram.place(start, end)
         if index == DUPLICATE and (more_fragments or end == datagram.length):
             # Linux: IPFRAG_DUP, the fragment alone is dropped.
