@@ -261,11 +261,11 @@ class IPv4Layer:
         with `gso_size`: the link has it cut into segments of that size. A
         datagram that `may_fragment` and is larger than the MTU goes in
         fragments (RFC 791 3.2); one that may not is dropped (DF)."""
-        packet = bytearray(IPV4_MIN_HEADER_LENGTH)
-        packet += payload
-        if may_fragment and len(packet) > self.mtu:
+        if may_fragment and IPV4_MIN_HEADER_LENGTH + len(payload) > self.mtu:
             self._send_fragments(dst, protocol, payload)
             return
+        packet = bytearray(IPV4_MIN_HEADER_LENGTH)
+        packet += payload
         self.send_in_place(dst, packet, gso_size, protocol)
 
     def _send_fragments(self, dst: int, protocol: int, payload: Buffer) -> None:
