@@ -217,6 +217,8 @@ def test_timeout_sends_time_exceeded_quoting_the_first_fragment() -> None:
     assert counters["ip.reasm.fails"] == 1
     assert counters["ip.reasm.timeout"] == 1
     assert counters["icmp.out.reassembly-time-exceeded"] == 1
+    (drop,) = wire.drops()
+    assert (drop.time, drop.reason) == (32.0, "frag-timeout") and "RFC 1122 3.3.2" in drop.summary
     assert wire.stack.next_deadline() is None and wire.stack.ip.fragments.memory == 0
 
 
