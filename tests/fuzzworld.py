@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ustack.linux.tun import _finish_checksum
+from ustack.net.fragments import FragmentLimits
 from ustack.net.ipv4 import _is_unicast_source
 from ustack.stack import Stack
 from ustack.study.sinks import FanOut, JsonlWriter, PcapWriter, TextWriter
@@ -80,7 +81,9 @@ SETUPS: list[dict[str, Any]] = [
     {"config": {**_BASE, **_FEWER_RETRIES, "receive_buffer": 2048, "send_buffer": 4096, "mss": 536,
                 "delayed_ack": 0.0},
      "backlog": 1, "syncookies": True, "isn_base": 0xFFFFF000, "isn_hash": False, "mtu": 576,
-     "trace": True},
+     "trace": True,
+     # A cap a few datagrams fill, a short timeout: eviction and expiry happen.
+     "fragments": {"high_thresh": 20000, "timeout": 5.0, "max_fragments": 16}},
     {"config": {**_BASE, **_FEWER_RETRIES, "congestion_control": "newreno", "nagle": False,
                 "sack": False, "timestamps": False, "rfc1337": False, "receive_buffer": 70000,
                 "send_buffer": 16384},
@@ -215,6 +218,7 @@ class World:
             tap=PcapWriter(sink) if setup["trace"] else None,
             isn=isn,
             syncookies=setup["syncookies"],
+            fragment_limits=FragmentLimits(**setup.get("fragments", {})),
         )
         self.tcp = self.stack.tcp
         if self.tcp.syncookies is not None:
@@ -281,6 +285,12 @@ class World:
             self._advance(FINISH_TIME)
             self._after_step()
             self.checker.check_quiescent()
+            reassembly = self.stack.ip.fragments
+            if reassembly.datagrams or reassembly.memory:
+                raise FuzzFailure(
+                    "fragment-leak",
+                    f"{len(reassembly.datagrams)} datagrams, {reassembly.memory} bytes held",
+                )
         except (FuzzFailure, InvariantError, Exception) as exc:
             raise as_failure(exc) from exc
 
@@ -291,6 +301,7 @@ class World:
             self._check_output(packet, gso_size)
         self._out.clear()
         self.checker.check(self.now)
+        self._check_fragments()
         for conn, app in list(self.apps.items()):
             gone = self.tcp.endpoints(conn) is None
             if app.problem:
@@ -305,6 +316,26 @@ class World:
                 conn._emit = _window_checked(conn, conn._emit)  # type: ignore[method-assign]
         if self.coverage is not None:
             self._note_coverage()
+
+    def _check_fragments(self) -> None:
+        """Reassembly's books: the memory charged is what its datagrams cost,
+        within the cap; nothing is held past its timeout."""
+        reassembly = self.stack.ip.fragments
+        limits = reassembly.limits
+        held = sum(datagram.cost for datagram in reassembly.datagrams.values())
+        if held != reassembly.memory or held > limits.high_thresh:
+            raise FuzzFailure(
+                "fragment-memory",
+                f"{reassembly.memory} bytes charged, {held} held, cap {limits.high_thresh}",
+            )
+        for datagram in reassembly.datagrams.values():
+            if datagram.created + limits.timeout <= self.now:
+                raise FuzzFailure("fragment-timeout", f"a datagram from {datagram.created} left")
+            if len(datagram.starts) > limits.max_fragments:
+                raise FuzzFailure("fragment-count", f"{len(datagram.starts)} fragments held")
+            pairs = zip(datagram.starts[1:], datagram.ends[:-1], strict=True)
+            if any(end > start for start, end in pairs):
+                raise FuzzFailure("fragment-overlap", f"held fragments overlap: {datagram.starts}")
 
     def _note_coverage(self) -> None:
         coverage = self.coverage
@@ -333,9 +364,9 @@ class World:
     def _advance(self, dt: float) -> None:
         target = self.now + max(dt, 0.0)
         fired = 0
-        while (deadline := self.tcp.next_deadline()) is not None and deadline <= target:
+        while (deadline := self.stack.next_deadline()) is not None and deadline <= target:
             self.now = max(self.now, deadline)
-            self.tcp.handle_timers(self.now)
+            self.stack.handle_timers(self.now)
             fired += 1
             if fired > MAX_TIMER_FIRINGS:
                 raise FuzzFailure("timer-storm", f"{fired} timer rounds before {target}")
@@ -411,6 +442,12 @@ class World:
                         tcp.flags,
                         stamps[0] if stamps else None,
                     )
+        elif ip.more_fragments or ip.fragment_offset:
+            # RFC 791 3.2: 8-byte pieces, never of TCP (its segments carry DF).
+            if ip.protocol == PROTO_TCP or ip.dont_fragment:
+                problem = "a fragment of TCP, or with DF"
+            elif ip.more_fragments and (ip.total_length - ip.header_length) % 8:
+                problem = "a fragment whose data is not a multiple of 8 bytes"
         elif ip.protocol == PROTO_ICMP and internet_checksum(packet[ip.header_length :]) != 0:
             problem = "bad ICMP checksum"
         if problem:
@@ -444,7 +481,7 @@ def _accounts(counter: str) -> bool:
     """Counters that say what became of an arriving packet."""
     return (
         (".drop." in counter and not counter.startswith("ip.drop.out-"))
-        or counter in ("tcp.in", "icmp.echo", "udp.out.port-unreachable")
+        or counter in ("tcp.in", "icmp.echo", "udp.out.port-unreachable", "ip.reasm.reqds")
         or counter.startswith("icmp.in.type-")
     )
 
@@ -547,6 +584,8 @@ class Generator:
             self.malformed(live)
         elif op < 182:
             self.icmp_udp(live)
+        elif op < 192:
+            self.fragments(live)
         elif op < 215:
             self.advance()
         elif op < 240:
@@ -728,9 +767,79 @@ class Generator:
             proto = PROTO_UDP
         self.w.apply(["packet", self.ip(PEER, US, proto, bytes(message), mutate=s.chance(40))])
 
+    def fragments(self, live: list[tuple[int, int, int]]) -> None:
+        """One datagram (an echo request, a UDP datagram, a TCP segment of a
+        live connection) in fragments of random sizes, then now and then
+        broken: overlapping, duplicated, lost, reordered, MF flipped, an odd
+        length, an offset anywhere, past 65,535, another ID."""
+        s = self.s
+        kind = s.byte()
+        size = s.pick((s.byte(), s.u16() % 4000, s.u16() % 12000, 65535 - 28, s.u16()))
+        start = s.byte()
+        body = _PATTERN[start : start + min(size, 65535 - 28)]
+        src = PEER if s.chance(230) else PEER2
+        if kind < 100 or not live:
+            message = bytearray(struct.pack("!BBHI", 8, 0, 0, s.u32()) + body)
+            struct.pack_into("!H", message, 2, internet_checksum(message))
+            protocol = PROTO_ICMP
+        elif kind < 150:
+            message = bytearray(struct.pack("!HHHH", s.u16(), s.u16(), 8 + len(body), 0) + body)
+            struct.pack_into(
+                "!H", message, 6, transport_checksum(src, US, PROTO_UDP, message) or 0xFFFF
+            )
+            protocol = PROTO_UDP
+        else:
+            key = s.pick(live)
+            conn = self.w.tcp.connections[key]
+            src = key[0]
+            seg_seq, seg_ack, flags = self.pick_seq(conn), self.pick_ack(conn), s.pick(_FLAGS)
+            options, payload = self.options(key, conn), self.payload_bytes(conn)
+            segment = self.build(key, seg_seq, seg_ack, flags, self.window(), options, payload)
+            message = bytearray(segment[20:])
+            protocol = PROTO_TCP
+        self.ident = (self.ident + 1) & 0xFFFF
+        ident = self.ident if s.chance(220) else s.pick((1, 2, s.u16()))
+        unit = s.pick((1, 8, 64, 185))  # fragment sizes in 8-byte units, at most
+        pieces: list[tuple[int, bytes, bool]] = []
+        offset = 0
+        while offset < len(message):
+            step = len(message) if len(pieces) >= 60 else 8 * (1 + s.below(unit))
+            pieces.append((offset, bytes(message[offset : offset + step]), True))
+            offset += step
+        if pieces:
+            last_offset, last_data, _ = pieces[-1]
+            pieces[-1] = (last_offset, last_data, False)
+        for _ in range(s.below(4) if s.chance(120) else 0):  # damage
+            index = s.below(len(pieces))
+            offset, data, more = pieces[index]
+            what = s.byte() % 7
+            if what == 0:
+                pieces.insert(s.below(len(pieces) + 1), (offset, data, more))  # duplicate
+            elif what == 1 and len(pieces) > 1:
+                del pieces[index]  # lost
+            elif what == 2:
+                pieces[index] = (max(offset + 8 * (s.below(5) - 2), 0), data, more)  # overlap
+            elif what == 3:
+                pieces[index] = (offset, data, not more)
+            elif what == 4:
+                pieces[index] = (offset, data[: s.below(len(data) + 1)], more)  # odd length
+            elif what == 5:
+                pieces[index] = (8 * (s.u16() & 0x1FFF), data, more)
+            else:
+                swap = s.below(len(pieces))
+                pieces[index], pieces[swap] = pieces[swap], pieces[index]
+        if s.chance(60):
+            pieces.reverse()
+        for offset, data, more in pieces:
+            field = (0x2000 if more else 0) | (offset >> 3) & 0x1FFF
+            header = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(data), ident, field,
+                                           64, protocol, 0, src, US))  # fmt: skip
+            struct.pack_into("!H", header, 10, internet_checksum(header))
+            self.w.apply(["packet", bytes(header) + data])
+
     def advance(self) -> None:
         s = self.s
-        deadline = self.w.tcp.next_deadline()
+        deadline = self.w.stack.next_deadline()
         choice = s.byte()
         if deadline is not None and choice < 80:
             dt = max(deadline - self.w.now, 0.0)  # exactly to the next timer

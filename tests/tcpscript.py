@@ -149,9 +149,9 @@ class TcpScript:
     def at(self, t: float) -> TcpScript:
         """Move the virtual clock to t, firing every timer due on the way."""
         assert t >= self.now, f"time goes forward only ({t} < {self.now})"
-        while (deadline := self.tcp.next_deadline()) is not None and deadline <= t:
+        while (deadline := self.stack.next_deadline()) is not None and deadline <= t:
             self.now = max(self.now, deadline)
-            self.tcp.handle_timers(self.now)
+            self.stack.handle_timers(self.now)
             self.checker.check(self.now)
         self.now = t
         return self

@@ -23,6 +23,7 @@ from ustack.linux.control import ControlError, encode, request
 from ustack.linux.lab import LabError, run_in_lab
 from ustack.linux.peer_states import PeerStatesError
 from ustack.linux.tun import LinkConfig, LinkError
+from ustack.net.fragments import FragmentLimits
 from ustack.services import SERVICES, HttpLimits
 from ustack.study.explain import add_explain_arguments, explain_command
 from ustack.study.faults import FaultError, FaultRule, parse_rule
@@ -225,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="connections in every state the stack keeps at most (default 65536); beyond, "
         "new SYNs are dropped (the oldest TIME_WAIT gives way first)",
+    )
+    serve_cmd.add_argument(
+        "--ipfrag-high-thresh",
+        metavar="BYTES",
+        help="memory for IPv4 fragments being reassembled (default 4194304, Linux's "
+        "ipfrag_high_thresh); past it the oldest incomplete datagram is dropped; 0: none kept",
+    )
+    serve_cmd.add_argument(
+        "--ipfrag-time",
+        metavar="SECONDS",
+        help="how long an incomplete datagram's fragments are kept (default 30, Linux's "
+        "ipfrag_time); then ICMP Time Exceeded if the first fragment came",
     )
     serve_cmd.add_argument(
         "--no-offload",
@@ -476,7 +489,21 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         faults=[_fault_rule(text) for text in args.fault],
         fault_seed=args.fault_seed,
         http=_http_limits(args),
+        fragments=_fragment_limits(args),
     )
+
+
+def _fragment_limits(args: argparse.Namespace) -> FragmentLimits:
+    defaults = FragmentLimits()
+    timeout = defaults.timeout
+    if args.ipfrag_time is not None:
+        timeout = _seconds(args.ipfrag_time, "--ipfrag-time")
+        if timeout == 0:
+            raise UsageError("bad --ipfrag-time 0: want seconds > 0")
+    high_thresh = _count(
+        args.ipfrag_high_thresh, "--ipfrag-high-thresh", 0, 2**31 - 1, defaults.high_thresh
+    )
+    return FragmentLimits(high_thresh=high_thresh, timeout=timeout)
 
 
 def _check_device(name: str) -> None:

@@ -34,7 +34,7 @@ class StackRunner:
         it queued, hands out its events and keeps the timer right."""
         if conn is not None:
             self.stack.tcp.flush(conn)
-        deadline = self.stack.tcp.next_deadline()
+        deadline = self.stack.next_deadline()
         if deadline is None:
             return
         if self._timer is not None:
@@ -46,5 +46,5 @@ class StackRunner:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.stack.tcp.handle_timers(self.now())
+        self.stack.handle_timers(self.now())
         self.done()

@@ -8,6 +8,7 @@ import ipaddress
 from collections.abc import Callable
 
 from ustack.counters import Counters
+from ustack.net.fragments import FragmentLimits
 from ustack.net.ipv4 import IPv4Layer
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
@@ -34,12 +35,14 @@ class Stack:
         tap: PacketTap | None = None,
         syncookies: bool = True,
         network: ipaddress.IPv4Network | None = None,
+        fragment_limits: FragmentLimits | None = None,
     ) -> None:
         """`network`: the link's subnet, whose broadcast addresses are then
-        neither accepted as a source nor connected to."""
+        neither accepted as a source nor connected to. `fragment_limits`:
+        reassembly's memory cap and timeout (Linux's defaults without)."""
         self.counters = Counters()
         self.counters.tracer = trace
-        self.ip = IPv4Layer(address, transmit, self.counters, mtu, network)
+        self.ip = IPv4Layer(address, transmit, self.counters, mtu, network, fragment_limits)
         self.ip.tap = tap
         config = tcp_config or TcpConfig(mss=mtu - 40)
         self.tcp = TcpDemux(
@@ -56,6 +59,19 @@ class Stack:
 
     def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
         self.ip.receive(packet, now, checksum_ok)
+
+    def next_deadline(self) -> float | None:
+        """The earliest timer of all: the connections' and reassembly's."""
+        tcp = self.tcp.next_deadline()
+        ip = self.ip.next_deadline()
+        if ip is None:
+            return tcp
+        return ip if tcp is None or ip < tcp else tcp
+
+    def handle_timers(self, now: float) -> None:
+        """Fire every timer due by `now`."""
+        self.tcp.handle_timers(now)
+        self.ip.handle_timers(now)
 
     def connect(self, remote: int, remote_port: int, now: float) -> TcpConnection:
         """Active OPEN, refused at once (OSError ENETUNREACH) for an address no

@@ -96,7 +96,10 @@ MALFORMED: dict[str, bytes] = {
         IP(src=LINUX_ADDRESS, dst=STACK_ADDRESS, len=200) / ICMP()
     ),
     "ip.drop.ipv4-ttl-zero": bytes(IP(src=LINUX_ADDRESS, dst=STACK_ADDRESS, ttl=0) / ICMP()),
-    "ip.drop.fragment": bytes(IP(src=LINUX_ADDRESS, dst=STACK_ADDRESS, flags="MF") / ICMP()),
+    # A fragment whose data would end past 65,535 bytes (the ping of death).
+    "ip.drop.frag-too-big": bytes(
+        IP(src=LINUX_ADDRESS, dst=STACK_ADDRESS, flags="MF", frag=8190) / ICMP() / bytes(8)
+    ),
     "ip.drop.ipv6-unsupported": bytes.fromhex("60000000000011ff") + bytes(32),
     "tcp.drop.bad-checksum": bytes(_good() / TCP(dport=80, flags="S", chksum=0xBEEF)),
     "udp.drop.bad-checksum": bytes(_good() / UDP(dport=53, chksum=0xBEEF) / b"q"),

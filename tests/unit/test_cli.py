@@ -30,6 +30,9 @@ from ustack.cli import build_parser, serve_config
         (["serve", "--syn-retries", "200"], "bad --syn-retries '200'"),
         (["serve", "--max-connections", "0"], "bad --max-connections '0': want a whole number"),
         (["serve", "--max-connections", "many"], "bad --max-connections 'many'"),
+        (["serve", "--ipfrag-time", "0"], "bad --ipfrag-time 0: want seconds > 0"),
+        (["serve", "--ipfrag-time", "soon"], "bad --ipfrag-time 'soon'"),
+        (["serve", "--ipfrag-high-thresh", "-1"], "bad --ipfrag-high-thresh '-1'"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -42,6 +45,14 @@ def test_stats_without_daemon_is_a_clear_error(tmp_path, cli_error: Callable[...
     assert "cannot reach the daemon" in cli_error(
         ["stats", "--control", str(tmp_path / "none.sock")], code=1
     )
+
+
+def test_ipfrag_flags_reach_the_reassembly_limits() -> None:
+    argv = ["serve", "--ipfrag-high-thresh", "65536", "--ipfrag-time", "2.5"]
+    limits = serve_config(build_parser().parse_args(argv)).fragments
+    assert (limits.high_thresh, limits.timeout) == (65536, 2.5)
+    defaults = serve_config(build_parser().parse_args(["serve"])).fragments
+    assert (defaults.high_thresh, defaults.timeout) == (4 * 1024 * 1024, 30.0)  # Linux's
 
 
 def test_syn_retries_and_max_connections_reach_the_tcp_config() -> None:
@@ -174,6 +185,7 @@ def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: P
     ["--trace-port", "--fault-seed", "--mtu", "--msl", "--fin-timeout", "--keepalive",
      "--address", "--linux-address", "--services", "--fault", "--trace-host",
      "--syn-retries", "--max-connections", "--trace-max-bytes", "--trace-keep",
+     "--ipfrag-high-thresh", "--ipfrag-time",
      "--http-max-requests", "--http-max-head", "--http-head-timeout"],
 )  # fmt: skip
 def test_any_value_of_a_serve_flag_is_accepted_or_one_line(flag: str, value: str) -> None:

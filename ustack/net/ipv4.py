@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ustack.counters import Counters
+from ustack.net.fragments import FragmentLimits, Reassembly
 from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer
 from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
@@ -22,6 +23,8 @@ from ustack.wire.icmp import (
     ECHO_REPLY,
     ECHO_REQUEST,
     PORT_UNREACH,
+    REASSEMBLY_TIME_EXCEEDED,
+    TIME_EXCEEDED,
     build_icmp,
     parse_icmp,
 )
@@ -32,6 +35,7 @@ from ustack.wire.ipv4 import (
     PROTO_TCP,
     PROTO_UDP,
     build_ipv4_in_place,
+    fragment_field,
     ipv4_plain_fields,
     parse_ipv4,
 )
@@ -85,6 +89,7 @@ class IPv4Layer:
         counters: Counters,
         mtu: int = 1500,
         network: ipaddress.IPv4Network | None = None,
+        fragment_limits: FragmentLimits | None = None,
     ) -> None:
         self.address = address
         self.mtu = mtu
@@ -96,6 +101,7 @@ class IPv4Layer:
         self._now = 0.0  # of the packet being handled, for the trace
         self.tcp_input: TcpInput | None = None
         self.tap: PacketTap | None = None  # sees every packet in and out (pcap)
+        self.fragments = Reassembly(counters, self._send_time_exceeded, fragment_limits)
 
     # ---- input ----------------------------------------------------------
 
@@ -150,9 +156,15 @@ class IPv4Layer:
             counters.drop(Layer.IP, DropReason.LOCAL_SOURCE, now)
             return
         if more_fragments or fragment_offset:
-            # No reassembly yet: every fragment is dropped, and counted.
-            counters.drop(Layer.IP, DropReason.FRAGMENT, now)
-            return
+            # RFC 1122 3.3.2: reassembly is a MUST; the whole datagram, once
+            # complete, goes on below as if it had come in one piece.
+            whole = self.fragments.add(
+                packet, header_length, total_length, more_fragments, fragment_offset,
+                protocol, src, dst, now,
+            )  # fmt: skip
+            if whole is None:
+                return
+            packet, total_length, checksum_ok = whole, len(whole), False
         # Bytes past total_length are link padding, not payload.
         payload = memoryview(packet)[header_length:total_length]
         if protocol == PROTO_TCP and self.tcp_input is not None:
@@ -187,7 +199,9 @@ class IPv4Layer:
             return
         counters["icmp.echo"] += 1
         reply = build_icmp(type=ECHO_REPLY, code=0, rest=icmp.rest, payload=message[8:])
-        self.send(src, PROTO_ICMP, reply)
+        # As Linux: a reply larger than the MTU (to a fragmented request) is
+        # fragmented itself.
+        self.send(src, PROTO_ICMP, reply, may_fragment=True)
 
     def _receive_udp(
         self, src: int, datagram: memoryview, packet: Buffer, checksum_ok: bool
@@ -235,12 +249,57 @@ class IPv4Layer:
         if dst == self.address:
             raise Unreachable(dst, "the stack's own address: it has no loopback to reach itself")
 
-    def send(self, dst: int, protocol: int, payload: Buffer, gso_size: int = 0) -> None:
+    def send(
+        self,
+        dst: int,
+        protocol: int,
+        payload: Buffer,
+        gso_size: int = 0,
+        may_fragment: bool = False,
+    ) -> None:
         """One datagram to `dst`. A TCP segment larger than the MTU is allowed
-        with `gso_size`: the link has it cut into segments of that size."""
+        with `gso_size`: the link has it cut into segments of that size. A
+        datagram that `may_fragment` and is larger than the MTU goes in
+        fragments (RFC 791 3.2); one that may not is dropped (DF)."""
+        if may_fragment and IPV4_MIN_HEADER_LENGTH + len(payload) > self.mtu:
+            self._send_fragments(dst, protocol, payload)
+            return
         packet = bytearray(IPV4_MIN_HEADER_LENGTH)
         packet += payload
         self.send_in_place(dst, packet, gso_size, protocol)
+
+    def _send_fragments(self, dst: int, protocol: int, payload: Buffer) -> None:
+        """RFC 791 3.2: the datagram cut on 8-byte boundaries, each fragment
+        with the same ID, its offset, MF on all but the last, DF clear (as
+        Linux sends a reply its MTU cannot hold: ip_fragment)."""
+        counters = self._counters
+        if IPV4_MIN_HEADER_LENGTH + len(payload) > 0xFFFF:
+            counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
+            return
+        self._identification = identification = (self._identification + 1) & 0xFFFF
+        step = (self.mtu - IPV4_MIN_HEADER_LENGTH) & ~7
+        data = memoryview(payload)
+        for offset in range(0, len(data), step):
+            piece = data[offset : offset + step]
+            fragment = bytearray(IPV4_MIN_HEADER_LENGTH)
+            fragment += piece
+            build_ipv4_in_place(
+                fragment,
+                src=self.address,
+                dst=dst,
+                protocol=protocol,
+                ttl=DEFAULT_TTL,
+                identification=identification,
+                flags_fragment=fragment_field(offset, offset + step < len(data)),
+            )
+            if self.tap is not None:
+                self.tap("out", bytes(fragment), self._now)
+            if not self._transmit(fragment):
+                counters.drop(Layer.IP, DropReason.OUT_QUEUE_FULL, self._now)
+                return  # the rest is useless without this one
+            counters["ip.out"] += 1
+            counters["ip.frag.creates"] += 1
+        counters["ip.frag.oks"] += 1
 
     def send_in_place(
         self, dst: int, packet: bytearray, gso_size: int = 0, protocol: int = PROTO_TCP
@@ -249,7 +308,7 @@ class IPv4Layer:
         the header goes there, and the payload is not copied again. (TCP's
         SendSegment as it is: the TCP layer calls it for every segment.)"""
         if len(packet) > self.mtu and not gso_size:
-            # We never fragment; TCP keeps its segments under the MSS.
+            # TCP sets DF and keeps its segments under the MSS: never fragmented.
             self._counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
             return
         self._identification = (self._identification + 1) & 0xFFFF
@@ -268,6 +327,18 @@ class IPv4Layer:
             self._counters["ip.out"] += 1
         else:
             self._counters.drop(Layer.IP, DropReason.OUT_QUEUE_FULL, self._now)
+
+    def _send_time_exceeded(self, first_fragment: bytes) -> None:
+        """RFC 792, RFC 1122 3.3.2: a datagram not reassembled in time."""
+        self.send_icmp_error(TIME_EXCEEDED, REASSEMBLY_TIME_EXCEEDED, first_fragment)
+
+    def handle_timers(self, now: float) -> None:
+        """The reassembly timeouts due by `now`."""
+        self._now = now
+        self.fragments.expire(now)
+
+    def next_deadline(self) -> float | None:
+        return self.fragments.next_deadline()
 
     def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> None:
         """An ICMP error about `offending` (a whole IPv4 packet we received)."""

@@ -38,6 +38,9 @@ class Rule(enum.StrEnum):
     RFC3708_UNDO = "RFC 3708, RFC 4015"
     RFC2883_DSACK = "RFC 2883 4"
     RFC9293_PERSIST = "RFC 9293 3.8.6.1"
+    RFC791_FRAGMENTS = "RFC 791 3.2"
+    RFC1122_REASSEMBLY = "RFC 1122 3.3.2"
+    RFC5722_OVERLAP = "RFC 5722 4"
 
 
 class TimerKind(enum.StrEnum):
@@ -225,7 +228,15 @@ class DropReason(enum.StrEnum):
     NOT_FOR_US = "not-for-us"
     BAD_SOURCE = "bad-source"  # broadcast, multicast, 0/8, loopback: a martian
     LOCAL_SOURCE = "local-source"  # our own address as the source
-    FRAGMENT = "fragment"
+    # Reassembly (net/fragments.py): the fragment and its whole datagram are
+    # dropped, except for a duplicate, which is dropped alone.
+    FRAG_OVERLAP = "frag-overlap"  # overlaps bytes held (RFC 5722 4, Linux since FragmentSmack)
+    FRAG_INCONSISTENT = "frag-inconsistent"  # a second last fragment, data past the end
+    FRAG_DUPLICATE = "frag-duplicate"  # wholly inside bytes held: dropped alone
+    FRAG_TOO_BIG = "frag-too-big"  # the datagram would pass 65,535 bytes
+    FRAG_TOO_MANY = "frag-too-many"  # more fragments than FragmentLimits.max_fragments
+    FRAG_TIMEOUT = "frag-timeout"  # incomplete after ipfrag_time (RFC 1122 3.3.2)
+    FRAG_MEMORY = "frag-memory"  # evicted: reassembly memory over ipfrag_high_thresh
     UNKNOWN_PROTOCOL = "unknown-protocol"
     OUT_TOO_BIG = "out-too-big"
     OUT_QUEUE_FULL = "out-queue-full"

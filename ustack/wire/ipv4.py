@@ -150,6 +150,12 @@ def ipv4_plain_fields(packet: Buffer) -> tuple[int, bool, int, int, int, int, in
     return total_length, more_fragments, flags_fragment & _FRAGMENT_OFFSET, ttl, protocol, src, dst
 
 
+def fragment_field(offset: int, more_fragments: bool) -> int:
+    """The flags and fragment offset field (RFC 791 3.1) of a fragment whose
+    data starts `offset` bytes into the datagram (a multiple of 8), DF clear."""
+    return (_MORE_FRAGMENTS if more_fragments else 0) | offset >> 3
+
+
 def parse_ipv4(packet: Buffer) -> IPv4Header:
     """Parse the IPv4 header at the start of `packet`.
 
@@ -222,10 +228,18 @@ def build_ipv4(
 
 
 def build_ipv4_in_place(
-    packet: bytearray, *, src: int, dst: int, protocol: int, ttl: int, identification: int
+    packet: bytearray,
+    *,
+    src: int,
+    dst: int,
+    protocol: int,
+    ttl: int,
+    identification: int,
+    flags_fragment: int = _DONT_FRAGMENT,
 ) -> None:
-    """build_ipv4's header with no options, DF set, written over the first 20
-    bytes of `packet` (the payload follows them): no header object, no copy."""
+    """build_ipv4's header with no options, DF set (or the `flags_fragment`
+    field of a fragment: fragment_field()), written over the first 20 bytes of
+    `packet` (the payload follows them): no header object, no copy."""
     total_length = len(packet)
     if total_length > 0xFFFF:
         raise ValueError(f"IPv4 total length {total_length} exceeds 65535")
@@ -236,7 +250,7 @@ def build_ipv4_in_place(
         0,  # DSCP and ECN
         total_length,
         identification,
-        _DONT_FRAGMENT,
+        flags_fragment,
         ttl,
         protocol,
         0,  # checksum: summed below, with the field 0
