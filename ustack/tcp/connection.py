@@ -50,7 +50,7 @@ from ustack.tcp.states import (
 )
 from ustack.tcp.timers import DELAYED_ACK, PERSIST, PROBE, REORDER, RETRANSMIT, Timers
 from ustack.trace.records import Decision, StateChange, Tracer
-from ustack.trace.vocabulary import Challenge, Note, Rule, SegmentNote, TimerKind
+from ustack.trace.vocabulary import Challenge, Note, OutOfWindow, Rule, SegmentNote, TimerKind
 from ustack.wire.tcp import ACK, FIN, RST, SYN
 
 __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
@@ -335,7 +335,7 @@ class TcpConnection(TcbView):
             return
         # First: is the segment acceptable (in the receive window)?
         if not rcv.acceptable(seg):
-            if not flags & RST:
+            if not flags & RST and rcv.invalid_ack_allowed(seg, OutOfWindow.SEQUENCE):
                 rcv.ack_now = True
             self.decide(Note.OUTSIDE_WINDOW)
             return
