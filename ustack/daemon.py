@@ -27,6 +27,7 @@ from ustack.linux.control import (
 )
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.linux.tun import LinkConfig, LinkGone, TunLink
+from ustack.net.ratelimit import IcmpLimits
 from ustack.runner import StackRunner
 from ustack.services import SERVICES, HttpLimits, HttpService
 from ustack.stack import DEFAULT_ADDRESS, Stack
@@ -75,6 +76,7 @@ class ServeConfig:
     trace_filter: TraceFilter = field(default_factory=TraceFilter)
     http: HttpLimits = field(default_factory=HttpLimits)
     trace_rotation: TraceRotation = field(default_factory=TraceRotation)
+    icmp: IcmpLimits = field(default_factory=IcmpLimits)  # the ICMP output rate limits
 
 
 class Daemon:
@@ -111,6 +113,7 @@ class Daemon:
             self._traces.tracer,
             tap=self._traces.tap,
             network=config.link.linux_side.network,
+            icmp_limits=config.icmp,
         )
         self.stack.tcp.partial_checksums = partial_checksums
         self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`
