@@ -444,6 +444,10 @@ def test_challenge_acks_pass_the_per_connection_limit_first() -> None:
     counters = t.stack.counters
     assert counters["tcp.out.challenge-ack"] == 1
     assert counters["tcp.out.ack-skipped-challenge"] == 9
+    assert (
+        "RST in the window but not at RCV.NXT: ACK suppressed by the invalid-segment rate limit"
+        in t.decisions()
+    )
     t.wait(0.5)
     t.send("S", seq=P + 5)
     t.expect(".", seq=U, ack=P)

@@ -118,14 +118,17 @@ class Receiver:
         last = seq.add(seg.seq, length - 1)
         return seq.in_window(seg.seq, rcv_nxt, window) or seq.in_window(last, rcv_nxt, window)
 
-    def invalid_ack_allowed(self, seg: Segment | None, why: OutOfWindow) -> bool:
+    def invalid_ack_allowed(
+        self, seg: Segment | None, why: OutOfWindow, what: str | None = None
+    ) -> bool:
         """May an ACK answer this invalid segment (out of window, PAWS, a
         challenge)? Linux's tcp_oow_rate_limited: at most one such ACK per
         invalid_ack_ratelimit (tcp_invalid_ratelimit, 500 ms) per connection,
         so two stacks that disagree cannot loop ACKs at line rate (RFC 5961
         7's throttling); the suppressed ones are counted. A segment with text
         (not a SYN) is always answered: the peer is sending data, not
-        replaying ACKs. `seg` None: a challenge ACK, always limited."""
+        replaying ACKs. `seg` None: a challenge ACK, always limited; `what`:
+        the trace's words for the segment, if not `why`'s."""
         conn = self._conn
         interval = conn.config.invalid_ack_ratelimit
         if interval <= 0 or (seg is not None and seg.payload and not seg.flags & SYN):
@@ -135,7 +138,7 @@ class Receiver:
         if last is not None and 0 <= now - last < interval:
             if conn.counters is not None:
                 conn.counters[f"tcp.out.ack-skipped-{why}"] += 1
-            conn.decide(Note.INVALID_ACK_SUPPRESSED, why.rule, what=why.text)
+            conn.decide(Note.INVALID_ACK_SUPPRESSED, why.rule, what=what or why.text)
             return False
         self.last_oow_ack = now
         return True
@@ -145,7 +148,7 @@ class Receiver:
         and (first, as Linux's tcp_send_challenge_ack) no more than the
         connection's invalid-ACK limit lets out."""
         conn = self._conn
-        if not self.invalid_ack_allowed(None, OutOfWindow.CHALLENGE):
+        if not self.invalid_ack_allowed(None, OutOfWindow.CHALLENGE, challenge.text):
             return
         now = conn.now
         started, count = self.challenges

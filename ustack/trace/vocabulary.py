@@ -131,7 +131,8 @@ class Note(_TextAndRule, enum.Enum):
         "{what}: challenge ACK suppressed by the rate limit",
         Rule.RFC5961_RST,
     )
-    # Linux's tcp_invalid_ratelimit: "{what}" is one of the OutOfWindow texts below.
+    # Linux's tcp_invalid_ratelimit: "{what}" is one of the OutOfWindow texts
+    # below, or for a challenge ACK the Challenge's.
     INVALID_ACK_SUPPRESSED = (
         "{what}: ACK suppressed by the invalid-segment rate limit",
         Rule.RFC5961_THROTTLING,
