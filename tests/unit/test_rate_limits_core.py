@@ -478,3 +478,17 @@ def test_the_suppression_is_traced_with_its_rule() -> None:
 
 def test_an_icmp_drop_layer_exists_for_the_counters() -> None:
     assert Layer.ICMP == "icmp" and DropReason.RATE_LIMITED_HOST == "rate-limited-host"
+
+
+def test_a_gso_super_segment_takes_one_id_per_datagram_it_becomes() -> None:
+    """The kernel cuts it into MSS-sized segments, the first with our ID and
+    each next one with the ID plus one (inet_gso_segment): those IDs are
+    taken, so the next datagram to that destination does not reuse them."""
+    sent: list[bytes] = []
+    stack = Stack(US, lambda packet, *_: sent.append(bytes(packet)) or True)
+    segment = bytearray(20 + 20 + 10 * 1448)
+    segment[20 + 12] = 5 << 4  # a 20-byte TCP header
+    stack.ip.send_in_place(PEER, segment, gso_size=1448)
+    stack.ip.send_in_place(PEER, bytearray(20 + 20 + 100))
+    first, after = (parse_ipv4(packet).identification for packet in sent)
+    assert (after - first) & 0xFFFF == 10
