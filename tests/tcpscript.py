@@ -105,6 +105,9 @@ class TcpScript:
         # Every segment ACKed at once, so a script's expectations stay exact;
         # the delayed-ACK scripts turn it on.
         config.setdefault("delayed_ack", 0.0)
+        # Every invalid segment answered (no 500 ms per-connection limit on
+        # those ACKs), for the same reason; test_rate_limits_core.py turns it on.
+        config.setdefault("invalid_ack_ratelimit", 0.0)
         self.config = TcpConfig(**config)
         self.now = 0.0
         self.trace: list[TraceEvent] = []

@@ -24,6 +24,7 @@ from ustack.linux.lab import LabError, run_in_lab
 from ustack.linux.peer_states import PeerStatesError
 from ustack.linux.tun import LinkConfig, LinkError
 from ustack.net.fragments import FragmentLimits
+from ustack.net.ratelimit import IcmpLimits
 from ustack.services import SERVICES, HttpLimits
 from ustack.study.explain import add_explain_arguments, explain_command
 from ustack.study.faults import FaultError, FaultRule, parse_rule
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections in every state the stack keeps at most (default 65536); beyond, "
         "new SYNs are dropped (the oldest TIME_WAIT gives way first)",
     )
+    _add_rate_limit_options(serve_cmd)
     serve_cmd.add_argument(
         "--ipfrag-high-thresh",
         metavar="BYTES",
@@ -399,6 +401,56 @@ HTTP_OPTIONS = {  # field: (help, what a value is)
 }
 
 
+def _add_rate_limit_options(serve_cmd: argparse.ArgumentParser) -> None:
+    """Linux's ICMP and invalid-ACK rate limits, under their sysctl names."""
+    serve_cmd.add_argument(
+        "--icmp-ratelimit",
+        metavar="MS",
+        help="ICMP errors to one destination: one per MS ms, bursts of 6 (default 1000, "
+        "Linux icmp_ratelimit; 0: no limit per destination)",
+    )
+    serve_cmd.add_argument(
+        "--icmp-msgs-per-sec",
+        metavar="N",
+        help="ICMP errors from the stack, all destinations: N a second (default 1000, "
+        "Linux icmp_msgs_per_sec)",
+    )
+    serve_cmd.add_argument(
+        "--icmp-msgs-burst",
+        metavar="N",
+        help="... and at most N at once (default 50, Linux icmp_msgs_burst)",
+    )
+    serve_cmd.add_argument(
+        "--icmp-ratemask",
+        metavar="MASK",
+        help="the ICMP types limited, bit N for type N (default 6168: 3, 4, 11, 12, "
+        "Linux icmp_ratemask; 0: none)",
+    )
+    serve_cmd.add_argument(
+        "--tcp-invalid-ratelimit",
+        metavar="MS",
+        help="ACKs for out-of-window segments, PAWS rejects and challenges: one per MS ms "
+        "per connection (default 500, Linux tcp_invalid_ratelimit; 0: every one)",
+    )
+
+
+def _icmp_limits(args: argparse.Namespace) -> IcmpLimits:
+    default = IcmpLimits()
+    return IcmpLimits(
+        ratelimit=_count(
+            args.icmp_ratelimit, "--icmp-ratelimit", 0, 3_600_000, int(default.ratelimit * 1000)
+        )
+        / 1000,
+        msgs_per_sec=_count(
+            args.icmp_msgs_per_sec, "--icmp-msgs-per-sec", 0, 10_000_000, default.msgs_per_sec
+        ),
+        msgs_burst=_count(
+            args.icmp_msgs_burst, "--icmp-msgs-burst", 0, 10_000_000, default.msgs_burst
+        ),
+        ratemask=_count(args.icmp_ratemask, "--icmp-ratemask", 0, 2**32 - 1, default.ratemask),
+    )
+
+
 def _add_http_options(serve_cmd: argparse.ArgumentParser) -> None:
     defaults = HttpLimits()
     for name, (meaning, kind) in HTTP_OPTIONS.items():
@@ -465,6 +517,14 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_connections=_count(
             args.max_connections, "--max-connections", 1, 10_000_000, TcpConfig.max_connections
         ),
+        invalid_ack_ratelimit=_count(
+            args.tcp_invalid_ratelimit,
+            "--tcp-invalid-ratelimit",
+            0,
+            3_600_000,
+            int(TcpConfig.invalid_ack_ratelimit * 1000),
+        )
+        / 1000,
     )
     if args.ready_fd is not None:
         try:
@@ -490,6 +550,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         fault_seed=args.fault_seed,
         http=_http_limits(args),
         fragments=_fragment_limits(args),
+        icmp=_icmp_limits(args),
     )
 
 

@@ -28,6 +28,7 @@ from ustack.linux.control import (
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.linux.tun import LinkConfig, LinkGone, TunLink
 from ustack.net.fragments import FragmentLimits
+from ustack.net.ratelimit import IcmpLimits
 from ustack.runner import StackRunner
 from ustack.services import SERVICES, HttpLimits, HttpService
 from ustack.stack import DEFAULT_ADDRESS, Stack
@@ -77,6 +78,7 @@ class ServeConfig:
     http: HttpLimits = field(default_factory=HttpLimits)
     trace_rotation: TraceRotation = field(default_factory=TraceRotation)
     fragments: FragmentLimits = field(default_factory=FragmentLimits)  # IPv4 reassembly
+    icmp: IcmpLimits = field(default_factory=IcmpLimits)  # the ICMP output rate limits
 
 
 class Daemon:
@@ -114,6 +116,7 @@ class Daemon:
             tap=self._traces.tap,
             network=config.link.linux_side.network,
             fragment_limits=config.fragments,
+            icmp_limits=config.icmp,
         )
         self.stack.tcp.partial_checksums = partial_checksums
         self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`

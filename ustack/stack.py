@@ -10,6 +10,7 @@ from collections.abc import Callable
 from ustack.counters import Counters
 from ustack.net.fragments import FragmentLimits
 from ustack.net.ipv4 import IPv4Layer
+from ustack.net.ratelimit import IcmpLimits
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
 from ustack.tcp.syncookies import SynCookies
@@ -36,13 +37,17 @@ class Stack:
         syncookies: bool = True,
         network: ipaddress.IPv4Network | None = None,
         fragment_limits: FragmentLimits | None = None,
+        icmp_limits: IcmpLimits | None = None,
     ) -> None:
         """`network`: the link's subnet, whose broadcast addresses are then
         neither accepted as a source nor connected to. `fragment_limits`:
-        reassembly's memory cap and timeout (Linux's defaults without)."""
+        reassembly's memory cap and timeout; `icmp_limits`: the ICMP output
+        rate limits (Linux's defaults when None)."""
         self.counters = Counters()
         self.counters.tracer = trace
-        self.ip = IPv4Layer(address, transmit, self.counters, mtu, network, fragment_limits)
+        self.ip = IPv4Layer(
+            address, transmit, self.counters, mtu, network, fragment_limits, icmp_limits
+        )
         self.ip.tap = tap
         config = tcp_config or TcpConfig(mss=mtu - 40)
         self.tcp = TcpDemux(

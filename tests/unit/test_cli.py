@@ -33,6 +33,11 @@ from ustack.cli import build_parser, serve_config
         (["serve", "--ipfrag-time", "0"], "bad --ipfrag-time 0: want seconds > 0"),
         (["serve", "--ipfrag-time", "soon"], "bad --ipfrag-time 'soon'"),
         (["serve", "--ipfrag-high-thresh", "-1"], "bad --ipfrag-high-thresh '-1'"),
+        (["serve", "--icmp-ratelimit", "-1"], "bad --icmp-ratelimit '-1': want a whole number"),
+        (["serve", "--icmp-msgs-per-sec", "1e3"], "bad --icmp-msgs-per-sec '1e3'"),
+        (["serve", "--icmp-msgs-burst", "x"], "bad --icmp-msgs-burst 'x'"),
+        (["serve", "--icmp-ratemask", "4294967296"], "bad --icmp-ratemask '4294967296'"),
+        (["serve", "--tcp-invalid-ratelimit", "0.5"], "bad --tcp-invalid-ratelimit '0.5'"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -63,6 +68,25 @@ def test_syn_retries_and_max_connections_reach_the_tcp_config() -> None:
     defaults = serve_config(build_parser().parse_args(["serve"])).tcp
     assert (defaults.syn_retries, defaults.max_connections) == (6, 65_536)
     assert defaults.connect_timeout == 123.0  # 1+2+4+8+16+32, then 60 (max_rto)
+
+
+def test_the_rate_limits_reach_the_stack_config() -> None:
+    argv = ["serve", "--icmp-ratelimit", "250", "--icmp-msgs-per-sec", "10"]
+    argv += ["--icmp-msgs-burst", "5", "--icmp-ratemask", "0", "--tcp-invalid-ratelimit", "0"]
+    config = serve_config(build_parser().parse_args(argv))
+    icmp = config.icmp
+    assert (icmp.ratelimit, icmp.msgs_per_sec, icmp.msgs_burst, icmp.ratemask) == (0.25, 10, 5, 0)
+    assert config.tcp.invalid_ack_ratelimit == 0.0
+    # Linux's defaults (sysctl net.ipv4.icmp_* and tcp_invalid_ratelimit).
+    defaults = serve_config(build_parser().parse_args(["serve"]))
+    icmp = defaults.icmp
+    assert (icmp.ratelimit, icmp.msgs_per_sec, icmp.msgs_burst, icmp.ratemask) == (
+        1.0,
+        1000,
+        50,
+        6168,
+    )
+    assert defaults.tcp.invalid_ack_ratelimit == 0.5
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +210,8 @@ def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: P
      "--address", "--linux-address", "--services", "--fault", "--trace-host",
      "--syn-retries", "--max-connections", "--trace-max-bytes", "--trace-keep",
      "--ipfrag-high-thresh", "--ipfrag-time",
-     "--http-max-requests", "--http-max-head", "--http-head-timeout"],
+     "--http-max-requests", "--http-max-head", "--http-head-timeout", "--icmp-ratelimit",
+     "--icmp-msgs-per-sec", "--icmp-msgs-burst", "--icmp-ratemask", "--tcp-invalid-ratelimit"],
 )  # fmt: skip
 def test_any_value_of_a_serve_flag_is_accepted_or_one_line(flag: str, value: str) -> None:
     """Random text for each flag: a valid configuration, or a UsageError

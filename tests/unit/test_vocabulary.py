@@ -46,6 +46,7 @@ from ustack.trace.vocabulary import (
     FaultAction,
     Layer,
     Note,
+    OutOfWindow,
     Rule,
     SegmentNote,
     TimerAction,
@@ -270,6 +271,10 @@ def test_the_doc_lists_every_decision_with_its_rule_and_sentence() -> None:
     rows = _vocabulary_table("Challenge")
     assert [(_code(name), _code(text), rule) for name, text, rule in rows] == [
         (c.name.lower(), c.text, c.rule.value) for c in Challenge
+    ]
+    rows = _vocabulary_table("OutOfWindow")
+    assert [(_code(name), _code(text), rule) for name, text, rule in rows] == [
+        (str(o), o.text, o.rule.value) for o in OutOfWindow
     ]
     rows = _vocabulary_table("Rule")
     assert [(text, _code(name)) for text, name in rows] == [(r.value, r.name) for r in Rule]

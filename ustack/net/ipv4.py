@@ -13,7 +13,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ustack.counters import Counters
+from ustack.net.address_rules import RFC1122_ICMP_ERRORS, icmp_error_forbidden
+from ustack.net.address_rules import is_unicast_host as _is_unicast_source
 from ustack.net.fragments import FragmentLimits, Reassembly
+from ustack.net.ip_id import IpIdentifiers
+from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
 from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer
 from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
@@ -52,18 +56,6 @@ ICMP_ERROR_MAX = 576
 DEFAULT_TTL = 64
 
 
-def _is_unicast_source(address: int) -> bool:
-    """RFC 1122 3.2.1.3 / 3.2.2: no replies or errors to these sources (Linux's
-    martian sources, ip_route_input_slow)."""
-    first_octet = address >> 24
-    return not (
-        first_octet == 0  # "this host" (0.0.0.0) and "this network" (0/8)
-        or address == 0xFFFFFFFF  # limited broadcast
-        or first_octet == 127  # loopback never arrives on a wire
-        or first_octet >= 224  # multicast and reserved
-    )
-
-
 def subnet_broadcasts(network: ipaddress.IPv4Network | None) -> frozenset[int]:
     """The directed broadcast of the link's subnet and its 0-host form, which
     RFC 1122 3.3.6 asks hosts to take as a broadcast too; a /31 or /32 has
@@ -90,6 +82,7 @@ class IPv4Layer:
         mtu: int = 1500,
         network: ipaddress.IPv4Network | None = None,
         fragment_limits: FragmentLimits | None = None,
+        icmp_limits: IcmpLimits | None = None,
     ) -> None:
         self.address = address
         self.mtu = mtu
@@ -97,7 +90,9 @@ class IPv4Layer:
         self.broadcasts = subnet_broadcasts(network)
         self._transmit = transmit
         self._counters = counters
-        self._identification = 0
+        self.ip_ids = IpIdentifiers(address)  # per destination (RFC 6864, RFC 7739)
+        self._next_ip_id = self.ip_ids.next  # bound once: the per-segment path
+        self.icmp_limiter = IcmpRateLimiter(icmp_limits)
         self._now = 0.0  # of the packet being handled, for the trace
         self.tcp_input: TcpInput | None = None
         self.tap: PacketTap | None = None  # sees every packet in and out (pcap)
@@ -198,6 +193,8 @@ class IPv4Layer:
             counters[f"icmp.in.type-{icmp.type}"] += 1
             return
         counters["icmp.echo"] += 1
+        if self._icmp_rate_limited(ECHO_REPLY, 0, src):
+            return
         reply = build_icmp(type=ECHO_REPLY, code=0, rest=icmp.rest, payload=message[8:])
         # As Linux: a reply larger than the MTU (to a fragmented request) is
         # fragmented itself.
@@ -276,7 +273,7 @@ class IPv4Layer:
         if IPV4_MIN_HEADER_LENGTH + len(payload) > 0xFFFF:
             counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
             return
-        self._identification = identification = (self._identification + 1) & 0xFFFF
+        identification = self._next_ip_id(dst, protocol, self._now, 1)  # one for all its fragments
         step = (self.mtu - IPV4_MIN_HEADER_LENGTH) & ~7
         data = memoryview(payload)
         for offset in range(0, len(data), step):
@@ -311,14 +308,19 @@ class IPv4Layer:
             # TCP sets DF and keeps its segments under the MSS: never fragmented.
             self._counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
             return
-        self._identification = (self._identification + 1) & 0xFFFF
+        # A GSO super-segment becomes several datagrams, one ID each.
+        datagrams = 1
+        if gso_size:
+            tcp_header_length = (packet[IPV4_MIN_HEADER_LENGTH + 12] >> 4) * 4
+            text = len(packet) - IPV4_MIN_HEADER_LENGTH - tcp_header_length
+            datagrams = -(-text // gso_size)
         build_ipv4_in_place(
             packet,
             src=self.address,
             dst=dst,
             protocol=protocol,
             ttl=DEFAULT_TTL,
-            identification=self._identification,
+            identification=self._next_ip_id(dst, protocol, self._now, datagrams),
         )
         sent = self._transmit(packet, gso_size) if gso_size else self._transmit(packet)
         if self.tap is not None:
@@ -341,7 +343,23 @@ class IPv4Layer:
         return self.fragments.next_deadline()
 
     def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> None:
-        """An ICMP error about `offending` (a whole IPv4 packet we received)."""
+        """An ICMP error about `offending` (a whole IPv4 packet we received),
+        unless RFC 1122 3.2.2 forbids it or a rate limit holds it back."""
+        forbidden = icmp_error_forbidden(offending, self.broadcasts)
+        if forbidden is not None:
+            self._counters.drop(Layer.ICMP, forbidden, self._now, RFC1122_ICMP_ERRORS)
+            return
         src = struct.unpack_from("!I", offending, 12)[0]
+        if self._icmp_rate_limited(type_, code, src):
+            return
         quote = offending[: ICMP_ERROR_MAX - 20 - 8]
         self.send(src, PROTO_ICMP, build_icmp(type=type_, code=code, rest=rest, payload=quote))
+
+    def _icmp_rate_limited(self, type_: int, code: int, dst: int) -> bool:
+        """Linux's icmp_ratelimit and icmp_msgs_per_sec (RFC 1812 4.3.2.8):
+        True, and counted, when this message must not go now."""
+        refused = self.icmp_limiter.allow(type_, code, dst, self._now)
+        if refused is None:
+            return False
+        self._counters.drop(Layer.ICMP, refused, self._now, "RFC 1812 4.3.2.8")
+        return True

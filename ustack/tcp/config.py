@@ -26,6 +26,9 @@ class TcpConfig:
     fin_wait_2_timeout: float = 60.0  # orphaned FIN_WAIT_2 (Linux tcp_fin_timeout)
     rfc1337: bool = True  # ignore RST in TIME_WAIT (RFC 1337); False: honour it
     challenge_ack_limit: int = 10  # challenge ACKs per second (RFC 5961 7)
+    # An ACK for an invalid segment (out of window, PAWS, challenge) at most
+    # every this many seconds per connection (Linux tcp_invalid_ratelimit); 0: off.
+    invalid_ack_ratelimit: float = 0.5
     initial_window_segments: int = 10  # RFC 6928
     nagle: bool = True  # hold small segments while a small one is unacknowledged
     congestion_control: str = "cubic"  # or "newreno"

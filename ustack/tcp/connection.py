@@ -54,6 +54,7 @@ from ustack.trace.vocabulary import (
     DropReason,
     Layer,
     Note,
+    OutOfWindow,
     Rule,
     SegmentNote,
     TimerKind,
@@ -353,14 +354,16 @@ class TcpConnection(TcbView):
             return
         # First: is the segment acceptable (in the receive window)?
         if not rcv.acceptable(seg):
-            if not flags & RST:
-                rcv.ack_now = True
-                self.decide(Note.OUTSIDE_WINDOW)
-                rcv.report_old_duplicate(seg)
-                self._dropped_in_time_wait(DropReason.TIME_WAIT_OUT_OF_WINDOW)
-            else:
+            if flags & RST:
                 self.decide(Note.OUTSIDE_WINDOW)
                 self._dropped_in_time_wait(DropReason.TIME_WAIT_RST)
+                return
+            acked = rcv.invalid_ack_allowed(seg, OutOfWindow.SEQUENCE)
+            self.decide(Note.OUTSIDE_WINDOW)
+            if acked:
+                rcv.ack_now = True
+                rcv.report_old_duplicate(seg)
+            self._dropped_in_time_wait(DropReason.TIME_WAIT_OUT_OF_WINDOW)
             return
         # Second: RST (RFC 5961 3.2: only an exact RCV.NXT match resets).
         if flags & RST:

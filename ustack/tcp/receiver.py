@@ -20,8 +20,8 @@ from ustack.tcp.events import DataReceived
 from ustack.tcp.segment import NO_OPTIONS, Segment
 from ustack.tcp.states import State
 from ustack.tcp.timers import DELAYED_ACK, Timers
-from ustack.trace.vocabulary import Challenge, Note, SegmentNote
-from ustack.wire.tcp import RST, TcpOptions
+from ustack.trace.vocabulary import Challenge, Note, OutOfWindow, SegmentNote
+from ustack.wire.tcp import RST, SYN, TcpOptions
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection
@@ -41,6 +41,8 @@ class Receiver:
         "fin_received",
         "held_fin",
         "irs",
+        "last_hold",
+        "last_oow_ack",
         "out_of_order",
         "rcv_adv",
         "rcv_nxt",
@@ -72,6 +74,7 @@ class Receiver:
         self.ack_now = False  # an ACK is due at once
         self.ack_note = _NO_NOTE  # why the next pure ACK goes out, when it is special
         self.challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
+        self.last_oow_ack: float | None = None  # the last ACK for an invalid segment
 
     # ---- the handshake ---------------------------------------------------------
 
@@ -94,7 +97,8 @@ class Receiver:
             return True  # accepted, as Linux does (behaviour 9)
         tsval = stamps[0]
         if seq.lt(tsval, self.ts_recent) and not seg.flags & RST:
-            self.ack_now = True
+            if self.invalid_ack_allowed(seg, OutOfWindow.PAWS):
+                self.ack_now = True
             self._conn.decide(Note.PAWS)
             return False
         if seq.le(seg.seq, self.rcv_nxt) and seq.ge(tsval, self.ts_recent):
@@ -116,9 +120,38 @@ class Receiver:
         last = seq.add(seg.seq, length - 1)
         return seq.in_window(seg.seq, rcv_nxt, window) or seq.in_window(last, rcv_nxt, window)
 
-    def challenge_ack(self, challenge: Challenge) -> None:
-        """RFC 5961 7: at most challenge_ack_limit challenge ACKs a second."""
+    def invalid_ack_allowed(
+        self, seg: Segment | None, why: OutOfWindow, what: str | None = None
+    ) -> bool:
+        """May an ACK answer this invalid segment (out of window, PAWS, a
+        challenge)? Linux's tcp_oow_rate_limited: at most one such ACK per
+        invalid_ack_ratelimit (tcp_invalid_ratelimit, 500 ms) per connection,
+        so two stacks that disagree cannot loop ACKs at line rate (RFC 5961
+        7's throttling); the suppressed ones are counted. A segment with text
+        (not a SYN) is always answered: the peer is sending data, not
+        replaying ACKs. `seg` None: a challenge ACK, always limited; `what`:
+        the trace's words for the segment, if not `why`'s."""
         conn = self._conn
+        interval = conn.config.invalid_ack_ratelimit
+        if interval <= 0 or (seg is not None and seg.payload and not seg.flags & SYN):
+            return True
+        now = conn.now
+        last = self.last_oow_ack
+        if last is not None and 0 <= now - last < interval:
+            if conn.counters is not None:
+                conn.counters[f"tcp.out.ack-skipped-{why}"] += 1
+            conn.decide(Note.INVALID_ACK_SUPPRESSED, why.rule, what=what or why.text)
+            return False
+        self.last_oow_ack = now
+        return True
+
+    def challenge_ack(self, challenge: Challenge) -> None:
+        """RFC 5961 7: at most challenge_ack_limit challenge ACKs a second,
+        and (first, as Linux's tcp_send_challenge_ack) no more than the
+        connection's invalid-ACK limit lets out."""
+        conn = self._conn
+        if not self.invalid_ack_allowed(None, OutOfWindow.CHALLENGE, challenge.text):
+            return
         now = conn.now
         started, count = self.challenges
         if now - started >= 1.0:

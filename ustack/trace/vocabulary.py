@@ -28,6 +28,7 @@ class Rule(enum.StrEnum):
     RFC5961_RST = "RFC 5961 3.2"
     RFC5961_SYN = "RFC 5961 4.2"
     RFC5961_ACK = "RFC 5961 5.2"
+    RFC5961_THROTTLING = "RFC 5961 7"
     RFC5681_FAST_RETRANSMIT = "RFC 5681 3.2"
     RFC6582_RECOVERY_OVER = "RFC 6582 3.2"
     RFC6298_TIMEOUT = "RFC 6298 5.4-5.6"
@@ -139,6 +140,12 @@ class Note(_TextAndRule, enum.Enum):
         "{what}: challenge ACK suppressed by the rate limit",
         Rule.RFC5961_RST,
     )
+    # Linux's tcp_invalid_ratelimit: "{what}" is one of the OutOfWindow texts
+    # below, or for a challenge ACK the Challenge's.
+    INVALID_ACK_SUPPRESSED = (
+        "{what}: ACK suppressed by the invalid-segment rate limit",
+        Rule.RFC5961_THROTTLING,
+    )
     # Loss recovery
     FAST_RETRANSMIT = (
         "fast retransmit: {why}; {cc} ssthresh {ssthresh}, cwnd {cwnd}",
@@ -174,6 +181,18 @@ class Challenge(_TextAndRule, enum.Enum):
     RST_NOT_AT_RCV_NXT = ("RST in the window but not at RCV.NXT", Rule.RFC5961_RST)
     ACK_OF_UNSENT = ("ACK of data never sent: dropped", Rule.RFC5961_ACK)
     ACK_TOO_OLD = ("ACK older than the send window: dropped", Rule.RFC5961_ACK)
+
+
+class OutOfWindow(_TextAndRule, enum.Enum):
+    """An invalid segment whose ACK the per-connection limit may hold back;
+    the counter is tcp.out.ack-skipped-VALUE (Linux's TCPACKSkipped*)."""
+
+    SEQUENCE = ("segment outside the receive window", Rule.RFC9293_OTHERWISE)
+    PAWS = ("PAWS: TSval older than TS.Recent", Rule.RFC7323_PAWS)
+    CHALLENGE = ("challenge ACK", Rule.RFC5961_THROTTLING)
+
+    def __str__(self) -> str:
+        return self.name.lower()
 
 
 # Decisions after which explain says the next retransmissions were sent by
@@ -259,3 +278,11 @@ class DropReason(enum.StrEnum):
     TIME_WAIT_NO_ACK = "time-wait-no-ack"  # neither SYN, RST nor ACK
     TIME_WAIT_BAD_ACK = "time-wait-bad-ack"  # an ACK of unsent data, or too old: challenged
     TIME_WAIT_LATE = "time-wait-late"  # an in-window ACK or data: nothing left to receive
+    # icmp, an error or reply not sent (RFC 1122 3.2.2, RFC 1812 4.3.2.7; Linux's icmp_send)
+    ICMP_ERROR_ABOUT_ICMP_ERROR = "error-about-icmp-error"
+    ICMP_ERROR_ABOUT_BROADCAST = "error-about-broadcast"  # it went to a broadcast, multicast
+    ICMP_ERROR_ABOUT_FRAGMENT = "error-about-fragment"  # a non-initial fragment
+    ICMP_ERROR_TO_NON_UNICAST = "error-to-non-unicast"  # its source is no single host
+    ICMP_ERROR_UNQUOTABLE = "error-unquotable"  # too short to tell what it is
+    RATE_LIMITED_GLOBAL = "rate-limited-global"  # icmp_msgs_per_sec (IcmpOutRateLimitGlobal)
+    RATE_LIMITED_HOST = "rate-limited-host"  # icmp_ratelimit (IcmpOutRateLimitHost)
