@@ -27,6 +27,7 @@ from ustack.linux.control import (
 )
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.linux.tun import LinkConfig, LinkGone, TunLink
+from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.runner import StackRunner
 from ustack.services import SERVICES, HttpLimits, HttpService
 from ustack.stack import DEFAULT_ADDRESS, Stack
@@ -75,6 +76,7 @@ class ServeConfig:
     trace_filter: TraceFilter = field(default_factory=TraceFilter)
     http: HttpLimits = field(default_factory=HttpLimits)
     trace_rotation: TraceRotation = field(default_factory=TraceRotation)
+    min_pmtu: int = DEFAULT_MIN_PMTU  # the least path MTU an ICMP may teach (Linux min_pmtu)
 
 
 class Daemon:
@@ -111,6 +113,7 @@ class Daemon:
             self._traces.tracer,
             tap=self._traces.tap,
             network=config.link.linux_side.network,
+            min_pmtu=config.min_pmtu,
         )
         self.stack.tcp.partial_checksums = partial_checksums
         self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`
@@ -445,6 +448,10 @@ def connection_row(
         "snd_wnd": conn.snd_wnd,
         "rcv_wnd": max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 0),  # as advertised
         "rto": round(conn.rto, 3),
+        # The path MTU to the peer (RFC 1191: lowered by ICMP fragmentation
+        # needed) and the payload per segment it leaves (timestamps excluded).
+        "pmtu": conn.path_mtu,
+        "mss": conn.mss,
         "srtt": None if conn.srtt is None else round(conn.srtt, 6),
         "timers": {name: round(deadline - now, 3) for name, deadline in conn.timers().items()},
     }

@@ -30,6 +30,8 @@ from ustack.cli import build_parser, serve_config
         (["serve", "--syn-retries", "200"], "bad --syn-retries '200'"),
         (["serve", "--max-connections", "0"], "bad --max-connections '0': want a whole number"),
         (["serve", "--max-connections", "many"], "bad --max-connections 'many'"),
+        (["serve", "--min-pmtu", "67"], "bad --min-pmtu '67'"),
+        (["serve", "--min-pmtu", "big"], "bad --min-pmtu 'big'"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -52,6 +54,14 @@ def test_syn_retries_and_max_connections_reach_the_tcp_config() -> None:
     defaults = serve_config(build_parser().parse_args(["serve"])).tcp
     assert (defaults.syn_retries, defaults.max_connections) == (6, 65_536)
     assert defaults.connect_timeout == 123.0  # 1+2+4+8+16+32, then 60 (max_rto)
+
+
+def test_min_pmtu_and_mtu_probing_reach_the_config() -> None:
+    argv = ["serve", "--min-pmtu", "1280", "--mtu-probing"]
+    config = serve_config(build_parser().parse_args(argv))
+    assert (config.min_pmtu, config.tcp.mtu_probing) == (1280, True)
+    defaults = serve_config(build_parser().parse_args(["serve"]))
+    assert (defaults.min_pmtu, defaults.tcp.mtu_probing) == (552, False)  # as Linux
 
 
 @pytest.fixture(autouse=True)
@@ -173,7 +183,7 @@ def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: P
     "flag",
     ["--trace-port", "--fault-seed", "--mtu", "--msl", "--fin-timeout", "--keepalive",
      "--address", "--linux-address", "--services", "--fault", "--trace-host",
-     "--syn-retries", "--max-connections", "--trace-max-bytes", "--trace-keep",
+     "--syn-retries", "--max-connections", "--trace-max-bytes", "--trace-keep", "--min-pmtu",
      "--http-max-requests", "--http-max-head", "--http-head-timeout"],
 )  # fmt: skip
 def test_any_value_of_a_serve_flag_is_accepted_or_one_line(flag: str, value: str) -> None:
