@@ -58,7 +58,7 @@ class Stack:
         self.ip.tcp_input = self.tcp.receive
         # ICMP errors about TCP segments, and the path MTUs they teach (RFC 1191).
         self.ip.tcp_error = self.tcp.receive_icmp_error
-        self.tcp.path_mtu = self.ip.pmtu.lookup
+        self.tcp.path_mtu = self.ip.pmtu.lookup_until
         self.tcp.lower_path_mtu = self.ip.pmtu.lower
 
     def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:

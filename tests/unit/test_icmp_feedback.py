@@ -165,6 +165,25 @@ def test_the_cache_entry_expires_after_ten_minutes() -> None:
     assert conn2.path_mtu == 1500
 
 
+def test_a_connection_grows_back_when_what_it_learnt_expires() -> None:
+    t = TcpScript()
+    conn = t.establish(mss=1460)
+    sending(t, 1460)
+    t.at(100.0)
+    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=1280)
+    t.sent()
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1 + 1460)
+    assert (conn.path_mtu, conn.mss) == (1280, 1240)
+    t.at(699.0)
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1 + 1460)
+    assert conn.path_mtu == 1280
+    t.at(700.0)  # RFC 1191 6.3: 10 minutes after, try the full size again
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1 + 1460)
+    assert (conn.path_mtu, conn.mss) == (1500, 1460)
+    assert "path_mtu_expired" in notes(t)
+    assert sending(t, 1460) == [1460]
+
+
 def test_the_cache_is_bounded() -> None:
     cache = PmtuCache(1500, max_entries=2)
     for dst in range(3):

@@ -44,13 +44,18 @@ class PmtuCache:
 
     def lookup(self, dst: int, now: float) -> int:
         """The path MTU to `dst`: the learnt one until it expires, else the link's."""
+        return self.lookup_until(dst, now)[0]
+
+    def lookup_until(self, dst: int, now: float) -> tuple[int, float | None]:
+        """The path MTU to `dst` and when what was learnt expires (None: the
+        link's MTU, nothing learnt)."""
         entry = self._entries.get(dst)
         if entry is None:
-            return self.link_mtu
+            return self.link_mtu, None
         if now >= entry[1]:
             del self._entries[dst]
-            return self.link_mtu
-        return entry[0]
+            return self.link_mtu, None
+        return entry
 
     @staticmethod
     def candidate(next_hop_mtu: int, quoted_total_length: int) -> int:

@@ -83,6 +83,10 @@ class TcpConnection(TcbView):
         # layer's cache knows; an ICMP "fragmentation needed" lowers it), and
         # the MSS black-hole detection fell back to (RFC 4821), if it did.
         self.path_mtu = config.mss + 40
+        # When a path MTU learnt from ICMP expires: the MSS grows back then,
+        # and a path still narrow says so again (RFC 1191 6.3; Linux's
+        # mtu_expires reaches sockets through their route's MTU).
+        self.path_mtu_until: float | None = None
         self.black_hole_mss: int | None = None
         self.mss = min(self.peer_mss, config.mss)
         # The last ICMP soft error (an errno name), reported if the connection
@@ -196,7 +200,9 @@ class TcpConnection(TcbView):
         else:
             self.decide(Note.ICMP_SOFT_ERROR, what=what, error=error)
 
-    def lower_path_mtu(self, pmtu: int, reported: int, now: float) -> bool:
+    def lower_path_mtu(
+        self, pmtu: int, reported: int, now: float, until: float | None = None
+    ) -> bool:
         """Fragmentation needed (RFC 1191 6.1): the path MTU to the peer is
         now `pmtu`. The MSS follows, and what is in flight in segments larger
         than it goes again at once, cut to the new size (as Linux's
@@ -208,6 +214,7 @@ class TcpConnection(TcbView):
             self.decide(Note.PATH_MTU_NOT_LOWER, mtu=reported, pmtu=old)
             return False
         self.path_mtu = pmtu
+        self.path_mtu_until = until
         self._resize(self._effective_mss())
         resent = 0
         if self.state in SENDS_DATA:
@@ -215,6 +222,15 @@ class TcpConnection(TcbView):
         self.decide(Note.PATH_MTU_LOWERED, old=old, pmtu=pmtu, mss=self.mss, resent=resent)
         self._output()
         return True
+
+    def _path_mtu_expired(self) -> None:
+        """What ICMP taught about the path is stale: back to the link's MTU."""
+        self.path_mtu_until = None
+        old = self.path_mtu
+        self.path_mtu = self.config.mss + 40
+        if self.state is not State.SYN_SENT:
+            self._resize(self._effective_mss())
+        self.decide(Note.PATH_MTU_EXPIRED, old=old, pmtu=self.path_mtu, mss=self.mss)
 
     def _resize(self, mss: int) -> None:
         """A new segment size for what is sent from now on."""
@@ -337,6 +353,8 @@ class TcpConnection(TcbView):
 
     def receive(self, segment: Segment, now: float) -> None:
         self.now = now
+        if self.path_mtu_until is not None and now >= self.path_mtu_until:
+            self._path_mtu_expired()
         keepalive = self.keepalive
         keepalive.last_heard = now
         keepalive.probes = 0
@@ -586,6 +604,8 @@ class TcpConnection(TcbView):
 
     def handle_timer(self, now: float) -> None:
         self.now = now
+        if self.path_mtu_until is not None and now >= self.path_mtu_until:
+            self._path_mtu_expired()
         for kind in self._timers.expired(now):
             if kind is RETRANSMIT:
                 self._on_retransmit_timeout()

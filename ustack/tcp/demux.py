@@ -50,8 +50,9 @@ AppHandler = Callable[[AppEvent], None]
 # (remote address, remote port, local port): our own address is fixed.
 Key = tuple[int, int, int]
 
-# The path MTU to a destination now: (dst, now) -> MTU (the IP layer's cache).
-PathMtu = Callable[[int, float], int]
+# The path MTU to a destination now, and when what ICMP taught about it expires
+# (None: nothing learnt): (dst, now) -> (MTU, expiry) (the IP layer's cache).
+PathMtu = Callable[[int, float], tuple[int, float | None]]
 # Learn a lower path MTU for a destination: (dst, mtu, now).
 LowerPathMtu = Callable[[int, int, float], object]
 
@@ -288,10 +289,12 @@ class TcpDemux:
         learnt = mtu
         if self.lower_path_mtu is not None and self.path_mtu is not None:
             self.lower_path_mtu(dst, mtu, now)
-            learnt = self.path_mtu(dst, now)
+            learnt, until = self.path_mtu(dst, now)
+        else:
+            until = None
         if learnt > mtu:
             conn.soft_error = "EMSGSIZE"  # the path is narrower than we will go
-        if conn.lower_path_mtu(learnt, mtu, now):
+        if conn.lower_path_mtu(learnt, mtu, now, until):
             counters["tcp.pmtu.lowered"] += 1
         else:
             counters["tcp.pmtu.not-lower"] += 1
@@ -606,7 +609,8 @@ class TcpDemux:
         )
         conn.counters = self._counters
         if self.path_mtu is not None:
-            conn.path_mtu = self.path_mtu(key[0], now)  # what ICMP taught us (RFC 1191)
+            # What ICMP taught us about the path (RFC 1191), until it expires.
+            conn.path_mtu, conn.path_mtu_until = self.path_mtu(key[0], now)
         self.connections[key] = conn
         self._keys[conn] = key
         if self.trace is not None:

@@ -39,6 +39,7 @@ class Rule(enum.StrEnum):
     RFC1122_ICMP = "RFC 1122 4.2.3.9"
     RFC5461_NO_ABORT = "RFC 5461 4.1"
     RFC1191_PMTU = "RFC 1191 6.1"
+    RFC1191_EXPIRY = "RFC 1191 6.3"
     RFC4821_BLACK_HOLE = "RFC 4821 (Linux tcp_mtu_probing)"
 
 
@@ -160,6 +161,10 @@ class Note(_TextAndRule, enum.Enum):
         "ICMP fragmentation needed: path MTU {old} -> {pmtu}, MSS {mss}; "
         "{resent} bytes in too big segments sent again at once",
         Rule.RFC1191_PMTU,
+    )
+    PATH_MTU_EXPIRED = (
+        "path MTU {old} learnt from ICMP expired: back to {pmtu}, MSS {mss}",
+        Rule.RFC1191_EXPIRY,
     )
     PATH_MTU_NOT_LOWER = (
         "ICMP fragmentation needed for MTU {mtu}: not below the path MTU {pmtu}, ignored",
