@@ -86,12 +86,12 @@ SETUPS: list[dict[str, Any]] = [
      "fragments": {"high_thresh": 20000, "timeout": 5.0, "max_fragments": 16}},
     {"config": {**_BASE, **_FEWER_RETRIES, "congestion_control": "newreno", "nagle": False,
                 "sack": False, "timestamps": False, "rfc1337": False, "receive_buffer": 70000,
-                "send_buffer": 16384},
+                "send_buffer": 16384, "mtu_probing": True},
      "backlog": 2, "syncookies": False, "isn_base": HALF - 100, "isn_hash": False,
      "mtu": 1500, "trace": False},
     {"config": {**_BASE, **_FEWER_RETRIES, "keepalive_idle": 5.0, "keepalive_interval": 1.0,
                 "keepalive_probes": 3, "gso_segments": 4, "window_scaling": False,
-                "receive_buffer": 8192, "send_buffer": 65536},
+                "receive_buffer": 8192, "send_buffer": 65536, "mtu_probing": True},
      "backlog": 128, "syncookies": True, "isn_base": 0, "isn_hash": True, "mtu": 9000,
      "trace": True},
     {"config": {**_BASE, "retries": 3, "syn_retries": 2, "synack_retries": 1, "max_rto": 4.0,
@@ -435,6 +435,15 @@ class World:
                 except MalformedPacket as exc:
                     problem = f"unparsable TCP segment: {exc}"
                 else:
+                    key = (ip.dst, tcp.dst_port, tcp.src_port)
+                    conn = self.tcp.connections.get(key)
+                    wire_size = (
+                        gso_size + ip.header_length + tcp.header_length if gso_size else len(packet)
+                    )
+                    if conn is not None and wire_size > conn.path_mtu:
+                        problem = (
+                            f"{wire_size} bytes on the wire, over the path MTU {conn.path_mtu}"
+                        )
                     stamps = tcp.options.timestamps
                     self.last_out[(ip.dst, tcp.dst_port, tcp.src_port)] = (
                         tcp.seq,
@@ -582,10 +591,12 @@ class Generator:
             self.stray_segment()
         elif op < 175:
             self.malformed(live)
-        elif op < 182:
+        elif op < 179:
             self.icmp_udp(live)
         elif op < 192:
             self.fragments(live)
+        elif op < 202:
+            self.icmp_error(live)
         elif op < 215:
             self.advance()
         elif op < 240:
@@ -836,6 +847,47 @@ class Generator:
                                            64, protocol, 0, src, US))  # fmt: skip
             struct.pack_into("!H", header, 10, internet_checksum(header))
             self.w.apply(["packet", bytes(header) + data])
+
+    def icmp_error(self, live: list[tuple[int, int, int]]) -> None:
+        """An ICMP error quoting one of our segments, as a router on the path
+        sends it: mostly about a live connection with a SEQ near SND.UNA,
+        SND.NXT or SND.MAX (valid, or off by a bit), sometimes with the wrong
+        ports, a quoted source not ours, a truncated quote; fragmentation
+        needed with every kind of next-hop MTU (RFC 1191, RFC 5927)."""
+        s = self.s
+        if live and s.chance(230):
+            remote, remote_port, local_port = s.pick(live)
+            conn = self.w.tcp.connections[(remote, remote_port, local_port)]
+            bases = (conn.snd_una, conn.snd_una, conn.snd_nxt, conn.snd_max, conn.snd_max,
+                     conn.snd_una - 1, conn.snd_max + 1, conn.iss, s.u32())  # fmt: skip
+            sequence = (s.pick(bases) + (s.below(5) - 2 if s.chance(60) else 0)) & MASK
+        else:
+            remote, remote_port, local_port = PEER, s.pick(PEER_PORTS), s.pick(LISTEN_PORTS)
+            sequence = s.u32()
+        if s.chance(20):
+            remote_port ^= 1 << s.below(16)
+        icmp_type, code = s.pick(((3, 4), (3, 4), (3, 4), (3, 0), (3, 1), (3, 2), (3, 3), (3, 13),
+                                  (3, s.byte()), (11, 0), (11, 1), (12, 0), (4, 0)))  # fmt: skip
+        mtu = 0
+        if icmp_type == 3 and code == 4:
+            mtu = s.pick((0, 68, 100, 296, 552, 576, 1006, 1280, 1400, 1492, 1499, 1500, 1501,
+                          8166, 9000, 65535, s.u16()))  # fmt: skip
+        quoted_length = s.pick((1500, 1500, 9000, 576, 40, 0, s.u16()))
+        quoted_src = US if s.chance(235) else s.pick((PEER, US + 1, s.u32()))
+        quoted_protocol = PROTO_TCP if s.chance(240) else s.pick((PROTO_UDP, PROTO_ICMP, s.byte()))
+        quote = struct.pack(
+            "!BBHHHBBHII", 0x45, 0, quoted_length, 0, 0x4000, 64, quoted_protocol, 0,
+            quoted_src, remote,
+        ) + struct.pack("!HHI", local_port, remote_port, sequence)  # fmt: skip
+        quote += bytes(s.pick((0, 0, 12, s.byte())))  # more of the TCP header, or none
+        if s.chance(15):
+            quote = quote[: s.below(len(quote))]
+        message = bytearray(struct.pack("!BBHI", icmp_type, code, 0, mtu) + quote)
+        struct.pack_into("!H", message, 2, internet_checksum(message))
+        router = s.pick((PEER, 0xC6120101, 0xC6120201))
+        self.w.apply(
+            ["packet", self.ip(router, US, PROTO_ICMP, bytes(message), mutate=s.chance(20))]
+        )
 
     def advance(self) -> None:
         s = self.s

@@ -11,8 +11,10 @@ flow control (drain, pause_reading) exactly as with the kernel's sockets:
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,9 +39,19 @@ _ERRORS: dict[str, type[OSError]] = {
 
 
 def error_for(errno_name: str | None) -> OSError | None:
+    """The exception for a Closed event's errno name. An ICMP soft error a
+    timeout reports (EHOSTUNREACH, ENETUNREACH, EMSGSIZE...) or a hard one
+    that refused a connect (ENOPROTOOPT...) is an OSError with that errno,
+    as a kernel socket raises it."""
     if errno_name is None:
         return None
-    return _ERRORS.get(errno_name, ConnectionError)(errno_name)
+    known = _ERRORS.get(errno_name)
+    if known is not None:
+        return known(errno_name)
+    code = getattr(errno, errno_name, None)
+    if isinstance(code, int):
+        return OSError(code, f"{errno_name}: {os.strerror(code)}")
+    return ConnectionError(errno_name)
 
 
 def _address(value: int) -> str:

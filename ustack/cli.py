@@ -24,6 +24,7 @@ from ustack.linux.lab import LabError, run_in_lab
 from ustack.linux.peer_states import PeerStatesError
 from ustack.linux.tun import LinkConfig, LinkError
 from ustack.net.fragments import FragmentLimits
+from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
 from ustack.services import SERVICES, HttpLimits
 from ustack.study.explain import add_explain_arguments, explain_command
@@ -240,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long an incomplete datagram's fragments are kept (default 30, Linux's "
         "ipfrag_time); then ICMP Time Exceeded if the first fragment came",
+    )
+    serve_cmd.add_argument(
+        "--min-pmtu",
+        metavar="BYTES",
+        help=f"the least path MTU an ICMP fragmentation needed may set (default "
+        f"{DEFAULT_MIN_PMTU}, Linux's min_pmtu; 68..65535): a smaller one is taken as this",
+    )
+    serve_cmd.add_argument(
+        "--mtu-probing",
+        action="store_true",
+        help="path MTU black-hole detection (RFC 4821, Linux tcp_mtu_probing=1): after "
+        "repeated timeouts with no ICMP, a smaller MSS (1024, then halved)",
     )
     serve_cmd.add_argument(
         "--no-offload",
@@ -525,6 +538,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             int(TcpConfig.invalid_ack_ratelimit * 1000),
         )
         / 1000,
+        mtu_probing=args.mtu_probing,
     )
     if args.ready_fd is not None:
         try:
@@ -551,6 +565,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         http=_http_limits(args),
         fragments=_fragment_limits(args),
         icmp=_icmp_limits(args),
+        min_pmtu=_count(args.min_pmtu, "--min-pmtu", MIN_MTU, MAX_MTU, DEFAULT_MIN_PMTU),
     )
 
 
@@ -734,7 +749,8 @@ def _ss(args: argparse.Namespace) -> int:
             f"{row['state']:<13} {row['recv_queue']:>7} {row['send_queue']:>7}  "
             f"{row['local']:<22} {row['remote']:<22} #{row['id']} "
             f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']} "
-            f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s" + (f" timers {timers}" if timers else "")
+            f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s pmtu {row['pmtu']} mss {row['mss']}"
+            + (f" timers {timers}" if timers else "")
         )
     return 0
 

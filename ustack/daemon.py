@@ -28,6 +28,7 @@ from ustack.linux.control import (
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.linux.tun import LinkConfig, LinkGone, TunLink
 from ustack.net.fragments import FragmentLimits
+from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
 from ustack.runner import StackRunner
 from ustack.services import SERVICES, HttpLimits, HttpService
@@ -79,6 +80,7 @@ class ServeConfig:
     trace_rotation: TraceRotation = field(default_factory=TraceRotation)
     fragments: FragmentLimits = field(default_factory=FragmentLimits)  # IPv4 reassembly
     icmp: IcmpLimits = field(default_factory=IcmpLimits)  # the ICMP output rate limits
+    min_pmtu: int = DEFAULT_MIN_PMTU  # the least path MTU an ICMP may teach (Linux min_pmtu)
 
 
 class Daemon:
@@ -117,6 +119,7 @@ class Daemon:
             network=config.link.linux_side.network,
             fragment_limits=config.fragments,
             icmp_limits=config.icmp,
+            min_pmtu=config.min_pmtu,
         )
         self.stack.tcp.partial_checksums = partial_checksums
         self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`
@@ -461,6 +464,10 @@ def connection_row(
         "snd_wnd": conn.snd_wnd,
         "rcv_wnd": max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 0),  # as advertised
         "rto": round(conn.rto, 3),
+        # The path MTU to the peer (RFC 1191: lowered by ICMP fragmentation
+        # needed) and the payload per segment it leaves (timestamps excluded).
+        "pmtu": conn.path_mtu,
+        "mss": conn.mss,
         "srtt": None if conn.srtt is None else round(conn.srtt, 6),
         "timers": {name: round(deadline - now, 3) for name, deadline in conn.timers().items()},
     }

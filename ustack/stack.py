@@ -10,6 +10,7 @@ from collections.abc import Callable
 from ustack.counters import Counters
 from ustack.net.fragments import FragmentLimits
 from ustack.net.ipv4 import IPv4Layer
+from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
@@ -38,15 +39,17 @@ class Stack:
         network: ipaddress.IPv4Network | None = None,
         fragment_limits: FragmentLimits | None = None,
         icmp_limits: IcmpLimits | None = None,
+        min_pmtu: int = DEFAULT_MIN_PMTU,
     ) -> None:
         """`network`: the link's subnet, whose broadcast addresses are then
         neither accepted as a source nor connected to. `fragment_limits`:
         reassembly's memory cap and timeout; `icmp_limits`: the ICMP output
-        rate limits (Linux's defaults when None)."""
+        rate limits (Linux's defaults when None); `min_pmtu`: the least path
+        MTU an ICMP "fragmentation needed" may teach (Linux's min_pmtu)."""
         self.counters = Counters()
         self.counters.tracer = trace
         self.ip = IPv4Layer(
-            address, transmit, self.counters, mtu, network, fragment_limits, icmp_limits
+            address, transmit, self.counters, mtu, network, fragment_limits, icmp_limits, min_pmtu
         )
         self.ip.tap = tap
         config = tcp_config or TcpConfig(mss=mtu - 40)
@@ -61,6 +64,10 @@ class Stack:
             headroom=IPV4_MIN_HEADER_LENGTH,  # IP writes its header there: no copy
         )
         self.ip.tcp_input = self.tcp.receive
+        # ICMP errors about TCP segments, and the path MTUs they teach (RFC 1191).
+        self.ip.tcp_error = self.tcp.receive_icmp_error
+        self.tcp.path_mtu = self.ip.pmtu.lookup_until
+        self.tcp.lower_path_mtu = self.ip.pmtu.lower
 
     def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
         self.ip.receive(packet, now, checksum_ok)

@@ -38,6 +38,8 @@ from ustack.cli import build_parser, serve_config
         (["serve", "--icmp-msgs-burst", "x"], "bad --icmp-msgs-burst 'x'"),
         (["serve", "--icmp-ratemask", "4294967296"], "bad --icmp-ratemask '4294967296'"),
         (["serve", "--tcp-invalid-ratelimit", "0.5"], "bad --tcp-invalid-ratelimit '0.5'"),
+        (["serve", "--min-pmtu", "67"], "bad --min-pmtu '67'"),
+        (["serve", "--min-pmtu", "big"], "bad --min-pmtu 'big'"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -87,6 +89,14 @@ def test_the_rate_limits_reach_the_stack_config() -> None:
         6168,
     )
     assert defaults.tcp.invalid_ack_ratelimit == 0.5
+
+
+def test_min_pmtu_and_mtu_probing_reach_the_config() -> None:
+    argv = ["serve", "--min-pmtu", "1280", "--mtu-probing"]
+    config = serve_config(build_parser().parse_args(argv))
+    assert (config.min_pmtu, config.tcp.mtu_probing) == (1280, True)
+    defaults = serve_config(build_parser().parse_args(["serve"]))
+    assert (defaults.min_pmtu, defaults.tcp.mtu_probing) == (552, False)  # as Linux
 
 
 @pytest.fixture(autouse=True)
@@ -208,7 +218,7 @@ def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: P
     "flag",
     ["--trace-port", "--fault-seed", "--mtu", "--msl", "--fin-timeout", "--keepalive",
      "--address", "--linux-address", "--services", "--fault", "--trace-host",
-     "--syn-retries", "--max-connections", "--trace-max-bytes", "--trace-keep",
+     "--syn-retries", "--max-connections", "--trace-max-bytes", "--trace-keep", "--min-pmtu",
      "--ipfrag-high-thresh", "--ipfrag-time",
      "--http-max-requests", "--http-max-head", "--http-head-timeout", "--icmp-ratelimit",
      "--icmp-msgs-per-sec", "--icmp-msgs-burst", "--icmp-ratemask", "--tcp-invalid-ratelimit"],

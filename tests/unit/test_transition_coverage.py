@@ -25,6 +25,7 @@ SCRIPT_MODULES = [
     "test_tcp_data",
     "test_tcp_every_state",
     "test_tcp_sequence_and_windows",
+    "test_icmp_feedback",
 ]
 
 

@@ -17,6 +17,7 @@ from ustack.net.address_rules import RFC1122_ICMP_ERRORS, icmp_error_forbidden
 from ustack.net.address_rules import is_unicast_host as _is_unicast_source
 from ustack.net.fragments import FragmentLimits, Reassembly
 from ustack.net.ip_id import IpIdentifiers
+from ustack.net.pmtu import DEFAULT_MIN_PMTU, PmtuCache
 from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
 from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer
@@ -26,11 +27,17 @@ from ustack.wire.icmp import (
     DEST_UNREACH,
     ECHO_REPLY,
     ECHO_REQUEST,
+    FRAG_NEEDED,
+    PARAMETER_PROBLEM,
     PORT_UNREACH,
+    PRECEDENCE_CUTOFF,
     REASSEMBLY_TIME_EXCEEDED,
+    SOURCE_QUENCH,
     TIME_EXCEEDED,
+    Quote,
     build_icmp,
     parse_icmp,
+    parse_quote,
 )
 from ustack.wire.ipv4 import (
     IPV4_MIN_HEADER_LENGTH,
@@ -49,6 +56,9 @@ _Header = TypeVar("_Header")
 
 # Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
 TcpInput = Callable[[int, int, memoryview, float, bool], None]
+# Receives an ICMP error about a TCP segment we sent: (type, code, the path
+# MTU it stands for (fragmentation needed) else 0, the quote, now).
+TcpErrorInput = Callable[[int, int, int, Quote, float], None]
 
 # RFC 1122 3.2.2: an ICMP error quotes the offending datagram, as much as fits
 # in a 576-byte datagram (RFC 1812 4.3.2.3).
@@ -83,9 +93,12 @@ class IPv4Layer:
         network: ipaddress.IPv4Network | None = None,
         fragment_limits: FragmentLimits | None = None,
         icmp_limits: IcmpLimits | None = None,
+        min_pmtu: int = DEFAULT_MIN_PMTU,
     ) -> None:
         self.address = address
         self.mtu = mtu
+        # What ICMP "fragmentation needed" taught us, per destination (RFC 1191).
+        self.pmtu = PmtuCache(mtu, min_pmtu)
         # The link's subnet (the Linux side's), for its broadcast addresses.
         self.broadcasts = subnet_broadcasts(network)
         self._transmit = transmit
@@ -95,6 +108,7 @@ class IPv4Layer:
         self.icmp_limiter = IcmpRateLimiter(icmp_limits)
         self._now = 0.0  # of the packet being handled, for the trace
         self.tcp_input: TcpInput | None = None
+        self.tcp_error: TcpErrorInput | None = None
         self.tap: PacketTap | None = None  # sees every packet in and out (pcap)
         self.fragments = Reassembly(counters, self._send_time_exceeded, fragment_limits)
 
@@ -191,6 +205,8 @@ class IPv4Layer:
             return
         if icmp.type != ECHO_REQUEST:
             counters[f"icmp.in.type-{icmp.type}"] += 1
+            if icmp.type in (DEST_UNREACH, TIME_EXCEEDED, PARAMETER_PROBLEM, SOURCE_QUENCH):
+                self._receive_icmp_error(icmp.type, icmp.code, icmp.rest, message[8:])
             return
         counters["icmp.echo"] += 1
         if self._icmp_rate_limited(ECHO_REPLY, 0, src):
@@ -199,6 +215,34 @@ class IPv4Layer:
         # As Linux: a reply larger than the MTU (to a fragmented request) is
         # fragmented itself.
         self.send(src, PROTO_ICMP, reply, may_fragment=True)
+
+    def _receive_icmp_error(self, type_: int, code: int, rest: int, data: memoryview) -> None:
+        """An ICMP error: the quote must be of a datagram we sent (our address
+        as its source), and TCP's (the transport finds the connection and
+        checks the sequence number, RFC 5927 4.1) before anything is done."""
+        counters = self._counters
+        now = self._now
+        if type_ == SOURCE_QUENCH:
+            counters.drop(Layer.ICMP, DropReason.SOURCE_QUENCH, now)  # RFC 6633: ignored
+            return
+        if type_ == DEST_UNREACH and code > PRECEDENCE_CUTOFF:
+            counters.drop(Layer.ICMP, DropReason.UNHANDLED_ERROR, now, f"code {code}")
+            return
+        quote = self._parse_or_drop(parse_quote, data, Layer.ICMP)
+        if quote is None:
+            return
+        if quote.src != self.address:
+            # Not about a datagram of ours: forged, or misrouted.
+            counters.drop(Layer.ICMP, DropReason.QUOTE_NOT_OURS, now, f"quotes {quote.src:#x}")
+            return
+        if quote.protocol != PROTO_TCP or self.tcp_error is None:
+            counters.drop(Layer.ICMP, DropReason.QUOTE_UNHANDLED_PROTOCOL, now)
+            return
+        mtu = 0
+        if type_ == DEST_UNREACH and code == FRAG_NEEDED:
+            # RFC 1191 4: the next-hop MTU is the low 16 bits of the second word.
+            mtu = self.pmtu.candidate(rest & 0xFFFF, quote.total_length)
+        self.tcp_error(type_, code, mtu, quote, now)
 
     def _receive_udp(
         self, src: int, datagram: memoryview, packet: Buffer, checksum_ok: bool

@@ -36,6 +36,9 @@ class TcpConfig:
     sack: bool = True  # offer SACK-permitted and send SACK blocks (RFC 2018)
     timestamps: bool = True  # RFC 7323: RTT measurement on every ACK, and PAWS
     tail_loss_probe: bool = True  # RFC 8985 7 (with SACK): a probe at 2*SRTT, not the RTO
+    # RFC 4821-style black-hole detection (Linux tcp_mtu_probing=1), off as in
+    # Linux: after repeated timeouts with no ICMP, a smaller MSS.
+    mtu_probing: bool = False
     gso_segments: int = 1  # >1: hand the link super-segments of this many MSS (GSO)
     # Keep-alive (RFC 1122 4.2.3.6), off by default: probe after this many idle seconds.
     keepalive_idle: float | None = None

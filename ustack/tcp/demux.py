@@ -22,6 +22,7 @@ from ustack.counters import Counters
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, Closed
+from ustack.tcp.feedback import meaning, quoted_ports_and_seq
 from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
 from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
@@ -37,6 +38,7 @@ from ustack.trace.records import (
 from ustack.trace.vocabulary import DropReason, Layer, SegmentNote
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
+from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, build_tcp, parse_tcp
 
@@ -47,6 +49,12 @@ SendSegment = Callable[[int, bytearray, int], None]
 AppHandler = Callable[[AppEvent], None]
 # (remote address, remote port, local port): our own address is fixed.
 Key = tuple[int, int, int]
+
+# The path MTU to a destination now, and when what ICMP taught about it expires
+# (None: nothing learnt): (dst, now) -> (MTU, expiry) (the IP layer's cache).
+PathMtu = Callable[[int, float], tuple[int, float | None]]
+# Learn a lower path MTU for a destination: (dst, mtu, now).
+LowerPathMtu = Callable[[int, int, float], object]
 
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux's ip_local_port_range
 
@@ -141,6 +149,9 @@ class TcpDemux:
         # Connections in TIME_WAIT, oldest first: the first to give way when
         # the table is full (TcpConfig.max_connections).
         self._time_wait: dict[TcpConnection, None] = {}
+        # The IP layer's path MTU cache (RFC 1191), when there is one.
+        self.path_mtu: PathMtu | None = None
+        self.lower_path_mtu: LowerPathMtu | None = None
 
     # ---- the application's side --------------------------------------------
 
@@ -231,6 +242,62 @@ class TcpDemux:
         if self.trace is not None:
             self.trace(self._segment_event(now, None, key, "in", seg, "CLOSED", "CLOSED"))
         self._reply_closed(src, header.dst_port, header.src_port, seg, now)
+
+    def receive_icmp_error(self, type_: int, code: int, mtu: int, quote: Quote, now: float) -> None:
+        """An ICMP error quoting a segment we sent (RFC 1122 4.2.3.9). Acted on
+        only if it names a connection and a sequence number in SND.UNA..SND.NXT
+        (RFC 5927 4.1: else anyone could forge it); `mtu`: the path MTU a
+        "fragmentation needed" stands for (RFC 1191), else 0."""
+        counters = self._counters
+        local_port, remote_port, sequence = quoted_ports_and_seq(quote.transport)
+        key = (quote.dst, remote_port, local_port)
+        summary = f"about {dotted(quote.dst)}:{remote_port} from port {local_port}"
+        conn = self.connections.get(key)
+        if conn is None or conn.state is State.TIME_WAIT:
+            counters.drop(Layer.ICMP, DropReason.NO_CONNECTION, now, summary)
+            return
+        # SND.MAX is Linux's snd_nxt (ours goes back after a timeout); both ends
+        # included, as Linux's between().
+        if not (seq.le(conn.snd_una, sequence) and seq.le(sequence, conn.snd_max)):
+            counters.drop(Layer.ICMP, DropReason.BAD_SEQ, now, f"{summary}, seq {sequence}")
+            return
+        what = meaning(type_, code)
+        if what is None:  # (the IP layer passes only errors it knows)
+            counters.drop(Layer.ICMP, DropReason.UNHANDLED_ERROR, now, summary)
+            return
+        counters["icmp.in.error-for-connection"] += 1
+        held: list[TraceEvent] = []
+        if self.trace is not None:
+            conn.trace = held.append
+        try:
+            if mtu:
+                self._path_mtu_error(conn, quote.dst, mtu, now)
+            else:
+                conn.icmp_error(what.what, what.error, what.hard, now)
+        finally:
+            conn.trace = self.trace
+        if self.trace is not None:
+            for event in held:
+                self.trace(event)
+        self.flush(conn)
+
+    def _path_mtu_error(self, conn: TcpConnection, dst: int, mtu: int, now: float) -> None:
+        """Fragmentation needed (RFC 1191): the destination's cached path MTU
+        may go down (never below the floor: then, as Linux, EMSGSIZE is kept as
+        a soft error), and the connection follows it."""
+        counters = self._counters
+        learnt = mtu
+        if self.lower_path_mtu is not None and self.path_mtu is not None:
+            self.lower_path_mtu(dst, mtu, now)
+            learnt, until = self.path_mtu(dst, now)
+        else:
+            until = None
+        if learnt > mtu:
+            conn.soft_error = "EMSGSIZE"  # the path is narrower than we will go
+        if conn.lower_path_mtu(learnt, mtu, now, until):
+            counters["tcp.pmtu.lowered"] += 1
+        else:
+            counters["tcp.pmtu.not-lower"] += 1
 
     def _deliver(self, conn: TcpConnection, key: Key, seg: Segment, now: float) -> None:
         if self.trace is None:
@@ -541,6 +608,9 @@ class TcpDemux:
             conn_id=next(self._conn_ids), iss=iss, config=self.config, trace=self.trace
         )
         conn.counters = self._counters
+        if self.path_mtu is not None:
+            # What ICMP taught us about the path (RFC 1191), until it expires.
+            conn.path_mtu, conn.path_mtu_until = self.path_mtu(key[0], now)
         self.connections[key] = conn
         self._keys[conn] = key
         if self.trace is not None:

@@ -29,7 +29,10 @@ class SendSpace:
 class Closed:
     """The connection is over for the application (its TCB is gone, or waits
     out TIME_WAIT on its own). `error` is None after an orderly close, else an
-    errno name: ECONNRESET, ECONNREFUSED or ETIMEDOUT."""
+    errno name: ECONNRESET, ECONNREFUSED (a RST, or an ICMP hard error while
+    connecting: ENOPROTOOPT, EHOSTUNREACH... as Linux's icmp_err_convert) or
+    ETIMEDOUT; a timeout after an ICMP soft error reports that error instead
+    (EHOSTUNREACH, ENETUNREACH, EMSGSIZE..., RFC 1122 4.2.3.9)."""
 
     error: str | None = None
 

@@ -158,6 +158,7 @@ class Recovery:
             self.timed = None
         self.retries = 0
         self.dupacks = 0
+        conn.soft_error = None  # something got through (Linux clears sk_err_soft)
         if self.recover is not None:
             if seq.ge(ack, self.recover):  # a full ACK: recovery is over (RFC 6582 3.2 (3))
                 self.recover = None
@@ -415,6 +416,7 @@ class Recovery:
             limit = config.retries
         if self.retries > limit:
             return False
+        conn.black_hole_check()  # (before the resend: it goes at the smaller MSS)
         self.rtt.back_off()
         self.timed = None  # Karn: never time a retransmission
         self.ts_at_timeout = conn.ts_now()
@@ -441,6 +443,40 @@ class Recovery:
             snd.snd_nxt = snd.snd_una  # go back: without SACK, everything is resent
         conn.decide(Note.RETRANSMISSION_TIMEOUT, count=self.retries, rto=self.rtt.rto)
         return True
+
+    def resend_too_big(self) -> int:
+        """The path MTU went down (RFC 1191): what is in flight in segments
+        larger than the MSS now is lost; it goes again at once, cut to the new
+        size (Linux's tcp_simple_retransmit: the congestion window is not cut,
+        this was no congestion). Returns the bytes marked for resending."""
+        conn = self._conn
+        snd = self._snd
+        mss = conn.mss
+        if snd.snd_una == snd.snd_max:
+            return 0
+        rack = self.rack
+        if conn.sack_ok and rack.log:
+            marked = 0
+            for entry in rack.log:
+                size = seq.diff(entry.end, entry.start)
+                if size > mss and not entry.sacked and not entry.lost:
+                    entry.lost = True
+                    rack.lost_out += 1
+                    marked += size
+            if marked:
+                self.timed = None  # Karn
+                self.probe_high = None
+                self._timers.cancel(PROBE)
+                self.retransmit_lost()
+            return marked
+        # Without SACK there is no log of what went in which segment: go back
+        # to SND.UNA, and send_data cuts everything again at the new MSS.
+        flight = seq.diff(snd.snd_max, snd.snd_una)
+        if flight <= mss:
+            return 0
+        snd.snd_nxt = snd.snd_una
+        self.timed = None
+        return flight
 
     # ---- the tail loss probe -----------------------------------------------------------
 

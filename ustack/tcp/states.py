@@ -57,6 +57,7 @@ class Event(enum.Enum):
     TIMEOUT_FIN_WAIT_2 = "FIN_WAIT_2 timeout"
     TIMEOUT_RETRANSMIT = "retransmission limit"
     TIMEOUT_KEEPALIVE = "keep-alive probes unanswered"
+    ICMP_HARD_ERROR = "ICMP port or protocol unreachable"
 
     __hash__ = object.__hash__  # as State's
 
@@ -231,6 +232,9 @@ for _state in (S.ESTABLISHED, S.CLOSE_WAIT):
     )
 TRANSITIONS[(S.SYN_SENT, E.TIMEOUT_RETRANSMIT)] = Transition(
     S.CLOSED, "RFC 6298 5.5 / RFC 9293 3.8.3", "SYN retransmissions exhausted: timed out"
+)
+TRANSITIONS[(S.SYN_SENT, E.ICMP_HARD_ERROR)] = Transition(
+    S.CLOSED, "RFC 1122 4.2.3.9 / RFC 5461 4.1", "ICMP hard error while connecting: refused"
 )
 TRANSITIONS[(S.SYN_SENT, E.APP_ABORT)] = Transition(
     S.CLOSED, "RFC 9293 3.10.5", "ABORT in SYN_SENT: the TCB is deleted"

@@ -42,6 +42,11 @@ class Rule(enum.StrEnum):
     RFC791_FRAGMENTS = "RFC 791 3.2"
     RFC1122_REASSEMBLY = "RFC 1122 3.3.2"
     RFC5722_OVERLAP = "RFC 5722 4"
+    RFC1122_ICMP = "RFC 1122 4.2.3.9"
+    RFC5461_NO_ABORT = "RFC 5461 4.1"
+    RFC1191_PMTU = "RFC 1191 6.1"
+    RFC1191_EXPIRY = "RFC 1191 6.3"
+    RFC4821_BLACK_HOLE = "RFC 4821 (Linux tcp_mtu_probing)"
 
 
 class TimerKind(enum.StrEnum):
@@ -172,6 +177,36 @@ class Note(_TextAndRule, enum.Enum):
         "zero-window probe #{count}: the peer's window is closed; next in {rto:.3f}s",
         Rule.RFC9293_PERSIST,
     )
+    # ICMP errors about a connection (RFC 1122 4.2.3.9, RFC 5461, RFC 1191)
+    PATH_MTU_LOWERED = (
+        "ICMP fragmentation needed: path MTU {old} -> {pmtu}, MSS {mss}; "
+        "{resent} bytes in too big segments sent again at once",
+        Rule.RFC1191_PMTU,
+    )
+    PATH_MTU_EXPIRED = (
+        "path MTU {old} learnt from ICMP expired: back to {pmtu}, MSS {mss}",
+        Rule.RFC1191_EXPIRY,
+    )
+    PATH_MTU_NOT_LOWER = (
+        "ICMP fragmentation needed for MTU {mtu}: not below the path MTU {pmtu}, ignored",
+        Rule.RFC1191_PMTU,
+    )
+    ICMP_SOFT_ERROR = (
+        "ICMP {what} ({error}): a soft error, remembered; the connection goes on",
+        Rule.RFC1122_ICMP,
+    )
+    ICMP_HARD_ERROR_KEPT = (
+        "ICMP {what} ({error}) in {state}: no abort on an ICMP alone, remembered",
+        Rule.RFC5461_NO_ABORT,
+    )
+    SOFT_ERROR_REPORTED = (
+        "timed out after an ICMP error: {error} reported instead of ETIMEDOUT",
+        Rule.RFC1122_ICMP,
+    )
+    BLACK_HOLE_FALLBACK = (
+        "{count} timeouts and no ICMP: path MTU black hole assumed, MSS {old} -> {mss}",
+        Rule.RFC4821_BLACK_HOLE,
+    )
 
 
 class Challenge(_TextAndRule, enum.Enum):
@@ -286,3 +321,10 @@ class DropReason(enum.StrEnum):
     ICMP_ERROR_UNQUOTABLE = "error-unquotable"  # too short to tell what it is
     RATE_LIMITED_GLOBAL = "rate-limited-global"  # icmp_msgs_per_sec (IcmpOutRateLimitGlobal)
     RATE_LIMITED_HOST = "rate-limited-host"  # icmp_ratelimit (IcmpOutRateLimitHost)
+    # icmp errors (RFC 1122 4.2.3.9, RFC 5927 4.1, RFC 6633)
+    SOURCE_QUENCH = "source-quench"  # RFC 6633: ignored
+    QUOTE_NOT_OURS = "quote-not-ours"  # the quoted datagram's source is not our address
+    QUOTE_UNHANDLED_PROTOCOL = "quote-unhandled-protocol"  # about neither TCP nor our ICMP
+    NO_CONNECTION = "no-connection"  # quotes a 4-tuple we have no connection on
+    BAD_SEQ = "bad-seq"  # quotes a SEQ outside SND.UNA..SND.NXT
+    UNHANDLED_ERROR = "unhandled-error"  # a Destination Unreachable code we do not know

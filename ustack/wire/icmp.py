@@ -19,6 +19,7 @@ from ustack.wire.errors import MalformedPacket
 # Types.
 ECHO_REPLY = 0
 DEST_UNREACH = 3
+SOURCE_QUENCH = 4  # deprecated (RFC 6633): ignored
 ECHO_REQUEST = 8
 TIME_EXCEEDED = 11
 PARAMETER_PROBLEM = 12
@@ -28,6 +29,17 @@ HOST_UNREACH = 1
 PROTO_UNREACH = 2
 PORT_UNREACH = 3
 FRAG_NEEDED = 4
+SOURCE_ROUTE_FAILED = 5
+NET_UNKNOWN = 6
+HOST_UNKNOWN = 7
+HOST_ISOLATED = 8
+NET_PROHIBITED = 9
+HOST_PROHIBITED = 10
+NET_UNREACH_FOR_TOS = 11
+HOST_UNREACH_FOR_TOS = 12
+ADMIN_PROHIBITED = 13  # RFC 1812
+PRECEDENCE_VIOLATION = 14
+PRECEDENCE_CUTOFF = 15
 # TIME_EXCEEDED codes
 TTL_EXCEEDED = 0
 REASSEMBLY_TIME_EXCEEDED = 1
@@ -80,3 +92,39 @@ def build_icmp(*, type: int, code: int, rest: int = 0, payload: Buffer = b"") ->
     message += payload
     pack_checksum(message, ICMP_CHECKSUM_OFFSET, internet_checksum(message))
     return bytes(message)
+
+
+# An ICMP error quotes the offending datagram's IP header and at least its
+# first 8 bytes of data (RFC 792): for TCP, the ports and the sequence number.
+QUOTED_TRANSPORT_MIN = 8
+
+
+class Quote(NamedTuple):
+    """The datagram an ICMP error is about, as far as it is quoted."""
+
+    src: int
+    dst: int
+    protocol: int
+    total_length: int
+    transport: bytes  # the quoted bytes after its IP header (8 or more)
+
+
+def parse_quote(data: Buffer) -> Quote:
+    """The quoted IPv4 header and what follows it, in an ICMP error's data."""
+    if len(data) < 20:
+        raise MalformedPacket("icmp-quote-truncated", f"{len(data)} bytes, an IP header needs 20")
+    version_ihl = data[0]
+    header_length = (version_ihl & 0x0F) * 4
+    if version_ihl >> 4 != 4 or header_length < 20:
+        raise MalformedPacket("icmp-quote-not-ipv4", f"first byte {version_ihl:#04x}")
+    if len(data) < header_length + QUOTED_TRANSPORT_MIN:
+        raise MalformedPacket(
+            "icmp-quote-truncated",
+            f"{len(data)} bytes, the quote needs {header_length + QUOTED_TRANSPORT_MIN}",
+        )
+    total_length, protocol, src, dst = _QUOTE_FIELDS.unpack_from(data)
+    return Quote(src, dst, protocol, total_length, bytes(data[header_length:]))
+
+
+# total_length, protocol, src, dst of the quoted IPv4 header.
+_QUOTE_FIELDS = struct.Struct("!2xH5xB2xII")
