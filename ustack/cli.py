@@ -37,6 +37,7 @@ from ustack.study.sinks import (
     format_for,
 )
 from ustack.tcp import congestion
+from ustack.tcp.config import ECN_MODES
 from ustack.tcp.connection import TcpConfig
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
@@ -207,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(congestion.ALGORITHMS),
         default="cubic",
         help="congestion control (default: cubic, as Linux)",
+    )
+    serve_cmd.add_argument(
+        "--ecn",
+        choices=ECN_MODES,
+        default="passive",
+        help="ECN (RFC 3168): off; passive, agree when a peer asks (default, Linux "
+        "tcp_ecn=2); on, ask in our SYNs too (Linux tcp_ecn=1)",
     )
     serve_cmd.add_argument(
         "--no-nagle", action="store_true", help="TCP_NODELAY for every connection"
@@ -446,6 +454,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         fin_wait_2_timeout=_seconds(args.fin_timeout, "--fin-timeout"),
         rfc1337=args.time_wait_rst == "ignore",
         congestion_control=args.congestion,
+        ecn=args.ecn,
         nagle=not args.no_nagle,
         keepalive_idle=_keepalive(args.keepalive),
         syn_retries=_count(args.syn_retries, "--syn-retries", 0, 127, TcpConfig.syn_retries),
@@ -646,7 +655,9 @@ def _ss(args: argparse.Namespace) -> int:
             f"{row['state']:<13} {row['recv_queue']:>7} {row['send_queue']:>7}  "
             f"{row['local']:<22} {row['remote']:<22} #{row['id']} "
             f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']} "
-            f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s" + (f" timers {timers}" if timers else "")
+            f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s"
+            + (" ecn" if row.get("ecn") else "")
+            + (f" timers {timers}" if timers else "")
         )
     return 0
 

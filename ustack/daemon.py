@@ -446,6 +446,7 @@ def connection_row(
         "rcv_wnd": max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 0),  # as advertised
         "rto": round(conn.rto, 3),
         "srtt": None if conn.srtt is None else round(conn.srtt, 6),
+        "ecn": conn.ecn_ok,  # agreed in the handshake (RFC 3168 6.1.1)
         "timers": {name: round(deadline - now, 3) for name, deadline in conn.timers().items()},
     }
 

@@ -44,6 +44,13 @@ def test_stats_without_daemon_is_a_clear_error(tmp_path, cli_error: Callable[...
     )
 
 
+def test_ecn_reaches_the_tcp_config_passive_by_default() -> None:
+    assert serve_config(build_parser().parse_args(["serve"])).tcp.ecn == "passive"
+    for mode in ("off", "passive", "on"):
+        args = build_parser().parse_args(["serve", "--ecn", mode])
+        assert serve_config(args).tcp.ecn == mode
+
+
 def test_syn_retries_and_max_connections_reach_the_tcp_config() -> None:
     args = build_parser().parse_args(["serve", "--syn-retries", "1", "--max-connections", "8"])
     tcp = serve_config(args).tcp
@@ -107,6 +114,7 @@ _DIGITS_5000 = "9" * 5000
         (["serve", "--device", ""], "bad --device ''"),
         (["serve", "--device", "../x"], "bad --device '../x'"),
         (["serve", "--congestion", "bbr"], "invalid choice: 'bbr'"),
+        (["serve", "--ecn", "2"], "invalid choice: '2'"),
         # the client commands
         (["stats", "--device", "../../etc/x"], "bad --device '../../etc/x'"),
         (["ss", "--device", ".."], "bad --device '..'"),

@@ -10,7 +10,7 @@ import errno
 import ipaddress
 import struct
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ustack.counters import Counters
 from ustack.trace.records import PacketTap
@@ -26,6 +26,8 @@ from ustack.wire.icmp import (
     parse_icmp,
 )
 from ustack.wire.ipv4 import (
+    ECN_MASK,
+    ECN_NOT_ECT,
     IPV4_MIN_HEADER_LENGTH,
     IPV4_PLAIN_FIRST_BYTE,
     PROTO_ICMP,
@@ -39,8 +41,21 @@ from ustack.wire.udp import parse_udp
 
 _Header = TypeVar("_Header")
 
-# Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
-TcpInput = Callable[[int, int, memoryview, float, bool], None]
+
+class TcpInput(Protocol):
+    """Receives one TCP segment that passed IP input: (src, dst, segment
+    bytes, now, checksum_ok) and its datagram's ECN field (RFC 3168 5)."""
+
+    def __call__(
+        self,
+        src: int,
+        dst: int,
+        segment: memoryview,
+        now: float,
+        checksum_ok: bool = False,
+        ecn: int = ECN_NOT_ECT,
+    ) -> None: ...
+
 
 # RFC 1122 3.2.2: an ICMP error quotes the offending datagram, as much as fits
 # in a 576-byte datagram (RFC 1812 4.3.2.3).
@@ -156,7 +171,8 @@ class IPv4Layer:
         # Bytes past total_length are link padding, not payload.
         payload = memoryview(packet)[header_length:total_length]
         if protocol == PROTO_TCP and self.tcp_input is not None:
-            self.tcp_input(src, dst, payload, now, checksum_ok)
+            # The ECN field goes up with the segment: TCP echoes CE (RFC 3168 6.1.3).
+            self.tcp_input(src, dst, payload, now, checksum_ok, packet[1] & ECN_MASK)
         elif protocol == PROTO_ICMP:
             self._receive_icmp(src, payload)
         elif protocol == PROTO_UDP:
@@ -243,11 +259,17 @@ class IPv4Layer:
         self.send_in_place(dst, packet, gso_size, protocol)
 
     def send_in_place(
-        self, dst: int, packet: bytearray, gso_size: int = 0, protocol: int = PROTO_TCP
+        self,
+        dst: int,
+        packet: bytearray,
+        gso_size: int = 0,
+        protocol: int = PROTO_TCP,
+        ecn: int = ECN_NOT_ECT,
     ) -> None:
         """Like send(), for a payload that already sits behind 20 free bytes:
         the header goes there, and the payload is not copied again. (TCP's
-        SendSegment as it is: the TCP layer calls it for every segment.)"""
+        SendSegment as it is: the TCP layer calls it for every segment; `ecn`
+        is ECT(0) on its data segments when ECN was agreed, RFC 3168 6.1.2.)"""
         if len(packet) > self.mtu and not gso_size:
             # We never fragment; TCP keeps its segments under the MSS.
             self._counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
@@ -260,6 +282,7 @@ class IPv4Layer:
             protocol=protocol,
             ttl=DEFAULT_TTL,
             identification=self._identification,
+            ecn=ecn,
         )
         sent = self._transmit(packet, gso_size) if gso_size else self._transmit(packet)
         if self.tap is not None:

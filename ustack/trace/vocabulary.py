@@ -36,6 +36,9 @@ class Rule(enum.StrEnum):
     RFC8985_PROBE = "RFC 8985 7.3"
     RFC8985_PROBE_RECOVERY = "RFC 8985 7.4"
     RFC3708_UNDO = "RFC 3708, RFC 4015"
+    RFC3168_SETUP = "RFC 3168 6.1.1"
+    RFC3168_SENDER = "RFC 3168 6.1.2"
+    RFC3168_RECEIVER = "RFC 3168 6.1.3"
 
 
 class TimerKind(enum.StrEnum):
@@ -151,6 +154,22 @@ class Note(_TextAndRule, enum.Enum):
         Rule.RFC6298_TIMEOUT,
     )
     TAIL_LOSS_PROBE = ("tail loss probe: the last segment again", Rule.RFC8985_PROBE)
+    # ECN (RFC 3168)
+    ECN_AGREED = (
+        "ECN agreed ({how}): new data goes ECT(0), CE marks are echoed with ECE",
+        Rule.RFC3168_SETUP,
+    )
+    ECN_NOT_AGREED = ("ECN not agreed: {why}", Rule.RFC3168_SETUP)
+    CE_RECEIVED = (
+        "CE mark on data: ECE on every ACK until the peer's CWR",
+        Rule.RFC3168_RECEIVER,
+    )
+    CWR_RECEIVED = ("CWR from the peer: it reduced its window, ECE stops", Rule.RFC3168_RECEIVER)
+    ECN_WINDOW_REDUCED = (
+        "ECE: congestion on the path, once this window; {cc} ssthresh {ssthresh}, "
+        "cwnd {cwnd}, CWR on the next new data",
+        Rule.RFC3168_SENDER,
+    )
 
 
 class Challenge(_TextAndRule, enum.Enum):
