@@ -39,6 +39,7 @@ from ustack.study.sinks import (
 from ustack.tcp import congestion
 from ustack.tcp.config import ECN_MODES
 from ustack.tcp.connection import TcpConfig
+from ustack.trace.vocabulary import FaultAction
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=faults_doc(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fault_cmd.add_argument("do", choices=["drop", "delay", "duplicate", "list", "clear"])
+    fault_cmd.add_argument("do", choices=[*FaultAction, "list", "clear"])
     fault_cmd.add_argument("--dir", choices=["in", "out", "both"])
     fault_cmd.add_argument("--flags", help="e.g. FIN, SYN+ACK")
     fault_cmd.add_argument("--only", action="store_true", help="exactly these flags")

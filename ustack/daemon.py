@@ -30,7 +30,14 @@ from ustack.linux.tun import LinkConfig, LinkGone, TunLink
 from ustack.runner import StackRunner
 from ustack.services import SERVICES, HttpLimits, HttpService
 from ustack.stack import DEFAULT_ADDRESS, Stack
-from ustack.study.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
+from ustack.study.faults import (
+    FaultError,
+    FaultInjector,
+    FaultRule,
+    Verdict,
+    mark_ce,
+    parse_rule,
+)
 from ustack.study.sinks import TraceFilter, TraceRotation, TraceSinks, TraceSpec
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
@@ -222,6 +229,8 @@ class Daemon:
         verdict = self.faults.judge("out", packet)
         if verdict.rule is not None:
             self._trace_fault("out", packet, verdict)
+        if verdict.mark:
+            packet = bytes(mark_ce(packet))
         for _ in range(verdict.copies):
             if verdict.delay:
                 self._hold(verdict.delay, self._write, packet, gso_size)
@@ -240,6 +249,8 @@ class Daemon:
         verdict = self.faults.judge("in", packet)
         if verdict.rule is not None:
             self._trace_fault("in", packet, verdict)
+        if verdict.mark:
+            packet = mark_ce(packet)
         for _ in range(verdict.copies):
             if verdict.delay:
                 self._hold(verdict.delay, self._receive_late, packet, checksum_ok)

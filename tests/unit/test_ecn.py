@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS, PEER, PEER_ISS, PEER_PORT, US, TcpScript
 
+from ustack.daemon import connection_row
+from ustack.study.faults import FaultInjector, mark_ce, parse_rule
 from ustack.tcp.states import State
 from ustack.trace.records import Decision, SegmentEvent
 from ustack.trace.vocabulary import Note, Rule
-from ustack.wire.ipv4 import ECN_CE, ECN_ECT0, ECN_NOT_ECT
+from ustack.wire.checksum import internet_checksum
+from ustack.wire.ipv4 import ECN_CE, ECN_ECT0, ECN_NOT_ECT, build_ipv4, parse_ipv4
 
 P = PEER_ISS + 1
 U = OUR_ISS + 1
@@ -334,3 +337,34 @@ def test_the_reduction_goes_through_the_congestion_module(algorithm: str) -> Non
     }
     assert conn.ssthresh == want[algorithm](10 * MSS) == conn.cwnd
     assert Note.ECN_WINDOW_REDUCED.kind in notes(t)
+
+
+# ---- the fault injector's mark: the interop tests' congested router -----------------------
+
+
+def test_a_mark_rule_sets_ce_on_ect_packets_only_with_a_good_header_checksum() -> None:
+    injector = FaultInjector()
+    injector.add(parse_rule("mark:dir=in"))
+    ect = build_ipv4(src=1, dst=2, protocol=6, payload_length=0, ecn=ECN_ECT0)
+    plain = build_ipv4(src=1, dst=2, protocol=6, payload_length=0)
+    assert injector.judge("in", plain).rule is None  # Not-ECT: never marked
+    assert injector.judge("out", ect).rule is None  # the other direction
+    verdict = injector.judge("in", ect)
+    assert verdict.mark and verdict.copies == 1
+    marked = mark_ce(ect)
+    header = parse_ipv4(marked)
+    assert header.ecn == ECN_CE and header.dscp == 0
+    assert internet_checksum(marked) == 0
+    assert marked[:1] + marked[2:10] + marked[12:] == ect[:1] + ect[2:10] + ect[12:]
+
+
+def test_the_connections_listing_says_ecn() -> None:
+    agreed = ecn_sender()
+    plain = TcpScript(listen=80)
+    plain.establish()
+    rows = [
+        connection_row(US, (PEER, PEER_PORT, 80), t.conn, t.now)
+        for t in (agreed, plain)
+        if t.conn is not None
+    ]
+    assert [row["ecn"] for row in rows] == [True, False]

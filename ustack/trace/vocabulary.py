@@ -203,6 +203,7 @@ class FaultAction(enum.StrEnum):
     DROP = "drop"
     DELAY = "delay"
     DUPLICATE = "duplicate"
+    MARK = "mark"  # CE on an ECN-capable packet, as a congested router (RFC 3168)
 
 
 # The trace readers fold a FaultEvent that dropped a segment into the segment:
