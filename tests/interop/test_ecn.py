@@ -193,3 +193,26 @@ def test_stack_asks_a_linux_server_for_ecn_with_marks_both_ways(ns: Netns, tmp_p
         assert (syn["direction"], syn["flags"]) == ("out", "SEW")
         assert (synack["direction"], synack["flags"]) == ("in", "S.E")
         assert_dialogue(daemon, linux)
+
+
+def test_no_ecn_when_the_stack_is_off_or_linux_does_not_ask(ns: Netns, tmp_path: Path) -> None:
+    """Linux asking a daemon with --ecn off, and Linux on its default (tcp_ecn=2,
+    it never asks) against the default daemon: no ECN bit on any segment."""
+    for tcp_ecn, daemon_args, name in ((1, ("--ecn", "off"), "off"), (2, (), "default")):
+        ns.run("sysctl", "-w", f"net.ipv4.tcp_ecn={tcp_ecn}", check=True)
+        workdir = tmp_path / name
+        workdir.mkdir()
+        with UstackDaemon.start(ns, workdir, "--no-offload", *daemon_args) as daemon:
+            result = ns.run(
+                sys.executable, "-c", CLIENT, STACK_ADDRESS, str(64 * 1024), timeout=60, check=True
+            )
+            linux = json.loads(result.stdout)
+            assert linux["intact"] and not linux["ecn"] and not linux["ecn_seen"], (name, linux)
+            daemon.wait_until_no_connections(timeout=30)
+            trace = segments(daemon)
+            syn, synack = trace[:2]
+            assert syn["flags"] == ("SEW" if tcp_ecn == 1 else "S"), name
+            assert synack["flags"] == "S.", name
+            assert all(e["ecn"] == "" for e in trace), name
+            assert not any(set(e["flags"]) & {"E", "W"} for e in trace[1:])
+            assert daemon.stats().get("tcp.ecn.agreed", 0) == 0

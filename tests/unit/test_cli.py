@@ -189,3 +189,18 @@ def test_any_value_of_a_serve_flag_is_accepted_or_one_line(flag: str, value: str
     (main's one line, exit 2), never another exception."""
     with contextlib.suppress(cli.UsageError):
         cli.serve_config(cli.build_parser().parse_args(["serve", "--no-control", flag, value]))
+
+
+def test_ss_shows_the_connections_that_agreed_to_ecn(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    row = {
+        "id": 1, "state": "ESTABLISHED", "local": "198.18.0.2:80", "remote": "198.18.0.1:4000",
+        "send_queue": 0, "recv_queue": 0, "snd_una": 1, "snd_nxt": 1, "rcv_nxt": 1,
+        "snd_wnd": 65535, "rto": 0.2, "timers": {},
+    }  # fmt: skip
+    reply = {"ok": True, "listening": [], "connections": [{**row, "ecn": True}, row]}
+    monkeypatch.setattr(cli, "request", lambda *_args, **_fields: reply)
+    assert cli.main(["ss", "--control", str(tmp_path / "c.sock")]) == 0
+    agreed, plain = capsys.readouterr().out.splitlines()[1:]
+    assert agreed.endswith(" ecn") and not plain.endswith(" ecn")
