@@ -71,6 +71,7 @@ class Out:
     options: TcpOptions
     src_port: int
     dst_port: int
+    ecn: int = 0  # the IP ECN field it went with
 
     def __repr__(self) -> str:
         return (
@@ -178,8 +179,9 @@ class TcpScript:
         sack: tuple[tuple[int, int], ...] = (),
         sport: int = PEER_PORT,
         dport: int | None = None,
+        ecn: int = 0,
     ) -> TcpScript:
-        """The peer sends us one segment."""
+        """The peer sends us one segment (in a datagram with the ECN field `ecn`)."""
         options = None
         if mss is not None or ws is not None or sack_permitted or ts is not None or sack:
             options = TcpOptions(mss=mss, window_scale=ws, sack_permitted=sack_permitted,
@@ -189,7 +191,9 @@ class TcpScript:
             seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags_of(flags), window=win,
             options=options, payload=payload,
         )  # fmt: skip
-        header = build_ipv4(src=PEER, dst=US, protocol=PROTO_TCP, payload_length=len(segment))
+        header = build_ipv4(
+            src=PEER, dst=US, protocol=PROTO_TCP, payload_length=len(segment), ecn=ecn
+        )
         self.stack.receive(header + segment, self.now)
         self.checker.check(self.now)
         return self
@@ -204,7 +208,8 @@ class TcpScript:
             tcp = parse_tcp(raw)
             out.append(
                 Out(flag_string(tcp.flags), tcp.seq, tcp.ack, tcp.window,
-                    bytes(raw[tcp.header_length :]), tcp.options, tcp.src_port, tcp.dst_port)
+                    bytes(raw[tcp.header_length :]), tcp.options, tcp.src_port, tcp.dst_port,
+                    ip.ecn)
             )  # fmt: skip
         self._wire.clear()
         return out

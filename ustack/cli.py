@@ -40,7 +40,9 @@ from ustack.study.sinks import (
     format_for,
 )
 from ustack.tcp import congestion
+from ustack.tcp.config import ECN_MODES
 from ustack.tcp.connection import TcpConfig
+from ustack.trace.vocabulary import FaultAction
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
@@ -212,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="congestion control (default: cubic, as Linux)",
     )
     serve_cmd.add_argument(
+        "--ecn",
+        choices=ECN_MODES,
+        default="passive",
+        help="ECN (RFC 3168): off; passive, agree when a peer asks (default, Linux "
+        "tcp_ecn=2); on, ask in our SYNs too (Linux tcp_ecn=1)",
+    )
+    serve_cmd.add_argument(
         "--no-nagle", action="store_true", help="TCP_NODELAY for every connection"
     )
     serve_cmd.add_argument(
@@ -301,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=faults_doc(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fault_cmd.add_argument("do", choices=["drop", "delay", "duplicate", "list", "clear"])
+    fault_cmd.add_argument("do", choices=[*FaultAction, "list", "clear"])
     fault_cmd.add_argument("--dir", choices=["in", "out", "both"])
     fault_cmd.add_argument("--flags", help="e.g. FIN, SYN+ACK")
     fault_cmd.add_argument("--only", action="store_true", help="exactly these flags")
@@ -524,6 +533,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         fin_wait_2_timeout=_seconds(args.fin_timeout, "--fin-timeout"),
         rfc1337=args.time_wait_rst == "ignore",
         congestion_control=args.congestion,
+        ecn=args.ecn,
         nagle=not args.no_nagle,
         keepalive_idle=_keepalive(args.keepalive),
         syn_retries=_count(args.syn_retries, "--syn-retries", 0, 127, TcpConfig.syn_retries),
@@ -750,6 +760,8 @@ def _ss(args: argparse.Namespace) -> int:
             f"{row['local']:<22} {row['remote']:<22} #{row['id']} "
             f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']} "
             f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s pmtu {row['pmtu']} mss {row['mss']}"
+            f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s"
+            + (" ecn" if row.get("ecn") else "")
             + (f" timers {timers}" if timers else "")
         )
     return 0

@@ -33,7 +33,14 @@ from ustack.net.ratelimit import IcmpLimits
 from ustack.runner import StackRunner
 from ustack.services import SERVICES, HttpLimits, HttpService
 from ustack.stack import DEFAULT_ADDRESS, Stack
-from ustack.study.faults import FaultError, FaultInjector, FaultRule, Verdict, parse_rule
+from ustack.study.faults import (
+    FaultError,
+    FaultInjector,
+    FaultRule,
+    Verdict,
+    mark_ce,
+    parse_rule,
+)
 from ustack.study.sinks import TraceFilter, TraceRotation, TraceSinks, TraceSpec
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
@@ -252,6 +259,8 @@ class Daemon:
         verdict = self.faults.judge(direction, packet)
         if verdict.rule is not None:
             self._trace_fault(direction, packet, verdict)
+        if verdict.mark:
+            packet = bytes(mark_ce(packet))
         for _ in range(verdict.copies):
             if verdict.delay:
                 self._hold(verdict.delay, late, packet, *args)
@@ -469,6 +478,7 @@ def connection_row(
         "pmtu": conn.path_mtu,
         "mss": conn.mss,
         "srtt": None if conn.srtt is None else round(conn.srtt, 6),
+        "ecn": conn.ecn_ok,  # agreed in the handshake (RFC 3168 6.1.1)
         "timers": {name: round(deadline - now, 3) for name, deadline in conn.timers().items()},
     }
 

@@ -62,6 +62,13 @@ def test_ipfrag_flags_reach_the_reassembly_limits() -> None:
     assert (defaults.high_thresh, defaults.timeout) == (4 * 1024 * 1024, 30.0)  # Linux's
 
 
+def test_ecn_reaches_the_tcp_config_passive_by_default() -> None:
+    assert serve_config(build_parser().parse_args(["serve"])).tcp.ecn == "passive"
+    for mode in ("off", "passive", "on"):
+        args = build_parser().parse_args(["serve", "--ecn", mode])
+        assert serve_config(args).tcp.ecn == mode
+
+
 def test_syn_retries_and_max_connections_reach_the_tcp_config() -> None:
     args = build_parser().parse_args(["serve", "--syn-retries", "1", "--max-connections", "8"])
     tcp = serve_config(args).tcp
@@ -152,6 +159,7 @@ _DIGITS_5000 = "9" * 5000
         (["serve", "--device", ""], "bad --device ''"),
         (["serve", "--device", "../x"], "bad --device '../x'"),
         (["serve", "--congestion", "bbr"], "invalid choice: 'bbr'"),
+        (["serve", "--ecn", "2"], "invalid choice: '2'"),
         # the client commands
         (["stats", "--device", "../../etc/x"], "bad --device '../../etc/x'"),
         (["ss", "--device", ".."], "bad --device '..'"),
@@ -228,3 +236,18 @@ def test_any_value_of_a_serve_flag_is_accepted_or_one_line(flag: str, value: str
     (main's one line, exit 2), never another exception."""
     with contextlib.suppress(cli.UsageError):
         cli.serve_config(cli.build_parser().parse_args(["serve", "--no-control", flag, value]))
+
+
+def test_ss_shows_the_connections_that_agreed_to_ecn(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    row = {
+        "id": 1, "state": "ESTABLISHED", "local": "198.18.0.2:80", "remote": "198.18.0.1:4000",
+        "send_queue": 0, "recv_queue": 0, "snd_una": 1, "snd_nxt": 1, "rcv_nxt": 1,
+        "snd_wnd": 65535, "rto": 0.2, "timers": {},
+    }  # fmt: skip
+    reply = {"ok": True, "listening": [], "connections": [{**row, "ecn": True}, row]}
+    monkeypatch.setattr(cli, "request", lambda *_args, **_fields: reply)
+    assert cli.main(["ss", "--control", str(tmp_path / "c.sock")]) == 0
+    agreed, plain = capsys.readouterr().out.splitlines()[1:]
+    assert agreed.endswith(" ecn") and not plain.endswith(" ecn")

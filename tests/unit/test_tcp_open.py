@@ -122,10 +122,13 @@ def test_final_ack_without_the_negotiated_timestamps_still_establishes() -> None
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
 
 
-def test_syn_with_ecn_setup_flags_is_taken_as_a_plain_syn() -> None:
+def test_syn_with_ecn_setup_flags_is_answered_never_reset() -> None:
     t = TcpScript(listen=80)
     t.send("SEW", seq=PEER_ISS)
-    t.expect("S.", ack=PEER_ISS + 1)
+    t.expect("S.E", ack=PEER_ISS + 1)  # ECN agreed (RFC 3168 6.1.1, tests/unit/test_ecn.py)
+    off = TcpScript(listen=80, ecn="off")
+    off.send("SEW", seq=PEER_ISS)
+    off.expect("S.", ack=PEER_ISS + 1)  # ECN off: just a SYN
 
 
 def test_closing_a_listener_resets_its_half_open_connections() -> None:

@@ -10,7 +10,7 @@ import errno
 import ipaddress
 import struct
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ustack.counters import Counters
 from ustack.net.address_rules import RFC1122_ICMP_ERRORS, icmp_error_forbidden
@@ -40,6 +40,8 @@ from ustack.wire.icmp import (
     parse_quote,
 )
 from ustack.wire.ipv4 import (
+    ECN_MASK,
+    ECN_NOT_ECT,
     IPV4_MIN_HEADER_LENGTH,
     IPV4_PLAIN_FIRST_BYTE,
     PROTO_ICMP,
@@ -54,11 +56,25 @@ from ustack.wire.udp import parse_udp
 
 _Header = TypeVar("_Header")
 
-# Receives one TCP segment (src, dst, segment bytes, now) that passed IP input.
-TcpInput = Callable[[int, int, memoryview, float, bool], None]
 # Receives an ICMP error about a TCP segment we sent: (type, code, the path
 # MTU it stands for (fragmentation needed) else 0, the quote, now).
 TcpErrorInput = Callable[[int, int, int, Quote, float], None]
+
+
+class TcpInput(Protocol):
+    """Receives one TCP segment that passed IP input: (src, dst, segment
+    bytes, now, checksum_ok) and its datagram's ECN field (RFC 3168 5)."""
+
+    def __call__(
+        self,
+        src: int,
+        dst: int,
+        segment: memoryview,
+        now: float,
+        checksum_ok: bool = False,
+        ecn: int = ECN_NOT_ECT,
+    ) -> None: ...
+
 
 # RFC 1122 3.2.2: an ICMP error quotes the offending datagram, as much as fits
 # in a 576-byte datagram (RFC 1812 4.3.2.3).
@@ -177,7 +193,8 @@ class IPv4Layer:
         # Bytes past total_length are link padding, not payload.
         payload = memoryview(packet)[header_length:total_length]
         if protocol == PROTO_TCP and self.tcp_input is not None:
-            self.tcp_input(src, dst, payload, now, checksum_ok)
+            # The ECN field goes up with the segment: TCP echoes CE (RFC 3168 6.1.3).
+            self.tcp_input(src, dst, payload, now, checksum_ok, packet[1] & ECN_MASK)
         elif protocol == PROTO_ICMP:
             self._receive_icmp(src, payload)
         elif protocol == PROTO_UDP:
@@ -343,11 +360,17 @@ class IPv4Layer:
         counters["ip.frag.oks"] += 1
 
     def send_in_place(
-        self, dst: int, packet: bytearray, gso_size: int = 0, protocol: int = PROTO_TCP
+        self,
+        dst: int,
+        packet: bytearray,
+        gso_size: int = 0,
+        protocol: int = PROTO_TCP,
+        ecn: int = ECN_NOT_ECT,
     ) -> None:
         """Like send(), for a payload that already sits behind 20 free bytes:
         the header goes there, and the payload is not copied again. (TCP's
-        SendSegment as it is: the TCP layer calls it for every segment.)"""
+        SendSegment as it is: the TCP layer calls it for every segment; `ecn`
+        is ECT(0) on its data segments when ECN was agreed, RFC 3168 6.1.2.)"""
         if len(packet) > self.mtu and not gso_size:
             # TCP sets DF and keeps its segments under the MSS: never fragmented.
             self._counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
@@ -365,6 +388,7 @@ class IPv4Layer:
             protocol=protocol,
             ttl=DEFAULT_TTL,
             identification=self._next_ip_id(dst, protocol, self._now, datagrams),
+            ecn=ecn,
         )
         sent = self._transmit(packet, gso_size) if gso_size else self._transmit(packet)
         if self.tap is not None:

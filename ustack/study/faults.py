@@ -1,6 +1,8 @@
-"""Faults on demand, at the TUN boundary: drop, delay or duplicate the packets
-that match a rule, so a student can watch TCP recover (a lost FIN retransmitted
-after the RTO, a lost final ACK making the peer resend its FIN into TIME_WAIT).
+"""Faults on demand, at the TUN boundary: drop, delay, duplicate or mark the
+packets that match a rule, so a student can watch TCP recover (a lost FIN
+retransmitted after the RTO, a lost final ACK making the peer resend its FIN
+into TIME_WAIT) or answer congestion (mark: CE on an ECN-capable packet, what
+netem's `ecn` does with its losses; Not-ECT packets never match a mark rule).
 
 A rule is written `ACTION[:KEY=VALUE,...]`, e.g. `drop:dir=out,flags=FIN,count=1`:
 
@@ -23,11 +25,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ustack.trace.vocabulary import FaultAction
-from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import Buffer, internet_checksum
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
 
 ACTIONS = tuple(FaultAction)
 DIRECTIONS = ("in", "out", "both")
+_ECN_CE = 0b11  # the ECN field's bits in the second byte, and CE (RFC 3168 5)
 FLAG_NAMES = {"FIN": FIN, "SYN": SYN, "RST": RST, "PSH": PSH, "ACK": ACK, "URG": URG}
 
 
@@ -152,6 +155,7 @@ class Verdict:
     copies: int = 1
     delay: float = 0.0
     rule: FaultRule | None = None
+    mark: bool = False  # set CE in the IP header (mark_ce)
 
 
 PASS = Verdict()
@@ -192,13 +196,29 @@ class FaultInjector:
                 return Verdict(0, 0.0, rule)
             if rule.action is FaultAction.DUPLICATE:
                 return Verdict(2, 0.0, rule)
+            if rule.action is FaultAction.MARK:
+                return Verdict(1, 0.0, rule, mark=True)
             return Verdict(1, rule.delay, rule)
         return PASS
+
+
+def mark_ce(packet: Buffer) -> bytearray:
+    """A copy of the IPv4 packet with CE in its ECN field (RFC 3168 5) and
+    the header checksum updated (RFC 1624: the sum of the header is done
+    again, it is 20 to 60 bytes)."""
+    marked = bytearray(packet)
+    marked[1] |= _ECN_CE
+    ihl = (marked[0] & 0x0F) * 4
+    marked[10:12] = b"\0\0"
+    marked[10:12] = internet_checksum(marked[:ihl]).to_bytes(2, "big")
+    return marked
 
 
 def _matches(rule: FaultRule, direction: str, packet: Buffer) -> bool:
     if rule.direction != "both" and rule.direction != direction:
         return False
+    if rule.action is FaultAction.MARK and (len(packet) < 20 or not packet[1] & _ECN_CE):
+        return False  # only an ECN-capable packet can be marked (a router drops the rest)
     if not rule.flags and rule.port is None:
         return True
     if len(packet) < 20 or packet[9] != 6:

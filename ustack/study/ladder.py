@@ -103,6 +103,8 @@ def segment_label(
     text += f" win {event['window']}"
     if event["length"]:
         text += f" len {event['length']}"
+    if event.get("ecn") == "CE":
+        text += " CE"  # a router's congestion mark (RFC 3168); ECT(0) on data is the norm
     if "S" in flags:
         text += _options_text(event.get("options") or {})
     note = event.get("note") or ""

@@ -214,6 +214,7 @@ def _event_text(event: TraceEvent) -> tuple[str, str]:
         return event.direction, (
             f"{event.direction:<3} {ends:<45} {event.flags:<4} seq {event.rel_seq}"
             f" ack {event.rel_ack} win {event.window} len {event.length}"
+            f"{' ' + event.ecn if event.ecn else ''}"
             f"{format_options(event.options)}  {states}{note}"
         )
     if isinstance(event, StateChange):

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
 MIN_PEER_MSS = 48  # Linux's tcp_min_snd_mss: what we use for a smaller MSS option
 MAX_WINDOW_SHIFT = 14  # RFC 7323 2.3
+# ECN (RFC 3168) negotiation: "off" never; "passive" agrees when the peer's
+# SYN asks (Linux tcp_ecn=2, its default); "on" asks in our SYNs too (tcp_ecn=1).
+ECN_MODES = ("off", "passive", "on")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class TcpConfig:
     # RFC 4821-style black-hole detection (Linux tcp_mtu_probing=1), off as in
     # Linux: after repeated timeouts with no ICMP, a smaller MSS.
     mtu_probing: bool = False
+    ecn: str = "passive"  # one of ECN_MODES
     gso_segments: int = 1  # >1: hand the link super-segments of this many MSS (GSO)
     # Keep-alive (RFC 1122 4.2.3.6), off by default: probe after this many idle seconds.
     keepalive_idle: float | None = None
@@ -51,6 +55,10 @@ class TcpConfig:
     # reuse; Linux skips TIME_WAIT beyond tcp_max_tw_buckets). At about 3 KB
     # of TCB each (the application's side comes on top), 65,536 cost ~200 MB.
     max_connections: int = 65_536
+
+    def __post_init__(self) -> None:
+        if self.ecn not in ECN_MODES:
+            raise ValueError(f"unknown ECN mode {self.ecn!r} (known: {', '.join(ECN_MODES)})")
 
     @property
     def connect_timeout(self) -> float:

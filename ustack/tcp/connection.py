@@ -60,7 +60,8 @@ from ustack.trace.vocabulary import (
     SegmentNote,
     TimerKind,
 )
-from ustack.wire.tcp import ACK, FIN, RST, SYN
+from ustack.wire.ipv4 import ECN_NOT_ECT
+from ustack.wire.tcp import ACK, CWR, ECE, FIN, RST, SYN
 
 __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
 
@@ -105,6 +106,7 @@ class TcpConnection(TcbView):
         # mtu_expires reaches sockets through their route's MTU).
         self.path_mtu_until: float | None = None
         self.black_hole_mss: int | None = None
+        self.ecn_ok = False  # ECN agreed (RFC 3168 6.1.1)
         self.mss = min(self.peer_mss, config.mss)
         # The last ICMP soft error (an errno name), reported if the connection
         # times out (RFC 1122 4.2.3.9); an ACK that moves SND.UNA clears it.
@@ -140,6 +142,7 @@ class TcpConnection(TcbView):
         self.passive = True
         self.state = State.LISTEN
         self._take_syn(syn)
+        self._agree_ecn_passive(syn)
         snd = self.sender
         snd.snd_wnd = syn.window  # never scaled in a SYN (RFC 7323 2.2)
         snd.max_snd_wnd = snd.snd_wnd
@@ -182,6 +185,36 @@ class TcpConnection(TcbView):
         if options.timestamps is not None:
             self.receiver.ts_recent = options.timestamps[0]
         self._negotiated()
+
+    def _agree_ecn_passive(self, syn: Segment) -> None:
+        """RFC 3168 6.1.1: a SYN with ECE and CWR asks for ECN; our SYN,ACK
+        agrees with ECE alone. As Linux (tcp_ecn_create_request), not for a
+        SYN that is itself ECT: a SYN must not be (6.1.1), so something on
+        the path rewrites the field and marks cannot be trusted."""
+        if syn.flags & (ECE | CWR) != ECE | CWR:
+            return
+        if self.config.ecn == "off":
+            self.decide(Note.ECN_NOT_AGREED, why="the peer asked, ECN is off here")
+        elif syn.ecn != ECN_NOT_ECT:
+            self.decide(Note.ECN_NOT_AGREED, why="the peer's SYN was ECN-capable (ECT or CE)")
+        else:
+            self._ecn_agreed("the peer asked in its SYN")
+
+    def _agree_ecn_active(self, synack: Segment) -> None:
+        """RFC 3168 6.1.1: we asked (ECE and CWR in our SYN); a SYN,ACK with
+        ECE and without CWR agrees (Linux tcp_ecn_rcv_synack)."""
+        if self.config.ecn != "on":
+            return
+        if synack.flags & (ECE | CWR) == ECE:
+            self._ecn_agreed("the peer's SYN,ACK agreed with ECE")
+        else:
+            self.decide(Note.ECN_NOT_AGREED, why="the peer's SYN,ACK did not set ECE alone")
+
+    def _ecn_agreed(self, how: str) -> None:
+        self.ecn_ok = True
+        if self.counters is not None:
+            self.counters["tcp.ecn.agreed"] += 1
+        self.decide(Note.ECN_AGREED, how=how)
 
     def _negotiated(self) -> None:
         """Now the segment size is known: the congestion window counts in it."""
@@ -408,6 +441,7 @@ class TcpConnection(TcbView):
         snd.max_snd_wnd = snd.snd_wnd
         snd.snd_wl1, snd.snd_wl2 = seg.seq, seg.ack
         if flags & ACK:
+            self._agree_ecn_active(seg)
             self.recovery.ack_advanced(seg.ack)
             self._transition(Event.RCV_SYN_ACK)
             self._after_handshake()
@@ -519,6 +553,8 @@ class TcpConnection(TcbView):
         # Seventh and eighth: the text, then the FIN.
         if self.state in (State.CLOSED, State.TIME_WAIT):
             return
+        if self.ecn_ok and seg.payload:
+            rcv.take_ecn(seg)
         self._receive_text_and_fin(seg.seq, seg.payload, seg.flags & FIN)
 
     def _dropped_in_time_wait(self, reason: DropReason) -> None:
@@ -724,8 +760,11 @@ class TcpConnection(TcbView):
 
     def _emit(self, segment: Segment) -> None:
         """Every segment goes out through here (a test may wrap it)."""
-        self._outbox.append(segment)
         rcv = self.receiver
+        if rcv.ece_pending and segment.flags & (ACK | SYN | RST) == ACK:
+            # RFC 3168 6.1.3: ECE on every ACK (data too) until the peer's CWR.
+            segment.flags |= ECE
+        self._outbox.append(segment)
         if segment.flags & ACK and segment.ack == rcv.rcv_nxt:
             rcv.unacked_bytes = 0  # whatever it carries, it acknowledges all we have
             if DELAYED_ACK in self._timers.deadlines:

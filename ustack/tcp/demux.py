@@ -16,14 +16,14 @@ import secrets
 import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from ustack.counters import Counters
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, Closed
 from ustack.tcp.feedback import meaning, quoted_ports_and_seq
-from ustack.tcp.segment import NO_OPTIONS, Segment, flag_string, options_dict
+from ustack.tcp.segment import ECN_NAMES, NO_OPTIONS, Segment, flag_string, options_dict
 from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
@@ -42,9 +42,22 @@ from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, build_tcp, parse_tcp
 
-# Hands a TCP segment (header + payload, checksum filled) to IP for `dst`.
-# (dst, segment, gso_size); the segment has `headroom` free bytes in front.
-SendSegment = Callable[[int, bytearray, int], None]
+
+class SendSegment(Protocol):
+    """Hands a TCP segment (header + payload, checksum filled) to IP for
+    `dst`, to go with the IP ECN field `ecn`; the segment has `headroom`
+    free bytes in front."""
+
+    def __call__(
+        self,
+        dst: int,
+        packet: bytearray,
+        gso_size: int = 0,
+        protocol: int = PROTO_TCP,
+        ecn: int = 0,
+    ) -> None: ...
+
+
 # The application side of one connection: receives its events.
 AppHandler = Callable[[AppEvent], None]
 # (remote address, remote port, local port): our own address is fixed.
@@ -209,8 +222,15 @@ class TcpDemux:
     # ---- input ----------------------------------------------------------------
 
     def receive(
-        self, src: int, dst: int, segment: Buffer, now: float = 0.0, checksum_ok: bool = False
+        self,
+        src: int,
+        dst: int,
+        segment: Buffer,
+        now: float = 0.0,
+        checksum_ok: bool = False,
+        ecn: int = 0,
     ) -> None:
+        """One TCP segment from IP, with its datagram's ECN field."""
         counters = self._counters
         if not checksum_ok and transport_checksum(src, dst, PROTO_TCP, segment) != 0:
             counters.drop(Layer.TCP, DropReason.BAD_CHECKSUM, now, f"from {dotted(src)}")
@@ -225,6 +245,8 @@ class TcpDemux:
             counters["tcp.in.rst"] += 1
         payload = memoryview(segment)[header.data_offset * 4 :]
         seg = Segment(header.seq, header.ack, header.flags, header.window, payload, header.options)
+        if ecn:
+            seg.ecn = ecn
         key = (src, header.src_port, header.dst_port)
         conn = self.connections.get(key)
         previous = None
@@ -658,7 +680,10 @@ class TcpDemux:
             # (GSO needs it: the kernel sums each piece it cuts)
             partial_checksum=self.partial_checksums or seg.gso_size > 0,
         )
-        self._send(remote, segment, seg.gso_size)
+        if seg.ecn:
+            self._send(remote, segment, seg.gso_size, PROTO_TCP, seg.ecn)
+        else:
+            self._send(remote, segment, seg.gso_size)
 
     def _segment_event(
         self,
@@ -695,6 +720,7 @@ class TcpDemux:
             before,
             after,
             SegmentNote(seg.note),
+            ECN_NAMES[seg.ecn],
         )
 
     def _listener_transition(self, listener: Listener, event: Event, now: float) -> None:

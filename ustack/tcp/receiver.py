@@ -21,7 +21,8 @@ from ustack.tcp.segment import NO_OPTIONS, Segment
 from ustack.tcp.states import State
 from ustack.tcp.timers import DELAYED_ACK, Timers
 from ustack.trace.vocabulary import Challenge, Note, OutOfWindow, SegmentNote
-from ustack.wire.tcp import RST, SYN, TcpOptions
+from ustack.wire.ipv4 import ECN_CE
+from ustack.wire.tcp import CWR, RST, SYN, TcpOptions
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection
@@ -38,6 +39,7 @@ class Receiver:
         "buffer",
         "challenges",
         "dsack",
+        "ece_pending",
         "fin_received",
         "held_fin",
         "irs",
@@ -75,6 +77,7 @@ class Receiver:
         self.ack_note = _NO_NOTE  # why the next pure ACK goes out, when it is special
         self.challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
         self.last_oow_ack: float | None = None  # the last ACK for an invalid segment
+        self.ece_pending = False  # a CE mark arrived: ECE on our ACKs until CWR (RFC 3168)
 
     # ---- the handshake ---------------------------------------------------------
 
@@ -168,6 +171,32 @@ class Receiver:
             conn.decide(Note.CHALLENGE_ACK, challenge.rule, what=challenge.text)
         else:
             conn.decide(Note.CHALLENGE_ACK_SUPPRESSED, challenge.rule, what=challenge.text)
+
+    # ---- ECN -------------------------------------------------------------------------
+
+    def take_ecn(self, seg: Segment) -> None:
+        """RFC 3168 6.1.3, for a data segment of a connection that agreed to
+        ECN: its CWR ends our ECE (checked first, as Linux does: a segment
+        with CWR and CE starts a new echo), and a CE mark starts it. Both
+        are ACKed at once, as Linux does (tcp_ecn_accept_cwr,
+        tcp_ecn_check_ce): after a reduction the sender's window may be
+        one segment, and it should not wait for our delayed ACK."""
+        conn = self._conn
+        counters = conn.counters
+        if seg.flags & CWR:
+            if counters is not None:
+                counters["tcp.ecn.cwr-received"] += 1
+            self.ack_now = True
+            if self.ece_pending:
+                self.ece_pending = False
+                conn.decide(Note.CWR_RECEIVED)
+        if seg.ecn == ECN_CE:
+            if counters is not None:
+                counters["tcp.ecn.ce-received"] += 1
+            if not self.ece_pending:
+                self.ece_pending = True
+                self.ack_now = True
+                conn.decide(Note.CE_RECEIVED)
 
     # ---- the text and the FIN ------------------------------------------------------
 

@@ -28,7 +28,7 @@ from ustack.tcp.segment import Segment
 from ustack.tcp.states import SENDS_DATA, State
 from ustack.tcp.timers import PROBE, REORDER, RETRANSMIT, Timers
 from ustack.trace.vocabulary import Note, Rule
-from ustack.wire.tcp import FIN, SYN
+from ustack.wire.tcp import ECE, FIN, SYN
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection
@@ -43,7 +43,9 @@ class Recovery:
         "_snd",
         "_timers",
         "cc",
+        "cwr_pending",
         "dupacks",
+        "ecn_high",
         "peer_delays_acks",
         "probe_high",
         "probe_range",
@@ -100,6 +102,11 @@ class Recovery:
         # The latest stretches sent again (a few): a D-SACK of one of them
         # shows that retransmission was needless (RFC 3708 2).
         self.resent: list[tuple[int, int]] = []
+        # ECN (RFC 3168 6.1.2): SND.MAX when the window was last cut for an
+        # ECE (no other cut, nor growth, until SND.UNA passes it), and CWR
+        # due on the next new data segment.
+        self.ecn_high: int | None = None
+        self.cwr_pending = False
 
     def start(self, mss: int, initial_window: int) -> None:
         """The segment size is known: the congestion window counts in it."""
@@ -114,6 +121,8 @@ class Recovery:
         detection and D-SACK."""
         conn = self._conn
         ack = seg.ack
+        if seg.flags & ECE and conn.ecn_ok:
+            self._ecn_echo(ack)
         rack = self.rack
         blocks = seg.options.sack_blocks if conn.sack_ok else ()
         new_sack = bool(blocks) and rack.on_sack(blocks, conn.now)
@@ -159,6 +168,9 @@ class Recovery:
         self.retries = 0
         self.dupacks = 0
         conn.soft_error = None  # something got through (Linux clears sk_err_soft)
+        ecn_high = self.ecn_high
+        if ecn_high is not None and seq.gt(ack, ecn_high):
+            ecn_high = self.ecn_high = None  # past the reduced window (and our CWR)
         if self.recover is not None:
             if seq.ge(ack, self.recover):  # a full ACK: recovery is over (RFC 6582 3.2 (3))
                 self.recover = None
@@ -170,8 +182,10 @@ class Recovery:
                 self.cc.cwnd = max(self.cc.cwnd - data_acked + mss, mss)
                 self._retransmit_first()
                 return
-        elif data_acked:
-            # Only acknowledged data opens the congestion window (not a SYN or FIN).
+        elif data_acked and ecn_high is None:
+            # Only acknowledged data opens the congestion window (not a SYN or
+            # FIN), and not in the window an ECE cut (RFC 3168 6.1.2; Linux
+            # holds it in its CWR state).
             self.cc.on_ack(data_acked, now, self.rtt.srtt)
         if self.probe_high is not None and seq.ge(ack, self.probe_high):
             self.probe_high = None  # the probe's episode is over (RFC 8985 7.4)
@@ -245,7 +259,11 @@ class Recovery:
         self.recover = self.recovery_high = snd.snd_max
         self._begin_undo()
         cc = self.cc
-        cc.on_loss(conn.now, flight)
+        if self.ecn_high is None:
+            cc.on_loss(conn.now, flight)
+        # else an ECE cut this window already: one response per window
+        # (RFC 3168 6.1.2; Linux's tcp_enter_recovery in its CWR state).
+        self.cwr_pending = conn.ecn_ok  # the peer learns of any cut (Linux tcp_ecn_queue_cwr)
         if not conn.sack_ok:
             cc.cwnd += 3 * conn.mss  # NewReno's inflation; with SACK, pipe counts instead
         self.probe_high = None
@@ -287,6 +305,34 @@ class Recovery:
             probed = self.probe_high is not None
             why = "SACK after a tail loss probe" if probed else "RACK"
             self._enter_recovery(why, Rule.RFC8985_PROBE_RECOVERY if probed else Rule.RFC8985_RACK)
+
+    # ---- ECN -------------------------------------------------------------------------
+
+    def _ecn_echo(self, ack: int) -> None:
+        """An ACK with ECE (RFC 3168 6.1.2): a CE mark on the way to the
+        peer, congestion without a loss. The window is cut as a fast
+        retransmit cuts it, but nothing is resent; once per window of data:
+        not again before this ACK passes SND.MAX of the last cut (ACKs of
+        data sent before our CWR still carry the old echo), and not in fast
+        recovery, whose cut covers the window. CWR goes on the next new data."""
+        conn = self._conn
+        if conn.counters is not None:
+            conn.counters["tcp.ecn.ece-received"] += 1
+        snd = self._snd
+        if self.recover is not None or seq.lt(ack, snd.snd_una):
+            return  # (an old ACK, reordered, says nothing new: Linux ignores it too)
+        ecn_high = self.ecn_high
+        if ecn_high is not None and not seq.gt(ack, ecn_high):
+            return
+        flight = seq.diff(snd.snd_max, snd.snd_una)
+        self.ecn_high = snd.snd_max
+        self.undo_cc = None  # a D-SACK cannot show this cut needless (Linux tcp_enter_cwr)
+        cc = self.cc
+        cc.on_loss(conn.now, flight)
+        self.cwr_pending = True
+        if conn.counters is not None:
+            conn.counters["tcp.ecn.window-reduced"] += 1
+        conn.decide(Note.ECN_WINDOW_REDUCED, cc=cc.name, ssthresh=cc.ssthresh, cwnd=cc.cwnd)
 
     # ---- undo -----------------------------------------------------------------------
 
@@ -425,6 +471,7 @@ class Recovery:
             if self.recover is None and self.retries == 1:
                 self._begin_undo()  # (a timeout within an episode belongs to it)
             self.cc.on_timeout(conn.now, flight)
+            self.cwr_pending = conn.ecn_ok  # (Linux's tcp_enter_loss queues CWR too)
         self.recover = None
         self.probe_high = None
         timers.cancel(PROBE)

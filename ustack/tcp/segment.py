@@ -12,6 +12,9 @@ from ustack.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpOptions
 _FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"),
                (ECE, "E"), (CWR, "W"))  # fmt: skip
 NO_OPTIONS = TcpOptions()
+# The IP ECN field of a segment (RFC 3168 5), as the trace names it: Not-ECT
+# is "", 0b01 ECT(1), 0b10 ECT(0), 0b11 CE.
+ECN_NAMES = ("", "ECT(1)", "ECT(0)", "CE")
 
 
 @dataclass(slots=True)
@@ -24,6 +27,7 @@ class Segment:
     options: TcpOptions = field(default_factory=lambda: NO_OPTIONS)
     note: str = ""  # for the trace: why this segment was sent, when not plain
     gso_size: int = 0  # a super-segment the link cuts into segments of this size
+    ecn: int = 0  # the IP ECN field it came with, or goes with (ustack.wire.ipv4.ECN_*)
 
     @property
     def seg_len(self) -> int:

@@ -18,7 +18,8 @@ from ustack.tcp.segment import Segment
 from ustack.tcp.states import State
 from ustack.tcp.timers import PERSIST, RETRANSMIT, Timers
 from ustack.trace.vocabulary import Note, SegmentNote
-from ustack.wire.tcp import ACK, FIN, PSH, SYN, TcpOptions
+from ustack.wire.ipv4 import ECN_ECT0, ECN_NOT_ECT
+from ustack.wire.tcp import ACK, CWR, ECE, FIN, PSH, SYN, TcpOptions
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection
@@ -176,6 +177,13 @@ class Sender:
         flags = SYN | ACK if ack else SYN
         iss = self.iss
         note = _RETRANSMISSION if self.snd_max != iss else _NONE
+        if ack and conn.ecn_ok:
+            flags |= ECE  # RFC 3168 6.1.1: agreed, on every SYN,ACK we send
+        elif not ack and config.ecn == "on" and note is _NONE:
+            # RFC 3168 6.1.1: ask with ECE and CWR. Only on the first SYN: a
+            # retransmission goes without, in case a middlebox drops ECN
+            # setup SYNs (6.1.1.1; Linux's tcp_ecn_fallback).
+            flags |= ECE | CWR
         recovery.syn_retransmitted = recovery.syn_retransmitted or bool(note)
         ack_number = rcv.rcv_nxt if ack else 0
         conn._emit(Segment(iss, ack_number, flags, window, b"", options, note=note))
@@ -210,6 +218,7 @@ class Sender:
         rack = scoreboard if conn.sack_ok else None
         # In recovery, or with losses not yet sent again, new data is limited
         # by the pipe (RFC 6675 5), not by what is in flight since SND.UNA.
+        ecn_ok = conn.ecn_ok
         budget = None
         if rack is not None and (recovery.recover is not None or rack.lost_out):
             budget = recovery.cc.cwnd - rack.pipe()
@@ -239,10 +248,28 @@ class Sender:
                 break
             if 0 < size < full and not probe and self._hold_small(size, unsent):
                 break
+            snd_nxt = self.snd_nxt
+            ecn = ECN_NOT_ECT
+            cwr = 0
+            if ecn_ok and size and not probe and not seq.lt(snd_nxt, self.snd_max):
+                # RFC 3168 6.1.2: new data is ECN-capable, never a retransmission
+                # (6.1.5), a window probe (6.1.6), a pure ACK or a SYN (6.1.4);
+                # Linux's tcp_ecn_send.
+                ecn = ECN_ECT0
+                if recovery.cwr_pending:
+                    # The first new data after a reduction says so (6.1.2), in
+                    # one segment: as part of a GSO super-segment the link
+                    # would copy CWR onto every piece.
+                    recovery.cwr_pending = False
+                    cwr = CWR
+                    size = min(size, mss)
+                    fin = self.fin_queued and offset + size == len(buf)
+                    if conn.counters is not None:
+                        conn.counters["tcp.ecn.cwr-sent"] += 1
             flags = ACK | (FIN if fin else 0) | (PSH if size and offset + size == len(buf) else 0)
+            flags |= cwr
             payload = copy_out(buf, offset, size)
             note = _ZERO_WINDOW_PROBE if probe else _NONE
-            snd_nxt = self.snd_nxt
             if seq.lt(snd_nxt, self.snd_max) and not probe:
                 # (A probe resent after its timeout is still a probe, not a loss.)
                 note = _RETRANSMISSION
@@ -251,7 +278,9 @@ class Sender:
                     recovery.note_resent(snd_nxt, seq.add(snd_nxt, size + fin))
             window = rcv.window_field()
             gso = mss if size > mss else 0
-            conn._emit(Segment(snd_nxt, rcv.rcv_nxt, flags, window, payload, options, note, gso))
+            conn._emit(
+                Segment(snd_nxt, rcv.rcv_nxt, flags, window, payload, options, note, gso, ecn)
+            )
             if dsack:  # the D-SACK goes on the first segment only (RFC 2883 4)
                 dsack = False
                 options = rcv.ack_options()

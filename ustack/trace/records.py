@@ -84,6 +84,7 @@ class SegmentEvent:
     state_before: str
     state_after: str
     note: SegmentNote = SegmentNote.NONE  # why we sent it, when that is not plain
+    ecn: str = ""  # its IP ECN field (RFC 3168 5): "", "ECT(0)", "ECT(1)" or "CE"
 
 
 @dataclass(frozen=True, slots=True)

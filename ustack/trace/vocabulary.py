@@ -47,6 +47,9 @@ class Rule(enum.StrEnum):
     RFC1191_PMTU = "RFC 1191 6.1"
     RFC1191_EXPIRY = "RFC 1191 6.3"
     RFC4821_BLACK_HOLE = "RFC 4821 (Linux tcp_mtu_probing)"
+    RFC3168_SETUP = "RFC 3168 6.1.1"
+    RFC3168_SENDER = "RFC 3168 6.1.2"
+    RFC3168_RECEIVER = "RFC 3168 6.1.3"
 
 
 class TimerKind(enum.StrEnum):
@@ -207,6 +210,22 @@ class Note(_TextAndRule, enum.Enum):
         "{count} timeouts and no ICMP: path MTU black hole assumed, MSS {old} -> {mss}",
         Rule.RFC4821_BLACK_HOLE,
     )
+    # ECN (RFC 3168)
+    ECN_AGREED = (
+        "ECN agreed ({how}): new data goes ECT(0), CE marks are echoed with ECE",
+        Rule.RFC3168_SETUP,
+    )
+    ECN_NOT_AGREED = ("ECN not agreed: {why}", Rule.RFC3168_SETUP)
+    CE_RECEIVED = (
+        "CE mark on data: ECE on every ACK until the peer's CWR",
+        Rule.RFC3168_RECEIVER,
+    )
+    CWR_RECEIVED = ("CWR from the peer: it reduced its window, ECE stops", Rule.RFC3168_RECEIVER)
+    ECN_WINDOW_REDUCED = (
+        "ECE: congestion on the path, once this window; {cc} ssthresh {ssthresh}, "
+        "cwnd {cwnd}, CWR on the next new data",
+        Rule.RFC3168_SENDER,
+    )
 
 
 class Challenge(_TextAndRule, enum.Enum):
@@ -252,6 +271,7 @@ class FaultAction(enum.StrEnum):
     DROP = "drop"
     DELAY = "delay"
     DUPLICATE = "duplicate"
+    MARK = "mark"  # CE on an ECN-capable packet, as a congested router (RFC 3168)
 
 
 # The trace readers fold a FaultEvent that dropped a segment into the segment:

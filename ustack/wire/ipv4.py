@@ -43,6 +43,13 @@ PROTO_UDP = 17
 
 IPV4_VERSION = 4
 
+# The ECN field, the low two bits of the old TOS byte (RFC 3168 5).
+ECN_NOT_ECT = 0b00
+ECN_ECT1 = 0b01
+ECN_ECT0 = 0b10
+ECN_CE = 0b11
+ECN_MASK = 0b11
+
 # Laid out like the RFC diagram, which the formatter would undo.
 # fmt: off
 IPV4_HEADER = Struct(
@@ -236,10 +243,12 @@ def build_ipv4_in_place(
     ttl: int,
     identification: int,
     flags_fragment: int = _DONT_FRAGMENT,
+    ecn: int = ECN_NOT_ECT,
 ) -> None:
     """build_ipv4's header with no options, DF set (or the `flags_fragment`
-    field of a fragment: fragment_field()), written over the first 20 bytes of
-    `packet` (the payload follows them): no header object, no copy."""
+    field of a fragment: fragment_field()), DSCP 0 and the ECN field `ecn`,
+    written over the first 20 bytes of `packet` (the payload follows them):
+    no header object, no copy."""
     total_length = len(packet)
     if total_length > 0xFFFF:
         raise ValueError(f"IPv4 total length {total_length} exceeds 65535")
@@ -247,7 +256,7 @@ def build_ipv4_in_place(
         packet,
         0,
         IPV4_PLAIN_FIRST_BYTE,
-        0,  # DSCP and ECN
+        ecn & ECN_MASK,  # DSCP 0
         total_length,
         identification,
         flags_fragment,
