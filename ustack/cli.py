@@ -760,7 +760,6 @@ def _ss(args: argparse.Namespace) -> int:
             f"{row['local']:<22} {row['remote']:<22} #{row['id']} "
             f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']} "
             f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s pmtu {row['pmtu']} mss {row['mss']}"
-            f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s"
             + (" ecn" if row.get("ecn") else "")
             + (f" timers {timers}" if timers else "")
         )

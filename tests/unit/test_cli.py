@@ -244,7 +244,7 @@ def test_ss_shows_the_connections_that_agreed_to_ecn(
     row = {
         "id": 1, "state": "ESTABLISHED", "local": "198.18.0.2:80", "remote": "198.18.0.1:4000",
         "send_queue": 0, "recv_queue": 0, "snd_una": 1, "snd_nxt": 1, "rcv_nxt": 1,
-        "snd_wnd": 65535, "rto": 0.2, "timers": {},
+        "snd_wnd": 65535, "rto": 0.2, "pmtu": 1500, "mss": 1460, "timers": {},
     }  # fmt: skip
     reply = {"ok": True, "listening": [], "connections": [{**row, "ecn": True}, row]}
     monkeypatch.setattr(cli, "request", lambda *_args, **_fields: reply)

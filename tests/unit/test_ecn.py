@@ -144,7 +144,9 @@ def _plain_exchange(ecn: str, ece_from_peer: bool) -> list[bytes]:
     t = TcpScript(listen=80, ecn=ecn, congestion_control="newreno")
 
     def take() -> None:
-        wire.extend(t._wire)
+        # The IP ID (and so the header checksum) comes from a per-stack
+        # random key (RFC 7739): everything else must be equal.
+        wire.extend(p[:4] + bytes(2) + p[6:10] + bytes(2) + p[12:] for p in t._wire)
         t.sent()
 
     peer_ack = ".E" if ece_from_peer else "."
