@@ -15,21 +15,10 @@ from __future__ import annotations
 from collections.abc import Container
 
 from ustack.trace.vocabulary import DropReason
-from ustack.wire.icmp import DEST_UNREACH, PARAMETER_PROBLEM, TIME_EXCEEDED
+from ustack.wire.icmp import ICMP_ERROR_TYPES, NR_ICMP_TYPES
 from ustack.wire.ipv4 import PROTO_ICMP
 
-SOURCE_QUENCH = 4
-REDIRECT = 5
-# The ICMP error types (Linux's icmp_pointers[].error); a type above
-# NR_ICMP_TYPES (18) counts as one too, as Linux takes it.
-ICMP_ERROR_TYPES = frozenset(
-    {DEST_UNREACH, SOURCE_QUENCH, REDIRECT, TIME_EXCEEDED, PARAMETER_PROBLEM}
-)
-_NR_ICMP_TYPES = 18
 _FRAGMENT_OFFSET_MASK = 0x1FFF
-
-# Why no ICMP error goes out, with the rule for the trace.
-RFC1122_ICMP_ERRORS = "RFC 1122 3.2.2, RFC 1812 4.3.2.7"
 
 
 def is_unicast_host(address: int) -> bool:
@@ -63,6 +52,6 @@ def icmp_error_forbidden(
         if len(offending) <= header_length:
             return DropReason.ICMP_ERROR_UNQUOTABLE  # no ICMP type to tell: Linux sends none
         type_ = offending[header_length]
-        if type_ > _NR_ICMP_TYPES or type_ in ICMP_ERROR_TYPES:
+        if type_ > NR_ICMP_TYPES or type_ in ICMP_ERROR_TYPES:
             return DropReason.ICMP_ERROR_ABOUT_ICMP_ERROR
     return None

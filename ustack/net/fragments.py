@@ -43,10 +43,6 @@ IPV4_MAX_LENGTH = 0xFFFF  # RFC 791: the total length field
 # header). Measured with sys.getsizeof by bench/fragment_flood.py.
 FRAGMENT_OVERHEAD = 128
 DATAGRAM_OVERHEAD = 640
-# ICMP types that are not errors (RFC 792, RFC 1122 3.2.2): only about these
-# may an ICMP error be sent (never an error about an error).
-_ICMP_INFORMATIONAL = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
-_PROTO_ICMP = 1
 _FLAGS_FRAGMENT_OFFSET = 6  # in the IPv4 header
 _TOTAL_LENGTH_OFFSET = 2
 _CHECKSUM_OFFSET = 10
@@ -290,10 +286,7 @@ class Reassembly:
             self._counters["ip.reasm.timeout"] += 1
             why = f"incomplete after {timeout:g} s"
             self._refuse(key, DropReason.FRAG_TIMEOUT, Rule.RFC1122_REASSEMBLY, why, now)
-            if header is None:
-                continue
-            first = header + datagram.pieces[0]
-            if key[2] == _PROTO_ICMP and first[len(header)] not in _ICMP_INFORMATIONAL:
-                continue  # never an ICMP error about an ICMP error (RFC 1122 3.2.2)
-            self._counters["icmp.out.reassembly-time-exceeded"] += 1
-            self._time_exceeded(first)
+            if header is not None:
+                # (The IP layer sends it unless RFC 1122 3.2.2 forbids: never
+                # an ICMP error about an ICMP error.)
+                self._time_exceeded(header + datagram.pieces[0])

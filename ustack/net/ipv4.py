@@ -13,14 +13,14 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from ustack.counters import Counters
-from ustack.net.address_rules import RFC1122_ICMP_ERRORS, icmp_error_forbidden
+from ustack.net.address_rules import icmp_error_forbidden
 from ustack.net.address_rules import is_unicast_host as _is_unicast_source
 from ustack.net.fragments import FragmentLimits, Reassembly
 from ustack.net.ip_id import IpIdentifiers
 from ustack.net.pmtu import DEFAULT_MIN_PMTU, PmtuCache
 from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
 from ustack.trace.records import PacketTap
-from ustack.trace.vocabulary import DropReason, Layer
+from ustack.trace.vocabulary import DropReason, Layer, Rule
 from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import (
@@ -350,12 +350,8 @@ class IPv4Layer:
                 identification=identification,
                 flags_fragment=fragment_field(offset, offset + step < len(data)),
             )
-            if self.tap is not None:
-                self.tap("out", bytes(fragment), self._now)
-            if not self._transmit(fragment):
-                counters.drop(Layer.IP, DropReason.OUT_QUEUE_FULL, self._now)
+            if not self._put(fragment):
                 return  # the rest is useless without this one
-            counters["ip.out"] += 1
             counters["ip.frag.creates"] += 1
         counters["ip.frag.oks"] += 1
 
@@ -390,6 +386,11 @@ class IPv4Layer:
             identification=self._next_ip_id(dst, protocol, self._now, datagrams),
             ecn=ecn,
         )
+        self._put(packet, gso_size)
+
+    def _put(self, packet: bytearray, gso_size: int = 0) -> bool:
+        """A datagram, header and all, to the link: seen by the tap, counted
+        as sent or as dropped at a full queue."""
         sent = self._transmit(packet, gso_size) if gso_size else self._transmit(packet)
         if self.tap is not None:
             self.tap("out", bytes(packet), self._now)
@@ -397,10 +398,12 @@ class IPv4Layer:
             self._counters["ip.out"] += 1
         else:
             self._counters.drop(Layer.IP, DropReason.OUT_QUEUE_FULL, self._now)
+        return sent
 
     def _send_time_exceeded(self, first_fragment: bytes) -> None:
         """RFC 792, RFC 1122 3.3.2: a datagram not reassembled in time."""
-        self.send_icmp_error(TIME_EXCEEDED, REASSEMBLY_TIME_EXCEEDED, first_fragment)
+        if self.send_icmp_error(TIME_EXCEEDED, REASSEMBLY_TIME_EXCEEDED, first_fragment):
+            self._counters["icmp.out.reassembly-time-exceeded"] += 1
 
     def handle_timers(self, now: float) -> None:
         """The reassembly timeouts due by `now`."""
@@ -410,18 +413,20 @@ class IPv4Layer:
     def next_deadline(self) -> float | None:
         return self.fragments.next_deadline()
 
-    def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> None:
+    def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> bool:
         """An ICMP error about `offending` (a whole IPv4 packet we received),
-        unless RFC 1122 3.2.2 forbids it or a rate limit holds it back."""
+        unless RFC 1122 3.2.2 forbids it or a rate limit holds it back
+        (False, counted)."""
         forbidden = icmp_error_forbidden(offending, self.broadcasts)
         if forbidden is not None:
-            self._counters.drop(Layer.ICMP, forbidden, self._now, RFC1122_ICMP_ERRORS)
-            return
+            self._counters.drop(Layer.ICMP, forbidden, self._now, Rule.RFC1122_ICMP_ERRORS)
+            return False
         src = struct.unpack_from("!I", offending, 12)[0]
         if self._icmp_rate_limited(type_, code, src):
-            return
+            return False
         quote = offending[: ICMP_ERROR_MAX - 20 - 8]
         self.send(src, PROTO_ICMP, build_icmp(type=type_, code=code, rest=rest, payload=quote))
+        return True
 
     def _icmp_rate_limited(self, type_: int, code: int, dst: int) -> bool:
         """Linux's icmp_ratelimit and icmp_msgs_per_sec (RFC 1812 4.3.2.8):
@@ -429,5 +434,5 @@ class IPv4Layer:
         refused = self.icmp_limiter.allow(type_, code, dst, self._now)
         if refused is None:
             return False
-        self._counters.drop(Layer.ICMP, refused, self._now, "RFC 1812 4.3.2.8")
+        self._counters.drop(Layer.ICMP, refused, self._now, Rule.RFC1812_ICMP_RATE)
         return True

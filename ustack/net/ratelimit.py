@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ustack.trace.vocabulary import DropReason
-from ustack.wire.icmp import DEST_UNREACH, FRAG_NEEDED
+from ustack.wire.icmp import DEST_UNREACH, FRAG_NEEDED, NR_ICMP_TYPES
 
 XRLIM_BURST_FACTOR = 6  # include/net/inetpeer.h: a burst of 6 messages per destination
 # inet_getpeer: a new peer's rate_last is 60 s back, so its first message
@@ -40,7 +40,6 @@ NEW_PEER_AGE = 60.0
 # icmp_global_allow refills no more often than every HZ/50 (20 ms), and
 # counts at most one second of refill.
 GLOBAL_REFILL_MIN = 0.02
-NR_ICMP_TYPES = 18  # types above it are never limited (icmpv4_mask_allow)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,16 @@ from ustack.wire.errors import MalformedPacket
 ECHO_REPLY = 0
 DEST_UNREACH = 3
 SOURCE_QUENCH = 4  # deprecated (RFC 6633): ignored
+REDIRECT = 5
 ECHO_REQUEST = 8
 TIME_EXCEEDED = 11
 PARAMETER_PROBLEM = 12
+# The error types (Linux's icmp_pointers[].error); a type above NR_ICMP_TYPES
+# counts as an error too, and is never rate-limited (as Linux takes them).
+ICMP_ERROR_TYPES = frozenset(
+    {DEST_UNREACH, SOURCE_QUENCH, REDIRECT, TIME_EXCEEDED, PARAMETER_PROBLEM}
+)
+NR_ICMP_TYPES = 18
 # DEST_UNREACH codes
 NET_UNREACH = 0
 HOST_UNREACH = 1
