@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
+from ustack.tcp.connection import TcpConnection
+
 P = PEER_ISS + 1
 U = OUR_ISS + 1
 MSS = 1000
@@ -353,15 +355,22 @@ def test_tail_loss_probe_at_two_srtt_and_its_sack_starts_recovery() -> None:
     assert conn.snd_una == U + 3000
 
 
-def test_a_probe_whose_ack_covers_everything_needs_no_recovery() -> None:
-    """Only the ACKs were lost: the probe's ACK acknowledges it all."""
+def tail_probed(size: int) -> tuple[TcpScript, TcpConnection, int]:
+    """A SACK sender that wrote `size` bytes, all sent, and no ACK came: its
+    loss probe timer fired (the probe is the next segment to expect)."""
     t = sack_sender()
     conn = t.conn
     assert conn is not None
     cwnd = conn.cwnd
-    t.write(bytes(2000))
+    t.write(bytes(size))
     t.sent()
     t.at(t.now + 0.5)
+    return t, conn, cwnd
+
+
+def test_a_probe_whose_ack_covers_everything_needs_no_recovery() -> None:
+    """Only the ACKs were lost: the probe's ACK acknowledges it all."""
+    t, conn, cwnd = tail_probed(2000)
     t.expect("P.", seq=U + 1000, payload=bytes(1000))
     t.send(".", seq=P, ack=U + 2000)
     assert conn.snd_una == U + 2000 and conn.cwnd >= cwnd
@@ -608,13 +617,7 @@ def test_a_dsack_of_a_loss_probe_counts_a_spurious_retransmission() -> None:
     peer D-SACKs the probe (RFC 8985 7.4.2 with RFC 2883): one spurious
     retransmission counted, no window to undo since none was cut. A D-SACK
     of data never resent counts as received, not as spurious."""
-    t = sack_sender()
-    conn = t.conn
-    assert conn is not None
-    cwnd = conn.cwnd
-    t.write(bytes(3000))
-    t.sent()
-    t.at(t.now + 0.5)
+    t, conn, cwnd = tail_probed(3000)
     t.expect("P.", seq=U + 2000, payload=bytes(1000))  # the probe
     t.send(".", seq=P, ack=U + 3000)
     t.send(".", seq=P, ack=U + 3000, sack=((U + 2000, U + 3000),))  # the probe's duplicate

@@ -288,19 +288,10 @@ class TcpDemux:
             counters.drop(Layer.ICMP, DropReason.UNHANDLED_ERROR, now, summary)
             return
         counters["icmp.in.error-for-connection"] += 1
-        held: list[TraceEvent] = []
-        if self.trace is not None:
-            conn.trace = held.append
-        try:
-            if mtu:
-                self._path_mtu_error(conn, quote.dst, mtu, now)
-            else:
-                conn.icmp_error(what.what, what.error, what.hard, now)
-        finally:
-            conn.trace = self.trace
-        if self.trace is not None:
-            for event in held:
-                self.trace(event)
+        if mtu:
+            self._path_mtu_error(conn, quote.dst, mtu, now)
+        else:
+            conn.icmp_error(what.what, what.error, what.hard, now)
         self.flush(conn)
 
     def _path_mtu_error(self, conn: TcpConnection, dst: int, mtu: int, now: float) -> None:
@@ -680,10 +671,7 @@ class TcpDemux:
             # (GSO needs it: the kernel sums each piece it cuts)
             partial_checksum=self.partial_checksums or seg.gso_size > 0,
         )
-        if seg.ecn:
-            self._send(remote, segment, seg.gso_size, PROTO_TCP, seg.ecn)
-        else:
-            self._send(remote, segment, seg.gso_size)
+        self._send(remote, segment, seg.gso_size, PROTO_TCP, seg.ecn)
 
     def _segment_event(
         self,

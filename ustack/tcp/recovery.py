@@ -507,8 +507,7 @@ class Recovery:
             for entry in rack.log:
                 size = seq.diff(entry.end, entry.start)
                 if size > mss and not entry.sacked and not entry.lost:
-                    entry.lost = True
-                    rack.lost_out += 1
+                    rack.mark_lost(entry)
                     marked += size
             if marked:
                 self.timed = None  # Karn
