@@ -355,17 +355,24 @@ def test_tail_loss_probe_at_two_srtt_and_its_sack_starts_recovery() -> None:
     assert conn.snd_una == U + 3000
 
 
-def tail_probed(size: int) -> tuple[TcpScript, TcpConnection, int]:
-    """A SACK sender that wrote `size` bytes, all sent, and no ACK came: its
-    loss probe timer fired (the probe is the next segment to expect)."""
-    t = sack_sender()
+def silent_flight(t: TcpScript, size: int, wait: float) -> TcpConnection:
+    """`size` bytes written and all sent, then `wait` seconds with no ACK."""
     conn = t.conn
     assert conn is not None
-    cwnd = conn.cwnd
+    start = t.now
     t.write(bytes(size))
     t.sent()
-    t.at(t.now + 0.5)
-    return t, conn, cwnd
+    t.at(start + wait)
+    return conn
+
+
+def tail_probed(size: int) -> tuple[TcpScript, TcpConnection, int]:
+    """A SACK sender whose `size` bytes got no ACK: its loss probe timer
+    fired (the probe is the next segment to expect); and its cwnd before."""
+    t = sack_sender()
+    assert t.conn is not None
+    cwnd = t.conn.cwnd
+    return t, silent_flight(t, size, 0.5), cwnd
 
 
 def test_a_probe_whose_ack_covers_everything_needs_no_recovery() -> None:
@@ -523,12 +530,7 @@ def test_a_dsack_of_every_resent_byte_undoes_the_window_cut() -> None:
 
 def test_a_dsack_of_part_of_what_was_resent_undoes_nothing() -> None:
     t = rack_sender(0.01)
-    conn = t.conn
-    assert conn is not None
-    start = t.now
-    t.write(bytes(5000))
-    t.sent()
-    t.at(start + 0.01)
+    conn = silent_flight(t, 5000, 0.01)
     t.send(".", seq=P, ack=U, sack=((U + 2000, U + 5000),))  # two holes: both resent
     assert [s.seq for s in t.sent()] == [U, U + 1000]
     cut = (conn.cwnd, conn.ssthresh)
@@ -669,12 +671,8 @@ def test_a_dsacked_probe_teaches_the_pto_that_the_peer_delays_its_acks() -> None
     and comes back D-SACKed. From then on every PTO allows for the delayed
     ACK, so the next such flight goes without a spurious probe."""
     t = rack_sender(0.01)
-    conn = t.conn
-    assert conn is not None
     start = t.now
-    t.write(bytes(3000))
-    t.sent()
-    t.at(start + 0.02)
+    conn = silent_flight(t, 3000, 0.02)
     t.expect("P.", seq=U + 2000, payload=bytes(1000))  # the probe
     t.at(start + 0.04)  # the delayed ACK, and the probe's duplicate D-SACKed
     t.send(".", seq=P, ack=U + 3000, sack=((U + 2000, U + 3000),))
