@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +26,7 @@ from ustack.trace.vocabulary import (
     TimerAction,
     TimerKind,
 )
+from ustack.wire.address import format_address
 
 if TYPE_CHECKING:  # annotations only: the trace sits below the TCP core
     from ustack.tcp.states import Event, State
@@ -187,10 +186,9 @@ _KINDS: dict[type, str] = {
 }
 
 
-@functools.lru_cache(maxsize=4096)
-def dotted(address: int) -> str:
-    """198.18.0.2 for 0xC6120002 (cached: a trace names the same few addresses)."""
-    return str(ipaddress.IPv4Address(address))
+# The text of an address of either family (wire/address.py); the old name
+# stays for its callers in tcp/, daemon and study/, being split right now.
+dotted = format_address
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {

@@ -14,6 +14,7 @@ from ustack.wire._checksum import ffi, lib
 Buffer = bytes | bytearray | memoryview
 
 _from_buffer = ffi.from_buffer
+_IPV4_MAX = 0xFFFFFFFF  # above: an IPv6 address (wire/address.py)
 
 
 def ones_sum(data: Buffer, initial: int = 0) -> int:
@@ -38,14 +39,32 @@ def prefix_checksum(data: Buffer, length: int) -> int:
 
 
 def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
-    """Folded sum of the IPv4 pseudo-header; addresses as integers."""
+    """Folded sum of the pseudo-header, IPv4 (RFC 793 3.1) or IPv6 (RFC 8200
+    8.1: 16-byte addresses, a 32-bit upper-layer length, the next header);
+    addresses as integers, an IPv6 one above 0xFFFFFFFF (wire/address.py)."""
+    if (src | dst) > _IPV4_MAX:
+        return _pseudo_sum_v6(src, dst, protocol, length)
     return lib.us_pseudo_sum_v4(src, dst, protocol, length)
 
 
+def _pseudo_sum_v6(src: int, dst: int, protocol: int, length: int) -> int:
+    # 2**16 = 1 modulo 0xFFFF, so an integer modulo 0xFFFF is the one's-complement
+    # sum of its 16-bit words (RFC 1071 2(A)) up to 0 for 0xFFFF: a 128-bit
+    # address folds in one operation, no bytes, no call into C.
+    total = src % 0xFFFF + dst % 0xFFFF + (length >> 16) + (length & 0xFFFF) + protocol
+    # End-around carry folds a non-zero sum to 1..0xFFFF, never 0, and an IPv6
+    # address is never 0: so a 0 here is 0xFFFF.
+    return total % 0xFFFF or 0xFFFF
+
+
 def transport_checksum(src: int, dst: int, protocol: int, segment: Buffer) -> int:
-    """TCP/UDP checksum over the pseudo-header and segment: 0 means valid
-    (checksum field filled), else the value to write (checksum field zeroed)."""
+    """TCP/UDP/ICMPv6 checksum over the pseudo-header and segment, either
+    family: 0 means valid (checksum field filled), else the value to write
+    (checksum field zeroed)."""
     buf = _from_buffer(segment)
+    if (src | dst) > _IPV4_MAX:
+        pseudo = _pseudo_sum_v6(src, dst, protocol, len(buf))
+        return ~lib.us_ones_sum(buf, len(buf), pseudo) & 0xFFFF
     return lib.us_l4_checksum_v4(src, dst, protocol, buf, len(buf))
 
 

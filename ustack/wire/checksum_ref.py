@@ -21,6 +21,12 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
 
 
 def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
+    if src > 0xFFFFFFFF or dst > 0xFFFFFFFF:
+        # RFC 8200 8.1: source, destination, 32-bit upper-layer length,
+        # three zero bytes, next header.
+        pseudo = src.to_bytes(16, "big") + dst.to_bytes(16, "big")
+        pseudo += length.to_bytes(4, "big") + bytes([0, 0, 0, protocol])
+        return ones_sum(pseudo)
     pseudo = src.to_bytes(4, "big") + dst.to_bytes(4, "big")
     pseudo += bytes([0, protocol]) + length.to_bytes(2, "big")
     return ones_sum(pseudo)
