@@ -35,7 +35,7 @@ import re
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,23 +105,47 @@ def state_name(kernel_name: str) -> str:
     return KERNEL_STATES.get(kernel_name, kernel_name.removeprefix("TCP_"))
 
 
-def parse_line(line: str, stack_address: str) -> KernelStateChange | None:
-    """The state change a trace_pipe line reports, if it is a TCP/IPv4 socket
-    of Linux whose remote end is `stack_address`; None for anything else."""
+def canonical_address(text: str) -> str:
+    """The text the trace writes for an address of either family (RFC 5952
+    for IPv6); an IPv4-mapped IPv6 address (::ffff:198.18.0.1, a dual-stack
+    socket's view of an IPv4 peer, RFC 4291 2.5.5.2) is its IPv4 address."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def parse_line(line: str, stack_address: str | Collection[str]) -> KernelStateChange | None:
+    """The state change a trace_pipe line reports, if it is a TCP socket of
+    Linux, IPv4 or IPv6, whose remote end is the stack (`stack_address`: one
+    address in canonical text, or several: IPv4 and IPv6); None otherwise.
+
+    The tracepoint fills saddr/daddr for AF_INET and saddrv6/daddrv6 for
+    AF_INET6 (include/trace/events/sock.h); an AF_INET6 socket talking to an
+    IPv4 peer has v4-mapped v6 addresses and is reported as IPv4."""
+    stacks = {stack_address} if isinstance(stack_address, str) else set(stack_address)
     match = _TRACE_LINE.search(line.rstrip())
     if match is None:
         return None
     fields = dict(part.split("=", 1) for part in match.group(2).split() if "=" in part)
     try:
-        if fields["family"] != "AF_INET" or fields["protocol"] != "IPPROTO_TCP":
+        if fields["protocol"] != "IPPROTO_TCP":
+            return None
+        family = fields["family"]
+        if family == "AF_INET":
+            linux, stack = fields["saddr"], fields["daddr"]
+        elif family == "AF_INET6":
+            linux = canonical_address(fields["saddrv6"])
+            stack = canonical_address(fields["daddrv6"])
+        else:
             return None
         # The socket is Linux's: its own end is saddr, the stack is daddr.
-        if fields["daddr"] != stack_address or fields["saddr"] in (stack_address, "0.0.0.0"):
+        if stack not in stacks or linux in stacks or linux in ("0.0.0.0", "::"):
             return None
         return KernelStateChange(
-            linux=fields["saddr"],
+            linux=linux,
             linux_port=int(fields["sport"]),
-            stack=fields["daddr"],
+            stack=stack,
             stack_port=int(fields["dport"]),
             old=state_name(fields["oldstate"]),
             new=state_name(fields["newstate"]),
@@ -143,7 +167,7 @@ _NO_COOKIE = (1 << 64) - 1  # INET_DIAG_NOCOOKIE: look the socket up by its 4-tu
 
 
 class SockDiag:
-    """Exact lookups and dumps of TCP/IPv4 sockets over NETLINK_SOCK_DIAG, in
+    """Exact lookups and dumps of TCP sockets of either family over NETLINK_SOCK_DIAG, in
     the network namespace of the thread that made it. A timewait socket reports
     its substate (FIN_WAIT2 or TIME_WAIT) as its state."""
 
@@ -160,7 +184,7 @@ class SockDiag:
         """The state of the timewait socket on this 4-tuple, if there is one."""
         linux, linux_port, stack_port = key
         found = self._ask(
-            netlink.NLM_F_REQUEST, _ANY_STATE,
+            netlink.NLM_F_REQUEST, _ANY_STATE, _family(stack),
             # The socket's own end (Linux) is the source.
             idiag_sport=linux_port, idiag_src=_address(linux),
             idiag_dport=stack_port, idiag_dst=_address(stack),
@@ -171,15 +195,17 @@ class SockDiag:
     def timewait_states(self, stack: str) -> dict[Key, str]:
         """Every socket in FIN_WAIT2 or TIME_WAIT whose remote end is `stack`."""
         states = (1 << diag.SS_FIN_WAIT2) | (1 << diag.SS_TIME_WAIT)
-        found = self._ask(netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, states)
+        found = self._ask(netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, states, _family(stack))
         return {key: state for (key, remote), state in found.items() if remote == stack}
 
-    def _ask(self, flags: int, states: int, **sock_id: object) -> dict[tuple[Key, str], str]:
+    def _ask(
+        self, flags: int, states: int, family: int, **sock_id: object
+    ) -> dict[tuple[Key, str], str]:
         """Send a request; the timewait states in the answers, by (4-tuple, remote)."""
         seq = next(self._seq)
         request = diag.inet_diag_req()
         request["header"].update(type=diag.SOCK_DIAG_BY_FAMILY, flags=flags, sequence_number=seq)
-        request.update(sdiag_family=socket.AF_INET, sdiag_protocol=socket.IPPROTO_TCP,
+        request.update(sdiag_family=family, sdiag_protocol=socket.IPPROTO_TCP,
                        idiag_states=states, **sock_id)  # fmt: skip
         request.encode()
         self._sock.send(request.data)
@@ -203,15 +229,26 @@ class SockDiag:
                 if kind == diag.SOCK_DIAG_BY_FAMILY:
                     state = _TIMEWAIT_SUBSTATES.get(answer["idiag_state"])
                     if state is not None:
-                        key = (answer["idiag_src"], answer["idiag_sport"], answer["idiag_dport"])
-                        found[key, answer["idiag_dst"]] = state
+                        linux = canonical_address(answer["idiag_src"])
+                        key = (linux, answer["idiag_sport"], answer["idiag_dport"])
+                        found[key, canonical_address(answer["idiag_dst"])] = state
                     if not flags & netlink.NLM_F_DUMP:  # an exact lookup has one answer
                         return found
 
 
-def _address(dotted: str) -> tuple[int, int, int, int]:
-    """An IPv4 address as inet_diag_sockid holds it (the first of four words)."""
-    return int(ipaddress.IPv4Address(dotted)), 0, 0, 0
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _address(text: str) -> tuple[int, int, int, int]:
+    """An address as inet_diag_sockid holds it: IPv4 in the first of four
+    32-bit words, IPv6 in all four (pyroute2 packs them big-endian)."""
+    address = ipaddress.ip_address(text)
+    if address.version == 4:
+        return int(address), 0, 0, 0
+    value = int(address)
+    return (value >> 96, (value >> 64) & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF,
+            value & 0xFFFFFFFF)  # fmt: skip
 
 
 # ---- tracefs ------------------------------------------------------------------------------
@@ -280,6 +317,8 @@ class PeerStateWatcher:
 
     `conn_lookup(linux_address, linux_port, stack_port)` names our connection
     on that 4-tuple (None if none); it is called on the loop's thread.
+    `stack_address6`: the stack's IPv6 address, when Linux reaches it over
+    IPv6 too (the tracepoint then reports AF_INET6 sockets as well).
     `start()` and `stop()` are called on the loop's thread (or with no loop
     running); `start()` also makes the sock_diag socket, so it must run in the
     Linux peer's network namespace."""
@@ -291,9 +330,13 @@ class PeerStateWatcher:
         conn_lookup: Callable[[str, int, int], int | None],
         loop: asyncio.AbstractEventLoop,
         *,
+        stack_address6: str | None = None,
         tracing_root: Path | str = TRACING_ROOT,
     ) -> None:
-        self._stack = str(ipaddress.IPv4Address(stack_address))
+        # The stack's addresses by family (4, 6), in the text the trace writes.
+        self._stacks = {4: str(ipaddress.IPv4Address(stack_address))}
+        if stack_address6 is not None:
+            self._stacks[6] = str(ipaddress.IPv6Address(stack_address6))
         self._emit_event = emit
         self._conn_lookup = conn_lookup
         self._loop = loop
@@ -395,7 +438,9 @@ class PeerStateWatcher:
         # loop's clock, so they sort in among ours although they arrive late.
         for setting, value in ((instance / "trace_clock", "mono"),
                                (instance / "buffer_size_kb", str(BUFFER_SIZE_KB)),
-                               (event / "filter", "family == 2 && protocol == 6")):  # fmt: skip
+                               # AF_INET (2) and AF_INET6 (10), TCP (6).
+                               (event / "filter",
+                                "(family == 2 || family == 10) && protocol == 6")):  # fmt: skip
             try:
                 _write(setting, value)  # nice to have: without them it still works
             except OSError as exc:
@@ -484,7 +529,7 @@ class PeerStateWatcher:
                 return
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                change = parse_line(line.decode("ascii", "replace"), self._stack)
+                change = parse_line(line.decode("ascii", "replace"), self._stacks.values())
                 if change is None:
                     continue
                 try:
@@ -534,7 +579,7 @@ class PeerStateWatcher:
         if self._diag is None:
             return None
         try:
-            return self._diag.timewait_state(key, self._stack)
+            return self._diag.timewait_state(key, self._stack_facing(key[0]))
         except OSError as exc:
             self._diag_failed(exc)
             return None
@@ -547,8 +592,11 @@ class PeerStateWatcher:
         self._poll = None
         if self._closed or not self._held or self._diag is None:
             return
+        families = {6 if ":" in linux else 4 for linux, _, _ in self._held}
+        current: dict[Key, str] = {}
         try:
-            current = self._diag.timewait_states(self._stack)
+            for family in families:
+                current.update(self._diag.timewait_states(self._stacks[family]))
         except OSError as exc:
             self._diag_failed(exc)
             return
@@ -562,6 +610,10 @@ class PeerStateWatcher:
                 self._report(key, state, now)
         if self._held:
             self._schedule_poll()
+
+    def _stack_facing(self, linux: str) -> str:
+        """The stack's address of the family of this Linux address."""
+        return self._stacks[6 if ":" in linux else 4]
 
     def _diag_failed(self, exc: OSError) -> None:
         log.warning("peer states: sock_diag failed (%s): TIME_WAIT shows as CLOSED", exc)
@@ -580,7 +632,7 @@ class PeerStateWatcher:
             PeerStateChange(
                 time=self._loop.time() if handled is None else handled,
                 conn=self._conn_lookup(linux, linux_port, stack_port),
-                local=self._stack,
+                local=self._stack_facing(linux),
                 local_port=stack_port,
                 remote=linux,
                 remote_port=linux_port,
