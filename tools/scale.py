@@ -63,7 +63,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -491,19 +491,24 @@ def _moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class ScaleOptions:
+    """What a run does; each field is the command-line flag of that name."""
+
+    connections: int = 10_000  # held at once each round
+    rounds: int = 3
+    inflight: int = 64  # exchanges (and so SYNs) in flight at a time
+    first_close: str = "both"  # who sends the first FIN: both (half each), linux, ustack
+    timeout: float = 60  # seconds for one exchange, and for the table to empty
+    rss_tolerance: float = 0.05  # RSS growth allowed after round 1, a share of round 1's
+
+
 def run_scale(
-    ns: Any,
-    daemon: Any,
-    connections: int = 10_000,
-    rounds: int = 3,
-    inflight: int = 64,
-    first_close: str = "both",
-    timeout: float = 60,
-    rss_tolerance: float = 0.05,
-    log: Callable[[str], None] = print,
+    ns: Any, daemon: Any, options: ScaleOptions, log: Callable[[str], None] = print
 ) -> Report:
     """Run the rounds against a daemon started by tests/harness.py; the report
     with its problems (empty: every invariant held)."""
+    connections, inflight, timeout = options.connections, options.inflight, options.timeout
     pid = daemon.process.pid
     count_sources = max(1, math.ceil(connections / PER_SOURCE))
     sources = [f"198.18.0.{SOURCE_BASE + i}" for i in range(count_sources)]
@@ -511,8 +516,8 @@ def run_scale(
         ns.run("ip", "addr", "add", f"{address}/24", "dev", "tun0", check=True)
     # The namespace's own sysctl (no procps needed): reuse Linux's TIME_WAIT ports.
     ns.run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse", check=True)
-    http_every = {"both": 2, "linux": 0, "ustack": 1}[first_close]
-    report = Report(connections, inflight, first_close, sources)
+    http_every = {"both": 2, "linux": 0, "ustack": 1}[options.first_close]
+    report = Report(connections, inflight, options.first_close, sources)
 
     def table() -> dict[str, int]:
         return daemon.request("stats")["connections"]
@@ -532,7 +537,7 @@ def run_scale(
     try:
         probe.read(30)
         report.fds_start, report.rss_start = stable_fd_count(pid), rss_kib(pid)
-        for number in range(1, rounds + 1):
+        for number in range(1, options.rounds + 1):
             r = Round(number, rss_start=report.rss_start, before=footprint(report.fds_start))
             before = daemon.stats()
             probe.send(f"phase r{number}-open")
@@ -606,7 +611,7 @@ def run_scale(
         time.sleep(0.05)
     report.final_left = left
     report.rss_end, report.rss_peak = rss_kib(pid), rss_kib(pid, "VmHWM")
-    report.problems = problems(report, rss_tolerance)
+    report.problems = problems(report, options.rss_tolerance)
     return report
 
 
@@ -689,6 +694,18 @@ def print_report(report: Report) -> None:
         )
 
 
+def _option_adder(parser: argparse.ArgumentParser) -> Callable[..., None]:
+    """add_option(field, help, ...): the flag of a ScaleOptions field, with
+    the field's default and its type."""
+
+    def add_option(name: str, help_text: str, **more: Any) -> None:
+        default = getattr(ScaleOptions, name)
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=type(default), default=default, help=help_text, **more)
+
+    return add_option
+
+
 def main(argv: list[str] | None = None) -> int:
     sub = sys.argv[1] if argv is None and len(sys.argv) > 1 else None
     if sub in ("_client", "_probe"):  # the helpers run inside the namespace
@@ -715,37 +732,25 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     parser = tool_parser(__doc__)
-    parser.add_argument(
-        "--connections",
-        type=int,
-        default=10_000,
-        help="connections held at once each round (default 10000)",
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument(
-        "--inflight",
-        type=int,
-        default=64,
-        help="exchanges (and so SYNs) in flight at a time (default 64)",
-    )
-    parser.add_argument(
-        "--first-close",
+    add_option = _option_adder(parser)
+    add_option("connections", "connections held at once each round (default %(default)s)")
+    add_option("rounds", "rounds (default %(default)s)")
+    add_option("inflight", "exchanges (and so SYNs) in flight at a time (default %(default)s)")
+    add_option(
+        "first_close",
+        "who sends the first FIN (default %(default)s: half each)",
         choices=["both", "linux", "ustack"],
-        default="both",
-        help="who sends the first FIN (default both: half each)",
     )
     add_run_arguments(
         parser,
-        timeout=60,
+        timeout=ScaleOptions.timeout,
         timeout_help="seconds for one exchange, and for the table to empty",
         json_help="also write the report here",
     )
-    parser.add_argument(
-        "--rss-tolerance",
-        type=float,
-        default=0.05,
-        help="RSS growth allowed from round 2 to the last, as a share of "
-        "round 1's growth (default 0.05)",
+    add_option(
+        "rss_tolerance",
+        "RSS growth allowed from round 2 to the last, as a share of "
+        "round 1's growth (default %(default)s)",
     )
     parser.add_argument("--trace", action="store_true", help="run the daemon with its trace")
     parser.add_argument(
@@ -758,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     check_can_run(parser, "scale", [])
     if args.connections < 1 or args.rounds < 1 or args.inflight < 1:
         parser.error("--connections, --rounds and --inflight are at least 1")
+    options = ScaleOptions(**{f.name: getattr(args, f.name) for f in fields(ScaleOptions)})
 
     def scale(workdir: Path) -> int:
         wrapper: list[str] = []
@@ -769,16 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         report, troubles = run_with_daemon(
             workdir,
             ["--log-level", "info"],
-            lambda ns, daemon: run_scale(
-                ns,
-                daemon,
-                args.connections,
-                args.rounds,
-                args.inflight,
-                args.first_close,
-                args.timeout,
-                args.rss_tolerance,
-            ),
+            lambda ns, daemon: run_scale(ns, daemon, options),
             trace=args.trace,
             wrapper=wrapper,
         )

@@ -17,11 +17,12 @@ from tools import scale
 from ustack.linux.lab import Netns, UstackDaemon
 
 CONNECTIONS, ROUNDS = 10_000, 3
+OPTIONS = scale.ScaleOptions(connections=CONNECTIONS, rounds=ROUNDS)
 
 
 def test_ten_thousand_connections_three_rounds(ns: Netns, tmp_path: Path) -> None:
     with UstackDaemon.start(ns, tmp_path, "--log-level", "info", trace=False) as daemon:
-        report = scale.run_scale(ns, daemon, CONNECTIONS, ROUNDS, log=lambda _line: None)
+        report = scale.run_scale(ns, daemon, OPTIONS, log=lambda _line: None)
         assert daemon.process.poll() is None, daemon.log_text()
     scale.print_report(report)  # shown by pytest when an assertion fails
     assert report.problems == []

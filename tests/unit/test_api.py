@@ -662,9 +662,24 @@ async def http_pair(pair: Pair) -> tuple[asyncio.StreamReader, asyncio.StreamWri
     return await connected(pair, services.http, 80)
 
 
-def test_http_get_index(pair: Pair) -> None:
+def run_http(pair: Pair, exchange: Handler, settle: bool = False) -> None:
+    """Connect to the HTTP service, run `exchange` with the client's reader
+    and writer, then close; with `settle`, also wait for the server's handler
+    to return and both connection tables to empty."""
+
     async def main() -> None:
         reader, writer, handler_done = await http_pair(pair)
+        await exchange(reader, writer)
+        await close(writer)
+        if settle:
+            await step(handler_done.wait())
+            await pair.settle()
+
+    pair.run(main())
+
+
+def test_http_get_index(pair: Pair) -> None:
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await http_request(writer, "GET", "/", {"Connection": "close"})
         status, headers, body = await http_response(reader)
         assert status == 200
@@ -672,31 +687,25 @@ def test_http_get_index(pair: Pair) -> None:
         assert headers["connection"] == "close"
         assert body == services.INDEX
         assert await read_all(reader) == b""  # the server closes first
-        await close(writer)
-        await step(handler_done.wait())
-        await pair.settle()
 
-    pair.run(main())
+    run_http(pair, exchange, settle=True)
 
 
 @pytest.mark.parametrize("size", [0, 1, 255, 256, 65_536, 65_537, 300_001])
 def test_http_get_bytes_checks_every_byte(pair: Pair, size: int) -> None:
-    async def main() -> None:
-        reader, writer, _ = await http_pair(pair)
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await http_request(writer, "GET", f"/bytes/{size}")
         status, headers, body = await http_response(reader)
         assert status == 200
         assert headers["content-type"] == "application/octet-stream"
         assert int(headers["content-length"]) == size
         assert body == pattern_bytes(size)
-        await close(writer)
 
-    pair.run(main())
+    run_http(pair, exchange)
 
 
 def test_http_head_has_no_body(pair: Pair) -> None:
-    async def main() -> None:
-        reader, writer, _ = await http_pair(pair)
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await http_request(writer, "HEAD", "/bytes/5000")
         status, headers, body = await http_response(reader, head_only=True)
         assert (status, headers["content-length"], body) == (200, "5000", b"")
@@ -707,9 +716,8 @@ def test_http_head_has_no_body(pair: Pair) -> None:
         await http_request(writer, "GET", "/bytes/3", {"Connection": "close"})
         assert await http_response(reader) == (200, headers | _len(3, "close"), b"\x00\x01\x02")
         assert await read_all(reader) == b""
-        await close(writer)
 
-    pair.run(main())
+    run_http(pair, exchange)
 
 
 def _len(length: int, connection: str) -> dict[str, str]:
@@ -721,15 +729,13 @@ def _len(length: int, connection: str) -> dict[str, str]:
 
 
 def test_http_not_found(pair: Pair) -> None:
-    async def main() -> None:
-        reader, writer, _ = await http_pair(pair)
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await http_request(writer, "GET", "/nowhere")
         status, headers, body = await http_response(reader)
         assert (status, body) == (404, b"not found\n")
         assert headers["connection"] == "keep-alive"
-        await close(writer)
 
-    pair.run(main())
+    run_http(pair, exchange)
 
 
 @pytest.mark.parametrize(
@@ -744,18 +750,14 @@ def test_http_not_found(pair: Pair) -> None:
     ],
 )
 def test_http_bad_request_gets_400_and_close(pair: Pair, request_bytes: bytes) -> None:
-    async def main() -> None:
-        reader, writer, handler_done = await http_pair(pair)
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(request_bytes)
         status, headers, _body = await http_response(reader)
         assert status == 400
         assert headers["connection"] == "close"
         assert await read_all(reader) == b""
-        await close(writer)
-        await step(handler_done.wait())
-        await pair.settle()
 
-    pair.run(main())
+    run_http(pair, exchange, settle=True)
 
 
 def test_http_keep_alive_serves_two_requests_on_one_connection(pair: Pair) -> None:
@@ -780,8 +782,7 @@ def test_http_keep_alive_serves_two_requests_on_one_connection(pair: Pair) -> No
 
 
 def test_http_pipelined_requests_are_answered_in_order(pair: Pair) -> None:
-    async def main() -> None:
-        reader, writer, _ = await http_pair(pair)
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(
             b"GET /bytes/10 HTTP/1.1\r\n\r\n"
             b"GET /missing HTTP/1.1\r\n\r\n"
@@ -791,16 +792,14 @@ def test_http_pipelined_requests_are_answered_in_order(pair: Pair) -> None:
         assert (await http_response(reader))[::2] == (404, b"not found\n")
         assert (await http_response(reader))[::2] == (200, pattern_bytes(20))
         assert await read_all(reader) == b""
-        await close(writer)
 
-    pair.run(main())
+    run_http(pair, exchange)
 
 
 def test_http_post_upload_returns_the_sha256(pair: Pair) -> None:
     body = os.urandom(1_000_003)
 
-    async def main() -> None:
-        reader, writer, _ = await http_pair(pair)
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await http_request(writer, "POST", "/upload", {"Content-Length": str(len(body))})
         for offset in range(0, len(body), 100_000):
             writer.write(body[offset : offset + 100_000])
@@ -809,10 +808,8 @@ def test_http_post_upload_returns_the_sha256(pair: Pair) -> None:
         assert status == 200
         assert headers["content-type"] == "text/plain"
         assert answer == f"{len(body)} {sha(body)}\n".encode()
-        await close(writer)
-        await pair.settle()
 
-    pair.run(main())
+    run_http(pair, exchange, settle=True)
 
 
 def test_http_client_cut_short_during_upload(pair: Pair) -> None:

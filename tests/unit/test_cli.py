@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ustack import cli
-from ustack.cli import build_parser, serve_config
+from ustack.cli import build_parser, clients, serve_config
 
 
 @pytest.mark.parametrize(
@@ -247,7 +247,7 @@ def test_ss_shows_the_connections_that_agreed_to_ecn(
         "snd_wnd": 65535, "rto": 0.2, "pmtu": 1500, "mss": 1460, "timers": {},
     }  # fmt: skip
     reply = {"ok": True, "listening": [], "connections": [{**row, "ecn": True}, row]}
-    monkeypatch.setattr(cli, "request", lambda *_args, **_fields: reply)
+    monkeypatch.setattr(clients, "request", lambda *_args, **_fields: reply)
     assert cli.main(["ss", "--control", str(tmp_path / "c.sock")]) == 0
     agreed, plain = capsys.readouterr().out.splitlines()[1:]
     assert agreed.endswith(" ecn") and not plain.endswith(" ecn")

@@ -18,14 +18,9 @@ from test_trace import jsonl_lines, text_lines
 
 from ustack.counters import Counters
 from ustack.study import ladder, sentences
+from ustack.study.decode import decision_note, is_lost, segment_note
 from ustack.study.explain import explain
-from ustack.study.load import (
-    as_records,
-    decision_note,
-    is_lost,
-    load_trace,
-    segment_note,
-)
+from ustack.study.load import as_records, load_trace
 from ustack.trace.records import (
     _KINDS,
     READABLE_SCHEMAS,

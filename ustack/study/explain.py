@@ -12,17 +12,16 @@ import argparse
 import re
 from collections.abc import Iterable, Sequence
 
+from ustack.study.decode import is_lost, segment_note
 from ustack.study.load import (
     Record,
     TraceError,
     add_trace_arguments,
     as_records,
     choose_connection,
-    is_lost,
     read_connection,
     relative_numbers,
     report_error,
-    segment_note,
 )
 from ustack.study.sentences import (
     Context,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ustack.study import load
+from ustack.study.decode import is_lost
 from ustack.study.ladder_draw import draw_ascii, draw_mermaid, draw_svg
 from ustack.study.load import Record
 from ustack.trace.records import TraceEvent
@@ -177,7 +178,7 @@ def build_ladder(
                 direction,
                 event["flags"],
                 segment_label(event, absolute, numbers[id(event)]),
-                load.is_lost(event),
+                is_lost(event),
             )
             if pending_peer is not None:
                 row.peer_state = pending_peer[1]

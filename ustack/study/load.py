@@ -1,5 +1,6 @@
-"""Reading a trace: a JSONL file into records, one connection's records out
-of a trace, and the vocabulary members behind a record's strings.
+"""Reading a trace: a JSONL file into records and one connection's records
+out of a trace (a line into a checked record, and a record's strings back to
+the vocabulary: decode.py).
 
 `ustack ladder` and `ustack explain` both start here. A trace is read as
 plain dicts (schema 3, see docs/trace-format.md; schema 2 reads too), so a
@@ -18,42 +19,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import functools
-import json
 import os
-import re
 import shutil
 import stat
-import string
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from ustack.study.decode import RECORD_CLASSES, parse_event, parse_line
+from ustack.study.decode import Record as Record  # the readers' one name for a record
 from ustack.trace import records as trace_records
-from ustack.trace.vocabulary import LOST_NOTE, FaultAction, Note, SegmentNote
-
-Record = dict[str, Any]
+from ustack.trace.vocabulary import LOST_NOTE, FaultAction
 
 _MASK = 0xFFFFFFFF
 
 # The longest line read: an event is a few hundred bytes; a longer line is
 # skipped (and counted) without being held in memory whole.
 MAX_LINE_BYTES = 1 << 20
-
-_RECORD_CLASSES: dict[str, type] = {
-    "connection": trace_records.NewConnection,
-    "state": trace_records.StateChange,
-    "segment": trace_records.SegmentEvent,
-    "timer": trace_records.TimerEvent,
-    "decision": trace_records.Decision,
-    "drop": trace_records.Drop,
-    "peer_state": trace_records.PeerStateChange,
-    "fault": trace_records.FaultEvent,
-}
 
 
 class TraceError(Exception):
@@ -77,89 +62,7 @@ def report_error(exc: TraceError) -> int:
     return 1
 
 
-# ---- the fields of each record type --------------------------------------------------
-
-
-def _printable(value: object) -> bool:
-    # No control characters or lone surrogates: they would break a drawing's
-    # lines, an SVG's XML or the terminal's encoding.
-    return isinstance(value, str) and value.isprintable()
-
-
-def _integer(value: object) -> bool:
-    # The trace's integers are ports, 32-bit numbers and counts.
-    return type(value) is int and -(1 << 63) <= value < 1 << 63
-
-
-def _number(value: object) -> bool:
-    # NaN fails both comparisons; 1e400 reads as infinity and fails too.
-    return (type(value) is int or type(value) is float) and -1e18 < value < 1e18
-
-
-def _option_value(value: object) -> bool:
-    """What tcp/segment.options_dict writes: a number, True, hex text, the
-    TS pair or SACK blocks (lists of numbers, one level deep at most)."""
-    if isinstance(value, list):
-        return all(_integer(v) or (isinstance(v, list) and all(map(_integer, v))) for v in value)
-    return _integer(value) or value is True or _printable(value)
-
-
-def _options(value: object) -> bool:
-    return isinstance(value, dict) and all(
-        _printable(name) and _option_value(v) for name, v in value.items()
-    )
-
-
-# Each field's check, by its annotation in trace/records.py (the records are
-# the one description of the file). Any other annotation is a vocabulary
-# StrEnum, a State or an Event: written as text.
-_CHECKS: dict[str, Callable[[object], bool]] = {
-    "float": _number,
-    "int": _integer,
-    "bool": lambda value: type(value) is bool,
-    "int | None": lambda value: value is None or _integer(value),
-    "float | None": lambda value: value is None or _number(value),
-    "dict[str, Any]": _options,
-}
-# (name, check, required) per field: a field with a default may be absent
-# (old writers' output: "kind" is schema 3's).
-_FIELDS: dict[str, tuple[tuple[str, Callable[[object], bool], bool], ...]] = {
-    kind: tuple(
-        (
-            f.name,
-            _CHECKS.get(str(f.type), _printable),
-            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
-        )
-        for f in dataclasses.fields(cls)
-    )
-    for kind, cls in _RECORD_CLASSES.items()
-}
-
-
-def _fault(record: Record) -> str:
-    """What is wrong with an event record, or "" if nothing."""
-    kind = record.get("type")
-    if not isinstance(kind, str) or not _number(record.get("time")):
-        return "an event needs a 'type' and a numeric 'time'"
-    for name, check, required in _FIELDS.get(kind, ()):
-        if name not in record:
-            if required:
-                return f"{kind} event without {name}"
-        elif not check(record[name]):
-            return f"{kind} event with a bad {name}"
-    if kind in ("segment", "fault") and record["direction"] not in ("in", "out"):
-        return f"{kind} event with a bad direction"
-    return ""
-
-
 # ---- reading a file ------------------------------------------------------------------
-
-
-def _not_a_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_not_a_constant)
 
 
 class TraceFile:
@@ -194,11 +97,11 @@ class TraceFile:
         for number, line, fault in lines:
             if needles is not None and not any(needle in line for needle in needles):
                 continue
-            record, fault = _event(line) if not fault else (None, fault)
+            record, fault = parse_event(line) if not fault else (None, fault)
             if record is None:
                 if needles is None:
                     self._skip(number, fault)
-            elif record["type"] in _RECORD_CLASSES:
+            elif record["type"] in RECORD_CLASSES:
                 yield record  # (another type, a later writer's, is no concern of ours)
 
     def _lines(self) -> Iterator[tuple[int, bytes, str]]:
@@ -221,7 +124,7 @@ class TraceFile:
             self.first_skipped = f"line {number}: {fault}"
 
     def _check_header(self, number: int, line: bytes, fault: str) -> None:
-        header, fault = _parse(line) if not fault else (None, fault)
+        header, fault = parse_line(line) if not fault else (None, fault)
         if header is None or header.get("type") != "header" or "schema" not in header:
             # (a pcap, say): say what the first line is, if it is not even JSON
             why = f" (line {number} is {fault})" if fault else " (the first line is not its header)"
@@ -239,31 +142,6 @@ class TraceFile:
         lines = "line" if self.skipped == 1 else "lines"
         first = self.first_skipped
         return f"{self.name}: skipped {self.skipped:,} malformed {lines} (the first, {first})"
-
-
-def _parse(line: bytes) -> tuple[Record | None, str]:
-    """The record of a line, or None and what is wrong with it."""
-    try:
-        record = _DECODER.decode(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        return None, "not UTF-8"
-    except json.JSONDecodeError as exc:
-        return None, f"not JSON ({exc.msg}, column {exc.pos + 1})"
-    except RecursionError:  # [[[[... : the decoder's own depth limit
-        return None, "not JSON (nested too deeply)"
-    except ValueError as exc:  # NaN, Infinity, an integer of thousands of digits
-        return None, f"not JSON ({str(exc).split(':')[0]})"
-    if not isinstance(record, dict):
-        return None, "not a JSON object"
-    return record, ""
-
-
-def _event(line: bytes) -> tuple[Record | None, str]:
-    """The event of a line, or None and what is wrong with it."""
-    record, fault = _parse(line)
-    if record is not None:
-        fault = _fault(record)
-    return (None, fault) if fault else (record, "")
 
 
 @contextlib.contextmanager
@@ -366,51 +244,6 @@ def _state_of(records: list[Record], conn: int | None) -> str:
         if record.get("type") == "segment":
             return str(record["state_after"])
     return ""
-
-
-# ---- the vocabulary behind a record's strings ------------------------------------------
-
-
-def is_lost(segment: Record) -> bool:
-    """Whether the fault injector dropped this segment (see _fold_faults)."""
-    return LOST_NOTE in (segment.get("note") or "")
-
-
-def segment_note(segment: Record) -> SegmentNote | None:
-    """Why the segment went out, the fault injector's mark left aside;
-    None for a note this build does not know (a foreign or edited trace)."""
-    text = (segment.get("note") or "").removesuffix(LOST_NOTE).rstrip()
-    try:
-        return SegmentNote(text)
-    except ValueError:
-        return None
-
-
-@functools.cache
-def _sentence_pattern(note: Note) -> re.Pattern[str]:
-    """The Note's sentence with each "{field}" a named group."""
-    pattern = ""
-    for literal, name, _spec, _conversion in string.Formatter().parse(note.text):
-        pattern += re.escape(literal)
-        if name is not None:
-            pattern += f"(?P<{name}>.*?)"
-    return re.compile(pattern)
-
-
-_NOTES_BY_KIND = {note.kind: note for note in Note}
-
-
-def decision_note(decision: Record) -> tuple[Note | None, dict[str, str]]:
-    """The Note behind a decision, and the values in its sentence: found by
-    its kind (schema 3), else (a schema 2 trace, or a writer that gave no
-    kind) by the sentence each Note's text makes. (None, {}) if neither."""
-    what = str(decision.get("what", ""))
-    named = _NOTES_BY_KIND.get(str(decision.get("kind") or ""))
-    for note in [named] if named is not None else list(Note):
-        match = _sentence_pattern(note).fullmatch(what)
-        if match is not None:
-            return note, match.groupdict()
-    return (named, {}) if named is not None else (None, {})
 
 
 # ---- connections -----------------------------------------------------------------------

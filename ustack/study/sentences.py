@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ustack.study.load import Record, decision_note, is_lost, segment_note
+from ustack.study.decode import decision_note, is_lost, segment_note
+from ustack.study.load import Record
 from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.trace.vocabulary import Note, Rule, SegmentNote, TimerKind
 

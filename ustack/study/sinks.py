@@ -205,7 +205,20 @@ def format_event(event: TraceEvent) -> tuple[str, str]:
     return kind, f"{'#' + ('-' if conn is None else str(conn)):<6} {text}"
 
 
+# The lines that are only their record's fields: (colour class, template of
+# the record `e`).
+_TEMPLATE_LINES: dict[type, tuple[str, str]] = {
+    StateChange: ("state", "state {e.old} -> {e.new}  ({e.event.name}; {e.rule}: {e.why})"),
+    Decision: ("decision", "note  {e.what} ({e.rule})"),
+    Drop: ("drop", "drop  {e.layer}: {e.reason} {e.summary}"),  # the summary may be ""
+}
+
+
 def _event_text(event: TraceEvent) -> tuple[str, str]:
+    template_line = _TEMPLATE_LINES.get(type(event))
+    if template_line is not None:
+        kind, template = template_line
+        return kind, template.format(e=event).rstrip()
     if isinstance(event, SegmentEvent):
         arrow = ">" if event.direction == "in" else "<"
         ends = (
@@ -224,32 +237,26 @@ def _event_text(event: TraceEvent) -> tuple[str, str]:
             f"{' ' + event.ecn if event.ecn else ''}"
             f"{format_options(event.options)}  {states}{note}"
         )
-    if isinstance(event, StateChange):
-        return "state", (
-            f"state {event.old} -> {event.new}  ({event.event.name}; {event.rule}: {event.why})"
-        )
     if isinstance(event, NewConnection):
         how = "passive" if event.passive else "active"
         return "state", (
             f"new   {endpoint(event.local, event.local_port)} <-> "
             f"{endpoint(event.remote, event.remote_port)} ({how} open)"
         )
-    if isinstance(event, FaultEvent):
-        extra = f" by {event.delay:.3f}s" if event.action == FaultAction.DELAY else ""
-        return "drop", (
-            f"fault {event.action}{extra} {event.direction} {event.flags} "
-            f"seq {event.rel_seq} ack {event.rel_ack} len {event.length} (rule {event.rule})"
-        )
     if isinstance(event, PeerStateChange):
+        # (not a template: an IPv6 end is bracketed beside its port)
         return "state", (
             f"peer  {endpoint(event.remote, event.remote_port)} (Linux) {event.old} -> {event.new}"
         )
     if isinstance(event, TimerEvent):
         when = f" at +{event.deadline - event.time:.3f}s" if event.deadline is not None else ""
         return "timer", f"timer {event.timer} {event.action}{when}"
-    if isinstance(event, Decision):
-        return "decision", f"note  {event.what} ({event.rule})"
-    return "drop", f"drop  {event.layer}: {event.reason} {event.summary}".rstrip()
+    assert isinstance(event, FaultEvent), event
+    extra = f" by {event.delay:.3f}s" if event.action == FaultAction.DELAY else ""
+    return "drop", (
+        f"fault {event.action}{extra} {event.direction} {event.flags} "
+        f"seq {event.rel_seq} ack {event.rel_ack} len {event.length} (rule {event.rule})"
+    )
 
 
 def pcap_header(snaplen: int = 65535) -> bytes:

@@ -1,4 +1,5 @@
-"""`ustack serve`: the stack on a TUN device, its services and its control socket."""
+"""`ustack serve`: the stack on a TUN device, its services and its control socket
+(its reports in reports.py, what it does as a process in process.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import dataclasses
 import gc
 import ipaddress
 import logging
-import os
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ustack.api import StackServer, open_connection, start_server
+from ustack.daemon.process import finish_tasks, notify_ready, reopen_log_files
+from ustack.daemon.reports import connection_row, fault_event, format_counters
 from ustack.linux.control import (
     CHUNK_ROWS,
     PROTOCOL_VERSION,
@@ -42,13 +43,12 @@ from ustack.study.faults import (
     parse_rule,
 )
 from ustack.study.sinks import TraceFilter, TraceRotation, TraceSinks, TraceSpec
-from ustack.tcp import seq
-from ustack.tcp.connection import TcpConfig, TcpConnection
-from ustack.tcp.segment import flag_string
-from ustack.trace.records import FaultEvent, dotted
+from ustack.tcp.connection import TcpConfig
+from ustack.trace.records import dotted
 from ustack.wire.checksum import Buffer
-from ustack.wire.ipv4 import PROTO_TCP
-from ustack.wire.tcp import TCP_FIXED
+
+# connection_row and fault_event are the reports module's, named here too (bench, tests).
+__all__ = ["Daemon", "ServeConfig", "connection_row", "fault_event", "serve"]
 
 log = logging.getLogger("ustack")
 
@@ -165,10 +165,10 @@ class Daemon:
                 loop.add_signal_handler(signum, self._stop, signal.Signals(signum).name)
             loop.add_signal_handler(signal.SIGHUP, self._reopen)
             log.info("stack at %s on %s, ready", self.config.address, link.name)
-            _notify_ready(self.config.ready_fd)
+            notify_ready(self.config.ready_fd)
             await self._stopped.wait()
             self._reset_all()
-            await _finish_tasks()
+            await finish_tasks()
         finally:
             loop.remove_reader(link.fd)
             for handle in self._held:  # packets a delay fault still holds: dropped
@@ -179,7 +179,7 @@ class Daemon:
                 await control.close()
             link.close()
             self._traces.close()
-            log.info("counters: %s", _format_counters(self.stack.counters))
+            log.info("counters: %s", format_counters(self.stack.counters))
         return self._exit_code
 
     def _start_peer_states(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -301,7 +301,7 @@ class Daemon:
     def _reopen(self) -> None:
         """SIGHUP, logrotate's convention: after `mv FILE FILE.1`, the log and
         the traces go on in a new FILE; the one moved aside is complete."""
-        logs = _reopen_log_files()
+        logs = reopen_log_files()
         traces = self._traces.reopen()
         log.info("SIGHUP: reopened %d log file(s) and %d trace file(s)", logs, traces)
 
@@ -451,36 +451,10 @@ def _connect_target(request: dict[str, Any]) -> tuple[str, int] | None:
     return (host, port) if 0 < port < 65536 else None
 
 
-def connection_row(
-    address: int, key: tuple[int, int, int], conn: TcpConnection, now: float
-) -> dict[str, Any]:
-    """One row of the "connections" control reply (and of `ustack ss`)."""
-    remote, remote_port, local_port = key
-    return {
-        "id": conn.conn_id,
-        "state": str(conn.state),
-        "local": f"{dotted(address)}:{local_port}",
-        "remote": f"{dotted(remote)}:{remote_port}",
-        "send_queue": conn.unsent_bytes,
-        "recv_queue": conn.readable_bytes,
-        # Relative to our ISS and the peer's IRS, as in the trace.
-        "snd_una": (conn.snd_una - conn.iss) & 0xFFFFFFFF,
-        "snd_nxt": (conn.snd_nxt - conn.iss) & 0xFFFFFFFF,
-        "rcv_nxt": (conn.rcv_nxt - conn.irs) & 0xFFFFFFFF,
-        # The origins, for tools that need absolute numbers.
-        "iss": conn.iss,
-        "irs": conn.irs,
-        "snd_wnd": conn.snd_wnd,
-        "rcv_wnd": max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 0),  # as advertised
-        "rto": round(conn.rto, 3),
-        # The path MTU to the peer (RFC 1191: lowered by ICMP fragmentation
-        # needed) and the payload per segment it leaves (timestamps excluded).
-        "pmtu": conn.path_mtu,
-        "mss": conn.mss,
-        "srtt": None if conn.srtt is None else round(conn.srtt, 6),
-        "ecn": conn.ecn_ok,  # agreed in the handshake (RFC 3168 6.1.1)
-        "timers": {name: round(deadline - now, 3) for name, deadline in conn.timers().items()},
-    }
+def _bounded_float(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
+        raise ValueError(f'"{name}" is a number of seconds, 0..86400')
+    return float(value)
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -493,110 +467,6 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
             sink.write_eof()
     except (ConnectionError, RuntimeError):
         pass
-
-
-async def _finish_tasks() -> None:
-    """Let the services see their connections reset and return, then cancel
-    what is left, so shutdown logs no tracebacks of cancelled handlers."""
-    for _ in range(3):
-        await asyncio.sleep(0)  # connection_lost runs, readers raise, handlers end
-    current = asyncio.current_task()
-    pending = [task for task in asyncio.all_tasks() if task is not current]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _reopen_log_files() -> int:
-    """Open every log file again at its path (--log-file); how many were."""
-    reopened = 0
-    for handler in logging.getLogger().handlers:
-        if not isinstance(handler, logging.FileHandler):
-            continue
-        try:
-            stream = open(handler.baseFilename, "a", encoding=handler.encoding)  # noqa: SIM115 (the handler's from now on)
-        except OSError as exc:
-            log.error("cannot reopen the log file %s: %s", handler.baseFilename, exc.strerror)
-            continue
-        old = handler.setStream(stream)
-        if old is not None:
-            old.close()
-        reopened += 1
-    return reopened
-
-
-def _bounded_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
-        raise ValueError(f'"{name}" is a number of seconds, 0..86400')
-    return float(value)
-
-
-def fault_event(
-    stack: Stack, direction: str, packet: Buffer, verdict: Verdict, now: float
-) -> FaultEvent:
-    """The trace event for a packet the injector acted on. Any bytes at all
-    may come in (the stack's own parsers count a malformed packet as a drop
-    afterwards): what the header lengths do not cover is left at zero."""
-    assert verdict.rule is not None
-    local = dotted(stack.tcp.address)
-    remote_int = int.from_bytes(packet[16:20] if direction == "out" else packet[12:16], "big")
-    fields: dict[str, Any] = dict.fromkeys(("local_port", "remote_port", "seq", "ack"), 0)
-    flags, rel_seq, rel_ack, length, window, conn_id = "", 0, 0, 0, 0, None
-    ihl = (packet[0] & 0x0F) * 4 if packet else 0
-    if len(packet) >= 20 and packet[9] == PROTO_TCP and ihl >= 20 and len(packet) >= ihl + 20:
-        sport, dport, seq_no, ack_no, offset, bits, window, _, _ = TCP_FIXED.unpack_from(
-            packet, ihl
-        )
-        local_port, remote_port = (sport, dport) if direction == "out" else (dport, sport)
-        fields.update(local_port=local_port, remote_port=remote_port, seq=seq_no, ack=ack_no)
-        flags = flag_string(bits)
-        length = max(len(packet) - ihl - (offset >> 4) * 4, 0)
-        conn = stack.tcp.connections.get((remote_int, remote_port, local_port))
-        rel_seq, rel_ack = seq_no, ack_no
-        if conn is not None:
-            conn_id = conn.conn_id
-            ours, theirs = (conn.iss, conn.irs) if direction == "out" else (conn.irs, conn.iss)
-            rel_seq = (seq_no - ours) & 0xFFFFFFFF
-            rel_ack = (ack_no - theirs) & 0xFFFFFFFF
-    return FaultEvent(
-        time=now,
-        conn=conn_id,
-        direction=direction,
-        action=verdict.rule.action,
-        rule=verdict.rule.id,
-        local=local,
-        remote=dotted(remote_int),
-        flags=flags,
-        rel_seq=rel_seq,
-        rel_ack=rel_ack,
-        length=length,
-        window=window,
-        delay=verdict.delay,
-        **fields,
-    )
-
-
-def _notify_ready(ready_fd: int | None) -> None:
-    """Tell whoever started us that the device is up and packets flow:
-    a line on --ready-fd, and sd_notify(READY=1) under systemd Type=notify."""
-    if ready_fd is not None:
-        try:
-            os.write(ready_fd, b"ready\n")
-            os.close(ready_fd)
-        except OSError as exc:
-            log.warning("cannot write to --ready-fd %d: %s", ready_fd, exc.strerror)
-    notify_socket = os.environ.get("NOTIFY_SOCKET")
-    if notify_socket:
-        address = "\0" + notify_socket[1:] if notify_socket.startswith("@") else notify_socket
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.sendto(b"READY=1", address)
-            except OSError as exc:
-                log.warning("sd_notify failed: %s", exc.strerror)
-
-
-def _format_counters(counters: dict[str, int]) -> str:
-    return ", ".join(f"{name}={value}" for name, value in sorted(counters.items())) or "none"
 
 
 def serve(config: ServeConfig) -> int:

@@ -1,0 +1,143 @@
+"""The commands that talk to a running daemon over its control socket:
+stats, ss, fault, config and connect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import threading
+from typing import Any
+
+from ustack.cli.args import control_path, fault_rule, parse_seconds
+from ustack.linux.control import ControlError, encode, request
+from ustack.study.faults import __doc__ as faults_module_doc
+
+
+def faults_doc() -> str:
+    return (faults_module_doc or "").split("\n\n", 1)[-1]
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    reply = request(control_path(args), "stats")
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif not reply.get("ok"):
+        raise ControlError(str(reply.get("error")))
+    else:
+        counters = reply["counters"]
+        width = max((len(name) for name in counters), default=0)
+        for name, value in counters.items():
+            print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def ss_command(args: argparse.Namespace) -> int:
+    reply = request(control_path(args), "connections")
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error")))
+    print(f"{'State':<13} {'Recv-Q':>7} {'Send-Q':>7}  {'Local':<22} {'Peer':<22} Details")
+    for local in reply["listening"]:
+        print(f"{'LISTEN':<13} {0:>7} {0:>7}  {local:<22} {'0.0.0.0:*':<22}")
+    for row in reply["connections"]:
+        timers = ",".join(f"{name}:{left:.3f}s" for name, left in row["timers"].items())
+        print(
+            f"{row['state']:<13} {row['recv_queue']:>7} {row['send_queue']:>7}  "
+            f"{row['local']:<22} {row['remote']:<22} #{row['id']} "
+            f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']} "
+            f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s pmtu {row['pmtu']} mss {row['mss']}"
+            + (" ecn" if row.get("ecn") else "")
+            + (f" timers {timers}" if timers else "")
+        )
+    return 0
+
+
+def fault_command(args: argparse.Namespace) -> int:
+    path = control_path(args)
+    if args.do in ("list", "clear"):
+        fields: dict[str, Any] = {"do": args.do}  # JSON values
+        if args.do == "clear" and args.id is not None:
+            fields["id"] = args.id
+    else:
+        options = {
+            "dir": args.dir,
+            "flags": args.flags,
+            "port": args.port,
+            "nth": args.nth,
+            "count": args.count,
+            "prob": args.prob,
+            "delay": args.delay,
+            "only": 1 if args.only else None,
+        }
+        text = ",".join(f"{k}={v}" for k, v in options.items() if v is not None)
+        rule = f"{args.do}:{text}" if text else args.do
+        fault_rule(rule)  # a bad rule is reported here, before the daemon is asked
+        fields = {"do": "add", "rule": rule}
+    reply = request(path, "fault", **fields)
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error")))
+    if "rule" in reply:
+        print(f"rule {reply['rule']['id']} added")
+    elif "removed" in reply:
+        print(f"{reply['removed']} rule(s) removed")
+    else:
+        for rule in reply["rules"]:
+            shown = {k: v for k, v in rule.items() if v not in (None, False)}
+            print(" ".join(f"{k}={v}" for k, v in shown.items()))
+    return 0
+
+
+def config_command(args: argparse.Namespace) -> int:
+    path = control_path(args)
+    fields = {
+        "msl": None if args.msl is None else parse_seconds(args.msl, "--msl"),
+        "fin_timeout": None
+        if args.fin_timeout is None
+        else parse_seconds(args.fin_timeout, "--fin-timeout"),
+        "time_wait_rst": args.time_wait_rst,
+    }
+    reply = request(path, "config", **{k: v for k, v in fields.items() if v is not None})
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error")))
+    for key in ("msl", "fin_timeout", "time_wait_rst"):
+        print(f"{key:<14} {reply[key]}")
+    return 0
+
+
+def connect_command(args: argparse.Namespace) -> int:
+    """Splice stdin/stdout with a connection the daemon opens (half-close aware)."""
+    path = control_path(args)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError as exc:
+        raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror or exc}") from None
+    with sock:
+        try:
+            sock.sendall(encode({"command": "connect", "host": args.host, "port": args.port}))
+            stream = sock.makefile("rb", buffering=0)
+            reply = json.loads(stream.readline() or b"{}")
+        except (OSError, ValueError) as exc:
+            raise ControlError(f"the daemon at {path} failed the request: {exc}") from None
+        if not reply.get("ok"):
+            raise ControlError(str(reply.get("error", "the daemon closed the connection")))
+
+        def upload() -> None:
+            with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as stdin:
+                try:
+                    while data := stdin.read(65536):
+                        sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)  # our EOF becomes the stack's FIN
+                except OSError:
+                    pass  # the connection is gone: the download side sees it and ends
+
+        threading.Thread(target=upload, daemon=True).start()
+        out = sys.stdout.buffer
+        try:
+            while data := sock.recv(65536):
+                out.write(data)
+                out.flush()
+        except ConnectionError as exc:
+            raise ControlError(f"the connection to {args.host}:{args.port} broke: {exc}") from None
+    return 0

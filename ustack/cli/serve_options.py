@@ -1,0 +1,493 @@
+"""`ustack serve`'s options and their validation: the command line to a ServeConfig."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+from ustack.api import STREAM_LIMIT
+from ustack.cli.args import (
+    PORT,
+    UsageError,
+    add_control_option,
+    bounded_int,
+    check_device,
+    control_path,
+    fault_rule,
+    parse_count,
+    parse_seconds,
+)
+from ustack.daemon import ServeConfig
+from ustack.linux.tun import LinkConfig
+from ustack.net.fragments import FragmentLimits
+from ustack.net.pmtu import DEFAULT_MIN_PMTU
+from ustack.net.ratelimit import IcmpLimits
+from ustack.services import SERVICES, HttpLimits
+from ustack.study.sinks import TRACE_FORMATS, TraceFilter, TraceRotation, TraceSpec, format_for
+from ustack.tcp import congestion
+from ustack.tcp.config import ECN_MODES
+from ustack.tcp.connection import TcpConfig
+
+MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
+MAX_MTU = 65535
+# Kernel filesystems whose files are knobs and reports, not places for a trace.
+PSEUDO_FILESYSTEMS = frozenset(
+    {"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup", "cgroup2", "configfs",
+     "bpf", "efivarfs", "pstore", "devpts", "mqueue", "hugetlbfs", "fusectl"}
+)  # fmt: skip
+MIN_TRACE_BYTES = 4096  # a few records a file at least: smaller rotates nearly every event
+MAX_TRACE_KEEP = 1000
+
+
+def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
+    """Every `ustack serve` option, in the order `ustack serve --help` lists them."""
+    serve_cmd.add_argument("-d", "--device", default="tun0", help="TUN device (default: tun0)")
+    serve_cmd.add_argument(
+        "--linux-address",
+        default="198.18.0.1/24",
+        help="the kernel's address and prefix on the TUN (default: 198.18.0.1/24)",
+    )
+    serve_cmd.add_argument(
+        "-a", "--address", default="198.18.0.2", help="the stack's address (default: 198.18.0.2)"
+    )
+    serve_cmd.add_argument(
+        "--mtu",
+        help="MTU (default: 1500 on a new device, the device's own on an existing one)",
+    )
+    serve_cmd.add_argument(
+        "--services",
+        default=",".join(SERVICES),
+        help="services to run, NAME or NAME:PORT, comma-separated; '' for none "
+        f"(default: {','.join(f'{n}:{p}' for n, (p, _) in SERVICES.items())})",
+    )
+    serve_cmd.add_argument(
+        "--msl", default="30", help="maximum segment lifetime, s; TIME_WAIT is 2*MSL (default 30)"
+    )
+    serve_cmd.add_argument(
+        "--fin-timeout",
+        default="60",
+        help="an orphaned FIN_WAIT_2 is dropped after this many seconds (default 60)",
+    )
+    serve_cmd.add_argument(
+        "--time-wait-rst",
+        choices=["ignore", "close"],
+        default="ignore",
+        help="a RST in TIME_WAIT: ignore it (RFC 1337, default) or close",
+    )
+    serve_cmd.add_argument(
+        "--trace",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="write the trace to FILE ('-': stderr); may be given several times",
+    )
+    serve_cmd.add_argument(
+        "--trace-format",
+        action="append",
+        default=[],
+        choices=TRACE_FORMATS,
+        help="format of the matching --trace (in order); default from the file name: "
+        ".pcap pcap, .jsonl jsonl, else text",
+    )
+    serve_cmd.add_argument(
+        "--trace-port", type=PORT, action="append", default=[], help="trace only this port"
+    )
+    serve_cmd.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="a fault rule from the start, e.g. drop:dir=out,flags=FIN,count=1 (see ustack fault)",
+    )
+    serve_cmd.add_argument(
+        "--fault-seed",
+        type=bounded_int(0, 2**64 - 1),
+        help="seed the fault injector's random choices (reproducible runs)",
+    )
+    serve_cmd.add_argument(
+        "--peer-states",
+        action="store_true",
+        help="also trace the Linux peers' own states (kernel tracepoint; needs root)",
+    )
+    serve_cmd.add_argument(
+        "--trace-host", action="append", default=[], help="trace only this address"
+    )
+    serve_cmd.add_argument(
+        "--congestion",
+        choices=sorted(congestion.ALGORITHMS),
+        default="cubic",
+        help="congestion control (default: cubic, as Linux)",
+    )
+    serve_cmd.add_argument(
+        "--ecn",
+        choices=ECN_MODES,
+        default="passive",
+        help="ECN (RFC 3168): off; passive, agree when a peer asks (default, Linux "
+        "tcp_ecn=2); on, ask in our SYNs too (Linux tcp_ecn=1)",
+    )
+    serve_cmd.add_argument(
+        "--no-nagle", action="store_true", help="TCP_NODELAY for every connection"
+    )
+    serve_cmd.add_argument(
+        "--keepalive", metavar="SECONDS", help="probe connections idle this long (default: off)"
+    )
+    serve_cmd.add_argument(
+        "--syn-retries",
+        metavar="N",
+        help="SYN retransmissions before a connect fails with ETIMEDOUT (default 6: after "
+        "123 s; 1: after 3 s), as Linux's tcp_syn_retries",
+    )
+    serve_cmd.add_argument(
+        "--max-connections",
+        metavar="N",
+        help="connections in every state the stack keeps at most (default 65536); beyond, "
+        "new SYNs are dropped (the oldest TIME_WAIT gives way first)",
+    )
+    _add_rate_limit_options(serve_cmd)
+    serve_cmd.add_argument(
+        "--ipfrag-high-thresh",
+        metavar="BYTES",
+        help="memory for IPv4 fragments being reassembled (default 4194304, Linux's "
+        "ipfrag_high_thresh); past it the oldest incomplete datagram is dropped; 0: none kept",
+    )
+    serve_cmd.add_argument(
+        "--ipfrag-time",
+        metavar="SECONDS",
+        help="how long an incomplete datagram's fragments are kept (default 30, Linux's "
+        "ipfrag_time); then ICMP Time Exceeded if the first fragment came",
+    )
+    serve_cmd.add_argument(
+        "--min-pmtu",
+        metavar="BYTES",
+        help=f"the least path MTU an ICMP fragmentation needed may set (default "
+        f"{DEFAULT_MIN_PMTU}, Linux's min_pmtu; 68..65535): a smaller one is taken as this",
+    )
+    serve_cmd.add_argument(
+        "--mtu-probing",
+        action="store_true",
+        help="path MTU black-hole detection (RFC 4821, Linux tcp_mtu_probing=1): after "
+        "repeated timeouts with no ICMP, a smaller MSS (1024, then halved)",
+    )
+    serve_cmd.add_argument(
+        "--no-offload",
+        action="store_true",
+        help="no GSO/TSO/checksum offload on the TUN: every segment as it goes on the wire",
+    )
+    _add_http_options(serve_cmd)
+    add_control_option(serve_cmd)
+    serve_cmd.add_argument("--no-control", action="store_true", help="run without control socket")
+    serve_cmd.add_argument(
+        "--ready-fd",
+        type=bounded_int(0, 2**31 - 1),
+        help="write 'ready' to this fd once packets flow, then close it",
+    )
+    serve_cmd.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    # The daemon's files over a long life: a log file, traces rotated (issue 13).
+    serve_cmd.add_argument(
+        "--log-file", type=Path, help="log to FILE, not stderr (SIGHUP reopens it, as the traces)"
+    )
+    serve_cmd.add_argument(
+        "--trace-max-bytes",
+        metavar="N",
+        help=f"rotate each trace file at N bytes ({MIN_TRACE_BYTES}..): FILE -> FILE.1, a new FILE",
+    )
+    serve_cmd.add_argument(
+        "--trace-keep",
+        default="1",
+        metavar="K",
+        help=f"rotated trace files kept: FILE.1..FILE.K (1..{MAX_TRACE_KEEP}, default 1)",
+    )
+
+
+# ---- the HTTP service's limits: --http-NAME for each field of HttpLimits ----------------------
+
+HTTP_OPTIONS = {  # field: (help, what a value is)
+    "max_requests": ("requests per connection; the last answer closes it", "count"),
+    "idle_timeout": ("seconds a kept-alive connection may wait for its next request", "seconds"),
+    "head_timeout": ("seconds for a whole request head (slowloris)", "seconds"),
+    "body_timeout": ("seconds a request body may stall", "seconds"),
+    "max_head": (f"bytes of request head, at most {STREAM_LIMIT} (else 431)", "bytes"),
+    "max_request_line": ("bytes of request line (else 414)", "bytes"),
+}
+
+
+def _add_rate_limit_options(serve_cmd: argparse.ArgumentParser) -> None:
+    """Linux's ICMP and invalid-ACK rate limits, under their sysctl names."""
+    serve_cmd.add_argument(
+        "--icmp-ratelimit",
+        metavar="MS",
+        help="ICMP errors to one destination: one per MS ms, bursts of 6 (default 1000, "
+        "Linux icmp_ratelimit; 0: no limit per destination)",
+    )
+    serve_cmd.add_argument(
+        "--icmp-msgs-per-sec",
+        metavar="N",
+        help="ICMP errors from the stack, all destinations: N a second (default 1000, "
+        "Linux icmp_msgs_per_sec)",
+    )
+    serve_cmd.add_argument(
+        "--icmp-msgs-burst",
+        metavar="N",
+        help="... and at most N at once (default 50, Linux icmp_msgs_burst)",
+    )
+    serve_cmd.add_argument(
+        "--icmp-ratemask",
+        metavar="MASK",
+        help="the ICMP types limited, bit N for type N (default 6168: 3, 4, 11, 12, "
+        "Linux icmp_ratemask; 0: none)",
+    )
+    serve_cmd.add_argument(
+        "--tcp-invalid-ratelimit",
+        metavar="MS",
+        help="ACKs for out-of-window segments, PAWS rejects and challenges: one per MS ms "
+        "per connection (default 500, Linux tcp_invalid_ratelimit; 0: every one)",
+    )
+
+
+def _icmp_limits(args: argparse.Namespace) -> IcmpLimits:
+    default = IcmpLimits()
+    return IcmpLimits(
+        ratelimit=parse_count(
+            args.icmp_ratelimit, "--icmp-ratelimit", 0, 3_600_000, int(default.ratelimit * 1000)
+        )
+        / 1000,
+        msgs_per_sec=parse_count(
+            args.icmp_msgs_per_sec, "--icmp-msgs-per-sec", 0, 10_000_000, default.msgs_per_sec
+        ),
+        msgs_burst=parse_count(
+            args.icmp_msgs_burst, "--icmp-msgs-burst", 0, 10_000_000, default.msgs_burst
+        ),
+        ratemask=parse_count(args.icmp_ratemask, "--icmp-ratemask", 0, 2**32 - 1, default.ratemask),
+    )
+
+
+def _add_http_options(serve_cmd: argparse.ArgumentParser) -> None:
+    defaults = HttpLimits()
+    for name, (meaning, kind) in HTTP_OPTIONS.items():
+        serve_cmd.add_argument(
+            "--http-" + name.replace("_", "-"),
+            metavar={"seconds": "S", "count": "N", "bytes": "BYTES"}[kind],
+            help=f"{meaning} (default {getattr(defaults, name):g})",
+        )
+
+
+def _http_limits(args: argparse.Namespace) -> HttpLimits:
+    values: dict[str, float] = {}
+    for name, (_, kind) in HTTP_OPTIONS.items():
+        text, flag = getattr(args, "http_" + name), "--http-" + name.replace("_", "-")
+        if text is None:
+            continue
+        if kind == "seconds":
+            values[name] = parse_seconds(text, flag)
+            if values[name] == 0:
+                raise UsageError(f"bad {flag} 0: want seconds > 0")
+        else:
+            values[name] = parse_count(text, flag, 1, None, 0)
+    limits = HttpLimits(**values)  # type: ignore[arg-type]
+    if limits.max_head > STREAM_LIMIT:
+        raise UsageError(f"bad --http-max-head {limits.max_head}: at most {STREAM_LIMIT}")
+    return limits
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """Validate the serve arguments; UsageError says which one is wrong."""
+    try:
+        linux_side = ipaddress.IPv4Interface(args.linux_address)
+    except ValueError:
+        raise UsageError(f"bad --linux-address {args.linux_address!r}: want A.B.C.D/LEN") from None
+    try:
+        address = ipaddress.IPv4Address(args.address)
+    except ValueError:
+        raise UsageError(f"bad --address {args.address!r}: want A.B.C.D") from None
+    network = linux_side.network
+    if address == linux_side.ip:
+        raise UsageError(f"--address {address} is the Linux side's own address")
+    if address not in network or (
+        network.prefixlen < 31 and address in (network.network_address, network.broadcast_address)
+    ):
+        raise UsageError(f"--address {address} is not a host address in {network}")
+    mtu = None
+    if args.mtu is not None:
+        try:
+            mtu = int(args.mtu)
+        except ValueError:
+            raise UsageError(f"bad --mtu {args.mtu!r}: want a number") from None
+        if not MIN_MTU <= mtu <= MAX_MTU:
+            raise UsageError(f"bad --mtu {mtu}: want {MIN_MTU}..{MAX_MTU}")
+    check_device(args.device)
+    control = None if args.no_control else control_path(args)
+    tcp = TcpConfig(
+        msl=parse_seconds(args.msl, "--msl"),
+        fin_wait_2_timeout=parse_seconds(args.fin_timeout, "--fin-timeout"),
+        rfc1337=args.time_wait_rst == "ignore",
+        congestion_control=args.congestion,
+        ecn=args.ecn,
+        nagle=not args.no_nagle,
+        keepalive_idle=_keepalive(args.keepalive),
+        syn_retries=parse_count(args.syn_retries, "--syn-retries", 0, 127, TcpConfig.syn_retries),
+        max_connections=parse_count(
+            args.max_connections, "--max-connections", 1, 10_000_000, TcpConfig.max_connections
+        ),
+        invalid_ack_ratelimit=parse_count(
+            args.tcp_invalid_ratelimit,
+            "--tcp-invalid-ratelimit",
+            0,
+            3_600_000,
+            int(TcpConfig.invalid_ack_ratelimit * 1000),
+        )
+        / 1000,
+        mtu_probing=args.mtu_probing,
+    )
+    if args.ready_fd is not None:
+        try:
+            os.fstat(args.ready_fd)
+        except OSError:
+            raise UsageError(
+                f"bad --ready-fd {args.ready_fd}: not an open file descriptor"
+            ) from None
+    return ServeConfig(
+        link=LinkConfig(
+            device=args.device, linux_side=linux_side, mtu=mtu, offload=not args.no_offload
+        ),
+        address=address,
+        tcp=tcp,
+        services=_services(args.services),
+        control_path=control,
+        ready_fd=args.ready_fd,
+        traces=_trace_specs(args),
+        trace_filter=TraceFilter(frozenset(args.trace_port), frozenset(args.trace_host)),
+        trace_rotation=_trace_rotation(args),
+        peer_states=args.peer_states,
+        faults=[fault_rule(text) for text in args.fault],
+        fault_seed=args.fault_seed,
+        http=_http_limits(args),
+        fragments=_fragment_limits(args),
+        icmp=_icmp_limits(args),
+        min_pmtu=parse_count(args.min_pmtu, "--min-pmtu", MIN_MTU, MAX_MTU, DEFAULT_MIN_PMTU),
+    )
+
+
+def _fragment_limits(args: argparse.Namespace) -> FragmentLimits:
+    defaults = FragmentLimits()
+    timeout = defaults.timeout
+    if args.ipfrag_time is not None:
+        timeout = parse_seconds(args.ipfrag_time, "--ipfrag-time")
+        if timeout == 0:
+            raise UsageError("bad --ipfrag-time 0: want seconds > 0")
+    high_thresh = parse_count(
+        args.ipfrag_high_thresh, "--ipfrag-high-thresh", 0, 2**31 - 1, defaults.high_thresh
+    )
+    return FragmentLimits(high_thresh=high_thresh, timeout=timeout)
+
+
+def _keepalive(text: str | None) -> float | None:
+    if text is None:
+        return None
+    seconds = parse_seconds(text, "--keepalive")
+    if seconds <= 0:
+        raise UsageError(f"bad --keepalive {text}: want seconds > 0 (leave it out for none)")
+    return seconds
+
+
+def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
+    if len(args.trace_format) > len(args.trace):
+        raise UsageError("more --trace-format than --trace")
+    specs = []
+    for i, path in enumerate(args.trace):
+        fmt = args.trace_format[i] if i < len(args.trace_format) else format_for(path)
+        if fmt == "pcap" and str(path) == "-":
+            raise UsageError("a pcap trace needs a file, not '-'")
+        _check_trace_path(path)
+        specs.append(TraceSpec(path, fmt))
+    for host in args.trace_host:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise UsageError(f"bad --trace-host {host!r}") from None
+    return specs
+
+
+def _check_trace_path(path: Path) -> None:
+    """A trace goes to '-' (stderr), a FIFO, a character device, or a regular
+    file we may create or write, not onto a kernel filesystem (/proc/version takes the open, then
+    fails the first write): UsageError if not, before the daemon starts."""
+    if str(path) == "-":
+        return
+    try:
+        if path.exists():
+            mode = path.stat().st_mode
+            if stat.S_ISFIFO(mode):
+                return
+            # A character device is a sink too (/dev/null; /dev/full tries a full disk).
+            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+                raise UsageError(
+                    f"bad --trace {path}: not a regular file, a FIFO or a character device"
+                )
+            where, access = path, os.W_OK
+        elif path.parent.is_dir():
+            where, access = path.parent, os.W_OK | os.X_OK  # to create the file in it
+        else:
+            raise UsageError(f"bad --trace {path}: no directory {path.parent}")
+        if not os.access(where, access):
+            raise UsageError(f"bad --trace {path}: {where} is not writable")
+        filesystem = _filesystem_type(where.stat().st_dev)
+    except OSError as exc:
+        raise UsageError(f"bad --trace {path}: {exc.strerror or exc}") from None
+    if filesystem in PSEUDO_FILESYSTEMS:
+        raise UsageError(f"bad --trace {path}: a file of the kernel's {filesystem} filesystem")
+
+
+def _filesystem_type(device: int) -> str:
+    """The type of the mounted filesystem on `device` (st_dev), from mountinfo."""
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[2] == wanted and "-" in fields:
+                return fields[fields.index("-") + 1]
+    return ""
+
+
+def _trace_rotation(args: argparse.Namespace) -> TraceRotation:
+    max_bytes = None
+    if args.trace_max_bytes is not None:
+        max_bytes = parse_count(args.trace_max_bytes, "--trace-max-bytes", MIN_TRACE_BYTES, None, 0)
+    keep = parse_count(args.trace_keep, "--trace-keep", 1, MAX_TRACE_KEEP, 1)
+    return TraceRotation(max_bytes, keep)
+
+
+def _services(text: str) -> dict[str, int]:
+    chosen: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, port_text = item.partition(":")
+        if name not in SERVICES:
+            raise UsageError(f"unknown service {name!r} (known: {', '.join(SERVICES)})")
+        port = SERVICES[name][0]
+        if port_text:
+            try:
+                port = PORT(port_text)
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"bad port in --services {item[:60]!r}: {exc}") from None
+        if port in chosen.values():
+            raise UsageError(f"two services on port {port}")
+        chosen[name] = port
+    return chosen
+
+
+def setup_logging(level: str, log_file: Path | None = None) -> None:
+    # Under systemd the journal stamps each line; elsewhere we do.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") and log_file is None else "%(asctime)s "
+    where: dict[str, Any] = {"stream": sys.stderr} if log_file is None else {"filename": log_file}
+    try:
+        logging.basicConfig(level=level.upper(), format=stamp + "%(name)s: %(message)s", **where)
+    except OSError as exc:
+        raise UsageError(f"cannot open --log-file {log_file}: {exc.strerror}") from None

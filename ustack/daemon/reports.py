@@ -1,0 +1,97 @@
+"""What the daemon reports: a row of the connection table (`ustack ss`), the
+trace event of a packet the fault injector acted on, the counters at exit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ustack.stack import Stack
+from ustack.study.faults import Verdict
+from ustack.tcp import seq
+from ustack.tcp.connection import TcpConnection
+from ustack.tcp.segment import flag_string
+from ustack.trace.records import FaultEvent, dotted
+from ustack.wire.checksum import Buffer
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.tcp import TCP_FIXED
+
+
+def connection_row(
+    address: int, key: tuple[int, int, int], conn: TcpConnection, now: float
+) -> dict[str, Any]:
+    """One row of the "connections" control reply (and of `ustack ss`)."""
+    remote, remote_port, local_port = key
+    return {
+        "id": conn.conn_id,
+        "state": str(conn.state),
+        "local": f"{dotted(address)}:{local_port}",
+        "remote": f"{dotted(remote)}:{remote_port}",
+        "send_queue": conn.unsent_bytes,
+        "recv_queue": conn.readable_bytes,
+        # Relative to our ISS and the peer's IRS, as in the trace.
+        "snd_una": (conn.snd_una - conn.iss) & 0xFFFFFFFF,
+        "snd_nxt": (conn.snd_nxt - conn.iss) & 0xFFFFFFFF,
+        "rcv_nxt": (conn.rcv_nxt - conn.irs) & 0xFFFFFFFF,
+        # The origins, for tools that need absolute numbers.
+        "iss": conn.iss,
+        "irs": conn.irs,
+        "snd_wnd": conn.snd_wnd,
+        "rcv_wnd": max(seq.diff(conn.rcv_adv, conn.rcv_nxt), 0),  # as advertised
+        "rto": round(conn.rto, 3),
+        # The path MTU to the peer (RFC 1191: lowered by ICMP fragmentation
+        # needed) and the payload per segment it leaves (timestamps excluded).
+        "pmtu": conn.path_mtu,
+        "mss": conn.mss,
+        "srtt": None if conn.srtt is None else round(conn.srtt, 6),
+        "ecn": conn.ecn_ok,  # agreed in the handshake (RFC 3168 6.1.1)
+        "timers": {name: round(deadline - now, 3) for name, deadline in conn.timers().items()},
+    }
+
+
+def fault_event(
+    stack: Stack, direction: str, packet: Buffer, verdict: Verdict, now: float
+) -> FaultEvent:
+    """The trace event for a packet the injector acted on. Any bytes at all
+    may come in (the stack's own parsers count a malformed packet as a drop
+    afterwards): what the header lengths do not cover is left at zero."""
+    assert verdict.rule is not None
+    local = dotted(stack.tcp.address)
+    remote_int = int.from_bytes(packet[16:20] if direction == "out" else packet[12:16], "big")
+    fields: dict[str, Any] = dict.fromkeys(("local_port", "remote_port", "seq", "ack"), 0)
+    flags, rel_seq, rel_ack, length, window, conn_id = "", 0, 0, 0, 0, None
+    ihl = (packet[0] & 0x0F) * 4 if packet else 0
+    if len(packet) >= 20 and packet[9] == PROTO_TCP and ihl >= 20 and len(packet) >= ihl + 20:
+        sport, dport, seq_no, ack_no, offset, bits, window, _, _ = TCP_FIXED.unpack_from(
+            packet, ihl
+        )
+        local_port, remote_port = (sport, dport) if direction == "out" else (dport, sport)
+        fields.update(local_port=local_port, remote_port=remote_port, seq=seq_no, ack=ack_no)
+        flags = flag_string(bits)
+        length = max(len(packet) - ihl - (offset >> 4) * 4, 0)
+        conn = stack.tcp.connections.get((remote_int, remote_port, local_port))
+        rel_seq, rel_ack = seq_no, ack_no
+        if conn is not None:
+            conn_id = conn.conn_id
+            ours, theirs = (conn.iss, conn.irs) if direction == "out" else (conn.irs, conn.iss)
+            rel_seq = (seq_no - ours) & 0xFFFFFFFF
+            rel_ack = (ack_no - theirs) & 0xFFFFFFFF
+    return FaultEvent(
+        time=now,
+        conn=conn_id,
+        direction=direction,
+        action=verdict.rule.action,
+        rule=verdict.rule.id,
+        local=local,
+        remote=dotted(remote_int),
+        flags=flags,
+        rel_seq=rel_seq,
+        rel_ack=rel_ack,
+        length=length,
+        window=window,
+        delay=verdict.delay,
+        **fields,
+    )
+
+
+def format_counters(counters: dict[str, int]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in sorted(counters.items())) or "none"
