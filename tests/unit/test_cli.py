@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ustack import cli
 from ustack.cli import build_parser, clients, serve_config
+from ustack.cli.args import fault_rule
 
 
 @pytest.mark.parametrize(
@@ -135,6 +136,7 @@ _DIGITS_5000 = "9" * 5000
         (["serve", "--trace-format", "text"], "more --trace-format than --trace"),
         (["serve", "--trace", "-", "--trace-format", "pcap"], "a pcap trace needs a file"),
         (["serve", "--trace-host", "nobody"], "bad --trace-host"),
+        (["serve", "--trace-host", "::ffff:198.18.0.1"], "bad --trace-host"),
         (["serve", "--fault-seed", "-1"], "--fault-seed: -1 is not in 0.."),
         (["serve", "--fault-seed", "1.5"], "'1.5' is not a whole number"),
         (["serve", "--ready-fd", "-1"], "--ready-fd: -1 is not in 0.."),
@@ -174,6 +176,8 @@ _DIGITS_5000 = "9" * 5000
         (["fault", "drop", "--flags", "XMAS"], "'XMAS' is not one of"),
         (["fault", "clear", "--id", "0"], "argument --id: 0 is not in 1.."),
         (["fault", "explode"], "invalid choice: 'explode'"),
+        (["fault", "drop", "--host", "2001:2::zz"], "is neither an IPv4 nor an IPv6 address"),
+        (["fault", "drop", "--family", "5"], "argument --family: invalid choice: '5'"),
         (["config", "--msl", "nan"], "bad --msl nan"),
         (["config", "--msl", "-5"], "bad --msl -5"),
         (["config", "--fin-timeout", "1e400"], "bad --fin-timeout 1e400"),
@@ -205,6 +209,19 @@ def test_every_bad_value_is_a_usage_error(
 ) -> None:
     """Exit code 2, one line "ustack: error: ...", no traceback (cli_error checks)."""
     assert expected in cli_error(argv)
+
+
+def test_trace_host_takes_either_family_in_the_text_the_trace_writes() -> None:
+    argv = ["serve", "--no-control", "--trace", "-", "--trace-host", "2001:0002::0001"]
+    argv += ["--trace-host", "198.18.0.1"]
+    config = serve_config(build_parser().parse_args(argv))
+    assert config.trace_filter.addresses == {"2001:2::1", "198.18.0.1"}
+
+
+def test_fault_host_and_family_make_a_rule_of_either_family() -> None:
+    args = build_parser().parse_args(["fault", "drop", "--host", "2001:0002::1", "--family", "6"])
+    assert (args.host, args.family) == ("2001:2::1", "6")
+    assert fault_rule("drop:host=2001:2::1,family=6").describe()["host"] == "2001:2::1"
 
 
 def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: Path) -> None:

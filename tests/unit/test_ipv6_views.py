@@ -20,9 +20,12 @@ from pathlib import Path
 import pytest
 from test_ladder import lost_fin_with_peer_states, passive_close, write_trace
 
+from ustack.cli.clients import ss_lines, stats_lines
+from ustack.daemon.reports import connection_row, fault_event, listening_endpoints
 from ustack.linux.peer_states import canonical_address, parse_line
+from ustack.stack import Stack
 from ustack.study.explain import explain
-from ustack.study.faults import FaultError, FaultInjector, mark_ce, parse_rule
+from ustack.study.faults import FaultError, FaultInjector, Verdict, mark_ce, parse_rule
 from ustack.study.ladder import render_ascii
 from ustack.study.load import choose_connection, connections, load_trace
 from ustack.study.packet_view import view
@@ -35,6 +38,7 @@ from ustack.trace.records import (
     endpoint,
     four_tuple_text,
 )
+from ustack.wire.address import parse_address
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.inet import IP, TCP  # noqa: E402
@@ -291,3 +295,63 @@ def test_peer_states_take_a_v4_mapped_socket_as_ipv4() -> None:
     assert (change.old, change.new) == ("ESTABLISHED", "FIN_WAIT_1")
     assert canonical_address("2001:0002:0000::0001") == PEER6
     assert canonical_address("::ffff:198.18.0.1") == PEER4
+
+
+# ---- ss, stats, the control replies --------------------------------------------------------
+
+
+def test_ss_shows_both_families_as_ss_does() -> None:
+    row = {"id": 3, "state": "ESTABLISHED", "recv_queue": 0, "send_queue": 0,
+           "snd_una": 1, "snd_nxt": 1, "rcv_nxt": 79, "snd_wnd": 64256, "rto": 0.204,
+           "pmtu": 1500, "mss": 1440, "timers": {}}  # fmt: skip
+    reply = {
+        "listening": ["198.18.0.2:80", "[2001:2::2]:80"],
+        "connections": [
+            {**row, "local": "198.18.0.2:80", "remote": "198.18.0.1:41088"},
+            {**row, "id": 4, "local": "[2001:2::2]:80", "remote": "[2001:2::1]:52044"},
+        ],
+    }
+    lines = ss_lines(reply)
+    assert lines[1].split() == ["LISTEN", "0", "0", "198.18.0.2:80", "0.0.0.0:*"]
+    assert lines[2].split() == ["LISTEN", "0", "0", "[2001:2::2]:80", "[::]:*"]
+    assert lines[4].split()[3:6] == ["[2001:2::2]:80", "[2001:2::1]:52044", "#4"]
+    # A long IPv6 end widens the columns rather than pushing the details out of line.
+    long_end = "[2001:2:0:1234:5678:9abc:def0:1]:65535"
+    wide = ss_lines({**reply, "connections": [{**row, "local": long_end, "remote": long_end}]})
+    assert wide[0].index("Peer") == wide[-1].index(long_end, len(wide[-1]) // 3)
+
+
+def test_stats_lists_ipv4_then_ipv6_counters_then_the_rest() -> None:
+    counters = {"tcp.in": 9, "icmp6.echo": 2, "ip.in": 7, "ip6.in": 5, "icmp.echo": 1,
+                "app.connections": 1, "ip6.drop.not-for-us": 1}  # fmt: skip
+    names = [line.split()[0] for line in stats_lines(counters)]
+    assert names == ["icmp.echo", "ip.in", "icmp6.echo", "ip6.drop.not-for-us", "ip6.in",
+                     "app.connections", "tcp.in"]  # fmt: skip
+
+
+def test_control_rows_carry_ipv6_ends_as_text() -> None:
+    assert listening_endpoints([80, 7], parse_address(US4), parse_address(US6)) == [
+        "198.18.0.2:7", "198.18.0.2:80", "[2001:2::2]:7", "[2001:2::2]:80",
+    ]  # fmt: skip
+    stack = Stack(parse_address(US4), lambda packet: True)
+    conn = stack.connect(parse_address(PEER4), 80, 0.0)  # any connection will do for its row
+    key = (parse_address(PEER6), 52044, 80)
+    row = connection_row(parse_address(US4), key, conn, 0.0, parse_address(US6))
+    assert (row["local"], row["remote"]) == ("[2001:2::2]:80", "[2001:2::1]:52044")
+    row4 = connection_row(parse_address(US4), (parse_address(PEER4), 41088, 80), conn, 0.0)
+    assert (row4["local"], row4["remote"]) == ("198.18.0.2:80", "198.18.0.1:41088")
+    json.dumps(row)  # the control protocol sends it as JSON: all text and numbers
+
+
+def test_a_fault_event_of_an_ipv6_segment_names_its_ends_and_fields() -> None:
+    stack = Stack(parse_address(US4), lambda packet: True)
+    rule = FaultInjector().add(parse_rule("drop:family=6"))
+    packet = tcp6("S", 52044, 80, IPv6ExtHdrDestOpt())
+    event = fault_event(stack, "in", packet, Verdict(0, 0.0, rule), 1.5)
+    assert (event.local, event.local_port, event.remote, event.remote_port) == (
+        US6, 80, PEER6, 52044,
+    )  # fmt: skip
+    assert (event.flags, event.seq, event.length, event.conn) == ("S", 1000, 0, None)
+    out = bytes(IPv6(src=US6, dst=PEER6) / TCP(sport=80, dport=52044, flags="SA") / b"hi")
+    event = fault_event(stack, "out", out, Verdict(0, 0.0, rule), 1.5)
+    assert (event.local, event.remote, event.flags, event.length) == (US6, PEER6, "S.", 2)

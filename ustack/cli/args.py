@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from ustack.linux.control import ControlError
 from ustack.study.faults import FaultError, FaultRule, parse_rule
+from ustack.wire.address import format_address, parse_address
 
 ROOT_CONTROL_DIR = Path("/run/ustack")
 
@@ -69,6 +70,17 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
 
 
 PORT = bounded_int(1, 65535)
+
+
+def address(text: str) -> str:
+    """An argparse type: an IPv4 or IPv6 address, in the text the trace
+    writes (RFC 5952 for IPv6)."""
+    try:
+        return format_address(parse_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text[:50]!r} is neither an IPv4 nor an IPv6 address"
+        ) from None
 
 
 def ipv4_address(text: str) -> str:

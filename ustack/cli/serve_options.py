@@ -33,6 +33,7 @@ from ustack.study.sinks import TRACE_FORMATS, TraceFilter, TraceRotation, TraceS
 from ustack.tcp import congestion
 from ustack.tcp.config import ECN_MODES
 from ustack.tcp.connection import TcpConfig
+from ustack.wire.address import parse_address
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
@@ -117,7 +118,7 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         help="also trace the Linux peers' own states (kernel tracepoint; needs root)",
     )
     serve_cmd.add_argument(
-        "--trace-host", action="append", default=[], help="trace only this address"
+        "--trace-host", action="append", default=[], help="trace only this address (IPv4 or IPv6)"
     )
     serve_cmd.add_argument(
         "--congestion",
@@ -410,7 +411,7 @@ def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
         specs.append(TraceSpec(path, fmt))
     for host in args.trace_host:
         try:
-            ipaddress.IPv4Address(host)
+            parse_address(host)  # IPv4 or IPv6
         except ValueError:
             raise UsageError(f"bad --trace-host {host!r}") from None
     return specs

@@ -17,7 +17,12 @@ from typing import Any
 
 from ustack.api import StackServer, open_connection, start_server
 from ustack.daemon.process import finish_tasks, notify_ready, reopen_log_files
-from ustack.daemon.reports import connection_row, fault_event, format_counters
+from ustack.daemon.reports import (
+    connection_row,
+    fault_event,
+    format_counters,
+    listening_endpoints,
+)
 from ustack.linux.control import (
     CHUNK_ROWS,
     PROTOCOL_VERSION,
@@ -44,7 +49,7 @@ from ustack.study.faults import (
 )
 from ustack.study.sinks import TraceFilter, TraceRotation, TraceSinks, TraceSpec
 from ustack.tcp.connection import TcpConfig
-from ustack.trace.records import dotted
+from ustack.wire.address import parse_address
 from ustack.wire.checksum import Buffer
 
 # connection_row and fault_event are the reports module's, named here too (bench, tests).
@@ -189,7 +194,7 @@ class Daemon:
         tcp = self.stack.tcp
 
         def conn_lookup(remote: str, remote_port: int, local_port: int) -> int | None:
-            key = (int(ipaddress.IPv4Address(remote)), remote_port, local_port)
+            key = (parse_address(remote), remote_port, local_port)  # either family
             conn = tcp.connections.get(key)
             return conn.conn_id if conn is not None else None
 
@@ -338,7 +343,7 @@ class Daemon:
                 if tcp.connections.get(key) is conn
             ]
             yield {"connections": rows}
-        listening = [f"{dotted(tcp.address)}:{port}" for port in sorted(tcp.listeners)]
+        listening = listening_endpoints(tcp.listeners, tcp.address)
         yield {"connections": [], "listening": listening}
 
     def _fault(self, request: dict[str, Any]) -> dict[str, Any]:
