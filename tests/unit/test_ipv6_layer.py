@@ -493,3 +493,19 @@ def test_reassembly_memory_cap_evicts_the_oldest():
         wire.send(fragments_of(3000, ident=ident)[0])
     assert wire.drops() == [("ip6", "frag-memory")]
     assert [key[3] for key in wire.ip.fragments.datagrams] == [2, 3]
+
+
+def test_fragment_ids_are_32_bit_and_differ_between_datagrams():
+    wire = Wire()
+    ids = []
+    for seq in range(3):
+        sent = wire.send(*fragments_of(3000, ident=seq + 1))
+        ids.append(sent[0][IPv6ExtHdrFragment].id)
+    assert len(set(ids)) == 3 and all(0 <= i < 2**32 for i in ids)
+    assert wire.ip.fragment_ids._mask == 0xFFFFFFFF
+
+
+def test_a_datagram_over_65535_bytes_is_not_fragmented_out():
+    wire = Wire()
+    wire.ip.send(PEER, 17, bytes(65535))
+    assert wire.sent == [] and wire.drops() == [("ip6", "out-too-big")]
