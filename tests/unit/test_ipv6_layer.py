@@ -509,3 +509,26 @@ def test_a_datagram_over_65535_bytes_is_not_fragmented_out():
     wire = Wire()
     wire.ip.send(PEER, 17, bytes(65535))
     assert wire.sent == [] and wire.drops() == [("ip6", "out-too-big")]
+
+
+@pytest.mark.parametrize(
+    ("type_", "code", "limited"),
+    [(1, 4, True), (3, 1, True), (4, 0, True), (2, 0, False), (129, 0, False), (128, 0, False)],
+)
+def test_icmpv6_rate_mask_is_linuxs_default(type_, code, limited):
+    # icmpv6_ratemask "0-1,3-127": every error but Packet Too Big (RFC 4443 2.4(f)).
+    assert Wire().ip.icmp_limiter.limited(type_, code) is limited
+
+
+def test_a_host_takes_any_hop_limit():
+    wire = Wire()
+    assert ICMPv6EchoReply in only(wire.send(from_peer(hlim=0) / echo()))
+
+
+def test_reassembled_tcp_goes_up_whole():
+    wire = Wire()
+    whole = from_peer() / IPv6ExtHdrFragment(id=11) / TCP(sport=1, dport=80) / (b"d" * 2000)
+    pieces = fragment6(whole, 1280)
+    assert wire.send(*pieces) == []
+    ((src, dst, segment, _),) = wire.tcp
+    assert (src, dst, len(segment)) == (PEER, US, 2020) and segment[20:] == b"d" * 2000
