@@ -354,7 +354,10 @@ class IPv6Layer(IpLayerBase):
         elif multicast:
             # We join no group but for ND and MLD (Linux: no socket for it).
             self._counters.drop(Layer.IP6, DropReason.NOT_FOR_US, self._now, "a multicast group")
-        elif next_header == PROTO_TCP and self.tcp_input is not None:
+        elif next_header == PROTO_TCP:
+            if self.tcp_input is None:  # (a layer tested alone, as IPv4's)
+                self._counters.drop(Layer.IP6, DropReason.UNKNOWN_PROTOCOL, self._now)
+                return
             ecn = (packet[1] >> 4) & ECN_MASK  # the traffic class's low bits (RFC 3168 5)
             self.tcp_input(src, dst, payload, self._now, checksum_ok, ecn)
         elif next_header == PROTO_UDP:
