@@ -29,6 +29,7 @@ class IpLayerBase:
     # Per family (IPv4Layer, IPv6Layer).
     IP_LAYER: Layer
     ICMP_LAYER: Layer
+    COUNTER_PREFIX: str  # "ip", "ip6" (Linux's Ip and Ip6 MIBs)
     OUT_COUNTER: str  # "ip.out", as Linux's IpOutRequests; "ip6.out"
     PORT_UNREACHABLE_COUNTER: str
     ERRORS_RULE: Rule  # cited when the address rules forbid an error
@@ -57,6 +58,25 @@ class IpLayerBase:
         else:
             self._counters.drop(self.IP_LAYER, DropReason.OUT_QUEUE_FULL, self._now)
         return sent
+
+    def _put_fragments(
+        self,
+        payload: Buffer,
+        step: int,
+        fragment_at: Callable[[int, memoryview, bool], bytearray],
+    ) -> None:
+        """The payload cut on 8-byte boundaries (`step`, a multiple of 8), each
+        piece made a whole fragment by fragment_at(offset, piece, more) and
+        put on the link in order; counted as Linux's FragCreates, FragOKs."""
+        counters = self._counters
+        prefix = self.COUNTER_PREFIX
+        data = memoryview(payload)
+        for offset in range(0, len(data), step):
+            more = offset + step < len(data)
+            if not self._put(fragment_at(offset, data[offset : offset + step], more)):
+                return  # the rest is useless without this one
+            counters[f"{prefix}.frag.creates"] += 1
+        counters[f"{prefix}.frag.oks"] += 1
 
     def _parse_or_drop(
         self, parse: Callable[[memoryview], _Header], data: memoryview, layer: Layer

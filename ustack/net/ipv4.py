@@ -101,6 +101,7 @@ class Unreachable(OSError):
 class IPv4Layer(IpLayerBase):
     IP_LAYER = Layer.IP
     ICMP_LAYER = Layer.ICMP
+    COUNTER_PREFIX = "ip"
     OUT_COUNTER = "ip.out"
     PORT_UNREACHABLE_COUNTER = "udp.out.port-unreachable"
     ERRORS_RULE = Rule.RFC1122_ICMP_ERRORS
@@ -302,15 +303,12 @@ class IPv4Layer(IpLayerBase):
         """RFC 791 3.2: the datagram cut on 8-byte boundaries, each fragment
         with the same ID, its offset, MF on all but the last, DF clear (as
         Linux sends a reply its MTU cannot hold: ip_fragment)."""
-        counters = self._counters
         if IPV4_MIN_HEADER_LENGTH + len(payload) > 0xFFFF:
-            counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
+            self._counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
             return
         identification = self._next_ip_id(dst, protocol, self._now, 1)  # one for all its fragments
-        step = (self.mtu - IPV4_MIN_HEADER_LENGTH) & ~7
-        data = memoryview(payload)
-        for offset in range(0, len(data), step):
-            piece = data[offset : offset + step]
+
+        def fragment_at(offset: int, piece: memoryview, more: bool) -> bytearray:
             fragment = bytearray(IPV4_MIN_HEADER_LENGTH)
             fragment += piece
             build_ipv4_in_place(
@@ -320,12 +318,11 @@ class IPv4Layer(IpLayerBase):
                 protocol=protocol,
                 ttl=DEFAULT_TTL,
                 identification=identification,
-                flags_fragment=fragment_field(offset, offset + step < len(data)),
+                flags_fragment=fragment_field(offset, more),
             )
-            if not self._put(fragment):
-                return  # the rest is useless without this one
-            counters["ip.frag.creates"] += 1
-        counters["ip.frag.oks"] += 1
+            return fragment
+
+        self._put_fragments(payload, (self.mtu - IPV4_MIN_HEADER_LENGTH) & ~7, fragment_at)
 
     def send_in_place(
         self,

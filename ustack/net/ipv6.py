@@ -102,6 +102,7 @@ class _Refused(Exception):
 class IPv6Layer(IpLayerBase):
     IP_LAYER = Layer.IP6
     ICMP_LAYER = Layer.ICMP6
+    COUNTER_PREFIX = "ip6"
     OUT_COUNTER = "ip6.out"
     PORT_UNREACHABLE_COUNTER = "udp6.out.port-unreachable"
     ERRORS_RULE = Rule.RFC4443_ICMP_ERRORS
@@ -166,8 +167,9 @@ class IPv6Layer(IpLayerBase):
             return
         src = int.from_bytes(src_bytes, "big")
         dst = int.from_bytes(dst_bytes, "big")
-        # (The hop limit is a forwarder's to decrement: a host takes any,
-        # as Linux's ip6_rcv_core; ND checks its own 255, RFC 4861 7.1.)
+        # (The hop limit is a forwarder's to decrement: a host takes any, as
+        # Linux's ip6_rcv_core. ND's own 255, RFC 4861 7.1, would matter to a
+        # node that acts on ND; this one only counts it.)
         multicast = is_ipv6_multicast(dst)
         if dst != self.address and not multicast:
             counters.drop(Layer.IP6, DropReason.NOT_FOR_US, now)
@@ -352,7 +354,10 @@ class IPv6Layer(IpLayerBase):
         elif multicast:
             # We join no group but for ND and MLD (Linux: no socket for it).
             self._counters.drop(Layer.IP6, DropReason.NOT_FOR_US, self._now, "a multicast group")
-        elif next_header == PROTO_TCP and self.tcp_input is not None:
+        elif next_header == PROTO_TCP:
+            if self.tcp_input is None:  # (a layer tested alone, as IPv4's)
+                self._counters.drop(Layer.IP6, DropReason.UNKNOWN_PROTOCOL, self._now)
+                return
             ecn = (packet[1] >> 4) & ECN_MASK  # the traffic class's low bits (RFC 3168 5)
             self.tcp_input(src, dst, payload, self._now, checksum_ok, ecn)
         elif next_header == PROTO_UDP:
@@ -455,25 +460,23 @@ class IPv6Layer(IpLayerBase):
         """RFC 8200 4.5: the payload cut on 8-byte boundaries, each piece
         behind the fixed header and a fragment header with the same 32-bit
         ID, its offset, M on all but the last."""
-        counters = self._counters
         if len(payload) + FRAGMENT_HEADER_LENGTH > 0xFFFF:
-            counters.drop(Layer.IP6, DropReason.OUT_TOO_BIG, self._now)
+            self._counters.drop(Layer.IP6, DropReason.OUT_TOO_BIG, self._now)
             return
         identification = self.fragment_ids.next(dst, protocol, self._now)
-        step = (path_mtu - IPV6_HEADER_LENGTH - FRAGMENT_HEADER_LENGTH) & ~7
-        data = memoryview(payload)
         label = self.flow_labels.label(dst, protocol)
-        for offset in range(0, len(data), step):
-            more = offset + step < len(data)
+
+        def fragment_at(offset: int, piece: memoryview, more: bool) -> bytearray:
             fragment = bytearray(IPV6_HEADER_LENGTH)
             fragment += fragment_header(protocol, offset, more, identification)
-            fragment += data[offset : offset + step]
-            build_ipv6_in_place(fragment, src=self.address, dst=dst, next_header=NH_FRAGMENT,
-                                flow_label=label)  # fmt: skip
-            if not self._put(fragment):
-                return  # the rest is useless without this one
-            counters["ip6.frag.creates"] += 1
-        counters["ip6.frag.oks"] += 1
+            fragment += piece
+            build_ipv6_in_place(
+                fragment, src=self.address, dst=dst, next_header=NH_FRAGMENT, flow_label=label
+            )
+            return fragment
+
+        step = (path_mtu - IPV6_HEADER_LENGTH - FRAGMENT_HEADER_LENGTH) & ~7
+        self._put_fragments(payload, step, fragment_at)
 
     def send_in_place(
         self,

@@ -50,7 +50,7 @@ IPV6_MIN_MTU = 1280  # RFC 8200 5: every link carries 1280 bytes
 IPV6_HEADER = Struct(
     "version_class_flow" / BitStruct(
         "version" / Const(IPV6_VERSION, Nibble),
-        "traffic_class" / BitStruct(
+        "traffic_class" / Struct(  # (inside a BitStruct: bits already)
             "dscp" / BitsInteger(6),
             "ecn" / BitsInteger(2),  # RFC 3168 5, as IPv4's
         ),
