@@ -21,8 +21,10 @@ import pytest
 from test_ladder import lost_fin_with_peer_states, passive_close, write_trace
 
 from ustack.cli.clients import ss_lines, stats_lines
+from ustack.counters import Counters
 from ustack.daemon.reports import connection_row, fault_event, listening_endpoints
 from ustack.linux.peer_states import canonical_address, parse_line
+from ustack.net.ipv6 import IPv6Layer
 from ustack.stack import Stack
 from ustack.study.explain import explain
 from ustack.study.faults import FaultError, FaultInjector, Verdict, mark_ce, parse_rule
@@ -41,8 +43,9 @@ from ustack.trace.records import (
 from ustack.wire.address import parse_address
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import IP, TCP  # noqa: E402
+from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
 from scapy.layers.inet6 import (  # noqa: E402
+    ICMPv6EchoRequest,
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -200,6 +203,32 @@ def test_tshark_reads_ipv6_tcp_from_our_pcap(tmp_path: Path) -> None:
         ["4", "", "", PEER4, "40001", "80", "1", "0"],
     ]
     assert not any("checksum" in row[8].lower() for row in rows)  # scapy's sums are right
+
+
+def test_tshark_reads_the_ipv6_layers_own_replies_from_our_pcap(tmp_path: Path) -> None:
+    """The pcap as the daemon writes it (the tap sees what comes in and what
+    goes out): an echo request and its reply, a UDP probe and its ICMPv6
+    port unreachable, the replies' checksums verified by Wireshark."""
+    tshark = shutil.which("tshark")
+    assert tshark is not None, "tshark is required (CI installs it)"
+    path = tmp_path / "icmpv6.pcap"
+    with path.open("wb") as stream:
+        ip = IPv6Layer(parse_address(US6), lambda packet: True, Counters())
+        ip.tap = PcapWriter(stream)
+        ip.receive(bytes(IPv6(src=PEER6, dst=US6) / ICMPv6EchoRequest(id=7, seq=1)), 0.0)
+        ip.receive(bytes(IPv6(src=PEER6, dst=US6) / UDP(sport=5000, dport=9999) / b"?"), 0.0)
+    fields = ["ipv6.src", "ipv6.dst", "icmpv6.type", "icmpv6.code", "icmpv6.checksum.status"]
+    out = subprocess.run(
+        [tshark, "-r", str(path), "-T", "fields", "-E", "separator=|",
+         *(arg for name in fields for arg in ("-e", name))],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    rows = [line.split("|") for line in out.splitlines()]
+    good = "1"  # Wireshark's checksum status: 0 bad, 1 good, 2 not verified
+    assert rows[1] == [US6, PEER6, "129", "0", good]  # echo reply (RFC 4443 4.2)
+    assert rows[2][:2] == [PEER6, US6] and rows[2][2] == ""  # the UDP probe
+    # Destination unreachable, port unreachable (RFC 4443 3.1), quoting the probe.
+    assert rows[3][0].split(",")[0] == US6 and rows[3][2:] == ["1", "4", good]
 
 
 # ---- fault rules ---------------------------------------------------------------------------
