@@ -306,8 +306,8 @@ class TcpDemux:
         else:
             until = None
         if learnt > mtu:
-            conn.soft_error = "EMSGSIZE"  # the path is narrower than we will go
-        if conn.lower_path_mtu(learnt, mtu, now, until):
+            conn.path.soft_error = "EMSGSIZE"  # the path is narrower than we will go
+        if conn.path.lower_path_mtu(learnt, mtu, now, until):
             counters["tcp.pmtu.lowered"] += 1
         else:
             counters["tcp.pmtu.not-lower"] += 1
@@ -623,7 +623,7 @@ class TcpDemux:
         conn.counters = self._counters
         if self.path_mtu is not None:
             # What ICMP taught us about the path (RFC 1191), until it expires.
-            conn.path_mtu, conn.path_mtu_until = self.path_mtu(key[0], now)
+            conn.path.path_mtu, conn.path.path_mtu_until = self.path_mtu(key[0], now)
         self.connections[key] = conn
         self._keys[conn] = key
         if self.trace is not None:
