@@ -18,13 +18,13 @@ black-hole fallback, and so the segment size the connection sends at.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ustack.tcp import seq
 from ustack.tcp.config import MIN_PEER_MSS
 from ustack.tcp.states import SENDS_DATA, State
-from ustack.trace.vocabulary import Note
-
+from ustack.trace.vocabulary import DropReason, Note
 from ustack.wire.icmp import (
     ADMIN_PROHIBITED,
     DEST_UNREACH,
@@ -48,6 +48,7 @@ from ustack.wire.icmp import (
 )
 
 if TYPE_CHECKING:
+    from ustack.counters import Counters
     from ustack.tcp.connection import TcpConnection
 
 # Linux's tcp_base_mss: the MSS black-hole detection falls back to first
@@ -99,6 +100,13 @@ def meaning(type_: int, code: int) -> IcmpMeaning | None:
     return None
 
 
+# The path MTU to a destination now, and when what ICMP taught about it expires
+# (None: nothing learnt): (dst, now) -> (MTU, expiry) (the IP layer's cache).
+PathMtu = Callable[[int, float], tuple[int, float | None]]
+# Learn a lower path MTU for a destination: (dst, mtu, now).
+LowerPathMtu = Callable[[int, int, float], object]
+
+
 _QUOTED_TCP = struct.Struct("!HHI")  # source port, destination port, sequence number
 
 
@@ -142,6 +150,52 @@ class PathFeedback:
     def effective_mss(self) -> int:
         """Payload per segment: the MSS limit less the timestamps option."""
         return self.mss_limit() - (12 if self._conn.ts_ok else 0)
+
+    def icmp_error(
+        self,
+        type_: int,
+        code: int,
+        mtu: int,
+        dst: int,
+        sequence: int,
+        now: float,
+        counters: Counters,
+        path_mtu: PathMtu | None,
+        lower_path_mtu: LowerPathMtu | None,
+    ) -> DropReason | None:
+        """An ICMP error quoting `sequence`, which the demux found to be about
+        this connection; `mtu`: the path MTU a "fragmentation needed" stands
+        for (RFC 1191), else 0. Acted on only if the sequence number lies in
+        SND.UNA..SND.MAX (RFC 5927 4.1: else anyone could forge it); else the
+        reason to drop it."""
+        conn = self._conn
+        snd = conn.sender
+        # SND.MAX is Linux's snd_nxt (ours goes back after a timeout); both ends
+        # included, as Linux's between().
+        if not (seq.le(snd.snd_una, sequence) and seq.le(sequence, snd.snd_max)):
+            return DropReason.BAD_SEQ
+        what = meaning(type_, code)
+        if what is None:  # (the IP layer passes only errors it knows)
+            return DropReason.UNHANDLED_ERROR
+        counters["icmp.in.error-for-connection"] += 1
+        if not mtu:
+            conn.icmp_error(what.what, what.error, what.hard, now)
+            return None
+        # Fragmentation needed (RFC 1191): the destination's cached path MTU
+        # may go down (never below the floor: then, as Linux, EMSGSIZE is kept
+        # as a soft error), and the connection follows it.
+        learnt = mtu
+        until = None
+        if lower_path_mtu is not None and path_mtu is not None:
+            lower_path_mtu(dst, mtu, now)
+            learnt, until = path_mtu(dst, now)
+        if learnt > mtu:
+            self.soft_error = "EMSGSIZE"  # the path is narrower than we will go
+        if self.lower_path_mtu(learnt, mtu, now, until):
+            counters["tcp.pmtu.lowered"] += 1
+        else:
+            counters["tcp.pmtu.not-lower"] += 1
+        return None
 
     def remember(self, what: str, error: str, hard: bool) -> None:
         """An ICMP error that does not end the connection: kept for a timeout
