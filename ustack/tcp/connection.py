@@ -30,10 +30,11 @@ from __future__ import annotations
 
 from ustack.counters import Counters
 from ustack.tcp import seq
-from ustack.tcp.config import DEFAULT_PEER_MSS, MAX_WINDOW_SHIFT, MIN_PEER_MSS, TcpConfig
+from ustack.tcp.config import DEFAULT_PEER_MSS, TcpConfig
 from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
 from ustack.tcp.feedback import PathFeedback
 from ustack.tcp.forward import TcbView
+from ustack.tcp.handshake import EcnAnswer, agree_options, ecn_on_syn, ecn_on_synack
 from ustack.tcp.keepalive import Keepalive
 from ustack.tcp.receiver import Receiver
 from ustack.tcp.recovery import Recovery
@@ -62,8 +63,7 @@ from ustack.trace.vocabulary import (
     SegmentNote,
     TimerKind,
 )
-from ustack.wire.ipv4 import ECN_NOT_ECT
-from ustack.wire.tcp import ACK, CWR, ECE, FIN, RST, SYN
+from ustack.wire.tcp import ACK, ECE, FIN, RST, SYN
 
 __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
 
@@ -134,7 +134,7 @@ class TcpConnection(TcbView):
         self.passive = True
         self.state = State.LISTEN
         self._take_syn(syn)
-        self._agree_ecn_passive(syn)
+        self._agree_ecn(ecn_on_syn(syn, self.config))
         snd = self.sender
         snd.snd_wnd = syn.window  # never scaled in a SYN (RFC 7323 2.2)
         snd.max_snd_wnd = snd.snd_wnd
@@ -160,53 +160,27 @@ class TcpConnection(TcbView):
         self.receive(ack, now)  # its data, if any
 
     def _take_syn(self, syn: Segment) -> None:
-        """IRS, RCV.NXT and the options of the peer's SYN."""
-        config = self.config
-        self.receiver.take_syn(syn.seq)
-        options = syn.options
-        # A tiny MSS would leave no room for data next to our options (Linux
-        # floors it the same way, tcp_min_snd_mss).
-        self.peer_mss = max(options.mss or DEFAULT_PEER_MSS, MIN_PEER_MSS)
-        if options.window_scale is not None and config.window_scaling:
-            self.sender.snd_shift = min(options.window_scale, MAX_WINDOW_SHIFT)
-            self.receiver.rcv_shift = config.window_shift
-        else:  # both sides must offer it, else neither scales (RFC 7323 2.2)
-            self.sender.snd_shift = self.receiver.rcv_shift = 0
-        self.sack_ok = options.sack_permitted and config.sack
-        self.ts_ok = options.timestamps is not None and config.timestamps
-        if options.timestamps is not None:
-            self.receiver.ts_recent = options.timestamps[0]
+        """IRS, RCV.NXT and the options of the peer's SYN (handshake.py)."""
+        rcv = self.receiver
+        rcv.take_syn(syn.seq)
+        agreed = agree_options(syn.options, self.config)
+        self.peer_mss, self.sack_ok, self.ts_ok = agreed.peer_mss, agreed.sack_ok, agreed.ts_ok
+        self.sender.snd_shift, rcv.rcv_shift = agreed.snd_shift, agreed.rcv_shift
+        if syn.options.timestamps is not None:
+            rcv.ts_recent = syn.options.timestamps[0]
         self._negotiated()
 
-    def _agree_ecn_passive(self, syn: Segment) -> None:
-        """RFC 3168 6.1.1: a SYN with ECE and CWR asks for ECN; our SYN,ACK
-        agrees with ECE alone. As Linux (tcp_ecn_create_request), not for a
-        SYN that is itself ECT: a SYN must not be (6.1.1), so something on
-        the path rewrites the field and marks cannot be trusted."""
-        if syn.flags & (ECE | CWR) != ECE | CWR:
+    def _agree_ecn(self, answer: EcnAnswer | None) -> None:
+        """Apply the ECN answer to the peer's SYN or SYN,ACK (RFC 3168 6.1.1)."""
+        if answer is None:
             return
-        if self.config.ecn == "off":
-            self.decide(Note.ECN_NOT_AGREED, why="the peer asked, ECN is off here")
-        elif syn.ecn != ECN_NOT_ECT:
-            self.decide(Note.ECN_NOT_AGREED, why="the peer's SYN was ECN-capable (ECT or CE)")
-        else:
-            self._ecn_agreed("the peer asked in its SYN")
-
-    def _agree_ecn_active(self, synack: Segment) -> None:
-        """RFC 3168 6.1.1: we asked (ECE and CWR in our SYN); a SYN,ACK with
-        ECE and without CWR agrees (Linux tcp_ecn_rcv_synack)."""
-        if self.config.ecn != "on":
+        if not answer.agreed:
+            self.decide(Note.ECN_NOT_AGREED, why=answer.why)
             return
-        if synack.flags & (ECE | CWR) == ECE:
-            self._ecn_agreed("the peer's SYN,ACK agreed with ECE")
-        else:
-            self.decide(Note.ECN_NOT_AGREED, why="the peer's SYN,ACK did not set ECE alone")
-
-    def _ecn_agreed(self, how: str) -> None:
         self.ecn_ok = True
         if self.counters is not None:
             self.counters["tcp.ecn.agreed"] += 1
-        self.decide(Note.ECN_AGREED, how=how)
+        self.decide(Note.ECN_AGREED, how=answer.why)
 
     def _negotiated(self) -> None:
         """Now the segment size is known: the congestion window counts in it."""
@@ -343,7 +317,7 @@ class TcpConnection(TcbView):
         snd.max_snd_wnd = snd.snd_wnd
         snd.snd_wl1, snd.snd_wl2 = seg.seq, seg.ack
         if flags & ACK:
-            self._agree_ecn_active(seg)
+            self._agree_ecn(ecn_on_synack(seg, self.config))
             self.recovery.ack_advanced(seg.ack)
             self._transition(Event.RCV_SYN_ACK)
             self._after_handshake()

@@ -27,13 +27,12 @@ from ustack.tcp.feedback import LowerPathMtu, PathMtu, quoted_ports_and_seq
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.listen import Listener
 from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event
-from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.tcp.states import Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
 from ustack.trace.records import (
     NewConnection,
     SegmentEvent,
-    StateChange,
     TraceEvent,
     Tracer,
     dotted,
@@ -122,7 +121,7 @@ class TcpDemux:
         if port in self.listeners:
             raise OSError(98, f"port {port} already has a listener")  # EADDRINUSE
         listener = Listener(port, backlog, on_accept)
-        self._listener_transition(listener, Event.APP_LISTEN, now)
+        listener.transition(Event.APP_LISTEN, now, self.trace)
         self.listeners[port] = listener
         return listener
 
@@ -132,7 +131,7 @@ class TcpDemux:
         if self.listeners.get(listener.port) is not listener:
             return
         del self.listeners[listener.port]
-        self._listener_transition(listener, Event.APP_CLOSE, now)
+        listener.transition(Event.APP_CLOSE, now, self.trace)
         for conn in list(listener.embryonic):
             conn.abort(now)
             self.flush(conn)
@@ -207,7 +206,7 @@ class TcpDemux:
             return
         if self.trace is not None:
             self.trace(self._segment_event(now, None, key, "in", seg, "CLOSED", "CLOSED"))
-        self._reply_closed(src, header.dst_port, header.src_port, seg, now)
+        self._reply_closed(key, seg, now)
 
     def receive_icmp_error(self, type_: int, code: int, mtu: int, quote: Quote, now: float) -> None:
         """An ICMP error quoting a segment we sent (RFC 1122 4.2.3.9). Acted on
@@ -298,7 +297,7 @@ class TcpDemux:
                         Layer.TCP, DropReason.SYNCOOKIE_UNVERIFIED, now, f"port {listener.port}"
                     )
                     return
-            self._reply_closed(key[0], key[2], key[1], seg, now)
+            self._reply_closed(key, seg, now)
             return
         if not seg.flags & SYN:
             counters.drop(Layer.TCP, DropReason.LISTEN_NO_SYN, now)
@@ -368,21 +367,16 @@ class TcpDemux:
         self.flush(conn)
         return True
 
-    def _reply_closed(
-        self, remote: int, local_port: int, remote_port: int, seg: Segment, now: float
-    ) -> None:
+    def _reply_closed(self, key: Key, seg: Segment, now: float) -> None:
         reply = reset_for_closed_port(seg, len(seg.payload))
         if reply is None:
             self._counters.drop(Layer.TCP, DropReason.RST_TO_CLOSED_PORT, now)
             return
         self._counters["tcp.out.rst"] += 1
+        rst = Segment(reply.seq, reply.ack, reply.flags, 0, note=SegmentNote.RST_NO_CONNECTION)
         if self.trace is not None:
-            out = Segment(reply.seq, reply.ack, reply.flags, 0, note=SegmentNote.RST_NO_CONNECTION)
-            key = (remote, remote_port, local_port)
-            self.trace(self._segment_event(now, None, key, "out", out, "CLOSED", "CLOSED"))
-        self._transmit(
-            (remote, remote_port, local_port), Segment(reply.seq, reply.ack, reply.flags, 0)
-        )
+            self.trace(self._segment_event(now, None, key, "out", rst, "CLOSED", "CLOSED"))
+        self._transmit(key, rst)  # (the note is for the trace only)
 
     # ---- output, events, life cycle ----------------------------------------------
 
@@ -576,14 +570,6 @@ class TcpDemux:
         after: str,
     ) -> SegmentEvent:
         return segment_event(now, conn, self.address, key, direction, seg, before, after)
-
-    def _listener_transition(self, listener: Listener, event: Event, now: float) -> None:
-        transition = TRANSITIONS[(listener.state, event)]
-        old, listener.state = listener.state, transition.new_state
-        if self.trace is not None:
-            self.trace(
-                StateChange(now, 0, old, listener.state, event, transition.rule, transition.why)
-            )
 
     def queued(self) -> dict[str, int]:
         """Connections by state, for stats and leak checks."""

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from ustack.tcp import seq
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.segment import Segment
-from ustack.tcp.states import State
+from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.tcp.syncookies import SynCookies
+from ustack.trace.records import StateChange, Tracer
 from ustack.trace.vocabulary import SegmentNote
 from ustack.wire.tcp import ACK, SYN, TcpOptions
 
@@ -40,6 +41,13 @@ class Listener:
 
     def __repr__(self) -> str:
         return f"<Listener :{self.port} {self.state} backlog={self.backlog}>"
+
+    def transition(self, event: Event, now: float, trace: Tracer | None) -> None:
+        """APP_LISTEN or APP_CLOSE, through the state table (states.py)."""
+        transition = TRANSITIONS[(self.state, event)]
+        old, self.state = self.state, transition.new_state
+        if trace is not None:
+            trace(StateChange(now, 0, old, self.state, event, transition.rule, transition.why))
 
     def has_room(self) -> bool:
         return len(self.embryonic) < self.backlog
