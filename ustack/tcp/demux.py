@@ -11,7 +11,6 @@ answers (closed.py). ISNs come from isn.py (RFC 6528).
 from __future__ import annotations
 
 import errno
-import heapq
 import itertools
 import random
 from collections import Counter
@@ -30,6 +29,7 @@ from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event
 from ustack.tcp.states import Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
+from ustack.tcp.timers import TimerHeap
 from ustack.trace.records import (
     NewConnection,
     SegmentEvent,
@@ -98,9 +98,7 @@ class TcpDemux:
         self._isn = isn or IsnGenerator()
         self.syncookies = syncookies  # None: a full backlog drops SYNs
         self._conn_ids = itertools.count(1)
-        self._heap_order = itertools.count()  # ties between equal deadlines
-        self._timers: list[tuple[float, int, TcpConnection]] = []
-        self._scheduled: dict[TcpConnection, float] = {}
+        self._heap: TimerHeap[TcpConnection] = TimerHeap()
         self._flushing: set[TcpConnection] = set()
         # Connections in TIME_WAIT, oldest first: the first to give way when
         # the table is full (TcpConfig.max_connections).
@@ -431,14 +429,7 @@ class TcpDemux:
             return
         if state is State.TIME_WAIT and conn not in self._time_wait:
             self._time_wait[conn] = None
-        deadline = conn.get_timer()
-        if deadline is None:
-            # Its timers are all cancelled: the heap entry goes stale, so no
-            # wake-up comes for nothing (one per handshake: the SYN,ACK's).
-            self._scheduled.pop(conn, None)
-        elif self._scheduled.get(conn) != deadline:
-            self._scheduled[conn] = deadline
-            heapq.heappush(self._timers, (deadline, next(self._heap_order), conn))
+        self._heap.schedule(conn, conn.get_timer())
 
     def _send_out(self, conn: TcpConnection, key: Key) -> None:
         """Transmit what the connection queued."""
@@ -459,7 +450,7 @@ class TcpDemux:
             del self.connections[key]
         self._keys.pop(conn, None)
         self._apps.pop(conn, None)
-        self._scheduled.pop(conn, None)
+        self._heap.forget(conn)
         self._time_wait.pop(conn, None)
         listener = self._listener_of.pop(conn, None)
         if listener is not None:
@@ -467,19 +458,10 @@ class TcpDemux:
         conn.release()
 
     def next_deadline(self) -> float | None:
-        while self._timers:
-            deadline, _, conn = self._timers[0]
-            if self._scheduled.get(conn) == deadline:
-                return deadline
-            heapq.heappop(self._timers)  # stale: rescheduled or gone
-        return None
+        return self._heap.next_deadline()
 
     def handle_timers(self, now: float) -> None:
-        while self._timers and self._timers[0][0] <= now:
-            deadline, _, conn = heapq.heappop(self._timers)
-            if self._scheduled.get(conn) != deadline:
-                continue
-            del self._scheduled[conn]
+        while (conn := self._heap.pop_due(now)) is not None:
             conn.handle_timer(now)
             self.flush(conn)
 
