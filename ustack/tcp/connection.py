@@ -502,20 +502,10 @@ class TcpConnection(TcbView):
         """The seventh and eighth steps: the segment's text, then its FIN."""
         state = self.state
         rcv = self.receiver
-        # Trim what lies before RCV.NXT (already received) or past the window.
-        skip = seq.diff(rcv.rcv_nxt, start)
-        if skip > 0:
-            if payload:  # received before: a D-SACK tells the sender (RFC 2883 4.1.1)
-                rcv.report_duplicate(start, seq.add(start, min(skip, len(payload))))
-            if skip > len(payload):
-                return  # everything, FIN included, is old
-            payload = payload[skip:]
-            start = rcv.rcv_nxt
-        over = seq.diff(seq.add(start, len(payload)), rcv.rcv_adv)
-        if over > 0:
-            payload = payload[: len(payload) - over]
-            fin = 0  # the FIN lies beyond the window too
-            rcv.ack_now = True  # tell the sender where the window ends
+        trimmed = rcv.trim(start, payload, fin)
+        if trimmed is None:
+            return  # everything, FIN included, is old
+        start, payload, fin = trimmed
         if payload:
             if state not in RECEIVES_TEXT:
                 self.decide(Note.DATA_AFTER_FIN, state=state)
