@@ -24,6 +24,7 @@ A rule is written `ACTION[:KEY=VALUE,...]`, e.g. `drop:dir=out,flags=FIN,count=1
 from __future__ import annotations
 
 import random
+import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,6 +41,7 @@ _ECN_CE = 0b11  # the ECN field's bits in IPv4's second byte, and CE (RFC 3168 5
 # IPv6: the Traffic Class straddles bytes 0 and 1; its ECN bits are byte 1's 0x30 (RFC 8200 7).
 _ECN_CE_IPV6 = _ECN_CE << 4
 FAMILIES = (4, 6)
+_PORTS = struct.Struct("!HH")
 FLAG_NAMES = {"FIN": FIN, "SYN": SYN, "RST": RST, "PSH": PSH, "ACK": ACK, "URG": URG}
 
 
@@ -274,8 +276,7 @@ def _matches(rule: FaultRule, direction: str, packet: Buffer) -> bool:
     tcp = seen.upper
     if seen.protocol != PROTO_TCP or tcp is None or len(packet) < tcp + 14:
         return False
-    src_port = int.from_bytes(packet[tcp : tcp + 2], "big")
-    dst_port = int.from_bytes(packet[tcp + 2 : tcp + 4], "big")
+    src_port, dst_port = _PORTS.unpack_from(packet, tcp)
     if rule.port is not None and rule.port not in (src_port, dst_port):
         return False
     flags = packet[tcp + 13]
