@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ustack import __version__
-from ustack.cli.args import PORT, Parser, add_control_option, bounded_int, ipv4_address
+from ustack.cli.args import PORT, Parser, add_control_option, bounded_int, ip_address
 from ustack.cli.clients import faults_doc
 from ustack.cli.serve_options import add_serve_arguments
 from ustack.study.explain import add_explain_arguments
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect_cmd = commands.add_parser(
         "connect", help="make the stack connect to HOST PORT; stdin/stdout like nc"
     )
-    connect_cmd.add_argument("host", type=ipv4_address)
+    connect_cmd.add_argument("host", type=ip_address)
     connect_cmd.add_argument("port", type=PORT)
     connect_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     add_control_option(connect_cmd)
