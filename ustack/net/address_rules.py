@@ -16,7 +16,15 @@ from collections.abc import Container
 
 from ustack.trace.vocabulary import DropReason
 from ustack.wire.icmp import ICMP_ERROR_TYPES, NR_ICMP_TYPES
+from ustack.wire.icmpv6 import (
+    PACKET_TOO_BIG,
+    PARAMETER_PROBLEM,
+    UNRECOGNIZED_OPTION,
+    is_error_type,
+    upper_layer,
+)
 from ustack.wire.ipv4 import PROTO_ICMP
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH, NH_ICMPV6
 
 _FRAGMENT_OFFSET_MASK = 0x1FFF
 
@@ -53,5 +61,47 @@ def icmp_error_forbidden(
             return DropReason.ICMP_ERROR_UNQUOTABLE  # no ICMP type to tell: Linux sends none
         type_ = offending[header_length]
         if type_ > NR_ICMP_TYPES or type_ in ICMP_ERROR_TYPES:
+            return DropReason.ICMP_ERROR_ABOUT_ICMP_ERROR
+    return None
+
+
+# ---- IPv6 (RFC 4291, RFC 4443 2.4(e)) ------------------------------------------------
+
+
+def is_ipv6_multicast(address: int) -> bool:
+    """ff00::/8 (RFC 4291 2.7)."""
+    return address >> 120 == 0xFF
+
+
+def is_ipv6_unicast_host(address: int) -> bool:
+    """An IPv6 address that names one host: not multicast (RFC 4291 2.7:
+    never a source), and outside ::/96 (unspecified, loopback, the deprecated
+    IPv4-compatible ones) and ::ffff:0:0/96 (IPv4-mapped: Linux's
+    ip6_rcv_core drops those as a source), RFC 4291 2.5.5."""
+    return not (is_ipv6_multicast(address) or address >> 32 in (0, 0xFFFF))
+
+
+def icmpv6_error_forbidden(
+    offending: bytes | bytearray | memoryview, type_: int, code: int
+) -> DropReason | None:
+    """Why no ICMPv6 error of (type_, code) may be sent about `offending` (a
+    whole IPv6 packet we received), or None when one may (RFC 4443 2.4(e)):
+    none about an ICMPv6 error (or a packet too short to tell), none about a
+    packet to a multicast address but Packet Too Big and Parameter Problem
+    code 2, none to a source that is no single host."""
+    if len(offending) < IPV6_HEADER_LENGTH:
+        return DropReason.ICMP_ERROR_UNQUOTABLE
+    src = int.from_bytes(offending[8:24], "big")
+    dst = int.from_bytes(offending[24:40], "big")
+    exempt = type_ == PACKET_TOO_BIG or (type_ == PARAMETER_PROBLEM and code == UNRECOGNIZED_OPTION)
+    if is_ipv6_multicast(dst) and not exempt:
+        return DropReason.ICMP_ERROR_ABOUT_BROADCAST
+    if not is_ipv6_unicast_host(src):
+        return DropReason.ICMP_ERROR_TO_NON_UNICAST
+    next_header, offset = upper_layer(offending)
+    if next_header == NH_ICMPV6:
+        if len(offending) <= offset:
+            return DropReason.ICMP_ERROR_UNQUOTABLE  # no type to tell
+        if is_error_type(offending[offset]):
             return DropReason.ICMP_ERROR_ABOUT_ICMP_ERROR
     return None

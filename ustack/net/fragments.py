@@ -1,8 +1,12 @@
-"""IPv4 fragment reassembly (RFC 791 3.2, RFC 815, RFC 1122 3.3.2), sans-I/O.
+"""Fragment reassembly for IPv4 (RFC 791 3.2, RFC 815, RFC 1122 3.3.2) and
+IPv6 (RFC 8200 4.5), sans-I/O: one engine, a FragmentFamily for what differs
+(the counters' prefix, the largest datagram, how the whole one's header is made).
 
 A datagram's fragments are held under (src, dst, protocol, ID) until they make
 the whole datagram, which then goes on to its protocol like any unfragmented
-one. The policy is Linux's (net/ipv4/ip_fragment.c, inet_fragment.c):
+one (IPv6: (src, dst, ID) per RFC 8200 4.5, the protocol slot always
+NH_FRAGMENT). The policy is Linux's (net/ipv4/ip_fragment.c, inet_fragment.c,
+net/ipv6/reassembly.c):
 
 - a fragment that overlaps one already held, a second last fragment, a last
   fragment that ends elsewhere than the first one said, or data past the end
@@ -10,9 +14,10 @@ one. The policy is Linux's (net/ipv4/ip_fragment.c, inet_fragment.c):
   IPv6). A fragment lying wholly inside bytes already held is a duplicate: it
   alone is dropped, the datagram kept (Linux: IPFRAG_DUP);
 - a datagram that would exceed 65,535 bytes is dropped ("ping of death");
-- 30 s after its first fragment came (Linux ipfrag_time), an incomplete
+- 30 s (IPv4, Linux ipfrag_time; IPv6 60 s, ip6frag_time, the IPv6 layer's
+  FragmentLimits) after its first fragment came, an incomplete
   datagram is dropped, with ICMP Time Exceeded code 1 quoting its first
-  fragment if that one had come (RFC 792, RFC 1122 3.3.2);
+  fragment if that one had come (RFC 792, RFC 1122 3.3.2; RFC 8200 4.5);
 - all held fragments together cost at most `high_thresh` bytes (Linux's
   ipfrag_high_thresh, 4 MB), each charged its data plus FRAGMENT_OVERHEAD and
   each datagram DATAGRAM_OVERHEAD, as Linux charges an skb's truesize: a new
@@ -35,6 +40,12 @@ from dataclasses import dataclass
 from ustack.counters import Counters
 from ustack.trace.vocabulary import DropReason, Layer, Rule
 from ustack.wire.checksum import Buffer, prefix_checksum
+from ustack.wire.ipv6 import (
+    FRAGMENT_HEADER_LENGTH,
+    IPV6_HEADER_LENGTH,
+    PAYLOAD_LENGTH_OFFSET,
+    remove_fragment_header,
+)
 
 IPV4_MAX_LENGTH = 0xFFFF  # RFC 791: the total length field
 # What is charged against the cap besides the data, as Linux charges an skb's
@@ -55,6 +66,47 @@ OVERLAP = -2
 Key = tuple[int, int, int, int]  # (src, dst, protocol, identification)
 
 
+def _whole_ipv4(first_header: bytes, datagram_length: int) -> bytearray:
+    """The whole datagram's header: the first fragment's (and its options)
+    with its length, no MF, offset 0 (RFC 791 3.2); the checksum after."""
+    whole = bytearray(first_header)
+    struct.pack_into("!H", whole, _TOTAL_LENGTH_OFFSET, len(whole) + datagram_length)
+    flags = struct.unpack_from("!H", whole, _FLAGS_FRAGMENT_OFFSET)[0]
+    struct.pack_into("!H", whole, _FLAGS_FRAGMENT_OFFSET, flags & 0x4000)  # DF kept
+    struct.pack_into("!H", whole, _CHECKSUM_OFFSET, 0)
+    struct.pack_into("!H", whole, _CHECKSUM_OFFSET, prefix_checksum(whole, len(whole)))
+    return whole
+
+
+def _whole_ipv6(first_header: bytes, datagram_length: int) -> bytearray:
+    """RFC 8200 4.5: the first fragment's unfragmentable part, its fragment
+    header gone (the header before it names the fragment's next header),
+    the payload length that of the whole."""
+    whole = remove_fragment_header(first_header)
+    payload_length = len(whole) - IPV6_HEADER_LENGTH + datagram_length
+    struct.pack_into("!H", whole, PAYLOAD_LENGTH_OFFSET, payload_length)
+    return whole
+
+
+@dataclass(frozen=True)
+class FragmentFamily:
+    """What reassembly does differently for IPv4 and IPv6."""
+
+    layer: Layer  # where drops are counted
+    prefix: str  # of the counters: ip.reasm.oks, ip6.reasm.oks
+    # Header bytes a fragment carries that the 16-bit length field does not
+    # count: IPv6's payload length leaves out the fixed header and, once
+    # whole, the fragment header is gone too.
+    uncounted: int
+    whole_header: Callable[[bytes, int], bytearray]  # (first header, data length)
+
+
+IPV4_FAMILY = FragmentFamily(Layer.IP, "ip", 0, _whole_ipv4)
+IPV6_FAMILY = FragmentFamily(
+    Layer.IP6, "ip6", IPV6_HEADER_LENGTH + FRAGMENT_HEADER_LENGTH, _whole_ipv6
+)
+
+
 @dataclass(frozen=True)
 class FragmentLimits:
     """Reassembly limits, Linux's defaults.
@@ -67,8 +119,11 @@ class FragmentLimits:
     same thing with its memory charge per skb and ipfrag_max_dist."""
 
     high_thresh: int = 4 * 1024 * 1024  # ipfrag_high_thresh
-    timeout: float = 30.0  # ipfrag_time
+    timeout: float = 30.0  # ipfrag_time (IPv6: IPV6_FRAGMENT_LIMITS)
     max_fragments: int = 128
+
+
+IPV6_FRAGMENT_LIMITS = FragmentLimits(timeout=60.0)  # ip6frag_time, RFC 8200 4.5
 
 
 class _Datagram:
@@ -126,8 +181,10 @@ class Reassembly:
         counters: Counters,
         time_exceeded: Callable[[bytes], None],
         limits: FragmentLimits | None = None,
+        family: FragmentFamily = IPV4_FAMILY,
     ) -> None:
         self.limits = limits or FragmentLimits()
+        self.family = family
         self._counters = counters
         self._time_exceeded = time_exceeded
         # Insertion order is creation order, and every datagram lives for the
@@ -146,21 +203,28 @@ class Reassembly:
         src: int,
         dst: int,
         now: float,
+        identification: int | None = None,
     ) -> bytearray | None:
         """One fragment that passed IP input's checks; the whole datagram (a
-        header without MF or offset, then the payload) when it completes it."""
+        header without MF or offset, then the payload) when it completes it.
+        `header_length`: where the fragment's data starts (IPv6: past its
+        fragment header); `identification`: IPv6's, from the fragment header
+        (IPv4's is read from the header)."""
         counters = self._counters
-        counters["ip.reasm.reqds"] += 1
+        family = self.family
+        counters[f"{family.prefix}.reasm.reqds"] += 1
         self.expire(now)  # a datagram past its time takes no more fragments
-        identification = _ID.unpack_from(packet, 4)[0]
+        if identification is None:
+            identification = _ID.unpack_from(packet, 4)[0]
         key = (src, dst, protocol, identification)
         start = offset_units * 8
         end = start + total_length - header_length
         if more_fragments:
             # RFC 791: every fragment but the last carries a multiple of 8
-            # bytes; what is past that belongs to the next one (Linux trims).
+            # bytes; what is past that belongs to the next one (Linux trims;
+            # the IPv6 layer refuses such a fragment before, RFC 8200 4.5).
             end &= ~7
-        if end + header_length > IPV4_MAX_LENGTH:
+        if end + header_length - family.uncounted > IPV4_MAX_LENGTH:
             why = f"a fragment ending at {end}: the datagram would pass 65,535 bytes"
             self._refuse(key, DropReason.FRAG_TOO_BIG, Rule.RFC791_FRAGMENTS, why, now)
             return None
@@ -172,7 +236,7 @@ class Reassembly:
         if index == DUPLICATE and (more_fragments or end == datagram.length):
             # Linux: IPFRAG_DUP, the fragment alone is dropped.
             why = f"bytes {start}-{end} already held ({Rule.RFC5722_OVERLAP})"
-            counters.drop(Layer.IP, DropReason.FRAG_DUPLICATE, now, why)
+            counters.drop(family.layer, DropReason.FRAG_DUPLICATE, now, why)
             return None
         refusal = self._inconsistency(datagram, start, end, more_fragments, index)
         if refusal is not None:
@@ -225,20 +289,16 @@ class Reassembly:
         return None
 
     def _join(self, key: Key, datagram: _Datagram) -> bytearray:
-        """The complete datagram, with the first fragment's header (and
-        options) made whole: its length, no MF, offset 0 (RFC 791 3.2)."""
+        """The complete datagram, with the first fragment's header made
+        whole by the family (IPv4: RFC 791 3.2; IPv6: RFC 8200 4.5)."""
         del self.datagrams[key]
         self.memory -= datagram.cost
         header = datagram.first_header
         assert header is not None  # complete: the fragment at offset 0 is held
-        whole = bytearray(header)
+        assert datagram.length is not None
+        whole = self.family.whole_header(header, datagram.length)
         whole += b"".join(datagram.pieces)
-        struct.pack_into("!H", whole, _TOTAL_LENGTH_OFFSET, len(whole))
-        flags = struct.unpack_from("!H", whole, _FLAGS_FRAGMENT_OFFSET)[0]
-        struct.pack_into("!H", whole, _FLAGS_FRAGMENT_OFFSET, flags & 0x4000)  # DF kept
-        struct.pack_into("!H", whole, _CHECKSUM_OFFSET, 0)
-        struct.pack_into("!H", whole, _CHECKSUM_OFFSET, prefix_checksum(whole, len(header)))
-        self._counters["ip.reasm.oks"] += 1
+        self._counters[f"{self.family.prefix}.reasm.oks"] += 1
         return whole
 
     def _refuse(self, key: Key, reason: DropReason, rule: Rule, why: str, now: float) -> None:
@@ -248,9 +308,12 @@ class Reassembly:
         if datagram is not None:
             self.memory -= datagram.cost
             held = len(datagram.starts)
-        self._counters["ip.reasm.fails"] += 1
+        self._counters[f"{self.family.prefix}.reasm.fails"] += 1
         self._counters.drop(
-            Layer.IP, reason, now, f"{why}: datagram dropped with {held} held fragment(s) ({rule})"
+            self.family.layer,
+            reason,
+            now,
+            f"{why}: datagram dropped with {held} held fragment(s) ({rule})",
         )
 
     def _make_room(self, cost: int, key: Key, now: float) -> bool:
@@ -283,7 +346,7 @@ class Reassembly:
             if datagram.created + timeout > now:
                 return
             header = datagram.first_header
-            self._counters["ip.reasm.timeout"] += 1
+            self._counters[f"{self.family.prefix}.reasm.timeout"] += 1
             why = f"incomplete after {timeout:g} s"
             self._refuse(key, DropReason.FRAG_TIMEOUT, Rule.RFC1122_REASSEMBLY, why, now)
             if header is not None:

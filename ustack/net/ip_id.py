@@ -13,6 +13,9 @@ other's traffic exactly either.
 
 The keyed hash of a destination is remembered in a bounded table, so the
 per-packet cost is one dict lookup and a few integer operations.
+
+IPv6's fragment header has a 32-bit Identification (RFC 8200 4.5), drawn the
+same way (RFC 7739 5: not predictable): `bits=32`, addresses of 16 bytes.
 """
 
 from __future__ import annotations
@@ -32,15 +35,27 @@ class IpIdentifiers:
     """next(dst, protocol, now, count) -> the first of `count` consecutive IDs
     (a GSO super-segment is cut into `count` datagrams, each its own ID)."""
 
-    __slots__ = ("_buckets", "_key", "_random_below", "_source", "_stamps", "_where")
+    __slots__ = (
+        "_address_bytes",
+        "_buckets",
+        "_key",
+        "_mask",
+        "_random_below",
+        "_source",
+        "_stamps",
+        "_where",
+    )
 
     def __init__(
         self,
         source: int,
         key: bytes | None = None,
         random_below: Callable[[int], int] | None = None,
+        bits: int = 16,
     ) -> None:
-        self._source = source.to_bytes(4, "big")
+        self._address_bytes = 16 if source > 0xFFFFFFFF else 4
+        self._source = source.to_bytes(self._address_bytes, "big")
+        self._mask = (1 << bits) - 1
         self._key = key or secrets.token_bytes(16)
         self._random_below = random_below or random.SystemRandom().randrange
         self._buckets = [0] * BUCKETS
@@ -55,7 +70,7 @@ class IpIdentifiers:
 
     def _hash(self, dst: int, protocol: int) -> int:
         digest = hashlib.blake2b(
-            dst.to_bytes(4, "big") + self._source + bytes((protocol,)),
+            dst.to_bytes(self._address_bytes, "big") + self._source + bytes((protocol,)),
             key=self._key,
             digest_size=4,
         ).digest()
@@ -76,7 +91,7 @@ class IpIdentifiers:
             self._jump(index, now)
         buckets = self._buckets
         first = buckets[index]
-        buckets[index] = (first + count) & 0xFFFF
+        buckets[index] = (first + count) & self._mask
         return first
 
     def _jump(self, index: int, now: float) -> None:
@@ -84,4 +99,4 @@ class IpIdentifiers:
         on by a random amount below the ticks that passed (ip_idents_reserve)."""
         ticks = max(int((now - self._stamps[index]) * TICKS_PER_SECOND), 1)  # float rounding
         self._stamps[index] = now
-        self._buckets[index] = (self._buckets[index] + self._random_below(ticks)) & 0xFFFF
+        self._buckets[index] = (self._buckets[index] + self._random_below(ticks)) & self._mask

@@ -10,18 +10,20 @@ import errno
 import ipaddress
 import struct
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from ustack.counters import Counters
 from ustack.net.address_rules import icmp_error_forbidden
 from ustack.net.address_rules import is_unicast_host as _is_unicast_source
 from ustack.net.fragments import FragmentLimits, Reassembly
+from ustack.net.ip_common import IpLayerBase
 from ustack.net.ip_id import IpIdentifiers
 from ustack.net.pmtu import DEFAULT_MIN_PMTU, PmtuCache
 from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
 from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer, Rule
-from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum, transport_checksum
+from ustack.wire.address import format_address
+from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import (
     DEST_UNREACH,
@@ -52,9 +54,6 @@ from ustack.wire.ipv4 import (
     ipv4_plain_fields,
     parse_ipv4,
 )
-from ustack.wire.udp import parse_udp
-
-_Header = TypeVar("_Header")
 
 # Receives an ICMP error about a TCP segment we sent: (type, code, the path
 # MTU it stands for (fragmentation needed) else 0, the quote, now).
@@ -96,10 +95,19 @@ class Unreachable(OSError):
     what Linux's connect() says for a broadcast or multicast address."""
 
     def __init__(self, address: int, why: str) -> None:
-        super().__init__(errno.ENETUNREACH, f"{ipaddress.IPv4Address(address)} is {why}")
+        super().__init__(errno.ENETUNREACH, f"{format_address(address)} is {why}")
 
 
-class IPv4Layer:
+class IPv4Layer(IpLayerBase):
+    IP_LAYER = Layer.IP
+    ICMP_LAYER = Layer.ICMP
+    COUNTER_PREFIX = "ip"
+    OUT_COUNTER = "ip.out"
+    PORT_UNREACHABLE_COUNTER = "udp.out.port-unreachable"
+    ERRORS_RULE = Rule.RFC1122_ICMP_ERRORS
+    RATE_RULE = Rule.RFC1812_ICMP_RATE
+    UDP_ZERO_CHECKSUM_OK = True  # RFC 768: zero, the sender computed none
+
     def __init__(
         self,
         address: int,
@@ -202,16 +210,6 @@ class IPv4Layer:
         else:
             counters.drop(Layer.IP, DropReason.UNKNOWN_PROTOCOL, now)
 
-    def _parse_or_drop(
-        self, parse: Callable[[memoryview], _Header], data: memoryview, layer: Layer
-    ) -> _Header | None:
-        """parse(data), or None with the malformed packet counted as a drop at `layer`."""
-        try:
-            return parse(data)
-        except MalformedPacket as exc:
-            self._counters.drop(layer, exc, self._now)
-            return None
-
     def _receive_icmp(self, src: int, message: memoryview) -> None:
         counters = self._counters
         icmp = self._parse_or_drop(parse_icmp, message, Layer.ICMP)
@@ -246,41 +244,16 @@ class IPv4Layer:
             counters.drop(Layer.ICMP, DropReason.UNHANDLED_ERROR, now, f"code {code}")
             return
         quote = self._parse_or_drop(parse_quote, data, Layer.ICMP)
-        if quote is None:
+        if quote is None or not self._quote_for_tcp(quote):
             return
-        if quote.src != self.address:
-            # Not about a datagram of ours: forged, or misrouted.
-            counters.drop(Layer.ICMP, DropReason.QUOTE_NOT_OURS, now, f"quotes {quote.src:#x}")
-            return
-        if quote.protocol != PROTO_TCP or self.tcp_error is None:
-            counters.drop(Layer.ICMP, DropReason.QUOTE_UNHANDLED_PROTOCOL, now)
-            return
+        assert self.tcp_error is not None  # _quote_for_tcp checked
         mtu = 0
         if type_ == DEST_UNREACH and code == FRAG_NEEDED:
             # RFC 1191 4: the next-hop MTU is the low 16 bits of the second word.
             mtu = self.pmtu.candidate(rest & 0xFFFF, quote.total_length)
         self.tcp_error(type_, code, mtu, quote, now)
 
-    def _receive_udp(
-        self, src: int, datagram: memoryview, packet: Buffer, checksum_ok: bool
-    ) -> None:
-        """No UDP sockets exist yet: every port is closed (RFC 1122 4.1.3.1)."""
-        counters = self._counters
-        udp = self._parse_or_drop(parse_udp, datagram, Layer.UDP)
-        if udp is None:
-            return
-        if not 8 <= udp.length <= len(datagram):
-            counters.drop(Layer.UDP, DropReason.BAD_LENGTH, self._now)
-            return
-        # A zero checksum means the sender computed none (RFC 768).
-        if (
-            not checksum_ok
-            and udp.checksum
-            and transport_checksum(src, self.address, PROTO_UDP, datagram) != 0
-        ):
-            counters.drop(Layer.UDP, DropReason.BAD_CHECKSUM, self._now)
-            return
-        counters["udp.out.port-unreachable"] += 1
+    def _send_port_unreachable(self, packet: Buffer) -> None:
         self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)
 
     # ---- output ---------------------------------------------------------
@@ -330,15 +303,12 @@ class IPv4Layer:
         """RFC 791 3.2: the datagram cut on 8-byte boundaries, each fragment
         with the same ID, its offset, MF on all but the last, DF clear (as
         Linux sends a reply its MTU cannot hold: ip_fragment)."""
-        counters = self._counters
         if IPV4_MIN_HEADER_LENGTH + len(payload) > 0xFFFF:
-            counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
+            self._counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
             return
         identification = self._next_ip_id(dst, protocol, self._now, 1)  # one for all its fragments
-        step = (self.mtu - IPV4_MIN_HEADER_LENGTH) & ~7
-        data = memoryview(payload)
-        for offset in range(0, len(data), step):
-            piece = data[offset : offset + step]
+
+        def fragment_at(offset: int, piece: memoryview, more: bool) -> bytearray:
             fragment = bytearray(IPV4_MIN_HEADER_LENGTH)
             fragment += piece
             build_ipv4_in_place(
@@ -348,12 +318,11 @@ class IPv4Layer:
                 protocol=protocol,
                 ttl=DEFAULT_TTL,
                 identification=identification,
-                flags_fragment=fragment_field(offset, offset + step < len(data)),
+                flags_fragment=fragment_field(offset, more),
             )
-            if not self._put(fragment):
-                return  # the rest is useless without this one
-            counters["ip.frag.creates"] += 1
-        counters["ip.frag.oks"] += 1
+            return fragment
+
+        self._put_fragments(payload, (self.mtu - IPV4_MIN_HEADER_LENGTH) & ~7, fragment_at)
 
     def send_in_place(
         self,
@@ -388,51 +357,19 @@ class IPv4Layer:
         )
         self._put(packet, gso_size)
 
-    def _put(self, packet: bytearray, gso_size: int = 0) -> bool:
-        """A datagram, header and all, to the link: seen by the tap, counted
-        as sent or as dropped at a full queue."""
-        sent = self._transmit(packet, gso_size) if gso_size else self._transmit(packet)
-        if self.tap is not None:
-            self.tap("out", bytes(packet), self._now)
-        if sent:
-            self._counters["ip.out"] += 1
-        else:
-            self._counters.drop(Layer.IP, DropReason.OUT_QUEUE_FULL, self._now)
-        return sent
-
     def _send_time_exceeded(self, first_fragment: bytes) -> None:
         """RFC 792, RFC 1122 3.3.2: a datagram not reassembled in time."""
         if self.send_icmp_error(TIME_EXCEEDED, REASSEMBLY_TIME_EXCEEDED, first_fragment):
             self._counters["icmp.out.reassembly-time-exceeded"] += 1
-
-    def handle_timers(self, now: float) -> None:
-        """The reassembly timeouts due by `now`."""
-        self._now = now
-        self.fragments.expire(now)
-
-    def next_deadline(self) -> float | None:
-        return self.fragments.next_deadline()
 
     def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> bool:
         """An ICMP error about `offending` (a whole IPv4 packet we received),
         unless RFC 1122 3.2.2 forbids it or a rate limit holds it back
         (False, counted)."""
         forbidden = icmp_error_forbidden(offending, self.broadcasts)
-        if forbidden is not None:
-            self._counters.drop(Layer.ICMP, forbidden, self._now, Rule.RFC1122_ICMP_ERRORS)
-            return False
-        src = struct.unpack_from("!I", offending, 12)[0]
-        if self._icmp_rate_limited(type_, code, src):
+        src = struct.unpack_from("!I", offending, 12)[0] if len(offending) >= 16 else 0
+        if not self._error_may_go(forbidden, type_, code, src):
             return False
         quote = offending[: ICMP_ERROR_MAX - 20 - 8]
         self.send(src, PROTO_ICMP, build_icmp(type=type_, code=code, rest=rest, payload=quote))
-        return True
-
-    def _icmp_rate_limited(self, type_: int, code: int, dst: int) -> bool:
-        """Linux's icmp_ratelimit and icmp_msgs_per_sec (RFC 1812 4.3.2.8):
-        True, and counted, when this message must not go now."""
-        refused = self.icmp_limiter.allow(type_, code, dst, self._now)
-        if refused is None:
-            return False
-        self._counters.drop(Layer.ICMP, refused, self._now, Rule.RFC1812_ICMP_RATE)
         return True

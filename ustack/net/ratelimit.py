@@ -14,7 +14,9 @@ sends; Linux does it in two stages, and so does this module:
 Only the types in `ratemask` are limited (Linux's icmp_ratemask 6168:
 destination unreachable, source quench, time exceeded, parameter problem),
 never "fragmentation needed" (path MTU discovery must work) and never an
-echo reply under the default mask.
+echo reply under the default mask. For ICMPv6 (`ipv6=True`, RFC 4443 2.4(f)
+makes the limit a MUST) the types are Linux's icmpv6_ratemask default
+"0-1,3-127": every error but Packet Too Big, no informational message.
 
 The destinations are kept in a table of at most `max_peers` entries, the
 least recently used giving way: a storm from spoofed sources cannot grow it,
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 
 from ustack.trace.vocabulary import DropReason
 from ustack.wire.icmp import DEST_UNREACH, FRAG_NEEDED, NR_ICMP_TYPES
+from ustack.wire.icmpv6 import PACKET_TOO_BIG, is_error_type
 
 XRLIM_BURST_FACTOR = 6  # include/net/inetpeer.h: a burst of 6 messages per destination
 # inet_getpeer: a new peer's rate_last is 60 s back, so its first message
@@ -57,14 +60,18 @@ class IcmpRateLimiter:
     """allow(type, code, dst, now) -> None when the message may go, else
     the limit that refused it (a DropReason: the ICMP drop counter's)."""
 
-    __slots__ = ("_credit", "_peers", "_stamp", "_take", "limits")
+    __slots__ = ("_credit", "_peers", "_stamp", "_take", "ipv6", "limits")
 
     def __init__(
-        self, limits: IcmpLimits | None = None, take: Callable[[int], int] | None = None
+        self,
+        limits: IcmpLimits | None = None,
+        take: Callable[[int], int] | None = None,
+        ipv6: bool = False,
     ) -> None:
         """`take(3)`: the credits a message costs, 0..2 (random by default;
-        a test passes a fixed one)."""
+        a test passes a fixed one); `ipv6`: the types are ICMPv6's."""
         self.limits = limits or IcmpLimits()
+        self.ipv6 = ipv6
         self._take = take or random.SystemRandom().randrange
         self._credit = 0
         self._stamp: float | None = None  # the last global refill; None: a full second ago
@@ -72,7 +79,10 @@ class IcmpRateLimiter:
         self._peers: OrderedDict[int, tuple[float, float]] = OrderedDict()
 
     def limited(self, type_: int, code: int) -> bool:
-        """icmpv4_mask_allow's negation: is this type subject to the limits?"""
+        """icmpv4_mask_allow's (icmpv6_mask_allow's) negation: is this type
+        subject to the limits?"""
+        if self.ipv6:
+            return is_error_type(type_) and type_ != PACKET_TOO_BIG
         if type_ > NR_ICMP_TYPES:
             return False
         if type_ == DEST_UNREACH and code == FRAG_NEEDED:

@@ -52,6 +52,14 @@ class Rule(enum.StrEnum):
     RFC3168_SETUP = "RFC 3168 6.1.1"
     RFC3168_SENDER = "RFC 3168 6.1.2"
     RFC3168_RECEIVER = "RFC 3168 6.1.3"
+    RFC8200_EXTENSION_HEADERS = "RFC 8200 4"
+    RFC8200_OPTIONS = "RFC 8200 4.2"
+    RFC5095_ROUTING = "RFC 8200 4.4, RFC 5095"
+    RFC8200_FRAGMENTS = "RFC 8200 4.5"
+    RFC7112_HEADER_CHAIN = "RFC 7112 5"
+    RFC4291_ADDRESSES = "RFC 4291 2.5.5, 2.7"
+    RFC4443_ICMP_ERRORS = "RFC 4443 2.4(e)"  # when no ICMPv6 error may go
+    RFC4443_ICMP_RATE = "RFC 4443 2.4(f)"  # ICMPv6 errors rate-limited
 
 
 class TimerKind(enum.StrEnum):
@@ -289,6 +297,8 @@ class Layer(enum.StrEnum):
     ICMP = "icmp"
     UDP = "udp"
     TCP = "tcp"
+    IP6 = "ip6"
+    ICMP6 = "icmp6"
 
 
 class DropReason(enum.StrEnum):
@@ -350,3 +360,12 @@ class DropReason(enum.StrEnum):
     NO_CONNECTION = "no-connection"  # quotes a 4-tuple we have no connection on
     BAD_SEQ = "bad-seq"  # quotes a SEQ outside SND.UNA..SND.NXT
     UNHANDLED_ERROR = "unhandled-error"  # a Destination Unreachable code we do not know
+    # ip6 (IPv6 input; the reasons above serve it too where they fit)
+    IPV6_BAD_PAYLOAD_LENGTH = "ipv6-bad-payload-length"  # past the packet's end
+    EXTENSION_HEADER_TRUNCATED = "extension-header-truncated"  # past the payload's end
+    HOP_BY_HOP_NOT_FIRST = "hop-by-hop-not-first"  # RFC 8200 4.1: Parameter Problem code 1
+    UNKNOWN_OPTION = "unknown-option"  # RFC 8200 4.2: its two high bits say discard
+    ROUTING_HEADER = "routing-header"  # segments left with a type we do not route (RFC 5095)
+    UNKNOWN_NEXT_HEADER = "unknown-next-header"  # RFC 8200 4: Parameter Problem code 1
+    FRAG_BAD_LENGTH = "frag-bad-length"  # M set and not a multiple of 8 (RFC 8200 4.5)
+    FRAG_HEADER_CHAIN = "frag-header-chain"  # a first fragment without the upper header (RFC 7112)

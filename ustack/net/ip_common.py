@@ -1,0 +1,156 @@
+"""What the IPv4 and IPv6 layers share (issue 15: the code once for both
+families): the tail every datagram leaves by, the parse-or-drop helper, the
+ICMP rate limit and address rules at the moment an error is to go, UDP's
+closed ports, TCP's view of an ICMP error's quote, and the timers.
+
+Each layer sets the class attributes that name its counters and layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from ustack.counters import Counters
+from ustack.net.fragments import Reassembly
+from ustack.net.ratelimit import IcmpRateLimiter
+from ustack.trace.records import PacketTap
+from ustack.trace.vocabulary import DropReason, Layer, Rule
+from ustack.wire.checksum import Buffer, transport_checksum
+from ustack.wire.errors import MalformedPacket
+from ustack.wire.icmp import Quote
+from ustack.wire.ipv4 import PROTO_TCP, PROTO_UDP
+from ustack.wire.udp import parse_udp
+
+_Header = TypeVar("_Header")
+
+
+class IpLayerBase:
+    # Per family (IPv4Layer, IPv6Layer).
+    IP_LAYER: Layer
+    ICMP_LAYER: Layer
+    COUNTER_PREFIX: str  # "ip", "ip6" (Linux's Ip and Ip6 MIBs)
+    OUT_COUNTER: str  # "ip.out", as Linux's IpOutRequests; "ip6.out"
+    PORT_UNREACHABLE_COUNTER: str
+    ERRORS_RULE: Rule  # cited when the address rules forbid an error
+    RATE_RULE: Rule  # cited when the rate limit holds one back
+    # RFC 768: a zero UDP checksum means none was computed; RFC 8200 8.1:
+    # IPv6 makes it mandatory, a zero one is wrong.
+    UDP_ZERO_CHECKSUM_OK: bool
+
+    address: int
+    tap: PacketTap | None
+    icmp_limiter: IcmpRateLimiter
+    fragments: Reassembly
+    tcp_error: Callable[[int, int, int, Quote, float], None] | None
+    _transmit: Callable[..., bool]
+    _counters: Counters
+    _now: float
+
+    def _put(self, packet: bytearray, gso_size: int = 0) -> bool:
+        """A datagram, header and all, to the link: seen by the tap, counted
+        as sent or as dropped at a full queue."""
+        sent = self._transmit(packet, gso_size) if gso_size else self._transmit(packet)
+        if self.tap is not None:
+            self.tap("out", bytes(packet), self._now)
+        if sent:
+            self._counters[self.OUT_COUNTER] += 1
+        else:
+            self._counters.drop(self.IP_LAYER, DropReason.OUT_QUEUE_FULL, self._now)
+        return sent
+
+    def _put_fragments(
+        self,
+        payload: Buffer,
+        step: int,
+        fragment_at: Callable[[int, memoryview, bool], bytearray],
+    ) -> None:
+        """The payload cut on 8-byte boundaries (`step`, a multiple of 8), each
+        piece made a whole fragment by fragment_at(offset, piece, more) and
+        put on the link in order; counted as Linux's FragCreates, FragOKs."""
+        counters = self._counters
+        prefix = self.COUNTER_PREFIX
+        data = memoryview(payload)
+        for offset in range(0, len(data), step):
+            more = offset + step < len(data)
+            if not self._put(fragment_at(offset, data[offset : offset + step], more)):
+                return  # the rest is useless without this one
+            counters[f"{prefix}.frag.creates"] += 1
+        counters[f"{prefix}.frag.oks"] += 1
+
+    def _parse_or_drop(
+        self, parse: Callable[[memoryview], _Header], data: memoryview, layer: Layer
+    ) -> _Header | None:
+        """parse(data), or None with the malformed packet counted as a drop at `layer`."""
+        try:
+            return parse(data)
+        except MalformedPacket as exc:
+            self._counters.drop(layer, exc, self._now)
+            return None
+
+    def _error_may_go(self, forbidden: DropReason | None, type_: int, code: int, dst: int) -> bool:
+        """An ICMP error to `dst`: False, counted, when an address rule
+        (`forbidden`) or the rate limit holds it back."""
+        if forbidden is not None:
+            self._counters.drop(self.ICMP_LAYER, forbidden, self._now, self.ERRORS_RULE)
+            return False
+        return not self._icmp_rate_limited(type_, code, dst)
+
+    def _icmp_rate_limited(self, type_: int, code: int, dst: int) -> bool:
+        """Linux's icmp_ratelimit and icmp_msgs_per_sec (RFC 1812 4.3.2.8,
+        RFC 4443 2.4(f)): True, and counted, when this message must not go now."""
+        refused = self.icmp_limiter.allow(type_, code, dst, self._now)
+        if refused is None:
+            return False
+        self._counters.drop(self.ICMP_LAYER, refused, self._now, self.RATE_RULE)
+        return True
+
+    def _quote_for_tcp(self, quote: Quote) -> bool:
+        """An ICMP error's quote goes to TCP only if it is of a datagram we
+        sent (our address as its source) and TCP's (the transport finds the
+        connection and checks the sequence number, RFC 5927 4.1)."""
+        if quote.src != self.address:
+            # Not about a datagram of ours: forged, or misrouted.
+            self._counters.drop(
+                self.ICMP_LAYER, DropReason.QUOTE_NOT_OURS, self._now, f"quotes {quote.src:#x}"
+            )
+            return False
+        if quote.protocol != PROTO_TCP or self.tcp_error is None:
+            self._counters.drop(self.ICMP_LAYER, DropReason.QUOTE_UNHANDLED_PROTOCOL, self._now)
+            return False
+        return True
+
+    def _receive_udp(
+        self, src: int, datagram: memoryview, packet: Buffer, checksum_ok: bool
+    ) -> None:
+        """No UDP sockets exist yet: every port is closed (RFC 1122 4.1.3.1,
+        RFC 4443 3.1 code 4)."""
+        counters = self._counters
+        udp = self._parse_or_drop(parse_udp, datagram, Layer.UDP)
+        if udp is None:
+            return
+        if not 8 <= udp.length <= len(datagram):
+            counters.drop(Layer.UDP, DropReason.BAD_LENGTH, self._now)
+            return
+        if checksum_ok:
+            bad = False
+        elif udp.checksum == 0:
+            bad = not self.UDP_ZERO_CHECKSUM_OK
+        else:
+            bad = transport_checksum(src, self.address, PROTO_UDP, datagram) != 0
+        if bad:
+            counters.drop(Layer.UDP, DropReason.BAD_CHECKSUM, self._now)
+            return
+        counters[self.PORT_UNREACHABLE_COUNTER] += 1
+        self._send_port_unreachable(packet)
+
+    def _send_port_unreachable(self, packet: Buffer) -> None:
+        raise NotImplementedError
+
+    def handle_timers(self, now: float) -> None:
+        """The reassembly timeouts due by `now`."""
+        self._now = now
+        self.fragments.expire(now)
+
+    def next_deadline(self) -> float | None:
+        return self.fragments.next_deadline()

@@ -1,0 +1,526 @@
+"""IPv6 input and output, ICMPv6 echo and errors (RFC 8200, RFC 4443), sans-I/O.
+
+The same interface as IPv4Layer, so the stack can hold one of each and TCP
+sees no difference: addresses are ints (wire/address.py), `tcp_input` and
+`tcp_error` are called as IPv4's. Every packet not accepted is counted under
+`ip6.drop.<reason>` or `icmp6.drop.<reason>` (Linux's Ip6*/Icmp6* MIBs);
+what IPv4 and IPv6 do alike lives once, in net/ip_common.py, net/fragments.py,
+net/ratelimit.py and net/address_rules.py.
+
+Neighbor Discovery and MLD messages the kernel sends down a TUN (router and
+neighbor solicitations, MLD reports to ff02::16) are recognised and counted
+(`icmp6.in.nd`, `icmp6.in.mld`), never answered: a TUN has no link layer to
+resolve.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from ustack.counters import Counters
+from ustack.net.address_rules import (
+    icmpv6_error_forbidden,
+    is_ipv6_multicast,
+    is_ipv6_unicast_host,
+)
+from ustack.net.flow_label import FlowLabels
+from ustack.net.fragments import IPV6_FAMILY, IPV6_FRAGMENT_LIMITS, FragmentLimits, Reassembly
+from ustack.net.ip_common import IpLayerBase
+from ustack.net.ip_id import IpIdentifiers
+from ustack.net.ipv4 import TcpErrorInput, TcpInput, Unreachable
+from ustack.net.pmtu import PmtuCache
+from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
+from ustack.trace.records import PacketTap
+from ustack.trace.vocabulary import DropReason, Layer, Rule
+from ustack.wire.checksum import Buffer, transport_checksum
+from ustack.wire.errors import MalformedPacket
+from ustack.wire.icmp import ICMP_HEADER_LENGTH, parse_icmp
+from ustack.wire.icmpv6 import (
+    DEST_UNREACH,
+    ECHO_REPLY,
+    ECHO_REQUEST,
+    ERRONEOUS_HEADER_FIELD,
+    HEADER_CHAIN_INCOMPLETE,
+    MLD_TYPES,
+    NEIGHBOR_DISCOVERY_TYPES,
+    PACKET_TOO_BIG,
+    PARAMETER_PROBLEM,
+    PORT_UNREACH,
+    REASSEMBLY_TIME_EXCEEDED,
+    REJECT_ROUTE,
+    TIME_EXCEEDED,
+    UNRECOGNIZED_NEXT_HEADER,
+    UNRECOGNIZED_OPTION,
+    build_icmpv6,
+    is_error_type,
+    parse_quote_ipv6,
+)
+from ustack.wire.ipv4 import ECN_MASK, ECN_NOT_ECT, PROTO_TCP, PROTO_UDP
+from ustack.wire.ipv6 import (
+    EXTENSION_HEADERS,
+    FRAGMENT_HEADER_LENGTH,
+    IPV6_FIXED,
+    IPV6_HEADER_LENGTH,
+    IPV6_MIN_MTU,
+    IPV6_VERSION,
+    NH_DESTINATION,
+    NH_FRAGMENT,
+    NH_HOP_BY_HOP,
+    NH_ICMPV6,
+    NH_NONE,
+    NH_ROUTING,
+    PAYLOAD_LENGTH_OFFSET,
+    build_ipv6_in_place,
+    fragment_header,
+    parse_fragment_header,
+    parse_ipv6,
+)
+
+# RFC 4443 2.4(c): an error quotes as much of the offending packet as fits
+# in the minimum MTU.
+ICMPV6_ERROR_MAX = IPV6_MIN_MTU
+# The options every node knows (RFC 8200 4.2): Pad1, PadN; Router Alert
+# (RFC 2711), which MLD reports carry in their hop-by-hop header.
+_PAD1, _PADN, _ROUTER_ALERT = 0, 1, 5
+_KNOWN_OPTIONS = frozenset({_PADN, _ROUTER_ALERT})
+# RFC 7112 5: the smallest upper-layer header a first fragment must hold.
+_UPPER_HEADER_MIN = {PROTO_TCP: 20, PROTO_UDP: 8, NH_ICMPV6: 4}
+
+
+class _Refused(Exception):
+    """A packet the extension-header walk refuses: its drop reason, the rule,
+    and the ICMPv6 Parameter Problem to send back (code, pointer), if any."""
+
+    def __init__(
+        self, reason: DropReason, rule: Rule, why: str, problem: tuple[int, int] | None = None
+    ) -> None:
+        super().__init__(why)
+        self.reason, self.rule, self.why, self.problem = reason, rule, why, problem
+
+
+class IPv6Layer(IpLayerBase):
+    IP_LAYER = Layer.IP6
+    ICMP_LAYER = Layer.ICMP6
+    COUNTER_PREFIX = "ip6"
+    OUT_COUNTER = "ip6.out"
+    PORT_UNREACHABLE_COUNTER = "udp6.out.port-unreachable"
+    ERRORS_RULE = Rule.RFC4443_ICMP_ERRORS
+    RATE_RULE = Rule.RFC4443_ICMP_RATE
+    UDP_ZERO_CHECKSUM_OK = False  # RFC 8200 8.1
+
+    def __init__(
+        self,
+        address: int,
+        transmit: Callable[..., bool],  # (packet) or (packet, gso_size) -> sent?
+        counters: Counters,
+        mtu: int = 1500,
+        fragment_limits: FragmentLimits | None = None,
+        icmp_limits: IcmpLimits | None = None,
+        min_pmtu: int = IPV6_MIN_MTU,
+    ) -> None:
+        if not is_ipv6_unicast_host(address):
+            raise ValueError(f"{address:#x} is no IPv6 unicast address (RFC 4291 2.5.5)")
+        self.address = address
+        self.mtu = mtu
+        # What Packet Too Big taught us, per destination, never below 1280 (RFC 8201 4).
+        self.pmtu = PmtuCache(mtu, max(min_pmtu, IPV6_MIN_MTU))
+        self._transmit = transmit
+        self._counters = counters
+        # 32-bit fragment IDs, per destination and unpredictable (RFC 7739).
+        self.fragment_ids = IpIdentifiers(address, bits=32)
+        self.flow_labels = FlowLabels(address)  # RFC 6437
+        self.icmp_limiter = IcmpRateLimiter(icmp_limits, ipv6=True)
+        self._now = 0.0
+        self.tcp_input: TcpInput | None = None
+        self.tcp_error: TcpErrorInput | None = None
+        self.tap: PacketTap | None = None
+        self.fragments = Reassembly(
+            counters,
+            self._send_time_exceeded,
+            fragment_limits or IPV6_FRAGMENT_LIMITS,
+            IPV6_FAMILY,
+        )
+        # The solicited-node multicast address of ours (RFC 4291 2.7.1).
+        self.solicited_node = 0xFF02_0000_0000_0000_0000_0001_FF00_0000 | address & 0xFFFFFF
+
+    # ---- input ----------------------------------------------------------
+
+    def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
+        """One IPv6 packet; `checksum_ok`: its transport checksum is known good."""
+        self._now = now
+        counters = self._counters
+        counters["ip6.in"] += 1
+        if self.tap is not None:
+            self.tap("in", bytes(packet), now)
+        if len(packet) < IPV6_HEADER_LENGTH or packet[0] >> 4 != IPV6_VERSION:
+            try:
+                parse_ipv6(packet)
+            except MalformedPacket as exc:
+                counters.drop(Layer.IP6, exc, now)
+            return
+        _, payload_length, _, _, src_bytes, dst_bytes = IPV6_FIXED.unpack_from(packet)
+        total_length = IPV6_HEADER_LENGTH + payload_length
+        if total_length > len(packet):
+            why = f"payload length {payload_length}, {len(packet) - 40} bytes came"
+            counters.drop(Layer.IP6, DropReason.IPV6_BAD_PAYLOAD_LENGTH, now, why)
+            return
+        src = int.from_bytes(src_bytes, "big")
+        dst = int.from_bytes(dst_bytes, "big")
+        # (The hop limit is a forwarder's to decrement: a host takes any, as
+        # Linux's ip6_rcv_core. ND's own 255, RFC 4861 7.1, would matter to a
+        # node that acts on ND; this one only counts it.)
+        multicast = is_ipv6_multicast(dst)
+        if dst != self.address and not multicast:
+            counters.drop(Layer.IP6, DropReason.NOT_FOR_US, now)
+            return
+        if is_ipv6_multicast(src) or (
+            not is_ipv6_unicast_host(src) and not (src == 0 and multicast)
+        ):
+            # The unspecified source is a node that has no address yet:
+            # DAD's solicitations and MLD reports to a group (RFC 4861 7.2.2, RFC 3810 5.2.13).
+            why = f"source {src:#x} ({Rule.RFC4291_ADDRESSES})"
+            counters.drop(Layer.IP6, DropReason.BAD_SOURCE, now, why)
+            return
+        if src == self.address:
+            counters.drop(Layer.IP6, DropReason.LOCAL_SOURCE, now)
+            return
+        try:
+            self._walk(packet, total_length, src, dst, multicast, checksum_ok)
+        except _Refused as refused:
+            counters.drop(Layer.IP6, refused.reason, now, f"{refused.why} ({refused.rule})")
+            if refused.problem is not None:
+                code, pointer = refused.problem
+                self.send_icmp_error(PARAMETER_PROBLEM, code, packet[:total_length], pointer)
+
+    def _walk(
+        self,
+        packet: Buffer,
+        total_length: int,
+        src: int,
+        dst: int,
+        multicast: bool,
+        checksum_ok: bool,
+    ) -> None:
+        """RFC 8200 4.1: the extension headers in order, then the upper layer."""
+        next_header, offset, pointer = packet[6], IPV6_HEADER_LENGTH, 6
+        while True:
+            if next_header == NH_HOP_BY_HOP and offset != IPV6_HEADER_LENGTH:
+                raise _Refused(
+                    DropReason.HOP_BY_HOP_NOT_FIRST, Rule.RFC8200_EXTENSION_HEADERS,
+                    f"hop-by-hop header at byte {offset}",
+                    (UNRECOGNIZED_NEXT_HEADER, pointer),
+                )  # fmt: skip
+            if next_header in (NH_HOP_BY_HOP, NH_DESTINATION):
+                length = self._extension_length(packet, offset, total_length)
+                self._options(packet, offset, offset + length, multicast)
+            elif next_header == NH_ROUTING:
+                length = self._extension_length(packet, offset, total_length)
+                self._routing(packet, offset)
+            elif next_header == NH_FRAGMENT:
+                whole = self._fragment(packet, offset, total_length, src, dst)
+                if whole is None:
+                    return
+                if whole is not packet:
+                    # Reassembled: the whole datagram's chain, walked again
+                    # from the start (its fragment header is gone).
+                    packet, total_length, checksum_ok = whole, len(whole), False
+                    next_header, offset, pointer = packet[6], IPV6_HEADER_LENGTH, 6
+                    continue
+                length = FRAGMENT_HEADER_LENGTH  # atomic: on at once (RFC 6946 4)
+            else:
+                self._upper_layer(
+                    packet, next_header, offset, pointer, total_length, src, dst, multicast,
+                    checksum_ok,
+                )  # fmt: skip
+                return
+            pointer = offset  # every extension header's first byte is its next header
+            next_header = packet[offset]
+            offset += length
+
+    def _extension_length(self, packet: Buffer, offset: int, total_length: int) -> int:
+        if offset + 8 > total_length:
+            raise _Refused(
+                DropReason.EXTENSION_HEADER_TRUNCATED, Rule.RFC8200_EXTENSION_HEADERS,
+                f"an extension header at byte {offset} past the payload",
+            )  # fmt: skip
+        length = (packet[offset + 1] + 1) * 8
+        if offset + length > total_length:
+            raise _Refused(
+                DropReason.EXTENSION_HEADER_TRUNCATED, Rule.RFC8200_EXTENSION_HEADERS,
+                f"a {length}-byte extension header at byte {offset} past the payload",
+            )  # fmt: skip
+        return length
+
+    def _options(self, packet: Buffer, start: int, end: int, multicast: bool) -> None:
+        """RFC 8200 4.2: each option by its type; an unknown one by its two
+        high-order bits: 00 skip, 01 discard, 10 discard and Parameter Problem
+        code 2 at the option, 11 the same unless the destination is multicast."""
+        position = start + 2
+        while position < end:
+            option = packet[position]
+            if option == _PAD1:
+                position += 1
+                continue
+            if position + 2 > end or position + 2 + packet[position + 1] > end:
+                raise _Refused(
+                    DropReason.EXTENSION_HEADER_TRUNCATED, Rule.RFC8200_OPTIONS,
+                    f"option {option} at byte {position} past its header",
+                )  # fmt: skip
+            if option not in _KNOWN_OPTIONS:
+                action = option >> 6
+                if action:
+                    why = f"unknown option {option:#04x} at byte {position}, action {action:02b}"
+                    answer = action == 0b10 or (action == 0b11 and not multicast)
+                    problem = (UNRECOGNIZED_OPTION, position) if answer else None
+                    raise _Refused(DropReason.UNKNOWN_OPTION, Rule.RFC8200_OPTIONS, why, problem)
+            position += 2 + packet[position + 1]
+
+    def _routing(self, packet: Buffer, offset: int) -> None:
+        """RFC 8200 4.4: with no segments left, the header is skipped whatever
+        its type; with some, we route none (type 0 is deprecated, RFC 5095 3):
+        Parameter Problem code 0 at the routing type."""
+        routing_type, segments_left = packet[offset + 2], packet[offset + 3]
+        if segments_left:
+            raise _Refused(
+                DropReason.ROUTING_HEADER, Rule.RFC5095_ROUTING,
+                f"routing type {routing_type} with {segments_left} segment(s) left",
+                (ERRONEOUS_HEADER_FIELD, offset + 2),
+            )  # fmt: skip
+
+    def _fragment(
+        self, packet: Buffer, offset: int, total_length: int, src: int, dst: int
+    ) -> Buffer | None:
+        """RFC 8200 4.5: `packet` itself for an atomic fragment (RFC 6946),
+        the whole datagram when this fragment completes it, else None."""
+        try:
+            header = parse_fragment_header(packet[:total_length], offset)
+        except MalformedPacket:
+            raise _Refused(
+                DropReason.EXTENSION_HEADER_TRUNCATED, Rule.RFC8200_FRAGMENTS,
+                f"a fragment header at byte {offset} past the payload",
+            ) from None  # fmt: skip
+        if not header.fragment_offset and not header.more_fragments:
+            self._counters["ip6.frag.atomic"] += 1
+            return packet
+        data_start = offset + FRAGMENT_HEADER_LENGTH
+        if header.more_fragments and (total_length - data_start) % 8:
+            raise _Refused(
+                DropReason.FRAG_BAD_LENGTH, Rule.RFC8200_FRAGMENTS,
+                f"{total_length - data_start} bytes of fragment data, M set: not a multiple of 8",
+                (ERRONEOUS_HEADER_FIELD, PAYLOAD_LENGTH_OFFSET),
+            )  # fmt: skip
+        if not header.fragment_offset:
+            self._whole_chain(packet, header.next_header, data_start, total_length)
+        return self.fragments.add(
+            packet, data_start, total_length, header.more_fragments, header.fragment_offset,
+            NH_FRAGMENT, src, dst, self._now, identification=header.identification,
+        )  # fmt: skip
+
+    def _whole_chain(
+        self, packet: Buffer, next_header: int, offset: int, total_length: int
+    ) -> None:
+        """RFC 7112 5: a first fragment holds the header chain up to and
+        including the upper-layer header; else Parameter Problem code 3."""
+        while next_header in EXTENSION_HEADERS and next_header != NH_FRAGMENT:
+            if offset + 8 > total_length:
+                break
+            next_header, offset = packet[offset], offset + (packet[offset + 1] + 1) * 8
+        needed = _UPPER_HEADER_MIN.get(next_header, 0)
+        if next_header in EXTENSION_HEADERS or offset + needed > total_length:
+            raise _Refused(
+                DropReason.FRAG_HEADER_CHAIN, Rule.RFC7112_HEADER_CHAIN,
+                "a first fragment without the whole header chain",
+                (HEADER_CHAIN_INCOMPLETE, 0),
+            )  # fmt: skip
+
+    def _upper_layer(
+        self,
+        packet: Buffer,
+        next_header: int,
+        offset: int,
+        pointer: int,
+        total_length: int,
+        src: int,
+        dst: int,
+        multicast: bool,
+        checksum_ok: bool,
+    ) -> None:
+        payload = memoryview(packet)[offset:total_length]
+        if next_header == NH_ICMPV6:
+            self._receive_icmp(src, dst, payload, multicast)
+        elif next_header == NH_NONE:
+            self._counters["ip6.in.no-next-header"] += 1  # RFC 8200 4.7: nothing to do
+        elif multicast:
+            # We join no group but for ND and MLD (Linux: no socket for it).
+            self._counters.drop(Layer.IP6, DropReason.NOT_FOR_US, self._now, "a multicast group")
+        elif next_header == PROTO_TCP:
+            if self.tcp_input is None:  # (a layer tested alone, as IPv4's)
+                self._counters.drop(Layer.IP6, DropReason.UNKNOWN_PROTOCOL, self._now)
+                return
+            ecn = (packet[1] >> 4) & ECN_MASK  # the traffic class's low bits (RFC 3168 5)
+            self.tcp_input(src, dst, payload, self._now, checksum_ok, ecn)
+        elif next_header == PROTO_UDP:
+            self._receive_udp(src, payload, packet[:total_length], checksum_ok)
+        else:
+            raise _Refused(
+                DropReason.UNKNOWN_NEXT_HEADER, Rule.RFC8200_EXTENSION_HEADERS,
+                f"next header {next_header} at byte {pointer}",
+                (UNRECOGNIZED_NEXT_HEADER, pointer),
+            )  # fmt: skip
+
+    def _receive_icmp(self, src: int, dst: int, message: memoryview, multicast: bool) -> None:
+        counters = self._counters
+        icmp = self._parse_or_drop(parse_icmp, message, Layer.ICMP6)
+        if icmp is None:
+            return
+        if transport_checksum(src, dst, NH_ICMPV6, message) != 0:
+            counters.drop(Layer.ICMP6, DropReason.BAD_CHECKSUM, self._now)
+            return
+        type_ = icmp.type
+        if type_ in NEIGHBOR_DISCOVERY_TYPES:
+            counters["icmp6.in.nd"] += 1
+            return
+        if type_ in MLD_TYPES:
+            counters["icmp6.in.mld"] += 1
+            return
+        if multicast:
+            counters.drop(Layer.ICMP6, DropReason.NOT_FOR_US, self._now, "a multicast group")
+            return
+        if type_ != ECHO_REQUEST:
+            counters[f"icmp6.in.type-{type_}"] += 1
+            if is_error_type(type_):
+                self._receive_icmp_error(type_, icmp.code, icmp.rest, message[ICMP_HEADER_LENGTH:])
+            return
+        counters["icmp6.echo"] += 1
+        if self._icmp_rate_limited(ECHO_REPLY, 0, src):
+            return
+        # RFC 4443 4.2: the identifier, sequence number and data, as they came.
+        reply = build_icmpv6(
+            src=self.address, dst=src, type=ECHO_REPLY, code=0, rest=icmp.rest,
+            payload=message[ICMP_HEADER_LENGTH:],
+        )  # fmt: skip
+        self.send(src, NH_ICMPV6, reply)
+
+    def _receive_icmp_error(self, type_: int, code: int, rest: int, data: memoryview) -> None:
+        """An ICMPv6 error (RFC 4443 3): to TCP if it quotes a TCP segment of ours."""
+        now = self._now
+        if type_ == DEST_UNREACH and code > REJECT_ROUTE:
+            self._counters.drop(Layer.ICMP6, DropReason.UNHANDLED_ERROR, now, f"code {code}")
+            return
+        quote = self._parse_or_drop(parse_quote_ipv6, data, Layer.ICMP6)
+        if quote is None or not self._quote_for_tcp(quote):
+            return
+        mtu = 0
+        if type_ == PACKET_TOO_BIG:
+            # RFC 8201 4: the MTU is the whole second word, and a path MTU
+            # never goes below 1280 whatever the message says.
+            mtu = max(rest, IPV6_MIN_MTU)
+        assert self.tcp_error is not None  # _quote_for_tcp checked
+        self.tcp_error(type_, code, mtu, quote, now)
+
+    def _send_port_unreachable(self, packet: Buffer) -> None:
+        self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)
+
+    # ---- output ---------------------------------------------------------
+
+    def check_destination(self, dst: int) -> None:
+        """Raise Unreachable for an address no connection may be opened to:
+        multicast (RFC 4291 2.7), ::/96 or ::ffff:0:0/96 (RFC 4291 2.5.5:
+        never on the wire here), or our own (no loopback)."""
+        if is_ipv6_multicast(dst):
+            raise Unreachable(dst, "a multicast address (RFC 4291 2.7)")
+        if not is_ipv6_unicast_host(dst):
+            raise Unreachable(dst, "in ::/96 or ::ffff:0:0/96 (RFC 4291 2.5.5)")
+        if dst == self.address:
+            raise Unreachable(dst, "the stack's own address: it has no loopback to reach itself")
+
+    def send(
+        self,
+        dst: int,
+        protocol: int,
+        payload: Buffer,
+        gso_size: int = 0,
+        may_fragment: bool = True,
+    ) -> None:
+        """One datagram to `dst`. Other than TCP (which keeps its segments
+        under the MSS), a datagram over the path MTU goes in fragments
+        (RFC 8200 4.5: only the source fragments in IPv6); `may_fragment`
+        False refuses it instead, as IPv4's DF."""
+        if protocol != PROTO_TCP and may_fragment:
+            path_mtu = self.pmtu.lookup(dst, self._now)
+            if IPV6_HEADER_LENGTH + len(payload) > path_mtu:
+                self._send_fragments(dst, protocol, payload, path_mtu)
+                return
+        packet = bytearray(IPV6_HEADER_LENGTH)
+        packet += payload
+        self.send_in_place(dst, packet, gso_size, protocol)
+
+    def _send_fragments(self, dst: int, protocol: int, payload: Buffer, path_mtu: int) -> None:
+        """RFC 8200 4.5: the payload cut on 8-byte boundaries, each piece
+        behind the fixed header and a fragment header with the same 32-bit
+        ID, its offset, M on all but the last."""
+        if len(payload) + FRAGMENT_HEADER_LENGTH > 0xFFFF:
+            self._counters.drop(Layer.IP6, DropReason.OUT_TOO_BIG, self._now)
+            return
+        identification = self.fragment_ids.next(dst, protocol, self._now)
+        label = self.flow_labels.label(dst, protocol)
+
+        def fragment_at(offset: int, piece: memoryview, more: bool) -> bytearray:
+            fragment = bytearray(IPV6_HEADER_LENGTH)
+            fragment += fragment_header(protocol, offset, more, identification)
+            fragment += piece
+            build_ipv6_in_place(
+                fragment, src=self.address, dst=dst, next_header=NH_FRAGMENT, flow_label=label
+            )
+            return fragment
+
+        step = (path_mtu - IPV6_HEADER_LENGTH - FRAGMENT_HEADER_LENGTH) & ~7
+        self._put_fragments(payload, step, fragment_at)
+
+    def send_in_place(
+        self,
+        dst: int,
+        packet: bytearray,
+        gso_size: int = 0,
+        protocol: int = PROTO_TCP,
+        ecn: int = ECN_NOT_ECT,
+    ) -> None:
+        """Like send(), for a payload that already sits behind 40 free bytes:
+        the header goes there, the payload is not copied again. The flow label
+        is the flow's (RFC 6437: ports included for TCP and UDP); the traffic
+        class is DSCP 0 and `ecn` (RFC 3168 5)."""
+        if len(packet) > self.mtu and not gso_size:
+            self._counters.drop(Layer.IP6, DropReason.OUT_TOO_BIG, self._now)
+            return
+        ports = 0
+        if protocol in (PROTO_TCP, PROTO_UDP) and len(packet) >= IPV6_HEADER_LENGTH + 4:
+            ports = struct.unpack_from("!I", packet, IPV6_HEADER_LENGTH)[0]
+        label = self.flow_labels.label(dst, protocol, ports)
+        build_ipv6_in_place(
+            packet, src=self.address, dst=dst, next_header=protocol, flow_label=label, ecn=ecn
+        )
+        self._put(packet, gso_size)
+
+    def _send_time_exceeded(self, first_fragment: bytes) -> None:
+        """RFC 8200 4.5: a datagram not reassembled within 60 s whose first
+        fragment came: Time Exceeded code 1, quoting that fragment."""
+        if self.send_icmp_error(TIME_EXCEEDED, REASSEMBLY_TIME_EXCEEDED, first_fragment):
+            self._counters["icmp6.out.reassembly-time-exceeded"] += 1
+
+    def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> bool:
+        """An ICMPv6 error about `offending` (a whole IPv6 packet we received),
+        quoting as much as fits in 1280 bytes (RFC 4443 2.4(c)), unless RFC
+        4443 2.4(e) forbids it or the rate limit holds it back (False, counted).
+        `rest`: the second word (Parameter Problem's pointer, the MTU)."""
+        forbidden = icmpv6_error_forbidden(offending, type_, code)
+        src = int.from_bytes(offending[8:24], "big") if len(offending) >= 24 else 0
+        if not self._error_may_go(forbidden, type_, code, src):
+            return False
+        quote = offending[: ICMPV6_ERROR_MAX - IPV6_HEADER_LENGTH - ICMP_HEADER_LENGTH]
+        message = build_icmpv6(
+            src=self.address, dst=src, type=type_, code=code, rest=rest, payload=quote
+        )
+        self._counters[f"icmp6.out.type-{type_}"] += 1
+        self.send(src, NH_ICMPV6, message)
+        return True
