@@ -34,11 +34,15 @@ class Agreed(NamedTuple):
     ts_ok: bool
 
 
-def agree_options(options: TcpOptions, config: TcpConfig) -> Agreed:
-    """The options of the peer's SYN (or SYN,ACK) against ours."""
+def agree_options(
+    options: TcpOptions, config: TcpConfig, default_peer_mss: int = DEFAULT_PEER_MSS
+) -> Agreed:
+    """The options of the peer's SYN (or SYN,ACK) against ours; without an
+    MSS option the peer takes `default_peer_mss` (536 over IPv4, 1220 over
+    IPv6: RFC 9293 3.7.1)."""
     # A tiny MSS would leave no room for data next to our options (Linux
     # floors it the same way, tcp_min_snd_mss).
-    peer_mss = max(options.mss or DEFAULT_PEER_MSS, MIN_PEER_MSS)
+    peer_mss = max(options.mss or default_peer_mss, MIN_PEER_MSS)
     if options.window_scale is not None and config.window_scaling:
         snd_shift, rcv_shift = min(options.window_scale, MAX_WINDOW_SHIFT), config.window_shift
     else:  # both sides must offer it, else neither scales (RFC 7323 2.2)
@@ -121,7 +125,7 @@ def take_syn(conn: TcpConnection, syn: Segment) -> None:
     """IRS, RCV.NXT and the options of the peer's SYN."""
     rcv = conn.receiver
     rcv.take_syn(syn.seq)
-    agreed = agree_options(syn.options, conn.config)
+    agreed = agree_options(syn.options, conn.config, conn.path.default_peer_mss)
     conn.peer_mss, conn.sack_ok, conn.ts_ok = agreed.peer_mss, agreed.sack_ok, agreed.ts_ok
     conn.sender.snd_shift, rcv.rcv_shift = agreed.snd_shift, agreed.rcv_shift
     if syn.options.timestamps is not None:
