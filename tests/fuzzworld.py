@@ -39,9 +39,9 @@ from ustack.stack import Stack
 from ustack.study.sinks import FanOut, JsonlWriter, PcapWriter, TextWriter
 from ustack.tcp import seq
 from ustack.tcp.connection import ConnectionClosedError, TcpConfig, TcpConnection
-from ustack.tcp.demux import IsnGenerator
 from ustack.tcp.events import AppEvent, Closed, DataReceived, EndOfStream
 from ustack.tcp.invariants import InvariantChecker, InvariantError
+from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import State
 from ustack.tcp.syncookies import SynCookies

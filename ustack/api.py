@@ -20,8 +20,8 @@ from typing import Any
 
 from ustack.runner import StackRunner
 from ustack.tcp.connection import TcpConnection
-from ustack.tcp.demux import Listener
 from ustack.tcp.events import AppEvent, Closed, Connected, DataReceived, EndOfStream, SendSpace
+from ustack.tcp.listen import Listener
 from ustack.tcp.states import State
 
 log = logging.getLogger("ustack.api")

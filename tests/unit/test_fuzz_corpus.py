@@ -82,7 +82,7 @@ def test_the_finish_catches_a_leak() -> None:
     (conn,) = world.tcp.connections.values()
     world.apps.clear()  # forget the application: nobody will close it
     conn._timers.deadlines.clear()
-    world.tcp._scheduled.clear()
+    world.tcp._heap.scheduled.clear()
     with pytest.raises(fuzzworld.FuzzFailure) as caught:
         world.finish()
     assert caught.value.signature.startswith("invariant")

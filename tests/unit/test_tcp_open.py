@@ -11,8 +11,8 @@ import errno
 import pytest
 from tcpscript import OUR_ISS, PEER, PEER_ISS, PEER_PORT, TcpScript
 
-from ustack.tcp.demux import IsnGenerator
 from ustack.tcp.events import Closed
+from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.states import State
 
 

@@ -8,8 +8,9 @@ first, which its driver pops), trace events (through `trace`) and one
 deadline (`get_timer()`).
 
 This module keeps the event processing of RFC 9293 3.10 (the calls, and
-SEGMENT ARRIVES step by step) and the state table; the rest is delegated,
-one concern per object, as gVisor's netstack splits its endpoint:
+SEGMENT ARRIVES step by step from SYN-RECEIVED on) and the state table; the
+opening (LISTEN, SYN-SENT) is handshake.py's; the rest is delegated, one
+concern per object, as gVisor's netstack splits its endpoint:
 
 - `sender` (sender.py): SND.*, the send buffer, segmentation, Nagle/SWS,
   the zero-window probe;
@@ -17,6 +18,8 @@ one concern per object, as gVisor's netstack splits its endpoint:
   window and options we advertise, delayed ACKs;
 - `recovery` (recovery.py): RTT, congestion control, SACK/RACK-TLP, fast
   recovery, the retransmission timeout, D-SACK undo;
+- `path` (feedback.py): ICMP soft errors, the path MTU (RFC 1191) and
+  black-hole fallback (RFC 4821), and so the MSS we send at;
 - `_timers` (timers.py): the named deadlines.
 
 Names follow RFC 9293 3.3.1: snd_una is SND.UNA, rcv_nxt is RCV.NXT, and so
@@ -27,10 +30,10 @@ comments name the step of 3.10.7.4 each block implements.
 from __future__ import annotations
 
 from ustack.counters import Counters
-from ustack.tcp import seq
-from ustack.tcp.config import DEFAULT_PEER_MSS, MAX_WINDOW_SHIFT, MIN_PEER_MSS, TcpConfig
+from ustack.tcp import handshake, seq
+from ustack.tcp.config import DEFAULT_PEER_MSS, TcpConfig
 from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
-from ustack.tcp.feedback import BASE_MSS, BLACK_HOLE_TIMEOUTS
+from ustack.tcp.feedback import PathFeedback
 from ustack.tcp.forward import TcbView
 from ustack.tcp.keepalive import Keepalive
 from ustack.tcp.receiver import Receiver
@@ -60,8 +63,7 @@ from ustack.trace.vocabulary import (
     SegmentNote,
     TimerKind,
 )
-from ustack.wire.ipv4 import ECN_NOT_ECT
-from ustack.wire.tcp import ACK, CWR, ECE, FIN, RST, SYN
+from ustack.wire.tcp import ACK, ECE, FIN, RST, SYN
 
 __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
 
@@ -71,7 +73,7 @@ __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
 _LINK_NAMES = {"_conn", "_owner", "_timers", "_rcv", "_snd", "_recovery"}
 _LINKS: dict[type, tuple[str, ...]] = {
     part: tuple(name for name in part.__slots__ if name in _LINK_NAMES)
-    for part in (Sender, Receiver, Recovery, Keepalive, Timers)
+    for part in (Sender, Receiver, Recovery, Keepalive, Timers, PathFeedback)
 }
 
 
@@ -97,22 +99,12 @@ class TcpConnection(TcbView):
         self.peer_mss = DEFAULT_PEER_MSS
         self.sack_ok = False
         self.ts_ok = False
-        # The path MTU to the peer (RFC 1191: the demux sets what the IP
-        # layer's cache knows; an ICMP "fragmentation needed" lowers it), and
-        # the MSS black-hole detection fell back to (RFC 4821), if it did.
-        self.path_mtu = config.mss + 40
-        # When a path MTU learnt from ICMP expires: the MSS grows back then,
-        # and a path still narrow says so again (RFC 1191 6.3; Linux's
-        # mtu_expires reaches sockets through their route's MTU).
-        self.path_mtu_until: float | None = None
-        self.black_hole_mss: int | None = None
         self.ecn_ok = False  # ECN agreed (RFC 3168 6.1.1)
         self.mss = min(self.peer_mss, config.mss)
-        # The last ICMP soft error (an errno name), reported if the connection
-        # times out (RFC 1122 4.2.3.9); an ACK that moves SND.UNA clears it.
-        self.soft_error: str | None = None
         # The stack's counters, if it gives them (challenge ACKs sent and withheld).
         self.counters: Counters | None = None
+        # ICMP soft errors, the path MTU, black holes (feedback.py).
+        self.path = PathFeedback(self)
         self._timers = Timers(self)
         self.keepalive = Keepalive(self, self._timers)
         self.receiver = Receiver(self, self._timers)
@@ -139,189 +131,25 @@ class TcpConnection(TcbView):
     def listen_accept(self, syn: Segment, now: float) -> None:
         """A listener hands us the SYN it received (RFC 9293 3.10.7.2)."""
         self.now = now
-        self.passive = True
-        self.state = State.LISTEN
-        self._take_syn(syn)
-        self._agree_ecn_passive(syn)
-        snd = self.sender
-        snd.snd_wnd = syn.window  # never scaled in a SYN (RFC 7323 2.2)
-        snd.max_snd_wnd = snd.snd_wnd
-        snd.snd_wl1 = syn.seq
-        self._transition(Event.RCV_SYN)
-        self._output()
+        handshake.accept_syn(self, syn)
 
     def accept_cookie(self, ack: Segment, irs: int, peer_mss: int, now: float) -> None:
         """The final ACK of a handshake answered with a SYN cookie (RFC 4987):
         the connection starts ESTABLISHED, with what the cookie carried."""
         self.now = now
-        self.passive = True
-        self.state = State.LISTEN
-        self.receiver.take_syn(irs)
-        self.peer_mss = peer_mss
-        snd = self.sender
-        snd.snd_una = snd.snd_nxt = snd.snd_max = seq.add(snd.iss, 1)
-        snd.snd_wnd = snd.max_snd_wnd = ack.window  # no window scaling without the SYN
-        snd.snd_wl1, snd.snd_wl2 = ack.seq, ack.ack
-        self._negotiated()
-        self._transition(Event.RCV_VALID_COOKIE)
-        self.events.append(Connected())
+        handshake.accept_cookie(self, ack, irs, peer_mss)
         self.receive(ack, now)  # its data, if any
 
-    def _take_syn(self, syn: Segment) -> None:
-        """IRS, RCV.NXT and the options of the peer's SYN."""
-        config = self.config
-        self.receiver.take_syn(syn.seq)
-        options = syn.options
-        # A tiny MSS would leave no room for data next to our options (Linux
-        # floors it the same way, tcp_min_snd_mss).
-        self.peer_mss = max(options.mss or DEFAULT_PEER_MSS, MIN_PEER_MSS)
-        if options.window_scale is not None and config.window_scaling:
-            self.sender.snd_shift = min(options.window_scale, MAX_WINDOW_SHIFT)
-            self.receiver.rcv_shift = config.window_shift
-        else:  # both sides must offer it, else neither scales (RFC 7323 2.2)
-            self.sender.snd_shift = self.receiver.rcv_shift = 0
-        self.sack_ok = options.sack_permitted and config.sack
-        self.ts_ok = options.timestamps is not None and config.timestamps
-        if options.timestamps is not None:
-            self.receiver.ts_recent = options.timestamps[0]
-        self._negotiated()
-
-    def _agree_ecn_passive(self, syn: Segment) -> None:
-        """RFC 3168 6.1.1: a SYN with ECE and CWR asks for ECN; our SYN,ACK
-        agrees with ECE alone. As Linux (tcp_ecn_create_request), not for a
-        SYN that is itself ECT: a SYN must not be (6.1.1), so something on
-        the path rewrites the field and marks cannot be trusted."""
-        if syn.flags & (ECE | CWR) != ECE | CWR:
-            return
-        if self.config.ecn == "off":
-            self.decide(Note.ECN_NOT_AGREED, why="the peer asked, ECN is off here")
-        elif syn.ecn != ECN_NOT_ECT:
-            self.decide(Note.ECN_NOT_AGREED, why="the peer's SYN was ECN-capable (ECT or CE)")
-        else:
-            self._ecn_agreed("the peer asked in its SYN")
-
-    def _agree_ecn_active(self, synack: Segment) -> None:
-        """RFC 3168 6.1.1: we asked (ECE and CWR in our SYN); a SYN,ACK with
-        ECE and without CWR agrees (Linux tcp_ecn_rcv_synack)."""
-        if self.config.ecn != "on":
-            return
-        if synack.flags & (ECE | CWR) == ECE:
-            self._ecn_agreed("the peer's SYN,ACK agreed with ECE")
-        else:
-            self.decide(Note.ECN_NOT_AGREED, why="the peer's SYN,ACK did not set ECE alone")
-
-    def _ecn_agreed(self, how: str) -> None:
-        self.ecn_ok = True
-        if self.counters is not None:
-            self.counters["tcp.ecn.agreed"] += 1
-        self.decide(Note.ECN_AGREED, how=how)
-
-    def _negotiated(self) -> None:
-        """Now the segment size is known: the congestion window counts in it."""
-        self.mss = self._effective_mss()
-        self.recovery.start(self.mss, self.config.initial_window_segments * self.mss)
-
-    def _mss_limit(self) -> int:
-        """The largest segment (without options) the peer takes and the path
-        carries: its MSS, ours, the path MTU less 40 (RFC 1191 6.1, RFC 9293
-        3.7.1), and black-hole detection's fallback."""
-        limit = min(self.peer_mss, self.config.mss, self.path_mtu - 40)
-        if self.black_hole_mss is not None:
-            limit = min(limit, self.black_hole_mss)
-        return max(limit, MIN_PEER_MSS)
-
-    def _effective_mss(self) -> int:
-        """Payload per segment: the MSS limit less the timestamps option."""
-        return self._mss_limit() - (12 if self.ts_ok else 0)
-
-    # ---- ICMP errors (RFC 1122 4.2.3.9, RFC 5461, RFC 1191) -------------------------
+    # ---- ICMP errors (RFC 1122 4.2.3.9, RFC 5461; the rest in feedback.py) ------
 
     def icmp_error(self, what: str, error: str, hard: bool, now: float) -> None:
         """An ICMP error the demux found to be about this connection. A hard
-        one refuses a connection being opened; anything else is remembered,
-        for a timeout to report (no abort on an ICMP alone, RFC 5461 4.1)."""
+        one refuses a connection being opened; `path` keeps anything else."""
         self.now = now
         if hard and self.state is State.SYN_SENT:
             self._transition(Event.ICMP_HARD_ERROR, error=error)
-            return
-        self.soft_error = error
-        if hard:
-            self.decide(Note.ICMP_HARD_ERROR_KEPT, what=what, error=error, state=self.state)
         else:
-            self.decide(Note.ICMP_SOFT_ERROR, what=what, error=error)
-
-    def lower_path_mtu(
-        self, pmtu: int, reported: int, now: float, until: float | None = None
-    ) -> bool:
-        """Fragmentation needed (RFC 1191 6.1): the path MTU to the peer is
-        now `pmtu`. The MSS follows, and what is in flight in segments larger
-        than it goes again at once, cut to the new size (as Linux's
-        tcp_simple_retransmit: no congestion response, the loss was not
-        congestion). False if `pmtu` is not below the path MTU in use."""
-        self.now = now
-        old = self.path_mtu
-        if pmtu >= old:
-            self.decide(Note.PATH_MTU_NOT_LOWER, mtu=reported, pmtu=old)
-            return False
-        self.path_mtu = pmtu
-        self.path_mtu_until = until
-        self._resize(self._effective_mss())
-        resent = 0
-        if self.state in SENDS_DATA:
-            resent = self.recovery.resend_too_big()
-        self.decide(Note.PATH_MTU_LOWERED, old=old, pmtu=pmtu, mss=self.mss, resent=resent)
-        self._output()
-        return True
-
-    def _path_mtu_expired(self) -> None:
-        """What ICMP taught about the path is stale: back to the link's MTU."""
-        self.path_mtu_until = None
-        old = self.path_mtu
-        self.path_mtu = self.config.mss + 40
-        if self.state is not State.SYN_SENT:
-            self._resize(self._effective_mss())
-        self.decide(Note.PATH_MTU_EXPIRED, old=old, pmtu=self.path_mtu, mss=self.mss)
-
-    def _resize(self, mss: int) -> None:
-        """A new segment size for what is sent from now on."""
-        if mss == self.mss:
-            return
-        self.mss = mss
-        self.recovery.cc.mss = mss
-
-    def black_hole_check(self) -> None:
-        """Called at each retransmission timeout. With mtu_probing on, after
-        BLACK_HOLE_TIMEOUTS timeouts of segments larger than a smaller MSS and
-        no ICMP, the path may drop big packets silently (a PMTU black hole,
-        RFC 2923 2.1): fall back to BASE_MSS, then halve at each further
-        timeout (Linux tcp_mtu_probing=1 with tcp_base_mss)."""
-        recovery = self.recovery
-        if (
-            not self.config.mtu_probing
-            or recovery.retries <= BLACK_HOLE_TIMEOUTS
-            or self.state not in SENDS_DATA
-        ):
-            return
-        limit = self._mss_limit()
-        fallback = BASE_MSS if self.black_hole_mss is None else limit // 2
-        fallback = max(min(fallback, limit), MIN_PEER_MSS)
-        snd = self.sender
-        if fallback >= limit or seq.diff(snd.snd_max, snd.snd_una) <= fallback:
-            return  # nothing smaller to try, or what is lost was small already
-        old = self.mss
-        self.black_hole_mss = fallback
-        self._resize(self._effective_mss())
-        if self.counters is not None:
-            self.counters["tcp.mtu-probing.fallback"] += 1
-        self.decide(Note.BLACK_HOLE_FALLBACK, count=recovery.retries, old=old, mss=self.mss)
-
-    def _timeout_error(self) -> str:
-        """ETIMEDOUT, or the soft error an ICMP left (RFC 1122 4.2.3.9: "SHOULD
-        make available to the application"; Linux: sk_err_soft ?: ETIMEDOUT)."""
-        if self.soft_error is None:
-            return "ETIMEDOUT"
-        self.decide(Note.SOFT_ERROR_REPORTED, error=self.soft_error)
-        return self.soft_error
+            self.path.remember(what, error, hard)
 
     def end_time_wait(self, now: float) -> None:
         """The connection table is full: this TIME_WAIT ends before its 2MSL
@@ -403,57 +231,18 @@ class TcpConnection(TcbView):
 
     def receive(self, segment: Segment, now: float) -> None:
         self.now = now
-        if self.path_mtu_until is not None and now >= self.path_mtu_until:
-            self._path_mtu_expired()
+        path = self.path
+        if path.path_mtu_until is not None and now >= path.path_mtu_until:
+            path.expire()
         keepalive = self.keepalive
         keepalive.last_heard = now
         keepalive.probes = 0
         state = self.state
         if state is State.SYN_SENT:
-            self._receive_in_syn_sent(segment)
+            handshake.receive_in_syn_sent(self, segment)
         elif state is not State.CLOSED:
             self._receive_synchronized(segment)
         self._output()
-
-    def _receive_in_syn_sent(self, seg: Segment) -> None:
-        """RFC 9293 3.10.7.3."""
-        flags = seg.flags
-        snd = self.sender
-        # First: the ACK must acknowledge our SYN, nothing less, nothing more.
-        if flags & ACK and (seq.le(seg.ack, snd.iss) or seq.gt(seg.ack, snd.snd_max)):
-            if not flags & RST:
-                self._emit(Segment(seg.ack, 0, RST, 0, note=SegmentNote.RST_UNACCEPTABLE_ACK))
-            self.decide(Note.UNACCEPTABLE_ACK_IN_SYN_SENT)
-            return
-        # Second: a RST counts only if it acknowledges our SYN.
-        if flags & RST:
-            if flags & ACK:
-                self._transition(Event.RCV_RST, error="ECONNREFUSED")
-            else:
-                self.decide(Note.RST_WITHOUT_ACK_IN_SYN_SENT)
-            return
-        # Fourth: the SYN.
-        if not flags & SYN:
-            self.decide(Note.NEITHER_SYN_NOR_RST_IN_SYN_SENT)
-            return
-        self._take_syn(seg)
-        snd.snd_wnd = seg.window  # a SYN's window is never scaled
-        snd.max_snd_wnd = snd.snd_wnd
-        snd.snd_wl1, snd.snd_wl2 = seg.seq, seg.ack
-        if flags & ACK:
-            self._agree_ecn_active(seg)
-            self.recovery.ack_advanced(seg.ack)
-            self._transition(Event.RCV_SYN_ACK)
-            self._after_handshake()
-            self.events.append(Connected())
-            self.receiver.ack_now = True
-            if seg.payload or flags & FIN:  # rare: data on the SYN,ACK
-                self._receive_text_and_fin(seq.add(seg.seq, 1), seg.payload, flags & FIN)
-        else:
-            # Simultaneous open: answer with SYN,ACK from the same ISS.
-            self._transition(Event.RCV_SYN)
-            snd.snd_nxt = snd.iss
-            self.recovery.retries = 0
 
     def _receive_synchronized(self, seg: Segment) -> None:
         """RFC 9293 3.10.7.4, for SYN_RECEIVED and every later state."""
@@ -626,20 +415,10 @@ class TcpConnection(TcbView):
         """The seventh and eighth steps: the segment's text, then its FIN."""
         state = self.state
         rcv = self.receiver
-        # Trim what lies before RCV.NXT (already received) or past the window.
-        skip = seq.diff(rcv.rcv_nxt, start)
-        if skip > 0:
-            if payload:  # received before: a D-SACK tells the sender (RFC 2883 4.1.1)
-                rcv.report_duplicate(start, seq.add(start, min(skip, len(payload))))
-            if skip > len(payload):
-                return  # everything, FIN included, is old
-            payload = payload[skip:]
-            start = rcv.rcv_nxt
-        over = seq.diff(seq.add(start, len(payload)), rcv.rcv_adv)
-        if over > 0:
-            payload = payload[: len(payload) - over]
-            fin = 0  # the FIN lies beyond the window too
-            rcv.ack_now = True  # tell the sender where the window ends
+        trimmed = rcv.trim(start, payload, fin)
+        if trimmed is None:
+            return  # everything, FIN included, is old
+        start, payload, fin = trimmed
         if payload:
             if state not in RECEIVES_TEXT:
                 self.decide(Note.DATA_AFTER_FIN, state=state)
@@ -686,8 +465,9 @@ class TcpConnection(TcbView):
 
     def handle_timer(self, now: float) -> None:
         self.now = now
-        if self.path_mtu_until is not None and now >= self.path_mtu_until:
-            self._path_mtu_expired()
+        path = self.path
+        if path.path_mtu_until is not None and now >= path.path_mtu_until:
+            path.expire()
         for kind in self._timers.expired(now):
             if kind is RETRANSMIT:
                 self._on_retransmit_timeout()
@@ -709,14 +489,14 @@ class TcpConnection(TcbView):
                 and self.state in (State.ESTABLISHED, State.CLOSE_WAIT)
                 and not self.keepalive.timeout()
             ):
-                self._transition(Event.TIMEOUT_KEEPALIVE, error=self._timeout_error())
+                self._transition(Event.TIMEOUT_KEEPALIVE, error=self.path.timeout_error())
         self._output()
 
     def _on_retransmit_timeout(self) -> None:
         """RFC 6298 5.4-5.7: back off, go back to SND.UNA, resend."""
         recovery = self.recovery
         if not recovery.on_retransmit_timeout():
-            self._transition(Event.TIMEOUT_RETRANSMIT, error=self._timeout_error())
+            self._transition(Event.TIMEOUT_RETRANSMIT, error=self.path.timeout_error())
             return
         snd = self.sender
         if snd.snd_wnd == 0 and snd.snd_una != snd.iss and self.state in SENDS_DATA:
@@ -814,7 +594,8 @@ class TcpConnection(TcbView):
         """Once the demux forgets it: the parts drop their references back, so
         reference counting frees the TCB at once (no cycle waits for a full
         collection). A closed connection's calls still answer."""
-        for part in (self.sender, self.receiver, self.recovery, self.keepalive, self._timers):
+        parts = (self.sender, self.receiver, self.recovery, self.keepalive, self._timers, self.path)
+        for part in parts:
             for name in _LINKS[type(part)]:
                 delattr(part, name)
 

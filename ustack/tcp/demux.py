@@ -1,36 +1,38 @@
 """TCP input and output around the connections: checksum, parse, delivery by
-4-tuple, listeners, ephemeral ports, ISNs, and every connection's timers.
+4-tuple, what a listener does with a segment (RFC 9293 3.10.7.2), TIME_WAIT
+reopening (RFC 6191), ICMP errors to connections (RFC 5927 4.1), ephemeral
+ports, and every connection's timers.
 
-A segment that matches no connection goes to a listener on its port, or is
-answered the way RFC 9293 3.10.7.1 says a CLOSED endpoint answers.
+A segment that matches no connection goes to a listener on its port
+(listen.py), or is answered the way RFC 9293 3.10.7.1 says a CLOSED endpoint
+answers (closed.py). ISNs come from isn.py (RFC 6528).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import heapq
 import itertools
 import random
-import secrets
-import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from ustack.counters import Counters
 from ustack.tcp import seq
+from ustack.tcp.closed import reset_for_closed_port
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, Closed
-from ustack.tcp.feedback import meaning, quoted_ports_and_seq
-from ustack.tcp.segment import ECN_NAMES, NO_OPTIONS, Segment, flag_string, options_dict
-from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.tcp.feedback import LowerPathMtu, PathMtu, quoted_ports_and_seq
+from ustack.tcp.isn import IsnGenerator
+from ustack.tcp.listen import Listener
+from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event
+from ustack.tcp.states import Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
+from ustack.tcp.timers import TimerHeap
 from ustack.trace.records import (
     NewConnection,
     SegmentEvent,
-    StateChange,
     TraceEvent,
     Tracer,
     dotted,
@@ -40,7 +42,8 @@ from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_TCP
-from ustack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, build_tcp, parse_tcp
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
+from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp, parse_tcp
 
 
 class SendSegment(Protocol):
@@ -60,70 +63,14 @@ class SendSegment(Protocol):
 
 # The application side of one connection: receives its events.
 AppHandler = Callable[[AppEvent], None]
-# (remote address, remote port, local port): our own address is fixed.
+# (remote address, remote port, local port): our own address is fixed, one
+# per family, and the remote address says which (IPv6 above 2**32 - 1,
+# wire/address.py): one table holds the connections of both.
 Key = tuple[int, int, int]
+_IPV4_MAX = 0xFFFFFFFF
 
-# The path MTU to a destination now, and when what ICMP taught about it expires
-# (None: nothing learnt): (dst, now) -> (MTU, expiry) (the IP layer's cache).
-PathMtu = Callable[[int, float], tuple[int, float | None]]
-# Learn a lower path MTU for a destination: (dst, mtu, now).
-LowerPathMtu = Callable[[int, int, float], object]
 
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux's ip_local_port_range
-
-
-class ResetReply(NamedTuple):
-    seq: int
-    ack: int
-    flags: int
-
-
-def reset_for_closed_port(header: TcpHeader | Segment, payload_length: int) -> ResetReply | None:
-    """RFC 9293 3.10.7.1: the reply of a CLOSED endpoint to an incoming segment.
-
-    - a RST is never answered (no RST wars);
-    - a segment with ACK gets <SEQ=SEG.ACK><CTL=RST>;
-    - one without gets <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>, where SYN and
-      FIN each count one in SEG.LEN.
-    """
-    if header.flags & RST:
-        return None
-    if header.flags & ACK:
-        return ResetReply(seq=header.ack, ack=0, flags=RST)
-    seg_len = payload_length + bool(header.flags & SYN) + bool(header.flags & FIN)
-    return ResetReply(seq=0, ack=seq.add(header.seq, seg_len), flags=RST | ACK)
-
-
-class IsnGenerator:
-    """RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock and F
-    a keyed hash, so a reopened 4-tuple gets a larger ISN than before and an
-    off-path attacker cannot guess one."""
-
-    def __init__(self, secret: bytes | None = None) -> None:
-        self._secret = secret or secrets.token_bytes(16)
-
-    def __call__(
-        self, local: int, local_port: int, remote: int, remote_port: int, now: float
-    ) -> int:
-        tuple_bytes = struct.pack("!IHIH", local, local_port, remote, remote_port)
-        digest = hashlib.blake2b(tuple_bytes, key=self._secret, digest_size=4).digest()
-        return (int(now * 250_000) + int.from_bytes(digest, "big")) & seq.MASK
-
-
-class Listener:
-    """A passive OPEN on one port, with a bounded backlog (half-open plus
-    not yet accepted connections)."""
-
-    def __init__(self, port: int, backlog: int, on_accept: Callable[[TcpConnection], None]):
-        self.port = port
-        self.backlog = backlog
-        self.on_accept = on_accept
-        self.state = State.CLOSED
-        self.embryonic: set[TcpConnection] = set()
-        self.cookies_until = 0.0  # the last SYN cookie it sent is good until then
-
-    def __repr__(self) -> str:
-        return f"<Listener :{self.port} {self.state} backlog={self.backlog}>"
 
 
 class TcpDemux:
@@ -137,9 +84,16 @@ class TcpDemux:
         isn: Callable[[int, int, int, int, float], int] | None = None,
         syncookies: SynCookies | None = None,
         headroom: int = 0,
+        address6: int | None = None,
+        send6: SendSegment | None = None,
     ) -> None:
+        """`address`, `send`, `headroom`: IPv4's; `address6` and `send6`:
+        IPv6's, if the stack has it (its segments go with 40 free bytes in
+        front, for the IPv6 header). Listeners hear both families."""
         self.address = address
         self.headroom = headroom  # free bytes before each segment handed to `send`
+        self.address6 = address6
+        self._send6 = send6
         # True when the link finishes TCP checksums (a TUN with offloads):
         # segments go with the pseudo-header sum only (CHECKSUM_PARTIAL).
         self.partial_checksums = False
@@ -155,9 +109,7 @@ class TcpDemux:
         self._isn = isn or IsnGenerator()
         self.syncookies = syncookies  # None: a full backlog drops SYNs
         self._conn_ids = itertools.count(1)
-        self._heap_order = itertools.count()  # ties between equal deadlines
-        self._timers: list[tuple[float, int, TcpConnection]] = []
-        self._scheduled: dict[TcpConnection, float] = {}
+        self._heap: TimerHeap[TcpConnection] = TimerHeap()
         self._flushing: set[TcpConnection] = set()
         # Connections in TIME_WAIT, oldest first: the first to give way when
         # the table is full (TcpConfig.max_connections).
@@ -178,7 +130,7 @@ class TcpDemux:
         if port in self.listeners:
             raise OSError(98, f"port {port} already has a listener")  # EADDRINUSE
         listener = Listener(port, backlog, on_accept)
-        self._listener_transition(listener, Event.APP_LISTEN, now)
+        listener.transition(Event.APP_LISTEN, now, self.trace)
         self.listeners[port] = listener
         return listener
 
@@ -188,7 +140,7 @@ class TcpDemux:
         if self.listeners.get(listener.port) is not listener:
             return
         del self.listeners[listener.port]
-        self._listener_transition(listener, Event.APP_CLOSE, now)
+        listener.transition(Event.APP_CLOSE, now, self.trace)
         for conn in list(listener.embryonic):
             conn.abort(now)
             self.flush(conn)
@@ -263,7 +215,7 @@ class TcpDemux:
             return
         if self.trace is not None:
             self.trace(self._segment_event(now, None, key, "in", seg, "CLOSED", "CLOSED"))
-        self._reply_closed(src, header.dst_port, header.src_port, seg, now)
+        self._reply_closed(key, seg, now)
 
     def receive_icmp_error(self, type_: int, code: int, mtu: int, quote: Quote, now: float) -> None:
         """An ICMP error quoting a segment we sent (RFC 1122 4.2.3.9). Acted on
@@ -274,43 +226,19 @@ class TcpDemux:
         local_port, remote_port, sequence = quoted_ports_and_seq(quote.transport)
         key = (quote.dst, remote_port, local_port)
         summary = f"about {dotted(quote.dst)}:{remote_port} from port {local_port}"
+        layer = Layer.ICMP6 if quote.dst > _IPV4_MAX else Layer.ICMP
         conn = self.connections.get(key)
         if conn is None or conn.state is State.TIME_WAIT:
-            counters.drop(Layer.ICMP, DropReason.NO_CONNECTION, now, summary)
+            counters.drop(layer, DropReason.NO_CONNECTION, now, summary)
             return
-        # SND.MAX is Linux's snd_nxt (ours goes back after a timeout); both ends
-        # included, as Linux's between().
-        if not (seq.le(conn.snd_una, sequence) and seq.le(sequence, conn.snd_max)):
-            counters.drop(Layer.ICMP, DropReason.BAD_SEQ, now, f"{summary}, seq {sequence}")
-            return
-        what = meaning(type_, code)
-        if what is None:  # (the IP layer passes only errors it knows)
-            counters.drop(Layer.ICMP, DropReason.UNHANDLED_ERROR, now, summary)
-            return
-        counters["icmp.in.error-for-connection"] += 1
-        if mtu:
-            self._path_mtu_error(conn, quote.dst, mtu, now)
+        reason = conn.path.icmp_error(
+            type_, code, mtu, quote.dst, sequence, now, counters, self.path_mtu, self.lower_path_mtu
+        )
+        if reason is None:
+            self.flush(conn)
         else:
-            conn.icmp_error(what.what, what.error, what.hard, now)
-        self.flush(conn)
-
-    def _path_mtu_error(self, conn: TcpConnection, dst: int, mtu: int, now: float) -> None:
-        """Fragmentation needed (RFC 1191): the destination's cached path MTU
-        may go down (never below the floor: then, as Linux, EMSGSIZE is kept as
-        a soft error), and the connection follows it."""
-        counters = self._counters
-        learnt = mtu
-        if self.lower_path_mtu is not None and self.path_mtu is not None:
-            self.lower_path_mtu(dst, mtu, now)
-            learnt, until = self.path_mtu(dst, now)
-        else:
-            until = None
-        if learnt > mtu:
-            conn.soft_error = "EMSGSIZE"  # the path is narrower than we will go
-        if conn.lower_path_mtu(learnt, mtu, now, until):
-            counters["tcp.pmtu.lowered"] += 1
-        else:
-            counters["tcp.pmtu.not-lower"] += 1
+            detail = f"{summary}, seq {sequence}" if reason is DropReason.BAD_SEQ else summary
+            counters.drop(layer, reason, now, detail)
 
     def _deliver(self, conn: TcpConnection, key: Key, seg: Segment, now: float) -> None:
         if self.trace is None:
@@ -363,10 +291,7 @@ class TcpDemux:
     ) -> None:
         """RFC 9293 3.10.7.2."""
         counters = self._counters
-        opens = (
-            seg.flags & (SYN | RST | ACK | FIN) == SYN
-            and len(listener.embryonic) < listener.backlog
-        )
+        opens = seg.flags & (SYN | RST | ACK | FIN) == SYN and listener.has_room()
         if self.trace is not None and not opens:
             # A connection's first segment is traced with it; every other one here.
             self.trace(self._segment_event(now, None, key, "in", seg, "LISTEN", "LISTEN"))
@@ -377,12 +302,12 @@ class TcpDemux:
             if not seg.flags & (SYN | RST):
                 if self._accept_cookie(listener, key, seg, now):
                     return
-                if self._unverifiable_cookie(listener, seg, now):
+                if listener.unverifiable_cookie(self.syncookies, seg, now):
                     counters.drop(
                         Layer.TCP, DropReason.SYNCOOKIE_UNVERIFIED, now, f"port {listener.port}"
                     )
                     return
-            self._reply_closed(key[0], key[2], key[1], seg, now)
+            self._reply_closed(key, seg, now)
             return
         if not seg.flags & SYN:
             counters.drop(Layer.TCP, DropReason.LISTEN_NO_SYN, now)
@@ -392,11 +317,11 @@ class TcpDemux:
             # tcp_rcv_state_process discards it in LISTEN, and so do we.
             counters.drop(Layer.TCP, DropReason.SYN_FIN, now)
             return
-        if len(listener.embryonic) >= listener.backlog:
+        if not listener.has_room():
             if self.syncookies is None:
                 counters.drop(Layer.TCP, DropReason.BACKLOG_FULL, now, f"port {listener.port}")
             else:
-                self._send_cookie(key, seg, now)
+                self._send_cookie(listener, key, seg, now)
                 listener.cookies_until = now + 2 * COOKIE_PERIOD
             return
         if not self._make_room(now):
@@ -417,22 +342,13 @@ class TcpDemux:
         counters["tcp.passive-opens"] += 1
         self.flush(conn)
 
-    def _send_cookie(self, key: Key, syn: Segment, now: float) -> None:
+    def _send_cookie(self, listener: Listener, key: Key, syn: Segment, now: float) -> None:
         """Backlog full: a stateless SYN,ACK whose ISS is a SYN cookie."""
         assert self.syncookies is not None
         remote, remote_port, local_port = key
-        ends = (self.address, local_port, remote, remote_port)
-        cookie = self.syncookies.make(ends, syn.seq, syn.options.mss or 536, now)
-        mss = self.config.mss
-        synack = Segment(
-            cookie,
-            seq.add(syn.seq, 1),
-            SYN | ACK,
-            min(self.config.receive_buffer, 0xFFFF),
-            b"",
-            TcpOptions(mss=mss),
-            note=SegmentNote.SYN_COOKIE,
-        )
+        ends = (self._local(remote), local_port, remote, remote_port)
+        ipv6 = remote > _IPV4_MAX
+        synack = listener.cookie_synack(self.syncookies, ends, syn, self.config, now, ipv6)
         self._counters["tcp.syncookies.sent"] += 1
         if self.trace is not None:
             self.trace(self._segment_event(now, None, key, "out", synack, "LISTEN", "LISTEN"))
@@ -443,7 +359,7 @@ class TcpDemux:
         if self.syncookies is None:
             return False
         remote, remote_port, local_port = key
-        ends = (self.address, local_port, remote, remote_port)
+        ends = (self._local(remote), local_port, remote, remote_port)
         peer_mss = self.syncookies.check(ends, ack.ack, ack.seq, now)
         if peer_mss is None:
             return False
@@ -462,35 +378,16 @@ class TcpDemux:
         self.flush(conn)
         return True
 
-    def _unverifiable_cookie(self, listener: Listener, seg: Segment, now: float) -> bool:
-        """An ACK that carries one of our current cookies but fails the check
-        may be a later segment of a real handshake whose final ACK and first
-        data were lost (a busy queue drops them): its SEQ is past ISN + 1, so
-        the ISN the hash needs is unknown. A RST would kill that connection;
-        dropped, the peer resends from ISN + 1 and the cookie checks. Only
-        while the listener hands out cookies, and only for ACKs whose counter
-        bits are current; anything else gets the RST of RFC 9293 3.10.7.2."""
-        return (
-            self.syncookies is not None
-            and now < listener.cookies_until
-            and self.syncookies.current(seg.ack, now)
-        )
-
-    def _reply_closed(
-        self, remote: int, local_port: int, remote_port: int, seg: Segment, now: float
-    ) -> None:
+    def _reply_closed(self, key: Key, seg: Segment, now: float) -> None:
         reply = reset_for_closed_port(seg, len(seg.payload))
         if reply is None:
             self._counters.drop(Layer.TCP, DropReason.RST_TO_CLOSED_PORT, now)
             return
         self._counters["tcp.out.rst"] += 1
+        rst = Segment(reply.seq, reply.ack, reply.flags, 0, note=SegmentNote.RST_NO_CONNECTION)
         if self.trace is not None:
-            out = Segment(reply.seq, reply.ack, reply.flags, 0, note=SegmentNote.RST_NO_CONNECTION)
-            key = (remote, remote_port, local_port)
-            self.trace(self._segment_event(now, None, key, "out", out, "CLOSED", "CLOSED"))
-        self._transmit(
-            (remote, remote_port, local_port), Segment(reply.seq, reply.ack, reply.flags, 0)
-        )
+            self.trace(self._segment_event(now, None, key, "out", rst, "CLOSED", "CLOSED"))
+        self._transmit(key, rst)  # (the note is for the trace only)
 
     # ---- output, events, life cycle ----------------------------------------------
 
@@ -545,14 +442,7 @@ class TcpDemux:
             return
         if state is State.TIME_WAIT and conn not in self._time_wait:
             self._time_wait[conn] = None
-        deadline = conn.get_timer()
-        if deadline is None:
-            # Its timers are all cancelled: the heap entry goes stale, so no
-            # wake-up comes for nothing (one per handshake: the SYN,ACK's).
-            self._scheduled.pop(conn, None)
-        elif self._scheduled.get(conn) != deadline:
-            self._scheduled[conn] = deadline
-            heapq.heappush(self._timers, (deadline, next(self._heap_order), conn))
+        self._heap.schedule(conn, conn.get_timer())
 
     def _send_out(self, conn: TcpConnection, key: Key) -> None:
         """Transmit what the connection queued."""
@@ -573,7 +463,7 @@ class TcpDemux:
             del self.connections[key]
         self._keys.pop(conn, None)
         self._apps.pop(conn, None)
-        self._scheduled.pop(conn, None)
+        self._heap.forget(conn)
         self._time_wait.pop(conn, None)
         listener = self._listener_of.pop(conn, None)
         if listener is not None:
@@ -581,19 +471,10 @@ class TcpDemux:
         conn.release()
 
     def next_deadline(self) -> float | None:
-        while self._timers:
-            deadline, _, conn = self._timers[0]
-            if self._scheduled.get(conn) == deadline:
-                return deadline
-            heapq.heappop(self._timers)  # stale: rescheduled or gone
-        return None
+        return self._heap.next_deadline()
 
     def handle_timers(self, now: float) -> None:
-        while self._timers and self._timers[0][0] <= now:
-            deadline, _, conn = heapq.heappop(self._timers)
-            if self._scheduled.get(conn) != deadline:
-                continue
-            del self._scheduled[conn]
+        while (conn := self._heap.pop_due(now)) is not None:
             conn.handle_timer(now)
             self.flush(conn)
 
@@ -621,9 +502,11 @@ class TcpDemux:
             conn_id=next(self._conn_ids), iss=iss, config=self.config, trace=self.trace
         )
         conn.counters = self._counters
+        if key[0] > _IPV4_MAX:
+            conn.path.use_ipv6()
         if self.path_mtu is not None:
             # What ICMP taught us about the path (RFC 1191), until it expires.
-            conn.path_mtu, conn.path_mtu_until = self.path_mtu(key[0], now)
+            conn.path.path_mtu, conn.path.path_mtu_until = self.path_mtu(key[0], now)
         self.connections[key] = conn
         self._keys[conn] = key
         if self.trace is not None:
@@ -632,7 +515,7 @@ class TcpDemux:
                 NewConnection(
                     now,
                     conn.conn_id,
-                    dotted(self.address),
+                    dotted(self._local(remote)),
                     local_port,
                     dotted(remote),
                     remote_port,
@@ -643,7 +526,14 @@ class TcpDemux:
 
     def _isn_for(self, key: Key, now: float) -> int:
         remote, remote_port, local_port = key
-        return self._isn(self.address, local_port, remote, remote_port, now)
+        return self._isn(self._local(remote), local_port, remote, remote_port, now)
+
+    def _local(self, remote: int) -> int:
+        """Our address in the family of `remote`."""
+        if remote > _IPV4_MAX:
+            assert self.address6 is not None  # (no IPv6 segment comes without it)
+            return self.address6
+        return self.address
 
     def _ephemeral_port(self, remote: int, remote_port: int) -> int:
         start = random.randrange(len(EPHEMERAL_PORTS))
@@ -654,10 +544,16 @@ class TcpDemux:
         raise OSError(99, "no free ephemeral port")  # EADDRNOTAVAIL
 
     def _transmit(self, key: Key, seg: Segment) -> None:
-        """Build `seg` for the 4-tuple `key` and hand it to IP."""
+        """Build `seg` for the 4-tuple `key` and hand it to its family's IP,
+        with room in front for that IP's header (no copy: IP writes there)."""
         remote, remote_port, local_port = key
+        if remote > _IPV4_MAX:
+            assert self.address6 is not None and self._send6 is not None
+            src, headroom, send = self.address6, IPV6_HEADER_LENGTH, self._send6
+        else:
+            src, headroom, send = self.address, self.headroom, self._send
         segment = build_tcp(
-            src=self.address,
+            src=src,
             dst=remote,
             src_port=local_port,
             dst_port=remote_port,
@@ -667,11 +563,11 @@ class TcpDemux:
             window=seg.window,
             options=None if seg.options is NO_OPTIONS else seg.options,
             payload=seg.payload,
-            headroom=self.headroom,
+            headroom=headroom,
             # (GSO needs it: the kernel sums each piece it cuts)
             partial_checksum=self.partial_checksums or seg.gso_size > 0,
         )
-        self._send(remote, segment, seg.gso_size, PROTO_TCP, seg.ecn)
+        send(remote, segment, seg.gso_size, PROTO_TCP, seg.ecn)
 
     def _segment_event(
         self,
@@ -683,41 +579,7 @@ class TcpDemux:
         before: str,
         after: str,
     ) -> SegmentEvent:
-        remote, remote_port, local_port = key
-        rel_seq, rel_ack = seg.seq, seg.ack
-        if conn is not None:
-            ours, theirs = (conn.irs, conn.iss) if direction == "in" else (conn.iss, conn.irs)
-            rel_seq = (seg.seq - ours) & seq.MASK
-            rel_ack = (seg.ack - theirs) & seq.MASK if seg.flags & ACK else 0
-        return SegmentEvent(
-            now,
-            conn.conn_id if conn is not None else None,
-            direction,
-            dotted(self.address),
-            local_port,
-            dotted(remote),
-            remote_port,
-            flag_string(seg.flags),
-            seg.seq,
-            seg.ack,
-            rel_seq,
-            rel_ack,
-            seg.window,
-            len(seg.payload),
-            options_dict(seg.options),
-            before,
-            after,
-            SegmentNote(seg.note),
-            ECN_NAMES[seg.ecn],
-        )
-
-    def _listener_transition(self, listener: Listener, event: Event, now: float) -> None:
-        transition = TRANSITIONS[(listener.state, event)]
-        old, listener.state = listener.state, transition.new_state
-        if self.trace is not None:
-            self.trace(
-                StateChange(now, 0, old, listener.state, event, transition.rule, transition.why)
-            )
+        return segment_event(now, conn, self._local(key[0]), key, direction, seg, before, after)
 
     def queued(self) -> dict[str, int]:
         """Connections by state, for stats and leak checks."""

@@ -72,3 +72,7 @@ class TcbView:
     srtt: Forward[float | None] = Forward("recovery.rtt.srtt")
     _rtt: Forward[RttEstimator] = Forward("recovery.rtt")
     _rack: Forward[Rack] = Forward("recovery.rack")
+    path_mtu: Forward[int] = Forward("path.path_mtu")
+    path_mtu_until: Forward[float | None] = Forward("path.path_mtu_until")
+    black_hole_mss: Forward[int | None] = Forward("path.black_hole_mss")
+    soft_error: Forward[str | None] = Forward("path.soft_error")

@@ -16,7 +16,7 @@ behaviour seen on the wire. Sequence numbers compare on the circle (seq.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Iterable, Sized
 from typing import NoReturn
 
 from ustack.tcp import seq
@@ -88,12 +88,12 @@ class InvariantChecker:
         if demux.connections:
             states = sorted(str(c.state) for c in demux.connections.values())
             raise InvariantError("leak", f"connections left: {states}")
-        if demux.next_deadline() is not None or demux._timers:
-            raise InvariantError("leak", f"{len(demux._timers)} timer heap entries left")
+        if demux.next_deadline() is not None or demux._heap.entries:
+            raise InvariantError("leak", f"{len(demux._heap.entries)} timer heap entries left")
         leftovers: dict[str, Sized] = {
             "keys": demux._keys,
             "apps": demux._apps,
-            "scheduled": demux._scheduled,
+            "scheduled": demux._heap.scheduled,
             "listener_of": demux._listener_of,
             "time_wait": demux._time_wait,
         }
@@ -113,8 +113,15 @@ class InvariantChecker:
                 )
         if set(demux._keys) != conns:
             raise InvariantError("table", "demux._keys and demux.connections disagree")
-        for name in ("_apps", "_scheduled", "_listener_of", "_time_wait"):
-            stray = set(getattr(demux, name)) - conns
+        scheduled = demux._heap.scheduled
+        tables: dict[str, Iterable[TcpConnection]] = {
+            "_apps": demux._apps,
+            "_heap.scheduled": scheduled,
+            "_listener_of": demux._listener_of,
+            "_time_wait": demux._time_wait,
+        }
+        for name, table in tables.items():
+            stray = set(table) - conns
             if stray:
                 raise InvariantError("table", f"demux.{name} holds connections not in the table")
         if demux._flushing:
@@ -122,17 +129,17 @@ class InvariantChecker:
         if any(conn.state is not State.TIME_WAIT for conn in demux._time_wait):
             raise InvariantError("table", "demux._time_wait holds a connection not in TIME_WAIT")
         heap: dict[TcpConnection, set[float]] = {}
-        for deadline, _, conn in demux._timers:
+        for deadline, _, conn in demux._heap.entries:
             heap.setdefault(conn, set()).add(deadline)
         for conn in conns:
             next_timer = conn.get_timer()
             if next_timer is None:
                 continue
-            if demux._scheduled.get(conn) != next_timer or next_timer not in heap.get(conn, ()):
+            if scheduled.get(conn) != next_timer or next_timer not in heap.get(conn, ()):
                 raise InvariantError(
                     "timer-heap",
                     f"{conn} has its next timer at {next_timer} but the demux scheduled "
-                    f"{demux._scheduled.get(conn)}",
+                    f"{scheduled.get(conn)}",
                 )
         for port, listener in demux.listeners.items():
             if listener.port != port or listener.state is not State.LISTEN:

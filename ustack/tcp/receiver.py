@@ -200,6 +200,28 @@ class Receiver:
 
     # ---- the text and the FIN ------------------------------------------------------
 
+    def trim(
+        self, start: int, payload: bytes | memoryview, fin: int
+    ) -> tuple[int, bytes | memoryview, int] | None:
+        """The text of a segment at `start` cut to what is new and fits the
+        window (RFC 9293 3.10.7.4, seventh step): what lies before RCV.NXT was
+        received before (a D-SACK tells the sender, RFC 2883 4.1.1), what lies
+        past the window goes with the FIN after it. None: all of it is old."""
+        skip = seq.diff(self.rcv_nxt, start)
+        if skip > 0:
+            if payload:
+                self.report_duplicate(start, seq.add(start, min(skip, len(payload))))
+            if skip > len(payload):
+                return None
+            payload = payload[skip:]
+            start = self.rcv_nxt
+        over = seq.diff(seq.add(start, len(payload)), self.rcv_adv)
+        if over > 0:
+            payload = payload[: len(payload) - over]
+            fin = 0  # the FIN lies beyond the window too
+            self.ack_now = True  # tell the sender where the window ends
+        return start, payload, fin
+
     def text(self, start: int, data: bytes) -> bool:
         """Take in-window text at `start`; True when a FIN held beyond a hole
         is now next in sequence (the connection processes it)."""

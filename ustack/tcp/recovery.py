@@ -167,7 +167,7 @@ class Recovery:
             self.timed = None
         self.retries = 0
         self.dupacks = 0
-        conn.soft_error = None  # something got through (Linux clears sk_err_soft)
+        conn.path.soft_error = None  # something got through (Linux clears sk_err_soft)
         ecn_high = self.ecn_high
         if ecn_high is not None and seq.gt(ack, ecn_high):
             ecn_high = self.ecn_high = None  # past the reduced window (and our CWR)
@@ -462,7 +462,7 @@ class Recovery:
             limit = config.retries
         if self.retries > limit:
             return False
-        conn.black_hole_check()  # (before the resend: it goes at the smaller MSS)
+        conn.path.black_hole_check()  # (before the resend: it goes at the smaller MSS)
         self.rtt.back_off()
         self.timed = None  # Karn: never time a retransmission
         self.ts_at_timeout = conn.ts_now()

@@ -6,7 +6,11 @@ Ports and addresses are not here: the demultiplexer has matched them already.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from ustack.tcp import seq
+from ustack.trace.records import SegmentEvent, dotted
+from ustack.trace.vocabulary import SegmentNote
 from ustack.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpOptions
 
 _FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"),
@@ -62,3 +66,53 @@ def options_dict(options: TcpOptions) -> dict[str, object]:
     for kind, data in options.unknown:
         found[f"opt-{kind}"] = data.hex()
     return found
+
+
+class Numbered(Protocol):
+    """What the trace of a segment needs of its connection."""
+
+    conn_id: int
+    iss: int
+    irs: int
+
+
+def segment_event(
+    now: float,
+    conn: Numbered | None,
+    address: int,
+    key: tuple[int, int, int],
+    direction: str,
+    seg: Segment,
+    before: str,
+    after: str,
+) -> SegmentEvent:
+    """The trace record of `seg` going `direction` ("in" or "out") between our
+    `address` and the (remote, remote port, local port) `key`, with its
+    numbers relative to the connection's ISNs when it has one."""
+    remote, remote_port, local_port = key
+    rel_seq, rel_ack = seg.seq, seg.ack
+    if conn is not None:
+        ours, theirs = (conn.irs, conn.iss) if direction == "in" else (conn.iss, conn.irs)
+        rel_seq = (seg.seq - ours) & seq.MASK
+        rel_ack = (seg.ack - theirs) & seq.MASK if seg.flags & ACK else 0
+    return SegmentEvent(
+        now,
+        conn.conn_id if conn is not None else None,
+        direction,
+        dotted(address),
+        local_port,
+        dotted(remote),
+        remote_port,
+        flag_string(seg.flags),
+        seg.seq,
+        seg.ack,
+        rel_seq,
+        rel_ack,
+        seg.window,
+        len(seg.payload),
+        options_dict(seg.options),
+        before,
+        after,
+        SegmentNote(seg.note),
+        ECN_NAMES[seg.ecn],
+    )

@@ -1,5 +1,6 @@
 """A connection's named deadlines: one per TimerKind, armed, cancelled and
-fired with a TimerEvent each in the trace.
+fired with a TimerEvent each in the trace; and the demux's heap of every
+connection's earliest one (`TimerHeap`).
 
 The connection has one clock (`now`, the time of the event it is handling)
 and one tracer (which the demultiplexer swaps while it handles a segment):
@@ -9,9 +10,11 @@ each action at the instant and in the order it happened.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+import itertools
+from collections.abc import Hashable, Iterator
 from operator import itemgetter
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from ustack.trace.records import TimerEvent, Tracer
 from ustack.trace.vocabulary import TimerAction, TimerKind
@@ -26,6 +29,8 @@ DELAYED_ACK = TimerKind.DELAYED_ACK
 KEEPALIVE = TimerKind.KEEPALIVE
 TIME_WAIT = TimerKind.TIME_WAIT
 FIN_WAIT_2 = TimerKind.FIN_WAIT_2
+
+Owner = TypeVar("Owner", bound=Hashable)
 
 _SET, _FIRED, _CANCELLED = TimerAction.SET, TimerAction.FIRED, TimerAction.CANCELLED
 _BY_DEADLINE = itemgetter(1)
@@ -86,3 +91,47 @@ class Timers:
             if owner.trace is not None:
                 owner.trace(TimerEvent(now, owner.conn_id, kind, _FIRED))
             yield kind
+
+
+class TimerHeap(Generic[Owner]):
+    """Every connection's earliest deadline on one heap, for the demux. A
+    connection rescheduled or forgotten leaves its old entry behind, skipped
+    when it comes up (lazy deletion): `scheduled` holds the one that counts."""
+
+    __slots__ = ("_order", "entries", "scheduled")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, int, Owner]] = []
+        self.scheduled: dict[Owner, float] = {}
+        self._order = itertools.count()  # ties between equal deadlines
+
+    def schedule(self, owner: Owner, deadline: float | None) -> None:
+        if deadline is None:
+            # Its timers are all cancelled: the heap entry goes stale, so no
+            # wake-up comes for nothing (one per handshake: the SYN,ACK's).
+            self.scheduled.pop(owner, None)
+        elif self.scheduled.get(owner) != deadline:
+            self.scheduled[owner] = deadline
+            heapq.heappush(self.entries, (deadline, next(self._order), owner))
+
+    def forget(self, owner: Owner) -> None:
+        self.scheduled.pop(owner, None)
+
+    def next_deadline(self) -> float | None:
+        entries = self.entries
+        while entries:
+            deadline, _, owner = entries[0]
+            if self.scheduled.get(owner) == deadline:
+                return deadline
+            heapq.heappop(entries)  # stale: rescheduled or gone
+        return None
+
+    def pop_due(self, now: float) -> Owner | None:
+        """The next owner whose deadline is `now` or earlier, now unscheduled."""
+        entries = self.entries
+        while entries and entries[0][0] <= now:
+            deadline, _, owner = heapq.heappop(entries)
+            if self.scheduled.get(owner) == deadline:
+                del self.scheduled[owner]
+                return owner
+        return None
