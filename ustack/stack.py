@@ -9,22 +9,27 @@ from collections.abc import Callable
 
 from ustack.counters import Counters
 from ustack.net.fragments import FragmentLimits
-from ustack.net.ipv4 import IPv4Layer
+from ustack.net.ipv4 import IPv4Layer, Unreachable
+from ustack.net.ipv6 import IPv6Layer
 from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
 from ustack.tcp.syncookies import SynCookies
 from ustack.trace.records import PacketTap, Tracer
+from ustack.wire.address import IPV4_MAX
 from ustack.wire.checksum import Buffer
 from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH
+from ustack.wire.ipv6 import IPV6_MIN_MTU, IPV6_VERSION
 
 DEFAULT_ADDRESS = ipaddress.IPv4Address("198.18.0.2")
 
 
 class Stack:
-    """IPv4 + ICMP + TCP for one address. Packets go in through `receive`
-    and out through the `transmit` callable; the caller owns all I/O."""
+    """IPv4 + ICMP + TCP for one address, and IPv6 + ICMPv6 for another when
+    `address6` is given (a dual stack: TCP's listeners hear both). Packets
+    go in through `receive` and out through the `transmit` callable; the
+    caller owns all I/O."""
 
     def __init__(
         self,
@@ -40,18 +45,29 @@ class Stack:
         fragment_limits: FragmentLimits | None = None,
         icmp_limits: IcmpLimits | None = None,
         min_pmtu: int = DEFAULT_MIN_PMTU,
+        address6: int | None = None,
     ) -> None:
         """`network`: the link's subnet, whose broadcast addresses are then
         neither accepted as a source nor connected to. `fragment_limits`:
         reassembly's memory cap and timeout; `icmp_limits`: the ICMP output
         rate limits (Linux's defaults when None); `min_pmtu`: the least path
-        MTU an ICMP "fragmentation needed" may teach (Linux's min_pmtu)."""
+        MTU an ICMP "fragmentation needed" may teach (Linux's min_pmtu).
+        `address6`: the stack's IPv6 address (None: IPv4 only); IPv6 shares
+        the MTU, the fragment and ICMP limits (its path MTU never goes below
+        1280, RFC 8200 5)."""
         self.counters = Counters()
         self.counters.tracer = trace
         self.ip = IPv4Layer(
             address, transmit, self.counters, mtu, network, fragment_limits, icmp_limits, min_pmtu
         )
         self.ip.tap = tap
+        self.ip6: IPv6Layer | None = None
+        if address6 is not None:
+            self.ip6 = IPv6Layer(
+                address6, transmit, self.counters, mtu, fragment_limits, icmp_limits,
+                max(min_pmtu, IPV6_MIN_MTU),
+            )  # fmt: skip
+            self.ip6.tap = tap
         config = tcp_config or TcpConfig(mss=mtu - 40)
         self.tcp = TcpDemux(
             address,
@@ -62,31 +78,65 @@ class Stack:
             isn,
             SynCookies() if syncookies else None,
             headroom=IPV4_MIN_HEADER_LENGTH,  # IP writes its header there: no copy
+            address6=address6,
+            send6=None if self.ip6 is None else self.ip6.send_in_place,
         )
-        self.ip.tcp_input = self.tcp.receive
-        # ICMP errors about TCP segments, and the path MTUs they teach (RFC 1191).
-        self.ip.tcp_error = self.tcp.receive_icmp_error
-        self.tcp.path_mtu = self.ip.pmtu.lookup_until
-        self.tcp.lower_path_mtu = self.ip.pmtu.lower
+        # ICMP errors about TCP segments, and the path MTUs they teach (RFC
+        # 1191, RFC 8201), each family's from its own cache.
+        self._ip_layers: tuple[IPv4Layer | IPv6Layer, ...] = (
+            (self.ip,) if self.ip6 is None else (self.ip, self.ip6)
+        )
+        for ip in self._ip_layers:
+            ip.tcp_input = self.tcp.receive
+            ip.tcp_error = self.tcp.receive_icmp_error
+        if self.ip6 is None:
+            self.tcp.path_mtu = self.ip.pmtu.lookup_until
+            self.tcp.lower_path_mtu = self.ip.pmtu.lower
+        else:
+            self.tcp.path_mtu = self._path_mtu
+            self.tcp.lower_path_mtu = self._lower_path_mtu
+
+    def _ip_for(self, address: int) -> IPv4Layer | IPv6Layer:
+        """The layer of `address`'s family; Unreachable if the stack has none."""
+        if address > IPV4_MAX:
+            if self.ip6 is None:
+                raise Unreachable(address, "an IPv6 address, and this stack has no IPv6")
+            return self.ip6
+        return self.ip
+
+    def _path_mtu(self, dst: int, now: float) -> tuple[int, float | None]:
+        return self._ip_for(dst).pmtu.lookup_until(dst, now)
+
+    def _lower_path_mtu(self, dst: int, mtu: int, now: float) -> int | None:
+        return self._ip_for(dst).pmtu.lower(dst, mtu, now)
 
     def receive(self, packet: Buffer, now: float = 0.0, checksum_ok: bool = False) -> None:
+        """One packet of either family, by its version nibble; IPv4 input
+        counts every other version (and IPv6 on an IPv4-only stack) as a drop."""
+        ip6 = self.ip6
+        if ip6 is not None and packet and packet[0] >> 4 == IPV6_VERSION:
+            ip6.receive(packet, now, checksum_ok)
+            return
         self.ip.receive(packet, now, checksum_ok)
 
     def next_deadline(self) -> float | None:
         """The earliest timer of all: the connections' and reassembly's."""
-        tcp = self.tcp.next_deadline()
-        ip = self.ip.next_deadline()
-        if ip is None:
-            return tcp
-        return ip if tcp is None or ip < tcp else tcp
+        deadline = self.tcp.next_deadline()
+        for ip in self._ip_layers:
+            ip_deadline = ip.next_deadline()
+            if ip_deadline is not None and (deadline is None or ip_deadline < deadline):
+                deadline = ip_deadline
+        return deadline
 
     def handle_timers(self, now: float) -> None:
         """Fire every timer due by `now`."""
         self.tcp.handle_timers(now)
-        self.ip.handle_timers(now)
+        for ip in self._ip_layers:
+            ip.handle_timers(now)
 
     def connect(self, remote: int, remote_port: int, now: float) -> TcpConnection:
-        """Active OPEN, refused at once (OSError ENETUNREACH) for an address no
-        connection may be made with (IPv4Layer.check_destination)."""
-        self.ip.check_destination(remote)
+        """Active OPEN over the family of `remote`, refused at once (OSError
+        ENETUNREACH, Unreachable) for an address no connection may be made
+        with (check_destination) or of a family the stack does not have."""
+        self._ip_for(remote).check_destination(remote)
         return self.tcp.connect(remote, remote_port, now)

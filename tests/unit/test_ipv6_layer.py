@@ -8,6 +8,8 @@ import ipaddress
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ustack.counters import Counters
 from ustack.net.address_rules import icmpv6_error_forbidden
@@ -532,3 +534,39 @@ def test_reassembled_tcp_goes_up_whole():
     assert wire.send(*pieces) == []
     ((src, dst, segment, _),) = wire.tcp
     assert (src, dst, len(segment)) == (PEER, US, 2020) and segment[20:] == b"d" * 2000
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from([0, 6, 17, 43, 44, 58, 59, 60, 253]),
+    st.binary(max_size=300),
+    st.booleans(),
+)
+def test_any_payload_behind_a_valid_header_is_handled_never_raised(next_header, payload, group):
+    """Whatever follows the fixed header, the layer counts, answers or drops:
+    no exception escapes (the walk's bounds checks)."""
+    wire = Wire()
+    dst = "ff02::1" if group else US_TEXT
+    wire.send(IPv6(src=PEER_TEXT, dst=dst, nh=next_header) / payload)
+    wire.at(120.0)
+
+
+@st.composite
+def header_chains(draw: st.DrawFn) -> bytes:
+    """Extension headers of plausible lengths, chained by random next headers."""
+    chain = b""
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from([0, 6, 17, 43, 44, 58, 59, 60, 1, 0xC2]))
+        units = draw(st.integers(0, 2))
+        body = draw(st.binary(min_size=6 + 8 * units, max_size=6 + 8 * units))
+        chain += bytes([kind, units]) + body
+    return chain + draw(st.binary(max_size=40))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([0, 43, 44, 60]), header_chains(), st.booleans())
+def test_any_extension_header_chain_is_handled_never_raised(next_header, chain, group):
+    wire = Wire()
+    dst = "ff02::1" if group else US_TEXT
+    wire.send(IPv6(src=PEER_TEXT, dst=dst, nh=next_header) / chain)
+    wire.at(120.0)

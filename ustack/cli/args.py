@@ -4,7 +4,6 @@ it, argparse types for numbers and addresses, and where the control socket is.""
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -72,23 +71,13 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
 PORT = bounded_int(1, 65535)
 
 
-def address(text: str) -> str:
-    """An argparse type: an IPv4 or IPv6 address, in the text the trace
-    writes (RFC 5952 for IPv6)."""
+def ip_address(text: str) -> str:
+    """An argparse type: an IPv4 or IPv6 address, in its usual text form
+    (2001:2:0::1 -> 2001:2::1; not ::/96 or ::ffff:0:0/96)."""
     try:
         return format_address(parse_address(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text[:50]!r} is neither an IPv4 nor an IPv6 address"
-        ) from None
-
-
-def ipv4_address(text: str) -> str:
-    """An argparse type: a dotted IPv4 address."""
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an IPv4 address") from None
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an IPv4 or IPv6 address") from None
 
 
 class Parser(argparse.ArgumentParser):

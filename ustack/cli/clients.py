@@ -13,6 +13,7 @@ from typing import Any
 from ustack.cli.args import control_path, fault_rule, parse_seconds
 from ustack.linux.control import ControlError, encode, request
 from ustack.study.faults import __doc__ as faults_module_doc
+from ustack.wire.address import format_endpoint, parse_address
 
 
 def faults_doc() -> str:
@@ -177,5 +178,6 @@ def connect_command(args: argparse.Namespace) -> int:
                 out.write(data)
                 out.flush()
         except ConnectionError as exc:
-            raise ControlError(f"the connection to {args.host}:{args.port} broke: {exc}") from None
+            where = format_endpoint(parse_address(args.host), args.port)
+            raise ControlError(f"the connection to {where} broke: {exc}") from None
     return 0

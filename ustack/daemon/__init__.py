@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import inspect
 import ipaddress
 import logging
 import signal
@@ -49,13 +50,15 @@ from ustack.study.faults import (
 )
 from ustack.study.sinks import TraceFilter, TraceRotation, TraceSinks, TraceSpec
 from ustack.tcp.connection import TcpConfig
-from ustack.wire.address import parse_address
+from ustack.wire.address import format_address, format_endpoint, parse_address
 from ustack.wire.checksum import Buffer
 
 # connection_row and fault_event are the reports module's, named here too (bench, tests).
 __all__ = ["Daemon", "ServeConfig", "connection_row", "fault_event", "serve"]
 
 log = logging.getLogger("ustack")
+
+DEFAULT_ADDRESS6 = ipaddress.IPv6Address("2001:2::2")
 
 # Packets read per wake-up of the loop before other callbacks get a turn.
 READ_BATCH = 256
@@ -79,6 +82,7 @@ def default_services() -> dict[str, int]:
 class ServeConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
     address: ipaddress.IPv4Address = DEFAULT_ADDRESS
+    address6: ipaddress.IPv6Address | None = DEFAULT_ADDRESS6  # None: IPv4 only (--no-ipv6)
     tcp: TcpConfig = field(default_factory=TcpConfig)  # its MSS is set from the MTU
     services: dict[str, int] = field(default_factory=lambda: default_services())
     control_path: Path | None = None
@@ -121,6 +125,8 @@ class Daemon:
             self.faults.rng.seed(config.fault_seed)
         for rule in config.faults:
             self.faults.add(rule)
+        # IPv6 where the link has it (not with --no-ipv6, nor an MTU below 1280).
+        self.address6 = config.address6 if link.ipv6 else None
         self.stack = Stack(
             int(config.address),
             self._transmit,
@@ -169,7 +175,8 @@ class Daemon:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._stop, signal.Signals(signum).name)
             loop.add_signal_handler(signal.SIGHUP, self._reopen)
-            log.info("stack at %s on %s, ready", self.config.address, link.name)
+            addresses = ", ".join(map(str, filter(None, (self.config.address, self.address6))))
+            log.info("stack at %s on %s, ready", addresses, link.name)
             notify_ready(self.config.ready_fd)
             await self._stopped.wait()
             self._reset_all()
@@ -194,11 +201,14 @@ class Daemon:
         tcp = self.stack.tcp
 
         def conn_lookup(remote: str, remote_port: int, local_port: int) -> int | None:
-            key = (parse_address(remote), remote_port, local_port)  # either family
+            key = (parse_address(remote), remote_port, local_port)
             conn = tcp.connections.get(key)
             return conn.conn_id if conn is not None else None
 
-        self._peer_states = PeerStateWatcher(str(self.config.address), tracer, conn_lookup, loop)
+        address6 = None if self.address6 is None else str(self.address6)
+        self._peer_states = PeerStateWatcher(
+            str(self.config.address), tracer, conn_lookup, loop, stack_address6=address6
+        )
         self._peer_states.start()
         log.info("recording the Linux peers' states (sock:inet_sock_set_state)")
 
@@ -338,12 +348,12 @@ class Daemon:
         for start in range(0, len(table), CHUNK_ROWS):
             now = self.runner.now() if self.runner else 0.0
             rows = [
-                connection_row(tcp.address, key, conn, now)
+                connection_row(tcp.address, key, conn, now, tcp.address6)
                 for key, conn in table[start : start + CHUNK_ROWS]
                 if tcp.connections.get(key) is conn
             ]
             yield {"connections": rows}
-        listening = listening_endpoints(tcp.listeners, tcp.address)
+        listening = listening_endpoints(tcp.listeners, tcp.address, tcp.address6)
         yield {"connections": [], "listening": listening}
 
     def _fault(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -416,7 +426,9 @@ class Daemon:
         assert self.runner is not None
         target = _connect_target(request)
         if target is None:
-            writer.write(encode(error_reply('connect needs "host" (IPv4) and "port" (1-65535)')))
+            writer.write(
+                encode(error_reply('connect needs "host" (IPv4 or IPv6) and "port" (1-65535)'))
+            )
             await writer.drain()
             writer.close()
             return
@@ -428,14 +440,14 @@ class Daemon:
             if isinstance(exc, TimeoutError):
                 retries = self.stack.tcp.config.syn_retries
                 why += f" (no answer to the SYN and its {retries} retransmissions)"
-            writer.write(encode(error_reply(f"connect to {host}:{port}: {why}")))
+            where = format_endpoint(parse_address(host), port)
+            writer.write(encode(error_reply(f"connect to {where}: {why}")))
             await writer.drain()
             writer.close()
             return
         local = tcp_writer.get_extra_info("sockname")
-        writer.write(
-            encode({"ok": True, "version": PROTOCOL_VERSION, "local": f"{local[0]}:{local[1]}"})
-        )
+        local_end = format_endpoint(parse_address(local[0]), local[1])
+        writer.write(encode({"ok": True, "version": PROTOCOL_VERSION, "local": local_end}))
         await writer.drain()
         await asyncio.gather(_pipe(reader, tcp_writer), _pipe(tcp_reader, writer))
         with contextlib.suppress(ConnectionError):
@@ -444,13 +456,14 @@ class Daemon:
 
 
 def _connect_target(request: dict[str, Any]) -> tuple[str, int] | None:
-    """(host, port) of a "connect" request, or None: the host a dotted IPv4
-    string, the port a whole JSON number 1..65535 (not true, 80.5, 1e400, NaN)."""
+    """(host, port) of a "connect" request, or None: the host an IPv4 or IPv6
+    address ("198.18.0.1", "2001:2::1"), the port a whole JSON number 1..65535
+    (not true, 80.5, 1e400, NaN)."""
     host, port = request.get("host"), request.get("port")
     if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
         return None
     try:
-        host = str(ipaddress.IPv4Address(host))
+        host = format_address(parse_address(host))
     except ValueError:
         return None
     return (host, port) if 0 < port < 65536 else None
@@ -480,6 +493,12 @@ def serve(config: ServeConfig) -> int:
     # A LinkError goes to the caller, which reports it on one line.
     # SIGHUP (reopen the files) before the handler is in place: nothing to reopen yet.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if "address6" not in inspect.signature(Stack).parameters:
+        # Interim, until the dual-stack Stack (branch i15-tcp) is merged: a
+        # stack without IPv6 keeps IPv6 off its TUN, as before.
+        config = dataclasses.replace(
+            config, address6=None, link=dataclasses.replace(config.link, linux_side6=None)
+        )
     link = TunLink.open(config.link)
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)

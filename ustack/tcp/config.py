@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_PEER_MSS = 536  # RFC 9293 3.7.1: assumed when the SYN carries no MSS option
+IPV4_TCP_HEADERS = 40  # 20 + 20: an IPv4 header and a TCP header, no options
+IPV6_TCP_HEADERS = 60  # 40 + 20 (RFC 8200 8.3: "MTU - 60")
+DEFAULT_PEER_MSS_IPV6 = 1220  # the same over IPv6: 1280 - 60 (RFC 9293 3.7.1, RFC 8200 8.3)
 MIN_PEER_MSS = 48  # Linux's tcp_min_snd_mss: what we use for a smaller MSS option
 MAX_WINDOW_SHIFT = 14  # RFC 7323 2.3
 # ECN (RFC 3168) negotiation: "off" never; "passive" agrees when the peer's

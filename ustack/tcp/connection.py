@@ -8,8 +8,9 @@ first, which its driver pops), trace events (through `trace`) and one
 deadline (`get_timer()`).
 
 This module keeps the event processing of RFC 9293 3.10 (the calls, and
-SEGMENT ARRIVES step by step) and the state table; the rest is delegated,
-one concern per object, as gVisor's netstack splits its endpoint:
+SEGMENT ARRIVES step by step from SYN-RECEIVED on) and the state table; the
+opening (LISTEN, SYN-SENT) is handshake.py's; the rest is delegated, one
+concern per object, as gVisor's netstack splits its endpoint:
 
 - `sender` (sender.py): SND.*, the send buffer, segmentation, Nagle/SWS,
   the zero-window probe;
@@ -29,12 +30,11 @@ comments name the step of 3.10.7.4 each block implements.
 from __future__ import annotations
 
 from ustack.counters import Counters
-from ustack.tcp import seq
+from ustack.tcp import handshake, seq
 from ustack.tcp.config import DEFAULT_PEER_MSS, TcpConfig
 from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
 from ustack.tcp.feedback import PathFeedback
 from ustack.tcp.forward import TcbView
-from ustack.tcp.handshake import EcnAnswer, agree_options, ecn_on_syn, ecn_on_synack
 from ustack.tcp.keepalive import Keepalive
 from ustack.tcp.receiver import Receiver
 from ustack.tcp.recovery import Recovery
@@ -131,61 +131,14 @@ class TcpConnection(TcbView):
     def listen_accept(self, syn: Segment, now: float) -> None:
         """A listener hands us the SYN it received (RFC 9293 3.10.7.2)."""
         self.now = now
-        self.passive = True
-        self.state = State.LISTEN
-        self._take_syn(syn)
-        self._agree_ecn(ecn_on_syn(syn, self.config))
-        snd = self.sender
-        snd.snd_wnd = syn.window  # never scaled in a SYN (RFC 7323 2.2)
-        snd.max_snd_wnd = snd.snd_wnd
-        snd.snd_wl1 = syn.seq
-        self._transition(Event.RCV_SYN)
-        self._output()
+        handshake.accept_syn(self, syn)
 
     def accept_cookie(self, ack: Segment, irs: int, peer_mss: int, now: float) -> None:
         """The final ACK of a handshake answered with a SYN cookie (RFC 4987):
         the connection starts ESTABLISHED, with what the cookie carried."""
         self.now = now
-        self.passive = True
-        self.state = State.LISTEN
-        self.receiver.take_syn(irs)
-        self.peer_mss = peer_mss
-        snd = self.sender
-        snd.snd_una = snd.snd_nxt = snd.snd_max = seq.add(snd.iss, 1)
-        snd.snd_wnd = snd.max_snd_wnd = ack.window  # no window scaling without the SYN
-        snd.snd_wl1, snd.snd_wl2 = ack.seq, ack.ack
-        self._negotiated()
-        self._transition(Event.RCV_VALID_COOKIE)
-        self.events.append(Connected())
+        handshake.accept_cookie(self, ack, irs, peer_mss)
         self.receive(ack, now)  # its data, if any
-
-    def _take_syn(self, syn: Segment) -> None:
-        """IRS, RCV.NXT and the options of the peer's SYN (handshake.py)."""
-        rcv = self.receiver
-        rcv.take_syn(syn.seq)
-        agreed = agree_options(syn.options, self.config)
-        self.peer_mss, self.sack_ok, self.ts_ok = agreed.peer_mss, agreed.sack_ok, agreed.ts_ok
-        self.sender.snd_shift, rcv.rcv_shift = agreed.snd_shift, agreed.rcv_shift
-        if syn.options.timestamps is not None:
-            rcv.ts_recent = syn.options.timestamps[0]
-        self._negotiated()
-
-    def _agree_ecn(self, answer: EcnAnswer | None) -> None:
-        """Apply the ECN answer to the peer's SYN or SYN,ACK (RFC 3168 6.1.1)."""
-        if answer is None:
-            return
-        if not answer.agreed:
-            self.decide(Note.ECN_NOT_AGREED, why=answer.why)
-            return
-        self.ecn_ok = True
-        if self.counters is not None:
-            self.counters["tcp.ecn.agreed"] += 1
-        self.decide(Note.ECN_AGREED, how=answer.why)
-
-    def _negotiated(self) -> None:
-        """Now the segment size is known: the congestion window counts in it."""
-        self.mss = self.path.effective_mss()
-        self.recovery.start(self.mss, self.config.initial_window_segments * self.mss)
 
     # ---- ICMP errors (RFC 1122 4.2.3.9, RFC 5461; the rest in feedback.py) ------
 
@@ -286,50 +239,10 @@ class TcpConnection(TcbView):
         keepalive.probes = 0
         state = self.state
         if state is State.SYN_SENT:
-            self._receive_in_syn_sent(segment)
+            handshake.receive_in_syn_sent(self, segment)
         elif state is not State.CLOSED:
             self._receive_synchronized(segment)
         self._output()
-
-    def _receive_in_syn_sent(self, seg: Segment) -> None:
-        """RFC 9293 3.10.7.3."""
-        flags = seg.flags
-        snd = self.sender
-        # First: the ACK must acknowledge our SYN, nothing less, nothing more.
-        if flags & ACK and (seq.le(seg.ack, snd.iss) or seq.gt(seg.ack, snd.snd_max)):
-            if not flags & RST:
-                self._emit(Segment(seg.ack, 0, RST, 0, note=SegmentNote.RST_UNACCEPTABLE_ACK))
-            self.decide(Note.UNACCEPTABLE_ACK_IN_SYN_SENT)
-            return
-        # Second: a RST counts only if it acknowledges our SYN.
-        if flags & RST:
-            if flags & ACK:
-                self._transition(Event.RCV_RST, error="ECONNREFUSED")
-            else:
-                self.decide(Note.RST_WITHOUT_ACK_IN_SYN_SENT)
-            return
-        # Fourth: the SYN.
-        if not flags & SYN:
-            self.decide(Note.NEITHER_SYN_NOR_RST_IN_SYN_SENT)
-            return
-        self._take_syn(seg)
-        snd.snd_wnd = seg.window  # a SYN's window is never scaled
-        snd.max_snd_wnd = snd.snd_wnd
-        snd.snd_wl1, snd.snd_wl2 = seg.seq, seg.ack
-        if flags & ACK:
-            self._agree_ecn(ecn_on_synack(seg, self.config))
-            self.recovery.ack_advanced(seg.ack)
-            self._transition(Event.RCV_SYN_ACK)
-            self._after_handshake()
-            self.events.append(Connected())
-            self.receiver.ack_now = True
-            if seg.payload or flags & FIN:  # rare: data on the SYN,ACK
-                self._receive_text_and_fin(seq.add(seg.seq, 1), seg.payload, flags & FIN)
-        else:
-            # Simultaneous open: answer with SYN,ACK from the same ISS.
-            self._transition(Event.RCV_SYN)
-            snd.snd_nxt = snd.iss
-            self.recovery.retries = 0
 
     def _receive_synchronized(self, seg: Segment) -> None:
         """RFC 9293 3.10.7.4, for SYN_RECEIVED and every later state."""

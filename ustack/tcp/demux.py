@@ -42,6 +42,7 @@ from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
 from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp, parse_tcp
 
 
@@ -62,8 +63,11 @@ class SendSegment(Protocol):
 
 # The application side of one connection: receives its events.
 AppHandler = Callable[[AppEvent], None]
-# (remote address, remote port, local port): our own address is fixed.
+# (remote address, remote port, local port): our own address is fixed, one
+# per family, and the remote address says which (IPv6 above 2**32 - 1,
+# wire/address.py): one table holds the connections of both.
 Key = tuple[int, int, int]
+_IPV4_MAX = 0xFFFFFFFF
 
 
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux's ip_local_port_range
@@ -80,9 +84,16 @@ class TcpDemux:
         isn: Callable[[int, int, int, int, float], int] | None = None,
         syncookies: SynCookies | None = None,
         headroom: int = 0,
+        address6: int | None = None,
+        send6: SendSegment | None = None,
     ) -> None:
+        """`address`, `send`, `headroom`: IPv4's; `address6` and `send6`:
+        IPv6's, if the stack has it (its segments go with 40 free bytes in
+        front, for the IPv6 header). Listeners hear both families."""
         self.address = address
         self.headroom = headroom  # free bytes before each segment handed to `send`
+        self.address6 = address6
+        self._send6 = send6
         # True when the link finishes TCP checksums (a TUN with offloads):
         # segments go with the pseudo-header sum only (CHECKSUM_PARTIAL).
         self.partial_checksums = False
@@ -215,9 +226,10 @@ class TcpDemux:
         local_port, remote_port, sequence = quoted_ports_and_seq(quote.transport)
         key = (quote.dst, remote_port, local_port)
         summary = f"about {dotted(quote.dst)}:{remote_port} from port {local_port}"
+        layer = Layer.ICMP6 if quote.dst > _IPV4_MAX else Layer.ICMP
         conn = self.connections.get(key)
         if conn is None or conn.state is State.TIME_WAIT:
-            counters.drop(Layer.ICMP, DropReason.NO_CONNECTION, now, summary)
+            counters.drop(layer, DropReason.NO_CONNECTION, now, summary)
             return
         reason = conn.path.icmp_error(
             type_, code, mtu, quote.dst, sequence, now, counters, self.path_mtu, self.lower_path_mtu
@@ -226,7 +238,7 @@ class TcpDemux:
             self.flush(conn)
         else:
             detail = f"{summary}, seq {sequence}" if reason is DropReason.BAD_SEQ else summary
-            counters.drop(Layer.ICMP, reason, now, detail)
+            counters.drop(layer, reason, now, detail)
 
     def _deliver(self, conn: TcpConnection, key: Key, seg: Segment, now: float) -> None:
         if self.trace is None:
@@ -334,8 +346,9 @@ class TcpDemux:
         """Backlog full: a stateless SYN,ACK whose ISS is a SYN cookie."""
         assert self.syncookies is not None
         remote, remote_port, local_port = key
-        ends = (self.address, local_port, remote, remote_port)
-        synack = listener.cookie_synack(self.syncookies, ends, syn, self.config, now)
+        ends = (self._local(remote), local_port, remote, remote_port)
+        ipv6 = remote > _IPV4_MAX
+        synack = listener.cookie_synack(self.syncookies, ends, syn, self.config, now, ipv6)
         self._counters["tcp.syncookies.sent"] += 1
         if self.trace is not None:
             self.trace(self._segment_event(now, None, key, "out", synack, "LISTEN", "LISTEN"))
@@ -346,7 +359,7 @@ class TcpDemux:
         if self.syncookies is None:
             return False
         remote, remote_port, local_port = key
-        ends = (self.address, local_port, remote, remote_port)
+        ends = (self._local(remote), local_port, remote, remote_port)
         peer_mss = self.syncookies.check(ends, ack.ack, ack.seq, now)
         if peer_mss is None:
             return False
@@ -489,6 +502,8 @@ class TcpDemux:
             conn_id=next(self._conn_ids), iss=iss, config=self.config, trace=self.trace
         )
         conn.counters = self._counters
+        if key[0] > _IPV4_MAX:
+            conn.path.use_ipv6()
         if self.path_mtu is not None:
             # What ICMP taught us about the path (RFC 1191), until it expires.
             conn.path.path_mtu, conn.path.path_mtu_until = self.path_mtu(key[0], now)
@@ -500,7 +515,7 @@ class TcpDemux:
                 NewConnection(
                     now,
                     conn.conn_id,
-                    dotted(self.address),
+                    dotted(self._local(remote)),
                     local_port,
                     dotted(remote),
                     remote_port,
@@ -511,7 +526,14 @@ class TcpDemux:
 
     def _isn_for(self, key: Key, now: float) -> int:
         remote, remote_port, local_port = key
-        return self._isn(self.address, local_port, remote, remote_port, now)
+        return self._isn(self._local(remote), local_port, remote, remote_port, now)
+
+    def _local(self, remote: int) -> int:
+        """Our address in the family of `remote`."""
+        if remote > _IPV4_MAX:
+            assert self.address6 is not None  # (no IPv6 segment comes without it)
+            return self.address6
+        return self.address
 
     def _ephemeral_port(self, remote: int, remote_port: int) -> int:
         start = random.randrange(len(EPHEMERAL_PORTS))
@@ -522,10 +544,16 @@ class TcpDemux:
         raise OSError(99, "no free ephemeral port")  # EADDRNOTAVAIL
 
     def _transmit(self, key: Key, seg: Segment) -> None:
-        """Build `seg` for the 4-tuple `key` and hand it to IP."""
+        """Build `seg` for the 4-tuple `key` and hand it to its family's IP,
+        with room in front for that IP's header (no copy: IP writes there)."""
         remote, remote_port, local_port = key
+        if remote > _IPV4_MAX:
+            assert self.address6 is not None and self._send6 is not None
+            src, headroom, send = self.address6, IPV6_HEADER_LENGTH, self._send6
+        else:
+            src, headroom, send = self.address, self.headroom, self._send
         segment = build_tcp(
-            src=self.address,
+            src=src,
             dst=remote,
             src_port=local_port,
             dst_port=remote_port,
@@ -535,11 +563,11 @@ class TcpDemux:
             window=seg.window,
             options=None if seg.options is NO_OPTIONS else seg.options,
             payload=seg.payload,
-            headroom=self.headroom,
+            headroom=headroom,
             # (GSO needs it: the kernel sums each piece it cuts)
             partial_checksum=self.partial_checksums or seg.gso_size > 0,
         )
-        self._send(remote, segment, seg.gso_size, PROTO_TCP, seg.ecn)
+        send(remote, segment, seg.gso_size, PROTO_TCP, seg.ecn)
 
     def _segment_event(
         self,
@@ -551,7 +579,7 @@ class TcpDemux:
         before: str,
         after: str,
     ) -> SegmentEvent:
-        return segment_event(now, conn, self.address, key, direction, seg, before, after)
+        return segment_event(now, conn, self._local(key[0]), key, direction, seg, before, after)
 
     def queued(self) -> dict[str, int]:
         """Connections by state, for stats and leak checks."""

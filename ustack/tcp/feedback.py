@@ -22,7 +22,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ustack.tcp import seq
-from ustack.tcp.config import MIN_PEER_MSS
+from ustack.tcp.config import (
+    DEFAULT_PEER_MSS,
+    DEFAULT_PEER_MSS_IPV6,
+    IPV4_TCP_HEADERS,
+    IPV6_TCP_HEADERS,
+    MIN_PEER_MSS,
+)
 from ustack.tcp.states import SENDS_DATA, State
 from ustack.trace.vocabulary import DropReason, Note
 from ustack.wire.icmp import (
@@ -46,6 +52,17 @@ from ustack.wire.icmp import (
     SOURCE_ROUTE_FAILED,
     TIME_EXCEEDED,
 )
+from ustack.wire.icmpv6 import ADDRESS_UNREACH as V6_ADDRESS_UNREACH
+from ustack.wire.icmpv6 import ADMIN_PROHIBITED as V6_ADMIN_PROHIBITED
+from ustack.wire.icmpv6 import BEYOND_SCOPE as V6_BEYOND_SCOPE
+from ustack.wire.icmpv6 import DEST_UNREACH as V6_DEST_UNREACH
+from ustack.wire.icmpv6 import NO_ROUTE as V6_NO_ROUTE
+from ustack.wire.icmpv6 import PACKET_TOO_BIG as V6_PACKET_TOO_BIG
+from ustack.wire.icmpv6 import PARAMETER_PROBLEM as V6_PARAMETER_PROBLEM
+from ustack.wire.icmpv6 import PORT_UNREACH as V6_PORT_UNREACH
+from ustack.wire.icmpv6 import REJECT_ROUTE as V6_REJECT_ROUTE
+from ustack.wire.icmpv6 import SOURCE_POLICY_FAILED as V6_POLICY_FAILED
+from ustack.wire.icmpv6 import TIME_EXCEEDED as V6_TIME_EXCEEDED
 
 if TYPE_CHECKING:
     from ustack.counters import Counters
@@ -89,8 +106,34 @@ _TIME_EXCEEDED = IcmpMeaning("time exceeded", "EHOSTUNREACH", False)
 _PARAMETER_PROBLEM = IcmpMeaning("parameter problem", "EPROTO", False)
 
 
-def meaning(type_: int, code: int) -> IcmpMeaning | None:
-    """What an ICMP error (type, code) means to a connection, if anything."""
+# ICMPv6 (RFC 4443 3), as Linux's icmpv6_err_convert: its types are numbered
+# otherwise than ICMP's (type 3 is Time Exceeded, 4 Parameter Problem).
+_UNREACHABLE_V6 = {
+    V6_NO_ROUTE: IcmpMeaning("no route", "ENETUNREACH", False),
+    V6_ADMIN_PROHIBITED: IcmpMeaning("administratively prohibited", "EACCES", True),
+    V6_BEYOND_SCOPE: IcmpMeaning("beyond scope of source address", "EHOSTUNREACH", False),
+    V6_ADDRESS_UNREACH: IcmpMeaning("address unreachable", "EHOSTUNREACH", False),
+    V6_PORT_UNREACH: IcmpMeaning("port unreachable", "ECONNREFUSED", True),
+    V6_POLICY_FAILED: IcmpMeaning("source address failed policy", "EACCES", True),
+    V6_REJECT_ROUTE: IcmpMeaning("reject route", "EACCES", True),
+}
+_PACKET_TOO_BIG = IcmpMeaning("packet too big", "EMSGSIZE", False)
+_PARAMETER_PROBLEM_V6 = IcmpMeaning("parameter problem", "EPROTO", True)
+
+
+def meaning(type_: int, code: int, ipv6: bool = False) -> IcmpMeaning | None:
+    """What an ICMP (or, `ipv6`, ICMPv6) error (type, code) means to a
+    connection, if anything."""
+    if ipv6:
+        if type_ == V6_DEST_UNREACH:
+            return _UNREACHABLE_V6.get(code)
+        if type_ == V6_PACKET_TOO_BIG:
+            return _PACKET_TOO_BIG
+        if type_ == V6_TIME_EXCEEDED:
+            return _TIME_EXCEEDED
+        if type_ == V6_PARAMETER_PROBLEM:
+            return _PARAMETER_PROBLEM_V6
+        return None
     if type_ == DEST_UNREACH:
         return _UNREACHABLE.get(code)
     if type_ == TIME_EXCEEDED:
@@ -123,11 +166,25 @@ class PathFeedback:
     the MSS black-hole detection fell back to, if it did. From them comes
     the segment size the connection sends at."""
 
-    __slots__ = ("_conn", "black_hole_mss", "path_mtu", "path_mtu_until", "soft_error")
+    __slots__ = (
+        "_conn",
+        "black_hole_mss",
+        "default_peer_mss",
+        "headers",
+        "path_mtu",
+        "path_mtu_until",
+        "soft_error",
+    )
 
     def __init__(self, conn: TcpConnection) -> None:
         self._conn = conn
-        self.path_mtu = conn.config.mss + 40
+        # The IP and TCP headers without options around each segment: 20 + 20
+        # over IPv4; over IPv6 (use_ipv6) 40 + 20, so MSS = MTU - 60 (RFC 8200 8.3).
+        self.headers = IPV4_TCP_HEADERS
+        # RFC 9293 3.7.1 (MUST-15): the send MSS assumed without an MSS option.
+        self.default_peer_mss = DEFAULT_PEER_MSS
+        # The link's MTU: TcpConfig.mss is what IPv4 carries in it.
+        self.path_mtu = conn.config.mss + IPV4_TCP_HEADERS
         # When a path MTU learnt from ICMP expires: the MSS grows back then,
         # and a path still narrow says so again (RFC 1191 6.3; Linux's
         # mtu_expires reaches sockets through their route's MTU).
@@ -137,12 +194,27 @@ class PathFeedback:
         # times out (RFC 1122 4.2.3.9); an ACK that moves SND.UNA clears it.
         self.soft_error: str | None = None
 
+    def use_ipv6(self) -> None:
+        """The connection runs over IPv6: 20 more bytes of IP header, 1220 the
+        default peer MSS (RFC 9293 3.7.1, RFC 8200 8.3)."""
+        self.headers = IPV6_TCP_HEADERS
+        self.default_peer_mss = DEFAULT_PEER_MSS_IPV6
+        conn = self._conn
+        if conn.peer_mss == DEFAULT_PEER_MSS:
+            conn.peer_mss = DEFAULT_PEER_MSS_IPV6
+
+    def advertised_mss(self) -> int:
+        """The MSS option of our SYN: the link's MTU less the headers (RFC
+        9293 3.7.1; 1440 over IPv6 on a 1500-byte link)."""
+        return self._conn.config.mss + IPV4_TCP_HEADERS - self.headers
+
     def mss_limit(self) -> int:
         """The largest segment (without options) the peer takes and the path
-        carries: its MSS, ours, the path MTU less 40 (RFC 1191 6.1, RFC 9293
-        3.7.1), and black-hole detection's fallback."""
+        carries: its MSS, ours, the path MTU less the headers (RFC 1191 6.1,
+        RFC 8201 5, RFC 9293 3.7.1), and black-hole detection's fallback."""
         conn = self._conn
-        limit = min(conn.peer_mss, conn.config.mss, self.path_mtu - 40)
+        headers = self.headers
+        limit = min(conn.peer_mss, self.advertised_mss(), self.path_mtu - headers)
         if self.black_hole_mss is not None:
             limit = min(limit, self.black_hole_mss)
         return max(limit, MIN_PEER_MSS)
@@ -174,10 +246,11 @@ class PathFeedback:
         # included, as Linux's between().
         if not (seq.le(snd.snd_una, sequence) and seq.le(sequence, snd.snd_max)):
             return DropReason.BAD_SEQ
-        what = meaning(type_, code)
+        ipv6 = self.headers == IPV6_TCP_HEADERS
+        what = meaning(type_, code, ipv6)
         if what is None:  # (the IP layer passes only errors it knows)
             return DropReason.UNHANDLED_ERROR
-        counters["icmp.in.error-for-connection"] += 1
+        counters["icmp6.in.error-for-connection" if ipv6 else "icmp.in.error-for-connection"] += 1
         if not mtu:
             conn.icmp_error(what.what, what.error, what.hard, now)
             return None
@@ -237,7 +310,7 @@ class PathFeedback:
         conn = self._conn
         self.path_mtu_until = None
         old = self.path_mtu
-        self.path_mtu = conn.config.mss + 40
+        self.path_mtu = conn.config.mss + IPV4_TCP_HEADERS
         if conn.state is not State.SYN_SENT:
             self._resize(self.effective_mss())
         conn.decide(Note.PATH_MTU_EXPIRED, old=old, pmtu=self.path_mtu, mss=conn.mss)

@@ -8,6 +8,19 @@ import struct
 
 from ustack.tcp import seq
 
+_IPV4_TUPLE = struct.Struct("!IHIH")
+_IPV6_TUPLE = struct.Struct("!16sH16sH")
+
+
+def four_tuple_bytes(local: int, local_port: int, remote: int, remote_port: int) -> bytes:
+    """The 4-tuple as the keyed hashes take it: 4-byte addresses for IPv4,
+    16-byte ones for IPv6 (RFC 6528 3 hashes the whole connection-id)."""
+    if remote > 0xFFFFFFFF:  # an IPv6 address (wire/address.py)
+        return _IPV6_TUPLE.pack(
+            local.to_bytes(16, "big"), local_port, remote.to_bytes(16, "big"), remote_port
+        )
+    return _IPV4_TUPLE.pack(local, local_port, remote, remote_port)
+
 
 class IsnGenerator:
     """RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock and F
@@ -20,6 +33,6 @@ class IsnGenerator:
     def __call__(
         self, local: int, local_port: int, remote: int, remote_port: int, now: float
     ) -> int:
-        tuple_bytes = struct.pack("!IHIH", local, local_port, remote, remote_port)
+        tuple_bytes = four_tuple_bytes(local, local_port, remote, remote_port)
         digest = hashlib.blake2b(tuple_bytes, key=self._secret, digest_size=4).digest()
         return (int(now * 250_000) + int.from_bytes(digest, "big")) & seq.MASK

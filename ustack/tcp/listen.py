@@ -12,7 +12,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ustack.tcp import seq
-from ustack.tcp.config import TcpConfig
+from ustack.tcp.config import (
+    DEFAULT_PEER_MSS,
+    DEFAULT_PEER_MSS_IPV6,
+    IPV4_TCP_HEADERS,
+    IPV6_TCP_HEADERS,
+    TcpConfig,
+)
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.tcp.syncookies import SynCookies
@@ -53,18 +59,27 @@ class Listener:
         return len(self.embryonic) < self.backlog
 
     def cookie_synack(
-        self, cookies: SynCookies, ends: Ends, syn: Segment, config: TcpConfig, now: float
+        self,
+        cookies: SynCookies,
+        ends: Ends,
+        syn: Segment,
+        config: TcpConfig,
+        now: float,
+        ipv6: bool = False,
     ) -> Segment:
         """Backlog full: the stateless SYN,ACK whose ISS is a SYN cookie
-        (RFC 4987 3.6); it offers our MSS and nothing a cookie cannot carry."""
-        cookie = cookies.make(ends, syn.seq, syn.options.mss or 536, now)
+        (RFC 4987 3.6); it offers our MSS (20 bytes less over IPv6, RFC 8200
+        8.3) and nothing a cookie cannot carry."""
+        default_mss = DEFAULT_PEER_MSS_IPV6 if ipv6 else DEFAULT_PEER_MSS
+        cookie = cookies.make(ends, syn.seq, syn.options.mss or default_mss, now)
+        mss = config.mss - (IPV6_TCP_HEADERS - IPV4_TCP_HEADERS) if ipv6 else config.mss
         return Segment(
             cookie,
             seq.add(syn.seq, 1),
             SYN | ACK,
             min(config.receive_buffer, 0xFFFF),
             b"",
-            TcpOptions(mss=config.mss),
+            TcpOptions(mss=mss),
             note=SegmentNote.SYN_COOKIE,
         )
 

@@ -168,7 +168,7 @@ class Sender:
         offer_sack = config.sack and (not ack or conn.sack_ok)
         offer_ts = config.timestamps and (not ack or conn.ts_ok)
         options = TcpOptions(
-            mss=config.mss,
+            mss=conn.path.advertised_mss(),
             window_scale=shift if offer_scaling else None,
             sack_permitted=offer_sack,
             timestamps=(conn.ts_now(), rcv.ts_recent if ack else 0) if offer_ts else None,

@@ -16,10 +16,12 @@ import secrets
 import struct
 
 from ustack.tcp import seq
+from ustack.tcp.isn import four_tuple_bytes
 
 MSS_TABLE = (536, 1220, 1440, 1460)  # the largest entry not above the peer's MSS is sent
 PERIOD = 64.0  # seconds per counter tick; a cookie is good for one or two ticks
 _HASH_BITS = (1 << 25) - 1
+_TICK_AND_ISN = struct.Struct("!II")
 
 
 class SynCookies:
@@ -27,13 +29,13 @@ class SynCookies:
         self._secret = secret or secrets.token_bytes(16)
 
     def _hash(self, key: tuple[int, int, int, int], tick: int, peer_isn: int) -> int:
-        data = struct.pack("!IHIHII", *key, tick & 0xFFFFFFFF, peer_isn)
+        data = four_tuple_bytes(*key) + _TICK_AND_ISN.pack(tick & 0xFFFFFFFF, peer_isn)
         digest = hashlib.blake2b(data, key=self._secret, digest_size=4).digest()
         return int.from_bytes(digest, "big") & _HASH_BITS
 
     def make(self, key: tuple[int, int, int, int], peer_isn: int, peer_mss: int, now: float) -> int:
         """The ISS for a stateless SYN,ACK. `key` is (local address, local
-        port, remote address, remote port)."""
+        port, remote address, remote port), of either family."""
         tick = int(now / PERIOD)
         index = max(i for i, mss in enumerate(MSS_TABLE) if mss <= peer_mss or i == 0)
         return ((tick & 0x1F) << 27) | (index << 25) | self._hash(key, tick, peer_isn)
