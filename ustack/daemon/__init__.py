@@ -138,6 +138,7 @@ class Daemon:
             fragment_limits=config.fragments,
             icmp_limits=config.icmp,
             min_pmtu=config.min_pmtu,
+            address6=None if self.address6 is None else int(self.address6),
         )
         self.stack.tcp.partial_checksums = partial_checksums
         self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`
@@ -215,8 +216,9 @@ class Daemon:
     def _on_readable(self) -> None:
         assert self.runner is not None
         read, size = self.link.read, self.link.mtu
-        # ip.receive: what Stack.receive calls, one call less per packet.
-        receive, clock = self.stack.ip.receive, self.runner.now
+        # Stack.receive picks the family by the version nibble (IPv4 alone
+        # could skip that call, but then IPv6 packets would be IPv4's drops).
+        receive, clock = self.stack.receive, self.runner.now
         faults = self.faults
         try:
             for _ in range(READ_BATCH):
