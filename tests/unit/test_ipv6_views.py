@@ -352,10 +352,12 @@ def test_ss_shows_both_families_as_ss_does() -> None:
 
 def test_stats_lists_ipv4_then_ipv6_counters_then_the_rest() -> None:
     counters = {"tcp.in": 9, "icmp6.echo": 2, "ip.in": 7, "ip6.in": 5, "icmp.echo": 1,
-                "app.connections": 1, "ip6.drop.not-for-us": 1}  # fmt: skip
+                "app.connections": 1, "ip6.drop.not-for-us": 1,
+                "udp6.out.port-unreachable": 1, "udp.drop.bad-checksum": 1}  # fmt: skip
     names = [line.split()[0] for line in stats_lines(counters)]
-    assert names == ["icmp.echo", "ip.in", "icmp6.echo", "ip6.drop.not-for-us", "ip6.in",
-                     "app.connections", "tcp.in"]  # fmt: skip
+    assert names == ["icmp.echo", "ip.in",
+                     "icmp6.echo", "ip6.drop.not-for-us", "ip6.in", "udp6.out.port-unreachable",
+                     "app.connections", "tcp.in", "udp.drop.bad-checksum"]  # fmt: skip
 
 
 def test_control_rows_carry_ipv6_ends_as_text() -> None:

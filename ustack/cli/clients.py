@@ -33,9 +33,9 @@ def stats_command(args: argparse.Namespace) -> int:
 
 
 # `ustack stats` shows the counters by family: IPv4's layers (ip, icmp), then
-# IPv6's (ip6, icmp6, as Linux's Ip6/Icmp6 MIBs), then those of both (tcp,
-# udp, the application, the trace).
-_FAMILY_LAYERS = (("ip", "icmp"), ("ip6", "icmp6"))
+# IPv6's (ip6, icmp6 as Linux's Ip6/Icmp6 MIBs, and udp6: its port
+# unreachables), then those of both (tcp, udp, the application, the trace).
+_FAMILY_LAYERS = (("ip", "icmp"), ("ip6", "icmp6", "udp6"))
 
 
 def _family_rank(name: str) -> int:
