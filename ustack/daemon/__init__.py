@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import inspect
 import ipaddress
 import logging
 import signal
@@ -113,7 +112,7 @@ class Daemon:
         link.partial_tcp_checksums = partial_checksums
         tcp = dataclasses.replace(
             config.tcp,
-            mss=link.mtu - 40,  # IPv4 + TCP headers
+            mss=link.mtu - 40,  # IPv4 + TCP headers (TCP takes 20 more off for IPv6)
             gso_segments=GSO_SEGMENTS if link.offload else 1,
         )
         self.faults = FaultInjector()
@@ -134,6 +133,7 @@ class Daemon:
             fragment_limits=config.fragments,
             icmp_limits=config.icmp,
             min_pmtu=config.min_pmtu,
+            address6=None if self.address6 is None else int(self.address6),
         )
         self.stack.tcp.partial_checksums = partial_checksums
         self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`
@@ -208,8 +208,10 @@ class Daemon:
     def _on_readable(self) -> None:
         assert self.runner is not None
         read, size = self.link.read, self.link.mtu
-        # ip.receive: what Stack.receive calls, one call less per packet.
-        receive, clock = self.stack.ip.receive, self.runner.now
+        # IPv4 only: ip.receive, what Stack.receive calls, one call less per packet.
+        stack = self.stack
+        receive = stack.receive if stack.ip6 is not None else stack.ip.receive
+        clock = self.runner.now
         faults = self.faults
         try:
             for _ in range(READ_BATCH):
@@ -486,12 +488,6 @@ def serve(config: ServeConfig) -> int:
     # A LinkError goes to the caller, which reports it on one line.
     # SIGHUP (reopen the files) before the handler is in place: nothing to reopen yet.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    if "address6" not in inspect.signature(Stack).parameters:
-        # Interim, until the dual-stack Stack (branch i15-tcp) is merged: a
-        # stack without IPv6 keeps IPv6 off its TUN, as before.
-        config = dataclasses.replace(
-            config, address6=None, link=dataclasses.replace(config.link, linux_side6=None)
-        )
     link = TunLink.open(config.link)
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)

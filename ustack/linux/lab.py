@@ -37,6 +37,36 @@ STACK_ADDRESS = "198.18.0.2"
 LINUX_ADDRESS = "198.18.0.1"
 STACK_ADDRESS6 = "2001:2::2"  # the IPv6 benchmarking range (RFC 5180), beside 198.18.0.0/15
 LINUX_ADDRESS6 = "2001:2::1"
+
+
+@dataclass(frozen=True)
+class Family:
+    """The lab's addresses of one IP family, for tests that run over both."""
+
+    name: str  # "ipv4" / "ipv6": a test id
+    stack: str  # the stack's address
+    linux: str  # the Linux side's
+    icmp: str  # the ICMP counters' layer: "icmp" / "icmp6"
+    udp: str  # the UDP counters' layer: "udp" / "udp6"
+    mss: int  # the stack's MSS on a 1500-byte link: MTU less the IP and TCP headers
+
+    @property
+    def host(self) -> str:
+        """The stack's address as a URL writes it: 198.18.0.2, [2001:2::2]."""
+        return f"[{self.stack}]" if ":" in self.stack else self.stack
+
+    @property
+    def socket_family(self) -> str:
+        """The socket module's name for it, for Python snippets run in a namespace."""
+        return "AF_INET6" if ":" in self.stack else "AF_INET"
+
+    def url(self, path: str = "/", port: int | None = None) -> str:
+        return f"http://{self.host}{'' if port is None else f':{port}'}{path}"
+
+
+IPV4 = Family("ipv4", STACK_ADDRESS, LINUX_ADDRESS, "icmp", "udp", 1460)
+IPV6 = Family("ipv6", STACK_ADDRESS6, LINUX_ADDRESS6, "icmp6", "udp6", 1440)
+FAMILIES = (IPV4, IPV6)
 _OURS = re.compile(r"ustack-[a-z]+(\d+)-\S+")
 _serial = itertools.count()
 
