@@ -77,6 +77,7 @@ class Family:
     a TCP segment, and how its ICMP names each error."""
 
     name: str  # "ipv4" or "ipv6": the pytest id
+    icmp: str  # the ICMP layer's counter prefix: "icmp" or "icmp6"
     us: int
     peer: int
     router: int
@@ -121,13 +122,13 @@ class Family:
         return self.packet(self.router, self.us, PROTO_ICMP, message)
 
 
-IPV4 = Family("ipv4", US, PEER, ROUTER, 40, {
+IPV4 = Family("ipv4", "icmp", US, PEER, ROUTER, 40, {
     "port-unreachable": (icmp.DEST_UNREACH, icmp.PORT_UNREACH),
     "host-unreachable": (icmp.DEST_UNREACH, icmp.HOST_UNREACH),
     "time-exceeded": (icmp.TIME_EXCEEDED, 0),
     "too-big": (icmp.DEST_UNREACH, icmp.FRAG_NEEDED),
 })  # fmt: skip
-IPV6 = Family("ipv6", US6, PEER6, ROUTER6, 60, {
+IPV6 = Family("ipv6", "icmp6", US6, PEER6, ROUTER6, 60, {
     "port-unreachable": (icmpv6.DEST_UNREACH, icmpv6.PORT_UNREACH),
     "host-unreachable": (icmpv6.DEST_UNREACH, icmpv6.ADDRESS_UNREACH),
     "time-exceeded": (icmpv6.TIME_EXCEEDED, icmpv6.HOP_LIMIT_EXCEEDED),
@@ -215,7 +216,7 @@ class TcpScript:
     def _isn(self, *_: Any) -> int:
         return self._iss
 
-    def _transmit(self, packet: bytes) -> bool:
+    def _transmit(self, packet: bytes, gso_size: int = 0) -> bool:
         self._wire.append(packet)
         return True
 
@@ -229,6 +230,11 @@ class TcpScript:
         self.conn = conn
         log = self.apps.setdefault(conn, AppLog())
         self.tcp.attach(conn, log)
+
+    @property
+    def ip(self) -> Any:
+        """The stack's IP layer of the script's family."""
+        return self.stack.ip6 if self.family.ipv6 else self.stack.ip
 
     # ---- time ---------------------------------------------------------------------
 
