@@ -189,10 +189,7 @@ class TcpScript:
         # those ACKs), for the same reason; test_rate_limits_core.py turns it on.
         config.setdefault("invalid_ack_ratelimit", 0.0)
         self.config = TcpConfig(**config)
-        self.family = family
-        self.us, self.peer = family.us, family.peer
-        # The MSS our SYNs offer: the link's MTU less the family's headers.
-        self.mss = self.config.mss + 40 - family.tcp_headers
+        self.speak(family)
         self.now = 0.0
         self.trace: list[TraceEvent] = []
         self._wire: list[bytes] = []
@@ -210,6 +207,14 @@ class TcpScript:
             self.listener = self.tcp.listen(listen, self._accept, backlog=backlog, now=self.now)
         self.local_port = listen or 0
         self.checker = InvariantChecker(self.tcp)
+
+    def speak(self, family: Family) -> None:
+        """From now on the peer talks to the stack over `family` (a dual
+        stack's other family: another peer, the same listeners)."""
+        self.family = family
+        self.us, self.peer = family.us, family.peer
+        # The MSS our SYNs offer: the link's MTU less the family's headers.
+        self.mss = self.config.mss + 40 - family.tcp_headers
 
     # ---- plumbing ---------------------------------------------------------------
 
