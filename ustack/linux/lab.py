@@ -46,9 +46,11 @@ class Family:
     name: str  # "ipv4" / "ipv6": a test id
     stack: str  # the stack's address
     linux: str  # the Linux side's
+    ip: str  # the IP counters' layer: "ip" / "ip6"
     icmp: str  # the ICMP counters' layer: "icmp" / "icmp6"
     udp: str  # the UDP counters' layer: "udp" / "udp6"
     mss: int  # the stack's MSS on a 1500-byte link: MTU less the IP and TCP headers
+    fragment_data: int  # data a fragment carries on a 1500-byte link (IPv6: 40 + 8 of headers)
 
     @property
     def host(self) -> str:
@@ -64,8 +66,8 @@ class Family:
         return f"http://{self.host}{'' if port is None else f':{port}'}{path}"
 
 
-IPV4 = Family("ipv4", STACK_ADDRESS, LINUX_ADDRESS, "icmp", "udp", 1460)
-IPV6 = Family("ipv6", STACK_ADDRESS6, LINUX_ADDRESS6, "icmp6", "udp6", 1440)
+IPV4 = Family("ipv4", STACK_ADDRESS, LINUX_ADDRESS, "ip", "icmp", "udp", 1460, 1480)
+IPV6 = Family("ipv6", STACK_ADDRESS6, LINUX_ADDRESS6, "ip6", "icmp6", "udp6", 1440, 1448)
 FAMILIES = (IPV4, IPV6)
 _OURS = re.compile(r"ustack-[a-z]+(\d+)-\S+")
 _serial = itertools.count()
@@ -186,12 +188,15 @@ def netns(prefix: str = NS_PREFIX, tag: str | None = None) -> Iterator[Netns]:
 
 
 def veth_pair(a: Netns, b: Netns, devices: tuple[str, str], addresses: tuple[str, str]) -> None:
-    """Two namespaces joined by a veth pair (addresses with their /prefix), made
-    inside them: nothing appears in the root namespace, not even briefly."""
+    """Two namespaces joined by a veth pair (addresses of either family with
+    their /prefix), made inside them: nothing appears in the root namespace,
+    not even briefly."""
     _ip("-n", a.name, "link", "add", devices[0], "type", "veth",
         "peer", "name", devices[1], "netns", b.name)  # fmt: skip
     for ns, device, address in ((a, devices[0], addresses[0]), (b, devices[1], addresses[1])):
-        _ip("-n", ns.name, "addr", "add", address, "dev", device)
+        # IPv6: no duplicate address detection, usable at once (not tentative).
+        nodad = ("nodad",) if ":" in address else ()
+        _ip("-n", ns.name, "addr", "add", address, "dev", device, *nodad)
         _ip("-n", ns.name, "link", "set", device, "up")
 
 
