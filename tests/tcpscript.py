@@ -16,10 +16,16 @@ breaks one fails there, with the rule's name.
 Segments go in as real bytes through IP and TCP input (checksums, parsing,
 demultiplexing); what comes out is parsed back from the bytes we would put on
 the TUN. Flags are tcpdump's: S F R P and "." for ACK.
+
+A script runs over IPv4 or IPv6 (`TcpScript(family=IPV6)`): the stack is a
+dual stack either way, the peer talks to it in the script's family, and
+`t.peer`, `t.us` and `t.mss` (the MSS our SYN offers) are that family's. The
+tests that run over both take the `family` fixture (tests/unit/conftest.py).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,11 +37,17 @@ from ustack.tcp.invariants import InvariantChecker
 from ustack.tcp.segment import flag_string
 from ustack.tcp.states import Event, State
 from ustack.trace.records import Decision, StateChange, TraceEvent
-from ustack.wire.ipv4 import PROTO_TCP, build_ipv4, parse_ipv4
+from ustack.wire import icmp, icmpv6
+from ustack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, build_ipv4, parse_ipv4
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH, NH_ICMPV6, build_ipv6, parse_ipv6
 from ustack.wire.tcp import TcpOptions, build_tcp, parse_tcp
 
 US = 0xC6120002  # 198.18.0.2, the stack
 PEER = 0xC6120001  # 198.18.0.1, the Linux side
+ROUTER = 0xC6120101  # 198.18.1.1, a hop on the way
+US6 = 0x2001_0002_0000_0000_0000_0000_0000_0002  # 2001:2::2
+PEER6 = 0x2001_0002_0000_0000_0000_0000_0000_0001  # 2001:2::1
+ROUTER6 = 0x2001_0002_0001_0000_0000_0000_0000_0001  # 2001:2:1::1
 OUR_ISS = 5000
 PEER_ISS = 1000
 PEER_PORT = 40000
@@ -57,6 +69,72 @@ def flags_of(text: str) -> int:
 
 def canonical_flags(text: str) -> str:
     return flag_string(flags_of(text))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One IP version as a script uses it: the addresses, the headers around
+    a TCP segment, and how its ICMP names each error."""
+
+    name: str  # "ipv4" or "ipv6": the pytest id
+    icmp: str  # the ICMP layer's counter prefix: "icmp" or "icmp6"
+    us: int
+    peer: int
+    router: int
+    tcp_headers: int  # IP + TCP without options: 40 or 60 (RFC 8200 8.3)
+    # (type, code) of: port unreachable, host unreachable, time exceeded, too big
+    errors: dict[str, tuple[int, int]]
+
+    def __repr__(self) -> str:
+        return self.name
+
+    @property
+    def ipv6(self) -> bool:
+        return self.name == "ipv6"
+
+    def packet(self, src: int, dst: int, protocol: int, payload: bytes, ecn: int = 0) -> bytes:
+        if self.ipv6:
+            return build_ipv6(src=src, dst=dst, next_header=protocol, payload=payload,
+                              traffic_class=ecn)  # fmt: skip
+        header = build_ipv4(
+            src=src, dst=dst, protocol=protocol, payload_length=len(payload), ecn=ecn
+        )
+        return header + payload
+
+    def unpack(self, packet: bytes) -> tuple[int, int, int, int, bytes]:
+        """(src, dst, protocol, ECN, payload) of a packet the stack sent."""
+        if self.ipv6:
+            ip6 = parse_ipv6(packet)
+            end = IPV6_HEADER_LENGTH + ip6.payload_length
+            return ip6.src, ip6.dst, ip6.next_header, ip6.ecn, packet[IPV6_HEADER_LENGTH:end]
+        ip = parse_ipv4(packet)
+        return ip.src, ip.dst, ip.protocol, ip.ecn, packet[ip.header_length : ip.total_length]
+
+    def icmp_error(self, kind: str, quote: bytes, mtu: int = 0) -> bytes:
+        """The router's ICMP (ICMPv6) error `kind` quoting `quote`, to us."""
+        type_, code = self.errors[kind]
+        if self.ipv6:
+            message = icmpv6.build_icmpv6(
+                src=self.router, dst=self.us, type=type_, code=code, rest=mtu, payload=quote
+            )
+            return self.packet(self.router, self.us, NH_ICMPV6, message)
+        message = icmp.build_icmp(type=type_, code=code, rest=mtu, payload=quote)
+        return self.packet(self.router, self.us, PROTO_ICMP, message)
+
+
+IPV4 = Family("ipv4", "icmp", US, PEER, ROUTER, 40, {
+    "port-unreachable": (icmp.DEST_UNREACH, icmp.PORT_UNREACH),
+    "host-unreachable": (icmp.DEST_UNREACH, icmp.HOST_UNREACH),
+    "time-exceeded": (icmp.TIME_EXCEEDED, 0),
+    "too-big": (icmp.DEST_UNREACH, icmp.FRAG_NEEDED),
+})  # fmt: skip
+IPV6 = Family("ipv6", "icmp6", US6, PEER6, ROUTER6, 60, {
+    "port-unreachable": (icmpv6.DEST_UNREACH, icmpv6.PORT_UNREACH),
+    "host-unreachable": (icmpv6.DEST_UNREACH, icmpv6.ADDRESS_UNREACH),
+    "time-exceeded": (icmpv6.TIME_EXCEEDED, icmpv6.HOP_LIMIT_EXCEEDED),
+    "too-big": (icmpv6.PACKET_TOO_BIG, 0),
+})  # fmt: skip
+FAMILIES = (IPV4, IPV6)
 
 
 @dataclass
@@ -98,6 +176,7 @@ class TcpScript:
         our_iss: int = OUR_ISS,
         backlog: int = 128,
         syncookies: bool = True,
+        family: Family = IPV4,
         **config: Any,
     ) -> None:
         # Short TIME_WAIT; RFC 6298's 1 s minimum RTO keeps timer arithmetic readable.
@@ -110,13 +189,14 @@ class TcpScript:
         # those ACKs), for the same reason; test_rate_limits_core.py turns it on.
         config.setdefault("invalid_ack_ratelimit", 0.0)
         self.config = TcpConfig(**config)
+        self.speak(family)
         self.now = 0.0
         self.trace: list[TraceEvent] = []
         self._wire: list[bytes] = []
         self._iss = our_iss
         self.stack = Stack(
             US, self._transmit, tcp_config=self.config, trace=self._on_trace, isn=self._isn,
-            syncookies=syncookies,
+            syncookies=syncookies, address6=US6,
         )  # fmt: skip
         self.tcp = self.stack.tcp
         self.accepted: list[TcpConnection] = []
@@ -128,12 +208,20 @@ class TcpScript:
         self.local_port = listen or 0
         self.checker = InvariantChecker(self.tcp)
 
+    def speak(self, family: Family) -> None:
+        """From now on the peer talks to the stack over `family` (a dual
+        stack's other family: another peer, the same listeners)."""
+        self.family = family
+        self.us, self.peer = family.us, family.peer
+        # The MSS our SYNs offer: the link's MTU less the family's headers.
+        self.mss = self.config.mss + 40 - family.tcp_headers
+
     # ---- plumbing ---------------------------------------------------------------
 
     def _isn(self, *_: Any) -> int:
         return self._iss
 
-    def _transmit(self, packet: bytes) -> bool:
+    def _transmit(self, packet: bytes, gso_size: int = 0) -> bool:
         self._wire.append(packet)
         return True
 
@@ -147,6 +235,11 @@ class TcpScript:
         self.conn = conn
         log = self.apps.setdefault(conn, AppLog())
         self.tcp.attach(conn, log)
+
+    @property
+    def ip(self) -> Any:
+        """The stack's IP layer of the script's family."""
+        return self.stack.ip6 if self.family.ipv6 else self.stack.ip
 
     # ---- time ---------------------------------------------------------------------
 
@@ -187,14 +280,37 @@ class TcpScript:
             options = TcpOptions(mss=mss, window_scale=ws, sack_permitted=sack_permitted,
                                  timestamps=ts, sack_blocks=tuple(sack))  # fmt: skip
         segment = build_tcp(
-            src=PEER, dst=US, src_port=sport, dst_port=dport or self.local_port,
+            src=self.peer, dst=self.us, src_port=sport, dst_port=dport or self.local_port,
             seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags_of(flags), window=win,
             options=options, payload=payload,
         )  # fmt: skip
-        header = build_ipv4(
-            src=PEER, dst=US, protocol=PROTO_TCP, payload_length=len(segment), ecn=ecn
+        self.stack.receive(
+            self.family.packet(self.peer, self.us, PROTO_TCP, segment, ecn), self.now
         )
-        self.stack.receive(header + segment, self.now)
+        self.checker.check(self.now)
+        return self
+
+    def icmp_error(
+        self,
+        kind: str,
+        seq: int,
+        mtu: int = 0,
+        quoted_length: int = 1500,
+        quoted_src: int | None = None,
+        sport: int | None = None,
+        dport: int = PEER_PORT,
+    ) -> TcpScript:
+        """A router's ICMP error of `kind` ("port-unreachable", "host-unreachable",
+        "time-exceeded", "too-big" with the `mtu`) in the script's family,
+        about a TCP segment from us of `quoted_length` bytes, `seq` its SEQ:
+        the quote is its IP header and the first 8 bytes of TCP."""
+        family = self.family
+        tcp8 = struct.pack("!HHI", sport or self.local_port, dport, seq & 0xFFFFFFFF)
+        src = family.us if quoted_src is None else quoted_src
+        headers = family.tcp_headers - 20
+        segment = tcp8 + bytes(quoted_length - headers - len(tcp8))
+        quote = family.packet(src, family.peer, PROTO_TCP, segment)
+        self.stack.receive(family.icmp_error(kind, quote[: headers + 8], mtu), self.now)
         self.checker.check(self.now)
         return self
 
@@ -202,14 +318,13 @@ class TcpScript:
         """Everything the stack sent since the last look."""
         out = []
         for packet in self._wire:
-            ip = parse_ipv4(packet)
-            assert (ip.src, ip.dst, ip.protocol) == (US, PEER, PROTO_TCP), ip
-            raw = packet[ip.header_length : ip.total_length]
+            src, dst, protocol, ecn, raw = self.family.unpack(packet)
+            assert (src, dst, protocol) == (self.us, self.peer, PROTO_TCP), packet[:40].hex()
             tcp = parse_tcp(raw)
             out.append(
                 Out(flag_string(tcp.flags), tcp.seq, tcp.ack, tcp.window,
                     bytes(raw[tcp.header_length :]), tcp.options, tcp.src_port, tcp.dst_port,
-                    ip.ecn)
+                    ecn)
             )  # fmt: skip
         self._wire.clear()
         return out
@@ -269,7 +384,7 @@ class TcpScript:
     def connect(self, port: int = 8080, local_port: int = 50000) -> TcpConnection:
         """Active OPEN: we send a SYN to the peer."""
         self.local_port = local_port
-        conn = self.tcp.connect(PEER, port, self.now, local_port=local_port)
+        conn = self.tcp.connect(self.peer, port, self.now, local_port=local_port)
         self.conn = conn
         self.tcp.attach(conn, self.apps.setdefault(conn, AppLog()))
         self.tcp.flush(conn)

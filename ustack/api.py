@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ustack.runner import StackRunner
+from ustack.stack import Stack
 from ustack.tcp.connection import TcpConnection
 from ustack.tcp.events import AppEvent, Closed, Connected, DataReceived, EndOfStream, SendSpace
 from ustack.tcp.listen import Listener
 from ustack.tcp.states import State
+from ustack.wire.address import format_address, format_endpoint, is_ipv6, parse_address
 
 log = logging.getLogger("ustack.api")
 
@@ -54,8 +55,28 @@ def error_for(errno_name: str | None) -> OSError | None:
     return ConnectionError(errno_name)
 
 
-def _address(value: int) -> str:
-    return str(ipaddress.IPv4Address(value))
+def _socket_address(address: int, port: int) -> tuple[str, int] | tuple[str, int, int, int]:
+    """As asyncio's transports give peername and sockname: (host, port) for
+    IPv4, (host, port, flowinfo, scope_id) for IPv6 (AF_INET6's 4-tuple)."""
+    if is_ipv6(address):
+        return (format_address(address), port, 0, 0)
+    return (format_address(address), port)
+
+
+def _listen_family(stack: Stack, host: str | None) -> int | None:
+    """Which family a server on `host` hears: both for None, "" or "::" (as
+    a Linux AF_INET6 socket bound to :: without IPV6_V6ONLY), IPv4 for
+    "0.0.0.0" or the stack's IPv4 address, IPv6 for its IPv6 address.
+    OSError EADDRNOTAVAIL for an address the stack does not have."""
+    if host is None or host in ("", "::"):
+        return None
+    address = parse_address(host)
+    tcp = stack.tcp
+    if host == "0.0.0.0" or address == tcp.address:
+        return 4
+    if tcp.address6 is not None and address == tcp.address6:
+        return 6
+    raise OSError(errno.EADDRNOTAVAIL, f"{host} is not an address of this stack")
 
 
 _GONE = asyncio.Protocol()  # a lost transport's protocol: it is told nothing more
@@ -173,9 +194,11 @@ class TcpTransport(asyncio.Transport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         remote, remote_port, local_port = self._key
         if name == "peername":
-            return (_address(remote), remote_port)
+            return _socket_address(remote, remote_port)
         if name == "sockname":
-            return (_address(self._runner.stack.tcp.address), local_port)
+            tcp = self._runner.stack.tcp
+            local = tcp.address6 if is_ipv6(remote) and tcp.address6 is not None else tcp.address
+            return _socket_address(local, local_port)
         if name == "connection":
             return self._conn
         return default
@@ -289,13 +312,15 @@ def _attach(
 async def open_connection(
     runner: StackRunner, host: str, port: int, *, limit: int = STREAM_LIMIT
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Active OPEN from the stack; raises ConnectionRefusedError, TimeoutError,
-    OSError ENETUNREACH (a broadcast, multicast, loopback or own address: at
-    once) or ENOBUFS (the connection table is full)."""
+    """Active OPEN from the stack to `host`, an IPv4 or IPv6 literal
+    ("198.18.0.1", "2001:2::1"; ValueError for anything else); raises
+    ConnectionRefusedError, TimeoutError, OSError ENETUNREACH (a broadcast,
+    multicast, loopback or own address, or a family the stack does not have:
+    at once) or ENOBUFS (the connection table is full)."""
     loop = runner.loop
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    conn = runner.stack.connect(int(ipaddress.IPv4Address(host)), port, runner.now())
+    conn = runner.stack.connect(parse_address(host), port, runner.now())
     transport = _attach(runner, conn, protocol)
     runner.done(conn)
     assert transport.connected is not None
@@ -354,8 +379,9 @@ class StackServer:
         except Exception as exc:
             self.failures += 1
             self._runner.stack.counters["app.handler-errors"] += 1
-            peer = writer.get_extra_info("peername")
-            log.error("port %d, peer %s:%d: handler failed: %r", self.port, *peer, exc)
+            host, peer_port = writer.get_extra_info("peername")[:2]
+            peer = format_endpoint(parse_address(host), peer_port)  # [2001:2::1]:80 for IPv6
+            log.error("port %d, peer %s: handler failed: %r", self.port, peer, exc)
             writer.transport.abort()
         finally:
             self.handlers.discard(task)
@@ -374,8 +400,11 @@ async def start_server(
     *,
     backlog: int = 128,
     limit: int = STREAM_LIMIT,
+    host: str | None = None,
 ) -> StackServer:
-    """Passive OPEN on `port`; each connection gets (reader, writer) like asyncio's."""
+    """Passive OPEN on `port`; each connection gets (reader, writer) like
+    asyncio's. `host`: None, "" or "::" hear both families; "0.0.0.0" or
+    the stack's IPv4 address IPv4 only; its IPv6 address IPv6 only."""
     loop = runner.loop
 
     def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
@@ -386,6 +415,9 @@ async def start_server(
         protocol = asyncio.StreamReaderProtocol(reader, handler, loop=loop)
         _attach(runner, conn, protocol, active=False)  # its Connected event follows in this flush
 
-    listener = runner.stack.tcp.listen(port, on_accept, backlog=backlog, now=runner.now())
+    family = _listen_family(runner.stack, host)
+    listener = runner.stack.tcp.listen(
+        port, on_accept, backlog=backlog, now=runner.now(), family=family
+    )
     server = StackServer(runner, listener)  # (`handler` finds it when a connection comes)
     return server

@@ -42,6 +42,8 @@ BAD_REQUESTS = [
     b'{"command": "connect", "host": "198.18.0.1", "port": "80"}',
     b'{"command": "connect", "host": 3322085377, "port": 80}',
     b'{"command": "connect", "host": ["198.18.0.1"], "port": 80}',
+    b'{"command": "connect", "host": "::ffff:198.18.0.1", "port": 80}',  # RFC 4291 2.5.5.2
+    b'{"command": "connect", "host": "[2001:2::1]", "port": 80}',
     b'{"command": "connect"}',
     b'{"command": "config", "msl": 1e400}',
     b'{"command": "config", "msl": NaN}',

@@ -3,8 +3,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from tcpscript import FAMILIES, Family
 
 from ustack.cli import main
+
+
+@pytest.fixture(params=FAMILIES, ids=repr)
+def family(request: pytest.FixtureRequest) -> Family:
+    """The IP version a scripted test runs over: each such test runs twice,
+    `test_name[ipv4]` and `test_name[ipv6]` (RFC 9293's behaviours are the
+    same over both; the MSS and the ICMP messages are each family's)."""
+    family: Family = request.param
+    return family
 
 
 @pytest.fixture

@@ -35,6 +35,10 @@ A_ADDR = 0xC6120001
 B_ADDR = 0xC6120002
 A_HOST = "198.18.0.1"
 B_HOST = "198.18.0.2"
+A_ADDR6 = 0x2001_0002_0000_0000_0000_0000_0000_0001
+B_ADDR6 = 0x2001_0002_0000_0000_0000_0000_0000_0002
+A_HOST6 = "2001:2::1"
+B_HOST6 = "2001:2::2"
 SILENT_HOST = "198.18.0.3"  # nobody answers for it
 TEST_TIMEOUT = 10.0  # the bound of every test body
 STEP_TIMEOUT = 5.0  # the bound of one awaited step inside a test
@@ -67,7 +71,7 @@ class Action(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Packet:
-    """One IPv4/TCP packet as the hook sees it."""
+    """One IPv4/TCP or IPv6/TCP packet as the hook sees it."""
 
     src: int
     dst: int
@@ -79,8 +83,12 @@ class Packet:
 
     @classmethod
     def parse(cls, raw: bytes, index: int) -> Packet:
-        ihl = (raw[0] & 0x0F) * 4
-        src, dst = struct.unpack_from("!II", raw, 12)
+        if raw[0] >> 4 == 6:  # (no extension headers between us)
+            ihl = 40
+            src, dst = int.from_bytes(raw[8:24], "big"), int.from_bytes(raw[24:40], "big")
+        else:
+            ihl = (raw[0] & 0x0F) * 4
+            src, dst = struct.unpack_from("!II", raw, 12)
         (seq,) = struct.unpack_from("!I", raw, ihl + 4)
         data_offset = (raw[ihl + 12] >> 4) * 4
         flags = raw[ihl + 13]
@@ -95,29 +103,29 @@ Hook = Callable[[Packet], Action]
 
 
 class Pair:
-    """Two stacks back to back in one loop; `hook` impairs the wire."""
+    """Two dual stacks back to back in one loop; `hook` impairs the wire."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: TcpConfig) -> None:
         self.loop = loop
         self.hook: Hook | None = None
         self.log: list[Packet] = []  # everything transmitted, before the hook
         self.errors: list[dict[str, Any]] = []
-        self.a = Stack(A_ADDR, lambda raw: self._transmit(A_ADDR, raw), tcp_config=config)
-        self.b = Stack(B_ADDR, lambda raw: self._transmit(B_ADDR, raw), tcp_config=config)
+        self.a = Stack(A_ADDR, self._transmit, tcp_config=config, address6=A_ADDR6)
+        self.b = Stack(B_ADDR, self._transmit, tcp_config=config, address6=B_ADDR6)
         self.ra = StackRunner(self.a, loop)
         self.rb = StackRunner(self.b, loop)
-        self._runners = {A_ADDR: self.ra, B_ADDR: self.rb}
+        self._runners = {A_ADDR: self.ra, B_ADDR: self.rb, A_ADDR6: self.ra, B_ADDR6: self.rb}
         self._counts: dict[tuple[int, int], int] = {}
         self._held: dict[tuple[int, int], list[bytes]] = {}
         loop.set_exception_handler(lambda _loop, context: self.errors.append(context))
 
-    def _transmit(self, src: int, raw: bytes) -> bool:
-        dst = struct.unpack_from("!I", raw, 16)[0]
-        assert struct.unpack_from("!I", raw, 12)[0] == src
-        direction = (src, dst)
+    def _transmit(self, raw: bytes) -> bool:
+        packet = Packet.parse(bytes(raw), 0)
+        direction = (packet.src, packet.dst)
         index = self._counts.get(direction, 0)
         self._counts[direction] = index + 1
-        packet = Packet.parse(bytes(raw), index)
+        packet = dataclasses.replace(packet, index=index)
+        dst = packet.dst
         self.log.append(packet)
         action = self.hook(packet) if self.hook is not None else Action.PASS
         target = self._runners.get(dst)
@@ -229,12 +237,13 @@ async def serve(pair: Pair, handler: Handler, port: int) -> tuple[StackServer, a
 
 
 async def connected(
-    pair: Pair, handler: Handler, port: int
+    pair: Pair, handler: Handler, port: int, host: str = B_HOST
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Event]:
-    """Serve `handler` on B's `port` and connect to it from A: the client's
-    reader and writer, and the event set when the handler returns."""
+    """Serve `handler` on B's `port` and connect to it from A (at B's `host`,
+    either family): the client's reader and writer, and the event set when
+    the handler returns."""
     _, handler_done = await serve(pair, handler, port)
-    reader, writer = await step(open_connection(pair.ra, B_HOST, port))
+    reader, writer = await step(open_connection(pair.ra, host, port))
     return reader, writer, handler_done
 
 
@@ -259,13 +268,22 @@ def pattern_bytes(n: int) -> bytes:
 # ---- echo -----------------------------------------------------------------------------------
 
 
-def test_echo_round_trip_of_one_megabyte(pair: Pair) -> None:
+@pytest.mark.parametrize(
+    ("host", "peername", "our_host"),
+    [(B_HOST, (B_HOST, 7), A_HOST), (B_HOST6, (B_HOST6, 7, 0, 0), A_HOST6)],
+    ids=["ipv4", "ipv6"],
+)
+def test_echo_round_trip_of_one_megabyte(
+    pair: Pair, host: str, peername: tuple[object, ...], our_host: str
+) -> None:
+    """Over either family; the names are asyncio's: (host, port) for IPv4,
+    (host, port, flowinfo, scope_id) for IPv6."""
     payload = os.urandom(1 << 20)
 
     async def main() -> None:
-        reader, writer, handler_done = await connected(pair, services.echo, 7)
-        assert writer.get_extra_info("peername") == (B_HOST, 7)
-        assert writer.get_extra_info("sockname")[0] == A_HOST
+        reader, writer, handler_done = await connected(pair, services.echo, 7, host)
+        assert writer.get_extra_info("peername") == peername
+        assert writer.get_extra_info("sockname")[0] == our_host
 
         async def send() -> None:
             view = memoryview(payload)
@@ -503,6 +521,49 @@ def test_a_slow_reader_still_gets_everything_in_order(pair: Pair) -> None:
         assert b"".join(parts) == payload
         await close(writer)
         await pair.settle()
+
+    pair.run(main())
+
+
+def test_a_server_hears_both_families_unless_its_host_names_one(pair: Pair) -> None:
+    async def main() -> None:
+        peers: list[tuple[object, ...]] = []
+
+        async def who(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peers.append(writer.get_extra_info("peername"))
+            writer.close()
+
+        both = await start_server(pair.rb, who, 80)
+        v4_only = await start_server(pair.rb, who, 81, host=B_HOST)
+        v6_only = await start_server(pair.rb, who, 82, host=B_HOST6)
+        for host in (B_HOST, B_HOST6):
+            _, writer = await step(open_connection(pair.ra, host, 80))
+            await close(writer)
+        await until(lambda: len(peers) == 2)
+        assert {len(p) for p in peers} == {2, 4}
+        _, writer = await step(open_connection(pair.ra, B_HOST, 81))
+        await close(writer)
+        _, writer = await step(open_connection(pair.ra, B_HOST6, 82))
+        await close(writer)
+        # The other family finds the port closed: RST, refused at once.
+        with pytest.raises(ConnectionRefusedError):
+            await step(open_connection(pair.ra, B_HOST6, 81))
+        with pytest.raises(ConnectionRefusedError):
+            await step(open_connection(pair.ra, B_HOST, 82))
+        with pytest.raises(OSError, match="not an address of this stack"):
+            await start_server(pair.rb, who, 83, host="198.18.0.9")
+        for server in (both, v4_only, v6_only):
+            server.close()
+        await pair.settle()
+
+    pair.run(main())
+
+
+def test_connect_to_a_text_that_is_no_address_raises_value_error(pair: Pair) -> None:
+    async def main() -> None:
+        for text in ("example.org", "::ffff:198.18.0.2"):
+            with pytest.raises(ValueError):
+                await open_connection(pair.ra, text, 80)
 
     pair.run(main())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from tcpscript import OUR_ISS, PEER, PEER_ISS, PEER_PORT, US, TcpScript
+from tcpscript import OUR_ISS, PEER_ISS, PEER_PORT, Family, TcpScript
 
 from ustack.daemon import connection_row
 from ustack.study.faults import FaultInjector, mark_ce, parse_rule
@@ -28,11 +28,11 @@ def notes(t: TcpScript) -> list[str]:
     return [e.kind for e in t.trace if isinstance(e, Decision)]
 
 
-def ecn_sender(**config: object) -> TcpScript:
+def ecn_sender(family: Family, **config: object) -> TcpScript:
     """We send, ECN agreed passively: peer MSS 1000, a large window; NewReno
     for exact numbers."""
     config.setdefault("congestion_control", "newreno")
-    t = TcpScript(listen=80, **config)
+    t = TcpScript(family=family, listen=80, **config)
     t.send("SEW", seq=PEER_ISS, mss=MSS)
     t.expect("S.E", seq=OUR_ISS, ack=P)
     t.send(".", seq=P, ack=U)
@@ -44,8 +44,8 @@ def ecn_sender(**config: object) -> TcpScript:
 # ---- negotiation (RFC 3168 6.1.1) -------------------------------------------------------
 
 
-def test_passive_ecn_agreed_when_the_syn_asks() -> None:
-    t = TcpScript(listen=80)
+def test_passive_ecn_agreed_when_the_syn_asks(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("SEW", seq=PEER_ISS, mss=MSS)
     synack = t.expect("S.E", seq=OUR_ISS, ack=P)  # ECE alone: agreed
     assert synack.ecn == ECN_NOT_ECT  # a SYN,ACK is never ECT (6.1.1)
@@ -62,8 +62,8 @@ def test_passive_ecn_agreed_when_the_syn_asks() -> None:
     assert ack.ecn == ECN_NOT_ECT  # a pure ACK is not (6.1.4)
 
 
-def test_a_retransmitted_synack_agrees_again() -> None:
-    t = TcpScript(listen=80)
+def test_a_retransmitted_synack_agrees_again(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("SEW", seq=PEER_ISS)
     t.expect("S.E")
     t.at(1.0)
@@ -72,8 +72,8 @@ def test_a_retransmitted_synack_agrees_again() -> None:
 
 
 @pytest.mark.parametrize("flags", ["S", "SE", "SW"])
-def test_no_ecn_for_a_syn_that_does_not_ask_with_both_flags(flags: str) -> None:
-    t = TcpScript(listen=80)
+def test_no_ecn_for_a_syn_that_does_not_ask_with_both_flags(flags: str, family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send(flags, seq=PEER_ISS)
     t.expect("S.", ack=P)
     t.send(".", seq=P, ack=U)
@@ -82,19 +82,19 @@ def test_no_ecn_for_a_syn_that_does_not_ask_with_both_flags(flags: str) -> None:
     assert t.expect("P.").ecn == ECN_NOT_ECT
 
 
-def test_no_ecn_when_off_or_when_the_syn_itself_is_ect() -> None:
-    off = TcpScript(listen=80, ecn="off")
+def test_no_ecn_when_off_or_when_the_syn_itself_is_ect(family: Family) -> None:
+    off = TcpScript(family=family, listen=80, ecn="off")
     off.send("SEW", seq=PEER_ISS)
     off.expect("S.", ack=P)
     assert "ecn_not_agreed" in notes(off)
-    marked = TcpScript(listen=80)
+    marked = TcpScript(family=family, listen=80)
     marked.send("SEW", seq=PEER_ISS, ecn=ECN_ECT0)  # a SYN must not be ECT: the path rewrites
     marked.expect("S.", ack=P)
     assert "ecn_not_agreed" in notes(marked)
 
 
-def test_active_ecn_asks_with_ece_and_cwr_and_agrees_on_ece_alone() -> None:
-    t = TcpScript(listen=None, ecn="on")
+def test_active_ecn_asks_with_ece_and_cwr_and_agrees_on_ece_alone(family: Family) -> None:
+    t = TcpScript(family=family, listen=None, ecn="on")
     conn = t.connect()
     syn = t.expect("SEW", seq=OUR_ISS)
     assert syn.ecn == ECN_NOT_ECT
@@ -106,8 +106,8 @@ def test_active_ecn_asks_with_ece_and_cwr_and_agrees_on_ece_alone() -> None:
 
 
 @pytest.mark.parametrize("synack", ["S.", "S.EW", "S.W"])
-def test_active_ecn_not_agreed_without_ece_alone_on_the_synack(synack: str) -> None:
-    t = TcpScript(listen=None, ecn="on")
+def test_active_ecn_not_agreed_without_ece_alone_on_the_synack(synack: str, family: Family) -> None:
+    t = TcpScript(family=family, listen=None, ecn="on")
     conn = t.connect()
     t.expect("SEW")
     t.send(synack, seq=PEER_ISS, ack=U, sport=8080, mss=MSS)
@@ -117,36 +117,40 @@ def test_active_ecn_not_agreed_without_ece_alone_on_the_synack(synack: str) -> N
     assert t.expect("P.").ecn == ECN_NOT_ECT
 
 
-def test_passive_mode_does_not_ask_and_a_resent_syn_drops_the_request() -> None:
-    passive = TcpScript(listen=None)
+def test_passive_mode_does_not_ask_and_a_resent_syn_drops_the_request(family: Family) -> None:
+    passive = TcpScript(family=family, listen=None)
     passive.connect()
     passive.expect("S")  # passive (the default) never asks
-    active = TcpScript(listen=None, ecn="on")
+    active = TcpScript(family=family, listen=None, ecn="on")
     active.connect()
     active.expect("SEW")
     active.at(1.0)
     active.expect("S", seq=OUR_ISS)  # 6.1.1.1: the retransmission goes without ECN setup
 
 
-def test_ecn_mode_is_checked() -> None:
+def test_ecn_mode_is_checked(family: Family) -> None:
     with pytest.raises(ValueError, match="unknown ECN mode"):
-        TcpScript(listen=80, ecn="maybe")
+        TcpScript(family=family, listen=80, ecn="maybe")
 
 
 # ---- not agreed: the wire as with ECN off ---------------------------------------------------
 
 
-def _plain_exchange(ecn: str, ece_from_peer: bool) -> list[bytes]:
+def _plain_exchange(family: Family, ecn: str, ece_from_peer: bool) -> list[bytes]:
     """A connection with a peer that does not ask for ECN: handshake, data
     both ways, a CE-marked segment and (if told) ECE on the peer's ACKs,
     a loss and its retransmission, close. Every byte we sent."""
     wire: list[bytes] = []
-    t = TcpScript(listen=80, ecn=ecn, congestion_control="newreno")
+    t = TcpScript(family=family, listen=80, ecn=ecn, congestion_control="newreno")
 
     def take() -> None:
         # The IP ID (and so the header checksum) comes from a per-stack
-        # random key (RFC 7739): everything else must be equal.
-        wire.extend(p[:4] + bytes(2) + p[6:10] + bytes(2) + p[12:] for p in t._wire)
+        # random key (RFC 7739), as IPv6's flow label (RFC 6437): everything
+        # else must be equal.
+        if family.ipv6:
+            wire.extend(p[:1] + bytes([p[1] & 0xF0]) + bytes(2) + p[4:] for p in t._wire)
+        else:
+            wire.extend(p[:4] + bytes(2) + p[6:10] + bytes(2) + p[12:] for p in t._wire)
         t.sent()
 
     peer_ack = ".E" if ece_from_peer else "."
@@ -169,17 +173,19 @@ def _plain_exchange(ecn: str, ece_from_peer: bool) -> list[bytes]:
 
 
 @pytest.mark.parametrize("ece_from_peer", [False, True])
-def test_not_agreed_the_wire_is_byte_for_byte_as_with_ecn_off(ece_from_peer: bool) -> None:
-    passive = _plain_exchange("passive", ece_from_peer)
-    active = _plain_exchange("on", ece_from_peer)
-    off = _plain_exchange("off", ece_from_peer)
+def test_not_agreed_the_wire_is_byte_for_byte_as_with_ecn_off(
+    ece_from_peer: bool, family: Family
+) -> None:
+    passive = _plain_exchange(family, "passive", ece_from_peer)
+    active = _plain_exchange(family, "on", ece_from_peer)
+    off = _plain_exchange(family, "off", ece_from_peer)
     assert len(off) >= 6
     assert passive == off
     assert active == off
 
 
-def test_ece_is_ignored_when_not_agreed() -> None:
-    t = TcpScript(listen=80, congestion_control="newreno")
+def test_ece_is_ignored_when_not_agreed(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, congestion_control="newreno")
     t.establish(mss=MSS)
     t.write(bytes(4000))
     t.sent()
@@ -195,8 +201,8 @@ def test_ece_is_ignored_when_not_agreed() -> None:
 # ---- the receiver: CE echoed until CWR (RFC 3168 6.1.3) ---------------------------------------
 
 
-def test_ce_is_echoed_on_every_ack_until_cwr_and_acked_at_once() -> None:
-    t = ecn_sender(delayed_ack=0.04)
+def test_ce_is_echoed_on_every_ack_until_cwr_and_acked_at_once(family: Family) -> None:
+    t = ecn_sender(family, delayed_ack=0.04)
     t.send(".", seq=P, ack=U, payload=b"a" * 100, ecn=ECN_ECT0)
     t.expect_none()  # a plain segment: its ACK is delayed
     t.send(".", seq=P + 100, ack=U, payload=b"b" * 100, ecn=ECN_CE)
@@ -222,16 +228,16 @@ def test_ce_is_echoed_on_every_ack_until_cwr_and_acked_at_once() -> None:
     assert rules["ce_received"] == rules["cwr_received"] == Rule.RFC3168_RECEIVER
 
 
-def test_a_segment_with_cwr_and_ce_starts_a_new_echo() -> None:
-    t = ecn_sender()
+def test_a_segment_with_cwr_and_ce_starts_a_new_echo(family: Family) -> None:
+    t = ecn_sender(family)
     t.send(".", seq=P, ack=U, payload=b"a" * 100, ecn=ECN_CE)
     t.expect(".E", ack=P + 100)
     t.send(".W", seq=P + 100, ack=U, payload=b"b" * 100, ecn=ECN_CE)
     t.expect(".E", ack=P + 200)  # CWR ends the old echo, CE begins the next
 
 
-def test_ce_in_the_trace_and_ect_on_our_data() -> None:
-    t = ecn_sender()
+def test_ce_in_the_trace_and_ect_on_our_data(family: Family) -> None:
+    t = ecn_sender(family)
     t.send(".", seq=P, ack=U, payload=b"a" * 10, ecn=ECN_CE)
     t.write(b"b" * 10)
     segments = [e for e in t.trace if isinstance(e, SegmentEvent) and e.length]
@@ -244,8 +250,8 @@ def test_ce_in_the_trace_and_ect_on_our_data() -> None:
 # ---- the sender: one reduction per window, CWR (RFC 3168 6.1.2) ---------------------------------
 
 
-def test_ece_cuts_the_window_once_per_window_and_cwr_goes_on_new_data() -> None:
-    t = ecn_sender()
+def test_ece_cuts_the_window_once_per_window_and_cwr_goes_on_new_data(family: Family) -> None:
+    t = ecn_sender(family)
     conn = t.conn
     assert conn is not None
     t.write(bytes(8000))
@@ -273,14 +279,14 @@ def test_ece_cuts_the_window_once_per_window_and_cwr_goes_on_new_data() -> None:
     assert any(s.flags.endswith("W") for s in t.sent())
 
 
-def test_cwr_rides_alone_not_on_a_gso_super_segment() -> None:
-    t = ecn_sender(gso_segments=4)
+def test_cwr_rides_alone_not_on_a_gso_super_segment(family: Family) -> None:
+    t = ecn_sender(family, gso_segments=4)
 
     def link(packet: bytearray, gso_size: int = 0) -> bool:  # (one packet per super-segment)
         t._wire.append(bytes(packet))
         return True
 
-    t.stack.ip._transmit = link
+    t.ip._transmit = link
     t.write(bytes(8000))
     assert len(t.sent()) == 2  # two super-segments of 4 MSS
     t.send(".E", seq=P, ack=U + 8000)  # cwnd 4000 now
@@ -290,8 +296,8 @@ def test_cwr_rides_alone_not_on_a_gso_super_segment() -> None:
     assert "W" not in second.flags and len(second.payload) == 3 * MSS
 
 
-def test_retransmissions_are_not_ect_and_carry_no_cwr() -> None:
-    t = ecn_sender()
+def test_retransmissions_are_not_ect_and_carry_no_cwr(family: Family) -> None:
+    t = ecn_sender(family)
     t.write(bytes(3000))
     t.sent()
     t.send(".E", seq=P, ack=U + 1000)  # cut; CWR pending
@@ -301,8 +307,8 @@ def test_retransmissions_are_not_ect_and_carry_no_cwr() -> None:
     assert resent[0].seq == U + 1000
 
 
-def test_zero_window_probes_are_not_ect() -> None:
-    t = ecn_sender()
+def test_zero_window_probes_are_not_ect(family: Family) -> None:
+    t = ecn_sender(family)
     t.send(".", seq=P, ack=U, win=0)
     t.write(b"x" * 100)
     t.expect_none()
@@ -311,8 +317,8 @@ def test_zero_window_probes_are_not_ect() -> None:
     assert len(probe.payload) == 1 and probe.ecn == ECN_NOT_ECT
 
 
-def test_a_loss_in_the_reduced_window_is_resent_without_a_second_cut() -> None:
-    t = ecn_sender()
+def test_a_loss_in_the_reduced_window_is_resent_without_a_second_cut(family: Family) -> None:
+    t = ecn_sender(family)
     conn = t.conn
     assert conn is not None
     t.write(bytes(8000))
@@ -326,8 +332,8 @@ def test_a_loss_in_the_reduced_window_is_resent_without_a_second_cut() -> None:
 
 
 @pytest.mark.parametrize("algorithm", ["newreno", "cubic"])
-def test_the_reduction_goes_through_the_congestion_module(algorithm: str) -> None:
-    t = ecn_sender(congestion_control=algorithm)
+def test_the_reduction_goes_through_the_congestion_module(algorithm: str, family: Family) -> None:
+    t = ecn_sender(family, congestion_control=algorithm)
     conn = t.conn
     assert conn is not None
     t.write(bytes(8000))
@@ -360,12 +366,12 @@ def test_a_mark_rule_sets_ce_on_ect_packets_only_with_a_good_header_checksum() -
     assert marked[:1] + marked[2:10] + marked[12:] == ect[:1] + ect[2:10] + ect[12:]
 
 
-def test_the_connections_listing_says_ecn() -> None:
-    agreed = ecn_sender()
-    plain = TcpScript(listen=80)
+def test_the_connections_listing_says_ecn(family: Family) -> None:
+    agreed = ecn_sender(family)
+    plain = TcpScript(family=family, listen=80)
     plain.establish()
     rows = [
-        connection_row(US, (PEER, PEER_PORT, 80), t.conn, t.now)
+        connection_row(t.us, (t.peer, PEER_PORT, 80), t.conn, t.now)
         for t in (agreed, plain)
         if t.conn is not None
     ]

@@ -3,7 +3,9 @@ discovery (RFC 1191) and black-hole detection (RFC 4821 style, Linux
 tcp_mtu_probing=1), on the sans-I/O stack and a virtual clock.
 
 The ICMP errors go in as real bytes through IP input, quoting the segment
-the stack sent as a router would (IP header + first 8 bytes of TCP)."""
+the stack sent as a router would (IP header + first 8 bytes of TCP). The
+tests that take `family` run over IPv4 and IPv6 (ICMPv6, RFC 4443, Packet
+Too Big for the path MTU, RFC 8201), with the same expectations."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import errno
 import struct
 
 import pytest
-from tcpscript import OUR_ISS, PEER, PEER_ISS, PEER_PORT, US, TcpScript
+from tcpscript import IPV6, OUR_ISS, PEER, PEER_ISS, PEER_PORT, US, Family, TcpScript
 
 from ustack.net.pmtu import PmtuCache, plateau_below
 from ustack.tcp.events import Closed
@@ -20,10 +22,7 @@ from ustack.trace.records import Decision, Drop
 from ustack.wire.icmp import (
     DEST_UNREACH,
     FRAG_NEEDED,
-    HOST_UNREACH,
-    PORT_UNREACH,
     SOURCE_QUENCH,
-    TIME_EXCEEDED,
     build_icmp,
 )
 from ustack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, build_ipv4
@@ -72,53 +71,58 @@ def drops(t: TcpScript) -> list[str]:
 
 
 @pytest.mark.parametrize("sack", [True, False])
-def test_fragmentation_needed_lowers_the_mss_and_resends_at_once(sack: bool) -> None:
-    t = TcpScript()
+def test_fragmentation_needed_lowers_the_mss_and_resends_at_once(
+    sack: bool, family: Family
+) -> None:
+    t = TcpScript(family=family)
+    big, small = t.mss, 1280 - family.tcp_headers  # 1460 then 1240; over IPv6 1440, 1220
     conn = t.establish(mss=1460, sack_permitted=sack)
-    assert conn.mss == 1460 and conn.path_mtu == 1500
-    assert sending(t, 4 * 1460) == [1460] * 4
+    assert conn.mss == big and conn.path_mtu == 1500
+    assert sending(t, 4 * big) == [big] * 4
     cwnd = conn.recovery.cc.cwnd
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=1280)
-    assert (conn.path_mtu, conn.mss) == (1280, 1240)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=1280)
+    assert (conn.path_mtu, conn.mss) == (1280, small)
     out = t.sent()
     # Everything in flight again, at once (no timeout), cut to the new MSS:
     # with SACK segment by segment (as Linux's retransmission queue: 1240 + 220
     # each), without it from SND.UNA on.
     sizes = [len(o.payload) for o in out]
     if sack:
-        assert sizes == [1240, 220] * 4
+        assert sizes == [small, big - small] * 4
     else:
-        assert sizes == [1240] * 4 + [4 * 1460 - 4 * 1240]
+        assert sizes == [small] * 4 + [4 * big - 4 * small]
     assert out[0].seq == OUR_ISS + 1
-    assert all(o.seq < OUR_ISS + 1 + 4 * 1460 for o in out)
+    assert all(o.seq < OUR_ISS + 1 + 4 * big for o in out)
     assert conn.recovery.cc.cwnd == cwnd  # no congestion response (RFC 1191, Linux)
-    assert t.stack.ip.pmtu.lookup(PEER, t.now) == 1280
+    assert t.ip.pmtu.lookup(t.peer, t.now) == 1280
     assert t.stack.counters["tcp.pmtu.lowered"] == 1
     assert "path_mtu_lowered" in notes(t)
     # Once that is acknowledged, new data goes at the new size too.
-    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1 + 4 * 1460)
+    t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1 + 4 * big)
     t.sent()
-    assert sending(t, 2000) == [1240, 760]
+    assert sending(t, 2000) == [small, 2000 - small]
 
 
-def test_a_new_connection_to_that_destination_starts_at_the_cached_path_mtu() -> None:
-    t = TcpScript()
+def test_a_new_connection_to_that_destination_starts_at_the_cached_path_mtu(
+    family: Family,
+) -> None:
+    t = TcpScript(family=family)
     t.establish(mss=1460)
-    sending(t, 1460)
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=1400)
+    sending(t, t.mss)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=1400)
     t.sent()
-    conn2 = t.tcp.connect(PEER, 8080, t.now, local_port=50001)
+    conn2 = t.tcp.connect(t.peer, 8080, t.now, local_port=50001)
     assert conn2.path_mtu == 1400
     t.sent()
 
 
-def test_the_path_mtu_never_grows_from_an_icmp() -> None:
-    t = TcpScript()
+def test_the_path_mtu_never_grows_from_an_icmp(family: Family) -> None:
+    t = TcpScript(family=family)
     conn = t.establish(mss=1460)
-    sending(t, 1460)
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=1280)
+    sending(t, t.mss)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=1280)
     t.sent()
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=1400)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=1400)
     assert conn.path_mtu == 1280
     t.expect_none()
     assert t.stack.counters["tcp.pmtu.not-lower"] == 1
@@ -145,6 +149,18 @@ def test_min_pmtu_floors_a_tiny_mtu_and_keeps_emsgsize(min_pmtu: int, expected: 
     assert conn.mss == expected - 40
     # As Linux: the path is narrower than we go; a timeout would say so.
     assert conn.soft_error == "EMSGSIZE"
+
+
+def test_packet_too_big_never_takes_an_ipv6_path_below_1280() -> None:
+    """RFC 8201 4 (and RFC 8200 5): every IPv6 link carries 1280 bytes; a
+    smaller MTU in a Packet Too Big is taken as 1280."""
+    t = TcpScript(family=IPV6)
+    conn = t.establish(mss=1460)
+    sending(t, t.mss)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=600)
+    assert (conn.path_mtu, conn.mss) == (1280, 1220)
+    assert t.ip.pmtu.lookup(t.peer, t.now) == 1280
+    assert t.stack.counters["icmp6.in.error-for-connection"] == 1
 
 
 def test_the_cache_entry_expires_after_ten_minutes() -> None:
@@ -194,34 +210,36 @@ def test_the_cache_is_bounded() -> None:
 # ---- what is not acted on (RFC 5927 4.1) --------------------------------------------------------
 
 
-def test_a_sequence_number_outside_snd_una_snd_nxt_is_dropped_and_counted() -> None:
-    t = TcpScript()
+def test_a_sequence_number_outside_snd_una_snd_nxt_is_dropped_and_counted(
+    family: Family,
+) -> None:
+    t = TcpScript(family=family)
     conn = t.establish(mss=1460)
-    sending(t, 1460)
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1 + 1461, mtu=1280)  # beyond SND.NXT
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS, mtu=1280)  # below SND.UNA
+    sending(t, t.mss)
+    t.icmp_error("too-big", OUR_ISS + 1 + t.mss + 1, mtu=1280)  # beyond SND.NXT
+    t.icmp_error("too-big", OUR_ISS, mtu=1280)  # below SND.UNA
     assert conn.path_mtu == 1500
     t.expect_none()
-    assert t.stack.counters["icmp.drop.bad-seq"] == 2
+    assert t.stack.counters[f"{family.icmp}.drop.bad-seq"] == 2
     assert drops(t) == ["bad-seq", "bad-seq"]
 
 
-def test_no_connection_for_the_quoted_ports_is_dropped_and_counted() -> None:
-    t = TcpScript()
+def test_no_connection_for_the_quoted_ports_is_dropped_and_counted(family: Family) -> None:
+    t = TcpScript(family=family)
     t.establish(mss=1460)
-    sending(t, 1460)
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=1280, dport=PEER_PORT + 1)
-    assert t.stack.counters["icmp.drop.no-connection"] == 1
-    assert t.stack.ip.pmtu.lookup(PEER, t.now) == 1500  # the cache learnt nothing either
+    sending(t, t.mss)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=1280, dport=PEER_PORT + 1)
+    assert t.stack.counters[f"{family.icmp}.drop.no-connection"] == 1
+    assert t.ip.pmtu.lookup(t.peer, t.now) == 1500  # the cache learnt nothing either
 
 
-def test_a_quote_of_a_datagram_not_ours_is_dropped_and_counted() -> None:
-    t = TcpScript()
+def test_a_quote_of_a_datagram_not_ours_is_dropped_and_counted(family: Family) -> None:
+    t = TcpScript(family=family)
     conn = t.establish(mss=1460)
-    sending(t, 1460)
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=1280, quoted_src=0xC6120063)
+    sending(t, t.mss)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=1280, quoted_src=family.router)
     assert conn.path_mtu == 1500
-    assert t.stack.counters["icmp.drop.quote-not-ours"] == 1
+    assert t.stack.counters[f"{family.icmp}.drop.quote-not-ours"] == 1
 
 
 def test_a_truncated_quote_is_dropped() -> None:
@@ -246,11 +264,11 @@ def test_source_quench_is_ignored_and_counted() -> None:
 # ---- soft and hard errors (RFC 1122 4.2.3.9, RFC 5461) --------------------------------------
 
 
-def test_a_soft_error_is_reported_when_the_connect_times_out() -> None:
-    t = TcpScript(listen=None, syn_retries=2)
+def test_a_soft_error_is_reported_when_the_connect_times_out(family: Family) -> None:
+    t = TcpScript(listen=None, syn_retries=2, family=family)
     conn = t.connect()
     t.expect("S", seq=OUR_ISS)
-    icmp_error(t, DEST_UNREACH, HOST_UNREACH, OUR_ISS, dport=8080, sport=50000)
+    t.icmp_error("host-unreachable", OUR_ISS, dport=8080, sport=50000)
     assert conn.state is State.SYN_SENT  # soft: RFC 1122 says MUST NOT abort
     assert "icmp_soft_error" in notes(t)
     t.at(20.0)
@@ -259,43 +277,43 @@ def test_a_soft_error_is_reported_when_the_connect_times_out() -> None:
     assert "soft_error_reported" in notes(t)
 
 
-def test_a_soft_error_is_reported_when_data_times_out() -> None:
-    t = TcpScript(retries=2)
+def test_a_soft_error_is_reported_when_data_times_out(family: Family) -> None:
+    t = TcpScript(retries=2, family=family)
     conn = t.establish(mss=1460)
     sending(t, 100)
-    icmp_error(t, TIME_EXCEEDED, 0, OUR_ISS + 1)
+    t.icmp_error("time-exceeded", OUR_ISS + 1)
     assert conn.state is State.ESTABLISHED
     t.at(30.0)
     assert t.apps[conn].events[-1] == Closed("EHOSTUNREACH")
 
 
-def test_an_ack_clears_the_soft_error() -> None:
-    t = TcpScript(retries=2)
+def test_an_ack_clears_the_soft_error(family: Family) -> None:
+    t = TcpScript(retries=2, family=family)
     conn = t.establish(mss=1460)
     sending(t, 100)
-    icmp_error(t, DEST_UNREACH, HOST_UNREACH, OUR_ISS + 1)
+    t.icmp_error("host-unreachable", OUR_ISS + 1)
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 101)
     sending(t, 100)
     t.at(30.0)
     assert t.apps[conn].events[-1] == Closed("ETIMEDOUT")
 
 
-def test_port_unreachable_refuses_a_connect() -> None:
-    t = TcpScript(listen=None)
+def test_port_unreachable_refuses_a_connect(family: Family) -> None:
+    t = TcpScript(listen=None, family=family)
     conn = t.connect()
     t.expect("S", seq=OUR_ISS)
-    icmp_error(t, DEST_UNREACH, PORT_UNREACH, OUR_ISS, dport=8080, sport=50000)
+    t.icmp_error("port-unreachable", OUR_ISS, dport=8080, sport=50000)
     assert conn.state is State.CLOSED
     assert t.events(conn) == [Event.APP_CONNECT, Event.ICMP_HARD_ERROR]
     assert t.apps[conn].events[-1] == Closed("ECONNREFUSED")
     assert t.table == {}
 
 
-def test_port_unreachable_in_established_does_not_abort() -> None:
-    t = TcpScript()
+def test_port_unreachable_in_established_does_not_abort(family: Family) -> None:
+    t = TcpScript(family=family)
     conn = t.establish(mss=1460)
     sending(t, 100)
-    icmp_error(t, DEST_UNREACH, PORT_UNREACH, OUR_ISS + 1)
+    t.icmp_error("port-unreachable", OUR_ISS + 1)
     assert conn.state is State.ESTABLISHED
     assert conn.soft_error == "ECONNREFUSED"
     assert "icmp_hard_error_kept" in notes(t)

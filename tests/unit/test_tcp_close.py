@@ -8,7 +8,7 @@ Sequence numbers: the peer's data starts at P = PEER_ISS + 1, ours at U = OUR_IS
 from __future__ import annotations
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS, PEER_ISS, Family, TcpScript
 
 from ustack.tcp.events import Closed
 from ustack.tcp.states import State
@@ -17,8 +17,8 @@ P = PEER_ISS + 1
 U = OUR_ISS + 1
 
 
-def established(**config: object) -> TcpScript:
-    t = TcpScript(listen=80, **config)
+def established(family: Family, **config: object) -> TcpScript:
+    t = TcpScript(family=family, listen=80, **config)
     t.establish()
     return t
 
@@ -26,8 +26,8 @@ def established(**config: object) -> TcpScript:
 # ---- active close -------------------------------------------------------------------
 
 
-def test_active_close_full_path_and_time_wait_expiry() -> None:
-    t = established(msl=2.0)
+def test_active_close_full_path_and_time_wait_expiry(family: Family) -> None:
+    t = established(family, msl=2.0)
     t.close()
     t.expect("F.", seq=U, ack=P)
     t.send(".", seq=P, ack=U + 1)
@@ -45,8 +45,8 @@ def test_active_close_full_path_and_time_wait_expiry() -> None:
     assert t.app_events()[-2:] == ["EndOfStream", "Closed"]
 
 
-def test_fin_follows_queued_data() -> None:
-    t = TcpScript(listen=80)
+def test_fin_follows_queued_data(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.establish(mss=1460)
     t.write(b"x" * 3000)
     t.expect_many(".", ".", "P.")  # 1460 + 1460 + 80
@@ -54,8 +54,8 @@ def test_fin_follows_queued_data() -> None:
     t.expect("F.", seq=U + 3000)
 
 
-def test_fin_rides_on_the_last_data_segment_when_queued_together() -> None:
-    t = TcpScript(listen=80)
+def test_fin_rides_on_the_last_data_segment_when_queued_together(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS, mss=1000, win=1000)
     t.expect("S.")
     t.send(".", seq=P, ack=U, win=1000)
@@ -68,8 +68,8 @@ def test_fin_rides_on_the_last_data_segment_when_queued_together() -> None:
     t.expect("FP.", seq=U + 1000, payload=b"a" * 500)
 
 
-def test_partial_ack_keeps_fin_wait_1_and_the_fin_on_the_timer() -> None:
-    t = established()
+def test_partial_ack_keeps_fin_wait_1_and_the_fin_on_the_timer(family: Family) -> None:
+    t = established(family)
     t.write(b"abc")
     t.expect("P.")
     t.close()
@@ -80,8 +80,8 @@ def test_partial_ack_keeps_fin_wait_1_and_the_fin_on_the_timer() -> None:
     t.expect("F.", seq=U + 3)
 
 
-def test_fin_is_resent_with_the_same_seq_and_backoff_then_given_up() -> None:
-    t = established(retries=3)
+def test_fin_is_resent_with_the_same_seq_and_backoff_then_given_up(family: Family) -> None:
+    t = established(family, retries=3)
     t.close()
     t.expect("F.", seq=U, ack=P)
     for at in (1.0, 3.0, 7.0):
@@ -95,8 +95,8 @@ def test_fin_is_resent_with_the_same_seq_and_backoff_then_given_up() -> None:
     t.expect("R", seq=U + 1)
 
 
-def test_data_after_shutdown_write_is_accepted_and_acked() -> None:
-    t = established()
+def test_data_after_shutdown_write_is_accepted_and_acked(family: Family) -> None:
+    t = established(family)
     t.shutdown()
     t.expect("F.", seq=U)
     t.send("P.", seq=P, ack=U, payload=b"still talking")  # FIN_WAIT_1
@@ -108,8 +108,8 @@ def test_data_after_shutdown_write_is_accepted_and_acked() -> None:
     assert t.conn is not None and t.conn.state is State.FIN_WAIT_2
 
 
-def test_fin_wait_2_timeout_drops_an_orphan_and_later_segments_get_rst() -> None:
-    t = established(fin_wait_2_timeout=5.0)
+def test_fin_wait_2_timeout_drops_an_orphan_and_later_segments_get_rst(family: Family) -> None:
+    t = established(family, fin_wait_2_timeout=5.0)
     t.close()
     t.expect("F.")
     t.send(".", seq=P, ack=U + 1)
@@ -123,8 +123,8 @@ def test_fin_wait_2_timeout_drops_an_orphan_and_later_segments_get_rst() -> None
     t.expect("R", seq=U + 1)
 
 
-def test_half_closed_fin_wait_2_waits_for_the_peer_without_timeout() -> None:
-    t = established(fin_wait_2_timeout=5.0)
+def test_half_closed_fin_wait_2_waits_for_the_peer_without_timeout(family: Family) -> None:
+    t = established(family, fin_wait_2_timeout=5.0)
     t.shutdown()  # not orphaned: the application still reads
     t.expect("F.")
     t.send(".", seq=P, ack=U + 1)
@@ -133,8 +133,10 @@ def test_half_closed_fin_wait_2_waits_for_the_peer_without_timeout() -> None:
 
 
 @pytest.mark.parametrize(("ack", "state"), [(U, "FIN_WAIT_1"), (U + 1, "FIN_WAIT_2")])
-def test_new_data_for_an_orphaned_connection_gets_rst_and_aborts(ack: int, state: str) -> None:
-    t = established()
+def test_new_data_for_an_orphaned_connection_gets_rst_and_aborts(
+    ack: int, state: str, family: Family
+) -> None:
+    t = established(family)
     t.close()
     t.expect("F.")
     t.send("P.", seq=P, ack=ack, payload=b"too late")
@@ -147,8 +149,8 @@ def test_new_data_for_an_orphaned_connection_gets_rst_and_aborts(ack: int, state
 # ---- passive close -----------------------------------------------------------------
 
 
-def test_passive_close_full_path() -> None:
-    t = established()
+def test_passive_close_full_path(family: Family) -> None:
+    t = established(family)
     t.send("F.", seq=P, ack=U)
     t.expect(".", seq=U, ack=P + 1)
     assert t.conn is not None and t.conn.state is State.CLOSE_WAIT
@@ -162,8 +164,8 @@ def test_passive_close_full_path() -> None:
     assert t.apps[t.conn].events[-1] == Closed(None)
 
 
-def test_fin_is_acked_even_when_our_receive_window_is_zero() -> None:
-    t = established(receive_buffer=4000, window_scaling=False)
+def test_fin_is_acked_even_when_our_receive_window_is_zero(family: Family) -> None:
+    t = established(family, receive_buffer=4000, window_scaling=False)
     t.send("P.", seq=P, ack=U, payload=b"z" * 4000)
     t.expect(".", ack=P + 4000, win=0)
     t.send("F.", seq=P + 4000, ack=U)
@@ -172,8 +174,8 @@ def test_fin_is_acked_even_when_our_receive_window_is_zero() -> None:
     assert len(t.read()) == 4000 and t.read() == b"" and t.conn.at_eof
 
 
-def test_fin_beyond_a_hole_is_held_until_the_hole_fills() -> None:
-    t = established()
+def test_fin_beyond_a_hole_is_held_until_the_hole_fills(family: Family) -> None:
+    t = established(family)
     t.send("F.", seq=P + 5, ack=U, payload=b"world")
     t.expect(".", ack=P)  # duplicate ACK for RCV.NXT, FIN not acknowledged
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
@@ -183,24 +185,24 @@ def test_fin_beyond_a_hole_is_held_until_the_hole_fills() -> None:
     assert t.read() == b"helloworld"
 
 
-def test_fin_carrying_data() -> None:
-    t = established()
+def test_fin_carrying_data(family: Family) -> None:
+    t = established(family)
     t.send("FP.", seq=P, ack=U, payload=b"last words")
     t.expect(".", ack=P + 11)
     assert t.read() == b"last words"
     assert t.conn is not None and t.conn.at_eof and t.conn.state is State.CLOSE_WAIT
 
 
-def test_send_still_works_in_close_wait() -> None:
-    t = established()
+def test_send_still_works_in_close_wait(family: Family) -> None:
+    t = established(family)
     t.send("F.", seq=P, ack=U)
     t.expect(".")
     t.write(b"reply")
     t.expect("P.", seq=U, ack=P + 1, payload=b"reply")
 
 
-def test_segment_after_last_ack_has_closed_gets_rst() -> None:
-    t = established()
+def test_segment_after_last_ack_has_closed_gets_rst(family: Family) -> None:
+    t = established(family)
     t.send("F.", seq=P, ack=U)
     t.expect(".")
     t.close()
@@ -211,8 +213,8 @@ def test_segment_after_last_ack_has_closed_gets_rst() -> None:
     t.expect("R", seq=U + 1)
 
 
-def test_old_ack_in_last_ack_keeps_the_fin_on_the_timer() -> None:
-    t = established()
+def test_old_ack_in_last_ack_keeps_the_fin_on_the_timer(family: Family) -> None:
+    t = established(family)
     t.send("F.", seq=P, ack=U)
     t.expect(".")
     t.close()
@@ -224,8 +226,8 @@ def test_old_ack_in_last_ack_keeps_the_fin_on_the_timer() -> None:
     t.expect("F.", seq=U)
 
 
-def test_data_beyond_the_peers_fin_is_dropped() -> None:
-    t = established()
+def test_data_beyond_the_peers_fin_is_dropped(family: Family) -> None:
+    t = established(family)
     t.send("F.", seq=P, ack=U)
     t.expect(".")
     t.send("P.", seq=P + 1, ack=U, payload=b"ghost")
@@ -236,8 +238,8 @@ def test_data_beyond_the_peers_fin_is_dropped() -> None:
 # ---- simultaneous close ------------------------------------------------------------
 
 
-def test_simultaneous_close_goes_through_closing_to_time_wait() -> None:
-    t = established()
+def test_simultaneous_close_goes_through_closing_to_time_wait(family: Family) -> None:
+    t = established(family)
     t.close()
     t.expect("F.", seq=U, ack=P)
     t.send("F.", seq=P, ack=U)  # their FIN crossed ours
@@ -248,8 +250,8 @@ def test_simultaneous_close_goes_through_closing_to_time_wait() -> None:
     assert t.states()[3:] == ["FIN_WAIT_1", "CLOSING", "TIME_WAIT"]
 
 
-def test_peer_fin_that_acks_our_fin_goes_straight_to_time_wait() -> None:
-    t = established()
+def test_peer_fin_that_acks_our_fin_goes_straight_to_time_wait(family: Family) -> None:
+    t = established(family)
     t.close()
     t.expect("F.")
     t.send("F.", seq=P, ack=U + 1)
@@ -257,8 +259,8 @@ def test_peer_fin_that_acks_our_fin_goes_straight_to_time_wait() -> None:
     assert t.states()[3:] == ["FIN_WAIT_1", "TIME_WAIT"]
 
 
-def test_our_fin_still_queued_when_the_peers_fin_arrives_is_sent_and_resent() -> None:
-    t = TcpScript(listen=80)
+def test_our_fin_still_queued_when_the_peers_fin_arrives_is_sent_and_resent(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS, win=100)
     t.expect("S.")
     t.send(".", seq=P, ack=U, win=100)
@@ -275,8 +277,8 @@ def test_our_fin_still_queued_when_the_peers_fin_arrives_is_sent_and_resent() ->
     assert t.table == {"TIME_WAIT": 1}
 
 
-def test_out_of_window_segment_in_closing_gets_an_ack() -> None:
-    t = established()
+def test_out_of_window_segment_in_closing_gets_an_ack(family: Family) -> None:
+    t = established(family)
     t.close()
     t.expect("F.")
     t.send("F.", seq=P, ack=U)
@@ -290,8 +292,8 @@ def test_out_of_window_segment_in_closing_gets_an_ack() -> None:
 # ---- half-close and abortive close -----------------------------------------------------
 
 
-def test_shutdown_write_sends_fin_then_write_fails_and_read_goes_on() -> None:
-    t = established()
+def test_shutdown_write_sends_fin_then_write_fails_and_read_goes_on(family: Family) -> None:
+    t = established(family)
     t.shutdown()
     t.expect("F.")
     with pytest.raises(BrokenPipeError):
@@ -301,8 +303,8 @@ def test_shutdown_write_sends_fin_then_write_fails_and_read_goes_on() -> None:
     assert t.read() == b"data"
 
 
-def test_shutdown_read_sends_nothing_and_a_later_close_sends_fin() -> None:
-    t = established()
+def test_shutdown_read_sends_nothing_and_a_later_close_sends_fin(family: Family) -> None:
+    t = established(family)
     assert t.conn is not None
     t.conn.shutdown_read()
     t.expect_none()
@@ -311,10 +313,10 @@ def test_shutdown_read_sends_nothing_and_a_later_close_sends_fin() -> None:
     t.expect("F.", seq=U)
 
 
-def close_with_unread_data(flags: str, rcv_nxt: int) -> TcpScript:
+def close_with_unread_data(family: Family, flags: str, rcv_nxt: int) -> TcpScript:
     """The peer sends b"unread" with `flags`; we ACK it, the application
     closes without reading, and we answer RST,ACK at `rcv_nxt`: nothing stays."""
-    t = established()
+    t = established(family)
     t.send(flags, seq=P, ack=U, payload=b"unread")
     t.expect(".")
     t.close()
@@ -323,17 +325,17 @@ def close_with_unread_data(flags: str, rcv_nxt: int) -> TcpScript:
     return t
 
 
-def test_close_with_unread_data_sends_rst_instead_of_fin() -> None:
-    t = close_with_unread_data("P.", rcv_nxt=P + 6)
+def test_close_with_unread_data_sends_rst_instead_of_fin(family: Family) -> None:
+    t = close_with_unread_data(family, "P.", rcv_nxt=P + 6)
     assert t.events()[-1].name == "APP_CLOSE_UNREAD"
 
 
-def test_close_in_close_wait_with_unread_data_sends_rst() -> None:
-    close_with_unread_data("FP.", rcv_nxt=P + 7)  # the FIN takes a sequence number too
+def test_close_in_close_wait_with_unread_data_sends_rst(family: Family) -> None:
+    close_with_unread_data(family, "FP.", rcv_nxt=P + 7)  # the FIN takes a sequence number too
 
 
-def test_abort_sends_rst_ack_and_frees_the_connection() -> None:
-    t = established()
+def test_abort_sends_rst_ack_and_frees_the_connection(family: Family) -> None:
+    t = established(family)
     t.write(b"pending")
     t.expect("P.")
     t.abort()
@@ -341,8 +343,8 @@ def test_abort_sends_rst_ack_and_frees_the_connection() -> None:
     assert t.table == {}
 
 
-def test_exact_rst_aborts_with_econnreset_and_later_segments_get_rst() -> None:
-    t = established()
+def test_exact_rst_aborts_with_econnreset_and_later_segments_get_rst(family: Family) -> None:
+    t = established(family)
     t.send("R", seq=P)
     t.expect_none()
     assert t.conn is not None and t.conn.state is State.CLOSED
@@ -356,8 +358,8 @@ def test_exact_rst_aborts_with_econnreset_and_later_segments_get_rst() -> None:
 # ---- TIME_WAIT ---------------------------------------------------------------------------
 
 
-def in_time_wait(**config: object) -> TcpScript:
-    t = established(**config)
+def in_time_wait(family: Family, **config: object) -> TcpScript:
+    t = established(family, **config)
     t.close()
     t.expect("F.")
     t.send("F.", seq=P, ack=U + 1)
@@ -366,8 +368,8 @@ def in_time_wait(**config: object) -> TcpScript:
     return t
 
 
-def test_retransmitted_fin_in_time_wait_is_acked_and_restarts_2msl() -> None:
-    t = in_time_wait(msl=1.0)
+def test_retransmitted_fin_in_time_wait_is_acked_and_restarts_2msl(family: Family) -> None:
+    t = in_time_wait(family, msl=1.0)
     t.at(1.5)
     t.send("F.", seq=P, ack=U + 1)
     t.expect(".", seq=U + 1, ack=P + 1)
@@ -377,8 +379,8 @@ def test_retransmitted_fin_in_time_wait_is_acked_and_restarts_2msl() -> None:
     assert t.table == {}
 
 
-def test_old_ack_or_data_in_time_wait_gets_an_ack() -> None:
-    t = in_time_wait()
+def test_old_ack_or_data_in_time_wait_gets_an_ack(family: Family) -> None:
+    t = in_time_wait(family)
     t.send(".", seq=P - 500, ack=U)
     t.expect(".", seq=U + 1, ack=P + 1)
     t.send("P.", seq=P - 3, ack=U + 1, payload=b"old")
@@ -386,21 +388,21 @@ def test_old_ack_or_data_in_time_wait_gets_an_ack() -> None:
     assert t.table == {"TIME_WAIT": 1}
 
 
-def test_rst_in_time_wait_is_ignored_by_default_per_rfc_1337() -> None:
-    t = in_time_wait()
+def test_rst_in_time_wait_is_ignored_by_default_per_rfc_1337(family: Family) -> None:
+    t = in_time_wait(family)
     t.send("R", seq=P + 1)
     assert t.table == {"TIME_WAIT": 1}
     assert any("RFC 1337" in d for d in t.decisions())
 
 
-def test_rst_in_time_wait_closes_it_when_configured() -> None:
-    t = in_time_wait(rfc1337=False)
+def test_rst_in_time_wait_closes_it_when_configured(family: Family) -> None:
+    t = in_time_wait(family, rfc1337=False)
     t.send("R", seq=P + 1)
     assert t.table == {}
 
 
-def test_new_syn_above_rcv_nxt_reopens_a_tuple_in_time_wait() -> None:
-    t = in_time_wait()
+def test_new_syn_above_rcv_nxt_reopens_a_tuple_in_time_wait(family: Family) -> None:
+    t = in_time_wait(family)
     old = t.conn
     t.send("S", seq=P + 100000)
     out = t.expect("S.", ack=P + 100001)
@@ -409,8 +411,8 @@ def test_new_syn_above_rcv_nxt_reopens_a_tuple_in_time_wait() -> None:
     assert t.table == {"SYN_RECEIVED": 1}
 
 
-def test_old_syn_in_time_wait_gets_an_ack() -> None:
-    t = in_time_wait()
+def test_old_syn_in_time_wait_gets_an_ack(family: Family) -> None:
+    t = in_time_wait(family)
     t.send("S", seq=PEER_ISS)  # below RCV.NXT: an old duplicate
     t.expect(".", seq=U + 1, ack=P + 1)
     assert t.table == {"TIME_WAIT": 1}
@@ -421,10 +423,10 @@ def time_wait_drops(t: TcpScript) -> dict[str, int]:
     return {k[len(prefix) :]: v for k, v in t.stack.counters.items() if k.startswith(prefix) and v}
 
 
-def test_every_segment_dropped_in_time_wait_is_counted_with_its_reason() -> None:
+def test_every_segment_dropped_in_time_wait_is_counted_with_its_reason(family: Family) -> None:
     """TIME_WAIT answers some segments (an ACK, a challenge ACK) but takes
     none: each is a drop, counted as tcp.drop.time-wait-REASON and traced."""
-    t = in_time_wait()
+    t = in_time_wait(family)
     assert time_wait_drops(t) == {}
     t.send("R", seq=P + 1)  # RFC 1337: ignored
     t.send("R", seq=P + 50)  # in the window, not at RCV.NXT: challenged
@@ -452,8 +454,8 @@ def test_every_segment_dropped_in_time_wait_is_counted_with_its_reason() -> None
     assert t.table == {"TIME_WAIT": 1}
 
 
-def test_paws_in_time_wait_is_its_own_drop_reason() -> None:
-    t = TcpScript(listen=80)
+def test_paws_in_time_wait_is_its_own_drop_reason(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS, ts=(1000, 0))
     t.expect("S.")
     t.send(".", seq=P, ack=U, ts=(1001, 0))
@@ -470,7 +472,9 @@ def test_paws_in_time_wait_is_its_own_drop_reason() -> None:
 # ---- memory ---------------------------------------------------------------------------
 
 
-def test_a_forgotten_connection_is_freed_at_once_without_the_garbage_collector() -> None:
+def test_a_forgotten_connection_is_freed_at_once_without_the_garbage_collector(
+    family: Family,
+) -> None:
     """The connection and its parts (sender, receiver, recovery, timers) refer
     to each other while it lives; once the demux forgets it (TIME_WAIT over),
     they let go, so reference counting frees it at once: the daemon runs full
@@ -478,7 +482,7 @@ def test_a_forgotten_connection_is_freed_at_once_without_the_garbage_collector()
     import gc
     import weakref
 
-    t = established(msl=1.0)
+    t = established(family, msl=1.0)
     t.close()
     t.expect("F.", seq=U, ack=P)
     t.send("F.", seq=P, ack=U + 1)

@@ -9,38 +9,38 @@ from __future__ import annotations
 import errno
 
 import pytest
-from tcpscript import OUR_ISS, PEER, PEER_ISS, PEER_PORT, TcpScript
+from tcpscript import OUR_ISS, PEER_ISS, PEER_PORT, Family, TcpScript
 
 from ustack.tcp.events import Closed
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.states import State
 
 
-def test_syn_to_a_closed_port_gets_rst_ack_and_leaves_no_state() -> None:
-    t = TcpScript(listen=None)
+def test_syn_to_a_closed_port_gets_rst_ack_and_leaves_no_state(family: Family) -> None:
+    t = TcpScript(family=family, listen=None)
     t.send("S", seq=PEER_ISS, dport=81)
     t.expect("R.", seq=0, ack=PEER_ISS + 1)
     assert t.table == {}
 
 
-def test_ack_to_a_closed_port_gets_a_bare_rst_with_seq_from_its_ack() -> None:
-    t = TcpScript(listen=None)
+def test_ack_to_a_closed_port_gets_a_bare_rst_with_seq_from_its_ack(family: Family) -> None:
+    t = TcpScript(family=family, listen=None)
     t.send(".", seq=7, ack=123456, dport=81)
     t.expect("R", seq=123456)
 
 
-def test_rst_to_a_closed_port_or_a_listener_is_never_answered() -> None:
-    t = TcpScript(listen=80)
+def test_rst_to_a_closed_port_or_a_listener_is_never_answered(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("R", seq=1, dport=81)
     t.send("R.", seq=1, ack=5, dport=81)
     t.send("R", seq=1)  # to the listener
     t.expect_none()
 
 
-def test_passive_open_answers_syn_with_synack_and_establishes_on_the_ack() -> None:
-    t = TcpScript(listen=80)
+def test_passive_open_answers_syn_with_synack_and_establishes_on_the_ack(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS, mss=1400, ws=7)
-    out = t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1, mss=1460)
+    out = t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1, mss=t.mss)
     assert out.options.window_scale is not None and out.options.window_scale <= 14
     assert not out.options.sack_permitted and out.options.timestamps is None  # not offered
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1)
@@ -50,8 +50,8 @@ def test_passive_open_answers_syn_with_synack_and_establishes_on_the_ack() -> No
     assert t.conn is not None and t.conn.peer_mss == 1400
 
 
-def test_synack_offers_no_window_scale_unless_the_syn_did() -> None:
-    t = TcpScript(listen=80)
+def test_synack_offers_no_window_scale_unless_the_syn_did(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS, mss=1460, sack_permitted=True, ts=(1, 0))
     out = t.expect("S.", ack=PEER_ISS + 1)
     assert out.options.window_scale is None
@@ -60,14 +60,14 @@ def test_synack_offers_no_window_scale_unless_the_syn_did() -> None:
     assert out.options.sack_permitted and out.options.timestamps == (OUR_ISS, 1)
 
 
-def test_synack_offers_no_sack_permitted_unless_the_syn_did() -> None:
-    t = TcpScript(listen=80)
+def test_synack_offers_no_sack_permitted_unless_the_syn_did(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS, mss=1460, ws=7)
     assert not t.expect("S.", ack=PEER_ISS + 1).options.sack_permitted
 
 
-def test_retransmitted_syn_in_syn_received_gets_the_same_synack() -> None:
-    t = TcpScript(listen=80)
+def test_retransmitted_syn_in_syn_received_gets_the_same_synack(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS)
     t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
     t.send("S", seq=PEER_ISS)
@@ -75,8 +75,8 @@ def test_retransmitted_syn_in_syn_received_gets_the_same_synack() -> None:
     assert t.table == {"SYN_RECEIVED": 1}
 
 
-def test_bad_ack_in_syn_received_gets_rst_and_does_not_establish() -> None:
-    t = TcpScript(listen=80)
+def test_bad_ack_in_syn_received_gets_rst_and_does_not_establish(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS)
     t.expect("S.")
     for bad_ack in (OUR_ISS, OUR_ISS + 2, OUR_ISS + 1000):
@@ -86,8 +86,8 @@ def test_bad_ack_in_syn_received_gets_rst_and_does_not_establish() -> None:
     assert t.accepted == []
 
 
-def test_rst_in_syn_received_drops_the_embryo_and_a_late_ack_gets_rst() -> None:
-    t = TcpScript(listen=80)
+def test_rst_in_syn_received_drops_the_embryo_and_a_late_ack_gets_rst(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS)
     t.expect("S.")
     t.send("R", seq=PEER_ISS + 1)
@@ -100,8 +100,8 @@ def test_rst_in_syn_received_drops_the_embryo_and_a_late_ack_gets_rst() -> None:
     t.expect("R", seq=OUR_ISS + 1)
 
 
-def test_unanswered_synack_backs_off_then_the_half_open_entry_goes_silently() -> None:
-    t = TcpScript(listen=80, synack_retries=3)
+def test_unanswered_synack_backs_off_then_the_half_open_entry_goes_silently(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, synack_retries=3)
     t.send("S", seq=PEER_ISS)
     t.expect("S.", seq=OUR_ISS)
     for at in (1.0, 3.0, 7.0):  # 1 s, then 2 s, 4 s later
@@ -114,25 +114,25 @@ def test_unanswered_synack_backs_off_then_the_half_open_entry_goes_silently() ->
     assert t.table == {}
 
 
-def test_final_ack_without_the_negotiated_timestamps_still_establishes() -> None:
-    t = TcpScript(listen=80)
+def test_final_ack_without_the_negotiated_timestamps_still_establishes(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS, ts=(100, 0))
     t.expect("S.")
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1)
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
 
 
-def test_syn_with_ecn_setup_flags_is_answered_never_reset() -> None:
-    t = TcpScript(listen=80)
+def test_syn_with_ecn_setup_flags_is_answered_never_reset(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("SEW", seq=PEER_ISS)
     t.expect("S.E", ack=PEER_ISS + 1)  # ECN agreed (RFC 3168 6.1.1, tests/unit/test_ecn.py)
-    off = TcpScript(listen=80, ecn="off")
+    off = TcpScript(family=family, listen=80, ecn="off")
     off.send("SEW", seq=PEER_ISS)
     off.expect("S.", ack=PEER_ISS + 1)  # ECN off: just a SYN
 
 
-def test_closing_a_listener_resets_its_half_open_connections() -> None:
-    t = TcpScript(listen=80)
+def test_closing_a_listener_resets_its_half_open_connections(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("S", seq=PEER_ISS)
     t.expect("S.")
     assert t.listener is not None
@@ -143,20 +143,20 @@ def test_closing_a_listener_resets_its_half_open_connections() -> None:
     t.expect("R", seq=OUR_ISS + 1)
 
 
-def test_backlog_bounds_half_open_connections() -> None:
-    t = TcpScript(listen=80, backlog=2, syncookies=False)
+def test_backlog_bounds_half_open_connections(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, backlog=2, syncookies=False)
     for port in (1, 2, 3):
         t.send("S", seq=PEER_ISS, sport=port)
     assert len(t.sent()) == 2
     assert t.stack.counters["tcp.drop.backlog-full"] == 1
 
 
-def test_full_backlog_answers_with_a_syn_cookie_and_keeps_no_state() -> None:
-    t = TcpScript(listen=80, backlog=1)
+def test_full_backlog_answers_with_a_syn_cookie_and_keeps_no_state(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, backlog=1)
     t.send("S", seq=PEER_ISS, sport=1)
     t.expect("S.")
     t.send("S", seq=PEER_ISS, sport=2, mss=1400, ws=7, sack_permitted=True)
-    cookie = t.expect("S.", ack=PEER_ISS + 1, mss=1460)
+    cookie = t.expect("S.", ack=PEER_ISS + 1, mss=t.mss)
     # Only the MSS: what a cookie cannot carry is not offered (RFC 4987 3.6).
     assert cookie.options.window_scale is None and not cookie.options.sack_permitted
     assert t.table == {"SYN_RECEIVED": 1}
@@ -170,8 +170,8 @@ def test_full_backlog_answers_with_a_syn_cookie_and_keeps_no_state() -> None:
     assert t.states(conn) == ["LISTEN", "ESTABLISHED"]
 
 
-def test_forged_or_stale_cookies_get_rst() -> None:
-    t = TcpScript(listen=80, backlog=1)
+def test_forged_or_stale_cookies_get_rst(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, backlog=1)
     t.send("S", seq=PEER_ISS, sport=1)
     t.expect("S.")
     t.send("S", seq=PEER_ISS, sport=2)
@@ -186,13 +186,13 @@ def test_forged_or_stale_cookies_get_rst() -> None:
     assert t.stack.counters["tcp.syncookies.accepted"] == 0
 
 
-def test_cookie_handshake_survives_losing_its_final_ack_and_first_data() -> None:
+def test_cookie_handshake_survives_losing_its_final_ack_and_first_data(family: Family) -> None:
     """Under a SYN flood the peer's final ACK and its request may be lost; its
     next segment (SEQ past ISN + 1, e.g. the answer to a second SYN,ACK)
     cannot be checked. A RST would kill the connection (curl: "connection
     reset by peer"): it is dropped, and the peer's retransmission from
     ISN + 1 completes the handshake."""
-    t = TcpScript(listen=80, backlog=1)
+    t = TcpScript(family=family, listen=80, backlog=1)
     t.send("S", seq=PEER_ISS, sport=1)
     t.expect("S.")
     t.send("S", seq=PEER_ISS, sport=2)
@@ -207,10 +207,10 @@ def test_cookie_handshake_survives_losing_its_final_ack_and_first_data() -> None
     assert t.stack.counters["tcp.syncookies.accepted"] == 1
 
 
-def test_connect_sends_syn_with_options_and_times_out_with_backoff() -> None:
-    t = TcpScript(listen=None, syn_retries=3)
+def test_connect_sends_syn_with_options_and_times_out_with_backoff(family: Family) -> None:
+    t = TcpScript(family=family, listen=None, syn_retries=3)
     conn = t.connect()
-    out = t.expect("S", seq=OUR_ISS, ack=0, mss=1460)
+    out = t.expect("S", seq=OUR_ISS, ack=0, mss=t.mss)
     assert out.options.window_scale is not None
     for at in (1.0, 3.0, 7.0):
         t.at(at)
@@ -222,8 +222,8 @@ def test_connect_sends_syn_with_options_and_times_out_with_backoff() -> None:
     assert t.states() == ["CLOSED", "SYN_SENT", "CLOSED"]
 
 
-def test_synack_acking_our_syn_establishes_an_active_open() -> None:
-    t = TcpScript(listen=None)
+def test_synack_acking_our_syn_establishes_an_active_open(family: Family) -> None:
+    t = TcpScript(family=family, listen=None)
     conn = t.connect(port=8080)
     t.expect("S", seq=OUR_ISS)
     t.send("S.", seq=PEER_ISS, ack=OUR_ISS + 1, sport=8080, mss=1000, ws=2)
@@ -233,8 +233,8 @@ def test_synack_acking_our_syn_establishes_an_active_open() -> None:
     assert t.app_events() == ["Connected"]
 
 
-def test_bad_ack_in_syn_sent_gets_rst_and_the_connect_goes_on() -> None:
-    t = TcpScript(listen=None)
+def test_bad_ack_in_syn_sent_gets_rst_and_the_connect_goes_on(family: Family) -> None:
+    t = TcpScript(family=family, listen=None)
     conn = t.connect(port=8080)
     t.expect("S")
     for bad in (OUR_ISS, OUR_ISS + 5):
@@ -245,8 +245,8 @@ def test_bad_ack_in_syn_sent_gets_rst_and_the_connect_goes_on() -> None:
     assert conn.state is State.SYN_SENT
 
 
-def test_rst_ack_of_our_syn_refuses_the_connect_and_other_rsts_are_ignored() -> None:
-    t = TcpScript(listen=None)
+def test_rst_ack_of_our_syn_refuses_the_connect_and_other_rsts_are_ignored(family: Family) -> None:
+    t = TcpScript(family=family, listen=None)
     conn = t.connect(port=8080)
     t.expect("S")
     t.send("R", seq=0, sport=8080)  # no ACK: ignored
@@ -258,8 +258,8 @@ def test_rst_ack_of_our_syn_refuses_the_connect_and_other_rsts_are_ignored() -> 
     assert t.table == {}
 
 
-def test_simultaneous_open_goes_through_syn_received_with_the_same_iss() -> None:
-    t = TcpScript(listen=None)
+def test_simultaneous_open_goes_through_syn_received_with_the_same_iss(family: Family) -> None:
+    t = TcpScript(family=family, listen=None)
     conn = t.simultaneous_open(mss=1460)  # our SYN,ACK has our ISS again
     assert conn.state is State.SYN_RECEIVED
     t.send("S.", seq=PEER_ISS, ack=OUR_ISS + 1, sport=8080)  # the peer's SYN,ACK
@@ -269,15 +269,15 @@ def test_simultaneous_open_goes_through_syn_received_with_the_same_iss() -> None
     assert t.states() == ["CLOSED", "SYN_SENT", "SYN_RECEIVED", "ESTABLISHED"]
 
 
-def test_simultaneous_open_reset_is_refused() -> None:
-    t = TcpScript(listen=None)
+def test_simultaneous_open_reset_is_refused(family: Family) -> None:
+    t = TcpScript(family=family, listen=None)
     conn = t.simultaneous_open()
     t.send("R", seq=PEER_ISS + 1, sport=8080)
     assert conn.state is State.CLOSED and conn.error == "ECONNREFUSED"
 
 
-def test_close_in_syn_sent_sends_nothing_and_a_late_synack_gets_rst() -> None:
-    t = TcpScript(listen=None)
+def test_close_in_syn_sent_sends_nothing_and_a_late_synack_gets_rst(family: Family) -> None:
+    t = TcpScript(family=family, listen=None)
     conn = t.connect(port=8080)
     t.expect("S")
     t.close()
@@ -295,8 +295,8 @@ def test_isn_is_a_4us_clock_plus_a_keyed_hash_of_the_4_tuple() -> None:
     assert IsnGenerator(b"x" * 16)(1, 80, 2, PEER_PORT, 0.0) != a  # the secret matters
 
 
-def test_window_in_a_syn_is_never_scaled() -> None:
-    t = TcpScript(listen=80, receive_buffer=1 << 20)
+def test_window_in_a_syn_is_never_scaled(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, receive_buffer=1 << 20)
     t.send("S", seq=PEER_ISS, ws=7, win=1000)
     out = t.expect("S.")
     assert out.window == 0xFFFF and out.options.window_scale == 5
@@ -310,8 +310,10 @@ def test_window_in_a_syn_is_never_scaled() -> None:
 # ---- the connection limit (TcpConfig.max_connections) ------------------------------------
 
 
-def test_a_syn_beyond_the_connection_limit_is_dropped_and_counted_until_one_closes() -> None:
-    t = TcpScript(listen=80, max_connections=2)
+def test_a_syn_beyond_the_connection_limit_is_dropped_and_counted_until_one_closes(
+    family: Family,
+) -> None:
+    t = TcpScript(family=family, listen=80, max_connections=2)
     t.establish()
     t.send("S", seq=PEER_ISS, sport=2)  # half-open: it counts too
     t.expect("S.", seq=OUR_ISS, ack=PEER_ISS + 1)
@@ -320,7 +322,7 @@ def test_a_syn_beyond_the_connection_limit_is_dropped_and_counted_until_one_clos
     assert t.stack.counters["tcp.drop.connection-limit"] == 1
     assert t.table == {"ESTABLISHED": 1, "SYN_RECEIVED": 1}
     with pytest.raises(OSError) as refused:
-        t.tcp.connect(PEER, 8080, t.now)
+        t.tcp.connect(t.peer, 8080, t.now)
     assert refused.value.errno == errno.ENOBUFS
     t.abort()  # the established one goes: room again
     t.expect("R.")
@@ -329,8 +331,8 @@ def test_a_syn_beyond_the_connection_limit_is_dropped_and_counted_until_one_clos
     assert t.table == {"SYN_RECEIVED": 2}
 
 
-def test_a_full_table_ends_its_oldest_time_wait_for_a_new_syn() -> None:
-    t = TcpScript(listen=80, max_connections=1)
+def test_a_full_table_ends_its_oldest_time_wait_for_a_new_syn(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, max_connections=1)
     old = t.establish()
     t.close()
     t.expect("F.", seq=OUR_ISS + 1, ack=PEER_ISS + 1)
@@ -344,8 +346,8 @@ def test_a_full_table_ends_its_oldest_time_wait_for_a_new_syn() -> None:
     assert t.table == {"SYN_RECEIVED": 1}
 
 
-def test_a_syn_with_fin_to_a_listener_is_dropped_and_counted() -> None:
-    t = TcpScript(listen=80)
+def test_a_syn_with_fin_to_a_listener_is_dropped_and_counted(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.send("SF", seq=PEER_ISS)
     t.expect_none()  # Linux discards it in LISTEN too (tcp_rcv_state_process)
     assert t.stack.counters["tcp.drop.syn-fin"] == 1

@@ -37,6 +37,38 @@ STACK_ADDRESS = "198.18.0.2"
 LINUX_ADDRESS = "198.18.0.1"
 STACK_ADDRESS6 = "2001:2::2"  # the IPv6 benchmarking range (RFC 5180), beside 198.18.0.0/15
 LINUX_ADDRESS6 = "2001:2::1"
+
+
+@dataclass(frozen=True)
+class Family:
+    """The lab's addresses of one IP family, for tests that run over both."""
+
+    name: str  # "ipv4" / "ipv6": a test id
+    stack: str  # the stack's address
+    linux: str  # the Linux side's
+    ip: str  # the IP counters' layer: "ip" / "ip6"
+    icmp: str  # the ICMP counters' layer: "icmp" / "icmp6"
+    udp: str  # the UDP counters' layer: "udp" / "udp6"
+    mss: int  # the stack's MSS on a 1500-byte link: MTU less the IP and TCP headers
+    fragment_data: int  # data a fragment carries on a 1500-byte link (IPv6: 40 + 8 of headers)
+
+    @property
+    def host(self) -> str:
+        """The stack's address as a URL writes it: 198.18.0.2, [2001:2::2]."""
+        return f"[{self.stack}]" if ":" in self.stack else self.stack
+
+    @property
+    def socket_family(self) -> str:
+        """The socket module's name for it, for Python snippets run in a namespace."""
+        return "AF_INET6" if ":" in self.stack else "AF_INET"
+
+    def url(self, path: str = "/", port: int | None = None) -> str:
+        return f"http://{self.host}{'' if port is None else f':{port}'}{path}"
+
+
+IPV4 = Family("ipv4", STACK_ADDRESS, LINUX_ADDRESS, "ip", "icmp", "udp", 1460, 1480)
+IPV6 = Family("ipv6", STACK_ADDRESS6, LINUX_ADDRESS6, "ip6", "icmp6", "udp6", 1440, 1448)
+FAMILIES = (IPV4, IPV6)
 _OURS = re.compile(r"ustack-[a-z]+(\d+)-\S+")
 _serial = itertools.count()
 
@@ -156,12 +188,15 @@ def netns(prefix: str = NS_PREFIX, tag: str | None = None) -> Iterator[Netns]:
 
 
 def veth_pair(a: Netns, b: Netns, devices: tuple[str, str], addresses: tuple[str, str]) -> None:
-    """Two namespaces joined by a veth pair (addresses with their /prefix), made
-    inside them: nothing appears in the root namespace, not even briefly."""
+    """Two namespaces joined by a veth pair (addresses of either family with
+    their /prefix), made inside them: nothing appears in the root namespace,
+    not even briefly."""
     _ip("-n", a.name, "link", "add", devices[0], "type", "veth",
         "peer", "name", devices[1], "netns", b.name)  # fmt: skip
     for ns, device, address in ((a, devices[0], addresses[0]), (b, devices[1], addresses[1])):
-        _ip("-n", ns.name, "addr", "add", address, "dev", device)
+        # IPv6: no duplicate address detection, usable at once (not tentative).
+        nodad = ("nodad",) if ":" in address else ()
+        _ip("-n", ns.name, "addr", "add", address, "dev", device, *nodad)
         _ip("-n", ns.name, "link", "set", device, "up")
 
 

@@ -297,17 +297,22 @@ def _configure(ipr: IPRoute, config: LinkConfig, existed: bool) -> tuple[int, bo
             ipr.link("set", index=index, txqlen=TX_QUEUE_LENGTH)
         if link.get_attr("IFLA_MTU") != mtu:
             ipr.link("set", index=index, mtu=mtu)
-        for address in (iface, iface6):
-            if address is not None and not _has_address(ipr, index, address):
-                ipr.addr(
-                    "add",
-                    index=index,
-                    address=str(address.ip),
-                    prefixlen=address.network.prefixlen,
-                    # No DAD on a point-to-point link: usable at once (no
-                    # "tentative" address the kernel will not bind to).
-                    **({"flags": IFA_F_NODAD} if address.version == 6 else {}),
-                )
+        if not _has_address(ipr, index, iface):
+            _add_address(ipr, index, iface)
+        if iface6 is not None and not _has_address(ipr, index, iface6):
+            try:
+                _add_address(ipr, index, iface6)
+            except NetlinkError as exc:
+                if not existed or exc.code not in (errno.EPERM, errno.EACCES):
+                    raise
+                # A device set up beforehand for IPv4 only keeps working as
+                # it did, without privilege: IPv4 only, said once.
+                log.warning(
+                    "IPv4 only: %s has no %s and it cannot be added (%s); as root: "
+                    "ip addr add %s dev %s nodad",
+                    config.device, iface6, os.strerror(exc.code), iface6, config.device,
+                )  # fmt: skip
+                iface6 = None
         if not link["flags"] & 1:  # IFF_UP
             ipr.link("set", index=index, state="up")
     except NetlinkError as exc:
@@ -326,6 +331,20 @@ def _configure(ipr: IPRoute, config: LinkConfig, existed: bool) -> tuple[int, bo
             ) from None
         raise LinkError(f"cannot configure {config.device}: {exc}") from None
     return mtu, iface6 is not None
+
+
+def _add_address(
+    ipr: IPRoute, index: int, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+) -> None:
+    ipr.addr(
+        "add",
+        index=index,
+        address=str(address.ip),
+        prefixlen=address.network.prefixlen,
+        # IPv6: no DAD on a point-to-point link, usable at once (not a
+        # "tentative" address for a second, which nothing may bind to).
+        **({"flags": IFA_F_NODAD} if address.version == 6 else {}),
+    )
 
 
 def _has_address(

@@ -126,10 +126,12 @@ class TcpDemux:
         on_accept: Callable[[TcpConnection], None],
         backlog: int = 128,
         now: float = 0.0,
+        family: int | None = None,
     ) -> Listener:
+        """Passive OPEN on `port`, for both families (None) or one (4 or 6)."""
         if port in self.listeners:
             raise OSError(98, f"port {port} already has a listener")  # EADDRINUSE
-        listener = Listener(port, backlog, on_accept)
+        listener = Listener(port, backlog, on_accept, family)
         listener.transition(Event.APP_LISTEN, now, self.trace)
         self.listeners[port] = listener
         return listener
@@ -210,7 +212,7 @@ class TcpDemux:
             self._deliver(conn, key, seg, now)
             return
         listener = self.listeners.get(header.dst_port)
-        if listener is not None:
+        if listener is not None and listener.hears(src):
             self._receive_in_listen(listener, key, seg, now, previous)
             return
         if self.trace is not None:
@@ -275,10 +277,13 @@ class TcpDemux:
     def _reopens(self, conn: TcpConnection, seg: Segment) -> bool:
         """RFC 9293 3.10.7.4 note / RFC 6191: a SYN above RCV.NXT may start a
         new incarnation of a 4-tuple in TIME_WAIT (behaviour 46)."""
+        remote, _, local_port = self._keys[conn]
+        listener = self.listeners.get(local_port)
         return (
             seg.flags & (SYN | ACK | RST) == SYN
             and seq.gt(seg.seq, conn.rcv_nxt)
-            and self._keys[conn][2] in self.listeners
+            and listener is not None
+            and listener.hears(remote)
         )
 
     def _receive_in_listen(

@@ -35,10 +35,18 @@ Ends = tuple[int, int, int, int]
 
 class Listener:
     """A passive OPEN on one port, with a bounded backlog (half-open plus
-    not yet accepted connections)."""
+    not yet accepted connections). It hears both families unless `family`
+    says 4 or 6 (a socket bound to one family's address, or IPV6_V6ONLY)."""
 
-    def __init__(self, port: int, backlog: int, on_accept: Callable[[TcpConnection], None]):
+    def __init__(
+        self,
+        port: int,
+        backlog: int,
+        on_accept: Callable[[TcpConnection], None],
+        family: int | None = None,
+    ):
         self.port = port
+        self.family = family
         self.backlog = backlog
         self.on_accept = on_accept
         self.state = State.CLOSED
@@ -46,7 +54,8 @@ class Listener:
         self.cookies_until = 0.0  # the last SYN cookie it sent is good until then
 
     def __repr__(self) -> str:
-        return f"<Listener :{self.port} {self.state} backlog={self.backlog}>"
+        family = "" if self.family is None else f" IPv{self.family}"
+        return f"<Listener :{self.port}{family} {self.state} backlog={self.backlog}>"
 
     def transition(self, event: Event, now: float, trace: Tracer | None) -> None:
         """APP_LISTEN or APP_CLOSE, through the state table (states.py)."""
@@ -54,6 +63,12 @@ class Listener:
         old, self.state = self.state, transition.new_state
         if trace is not None:
             trace(StateChange(now, 0, old, self.state, event, transition.rule, transition.why))
+
+    def hears(self, remote: int) -> bool:
+        """Whether a segment from `remote` is for this listener: a listener of
+        one family leaves the other's segments to the CLOSED port's RST."""
+        family = self.family
+        return family is None or (family == 6) == (remote > 0xFFFFFFFF)
 
     def has_room(self) -> bool:
         return len(self.embryonic) < self.backlog
