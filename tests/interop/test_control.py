@@ -21,6 +21,7 @@ from pathlib import Path
 from ustack.linux.control import request
 from ustack.linux.lab import (
     STACK_ADDRESS,
+    STACK_ADDRESS6,
     Netns,
     UstackDaemon,
     netns,
@@ -182,7 +183,7 @@ def test_a_long_connection_table_comes_without_stalling_the_loop(ns: Netns, tmp_
         assert reply["ok"] and len(rows) == count
         assert {row["state"] for row in rows} == {"ESTABLISHED"}
         assert len({row["remote"] for row in rows}) == count
-        assert reply["listening"] == [f"{STACK_ADDRESS}:9"]
+        assert reply["listening"] == [f"{STACK_ADDRESS}:9", f"[{STACK_ADDRESS6}]:9"]
         longest = _longest_round_trip(samples, start, end)
         print(f"connections: {count} rows in {end - start:.3f} s, longest stats {longest:.4f} s")
         assert longest < 0.1, f"the loop stalled {longest * 1000:.0f} ms"
@@ -303,7 +304,7 @@ def test_the_readme_recipe_without_root(ns: Netns, tmp_path: Path) -> None:
         assert b"Hello from ustack" in page.stdout, page.stderr
         assert ss.returncode == 0, ss.stderr
         listening = [line.split()[3] for line in ss.stdout.splitlines() if "LISTEN" in line]
-        assert listening == [f"{STACK_ADDRESS}:80"], ss.stdout
+        assert listening == [f"{STACK_ADDRESS}:80", f"[{STACK_ADDRESS6}]:80"], ss.stdout
         without = _ustack(ns, "ss", wrapper=_AS_USER, env=_environment())
         assert (without.returncode, without.stderr) == (
             1,

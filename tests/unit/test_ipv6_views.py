@@ -386,3 +386,15 @@ def test_a_fault_event_of_an_ipv6_segment_names_its_ends_and_fields() -> None:
     out = bytes(IPv6(src=US6, dst=PEER6) / TCP(sport=80, dport=52044, flags="SA") / b"hi")
     event = fault_event(stack, "out", out, Verdict(0, 0.0, rule), 1.5)
     assert (event.local, event.remote, event.flags, event.length) == (US6, PEER6, "S.", 2)
+
+
+def test_an_ipv6_packet_from_the_unspecified_address_is_named_so() -> None:
+    """The kernel's MLD reports may leave from :: (RFC 3810 5.2.13): by the
+    int convention 0 is IPv4's 0.0.0.0, so the text goes by the packet's version."""
+    mld = bytes(IPv6(src="::", dst="ff02::16") / TCP(sport=1, dport=2))
+    seen = view(mld)
+    assert seen is not None and (seen.text(seen.src), seen.text(seen.dst)) == ("::", "ff02::16")
+    stack = Stack(parse_address(US4), lambda packet: True)
+    rule = FaultInjector().add(parse_rule("delay:dir=in,delay=0.01"))
+    event = fault_event(stack, "in", mld, Verdict(1, 0.01, rule), 0.0)
+    assert (event.local, event.remote) == ("ff02::16", "::")

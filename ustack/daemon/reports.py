@@ -81,8 +81,10 @@ def fault_event(
     # destination of what comes in, the source of what goes out.
     seen = view(packet)
     local_int, remote_int = stack.tcp.address, 0
+    local, remote = dotted(local_int), dotted(remote_int)
     if seen is not None:
         local_int, remote_int = (seen.src, seen.dst) if direction == "out" else (seen.dst, seen.src)
+        local, remote = seen.text(local_int), seen.text(remote_int)
     tcp = None if seen is None or seen.protocol != PROTO_TCP else seen.upper
     if tcp is not None and len(packet) >= tcp + TCP_FIXED.size:
         sport, dport, seq_no, ack_no, offset, bits, window, _, _ = TCP_FIXED.unpack_from(
@@ -105,8 +107,8 @@ def fault_event(
         direction=direction,
         action=verdict.rule.action,
         rule=verdict.rule.id,
-        local=dotted(local_int),
-        remote=dotted(remote_int),
+        local=local,
+        remote=remote,
         flags=flags,
         rel_seq=rel_seq,
         rel_ack=rel_ack,

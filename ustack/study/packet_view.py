@@ -9,9 +9,11 @@ order up to the upper-layer header (RFC 8200 4), as the IPv6 layer does.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from typing import NamedTuple
 
+from ustack.wire.address import format_address
 from ustack.wire.checksum import Buffer
 from ustack.wire.ipv4 import PROTO_TCP, PROTO_UDP
 from ustack.wire.ipv6 import (
@@ -48,6 +50,15 @@ class PacketView(NamedTuple):
             return None
         source, destination = _PORTS.unpack_from(packet, self.upper)
         return source, destination
+
+    def text(self, address: int) -> str:
+        """One of its addresses as the trace writes it. By the packet's
+        version, not by the int: an IPv6 packet may come from :: (the
+        kernel's MLD reports before it has a link-local address, RFC 3810
+        5.2.13), which the int convention would take for 0.0.0.0."""
+        if self.version == 6:
+            return str(ipaddress.IPv6Address(address))
+        return format_address(address)
 
 
 def view(packet: Buffer) -> PacketView | None:

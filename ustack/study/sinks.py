@@ -73,7 +73,7 @@ class TraceFilter:
         if seen is None:
             return not self
         ports = seen.ports(packet) or ()
-        return self.matches((format_address(seen.src), format_address(seen.dst)), ports)
+        return self.matches((seen.text(seen.src), seen.text(seen.dst)), ports)
 
 
 class Filtered:
