@@ -1,5 +1,6 @@
-"""The fuzz target: raw IPv4 packets into the stack's real input path, on a
-virtual clock, with invariants checked after every step.
+"""The fuzz target: raw IPv4 and IPv6 packets into the stack's real input
+path (a dual stack), on a virtual clock, with invariants checked after every
+step. The IPv6 and ICMPv6 builders are in tests/fuzz_ipv6.py.
 
 A fuzz input is a byte string read as a *program* (`run_program`): the first
 byte picks a setup (TCP configuration, listeners, ISNs), every following op
@@ -32,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests import fuzz_ipv6 as v6
+from tests.fuzz_ipv6 import PEER6, PEER6_2, US6, is_ipv6
 from ustack.linux.tun import _finish_checksum
 from ustack.net.fragments import FragmentLimits
 from ustack.net.ipv4 import _is_unicast_source
@@ -48,6 +51,7 @@ from ustack.tcp.syncookies import SynCookies
 from ustack.wire.checksum import internet_checksum, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, parse_ipv4
+from ustack.wire.ipv6 import IPV6_MIN_MTU, parse_ipv6
 from ustack.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, parse_tcp
 
 US = 0xC6120002  # 198.18.0.2
@@ -219,6 +223,8 @@ class World:
             isn=isn,
             syncookies=setup["syncookies"],
             fragment_limits=FragmentLimits(**setup.get("fragments", {})),
+            # A dual stack where the link carries IPv6 (RFC 8200 5: 1280 bytes).
+            address6=US6 if setup["mtu"] >= IPV6_MIN_MTU else None,
         )
         self.tcp = self.stack.tcp
         if self.tcp.syncookies is not None:
@@ -256,7 +262,7 @@ class World:
             elif kind == "app":
                 self._app(tuple(action[1]), action[2], action[3])
             elif kind == "connect":
-                self._connect(action[1], action[2])
+                self._connect(action[1], action[2], *action[3:])
             elif kind == "listen":
                 if action[1] not in self.tcp.listeners:
                     self.tcp.listen(action[1], self._accept, self._backlog(action[1]), self.now)
@@ -285,12 +291,12 @@ class World:
             self._advance(FINISH_TIME)
             self._after_step()
             self.checker.check_quiescent()
-            reassembly = self.stack.ip.fragments
-            if reassembly.datagrams or reassembly.memory:
-                raise FuzzFailure(
-                    "fragment-leak",
-                    f"{len(reassembly.datagrams)} datagrams, {reassembly.memory} bytes held",
-                )
+            for reassembly in self._reassemblies():
+                if reassembly.datagrams or reassembly.memory:
+                    raise FuzzFailure(
+                        "fragment-leak",
+                        f"{len(reassembly.datagrams)} datagrams, {reassembly.memory} bytes held",
+                    )
         except (FuzzFailure, InvariantError, Exception) as exc:
             raise as_failure(exc) from exc
 
@@ -317,10 +323,17 @@ class World:
         if self.coverage is not None:
             self._note_coverage()
 
+    def _reassemblies(self) -> list[Any]:
+        ip6 = self.stack.ip6
+        return [self.stack.ip.fragments] + ([] if ip6 is None else [ip6.fragments])
+
     def _check_fragments(self) -> None:
+        for reassembly in self._reassemblies():
+            self._check_reassembly(reassembly)
+
+    def _check_reassembly(self, reassembly: Any) -> None:
         """Reassembly's books: the memory charged is what its datagrams cost,
         within the cap; nothing is held past its timeout."""
-        reassembly = self.stack.ip.fragments
         limits = reassembly.limits
         held = sum(datagram.cost for datagram in reassembly.datagrams.values())
         if held != reassembly.memory or held > limits.high_thresh:
@@ -354,8 +367,9 @@ class World:
         before = dict(counters)
         self.stack.receive(packet, self.now)
         changed = [name for name, value in counters.items() if before.get(name, 0) != value]
-        if counters["ip.in"] != before.get("ip.in", 0) + 1:
-            raise FuzzFailure("unaccounted", "ip.in did not count the packet")
+        received = counters["ip.in"] + counters["ip6.in"]
+        if received != before.get("ip.in", 0) + before.get("ip6.in", 0) + 1:
+            raise FuzzFailure("unaccounted", "neither ip.in nor ip6.in counted the packet")
         if not any(_accounts(name) for name in changed):
             raise FuzzFailure(
                 "unaccounted", f"the packet left no trace in the counters: {sorted(changed)}"
@@ -400,9 +414,11 @@ class World:
             raise ValueError(f"unknown application call {op!r}")
         self.tcp.flush(conn)
 
-    def _connect(self, port: int, local_port: int) -> None:
+    def _connect(self, port: int, local_port: int, remote: int = PEER) -> None:
+        if is_ipv6(remote) and self.stack.ip6 is None:
+            return  # (Stack.connect would refuse it: ENETUNREACH)
         try:
-            conn = self.tcp.connect(PEER, port, self.now, local_port=local_port)
+            conn = self.tcp.connect(remote, port, self.now, local_port=local_port)
         except OSError:
             return  # EADDRINUSE: that 4-tuple is taken
         app = self.apps[conn] = App(self, conn)
@@ -411,6 +427,11 @@ class World:
 
     def _check_output(self, packet: bytes, gso_size: int) -> None:
         """What we send must be a valid packet, to a unicast address."""
+        if packet and packet[0] >> 4 == 6:
+            problem = self._ipv6_output_problem(packet, gso_size)
+            if problem:
+                raise FuzzFailure("bad-output", f"{problem}: {packet[:80].hex()}")
+            return
         try:
             ip = parse_ipv4(packet)
         except MalformedPacket as exc:
@@ -423,34 +444,7 @@ class World:
         elif len(packet) > self.setup["mtu"] and not gso_size:
             problem = f"{len(packet)} bytes over the MTU"
         elif ip.protocol == PROTO_TCP:
-            if gso_size:  # the partial form (CHECKSUM_PARTIAL): finish it as the kernel will
-                packet = bytearray(packet)
-                _finish_checksum(packet, ip.header_length, 16)
-            segment = packet[ip.header_length :]
-            if transport_checksum(ip.src, ip.dst, PROTO_TCP, segment) != 0:
-                problem = "bad TCP checksum"
-            else:
-                try:
-                    tcp = parse_tcp(segment)
-                except MalformedPacket as exc:
-                    problem = f"unparsable TCP segment: {exc}"
-                else:
-                    key = (ip.dst, tcp.dst_port, tcp.src_port)
-                    conn = self.tcp.connections.get(key)
-                    wire_size = (
-                        gso_size + ip.header_length + tcp.header_length if gso_size else len(packet)
-                    )
-                    if conn is not None and wire_size > conn.path_mtu:
-                        problem = (
-                            f"{wire_size} bytes on the wire, over the path MTU {conn.path_mtu}"
-                        )
-                    stamps = tcp.options.timestamps
-                    self.last_out[(ip.dst, tcp.dst_port, tcp.src_port)] = (
-                        tcp.seq,
-                        tcp.ack,
-                        tcp.flags,
-                        stamps[0] if stamps else None,
-                    )
+            problem = self._tcp_output_problem(packet, ip.header_length, ip.src, ip.dst, gso_size)
         elif ip.more_fragments or ip.fragment_offset:
             # RFC 791 3.2: 8-byte pieces, never of TCP (its segments carry DF).
             if ip.protocol == PROTO_TCP or ip.dont_fragment:
@@ -461,6 +455,60 @@ class World:
             problem = "bad ICMP checksum"
         if problem:
             raise FuzzFailure("bad-output", f"{problem}: {packet[:60].hex()}")
+
+    def _ipv6_output_problem(self, packet: bytes, gso_size: int) -> str:
+        """What is wrong with an IPv6 packet we send, if anything: its header
+        (from us, to a unicast address, the payload length right), its size,
+        its TCP segment, fragments (RFC 8200 4.5: never of TCP, 8-byte
+        pieces), ICMPv6 (checksum; an error within 1280 bytes, RFC 4443 2.4(c))."""
+        try:
+            ip = parse_ipv6(packet)
+        except MalformedPacket as exc:
+            return f"unparsable IPv6 packet out: {exc}"
+        if ip.payload_length + 40 != len(packet) or ip.src != US6 or not is_ipv6(ip.dst):
+            return f"bad IPv6 header {ip}"
+        if ip.dst >> 120 == 0xFF:
+            return "a packet to a multicast group"
+        if len(packet) > self.setup["mtu"] and not gso_size:
+            return f"{len(packet)} bytes over the MTU"
+        if ip.next_header == PROTO_TCP:
+            return self._tcp_output_problem(packet, 40, ip.src, ip.dst, gso_size)
+        if ip.next_header == v6.NH_FRAGMENT:
+            next_header, _, offset_flags = struct.unpack_from("!BBH", packet, 40)
+            if next_header == PROTO_TCP:
+                return "a fragment of TCP"
+            if offset_flags & 1 and (len(packet) - 48) % 8:
+                return "a fragment whose data is not a multiple of 8 bytes"
+        elif ip.next_header == v6.NH_ICMPV6:
+            if transport_checksum(ip.src, ip.dst, v6.NH_ICMPV6, packet[40:]) != 0:
+                return "bad ICMPv6 checksum"
+            if packet[40] < v6.ECHO_REQUEST and len(packet) > IPV6_MIN_MTU:
+                return "an ICMPv6 error over 1280 bytes"
+        return ""
+
+    def _tcp_output_problem(
+        self, packet: bytes, header_length: int, src: int, dst: int, gso_size: int
+    ) -> str:
+        """A TCP segment we send: its checksum over its family's pseudo-header,
+        its size within the connection's path MTU; noted for later steps."""
+        if gso_size:  # the partial form (CHECKSUM_PARTIAL): finish it as the kernel will
+            packet = bytearray(packet)
+            _finish_checksum(packet, header_length, 16)
+        segment = packet[header_length:]
+        if transport_checksum(src, dst, PROTO_TCP, segment) != 0:
+            return "bad TCP checksum"
+        try:
+            tcp = parse_tcp(segment)
+        except MalformedPacket as exc:
+            return f"unparsable TCP segment: {exc}"
+        key = (dst, tcp.dst_port, tcp.src_port)
+        conn = self.tcp.connections.get(key)
+        wire_size = gso_size + header_length + tcp.header_length if gso_size else len(packet)
+        if conn is not None and wire_size > conn.path_mtu:
+            return f"{wire_size} bytes on the wire, over the path MTU {conn.path_mtu}"
+        stamps = tcp.options.timestamps
+        self.last_out[key] = (tcp.seq, tcp.ack, tcp.flags, stamps[0] if stamps else None)
+        return ""
 
 
 def _window_checked(
@@ -489,9 +537,13 @@ def _window_checked(
 def _accounts(counter: str) -> bool:
     """Counters that say what became of an arriving packet."""
     return (
-        (".drop." in counter and not counter.startswith("ip.drop.out-"))
+        (".drop." in counter and not counter.startswith(("ip.drop.out-", "ip6.drop.out-")))
         or counter in ("tcp.in", "icmp.echo", "udp.out.port-unreachable", "ip.reasm.reqds")
         or counter.startswith("icmp.in.type-")
+        # IPv6 (net/ipv6.py): ND and MLD are recognised and counted, not answered.
+        or counter in ("icmp6.echo", "udp6.out.port-unreachable", "ip6.reasm.reqds")
+        or counter in ("icmp6.in.nd", "icmp6.in.mld", "ip6.in.no-next-header")
+        or counter.startswith("icmp6.in.type-")
     )
 
 
@@ -602,15 +654,30 @@ class Generator:
         elif op < 240:
             self.app_call()
         elif op < 251:
-            self.w.apply(["connect", self.s.pick(CONNECT_PORTS), self.s.pick(LOCAL_PORTS)])
+            self.connect()
         else:
             port = self.s.pick(LISTEN_PORTS)
             self.w.apply(["unlisten" if port in self.w.tcp.listeners else "listen", port])
 
+    def remote(self) -> int:
+        """A peer: mostly PEER; another IPv4 one; over IPv6 when the stack has it."""
+        b = self.s.byte()
+        if self.w.stack.ip6 is not None and b >= 150:
+            return PEER6_2 if b >= 240 else PEER6
+        return PEER2 if b < 16 else PEER
+
+    def connect(self) -> None:
+        """Active OPEN to the peer, over IPv4 or IPv6."""
+        s = self.s
+        action: Action = ["connect", s.pick(CONNECT_PORTS), s.pick(LOCAL_PORTS)]
+        if self.w.stack.ip6 is not None and s.chance(90):
+            action.append(PEER6)
+        self.w.apply(action)
+
     def handshake(self) -> None:
         s = self.s
         port = s.pick((80, 80, 80, 80, 7, 7, CLOSED_PORT))
-        remote = PEER2 if s.chance(16) else PEER
+        remote = self.remote()
         key = (remote, s.pick(PEER_PORTS), port)
         waiting = [
             k for k, c in sorted(self.w.tcp.connections.items()) if c.state is State.TIME_WAIT
@@ -727,7 +794,10 @@ class Generator:
         """A segment for no connection: to a listener, a closed port, an old tuple."""
         s = self.s
         port = s.pick((80, 7, CLOSED_PORT, 8080, 50000))
-        key = (s.pick((PEER, PEER, PEER2, s.pick(BAD_SOURCES))), s.pick(PEER_PORTS), port)
+        remote = s.pick((PEER, PEER, PEER2, s.pick(BAD_SOURCES)))
+        if self.w.stack.ip6 is not None and s.chance(90):
+            remote = s.pick((PEER6, PEER6, PEER6_2, 0xFFFF_C612_0001, v6.ALL_NODES, US6))
+        key = (remote, s.pick(PEER_PORTS), port)
         flags = s.pick(_FLAGS) if s.chance(200) else s.byte()
         options = self.options(key, None)
         self.send(key, s.u32(), s.u32(), flags, self.window(), options, self.payload_bytes(None),
@@ -756,13 +826,27 @@ class Generator:
         else:
             packet = packet[: s.below(len(packet) + 1)]
             if s.chance(128) and len(packet) >= 20:
-                struct.pack_into("!H", packet, 2, len(packet))
+                if packet[0] >> 4 == 6:
+                    struct.pack_into("!H", packet, 4, max(len(packet) - 40, 0))
+                else:
+                    struct.pack_into("!H", packet, 2, len(packet))
                 _fix_checksums(packet)
         self.w.apply(["packet", bytes(packet)])
 
     def icmp_udp(self, live: list[tuple[int, int, int]]) -> None:
         s = self.s
         body = _PATTERN[s.byte() : s.byte() * 4]
+        if self.w.stack.ip6 is not None and s.chance(100):
+            if s.chance(160):
+                self.w.apply(["packet", v6.icmpv6_other(s, PEER6, body)])
+                return
+            message = bytearray(struct.pack("!HHHH", s.u16(), s.u16(), 8 + len(body), 0) + body)
+            if s.chance(230):  # (RFC 8200 8.1: a zero checksum is an error in IPv6)
+                checksum = transport_checksum(PEER6, US6, PROTO_UDP, message) or 0xFFFF
+                struct.pack_into("!H", message, 6, checksum)
+            packet = v6.packet(s, PEER6, US6, PROTO_UDP, bytes(message), mutate=s.chance(40))
+            self.w.apply(["packet", packet])
+            return
         if s.chance(128):
             icmp_type = s.pick((8, 8, 0, 3, 11, 12, 5, s.byte()))
             message = bytearray(struct.pack("!BBHI", icmp_type, s.below(16), 0, s.u32()) + body)
@@ -784,6 +868,10 @@ class Generator:
         broken: overlapping, duplicated, lost, reordered, MF flipped, an odd
         length, an offset anywhere, past 65,535, another ID."""
         s = self.s
+        if self.w.stack.ip6 is not None and s.chance(90):
+            self.fragments6(live)
+            return
+        live = [key for key in live if not is_ipv6(key[0])]
         kind = s.byte()
         size = s.pick((s.byte(), s.u16() % 4000, s.u16() % 12000, 65535 - 28, s.u16()))
         start = s.byte()
@@ -848,6 +936,36 @@ class Generator:
             struct.pack_into("!H", header, 10, internet_checksum(header))
             self.w.apply(["packet", bytes(header) + data])
 
+    def fragments6(self, live: list[tuple[int, int, int]]) -> None:
+        """As `fragments`, over IPv6 (RFC 8200 4.5): an echo request, a UDP
+        datagram or a TCP segment of a live IPv6 connection, in fragments."""
+        s = self.s
+        kind = s.byte()
+        size = s.pick((s.byte(), s.u16() % 4000, s.u16() % 12000, 65535 - 56, s.u16()))
+        start = s.byte()
+        body = _PATTERN[start : start + min(size, 65535 - 56)]
+        src = PEER6 if s.chance(230) else PEER6_2
+        live6 = [key for key in live if is_ipv6(key[0])]
+        if kind < 100 or not live6:
+            message = v6.icmpv6(src, US6, v6.ECHO_REQUEST, 0, s.u32(), body)
+            protocol = v6.NH_ICMPV6
+        elif kind < 150:
+            udp = bytearray(struct.pack("!HHHH", s.u16(), s.u16(), 8 + len(body), 0) + body)
+            struct.pack_into("!H", udp, 6, transport_checksum(src, US6, PROTO_UDP, udp) or 0xFFFF)
+            message, protocol = bytes(udp), PROTO_UDP
+        else:
+            key = s.pick(live6)
+            conn = self.w.tcp.connections[key]
+            src = key[0]
+            seg_seq, seg_ack, flags = self.pick_seq(conn), self.pick_ack(conn), s.pick(_FLAGS)
+            options, payload = self.options(key, conn), self.payload_bytes(conn)
+            packet = self.build(key, seg_seq, seg_ack, flags, self.window(), options, payload)
+            message, protocol = packet[40:], PROTO_TCP
+        self.ident = (self.ident + 1) & 0xFFFF
+        ident = self.ident if s.chance(220) else s.pick((1, 2, s.u32()))
+        for fragment in v6.fragments(s, src, US6, protocol, message, ident):
+            self.w.apply(["packet", fragment])
+
     def icmp_error(self, live: list[tuple[int, int, int]]) -> None:
         """An ICMP error quoting one of our segments, as a router on the path
         sends it: mostly about a live connection with a SEQ near SND.UNA,
@@ -863,9 +981,14 @@ class Generator:
             sequence = (s.pick(bases) + (s.below(5) - 2 if s.chance(60) else 0)) & MASK
         else:
             remote, remote_port, local_port = PEER, s.pick(PEER_PORTS), s.pick(LISTEN_PORTS)
+            if self.w.stack.ip6 is not None and s.chance(60):
+                remote = PEER6
             sequence = s.u32()
         if s.chance(20):
             remote_port ^= 1 << s.below(16)
+        if is_ipv6(remote):
+            self.w.apply(["packet", v6.icmpv6_error(s, remote, remote_port, local_port, sequence)])
+            return
         icmp_type, code = s.pick(((3, 4), (3, 4), (3, 4), (3, 0), (3, 1), (3, 2), (3, 3), (3, 13),
                                   (3, s.byte()), (11, 0), (11, 1), (12, 0), (4, 0)))  # fmt: skip
         mtu = 0
@@ -903,7 +1026,7 @@ class Generator:
         s = self.s
         owned = sorted(self.w.tcp.endpoints(conn) for conn in self.w.apps)
         if not owned:
-            self.w.apply(["connect", s.pick(CONNECT_PORTS), s.pick(LOCAL_PORTS)])
+            self.connect()
             return
         key = list(s.pick(owned))
         op = s.pick(("read", "read", "write", "write", "write", "shutdown", "close", "abort",
@@ -1121,11 +1244,14 @@ class Generator:
             (offset & 15) << 4 | reserved, flags & 0xFF, window & 0xFFFF, 0, urgent,
         )  # fmt: skip
         segment = bytearray(header + options + payload)
-        checksum = transport_checksum(remote, US, PROTO_TCP, segment)
+        local = US6 if is_ipv6(remote) else US
+        checksum = transport_checksum(remote, local, PROTO_TCP, segment)
         if bad_tcp_checksum:
             checksum ^= 1 + s.below(0xFFFF)
         struct.pack_into("!H", segment, 16, checksum)
         ip_mutate = mutate and mutation > 200 and mutation % 6 == 5
+        if is_ipv6(remote):
+            return v6.packet(s, remote, US6, PROTO_TCP, bytes(segment), mutate=ip_mutate)
         return self.ip(remote, US, PROTO_TCP, bytes(segment), mutate=ip_mutate)
 
     def ip(self, src: int, dst: int, protocol: int, payload: bytes, mutate: bool = False) -> bytes:
@@ -1177,7 +1303,14 @@ class Generator:
 
 def _fix_checksums(packet: bytearray) -> None:
     """Recompute the IPv4 and TCP checksums of a (maybe damaged) packet, as
-    far as its header fields allow."""
+    far as its header fields allow; of an IPv6 one, the TCP checksum if TCP
+    follows the fixed header."""
+    if len(packet) >= 60 and packet[0] >> 4 == 6 and packet[6] == PROTO_TCP:
+        segment = packet[40:]
+        segment[16:18] = b"\x00\x00"
+        src, dst = int.from_bytes(packet[8:24], "big"), int.from_bytes(packet[24:40], "big")
+        struct.pack_into("!H", packet, 56, transport_checksum(src, dst, PROTO_TCP, segment))
+        return
     if len(packet) < 20:
         return
     ihl = (packet[0] & 15) * 4
@@ -1285,19 +1418,29 @@ def minimize(case: Case, signature: str, budget: int = 2000) -> Case:
 
 def describe_packet(packet: bytes) -> str:
     """One line for a reader of the corpus (replay ignores it)."""
+    if packet and packet[0] >> 4 == 6:
+        try:
+            ip6 = parse_ipv6(packet)
+        except MalformedPacket as exc:
+            return f"malformed IPv6: {exc.reason}"
+        if ip6.next_header != PROTO_TCP:
+            return f"IPv6 next header {ip6.next_header}, {len(packet)} bytes"
+        header_length, total_length = 40, 40 + ip6.payload_length
+    else:
+        try:
+            ip = parse_ipv4(packet)
+        except MalformedPacket as exc:
+            return f"malformed IPv4: {exc.reason}"
+        if ip.protocol != PROTO_TCP:
+            return f"IPv4 proto {ip.protocol}, {len(packet)} bytes"
+        header_length, total_length = ip.header_length, ip.total_length
     try:
-        ip = parse_ipv4(packet)
-    except MalformedPacket as exc:
-        return f"malformed IPv4: {exc.reason}"
-    if ip.protocol != PROTO_TCP:
-        return f"IPv4 proto {ip.protocol}, {len(packet)} bytes"
-    try:
-        tcp = parse_tcp(packet[ip.header_length : ip.total_length])
+        tcp = parse_tcp(packet[header_length:total_length])
     except MalformedPacket as exc:
         return f"malformed TCP: {exc.reason}"
     from ustack.tcp.segment import flag_string, options_dict
 
-    length = ip.total_length - ip.header_length - tcp.header_length
+    length = total_length - header_length - tcp.header_length
     return (
         f"{tcp.src_port}>{tcp.dst_port} {flag_string(tcp.flags)} seq={tcp.seq} ack={tcp.ack} "
         f"win={tcp.window} len={length} {options_dict(tcp.options) or ''}"

@@ -21,9 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests import fuzz_ipv6 as v6
 from tests import fuzzworld as fw
 from tests.attacks import ipv4_packet, tcp_segment
 from ustack.tcp.connection import TcpConnection
+from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +60,8 @@ LINUX_SYN = mss(1460) + SACK_OK + ts(100, 0) + ws(7)
 def segment(key: Key, seq: int, ack: int, flags: int, **fields: Any) -> bytes:
     """From the peer of connection `key` to us (`fields`: tcp_segment's)."""
     remote, remote_port, local_port = key
-    return tcp_segment(remote, fw.US, remote_port, local_port, seq, ack, flags, **fields)
+    local = fw.US6 if fw.is_ipv6(remote) else fw.US
+    return tcp_segment(remote, local, remote_port, local_port, seq, ack, flags, **fields)
 
 
 def ipv4(payload: bytes, src: int = fw.PEER, dst: int = fw.US, **fields: Any) -> bytes:
@@ -80,7 +83,11 @@ class Seed:
         self.w.apply(["packet", data])
 
     def send(self, flags: int, seq: int, ack: int, key: Key = KEY, **fields: Any) -> None:
-        self.packet(ipv4(segment(key, seq, ack, flags, **fields)))
+        data = segment(key, seq, ack, flags, **fields)
+        if fw.is_ipv6(key[0]):
+            self.packet(v6.fixed_header(key[0], fw.US6, PROTO_TCP, len(data)) + data)
+        else:
+            self.packet(ipv4(data, src=key[0]))
 
     def stamp(self, key: Key = KEY) -> bytes:
         """The peer's timestamps, if the connection uses them."""
@@ -283,6 +290,43 @@ def time_wait() -> Seed:
     return s
 
 
+def dual_stack() -> Seed:
+    """An IPv6 connection beside an IPv4 one on the same port: Packet Too Big
+    (1280, then 600, which counts as 1280: RFC 8201), ICMPv6 echo, Neighbor
+    Discovery from ::, an atomic fragment, then each closes."""
+    s = Seed(0)
+    key6: Key = (fw.PEER6, 40000, 80)
+    s.handshake(key6)
+    s.handshake()
+    s.app("write", 20000, key6)
+    router = v6.ROUTERS6[0]
+    for mtu in (1280, 600):
+        conn = s.conn(key6)
+        quote = v6.fixed_header(fw.US6, fw.PEER6, PROTO_TCP, 1440)
+        quote += struct.pack("!HHI", 80, 40000, conn.snd_una)
+        message = v6.icmpv6(router, fw.US6, 2, 0, mtu, quote)
+        s.packet(v6.fixed_header(router, fw.US6, v6.NH_ICMPV6, len(message)) + message)
+    echo = v6.icmpv6(fw.PEER6, fw.US6, v6.ECHO_REQUEST, 0, 0x00010001, b"ping")
+    s.packet(v6.fixed_header(fw.PEER6, fw.US6, v6.NH_ICMPV6, len(echo)) + echo)
+    solicitation = v6.icmpv6(0, v6.SOLICITED_US, 135, 0, 0, fw.US6.to_bytes(16, "big"))
+    s.packet(
+        v6.fixed_header(0, v6.SOLICITED_US, v6.NH_ICMPV6, len(solicitation), hop_limit=255)
+        + solicitation
+    )
+    s.peer(key=key6)
+    conn = s.conn(key6)
+    data = segment(key6, conn.rcv_nxt, conn.snd_max, ACK | PSH, payload=b"atomic",
+                   options=s.stamp(key6))  # fmt: skip
+    atomic = v6.fragment_header(PROTO_TCP, 0, False, 7) + data  # RFC 6946
+    s.packet(v6.fixed_header(fw.PEER6, fw.US6, v6.NH_FRAGMENT, len(atomic)) + atomic)
+    s.app("read", 1 << 20, key6)
+    s.app("close", None, key6)
+    s.peer(ACK | FIN, key=key6)
+    s.app("close")
+    s.peer(ACK | FIN)
+    return s
+
+
 def simultaneous() -> Seed:
     s = Seed(2)
     key: Key = (fw.PEER, 8080, 50000)
@@ -354,6 +398,10 @@ SEEDS: dict[str, tuple[Callable[[], Seed], str]] = {
     "zero-window": (zero_window, "a full 2 KB buffer, a FIN at zero window, probes both ways"),
     "syn-cookies": (syn_cookies, "a full backlog: cookies, a wrong one, one with data, one stale"),
     "time-wait": (time_wait, "FIN again, RST (RFC 1337), old SYN, new incarnation in TIME_WAIT"),
+    "dual-stack": (
+        dual_stack,
+        "IPv6 beside IPv4 on one port: Packet Too Big, ICMPv6 echo, ND, an atomic fragment",
+    ),
     "simultaneous": (simultaneous, "simultaneous open with scaling, then simultaneous close"),
     "sack-recovery": (sack_recovery, "duplicate ACKs with lying SACK blocks, partial ACK, RTO"),
     "keepalive": (keepalive, "keep-alive probes, one answered, then the peer is declared dead"),
@@ -374,7 +422,8 @@ def main() -> int:
         path = args.corpus / f"seed-{name}.json"
         path.write_text(fw.case_to_json(case, f"Hand-made (tools/fuzz_seeds.py): {about}."))
         counters = fw.replay(case).stack.counters
-        print(f"{path.name}: {len(case['actions'])} actions, {counters['ip.in']} packets in")
+        packets = counters["ip.in"] + counters["ip6.in"]
+        print(f"{path.name}: {len(case['actions'])} actions, {packets} packets in")
     return 0
 
 

@@ -63,6 +63,9 @@ class Stack:
         self.ip.tap = tap
         self.ip6: IPv6Layer | None = None
         if address6 is not None:
+            if mtu < IPV6_MIN_MTU:
+                # RFC 8200 5: IPv6 needs links of 1280 bytes (Linux turns it off below).
+                raise ValueError(f"IPv6 needs an MTU of {IPV6_MIN_MTU} or more, not {mtu}")
             self.ip6 = IPv6Layer(
                 address6, transmit, self.counters, mtu, fragment_limits, icmp_limits,
                 max(min_pmtu, IPV6_MIN_MTU),

@@ -13,27 +13,22 @@ test_fragments."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from test_path_mtu import BIG, RoutedPath, expected_sha256, finish
+from test_path_mtu import BIG, IPV6_PLAN, expected_sha256, finish, routed_path
 
 from ustack.linux.lab import (
     LINUX_ADDRESS6,
     STACK_ADDRESS6,
     Netns,
     UstackDaemon,
-    netns,
     ping,
-    veth_pair,
 )
 
 pytestmark = pytest.mark.netns
 
 DISABLE_IPV6 = "/proc/sys/net/ipv6/conf/{}/disable_ipv6"
-CLIENT6 = "2001:2:2::2"
 
 
 def _sysctl(ns: Netns, path: str) -> str:
@@ -82,34 +77,15 @@ def test_an_mtu_below_1280_is_ipv4_only_with_a_warning(ns: Netns, tmp_path: Path
         assert "inet6" not in shown
 
 
-@contextmanager
-def routed_path6() -> Iterator[RoutedPath]:
+def test_a_1280_link_mid_path_teaches_the_path_mtu_and_50_mb_arrive(tmp_path: Path) -> None:
     """client C --(1500)-- router R --(1280)-- A (tun0, forwarding) -- ustack,
     over IPv6: A's kernel cannot forward our 1500-byte packets onto the 1280
     link and, as every IPv6 router must (RFC 8200 5, routers never fragment),
     answers with ICMPv6 Packet Too Big, MTU 1280 (RFC 4443 3.2)."""
-    with ExitStack() as stack:
-        a = stack.enter_context(netns(tag="pmtu6-a"))
-        router = stack.enter_context(netns(tag="pmtu6-r"))
-        client = stack.enter_context(netns(tag="pmtu6-c"))
-        veth_pair(a, router, ("ar0", "ra0"), ("2001:2:1::1/64", "2001:2:1::2/64"))
-        veth_pair(router, client, ("rc0", "cr0"), ("2001:2:2::1/64", f"{CLIENT6}/64"))
-        steps = [
-            (a, ["ip", "link", "set", "ar0", "mtu", "1280"]),
-            (router, ["ip", "link", "set", "ra0", "mtu", "1280"]),
-            (a, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]),
-            (router, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]),
-            (a, ["ip", "-6", "route", "add", "2001:2:2::/64", "via", "2001:2:1::2"]),
-            (router, ["ip", "-6", "route", "add", "2001:2::/64", "via", "2001:2:1::1"]),
-            (client, ["ip", "-6", "route", "add", "default", "via", "2001:2:2::1"]),
-        ]
-        for ns, argv in steps:
-            ns.run(*argv, check=True)
-        yield RoutedPath(a, router, client)
-
-
-def test_a_1280_link_mid_path_teaches_the_path_mtu_and_50_mb_arrive(tmp_path: Path) -> None:
-    with routed_path6() as path, UstackDaemon.start(path.a, tmp_path, trace=False) as daemon:
+    with (
+        routed_path(plan=IPV6_PLAN) as path,
+        UstackDaemon.start(path.a, tmp_path, trace=False) as daemon,
+    ):
         script = (
             f"curl -sS -g --max-time 240 'http://[{STACK_ADDRESS6}]/bytes/{BIG}' "
             "| tee >(wc -c >&2) | sha256sum"

@@ -62,7 +62,10 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         help="the kernel's IPv6 address and prefix on the TUN (default: 2001:2::1/64)",
     )
     serve_cmd.add_argument(
-        "--address6", default="2001:2::2", help="the stack's IPv6 address (default: 2001:2::2)"
+        "--address6",
+        default="2001:2::2",
+        metavar="ADDRESS",
+        help="the stack's IPv6 address (default: 2001:2::2)",
     )
     serve_cmd.add_argument(
         "--no-ipv6",

@@ -51,6 +51,7 @@ from ustack.study.sinks import TraceFilter, TraceRotation, TraceSinks, TraceSpec
 from ustack.tcp.connection import TcpConfig
 from ustack.wire.address import format_address, format_endpoint, parse_address
 from ustack.wire.checksum import Buffer
+from ustack.wire.ipv6 import IPV6_VERSION
 
 # connection_row and fault_event are the reports module's, named here too (bench, tests).
 __all__ = ["Daemon", "ServeConfig", "connection_row", "fault_event", "serve"]
@@ -215,9 +216,10 @@ class Daemon:
     def _on_readable(self) -> None:
         assert self.runner is not None
         read, size = self.link.read, self.link.mtu
-        # IPv4 only: ip.receive, what Stack.receive calls, one call less per packet.
-        stack = self.stack
-        receive = stack.receive if stack.ip6 is not None else stack.ip.receive
+        # Each family's ip.receive, as Stack.receive dispatches, one call less
+        # per packet (IPv6 to IPv4's, which counts it, on an IPv4-only stack).
+        receive4 = self.stack.ip.receive
+        receive6 = receive4 if self.stack.ip6 is None else self.stack.ip6.receive
         clock = self.runner.now
         faults = self.faults
         try:
@@ -228,8 +230,10 @@ class Daemon:
                 packet, checksum_ok = got
                 if faults.rules:
                     self._receive_with_faults(packet, checksum_ok)
+                elif packet and packet[0] >> 4 == IPV6_VERSION:
+                    receive6(packet, clock(), checksum_ok)  # each its own time: exact traces
                 else:
-                    receive(packet, clock(), checksum_ok)  # each its own time: exact traces
+                    receive4(packet, clock(), checksum_ok)
         except LinkGone as exc:
             self._lost_link(exc)
         self.runner.done()
