@@ -38,6 +38,7 @@ from ustack.trace.records import (
     dotted,
 )
 from ustack.trace.vocabulary import DropReason, Layer, SegmentNote
+from ustack.wire.address import format_endpoint
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
@@ -227,7 +228,7 @@ class TcpDemux:
         counters = self._counters
         local_port, remote_port, sequence = quoted_ports_and_seq(quote.transport)
         key = (quote.dst, remote_port, local_port)
-        summary = f"about {dotted(quote.dst)}:{remote_port} from port {local_port}"
+        summary = f"about {format_endpoint(quote.dst, remote_port)} from port {local_port}"
         layer = Layer.ICMP6 if quote.dst > _IPV4_MAX else Layer.ICMP
         conn = self.connections.get(key)
         if conn is None or conn.state is State.TIME_WAIT:
