@@ -13,7 +13,7 @@ import ipaddress
 import struct
 from typing import NamedTuple
 
-from ustack.wire.address import format_address
+from ustack.wire.address import format_address, is_ipv6
 from ustack.wire.checksum import Buffer
 from ustack.wire.ipv4 import PROTO_TCP, PROTO_UDP
 from ustack.wire.ipv6 import (
@@ -56,7 +56,7 @@ class PacketView(NamedTuple):
         version, not by the int: an IPv6 packet may come from :: (the
         kernel's MLD reports before it has a link-local address, RFC 3810
         5.2.13), which the int convention would take for 0.0.0.0."""
-        if self.version == 6:
+        if self.version == 6 and not is_ipv6(address):  # rare: format_address caches the rest
             return str(ipaddress.IPv6Address(address))
         return format_address(address)
 
