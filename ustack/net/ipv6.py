@@ -26,9 +26,8 @@ from ustack.net.address_rules import (
 )
 from ustack.net.flow_label import FlowLabels
 from ustack.net.fragments import IPV6_FAMILY, IPV6_FRAGMENT_LIMITS, FragmentLimits, Reassembly
-from ustack.net.ip_common import IpLayerBase
+from ustack.net.ip_common import IpLayerBase, TcpErrorInput, TcpInput, Unreachable
 from ustack.net.ip_id import IpIdentifiers
-from ustack.net.ipv4 import TcpErrorInput, TcpInput, Unreachable
 from ustack.net.pmtu import PmtuCache
 from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
 from ustack.trace.records import PacketTap
@@ -47,7 +46,6 @@ from ustack.wire.icmpv6 import (
     PACKET_TOO_BIG,
     PARAMETER_PROBLEM,
     PORT_UNREACH,
-    REASSEMBLY_TIME_EXCEEDED,
     REJECT_ROUTE,
     TIME_EXCEEDED,
     UNRECOGNIZED_NEXT_HEADER,
@@ -56,7 +54,7 @@ from ustack.wire.icmpv6 import (
     is_error_type,
     parse_quote_ipv6,
 )
-from ustack.wire.ipv4 import ECN_MASK, ECN_NOT_ECT, PROTO_TCP, PROTO_UDP
+from ustack.wire.ipv4 import ECN_MASK, PROTO_TCP, PROTO_UDP
 from ustack.wire.ipv6 import (
     EXTENSION_HEADERS,
     FRAGMENT_HEADER_LENGTH,
@@ -108,6 +106,9 @@ class IPv6Layer(IpLayerBase):
     ERRORS_RULE = Rule.RFC4443_ICMP_ERRORS
     RATE_RULE = Rule.RFC4443_ICMP_RATE
     UDP_ZERO_CHECKSUM_OK = False  # RFC 8200 8.1
+    HEADER_LENGTH = IPV6_HEADER_LENGTH
+    TIME_EXCEEDED = TIME_EXCEEDED
+    REASSEMBLY_TIME_EXCEEDED_COUNTER = "icmp6.out.reassembly-time-exceeded"
 
     def __init__(
         self,
@@ -424,37 +425,17 @@ class IPv6Layer(IpLayerBase):
 
     # ---- output ---------------------------------------------------------
 
-    def check_destination(self, dst: int) -> None:
-        """Raise Unreachable for an address no connection may be opened to:
-        multicast (RFC 4291 2.7), ::/96 or ::ffff:0:0/96 (RFC 4291 2.5.5:
-        never on the wire here), or our own (no loopback)."""
+    def _check_family_destination(self, dst: int) -> None:
+        """Multicast (RFC 4291 2.7), ::/96 or ::ffff:0:0/96 (RFC 4291 2.5.5:
+        never on the wire here)."""
         if is_ipv6_multicast(dst):
             raise Unreachable(dst, "a multicast address (RFC 4291 2.7)")
         if not is_ipv6_unicast_host(dst):
             raise Unreachable(dst, "in ::/96 or ::ffff:0:0/96 (RFC 4291 2.5.5)")
-        if dst == self.address:
-            raise Unreachable(dst, "the stack's own address: it has no loopback to reach itself")
 
-    def send(
-        self,
-        dst: int,
-        protocol: int,
-        payload: Buffer,
-        gso_size: int = 0,
-        may_fragment: bool = True,
-    ) -> None:
-        """One datagram to `dst`. Other than TCP (which keeps its segments
-        under the MSS), a datagram over the path MTU goes in fragments
-        (RFC 8200 4.5: only the source fragments in IPv6); `may_fragment`
-        False refuses it instead, as IPv4's DF."""
-        if protocol != PROTO_TCP and may_fragment:
-            path_mtu = self.pmtu.lookup(dst, self._now)
-            if IPV6_HEADER_LENGTH + len(payload) > path_mtu:
-                self._send_fragments(dst, protocol, payload, path_mtu)
-                return
-        packet = bytearray(IPV6_HEADER_LENGTH)
-        packet += payload
-        self.send_in_place(dst, packet, gso_size, protocol)
+    def _path_mtu(self, dst: int) -> int:
+        # RFC 8200 4.5: only the source fragments in IPv6, to the path MTU.
+        return self.pmtu.lookup(dst, self._now)
 
     def _send_fragments(self, dst: int, protocol: int, payload: Buffer, path_mtu: int) -> None:
         """RFC 8200 4.5: the payload cut on 8-byte boundaries, each piece
@@ -478,21 +459,11 @@ class IPv6Layer(IpLayerBase):
         step = (path_mtu - IPV6_HEADER_LENGTH - FRAGMENT_HEADER_LENGTH) & ~7
         self._put_fragments(payload, step, fragment_at)
 
-    def send_in_place(
-        self,
-        dst: int,
-        packet: bytearray,
-        gso_size: int = 0,
-        protocol: int = PROTO_TCP,
-        ecn: int = ECN_NOT_ECT,
+    def _write_header(
+        self, dst: int, packet: bytearray, gso_size: int, protocol: int, ecn: int
     ) -> None:
-        """Like send(), for a payload that already sits behind 40 free bytes:
-        the header goes there, the payload is not copied again. The flow label
-        is the flow's (RFC 6437: ports included for TCP and UDP); the traffic
-        class is DSCP 0 and `ecn` (RFC 3168 5)."""
-        if len(packet) > self.mtu and not gso_size:
-            self._counters.drop(Layer.IP6, DropReason.OUT_TOO_BIG, self._now)
-            return
+        # The flow label is the flow's (RFC 6437: ports included for TCP and
+        # UDP); the traffic class is DSCP 0 and `ecn` (RFC 3168 5).
         ports = 0
         if protocol in (PROTO_TCP, PROTO_UDP) and len(packet) >= IPV6_HEADER_LENGTH + 4:
             ports = struct.unpack_from("!I", packet, IPV6_HEADER_LENGTH)[0]
@@ -500,13 +471,6 @@ class IPv6Layer(IpLayerBase):
         build_ipv6_in_place(
             packet, src=self.address, dst=dst, next_header=protocol, flow_label=label, ecn=ecn
         )
-        self._put(packet, gso_size)
-
-    def _send_time_exceeded(self, first_fragment: bytes) -> None:
-        """RFC 8200 4.5: a datagram not reassembled within 60 s whose first
-        fragment came: Time Exceeded code 1, quoting that fragment."""
-        if self.send_icmp_error(TIME_EXCEEDED, REASSEMBLY_TIME_EXCEEDED, first_fragment):
-            self._counters["icmp6.out.reassembly-time-exceeded"] += 1
 
     def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> bool:
         """An ICMPv6 error about `offending` (a whole IPv6 packet we received),
