@@ -203,7 +203,9 @@ class IPv6Layer(IpLayerBase):
         multicast: bool,
         checksum_ok: bool,
     ) -> None:
-        """RFC 8200 4.1: the extension headers in order, then the upper layer."""
+        """RFC 8200 4.1: the extension headers in order, then the upper layer
+        they lead to (dispatched here, after the loop: the packet, its length
+        and checksum_ok are those of the reassembled datagram if it was one)."""
         next_header, offset, pointer = packet[6], IPV6_HEADER_LENGTH, 6
         while True:
             if next_header == NH_HOP_BY_HOP and offset != IPV6_HEADER_LENGTH:
@@ -230,14 +232,32 @@ class IPv6Layer(IpLayerBase):
                     continue
                 length = FRAGMENT_HEADER_LENGTH  # atomic: on at once (RFC 6946 4)
             else:
-                self._upper_layer(
-                    packet, next_header, offset, pointer, total_length, src, dst, multicast,
-                    checksum_ok,
-                )  # fmt: skip
-                return
+                break  # the upper layer
             pointer = offset  # every extension header's first byte is its next header
             next_header = packet[offset]
             offset += length
+        payload = memoryview(packet)[offset:total_length]
+        if next_header == NH_ICMPV6:
+            self._receive_icmp(src, dst, payload, multicast)
+        elif next_header == NH_NONE:
+            self._counters["ip6.in.no-next-header"] += 1  # RFC 8200 4.7: nothing to do
+        elif multicast:
+            # We join no group but for ND and MLD (Linux: no socket for it).
+            self._counters.drop(Layer.IP6, DropReason.NOT_FOR_US, self._now, "a multicast group")
+        elif next_header == PROTO_TCP:
+            if self.tcp_input is None:  # (a layer tested alone, as IPv4's)
+                self._counters.drop(Layer.IP6, DropReason.UNKNOWN_PROTOCOL, self._now)
+                return
+            ecn = (packet[1] >> 4) & ECN_MASK  # the traffic class's low bits (RFC 3168 5)
+            self.tcp_input(src, dst, payload, self._now, checksum_ok, ecn)
+        elif next_header == PROTO_UDP:
+            self._receive_udp(src, payload, packet[:total_length], checksum_ok)
+        else:
+            raise _Refused(
+                DropReason.UNKNOWN_NEXT_HEADER, Rule.RFC8200_EXTENSION_HEADERS,
+                f"next header {next_header} at byte {pointer}",
+                (UNRECOGNIZED_NEXT_HEADER, pointer),
+            )  # fmt: skip
 
     def _extension_length(self, packet: Buffer, offset: int, total_length: int) -> int:
         if offset + 8 > total_length:
@@ -333,41 +353,6 @@ class IPv6Layer(IpLayerBase):
                 DropReason.FRAG_HEADER_CHAIN, Rule.RFC7112_HEADER_CHAIN,
                 "a first fragment without the whole header chain",
                 (HEADER_CHAIN_INCOMPLETE, 0),
-            )  # fmt: skip
-
-    def _upper_layer(
-        self,
-        packet: Buffer,
-        next_header: int,
-        offset: int,
-        pointer: int,
-        total_length: int,
-        src: int,
-        dst: int,
-        multicast: bool,
-        checksum_ok: bool,
-    ) -> None:
-        payload = memoryview(packet)[offset:total_length]
-        if next_header == NH_ICMPV6:
-            self._receive_icmp(src, dst, payload, multicast)
-        elif next_header == NH_NONE:
-            self._counters["ip6.in.no-next-header"] += 1  # RFC 8200 4.7: nothing to do
-        elif multicast:
-            # We join no group but for ND and MLD (Linux: no socket for it).
-            self._counters.drop(Layer.IP6, DropReason.NOT_FOR_US, self._now, "a multicast group")
-        elif next_header == PROTO_TCP:
-            if self.tcp_input is None:  # (a layer tested alone, as IPv4's)
-                self._counters.drop(Layer.IP6, DropReason.UNKNOWN_PROTOCOL, self._now)
-                return
-            ecn = (packet[1] >> 4) & ECN_MASK  # the traffic class's low bits (RFC 3168 5)
-            self.tcp_input(src, dst, payload, self._now, checksum_ok, ecn)
-        elif next_header == PROTO_UDP:
-            self._receive_udp(src, payload, packet[:total_length], checksum_ok)
-        else:
-            raise _Refused(
-                DropReason.UNKNOWN_NEXT_HEADER, Rule.RFC8200_EXTENSION_HEADERS,
-                f"next header {next_header} at byte {pointer}",
-                (UNRECOGNIZED_NEXT_HEADER, pointer),
             )  # fmt: skip
 
     def _receive_icmp(self, src: int, dst: int, message: memoryview, multicast: bool) -> None:
