@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import PEER6, US4, US6
 from scapy.layers.inet import TCP
 from scapy.layers.inet6 import UDP, ICMPv6EchoRequest, IPv6
 
@@ -21,10 +22,6 @@ from ustack.wire.address import (
     is_ipv6,
     parse_address,
 )
-
-US6 = int(ipaddress.IPv6Address("2001:2::2"))
-PEER6 = int(ipaddress.IPv6Address("2001:2::1"))
-US4 = 0xC6120002
 
 # IPv6 addresses outside ::/96 and ::ffff:0:0/96: the ones the layer handles.
 ipv6_addresses = st.integers(2**32, 2**128 - 1).filter(lambda a: a >> 32 not in (0, 0xFFFF))

@@ -10,6 +10,10 @@ import logging
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import PEER6 as PEER
+from peers import PEER6_TEXT as PEER_TEXT
+from peers import US6 as US
+from peers import US6_TEXT as US_TEXT
 from virtual_wire import VirtualWire
 
 from ustack.counters import Counters
@@ -43,10 +47,6 @@ from scapy.layers.inet6 import (  # noqa: E402
     defragment6,
     fragment6,
 )
-
-US_TEXT, PEER_TEXT = "2001:2::2", "2001:2::1"
-US = int(ipaddress.IPv6Address(US_TEXT))
-PEER = int(ipaddress.IPv6Address(PEER_TEXT))
 
 
 class Wire(VirtualWire[IPv6]):
