@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from ustack.counters import Counters
 from ustack.net.fragments import Reassembly
@@ -34,19 +34,10 @@ _Header = TypeVar("_Header")
 TcpErrorInput = Callable[[int, int, int, Quote, float], None]
 
 
-class TcpInput(Protocol):
-    """Receives one TCP segment that passed IP input: (src, dst, segment
-    bytes, now, checksum_ok) and its datagram's ECN field (RFC 3168 5)."""
-
-    def __call__(
-        self,
-        src: int,
-        dst: int,
-        segment: memoryview,
-        now: float,
-        checksum_ok: bool = False,
-        ecn: int = ECN_NOT_ECT,
-    ) -> None: ...
+# Receives one TCP segment that passed IP input: (src, dst, the segment's
+# bytes, now, checksum_ok: its checksum is known good, the datagram's ECN
+# field, RFC 3168 5). Both layers pass all six; TcpDemux.receive is one.
+TcpInput = Callable[[int, int, memoryview, float, bool, int], None]
 
 
 class Unreachable(OSError):
