@@ -82,6 +82,9 @@ ICMPV6_ERROR_MAX = IPV6_MIN_MTU
 # (RFC 2711), which MLD reports carry in their hop-by-hop header.
 _PAD1, _PADN, _ROUTER_ALERT = 0, 1, 5
 _KNOWN_OPTIONS = frozenset({_PADN, _ROUTER_ALERT})
+# TCP's and UDP's source and destination ports, for the flow label (RFC 6437),
+# compiled once: read for every segment sent.
+_PORTS = struct.Struct("!I")
 # RFC 7112 5: the smallest upper-layer header a first fragment must hold.
 _UPPER_HEADER_MIN = {PROTO_TCP: 20, PROTO_UDP: 8, NH_ICMPV6: 4}
 
@@ -451,7 +454,7 @@ class IPv6Layer(IpLayerBase):
         # UDP); the traffic class is DSCP 0 and `ecn` (RFC 3168 5).
         ports = 0
         if protocol in (PROTO_TCP, PROTO_UDP) and len(packet) >= IPV6_HEADER_LENGTH + 4:
-            ports = struct.unpack_from("!I", packet, IPV6_HEADER_LENGTH)[0]
+            ports = _PORTS.unpack_from(packet, IPV6_HEADER_LENGTH)[0]
         label = self.flow_labels.label(dst, protocol, ports)
         build_ipv6_in_place(
             packet, src=self.address, dst=dst, next_header=protocol, flow_label=label, ecn=ecn
