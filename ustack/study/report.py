@@ -258,7 +258,11 @@ def build_report(trace: Path, conn: int | None, max_line: int = load.MAX_LINE_BY
         data=data_json,
         style=_template("style.css"),
         script=_template("script.js"),
-        scaled="" if data.window_scaled else " (no window scaling: as on the wire)",
+        scaled=(
+            " as on the wire, not scaled (the graphs scale them)"
+            if data.window_scaled
+            else " (no window scaling on this connection)"
+        ),
     )
 
 
