@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
 from ustack.study.load import as_records, choose_connection
@@ -162,3 +163,21 @@ def test_select_rows_keeps_notable_events_and_summarises_the_rest() -> None:
     assert set(resent) <= set(kept)  # every retransmission is in the table
     assert kept == sorted(kept)
     assert select_rows(events[:50]) == list(range(50))  # a short one: everything
+
+
+def test_the_tcb_is_worked_out_only_with_tracing_on(monkeypatch) -> None:
+    from ustack.tcp import demux
+
+    def forbidden(_conn: object) -> dict[str, float]:
+        raise AssertionError("tcb_snapshot called")
+
+    monkeypatch.setattr(demux, "tcb_snapshot", forbidden)
+    t = TcpScript(listen=80)
+    t.tcp.trace = None  # tracing off: the snapshot must never be taken
+    t.establish(mss=MSS, win=65535)
+    t.write(bytes(3000))
+    assert len(t.sent()) == 3
+    t.send(".", seq=P, ack=U + 3000)
+    traced = TcpScript(listen=80)  # and the patch does hit the traced path
+    with pytest.raises(AssertionError, match="tcb_snapshot called"):
+        traced.establish(mss=MSS, win=65535)
