@@ -181,3 +181,22 @@ def test_the_tcb_is_worked_out_only_with_tracing_on(monkeypatch) -> None:
     traced = TcpScript(listen=80)  # and the patch does hit the traced path
     with pytest.raises(AssertionError, match="tcb_snapshot called"):
         traced.establish(mss=MSS, win=65535)
+
+
+def test_when_the_peer_sends_the_graph_is_its_data_and_our_acks() -> None:
+    t = TcpScript(listen=80)
+    t.establish(mss=MSS, win=65535, sack_permitted=True)
+    t.send(".", seq=P, ack=U, payload=bytes(MSS))
+    t.send(".", seq=P + 2 * MSS, ack=U, payload=bytes(MSS))  # the second is missing
+    t.send(".", seq=P + MSS, ack=U, payload=bytes(MSS))  # and comes late
+    t.sent()
+    _events, data = graphs(t)
+    assert data.sender == "Linux peer"
+    # Below the highest byte seen: drawn as tcptrace does, as sent again.
+    assert [(s.start, s.end, s.kind) for s in data.sent] == [
+        (1, 1001, "new"),
+        (2001, 3001, "new"),
+        (1001, 2001, "retransmission"),
+    ]
+    assert [a.ack for a in data.acked][-3:] == [1001, 1001, 3001]
+    assert [(s.start, s.end) for s in data.sacked] == [(2001, 3001)]  # our SACK, from the IRS
