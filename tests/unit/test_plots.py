@@ -106,3 +106,18 @@ def test_report_of_a_long_transfer_stays_in_its_budget(tmp_path: Path, monkeypat
     assert page.count('class="ev ') <= 150 + 2 * report.EDGE_ROWS
     full = len(trace.read_bytes())
     assert len(page) < full  # summarised, not copied
+
+
+def test_report_lists_every_connection_and_ids_are_unique(tmp_path: Path) -> None:
+    t = fast_retransmit()
+    t.send("S", seq=9000, mss=1000, sport=40001)  # a second connection, half-open
+    trace = write_trace(tmp_path / "two.jsonl", t.trace)
+    page = report.build_report(trace, None)
+    listing = page[page.index('<table id="connections">') : page.index("</table>")]
+    assert listing.count("<tr") == 3  # the head and two connections
+    assert '<tr class="chosen"><td>1</td>' in listing  # the longest-lived one, shown
+    assert "--conn ID" in page
+    ids = re.findall(r' id="([^"]+)"', page)
+    assert len(ids) == len(set(ids))
+    for ref in set(re.findall(r"url\(#([^)]+)\)", page)):
+        assert ref in ids

@@ -134,6 +134,16 @@ def _strip_xml(svg: str) -> str:
     return svg[svg.index("<svg") :]
 
 
+def _scoped(svg: str, prefix: str) -> str:
+    """matplotlib names the parts of every figure alike (figure_1, patch_1,
+    its clip paths): in one page each graph's ids get its own prefix."""
+    return (
+        svg.replace(' id="', f' id="{prefix}-')
+        .replace("url(#", f"url(#{prefix}-")
+        .replace('xlink:href="#', f'xlink:href="#{prefix}-')
+    )
+
+
 def _row_html(index: int, event: load.Record, start: float) -> str:
     at = f"{(event['time'] - start) * 1000:.3f}"
     kind = event["type"]
@@ -209,7 +219,7 @@ def build_report(trace: Path, conn: int | None, max_line: int = load.MAX_LINE_BY
         frames[kind] = dataclasses.asdict(frame)
         graphs.append(
             f'<figure class="graph" id="graph-{kind}" data-kind="{kind}">'
-            f"{_strip_xml(svg.decode())}</figure>"
+            f"{_scoped(_strip_xml(svg.decode()), kind)}</figure>"
         )
     payload = {
         "events": {
@@ -241,6 +251,11 @@ def build_report(trace: Path, conn: int | None, max_line: int = load.MAX_LINE_BY
             f"{len(events):,} events; the table and ladder show {len(shown):,} of them "
             f"(every notable one, plain segments around them), the graphs at most "
             f"{GRAPH_POINTS:,} plain points each."
+        )
+    if len(summaries) > 1:
+        notes.append(
+            f"The trace holds {len(summaries):,} connections; this page shows connection "
+            f"{summary.conn}. Another: ustack report {html.escape(str(trace))} --conn ID -o FILE."
         )
     if skipped:
         notes.append(html.escape(skipped))
