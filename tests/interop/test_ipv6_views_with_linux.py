@@ -75,7 +75,7 @@ def test_one_ipv6_session_in_every_view(ns: Netns, tmp_path: Path) -> None:
 
     # The JSON trace: text addresses, bracketed tuples, the fault, the peer's states.
     records: list[dict[str, Any]] = [json.loads(x) for x in jsonl.read_text().splitlines()]
-    assert records[0] == {"type": "header", "schema": 4}
+    assert records[0] == {"type": "header", "schema": 5}
     opened = [r for r in records if r["type"] == "connection"]
     http = next(r for r in opened if r["local_port"] == 80)
     assert (http["local"], http["remote"]) == (STACK_ADDRESS6, LINUX_ADDRESS6)

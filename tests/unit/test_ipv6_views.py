@@ -84,7 +84,7 @@ def test_an_endpoint_brackets_an_ipv6_address_as_ss_does() -> None:
 
 def test_jsonl_writes_ipv6_addresses_as_text_and_the_tuple_bracketed(tmp_path: Path) -> None:
     lines = ipv6_trace(tmp_path).read_text().splitlines()
-    assert json.loads(lines[0]) == {"type": "header", "schema": 4}
+    assert json.loads(lines[0]) == {"type": "header", "schema": 5}
     records = [json.loads(line) for line in lines[1:]]
     opened = next(r for r in records if r["type"] == "connection")
     assert (opened["local"], opened["remote"]) == (US6, PEER6)
