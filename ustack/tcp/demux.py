@@ -25,7 +25,7 @@ from ustack.tcp.events import AppEvent, Closed
 from ustack.tcp.feedback import LowerPathMtu, PathMtu, quoted_ports_and_seq
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.listen import Listener
-from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event
+from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event, tcb_snapshot
 from ustack.tcp.states import Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
@@ -585,7 +585,9 @@ class TcpDemux:
         before: str,
         after: str,
     ) -> SegmentEvent:
-        return segment_event(now, conn, self._local(key[0]), key, direction, seg, before, after)
+        tcb = None if conn is None else tcb_snapshot(conn)
+        local = self._local(key[0])
+        return segment_event(now, conn, local, key, direction, seg, before, after, tcb)
 
     def queued(self) -> dict[str, int]:
         """Connections by state, for stats and leak checks."""
