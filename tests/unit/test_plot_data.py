@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS, PEER_ISS, TcpScript, bulk_sender
 
 from ustack.study.load import as_records, choose_connection
 from ustack.study.plot_data import PlotData, decimate, plot_data
@@ -21,10 +21,7 @@ MSS = 1000
 
 
 def sender(**config: Any) -> TcpScript:
-    config.setdefault("congestion_control", "newreno")
-    t = TcpScript(listen=80, **config)
-    t.establish(mss=MSS, win=65535)
-    return t
+    return bulk_sender(MSS, **config)
 
 
 def graphs(t: TcpScript, *extra: Any) -> tuple[list[dict[str, Any]], PlotData]:

@@ -14,8 +14,9 @@ import io
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ustack.study import load
 from ustack.study.plot_data import KINDS, PlotData, plot_data
@@ -212,44 +213,52 @@ def _no_tcb(ax: Axes) -> None:
     )  # fmt: skip
 
 
-def _lines(ax: Axes, data: PlotData, names: dict[str, str], scale: float = 1.0) -> None:
+class _TcbGraph(NamedTuple):
+    """A graph of the stack's own state over time: the TCB series it draws."""
+
+    title: str
+    series: dict[str, str]  # the tcb field -> its label
+    unit: str
+    scale: float = 1.0
+    rug: bool = True  # retransmissions ticked along the bottom
+
+
+_TCB_GRAPHS = {
+    "cwnd": _TcbGraph(
+        "ustack's congestion window",
+        {"cwnd": "cwnd", "ssthresh": "ssthresh", "flight": "bytes in flight"},
+        "bytes",
+    ),
+    "rtt": _TcbGraph(
+        "ustack's RTT estimate, RFC 6298",
+        {"srtt": "SRTT", "rttvar": "RTTVAR", "rto": "RTO"},
+        "ms",
+        scale=1000.0,
+    ),
+    "window": _TcbGraph(
+        "windows, scaled",
+        {"snd_wnd": "send window (the peer's offer)", "rcv_wnd": "receive window (ustack's)"},
+        "bytes",
+        rug=False,
+    ),
+}
+
+
+def _tcb_graph(ax: Axes, data: PlotData, graph: _TcbGraph) -> None:
+    ax.set_title(f"{graph.title} ({data.title})", fontsize=10)
     drawn = False
-    for name, label in names.items():
+    for name, label in graph.series.items():
         xs, ys = data.series(name)
         if xs:
-            ax.step(xs, [y * scale for y in ys], where="post", label=label, gid=f"series-{name}")
+            ys = [y * graph.scale for y in ys]
+            ax.step(xs, ys, where="post", label=label, gid=f"series-{name}")
             drawn = True
     if not drawn:
         _no_tcb(ax)
-
-
-def _cwnd(ax: Axes, data: PlotData) -> None:
-    ax.set_title(f"ustack's congestion window ({data.title})", fontsize=10)
-    _lines(ax, data, {"cwnd": "cwnd", "ssthresh": "ssthresh", "flight": "bytes in flight"})
-    _retransmission_rug(ax, data)
+    if graph.rug:
+        _retransmission_rug(ax, data)
     ax.set_xlabel("time since the connection's start (s)")
-    ax.set_ylabel("bytes")
-    ax.legend(loc="upper left", fontsize=8)
-
-
-def _rtt(ax: Axes, data: PlotData) -> None:
-    ax.set_title(f"ustack's RTT estimate, RFC 6298 ({data.title})", fontsize=10)
-    _lines(ax, data, {"srtt": "SRTT", "rttvar": "RTTVAR", "rto": "RTO"}, scale=1000.0)
-    _retransmission_rug(ax, data)
-    ax.set_xlabel("time since the connection's start (s)")
-    ax.set_ylabel("ms")
-    ax.legend(loc="upper left", fontsize=8)
-
-
-def _window(ax: Axes, data: PlotData) -> None:
-    ax.set_title(f"windows, scaled ({data.title})", fontsize=10)
-    _lines(
-        ax,
-        data,
-        {"snd_wnd": "send window (the peer's offer)", "rcv_wnd": "receive window (ustack's)"},
-    )
-    ax.set_xlabel("time since the connection's start (s)")
-    ax.set_ylabel("bytes")
+    ax.set_ylabel(graph.unit)
     ax.legend(loc="upper left", fontsize=8)
 
 
@@ -285,9 +294,9 @@ def _states(ax: Axes, data: PlotData) -> None:
 
 DRAWERS: dict[str, Callable[[Axes, PlotData], None]] = {
     "time-sequence": _time_sequence,
-    "cwnd": _cwnd,
-    "rtt": _rtt,
-    "window": _window,
+    "cwnd": partial(_tcb_graph, graph=_TCB_GRAPHS["cwnd"]),
+    "rtt": partial(_tcb_graph, graph=_TCB_GRAPHS["rtt"]),
+    "window": partial(_tcb_graph, graph=_TCB_GRAPHS["window"]),
     "states": _states,
 }
 assert tuple(DRAWERS) == KINDS
