@@ -153,13 +153,11 @@ def packet(
     return data
 
 
-def fragments(
-    s: Choices, src: int, dst: int, protocol: int, message: bytes, ident: int
-) -> list[bytes]:
-    """`message` (an upper-layer header and its data) in fragments of random
-    sizes (RFC 8200 4.5), then now and then broken: overlapping, duplicated,
-    lost, reordered, M flipped, an odd length, an offset anywhere, another ID."""
-    unit = s.pick((1, 8, 64, 170))  # fragment sizes in 8-byte units, at most
+def damaged_pieces(s: Choices, message: bytes, unit: int) -> list[tuple[int, bytes, bool]]:
+    """`message` cut in (offset, data, more) pieces of up to `unit` 8-byte
+    units, then now and then broken: overlapping, duplicated, lost,
+    reordered, M flipped, an odd length, an offset anywhere. For the
+    fragments of both families (RFC 791 3.2, RFC 8200 4.5)."""
     pieces: list[tuple[int, bytes, bool]] = []
     offset = 0
     while offset < len(message):
@@ -174,15 +172,15 @@ def fragments(
         offset, data, more = pieces[index]
         what = s.byte() % 7
         if what == 0:
-            pieces.insert(s.below(len(pieces) + 1), (offset, data, more))
+            pieces.insert(s.below(len(pieces) + 1), (offset, data, more))  # duplicate
         elif what == 1 and len(pieces) > 1:
-            del pieces[index]
+            del pieces[index]  # lost
         elif what == 2:
-            pieces[index] = (max(offset + 8 * (s.below(5) - 2), 0), data, more)
+            pieces[index] = (max(offset + 8 * (s.below(5) - 2), 0), data, more)  # overlap
         elif what == 3:
             pieces[index] = (offset, data, not more)
         elif what == 4:
-            pieces[index] = (offset, data[: s.below(len(data) + 1)], more)
+            pieces[index] = (offset, data[: s.below(len(data) + 1)], more)  # odd length
         elif what == 5:
             pieces[index] = (8 * (s.u16() & 0x1FFF), data, more)
         else:
@@ -190,8 +188,16 @@ def fragments(
             pieces[index], pieces[swap] = pieces[swap], pieces[index]
     if s.chance(60):
         pieces.reverse()
+    return pieces
+
+
+def fragments(
+    s: Choices, src: int, dst: int, protocol: int, message: bytes, ident: int
+) -> list[bytes]:
+    """`message` (an upper-layer header and its data) in IPv6 fragments
+    (RFC 8200 4.5), damaged now and then (damaged_pieces)."""
     out = []
-    for offset, data, more in pieces:
+    for offset, data, more in damaged_pieces(s, message, s.pick((1, 8, 64, 170))):
         body = fragment_header(protocol, offset, more, ident) + data
         out.append(fixed_header(src, dst, NH_FRAGMENT, len(body)) + body)
     return out

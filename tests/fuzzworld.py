@@ -889,47 +889,12 @@ class Generator:
             protocol = PROTO_UDP
         else:
             key = s.pick(live)
-            conn = self.w.tcp.connections[key]
             src = key[0]
-            seg_seq, seg_ack, flags = self.pick_seq(conn), self.pick_ack(conn), s.pick(_FLAGS)
-            options, payload = self.options(key, conn), self.payload_bytes(conn)
-            segment = self.build(key, seg_seq, seg_ack, flags, self.window(), options, payload)
-            message = bytearray(segment[20:])
+            message = bytearray(self.live_segment(key)[20:])
             protocol = PROTO_TCP
         self.ident = (self.ident + 1) & 0xFFFF
         ident = self.ident if s.chance(220) else s.pick((1, 2, s.u16()))
-        unit = s.pick((1, 8, 64, 185))  # fragment sizes in 8-byte units, at most
-        pieces: list[tuple[int, bytes, bool]] = []
-        offset = 0
-        while offset < len(message):
-            step = len(message) if len(pieces) >= 60 else 8 * (1 + s.below(unit))
-            pieces.append((offset, bytes(message[offset : offset + step]), True))
-            offset += step
-        if pieces:
-            last_offset, last_data, _ = pieces[-1]
-            pieces[-1] = (last_offset, last_data, False)
-        for _ in range(s.below(4) if s.chance(120) else 0):  # damage
-            index = s.below(len(pieces))
-            offset, data, more = pieces[index]
-            what = s.byte() % 7
-            if what == 0:
-                pieces.insert(s.below(len(pieces) + 1), (offset, data, more))  # duplicate
-            elif what == 1 and len(pieces) > 1:
-                del pieces[index]  # lost
-            elif what == 2:
-                pieces[index] = (max(offset + 8 * (s.below(5) - 2), 0), data, more)  # overlap
-            elif what == 3:
-                pieces[index] = (offset, data, not more)
-            elif what == 4:
-                pieces[index] = (offset, data[: s.below(len(data) + 1)], more)  # odd length
-            elif what == 5:
-                pieces[index] = (8 * (s.u16() & 0x1FFF), data, more)
-            else:
-                swap = s.below(len(pieces))
-                pieces[index], pieces[swap] = pieces[swap], pieces[index]
-        if s.chance(60):
-            pieces.reverse()
-        for offset, data, more in pieces:
+        for offset, data, more in v6.damaged_pieces(s, bytes(message), s.pick((1, 8, 64, 185))):
             field = (0x2000 if more else 0) | (offset >> 3) & 0x1FFF
             header = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(data), ident, field,
                                            64, protocol, 0, src, US))  # fmt: skip
@@ -955,16 +920,21 @@ class Generator:
             message, protocol = bytes(udp), PROTO_UDP
         else:
             key = s.pick(live6)
-            conn = self.w.tcp.connections[key]
             src = key[0]
-            seg_seq, seg_ack, flags = self.pick_seq(conn), self.pick_ack(conn), s.pick(_FLAGS)
-            options, payload = self.options(key, conn), self.payload_bytes(conn)
-            packet = self.build(key, seg_seq, seg_ack, flags, self.window(), options, payload)
-            message, protocol = packet[40:], PROTO_TCP
+            message, protocol = self.live_segment(key)[40:], PROTO_TCP
         self.ident = (self.ident + 1) & 0xFFFF
         ident = self.ident if s.chance(220) else s.pick((1, 2, s.u32()))
         for fragment in v6.fragments(s, src, US6, protocol, message, ident):
             self.w.apply(["packet", fragment])
+
+    def live_segment(self, key: tuple[int, int, int]) -> bytes:
+        """A packet with a segment for the live connection `key`, its fields
+        picked around the TCB's values (for the fragments steps)."""
+        s = self.s
+        conn = self.w.tcp.connections[key]
+        seg_seq, seg_ack, flags = self.pick_seq(conn), self.pick_ack(conn), s.pick(_FLAGS)
+        options, payload = self.options(key, conn), self.payload_bytes(conn)
+        return self.build(key, seg_seq, seg_ack, flags, self.window(), options, payload)
 
     def icmp_error(self, live: list[tuple[int, int, int]]) -> None:
         """An ICMP error quoting one of our segments, as a router on the path
@@ -1416,24 +1386,25 @@ def minimize(case: Case, signature: str, budget: int = 2000) -> Case:
     return result
 
 
+def _ip_fields(packet: bytes) -> tuple[int, int, int]:
+    """(protocol, header length, total length) of an IPv4 or IPv6 packet (the
+    fixed header only: IPv6's next header); MalformedPacket if it is none."""
+    if packet and packet[0] >> 4 == 6:
+        ip6 = parse_ipv6(packet)
+        return ip6.next_header, 40, 40 + ip6.payload_length
+    ip = parse_ipv4(packet)
+    return ip.protocol, ip.header_length, ip.total_length
+
+
 def describe_packet(packet: bytes) -> str:
     """One line for a reader of the corpus (replay ignores it)."""
-    if packet and packet[0] >> 4 == 6:
-        try:
-            ip6 = parse_ipv6(packet)
-        except MalformedPacket as exc:
-            return f"malformed IPv6: {exc.reason}"
-        if ip6.next_header != PROTO_TCP:
-            return f"IPv6 next header {ip6.next_header}, {len(packet)} bytes"
-        header_length, total_length = 40, 40 + ip6.payload_length
-    else:
-        try:
-            ip = parse_ipv4(packet)
-        except MalformedPacket as exc:
-            return f"malformed IPv4: {exc.reason}"
-        if ip.protocol != PROTO_TCP:
-            return f"IPv4 proto {ip.protocol}, {len(packet)} bytes"
-        header_length, total_length = ip.header_length, ip.total_length
+    family = "IPv6" if packet and packet[0] >> 4 == 6 else "IPv4"
+    try:
+        protocol, header_length, total_length = _ip_fields(packet)
+    except MalformedPacket as exc:
+        return f"malformed {family}: {exc.reason}"
+    if protocol != PROTO_TCP:
+        return f"{family} proto {protocol}, {len(packet)} bytes"
     try:
         tcp = parse_tcp(packet[header_length:total_length])
     except MalformedPacket as exc:

@@ -472,3 +472,12 @@ class TcpScript:
     def table(self) -> dict[str, int]:
         """Connections by state: empty once everything is over."""
         return self.tcp.queued()
+
+
+def bulk_sender(mss: int = 1000, **config: Any) -> TcpScript:
+    """An established connection on which we send: the peer's MSS `mss`, a
+    large window; NewReno, for exact congestion-window figures."""
+    config.setdefault("congestion_control", "newreno")
+    t = TcpScript(listen=80, **config)
+    t.establish(mss=mss, win=65535)
+    return t

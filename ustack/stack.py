@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from ustack.counters import Counters
 from ustack.net.fragments import FragmentLimits
-from ustack.net.ipv4 import IPv4Layer, Unreachable
+from ustack.net.ip_common import Unreachable
+from ustack.net.ipv4 import IPv4Layer
 from ustack.net.ipv6 import IPv6Layer
 from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits

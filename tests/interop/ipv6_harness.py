@@ -1,66 +1,88 @@
-"""A tests-only harness: IPv6Layer alone on a real TUN, inside the namespace
-it is started in (the daemon does not carry IPv6 yet; issue 15 part 2 wires
-it). It configures tun0 with the Linux side's 2001:2::1/64, prints "ready",
-answers what comes until SIGTERM, then prints its counters as JSON.
+"""A tests-only harness: the dual Stack on a real TUN, inside the namespace
+it is started in, driven by asyncio (StackRunner) with the echo service on
+port 7 (ustack.api): what the daemon will run once it carries IPv6 (the
+Linux side of issue 15). It configures tun0 with the Linux side's
+2001:2::1/64 and 198.18.0.1/24, prints "ready", answers what comes until
+SIGTERM, then prints its counters as JSON.
 
-Usage (inside a namespace only): python ipv6_harness.py
+With `--connect HOST PORT`, the stack also opens a connection to HOST:PORT
+(ustack.api.open_connection) once it is ready, sends "from ustack\\n",
+half-closes, and prints what came back as one line `reply: ...`.
+
+Usage (inside a namespace only): python ipv6_harness.py [--connect HOST PORT]
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 
 import pytun
 
-from ustack.counters import Counters
-from ustack.net.ipv6 import IPv6Layer
+from ustack import services
+from ustack.api import open_connection, start_server
+from ustack.runner import StackRunner
+from ustack.stack import Stack
 
-LINUX_SIDE = "2001:2::1/64"
+LINUX_SIDE = ("2001:2::1/64", "198.18.0.1/24")
 STACK = int(ipaddress.IPv6Address("2001:2::2"))
+STACK_V4 = int(ipaddress.IPv4Address("198.18.0.2"))
+
+
+async def serve(connect: tuple[str, int] | None) -> dict[str, int]:
+    tun = pytun.TunTapDevice(name="tun0", flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+    # nodad: the address is usable at once, no 1 s of tentative state.
+    subprocess.run(["ip", "-6", "addr", "add", LINUX_SIDE[0], "dev", "tun0", "nodad"], check=True)
+    subprocess.run(["ip", "addr", "add", LINUX_SIDE[1], "dev", "tun0"], check=True)
+    subprocess.run(["ip", "link", "set", "tun0", "mtu", "1500", "up"], check=True)
+    fd = tun.fileno()
+    os.set_blocking(fd, False)
+
+    def transmit(packet: bytes | bytearray, gso_size: int = 0) -> bool:
+        os.write(fd, packet)
+        return True
+
+    loop = asyncio.get_running_loop()
+    stack = Stack(STACK_V4, transmit, address6=STACK)
+    runner = StackRunner(stack, loop)
+
+    def readable() -> None:
+        for _ in range(64):
+            try:
+                packet = os.read(fd, 65535)
+            except BlockingIOError:
+                break
+            runner.receive(packet)
+        runner.done()
+
+    loop.add_reader(fd, readable)
+    await start_server(runner, services.echo, 7)
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    print("ready", flush=True)
+    if connect is not None:
+        reader, writer = await open_connection(runner, *connect)
+        writer.write(b"from ustack\n")
+        writer.write_eof()
+        reply = await asyncio.wait_for(reader.read(), 10)
+        text = " ".join(reply.decode().split())  # one line
+        print(f"reply: {text} peer {writer.get_extra_info('peername')}", flush=True)
+        writer.close()
+    await stopping.wait()
+    return dict(stack.counters)
 
 
 def main() -> None:
-    tun = pytun.TunTapDevice(name="tun0", flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
-    # nodad: the address is usable at once, no 1 s of tentative state.
-    for argv in (
-        ["ip", "-6", "addr", "add", LINUX_SIDE, "dev", "tun0", "nodad"],
-        ["ip", "link", "set", "tun0", "mtu", "1500", "up"],
-    ):
-        subprocess.run(argv, check=True)
-    counters = Counters()
-
-    def transmit(packet: bytes | bytearray, gso_size: int = 0) -> bool:
-        os.write(tun.fileno(), packet)
-        return True
-
-    layer = IPv6Layer(STACK, transmit, counters)
-    stopping = False
-
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    print("ready", flush=True)
-    clock = 0.0
-    while not stopping:
-        try:
-            readable, _, _ = select.select([tun.fileno()], [], [], 0.1)
-        except InterruptedError:
-            continue
-        clock += 0.1
-        if readable:
-            packet = os.read(tun.fileno(), 65535)
-            if packet and packet[0] >> 4 == 6:
-                layer.receive(packet, clock)
-        layer.handle_timers(clock)
-    print(json.dumps(dict(counters)), flush=True)
+    connect = None
+    if sys.argv[1:2] == ["--connect"]:
+        connect = (sys.argv[2], int(sys.argv[3]))
+    counters = asyncio.run(serve(connect))
+    print(json.dumps(counters), flush=True)
     sys.exit(0)
 
 

@@ -95,7 +95,7 @@ def tshark_frame_count(pcap: Path) -> int:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     lines = path.read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]
-    assert records[0] == {"type": "header", "schema": 3}
+    assert records[0] == {"type": "header", "schema": 4}
     assert all("type" in r and "time" in r for r in records[1:])
     return records[1:]
 

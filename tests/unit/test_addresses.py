@@ -4,10 +4,12 @@ pseudo-header (RFC 8200 8.1) against the RFC 1071 reference and scapy."""
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import PEER6, US4, US6
 from scapy.layers.inet import TCP
 from scapy.layers.inet6 import UDP, ICMPv6EchoRequest, IPv6
 
@@ -20,10 +22,6 @@ from ustack.wire.address import (
     is_ipv6,
     parse_address,
 )
-
-US6 = int(ipaddress.IPv6Address("2001:2::2"))
-PEER6 = int(ipaddress.IPv6Address("2001:2::1"))
-US4 = 0xC6120002
 
 # IPv6 addresses outside ::/96 and ::ffff:0:0/96: the ones the layer handles.
 ipv6_addresses = st.integers(2**32, 2**128 - 1).filter(lambda a: a >> 32 not in (0, 0xFFFF))
@@ -126,7 +124,9 @@ def test_ipv4_pseudo_header_unchanged() -> None:
 def test_build_tcp_for_an_ipv6_four_tuple_checks_out_in_scapy() -> None:
     from ustack.wire.tcp import build_tcp
 
-    segment = build_tcp(
+    # A SYN-ACK from us to the peer, built whole and with the partial checksum.
+    synack = partial(
+        build_tcp,
         src=US6,
         dst=PEER6,
         src_port=80,
@@ -135,23 +135,13 @@ def test_build_tcp_for_an_ipv6_four_tuple_checks_out_in_scapy() -> None:
         ack=9,
         flags=0x12,
         window=65535,
-        payload=b"data",
     )
+    segment = synack(payload=b"data")
     header = bytes(IPv6(src="2001:2::2", dst="2001:2::1", nh=6, plen=len(segment)))
     parsed = IPv6(header + bytes(segment))
     wire_value = parsed[TCP].chksum
     del parsed[TCP].chksum
     assert IPv6(bytes(parsed))[TCP].chksum == wire_value
     # The partial checksum (offload) is the bare pseudo-header sum.
-    partial = build_tcp(
-        src=US6,
-        dst=PEER6,
-        src_port=80,
-        dst_port=40000,
-        seq=5,
-        ack=9,
-        flags=0x12,
-        window=65535,
-        partial_checksum=True,
-    )
-    assert int.from_bytes(partial[16:18], "big") == ref.pseudo_header_sum(US6, PEER6, 6, 20)
+    partial_sum = synack(partial_checksum=True)
+    assert int.from_bytes(partial_sum[16:18], "big") == ref.pseudo_header_sum(US6, PEER6, 6, 20)

@@ -25,7 +25,7 @@ from tcpscript import (
     TcpScript,
 )
 
-from ustack.net.ipv4 import Unreachable
+from ustack.net.ip_common import Unreachable
 from ustack.stack import Stack
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.syncookies import SynCookies

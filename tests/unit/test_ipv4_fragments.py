@@ -12,10 +12,11 @@ import random
 
 import pytest
 from tcpscript import OUR_ISS, PEER, PEER_ISS, US, TcpScript
+from virtual_wire import VirtualWire
 
 from ustack.net.fragments import DATAGRAM_OVERHEAD, FRAGMENT_OVERHEAD, FragmentLimits
 from ustack.stack import Stack
-from ustack.trace.records import Drop, TraceEvent
+from ustack.trace.records import Drop
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.inet import (  # noqa: E402
@@ -33,35 +34,14 @@ US_TEXT = "198.18.0.2"
 PEER_TEXT = "198.18.0.1"
 
 
-class Wire:
+class Wire(VirtualWire[IP]):
     """A Stack on a virtual clock whose transmit appends to a list."""
 
     def __init__(self, mtu: int = 1500, limits: FragmentLimits | None = None) -> None:
-        self.sent: list[bytes] = []
-        self.trace: list[TraceEvent] = []
-        self.now = 0.0
-        self.stack = Stack(US, self._transmit, mtu=mtu, trace=self.trace.append,
+        super().__init__(IP)
+        self.stack = Stack(US, self.transmit, mtu=mtu, trace=self.trace.append,
                            fragment_limits=limits)  # fmt: skip
-
-    def _transmit(self, packet: bytes | bytearray) -> bool:
-        self.sent.append(bytes(packet))
-        return True
-
-    def send(self, *packets: IP | bytes) -> list[IP]:
-        """Each packet in at the current time; what the stack sent."""
-        before = len(self.sent)
-        for packet in packets:
-            self.stack.receive(bytes(packet), self.now)
-        return [IP(p) for p in self.sent[before:]]
-
-    def at(self, t: float) -> list[IP]:
-        """The clock moves to t, timers fire as the runner would fire them."""
-        before = len(self.sent)
-        while (deadline := self.stack.next_deadline()) is not None and deadline <= t:
-            self.now = max(self.now, deadline)
-            self.stack.handle_timers(self.now)
-        self.now = t
-        return [IP(p) for p in self.sent[before:]]
+        self.layer = self.stack
 
     @property
     def counters(self) -> dict[str, int]:

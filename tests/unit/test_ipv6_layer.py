@@ -10,13 +10,18 @@ import logging
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import PEER6 as PEER
+from peers import PEER6_TEXT as PEER_TEXT
+from peers import US6 as US
+from peers import US6_TEXT as US_TEXT
+from virtual_wire import VirtualWire
 
 from ustack.counters import Counters
 from ustack.net.address_rules import icmpv6_error_forbidden
 from ustack.net.fragments import DATAGRAM_OVERHEAD, FRAGMENT_OVERHEAD, FragmentLimits
 from ustack.net.ipv4 import Unreachable
 from ustack.net.ipv6 import IPv6Layer
-from ustack.trace.records import Drop, TraceEvent
+from ustack.trace.records import Drop
 from ustack.trace.vocabulary import DropReason
 from ustack.wire.icmp import Quote
 
@@ -43,45 +48,22 @@ from scapy.layers.inet6 import (  # noqa: E402
     fragment6,
 )
 
-US_TEXT, PEER_TEXT = "2001:2::2", "2001:2::1"
-US = int(ipaddress.IPv6Address(US_TEXT))
-PEER = int(ipaddress.IPv6Address(PEER_TEXT))
 
-
-class Wire:
+class Wire(VirtualWire[IPv6]):
     """An IPv6Layer whose transmit appends to a list, on a virtual clock."""
 
     def __init__(self, mtu: int = 1500, limits: FragmentLimits | None = None) -> None:
-        self.sent: list[bytes] = []
-        self.trace: list[TraceEvent] = []
+        super().__init__(IPv6)
         self.counters = Counters()
         self.counters.tracer = self.trace.append
-        self.now = 0.0
-        self.ip = IPv6Layer(US, self._transmit, self.counters, mtu=mtu, fragment_limits=limits)
+        self.ip = IPv6Layer(US, self.transmit, self.counters, mtu=mtu, fragment_limits=limits)
+        self.layer = self.ip
         self.tcp: list[tuple[int, int, bytes, int]] = []
         self.errors: list[tuple[int, int, int, Quote]] = []
         self.ip.tcp_input = lambda src, dst, seg, now, ok=False, ecn=0: self.tcp.append(
             (src, dst, bytes(seg), ecn)
         )
         self.ip.tcp_error = lambda t, c, mtu, quote, now: self.errors.append((t, c, mtu, quote))
-
-    def _transmit(self, packet: bytes | bytearray) -> bool:
-        self.sent.append(bytes(packet))
-        return True
-
-    def send(self, *packets: IPv6 | bytes) -> list[IPv6]:
-        before = len(self.sent)
-        for packet in packets:
-            self.ip.receive(bytes(packet), self.now)
-        return [IPv6(p) for p in self.sent[before:]]
-
-    def at(self, t: float) -> list[IPv6]:
-        before = len(self.sent)
-        while (deadline := self.ip.next_deadline()) is not None and deadline <= t:
-            self.now = max(self.now, deadline)
-            self.ip.handle_timers(self.now)
-        self.now = t
-        return [IPv6(p) for p in self.sent[before:]]
 
     def drops(self) -> list[tuple[str, str]]:
         return [(e.layer, e.reason) for e in self.trace if isinstance(e, Drop)]

@@ -3,12 +3,13 @@ schemas, builders and parsers against scapy (the independent oracle)."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from construct import Container
 from hypothesis import given
 from hypothesis import strategies as st
+from peers import PEER6 as PEER
+from peers import US6 as US
 
 from ustack.wire.codec import construct_build, construct_parse
 from ustack.wire.icmp import parse_icmp
@@ -42,8 +43,6 @@ from scapy.layers.inet6 import (  # noqa: E402
     IPv6ExtHdrRouting,
 )
 
-US = int(ipaddress.IPv6Address("2001:2::2"))
-PEER = int(ipaddress.IPv6Address("2001:2::1"))
 addresses = st.integers(2**32, 2**128 - 1)
 
 

@@ -21,6 +21,8 @@ import itertools
 import struct
 
 import pytest
+from peers import PEER4 as PEER
+from peers import US4 as US
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
 from ustack.net.address_rules import icmp_error_forbidden, is_unicast_host
@@ -41,8 +43,6 @@ from ustack.wire.icmp import (
 )
 from ustack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, build_ipv4, parse_ipv4
 
-US = int(ipaddress.IPv4Address("198.18.0.2"))
-PEER = int(ipaddress.IPv4Address("198.18.0.1"))
 NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 
 

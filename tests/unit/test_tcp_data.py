@@ -4,7 +4,7 @@ which behaviour of the checklist."""
 
 from __future__ import annotations
 
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS, PEER_ISS, Family, TcpScript
 
 from ustack.tcp.states import State
 from ustack.trace.records import SegmentEvent
@@ -13,22 +13,22 @@ P = PEER_ISS + 1
 U = OUR_ISS + 1
 
 
-def established(**config: object) -> TcpScript:
-    t = TcpScript(listen=80, **config)
+def established(family: Family, **config: object) -> TcpScript:
+    t = TcpScript(family=family, listen=80, **config)
     t.establish(mss=1460)
     return t
 
 
-def test_in_order_data_is_delivered_and_acked() -> None:
-    t = established()
+def test_in_order_data_is_delivered_and_acked(family: Family) -> None:
+    t = established(family)
     t.send("P.", seq=P, ack=U, payload=b"GET / HTTP/1.0\r\n\r\n")
     t.expect(".", seq=U, ack=P + 18)
     assert t.read() == b"GET / HTTP/1.0\r\n\r\n"
     assert t.app_events() == ["Connected", "DataReceived"]
 
 
-def test_out_of_order_segments_are_reassembled() -> None:
-    t = established()
+def test_out_of_order_segments_are_reassembled(family: Family) -> None:
+    t = established(family)
     t.send(".", seq=P + 10, ack=U, payload=b"KLMNOPQRST")
     t.expect(".", ack=P)  # duplicate ACK: a hole at P
     t.send(".", seq=P + 5, ack=U, payload=b"FGHIJKL")  # overlaps the held one
@@ -39,8 +39,8 @@ def test_out_of_order_segments_are_reassembled() -> None:
     assert t.read() == b"ABCDEFGHIJKLMNOPQRST"
 
 
-def test_duplicate_and_overlapping_data_is_delivered_once() -> None:
-    t = established()
+def test_duplicate_and_overlapping_data_is_delivered_once(family: Family) -> None:
+    t = established(family)
     t.send(".", seq=P, ack=U, payload=b"abcdef")
     t.expect(".", ack=P + 6)
     t.send(".", seq=P + 3, ack=U, payload=b"defghi")
@@ -50,8 +50,8 @@ def test_duplicate_and_overlapping_data_is_delivered_once() -> None:
     assert t.read() == b"abcdefghi"
 
 
-def test_receive_window_shrinks_then_reopens_after_read() -> None:
-    t = established(receive_buffer=8000, window_scaling=False)
+def test_receive_window_shrinks_then_reopens_after_read(family: Family) -> None:
+    t = established(family, receive_buffer=8000, window_scaling=False)
     t.send(".", seq=P, ack=U, payload=b"a" * 1460)
     t.expect(".", ack=P + 1460, win=8000 - 1460)
     t.send(".", seq=P + 1460, ack=U, payload=b"b" * 1460)
@@ -68,8 +68,8 @@ def test_receive_window_shrinks_then_reopens_after_read() -> None:
     t.expect(".", ack=P + 8000, win=5000)  # the window update
 
 
-def test_data_is_sent_within_the_peers_window_and_retransmitted_on_rto() -> None:
-    t = TcpScript(listen=80)
+def test_data_is_sent_within_the_peers_window_and_retransmitted_on_rto(family: Family) -> None:
+    t = TcpScript(family=family, listen=80)
     t.establish(mss=1000, win=3000)
     t.write(b"".join(bytes([i]) * 1000 for i in range(5)))
     out = t.expect_many(".", ".", ".")
@@ -87,8 +87,8 @@ def test_data_is_sent_within_the_peers_window_and_retransmitted_on_rto() -> None
     assert t.conn is not None and t.conn.unsent_bytes == 0
 
 
-def test_zero_window_probe_keeps_the_connection_alive() -> None:
-    t = TcpScript(listen=80, retries=3)
+def test_zero_window_probe_keeps_the_connection_alive(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, retries=3)
     t.establish(mss=1000, win=1000)
     t.write(b"x" * 1500)
     t.expect(".", seq=U, payload=b"x" * 1000)
@@ -111,8 +111,8 @@ def test_zero_window_probe_keeps_the_connection_alive() -> None:
     assert notes == ["zero-window probe"] * 6
 
 
-def test_send_buffer_is_bounded() -> None:
-    t = TcpScript(listen=80, send_buffer=4000)
+def test_send_buffer_is_bounded(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, send_buffer=4000)
     t.establish(mss=1000, win=1000)
     assert t.write(b"y" * 10000) == 4000
     t.expect(".")
@@ -122,8 +122,8 @@ def test_send_buffer_is_bounded() -> None:
     assert t.write(b"y" * 5000) == 1000
 
 
-def test_sequence_numbers_wrap_around_2_to_the_32() -> None:
-    t = TcpScript(listen=80, our_iss=0xFFFFFF00)
+def test_sequence_numbers_wrap_around_2_to_the_32(family: Family) -> None:
+    t = TcpScript(family=family, listen=80, our_iss=0xFFFFFF00)
     t.send("S", seq=0xFFFFFFF0, mss=1000)
     t.expect("S.", seq=0xFFFFFF00, ack=0xFFFFFFF1)
     t.send(".", seq=0xFFFFFFF1, ack=0xFFFFFF01)
@@ -136,30 +136,30 @@ def test_sequence_numbers_wrap_around_2_to_the_32() -> None:
     assert t.read() == b"w" * 100
 
 
-def test_segment_without_the_ack_flag_is_dropped_and_delivers_nothing() -> None:
-    t = established()
+def test_segment_without_the_ack_flag_is_dropped_and_delivers_nothing(family: Family) -> None:
+    t = established(family)
     t.send("P", seq=P, payload=b"no ack flag")
     t.expect_none()
     assert t.read() == b""
 
 
-def test_in_window_rst_not_at_rcv_nxt_gets_a_challenge_ack() -> None:
-    t = established()
+def test_in_window_rst_not_at_rcv_nxt_gets_a_challenge_ack(family: Family) -> None:
+    t = established(family)
     t.send("R", seq=P + 100)
     t.expect(".", seq=U, ack=P)
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
 
 
-def test_rst_outside_the_window_is_dropped_silently() -> None:
-    t = established()
+def test_rst_outside_the_window_is_dropped_silently(family: Family) -> None:
+    t = established(family)
     t.send("R", seq=P + 10_000_000)
     t.send("R", seq=P - 1)
     t.expect_none()
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
 
 
-def test_syn_in_established_gets_a_challenge_ack_not_a_reset() -> None:
-    t = established()
+def test_syn_in_established_gets_a_challenge_ack_not_a_reset(family: Family) -> None:
+    t = established(family)
     t.send("S", seq=P + 5)
     t.expect(".", seq=U, ack=P)
     t.send("S", seq=PEER_ISS)  # even the original SYN again
@@ -167,15 +167,15 @@ def test_syn_in_established_gets_a_challenge_ack_not_a_reset() -> None:
     assert t.conn is not None and t.conn.state is State.ESTABLISHED
 
 
-def test_ack_of_data_never_sent_is_dropped_with_an_ack() -> None:
-    t = established()
+def test_ack_of_data_never_sent_is_dropped_with_an_ack(family: Family) -> None:
+    t = established(family)
     t.send("P.", seq=P, ack=U + 5000, payload=b"bogus")
     t.expect(".", seq=U, ack=P)
     assert t.read() == b""  # the segment was dropped, data too
 
 
-def test_challenge_acks_are_rate_limited_per_second() -> None:
-    t = established(challenge_ack_limit=3)
+def test_challenge_acks_are_rate_limited_per_second(family: Family) -> None:
+    t = established(family, challenge_ack_limit=3)
     for i in range(10):
         t.send("R", seq=P + 1 + i)
     assert len(t.sent()) == 3
@@ -188,8 +188,8 @@ def test_challenge_acks_are_rate_limited_per_second() -> None:
     assert t.stack.counters["tcp.out.challenge-ack"] == 4
 
 
-def test_out_of_window_data_gets_a_pure_ack_of_rcv_nxt() -> None:
-    t = established()
+def test_out_of_window_data_gets_a_pure_ack_of_rcv_nxt(family: Family) -> None:
+    t = established(family)
     t.send("P.", seq=P + 1_000_000, ack=U, payload=b"far away")
     t.expect(".", seq=U, ack=P)
     t.send("P.", seq=P - 100, ack=U, payload=b"old")
@@ -197,11 +197,11 @@ def test_out_of_window_data_gets_a_pure_ack_of_rcv_nxt() -> None:
     assert t.read() == b""
 
 
-def test_unanswered_zero_window_probes_give_up_after_the_retries() -> None:
+def test_unanswered_zero_window_probes_give_up_after_the_retries(family: Family) -> None:
     """A peer that closed its window and then vanished: the persist timer
     probes `retries` times, backing off, then the connection times out. The
     probes cut no congestion window (a probe is not a loss)."""
-    t = TcpScript(listen=80, retries=3)
+    t = TcpScript(family=family, listen=80, retries=3)
     t.establish(mss=1000, win=1000)
     t.write(b"x" * 1500)
     t.expect(".", seq=U, payload=b"x" * 1000)

@@ -4,7 +4,7 @@ plus the rarer arrows of the state diagram."""
 from __future__ import annotations
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS, PEER_ISS, Family, TcpScript
 
 from ustack.tcp.events import Closed
 from ustack.tcp.states import State
@@ -13,18 +13,18 @@ P = PEER_ISS + 1
 U = OUR_ISS + 1
 
 
-def into(state: str, **config: object) -> TcpScript:
+def into(family: Family, state: str, **config: object) -> TcpScript:
     """A script whose connection is in `state`, with our data or FIN unacked
     where the state allows it (so a retransmission timer runs)."""
     config.setdefault("retries", 2)
     config.setdefault("synack_retries", 2)
     config.setdefault("syn_retries", 2)
     if state == "SYN_SENT":
-        t = TcpScript(listen=None, **config)
+        t = TcpScript(family=family, listen=None, **config)
         t.connect()
         t.expect("S")
         return t
-    t = TcpScript(listen=80, **config)
+    t = TcpScript(family=family, listen=80, **config)
     if state == "SYN_RECEIVED":
         t.send("S", seq=PEER_ISS)
         t.expect("S.")
@@ -63,8 +63,10 @@ def rcv_nxt(t: TcpScript) -> int:
     [("ESTABLISHED", "ECONNRESET"), ("FIN_WAIT_1", "ECONNRESET"), ("FIN_WAIT_2", "ECONNRESET"),
      ("CLOSE_WAIT", "ECONNRESET"), ("CLOSING", None), ("LAST_ACK", None)],
 )  # fmt: skip
-def test_exact_rst_closes_every_synchronized_state(state: str, error: str | None) -> None:
-    t = into(state)
+def test_exact_rst_closes_every_synchronized_state(
+    state: str, error: str | None, family: Family
+) -> None:
+    t = into(family, state)
     t.send("R", seq=rcv_nxt(t))
     t.expect_none()
     assert t.table == {}
@@ -75,8 +77,8 @@ def test_exact_rst_closes_every_synchronized_state(state: str, error: str | None
     "state",
     ["SYN_SENT", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT", "CLOSING", "LAST_ACK"],
 )
-def test_abort_in_every_state(state: str) -> None:
-    t = into(state)
+def test_abort_in_every_state(state: str, family: Family) -> None:
+    t = into(family, state)
     t.abort()
     if state in ("SYN_SENT", "CLOSING", "LAST_ACK"):
         # SYN_SENT: nothing to reset yet; CLOSING, LAST_ACK: both FINs are out,
@@ -91,8 +93,8 @@ def test_abort_in_every_state(state: str) -> None:
     "state", ["SYN_SENT", "SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT_1", "CLOSE_WAIT", "CLOSING",
               "LAST_ACK"],
 )  # fmt: skip
-def test_retransmissions_exhausted_in_every_state(state: str) -> None:
-    t = into(state)
+def test_retransmissions_exhausted_in_every_state(state: str, family: Family) -> None:
+    t = into(family, state)
     t.wait(100.0)
     assert len(t.sent()) == 2  # retries = 2 (synack_retries, syn_retries alike)
     assert t.table == {}
@@ -102,8 +104,8 @@ def test_retransmissions_exhausted_in_every_state(state: str) -> None:
         assert t.apps[t.conn].events[-1] == Closed(expected)
 
 
-def test_close_in_syn_received_after_simultaneous_open() -> None:
-    t = TcpScript(listen=None)
+def test_close_in_syn_received_after_simultaneous_open(family: Family) -> None:
+    t = TcpScript(family=family, listen=None)
     conn = t.simultaneous_open()
     t.close()
     assert conn.state is State.FIN_WAIT_1
@@ -115,8 +117,8 @@ def test_close_in_syn_received_after_simultaneous_open() -> None:
     assert t.states() == ["CLOSED", "SYN_SENT", "SYN_RECEIVED", "FIN_WAIT_1", "TIME_WAIT"]
 
 
-def test_data_for_orphaned_fin_wait_2_gets_rst() -> None:
-    t = into("FIN_WAIT_2")
+def test_data_for_orphaned_fin_wait_2_gets_rst(family: Family) -> None:
+    t = into(family, "FIN_WAIT_2")
     t.close()
     t.send("P.", seq=P, ack=U + 1, payload=b"late")
     t.expect("R.", seq=U + 1)
@@ -124,10 +126,10 @@ def test_data_for_orphaned_fin_wait_2_gets_rst() -> None:
 
 
 @pytest.mark.parametrize("state", ["FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK"])
-def test_close_with_unread_data_after_shutdown_resets(state: str) -> None:
+def test_close_with_unread_data_after_shutdown_resets(state: str, family: Family) -> None:
     """RFC 9293 3.6 (SHLD-3): unread data at CLOSE means RST, whatever the
     state shutdown() left us in (behaviour 39 beyond ESTABLISHED/CLOSE_WAIT)."""
-    t = TcpScript(listen=80)
+    t = TcpScript(family=family, listen=80)
     t.establish()
     if state == "LAST_ACK":
         t.send("FP.", seq=P, ack=U, payload=b"unread")

@@ -4,7 +4,7 @@ recovery, SACK blocks for held data (RFC 5681, 6582, 2018, 9293 3.8.6.3)."""
 from __future__ import annotations
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS, PEER_ISS, TcpScript, bulk_sender
 
 from ustack.tcp.connection import TcpConnection
 
@@ -15,10 +15,7 @@ MSS = 1000
 
 def sender(**config: object) -> TcpScript:
     """We send: peer MSS 1000, a large window; NewReno for exact numbers."""
-    config.setdefault("congestion_control", "newreno")
-    t = TcpScript(listen=80, **config)
-    t.establish(mss=MSS, win=65535)
-    return t
+    return bulk_sender(MSS, **config)
 
 
 def fast_retransmit_of_the_second_segment(t: TcpScript, size: int) -> None:

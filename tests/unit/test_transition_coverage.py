@@ -30,7 +30,8 @@ SCRIPT_MODULES = [
 
 
 def _calls(function: Callable[..., Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The test's parametrized cases, as (id, keyword arguments)."""
+    """The test's parametrized cases (and the `family` fixture's), as (id,
+    keyword arguments)."""
     axes = []
     for mark in getattr(function, "pytestmark", []):
         if mark.name != "parametrize":
@@ -40,6 +41,9 @@ def _calls(function: Callable[..., Any]) -> Iterator[tuple[str, dict[str, Any]]]
         cases = [dict(zip(names, v if len(names) > 1 else (v,), strict=True))
                  for v in mark.args[1]]  # fmt: skip
         axes.append(cases)
+    if "family" in inspect.signature(function).parameters:
+        # The conftest.py fixture: the script over each IP version.
+        axes.append([{"family": family} for family in tcpscript.FAMILIES])
     for combination in itertools.product(*axes):
         kwargs: dict[str, Any] = {}
         for case in combination:

@@ -28,6 +28,8 @@ from ustack.linux.peer_states import PeerStatesError
 from ustack.linux.tun import LinkError
 from ustack.study.explain import explain_command
 from ustack.study.ladder import ladder_command
+from ustack.study.plot import plot_command
+from ustack.study.report import report_command
 from ustack.study.sinks import TraceOutputError
 
 __all__ = ["UsageError", "build_parser", "lab_plan", "main", "serve", "serve_config"]
@@ -71,6 +73,8 @@ def _run(argv: list[str] | None) -> int:
             "config": config_command,
             "ladder": ladder_command,
             "explain": explain_command,
+            "plot": plot_command,
+            "report": report_command,
             "lab": lab_command,
         }
         return commands[args.command](args)

@@ -12,6 +12,8 @@ from ustack.cli.clients import faults_doc
 from ustack.cli.serve_options import add_serve_arguments
 from ustack.study.explain import add_explain_arguments
 from ustack.study.ladder import add_ladder_arguments
+from ustack.study.plot import add_plot_arguments
+from ustack.study.report import add_report_arguments
 from ustack.trace.vocabulary import FaultAction
 
 DESCRIPTION = (
@@ -72,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="tell one connection of a JSONL trace in plain words, step by step"
     )
     add_explain_arguments(explain_cmd)
+    plot_cmd = commands.add_parser(
+        "plot",
+        help="graphs of one connection of a JSONL trace: time-sequence, cwnd, rtt, window, "
+        "states (SVG or PNG; needs the plot extra)",
+    )
+    add_plot_arguments(plot_cmd)
+    report_cmd = commands.add_parser(
+        "report",
+        help="one self-contained HTML page of a JSONL trace: connections, ladder, graphs, "
+        "events (needs the plot extra)",
+    )
+    add_report_arguments(report_cmd)
 
     connect_cmd = commands.add_parser(
         "connect", help="make the stack connect to HOST PORT; stdin/stdout like nc"

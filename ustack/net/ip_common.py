@@ -1,13 +1,17 @@
 """What the IPv4 and IPv6 layers share (issue 15: the code once for both
-families): the tail every datagram leaves by, the parse-or-drop helper, the
-ICMP rate limit and address rules at the moment an error is to go, UDP's
-closed ports, TCP's view of an ICMP error's quote, and the timers.
+families): output (send, send_in_place and the tail every datagram leaves
+by, around the family's header), the parse-or-drop helper, the ICMP rate
+limit and address rules at the moment an error is to go, UDP's closed ports,
+TCP's view of an ICMP error's quote, the destinations no connection may be
+opened to, and the timers.
 
-Each layer sets the class attributes that name its counters and layers.
+Each layer sets the class attributes that name its counters and layers, and
+writes its own header (`_write_header`, `_send_fragments`).
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -16,13 +20,32 @@ from ustack.net.fragments import Reassembly
 from ustack.net.ratelimit import IcmpRateLimiter
 from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer, Rule
+from ustack.wire.address import format_address
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.icmp import Quote
-from ustack.wire.ipv4 import PROTO_TCP, PROTO_UDP
+from ustack.wire.icmp import REASSEMBLY_TIME_EXCEEDED, Quote
+from ustack.wire.ipv4 import ECN_NOT_ECT, PROTO_TCP, PROTO_UDP
 from ustack.wire.udp import parse_udp
 
 _Header = TypeVar("_Header")
+
+# Receives an ICMP error about a TCP segment we sent: (type, code, the path
+# MTU it stands for (fragmentation needed, packet too big) else 0, the quote, now).
+TcpErrorInput = Callable[[int, int, int, Quote, float], None]
+
+
+# Receives one TCP segment that passed IP input: (src, dst, the segment's
+# bytes, now, checksum_ok: its checksum is known good, the datagram's ECN
+# field, RFC 3168 5). Both layers pass all six; TcpDemux.receive is one.
+TcpInput = Callable[[int, int, memoryview, float, bool, int], None]
+
+
+class Unreachable(OSError):
+    """An active open to an address no connection can be made with: ENETUNREACH,
+    what Linux's connect() says for a broadcast or multicast address."""
+
+    def __init__(self, address: int, why: str) -> None:
+        super().__init__(errno.ENETUNREACH, f"{format_address(address)} is {why}")
 
 
 class IpLayerBase:
@@ -37,15 +60,77 @@ class IpLayerBase:
     # RFC 768: a zero UDP checksum means none was computed; RFC 8200 8.1:
     # IPv6 makes it mandatory, a zero one is wrong.
     UDP_ZERO_CHECKSUM_OK: bool
+    HEADER_LENGTH: int  # the fixed header send() leaves room for: 20, 40
+    TIME_EXCEEDED: int  # the family's ICMP type (RFC 792: 11; RFC 4443: 3)
+    REASSEMBLY_TIME_EXCEEDED_COUNTER: str
 
     address: int
+    mtu: int
     tap: PacketTap | None
     icmp_limiter: IcmpRateLimiter
     fragments: Reassembly
-    tcp_error: Callable[[int, int, int, Quote, float], None] | None
+    tcp_input: TcpInput | None
+    tcp_error: TcpErrorInput | None
     _transmit: Callable[..., bool]
     _counters: Counters
     _now: float
+
+    # ---- output ---------------------------------------------------------
+
+    def send(
+        self,
+        dst: int,
+        protocol: int,
+        payload: Buffer,
+        gso_size: int = 0,
+        may_fragment: bool = True,
+    ) -> None:
+        """One datagram to `dst`. A TCP segment larger than the MTU is allowed
+        with `gso_size`: the link has it cut into segments of that size; TCP
+        keeps its segments under the MSS and is never fragmented. Another
+        datagram larger than the path MTU goes in fragments (RFC 791 3.2,
+        RFC 8200 4.5); `may_fragment` False refuses it instead (IPv4's DF)."""
+        if may_fragment and protocol != PROTO_TCP:
+            path_mtu = self._path_mtu(dst)
+            if self.HEADER_LENGTH + len(payload) > path_mtu:
+                self._send_fragments(dst, protocol, payload, path_mtu)
+                return
+        packet = bytearray(self.HEADER_LENGTH)
+        packet += payload
+        self.send_in_place(dst, packet, gso_size, protocol)
+
+    def send_in_place(
+        self,
+        dst: int,
+        packet: bytearray,
+        gso_size: int = 0,
+        protocol: int = PROTO_TCP,
+        ecn: int = ECN_NOT_ECT,
+    ) -> None:
+        """Like send(), for a payload that already sits behind HEADER_LENGTH
+        free bytes: the header goes there, and the payload is not copied
+        again. (TCP's SendSegment as it is: the TCP layer calls it for every
+        segment; `ecn` is ECT(0) on its data segments when ECN was agreed,
+        RFC 3168 6.1.2.)"""
+        if len(packet) > self.mtu and not gso_size:
+            # TCP sets DF and keeps its segments under the MSS: never fragmented.
+            self._counters.drop(self.IP_LAYER, DropReason.OUT_TOO_BIG, self._now)
+            return
+        self._write_header(dst, packet, gso_size, protocol, ecn)
+        self._put(packet, gso_size)
+
+    def _path_mtu(self, dst: int) -> int:
+        """The largest datagram to `dst` that goes whole."""
+        raise NotImplementedError
+
+    def _send_fragments(self, dst: int, protocol: int, payload: Buffer, path_mtu: int) -> None:
+        raise NotImplementedError
+
+    def _write_header(
+        self, dst: int, packet: bytearray, gso_size: int, protocol: int, ecn: int
+    ) -> None:
+        """The family's header over the first HEADER_LENGTH bytes of `packet`."""
+        raise NotImplementedError
 
     def _put(self, packet: bytearray, gso_size: int = 0) -> bool:
         """A datagram, header and all, to the link: seen by the tap, counted
@@ -145,6 +230,27 @@ class IpLayerBase:
         self._send_port_unreachable(packet)
 
     def _send_port_unreachable(self, packet: Buffer) -> None:
+        raise NotImplementedError
+
+    def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> bool:
+        raise NotImplementedError
+
+    def _send_time_exceeded(self, first_fragment: bytes) -> None:
+        """RFC 1122 3.3.2, RFC 8200 4.5: a datagram not reassembled in time
+        whose first fragment came: Time Exceeded code 1 (in both families,
+        RFC 792 and RFC 4443 3.3), quoting that fragment."""
+        if self.send_icmp_error(self.TIME_EXCEEDED, REASSEMBLY_TIME_EXCEEDED, first_fragment):
+            self._counters[self.REASSEMBLY_TIME_EXCEEDED_COUNTER] += 1
+
+    def check_destination(self, dst: int) -> None:
+        """Raise Unreachable for an address no connection may be opened to:
+        the family's (_check_family_destination), or the stack's own (RFC 1122
+        3.2.1.3: this stack has no loopback to reach itself through)."""
+        self._check_family_destination(dst)
+        if dst == self.address:
+            raise Unreachable(dst, "the stack's own address: it has no loopback to reach itself")
+
+    def _check_family_destination(self, dst: int) -> None:
         raise NotImplementedError
 
     def handle_timers(self, now: float) -> None:

@@ -6,23 +6,20 @@ upper layer's prefix), so a user can see exactly why it was dropped.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import struct
 from collections.abc import Callable
-from typing import Protocol
 
 from ustack.counters import Counters
 from ustack.net.address_rules import icmp_error_forbidden
 from ustack.net.address_rules import is_unicast_host as _is_unicast_source
 from ustack.net.fragments import FragmentLimits, Reassembly
-from ustack.net.ip_common import IpLayerBase
+from ustack.net.ip_common import IpLayerBase, TcpErrorInput, TcpInput, Unreachable
 from ustack.net.ip_id import IpIdentifiers
 from ustack.net.pmtu import DEFAULT_MIN_PMTU, PmtuCache
 from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
 from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer, Rule
-from ustack.wire.address import format_address
 from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import (
@@ -33,17 +30,14 @@ from ustack.wire.icmp import (
     PARAMETER_PROBLEM,
     PORT_UNREACH,
     PRECEDENCE_CUTOFF,
-    REASSEMBLY_TIME_EXCEEDED,
     SOURCE_QUENCH,
     TIME_EXCEEDED,
-    Quote,
     build_icmp,
     parse_icmp,
     parse_quote,
 )
 from ustack.wire.ipv4 import (
     ECN_MASK,
-    ECN_NOT_ECT,
     IPV4_MIN_HEADER_LENGTH,
     IPV4_PLAIN_FIRST_BYTE,
     PROTO_ICMP,
@@ -54,26 +48,6 @@ from ustack.wire.ipv4 import (
     ipv4_plain_fields,
     parse_ipv4,
 )
-
-# Receives an ICMP error about a TCP segment we sent: (type, code, the path
-# MTU it stands for (fragmentation needed) else 0, the quote, now).
-TcpErrorInput = Callable[[int, int, int, Quote, float], None]
-
-
-class TcpInput(Protocol):
-    """Receives one TCP segment that passed IP input: (src, dst, segment
-    bytes, now, checksum_ok) and its datagram's ECN field (RFC 3168 5)."""
-
-    def __call__(
-        self,
-        src: int,
-        dst: int,
-        segment: memoryview,
-        now: float,
-        checksum_ok: bool = False,
-        ecn: int = ECN_NOT_ECT,
-    ) -> None: ...
-
 
 # RFC 1122 3.2.2: an ICMP error quotes the offending datagram, as much as fits
 # in a 576-byte datagram (RFC 1812 4.3.2.3).
@@ -90,14 +64,6 @@ def subnet_broadcasts(network: ipaddress.IPv4Network | None) -> frozenset[int]:
     return frozenset({int(network.network_address), int(network.broadcast_address)})
 
 
-class Unreachable(OSError):
-    """An active open to an address no connection can be made with: ENETUNREACH,
-    what Linux's connect() says for a broadcast or multicast address."""
-
-    def __init__(self, address: int, why: str) -> None:
-        super().__init__(errno.ENETUNREACH, f"{format_address(address)} is {why}")
-
-
 class IPv4Layer(IpLayerBase):
     IP_LAYER = Layer.IP
     ICMP_LAYER = Layer.ICMP
@@ -107,6 +73,9 @@ class IPv4Layer(IpLayerBase):
     ERRORS_RULE = Rule.RFC1122_ICMP_ERRORS
     RATE_RULE = Rule.RFC1812_ICMP_RATE
     UDP_ZERO_CHECKSUM_OK = True  # RFC 768: zero, the sender computed none
+    HEADER_LENGTH = IPV4_MIN_HEADER_LENGTH  # what we send carries no options
+    TIME_EXCEEDED = TIME_EXCEEDED
+    REASSEMBLY_TIME_EXCEEDED_COUNTER = "icmp.out.reassembly-time-exceeded"
 
     def __init__(
         self,
@@ -258,14 +227,12 @@ class IPv4Layer(IpLayerBase):
 
     # ---- output ---------------------------------------------------------
 
-    def check_destination(self, dst: int) -> None:
-        """Raise Unreachable for an address no connection may be opened to:
-        a broadcast or multicast address (RFC 1122 4.2.3.10: an active open
-        MUST NOT be made to one), "this host" 0/8, loopback 127/8 or the
-        stack's own address (RFC 1122 3.2.1.3; this stack has no loopback to
-        reach itself through), a reserved 240/4 address, or the subnet's
-        broadcasts. Linux answers ENETUNREACH for the broadcast, multicast,
-        0/8 and 240/4 ones; for its own addresses, it has a loopback."""
+    def _check_family_destination(self, dst: int) -> None:
+        """A broadcast or multicast address (RFC 1122 4.2.3.10: an active
+        open MUST NOT be made to one), "this host" 0/8, loopback 127/8 (RFC
+        1122 3.2.1.3), a reserved 240/4 address, or the subnet's broadcasts.
+        Linux answers ENETUNREACH for the broadcast, multicast, 0/8 and 240/4
+        ones; for its own addresses, it has a loopback."""
         first_octet = dst >> 24
         if dst == 0xFFFFFFFF or dst in self.broadcasts:
             raise Unreachable(dst, "a broadcast address (RFC 1122 4.2.3.10)")
@@ -277,29 +244,12 @@ class IPv4Layer(IpLayerBase):
             raise Unreachable(dst, '"this host" on this network (RFC 1122 3.2.1.3)')
         if first_octet == 127:
             raise Unreachable(dst, "a loopback address (RFC 1122 3.2.1.3): this stack has none")
-        if dst == self.address:
-            raise Unreachable(dst, "the stack's own address: it has no loopback to reach itself")
 
-    def send(
-        self,
-        dst: int,
-        protocol: int,
-        payload: Buffer,
-        gso_size: int = 0,
-        may_fragment: bool = False,
-    ) -> None:
-        """One datagram to `dst`. A TCP segment larger than the MTU is allowed
-        with `gso_size`: the link has it cut into segments of that size. A
-        datagram that `may_fragment` and is larger than the MTU goes in
-        fragments (RFC 791 3.2); one that may not is dropped (DF)."""
-        if may_fragment and IPV4_MIN_HEADER_LENGTH + len(payload) > self.mtu:
-            self._send_fragments(dst, protocol, payload)
-            return
-        packet = bytearray(IPV4_MIN_HEADER_LENGTH)
-        packet += payload
-        self.send_in_place(dst, packet, gso_size, protocol)
+    def _path_mtu(self, dst: int) -> int:
+        # The link's MTU, as Linux fragments a reply its MTU cannot hold.
+        return self.mtu
 
-    def _send_fragments(self, dst: int, protocol: int, payload: Buffer) -> None:
+    def _send_fragments(self, dst: int, protocol: int, payload: Buffer, path_mtu: int) -> None:
         """RFC 791 3.2: the datagram cut on 8-byte boundaries, each fragment
         with the same ID, its offset, MF on all but the last, DF clear (as
         Linux sends a reply its MTU cannot hold: ip_fragment)."""
@@ -322,24 +272,11 @@ class IPv4Layer(IpLayerBase):
             )
             return fragment
 
-        self._put_fragments(payload, (self.mtu - IPV4_MIN_HEADER_LENGTH) & ~7, fragment_at)
+        self._put_fragments(payload, (path_mtu - IPV4_MIN_HEADER_LENGTH) & ~7, fragment_at)
 
-    def send_in_place(
-        self,
-        dst: int,
-        packet: bytearray,
-        gso_size: int = 0,
-        protocol: int = PROTO_TCP,
-        ecn: int = ECN_NOT_ECT,
+    def _write_header(
+        self, dst: int, packet: bytearray, gso_size: int, protocol: int, ecn: int
     ) -> None:
-        """Like send(), for a payload that already sits behind 20 free bytes:
-        the header goes there, and the payload is not copied again. (TCP's
-        SendSegment as it is: the TCP layer calls it for every segment; `ecn`
-        is ECT(0) on its data segments when ECN was agreed, RFC 3168 6.1.2.)"""
-        if len(packet) > self.mtu and not gso_size:
-            # TCP sets DF and keeps its segments under the MSS: never fragmented.
-            self._counters.drop(Layer.IP, DropReason.OUT_TOO_BIG, self._now)
-            return
         # A GSO super-segment becomes several datagrams, one ID each.
         datagrams = 1
         if gso_size:
@@ -355,12 +292,6 @@ class IPv4Layer(IpLayerBase):
             identification=self._next_ip_id(dst, protocol, self._now, datagrams),
             ecn=ecn,
         )
-        self._put(packet, gso_size)
-
-    def _send_time_exceeded(self, first_fragment: bytes) -> None:
-        """RFC 792, RFC 1122 3.3.2: a datagram not reassembled in time."""
-        if self.send_icmp_error(TIME_EXCEEDED, REASSEMBLY_TIME_EXCEEDED, first_fragment):
-            self._counters["icmp.out.reassembly-time-exceeded"] += 1
 
     def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> bool:
         """An ICMP error about `offending` (a whole IPv4 packet we received),

@@ -26,9 +26,8 @@ from ustack.net.address_rules import (
 )
 from ustack.net.flow_label import FlowLabels
 from ustack.net.fragments import IPV6_FAMILY, IPV6_FRAGMENT_LIMITS, FragmentLimits, Reassembly
-from ustack.net.ip_common import IpLayerBase
+from ustack.net.ip_common import IpLayerBase, TcpErrorInput, TcpInput, Unreachable
 from ustack.net.ip_id import IpIdentifiers
-from ustack.net.ipv4 import TcpErrorInput, TcpInput, Unreachable
 from ustack.net.pmtu import PmtuCache
 from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
 from ustack.trace.records import PacketTap
@@ -47,7 +46,6 @@ from ustack.wire.icmpv6 import (
     PACKET_TOO_BIG,
     PARAMETER_PROBLEM,
     PORT_UNREACH,
-    REASSEMBLY_TIME_EXCEEDED,
     REJECT_ROUTE,
     TIME_EXCEEDED,
     UNRECOGNIZED_NEXT_HEADER,
@@ -56,7 +54,7 @@ from ustack.wire.icmpv6 import (
     is_error_type,
     parse_quote_ipv6,
 )
-from ustack.wire.ipv4 import ECN_MASK, ECN_NOT_ECT, PROTO_TCP, PROTO_UDP
+from ustack.wire.ipv4 import ECN_MASK, PROTO_TCP, PROTO_UDP
 from ustack.wire.ipv6 import (
     EXTENSION_HEADERS,
     FRAGMENT_HEADER_LENGTH,
@@ -84,6 +82,9 @@ ICMPV6_ERROR_MAX = IPV6_MIN_MTU
 # (RFC 2711), which MLD reports carry in their hop-by-hop header.
 _PAD1, _PADN, _ROUTER_ALERT = 0, 1, 5
 _KNOWN_OPTIONS = frozenset({_PADN, _ROUTER_ALERT})
+# TCP's and UDP's source and destination ports, for the flow label (RFC 6437),
+# compiled once: read for every segment sent.
+_PORTS = struct.Struct("!I")
 # RFC 7112 5: the smallest upper-layer header a first fragment must hold.
 _UPPER_HEADER_MIN = {PROTO_TCP: 20, PROTO_UDP: 8, NH_ICMPV6: 4}
 
@@ -108,6 +109,9 @@ class IPv6Layer(IpLayerBase):
     ERRORS_RULE = Rule.RFC4443_ICMP_ERRORS
     RATE_RULE = Rule.RFC4443_ICMP_RATE
     UDP_ZERO_CHECKSUM_OK = False  # RFC 8200 8.1
+    HEADER_LENGTH = IPV6_HEADER_LENGTH
+    TIME_EXCEEDED = TIME_EXCEEDED
+    REASSEMBLY_TIME_EXCEEDED_COUNTER = "icmp6.out.reassembly-time-exceeded"
 
     def __init__(
         self,
@@ -202,7 +206,9 @@ class IPv6Layer(IpLayerBase):
         multicast: bool,
         checksum_ok: bool,
     ) -> None:
-        """RFC 8200 4.1: the extension headers in order, then the upper layer."""
+        """RFC 8200 4.1: the extension headers in order, then the upper layer
+        they lead to (dispatched here, after the loop: the packet, its length
+        and checksum_ok are those of the reassembled datagram if it was one)."""
         next_header, offset, pointer = packet[6], IPV6_HEADER_LENGTH, 6
         while True:
             if next_header == NH_HOP_BY_HOP and offset != IPV6_HEADER_LENGTH:
@@ -229,14 +235,32 @@ class IPv6Layer(IpLayerBase):
                     continue
                 length = FRAGMENT_HEADER_LENGTH  # atomic: on at once (RFC 6946 4)
             else:
-                self._upper_layer(
-                    packet, next_header, offset, pointer, total_length, src, dst, multicast,
-                    checksum_ok,
-                )  # fmt: skip
-                return
+                break  # the upper layer
             pointer = offset  # every extension header's first byte is its next header
             next_header = packet[offset]
             offset += length
+        payload = memoryview(packet)[offset:total_length]
+        if next_header == NH_ICMPV6:
+            self._receive_icmp(src, dst, payload, multicast)
+        elif next_header == NH_NONE:
+            self._counters["ip6.in.no-next-header"] += 1  # RFC 8200 4.7: nothing to do
+        elif multicast:
+            # We join no group but for ND and MLD (Linux: no socket for it).
+            self._counters.drop(Layer.IP6, DropReason.NOT_FOR_US, self._now, "a multicast group")
+        elif next_header == PROTO_TCP:
+            if self.tcp_input is None:  # (a layer tested alone, as IPv4's)
+                self._counters.drop(Layer.IP6, DropReason.UNKNOWN_PROTOCOL, self._now)
+                return
+            ecn = (packet[1] >> 4) & ECN_MASK  # the traffic class's low bits (RFC 3168 5)
+            self.tcp_input(src, dst, payload, self._now, checksum_ok, ecn)
+        elif next_header == PROTO_UDP:
+            self._receive_udp(src, payload, packet[:total_length], checksum_ok)
+        else:
+            raise _Refused(
+                DropReason.UNKNOWN_NEXT_HEADER, Rule.RFC8200_EXTENSION_HEADERS,
+                f"next header {next_header} at byte {pointer}",
+                (UNRECOGNIZED_NEXT_HEADER, pointer),
+            )  # fmt: skip
 
     def _extension_length(self, packet: Buffer, offset: int, total_length: int) -> int:
         if offset + 8 > total_length:
@@ -334,41 +358,6 @@ class IPv6Layer(IpLayerBase):
                 (HEADER_CHAIN_INCOMPLETE, 0),
             )  # fmt: skip
 
-    def _upper_layer(
-        self,
-        packet: Buffer,
-        next_header: int,
-        offset: int,
-        pointer: int,
-        total_length: int,
-        src: int,
-        dst: int,
-        multicast: bool,
-        checksum_ok: bool,
-    ) -> None:
-        payload = memoryview(packet)[offset:total_length]
-        if next_header == NH_ICMPV6:
-            self._receive_icmp(src, dst, payload, multicast)
-        elif next_header == NH_NONE:
-            self._counters["ip6.in.no-next-header"] += 1  # RFC 8200 4.7: nothing to do
-        elif multicast:
-            # We join no group but for ND and MLD (Linux: no socket for it).
-            self._counters.drop(Layer.IP6, DropReason.NOT_FOR_US, self._now, "a multicast group")
-        elif next_header == PROTO_TCP:
-            if self.tcp_input is None:  # (a layer tested alone, as IPv4's)
-                self._counters.drop(Layer.IP6, DropReason.UNKNOWN_PROTOCOL, self._now)
-                return
-            ecn = (packet[1] >> 4) & ECN_MASK  # the traffic class's low bits (RFC 3168 5)
-            self.tcp_input(src, dst, payload, self._now, checksum_ok, ecn)
-        elif next_header == PROTO_UDP:
-            self._receive_udp(src, payload, packet[:total_length], checksum_ok)
-        else:
-            raise _Refused(
-                DropReason.UNKNOWN_NEXT_HEADER, Rule.RFC8200_EXTENSION_HEADERS,
-                f"next header {next_header} at byte {pointer}",
-                (UNRECOGNIZED_NEXT_HEADER, pointer),
-            )  # fmt: skip
-
     def _receive_icmp(self, src: int, dst: int, message: memoryview, multicast: bool) -> None:
         counters = self._counters
         icmp = self._parse_or_drop(parse_icmp, message, Layer.ICMP6)
@@ -424,37 +413,17 @@ class IPv6Layer(IpLayerBase):
 
     # ---- output ---------------------------------------------------------
 
-    def check_destination(self, dst: int) -> None:
-        """Raise Unreachable for an address no connection may be opened to:
-        multicast (RFC 4291 2.7), ::/96 or ::ffff:0:0/96 (RFC 4291 2.5.5:
-        never on the wire here), or our own (no loopback)."""
+    def _check_family_destination(self, dst: int) -> None:
+        """Multicast (RFC 4291 2.7), ::/96 or ::ffff:0:0/96 (RFC 4291 2.5.5:
+        never on the wire here)."""
         if is_ipv6_multicast(dst):
             raise Unreachable(dst, "a multicast address (RFC 4291 2.7)")
         if not is_ipv6_unicast_host(dst):
             raise Unreachable(dst, "in ::/96 or ::ffff:0:0/96 (RFC 4291 2.5.5)")
-        if dst == self.address:
-            raise Unreachable(dst, "the stack's own address: it has no loopback to reach itself")
 
-    def send(
-        self,
-        dst: int,
-        protocol: int,
-        payload: Buffer,
-        gso_size: int = 0,
-        may_fragment: bool = True,
-    ) -> None:
-        """One datagram to `dst`. Other than TCP (which keeps its segments
-        under the MSS), a datagram over the path MTU goes in fragments
-        (RFC 8200 4.5: only the source fragments in IPv6); `may_fragment`
-        False refuses it instead, as IPv4's DF."""
-        if protocol != PROTO_TCP and may_fragment:
-            path_mtu = self.pmtu.lookup(dst, self._now)
-            if IPV6_HEADER_LENGTH + len(payload) > path_mtu:
-                self._send_fragments(dst, protocol, payload, path_mtu)
-                return
-        packet = bytearray(IPV6_HEADER_LENGTH)
-        packet += payload
-        self.send_in_place(dst, packet, gso_size, protocol)
+    def _path_mtu(self, dst: int) -> int:
+        # RFC 8200 4.5: only the source fragments in IPv6, to the path MTU.
+        return self.pmtu.lookup(dst, self._now)
 
     def _send_fragments(self, dst: int, protocol: int, payload: Buffer, path_mtu: int) -> None:
         """RFC 8200 4.5: the payload cut on 8-byte boundaries, each piece
@@ -478,35 +447,18 @@ class IPv6Layer(IpLayerBase):
         step = (path_mtu - IPV6_HEADER_LENGTH - FRAGMENT_HEADER_LENGTH) & ~7
         self._put_fragments(payload, step, fragment_at)
 
-    def send_in_place(
-        self,
-        dst: int,
-        packet: bytearray,
-        gso_size: int = 0,
-        protocol: int = PROTO_TCP,
-        ecn: int = ECN_NOT_ECT,
+    def _write_header(
+        self, dst: int, packet: bytearray, gso_size: int, protocol: int, ecn: int
     ) -> None:
-        """Like send(), for a payload that already sits behind 40 free bytes:
-        the header goes there, the payload is not copied again. The flow label
-        is the flow's (RFC 6437: ports included for TCP and UDP); the traffic
-        class is DSCP 0 and `ecn` (RFC 3168 5)."""
-        if len(packet) > self.mtu and not gso_size:
-            self._counters.drop(Layer.IP6, DropReason.OUT_TOO_BIG, self._now)
-            return
+        # The flow label is the flow's (RFC 6437: ports included for TCP and
+        # UDP); the traffic class is DSCP 0 and `ecn` (RFC 3168 5).
         ports = 0
         if protocol in (PROTO_TCP, PROTO_UDP) and len(packet) >= IPV6_HEADER_LENGTH + 4:
-            ports = struct.unpack_from("!I", packet, IPV6_HEADER_LENGTH)[0]
+            ports = _PORTS.unpack_from(packet, IPV6_HEADER_LENGTH)[0]
         label = self.flow_labels.label(dst, protocol, ports)
         build_ipv6_in_place(
             packet, src=self.address, dst=dst, next_header=protocol, flow_label=label, ecn=ecn
         )
-        self._put(packet, gso_size)
-
-    def _send_time_exceeded(self, first_fragment: bytes) -> None:
-        """RFC 8200 4.5: a datagram not reassembled within 60 s whose first
-        fragment came: Time Exceeded code 1, quoting that fragment."""
-        if self.send_icmp_error(TIME_EXCEEDED, REASSEMBLY_TIME_EXCEEDED, first_fragment):
-            self._counters["icmp6.out.reassembly-time-exceeded"] += 1
 
     def send_icmp_error(self, type_: int, code: int, offending: Buffer, rest: int = 0) -> bool:
         """An ICMPv6 error about `offending` (a whole IPv6 packet we received),

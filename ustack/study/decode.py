@@ -61,6 +61,13 @@ def _options(value: object) -> bool:
     )
 
 
+def _numbers(value: object) -> bool:
+    """A segment's tcb: names to numbers."""
+    return isinstance(value, dict) and all(
+        _printable(name) and _number(v) for name, v in value.items()
+    )
+
+
 # Each field's check, by its annotation in trace/records.py (the records are
 # the one description of the file). Any other annotation is a vocabulary
 # StrEnum, a State or an Event: written as text.
@@ -71,6 +78,7 @@ _CHECKS: dict[str, Callable[[object], bool]] = {
     "int | None": lambda value: value is None or _integer(value),
     "float | None": lambda value: value is None or _number(value),
     "dict[str, Any]": _options,
+    "dict[str, float] | None": lambda value: value is None or _numbers(value),
 }
 
 

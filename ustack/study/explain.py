@@ -48,6 +48,34 @@ def explain(events: Iterable[Record | TraceEvent]) -> list[str]:
     return [f"{n}. {text} [{_refs(refs)}]" for n, (text, refs) in enumerate(steps, 1)]
 
 
+def event_sentences(events: Sequence[Record], peer: str, us: str) -> dict[int, tuple[str, str]]:
+    """The explain sentence and its RFC references for each event of one
+    connection (by id()), one event at a time (no run of plain segments
+    told as one step): what the report page shows for a chosen event. A
+    state change or decision caused by a segment gets that segment's."""
+    context = _context(events, peer, us)
+    told: dict[int, tuple[str, str]] = {}
+    for item in _items(events):
+        for decision in item.decisions:
+            if decision["rule"] in LOSS_RULES:
+                context.loss_rule = decision["rule"]
+        if item.segment("in"):
+            text, refs = incoming_step(item, None, context)
+        elif item.segment("out"):
+            text, refs = outgoing_step(item, context)
+        elif item.kind == "timer":
+            text, refs = timer_step(item, None, context)
+        elif item.kind == "state":
+            text, refs = state_step(item.event)
+        elif item.kind == "peer_state":
+            text, refs = peer_step(item.event)
+        else:
+            text, refs = f"ustack: {item.event['what']}.", [item.event["rule"]]
+        for event in (item.event, *item.states, *item.decisions):
+            told[id(event)] = (text, _refs(refs))
+    return told
+
+
 def _context(events: Sequence[Record], peer: str, us: str) -> Context:
     time_wait = "for 2MSL (twice the maximum segment lifetime)"
     rto_set: dict[int, float] = {}

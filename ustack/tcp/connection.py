@@ -345,6 +345,17 @@ class TcpConnection(TcbView):
         if self.ecn_ok and seg.payload:
             rcv.take_ecn(seg)
         self._receive_text_and_fin(seg.seq, seg.payload, seg.flags & FIN)
+        if self.state is State.FIN_WAIT_1 and snd.fin_acked():
+            # The segment acknowledged our FIN but its own FIN was not next in
+            # sequence (old, beyond the window, or with data held past it):
+            # step five's FIN-WAIT-2 after all.
+            self._our_fin_acked()
+
+    def _our_fin_acked(self) -> None:
+        """RFC 9293 3.10.7.4, fifth step, FIN-WAIT-1: our FIN is acknowledged."""
+        self._transition(Event.RCV_ACK_OF_FIN)
+        if self.orphaned:
+            self._timers.arm(TimerKind.FIN_WAIT_2, self.config.fin_wait_2_timeout)
 
     def _dropped_in_time_wait(self, reason: DropReason) -> None:
         """A segment that TIME_WAIT drops is counted with its reason (the
@@ -390,18 +401,10 @@ class TcpConnection(TcbView):
             return True
         state = self.state
         if state is State.FIN_WAIT_1:
-            rcv = self.receiver
-            end = seq.add(seg.seq, len(seg.payload))
-            if (
-                seg.flags & FIN
-                and seq.le(seg.seq, rcv.rcv_nxt)
-                and seq.ge(end, rcv.rcv_nxt)
-                and seq.le(end, rcv.rcv_adv)  # else the FIN is trimmed with the data
-            ):
-                return True  # its FIN, next in sequence, takes us straight to TIME_WAIT
-            self._transition(Event.RCV_ACK_OF_FIN)
-            if self.orphaned:
-                self._timers.arm(TimerKind.FIN_WAIT_2, self.config.fin_wait_2_timeout)
+            if not seg.flags & FIN:
+                self._our_fin_acked()
+            # else its FIN, if next in sequence, takes us straight to TIME_WAIT;
+            # _receive_synchronized goes to FIN_WAIT_2 after the text if not.
         elif state is State.CLOSING or state is State.LAST_ACK:
             self._transition(Event.RCV_ACK_OF_FIN)
             return False

@@ -25,7 +25,7 @@ from ustack.tcp.events import AppEvent, Closed
 from ustack.tcp.feedback import LowerPathMtu, PathMtu, quoted_ports_and_seq
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.listen import Listener
-from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event
+from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event, tcb_snapshot
 from ustack.tcp.states import Event, State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
@@ -38,6 +38,7 @@ from ustack.trace.records import (
     dotted,
 )
 from ustack.trace.vocabulary import DropReason, Layer, SegmentNote
+from ustack.wire.address import format_endpoint
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
@@ -227,7 +228,7 @@ class TcpDemux:
         counters = self._counters
         local_port, remote_port, sequence = quoted_ports_and_seq(quote.transport)
         key = (quote.dst, remote_port, local_port)
-        summary = f"about {dotted(quote.dst)}:{remote_port} from port {local_port}"
+        summary = f"about {format_endpoint(quote.dst, remote_port)} from port {local_port}"
         layer = Layer.ICMP6 if quote.dst > _IPV4_MAX else Layer.ICMP
         conn = self.connections.get(key)
         if conn is None or conn.state is State.TIME_WAIT:
@@ -584,7 +585,9 @@ class TcpDemux:
         before: str,
         after: str,
     ) -> SegmentEvent:
-        return segment_event(now, conn, self._local(key[0]), key, direction, seg, before, after)
+        tcb = None if conn is None else tcb_snapshot(conn)
+        local = self._local(key[0])
+        return segment_event(now, conn, local, key, direction, seg, before, after, tcb)
 
     def queued(self) -> dict[str, int]:
         """Connections by state, for stats and leak checks."""

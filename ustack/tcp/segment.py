@@ -6,12 +6,16 @@ Ports and addresses are not here: the demultiplexer has matched them already.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ustack.tcp import seq
+from ustack.tcp.congestion.newreno import INITIAL_SSTHRESH
 from ustack.trace.records import SegmentEvent, dotted
 from ustack.trace.vocabulary import SegmentNote
 from ustack.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpOptions
+
+if TYPE_CHECKING:  # (the connection imports this module)
+    from ustack.tcp.connection import TcpConnection
 
 _FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"),
                (ECE, "E"), (CWR, "W"))  # fmt: skip
@@ -76,6 +80,26 @@ class Numbered(Protocol):
     irs: int
 
 
+def tcb_snapshot(conn: TcpConnection) -> dict[str, float]:
+    """The sender's and receiver's state for a segment's trace record
+    (records.TCB_FIELDS): only called with tracing on, so free without it.
+    Flight is SND.MAX - SND.UNA, what tcptrace calls outstanding data (not
+    RFC 6675's pipe, which walks the whole SACK log)."""
+    recovery, sender, receiver = conn.recovery, conn.sender, conn.receiver
+    cc, rtt = recovery.cc, recovery.rtt
+    tcb: dict[str, float] = {"cwnd": cc.cwnd}
+    if cc.ssthresh < INITIAL_SSTHRESH:  # "arbitrarily high" until the first loss
+        tcb["ssthresh"] = cc.ssthresh
+    tcb["flight"] = max(seq.diff(sender.snd_max, sender.snd_una), 0)
+    if rtt.srtt is not None:
+        tcb["srtt"] = round(rtt.srtt, 6)
+        tcb["rttvar"] = round(rtt.rttvar, 6)
+    tcb["rto"] = round(rtt.rto, 6)
+    tcb["snd_wnd"] = sender.snd_wnd
+    tcb["rcv_wnd"] = max(seq.diff(receiver.rcv_adv, receiver.rcv_nxt), 0)
+    return tcb
+
+
 def segment_event(
     now: float,
     conn: Numbered | None,
@@ -85,6 +109,7 @@ def segment_event(
     seg: Segment,
     before: str,
     after: str,
+    tcb: dict[str, float] | None = None,
 ) -> SegmentEvent:
     """The trace record of `seg` going `direction` ("in" or "out") between our
     `address` and the (remote, remote port, local port) `key`, with its
@@ -115,4 +140,5 @@ def segment_event(
         after,
         SegmentNote(seg.note),
         ECN_NAMES[seg.ecn],
+        tcb,
     )

@@ -4,7 +4,7 @@ The core hands events to a `Tracer` (any callable) when one is set; with
 none set, tracing costs one `is not None` test per place. Raw packets go to
 packet taps (the pcap writer) the same way.
 
-Schema version 3 (docs/trace-format.md): every event has a "type" and a
+Schema version 4 (docs/trace-format.md): every event has a "type" and a
 "time"; events of a connection have its id ("conn") and 4-tuple. Fields
 typed with the vocabulary's StrEnums (ustack.trace.vocabulary) are written
 as their text, so the file holds plain strings.
@@ -31,9 +31,10 @@ from ustack.wire.address import format_address
 if TYPE_CHECKING:  # annotations only: the trace sits below the TCP core
     from ustack.tcp.states import Event, State
 
-TRACE_SCHEMA_VERSION = 3
-# Schemas the readers accept: 2 lacks Decision.kind, which readers treat as "".
-READABLE_SCHEMAS = (2, 3)
+TRACE_SCHEMA_VERSION = 4
+# Schemas the readers accept: 2 lacks Decision.kind, which readers treat as "";
+# 2 and 3 lack SegmentEvent.tcb, which readers treat as None.
+READABLE_SCHEMAS = (2, 3, 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,11 @@ class SegmentEvent:
     state_after: str
     note: SegmentNote = SegmentNote.NONE  # why we sent it, when that is not plain
     ecn: str = ""  # its IP ECN field (RFC 3168 5): "", "ECT(0)", "ECT(1)" or "CE"
+    # Schema 4: the connection's sender and receiver state once the segment
+    # was handled (in) or queued (out): cwnd, ssthresh, flight, srtt, rttvar,
+    # rto, snd_wnd, rcv_wnd (TCB_FIELDS). What a capture cannot show, for the
+    # plots; None for a segment of no connection.
+    tcb: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,10 @@ TraceEvent = (
 Tracer = Callable[[TraceEvent], None]
 # (direction "in"/"out", the raw IPv4 packet, time)
 PacketTap = Callable[[str, bytes, float], None]
+
+# The keys of SegmentEvent.tcb, in bytes and seconds; ssthresh and srtt are
+# left out while they have no value yet (before the first loss, the first sample).
+TCB_FIELDS = ("cwnd", "ssthresh", "flight", "srtt", "rttvar", "rto", "snd_wnd", "rcv_wnd")
 
 _KINDS: dict[type, str] = {
     NewConnection: "connection",
