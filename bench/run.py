@@ -688,31 +688,54 @@ class Rotation:
         measure: Callable[[Target], float],
         what: str,
     ) -> None:
-        spent = {t.label: 0.0 for t in targets}
-        before_row = {t.label: len(row.of(t)) for t in targets}
+        self.rows([(targets, row, measure, what)])
+
+    def rows(
+        self, plan: Sequence[tuple[Sequence[Target], Row, Callable[[Target], float], str]]
+    ) -> None:
+        """Several rows whose reps interleave (IPv4's rep, then IPv6's, ...),
+        so that they compare under the same background load."""
+        spent = {(what, t.label): 0.0 for targets, _, _, what in plan for t in targets}
+        before_row = {(what, t.label): len(row.of(t)) for targets, row, _, what in plan
+                      for t in targets}  # fmt: skip
         for rep in range(self.reps):
+            for targets, row, measure, what in plan:
+                for t in targets:
+                    self._rep(t, row, measure, what, rep, spent, before_row)
+        for targets, _, _, _ in plan:
             for t in targets:
                 t.alive()
-                done = len(row.of(t)) - before_row[t.label]
-                if done and spent[t.label] * (done + 1) / done > self.budget:  # one more: over
-                    if rep + 1 == self.reps:
-                        self.slow.append(
-                            f"{what}: {t.label} stopped after {done} of {self.reps} reps "
-                            f"({spent[t.label]:.0f} s; one more would pass the row budget, "
-                            f"{self.budget:.0f} s)"
-                        )
-                    continue
-                start = time.monotonic()
-                before = loss_snapshot(t)
-                value = measure(t)
-                after = loss_snapshot(t)
-                spent[t.label] += time.monotonic() - start
-                moved = self.tally(what, t, before, after)
-                row.of(t).append(value)
-                extra = f"  ({', '.join(f'{k} +{v}' for k, v in moved.items())})" if moved else ""
-                log_step(f"  {what} rep {rep + 1}/{self.reps} {t.label}: {fmt(value)}{extra}")
-        for t in targets:
-            t.alive()
+
+    def _rep(
+        self,
+        t: Target,
+        row: Row,
+        measure: Callable[[Target], float],
+        what: str,
+        rep: int,
+        spent: dict[tuple[str, str], float],
+        before_row: dict[tuple[str, str], int],
+    ) -> None:
+        t.alive()
+        key = (what, t.label)
+        done = len(row.of(t)) - before_row[key]
+        if done and spent[key] * (done + 1) / done > self.budget:  # one more: over
+            if rep + 1 == self.reps:
+                self.slow.append(
+                    f"{what}: {t.label} stopped after {done} of {self.reps} reps "
+                    f"({spent[key]:.0f} s; one more would pass the row budget, "
+                    f"{self.budget:.0f} s)"
+                )
+            return
+        start = time.monotonic()
+        before = loss_snapshot(t)
+        value = measure(t)
+        after = loss_snapshot(t)
+        spent[key] += time.monotonic() - start
+        moved = self.tally(what, t, before, after)
+        row.of(t).append(value)
+        extra = f"  ({', '.join(f'{k} +{v}' for k, v in moved.items())})" if moved else ""
+        log_step(f"  {what} rep {rep + 1}/{self.reps} {t.label}: {fmt(value)}{extra}")
 
 
 def benchmark(
@@ -807,13 +830,18 @@ def benchmark(
     def send(t: Target) -> float:
         return send_rate(t, bulk, s.transfer_timeout, rotation.slow)
 
-    rotation.row(targets, rows["down1500"], download, "download MTU 1500 (MB/s)")
-    rotation.row(targets, rows["up1500"], upload_, "upload MTU 1500 (MB/s)")
-    rotation.row(targets, rows["send1500"], send, "send to discard MTU 1500 (MB/s)")
-    # The same bulk rows over IPv6 (issue 15: within 10 % of IPv4), same servers.
+    # The bulk rows over IPv6 too (issue 15: within 10 % of IPv4), same
+    # servers, each IPv6 rep right after its IPv4 one: the same background load.
     targets6 = (over_ipv6(ustack, STACK_ADDRESS6), over_ipv6(kernel, KERNEL_SERVER6))
-    rotation.row(targets6, rows["down1500v6"], download, "download MTU 1500 IPv6 (MB/s)")
-    rotation.row(targets6, rows["up1500v6"], upload_, "upload MTU 1500 IPv6 (MB/s)")
+    rotation.rows([
+        (targets, rows["down1500"], download, "download MTU 1500 (MB/s)"),
+        (targets6, rows["down1500v6"], download, "download MTU 1500 IPv6 (MB/s)"),
+    ])  # fmt: skip
+    rotation.rows([
+        (targets, rows["up1500"], upload_, "upload MTU 1500 (MB/s)"),
+        (targets6, rows["up1500v6"], upload_, "upload MTU 1500 IPv6 (MB/s)"),
+    ])  # fmt: skip
+    rotation.row(targets, rows["send1500"], send, "send to discard MTU 1500 (MB/s)")
     for t in targets:
         notes["health"][f"{t.label} (MTU 1500 phase)"] = health(t)
 

@@ -359,12 +359,17 @@ def _has_address(
 
 
 def _set_ipv6(device: str, enabled: bool) -> None:
-    """IPv6 on the device we created, and only there (its own sysctl, in the
-    namespace we run in); off with --no-ipv6, which keeps the kernel's IPv6
-    chatter (router solicitations, MLD reports) off our device."""
+    """IPv6 on the device we created, and only there (its own sysctls, in the
+    namespace we run in); off with --no-ipv6. On, without router
+    solicitations (accept_ra=0): no router lives behind a TUN, and the
+    kernel would otherwise send one now and then, forever (rtr_solicits -1),
+    into every capture. (A TUN is IFF_NOARP: the kernel does no DAD there and
+    joins no solicited-node group, so no neighbour or MLD messages either.)"""
+    knobs = {"accept_ra": "0", "disable_ipv6": "0"} if enabled else {"disable_ipv6": "1"}
     try:
-        with open(f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6", "w") as knob:
-            knob.write("0" if enabled else "1")
+        for knob, value in knobs.items():
+            with open(f"/proc/sys/net/ipv6/conf/{device}/{knob}", "w") as sysctl:
+                sysctl.write(value)
     except OSError:
         if enabled:
             raise LinkError(
