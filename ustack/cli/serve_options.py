@@ -94,7 +94,8 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         default=[],
         choices=TRACE_FORMATS,
         help="format of the matching --trace (in order); default from the file name: "
-        ".pcap pcap, .jsonl jsonl, else text",
+        ".pcap pcap, .pcapng pcapng (packets with the reasons as comments), .jsonl jsonl, "
+        "else text",
     )
     serve_cmd.add_argument(
         "--trace-port", type=PORT, action="append", default=[], help="trace only this port"
@@ -404,8 +405,8 @@ def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
     specs = []
     for i, path in enumerate(args.trace):
         fmt = args.trace_format[i] if i < len(args.trace_format) else format_for(path)
-        if fmt == "pcap" and str(path) == "-":
-            raise UsageError("a pcap trace needs a file, not '-'")
+        if fmt in ("pcap", "pcapng") and str(path) == "-":
+            raise UsageError(f"a {fmt} trace needs a file, not '-'")
         _check_trace_path(path)
         specs.append(TraceSpec(path, fmt))
     for host in args.trace_host:
