@@ -136,6 +136,11 @@ _DIGITS_5000 = "9" * 5000
         (["serve", "--trace", "-", "--trace-format", "pcap"], "a pcap trace needs a file"),
         (["serve", "--trace", "-", "--trace-format", "pcapng"], "a pcapng trace needs a file"),
         (["serve", "--trace", "-", "--trace-format", "pcap-ng"], "invalid choice: 'pcap-ng'"),
+        # export: a format is needed; the readers' numbers
+        (["export", "t.jsonl"], "one of the arguments --qlog is required"),
+        (["export", "t.jsonl", "--qlog", "--conn", "one"], "--conn: invalid int value: 'one'"),
+        (["export", "t.jsonl", "--qlog", "--max-line-bytes", "10"], "want a number of bytes >= 64"),
+        (["export", "--qlog"], "the following arguments are required: trace"),
         (["serve", "--trace-host", "nobody"], "bad --trace-host"),
         (["serve", "--fault-seed", "-1"], "--fault-seed: -1 is not in 0.."),
         (["serve", "--fault-seed", "1.5"], "'1.5' is not a whole number"),
