@@ -30,7 +30,7 @@ from ustack.study.pcapng import (
     pcapng_header,
     segment_comment,
 )
-from ustack.study.sinks import TraceSinks, TraceSpec, format_for
+from ustack.study.sinks import TraceRotation, TraceSinks, TraceSpec, format_for
 from ustack.trace.records import SegmentEvent, TraceEvent
 from ustack.trace.vocabulary import SegmentNote
 
@@ -208,3 +208,18 @@ def test_the_daemon_sinks_pick_pcapng_by_name_and_settle_on_close(tmp_path: Path
     assert path.read_bytes() == pcapng_header()  # held for its reasons
     sinks.close()  # ... written at the end all the same
     assert tshark_rows(path, "tcp.dstport") == [["9"]]
+
+
+def test_a_rotated_pcapng_starts_each_file_with_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "t.pcapng"
+    sinks = TraceSinks([TraceSpec(path, "pcapng")], rotation=TraceRotation(4096, keep=1))
+    assert sinks.tap is not None
+    packet = bytes(IP(src="198.18.0.2", dst="198.18.0.1") / TCP(sport=80, flags="SA") / bytes(900))
+    for _ in range(6):  # about 1 KiB a block: the file rotates after four
+        sinks.tap("out", packet, 0.0)
+    sinks.close()
+    rotated = path.with_name("t.pcapng.1")
+    assert path.read_bytes().startswith(pcapng_header())
+    assert rotated.read_bytes().startswith(pcapng_header())
+    frames = len(tshark_rows(rotated, "frame.number")) + len(tshark_rows(path, "frame.number"))
+    assert frames == 6

@@ -1,5 +1,5 @@
-"""Trace sinks: where trace events and raw packets go (JSON lines, text, pcap),
-filters in front of them, and the set of files a daemon writes.
+"""Trace sinks: where trace events and raw packets go (JSON lines, text, pcap;
+pcapng in pcapng.py), filters in front of them, and the set of files a daemon writes.
 
 The records themselves, and the `Tracer` type the core calls, live in
 `ustack.trace.records`; the sans-I/O core never imports this module.
