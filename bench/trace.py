@@ -16,6 +16,8 @@ Each mode is one way of setting `trace` on both stacks:
     jsonl    JsonlWriter(io.StringIO()): events as JSON lines
     text     TextWriter(io.StringIO()): events as aligned text lines
     pcap     (extra) trace=None, but a PcapWriter(io.BytesIO()) packet tap
+    pcapng   a PcapngWriter(io.BytesIO()) as both tap and tracer: every
+             packet with its events as packet comments
 
 "us/segment" divides the time of a whole transfer by the TCP segments the
 two stacks received (data one way, ACKs the other). Every cell is the best of
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 import machine  # bench/machine.py: scripts here run as python bench/NAME.py
 
 from ustack.stack import Stack
+from ustack.study.pcapng import PcapngWriter
 from ustack.study.sinks import JsonlWriter, PcapWriter, TextWriter
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, DataReceived, SendSpace
@@ -63,12 +66,18 @@ def _null(_event: TraceEvent) -> None:
     """A trace sink that does nothing: what remains is the cost of the events."""
 
 
+def _pcapng() -> tuple[Tracer, PacketTap]:
+    writer = PcapngWriter(io.BytesIO())
+    return writer, writer.tap
+
+
 MODES = (
     Mode("off", "trace=None", lambda: (None, None)),
     Mode("null", "no-op callable", lambda: (_null, None)),
     Mode("jsonl", "JsonlWriter(StringIO)", lambda: (JsonlWriter(io.StringIO()), None)),
     Mode("text", "TextWriter(StringIO)", lambda: (TextWriter(io.StringIO()), None)),
     Mode("pcap", "PcapWriter(BytesIO) tap", lambda: (None, PcapWriter(io.BytesIO()))),
+    Mode("pcapng", "PcapngWriter tap+tracer", _pcapng),
 )
 
 

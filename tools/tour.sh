@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's tour: ustack in a private network namespace, a real curl session
-# traced three ways (text, JSON lines, pcap), its ladder diagram (ASCII, SVG,
-# Mermaid), the plain-words explanation, tshark reading the pcap, and ss/stats
+# traced four ways (text, JSON lines, pcap, pcapng with the reasons), its ladder
+# diagram (ASCII, SVG, Mermaid), the plain-words explanation, tshark reading the
+# pcap and the pcapng's comments, the qlog export, and ss/stats
 # of the running daemon. Needs root; everything it makes goes away at the end.
 #   usage: sudo tools/tour.sh [OUTDIR]      (default: ./tour)
 set -euo pipefail
@@ -13,7 +14,8 @@ python=${PYTHON:-python3}
 # socket in $out); the session runs inside, and when it ends the daemon stops,
 # so the traces are complete, and the namespace goes.
 "$python" -m ustack lab --workdir "$out" --serve-arg=--msl=1 --serve-arg=--peer-states \
-    --trace "$out/trace.txt" --trace "$out/trace.jsonl" --trace "$out/trace.pcap" -- \
+    --trace "$out/trace.txt" --trace "$out/trace.jsonl" --trace "$out/trace.pcap" \
+    --trace "$out/trace.pcapng" -- \
     env PYTHON="$python" bash -euo pipefail -c '
 echo "== curl http://198.18.0.2/"
 curl -sS http://198.18.0.2/ | head -3
@@ -36,4 +38,9 @@ echo "== ustack explain"
 "$python" -m ustack explain "$out/trace.jsonl" --conn "$conn"
 echo "== tshark -r trace.pcap"
 tshark -r "$out/trace.pcap" 2>/dev/null | head -20
+echo "== tshark -r trace.pcapng: ustack's reasons beside the frames"
+tshark -r "$out/trace.pcapng" -Y "tcp.port == 80" -T fields -e frame.number -e tcp.flags.str \
+    -e frame.comment 2>/dev/null | head -4
+"$python" -m ustack export "$out/trace.jsonl" --qlog -o "$out/trace.sqlog"
+echo "== qlog (JSON-SEQ): $out/trace.sqlog, $(grep -c . "$out/trace.sqlog") records"
 echo "== the text trace: $out/trace.txt; SVG: $out/ladder.svg; Mermaid: $out/ladder.mmd"

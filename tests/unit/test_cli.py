@@ -166,6 +166,13 @@ _DIGITS_5000 = "9" * 5000
         (["serve", "--trace", "/etc"], "not a regular file, a FIFO or a character device"),
         (["serve", "--trace-format", "text"], "more --trace-format than --trace"),
         (["serve", "--trace", "-", "--trace-format", "pcap"], "a pcap trace needs a file"),
+        (["serve", "--trace", "-", "--trace-format", "pcapng"], "a pcapng trace needs a file"),
+        (["serve", "--trace", "-", "--trace-format", "pcap-ng"], "invalid choice: 'pcap-ng'"),
+        # export: a format is needed; the readers' numbers
+        (["export", "t.jsonl"], "one of the arguments --qlog is required"),
+        (["export", "t.jsonl", "--qlog", "--conn", "one"], "--conn: invalid int value: 'one'"),
+        (["export", "t.jsonl", "--qlog", "--max-line-bytes", "10"], "want a number of bytes >= 64"),
+        (["export", "--qlog"], "the following arguments are required: trace"),
         (["serve", "--trace-host", "nobody"], "bad --trace-host"),
         (["serve", "--trace-host", "::ffff:198.18.0.1"], "bad --trace-host"),
         (["serve", "--fault-seed", "-1"], "--fault-seed: -1 is not in 0.."),
@@ -266,11 +273,12 @@ def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: P
     existing = tmp_path / "old.jsonl"
     existing.write_text("")
     new = tmp_path / "new.pcap"
+    new_ng = tmp_path / "new.pcapng"
     argv = ["serve", "--no-control", "--trace", "-", "--trace", str(fifo)]
-    argv += ["--trace", str(existing), "--trace", str(new)]
+    argv += ["--trace", str(existing), "--trace", str(new), "--trace", str(new_ng)]
     config = cli.serve_config(cli.build_parser().parse_args(argv))
-    assert [spec.format for spec in config.traces] == ["text", "text", "jsonl", "pcap"]
-    assert not new.exists()
+    assert [spec.format for spec in config.traces] == ["text", "text", "jsonl", "pcap", "pcapng"]
+    assert not new.exists() and not new_ng.exists()
 
 
 @given(value=st.text(min_size=1, max_size=30).filter(lambda v: not v.startswith("-")))

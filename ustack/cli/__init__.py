@@ -27,6 +27,7 @@ from ustack.linux.lab import LabError
 from ustack.linux.peer_states import PeerStatesError
 from ustack.linux.tun import LinkError
 from ustack.study.explain import explain_command
+from ustack.study.export import export_command
 from ustack.study.ladder import ladder_command
 from ustack.study.plot import plot_command
 from ustack.study.report import report_command
@@ -75,6 +76,7 @@ def _run(argv: list[str] | None) -> int:
             "explain": explain_command,
             "plot": plot_command,
             "report": report_command,
+            "export": export_command,
             "lab": lab_command,
         }
         return commands[args.command](args)

@@ -11,6 +11,7 @@ from ustack.cli.args import PORT, Parser, add_control_option, bounded_int, ip_ad
 from ustack.cli.clients import faults_doc
 from ustack.cli.serve_options import add_serve_arguments
 from ustack.study.explain import add_explain_arguments
+from ustack.study.export import add_export_arguments
 from ustack.study.ladder import add_ladder_arguments
 from ustack.study.plot import add_plot_arguments
 from ustack.study.report import add_report_arguments
@@ -88,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         "events (needs the plot extra)",
     )
     add_report_arguments(report_cmd)
+    export_cmd = commands.add_parser(
+        "export",
+        help="a JSONL trace for other tools: --qlog, qlog's JSON-SEQ (qvis loads it)",
+        description="ustack export TRACE --qlog -o FILE.sqlog: the trace in qlog's JSON-SEQ "
+        "shape (RFC 7464 records; qlog 0.3 main schema framing, TCP events named as QUIC's "
+        "nearest or ustack:*). A pcapng cannot be made from a trace (it holds no packet "
+        "bytes): serve with --trace FILE.pcapng.",
+    )
+    add_export_arguments(export_cmd)
 
     connect_cmd = commands.add_parser(
         "connect", help="make the stack connect to HOST PORT; stdin/stdout like nc"

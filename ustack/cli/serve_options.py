@@ -110,7 +110,8 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         default=[],
         choices=TRACE_FORMATS,
         help="format of the matching --trace (in order); default from the file name: "
-        ".pcap pcap, .jsonl jsonl, else text",
+        ".pcap pcap, .pcapng pcapng (packets with the reasons as comments), .jsonl jsonl, "
+        "else text",
     )
     serve_cmd.add_argument(
         "--trace-port", type=PORT, action="append", default=[], help="trace only this port"

@@ -27,8 +27,8 @@ def trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
     specs = []
     for i, path in enumerate(args.trace):
         fmt = args.trace_format[i] if i < len(args.trace_format) else format_for(path)
-        if fmt == "pcap" and str(path) == "-":
-            raise UsageError("a pcap trace needs a file, not '-'")
+        if fmt in ("pcap", "pcapng") and str(path) == "-":
+            raise UsageError(f"a {fmt} trace needs a file, not '-'")
         _check_trace_path(path)
         specs.append(TraceSpec(path, fmt))
     return specs

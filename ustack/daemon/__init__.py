@@ -237,6 +237,7 @@ class Daemon:
         except LinkGone as exc:
             self._lost_link(exc)
         self.runner.done()
+        self._traces.settle()  # a pcapng writes the last packet read, with its reasons
 
     def _lost_link(self, exc: LinkGone) -> bool:
         """The device went away under us (deleted, or its namespace removed):
@@ -307,6 +308,7 @@ class Daemon:
         self._receive_now(packet, checksum_ok)
         assert self.runner is not None
         self.runner.done()
+        self._traces.settle()
 
     def _trace_fault(self, direction: str, packet: Buffer, verdict: Verdict) -> None:
         self.stack.counters[f"fault.{verdict.rule.action if verdict.rule else ''}"] += 1

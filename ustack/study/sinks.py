@@ -1,5 +1,5 @@
-"""Trace sinks: where trace events and raw packets go (JSON lines, text, pcap),
-filters in front of them, and the set of files a daemon writes.
+"""Trace sinks: where trace events and raw packets go (JSON lines, text, pcap;
+pcapng in pcapng.py), filters in front of them, and the set of files a daemon writes.
 
 The records themselves, and the `Tracer` type the core calls, live in
 `ustack.trace.records`; the sans-I/O core never imports this module.
@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ustack.study.packet_view import view
 from ustack.trace.records import (
@@ -40,6 +40,9 @@ from ustack.trace.records import (
 )
 from ustack.trace.vocabulary import FaultAction
 from ustack.wire.address import format_address, parse_address
+
+if TYPE_CHECKING:
+    from ustack.study.pcapng import PcapngWriter
 
 log = logging.getLogger("ustack.trace")
 
@@ -304,12 +307,14 @@ class FilteredTap:
             self._sink(direction, packet, now)
 
 
-TRACE_FORMATS = ("text", "jsonl", "pcap")
+TRACE_FORMATS = ("text", "jsonl", "pcap", "pcapng")
 
 
 def format_for(path: Path) -> str:
-    """The format a trace file's name suggests: .pcap, .jsonl/.json, else text."""
+    """The format a trace file's name suggests: .pcap, .pcapng, .jsonl/.json, else text."""
     suffix = path.suffix.lower()
+    if suffix in (".pcapng", ".ntar"):
+        return "pcapng"
     if suffix in (".pcap", ".cap"):
         return "pcap"
     if suffix in (".jsonl", ".json"):
@@ -470,6 +475,7 @@ class TraceSinks:
     ) -> None:
         self.files: list[TraceFile] = []
         self.counters: Counter[str] = Counter()
+        self._pcapng: list[PcapngWriter] = []
         try:
             self._open(specs, trace_filter, rotation or TraceRotation())
         except OSError as exc:
@@ -481,15 +487,26 @@ class TraceSinks:
     def _open(
         self, specs: list[TraceSpec], trace_filter: TraceFilter | None, rotation: TraceRotation
     ) -> None:
+        # (pcapng builds on this module's text lines: imported here, not at the top)
+        from ustack.study.pcapng import PcapngWriter, pcapng_header
+
         tracers: list[Tracer] = []
         taps: list[PacketTap] = []
         for spec in specs:
             header = pcap_header() if spec.format == "pcap" else b""
             if spec.format == "jsonl":
                 header = JSONL_HEADER.encode()
+            elif spec.format == "pcapng":
+                header = pcapng_header()
             file = TraceFile(spec.path, header, rotation, self._count_write_error)
             self.files.append(file)
-            if spec.format == "pcap":
+            if spec.format == "pcapng":
+                # Packets and the events that explain them, in one writer.
+                pcapng = PcapngWriter(file, header=False)
+                self._pcapng.append(pcapng)
+                taps.append(pcapng.tap)
+                tracers.append(pcapng)
+            elif spec.format == "pcap":
                 taps.append(PcapWriter(file, header=False))
             elif spec.format == "jsonl":
                 tracers.append(JsonlWriter(file, header=False))
@@ -517,7 +534,14 @@ class TraceSinks:
         """SIGHUP: every file opened again at its path; how many were."""
         return sum(file.reopen() for file in self.files)
 
+    def settle(self) -> None:
+        """After a batch of packets handled: a pcapng writes the packet it
+        held for its reasons (every one it caused has been traced)."""
+        for pcapng in self._pcapng:
+            pcapng.settle()
+
     def close(self) -> None:
+        self.settle()
         for file in self.files:
             file.close()
 
