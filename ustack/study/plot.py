@@ -82,47 +82,31 @@ def _figure() -> Figure:
 
 def _time_sequence(ax: Axes, data: PlotData) -> None:
     ax.set_title(f"time-sequence: {data.sender}'s data ({data.title})", fontsize=10)
-    for kind in ("new", "retransmission", "probe"):
-        bars = [s for s in data.sent if s.kind == kind and not s.lost]
-        if bars:
-            ax.vlines(
-                [s.time for s in bars],
-                [s.start for s in bars],
-                [s.end for s in bars],
-                colors=COLOURS[kind],
-                linewidth=2.4 if kind != "new" else 1.0,
-                label={"new": "segment sent", "retransmission": "retransmission"}.get(
-                    kind, "probe"
-                ),
-                gid=f"sent-{kind}",
-            )
-    resent = [s for s in data.sent if s.kind != "new" and not s.lost]
-    if resent:  # (a bar of a few bytes is a dot on a long transfer: mark each)
-        ax.plot(
-            [s.time for s in resent],
-            [s.start for s in resent],
-            "o",
-            color=COLOURS["retransmission"],
-            markersize=3,
-        )
-    lost = [s for s in data.sent if s.lost]
-    if lost:
+    # Each segment a vertical bar from its first byte to its end; lost ones
+    # dashed. Retransmissions get a dot and lost ones a cross as well: on a
+    # long transfer a bar of a few bytes is too short to see.
+    bars = {
+        "new": ("segment sent", 1.0, "solid", None),
+        "retransmission": ("retransmission", 2.4, "solid", "o"),
+        "probe": ("probe", 2.4, "solid", "o"),
+        "lost": ("lost (fault injector)", 1.0, "dashed", "x"),
+    }
+    for kind, (label, width, style, mark) in bars.items():
+        sent = [
+            s for s in data.sent if (s.lost if kind == "lost" else s.kind == kind and not s.lost)
+        ]
+        if not sent:
+            continue
+        times = [s.time for s in sent]
         ax.vlines(
-            [s.time for s in lost],
-            [s.start for s in lost],
-            [s.end for s in lost],
-            colors=COLOURS["lost"],
-            linestyles="dashed",
-            label="lost (fault injector)",
-            gid="sent-lost",
-        )
-        ax.plot(
-            [s.time for s in lost],
-            [s.end for s in lost],
-            "x",
-            color=COLOURS["lost"],
-            markersize=5,
-        )
+            times, [s.start for s in sent], [s.end for s in sent], colors=COLOURS[kind],
+            linewidth=width, linestyles=style, label=label, gid=f"sent-{kind}",
+        )  # fmt: skip
+        if mark == "o":
+            ys = [s.start for s in sent]
+            ax.plot(times, ys, "o", color=COLOURS["retransmission"], markersize=3)
+        elif mark == "x":
+            ax.plot(times, [s.end for s in sent], "x", color=COLOURS["lost"], markersize=5)
     if data.acked:
         times = [a.time for a in data.acked]
         ax.step(
