@@ -8,11 +8,14 @@ Run (as root, from the repository, with the venv's Python):
 Two setups, both in private network namespaces made here and removed at the
 end (also on failure, SIGINT, SIGTERM; children get SIGTERM if this process dies):
 
-  ustack   one namespace: `ustack serve` on its TUN (Linux 198.18.0.1, stack
-           198.18.0.2); the clients run in the same namespace.
+  ustack   one namespace: `ustack serve` on its TUN (Linux 198.18.0.1 and
+           2001:2::1, stack 198.18.0.2 and 2001:2::2); the clients run in the
+           same namespace.
   kernel   two namespaces joined by a veth pair: the server (bench/kernel_server.py,
            ustack's own service handlers on kernel sockets through asyncio) at
-           198.19.0.2, the clients at 198.19.0.1.
+           198.19.0.2 and 2001:2:1::2, the clients at 198.19.0.1 and 2001:2:1::1.
+
+The bulk rows at MTU 1500 run over IPv4 and again over IPv6, in the same run.
 
 The same client programs drive both: curl (download, upload), ab (HTTP rate),
 bench/client.py (connect+close rate, 1-byte echo ping-pong, idle connections).
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import hashlib
 import json
 import os
@@ -48,6 +52,7 @@ from types import FrameType
 from typing import Any
 
 from ustack.linux.lab import (
+    STACK_ADDRESS6,
     LabError,
     Netns,
     UstackDaemon,
@@ -63,6 +68,7 @@ BENCH = Path(__file__).resolve().parent
 NS_PREFIX = "ustack-b"
 USTACK_LINUX, USTACK_STACK = "198.18.0.1", "198.18.0.2"
 KERNEL_CLIENT, KERNEL_SERVER = "198.19.0.1", "198.19.0.2"
+KERNEL_CLIENT6, KERNEL_SERVER6 = "2001:2:1::1", "2001:2:1::2"  # RFC 5180's range, as the lab's
 LINUX_CC = "cubic"  # ustack's default congestion control; Linux's everywhere here
 ECHO, DISCARD = 7, 9
 BIG_MTU = 65535
@@ -198,6 +204,7 @@ def start_ustack(res: Resources, workdir: Path, mtu: int, extra: Sequence[str] =
     res.server(daemon.process)
     check_pid_is(daemon.process.pid, "ustack")
     linux_cc(ns, USTACK_STACK, "tun0")
+    linux_cc(ns, STACK_ADDRESS6, "tun0")
     return Target("ustack", ns, ns, USTACK_STACK, daemon.process, daemon.log, daemon.control)
 
 
@@ -205,7 +212,8 @@ def linux_cc(ns: str, peer: str, dev: str) -> None:
     """Linux's TCP towards `peer` runs CUBIC, like ustack, whatever the
     machine's default (often BBR): a host route's congctl, since a namespace's
     sysctl may not be writable."""
-    route = ["ip", "-n", ns, "route", "replace", f"{peer}/32", "dev", dev]
+    host = f"{peer}/128" if ":" in peer else f"{peer}/32"
+    route = ["ip", "-n", ns, "route", "replace", host, "dev", dev]
     run([*route, "congctl", "lock", LINUX_CC], timeout=10)
 
 
@@ -213,18 +221,34 @@ def start_kernel(res: Resources, workdir: Path) -> Target:
     client_ns, server_ns = res.netns("kc"), res.netns("ks")
     veth_pair(Netns(client_ns), Netns(server_ns), ("bk0", "bk1"),
               (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))  # fmt: skip
-    linux_cc(client_ns, KERNEL_SERVER, "bk0")
-    linux_cc(server_ns, KERNEL_CLIENT, "bk1")
+    for ns, dev, address in (
+        (client_ns, "bk0", KERNEL_CLIENT6),
+        (server_ns, "bk1", KERNEL_SERVER6),
+    ):
+        run(["ip", "-n", ns, "addr", "add", f"{address}/64", "dev", dev, "nodad"], timeout=10)
+    for ns, dev, peer in (
+        (client_ns, "bk0", KERNEL_SERVER),
+        (server_ns, "bk1", KERNEL_CLIENT),
+        (client_ns, "bk0", KERNEL_SERVER6),
+        (server_ns, "bk1", KERNEL_CLIENT6),
+    ):
+        linux_cc(ns, peer, dev)
     log = workdir / "kernel-server.log"
     server = BENCH / "kernel_server.py"
     process = start_until_ready(
         lambda fd: nsexec(server_ns, sys.executable, str(server), "--address", KERNEL_SERVER,
-                          "--ready-fd", str(fd)),
+                          "--address", KERNEL_SERVER6, "--ready-fd", str(fd)),
         log,
     )  # fmt: skip
     res.server(process)
     check_pid_is(process.pid, "kernel_server")
     return Target("kernel", client_ns, server_ns, KERNEL_SERVER, process, log)
+
+
+def over_ipv6(target: Target, address: str) -> Target:
+    """The same server and clients, reached at its IPv6 address (as a URL
+    writes it: [2001:2::2])."""
+    return dataclasses.replace(target, address=f"[{address}]")
 
 
 def set_kernel_mtu(target: Target, mtu: int) -> None:
@@ -247,7 +271,7 @@ def curl(t: Target, max_time: float, *argv: str) -> tuple[str, list[str]]:
     """Run curl in the client namespace; (body, the -w fields). A transfer cut
     at --max-time (exit 28) still reports what it moved, in what time."""
     result = run(
-        t.client("curl", "-sS", "--max-time", f"{max_time:.0f}", *argv),
+        t.client("curl", "-sS", "-g", "--max-time", f"{max_time:.0f}", *argv),
         timeout=max_time + 15,
         check=False,
     )
@@ -664,31 +688,54 @@ class Rotation:
         measure: Callable[[Target], float],
         what: str,
     ) -> None:
-        spent = {t.label: 0.0 for t in targets}
-        before_row = {t.label: len(row.of(t)) for t in targets}
+        self.rows([(targets, row, measure, what)])
+
+    def rows(
+        self, plan: Sequence[tuple[Sequence[Target], Row, Callable[[Target], float], str]]
+    ) -> None:
+        """Several rows whose reps interleave (IPv4's rep, then IPv6's, ...),
+        so that they compare under the same background load."""
+        spent = {(what, t.label): 0.0 for targets, _, _, what in plan for t in targets}
+        before_row = {(what, t.label): len(row.of(t)) for targets, row, _, what in plan
+                      for t in targets}  # fmt: skip
         for rep in range(self.reps):
+            for targets, row, measure, what in plan:
+                for t in targets:
+                    self._rep(t, row, measure, what, rep, spent, before_row)
+        for targets, _, _, _ in plan:
             for t in targets:
                 t.alive()
-                done = len(row.of(t)) - before_row[t.label]
-                if done and spent[t.label] * (done + 1) / done > self.budget:  # one more: over
-                    if rep + 1 == self.reps:
-                        self.slow.append(
-                            f"{what}: {t.label} stopped after {done} of {self.reps} reps "
-                            f"({spent[t.label]:.0f} s; one more would pass the row budget, "
-                            f"{self.budget:.0f} s)"
-                        )
-                    continue
-                start = time.monotonic()
-                before = loss_snapshot(t)
-                value = measure(t)
-                after = loss_snapshot(t)
-                spent[t.label] += time.monotonic() - start
-                moved = self.tally(what, t, before, after)
-                row.of(t).append(value)
-                extra = f"  ({', '.join(f'{k} +{v}' for k, v in moved.items())})" if moved else ""
-                log_step(f"  {what} rep {rep + 1}/{self.reps} {t.label}: {fmt(value)}{extra}")
-        for t in targets:
-            t.alive()
+
+    def _rep(
+        self,
+        t: Target,
+        row: Row,
+        measure: Callable[[Target], float],
+        what: str,
+        rep: int,
+        spent: dict[tuple[str, str], float],
+        before_row: dict[tuple[str, str], int],
+    ) -> None:
+        t.alive()
+        key = (what, t.label)
+        done = len(row.of(t)) - before_row[key]
+        if done and spent[key] * (done + 1) / done > self.budget:  # one more: over
+            if rep + 1 == self.reps:
+                self.slow.append(
+                    f"{what}: {t.label} stopped after {done} of {self.reps} reps "
+                    f"({spent[key]:.0f} s; one more would pass the row budget, "
+                    f"{self.budget:.0f} s)"
+                )
+            return
+        start = time.monotonic()
+        before = loss_snapshot(t)
+        value = measure(t)
+        after = loss_snapshot(t)
+        spent[key] += time.monotonic() - start
+        moved = self.tally(what, t, before, after)
+        row.of(t).append(value)
+        extra = f"  ({', '.join(f'{k} +{v}' for k, v in moved.items())})" if moved else ""
+        log_step(f"  {what} rep {rep + 1}/{self.reps} {t.label}: {fmt(value)}{extra}")
 
 
 def benchmark(
@@ -698,6 +745,8 @@ def benchmark(
     rows = {
         "down1500": Row("download server->client, MTU 1500", "MB/s", "higher"),
         "up1500": Row("upload client->server, MTU 1500", "MB/s", "higher"),
+        "down1500v6": Row("download server->client, MTU 1500, IPv6", "MB/s", "higher"),
+        "up1500v6": Row("upload client->server, MTU 1500, IPv6", "MB/s", "higher"),
         "down64k": Row(f"download server->client, MTU {BIG_MTU}", "MB/s", "higher"),
         "up64k": Row(f"upload client->server, MTU {BIG_MTU}", "MB/s", "higher"),
         "send1500": Row("send client->server discard, MTU 1500", "MB/s", "higher"),
@@ -781,8 +830,17 @@ def benchmark(
     def send(t: Target) -> float:
         return send_rate(t, bulk, s.transfer_timeout, rotation.slow)
 
-    rotation.row(targets, rows["down1500"], download, "download MTU 1500 (MB/s)")
-    rotation.row(targets, rows["up1500"], upload_, "upload MTU 1500 (MB/s)")
+    # The bulk rows over IPv6 too (issue 15: within 10 % of IPv4), same
+    # servers, each IPv6 rep right after its IPv4 one: the same background load.
+    targets6 = (over_ipv6(ustack, STACK_ADDRESS6), over_ipv6(kernel, KERNEL_SERVER6))
+    rotation.rows([
+        (targets, rows["down1500"], download, "download MTU 1500 (MB/s)"),
+        (targets6, rows["down1500v6"], download, "download MTU 1500 IPv6 (MB/s)"),
+    ])  # fmt: skip
+    rotation.rows([
+        (targets, rows["up1500"], upload_, "upload MTU 1500 (MB/s)"),
+        (targets6, rows["up1500v6"], upload_, "upload MTU 1500 IPv6 (MB/s)"),
+    ])  # fmt: skip
     rotation.row(targets, rows["send1500"], send, "send to discard MTU 1500 (MB/s)")
     for t in targets:
         notes["health"][f"{t.label} (MTU 1500 phase)"] = health(t)
@@ -800,8 +858,9 @@ def benchmark(
     upload.unlink()
 
     notes["losses"], notes["slow"] = rotation.losses, rotation.slow
-    order = ["down1500", "up1500", "send1500", "down64k", "up64k", "send64k", "connect",
-             "ab1", "ab1fail", "abN", "abNfail", "p50", "p99", "rss", "slab"]  # fmt: skip
+    order = ["down1500", "down1500v6", "up1500", "up1500v6", "send1500", "down64k", "up64k",
+             "send64k", "connect", "ab1", "ab1fail", "abN", "abNfail", "p50", "p99", "rss",
+             "slab"]  # fmt: skip
     return [rows[k] for k in order], notes
 
 

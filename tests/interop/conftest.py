@@ -3,7 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from ustack.linux.lab import Netns, UstackDaemon, netns, remove_stale_namespaces
+from ustack.linux.lab import (
+    FAMILIES,
+    Family,
+    Netns,
+    UstackDaemon,
+    netns,
+    remove_stale_namespaces,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,3 +28,10 @@ def ns() -> Iterator[Netns]:
 def daemon(ns: Netns, tmp_path: Path) -> Iterator[UstackDaemon]:
     with UstackDaemon.start(ns, tmp_path) as d:
         yield d
+
+
+@pytest.fixture(params=FAMILIES, ids=[family.name for family in FAMILIES])
+def family(request: pytest.FixtureRequest) -> Family:
+    """A test taking `family` runs over IPv4 and over IPv6 (issue 15)."""
+    family: Family = request.param
+    return family

@@ -21,6 +21,7 @@ from pathlib import Path
 from ustack.linux.control import request
 from ustack.linux.lab import (
     STACK_ADDRESS,
+    STACK_ADDRESS6,
     Netns,
     UstackDaemon,
     netns,
@@ -42,6 +43,8 @@ BAD_REQUESTS = [
     b'{"command": "connect", "host": "198.18.0.1", "port": "80"}',
     b'{"command": "connect", "host": 3322085377, "port": 80}',
     b'{"command": "connect", "host": ["198.18.0.1"], "port": 80}',
+    b'{"command": "connect", "host": "::ffff:198.18.0.1", "port": 80}',  # RFC 4291 2.5.5.2
+    b'{"command": "connect", "host": "[2001:2::1]", "port": 80}',
     b'{"command": "connect"}',
     b'{"command": "config", "msl": 1e400}',
     b'{"command": "config", "msl": NaN}',
@@ -180,7 +183,7 @@ def test_a_long_connection_table_comes_without_stalling_the_loop(ns: Netns, tmp_
         assert reply["ok"] and len(rows) == count
         assert {row["state"] for row in rows} == {"ESTABLISHED"}
         assert len({row["remote"] for row in rows}) == count
-        assert reply["listening"] == [f"{STACK_ADDRESS}:9"]
+        assert reply["listening"] == [f"{STACK_ADDRESS}:9", f"[{STACK_ADDRESS6}]:9"]
         longest = _longest_round_trip(samples, start, end)
         print(f"connections: {count} rows in {end - start:.3f} s, longest stats {longest:.4f} s")
         assert longest < 0.1, f"the loop stalled {longest * 1000:.0f} ms"
@@ -301,6 +304,7 @@ def test_the_readme_recipe_without_root(ns: Netns, tmp_path: Path) -> None:
         assert b"Hello from ustack" in page.stdout, page.stderr
         assert ss.returncode == 0, ss.stderr
         listening = [line.split()[3] for line in ss.stdout.splitlines() if "LISTEN" in line]
+        # A device made by root without IPv6: the daemon serves IPv4 only.
         assert listening == [f"{STACK_ADDRESS}:80"], ss.stdout
         without = _ustack(ns, "ss", wrapper=_AS_USER, env=_environment())
         assert (without.returncode, without.stderr) == (

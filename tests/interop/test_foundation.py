@@ -10,63 +10,78 @@ from pathlib import Path
 
 import pytest
 
-from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, ping
+from ustack.linux.lab import (
+    LINUX_ADDRESS,
+    LINUX_ADDRESS6,
+    STACK_ADDRESS,
+    STACK_ADDRESS6,
+    Family,
+    Netns,
+    UstackDaemon,
+    ping,
+)
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: E402
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6  # noqa: E402
 
 
-def test_ping_gets_three_replies(ns: Netns, daemon: UstackDaemon) -> None:
-    result = ping(ns, 3)
+def test_ping_gets_three_replies(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
+    result = ping(ns, 3, address=family.stack)
     out = result.stdout.decode()
     assert result.returncode == 0, out
     assert "3 packets transmitted, 3 received" in out
-    assert daemon.stats()["icmp.echo"] == 3
+    assert daemon.stats()[f"{family.icmp}.echo"] == 3
 
 
-def test_ping_payload_sizes_come_back_intact(ns: Netns, daemon: UstackDaemon) -> None:
-    # Odd and even sizes exercise the checksum's odd-byte path; 1472 fills the MTU.
-    for size in (0, 1, 57, 1000, 1472):
-        result = ping(ns, 1, "-s", str(size), "-p", "a5")
+def test_ping_payload_sizes_come_back_intact(
+    ns: Netns, daemon: UstackDaemon, family: Family
+) -> None:
+    # Odd and even sizes exercise the checksum's odd-byte path; 1472 (IPv4)
+    # and 1452 (IPv6) fill the MTU.
+    for size in (0, 1, 57, 1000, family.mss + 12):
+        result = ping(ns, 1, "-s", str(size), "-p", "a5", address=family.stack)
         assert result.returncode == 0, (size, result.stdout.decode())
 
 
-def test_curl_to_closed_port_is_refused(ns: Netns, daemon: UstackDaemon) -> None:
+def test_curl_to_closed_port_is_refused(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
     # Port 80 has the HTTP service; 81 has nothing.
     # -v makes curl print the errno text of the failed connect().
-    result = ns.run("curl", "-v", "--connect-timeout", "5", f"http://{STACK_ADDRESS}:81/")
+    result = ns.run("curl", "-v", "-g", "--connect-timeout", "5", family.url(port=81))
     # 7 is "failed to connect" (RST), 28 would be a time-out (no answer).
     assert result.returncode == 7, result.stderr.decode()
     assert "Connection refused" in result.stderr.decode()
     assert daemon.stats()["tcp.out.rst"] == 1
 
 
-def test_python_connect_is_refused(ns: Netns, daemon: UstackDaemon) -> None:
+def test_python_connect_is_refused(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
     code = (
         "import socket\n"
         "try:\n"
-        f"    socket.create_connection(('{STACK_ADDRESS}', 5555), timeout=5)\n"
+        f"    socket.create_connection(('{family.stack}', 5555), timeout=5)\n"
         "except ConnectionRefusedError:\n"
         "    print('refused')\n"
     )
     assert ns.python(code).stdout == b"refused\n"
 
 
-def test_nc_udp_to_closed_port_gets_port_unreachable(ns: Netns, daemon: UstackDaemon) -> None:
+def test_nc_udp_to_closed_port_gets_port_unreachable(
+    ns: Netns, daemon: UstackDaemon, family: Family
+) -> None:
     # nc -z probes UDP by writing until a write fails with ECONNREFUSED (our
-    # ICMP port unreachable): exit 1. With no ICMP it says "succeeded", exit 0.
-    result = ns.run("nc", "-v", "-u", "-z", "-w", "2", STACK_ADDRESS, "9999")
+    # ICMP or ICMPv6 port unreachable): exit 1. With no ICMP it says "succeeded", exit 0.
+    result = ns.run("nc", "-v", "-u", "-z", "-w", "2", family.stack, "9999")
     assert result.returncode == 1, result.stderr.decode()
     assert b"succeeded" not in result.stderr
-    assert daemon.stats()["udp.out.port-unreachable"] >= 1
+    assert daemon.stats()[f"{family.udp}.out.port-unreachable"] >= 1
 
 
-def test_python_udp_sees_port_unreachable(ns: Netns, daemon: UstackDaemon) -> None:
+def test_python_udp_sees_port_unreachable(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
     code = (
         "import socket\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
         "s.settimeout(5)\n"
-        f"s.connect(('{STACK_ADDRESS}', 9))\n"
+        f"s.connect(('{family.stack}', 9))\n"
         "s.send(b'x')\n"
         "try:\n"
         "    s.recv(10)\n"
@@ -74,7 +89,7 @@ def test_python_udp_sees_port_unreachable(ns: Netns, daemon: UstackDaemon) -> No
         "    print('refused')\n"
     )
     assert ns.python(code).stdout == b"refused\n"
-    assert daemon.stats()["udp.out.port-unreachable"] == 1
+    assert daemon.stats()[f"{family.udp}.out.port-unreachable"] == 1
 
 
 def _after_barrier(ns: Netns, daemon: UstackDaemon) -> dict[str, int]:
@@ -100,7 +115,10 @@ MALFORMED: dict[str, bytes] = {
     "ip.drop.frag-too-big": bytes(
         IP(src=LINUX_ADDRESS, dst=STACK_ADDRESS, flags="MF", frag=8190) / ICMP() / bytes(8)
     ),
-    "ip.drop.ipv6-unsupported": bytes.fromhex("60000000000011ff") + bytes(32),
+    # IPv6 (RFC 8200 3): a payload length past the packet's end.
+    "ip6.drop.ipv6-bad-payload-length": bytes(
+        IPv6(src=LINUX_ADDRESS6, dst=STACK_ADDRESS6, plen=200) / ICMPv6EchoRequest()
+    ),
     "tcp.drop.bad-checksum": bytes(_good() / TCP(dport=80, flags="S", chksum=0xBEEF)),
     "udp.drop.bad-checksum": bytes(_good() / UDP(dport=53, chksum=0xBEEF) / b"q"),
     "icmp.drop.bad-checksum": bytes(_good() / ICMP(chksum=0xBEEF)),

@@ -1,9 +1,9 @@
 """IPv4 fragments with the real daemon and real Linux (RFC 791 3.2, RFC 1122 3.3.2).
 
-- `ping -s 4000` and `ping -s 65000` from the Linux side: the kernel sends the
-  requests in fragments, the stack reassembles them and answers in fragments,
-  which the kernel reassembles in turn (its own ReasmOKs count them), as Linux
-  itself answers such a ping;
+- `ping -s 4000` and `ping -s 65000` from the Linux side, over IPv4 and IPv6
+  (RFC 8200 4.5): the kernel sends the requests in fragments, the stack
+  reassembles them and answers in fragments, which the kernel reassembles in
+  turn (its own ReasmOKs count them), as Linux itself answers such a ping;
 - a 5 MB upload whose TCP segments are fragmented on the way in: client netns
   --veth (MTU 1500)-- router netns (ip_forward, tun0's MTU lowered to 1000
   after the daemon came up with 1500, so the stack still offers MSS 1460) --
@@ -24,8 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ustack.linux.lab import (
+    IPV4,
     LINUX_ADDRESS,
     STACK_ADDRESS,
+    Family,
     Netns,
     UstackDaemon,
     netns,
@@ -48,8 +50,12 @@ def _linux_snmp(ns: Netns, group: str, name: str) -> int:
     return int(values[names.index(name)])
 
 
-def _linux_reasm_oks(ns: Netns) -> int:
-    return _linux_snmp(ns, "Ip", "ReasmOKs")
+def _linux_reasm_oks(ns: Netns, family: Family = IPV4) -> int:
+    if family is IPV4:
+        return _linux_snmp(ns, "Ip", "ReasmOKs")
+    # /proc/net/snmp6: one "Name value" a line.
+    snmp6 = ns.run("cat", "/proc/net/snmp6", check=True).stdout.decode().split()
+    return int(snmp6[snmp6.index("Ip6ReasmOKs") + 1])
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -61,23 +67,27 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_ping_4000_and_65000_are_answered_in_fragments(ns: Netns, daemon: UstackDaemon) -> None:
-    before = _linux_reasm_oks(ns)
+def test_ping_4000_and_65000_are_answered_in_fragments(
+    ns: Netns, daemon: UstackDaemon, family: Family
+) -> None:
+    before = _linux_reasm_oks(ns, family)
     for size, count in ((4000, 3), (65000, 2)):
-        result = ping(ns, count, "-s", str(size))
+        result = ping(ns, count, "-s", str(size), address=family.stack)
         assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
         assert f"{count} received" in result.stdout.decode()
     stats = daemon.stats()
-    # Requests: 4008 bytes of ICMP in 3 fragments, 65008 in 44 (1480 a fragment).
-    fragments = 3 * 3 + 2 * 44
-    assert stats["ip.reasm.oks"] == 5
-    assert stats["ip.reasm.reqds"] == fragments
-    assert stats["icmp.echo"] == 5
+    # Requests: 4008 bytes of ICMP in 3 fragments, 65008 in 44 (1480 a
+    # fragment) or 45 (IPv6: 1448, after the fixed and fragment headers).
+    fragments = 3 * 3 + 2 * -(-65008 // family.fragment_data)
+    ip = family.ip
+    assert stats[f"{ip}.reasm.oks"] == 5
+    assert stats[f"{ip}.reasm.reqds"] == fragments
+    assert stats[f"{family.icmp}.echo"] == 5
     # The replies: as many datagrams fragmented, each one put together by Linux.
-    assert stats["ip.frag.oks"] == 5
-    assert stats["ip.frag.creates"] == fragments
-    assert _linux_reasm_oks(ns) - before == 5
-    assert not any(name.startswith("ip.drop.frag") for name in stats), stats
+    assert stats[f"{ip}.frag.oks"] == 5
+    assert stats[f"{ip}.frag.creates"] == fragments
+    assert _linux_reasm_oks(ns, family) - before == 5
+    assert not any(name.startswith(f"{ip}.drop.frag") for name in stats), stats
 
 
 def test_an_upload_fragmented_by_a_router_arrives_intact(ns: Netns, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tools.losstest import pattern_sha256
-from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import IPV4, LINUX_ADDRESS, STACK_ADDRESS, Family, Netns, UstackDaemon
 
 PASSIVE_CLOSE = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
 ACTIVE_CLOSE = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2",
@@ -19,40 +19,48 @@ ACTIVE_CLOSE_COMBINED = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT_1", 
                          "CLOSED"]  # fmt: skip
 
 
-def download_sha256(ns: Netns, size: int) -> str:
+def download_sha256(ns: Netns, size: int, family: Family = IPV4) -> str:
     """curl /bytes/SIZE from the stack; the SHA-256 of what arrived."""
     result = ns.run(
-        "sh", "-c", f"curl -sS --max-time 120 http://{STACK_ADDRESS}/bytes/{size} | sha256sum",
+        "sh", "-c", f"curl -sS -g --max-time 120 '{family.url(f'/bytes/{size}')}' | sha256sum",
         timeout=150, check=True,
     )  # fmt: skip
     return result.stdout.split()[0].decode()
 
 
-def test_curl_small_page(ns: Netns, daemon: UstackDaemon) -> None:
-    result = ns.run("curl", "-sS", "--max-time", "10", f"http://{STACK_ADDRESS}/", check=True)
+def test_curl_small_page(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
+    result = ns.run("curl", "-sS", "-g", "--max-time", "10", family.url(), check=True)
     assert b"Hello from ustack" in result.stdout
     daemon.wait_until_no_connections()
     # curl closes first: Linux holds TIME_WAIT, we go CLOSE_WAIT -> LAST_ACK.
     assert daemon.lives(local_port=80) == [PASSIVE_CLOSE]
 
 
-def test_curl_50_megabytes_every_byte_checked(ns: Netns, daemon: UstackDaemon) -> None:
+def test_curl_50_megabytes_every_byte_checked(
+    ns: Netns, daemon: UstackDaemon, family: Family
+) -> None:
     size = 50 * 1024 * 1024
-    assert download_sha256(ns, size) == pattern_sha256(size)
+    assert download_sha256(ns, size, family) == pattern_sha256(size)
     daemon.wait_until_no_connections()
     assert daemon.lives(local_port=80) == [PASSIVE_CLOSE]
 
 
-def test_curl_upload_20_megabytes(ns: Netns, daemon: UstackDaemon, tmp_path: Path) -> None:
+def test_curl_upload_20_megabytes(
+    ns: Netns, daemon: UstackDaemon, tmp_path: Path, family: Family
+) -> None:
     body = tmp_path / "upload.bin"
     body.write_bytes(bytes((i * 7 + i // 251) % 256 for i in range(20 * 1024 * 1024)))
     result = ns.run(
-        "curl", "-sS", "--max-time", "60", "--data-binary", f"@{body}",
-        f"http://{STACK_ADDRESS}/upload", check=True, timeout=90,
+        "curl", "-sS", "-g", "--max-time", "60", "--data-binary", f"@{body}",
+        family.url("/upload"), check=True, timeout=90,
     )  # fmt: skip
     size, digest = result.stdout.split()
     assert int(size) == body.stat().st_size
     assert digest.decode() == hashlib.sha256(body.read_bytes()).hexdigest()
+    # TSO (TSO4, TSO6) in: the kernel hands over segments longer than the MSS.
+    lengths = [e["length"] for e in daemon.trace_events() if e["type"] == "segment"
+               and e["direction"] == "in"]  # fmt: skip
+    assert max(lengths) > family.mss
 
 
 def test_http_keep_alive_head_404_and_400(ns: Netns, daemon: UstackDaemon) -> None:
@@ -72,15 +80,15 @@ def test_http_keep_alive_head_404_and_400(ns: Netns, daemon: UstackDaemon) -> No
     daemon.wait_until_no_connections()
 
 
-def test_wget(ns: Netns, daemon: UstackDaemon) -> None:
-    result = ns.run("wget", "-q", "-O", "-", f"http://{STACK_ADDRESS}/bytes/100000", check=True)
+def test_wget(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
+    result = ns.run("wget", "-q", "-O", "-", family.url("/bytes/100000"), check=True)
     assert result.stdout == (bytes(range(256)) * 400)[:100000]
 
 
-def test_nc_echo_with_half_close(ns: Netns, daemon: UstackDaemon) -> None:
+def test_nc_echo_with_half_close(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
     data = b"".join(b"line %d\n" % i for i in range(20000))
     # -N: nc shuts down its write side at stdin EOF; it then reads our echo to our FIN.
-    result = ns.run("nc", "-N", STACK_ADDRESS, "7", input=data, check=True)
+    result = ns.run("nc", "-N", family.stack, "7", input=data, check=True)
     assert result.stdout == data
     daemon.wait_until_no_connections()
     assert daemon.lives(local_port=7) == [PASSIVE_CLOSE]
@@ -141,19 +149,25 @@ def test_download_without_offloads_segment_by_segment(ns: Netns, tmp_path: Path)
     assert max(lengths) == 1448
 
 
-def test_download_with_offloads_uses_super_segments(ns: Netns, daemon: UstackDaemon) -> None:
+def test_download_with_offloads_uses_super_segments(
+    ns: Netns, daemon: UstackDaemon, family: Family
+) -> None:
+    """GSO out (TCPV4 or TCPV6): super-segments the kernel cuts."""
     size = 3 * 1024 * 1024
-    assert download_sha256(ns, size) == pattern_sha256(size)
+    assert download_sha256(ns, size, family) == pattern_sha256(size)
     daemon.wait_until_no_connections()
     out = [e["length"] for e in daemon.trace_events() if e["type"] == "segment"
            and e["direction"] == "out"]  # fmt: skip
-    assert max(out) > 1448 and max(out) % 1448 == 0  # GSO: whole segments (MSS less TS)
+    segment = family.mss - 12  # whole segments of the MSS less the timestamps
+    assert max(out) > segment and max(out) % segment == 0
 
 
-def test_python_client_so_linger_zero_resets(ns: Netns, daemon: UstackDaemon) -> None:
+def test_python_client_so_linger_zero_resets(
+    ns: Netns, daemon: UstackDaemon, family: Family
+) -> None:
     code = (
         "import socket, struct\n"
-        f"s = socket.create_connection(('{STACK_ADDRESS}', 7), timeout=10)\n"
+        f"s = socket.create_connection(('{family.stack}', 7), timeout=10)\n"
         "s.sendall(b'ping')\n"
         "assert s.recv(4) == b'ping'\n"
         "s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
@@ -167,10 +181,8 @@ def test_python_client_so_linger_zero_resets(ns: Netns, daemon: UstackDaemon) ->
     assert reasons[-1]["event"] == "RCV_RST"
 
 
-def test_ab_2000_requests_20_concurrent(ns: Netns, daemon: UstackDaemon) -> None:
-    result = ns.run(
-        "ab", "-q", "-n", "2000", "-c", "20", f"http://{STACK_ADDRESS}/", timeout=120, check=True
-    )
+def test_ab_2000_requests_20_concurrent(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
+    result = ns.run("ab", "-q", "-n", "2000", "-c", "20", family.url(), timeout=120, check=True)
     out = result.stdout.decode()
     assert "Complete requests:      2000" in out
     assert "Failed requests:        0" in out
@@ -182,37 +194,39 @@ def test_ab_2000_requests_20_concurrent(ns: Netns, daemon: UstackDaemon) -> None
 
 
 def ustack_connect(
-    daemon: UstackDaemon, port: int, data: bytes
+    daemon: UstackDaemon, port: int, data: bytes, linux: str = LINUX_ADDRESS
 ) -> subprocess.CompletedProcess[bytes]:
     """`ustack connect` to Linux's `port` through the daemon, `data` on its stdin."""
     return subprocess.run(
         [sys.executable, "-m", "ustack", "connect", "--control", str(daemon.control),
-         LINUX_ADDRESS, str(port)],
+         linux, str(port)],
         input=data, capture_output=True, timeout=30,
     )  # fmt: skip
 
 
 def ustack_connect_to_nc(
-    ns: Netns, daemon: UstackDaemon, data: bytes
+    ns: Netns, daemon: UstackDaemon, data: bytes, linux: str = LINUX_ADDRESS
 ) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
     """`ustack connect` sends `data` to nc listening on Linux's port 9000 (in
     `ns`); our stdin ends first, so our FIN goes first and nc answers with its
     own. What `ustack connect` returned, and what nc received."""
     server = subprocess.Popen(
-        ns.command("nc", "-l", "-N", LINUX_ADDRESS, "9000"),
+        ns.command("nc", "-l", "-N", linux, "9000"),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
         ns.run("sh", "-c", "until ss -ltn | grep -q :9000; do sleep 0.02; done", timeout=10)
-        result = ustack_connect(daemon, 9000, data)
+        result = ustack_connect(daemon, 9000, data, linux)
         got, _ = server.communicate(b"", timeout=10)
     finally:
         server.kill()
     return result, got
 
 
-def test_stack_connects_to_linux_nc_and_closes_first(ns: Netns, daemon: UstackDaemon) -> None:
-    result, got = ustack_connect_to_nc(ns, daemon, b"hello from the stack\n")
+def test_stack_connects_to_linux_nc_and_closes_first(
+    ns: Netns, daemon: UstackDaemon, family: Family
+) -> None:
+    result, got = ustack_connect_to_nc(ns, daemon, b"hello from the stack\n", family.linux)
     assert result.returncode == 0, result.stderr
     assert got == b"hello from the stack\n"
     daemon.wait_until_no_connections()
@@ -256,7 +270,7 @@ def test_stack_connects_to_python_server_which_closes_first(
     assert life == ["CLOSED", "SYN_SENT", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
 
 
-def test_stack_connect_refused(ns: Netns, daemon: UstackDaemon) -> None:
-    result = ustack_connect(daemon, 9999, b"")
+def test_stack_connect_refused(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
+    result = ustack_connect(daemon, 9999, b"", family.linux)
     assert result.returncode == 1
     assert b"ECONNREFUSED" in result.stderr

@@ -38,29 +38,51 @@ class RoutedPath:
     client: Netns
 
 
+@dataclass(frozen=True)
+class PathPlan:
+    """One family's addresses on the routed path, its forwarding sysctl."""
+
+    a_router: tuple[str, str]  # A's end and R's of the narrow link, with /prefix
+    router_client: tuple[str, str]  # R's end and C's
+    stack_network: str  # routed to A by R
+    client_network: str  # routed to R by A
+    forwarding: str
+
+
+IPV4_PLAN = PathPlan(("198.18.1.1/24", "198.18.1.2/24"), ("198.18.2.1/24", f"{CLIENT}/24"),
+                     "198.18.0.0/24", "198.18.2.0/24", "net.ipv4.ip_forward=1")  # fmt: skip
+IPV6_PLAN = PathPlan(("2001:2:1::1/64", "2001:2:1::2/64"), ("2001:2:2::1/64", "2001:2:2::2/64"),
+                     "2001:2::/64", "2001:2:2::/64", "net.ipv6.conf.all.forwarding=1")  # fmt: skip
+
+
 @contextmanager
-def routed_path(narrow_mtu: int = 1280, black_hole: bool = False) -> Iterator[RoutedPath]:
+def routed_path(
+    narrow_mtu: int = 1280, black_hole: bool = False, plan: PathPlan = IPV4_PLAN
+) -> Iterator[RoutedPath]:
     """A -- R at `narrow_mtu`, R -- C at 1500. black_hole: R's end of the
     narrow link takes `narrow_mtu`, A's end 1500: A sends 1500-byte frames
     that R's veth drops silently (too big for its MTU), and no ICMP comes.
     (A cuts GSO packets into frames itself, gso_max_size 1600: a veth lets a
-    GSO packet through whatever the MTU of its other end.)"""
+    GSO packet through whatever the MTU of its other end.) `plan`: IPV6_PLAN
+    for the same path over IPv6, where A's kernel answers with ICMPv6 Packet
+    Too Big (routers never fragment IPv6, RFC 8200 5)."""
     with ExitStack() as stack:
         a = stack.enter_context(netns(tag="pmtu-a"))
         router = stack.enter_context(netns(tag="pmtu-r"))
         client = stack.enter_context(netns(tag="pmtu-c"))
-        veth_pair(a, router, ("ar0", "ra0"), ("198.18.1.1/24", "198.18.1.2/24"))
-        veth_pair(router, client, ("rc0", "cr0"), ("198.18.2.1/24", f"{CLIENT}/24"))
+        veth_pair(a, router, ("ar0", "ra0"), plan.a_router)
+        veth_pair(router, client, ("rc0", "cr0"), plan.router_client)
         a.run("ip", "link", "set", "ar0", "mtu", "1500" if black_hole else str(narrow_mtu),
               check=True)  # fmt: skip
         router.run("ip", "link", "set", "ra0", "mtu", str(narrow_mtu), check=True)
         if black_hole:
             a.run("ip", "link", "set", "ar0", "gso_max_size", "1600", check=True)
         for ns in (a, router):
-            ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
-        a.run("ip", "route", "add", "198.18.2.0/24", "via", "198.18.1.2", check=True)
-        router.run("ip", "route", "add", "198.18.0.0/24", "via", "198.18.1.1", check=True)
-        client.run("ip", "route", "add", "default", "via", "198.18.2.1", check=True)
+            ns.run("sysctl", "-qw", plan.forwarding, check=True)
+        via = [end.split("/")[0] for end in (*plan.a_router, plan.router_client[0])]
+        a.run("ip", "route", "add", plan.client_network, "via", via[1], check=True)
+        router.run("ip", "route", "add", plan.stack_network, "via", via[0], check=True)
+        client.run("ip", "route", "add", "default", "via", via[2], check=True)
         yield RoutedPath(a, router, client)
 
 

@@ -28,6 +28,9 @@ from ustack.trace.records import PeerStateChange
 # The direct tests' own pair, so that other namespaces' tests (198.18.0.x) do not mix in.
 STACK = "198.18.200.2"
 LINUX = "198.18.200.1"
+STACK6 = "2001:2:200::2"
+LINUX6 = "2001:2:200::1"
+ENDS = {4: (LINUX, STACK), 6: (LINUX6, STACK6)}  # (Linux, the stack) by family
 NS_PREFIX = "ustack-p"
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -55,9 +58,12 @@ def pns() -> Iterator[Netns]:
 
 @pytest.fixture
 def pair(pns: Netns) -> Netns:
-    """The namespace with LINUX and STACK on its lo."""
+    """The namespace with LINUX and STACK on its lo, and LINUX6 and STACK6."""
     for address in (LINUX, STACK):
         subprocess.run(["ip", "-n", pns.name, "addr", "add", f"{address}/32", "dev", "lo"],
+                       check=True)  # fmt: skip
+    for address in (LINUX6, STACK6):  # lo does no duplicate address detection
+        subprocess.run(["ip", "-n", pns.name, "-6", "addr", "add", f"{address}/128", "dev", "lo"],
                        check=True)  # fmt: skip
     return pns
 
@@ -143,7 +149,9 @@ def test_parse_line_and_state_names() -> None:
     assert parse_line(LINE, "198.18.0.2") is None
     listener = LINE.replace("daddr=198.18.200.2", "daddr=0.0.0.0")
     assert parse_line(listener, STACK) is None
-    assert parse_line(LINE.replace("AF_INET ", "AF_INET6 "), STACK) is None
+    # An AF_INET6 socket with v4-mapped addresses talks IPv4: it is ours too.
+    mapped = parse_line(LINE.replace("AF_INET ", "AF_INET6 "), STACK)
+    assert mapped is not None and (mapped.linux, mapped.stack) == (LINUX, STACK)
     assert parse_line("<...>-1 [000] ..... 1.0: tracing_mark_write: stop", STACK) is None
     names = {
         "TCP_FIN_WAIT1": "FIN_WAIT_1", "TCP_FIN_WAIT2": "FIN_WAIT_2",
@@ -157,7 +165,7 @@ def test_parse_line_and_state_names() -> None:
 
 CLIENT = """
 import socket, sys
-s = socket.socket()
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 if sys.argv[4] == "close":  # like curl: the port is picked in connect(), after SYN_SENT
     s.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT
 s.bind((sys.argv[1], 0))
@@ -172,10 +180,13 @@ s.close()  # "close": at once, so Linux holds FIN_WAIT_2 in a timewait socket
 """
 
 
+@pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("how", ["close", "shutdown"])
-def test_linux_client_active_close(pair: Netns, how: str) -> None:
+def test_linux_client_active_close(pair: Netns, how: str, family: int) -> None:
     """A Linux client closes first: SYN_SENT .. FIN_WAIT_2 -> TIME_WAIT, and the
-    timewait socket's end (killed here with ss -K) is TIME_WAIT -> CLOSED."""
+    timewait socket's end (killed here with ss -K) is TIME_WAIT -> CLOSED.
+    Over IPv6 alike: the tracepoint's saddrv6/daddrv6, sock_diag's AF_INET6."""
+    LINUX, STACK = ENDS[family]
     recorder = Recorder()
     lookups: list[tuple[str, int, int]] = []
 
@@ -193,15 +204,16 @@ def test_linux_client_active_close(pair: Netns, how: str) -> None:
 
         server = await asyncio.start_server(serve, STACK, 0)
         port = server.sockets[0].getsockname()[1]
-        watcher = PeerStateWatcher(STACK, recorder, conn_lookup, loop)
+        watcher = PeerStateWatcher(ENDS[4][1], recorder, conn_lookup, loop, stack_address6=STACK6)
         start = loop.time()
         watcher.start()
         try:
             out = await asyncio.to_thread(run_python, pair, CLIENT, LINUX, STACK, str(port), how)
             client_port = int(out)
             await recorder.wait_for(client_port, "TIME_WAIT")
+            dst = f"[{STACK}]" if family == 6 else STACK  # ss(8)'s filter syntax
             killed = await asyncio.to_thread(
-                pair.run, "ss", "-K", "-tn", "state", "time-wait", "dst", STACK
+                pair.run, "ss", "-K", "-tn", "state", "time-wait", "dst", dst
             )
             assert killed.returncode == 0
             await recorder.wait_for(client_port, "CLOSED")

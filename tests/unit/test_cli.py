@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ustack import cli
 from ustack.cli import build_parser, clients, serve_config
+from ustack.cli.args import fault_rule
 
 
 @pytest.mark.parametrize(
@@ -23,6 +24,16 @@ from ustack.cli import build_parser, clients, serve_config
         (["serve", "--address", "10.0.0.1"], "not a host address in 198.18.0.0/24"),
         (["serve", "--address", "198.18.0.255"], "not a host address"),
         (["serve", "--linux-address", "nonsense"], "bad --linux-address"),
+        (["serve", "--address6", "198.18.0.2"], "bad --address6 '198.18.0.2': want an IPv6"),
+        (["serve", "--address6", "::ffff:198.18.0.2"], "bad --address6"),
+        (["serve", "--address6", "2001:3::2"], "--address6 2001:3::2 is not a host address in"),
+        (["serve", "--address6", "2001:2::"], "is not a host address in 2001:2::/64"),
+        (["serve", "--address6", "2001:2::1"], "--address6 2001:2::1 is the Linux side's own"),
+        (["serve", "--address6", "ff02::2"], "--address6 ff02::2 is not a global unicast"),
+        (["serve", "--linux-address6", "2001:2::1"], "is not a host address in 2001:2::1/128"),
+        (["serve", "--linux-address6", "2001:2::1/129"], "bad --linux-address6"),
+        (["serve", "--linux-address6", "198.18.0.1/24"], "bad --linux-address6"),
+        (["serve", "--linux-address6", "fe80::1/64"], "not a global unicast address"),
         (["serve", "--mtu", "0"], "bad --mtu 0: want 68..65535"),
         (["serve", "--device", "a-name-longer-than-15"], "bad --device"),
         (["serve", "--log-level", "loud"], "invalid choice"),
@@ -106,6 +117,27 @@ def test_min_pmtu_and_mtu_probing_reach_the_config() -> None:
     assert (defaults.min_pmtu, defaults.tcp.mtu_probing) == (552, False)  # as Linux
 
 
+def test_ipv6_flags_reach_the_link_and_the_stack() -> None:
+    defaults = serve_config(build_parser().parse_args(["serve"]))
+    assert (str(defaults.address6), str(defaults.link.linux_side6)) == ("2001:2::2", "2001:2::1/64")
+    argv = ["serve", "--address6", "2001:db8:0::7", "--linux-address6", "2001:db8::1/120"]
+    chosen = serve_config(build_parser().parse_args(argv))
+    assert (str(chosen.address6), str(chosen.link.linux_side6)) == (
+        "2001:db8::7",
+        "2001:db8::1/120",
+    )
+    ipv4_only = serve_config(build_parser().parse_args(["serve", "--no-ipv6", "--address6", "x"]))
+    assert (ipv4_only.address6, ipv4_only.link.linux_side6) == (None, None)
+
+
+def test_connect_and_trace_host_take_either_family() -> None:
+    args = build_parser().parse_args(["connect", "2001:2:0::1", "8080"])
+    assert (args.host, args.port) == ("2001:2::1", 8080)
+    argv = ["serve", "--trace-host", "2001:2:0::1", "--trace-host", "198.18.0.1"]
+    config = serve_config(build_parser().parse_args(argv))
+    assert config.trace_filter.addresses == frozenset({"2001:2::1", "198.18.0.1"})
+
+
 @pytest.fixture(autouse=True)
 def _never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
     """A case that wrongly passed validation must not start a daemon here."""
@@ -135,6 +167,7 @@ _DIGITS_5000 = "9" * 5000
         (["serve", "--trace-format", "text"], "more --trace-format than --trace"),
         (["serve", "--trace", "-", "--trace-format", "pcap"], "a pcap trace needs a file"),
         (["serve", "--trace-host", "nobody"], "bad --trace-host"),
+        (["serve", "--trace-host", "::ffff:198.18.0.1"], "bad --trace-host"),
         (["serve", "--fault-seed", "-1"], "--fault-seed: -1 is not in 0.."),
         (["serve", "--fault-seed", "1.5"], "'1.5' is not a whole number"),
         (["serve", "--ready-fd", "-1"], "--ready-fd: -1 is not in 0.."),
@@ -174,6 +207,8 @@ _DIGITS_5000 = "9" * 5000
         (["fault", "drop", "--flags", "XMAS"], "'XMAS' is not one of"),
         (["fault", "clear", "--id", "0"], "argument --id: 0 is not in 1.."),
         (["fault", "explode"], "invalid choice: 'explode'"),
+        (["fault", "drop", "--host", "2001:2::zz"], "is not an IPv4 or IPv6 address"),
+        (["fault", "drop", "--family", "5"], "argument --family: invalid choice: '5'"),
         (["config", "--msl", "nan"], "bad --msl nan"),
         (["config", "--msl", "-5"], "bad --msl -5"),
         (["config", "--fin-timeout", "1e400"], "bad --fin-timeout 1e400"),
@@ -181,7 +216,8 @@ _DIGITS_5000 = "9" * 5000
         (["connect", "198.18.0.1", "70000"], "argument port: 70000 is not in 1..65535"),
         (["connect", "198.18.0.1", "0"], "argument port: 0 is not in 1..65535"),
         (["connect", "198.18.0.1", "http"], "argument port: 'http' is not a whole number"),
-        (["connect", "example.org", "80"], "argument host: 'example.org' is not an IPv4 address"),
+        (["connect", "example.org", "80"], "host: 'example.org' is not an IPv4 or IPv6 address"),
+        (["connect", "::ffff:198.18.0.1", "80"], "is not an IPv4 or IPv6 address"),
         (["connect", "198.18.0.1"], "the following arguments are required: port"),
         (["ladder", "--conn", "x", "t.jsonl"], "argument --conn: invalid int value"),
         (["ladder", "--format", "png", "t.jsonl"], "invalid choice: 'png'"),
@@ -211,6 +247,19 @@ def test_every_bad_value_is_a_usage_error(
     assert expected in cli_error(argv)
 
 
+def test_trace_host_takes_either_family_in_the_text_the_trace_writes() -> None:
+    argv = ["serve", "--no-control", "--trace", "-", "--trace-host", "2001:0002::0001"]
+    argv += ["--trace-host", "198.18.0.1"]
+    config = serve_config(build_parser().parse_args(argv))
+    assert config.trace_filter.addresses == {"2001:2::1", "198.18.0.1"}
+
+
+def test_fault_host_and_family_make_a_rule_of_either_family() -> None:
+    args = build_parser().parse_args(["fault", "drop", "--host", "2001:0002::1", "--family", "6"])
+    assert (args.host, args.family) == ("2001:2::1", "6")
+    assert fault_rule("drop:host=2001:2::1,family=6").describe()["host"] == "2001:2::1"
+
+
 def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -230,6 +279,7 @@ def test_trace_paths_that_may_be_written_pass_and_nothing_is_created(tmp_path: P
     "flag",
     ["--trace-port", "--fault-seed", "--mtu", "--msl", "--fin-timeout", "--keepalive",
      "--address", "--linux-address", "--services", "--fault", "--trace-host",
+     "--address6", "--linux-address6",
      "--syn-retries", "--max-connections", "--trace-max-bytes", "--trace-keep", "--min-pmtu",
      "--ipfrag-high-thresh", "--ipfrag-time",
      "--http-max-requests", "--http-max-head", "--http-head-timeout", "--icmp-ratelimit",

@@ -456,7 +456,7 @@ def test_connections_listing(tmp_path: Path) -> None:
     [
         ("", "empty file"),
         ("not json at all\n", "not a ustack JSONL trace (line 1 is not JSON"),
-        ('{"type": "header", "schema": 1}\n', "trace schema 1; this ustack reads schema 4"),
+        ('{"type": "header", "schema": 1}\n', "trace schema 1; this ustack reads schema 5"),
         ('{"type": "segment", "time": 0}\n', "not a ustack JSONL trace"),
         ("\xff\xfe\n", "not a ustack JSONL trace (line 1 is not UTF-8)"),
     ],

@@ -4,48 +4,78 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from ustack.linux.tun import (
     VNET_F_NEEDS_CSUM,
     VNET_GSO_TCPV4,
+    VNET_GSO_TCPV6,
     VNET_HEADER,
     TunLink,
     _finish_checksum,
     _gso_header,
 )
-from ustack.wire.checksum import internet_checksum, pseudo_header_sum, transport_checksum
-from ustack.wire.ipv4 import PROTO_TCP, build_ipv4
+from ustack.wire.checksum import pseudo_header_sum, transport_checksum
+from ustack.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4
+from ustack.wire.ipv6 import build_ipv6
 from ustack.wire.tcp import ACK, build_tcp
 
-SRC, DST = 0xC6120001, 0xC6120002
+
+@dataclass(frozen=True)
+class Family:
+    src: int
+    dst: int
+    ip_header: int  # bytes before TCP
+    gso_type: int
+    protocol_offset: int  # IPv4's protocol field, IPv6's next header
+
+    def segment(self, payload: bytes, partial: bool = False) -> bytearray:
+        tcp = build_tcp(src=self.src, dst=self.dst, src_port=1, dst_port=2, seq=7, ack=9,
+                        flags=ACK, window=100, payload=payload,
+                        partial_checksum=partial)  # fmt: skip
+        if self.ip_header == 20:
+            ip = build_ipv4(src=self.src, dst=self.dst, protocol=PROTO_TCP, payload_length=len(tcp))
+            return bytearray(ip + tcp)
+        return bytearray(build_ipv6(src=self.src, dst=self.dst, next_header=PROTO_TCP, payload=tcp))
+
+    @property
+    def checksum_field(self) -> int:
+        return self.ip_header + 16
 
 
-def segment(payload: bytes, partial: bool = False) -> bytearray:
-    tcp = build_tcp(src=SRC, dst=DST, src_port=1, dst_port=2, seq=7, ack=9, flags=ACK,
-                    window=100, payload=payload, partial_checksum=partial)  # fmt: skip
-    return bytearray(
-        build_ipv4(src=SRC, dst=DST, protocol=PROTO_TCP, payload_length=len(tcp)) + tcp
-    )
+IPV4 = Family(0xC6120001, 0xC6120002, 20, VNET_GSO_TCPV4, 9)
+IPV6 = Family(0x20010002 << 96 | 1, 0x20010002 << 96 | 2, 40, VNET_GSO_TCPV6, 6)
+by_family = pytest.mark.parametrize("family", [IPV4, IPV6], ids=["ipv4", "ipv6"])
 
 
-def test_partial_checksum_is_finished_like_a_nic_would() -> None:
-    packet = segment(bytes(range(256)) * 100)
+@by_family
+def test_partial_checksum_is_finished_like_a_nic_would(family: Family) -> None:
+    packet = family.segment(bytes(range(256)) * 100)
     good = bytes(packet)
-    # What the kernel sends with VIRTIO_NET_HDR_F_NEEDS_CSUM: the pseudo-header sum only.
-    struct.pack_into("!H", packet, 36, pseudo_header_sum(SRC, DST, PROTO_TCP, len(packet) - 20))
-    _finish_checksum(packet, 20, 16)
+    # What the kernel sends with VIRTIO_NET_HDR_F_NEEDS_CSUM: the pseudo-header
+    # sum only (RFC 8200 8.1's for IPv6).
+    tcp_length = len(packet) - family.ip_header
+    partial = pseudo_header_sum(family.src, family.dst, PROTO_TCP, tcp_length)
+    struct.pack_into("!H", packet, family.checksum_field, partial)
+    _finish_checksum(packet, family.ip_header, 16)
     assert bytes(packet) == good
-    assert transport_checksum(SRC, DST, PROTO_TCP, memoryview(packet)[20:]) == 0
+    segment = memoryview(packet)[family.ip_header :]
+    assert transport_checksum(family.src, family.dst, PROTO_TCP, segment) == 0
 
 
-def test_gso_header_and_partial_checksum() -> None:
-    packet = segment(bytes(1460 * 10), partial=True)  # as TCP builds a GSO segment
-    header = VNET_HEADER.unpack(_gso_header(packet, 1460))
-    assert header == (VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, 40, 1460, 20, 16)
-    field = struct.unpack_from("!H", packet, 36)[0]
-    assert field == pseudo_header_sum(SRC, DST, PROTO_TCP, len(packet) - 20)
-    assert internet_checksum(memoryview(packet)[:20]) == 0  # the IP header is untouched
+@by_family
+def test_gso_header_and_partial_checksum(family: Family) -> None:
+    packet = family.segment(bytes(1460 * 10), partial=True)  # as TCP builds a GSO segment
+    header = VNET_HEADER.unpack(_gso_header(packet, 1440))
+    # hdr_len: the IP and TCP headers every piece repeats; csum_start: TCP's.
+    hdr_len = family.ip_header + 20
+    assert header == (VNET_F_NEEDS_CSUM, family.gso_type, hdr_len, 1440, family.ip_header, 16)
+    field = struct.unpack_from("!H", packet, family.checksum_field)[0]
+    tcp_length = len(packet) - family.ip_header
+    assert field == pseudo_header_sum(family.src, family.dst, PROTO_TCP, tcp_length)
 
 
 def test_tcp_built_with_a_partial_checksum_is_what_the_kernel_finishes() -> None:
@@ -53,7 +83,9 @@ def test_tcp_built_with_a_partial_checksum_is_what_the_kernel_finishes() -> None
     kernel expects with VIRTIO_NET_HDR_F_NEEDS_CSUM; finished the way it
     would be (or a NIC), it is the full checksum, byte for byte."""
     payload = bytes(range(256)) * 40 + b"odd"
-    fields = dict(src=SRC, dst=DST, src_port=1, dst_port=2, seq=7, ack=9, flags=ACK, window=100)
+    fields = dict(
+        src=IPV4.src, dst=IPV4.dst, src_port=1, dst_port=2, seq=7, ack=9, flags=ACK, window=100
+    )
     full = build_tcp(**fields, payload=payload, headroom=20)
     partial = build_tcp(**fields, payload=payload, headroom=20, partial_checksum=True)
     assert partial != full
@@ -61,18 +93,22 @@ def test_tcp_built_with_a_partial_checksum_is_what_the_kernel_finishes() -> None
     assert partial == full
 
 
-def test_the_link_marks_only_tcp_packets_for_the_kernel_to_finish(monkeypatch: Any) -> None:
+@by_family
+def test_the_link_marks_only_tcp_packets_for_the_kernel_to_finish(
+    monkeypatch: Any, family: Family
+) -> None:
     written: list[list[bytes]] = []
     monkeypatch.setattr("ustack.linux.tun.os.writev", lambda fd, parts: written.append(list(parts)))
     link = TunLink.__new__(TunLink)
     link.fd, link.mtu, link.offload = -1, 1500, True
     link.partial_tcp_checksums = True
-    tcp = segment(b"x" * 100)
+    tcp = family.segment(b"x" * 100)
     udp = bytearray(tcp)
-    udp[9] = 17
+    udp[family.protocol_offset] = PROTO_UDP
     for packet in (tcp, udp):
         assert link.write(packet)
-    assert VNET_HEADER.unpack(written[0][0]) == (VNET_F_NEEDS_CSUM, 0, 0, 0, 20, 16)
+    partial = (VNET_F_NEEDS_CSUM, 0, 0, 0, family.ip_header, 16)
+    assert VNET_HEADER.unpack(written[0][0]) == partial
     assert VNET_HEADER.unpack(written[1][0]) == (0, 0, 0, 0, 0, 0)  # UDP: its own checksum
     link.partial_tcp_checksums = False  # (a pcap is written: full checksums, plain header)
     assert link.write(tcp)

@@ -186,8 +186,8 @@ def test_the_session_made_every_kind_of_event(session: Session) -> None:
 
 
 def test_jsonl_first_line_names_the_schema_version(session: Session) -> None:
-    assert TRACE_SCHEMA_VERSION == 4
-    assert json.loads(jsonl_lines(session.events)[0]) == {"type": "header", "schema": 4}
+    assert TRACE_SCHEMA_VERSION == 5
+    assert json.loads(jsonl_lines(session.events)[0]) == {"type": "header", "schema": 5}
 
 
 def test_jsonl_every_event_is_one_json_object_with_type_and_time(session: Session) -> None:

@@ -4,7 +4,6 @@ it, argparse types for numbers and addresses, and where the control socket is.""
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import NoReturn
 
 from ustack.linux.control import ControlError
 from ustack.study.faults import FaultError, FaultRule, parse_rule
+from ustack.wire.address import format_address, parse_address
 
 ROOT_CONTROL_DIR = Path("/run/ustack")
 
@@ -71,12 +71,13 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
 PORT = bounded_int(1, 65535)
 
 
-def ipv4_address(text: str) -> str:
-    """An argparse type: a dotted IPv4 address."""
+def ip_address(text: str) -> str:
+    """An argparse type: an IPv4 or IPv6 address, in its usual text form
+    (2001:2:0::1 -> 2001:2::1; not ::/96 or ::ffff:0:0/96)."""
     try:
-        return str(ipaddress.IPv4Address(text))
+        return format_address(parse_address(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an IPv4 address") from None
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an IPv4 or IPv6 address") from None
 
 
 class Parser(argparse.ArgumentParser):

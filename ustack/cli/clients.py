@@ -13,6 +13,7 @@ from typing import Any
 from ustack.cli.args import control_path, fault_rule, parse_seconds
 from ustack.linux.control import ControlError, encode, request
 from ustack.study.faults import __doc__ as faults_module_doc
+from ustack.wire.address import format_endpoint, parse_address
 
 
 def faults_doc() -> str:
@@ -26,31 +27,67 @@ def stats_command(args: argparse.Namespace) -> int:
     elif not reply.get("ok"):
         raise ControlError(str(reply.get("error")))
     else:
-        counters = reply["counters"]
-        width = max((len(name) for name in counters), default=0)
-        for name, value in counters.items():
-            print(f"{name:<{width}}  {value}")
+        for line in stats_lines(reply["counters"]):
+            print(line)
     return 0
+
+
+# `ustack stats` shows the counters by family: IPv4's layers (ip, icmp), then
+# IPv6's (ip6, icmp6 as Linux's Ip6/Icmp6 MIBs, and udp6: its port
+# unreachables), then those of both (tcp, udp, the application, the trace).
+_FAMILY_LAYERS = (("ip", "icmp"), ("ip6", "icmp6", "udp6"))
+
+
+def _family_rank(name: str) -> int:
+    layer = name.split(".", 1)[0]
+    for rank, layers in enumerate(_FAMILY_LAYERS):
+        if layer in layers:
+            return rank
+    return len(_FAMILY_LAYERS)
+
+
+def stats_lines(counters: dict[str, int]) -> list[str]:
+    """ "name  value" lines, IPv4's counters first, then IPv6's, then the
+    rest; by name within each group."""
+    width = max((len(name) for name in counters), default=0)
+    ordered = sorted(counters, key=lambda name: (_family_rank(name), name))
+    return [f"{name:<{width}}  {counters[name]}" for name in ordered]
 
 
 def ss_command(args: argparse.Namespace) -> int:
     reply = request(control_path(args), "connections")
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error")))
-    print(f"{'State':<13} {'Recv-Q':>7} {'Send-Q':>7}  {'Local':<22} {'Peer':<22} Details")
+    for line in ss_lines(reply):
+        print(line)
+    return 0
+
+
+def ss_lines(reply: dict[str, Any]) -> list[str]:
+    """The table of `ustack ss`: listeners, then connections, their ends as
+    ss(8) writes them (`198.18.0.2:80`, `[2001:2::2]:80`; a listener's peer
+    `0.0.0.0:*` or `[::]:*`)."""
+    ends = [*reply["listening"]]
+    ends += [end for row in reply["connections"] for end in (row["local"], row["remote"])]
+    width = max((len(end) for end in ends), default=0)
+    width = max(width, 22)  # wider for long IPv6 ends, so the columns stay lined up
+    lines = [
+        f"{'State':<13} {'Recv-Q':>7} {'Send-Q':>7}  {'Local':<{width}} {'Peer':<{width}} Details"
+    ]
     for local in reply["listening"]:
-        print(f"{'LISTEN':<13} {0:>7} {0:>7}  {local:<22} {'0.0.0.0:*':<22}")
+        anyone = "[::]:*" if local.startswith("[") else "0.0.0.0:*"
+        lines.append(f"{'LISTEN':<13} {0:>7} {0:>7}  {local:<{width}} {anyone}")
     for row in reply["connections"]:
         timers = ",".join(f"{name}:{left:.3f}s" for name, left in row["timers"].items())
-        print(
+        lines.append(
             f"{row['state']:<13} {row['recv_queue']:>7} {row['send_queue']:>7}  "
-            f"{row['local']:<22} {row['remote']:<22} #{row['id']} "
+            f"{row['local']:<{width}} {row['remote']:<{width}} #{row['id']} "
             f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']} "
             f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s pmtu {row['pmtu']} mss {row['mss']}"
             + (" ecn" if row.get("ecn") else "")
             + (f" timers {timers}" if timers else "")
         )
-    return 0
+    return lines
 
 
 def fault_command(args: argparse.Namespace) -> int:
@@ -64,6 +101,8 @@ def fault_command(args: argparse.Namespace) -> int:
             "dir": args.dir,
             "flags": args.flags,
             "port": args.port,
+            "host": args.host,
+            "family": args.family,
             "nth": args.nth,
             "count": args.count,
             "prob": args.prob,
@@ -139,5 +178,6 @@ def connect_command(args: argparse.Namespace) -> int:
                 out.write(data)
                 out.flush()
         except ConnectionError as exc:
-            raise ControlError(f"the connection to {args.host}:{args.port} broke: {exc}") from None
+            where = format_endpoint(parse_address(args.host), args.port)
+            raise ControlError(f"the connection to {where} broke: {exc}") from None
     return 0

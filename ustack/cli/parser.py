@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ustack import __version__
-from ustack.cli.args import PORT, Parser, add_control_option, bounded_int, ipv4_address
+from ustack.cli.args import PORT, Parser, add_control_option, bounded_int, ip_address
 from ustack.cli.clients import faults_doc
 from ustack.cli.serve_options import add_serve_arguments
 from ustack.study.explain import add_explain_arguments
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     fault_cmd.add_argument("--flags", help="e.g. FIN, SYN+ACK")
     fault_cmd.add_argument("--only", action="store_true", help="exactly these flags")
     fault_cmd.add_argument("--port", type=int)
+    fault_cmd.add_argument("--host", type=ip_address, help="either address, IPv4 or IPv6")
+    fault_cmd.add_argument("--family", choices=["4", "6"], help="only IPv4 or only IPv6 packets")
     fault_cmd.add_argument("--nth", type=int, help="only the Nth matching packet")
     fault_cmd.add_argument("--count", type=int, help="act this many times")
     fault_cmd.add_argument("--prob", type=float, help="probability 0..1")
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect_cmd = commands.add_parser(
         "connect", help="make the stack connect to HOST PORT; stdin/stdout like nc"
     )
-    connect_cmd.add_argument("host", type=ipv4_address)
+    connect_cmd.add_argument("host", type=ip_address)
     connect_cmd.add_argument("port", type=PORT)
     connect_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     add_control_option(connect_cmd)

@@ -6,7 +6,6 @@ import argparse
 import ipaddress
 import logging
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,26 +22,27 @@ from ustack.cli.args import (
     parse_count,
     parse_seconds,
 )
+from ustack.cli.trace_options import (
+    MAX_TRACE_KEEP,
+    MIN_TRACE_BYTES,
+    trace_hosts,
+    trace_rotation,
+    trace_specs,
+)
 from ustack.daemon import ServeConfig
 from ustack.linux.tun import LinkConfig
 from ustack.net.fragments import FragmentLimits
 from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
 from ustack.services import SERVICES, HttpLimits
-from ustack.study.sinks import TRACE_FORMATS, TraceFilter, TraceRotation, TraceSpec, format_for
+from ustack.study.sinks import TRACE_FORMATS, TraceFilter
 from ustack.tcp import congestion
 from ustack.tcp.config import ECN_MODES
 from ustack.tcp.connection import TcpConfig
+from ustack.wire.address import parse_address
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
-# Kernel filesystems whose files are knobs and reports, not places for a trace.
-PSEUDO_FILESYSTEMS = frozenset(
-    {"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup", "cgroup2", "configfs",
-     "bpf", "efivarfs", "pstore", "devpts", "mqueue", "hugetlbfs", "fusectl"}
-)  # fmt: skip
-MIN_TRACE_BYTES = 4096  # a few records a file at least: smaller rotates nearly every event
-MAX_TRACE_KEEP = 1000
 
 
 def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
@@ -55,6 +55,22 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
     )
     serve_cmd.add_argument(
         "-a", "--address", default="198.18.0.2", help="the stack's address (default: 198.18.0.2)"
+    )
+    serve_cmd.add_argument(
+        "--linux-address6",
+        default="2001:2::1/64",
+        help="the kernel's IPv6 address and prefix on the TUN (default: 2001:2::1/64)",
+    )
+    serve_cmd.add_argument(
+        "--address6",
+        default="2001:2::2",
+        metavar="ADDRESS",
+        help="the stack's IPv6 address (default: 2001:2::2)",
+    )
+    serve_cmd.add_argument(
+        "--no-ipv6",
+        action="store_true",
+        help="IPv4 only: IPv6 stays disabled on the TUN and the stack has no IPv6 address",
     )
     serve_cmd.add_argument(
         "--mtu",
@@ -117,7 +133,7 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         help="also trace the Linux peers' own states (kernel tracepoint; needs root)",
     )
     serve_cmd.add_argument(
-        "--trace-host", action="append", default=[], help="trace only this address"
+        "--trace-host", action="append", default=[], help="trace only this address (IPv4 or IPv6)"
     )
     serve_cmd.add_argument(
         "--congestion",
@@ -315,6 +331,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         network.prefixlen < 31 and address in (network.network_address, network.broadcast_address)
     ):
         raise UsageError(f"--address {address} is not a host address in {network}")
+    linux_side6, address6 = (None, None) if args.no_ipv6 else _ipv6_addresses(args)
     mtu = None
     if args.mtu is not None:
         try:
@@ -356,16 +373,21 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             ) from None
     return ServeConfig(
         link=LinkConfig(
-            device=args.device, linux_side=linux_side, mtu=mtu, offload=not args.no_offload
+            device=args.device,
+            linux_side=linux_side,
+            linux_side6=linux_side6,
+            mtu=mtu,
+            offload=not args.no_offload,
         ),
         address=address,
+        address6=address6,
         tcp=tcp,
         services=_services(args.services),
         control_path=control,
         ready_fd=args.ready_fd,
-        traces=_trace_specs(args),
-        trace_filter=TraceFilter(frozenset(args.trace_port), frozenset(args.trace_host)),
-        trace_rotation=_trace_rotation(args),
+        traces=trace_specs(args),
+        trace_filter=TraceFilter(frozenset(args.trace_port), trace_hosts(args.trace_host)),
+        trace_rotation=trace_rotation(args),
         peer_states=args.peer_states,
         faults=[fault_rule(text) for text in args.fault],
         fault_seed=args.fault_seed,
@@ -374,6 +396,39 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         icmp=_icmp_limits(args),
         min_pmtu=parse_count(args.min_pmtu, "--min-pmtu", MIN_MTU, MAX_MTU, DEFAULT_MIN_PMTU),
     )
+
+
+def _ipv6_addresses(
+    args: argparse.Namespace,
+) -> tuple[ipaddress.IPv6Interface, ipaddress.IPv6Address]:
+    """--linux-address6 and --address6: the Linux side's unicast address and
+    prefix, and the stack's, a host address in it (RFC 4291 2.6.1: the prefix
+    itself is the subnet-router anycast address)."""
+    try:
+        linux_side6 = ipaddress.IPv6Interface(args.linux_address6)
+        parse_address(str(linux_side6.ip))
+    except ValueError:
+        raise UsageError(
+            f"bad --linux-address6 {args.linux_address6[:60]!r}: want an IPv6 ADDRESS/LEN "
+            "outside ::/96 and ::ffff:0:0/96"
+        ) from None
+    try:
+        address6 = ipaddress.IPv6Address(args.address6)
+        parse_address(str(address6))
+    except ValueError:
+        raise UsageError(
+            f"bad --address6 {args.address6[:60]!r}: want an IPv6 address "
+            "outside ::/96 and ::ffff:0:0/96"
+        ) from None
+    for flag, address in (("--linux-address6", linux_side6.ip), ("--address6", address6)):
+        if address.is_multicast or address.is_link_local:
+            raise UsageError(f"{flag} {address} is not a global unicast address")
+    network = linux_side6.network
+    if address6 == linux_side6.ip:
+        raise UsageError(f"--address6 {address6} is the Linux side's own address")
+    if address6 not in network or (network.prefixlen < 127 and address6 == network[0]):
+        raise UsageError(f"--address6 {address6} is not a host address in {network}")
+    return linux_side6, address6
 
 
 def _fragment_limits(args: argparse.Namespace) -> FragmentLimits:
@@ -396,73 +451,6 @@ def _keepalive(text: str | None) -> float | None:
     if seconds <= 0:
         raise UsageError(f"bad --keepalive {text}: want seconds > 0 (leave it out for none)")
     return seconds
-
-
-def _trace_specs(args: argparse.Namespace) -> list[TraceSpec]:
-    if len(args.trace_format) > len(args.trace):
-        raise UsageError("more --trace-format than --trace")
-    specs = []
-    for i, path in enumerate(args.trace):
-        fmt = args.trace_format[i] if i < len(args.trace_format) else format_for(path)
-        if fmt == "pcap" and str(path) == "-":
-            raise UsageError("a pcap trace needs a file, not '-'")
-        _check_trace_path(path)
-        specs.append(TraceSpec(path, fmt))
-    for host in args.trace_host:
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise UsageError(f"bad --trace-host {host!r}") from None
-    return specs
-
-
-def _check_trace_path(path: Path) -> None:
-    """A trace goes to '-' (stderr), a FIFO, a character device, or a regular
-    file we may create or write, not onto a kernel filesystem (/proc/version takes the open, then
-    fails the first write): UsageError if not, before the daemon starts."""
-    if str(path) == "-":
-        return
-    try:
-        if path.exists():
-            mode = path.stat().st_mode
-            if stat.S_ISFIFO(mode):
-                return
-            # A character device is a sink too (/dev/null; /dev/full tries a full disk).
-            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
-                raise UsageError(
-                    f"bad --trace {path}: not a regular file, a FIFO or a character device"
-                )
-            where, access = path, os.W_OK
-        elif path.parent.is_dir():
-            where, access = path.parent, os.W_OK | os.X_OK  # to create the file in it
-        else:
-            raise UsageError(f"bad --trace {path}: no directory {path.parent}")
-        if not os.access(where, access):
-            raise UsageError(f"bad --trace {path}: {where} is not writable")
-        filesystem = _filesystem_type(where.stat().st_dev)
-    except OSError as exc:
-        raise UsageError(f"bad --trace {path}: {exc.strerror or exc}") from None
-    if filesystem in PSEUDO_FILESYSTEMS:
-        raise UsageError(f"bad --trace {path}: a file of the kernel's {filesystem} filesystem")
-
-
-def _filesystem_type(device: int) -> str:
-    """The type of the mounted filesystem on `device` (st_dev), from mountinfo."""
-    wanted = f"{os.major(device)}:{os.minor(device)}"
-    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if fields[2] == wanted and "-" in fields:
-                return fields[fields.index("-") + 1]
-    return ""
-
-
-def _trace_rotation(args: argparse.Namespace) -> TraceRotation:
-    max_bytes = None
-    if args.trace_max_bytes is not None:
-        max_bytes = parse_count(args.trace_max_bytes, "--trace-max-bytes", MIN_TRACE_BYTES, None, 0)
-    keep = parse_count(args.trace_keep, "--trace-keep", 1, MAX_TRACE_KEEP, 1)
-    return TraceRotation(max_bytes, keep)
 
 
 def _services(text: str) -> dict[str, int]:

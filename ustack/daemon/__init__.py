@@ -17,7 +17,12 @@ from typing import Any
 
 from ustack.api import StackServer, open_connection, start_server
 from ustack.daemon.process import finish_tasks, notify_ready, reopen_log_files
-from ustack.daemon.reports import connection_row, fault_event, format_counters
+from ustack.daemon.reports import (
+    connection_row,
+    fault_event,
+    format_counters,
+    listening_endpoints,
+)
 from ustack.linux.control import (
     CHUNK_ROWS,
     PROTOCOL_VERSION,
@@ -44,13 +49,16 @@ from ustack.study.faults import (
 )
 from ustack.study.sinks import TraceFilter, TraceRotation, TraceSinks, TraceSpec
 from ustack.tcp.connection import TcpConfig
-from ustack.trace.records import dotted
+from ustack.wire.address import format_address, format_endpoint, parse_address
 from ustack.wire.checksum import Buffer
+from ustack.wire.ipv6 import IPV6_VERSION
 
 # connection_row and fault_event are the reports module's, named here too (bench, tests).
 __all__ = ["Daemon", "ServeConfig", "connection_row", "fault_event", "serve"]
 
 log = logging.getLogger("ustack")
+
+DEFAULT_ADDRESS6 = ipaddress.IPv6Address("2001:2::2")
 
 # Packets read per wake-up of the loop before other callbacks get a turn.
 READ_BATCH = 256
@@ -74,6 +82,7 @@ def default_services() -> dict[str, int]:
 class ServeConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
     address: ipaddress.IPv4Address = DEFAULT_ADDRESS
+    address6: ipaddress.IPv6Address | None = DEFAULT_ADDRESS6  # None: IPv4 only (--no-ipv6)
     tcp: TcpConfig = field(default_factory=TcpConfig)  # its MSS is set from the MTU
     services: dict[str, int] = field(default_factory=lambda: default_services())
     control_path: Path | None = None
@@ -108,7 +117,7 @@ class Daemon:
         link.partial_tcp_checksums = partial_checksums
         tcp = dataclasses.replace(
             config.tcp,
-            mss=link.mtu - 40,  # IPv4 + TCP headers
+            mss=link.mtu - 40,  # IPv4 + TCP headers (TCP takes 20 more off for IPv6)
             gso_segments=GSO_SEGMENTS if link.offload else 1,
         )
         self.faults = FaultInjector()
@@ -116,6 +125,8 @@ class Daemon:
             self.faults.rng.seed(config.fault_seed)
         for rule in config.faults:
             self.faults.add(rule)
+        # IPv6 where the link has it (not with --no-ipv6, nor an MTU below 1280).
+        self.address6 = config.address6 if link.ipv6 else None
         self.stack = Stack(
             int(config.address),
             self._transmit,
@@ -127,6 +138,7 @@ class Daemon:
             fragment_limits=config.fragments,
             icmp_limits=config.icmp,
             min_pmtu=config.min_pmtu,
+            address6=None if self.address6 is None else int(self.address6),
         )
         self.stack.tcp.partial_checksums = partial_checksums
         self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`
@@ -164,7 +176,8 @@ class Daemon:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._stop, signal.Signals(signum).name)
             loop.add_signal_handler(signal.SIGHUP, self._reopen)
-            log.info("stack at %s on %s, ready", self.config.address, link.name)
+            addresses = ", ".join(map(str, filter(None, (self.config.address, self.address6))))
+            log.info("stack at %s on %s, ready", addresses, link.name)
             notify_ready(self.config.ready_fd)
             await self._stopped.wait()
             self._reset_all()
@@ -189,19 +202,25 @@ class Daemon:
         tcp = self.stack.tcp
 
         def conn_lookup(remote: str, remote_port: int, local_port: int) -> int | None:
-            key = (int(ipaddress.IPv4Address(remote)), remote_port, local_port)
+            key = (parse_address(remote), remote_port, local_port)
             conn = tcp.connections.get(key)
             return conn.conn_id if conn is not None else None
 
-        self._peer_states = PeerStateWatcher(str(self.config.address), tracer, conn_lookup, loop)
+        address6 = None if self.address6 is None else str(self.address6)
+        self._peer_states = PeerStateWatcher(
+            str(self.config.address), tracer, conn_lookup, loop, stack_address6=address6
+        )
         self._peer_states.start()
         log.info("recording the Linux peers' states (sock:inet_sock_set_state)")
 
     def _on_readable(self) -> None:
         assert self.runner is not None
         read, size = self.link.read, self.link.mtu
-        # ip.receive: what Stack.receive calls, one call less per packet.
-        receive, clock = self.stack.ip.receive, self.runner.now
+        # Each family's ip.receive, as Stack.receive dispatches, one call less
+        # per packet (IPv6 to IPv4's, which counts it, on an IPv4-only stack).
+        receive4 = self.stack.ip.receive
+        receive6 = receive4 if self.stack.ip6 is None else self.stack.ip6.receive
+        clock = self.runner.now
         faults = self.faults
         try:
             for _ in range(READ_BATCH):
@@ -211,8 +230,10 @@ class Daemon:
                 packet, checksum_ok = got
                 if faults.rules:
                     self._receive_with_faults(packet, checksum_ok)
+                elif packet and packet[0] >> 4 == IPV6_VERSION:
+                    receive6(packet, clock(), checksum_ok)  # each its own time: exact traces
                 else:
-                    receive(packet, clock(), checksum_ok)  # each its own time: exact traces
+                    receive4(packet, clock(), checksum_ok)
         except LinkGone as exc:
             self._lost_link(exc)
         self.runner.done()
@@ -333,12 +354,12 @@ class Daemon:
         for start in range(0, len(table), CHUNK_ROWS):
             now = self.runner.now() if self.runner else 0.0
             rows = [
-                connection_row(tcp.address, key, conn, now)
+                connection_row(tcp.address, key, conn, now, tcp.address6)
                 for key, conn in table[start : start + CHUNK_ROWS]
                 if tcp.connections.get(key) is conn
             ]
             yield {"connections": rows}
-        listening = [f"{dotted(tcp.address)}:{port}" for port in sorted(tcp.listeners)]
+        listening = listening_endpoints(tcp.listeners, tcp.address, tcp.address6)
         yield {"connections": [], "listening": listening}
 
     def _fault(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -411,7 +432,9 @@ class Daemon:
         assert self.runner is not None
         target = _connect_target(request)
         if target is None:
-            writer.write(encode(error_reply('connect needs "host" (IPv4) and "port" (1-65535)')))
+            writer.write(
+                encode(error_reply('connect needs "host" (IPv4 or IPv6) and "port" (1-65535)'))
+            )
             await writer.drain()
             writer.close()
             return
@@ -423,14 +446,14 @@ class Daemon:
             if isinstance(exc, TimeoutError):
                 retries = self.stack.tcp.config.syn_retries
                 why += f" (no answer to the SYN and its {retries} retransmissions)"
-            writer.write(encode(error_reply(f"connect to {host}:{port}: {why}")))
+            where = format_endpoint(parse_address(host), port)
+            writer.write(encode(error_reply(f"connect to {where}: {why}")))
             await writer.drain()
             writer.close()
             return
         local = tcp_writer.get_extra_info("sockname")
-        writer.write(
-            encode({"ok": True, "version": PROTOCOL_VERSION, "local": f"{local[0]}:{local[1]}"})
-        )
+        local_end = format_endpoint(parse_address(local[0]), local[1])
+        writer.write(encode({"ok": True, "version": PROTOCOL_VERSION, "local": local_end}))
         await writer.drain()
         await asyncio.gather(_pipe(reader, tcp_writer), _pipe(tcp_reader, writer))
         with contextlib.suppress(ConnectionError):
@@ -439,13 +462,14 @@ class Daemon:
 
 
 def _connect_target(request: dict[str, Any]) -> tuple[str, int] | None:
-    """(host, port) of a "connect" request, or None: the host a dotted IPv4
-    string, the port a whole JSON number 1..65535 (not true, 80.5, 1e400, NaN)."""
+    """(host, port) of a "connect" request, or None: the host an IPv4 or IPv6
+    address ("198.18.0.1", "2001:2::1"), the port a whole JSON number 1..65535
+    (not true, 80.5, 1e400, NaN)."""
     host, port = request.get("host"), request.get("port")
     if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
         return None
     try:
-        host = str(ipaddress.IPv4Address(host))
+        host = format_address(parse_address(host))
     except ValueError:
         return None
     return (host, port) if 0 < port < 65536 else None

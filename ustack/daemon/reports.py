@@ -3,29 +3,40 @@ trace event of a packet the fault injector acted on, the counters at exit."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ustack.stack import Stack
 from ustack.study.faults import Verdict
+from ustack.study.packet_view import view
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConnection
 from ustack.tcp.segment import flag_string
 from ustack.trace.records import FaultEvent, dotted
+from ustack.wire.address import format_endpoint, is_ipv6
 from ustack.wire.checksum import Buffer
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.tcp import TCP_FIXED
 
 
 def connection_row(
-    address: int, key: tuple[int, int, int], conn: TcpConnection, now: float
+    address: int,
+    key: tuple[int, int, int],
+    conn: TcpConnection,
+    now: float,
+    address6: int | None = None,
 ) -> dict[str, Any]:
-    """One row of the "connections" control reply (and of `ustack ss`)."""
+    """One row of the "connections" control reply (and of `ustack ss`): the
+    ends as ss(8) writes them, `198.18.0.2:80` or `[2001:2::2]:80`. The
+    connection's own end is the stack's address of the peer's family
+    (`address6` for an IPv6 peer)."""
     remote, remote_port, local_port = key
+    local = address6 if is_ipv6(remote) and address6 is not None else address
     return {
         "id": conn.conn_id,
         "state": str(conn.state),
-        "local": f"{dotted(address)}:{local_port}",
-        "remote": f"{dotted(remote)}:{remote_port}",
+        "local": format_endpoint(local, local_port),
+        "remote": format_endpoint(remote, remote_port),
         "send_queue": conn.unsent_bytes,
         "recv_queue": conn.readable_bytes,
         # Relative to our ISS and the peer's IRS, as in the trace.
@@ -48,6 +59,15 @@ def connection_row(
     }
 
 
+def listening_endpoints(
+    ports: Iterable[int], address: int, address6: int | None = None
+) -> list[str]:
+    """The "listening" list of the connections reply: each port on the
+    stack's IPv4 address, then on its IPv6 one when it has one."""
+    addresses = [address] if address6 is None else [address, address6]
+    return [format_endpoint(each, port) for each in addresses for port in sorted(ports)]
+
+
 def fault_event(
     stack: Stack, direction: str, packet: Buffer, verdict: Verdict, now: float
 ) -> FaultEvent:
@@ -55,19 +75,25 @@ def fault_event(
     may come in (the stack's own parsers count a malformed packet as a drop
     afterwards): what the header lengths do not cover is left at zero."""
     assert verdict.rule is not None
-    local = dotted(stack.tcp.address)
-    remote_int = int.from_bytes(packet[16:20] if direction == "out" else packet[12:16], "big")
     fields: dict[str, Any] = dict.fromkeys(("local_port", "remote_port", "seq", "ack"), 0)
     flags, rel_seq, rel_ack, length, window, conn_id = "", 0, 0, 0, 0, None
-    ihl = (packet[0] & 0x0F) * 4 if packet else 0
-    if len(packet) >= 20 and packet[9] == PROTO_TCP and ihl >= 20 and len(packet) >= ihl + 20:
+    # IPv4 or IPv6 (past its extension headers): the stack's end is the
+    # destination of what comes in, the source of what goes out.
+    seen = view(packet)
+    local_int, remote_int = stack.tcp.address, 0
+    local, remote = dotted(local_int), dotted(remote_int)
+    if seen is not None:
+        local_int, remote_int = (seen.src, seen.dst) if direction == "out" else (seen.dst, seen.src)
+        local, remote = seen.text(local_int), seen.text(remote_int)
+    tcp = None if seen is None or seen.protocol != PROTO_TCP else seen.upper
+    if tcp is not None and len(packet) >= tcp + TCP_FIXED.size:
         sport, dport, seq_no, ack_no, offset, bits, window, _, _ = TCP_FIXED.unpack_from(
-            packet, ihl
+            packet, tcp
         )
         local_port, remote_port = (sport, dport) if direction == "out" else (dport, sport)
         fields.update(local_port=local_port, remote_port=remote_port, seq=seq_no, ack=ack_no)
         flags = flag_string(bits)
-        length = max(len(packet) - ihl - (offset >> 4) * 4, 0)
+        length = max(len(packet) - tcp - (offset >> 4) * 4, 0)
         conn = stack.tcp.connections.get((remote_int, remote_port, local_port))
         rel_seq, rel_ack = seq_no, ack_no
         if conn is not None:
@@ -82,7 +108,7 @@ def fault_event(
         action=verdict.rule.action,
         rule=verdict.rule.id,
         local=local,
-        remote=dotted(remote_int),
+        remote=remote,
         flags=flags,
         rel_seq=rel_seq,
         rel_ack=rel_ack,

@@ -35,6 +35,40 @@ from ustack.linux.control import request
 NS_PREFIX = "ustack-t"  # the tests'; tools pass their own kind (ustack-b, ustack-lab, ...)
 STACK_ADDRESS = "198.18.0.2"
 LINUX_ADDRESS = "198.18.0.1"
+STACK_ADDRESS6 = "2001:2::2"  # the IPv6 benchmarking range (RFC 5180), beside 198.18.0.0/15
+LINUX_ADDRESS6 = "2001:2::1"
+
+
+@dataclass(frozen=True)
+class Family:
+    """The lab's addresses of one IP family, for tests that run over both."""
+
+    name: str  # "ipv4" / "ipv6": a test id
+    stack: str  # the stack's address
+    linux: str  # the Linux side's
+    ip: str  # the IP counters' layer: "ip" / "ip6"
+    icmp: str  # the ICMP counters' layer: "icmp" / "icmp6"
+    udp: str  # the UDP counters' layer: "udp" / "udp6"
+    mss: int  # the stack's MSS on a 1500-byte link: MTU less the IP and TCP headers
+    fragment_data: int  # data a fragment carries on a 1500-byte link (IPv6: 40 + 8 of headers)
+
+    @property
+    def host(self) -> str:
+        """The stack's address as a URL writes it: 198.18.0.2, [2001:2::2]."""
+        return f"[{self.stack}]" if ":" in self.stack else self.stack
+
+    @property
+    def socket_family(self) -> str:
+        """The socket module's name for it, for Python snippets run in a namespace."""
+        return "AF_INET6" if ":" in self.stack else "AF_INET"
+
+    def url(self, path: str = "/", port: int | None = None) -> str:
+        return f"http://{self.host}{'' if port is None else f':{port}'}{path}"
+
+
+IPV4 = Family("ipv4", STACK_ADDRESS, LINUX_ADDRESS, "ip", "icmp", "udp", 1460, 1480)
+IPV6 = Family("ipv6", STACK_ADDRESS6, LINUX_ADDRESS6, "ip6", "icmp6", "udp6", 1440, 1448)
+FAMILIES = (IPV4, IPV6)
 _OURS = re.compile(r"ustack-[a-z]+(\d+)-\S+")
 _serial = itertools.count()
 
@@ -101,14 +135,17 @@ class Netns:
         return self.run(sys.executable, "-c", code, *args, timeout=timeout, check=True)
 
     def inject(self, packet: bytes, device: str = "tun0") -> None:
-        """Put raw IPv4 bytes on the TUN as if the kernel routed them to the stack:
-        an AF_PACKET socket skips every check the kernel's IP layer would make."""
+        """Put raw IPv4 or IPv6 bytes on the TUN as if the kernel routed them to
+        the stack: an AF_PACKET socket skips every check the kernel's IP layer
+        would make."""
+        ethertype = 0x86DD if packet[0] >> 4 == 6 else 0x0800
         self.python(
             "import socket, sys\n"
             "s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)\n"
-            "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 0x0800))\n",
+            "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], int(sys.argv[3])))\n",
             device,
             packet.hex(),
+            str(ethertype),
         )
 
     def pids(self) -> list[int]:
@@ -151,12 +188,15 @@ def netns(prefix: str = NS_PREFIX, tag: str | None = None) -> Iterator[Netns]:
 
 
 def veth_pair(a: Netns, b: Netns, devices: tuple[str, str], addresses: tuple[str, str]) -> None:
-    """Two namespaces joined by a veth pair (addresses with their /prefix), made
-    inside them: nothing appears in the root namespace, not even briefly."""
+    """Two namespaces joined by a veth pair (addresses of either family with
+    their /prefix), made inside them: nothing appears in the root namespace,
+    not even briefly."""
     _ip("-n", a.name, "link", "add", devices[0], "type", "veth",
         "peer", "name", devices[1], "netns", b.name)  # fmt: skip
     for ns, device, address in ((a, devices[0], addresses[0]), (b, devices[1], addresses[1])):
-        _ip("-n", ns.name, "addr", "add", address, "dev", device)
+        # IPv6: no duplicate address detection, usable at once (not tentative).
+        nodad = ("nodad",) if ":" in address else ()
+        _ip("-n", ns.name, "addr", "add", address, "dev", device, *nodad)
         _ip("-n", ns.name, "link", "set", device, "up")
 
 
@@ -307,6 +347,23 @@ class UstackDaemon:
     def request(self, command: str, **fields: Any) -> dict[str, Any]:
         return request(self.control, command, **fields)
 
+    def wait_for_ipv6(self, port: int = 7, timeout: float = 10) -> None:
+        """Return once the stack answers a Linux client over IPv6: one TCP
+        connect to [STACK_ADDRESS6]:port, accepted or refused (a RST is an
+        answer too). The kernel's own SYN retransmissions cover a first
+        packet lost: no polling. CommandFailed if no answer comes in time."""
+        self.ns.python(
+            "import socket, sys\n"
+            "try:\n"
+            "    socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3]))\n"
+            "except ConnectionRefusedError:\n"
+            "    pass\n",
+            STACK_ADDRESS6,
+            str(port),
+            str(timeout),
+            timeout=timeout + 5,
+        )
+
     def rss_kib(self) -> int:
         """The daemon's resident memory now (VmRSS); `ip netns exec` execs
         the daemon, so the process we started is the daemon itself."""
@@ -328,8 +385,12 @@ class UstackDaemon:
         self.stop()
 
 
-def ping(ns: Netns, count: int = 1, *extra: str) -> subprocess.CompletedProcess[bytes]:
-    return ns.run("ping", "-n", "-c", str(count), "-W", "2", "-i", "0.2", *extra, STACK_ADDRESS)
+def ping(
+    ns: Netns, count: int = 1, *extra: str, address: str = STACK_ADDRESS
+) -> subprocess.CompletedProcess[bytes]:
+    """ping(8) the stack; `address=STACK_ADDRESS6` pings it over IPv6 (ping
+    picks the family from the address)."""
+    return ns.run("ping", "-n", "-c", str(count), "-W", "2", "-i", "0.2", *extra, address)
 
 
 # ---- `ustack lab`: one command in a throwaway namespace with a daemon on defaults ----------
@@ -346,7 +407,8 @@ def run_in_lab(
     announce: Callable[[str], None] | None = None,
 ) -> int:
     """Run `command` in a new namespace beside `ustack serve serve_args` (defaults:
-    Linux side 198.18.0.1/24, stack 198.18.0.2; its control socket in the
+    Linux side 198.18.0.1/24 and 2001:2::1/64, stack 198.18.0.2 and 2001:2::2
+    (with --no-ipv6: IPv4 only); its control socket in the
     environment as USTACK_CONTROL) and remove it all afterwards. The command's
     exit status (128 + N when signal N ended it). SIGINT, SIGTERM and SIGHUP
     sent to us are passed on to the command (a terminal's Ctrl-C reaches it
@@ -377,8 +439,9 @@ def run_in_lab(
             )
             if announce is not None:
                 announce(
-                    f"ustack lab: namespace {ns.name}, Linux {LINUX_ADDRESS}/24, stack "
-                    f"{STACK_ADDRESS}; daemon log {daemon.log}"
+                    f"ustack lab: namespace {ns.name}, Linux {LINUX_ADDRESS}/24 and "
+                    f"{LINUX_ADDRESS6}/64, stack {STACK_ADDRESS} and {STACK_ADDRESS6}; "
+                    f"daemon log {daemon.log}"
                 )
             env = dict(os.environ, USTACK_CONTROL=str(daemon.control), USTACK_LAB=ns.name)
             child = subprocess.Popen(ns.command(*command), env=env)

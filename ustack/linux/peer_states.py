@@ -32,16 +32,13 @@ import itertools
 import logging
 import os
 import re
-import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import netlink
-from pyroute2.netlink import diag
-
+from ustack.linux.sock_diag import Key, SockDiag, canonical_address
 from ustack.trace.records import PeerStateChange
 
 log = logging.getLogger("ustack.peer_states")
@@ -79,9 +76,6 @@ _TRACE_LINE = re.compile(r"\s(\d+\.\d+): inet_sock_set_state: (.*)$")
 _INSTANCE_NAME = re.compile(rf"^{re.escape(INSTANCE_PREFIX)}(\d+)(?:-\d+)?$")
 _instance_serial = itertools.count()
 
-# (the Linux socket's address, its port, the stack's port): our connection's key order
-Key = tuple[str, int, int]
-
 
 class PeerStatesError(Exception):
     """Peer states cannot be watched; the message says why, on one line."""
@@ -105,23 +99,37 @@ def state_name(kernel_name: str) -> str:
     return KERNEL_STATES.get(kernel_name, kernel_name.removeprefix("TCP_"))
 
 
-def parse_line(line: str, stack_address: str) -> KernelStateChange | None:
-    """The state change a trace_pipe line reports, if it is a TCP/IPv4 socket
-    of Linux whose remote end is `stack_address`; None for anything else."""
+def parse_line(line: str, stack_address: str | Collection[str]) -> KernelStateChange | None:
+    """The state change a trace_pipe line reports, if it is a TCP socket of
+    Linux, IPv4 or IPv6, whose remote end is the stack (`stack_address`: one
+    address in canonical text, or several: IPv4 and IPv6); None otherwise.
+
+    The tracepoint fills saddr/daddr for AF_INET and saddrv6/daddrv6 for
+    AF_INET6 (include/trace/events/sock.h); an AF_INET6 socket talking to an
+    IPv4 peer has v4-mapped v6 addresses and is reported as IPv4."""
+    stacks = {stack_address} if isinstance(stack_address, str) else set(stack_address)
     match = _TRACE_LINE.search(line.rstrip())
     if match is None:
         return None
     fields = dict(part.split("=", 1) for part in match.group(2).split() if "=" in part)
     try:
-        if fields["family"] != "AF_INET" or fields["protocol"] != "IPPROTO_TCP":
+        if fields["protocol"] != "IPPROTO_TCP":
+            return None
+        family = fields["family"]
+        if family == "AF_INET":
+            linux, stack = fields["saddr"], fields["daddr"]
+        elif family == "AF_INET6":
+            linux = canonical_address(fields["saddrv6"])
+            stack = canonical_address(fields["daddrv6"])
+        else:
             return None
         # The socket is Linux's: its own end is saddr, the stack is daddr.
-        if fields["daddr"] != stack_address or fields["saddr"] in (stack_address, "0.0.0.0"):
+        if stack not in stacks or linux in stacks or linux in ("0.0.0.0", "::"):
             return None
         return KernelStateChange(
-            linux=fields["saddr"],
+            linux=linux,
             linux_port=int(fields["sport"]),
-            stack=fields["daddr"],
+            stack=stack,
             stack_port=int(fields["dport"]),
             old=state_name(fields["oldstate"]),
             new=state_name(fields["newstate"]),
@@ -132,87 +140,6 @@ def parse_line(line: str, stack_address: str) -> KernelStateChange | None:
 
 
 # ---- sock_diag: the timewait sockets the tracepoint does not show ---------------------------
-
-# pyroute2 builds the requests and decodes the answers. Its DiagSocket is not
-# used: each of its calls runs an asyncio loop of its own (run_until_complete),
-# which cannot run on the thread of the daemon's loop, where the lookups are
-# made; so sending and receiving is ours, on a plain blocking netlink socket.
-_TIMEWAIT_SUBSTATES = {diag.SS_FIN_WAIT2: "FIN_WAIT_2", diag.SS_TIME_WAIT: "TIME_WAIT"}
-_ANY_STATE = 0xFFFFFFFF
-_NO_COOKIE = (1 << 64) - 1  # INET_DIAG_NOCOOKIE: look the socket up by its 4-tuple
-
-
-class SockDiag:
-    """Exact lookups and dumps of TCP/IPv4 sockets over NETLINK_SOCK_DIAG, in
-    the network namespace of the thread that made it. A timewait socket reports
-    its substate (FIN_WAIT2 or TIME_WAIT) as its state."""
-
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_SOCK_DIAG)
-        self._sock.settimeout(1.0)
-        self._seq = itertools.count(1)
-        self._marshal = diag.MarshalDiag()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def timewait_state(self, key: Key, stack: str) -> str | None:
-        """The state of the timewait socket on this 4-tuple, if there is one."""
-        linux, linux_port, stack_port = key
-        found = self._ask(
-            netlink.NLM_F_REQUEST, _ANY_STATE,
-            # The socket's own end (Linux) is the source.
-            idiag_sport=linux_port, idiag_src=_address(linux),
-            idiag_dport=stack_port, idiag_dst=_address(stack),
-            idiag_cookie=_NO_COOKIE,
-        )  # fmt: skip
-        return next(iter(found.values()), None)
-
-    def timewait_states(self, stack: str) -> dict[Key, str]:
-        """Every socket in FIN_WAIT2 or TIME_WAIT whose remote end is `stack`."""
-        states = (1 << diag.SS_FIN_WAIT2) | (1 << diag.SS_TIME_WAIT)
-        found = self._ask(netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, states)
-        return {key: state for (key, remote), state in found.items() if remote == stack}
-
-    def _ask(self, flags: int, states: int, **sock_id: object) -> dict[tuple[Key, str], str]:
-        """Send a request; the timewait states in the answers, by (4-tuple, remote)."""
-        seq = next(self._seq)
-        request = diag.inet_diag_req()
-        request["header"].update(type=diag.SOCK_DIAG_BY_FAMILY, flags=flags, sequence_number=seq)
-        request.update(sdiag_family=socket.AF_INET, sdiag_protocol=socket.IPPROTO_TCP,
-                       idiag_states=states, **sock_id)  # fmt: skip
-        request.encode()
-        self._sock.send(request.data)
-        found: dict[tuple[Key, str], str] = {}
-        while True:
-            for answer in self._marshal.parse(self._sock.recv(1 << 16)):
-                kind = answer["header"]["type"]
-                if answer["header"]["sequence_number"] != seq:
-                    continue
-                if kind == netlink.NLMSG_DONE:
-                    return found
-                if kind == netlink.NLMSG_ERROR:
-                    # MarshalDiag picks a message's class by address family, not
-                    # by type, so it leaves an error undecoded.
-                    error = netlink.nlmsgerr(answer.data, offset=answer.offset)
-                    error.decode()
-                    code = -error["error"]
-                    if code in (0, errno.ENOENT):
-                        return found
-                    raise OSError(code, os.strerror(code))
-                if kind == diag.SOCK_DIAG_BY_FAMILY:
-                    state = _TIMEWAIT_SUBSTATES.get(answer["idiag_state"])
-                    if state is not None:
-                        key = (answer["idiag_src"], answer["idiag_sport"], answer["idiag_dport"])
-                        found[key, answer["idiag_dst"]] = state
-                    if not flags & netlink.NLM_F_DUMP:  # an exact lookup has one answer
-                        return found
-
-
-def _address(dotted: str) -> tuple[int, int, int, int]:
-    """An IPv4 address as inet_diag_sockid holds it (the first of four words)."""
-    return int(ipaddress.IPv4Address(dotted)), 0, 0, 0
-
 
 # ---- tracefs ------------------------------------------------------------------------------
 
@@ -280,6 +207,8 @@ class PeerStateWatcher:
 
     `conn_lookup(linux_address, linux_port, stack_port)` names our connection
     on that 4-tuple (None if none); it is called on the loop's thread.
+    `stack_address6`: the stack's IPv6 address, when Linux reaches it over
+    IPv6 too (the tracepoint then reports AF_INET6 sockets as well).
     `start()` and `stop()` are called on the loop's thread (or with no loop
     running); `start()` also makes the sock_diag socket, so it must run in the
     Linux peer's network namespace."""
@@ -291,9 +220,13 @@ class PeerStateWatcher:
         conn_lookup: Callable[[str, int, int], int | None],
         loop: asyncio.AbstractEventLoop,
         *,
+        stack_address6: str | None = None,
         tracing_root: Path | str = TRACING_ROOT,
     ) -> None:
-        self._stack = str(ipaddress.IPv4Address(stack_address))
+        # The stack's addresses by family (4, 6), in the text the trace writes.
+        self._stacks = {4: str(ipaddress.IPv4Address(stack_address))}
+        if stack_address6 is not None:
+            self._stacks[6] = str(ipaddress.IPv6Address(stack_address6))
         self._emit_event = emit
         self._conn_lookup = conn_lookup
         self._loop = loop
@@ -395,7 +328,9 @@ class PeerStateWatcher:
         # loop's clock, so they sort in among ours although they arrive late.
         for setting, value in ((instance / "trace_clock", "mono"),
                                (instance / "buffer_size_kb", str(BUFFER_SIZE_KB)),
-                               (event / "filter", "family == 2 && protocol == 6")):  # fmt: skip
+                               # AF_INET (2) and AF_INET6 (10), TCP (6).
+                               (event / "filter",
+                                "(family == 2 || family == 10) && protocol == 6")):  # fmt: skip
             try:
                 _write(setting, value)  # nice to have: without them it still works
             except OSError as exc:
@@ -484,7 +419,7 @@ class PeerStateWatcher:
                 return
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                change = parse_line(line.decode("ascii", "replace"), self._stack)
+                change = parse_line(line.decode("ascii", "replace"), self._stacks.values())
                 if change is None:
                     continue
                 try:
@@ -534,7 +469,7 @@ class PeerStateWatcher:
         if self._diag is None:
             return None
         try:
-            return self._diag.timewait_state(key, self._stack)
+            return self._diag.timewait_state(key, self._stack_facing(key[0]))
         except OSError as exc:
             self._diag_failed(exc)
             return None
@@ -547,8 +482,11 @@ class PeerStateWatcher:
         self._poll = None
         if self._closed or not self._held or self._diag is None:
             return
+        families = {6 if ":" in linux else 4 for linux, _, _ in self._held}
+        current: dict[Key, str] = {}
         try:
-            current = self._diag.timewait_states(self._stack)
+            for family in families:
+                current.update(self._diag.timewait_states(self._stacks[family]))
         except OSError as exc:
             self._diag_failed(exc)
             return
@@ -562,6 +500,10 @@ class PeerStateWatcher:
                 self._report(key, state, now)
         if self._held:
             self._schedule_poll()
+
+    def _stack_facing(self, linux: str) -> str:
+        """The stack's address of the family of this Linux address."""
+        return self._stacks[6 if ":" in linux else 4]
 
     def _diag_failed(self, exc: OSError) -> None:
         log.warning("peer states: sock_diag failed (%s): TIME_WAIT shows as CLOSED", exc)
@@ -580,7 +522,7 @@ class PeerStateWatcher:
             PeerStateChange(
                 time=self._loop.time() if handled is None else handled,
                 conn=self._conn_lookup(linux, linux_port, stack_port),
-                local=self._stack,
+                local=self._stack_facing(linux),
                 local_port=stack_port,
                 remote=linux,
                 remote_port=linux_port,

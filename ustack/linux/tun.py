@@ -4,7 +4,12 @@ With offloads on (the default), the device speaks the virtio-net header
 (IFF_VNET_HDR), as a NIC driver does: we hand the kernel TCP segments of up to
 64 KB that it cuts to the MSS itself (GSO), and it hands us large coalesced
 segments whose TCP checksum we finish (checksum offload). One system call then
-carries tens of segments; on the wire the peer sees ordinary ones.
+carries tens of segments; on the wire the peer sees ordinary ones. Both
+families go the same way (GSO TCPV4 or TCPV6, the kernel's TSO4 and TSO6).
+
+IPv6 is enabled on a device we create, and only there (disable_ipv6=0 in the
+namespace we run in), with the Linux side's address marked IFA_F_NODAD: usable
+at once, no duplicate address detection to wait for on a point-to-point link.
 
 `TunLink.open()` either creates a device, which then lives as long as our file
 descriptor (the kernel removes it when we close), or attaches to an existing
@@ -33,17 +38,32 @@ log = logging.getLogger("ustack.link")
 
 TUN_CLONE_DEVICE = "/dev/net/tun"
 DEFAULT_LINUX_SIDE = ipaddress.IPv4Interface("198.18.0.1/24")
+DEFAULT_LINUX_SIDE6 = ipaddress.IPv6Interface("2001:2::1/64")
+# RFC 8200 5: every link IPv6 runs over carries 1280-byte packets; Linux
+# takes IPv6 off a device with a smaller MTU (addrconf_notify).
+IPV6_MIN_MTU = 1280
+IFA_F_NODAD = 0x02  # <linux/if_addr.h>
 
 # <linux/if_tun.h> and <linux/virtio_net.h>
 TUNSETOFFLOAD = 0x400454D0
-TUN_F_CSUM, TUN_F_TSO4 = 0x01, 0x02
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 VNET_HEADER = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, offset
 VNET_HEADER_SIZE = VNET_HEADER.size
 VNET_F_NEEDS_CSUM = 1
-VNET_GSO_NONE, VNET_GSO_TCPV4 = 0, 1
+VNET_GSO_NONE, VNET_GSO_TCPV4, VNET_GSO_TCPV6 = 0, 1, 4
 PLAIN_HEADER = VNET_HEADER.pack(0, VNET_GSO_NONE, 0, 0, 0, 0)
-# A TCP/IPv4 packet (20-byte IP header) whose checksum the kernel is to finish.
-PARTIAL_TCP_HEADER = VNET_HEADER.pack(VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, 20, 16)
+TCP_CHECKSUM_OFFSET = 16
+IPV6_HEADER_LENGTH = 40
+IPV6_FIRST_NIBBLE = 6
+IPV6_NEXT_HEADER_OFFSET = 6
+# A TCP packet whose checksum the kernel is to finish: IPv4 (20-byte header)
+# and IPv6 (40 bytes: our TCP segments carry no extension header).
+PARTIAL_TCP_HEADER = VNET_HEADER.pack(
+    VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, 20, TCP_CHECKSUM_OFFSET
+)
+PARTIAL_TCP6_HEADER = VNET_HEADER.pack(
+    VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, IPV6_HEADER_LENGTH, TCP_CHECKSUM_OFFSET
+)
 MAX_PACKET = 65535
 TX_QUEUE_LENGTH = 10000
 # What a write gets once the device is gone from under its fd (ip link del, or
@@ -65,20 +85,29 @@ class LinkConfig:
     device: str = "tun0"
     # The kernel's address on the TUN, with the prefix it routes to us.
     linux_side: ipaddress.IPv4Interface = DEFAULT_LINUX_SIDE
+    # Its IPv6 address and prefix; None (--no-ipv6): IPv6 stays off the device.
+    linux_side6: ipaddress.IPv6Interface | None = DEFAULT_LINUX_SIDE6
     mtu: int | None = None  # None: 1500 on a new device, the device's own on an existing one
     offload: bool = True  # virtio-net header: GSO out, coalesced segments and checksum offload in
 
 
 class TunLink:
-    """An open TUN device: raw IPv4 packets in and out through a non-blocking fd."""
+    """An open TUN device: raw IP packets of both families in and out through
+    a non-blocking fd."""
 
     def __init__(
-        self, tun: pytun.TunTapDevice, created: bool, mtu: int, offload: bool = False
+        self,
+        tun: pytun.TunTapDevice,
+        created: bool,
+        mtu: int,
+        offload: bool = False,
+        ipv6: bool = False,
     ) -> None:
         self._tun = tun
         self.created = created
         self.mtu = mtu
         self.offload = offload
+        self.ipv6 = ipv6  # the Linux side has its IPv6 address here
         self.finish_checksums = False  # see read()
         # Our TCP packets carry only the pseudo-header sum; the kernel finishes
         # them (VIRTIO_NET_HDR_F_NEEDS_CSUM), as a NIC with checksum offload.
@@ -97,9 +126,8 @@ class TunLink:
                 flags = fcntl.fcntl(tun.fileno(), fcntl.F_GETFL)
                 fcntl.fcntl(tun.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
                 if config.offload:
-                    # What we accept from the kernel: partial checksums and TSO.
-                    fcntl.ioctl(tun.fileno(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
-                mtu = _configure(ipr, config, existed)
+                    _accept_offloads(tun.fileno())
+                mtu, ipv6 = _configure(ipr, config, existed)
             except OSError as exc:
                 tun.close()
                 raise LinkError(f"cannot set up {config.device}: {exc.strerror or exc}") from None
@@ -108,15 +136,9 @@ class TunLink:
                 raise
         verb = "created" if not existed else "attached to existing"
         offloads = ", offloads GSO/TSO/csum" if config.offload else ""
-        log.info(
-            "%s %s, %s on the Linux side, mtu %d%s",
-            verb,
-            tun.name,
-            config.linux_side,
-            mtu,
-            offloads,
-        )
-        return cls(tun, created=not existed, mtu=mtu, offload=config.offload)
+        linux_side = f"{config.linux_side} and {config.linux_side6}" if ipv6 else config.linux_side
+        log.info("%s %s, %s on the Linux side, mtu %d%s", verb, tun.name, linux_side, mtu, offloads)
+        return cls(tun, created=not existed, mtu=mtu, offload=config.offload, ipv6=ipv6)
 
     def read(self, size: int = MAX_PACKET) -> tuple[Buffer, bool] | None:
         """One packet and whether its transport checksum is known good, or
@@ -153,12 +175,8 @@ class TunLink:
                 os.write(self.fd, packet)
             elif gso_size and len(packet) > self.mtu:
                 os.writev(self.fd, [_gso_header(packet, gso_size), packet])
-            elif (
-                self.partial_tcp_checksums
-                and packet[9] == PROTO_TCP
-                and packet[0] == IPV4_PLAIN_FIRST_BYTE
-            ):
-                os.writev(self.fd, [PARTIAL_TCP_HEADER, packet])
+            elif self.partial_tcp_checksums:
+                os.writev(self.fd, [_partial_checksum_header(packet), packet])
             else:
                 os.writev(self.fd, [PLAIN_HEADER, packet])
         except BlockingIOError:
@@ -189,12 +207,47 @@ def _finish_checksum(packet: bytearray, start: int, offset: int) -> None:
     struct.pack_into("!H", packet, field, ~total & 0xFFFF)
 
 
+def _partial_checksum_header(packet: bytearray | bytes | memoryview) -> bytes:
+    """The virtio-net header of a packet going out with `partial_tcp_checksums`:
+    a plain IPv4 or IPv6 TCP segment has its checksum finished by the kernel
+    (CHECKSUM_PARTIAL from the pseudo-header sum TCP left); anything else
+    carries its own."""
+    first = packet[0]
+    if first == IPV4_PLAIN_FIRST_BYTE:
+        return PARTIAL_TCP_HEADER if packet[9] == PROTO_TCP else PLAIN_HEADER
+    if first >> 4 == IPV6_FIRST_NIBBLE and packet[IPV6_NEXT_HEADER_OFFSET] == PROTO_TCP:
+        return PARTIAL_TCP6_HEADER
+    return PLAIN_HEADER
+
+
 def _gso_header(packet: bytearray | bytes | memoryview, gso_size: int) -> bytes:
-    """The virtio-net header for a TCP/IPv4 segment the kernel is to cut; TCP
-    built it with the partial checksum the kernel completes for each piece."""
-    ihl = (packet[0] & 0x0F) * 4
-    tcp_header = (packet[ihl + 12] >> 4) * 4
-    return VNET_HEADER.pack(VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, ihl + tcp_header, gso_size, ihl, 16)
+    """The virtio-net header for a TCP segment the kernel is to cut (GSO TCPV4
+    or TCPV6 by the IP version); TCP built it with the partial checksum the
+    kernel completes for each piece."""
+    if packet[0] >> 4 == IPV6_FIRST_NIBBLE:
+        ip_header, gso_type = IPV6_HEADER_LENGTH, VNET_GSO_TCPV6
+    else:
+        ip_header, gso_type = (packet[0] & 0x0F) * 4, VNET_GSO_TCPV4
+    tcp_header = (packet[ip_header + 12] >> 4) * 4
+    return VNET_HEADER.pack(
+        VNET_F_NEEDS_CSUM,
+        gso_type,
+        ip_header + tcp_header,
+        gso_size,
+        ip_header,
+        TCP_CHECKSUM_OFFSET,
+    )
+
+
+def _accept_offloads(fd: int) -> None:
+    """What we take from the kernel: partial checksums and TCP super-segments
+    of both families (TSO6 where the kernel offers it: EINVAL where not)."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
 
 
 def _attach(name: str, existed: bool, offload: bool = False) -> pytun.TunTapDevice:
@@ -223,46 +276,102 @@ def _attach_failure(name: str, code: int | None, existed: bool, text: str) -> st
     return f"cannot open TUN device {name}: {text}"
 
 
-def _configure(ipr: IPRoute, config: LinkConfig, existed: bool) -> int:
-    """Bring the device up with its address and MTU; return the MTU in force.
+def _configure(ipr: IPRoute, config: LinkConfig, existed: bool) -> tuple[int, bool]:
+    """Bring the device up with its addresses and MTU; return the MTU in force
+    and whether the Linux side has its IPv6 address on it.
 
     On an existing device, only what is missing is changed, so a persistent
     device that was set up beforehand needs no privilege here."""
     (index,) = ipr.link_lookup(ifname=config.device)
     link = ipr.get_links(index)[0]
     mtu = config.mtu or (link.get_attr("IFLA_MTU") if existed else 1500)
-    iface = config.linux_side
-    addresses = {
-        (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)
-    }
+    iface, iface6 = config.linux_side, config.linux_side6
+    if iface6 is not None and mtu < IPV6_MIN_MTU:
+        log.warning("mtu %d is below IPv6's minimum %d (RFC 8200 5): IPv4 only", mtu, IPV6_MIN_MTU)
+        iface6 = None
     try:
         if not existed:
-            _disable_ipv6(config.device)
+            _set_ipv6(config.device, enabled=iface6 is not None)
             # The kernel queues packets for us here; 500 overflows when thousands
             # of connections answer at once (each drop costs a retransmission).
             ipr.link("set", index=index, txqlen=TX_QUEUE_LENGTH)
         if link.get_attr("IFLA_MTU") != mtu:
             ipr.link("set", index=index, mtu=mtu)
-        if (str(iface.ip), iface.network.prefixlen) not in addresses:
-            ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        if not _has_address(ipr, index, iface):
+            _add_address(ipr, index, iface)
+        if iface6 is not None and not _has_address(ipr, index, iface6):
+            try:
+                _add_address(ipr, index, iface6)
+            except NetlinkError as exc:
+                if not existed or exc.code not in (errno.EPERM, errno.EACCES):
+                    raise
+                # A device set up beforehand for IPv4 only keeps working as
+                # it did, without privilege: IPv4 only, said once.
+                log.warning(
+                    "IPv4 only: %s has no %s and it cannot be added (%s); as root: "
+                    "ip addr add %s dev %s nodad",
+                    config.device, iface6, os.strerror(exc.code), iface6, config.device,
+                )  # fmt: skip
+                iface6 = None
         if not link["flags"] & 1:  # IFF_UP
             ipr.link("set", index=index, state="up")
     except NetlinkError as exc:
+        addresses = f"{iface}, {iface6}" if iface6 is not None else f"{iface}"
         if exc.code == errno.EPERM:
             raise LinkError(
-                f"not allowed to configure {config.device} (address {iface}, mtu {mtu}): "
+                f"not allowed to configure {config.device} (address {addresses}, mtu {mtu}): "
                 "set it up beforehand, or run as root / with CAP_NET_ADMIN"
             ) from None
         if exc.code == errno.EINVAL:
             raise LinkError(f"the kernel refused mtu {mtu} for {config.device}") from None
+        if exc.code == errno.EACCES and iface6 is not None:
+            raise LinkError(
+                f"the kernel refused {iface6} on {config.device}: IPv6 is disabled there "
+                "(enable it, or run with --no-ipv6)"
+            ) from None
         raise LinkError(f"cannot configure {config.device}: {exc}") from None
-    return mtu
+    return mtu, iface6 is not None
 
 
-def _disable_ipv6(device: str) -> None:
-    """ustack speaks IPv4 only: keep the kernel's IPv6 chatter off our device."""
+def _add_address(
+    ipr: IPRoute, index: int, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+) -> None:
+    ipr.addr(
+        "add",
+        index=index,
+        address=str(address.ip),
+        prefixlen=address.network.prefixlen,
+        # IPv6: no DAD on a point-to-point link, usable at once (not a
+        # "tentative" address for a second, which nothing may bind to).
+        **({"flags": IFA_F_NODAD} if address.version == 6 else {}),
+    )
+
+
+def _has_address(
+    ipr: IPRoute, index: int, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+) -> bool:
+    family = 10 if address.version == 6 else 2  # AF_INET6, AF_INET
+    present = {
+        (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+        for a in ipr.get_addr(index=index, family=family)
+    }
+    return (str(address.ip), address.network.prefixlen) in present
+
+
+def _set_ipv6(device: str, enabled: bool) -> None:
+    """IPv6 on the device we created, and only there (its own sysctls, in the
+    namespace we run in); off with --no-ipv6. On, without router
+    solicitations (accept_ra=0): no router lives behind a TUN, and the
+    kernel would otherwise send one now and then, forever (rtr_solicits -1),
+    into every capture. (A TUN is IFF_NOARP: the kernel does no DAD there and
+    joins no solicited-node group, so no neighbour or MLD messages either.)"""
+    knobs = {"accept_ra": "0", "disable_ipv6": "0"} if enabled else {"disable_ipv6": "1"}
     try:
-        with open(f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6", "w") as knob:
-            knob.write("1")
+        for knob, value in knobs.items():
+            with open(f"/proc/sys/net/ipv6/conf/{device}/{knob}", "w") as sysctl:
+                sysctl.write(value)
     except OSError:
-        pass  # no IPv6 in this kernel: nothing to silence
+        if enabled:
+            raise LinkError(
+                f"cannot enable IPv6 on {device} (no IPv6 in this kernel?): run with --no-ipv6"
+            ) from None

@@ -3,6 +3,8 @@ packets that match a rule, so a student can watch TCP recover (a lost FIN
 retransmitted after the RTO, a lost final ACK making the peer resend its FIN
 into TIME_WAIT) or answer congestion (mark: CE on an ECN-capable packet, what
 netem's `ecn` does with its losses; Not-ECT packets never match a mark rule).
+IPv4 and IPv6 packets are matched alike: IPv6's TCP header is found past its
+extension headers (RFC 8200 4), and its ECN field is in the Traffic Class.
 
 A rule is written `ACTION[:KEY=VALUE,...]`, e.g. `drop:dir=out,flags=FIN,count=1`:
 
@@ -11,6 +13,8 @@ A rule is written `ACTION[:KEY=VALUE,...]`, e.g. `drop:dir=out,flags=FIN,count=1
            combinations like SYN+ACK (default: any packet, TCP or not)
   only     with flags: the flags must be exactly these (e.g. only=1 flags=ACK: pure ACKs)
   port     either TCP port of the segment
+  host     either address of the packet, IPv4 or IPv6 (host=2001:2::1)
+  family   4 or 6: only IPv4 or only IPv6 packets
   nth      act on the Nth matching packet only (1 = the first)
   count    act this many times, then the rule is spent (default: no limit)
   prob     probability of acting on a matching packet, 0..1 (default 1)
@@ -24,13 +28,20 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ustack.study.packet_view import view
 from ustack.trace.vocabulary import FaultAction
+from ustack.wire.address import format_address, parse_address
 from ustack.wire.checksum import Buffer, internet_checksum
+from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
 
 ACTIONS = tuple(FaultAction)
 DIRECTIONS = ("in", "out", "both")
-_ECN_CE = 0b11  # the ECN field's bits in the second byte, and CE (RFC 3168 5)
+_ECN_CE = 0b11  # the ECN field's bits in IPv4's second byte, and CE (RFC 3168 5)
+# IPv6: the Traffic Class straddles bytes 0 and 1; its ECN bits are byte 1's 0x30 (RFC 8200 7).
+_ECN_CE_IPV6 = _ECN_CE << 4
+FAMILIES = (4, 6)
+_PORTS = struct.Struct("!HH")
 FLAG_NAMES = {"FIN": FIN, "SYN": SYN, "RST": RST, "PSH": PSH, "ACK": ACK, "URG": URG}
 
 
@@ -45,6 +56,8 @@ class FaultRule:
     flags: int = 0
     only: bool = False
     port: int | None = None
+    host: int | None = None  # either address (wire/address.py's int, either family)
+    family: int | None = None  # 4 or 6
     nth: int | None = None
     count: int | None = None
     probability: float = 1.0
@@ -66,6 +79,8 @@ class FaultRule:
             "flags": flags or None,
             "only": self.only,
             "port": self.port,
+            "host": None if self.host is None else format_address(self.host),
+            "family": self.family,
             "nth": self.nth,
             "count": self.count,
             "prob": self.probability,
@@ -106,6 +121,12 @@ def rule_from_fields(action: str, fields: dict[str, Any]) -> FaultRule:
                 rule.only = text.lower() in ("1", "true", "yes")
             elif key == "port":
                 rule.port = _bounded_int(text, 1, 65535, key)
+            elif key == "host":
+                rule.host = _address(text)
+            elif key == "family":
+                if text not in ("4", "6"):
+                    raise FaultError(f"family={text}: want 4 or 6")
+                rule.family = int(text)
             elif key == "nth":
                 rule.nth = _bounded_int(text, 1, 1 << 31, key)
             elif key == "count":
@@ -138,6 +159,13 @@ def _flags(text: str) -> int:
             raise FaultError(f"flags={text}: {name!r} is not one of {', '.join(FLAG_NAMES)}")
         bits |= FLAG_NAMES[name]
     return bits
+
+
+def _address(text: str) -> int:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise FaultError(f"host={text}: {exc}") from None
 
 
 def _bounded_int(text: str, low: int, high: int, key: str) -> int:
@@ -202,11 +230,24 @@ class FaultInjector:
         return PASS
 
 
+def _ecn_capable(packet: Buffer) -> bool:
+    """ECT(0), ECT(1) or CE in the packet's ECN field, either family."""
+    if len(packet) < 20:
+        return False
+    if packet[0] >> 4 == 6:
+        return bool(packet[1] & _ECN_CE_IPV6)
+    return bool(packet[1] & _ECN_CE)
+
+
 def mark_ce(packet: Buffer) -> bytearray:
-    """A copy of the IPv4 packet with CE in its ECN field (RFC 3168 5) and
-    the header checksum updated (RFC 1624: the sum of the header is done
-    again, it is 20 to 60 bytes)."""
+    """A copy of the packet with CE in its ECN field (RFC 3168 5). IPv4: the
+    header checksum updated (RFC 1624: the sum of the header is done again,
+    it is 20 to 60 bytes). IPv6 has no header checksum, and the TCP pseudo-
+    header does not hold the Traffic Class (RFC 8200 8.1)."""
     marked = bytearray(packet)
+    if marked[0] >> 4 == 6:
+        marked[1] |= _ECN_CE_IPV6
+        return marked
     marked[1] |= _ECN_CE
     ihl = (marked[0] & 0x0F) * 4
     marked[10:12] = b"\0\0"
@@ -217,19 +258,28 @@ def mark_ce(packet: Buffer) -> bytearray:
 def _matches(rule: FaultRule, direction: str, packet: Buffer) -> bool:
     if rule.direction != "both" and rule.direction != direction:
         return False
-    if rule.action is FaultAction.MARK and (len(packet) < 20 or not packet[1] & _ECN_CE):
+    if rule.action is FaultAction.MARK and not _ecn_capable(packet):
         return False  # only an ECN-capable packet can be marked (a router drops the rest)
+    if not rule.flags and rule.port is None and rule.host is None and rule.family is None:
+        return True
+    seen = view(packet)
+    if seen is None:
+        return False
+    if rule.family is not None and seen.version != rule.family:
+        return False
+    if rule.host is not None and rule.host not in (seen.src, seen.dst):
+        return False
     if not rule.flags and rule.port is None:
         return True
-    if len(packet) < 20 or packet[9] != 6:
-        return False  # flags and ports are TCP's
-    ihl = (packet[0] & 0x0F) * 4
-    if len(packet) < ihl + 14:
+    # Flags and ports are TCP's: the header must be here whole enough (a
+    # later fragment or a cut chain has none to read).
+    tcp = seen.upper
+    if seen.protocol != PROTO_TCP or tcp is None or len(packet) < tcp + 14:
         return False
-    src_port, dst_port = struct.unpack_from("!HH", packet, ihl)
+    src_port, dst_port = _PORTS.unpack_from(packet, tcp)
     if rule.port is not None and rule.port not in (src_port, dst_port):
         return False
-    flags = packet[ihl + 13]
+    flags = packet[tcp + 13]
     if rule.only:
         return flags & 0x3F == rule.flags
     return flags & rule.flags == rule.flags

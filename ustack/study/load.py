@@ -275,11 +275,12 @@ class ConnectionSummary:
 
     @property
     def peer(self) -> str:
-        return f"{self.ends[2]}:{self.ends[3]}"
+        """198.18.0.1:40000 or [2001:2::1]:40000, as ss(8) writes them."""
+        return trace_records.endpoint(self.ends[2], self.ends[3])
 
     @property
     def us(self) -> str:
-        return f"{self.ends[0]}:{self.ends[1]}"
+        return trace_records.endpoint(self.ends[0], self.ends[1])
 
     def describe(self) -> str:
         how = {True: "passive", False: "active", None: "?"}[self.passive]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ustack.study.packet_view import view
 from ustack.trace.records import (
     TRACE_SCHEMA_VERSION,
     Decision,
@@ -33,10 +34,12 @@ from ustack.trace.records import (
     TimerEvent,
     TraceEvent,
     Tracer,
-    dotted,
+    endpoint,
     event_dict,
+    four_tuple_text,
 )
 from ustack.trace.vocabulary import FaultAction
+from ustack.wire.address import format_address, parse_address
 
 log = logging.getLogger("ustack.trace")
 
@@ -45,10 +48,16 @@ log = logging.getLogger("ustack.trace")
 
 @dataclass(frozen=True)
 class TraceFilter:
-    """Keep only what involves these ports / addresses (empty: everything)."""
+    """Keep only what involves these ports / addresses (empty: everything).
+    Addresses of either family, held in the text the records use (RFC 5952
+    for IPv6: `2001:0002::0002` given matches `2001:2::2` written)."""
 
     ports: frozenset[int] = field(default_factory=frozenset)
     addresses: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        canonical = frozenset(format_address(parse_address(text)) for text in self.addresses)
+        object.__setattr__(self, "addresses", canonical)
 
     def __bool__(self) -> bool:
         return bool(self.ports or self.addresses)
@@ -59,17 +68,12 @@ class TraceFilter:
         return not self.addresses or bool(self.addresses.intersection(addresses))
 
     def matches_packet(self, packet: bytes) -> bool:
-        if len(packet) < 20:
+        """An IPv4 or IPv6 packet's addresses and, for TCP and UDP, ports."""
+        seen = view(packet)
+        if seen is None:
             return not self
-        src, dst = (
-            dotted(int.from_bytes(packet[12:16], "big")),
-            dotted(int.from_bytes(packet[16:20], "big")),
-        )
-        ihl = (packet[0] & 0x0F) * 4
-        ports: tuple[int, ...] = ()
-        if packet[9] in (6, 17) and len(packet) >= ihl + 4:
-            ports = struct.unpack_from("!HH", packet, ihl)
-        return self.matches((src, dst), ports)
+        ports = seen.ports(packet) or ()
+        return self.matches((seen.text(seen.src), seen.text(seen.dst)), ports)
 
 
 class Filtered:
@@ -146,8 +150,8 @@ class JsonlWriter:
     def __call__(self, event: TraceEvent) -> None:
         record = event_dict(event)
         if isinstance(event, NewConnection):
-            self._tuples[event.conn] = (
-                f"{event.local}:{event.local_port} {event.remote}:{event.remote_port}"
+            self._tuples[event.conn] = four_tuple_text(
+                event.local, event.local_port, event.remote, event.remote_port
             )
         conn = record.get("conn")
         if conn is not None and "tuple" not in record and conn in self._tuples:
@@ -205,7 +209,6 @@ def format_event(event: TraceEvent) -> tuple[str, str]:
 # the record `e`).
 _TEMPLATE_LINES: dict[type, tuple[str, str]] = {
     StateChange: ("state", "state {e.old} -> {e.new}  ({e.event.name}; {e.rule}: {e.why})"),
-    PeerStateChange: ("state", "peer  {e.remote}:{e.remote_port} (Linux) {e.old} -> {e.new}"),
     Decision: ("decision", "note  {e.what} ({e.rule})"),
     Drop: ("drop", "drop  {e.layer}: {e.reason} {e.summary}"),  # the summary may be ""
 }
@@ -218,7 +221,10 @@ def _event_text(event: TraceEvent) -> tuple[str, str]:
         return kind, template.format(e=event).rstrip()
     if isinstance(event, SegmentEvent):
         arrow = ">" if event.direction == "in" else "<"
-        ends = f"{event.remote}:{event.remote_port} {arrow} {event.local}:{event.local_port}"
+        ends = (
+            f"{endpoint(event.remote, event.remote_port)} {arrow} "
+            f"{endpoint(event.local, event.local_port)}"
+        )
         states = (
             event.state_after
             if event.state_before == event.state_after
@@ -234,8 +240,13 @@ def _event_text(event: TraceEvent) -> tuple[str, str]:
     if isinstance(event, NewConnection):
         how = "passive" if event.passive else "active"
         return "state", (
-            f"new   {event.local}:{event.local_port} <-> "
-            f"{event.remote}:{event.remote_port} ({how} open)"
+            f"new   {endpoint(event.local, event.local_port)} <-> "
+            f"{endpoint(event.remote, event.remote_port)} ({how} open)"
+        )
+    if isinstance(event, PeerStateChange):
+        # (not a template: an IPv6 end is bracketed beside its port)
+        return "state", (
+            f"peer  {endpoint(event.remote, event.remote_port)} (Linux) {event.old} -> {event.new}"
         )
     if isinstance(event, TimerEvent):
         when = f" at +{event.deadline - event.time:.3f}s" if event.deadline is not None else ""
@@ -250,14 +261,17 @@ def _event_text(event: TraceEvent) -> tuple[str, str]:
 
 def pcap_header(snaplen: int = 65535) -> bytes:
     """A classic pcap file's global header: magic, version 2.4, GMT offset,
-    accuracy, snaplen, link type (LINKTYPE_RAW: raw IPv4)."""
+    accuracy, snaplen, link type (LINKTYPE_RAW: raw IP, each packet's
+    version nibble says IPv4 or IPv6)."""
     return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, PcapWriter.LINKTYPE_RAW)
 
 
 class PcapWriter:
-    """Raw IPv4 packets as a classic pcap file (LINKTYPE_RAW), for Wireshark
-    and tshark. Timestamps are the wall clock at write time. header=False:
-    the stream writes the global header itself (as JsonlWriter)."""
+    """Raw IP packets, IPv4 and IPv6 alike, as a classic pcap file
+    (LINKTYPE_RAW, 101: no link header; readers tell the family by the
+    version nibble), for Wireshark and tshark. Timestamps are the wall
+    clock at write time. header=False: the stream writes the global header
+    itself (as JsonlWriter)."""
 
     LINKTYPE_RAW = 101
 

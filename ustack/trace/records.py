@@ -4,8 +4,9 @@ The core hands events to a `Tracer` (any callable) when one is set; with
 none set, tracing costs one `is not None` test per place. Raw packets go to
 packet taps (the pcap writer) the same way.
 
-Schema version 4 (docs/trace-format.md): every event has a "type" and a
-"time"; events of a connection have its id ("conn") and 4-tuple. Fields
+Schema version 5 (docs/trace-format.md): every event has a "type" and a
+"time"; events of a connection have its id ("conn") and 4-tuple, whose
+addresses are text of either family (198.18.0.2, 2001:2::2). Fields
 typed with the vocabulary's StrEnums (ustack.trace.vocabulary) are written
 as their text, so the file holds plain strings.
 """
@@ -31,10 +32,11 @@ from ustack.wire.address import format_address
 if TYPE_CHECKING:  # annotations only: the trace sits below the TCP core
     from ustack.tcp.states import Event, State
 
-TRACE_SCHEMA_VERSION = 4
+TRACE_SCHEMA_VERSION = 5
 # Schemas the readers accept: 2 lacks Decision.kind, which readers treat as "";
 # 2 and 3 lack SegmentEvent.tcb, which readers treat as None.
-READABLE_SCHEMAS = (2, 3, 4)
+# 4 promised dotted quads; 5 holds IPv6 addresses too (issue 15).
+READABLE_SCHEMAS = (2, 3, 4, 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +179,7 @@ TraceEvent = (
     | FaultEvent
 )
 Tracer = Callable[[TraceEvent], None]
-# (direction "in"/"out", the raw IPv4 packet, time)
+# (direction "in"/"out", the raw IP packet (IPv4 or IPv6), time)
 PacketTap = Callable[[str, bytes, float], None]
 
 # The keys of SegmentEvent.tcb, in bytes and seconds; ssthresh and srtt are
@@ -199,6 +201,18 @@ _KINDS: dict[type, str] = {
 # The text of an address of either family (wire/address.py); the old name
 # stays for its callers in tcp/, daemon and study/, being split right now.
 dotted = format_address
+
+
+def endpoint(address: str, port: int) -> str:
+    """An address already in text and a port, as ss(8) writes them:
+    198.18.0.2:80, [2001:2::2]:80 (RFC 5952 6: an IPv6 address in brackets,
+    so that its colons and the port's stay apart)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def four_tuple_text(local: str, local_port: int, remote: str, remote_port: int) -> str:
+    """The "tuple" field of a connection's events: "local:port remote:port"."""
+    return f"{endpoint(local, local_port)} {endpoint(remote, remote_port)}"
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
