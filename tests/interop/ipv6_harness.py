@@ -1,9 +1,10 @@
 """A tests-only harness: the dual Stack on a real TUN, inside the namespace
 it is started in, driven by asyncio (StackRunner) with the echo service on
-port 7 (ustack.api): what the daemon will run once it carries IPv6 (the
-Linux side of issue 15). It configures tun0 with the Linux side's
-2001:2::1/64 and 198.18.0.1/24, prints "ready", answers what comes until
-SIGTERM, then prints its counters as JSON.
+port 7 (ustack.api), without the daemon: the library's IPv6 path alone
+(the daemon's is tested by test_ipv6_link.py and the `family` tests). It
+configures tun0 with the Linux side's 2001:2::1/64 and 198.18.0.1/24,
+prints "ready", answers what comes until SIGTERM, then prints its counters
+as JSON.
 
 With `--connect HOST PORT`, the stack also opens a connection to HOST:PORT
 (ustack.api.open_connection) once it is ready, sends "from ustack\\n",

@@ -1,5 +1,5 @@
 """The dual Stack against the real Linux IPv6 stack on a real TUN (tests-only
-harness, tests/interop/ipv6_harness.py; the daemon does not carry IPv6 yet):
+harness, tests/interop/ipv6_harness.py: the library without the daemon):
 ping -6 (small and fragmented), UDP to a closed port, and what the kernel
 sends down the TUN by itself (MLD, ND) counted, never answered; TCP over
 IPv6 both ways: nc -6 and Python AF_INET6 clients against the echo service,

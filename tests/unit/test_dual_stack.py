@@ -29,7 +29,7 @@ from ustack.net.ip_common import Unreachable
 from ustack.stack import Stack
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.syncookies import SynCookies
-from ustack.trace.records import NewConnection
+from ustack.trace.records import NewConnection, SegmentEvent
 from ustack.wire.address import format_address
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
@@ -96,6 +96,13 @@ def test_one_listener_hears_both_families_and_each_answer_goes_in_its_own() -> N
         ("198.18.0.2", "198.18.0.1"),
         ("2001:2::2", "2001:2::1"),
     ]
+    # The trace names each segment's ends in its family (RFC 5952 text).
+    ends = {(e.direction, e.local, e.remote) for e in t.trace if isinstance(e, SegmentEvent)}
+    assert ends == {
+        (direction, local, remote)
+        for direction in ("in", "out")
+        for local, remote in (("198.18.0.2", "198.18.0.1"), ("2001:2::2", "2001:2::1"))
+    }
 
 
 def test_without_an_mss_option_the_peer_is_assumed_to_take_536_or_1220(family: Family) -> None:
