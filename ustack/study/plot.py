@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ustack.study import load
 from ustack.study.plot_data import KINDS, PlotData, plot_data
@@ -85,7 +85,7 @@ def _time_sequence(ax: Axes, data: PlotData) -> None:
     # Each segment a vertical bar from its first byte to its end; lost ones
     # dashed. Retransmissions get a dot and lost ones a cross as well: on a
     # long transfer a bar of a few bytes is too short to see.
-    bars = {
+    bars: dict[str, tuple[str, float, Literal["solid", "dashed"], str | None]] = {
         "new": ("segment sent", 1.0, "solid", None),
         "retransmission": ("retransmission", 2.4, "solid", "o"),
         "probe": ("probe", 2.4, "solid", "o"),
