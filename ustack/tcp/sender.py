@@ -145,6 +145,11 @@ class Sender:
                     self.snd_nxt = self.snd_una  # resend a probe byte the peer dropped
                     self._recovery.timed = None  # Karn: no sample from what is sent again
                     self._recovery.retries = 0  # (the probes' count: the peer answered)
+                    if self.snd_una != self.snd_max and RETRANSMIT not in self._timers.deadlines:
+                        # The probe byte is outstanding data with the persist
+                        # timer gone: the RTO guards it (RFC 6298 5.1), even if
+                        # a SACK means it is not sent again now.
+                        self._timers.arm(RETRANSMIT, self._recovery.rtt.rto)
             else:
                 self._recovery.retries = 0  # the peer is alive, just full
 
