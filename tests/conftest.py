@@ -1,7 +1,12 @@
+import logging
 import os
 from pathlib import Path
 
 import pytest
+
+# Scapy, the tests' independent reading of the wire, warns at import about the
+# host's routes and interfaces; quieted once here, before any test module imports it.
+logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
 from ustack.linux.lab import (
     LINUX_ADDRESS,
@@ -20,10 +21,6 @@ from ustack.linux.lab import (
     UstackDaemon,
     ping,
 )
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: E402
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6  # noqa: E402
 
 
 def test_ping_gets_three_replies(ns: Netns, daemon: UstackDaemon, family: Family) -> None:

@@ -17,11 +17,12 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from scapy.layers.inet import IP, UDP
 
 from ustack.linux.lab import (
     IPV4,
@@ -34,9 +35,6 @@ from ustack.linux.lab import (
     ping,
     veth_pair,
 )
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import IP, UDP  # noqa: E402
 
 CLIENT = "198.18.1.2"
 ROUTER = "198.18.1.1"

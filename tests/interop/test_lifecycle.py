@@ -19,13 +19,15 @@ ACTIVE_CLOSE_COMBINED = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT_1", 
                          "CLOSED"]  # fmt: skip
 
 
-def download_sha256(ns: Netns, size: int, family: Family = IPV4) -> str:
-    """curl /bytes/SIZE from the stack; the SHA-256 of what arrived."""
+def download_checked(ns: Netns, daemon: UstackDaemon, size: int, family: Family = IPV4) -> None:
+    """curl /bytes/SIZE from the stack, check every byte against the pattern
+    the stack serves, and wait until the connection is gone."""
     result = ns.run(
         "sh", "-c", f"curl -sS -g --max-time 120 '{family.url(f'/bytes/{size}')}' | sha256sum",
         timeout=150, check=True,
     )  # fmt: skip
-    return result.stdout.split()[0].decode()
+    assert result.stdout.split()[0].decode() == pattern_sha256(size)
+    daemon.wait_until_no_connections()
 
 
 def test_curl_small_page(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
@@ -39,9 +41,7 @@ def test_curl_small_page(ns: Netns, daemon: UstackDaemon, family: Family) -> Non
 def test_curl_50_megabytes_every_byte_checked(
     ns: Netns, daemon: UstackDaemon, family: Family
 ) -> None:
-    size = 50 * 1024 * 1024
-    assert download_sha256(ns, size, family) == pattern_sha256(size)
-    daemon.wait_until_no_connections()
+    download_checked(ns, daemon, 50 * 1024 * 1024, family)
     assert daemon.lives(local_port=80) == [PASSIVE_CLOSE]
 
 
@@ -140,9 +140,7 @@ def test_download_without_offloads_segment_by_segment(ns: Netns, tmp_path: Path)
     timestamps), the same bytes."""
     daemon = UstackDaemon.start(ns, tmp_path, "--no-offload")
     try:
-        size = 3 * 1024 * 1024
-        assert download_sha256(ns, size) == pattern_sha256(size)
-        daemon.wait_until_no_connections()
+        download_checked(ns, daemon, 3 * 1024 * 1024)
         lengths = [e["length"] for e in daemon.trace_events() if e["type"] == "segment"]
     finally:
         daemon.stop()
@@ -153,9 +151,7 @@ def test_download_with_offloads_uses_super_segments(
     ns: Netns, daemon: UstackDaemon, family: Family
 ) -> None:
     """GSO out (TCPV4 or TCPV6): super-segments the kernel cuts."""
-    size = 3 * 1024 * 1024
-    assert download_sha256(ns, size, family) == pattern_sha256(size)
-    daemon.wait_until_no_connections()
+    download_checked(ns, daemon, 3 * 1024 * 1024, family)
     out = [e["length"] for e in daemon.trace_events() if e["type"] == "segment"
            and e["direction"] == "out"]  # fmt: skip
     segment = family.mss - 12  # whole segments of the MSS less the timestamps

@@ -8,9 +8,10 @@ scapy is the independent oracle for the IPv6 bytes, as in test_stack_input.py.
 from __future__ import annotations
 
 import errno
-import logging
 
 import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from tcpscript import (
     IPV4,
     IPV6,
@@ -31,10 +32,6 @@ from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.syncookies import SynCookies
 from ustack.trace.records import NewConnection, SegmentEvent
 from ustack.wire.address import format_address
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import IP, TCP  # noqa: E402
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment  # noqa: E402
 
 
 class Wire:

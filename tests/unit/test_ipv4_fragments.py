@@ -7,19 +7,10 @@ scapy is the independent oracle: its `fragment` cuts what we receive, its
 
 from __future__ import annotations
 
-import logging
 import random
 
 import pytest
-from tcpscript import OUR_ISS, PEER, PEER_ISS, US, TcpScript
-from virtual_wire import VirtualWire
-
-from ustack.net.fragments import DATAGRAM_OVERHEAD, FRAGMENT_OVERHEAD, FragmentLimits
-from ustack.stack import Stack
-from ustack.trace.records import Drop
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import (  # noqa: E402
+from scapy.layers.inet import (
     ICMP,
     IP,
     TCP,
@@ -28,7 +19,13 @@ from scapy.layers.inet import (  # noqa: E402
     defragment,
     fragment,
 )
-from scapy.packet import Raw  # noqa: E402
+from scapy.packet import Raw
+from tcpscript import OUR_ISS, PEER, PEER_ISS, US, TcpScript
+from virtual_wire import VirtualWire
+
+from ustack.net.fragments import DATAGRAM_OVERHEAD, FRAGMENT_OVERHEAD, FragmentLimits
+from ustack.stack import Stack
+from ustack.trace.records import Drop
 
 US_TEXT = "198.18.0.2"
 PEER_TEXT = "198.18.0.1"

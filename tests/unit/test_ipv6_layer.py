@@ -5,7 +5,6 @@ independent oracle), fragment6/defragment6 included."""
 from __future__ import annotations
 
 import ipaddress
-import logging
 
 import pytest
 from hypothesis import given, settings
@@ -14,20 +13,8 @@ from peers import PEER6 as PEER
 from peers import PEER6_TEXT as PEER_TEXT
 from peers import US6 as US
 from peers import US6_TEXT as US_TEXT
-from virtual_wire import VirtualWire
-
-from ustack.counters import Counters
-from ustack.net.address_rules import icmpv6_error_forbidden
-from ustack.net.fragments import DATAGRAM_OVERHEAD, FRAGMENT_OVERHEAD, FragmentLimits
-from ustack.net.ipv4 import Unreachable
-from ustack.net.ipv6 import IPv6Layer
-from ustack.trace.records import Drop
-from ustack.trace.vocabulary import DropReason
-from ustack.wire.icmp import Quote
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import TCP, UDP  # noqa: E402
-from scapy.layers.inet6 import (  # noqa: E402
+from scapy.layers.inet import TCP, UDP
+from scapy.layers.inet6 import (
     HBHOptUnknown,
     ICMPv6DestUnreach,
     ICMPv6EchoReply,
@@ -47,6 +34,16 @@ from scapy.layers.inet6 import (  # noqa: E402
     defragment6,
     fragment6,
 )
+from virtual_wire import VirtualWire
+
+from ustack.counters import Counters
+from ustack.net.address_rules import icmpv6_error_forbidden
+from ustack.net.fragments import DATAGRAM_OVERHEAD, FRAGMENT_OVERHEAD, FragmentLimits
+from ustack.net.ipv4 import Unreachable
+from ustack.net.ipv6 import IPv6Layer
+from ustack.trace.records import Drop
+from ustack.trace.vocabulary import DropReason
+from ustack.wire.icmp import Quote
 
 
 class Wire(VirtualWire[IPv6]):

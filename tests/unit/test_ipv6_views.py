@@ -12,12 +12,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import logging
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+)
 from test_ladder import lost_fin_with_peer_states, passive_close, write_trace
 
 from ustack.cli.clients import ss_lines, stats_lines
@@ -41,16 +48,6 @@ from ustack.trace.records import (
     four_tuple_text,
 )
 from ustack.wire.address import parse_address
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
-from scapy.layers.inet6 import (  # noqa: E402
-    ICMPv6EchoRequest,
-    IPv6,
-    IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop,
-)
 
 US4, PEER4 = "198.18.0.2", "198.18.0.1"
 US6, PEER6 = "2001:2::2", "2001:2::1"

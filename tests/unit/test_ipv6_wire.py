@@ -3,13 +3,20 @@ schemas, builders and parsers against scapy (the independent oracle)."""
 
 from __future__ import annotations
 
-import logging
-
 from construct import Container
 from hypothesis import given
 from hypothesis import strategies as st
 from peers import PEER6 as PEER
 from peers import US6 as US
+from scapy.layers.inet import TCP
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
 
 from ustack.wire.codec import construct_build, construct_parse
 from ustack.wire.icmp import parse_icmp
@@ -30,17 +37,6 @@ from ustack.wire.ipv6 import (
     parse_fragment_header,
     parse_ipv6,
     remove_fragment_header,
-)
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import TCP  # noqa: E402
-from scapy.layers.inet6 import (  # noqa: E402
-    ICMPv6EchoRequest,
-    IPv6,
-    IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop,
-    IPv6ExtHdrRouting,
 )
 
 addresses = st.integers(2**32, 2**128 - 1)

@@ -14,13 +14,15 @@ same writer decodes as IPv6 (LINKTYPE_RAW carries both).
 from __future__ import annotations
 
 import io
-import logging
 import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.utils import PcapNgReader
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
 from ustack.study.pcapng import (
@@ -33,11 +35,6 @@ from ustack.study.pcapng import (
 from ustack.study.sinks import TraceRotation, TraceSinks, TraceSpec, format_for
 from ustack.trace.records import SegmentEvent, TraceEvent
 from ustack.trace.vocabulary import SegmentNote
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import IP, TCP  # noqa: E402
-from scapy.layers.inet6 import IPv6  # noqa: E402
-from scapy.utils import PcapNgReader  # noqa: E402
 
 CLOSED_PORT_SPORT = 40002
 

@@ -5,15 +5,11 @@ scapy is the independent oracle: it builds what we receive and dissects what we 
 
 from __future__ import annotations
 
-import logging
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 
 from ustack.stack import Stack
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror  # noqa: E402
 
 US = "198.18.0.2"
 PEER = "198.18.0.1"

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.utils import PcapReader, rdpcap
 from tcpscript import OUR_ISS, PEER, PEER_ISS, US, WINDOW, AppLog, TcpScript, canonical_flags
 
 from ustack.stack import Stack
@@ -59,10 +61,6 @@ from ustack.trace.records import (
     dotted,
     event_dict,
 )
-
-logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.layers.inet import ICMP, IP, TCP  # noqa: E402
-from scapy.utils import PcapReader, rdpcap  # noqa: E402
 
 US_DOTTED = dotted(US)  # 198.18.0.2
 PEER_DOTTED = dotted(PEER)  # 198.18.0.1

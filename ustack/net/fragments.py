@@ -129,16 +129,8 @@ IPV6_FRAGMENT_LIMITS = FragmentLimits(timeout=60.0)  # ip6frag_time, RFC 8200 4.
 class _Datagram:
     """One datagram being reassembled: its fragments sorted by offset."""
 
-    __slots__ = (
-        "cost",
-        "created",
-        "ends",
-        "first_header",
-        "length",
-        "pieces",
-        "received",
-        "starts",
-    )
+    __slots__ = ("cost", "created", "ends", "first_header",
+                 "length", "pieces", "received", "starts")  # fmt: skip
 
     def __init__(self, now: float) -> None:
         self.created = now

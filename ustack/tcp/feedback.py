@@ -166,15 +166,8 @@ class PathFeedback:
     the MSS black-hole detection fell back to, if it did. From them comes
     the segment size the connection sends at."""
 
-    __slots__ = (
-        "_conn",
-        "black_hole_mss",
-        "default_peer_mss",
-        "headers",
-        "path_mtu",
-        "path_mtu_until",
-        "soft_error",
-    )
+    __slots__ = ("_conn", "black_hole_mss", "default_peer_mss", "headers",
+                 "path_mtu", "path_mtu_until", "soft_error")  # fmt: skip
 
     def __init__(self, conn: TcpConnection) -> None:
         self._conn = conn
