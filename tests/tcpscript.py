@@ -55,6 +55,8 @@ WINDOW = 65535
 
 # Set by the coverage test: every transition any script makes is reported here.
 transition_recorder: Callable[[StateChange], None] | None = None
+# Set by the explain words test: every script made is reported here, to read its trace.
+script_recorder: Callable[[TcpScript], None] | None = None
 
 _FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, ".": 0x10, "U": 0x20, "E": 0x40,
               "W": 0x80}  # fmt: skip
@@ -207,6 +209,8 @@ class TcpScript:
             self.listener = self.tcp.listen(listen, self._accept, backlog=backlog, now=self.now)
         self.local_port = listen or 0
         self.checker = InvariantChecker(self.tcp)
+        if script_recorder is not None:
+            script_recorder(self)
 
     def speak(self, family: Family) -> None:
         """From now on the peer talks to the stack over `family` (a dual

@@ -202,6 +202,7 @@ def peer_states(ladder: str) -> list[str]:
 
 ACTIVE_CLOSE_GOLDEN = """\
 connection 1: Linux peer 198.18.0.1:40000 <-> ustack 198.18.0.2:80 (passive open)
+win: as sent (unscaled): in bytes x128 for the peer's, x8 for ustack's after the SYNs (RFC 7323 2.2)
 
  time ms  Linux peer                                                              ustack
                     |                                                              |  LISTEN
@@ -240,7 +241,7 @@ def test_handshake_arrows_states_and_options(tmp_path: Path) -> None:
         ("out", "S. seq 0 ack 1 win 65535 [mss 1460,wscale 3,sackOK]", ""),
         ("in", ". seq 1 ack 1 win 65535", "ESTABLISHED"),
     ]
-    header, first_states = text.splitlines()[2:4]
+    header, first_states = text.splitlines()[3:5]
     assert header.split() == ["time", "ms", "Linux", "peer", "ustack"]
     assert first_states.split() == ["|", "|", "LISTEN"]  # no peer states in this trace
     assert "(RTO set 1000 ms)" in text

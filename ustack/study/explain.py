@@ -45,7 +45,18 @@ def explain(events: Iterable[Record | TraceEvent]) -> list[str]:
     summary = choose_connection(records, None)
     context = _context(summary.events, summary.peer, summary.us)
     steps = _steps(_items(summary.events), context)
-    return [f"{n}. {text} [{_refs(refs)}]" for n, (text, refs) in enumerate(steps, 1)]
+    return [f"{n}. {text} [{_refs(refs)}]" for n, (text, refs, _) in enumerate(steps, 1)]
+
+
+def told_segments(
+    events: Iterable[Record | TraceEvent], conn: int | None = None
+) -> list[tuple[str, list[Record]]]:
+    """Each step of `explain` of connection `conn` (without its number and
+    RFCs) with the segments it tells of: what a test checks the words against."""
+    records = as_records(events)
+    summary = choose_connection(records, conn)
+    context = _context(summary.events, summary.peer, summary.us)
+    return [(text, told) for text, _, told in _steps(_items(summary.events), context)]
 
 
 def event_sentences(events: Sequence[Record], peer: str, us: str) -> dict[int, tuple[str, str]]:
@@ -152,11 +163,19 @@ def _plain(item: Item) -> bool:
         and not event.get("note")
         and not item.states
         and not item.decisions
+        and not (event["direction"] == "in" and event["window"] == 0)  # told on its own
     )
 
 
-def _steps(items: list[Item], context: Context) -> list[tuple[str, list[str]]]:
-    steps: list[tuple[str, list[str]]] = []
+Step = tuple[str, list[str], list[Record]]  # text, RFC references, the segments told
+
+
+def _told(*items: Item | None) -> list[Record]:
+    return [item.event for item in items if item is not None and item.segment()]
+
+
+def _steps(items: list[Item], context: Context) -> list[Step]:
+    steps: list[Step] = []
     peer_news: list[Record] = []  # the peer's state changes, told with its next segment
     i = 0
     while i < len(items):
@@ -170,14 +189,16 @@ def _steps(items: list[Item], context: Context) -> list[tuple[str, list[str]]]:
             if i < len(items) and items[i].segment("in"):
                 continue
             for event in peer_news:
-                steps.append(peer_step(event))
+                steps.append((*peer_step(event), []))
             peer_news.clear()
             continue
         if _plain(item) and not peer_news:
             j = i
             while j < len(items) and _plain(items[j]):
                 j += 1
-            steps.append(plain_step([it.event for it in items[i:j]], context))
+            steps.append(
+                (*plain_step([it.event for it in items[i:j]], context), _told(*items[i:j]))
+            )
             i = j
             continue
         follow = items[i + 1] if i + 1 < len(items) else None
@@ -188,23 +209,23 @@ def _steps(items: list[Item], context: Context) -> list[tuple[str, list[str]]]:
                 states = ", then ".join(e["new"] for e in peer_news)
                 text += f" (The Linux socket is now {states}.)"
                 peer_news.clear()
-            steps.append((text, refs))
+            steps.append((text, refs, _told(item, reply)))
             i += 2 if reply is not None else 1
         elif item.segment("out"):
-            steps.append(outgoing_step(item, context))
+            steps.append((*outgoing_step(item, context), _told(item)))
             i += 1
         elif item.kind == "timer":
             resent = follow if follow is not None and _is_resend(item, follow) else None
-            steps.append(timer_step(item, resent, context))
+            steps.append((*timer_step(item, resent, context), _told(resent)))
             i += 2 if resent is not None else 1
         elif item.kind == "state":
-            steps.append(state_step(item.event))
+            steps.append((*state_step(item.event), []))
             i += 1
         else:
-            steps.append((f"ustack: {item.event['what']}.", [item.event["rule"]]))
+            steps.append((f"ustack: {item.event['what']}.", [item.event["rule"]], []))
             i += 1
     for event in peer_news:
-        steps.append(peer_step(event))
+        steps.append((*peer_step(event), []))
     return steps
 
 

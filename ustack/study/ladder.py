@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ustack.study import load
-from ustack.study.decode import is_lost
+from ustack.study.decode import decision_note, is_lost
 from ustack.study.ladder_draw import draw_ascii, draw_mermaid, draw_svg
 from ustack.study.load import Record
 from ustack.trace.records import TraceEvent
-from ustack.trace.vocabulary import LOST_NOTE, TimerAction, TimerKind
+from ustack.trace.vocabulary import LOST_NOTE, Note, TimerAction, TimerKind
 
 FORMATS = ("ascii", "svg", "mermaid")
 
@@ -53,6 +53,7 @@ class Ladder:
     peer_start: str  # "" when the trace has no peer_state events
     ustack_start: str
     rows: list[Row]
+    windows: str = ""  # how to read the "win" numbers (scaled or not)
 
     @property
     def title(self) -> str:
@@ -71,6 +72,12 @@ TIMER_NOTES: dict[TimerKind, tuple[str, str]] = {
     TimerKind.TIME_WAIT: ("2MSL timer {}", "2MSL timer expired"),
     TimerKind.FIN_WAIT_2: ("fin timeout {}", "fin timeout expired"),
 }
+# Re-arming a running timer is noise (every new segment re-arms the RTO),
+# but not these: the restart is the point (RFC 9293 3.10.7.4: a resent FIN
+# in TIME_WAIT is acknowledged again and "restart the 2 MSL timeout").
+RESTART_NOTES: dict[TimerKind, str] = {TimerKind.TIME_WAIT: "2MSL restarted {}"}
+# Decisions whose answer the ladder names on the arrow that carries it.
+REPLY_LABELS: dict[Note, str] = {Note.FIN_AGAIN_IN_TIME_WAIT: "re-ACK of the resent FIN"}
 
 
 def _duration(seconds: float) -> str:
@@ -116,6 +123,25 @@ def segment_label(
     return text
 
 
+def window_legend(records: Iterable[Record]) -> str:
+    """How to read the labels' "win N": the 16-bit field as on the wire,
+    which counts bytes only when no window scale is in effect (RFC 7323
+    2.2: both SYNs must offer it, and a SYN's own window is never scaled)."""
+    shifts: dict[str, int | None] = {}
+    for event in records:
+        if event["type"] == "segment" and "S" in event["flags"]:
+            shifts.setdefault(event["direction"], (event.get("options") or {}).get("wscale"))
+    if len(shifts) < 2:
+        return "win: as sent, unscaled (no SYNs in the trace: the window scale is unknown)"
+    peer, ours = shifts["in"], shifts["out"]
+    if peer is None or ours is None:
+        return "win: in bytes (no window scaling on this connection)"
+    return (
+        f"win: as sent (unscaled): in bytes x{1 << peer} for the peer's, x{1 << ours} for "
+        f"ustack's after the SYNs (RFC 7323 2.2)"
+    )
+
+
 def build_ladder(
     events: Iterable[Record | TraceEvent], absolute: bool = False, conn: int | None = None
 ) -> Ladder:
@@ -130,6 +156,7 @@ def build_ladder(
     ladder = Ladder(
         summary.conn, summary.peer, summary.us, summary.passive, peer_start, summary.first_state, []
     )
+    ladder.windows = window_legend(records)
     rows = ladder.rows
 
     def ms(event: Record) -> float:
@@ -140,6 +167,7 @@ def build_ladder(
     pending_peer: tuple[float, str] | None = None
     pending_notes: list[tuple[float, str]] = []  # timers set just before a segment goes out
     running: set[str] = set()
+    reply_label: tuple[float, str] | None = None  # a decision's name for the answer it sends
 
     def flush_notes() -> None:
         for at, text in pending_notes:
@@ -172,14 +200,11 @@ def build_ladder(
             # The peer changes state and then sends (SYN_SENT, then the SYN).
             if direction != "in":
                 flush_peer()
-            row = Row(
-                at,
-                "arrow",
-                direction,
-                event["flags"],
-                segment_label(event, absolute, numbers[id(event)]),
-                is_lost(event),
-            )
+            label = segment_label(event, absolute, numbers[id(event)])
+            if reply_label is not None and direction == "out" and reply_label[0] == at:
+                label += f" ({reply_label[1]})"
+            reply_label = None
+            row = Row(at, "arrow", direction, event["flags"], label, is_lost(event))
             if pending_peer is not None:
                 row.peer_state = pending_peer[1]
                 pending_peer = None
@@ -200,10 +225,12 @@ def build_ladder(
             when_set, when_fired = TIMER_NOTES.get(name, (name + " set {}", name + " fired"))
             if action == TimerAction.SET:
                 # Re-arming a running timer (every new segment) is noise.
-                if name not in running and event.get("deadline") is not None:
+                restart = RESTART_NOTES.get(name) if name in running else None
+                if (name not in running or restart) and event.get("deadline") is not None:
                     delay = _duration(event["deadline"] - event["time"])
                     # (not str.format: an unknown timer's name may hold braces)
-                    pending_notes.append((ms(event), when_set.removesuffix("{}") + delay))
+                    text = (restart or when_set).removesuffix("{}") + delay
+                    pending_notes.append((ms(event), text))
                 running.add(name)
             elif action == TimerAction.FIRED:
                 flush_notes()
@@ -218,6 +245,11 @@ def build_ladder(
         elif kind == "peer_state":
             flush_peer()
             pending_peer = (ms(event), event["new"])
+        elif kind == "decision":
+            note = decision_note(event)[0]
+            named = REPLY_LABELS.get(note) if note is not None else None
+            if named is not None:
+                reply_label = (ms(event), named)
     flush_notes()
     flush_state()
     flush_peer()

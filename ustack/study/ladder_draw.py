@@ -46,6 +46,7 @@ def draw_ascii(ladder: Ladder) -> str:
 
     out = [
         ladder.title,
+        ladder.windows,
         "",
         # Each name stands on its lifeline: "Linux peer" ends on it, "ustack" starts on it.
         f"{'time ms':>{time_w}} {'Linux peer':>{peer_w + 1}}{'':{span}}ustack",
@@ -82,7 +83,7 @@ def draw_svg(ladder: Ladder) -> str:
     us_x = peer_x + span
     right = max((len(r.ustack_state or r.note) + 2 for r in ladder.rows), default=12)
     width = us_x + 24 + max(right, 14) * _CHAR_PX
-    top = 112.0
+    top = 124.0
     height = top + len(ladder.rows) * _ROW_PX + 40
 
     parts: list[str] = []
@@ -102,6 +103,7 @@ def draw_svg(ladder: Ladder) -> str:
     add("</defs>")
     add(f'<rect width="{width:.0f}" height="{height:.0f}" fill="#ffffff"/>')
     add(_svg_text(12, 22, ladder.title, weight="bold"))
+    add(_svg_text(12, 110, ladder.windows, colour="#555555"))
     for x, name in ((peer_x, "Linux peer"), (us_x, "ustack")):
         add(
             f'<rect x="{x - 60:.1f}" y="38" width="120" height="26" rx="4" fill="#eef2f7" '
@@ -207,6 +209,7 @@ def draw_mermaid(ladder: Ladder) -> str:
         "    participant U as ustack",
         # No "<->" here: Mermaid passes note text through an HTML sanitizer.
         f"    Note over P,U: connection {ladder.conn}, {ladder.peer} - {ladder.us}",
+        f"    Note over P,U: {clean(ladder.windows)}",
     ]
     if ladder.peer_start:
         out.append(f"    Note over P: {ladder.peer_start}")

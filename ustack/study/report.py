@@ -33,7 +33,7 @@ from typing import Any
 from ustack.study import load
 from ustack.study.decode import is_lost
 from ustack.study.explain import event_sentences
-from ustack.study.ladder import build_ladder
+from ustack.study.ladder import build_ladder, window_legend
 from ustack.study.ladder_draw import draw_svg
 from ustack.study.plot import EXTRA_MISSING, PlotUnavailable, connection_plot_data
 from ustack.study.plot import render_with_frame as render_graph
@@ -207,6 +207,7 @@ def build_report(trace: Path, conn: int | None, max_line: int = load.MAX_LINE_BY
     shown = [events[r] for r in rows if isinstance(r, int)]
     # The ladder's arrows are its segments in order: the n-th arrow is the n-th shown segment.
     ladder = build_ladder(shown)
+    ladder.windows = window_legend(events)  # (from the SYNs, which a long selection may skip)
     arrow_events = [r for r in rows if isinstance(r, int) and events[r]["type"] == "segment"]
     arrows = sum(1 for row in ladder.rows if row.kind == "arrow")
     if arrows != len(arrow_events):

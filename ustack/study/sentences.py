@@ -118,6 +118,17 @@ def is_app_call(state_change: Record) -> bool:
     return _event(state_change) in APP_CALLS
 
 
+def _also_carries(flags: str, text: str) -> str:
+    """The control flags a sentence that names one of them leaves out: a
+    forged or broken segment may carry SYN, FIN and RST together."""
+    named = {word for word in ("SYN", "FIN", "RST") if f" {word}" in text}
+    others = [w for f, w in (("S", "SYN"), ("F", "FIN"), ("R", "RST")) if f in flags]
+    left = [word for word in others if word not in named]
+    if not left or not named:
+        return ""
+    return f" (It also carries {' and '.join(left)}: an unusual combination.)"
+
+
 def _never_arrives(event: Record) -> str:
     flags = event["flags"]
     kind = next(
@@ -220,6 +231,11 @@ def incoming_step(item: Item, reply: Item | None, context: Context) -> tuple[str
         text, refs = f"The peer sends {length:,} bytes of data (seq {seq}).", [_DATA]
     else:
         text, refs = f"The peer sends an ACK (seq {seq}, ack {ack}).", [_DATA]
+    text += _also_carries(flags, text)
+    if event["window"] == 0 and "R" not in flags:
+        # A zero window is the same scaled or not (RFC 7323 2.3).
+        text += " Its window is 0: ustack may send no new data until the peer opens it."
+        refs.append(_ZERO_WINDOW_PROBE)
     if is_lost(event):
         return text + _never_arrives(event), refs
 
@@ -275,6 +291,12 @@ def outgoing_step(item: Item, context: Context) -> tuple[str, list[str]]:
     state = item.states[0] if item.states else None
     cause = _event(state) if state is not None else None
     kind = segment_note(event)
+    prefix = ""
+    if cause is not None and not _carries_what_it_caused(cause, flags):
+        # The call's own segment comes later (a FIN after the data still
+        # queued, RFC 9293 3.10.4): tell the call, then this segment as it is.
+        prefix = state_step(item.states[0])[0] + " "
+        cause = None
     if cause is Event.APP_CONNECT:
         text = (
             f"The application connects: ustack sends SYN to the Linux peer ({context.peer}) "
@@ -356,7 +378,23 @@ def outgoing_step(item: Item, context: Context) -> tuple[str, list[str]]:
     refs.extend(s["rule"] for s in item.states)
     if is_lost(event):
         text += _never_arrives(event)
-    return text, refs
+    return prefix + text, refs
+
+
+# The flag of the segment each application call sends at once.
+_CALL_FLAGS = {
+    Event.APP_CONNECT: "S",
+    Event.APP_CLOSE: "F",
+    Event.APP_ABORT: "R",
+    Event.APP_CLOSE_UNREAD: "R",
+}
+
+
+def _carries_what_it_caused(cause: Event, flags: str) -> bool:
+    """Whether this segment is the one the call sent (a close with data
+    still queued sends the data first: the FIN rides on the last segment)."""
+    flag = _CALL_FLAGS.get(cause)
+    return flag is None or flag in flags
 
 
 def _seconds(text: str) -> float | None:
@@ -525,12 +563,17 @@ def plain_step(events: list[Record], context: Context) -> tuple[str, list[str]]:
         other = "in" if direction == "out" else "out"
         replies = [e for e in events if e["direction"] == other]
         if replies:
+            start = min(context.rel(e)[0] for e in sent[direction])
             end = max(context.rel(e)[0] + e["length"] for e in sent[direction])
-            ack = context.rel(replies[-1])[1]
+            ack = max(context.rel(e)[1] for e in replies)
+            # An ACK at or below the run's first byte acknowledges none of
+            # it (the two sides' data crossed): say so, not "up to ack 1".
             if ack >= end:
                 clause += f"; {sides[other]} acknowledges them (ack {ack})"
-            else:
+            elif ack > start:
                 clause += f"; {sides[other]} acknowledges them up to ack {ack} so far"
+            else:
+                clause += f"; {sides[other]} has not acknowledged any of them yet"
         sentences.append(_capital(clause) + ".")
     return " ".join(sentences), [_DATA]
 
