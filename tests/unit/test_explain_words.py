@@ -13,8 +13,6 @@ rules below catch both (the last tests keep them).
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import re
 import sys
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 import tcpscript
 from tcpscript import OUR_ISS, PEER_ISS, TcpScript
-from test_transition_coverage import SCRIPT_MODULES, _calls
+from test_transition_coverage import script_test_runs
 
 from ustack.study.explain import event_sentences, told_segments
 from ustack.study.load import (
@@ -159,16 +157,11 @@ def _traces() -> Iterator[tuple[str, TcpScript]]:
     made: list[TcpScript] = []
     tcpscript.script_recorder = made.append
     try:
-        for module_name in SCRIPT_MODULES:
-            module = importlib.import_module(module_name)
-            for name, function in inspect.getmembers(module, inspect.isfunction):
-                if not name.startswith("test_") or function.__module__ != module.__name__:
-                    continue
-                for label, kwargs in _calls(function):
-                    made.clear()
-                    function(**kwargs)
-                    for script in list(made):
-                        yield f"{module_name}::{name}{label}", script
+        for test_id, run in script_test_runs():
+            made.clear()
+            run()
+            for script in list(made):
+                yield test_id, script
     finally:
         tcpscript.script_recorder = None
 

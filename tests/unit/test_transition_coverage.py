@@ -11,6 +11,7 @@ import importlib
 import inspect
 import itertools
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import tcpscript
@@ -52,6 +53,18 @@ def _calls(function: Callable[..., Any]) -> Iterator[tuple[str, dict[str, Any]]]
         yield (f"[{label}]" if label else ""), kwargs
 
 
+def script_test_runs() -> Iterator[tuple[str, Callable[[], object]]]:
+    """Every case of every script test in SCRIPT_MODULES: its id and a call
+    that runs it (the caller records what the scripts do)."""
+    for module_name in SCRIPT_MODULES:
+        module = importlib.import_module(module_name)
+        for name, function in inspect.getmembers(module, inspect.isfunction):
+            if not name.startswith("test_") or function.__module__ != module.__name__:
+                continue
+            for label, kwargs in _calls(function):
+                yield f"{module_name}::{name}{label}", partial(function, **kwargs)
+
+
 def covering_scripts() -> dict[tuple[State, Event], list[str]]:
     covered: dict[tuple[State, Event], list[str]] = {}
     current = ""
@@ -61,14 +74,9 @@ def covering_scripts() -> dict[tuple[State, Event], list[str]]:
 
     tcpscript.transition_recorder = record
     try:
-        for module_name in SCRIPT_MODULES:
-            module = importlib.import_module(module_name)
-            for name, function in inspect.getmembers(module, inspect.isfunction):
-                if not name.startswith("test_") or function.__module__ != module.__name__:
-                    continue
-                for label, kwargs in _calls(function):
-                    current = f"{module_name}::{name}{label}"
-                    function(**kwargs)
+        for test_id, run in script_test_runs():
+            current = test_id  # (what record() files the transitions under)
+            run()
     finally:
         tcpscript.transition_recorder = None
     return covered
