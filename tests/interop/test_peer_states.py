@@ -232,65 +232,6 @@ def test_linux_client_active_close(pair: Netns, how: str, family: int) -> None:
     assert (LINUX, client_port, port) in lookups
 
 
-# Another namespace's own server and client, between the same two addresses.
-BOTH_ENDS = """
-import socket, sys
-srv = socket.create_server((sys.argv[2], 0))
-c = socket.socket()
-c.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT: a SYN_SENT without port
-c.bind((sys.argv[1], 0))
-c.connect((sys.argv[2], srv.getsockname()[1]))
-a, _ = srv.accept()
-print(c.getsockname()[1], flush=True)
-c.sendall(b"hello")
-c.close()  # the client closes first: FIN_WAIT_1 .. TIME_WAIT, as ours below
-assert a.recv(100) == b"hello" and a.recv(100) == b""
-a.close()
-"""
-
-
-def test_only_our_namespace_is_reported(pair: Netns) -> None:
-    """The tracepoint is machine-wide: another namespace with the very same
-    addresses runs a connection first; the watcher (in ours) reports our
-    client's socket only, each skipped change counted."""
-    recorder = Recorder()
-    with netns(NS_PREFIX, "other") as other:
-        for address in (LINUX, STACK):
-            subprocess.run(["ip", "-n", other.name, "addr", "add", f"{address}/32", "dev", "lo"],
-                           check=True)  # fmt: skip
-
-        async def main() -> tuple[int, int, int]:
-            loop = asyncio.get_running_loop()
-
-            async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                await reader.read()
-                writer.close()
-
-            server = await asyncio.start_server(serve, STACK, 0)
-            port = server.sockets[0].getsockname()[1]
-            watcher = PeerStateWatcher(STACK, recorder, lambda *_: None, loop)
-            watcher.start()
-            try:
-                theirs = int(await asyncio.to_thread(run_python, other, BOTH_ENDS, LINUX, STACK))
-                # Our client after theirs: once ours shows TIME_WAIT, theirs was read.
-                out = await asyncio.to_thread(
-                    run_python, pair, CLIENT, LINUX, STACK, str(port), "close"
-                )
-                client_port = int(out)
-                assert client_port != theirs  # (else the two could not be told apart)
-                await recorder.wait_for(client_port, "TIME_WAIT")
-            finally:
-                watcher.stop()
-                server.close()
-            return port, client_port, watcher.foreign
-
-        port, client_port, foreign = in_netns(pair, main)
-    assert {(e.local_port, e.remote_port) for e in recorder.events} == {(port, client_port)}
-    assert recorder.life(client_port) == ACTIVE_CLOSE
-    # Theirs went CLOSED -> SYN_SENT -> ESTABLISHED -> FIN_WAIT_1 -> FIN_WAIT_2 -> CLOSED.
-    assert foreign >= 3
-
-
 SERVER = """
 import socket, sys
 srv = socket.create_server((sys.argv[1], 0))

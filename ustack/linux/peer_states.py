@@ -16,17 +16,10 @@ own network namespace, which must be the Linux peer's) whether a timewait
 socket holds that 4-tuple, reports its state instead of CLOSED, and then polls
 it until it changes or goes away (CLOSED).
 
-Tracefs is global to the machine, not per network namespace, and the
-tracepoint has no field for the namespace (no event filter can test it; that
-would take a BPF program). So another namespace's socket between the same two
-addresses shows too. Before the first change of a 4-tuple is reported, the
-watcher asks sock_diag, which answers for its own namespace only, whether a
-socket (full or timewait) holds that 4-tuple here: one exact lookup per
-connection; the 4-tuple's later changes are reported without asking. The
-limits: a socket that is already gone when its first change is handled (a
-connect refused within the moment) is not reported; and another namespace's
-socket on the very same 4-tuple at the same time as ours cannot be told apart.
-Without sock_diag nothing is filtered (the warning says so).
+Tracefs is global to the machine, not per network namespace: an event of
+another namespace that uses the same two addresses cannot be told apart (the
+`conn` of such an event is normally None). The tracepoint has no field for the
+namespace, so no event filter can test it; that would take a BPF program.
 """
 
 from __future__ import annotations
@@ -250,8 +243,6 @@ class PeerStateWatcher:
         self._diag: SockDiag | None = None
         self._held: dict[Key, str] = {}  # 4-tuples in a timewait socket, and its state
         self._open: set[Key] = set()  # 4-tuples reported in a state other than CLOSED
-        self._ours: set[Key] = set()  # 4-tuples sock_diag found in our namespace
-        self.foreign = 0  # changes not reported: their socket is not in our namespace
         # connect(2) enters SYN_SENT before it picks the port: (Linux address,
         # stack port) -> when each such SYN_SENT was handled, oldest first.
         self._unbound: dict[tuple[str, int], deque[float]] = {}
@@ -296,7 +287,6 @@ class PeerStateWatcher:
             self._poll = None
         self._held.clear()
         self._open.clear()
-        self._ours.clear()
         self._unbound.clear()
         self._stop_reader()
         self._tear_down()
@@ -448,13 +438,6 @@ class PeerStateWatcher:
             unbound = self._unbound.setdefault((change.linux, change.stack_port), deque())
             unbound.append(self._time_of(change))
             return
-        if not self._in_our_namespace(key):
-            self.foreign += 1
-            waiting = self._unbound.get((change.linux, change.stack_port))
-            if change.old == "SYN_SENT" and waiting:
-                waiting.popleft()  # (its SYN_SENT without a port was that socket's)
-            log.debug("peer states: %s:%d is not in our namespace: skipped", *key[:2])
-            return
         held = self._held.pop(key, None)
         if held is not None:  # the 4-tuple is used anew: its timewait socket is gone
             self._report(key, held, "CLOSED")
@@ -477,20 +460,6 @@ class PeerStateWatcher:
                 self._report(key, old, state, self._loop.time())
                 return
         self._report(key, old, new, self._time_of(change))
-
-    def _in_our_namespace(self, key: Key) -> bool:
-        """Whether the socket of this 4-tuple is in the watcher's network
-        namespace (see the module's note): known, or found by sock_diag."""
-        if key in self._ours or key in self._open or key in self._held or self._diag is None:
-            return True
-        try:
-            found = self._diag.holds(key, self._stack_facing(key[0]))
-        except OSError as exc:
-            self._diag_failed(exc)
-            return True
-        if found:
-            self._ours.add(key)
-        return found
 
     def _time_of(self, change: KernelStateChange) -> float:
         """The kernel's timestamp when the instance runs on the mono clock."""
@@ -546,8 +515,6 @@ class PeerStateWatcher:
     def _report(self, key: Key, old: str, new: str, handled: float | None = None) -> None:
         if new == "CLOSED":
             self._open.discard(key)
-            if key not in self._held:
-                self._ours.discard(key)
         else:
             self._open.add(key)
         linux, linux_port, stack_port = key

@@ -59,31 +59,18 @@ class SockDiag:
             idiag_dport=stack_port, idiag_dst=_address(stack),
             idiag_cookie=_NO_COOKIE,
         )  # fmt: skip
-        return next((state for state in found.values() if state), None)
-
-    def holds(self, key: Key, stack: str) -> bool:
-        """Whether a socket of any state (a full one or a timewait one) holds
-        this 4-tuple in this namespace: an exact lookup, one round trip."""
-        linux, linux_port, stack_port = key
-        found = self._ask(
-            netlink.NLM_F_REQUEST, _ANY_STATE, _family(stack),
-            idiag_sport=linux_port, idiag_src=_address(linux),
-            idiag_dport=stack_port, idiag_dst=_address(stack),
-            idiag_cookie=_NO_COOKIE,
-        )  # fmt: skip
-        return bool(found)
+        return next(iter(found.values()), None)
 
     def timewait_states(self, stack: str) -> dict[Key, str]:
         """Every socket in FIN_WAIT2 or TIME_WAIT whose remote end is `stack`."""
         states = (1 << diag.SS_FIN_WAIT2) | (1 << diag.SS_TIME_WAIT)
         found = self._ask(netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, states, _family(stack))
-        return {key: state for (key, remote), state in found.items() if state and remote == stack}
+        return {key: state for (key, remote), state in found.items() if remote == stack}
 
     def _ask(
         self, flags: int, states: int, family: int, **sock_id: object
     ) -> dict[tuple[Key, str], str]:
-        """Send a request; the timewait states in the answers, by (4-tuple,
-        remote); "" for a socket in any other state."""
+        """Send a request; the timewait states in the answers, by (4-tuple, remote)."""
         seq = next(self._seq)
         request = diag.inet_diag_req()
         request["header"].update(type=diag.SOCK_DIAG_BY_FAMILY, flags=flags, sequence_number=seq)
@@ -109,10 +96,11 @@ class SockDiag:
                         return found
                     raise OSError(code, os.strerror(code))
                 if kind == diag.SOCK_DIAG_BY_FAMILY:
-                    state = _TIMEWAIT_SUBSTATES.get(answer["idiag_state"], "")
-                    linux = canonical_address(answer["idiag_src"])
-                    key = (linux, answer["idiag_sport"], answer["idiag_dport"])
-                    found[key, canonical_address(answer["idiag_dst"])] = state
+                    state = _TIMEWAIT_SUBSTATES.get(answer["idiag_state"])
+                    if state is not None:
+                        linux = canonical_address(answer["idiag_src"])
+                        key = (linux, answer["idiag_sport"], answer["idiag_dport"])
+                        found[key, canonical_address(answer["idiag_dst"])] = state
                     if not flags & netlink.NLM_F_DUMP:  # an exact lookup has one answer
                         return found
 
