@@ -19,8 +19,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
+from ustack.tcp import seq
 
 ECHO = 7
 SLOW_READER = r"""
@@ -61,6 +63,20 @@ def linux_tcpext(ns: Netns) -> dict[str, int]:
     ]
     names, values = (line[1:] for line in lines if line[0] == "TcpExt:")
     return {name: int(value) for name, value in zip(names, values, strict=True)}
+
+
+def dsacks_arrived(events: list[dict[str, Any]]) -> int:
+    """Incoming segments whose first SACK block reports a duplicate (RFC 2883
+    4: below the ACK, or inside the second block), from the daemon's trace."""
+    count = 0
+    for event in events:
+        blocks = event.get("options", {}).get("sack") if event["type"] == "segment" else None
+        if not blocks or event["direction"] != "in":
+            continue
+        (left, right), ack = blocks[0], event["ack"]
+        inside = len(blocks) > 1 and seq.le(blocks[1][0], left) and seq.le(right, blocks[1][1])
+        count += seq.le(right, ack) or inside
+    return count
 
 
 def slow_reader(ns: Netns, tmp_path: Path, size: int, rounds: int) -> dict[str, int]:
@@ -127,11 +143,15 @@ def test_linux_dsacks_for_duplicates_from_ustack_are_counted_not_undone(
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         stats = daemon.stats()
+        arrived = dsacks_arrived(daemon.trace_events())
     assert got.stat().st_size == 1 << 20
     moved = {name: value - before.get(name, 0) for name, value in linux_tcpext(ns).items()}
     assert stats["fault.duplicate"] == 3, stats
     assert moved["TCPDSACKOldSent"] == 3, moved
-    assert stats["tcp.in.dsack"] == 3, stats
+    # Linux counts each duplicate when it notes its D-SACK (tcp_dsack_set); if
+    # it notes a second before the ACK goes, as in a batch read under load, one
+    # ACK carries only the newest. So: every D-SACK that arrived is counted.
+    assert 1 <= arrived <= 3 and stats["tcp.in.dsack"] == arrived, (arrived, stats)
     assert stats.get("tcp.spurious-retransmits", 0) == 0 and stats.get("tcp.undo", 0) == 0
 
 
