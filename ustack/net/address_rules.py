@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Container
 
 from ustack.trace.vocabulary import DropReason
+from ustack.wire.address import is_embedded_ipv4
 from ustack.wire.icmp import ICMP_ERROR_TYPES, NR_ICMP_TYPES
 from ustack.wire.icmpv6 import (
     PACKET_TOO_BIG,
@@ -78,7 +79,7 @@ def is_ipv6_unicast_host(address: int) -> bool:
     never a source), and outside ::/96 (unspecified, loopback, the deprecated
     IPv4-compatible ones) and ::ffff:0:0/96 (IPv4-mapped: Linux's
     ip6_rcv_core drops those as a source), RFC 4291 2.5.5."""
-    return not (is_ipv6_multicast(address) or address >> 32 in (0, 0xFFFF))
+    return not (is_ipv6_multicast(address) or is_embedded_ipv4(address))
 
 
 def icmpv6_error_forbidden(

@@ -25,6 +25,8 @@ import random
 import secrets
 from collections.abc import Callable
 
+from ustack.wire.address import is_ipv6
+
 BUCKETS = 2048  # Linux's minimum for ip_idents (it scales with memory up to 256K)
 TICKS_PER_SECOND = 1000  # the clock's grain for the random jump, as HZ=1000 jiffies
 TICK = 1 / TICKS_PER_SECOND
@@ -53,7 +55,7 @@ class IpIdentifiers:
         random_below: Callable[[int], int] | None = None,
         bits: int = 16,
     ) -> None:
-        self._address_bytes = 16 if source > 0xFFFFFFFF else 4
+        self._address_bytes = 16 if is_ipv6(source) else 4
         self._source = source.to_bytes(self._address_bytes, "big")
         self._mask = (1 << bits) - 1
         self._key = key or secrets.token_bytes(16)

@@ -38,7 +38,7 @@ from ustack.trace.records import (
     dotted,
 )
 from ustack.trace.vocabulary import DropReason, Layer, SegmentNote
-from ustack.wire.address import format_endpoint
+from ustack.wire.address import IPV4_MAX, format_endpoint
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
@@ -68,7 +68,6 @@ AppHandler = Callable[[AppEvent], None]
 # per family, and the remote address says which (IPv6 above 2**32 - 1,
 # wire/address.py): one table holds the connections of both.
 Key = tuple[int, int, int]
-_IPV4_MAX = 0xFFFFFFFF
 
 
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux's ip_local_port_range
@@ -229,7 +228,7 @@ class TcpDemux:
         local_port, remote_port, sequence = quoted_ports_and_seq(quote.transport)
         key = (quote.dst, remote_port, local_port)
         summary = f"about {format_endpoint(quote.dst, remote_port)} from port {local_port}"
-        layer = Layer.ICMP6 if quote.dst > _IPV4_MAX else Layer.ICMP
+        layer = Layer.ICMP6 if quote.dst > IPV4_MAX else Layer.ICMP
         conn = self.connections.get(key)
         if conn is None or conn.state is State.TIME_WAIT:
             counters.drop(layer, DropReason.NO_CONNECTION, now, summary)
@@ -353,7 +352,7 @@ class TcpDemux:
         assert self.syncookies is not None
         remote, remote_port, local_port = key
         ends = (self._local(remote), local_port, remote, remote_port)
-        ipv6 = remote > _IPV4_MAX
+        ipv6 = remote > IPV4_MAX
         synack = listener.cookie_synack(self.syncookies, ends, syn, self.config, now, ipv6)
         self._counters["tcp.syncookies.sent"] += 1
         if self.trace is not None:
@@ -508,7 +507,7 @@ class TcpDemux:
             conn_id=next(self._conn_ids), iss=iss, config=self.config, trace=self.trace
         )
         conn.counters = self._counters
-        if key[0] > _IPV4_MAX:
+        if key[0] > IPV4_MAX:
             conn.path.use_ipv6()
         if self.path_mtu is not None:
             # What ICMP taught us about the path (RFC 1191), until it expires.
@@ -536,7 +535,7 @@ class TcpDemux:
 
     def _local(self, remote: int) -> int:
         """Our address in the family of `remote`."""
-        if remote > _IPV4_MAX:
+        if remote > IPV4_MAX:
             assert self.address6 is not None  # (no IPv6 segment comes without it)
             return self.address6
         return self.address
@@ -553,7 +552,7 @@ class TcpDemux:
         """Build `seg` for the 4-tuple `key` and hand it to its family's IP,
         with room in front for that IP's header (no copy: IP writes there)."""
         remote, remote_port, local_port = key
-        if remote > _IPV4_MAX:
+        if remote > IPV4_MAX:
             assert self.address6 is not None and self._send6 is not None
             src, headroom, send = self.address6, IPV6_HEADER_LENGTH, self._send6
         else:

@@ -7,6 +7,7 @@ import secrets
 import struct
 
 from ustack.tcp import seq
+from ustack.wire.address import is_ipv6
 
 _IPV4_TUPLE = struct.Struct("!IHIH")
 _IPV6_TUPLE = struct.Struct("!16sH16sH")
@@ -15,7 +16,7 @@ _IPV6_TUPLE = struct.Struct("!16sH16sH")
 def four_tuple_bytes(local: int, local_port: int, remote: int, remote_port: int) -> bytes:
     """The 4-tuple as the keyed hashes take it: 4-byte addresses for IPv4,
     16-byte ones for IPv6 (RFC 6528 3 hashes the whole connection-id)."""
-    if remote > 0xFFFFFFFF:  # an IPv6 address (wire/address.py)
+    if is_ipv6(remote):
         return _IPV6_TUPLE.pack(
             local.to_bytes(16, "big"), local_port, remote.to_bytes(16, "big"), remote_port
         )

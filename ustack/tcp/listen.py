@@ -24,6 +24,7 @@ from ustack.tcp.states import TRANSITIONS, Event, State
 from ustack.tcp.syncookies import SynCookies
 from ustack.trace.records import StateChange, Tracer
 from ustack.trace.vocabulary import SegmentNote
+from ustack.wire.address import is_ipv6
 from ustack.wire.tcp import ACK, SYN, TcpOptions
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class Listener:
         """Whether a segment from `remote` is for this listener: a listener of
         one family leaves the other's segments to the CLOSED port's RST."""
         family = self.family
-        return family is None or (family == 6) == (remote > 0xFFFFFFFF)
+        return family is None or (family == 6) == is_ipv6(remote)
 
     def has_room(self) -> bool:
         return len(self.embryonic) < self.backlog

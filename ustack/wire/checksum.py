@@ -10,11 +10,11 @@ len(data), which counts items in a memoryview whose itemsize is not 1.
 from __future__ import annotations
 
 from ustack.wire._checksum import ffi, lib
+from ustack.wire.address import IPV4_MAX
 
 Buffer = bytes | bytearray | memoryview
 
 _from_buffer = ffi.from_buffer
-_IPV4_MAX = 0xFFFFFFFF  # above: an IPv6 address (wire/address.py)
 
 
 def ones_sum(data: Buffer, initial: int = 0) -> int:
@@ -42,7 +42,7 @@ def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
     """Folded sum of the pseudo-header, IPv4 (RFC 793 3.1) or IPv6 (RFC 8200
     8.1: 16-byte addresses, a 32-bit upper-layer length, the next header);
     addresses as integers, an IPv6 one above 0xFFFFFFFF (wire/address.py)."""
-    if (src | dst) > _IPV4_MAX:
+    if (src | dst) > IPV4_MAX:
         return _pseudo_sum_v6(src, dst, protocol, length)
     return lib.us_pseudo_sum_v4(src, dst, protocol, length)
 
@@ -62,7 +62,7 @@ def transport_checksum(src: int, dst: int, protocol: int, segment: Buffer) -> in
     family: 0 means valid (checksum field filled), else the value to write
     (checksum field zeroed)."""
     buf = _from_buffer(segment)
-    if (src | dst) > _IPV4_MAX:
+    if (src | dst) > IPV4_MAX:
         pseudo = _pseudo_sum_v6(src, dst, protocol, len(buf))
         return ~lib.us_ones_sum(buf, len(buf), pseudo) & 0xFFFF
     return lib.us_l4_checksum_v4(src, dst, protocol, buf, len(buf))
