@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ustack.counters import Counters
-from ustack.net.fragments import Reassembly
+from ustack.net.fragments import FragmentFamily, FragmentLimits, Reassembly
+from ustack.net.pmtu import PmtuCache
 from ustack.net.ratelimit import IcmpRateLimiter
 from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer, Rule
@@ -52,9 +53,12 @@ class IpLayerBase:
     # Per family (IPv4Layer, IPv6Layer).
     IP_LAYER: Layer
     ICMP_LAYER: Layer
-    COUNTER_PREFIX: str  # "ip", "ip6" (Linux's Ip and Ip6 MIBs)
-    OUT_COUNTER: str  # "ip.out", as Linux's IpOutRequests; "ip6.out"
+    # The counters' names, as Linux's MIBs: Ip/Ip6, Udp/Udp6, Icmp/Icmp6
+    # ("ip.out" for IpOutRequests, "ip6.out"), from the family's suffix.
+    COUNTER_PREFIX: str
+    OUT_COUNTER: str
     PORT_UNREACHABLE_COUNTER: str
+    REASSEMBLY_TIME_EXCEEDED_COUNTER: str
     ERRORS_RULE: Rule  # cited when the address rules forbid an error
     RATE_RULE: Rule  # cited when the rate limit holds one back
     # RFC 768: a zero UDP checksum means none was computed; RFC 8200 8.1:
@@ -62,42 +66,52 @@ class IpLayerBase:
     UDP_ZERO_CHECKSUM_OK: bool
     HEADER_LENGTH: int  # the fixed header send() leaves room for: 20, 40
     TIME_EXCEEDED: int  # the family's ICMP type (RFC 792: 11; RFC 4443: 3)
-    REASSEMBLY_TIME_EXCEEDED_COUNTER: str
 
-    address: int
-    mtu: int
-    tap: PacketTap | None
-    icmp_limiter: IcmpRateLimiter
-    fragments: Reassembly
-    tcp_input: TcpInput | None
-    tcp_error: TcpErrorInput | None
-    _transmit: Callable[..., bool]
-    _counters: Counters
-    _now: float
+    def __init_subclass__(cls, counter_suffix: str = "", **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.COUNTER_PREFIX = f"ip{counter_suffix}"
+        cls.OUT_COUNTER = f"ip{counter_suffix}.out"
+        cls.PORT_UNREACHABLE_COUNTER = f"udp{counter_suffix}.out.port-unreachable"
+        cls.REASSEMBLY_TIME_EXCEEDED_COUNTER = f"icmp{counter_suffix}.out.reassembly-time-exceeded"
+
+    def __init__(
+        self,
+        address: int,
+        transmit: Callable[..., bool],  # (packet) or (packet, gso_size) -> sent?
+        counters: Counters,
+        mtu: int,
+        pmtu: PmtuCache,
+        icmp_limiter: IcmpRateLimiter,
+        fragments: FragmentFamily,
+        fragment_limits: FragmentLimits | None,
+    ) -> None:
+        """What both families hold; each layer adds its own (IP IDs, flow
+        labels, broadcasts) after calling this."""
+        self.address = address
+        self.mtu = mtu
+        self.pmtu = pmtu  # what ICMP taught us, per destination (RFC 1191, RFC 8201)
+        self._transmit = transmit
+        self._counters = counters
+        self.icmp_limiter = icmp_limiter
+        self._now = 0.0  # of the packet being handled, for the trace
+        self.tcp_input: TcpInput | None = None
+        self.tcp_error: TcpErrorInput | None = None
+        self.tap: PacketTap | None = None  # sees every packet in and out (pcap)
+        self.fragments = Reassembly(counters, self._send_time_exceeded, fragment_limits, fragments)
 
     # ---- output ---------------------------------------------------------
 
-    def send(
-        self,
-        dst: int,
-        protocol: int,
-        payload: Buffer,
-        gso_size: int = 0,
-        may_fragment: bool = True,
-    ) -> None:
-        """One datagram to `dst`. A TCP segment larger than the MTU is allowed
-        with `gso_size`: the link has it cut into segments of that size; TCP
-        keeps its segments under the MSS and is never fragmented. Another
-        datagram larger than the path MTU goes in fragments (RFC 791 3.2,
-        RFC 8200 4.5); `may_fragment` False refuses it instead (IPv4's DF)."""
-        if may_fragment and protocol != PROTO_TCP:
-            path_mtu = self._path_mtu(dst)
-            if self.HEADER_LENGTH + len(payload) > path_mtu:
-                self._send_fragments(dst, protocol, payload, path_mtu)
-                return
+    def send(self, dst: int, protocol: int, payload: Buffer) -> None:
+        """One datagram to `dst` (ICMP, UDP): larger than the path MTU, it
+        goes in fragments (RFC 791 3.2, RFC 8200 4.5). TCP sends by
+        send_in_place, its segments kept under the MSS, never fragmented."""
+        path_mtu = self._path_mtu(dst)
+        if self.HEADER_LENGTH + len(payload) > path_mtu:
+            self._send_fragments(dst, protocol, payload, path_mtu)
+            return
         packet = bytearray(self.HEADER_LENGTH)
         packet += payload
-        self.send_in_place(dst, packet, gso_size, protocol)
+        self.send_in_place(dst, packet, 0, protocol)
 
     def send_in_place(
         self,

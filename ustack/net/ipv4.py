@@ -13,12 +13,11 @@ from collections.abc import Callable
 from ustack.counters import Counters
 from ustack.net.address_rules import icmp_error_forbidden
 from ustack.net.address_rules import is_unicast_host as _is_unicast_source
-from ustack.net.fragments import FragmentLimits, Reassembly
-from ustack.net.ip_common import IpLayerBase, TcpErrorInput, TcpInput, Unreachable
+from ustack.net.fragments import IPV4_FAMILY, FragmentLimits
+from ustack.net.ip_common import IpLayerBase, Unreachable
 from ustack.net.ip_id import IpIdentifiers
 from ustack.net.pmtu import DEFAULT_MIN_PMTU, PmtuCache
 from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
-from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer, Rule
 from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum
 from ustack.wire.errors import MalformedPacket
@@ -67,15 +66,11 @@ def subnet_broadcasts(network: ipaddress.IPv4Network | None) -> frozenset[int]:
 class IPv4Layer(IpLayerBase):
     IP_LAYER = Layer.IP
     ICMP_LAYER = Layer.ICMP
-    COUNTER_PREFIX = "ip"
-    OUT_COUNTER = "ip.out"
-    PORT_UNREACHABLE_COUNTER = "udp.out.port-unreachable"
     ERRORS_RULE = Rule.RFC1122_ICMP_ERRORS
     RATE_RULE = Rule.RFC1812_ICMP_RATE
     UDP_ZERO_CHECKSUM_OK = True  # RFC 768: zero, the sender computed none
     HEADER_LENGTH = IPV4_MIN_HEADER_LENGTH  # what we send carries no options
     TIME_EXCEEDED = TIME_EXCEEDED
-    REASSEMBLY_TIME_EXCEEDED_COUNTER = "icmp.out.reassembly-time-exceeded"
 
     def __init__(
         self,
@@ -88,22 +83,20 @@ class IPv4Layer(IpLayerBase):
         icmp_limits: IcmpLimits | None = None,
         min_pmtu: int = DEFAULT_MIN_PMTU,
     ) -> None:
-        self.address = address
-        self.mtu = mtu
-        # What ICMP "fragmentation needed" taught us, per destination (RFC 1191).
-        self.pmtu = PmtuCache(mtu, min_pmtu)
+        super().__init__(
+            address,
+            transmit,
+            counters,
+            mtu,
+            PmtuCache(mtu, min_pmtu),  # from ICMP "fragmentation needed" (RFC 1191)
+            IcmpRateLimiter(icmp_limits),
+            IPV4_FAMILY,
+            fragment_limits,
+        )
         # The link's subnet (the Linux side's), for its broadcast addresses.
         self.broadcasts = subnet_broadcasts(network)
-        self._transmit = transmit
-        self._counters = counters
         self.ip_ids = IpIdentifiers(address)  # per destination (RFC 6864, RFC 7739)
         self._next_ip_id = self.ip_ids.next  # bound once: the per-segment path
-        self.icmp_limiter = IcmpRateLimiter(icmp_limits)
-        self._now = 0.0  # of the packet being handled, for the trace
-        self.tcp_input: TcpInput | None = None
-        self.tcp_error: TcpErrorInput | None = None
-        self.tap: PacketTap | None = None  # sees every packet in and out (pcap)
-        self.fragments = Reassembly(counters, self._send_time_exceeded, fragment_limits)
 
     # ---- input ----------------------------------------------------------
 
@@ -198,7 +191,7 @@ class IPv4Layer(IpLayerBase):
         reply = build_icmp(type=ECHO_REPLY, code=0, rest=icmp.rest, payload=message[8:])
         # As Linux: a reply larger than the MTU (to a fragmented request) is
         # fragmented itself.
-        self.send(src, PROTO_ICMP, reply, may_fragment=True)
+        self.send(src, PROTO_ICMP, reply)
 
     def _receive_icmp_error(self, type_: int, code: int, rest: int, data: memoryview) -> None:
         """An ICMP error: the quote must be of a datagram we sent (our address

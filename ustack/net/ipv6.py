@@ -25,12 +25,11 @@ from ustack.net.address_rules import (
     is_ipv6_unicast_host,
 )
 from ustack.net.flow_label import FlowLabels
-from ustack.net.fragments import IPV6_FAMILY, IPV6_FRAGMENT_LIMITS, FragmentLimits, Reassembly
-from ustack.net.ip_common import IpLayerBase, TcpErrorInput, TcpInput, Unreachable
+from ustack.net.fragments import IPV6_FAMILY, IPV6_FRAGMENT_LIMITS, FragmentLimits
+from ustack.net.ip_common import IpLayerBase, Unreachable
 from ustack.net.ip_id import IpIdentifiers
 from ustack.net.pmtu import PmtuCache
 from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
-from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer, Rule
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
@@ -100,18 +99,14 @@ class _Refused(Exception):
         self.reason, self.rule, self.why, self.problem = reason, rule, why, problem
 
 
-class IPv6Layer(IpLayerBase):
+class IPv6Layer(IpLayerBase, counter_suffix="6"):
     IP_LAYER = Layer.IP6
     ICMP_LAYER = Layer.ICMP6
-    COUNTER_PREFIX = "ip6"
-    OUT_COUNTER = "ip6.out"
-    PORT_UNREACHABLE_COUNTER = "udp6.out.port-unreachable"
     ERRORS_RULE = Rule.RFC4443_ICMP_ERRORS
     RATE_RULE = Rule.RFC4443_ICMP_RATE
     UDP_ZERO_CHECKSUM_OK = False  # RFC 8200 8.1
     HEADER_LENGTH = IPV6_HEADER_LENGTH
     TIME_EXCEEDED = TIME_EXCEEDED
-    REASSEMBLY_TIME_EXCEEDED_COUNTER = "icmp6.out.reassembly-time-exceeded"
 
     def __init__(
         self,
@@ -125,26 +120,20 @@ class IPv6Layer(IpLayerBase):
     ) -> None:
         if not is_ipv6_unicast_host(address):
             raise ValueError(f"{address:#x} is no IPv6 unicast address (RFC 4291 2.5.5)")
-        self.address = address
-        self.mtu = mtu
-        # What Packet Too Big taught us, per destination, never below 1280 (RFC 8201 4).
-        self.pmtu = PmtuCache(mtu, max(min_pmtu, IPV6_MIN_MTU))
-        self._transmit = transmit
-        self._counters = counters
+        super().__init__(
+            address,
+            transmit,
+            counters,
+            mtu,
+            # What Packet Too Big taught us, never below 1280 (RFC 8201 4).
+            PmtuCache(mtu, max(min_pmtu, IPV6_MIN_MTU)),
+            IcmpRateLimiter(icmp_limits, ipv6=True),
+            IPV6_FAMILY,
+            fragment_limits or IPV6_FRAGMENT_LIMITS,
+        )
         # 32-bit fragment IDs, per destination and unpredictable (RFC 7739).
         self.fragment_ids = IpIdentifiers(address, bits=32)
         self.flow_labels = FlowLabels(address)  # RFC 6437
-        self.icmp_limiter = IcmpRateLimiter(icmp_limits, ipv6=True)
-        self._now = 0.0
-        self.tcp_input: TcpInput | None = None
-        self.tcp_error: TcpErrorInput | None = None
-        self.tap: PacketTap | None = None
-        self.fragments = Reassembly(
-            counters,
-            self._send_time_exceeded,
-            fragment_limits or IPV6_FRAGMENT_LIMITS,
-            IPV6_FAMILY,
-        )
         # The solicited-node multicast address of ours (RFC 4291 2.7.1).
         self.solicited_node = 0xFF02_0000_0000_0000_0000_0001_FF00_0000 | address & 0xFFFFFF
 
