@@ -722,16 +722,9 @@ def main(argv: list[str] | None = None) -> int:
         return probe_main(inner.parse_args(sys.argv[2:]))
     # Imported here, past the helpers: they run this file as a script in the
     # namespace, where the tools package is not importable.
-    from tools.common import (
-        add_run_arguments,
-        check_can_run,
-        in_workdir,
-        print_result,
-        run_with_daemon,
-        tool_parser,
-    )
+    from tools import common
 
-    parser = tool_parser(__doc__)
+    parser = common.tool_parser(__doc__)
     add_option = _option_adder(parser)
     add_option("connections", "connections held at once each round (default %(default)s)")
     add_option("rounds", "rounds (default %(default)s)")
@@ -741,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         "who sends the first FIN (default %(default)s: half each)",
         choices=["both", "linux", "ustack"],
     )
-    add_run_arguments(
+    common.add_run_arguments(
         parser,
         timeout=ScaleOptions.timeout,
         timeout_help="seconds for one exchange, and for the table to empty",
@@ -760,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         help="do not time the daemon's garbage collections (a sitecustomize hook)",
     )
     args = parser.parse_args(argv)
-    check_can_run(parser, "scale", [])
+    common.check_can_run(parser, "scale", [])
     if args.connections < 1 or args.rounds < 1 or args.inflight < 1:
         parser.error("--connections, --rounds and --inflight are at least 1")
     options = ScaleOptions(**{f.name: getattr(args, f.name) for f in fields(ScaleOptions)})
@@ -772,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
             (workdir / "gchook").mkdir()
             (workdir / "gchook" / "sitecustomize.py").write_text(GC_HOOK)
             wrapper = ["env", f"PYTHONPATH={workdir / 'gchook'}", f"USTACK_GC_STATS={gc_file}"]
-        report, troubles = run_with_daemon(
+        report, troubles = common.run_with_daemon(
             workdir,
             ["--log-level", "info"],
             lambda ns, daemon: run_scale(ns, daemon, options),
@@ -785,9 +778,9 @@ def main(argv: list[str] | None = None) -> int:
         print_report(report)
         if args.json:
             args.json.write_text(json.dumps(_as_dict(report), indent=2))
-        return print_result(report.problems, 1 if report.problems else 0)
+        return common.print_result(report.problems, 1 if report.problems else 0)
 
-    return in_workdir("scale-", scale)
+    return common.in_workdir("scale-", scale)
 
 
 def _as_dict(report: Report) -> dict[str, Any]:
