@@ -132,6 +132,7 @@ def established(setup: int = 0, written: int = 0) -> tuple[Seed, TcpConnection]:
 
 
 def wraparound() -> Seed:
+    """Both ISNs just below 2^32: data and FINs cross the wrap, echoed."""
     s = Seed(4)  # our ISS is 2^32 - 1: our first data byte is sequence number 0
     s.handshake(iss=MASK - 3000)
     s.app("mode", "echo")
@@ -145,6 +146,7 @@ def wraparound() -> Seed:
 
 
 def rst_variants() -> Seed:
+    """RSTs at and around RCV.NXT, the window edge, 2^31 away."""
     s, conn = established()
     edge, nxt, una = conn.rcv_adv, conn.rcv_nxt, conn.snd_una
     for seq in (nxt + 1, edge - 1, edge, edge + 1, nxt - 1, nxt + HALF, nxt - HALF):
@@ -155,6 +157,7 @@ def rst_variants() -> Seed:
 
 
 def every_flag_combination() -> Seed:
+    """All 256 flag bytes on a connection, on its closed 4-tuple and at a listener."""
     s = Seed(1)
     s.handshake()
     for flags in range(256):  # on the connection while it lives, then on the closed tuple
@@ -171,6 +174,7 @@ def every_flag_combination() -> Seed:
 
 
 def malformed_headers() -> Seed:
+    """Broken IPv4 and TCP headers and options, checksums right: every one a counted drop."""
     s, conn = established()
     good = segment(KEY, conn.rcv_nxt, conn.snd_nxt, ACK | PSH, payload=b"data")
     for packet in (
@@ -218,6 +222,7 @@ def malformed_headers() -> Seed:
 
 
 def window_edges() -> Seed:
+    """Segments at RCV.NXT+RCV.WND and just inside, overlaps, ACKs at the old-ACK bound."""
     s, conn = established(written=5000)
     edge, nxt = conn.rcv_adv, conn.rcv_nxt
     una, snd_max, wnd = conn.snd_una, conn.snd_max, conn.max_snd_wnd
@@ -236,6 +241,7 @@ def window_edges() -> Seed:
 
 
 def zero_window() -> Seed:
+    """A full 2 KB buffer, a FIN at zero window, probes both ways."""
     s = Seed(1)  # a 2048-byte receive buffer, no window scaling
     s.handshake()
     for _ in range(4):  # fill it, then push past it
@@ -257,6 +263,7 @@ def zero_window() -> Seed:
 
 
 def syn_cookies() -> Seed:
+    """A full backlog: cookies, a wrong one, one with data, one stale."""
     s = Seed(1)  # backlog 1 on port 80
     s.send(SYN, 1000, 0, (fw.PEER, 40001, 80), options=mss(1460))  # fills the backlog
     for port, iss in ((40002, 2000), (40003, 3000)):
@@ -273,6 +280,7 @@ def syn_cookies() -> Seed:
 
 
 def time_wait() -> Seed:
+    """FIN again, RST (RFC 1337), old SYN, new incarnation in TIME_WAIT."""
     s = Seed(0)
     s.handshake()
     s.app("close")
@@ -291,7 +299,9 @@ def time_wait() -> Seed:
 
 
 def dual_stack() -> Seed:
-    """An IPv6 connection beside an IPv4 one on the same port: Packet Too Big
+    """IPv6 beside IPv4 on one port: Packet Too Big, ICMPv6 echo, ND, an atomic fragment.
+
+    An IPv6 connection beside an IPv4 one on the same port: Packet Too Big
     (1280, then 600, which counts as 1280: RFC 8201), ICMPv6 echo, Neighbor
     Discovery from ::, an atomic fragment, then each closes."""
     s = Seed(0)
@@ -328,6 +338,7 @@ def dual_stack() -> Seed:
 
 
 def simultaneous() -> Seed:
+    """Simultaneous open with scaling, then simultaneous close."""
     s = Seed(2)
     key: Key = (fw.PEER, 8080, 50000)
     s.w.apply(["connect", 8080, 50000])
@@ -343,6 +354,7 @@ def simultaneous() -> Seed:
 
 
 def sack_recovery() -> Seed:
+    """Duplicate ACKs with lying SACK blocks, partial ACK, RTO."""
     s, conn = established(written=30000)
     una, mss_ = conn.snd_una, conn.mss
     lying = (
@@ -362,6 +374,7 @@ def sack_recovery() -> Seed:
 
 
 def keepalive() -> Seed:
+    """Keep-alive probes, one answered, then the peer is declared dead."""
     s = Seed(3)  # keep-alive after 5 s, three probes a second apart
     s.handshake()
     s.advance(5.0)
@@ -371,6 +384,7 @@ def keepalive() -> Seed:
 
 
 def retries_exhausted() -> Seed:
+    """Data, a SYN and a SYN,ACK never acknowledged: every retry limit runs out."""
     s = Seed(4)  # 3 retries, RTO at most 4 s, SYN retries 2, SYN,ACK retries 1
     s.handshake()
     s.app("write", 3000)
@@ -380,36 +394,31 @@ def retries_exhausted() -> Seed:
     return s
 
 
-SEEDS: dict[str, tuple[Callable[[], Seed], str]] = {
-    "wraparound": (wraparound, "both ISNs just below 2^32: data and FINs cross the wrap, echoed"),
-    "rst-variants": (rst_variants, "RSTs at and around RCV.NXT, the window edge, 2^31 away"),
-    "every-flag-combination": (
+# Each seed is named after its function and described by its docstring's
+# first paragraph (the corpus file's "about").
+SEEDS: dict[str, Callable[[], Seed]] = {
+    build.__name__.replace("_", "-"): build
+    for build in (
+        wraparound,
+        rst_variants,
         every_flag_combination,
-        "all 256 flag bytes on a connection, on its closed 4-tuple and at a listener",
-    ),
-    "malformed-headers": (
         malformed_headers,
-        "broken IPv4 and TCP headers and options, checksums right: every one a counted drop",
-    ),
-    "window-edges": (
         window_edges,
-        "segments at RCV.NXT+RCV.WND and just inside, overlaps, ACKs at the old-ACK bound",
-    ),
-    "zero-window": (zero_window, "a full 2 KB buffer, a FIN at zero window, probes both ways"),
-    "syn-cookies": (syn_cookies, "a full backlog: cookies, a wrong one, one with data, one stale"),
-    "time-wait": (time_wait, "FIN again, RST (RFC 1337), old SYN, new incarnation in TIME_WAIT"),
-    "dual-stack": (
+        zero_window,
+        syn_cookies,
+        time_wait,
         dual_stack,
-        "IPv6 beside IPv4 on one port: Packet Too Big, ICMPv6 echo, ND, an atomic fragment",
-    ),
-    "simultaneous": (simultaneous, "simultaneous open with scaling, then simultaneous close"),
-    "sack-recovery": (sack_recovery, "duplicate ACKs with lying SACK blocks, partial ACK, RTO"),
-    "keepalive": (keepalive, "keep-alive probes, one answered, then the peer is declared dead"),
-    "retries-exhausted": (
+        simultaneous,
+        sack_recovery,
+        keepalive,
         retries_exhausted,
-        "data, a SYN and a SYN,ACK never acknowledged: every retry limit runs out",
-    ),
+    )
 }
+
+
+def about(build: Callable[[], Seed]) -> str:
+    summary = (build.__doc__ or "").split("\n\n")[0]
+    return " ".join(summary.split()).rstrip(".")
 
 
 def main() -> int:
@@ -417,10 +426,10 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=ROOT / "tests" / "fuzz_corpus")
     args = parser.parse_args()
     args.corpus.mkdir(parents=True, exist_ok=True)
-    for name, (build, about) in SEEDS.items():
+    for name, build in SEEDS.items():
         case = build().case()
         path = args.corpus / f"seed-{name}.json"
-        path.write_text(fw.case_to_json(case, f"Hand-made (tools/fuzz_seeds.py): {about}."))
+        path.write_text(fw.case_to_json(case, f"Hand-made (tools/fuzz_seeds.py): {about(build)}."))
         counters = fw.replay(case).stack.counters
         packets = counters["ip.in"] + counters["ip6.in"]
         print(f"{path.name}: {len(case['actions'])} actions, {packets} packets in")
