@@ -15,7 +15,6 @@ import itertools
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
 
 from ustack.counters import Counters
 from ustack.tcp import seq
@@ -46,20 +45,10 @@ from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
 from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp, parse_tcp
 
-
-class SendSegment(Protocol):
-    """Hands a TCP segment (header + payload, checksum filled) to IP for
-    `dst`, to go with the IP ECN field `ecn`; the segment has `headroom`
-    free bytes in front."""
-
-    def __call__(
-        self,
-        dst: int,
-        packet: bytearray,
-        gso_size: int = 0,
-        protocol: int = PROTO_TCP,
-        ecn: int = 0,
-    ) -> None: ...
+# Hands a TCP segment (header + payload, checksum filled, `headroom` free
+# bytes in front) to IP: (dst, packet, gso_size, protocol, the IP ECN field).
+# IpLayerBase.send_in_place is one.
+SendSegment = Callable[[int, bytearray, int, int, int], None]
 
 
 # The application side of one connection: receives its events.
