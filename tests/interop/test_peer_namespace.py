@@ -10,11 +10,17 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from pathlib import Path
 
-from test_peer_states import LINUX, NS_PREFIX, STACK, Recorder, in_netns, run_python
+from test_peer_states import LINUX, NS_PREFIX, STACK, STACK6, Recorder, in_netns, run_python
 
-from ustack.linux.lab import Netns, netns
-from ustack.linux.peer_states import FOREIGN_COUNTER, PeerStateWatcher
+from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
+from ustack.linux.peer_states import (
+    FOREIGN_COUNTER,
+    PeerStateWatcher,
+    SocketDestroyed,
+    parse_destroy_line,
+)
 
 CONNECTIONS = 102  # per namespace, a third of each kind below
 OUR_PORTS = 20000  # the Linux clients' ports, outside the ephemeral range
@@ -51,6 +57,26 @@ for i in range(count):
     a.close()
 print("done", flush=True)
 """
+
+
+# As read from trace_pipe on Linux 6.18: a socket freed, then a refused
+# connect's over IPv6 (disconnected: the remote port and its own address cleared).
+DESTROYED = (
+    "  python3-23154 [001] ..s2. 73041.854447: tcp_destroy_sock: family=AF_INET sport=52128 "
+    "dport=41225 saddr=198.18.200.1 daddr=198.18.200.2 saddrv6=::ffff:198.18.200.1 "
+    "daddrv6=::ffff:198.18.200.2 sock_cookie=5744b"
+)
+REFUSED = (
+    "  python3-23154 [001] b..1. 73041.854578: tcp_destroy_sock: family=AF_INET6 sport=44834 "
+    "dport=0 saddr=0.0.0.0 daddr=0.0.0.0 saddrv6=:: daddrv6=2001:2:200::2 sock_cookie=5744d"
+)
+
+
+def test_parse_destroy_line() -> None:
+    assert parse_destroy_line(DESTROYED, STACK) == SocketDestroyed(52128, 41225, 0x5744B)
+    assert parse_destroy_line(REFUSED, {STACK, STACK6}) == SocketDestroyed(44834, 0, 0x5744D)
+    assert parse_destroy_line(DESTROYED, "198.18.0.2") is None  # another stack address
+    assert parse_destroy_line(DESTROYED.replace("tcp_destroy_sock", "tcp_probe"), STACK) is None
 
 
 def add_addresses(ns: Netns) -> None:
@@ -103,3 +129,31 @@ def test_only_our_namespace_is_reported_even_microsecond_sockets() -> None:
         else:
             assert life == ["CLOSED", "SYN_SENT", "CLOSED"], life
     assert foreign >= CONNECTIONS
+
+
+def test_daemon_counts_other_namespaces_changes(tmp_path: Path) -> None:
+    """`ustack serve --peer-states`: another namespace with the lab's two
+    addresses runs a burst; curl to the daemon shows, theirs do not, and
+    `stats` counts them under peer_states.foreign."""
+    with netns(NS_PREFIX) as pns, netns(NS_PREFIX, "other") as other:
+        for address in (LINUX_ADDRESS, STACK_ADDRESS):
+            subprocess.run(["ip", "-n", other.name, "addr", "add", f"{address}/32", "dev", "lo"],
+                           check=True)  # fmt: skip
+        daemon = UstackDaemon.start(pns, tmp_path, "--peer-states")
+        try:
+            out = run_python(other, BURST, LINUX_ADDRESS, STACK_ADDRESS,
+                             str(THEIR_PORTS), str(CONNECTIONS))  # fmt: skip
+            assert out == "done"
+            pns.run("curl", "-sS", "--max-time", "10", f"http://{STACK_ADDRESS}/", check=True)
+            deadline = time.monotonic() + 15
+            while daemon.stats().get(FOREIGN_COUNTER, 0) < CONNECTIONS:
+                assert time.monotonic() < deadline, daemon.stats()
+                time.sleep(0.1)
+            events = [e for e in daemon.trace_events() if e["type"] == "peer_state"]
+        finally:
+            daemon.stop()
+    ports = {e["remote_port"] for e in events}
+    assert ports and all(not THEIR_PORTS <= p < THEIR_PORTS + CONNECTIONS for p in ports)
+    # curl's socket: the stack's port 80, with our connection named.
+    assert {e["local_port"] for e in events} == {80}
+    assert any(e["conn"] is not None for e in events)

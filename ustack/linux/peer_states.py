@@ -586,8 +586,12 @@ class PeerStateWatcher:
         whether it was ours (a disconnected one has lost its remote port)."""
         if self._closed:
             return
-        for key in self._pending:
-            if key[1] == gone.linux_port and gone.stack_port in (0, key[2]):
+        for key, changes in self._pending.items():
+            if key[1] != gone.linux_port:
+                continue
+            # Port 0: disconnected (a refused connect), so closed already
+            # (not a listener on that port).
+            if gone.stack_port == key[2] or (gone.stack_port == 0 and changes[-1].new == "CLOSED"):
                 if gone.cookie in self._our_cookies:
                     self._confirm(key)
                 else:
