@@ -17,6 +17,7 @@ from test_peer_states import LINUX, NS_PREFIX, STACK, STACK6, Recorder, in_netns
 from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
 from ustack.linux.peer_states import (
     FOREIGN_COUNTER,
+    HOLD_FOREIGN,
     PeerStateWatcher,
     SocketDestroyed,
     parse_destroy_line,
@@ -157,3 +158,43 @@ def test_daemon_counts_other_namespaces_changes(tmp_path: Path) -> None:
     # curl's socket: the stack's port 80, with our connection named.
     assert {e["local_port"] for e in events} == {80}
     assert any(e["conn"] is not None for e in events)
+
+
+# A refused connect whose socket its application keeps a while: closed and
+# unhashed, so no lookup finds it, and not freed (no cookie) until close().
+REFUSED_KEPT = """
+import socket, sys, time
+c = socket.socket()
+c.bind((sys.argv[1], int(sys.argv[3])))
+closed = socket.socket()
+closed.bind((sys.argv[2], 0))
+try:
+    c.connect(closed.getsockname())
+except ConnectionRefusedError:
+    pass
+time.sleep(float(sys.argv[4]))  # the scenario: the application holds the socket
+c.close()
+"""
+
+
+def test_refused_socket_kept_open_is_reported_once_freed() -> None:
+    recorder = Recorder()
+    with netns(NS_PREFIX) as pns:
+        add_addresses(pns)
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            watcher = PeerStateWatcher(STACK, recorder, lambda *_: None, loop)
+            watcher.start()
+            try:
+                hold = str(HOLD_FOREIGN + 1)
+                await asyncio.to_thread(
+                    run_python, pns, REFUSED_KEPT, LINUX, STACK, str(OUR_PORTS), hold
+                )
+                await recorder.wait_for(OUR_PORTS, "CLOSED")
+            finally:
+                watcher.stop()
+            assert watcher.counters[FOREIGN_COUNTER] == 0
+
+        in_netns(pns, main)
+    assert recorder.life(OUR_PORTS) == ["CLOSED", "SYN_SENT", "CLOSED"]

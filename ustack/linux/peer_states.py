@@ -27,8 +27,12 @@ namespace (sock_diag answers for its own namespace only):
   tcp:tcp_destroy_sock, read with the changes, gives the socket's cookie, and
   the destroy notices of our namespace's sock_diag (DestroyNotices) name that
   cookie.
-Until then its changes are held, in order; those of a socket neither finds
-within HOLD_FOREIGN seconds are dropped and counted (`peer_states.foreign`).
+Until then its changes are held, in order; those of a socket whose destroy
+notice does not come within HOLD_FOREIGN seconds of its tcp_destroy_sock are
+dropped and counted (`peer_states.foreign`), as are those of a socket neither
+found nor freed within HOLD_UNSEEN (one kept alive unhashed: a refused
+connect whose application has not closed it yet, or another namespace's live
+connection).
 The limit: another namespace's socket on the very same 4-tuple at the very
 time ours is live passes the lookup too. Without sock_diag, its destroy
 notices or tcp_destroy_sock nothing is filtered (a warning says so).
@@ -67,6 +71,8 @@ JOIN_TIMEOUT = 2.0
 # How long the changes of a socket not (yet) known to be ours are held: its
 # destroy notice comes from a workqueue once the last packet that holds it is freed.
 HOLD_FOREIGN = 2.0
+HOLD_UNSEEN = 60.0  # a socket not found, not freed yet either
+NOTICES_LOST_COUNTER = "peer_states.notices-lost"  # ENOBUFS on the destroy notices
 FOREIGN_COUNTER = "peer_states.foreign"  # changes dropped: not our namespace's
 
 # The kernel's names (include/net/tcp_states.h) in ours (ustack.tcp.states.State).
@@ -556,7 +562,7 @@ class PeerStateWatcher:
             self._accept(change)
             return
         self._pending[key] = [change]
-        self._hold_timers[key] = self._loop.call_later(HOLD_FOREIGN, self._give_up, key)
+        self._hold_timers[key] = self._loop.call_later(HOLD_UNSEEN, self._give_up, key)
 
     # ---- the namespace filter (module note) ------------------------------------------------
 
@@ -594,8 +600,11 @@ class PeerStateWatcher:
             if gone.stack_port == key[2] or (gone.stack_port == 0 and changes[-1].new == "CLOSED"):
                 if gone.cookie in self._our_cookies:
                     self._confirm(key)
-                else:
-                    self._awaiting[gone.cookie] = key
+                    return
+                # Its notice comes soon if it is ours (the kernel's workqueue).
+                self._awaiting[gone.cookie] = key
+                self._hold_timers.pop(key).cancel()
+                self._hold_timers[key] = self._loop.call_later(HOLD_FOREIGN, self._give_up, key)
                 return
 
     def _read_notices(self) -> None:
@@ -603,10 +612,13 @@ class PeerStateWatcher:
         if self._notices is None:
             return
         try:
-            cookies = self._notices.read()
-        except OSError as exc:  # ENOBUFS: some were lost; theirs are dropped
-            log.warning("peer states: destroy notices lost (%s)", exc.strerror)
+            cookies, lost = self._notices.read()
+        except OSError as exc:
+            log.warning("peer states: reading destroy notices failed: %s", exc.strerror)
             return
+        if lost:  # their sockets' held changes are dropped: counted too
+            log.warning("peer states: destroy notices lost (ENOBUFS)")
+            self.counters[NOTICES_LOST_COUNTER] += 1
         now = self._loop.time()
         for cookie in cookies:
             self._our_cookies[cookie] = now

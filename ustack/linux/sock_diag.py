@@ -160,15 +160,21 @@ class DestroyNotices:
     def close(self) -> None:
         self._sock.close()
 
-    def read(self) -> list[int]:
-        """The cookies of the notices waiting to be read (none: []). OSError
-        ENOBUFS when the kernel had to drop some (the socket goes on)."""
+    def read(self) -> tuple[list[int], bool]:
+        """The cookies of the notices waiting to be read (none: []), and
+        whether the kernel had to drop some (ENOBUFS: the socket goes on)."""
         cookies: list[int] = []
+        lost = False
         while True:
             try:
                 data = self._sock.recv(1 << 16)
             except BlockingIOError:
-                return cookies
+                return cookies, lost
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                lost = True
+                continue
             for notice in self._marshal.parse(data):
                 if notice["header"]["type"] == diag.SOCK_DIAG_BY_FAMILY:
                     cookies.append(int(notice["idiag_cookie"]))
