@@ -12,7 +12,18 @@ import subprocess
 import time
 from pathlib import Path
 
-from test_peer_states import LINUX, NS_PREFIX, STACK, STACK6, Recorder, in_netns, run_python
+import pytest
+from test_peer_states import (
+    ENDS,
+    LINUX,
+    LINUX6,
+    NS_PREFIX,
+    STACK,
+    STACK6,
+    Recorder,
+    in_netns,
+    run_python,
+)
 
 from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
 from ustack.linux.peer_states import (
@@ -34,11 +45,12 @@ THEIR_PORTS = 21000
 BURST = """
 import socket, struct, sys
 linux, stack, base, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-srv = socket.create_server((stack, 0))
-closed = socket.socket()
+family = socket.AF_INET6 if ":" in linux else socket.AF_INET
+srv = socket.create_server((stack, 0), family=family)
+closed = socket.socket(family)
 closed.bind((stack, 0))  # a port without a listener
 for i in range(count):
-    c = socket.socket()
+    c = socket.socket(family)
     c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     c.bind((linux, base + i))
     if i % 3 == 2:
@@ -81,14 +93,17 @@ def test_parse_destroy_line() -> None:
 
 
 def add_addresses(ns: Netns) -> None:
-    for address in (LINUX, STACK):
-        subprocess.run(["ip", "-n", ns.name, "addr", "add", f"{address}/32", "dev", "lo"],
+    for address in (LINUX, STACK, LINUX6, STACK6):  # lo does no duplicate address detection
+        prefix = 128 if ":" in address else 32
+        subprocess.run(["ip", "-n", ns.name, "addr", "add", f"{address}/{prefix}", "dev", "lo"],
                        check=True)  # fmt: skip
 
 
-def test_only_our_namespace_is_reported_even_microsecond_sockets() -> None:
+@pytest.mark.parametrize("family", [4, 6])
+def test_only_our_namespace_is_reported_even_microsecond_sockets(family: int) -> None:
     """Every change of each of our 102 sockets is reported, those gone
     before their first change is read too; none of theirs is, each counted."""
+    linux, stack = ENDS[family]
     recorder = Recorder()
     with netns(NS_PREFIX) as pns, netns(NS_PREFIX, "other") as other:
         add_addresses(pns)
@@ -96,13 +111,14 @@ def test_only_our_namespace_is_reported_even_microsecond_sockets() -> None:
 
         async def main() -> int:
             loop = asyncio.get_running_loop()
-            watcher = PeerStateWatcher(STACK, recorder, lambda *_: None, loop)
+            watcher = PeerStateWatcher(STACK, recorder, lambda *_: None, loop,
+                                       stack_address6=STACK6)  # fmt: skip
             watcher.start()
             try:
                 ours, theirs = await asyncio.gather(
-                    asyncio.to_thread(run_python, pns, BURST, LINUX, STACK,
+                    asyncio.to_thread(run_python, pns, BURST, linux, stack,
                                       str(OUR_PORTS), str(CONNECTIONS)),
-                    asyncio.to_thread(run_python, other, BURST, LINUX, STACK,
+                    asyncio.to_thread(run_python, other, BURST, linux, stack,
                                       str(THEIR_PORTS), str(CONNECTIONS)),
                 )  # fmt: skip
                 assert ours == theirs == "done"
