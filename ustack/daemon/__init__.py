@@ -208,8 +208,9 @@ class Daemon:
 
         address6 = None if self.address6 is None else str(self.address6)
         self._peer_states = PeerStateWatcher(
-            str(self.config.address), tracer, conn_lookup, loop, stack_address6=address6
-        )
+            str(self.config.address), tracer, conn_lookup, loop, stack_address6=address6,
+            counters=self.stack.counters,  # peer_states.foreign: other namespaces' changes
+        )  # fmt: skip
         self._peer_states.start()
         log.info("recording the Linux peers' states (sock:inet_sock_set_state)")
 

@@ -16,10 +16,26 @@ own network namespace, which must be the Linux peer's) whether a timewait
 socket holds that 4-tuple, reports its state instead of CLOSED, and then polls
 it until it changes or goes away (CLOSED).
 
-Tracefs is global to the machine, not per network namespace: an event of
-another namespace that uses the same two addresses cannot be told apart (the
-`conn` of such an event is normally None). The tracepoint has no field for the
-namespace, so no event filter can test it; that would take a BPF program.
+Tracefs is global to the machine, not per network namespace, and the
+tracepoint has no field for the namespace: another namespace's sockets between
+the same two addresses show too (parallel labs all use 198.18.0.1/.2). So a
+socket's changes are reported only once it is known to be in the watcher's
+namespace (sock_diag answers for its own namespace only):
+- live: an exact sock_diag lookup of its 4-tuple finds a socket (full, request
+  or timewait) here, when its first change is handled; or
+- gone already (a connection of a few microseconds): the tracepoint
+  tcp:tcp_destroy_sock, read with the changes, gives the socket's cookie, and
+  the destroy notices of our namespace's sock_diag (DestroyNotices) name that
+  cookie.
+Until then its changes are held, in order; those of a socket whose destroy
+notice does not come within HOLD_FOREIGN seconds of its tcp_destroy_sock are
+dropped and counted (`peer_states.foreign`), as are those of a socket neither
+found nor freed within HOLD_UNSEEN (one kept alive unhashed: a refused
+connect whose application has not closed it yet, or another namespace's live
+connection).
+The limit: another namespace's socket on the very same 4-tuple at the very
+time ours is live passes the lookup too. Without sock_diag, its destroy
+notices or tcp_destroy_sock nothing is filtered (a warning says so).
 """
 
 from __future__ import annotations
@@ -33,24 +49,31 @@ import logging
 import os
 import re
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from ustack.linux.sock_diag import Key, SockDiag, canonical_address
+from ustack.linux.sock_diag import DestroyNotices, Key, SockDiag, canonical_address
 from ustack.trace.records import PeerStateChange
 
 log = logging.getLogger("ustack.peer_states")
 
 TRACING_ROOT = Path("/sys/kernel/tracing")
 EVENT = ("sock", "inet_sock_set_state")
+DESTROY_EVENT = ("tcp", "tcp_destroy_sock")  # its cookie ties a gone socket to its namespace
 INSTANCE_PREFIX = "ustack-"
 # Written to our instance's trace_marker to wake the reader thread at stop.
 STOP_MARKER = "ustack-peer-states: stop"
 BUFFER_SIZE_KB = 512  # per CPU; state changes are small and read at once
 TIMEWAIT_POLL = 0.1  # seconds between sock_diag looks at held timewait sockets
 JOIN_TIMEOUT = 2.0
+# How long the changes of a socket not (yet) known to be ours are held: its
+# destroy notice comes from a workqueue once the last packet that holds it is freed.
+HOLD_FOREIGN = 2.0
+HOLD_UNSEEN = 60.0  # a socket not found, not freed yet either
+NOTICES_LOST_COUNTER = "peer_states.notices-lost"  # ENOBUFS on the destroy notices
+FOREIGN_COUNTER = "peer_states.foreign"  # changes dropped: not our namespace's
 
 # The kernel's names (include/net/tcp_states.h) in ours (ustack.tcp.states.State).
 # TCP_NEW_SYN_RECV is a request socket: it is SYN_RECEIVED too.
@@ -73,6 +96,7 @@ _HANDOFF_FROM = frozenset({"FIN_WAIT_1", "FIN_WAIT_2", "CLOSING"})
 
 # "<task>-<pid> [cpu] flags  <seconds>: inet_sock_set_state: key=value ..."
 _TRACE_LINE = re.compile(r"\s(\d+\.\d+): inet_sock_set_state: (.*)$")
+_DESTROY_LINE = re.compile(r"\s(\d+\.\d+): tcp_destroy_sock: (.*)$")
 _INSTANCE_NAME = re.compile(rf"^{re.escape(INSTANCE_PREFIX)}(\d+)(?:-\d+)?$")
 _instance_serial = itertools.count()
 
@@ -139,7 +163,42 @@ def parse_line(line: str, stack_address: str | Collection[str]) -> KernelStateCh
         return None
 
 
-# ---- sock_diag: the timewait sockets the tracepoint does not show ---------------------------
+@dataclass(frozen=True, slots=True)
+class SocketDestroyed:
+    """A tcp:tcp_destroy_sock line: a Linux TCP socket freed, and its cookie.
+    A socket that disconnected (a refused connect) has lost its remote end:
+    `stack_port` is then 0; its own port is kept."""
+
+    linux_port: int
+    stack_port: int
+    cookie: int
+
+
+def parse_destroy_line(line: str, stack_address: str | Collection[str]) -> SocketDestroyed | None:
+    """The socket a tcp_destroy_sock line names, IPv4 or IPv6, if its remote
+    end is the stack or was cleared (a disconnected socket); None otherwise."""
+    stacks = {stack_address} if isinstance(stack_address, str) else set(stack_address)
+    match = _DESTROY_LINE.search(line.rstrip())
+    if match is None:
+        return None
+    fields = dict(part.split("=", 1) for part in match.group(2).split() if "=" in part)
+    try:
+        if fields["family"] == "AF_INET":
+            stack = fields["daddr"]
+        elif fields["family"] == "AF_INET6":
+            stack = canonical_address(fields["daddrv6"])
+        else:
+            return None
+        if stack not in stacks and stack not in ("0.0.0.0", "::"):
+            return None
+        return SocketDestroyed(
+            linux_port=int(fields["sport"]),
+            stack_port=int(fields["dport"]),
+            cookie=int(fields["sock_cookie"], 16),
+        )
+    except (KeyError, ValueError):
+        return None
+
 
 # ---- tracefs ------------------------------------------------------------------------------
 
@@ -210,8 +269,10 @@ class PeerStateWatcher:
     `stack_address6`: the stack's IPv6 address, when Linux reaches it over
     IPv6 too (the tracepoint then reports AF_INET6 sockets as well).
     `start()` and `stop()` are called on the loop's thread (or with no loop
-    running); `start()` also makes the sock_diag socket, so it must run in the
-    Linux peer's network namespace."""
+    running); `start()` also makes the sock_diag sockets, so it must run in the
+    Linux peer's network namespace: only that namespace's sockets are reported
+    (see the module's note). `counters[FOREIGN_COUNTER]` counts the changes
+    of other namespaces' sockets left out."""
 
     def __init__(
         self,
@@ -222,6 +283,7 @@ class PeerStateWatcher:
         *,
         stack_address6: str | None = None,
         tracing_root: Path | str = TRACING_ROOT,
+        counters: Counter[str] | None = None,
     ) -> None:
         # The stack's addresses by family (4, 6), in the text the trace writes.
         self._stacks = {4: str(ipaddress.IPv4Address(stack_address))}
@@ -243,6 +305,15 @@ class PeerStateWatcher:
         self._diag: SockDiag | None = None
         self._held: dict[Key, str] = {}  # 4-tuples in a timewait socket, and its state
         self._open: set[Key] = set()  # 4-tuples reported in a state other than CLOSED
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        # The namespace filter (module note). Off when a part is missing.
+        self._notices: DestroyNotices | None = None
+        self._destroy_traced = False  # tcp_destroy_sock is enabled in our instance
+        self._ours: set[Key] = set()  # 4-tuples found in our namespace, until CLOSED
+        self._pending: dict[Key, list[KernelStateChange]] = {}  # held, in order
+        self._hold_timers: dict[Key, asyncio.TimerHandle] = {}
+        self._awaiting: dict[int, Key] = {}  # cookie of a gone socket -> its held 4-tuple
+        self._our_cookies: dict[int, float] = {}  # destroy notices read, and when
         # connect(2) enters SYN_SENT before it picks the port: (Linux address,
         # stack port) -> when each such SYN_SENT was handled, oldest first.
         self._unbound: dict[tuple[str, int], deque[float]] = {}
@@ -288,6 +359,12 @@ class PeerStateWatcher:
         self._held.clear()
         self._open.clear()
         self._unbound.clear()
+        for timer in self._hold_timers.values():
+            timer.cancel()
+        self._hold_timers.clear()
+        self._pending.clear()
+        self._awaiting.clear()
+        self._ours.clear()
         self._stop_reader()
         self._tear_down()
 
@@ -350,6 +427,28 @@ class PeerStateWatcher:
             self._diag = SockDiag()
         except OSError as exc:
             log.warning("peer states: no sock_diag (%s): TIME_WAIT shows as CLOSED", exc.strerror)
+        self._set_up_namespace_filter(instance)
+
+    def _set_up_namespace_filter(self, instance: Path) -> None:
+        """tcp_destroy_sock in our instance and our namespace's destroy
+        notices: without either, other namespaces' sockets show too."""
+        event = instance.joinpath("events", *DESTROY_EVENT)
+        try:
+            _write(event / "filter", "family == 2 || family == 10")
+            _write(event / "enable", "1")
+            self._destroy_traced = True
+            self._notices = DestroyNotices()
+            self._loop.add_reader(self._notices.fileno(), self._read_notices)
+        except OSError as exc:
+            log.warning(
+                "peer states: no namespace filter (%s: %s): other namespaces' sockets "
+                "between the same addresses show too",
+                exc.filename or "sock_diag",
+                exc.strerror,
+            )
+            if self._notices is not None:
+                self._notices.close()
+                self._notices = None
 
     def _stop_reader(self) -> None:
         """The reader blocks in read(2) on trace_pipe: wake it with a line of our
@@ -379,7 +478,17 @@ class PeerStateWatcher:
         if self._diag is not None:
             self._diag.close()
             self._diag = None
+        if self._notices is not None:
+            self._loop.remove_reader(self._notices.fileno())
+            self._notices.close()
+            self._notices = None
         instance = self._instance
+        if instance is not None and self._destroy_traced:
+            try:
+                _write(instance.joinpath("events", *DESTROY_EVENT, "enable"), "0")
+            except OSError as exc:
+                log.warning("peer states: cannot disable tcp_destroy_sock: %s", exc.strerror)
+            self._destroy_traced = False
         if instance is not None and self._enabled:
             try:
                 _write(instance.joinpath("events", *EVENT, "enable"), "0")
@@ -419,11 +528,16 @@ class PeerStateWatcher:
                 return
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                change = parse_line(line.decode("ascii", "replace"), self._stacks.values())
-                if change is None:
-                    continue
+                text = line.decode("ascii", "replace")
+                change = parse_line(text, self._stacks.values())
+                destroyed = (
+                    None if change is not None else parse_destroy_line(text, self._stacks.values())
+                )
                 try:
-                    self._loop.call_soon_threadsafe(self._handle, change)
+                    if change is not None:
+                        self._loop.call_soon_threadsafe(self._handle, change)
+                    elif destroyed is not None:
+                        self._loop.call_soon_threadsafe(self._destroyed, destroyed)
                 except RuntimeError:  # the loop is closed
                     return
 
@@ -438,6 +552,112 @@ class PeerStateWatcher:
             unbound = self._unbound.setdefault((change.linux, change.stack_port), deque())
             unbound.append(self._time_of(change))
             return
+        pending = self._pending.get(key)
+        if pending is not None:  # behind changes still held: in order
+            pending.append(change)
+            if self._found_here(key):
+                self._confirm(key)
+            return
+        if self._is_ours(key):
+            self._accept(change)
+            return
+        self._pending[key] = [change]
+        self._hold_timers[key] = self._loop.call_later(HOLD_UNSEEN, self._give_up, key)
+
+    # ---- the namespace filter (module note) ------------------------------------------------
+
+    def _is_ours(self, key: Key) -> bool:
+        """Known ours, or found live here; True when there is no filter."""
+        if key in self._ours or key in self._open or key in self._held:
+            return True
+        if self._diag is None or self._notices is None or not self._destroy_traced:
+            return True
+        return self._found_here(key)
+
+    def _found_here(self, key: Key) -> bool:
+        """Whether sock_diag (our namespace only) holds this 4-tuple now."""
+        if self._diag is None:
+            return False
+        try:
+            found = self._diag.holds(key, self._stack_facing(key[0]))
+        except OSError as exc:
+            self._diag_failed(exc)
+            return False
+        if found:
+            self._ours.add(key)
+        return found
+
+    def _destroyed(self, gone: SocketDestroyed) -> None:
+        """A socket was freed: if its changes are held, its cookie will say
+        whether it was ours (a disconnected one has lost its remote port)."""
+        if self._closed:
+            return
+        for key, changes in self._pending.items():
+            if key[1] != gone.linux_port:
+                continue
+            # Port 0: disconnected (a refused connect), so closed already
+            # (not a listener on that port).
+            if gone.stack_port == key[2] or (gone.stack_port == 0 and changes[-1].new == "CLOSED"):
+                if gone.cookie in self._our_cookies:
+                    self._confirm(key)
+                    return
+                # Its notice comes soon if it is ours (the kernel's workqueue).
+                self._awaiting[gone.cookie] = key
+                self._hold_timers.pop(key).cancel()
+                self._hold_timers[key] = self._loop.call_later(HOLD_FOREIGN, self._give_up, key)
+                return
+
+    def _read_notices(self) -> None:
+        """Our namespace's destroy notices: their cookies, kept a while."""
+        if self._notices is None:
+            return
+        try:
+            cookies, lost = self._notices.read()
+        except OSError as exc:
+            log.warning("peer states: reading destroy notices failed: %s", exc.strerror)
+            return
+        if lost:  # their sockets' held changes are dropped: counted too
+            log.warning("peer states: destroy notices lost (ENOBUFS)")
+            self.counters[NOTICES_LOST_COUNTER] += 1
+        now = self._loop.time()
+        for cookie in cookies:
+            self._our_cookies[cookie] = now
+            key = self._awaiting.pop(cookie, None)
+            if key is not None and key in self._pending:
+                self._confirm(key)
+        # A tcp_destroy_sock line comes before its notice or a moment after.
+        for cookie, seen in list(self._our_cookies.items()):
+            if seen > now - 4 * HOLD_FOREIGN:
+                break
+            del self._our_cookies[cookie]
+
+    def _confirm(self, key: Key) -> None:
+        """The held changes are of our namespace's socket: report them."""
+        self._ours.add(key)
+        timer = self._hold_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        for change in self._pending.pop(key, []):
+            self._accept(change)
+
+    def _give_up(self, key: Key) -> None:
+        """Not found in our namespace in time: another namespace's socket."""
+        self._hold_timers.pop(key, None)
+        changes = self._pending.pop(key, [])
+        self._awaiting = {c: k for c, k in self._awaiting.items() if k != key}
+        self.counters[FOREIGN_COUNTER] += len(changes)
+        for change in changes:
+            waiting = self._unbound.get((change.linux, change.stack_port))
+            if change.old == "SYN_SENT" and waiting:
+                waiting.popleft()  # (its SYN_SENT without a port was that socket's)
+                if not waiting:
+                    del self._unbound[(change.linux, change.stack_port)]
+        log.debug("peer states: %s:%d is not in our namespace: %d changes left out",
+                  key[0], key[1], len(changes))  # fmt: skip
+
+    def _accept(self, change: KernelStateChange) -> None:
+        """A change of a socket of our namespace."""
+        key = (change.linux, change.linux_port, change.stack_port)
         held = self._held.pop(key, None)
         if held is not None:  # the 4-tuple is used anew: its timewait socket is gone
             self._report(key, held, "CLOSED")
@@ -515,6 +735,8 @@ class PeerStateWatcher:
     def _report(self, key: Key, old: str, new: str, handled: float | None = None) -> None:
         if new == "CLOSED":
             self._open.discard(key)
+            if key not in self._held:  # the 4-tuple is free: another socket may take it
+                self._ours.discard(key)
         else:
             self._open.add(key)
         linux, linux_port, stack_port = key

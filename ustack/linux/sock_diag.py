@@ -1,5 +1,7 @@
 """The Linux peer's TCP sockets of either family over NETLINK_SOCK_DIAG: the
-timewait sockets, which the tracepoint peer_states.py reads cannot show."""
+timewait sockets, which the tracepoint peer_states.py reads cannot show, and
+whether a socket lives in this network namespace (a netlink socket answers
+for the namespace it was made in; the tracepoint is machine-wide)."""
 
 from __future__ import annotations
 
@@ -59,18 +61,31 @@ class SockDiag:
             idiag_dport=stack_port, idiag_dst=_address(stack),
             idiag_cookie=_NO_COOKIE,
         )  # fmt: skip
-        return next(iter(found.values()), None)
+        return next((state for state in found.values() if state), None)
+
+    def holds(self, key: Key, stack: str) -> bool:
+        """Whether a socket of any state (a full one or a timewait one) holds
+        this 4-tuple in this namespace: an exact lookup, one round trip."""
+        linux, linux_port, stack_port = key
+        found = self._ask(
+            netlink.NLM_F_REQUEST, _ANY_STATE, _family(stack),
+            idiag_sport=linux_port, idiag_src=_address(linux),
+            idiag_dport=stack_port, idiag_dst=_address(stack),
+            idiag_cookie=_NO_COOKIE,
+        )  # fmt: skip
+        return bool(found)
 
     def timewait_states(self, stack: str) -> dict[Key, str]:
         """Every socket in FIN_WAIT2 or TIME_WAIT whose remote end is `stack`."""
         states = (1 << diag.SS_FIN_WAIT2) | (1 << diag.SS_TIME_WAIT)
         found = self._ask(netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, states, _family(stack))
-        return {key: state for (key, remote), state in found.items() if remote == stack}
+        return {key: state for (key, remote), state in found.items() if state and remote == stack}
 
     def _ask(
         self, flags: int, states: int, family: int, **sock_id: object
     ) -> dict[tuple[Key, str], str]:
-        """Send a request; the timewait states in the answers, by (4-tuple, remote)."""
+        """Send a request; the timewait states in the answers, by (4-tuple,
+        remote); "" for a socket in any other state."""
         seq = next(self._seq)
         request = diag.inet_diag_req()
         request["header"].update(type=diag.SOCK_DIAG_BY_FAMILY, flags=flags, sequence_number=seq)
@@ -96,13 +111,73 @@ class SockDiag:
                         return found
                     raise OSError(code, os.strerror(code))
                 if kind == diag.SOCK_DIAG_BY_FAMILY:
-                    state = _TIMEWAIT_SUBSTATES.get(answer["idiag_state"])
-                    if state is not None:
-                        linux = canonical_address(answer["idiag_src"])
-                        key = (linux, answer["idiag_sport"], answer["idiag_dport"])
-                        found[key, canonical_address(answer["idiag_dst"])] = state
+                    state = _TIMEWAIT_SUBSTATES.get(answer["idiag_state"], "")
+                    linux = canonical_address(answer["idiag_src"])
+                    key = (linux, answer["idiag_sport"], answer["idiag_dport"])
+                    found[key, canonical_address(answer["idiag_dst"])] = state
                     if not flags & netlink.NLM_F_DUMP:  # an exact lookup has one answer
                         return found
+
+
+# include/uapi/linux/sock_diag.h, enum sknetlink_groups (Linux 4.9+).
+SKNLGRP_INET_TCP_DESTROY = 1
+SKNLGRP_INET6_TCP_DESTROY = 3
+_SOL_NETLINK = 270
+_NETLINK_ADD_MEMBERSHIP = 1
+_SO_RCVBUFFORCE = 33
+NOTICE_BUFFER = 8 << 20  # bytes; a notice takes about 1 KiB of it
+
+
+class DestroyNotices:
+    """The cookies of the TCP sockets of this network namespace, either
+    family, as each is freed: the kernel multicasts an inet_diag_msg to the
+    destroy groups of the namespace's own sock_diag netlink socket
+    (net/core/sock_diag.c, sock_diag_broadcast_destroy; needs CAP_NET_ADMIN).
+    Its 4-tuple may be cleared by then (a refused connect disconnects), its
+    cookie is not: the cookie the tracepoint tcp:tcp_destroy_sock shows."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_SOCK_DIAG)
+        try:
+            # A burst of short connections frees hundreds of sockets at once:
+            # room for them while the loop is busy (ENOBUFS loses notices).
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, NOTICE_BUFFER)
+            except OSError:  # without CAP_NET_ADMIN: what rmem_max allows
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NOTICE_BUFFER)
+            self._sock.bind((0, 0))
+            for group in (SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY):
+                self._sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, group)
+            self._sock.setblocking(False)
+        except OSError:
+            self._sock.close()
+            raise
+        self._marshal = diag.MarshalDiag()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def read(self) -> tuple[list[int], bool]:
+        """The cookies of the notices waiting to be read (none: []), and
+        whether the kernel had to drop some (ENOBUFS: the socket goes on)."""
+        cookies: list[int] = []
+        lost = False
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return cookies, lost
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                lost = True
+                continue
+            for notice in self._marshal.parse(data):
+                if notice["header"]["type"] == diag.SOCK_DIAG_BY_FAMILY:
+                    cookies.append(int(notice["idiag_cookie"]))
 
 
 def _family(address: str) -> int:
