@@ -411,8 +411,8 @@ def test_daemon_curl_peer_states(pns: Netns, peer_daemon: UstackDaemon) -> None:
     may be skipped when our FIN comes with the ACK of curl's)."""
     result = pns.run("curl", "-sS", "--max-time", "10", f"http://{STACK_ADDRESS}/", check=True)
     assert b"Hello from ustack" in result.stdout
-    # The tracepoint is system-wide: another namespace's sockets with the same
-    # addresses may show too (a parallel run), so follow curl's port only.
+    # Other namespaces' sockets are filtered out (test_peer_namespace.py), but
+    # this daemon serves the module's other tests too: follow curl's port.
     (port,) = {
         e["remote_port"]
         for e in peer_daemon.trace_events()
