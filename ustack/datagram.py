@@ -126,6 +126,8 @@ class UdpTransport(asyncio.DatagramTransport):
             return self._sockname()
         if name == "ustack_endpoint":
             return endpoint
+        if name == "ustack_runner":  # to open more endpoints on the same stack
+            return self._runner
         return default
 
     def _sockname(self) -> SocketAddress:
