@@ -4,6 +4,9 @@ queued datagrams out, on a virtual clock (each call carries `now`)."""
 from __future__ import annotations
 
 import errno
+import io
+import subprocess
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror, defragment, fragment
@@ -25,6 +28,8 @@ from ustack.net.udp import (
     UdpLimits,
 )
 from ustack.stack import Stack
+from ustack.study.pcapng import PcapngWriter
+from ustack.study.sinks import format_event
 from ustack.trace.records import DatagramEvent, TraceEvent
 from ustack.wire.address import parse_address
 from ustack.wire.checksum import transport_checksum
@@ -398,3 +403,55 @@ def test_icmpv6_port_unreachable_and_packet_too_big_reach_the_endpoint() -> None
     endpoint.sendto(b"x" * 1400, wire.now)
     fragments = wire.out()
     assert len(fragments) == 2 and all(len(f) <= 1280 for f in fragments)
+
+
+# ---- the trace ---------------------------------------------------------------------------------
+
+
+def test_a_pcapng_capture_shows_each_datagram_with_its_line(tmp_path: Path) -> None:
+    """The datagram records go into the text trace and onto the pcapng frames
+    (as segments' do): the echo request's frame and the reply's each carry
+    their own line."""
+    stream = io.BytesIO()
+    writer = PcapngWriter(stream, clock=lambda: 1_700_000_000.0)
+    lines: list[str] = []
+
+    def trace(event: TraceEvent) -> None:
+        writer(event)
+        lines.append(format_event(event)[1])
+
+    stack = Stack(parse_address(US), lambda packet: True, trace=trace)
+    stack.ip.tap = writer.tap
+    endpoint = stack.udp.bind(None, 7)
+    stack.receive(bytes(udp_in(40000, 7, b"echo me")), 1.0)
+    (received,) = taken(endpoint)
+    assert isinstance(received, ReceivedDatagram)
+    endpoint.sendto(received.data, 1.0, received.remote, received.remote_port)
+    writer.settle()
+    assert [" ".join(line.split()) for line in lines] == [
+        "#- in 198.18.0.1:40000 > 198.18.0.2:7 UDP len 7",
+        "#- out 198.18.0.1:40000 < 198.18.0.2:7 UDP len 7",
+    ]
+    path = tmp_path / "udp.pcapng"
+    path.write_bytes(stream.getvalue())
+    result = subprocess.run(
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(path),
+            "-T",
+            "fields",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "frame.comment",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    rows = [line.split("\t") for line in result.stdout.decode().splitlines()]
+    assert [row[0] for row in rows] == ["7", "40000"]
+    assert "in 198.18.0.1:40000 > 198.18.0.2:7 UDP len 7" in rows[0][1]
+    assert "out 198.18.0.1:40000 < 198.18.0.2:7 UDP len 7" in rows[1][1]
