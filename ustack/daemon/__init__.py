@@ -194,6 +194,8 @@ class Daemon:
             loop.remove_reader(link.fd)
             for handle in self._held:  # packets a delay fault still holds: dropped
                 handle.cancel()
+            for udp in self._udp_services:
+                udp.close()
             if self._peer_states is not None:
                 self._peer_states.stop()
             if control is not None:
