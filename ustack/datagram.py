@@ -74,13 +74,19 @@ class UdpTransport(asyncio.DatagramTransport):
     def _deliver(self) -> None:
         self._delivery_scheduled = False
         endpoint = self._endpoint
-        while not self._closing and (item := endpoint.take()) is not None:
-            if isinstance(item, ReceivedDatagram):
-                self._protocol.datagram_received(
-                    item.data, socket_address(item.remote, item.remote_port)
-                )
-            else:
-                self._protocol.error_received(_errno_error(item.error))
+        try:
+            while not self._closing and (item := endpoint.take()) is not None:
+                if isinstance(item, ReceivedDatagram):
+                    self._protocol.datagram_received(
+                        item.data, socket_address(item.remote, item.remote_port)
+                    )
+                else:
+                    self._protocol.error_received(_errno_error(item.error))
+        finally:
+            # A protocol that raised (the loop reports it) still hears the rest:
+            # the stack wakes us only when the queue stops being empty.
+            if endpoint.queue and not self._closing:
+                self._wake()
 
     # ---- the application's calls ------------------------------------------------
 

@@ -114,6 +114,7 @@ class Stack:
             None if ip6 is None else ip6.pmtu.lower,
             udp_limits,
             trace,
+            lambda dst: self._ip_for(dst).check_destination(dst),
         )
         for ip in self._ip_layers:
             ip.udp_input = self.udp.deliver

@@ -54,6 +54,11 @@ class Pair:
         assert not self.errors, self.errors
         return result
 
+    def run_expecting_errors(self, coro: Any, count: int) -> None:
+        """Run `coro`; the loop must have reported `count` exceptions."""
+        self.loop.run_until_complete(asyncio.wait_for(coro, 10.0))
+        assert len(self.errors) == count, self.errors
+
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
@@ -167,3 +172,21 @@ def test_binding_a_taken_port_raises_eaddrinuse_and_family_is_kept(pair: Pair) -
         assert v6.get_extra_info("ustack_endpoint").families == frozenset({6})
 
     pair.run(body())
+
+
+def test_a_protocol_that_raises_still_hears_the_next_datagrams(pair: Pair) -> None:
+    class Fragile(Client):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            if data == b"boom":
+                raise RuntimeError("an application bug")
+
+    async def body() -> None:
+        _, fragile = await create_datagram_endpoint(pair.rb, Fragile, local_addr=("", 5000))
+        sender, _ = await create_datagram_endpoint(pair.ra, Client, remote_addr=(B_HOST, 5000))
+        for data in (b"boom", b"after", b"more"):
+            sender.sendto(data)
+        got = [(await asyncio.wait_for(fragile.received.get(), STEP))[0] for _ in range(3)]
+        assert got == [b"boom", b"after", b"more"]
+
+    pair.run_expecting_errors(body(), 1)

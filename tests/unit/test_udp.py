@@ -455,3 +455,15 @@ def test_a_pcapng_capture_shows_each_datagram_with_its_line(tmp_path: Path) -> N
     assert [row[0] for row in rows] == ["7", "40000"]
     assert "in 198.18.0.1:40000 > 198.18.0.2:7 UDP len 7" in rows[0][1]
     assert "out 198.18.0.1:40000 < 198.18.0.2:7 UDP len 7" in rows[1][1]
+
+
+def test_no_datagram_to_an_address_ip_refuses() -> None:
+    wire = Wire()
+    endpoint = wire.stack.udp.bind()
+    for address in ("255.255.255.255", "127.0.0.1", "224.0.0.1", US):
+        with pytest.raises(OSError) as refused:
+            endpoint.sendto(b"x", wire.now, parse_address(address), 9)
+        assert refused.value.errno == errno.ENETUNREACH
+        with pytest.raises(OSError):
+            endpoint.connect(parse_address(address), 9)
+    assert wire.out() == []

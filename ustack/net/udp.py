@@ -44,6 +44,9 @@ DatagramOutput = Callable[[int, bytes], None]
 ErrorMeaning = Callable[[int, int, bool], str | None]
 # Lowers the path MTU to a destination, as a Packet Too Big taught: (dst, mtu, now).
 LowerPathMtu = Callable[[int, int, float], object]
+# Raises OSError for a destination nothing may be sent to (Stack: the IP
+# layer's check_destination: broadcast, loopback, the stack's own address...).
+CheckDestination = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class UdpLayer:
         lower_path_mtu: LowerPathMtu | None = None,
         limits: UdpLimits | None = None,
         tracer: Tracer | None = None,
+        check_destination: CheckDestination | None = None,
     ) -> None:
         self.counters = counters
         self.address = address
@@ -142,6 +146,7 @@ class UdpLayer:
         self._lower_path_mtu = lower_path_mtu
         self.limits = limits or UdpLimits()
         self.tracer = tracer
+        self._check_route = check_destination
         self.endpoints: dict[int, list[UdpEndpoint]] = {}  # by local port
         self._count = 0
 
@@ -228,12 +233,16 @@ class UdpLayer:
 
     def check_destination(self, endpoint: UdpEndpoint, remote: int) -> None:
         """OSError if `endpoint` cannot send to `remote`: another family than
-        its own (EAFNOSUPPORT), or from a specific address of the other family."""
+        its own (EAFNOSUPPORT), or an address the IP layer refuses
+        (ENETUNREACH: broadcast, multicast, loopback, the stack's own; Linux
+        says EACCES for a broadcast without SO_BROADCAST, which we lack)."""
         family = IPV6 if is_ipv6(remote) else IPV4
         if family not in endpoint.families:
             raise OSError(
                 errno.EAFNOSUPPORT, f"{format_address(remote)}: not this endpoint's address family"
             )
+        if self._check_route is not None:
+            self._check_route(remote)
 
     # ---- output ---------------------------------------------------------
 
