@@ -36,8 +36,9 @@ def _udp_error(type_: int, code: int, ipv6: bool) -> str | None:
 
 
 class Stack:
-    """IPv4 + ICMP + TCP for one address, and IPv6 + ICMPv6 for another when
-    `address6` is given (a dual stack: TCP's listeners hear both). Packets
+    """IPv4 + ICMP + TCP + UDP for one address, and IPv6 + ICMPv6 for another
+    when `address6` is given (a dual stack: TCP's listeners and UDP's wildcard
+    endpoints hear both; `udp` holds the UDP endpoints). Packets
     go in through `receive` and out through the `transmit` callable; the
     caller owns all I/O."""
 

@@ -101,3 +101,24 @@ def test_a_ustack_endpoint_exchanges_with_linux_and_hears_its_port_unreachable(
         "refused": "error ConnectionRefusedError",
     }
     assert stats[f"{family.udp}.in.icmp-errors"] == 1
+
+
+def test_a_connected_linux_socket_gets_econnrefused_where_no_udp_service_is(
+    ns: Netns, daemon: UstackDaemon, family: Family
+) -> None:
+    # chargen (19) and http (80) are TCP only: their UDP ports are closed.
+    code = (
+        "import socket\n"
+        f"s = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
+        "s.settimeout(5)\n"
+        f"s.connect(('{family.stack}', 19))\n"
+        "s.send(b'x')\n"
+        "try:\n"
+        "    s.recv(10)\n"
+        "except ConnectionRefusedError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    assert ns.python(code).stdout.strip() == b"111"  # ECONNREFUSED
+    stats = daemon.stats()
+    assert stats[f"{family.udp}.out.port-unreachable"] == 1
+    assert f"{family.udp}.in" not in stats
