@@ -108,9 +108,11 @@ class Stack:
         self.udp = UdpLayer(
             self.counters,
             address,
-            lambda dst, datagram: self.ip.send(dst, PROTO_UDP, datagram),
+            lambda dst, datagram, now: self.ip.send(dst, PROTO_UDP, datagram, now=now),
             address6,
-            None if ip6 is None else lambda dst, datagram: ip6.send(dst, PROTO_UDP, datagram),
+            None
+            if ip6 is None
+            else lambda dst, datagram, now: ip6.send(dst, PROTO_UDP, datagram, now=now),
             _udp_error,
             None if ip6 is None else ip6.pmtu.lower,
             udp_limits,

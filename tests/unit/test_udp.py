@@ -467,3 +467,15 @@ def test_no_datagram_to_an_address_ip_refuses() -> None:
         with pytest.raises(OSError):
             endpoint.connect(parse_address(address), 9)
     assert wire.out() == []
+
+
+def test_a_send_between_packets_in_is_stamped_with_its_own_time() -> None:
+    wire = Wire()
+    taps: list[tuple[str, float]] = []
+    wire.stack.ip.tap = lambda direction, packet, now: taps.append((direction, now))
+    endpoint = wire.stack.udp.bind(None, 5000)
+    wire.stack.receive(bytes(udp_in(40000, 5000)), 1.0)
+    endpoint.sendto(b"later", 5.0, parse_address(PEER), 40000)
+    assert taps == [("in", 1.0), ("out", 5.0)]
+    outs = [e.time for e in wire.events if isinstance(e, DatagramEvent)]
+    assert outs == [1.0, 5.0]

@@ -93,12 +93,17 @@ class IpLayerBase:
         payload: Buffer,
         gso_size: int = 0,
         may_fragment: bool = True,
+        now: float | None = None,
     ) -> None:
-        """One datagram to `dst`. A TCP segment larger than the MTU is allowed
-        with `gso_size`: the link has it cut into segments of that size; TCP
-        keeps its segments under the MSS and is never fragmented. Another
+        """One datagram to `dst`, at `now` if given (an application's send,
+        between packets in: the ID's clock, the tap's and the trace's time).
+        A TCP segment larger than the MTU is allowed with `gso_size`: the
+        link has it cut into segments of that size; TCP keeps its segments
+        under the MSS and is never fragmented. Another
         datagram larger than the path MTU goes in fragments (RFC 791 3.2,
         RFC 8200 4.5); `may_fragment` False refuses it instead (IPv4's DF)."""
+        if now is not None:
+            self._now = now
         if may_fragment and protocol != PROTO_TCP:
             path_mtu = self._path_mtu(dst)
             if self.HEADER_LENGTH + len(payload) > path_mtu:

@@ -38,8 +38,8 @@ MAX_PAYLOAD_V6 = 65535 - UDP_HEADER_LENGTH  # 65,527
 IPV4, IPV6 = 4, 6
 BOTH = frozenset({IPV4, IPV6})
 
-# Sends one UDP datagram (header and payload) to an address: (dst, datagram).
-DatagramOutput = Callable[[int, bytes], None]
+# Sends one UDP datagram (header and payload) to an address: (dst, datagram, now).
+DatagramOutput = Callable[[int, bytearray, float], None]
 # What an ICMP error (type, code, ipv6?) means: its errno name, or None.
 ErrorMeaning = Callable[[int, int, bool], str | None]
 # Lowers the path MTU to a destination, as a Packet Too Big taught: (dst, mtu, now).
@@ -288,9 +288,9 @@ class UdpLayer:
         self._trace(now, "out", src, endpoint.local_port, remote, remote_port, len(data))
         if ipv6:
             assert self._send6 is not None
-            self._send6(remote, bytes(datagram))
+            self._send6(remote, datagram, now)
         else:
-            self._send4(remote, bytes(datagram))
+            self._send4(remote, datagram, now)
 
     # ---- input ----------------------------------------------------------
 
