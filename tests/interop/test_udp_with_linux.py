@@ -122,3 +122,29 @@ def test_a_connected_linux_socket_gets_econnrefused_where_no_udp_service_is(
     stats = daemon.stats()
     assert stats[f"{family.udp}.out.port-unreachable"] == 1
     assert f"{family.udp}.in" not in stats
+
+
+def test_the_udp_services_follow_the_tcp_services_switch(ns: Netns, tmp_path: Path) -> None:
+    """--services echo:7007 runs echo alone, on TCP and UDP 7007: UDP 7 and
+    13 are closed."""
+    code = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.settimeout(5)\n"
+        "s.sendto(b'ping', ('198.18.0.2', 7007))\n"
+        "print(s.recv(10).decode())\n"
+        "for port in (7, 13):\n"
+        "    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "    c.settimeout(5)\n"
+        "    c.connect(('198.18.0.2', port))\n"
+        "    c.send(b'x')\n"
+        "    try:\n"
+        "        c.recv(10)\n"
+        "    except ConnectionRefusedError:\n"
+        "        print('refused', port)\n"
+    )
+    with UstackDaemon.start(ns, tmp_path, "--services", "echo:7007", trace=False) as daemon:
+        out = ns.python(code).stdout.decode().splitlines()
+        stats = daemon.stats()
+    assert out == ["ping", "refused 7", "refused 13"]
+    assert stats["udp.in"] == 1 and stats["udp.out.port-unreachable"] == 2
