@@ -140,6 +140,13 @@ class UdpTransport(asyncio.DatagramTransport):
         endpoint = self._endpoint
         if endpoint.local is not None:
             return socket_address(endpoint.local, endpoint.local_port)
+        if endpoint.remote is not None:
+            # Connected: the address it sends from, as getsockname() says
+            # once connect() has chosen the route.
+            udp = endpoint.layer
+            source = udp.address6 if is_ipv6(endpoint.remote) else udp.address
+            assert source is not None
+            return socket_address(source, endpoint.local_port)
         if IPV6 in endpoint.families:
             return ("::", endpoint.local_port, 0, 0)
         return ("0.0.0.0", endpoint.local_port)
