@@ -1,9 +1,11 @@
 """`ustack serve` with one more UDP service, "udpprobe" (port 5555): an
-application on ustack that, for each datagram "PORT" it gets, opens a UDP
-endpoint of its own connected to the sender's address and PORT, sends
+application on ustack that, for each datagram "PORT" (or "HOST PORT") it
+gets, opens a UDP endpoint of its own connected to the sender's address (or
+HOST) and PORT, sends
 "from ustack" from it, and answers the first datagram with what that
 endpoint heard: "reply DATA" (a datagram back from Linux) or "error NAME"
-(error_received, e.g. ConnectionRefusedError from Linux's port unreachable).
+(error_received: "error ConnectionRefusedError ECONNREFUSED" from Linux's
+port unreachable).
 
     python tests/udp_app.py serve [ustack serve's options]
 
@@ -14,6 +16,7 @@ It is the daemon itself, started through the harness
 from __future__ import annotations
 
 import asyncio
+import errno
 import sys
 from typing import Any
 
@@ -35,7 +38,8 @@ class Probe(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         if not self.answer.done():
-            self.answer.set_result(f"error {type(exc).__name__}".encode())
+            name = errno.errorcode.get(getattr(exc, "errno", 0) or 0, "?")
+            self.answer.set_result(f"error {type(exc).__name__} {name}".encode())
 
 
 class ProbeService(services.UdpService):
@@ -44,16 +48,16 @@ class ProbeService(services.UdpService):
         self._tasks: set[asyncio.Task[None]] = set()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._probe(int(data), addr))
+        words = data.split()
+        host = words[0].decode() if len(words) == 2 else addr[0]
+        task = asyncio.get_running_loop().create_task(self._probe(host, int(words[-1]), addr))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _probe(self, port: int, addr: Any) -> None:
+    async def _probe(self, host: str, port: int, addr: Any) -> None:
         assert self.transport is not None
         runner = self.transport.get_extra_info("ustack_runner")
-        transport, probe = await create_datagram_endpoint(
-            runner, Probe, remote_addr=(addr[0], port)
-        )
+        transport, probe = await create_datagram_endpoint(runner, Probe, remote_addr=(host, port))
         transport.sendto(b"from ustack")
         try:
             answer = await asyncio.wait_for(probe.answer, ANSWER_TIMEOUT)

@@ -98,7 +98,7 @@ def test_a_ustack_endpoint_exchanges_with_linux_and_hears_its_port_unreachable(
         "heard": "from ustack",
         "from": family.stack,
         "answer": "reply from linux",
-        "refused": "error ConnectionRefusedError",
+        "refused": "error ConnectionRefusedError ECONNREFUSED",
     }
     assert stats[f"{family.udp}.in.icmp-errors"] == 1
 
@@ -148,3 +148,34 @@ def test_the_udp_services_follow_the_tcp_services_switch(ns: Netns, tmp_path: Pa
         stats = daemon.stats()
     assert out == ["ping", "refused 7", "refused 13"]
     assert stats["udp.in"] == 1 and stats["udp.out.port-unreachable"] == 2
+
+
+# Linux as a router with no route beyond the link: ustack's datagram to a
+# host past it gets ICMP net unreachable (ICMPv6 no route) back.
+BEYOND = {"ipv4": "198.18.5.5", "ipv6": "2001:2:0:5::5"}
+
+
+def test_a_ustack_endpoint_hears_net_unreachable_from_a_linux_router(
+    ns: Netns, tmp_path: Path, family: Family
+) -> None:
+    ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", check=True)
+    code = (
+        "import socket, sys\n"
+        f"s = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
+        "s.settimeout(15)\n"
+        f"s.sendto(b'{BEYOND[family.name]} 9', ('{family.stack}', 5555))\n"
+        "print(s.recv(100).decode())\n"
+    )
+    with UstackDaemon.start(ns, tmp_path, program=(str(UDP_APP),)) as daemon:
+        answer = ns.python(code, timeout=60).stdout.decode().strip()
+        stats = daemon.stats()
+    # Linux's icmp_err_convert: net unreachable is ENETUNREACH, an OSError
+    # of no subclass of its own.
+    assert answer == "error OSError ENETUNREACH", answer
+    assert stats[f"{family.udp}.in.icmp-errors"] == 1
+    errors = [e for e in json_lines(tmp_path / "trace.jsonl") if e["type"] == "datagram"]
+    assert any(e["remote"] == BEYOND[family.name] for e in errors)
+
+
+def json_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
