@@ -1,7 +1,9 @@
 """The services the daemon runs on the stack: echo, discard, daytime, chargen, HTTP.
 
 Each is an ordinary asyncio stream handler, written exactly as against the
-kernel's sockets: they run on the stack through ustack.api.
+kernel's sockets: they run on the stack through ustack.api. Echo, discard
+and daytime are on UDP too, as inetd offers them (UDP_SERVICES): ordinary
+asyncio datagram protocols, run on the stack through ustack.datagram.
 """
 
 from __future__ import annotations
@@ -423,4 +425,57 @@ SERVICES: dict[str, tuple[int, Handler]] = {
     "daytime": (13, daytime),
     "chargen": (19, chargen),
     "http": (80, http),
+}
+
+
+# ---- UDP, as inetd's internal services -------------------------------------------------------
+
+
+class UdpService(asyncio.DatagramProtocol):
+    """A UDP service: each datagram is answered (or not) on its own."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def reply(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # An unconnected endpoint hears no ICMP error; a failed send (EMSGSIZE) lands here.
+        log.debug("%s: %s", type(self).__name__, exc)
+
+
+class UdpEcho(UdpService):
+    """RFC 862: each datagram sent back whole to its sender."""
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.reply(data, addr)
+
+
+class UdpDiscard(UdpService):
+    """RFC 863: every datagram thrown away."""
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        pass
+
+
+class UdpDaytime(UdpService):
+    """RFC 867: any datagram gets the date and time back, one line."""
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.reply(daytime_line(), addr)
+
+
+# The UDP services, on the same ports as their TCP namesakes and switched
+# with them (--services echo turns on TCP and UDP echo, as inetd.conf's
+# two lines usually stand together).
+UDP_SERVICES: dict[str, Callable[[], UdpService]] = {
+    "echo": UdpEcho,
+    "discard": UdpDiscard,
+    "daytime": UdpDaytime,
 }

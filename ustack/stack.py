@@ -1,4 +1,4 @@
-"""The stack: IP + TCP wired together, with no I/O of its own (sans-I/O).
+"""The stack: IP + TCP + UDP wired together, with no I/O of its own (sans-I/O).
 
 Its asyncio driver is `ustack.runner.StackRunner`."""
 
@@ -14,21 +14,31 @@ from ustack.net.ipv4 import IPv4Layer
 from ustack.net.ipv6 import IPv6Layer
 from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
+from ustack.net.udp import UdpLayer, UdpLimits
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.demux import TcpDemux
+from ustack.tcp.feedback import meaning
 from ustack.tcp.syncookies import SynCookies
 from ustack.trace.records import PacketTap, Tracer
 from ustack.wire.address import IPV4_MAX
 from ustack.wire.checksum import Buffer
-from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH
+from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH, PROTO_UDP
 from ustack.wire.ipv6 import IPV6_MIN_MTU, IPV6_VERSION
 
 DEFAULT_ADDRESS = ipaddress.IPv4Address("198.18.0.2")
 
 
+def _udp_error(type_: int, code: int, ipv6: bool) -> str | None:
+    """The errno name an ICMP error stands for, as for TCP (Linux's
+    icmp_err_convert, icmpv6_err_convert: UDP reads the same tables)."""
+    found = meaning(type_, code, ipv6)
+    return None if found is None else found.error
+
+
 class Stack:
-    """IPv4 + ICMP + TCP for one address, and IPv6 + ICMPv6 for another when
-    `address6` is given (a dual stack: TCP's listeners hear both). Packets
+    """IPv4 + ICMP + TCP + UDP for one address, and IPv6 + ICMPv6 for another
+    when `address6` is given (a dual stack: TCP's listeners and UDP's wildcard
+    endpoints hear both; `udp` holds the UDP endpoints). Packets
     go in through `receive` and out through the `transmit` callable; the
     caller owns all I/O."""
 
@@ -47,6 +57,7 @@ class Stack:
         icmp_limits: IcmpLimits | None = None,
         min_pmtu: int = DEFAULT_MIN_PMTU,
         address6: int | None = None,
+        udp_limits: UdpLimits | None = None,
     ) -> None:
         """`network`: the link's subnet, whose broadcast addresses are then
         neither accepted as a source nor connected to. `fragment_limits`:
@@ -55,7 +66,7 @@ class Stack:
         MTU an ICMP "fragmentation needed" may teach (Linux's min_pmtu).
         `address6`: the stack's IPv6 address (None: IPv4 only); IPv6 shares
         the MTU, the fragment and ICMP limits (its path MTU never goes below
-        1280, RFC 8200 5)."""
+        1280, RFC 8200 5). `udp_limits`: the UDP endpoints' (UdpLimits)."""
         self.counters = Counters()
         self.counters.tracer = trace
         self.ip = IPv4Layer(
@@ -93,6 +104,24 @@ class Stack:
         for ip in self._ip_layers:
             ip.tcp_input = self.tcp.receive
             ip.tcp_error = self.tcp.receive_icmp_error
+        ip6 = self.ip6
+        self.udp = UdpLayer(
+            self.counters,
+            address,
+            lambda dst, datagram, now: self.ip.send(dst, PROTO_UDP, datagram, now=now),
+            address6,
+            None
+            if ip6 is None
+            else lambda dst, datagram, now: ip6.send(dst, PROTO_UDP, datagram, now=now),
+            _udp_error,
+            None if ip6 is None else ip6.pmtu.lower,
+            udp_limits,
+            trace,
+            lambda dst: self._ip_for(dst).check_destination(dst),
+        )
+        for ip in self._ip_layers:
+            ip.udp_input = self.udp.deliver
+            ip.udp_error = self.udp.receive_icmp_error
         if self.ip6 is None:
             self.tcp.path_mtu = self.ip.pmtu.lookup_until
             self.tcp.lower_path_mtu = self.ip.pmtu.lower

@@ -78,7 +78,7 @@ def test_python_udp_sees_port_unreachable(ns: Netns, daemon: UstackDaemon, famil
         "import socket\n"
         f"s = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
         "s.settimeout(5)\n"
-        f"s.connect(('{family.stack}', 9))\n"
+        f"s.connect(('{family.stack}', 9999))\n"
         "s.send(b'x')\n"
         "try:\n"
         "    s.recv(10)\n"

@@ -487,9 +487,13 @@ def test_fragment_ids_are_32_bit_and_differ_between_datagrams():
 
 
 def test_a_datagram_over_65535_bytes_is_not_fragmented_out():
+    # RFC 8200 4.5: the reassembled payload length leaves out the fragment
+    # header, so 65,535 bytes go (a UDP datagram of 65,527, as Linux sends).
     wire = Wire()
-    wire.ip.send(PEER, 17, bytes(65535))
+    wire.ip.send(PEER, 17, bytes(65536))
     assert wire.sent == [] and wire.drops() == [("ip6", "out-too-big")]
+    wire.ip.send(PEER, 17, bytes(65535))
+    assert len(wire.sent) == 46 and wire.drops() == [("ip6", "out-too-big")]  # 1,432 bytes each
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from test_trace import run_session
 from ustack import cli
 from ustack.study.export import RECORD_SEPARATOR
 from ustack.study.schema import schema_text, trace_schema
-from ustack.trace.records import FaultEvent, SegmentEvent, TraceEvent
+from ustack.trace.records import DatagramEvent, FaultEvent, SegmentEvent, TraceEvent
 from ustack.trace.vocabulary import LOST_NOTE, FaultAction, SegmentNote
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,10 +67,21 @@ def lost_fin_as_the_daemon_writes_it() -> list[TraceEvent]:
     return events
 
 
+def udp_exchange() -> list[TraceEvent]:
+    """A session, then a datagram to a ustack endpoint and its reply over
+    IPv6, as net/udp.py traces them (test_udp.py drives the real layer)."""
+    return [
+        *run_session().events,
+        DatagramEvent(100.0, "in", "2001:2::2", 7, "2001:2::1", 40000, 4000),
+        DatagramEvent(100.0, "out", "2001:2::2", 7, "2001:2::1", 40000, 4000),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[], list[TraceEvent]]] = {
     "session": lambda: run_session().events,
     "fast_retransmit": lambda: fast_retransmit().trace,
     "lost_fin_with_peer_states": lost_fin_as_the_daemon_writes_it,
+    "udp_exchange": udp_exchange,
 }
 
 

@@ -23,6 +23,7 @@ from ustack.daemon.reports import (
     format_counters,
     listening_endpoints,
 )
+from ustack.datagram import create_datagram_endpoint
 from ustack.linux.control import (
     CHUNK_ROWS,
     PROTOCOL_VERSION,
@@ -37,7 +38,7 @@ from ustack.net.fragments import FragmentLimits
 from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
 from ustack.runner import StackRunner
-from ustack.services import SERVICES, HttpLimits, HttpService
+from ustack.services import SERVICES, UDP_SERVICES, HttpLimits, HttpService
 from ustack.stack import DEFAULT_ADDRESS, Stack
 from ustack.study.faults import (
     FaultError,
@@ -147,6 +148,7 @@ class Daemon:
         self._peer_states: PeerStateWatcher | None = None
         self._held: set[asyncio.TimerHandle] = set()  # delayed by the fault injector
         self._servers: list[StackServer] = []
+        self._udp_services: list[asyncio.DatagramTransport] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -159,6 +161,12 @@ class Daemon:
             for name, port in self.config.services.items():
                 self._servers.append(await start_server(runner, handlers[name], port))
                 log.info("%s on port %d", name, port)
+                if name in UDP_SERVICES:
+                    udp, _ = await create_datagram_endpoint(
+                        runner, UDP_SERVICES[name], local_addr=("", port)
+                    )
+                    self._udp_services.append(udp)
+                    log.info("%s on UDP port %d", name, port)
             if self.config.control_path is not None:
                 control = await ControlServer.start(
                     self.config.control_path,
@@ -186,6 +194,8 @@ class Daemon:
             loop.remove_reader(link.fd)
             for handle in self._held:  # packets a delay fault still holds: dropped
                 handle.cancel()
+            for udp in self._udp_services:
+                udp.close()
             if self._peer_states is not None:
                 self._peer_states.stop()
             if control is not None:

@@ -33,6 +33,13 @@ _Header = TypeVar("_Header")
 # Receives an ICMP error about a TCP segment we sent: (type, code, the path
 # MTU it stands for (fragmentation needed, packet too big) else 0, the quote, now).
 TcpErrorInput = Callable[[int, int, int, Quote, float], None]
+# The same for a quoted UDP datagram (UdpLayer.receive_icmp_error).
+UdpErrorInput = TcpErrorInput
+
+# Delivers one UDP datagram that passed IP and UDP input checks: (src, dst,
+# src_port, dst_port, payload, now) -> True if an endpoint took it (else
+# the port is closed: IP answers port unreachable). UdpLayer.deliver is one.
+UdpInput = Callable[[int, int, int, int, memoryview, float], bool]
 
 
 # Receives one TCP segment that passed IP input: (src, dst, the segment's
@@ -96,15 +103,21 @@ class IpLayerBase:
         self._now = 0.0  # of the packet being handled, for the trace
         self.tcp_input: TcpInput | None = None
         self.tcp_error: TcpErrorInput | None = None
+        self.udp_input: UdpInput | None = None
+        self.udp_error: UdpErrorInput | None = None
         self.tap: PacketTap | None = None  # sees every packet in and out (pcap)
         self.fragments = Reassembly(counters, self._send_time_exceeded, fragment_limits, fragments)
 
     # ---- output ---------------------------------------------------------
 
-    def send(self, dst: int, protocol: int, payload: Buffer) -> None:
-        """One datagram to `dst` (ICMP, UDP): larger than the path MTU, it
-        goes in fragments (RFC 791 3.2, RFC 8200 4.5). TCP sends by
-        send_in_place, its segments kept under the MSS, never fragmented."""
+    def send(self, dst: int, protocol: int, payload: Buffer, now: float | None = None) -> None:
+        """One datagram to `dst` (ICMP, UDP), at `now` if given (an
+        application's send, between packets in: the ID's clock, the tap's and
+        the trace's time). Larger than the path MTU, it goes in fragments
+        (RFC 791 3.2, RFC 8200 4.5). TCP sends by send_in_place, its segments
+        kept under the MSS, never fragmented."""
+        if now is not None:
+            self._now = now
         path_mtu = self._path_mtu(dst)
         if self.HEADER_LENGTH + len(payload) > path_mtu:
             self._send_fragments(dst, protocol, payload, path_mtu)
@@ -204,26 +217,30 @@ class IpLayerBase:
         self._counters.drop(self.ICMP_LAYER, refused, self._now, self.RATE_RULE)
         return True
 
-    def _quote_for_tcp(self, quote: Quote) -> bool:
-        """An ICMP error's quote goes to TCP only if it is of a datagram we
-        sent (our address as its source) and TCP's (the transport finds the
-        connection and checks the sequence number, RFC 5927 4.1)."""
+    def _quote_handler(self, quote: Quote) -> TcpErrorInput | None:
+        """Who hears an ICMP error: TCP or UDP, if it quotes a datagram we
+        sent (our address as its source) of theirs (the transport then finds
+        the connection or endpoint; TCP checks the sequence number, RFC 5927
+        4.1); None, counted, otherwise."""
         if quote.src != self.address:
             # Not about a datagram of ours: forged, or misrouted.
             self._counters.drop(
                 self.ICMP_LAYER, DropReason.QUOTE_NOT_OURS, self._now, f"quotes {quote.src:#x}"
             )
-            return False
-        if quote.protocol != PROTO_TCP or self.tcp_error is None:
-            self._counters.drop(self.ICMP_LAYER, DropReason.QUOTE_UNHANDLED_PROTOCOL, self._now)
-            return False
-        return True
+            return None
+        if quote.protocol == PROTO_TCP and self.tcp_error is not None:
+            return self.tcp_error
+        if quote.protocol == PROTO_UDP and self.udp_error is not None:
+            return self.udp_error
+        self._counters.drop(self.ICMP_LAYER, DropReason.QUOTE_UNHANDLED_PROTOCOL, self._now)
+        return None
 
     def _receive_udp(
         self, src: int, datagram: memoryview, packet: Buffer, checksum_ok: bool
     ) -> None:
-        """No UDP sockets exist yet: every port is closed (RFC 1122 4.1.3.1,
-        RFC 4443 3.1 code 4)."""
+        """UDP input checks (RFC 768 length and checksum), then the datagram
+        to its endpoint; a port no endpoint has is closed: ICMP port
+        unreachable (RFC 1122 4.1.3.1, RFC 4443 3.1 code 4)."""
         counters = self._counters
         udp = self._parse_or_drop(parse_udp, datagram, Layer.UDP)
         if udp is None:
@@ -236,9 +253,15 @@ class IpLayerBase:
         elif udp.checksum == 0:
             bad = not self.UDP_ZERO_CHECKSUM_OK
         else:
-            bad = transport_checksum(src, self.address, PROTO_UDP, datagram) != 0
+            # Over the UDP length: IP may carry padding past it (Linux trims to it).
+            bad = transport_checksum(src, self.address, PROTO_UDP, datagram[: udp.length]) != 0
         if bad:
             counters.drop(Layer.UDP, DropReason.BAD_CHECKSUM, self._now)
+            return
+        deliver = self.udp_input
+        if deliver is not None and deliver(
+            src, self.address, udp.src_port, udp.dst_port, datagram[8 : udp.length], self._now
+        ):
             return
         counters[self.PORT_UNREACHABLE_COUNTER] += 1
         self._send_port_unreachable(packet)

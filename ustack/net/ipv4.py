@@ -36,6 +36,7 @@ from ustack.wire.icmp import (
     parse_quote,
 )
 from ustack.wire.ipv4 import (
+    DONT_FRAGMENT,
     ECN_MASK,
     IPV4_MIN_HEADER_LENGTH,
     IPV4_PLAIN_FIRST_BYTE,
@@ -196,7 +197,8 @@ class IPv4Layer(IpLayerBase):
     def _receive_icmp_error(self, type_: int, code: int, rest: int, data: memoryview) -> None:
         """An ICMP error: the quote must be of a datagram we sent (our address
         as its source), and TCP's (the transport finds the connection and
-        checks the sequence number, RFC 5927 4.1) before anything is done."""
+        checks the sequence number, RFC 5927 4.1) or UDP's (to the endpoint
+        that sent it) before anything is done."""
         counters = self._counters
         now = self._now
         if type_ == SOURCE_QUENCH:
@@ -206,14 +208,14 @@ class IPv4Layer(IpLayerBase):
             counters.drop(Layer.ICMP, DropReason.UNHANDLED_ERROR, now, f"code {code}")
             return
         quote = self._parse_or_drop(parse_quote, data, Layer.ICMP)
-        if quote is None or not self._quote_for_tcp(quote):
+        handler = None if quote is None else self._quote_handler(quote)
+        if quote is None or handler is None:
             return
-        assert self.tcp_error is not None  # _quote_for_tcp checked
         mtu = 0
         if type_ == DEST_UNREACH and code == FRAG_NEEDED:
             # RFC 1191 4: the next-hop MTU is the low 16 bits of the second word.
             mtu = self.pmtu.candidate(rest & 0xFFFF, quote.total_length)
-        self.tcp_error(type_, code, mtu, quote, now)
+        handler(type_, code, mtu, quote, now)
 
     def _send_port_unreachable(self, packet: Buffer) -> None:
         self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)
@@ -283,6 +285,10 @@ class IPv4Layer(IpLayerBase):
             protocol=protocol,
             ttl=DEFAULT_TTL,
             identification=self._next_ip_id(dst, protocol, self._now, datagrams),
+            # UDP goes with DF clear, so that a narrower hop may fragment it
+            # (Linux's UDP default, IP_PMTUDISC_WANT, sets DF only once path
+            # MTU discovery is on the socket; ours has no PMTU feedback).
+            flags_fragment=0 if protocol == PROTO_UDP else DONT_FRAGMENT,
             ecn=ecn,
         )
 

@@ -381,21 +381,21 @@ class IPv6Layer(IpLayerBase, counter_suffix="6"):
         self.send(src, NH_ICMPV6, reply)
 
     def _receive_icmp_error(self, type_: int, code: int, rest: int, data: memoryview) -> None:
-        """An ICMPv6 error (RFC 4443 3): to TCP if it quotes a TCP segment of ours."""
+        """An ICMPv6 error (RFC 4443 3): to TCP or UDP if it quotes one of our datagrams."""
         now = self._now
         if type_ == DEST_UNREACH and code > REJECT_ROUTE:
             self._counters.drop(Layer.ICMP6, DropReason.UNHANDLED_ERROR, now, f"code {code}")
             return
         quote = self._parse_or_drop(parse_quote_ipv6, data, Layer.ICMP6)
-        if quote is None or not self._quote_for_tcp(quote):
+        handler = None if quote is None else self._quote_handler(quote)
+        if quote is None or handler is None:
             return
         mtu = 0
         if type_ == PACKET_TOO_BIG:
             # RFC 8201 4: the MTU is the whole second word, and a path MTU
             # never goes below 1280 whatever the message says.
             mtu = max(rest, IPV6_MIN_MTU)
-        assert self.tcp_error is not None  # _quote_for_tcp checked
-        self.tcp_error(type_, code, mtu, quote, now)
+        handler(type_, code, mtu, quote, now)
 
     def _send_port_unreachable(self, packet: Buffer) -> None:
         self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)
@@ -418,7 +418,9 @@ class IPv6Layer(IpLayerBase, counter_suffix="6"):
         """RFC 8200 4.5: the payload cut on 8-byte boundaries, each piece
         behind the fixed header and a fragment header with the same 32-bit
         ID, its offset, M on all but the last."""
-        if len(payload) + FRAGMENT_HEADER_LENGTH > 0xFFFF:
+        # The reassembled payload is all but the fragment header (RFC 8200
+        # 4.5): up to 65,535 bytes, a UDP datagram of 65,527.
+        if len(payload) > 0xFFFF:
             self._counters.drop(Layer.IP6, DropReason.OUT_TOO_BIG, self._now)
             return
         identification = self.fragment_ids.next(dst, protocol, self._now)

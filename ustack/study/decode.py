@@ -28,6 +28,7 @@ RECORD_CLASSES: dict[str, type] = {
     "drop": trace_records.Drop,
     "peer_state": trace_records.PeerStateChange,
     "fault": trace_records.FaultEvent,
+    "datagram": trace_records.DatagramEvent,
 }
 
 
@@ -108,7 +109,7 @@ def record_fault(record: Record) -> str:
                 return f"{kind} event without {name}"
         elif not check(record[name]):
             return f"{kind} event with a bad {name}"
-    if kind in ("segment", "fault") and record["direction"] not in ("in", "out"):
+    if kind in ("segment", "fault", "datagram") and record["direction"] not in ("in", "out"):
         return f"{kind} event with a bad direction"
     return ""
 

@@ -390,6 +390,14 @@ def choose_connection(
     would do. `events` is read twice (a list, or a TraceFile: two passes)."""
     summaries = connections(events)
     if not summaries:
+        datagrams = sum(1 for event in events if event.get("type") == "datagram")
+        if datagrams:
+            # UDP has no connection to tell: its datagrams are in the text
+            # trace and on the pcapng frames, each with its line.
+            raise TraceError(
+                f"{source}: no connections in this trace, only {datagrams} UDP datagrams"
+                " (the text and pcapng traces show them)"
+            )
         raise TraceError(f"{source}: no connections in this trace")
     if conn is None:
         if len(summaries) > 1:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from ustack import __version__
 from ustack.study.sinks import BinaryStream, format_event
 from ustack.trace.records import (
+    DatagramEvent,
     FaultEvent,
     PeerStateChange,
     SegmentEvent,
@@ -195,6 +196,13 @@ class PcapngWriter:
             # What a packet causes is traced at its own time: a later event
             # (a timer, the application) comes after its handling ended.
             self.settle()
+        if isinstance(event, DatagramEvent):
+            # A UDP datagram's own line, as a segment's: an outgoing one
+            # begins a reply (the datagram taken has all its reasons).
+            if event.direction == "out":
+                self.settle()
+            self._comments[0:0] = [event_comment(event)]
+            return
         if isinstance(event, SegmentEvent) and event.direction == "out":
             self.settle()  # the reply begins: the packet taken has all its reasons
         elif isinstance(event, FaultEvent) and event.direction == "in":

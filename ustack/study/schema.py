@@ -85,6 +85,7 @@ _BY_ANNOTATION: dict[str, dict[str, Any]] = {
 _BY_FIELD: dict[tuple[str, str], dict[str, Any]] = {
     ("segment", "direction"): {"enum": ["in", "out"]},
     ("fault", "direction"): {"enum": ["in", "out"]},
+    ("datagram", "direction"): {"enum": ["in", "out"]},
     ("segment", "state_before"): _STATES,
     ("segment", "state_after"): _STATES,
     ("segment", "ecn"): {"enum": ["", "ECT(0)", "ECT(1)", "CE"]},
@@ -100,6 +101,7 @@ _DESCRIPTIONS = {
     "drop": "a packet the stack did not accept",
     "peer_state": "the Linux peer's socket changed state (--peer-states)",
     "fault": "the fault injector acted on a packet",
+    "datagram": "a UDP datagram in (to an endpoint) or out",
 }
 
 # Events of a connection carry its 4-tuple as text, added by the writer.

@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from ustack.study.packet_view import view
 from ustack.trace.records import (
     TRACE_SCHEMA_VERSION,
+    DatagramEvent,
     Decision,
     Drop,
     FaultEvent,
@@ -93,7 +94,9 @@ class Filtered:
             if not self._filter.matches(*ends):
                 return
             self._wanted.add(event.conn)
-        elif isinstance(event, SegmentEvent | PeerStateChange | FaultEvent) and event.conn is None:
+        elif isinstance(event, DatagramEvent) or (
+            isinstance(event, SegmentEvent | PeerStateChange | FaultEvent) and event.conn is None
+        ):
             ends = ((event.local, event.remote), (event.local_port, event.remote_port))
             if not self._filter.matches(*ends):
                 return
@@ -251,6 +254,13 @@ def _event_text(event: TraceEvent) -> tuple[str, str]:
         return "state", (
             f"peer  {endpoint(event.remote, event.remote_port)} (Linux) {event.old} -> {event.new}"
         )
+    if isinstance(event, DatagramEvent):
+        arrow = ">" if event.direction == "in" else "<"
+        ends = (
+            f"{endpoint(event.remote, event.remote_port)} {arrow} "
+            f"{endpoint(event.local, event.local_port)}"
+        )
+        return event.direction, f"{event.direction:<3} {ends:<45} UDP  len {event.length}"
     if isinstance(event, TimerEvent):
         when = f" at +{event.deadline - event.time:.3f}s" if event.deadline is not None else ""
         return "timer", f"timer {event.timer} {event.action}{when}"

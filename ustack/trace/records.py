@@ -95,6 +95,20 @@ class SegmentEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class DatagramEvent:
+    """A UDP datagram in (delivered to an endpoint, or dropped at its full
+    queue) or out (RFC 768). Schema 5 readers that predate it skip it."""
+
+    time: float
+    direction: str  # "in" or "out"
+    local: str
+    local_port: int
+    remote: str
+    remote_port: int
+    length: int  # payload bytes
+
+
+@dataclass(frozen=True, slots=True)
 class TimerEvent:
     time: float
     conn: int
@@ -177,6 +191,7 @@ TraceEvent = (
     | Drop
     | PeerStateChange
     | FaultEvent
+    | DatagramEvent
 )
 Tracer = Callable[[TraceEvent], None]
 # (direction "in"/"out", the raw IP packet (IPv4 or IPv6), time)
@@ -195,6 +210,7 @@ _KINDS: dict[type, str] = {
     Drop: "drop",
     PeerStateChange: "peer_state",
     FaultEvent: "fault",
+    DatagramEvent: "datagram",
 }
 
 

@@ -360,6 +360,9 @@ class DropReason(enum.StrEnum):
     NO_CONNECTION = "no-connection"  # quotes a 4-tuple we have no connection on
     BAD_SEQ = "bad-seq"  # quotes a SEQ outside SND.UNA..SND.NXT
     UNHANDLED_ERROR = "unhandled-error"  # a Destination Unreachable code we do not know
+    # udp (net/udp.py)
+    RECEIVE_QUEUE_FULL = "receive-queue-full"  # the endpoint's queue is full (Linux's RcvbufErrors)
+    ERROR_UNCONNECTED = "error-unconnected"  # an ICMP error for an unconnected endpoint (as Linux)
     # ip6 (IPv6 input; the reasons above serve it too where they fit)
     IPV6_BAD_PAYLOAD_LENGTH = "ipv6-bad-payload-length"  # past the packet's end
     EXTENSION_HEADER_TRUNCATED = "extension-header-truncated"  # past the payload's end

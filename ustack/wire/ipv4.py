@@ -87,6 +87,7 @@ IPV4_FIXED = struct.Struct("!BBHHHBBHII")
 
 # The bit fields inside those bytes, as the BitStructs above lay them out.
 _DONT_FRAGMENT = 0x4000
+DONT_FRAGMENT = _DONT_FRAGMENT  # the flags-and-offset field of a whole datagram with DF
 _MORE_FRAGMENTS = 0x2000
 _FRAGMENT_OFFSET = 0x1FFF
 
