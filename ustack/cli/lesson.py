@@ -283,6 +283,7 @@ def show(lesson: Lesson, out: Path, failure: str = "") -> int:
         print()
         print(draw_ascii(ladder))
         print(f"Written to {out}: {', '.join(written)}")
+        print(f"The reasons beside each packet: tshark -r {out / 'trace.pcapng'} -Y frame.comment")
         gaps += missing(lesson, events)
     if gaps:
         print("This run did NOT show the lesson (a loaded machine can do that: run it again):")
