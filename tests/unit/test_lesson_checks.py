@@ -78,6 +78,7 @@ def test_show_prints_what_to_look_for_the_states_and_the_ladder(
     assert out.rstrip().endswith("every check of the lesson holds.")
 
 
+@pytest.mark.filterwarnings("error")  # (matplotlib's, for a graph with nothing named in it)
 def test_show_says_clearly_when_the_run_did_not_show_the_lesson(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
