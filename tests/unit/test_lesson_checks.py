@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,14 @@ def test_show_without_the_connection_says_so(
     assert lesson is not None
     assert show(lesson, tmp_path) == 1
     assert "missing: a connection on port 7 (the trace has none)" in capsys.readouterr().out
+
+
+def test_the_linux_states_a_lesson_wants_are_checked_on_the_peer_states() -> None:
+    lesson = find_lesson("lost-fin-last-ack")
+    assert lesson is not None
+    records = lesson_records("lost-fin-last-ack")
+    assert missing(replace(lesson, linux=("FIN_WAIT_1", "FIN_WAIT_2")), records) == []
+    assert missing(replace(lesson, linux=("FIN_WAIT_1", "CLOSING")), records) == [
+        "Linux's states FIN_WAIT_1 -> CLOSING (seen: CLOSED -> SYN_SENT -> ESTABLISHED -> "
+        "FIN_WAIT_1 -> FIN_WAIT_2 -> TIME_WAIT)"
+    ]

@@ -39,6 +39,7 @@ class Lesson:
     look_for: str  # which arrows, which states, which rule
     port: int  # the lesson's connection has this port, at either end
     states: tuple[str, ...]  # ustack's states, in this order (others may come between)
+    linux: tuple[str, ...] = ()  # the Linux socket's, where they are the point, likewise
     rules: tuple[str, ...] = ()  # rules its state changes or decisions must quote
     signs: tuple[Sign, ...] = field(default=())
     serve_args: tuple[str, ...] = ()  # the daemon's extra options (fault rules)
@@ -113,6 +114,7 @@ LESSONS: tuple[Lesson, ...] = (
         "CLOSE_WAIT -> LAST_ACK -> CLOSED.",
         port=13,
         states=("ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT", "CLOSED"),
+        linux=("ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"),
         rules=("RFC 9293 3.10.4",),
         signs=(Sign("the 2MSL timer fired", _timer("time_wait", "fired")),),
     ),
@@ -125,6 +127,7 @@ LESSONS: tuple[Lesson, ...] = (
         "it (LAST_ACK -> CLOSED). Linux holds TIME_WAIT (its column).",
         port=9000,
         states=("SYN_SENT", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"),
+        linux=("ESTABLISHED", "FIN_WAIT_1"),
         rules=("RFC 9293 3.10.7.4",),
     ),
     Lesson(
@@ -154,6 +157,7 @@ LESSONS: tuple[Lesson, ...] = (
         "TIME_WAIT.",
         port=9000,
         states=("ESTABLISHED", "FIN_WAIT_1", "CLOSING", "TIME_WAIT", "CLOSED"),
+        linux=("ESTABLISHED", "FIN_WAIT_1", "CLOSING"),
         rules=("RFC 9293 3.10.7.4",),
         serve_args=("--fault", "delay:dir=both,port=9000,delay=0.25"),
     ),
@@ -193,6 +197,7 @@ LESSONS: tuple[Lesson, ...] = (
         "2MSL timer then fires and ustack ends CLOSED.",
         port=13,
         states=("FIN_WAIT_1", "TIME_WAIT", "CLOSED"),
+        linux=("CLOSE_WAIT", "LAST_ACK"),
         rules=("RFC 9293 3.10.7.4",),
         signs=(
             Sign(
@@ -275,6 +280,11 @@ def missing(lesson: Lesson, records: Sequence[Record]) -> list[str]:
     if not _in_order(lesson.states, states):
         gaps.append(
             f"ustack's states {' -> '.join(lesson.states)} (seen: {' -> '.join(states) or 'none'})"
+        )
+    linux = peer_states(records)
+    if not _in_order(lesson.linux, linux):
+        gaps.append(
+            f"Linux's states {' -> '.join(lesson.linux)} (seen: {' -> '.join(linux) or 'none'})"
         )
     quoted = {r.get("rule") for r in records if r["type"] in ("state", "decision")}
     gaps += [f"a step quoting {rule}" for rule in lesson.rules if rule not in quoted]
