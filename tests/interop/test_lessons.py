@@ -8,6 +8,11 @@ Each lesson makes its own namespace (as `ustack lesson` does): no fixture."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,10 @@ def in_order(segments: list[dict[str, Any]], wanted: list[Any]) -> bool:
     return all(any(matches(s, want) for s in rest) for want in wanted)
 
 
+def scratch_directories() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("ustack-lesson-*"))
+
+
 def test_every_lesson_has_its_checks_here() -> None:
     assert set(SEGMENTS) == {lesson.name for lesson in LESSONS}
 
@@ -102,3 +111,33 @@ def test_lesson(lesson: Lesson, tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert any(s["length"] and s["state_after"] == "FIN_WAIT_2" for s in segments)
     quoted = {e["rule"] for e in mine if e["type"] in ("state", "decision")}
     assert set(lesson.rules) <= quoted
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_lesson_stopped_midway_leaves_nothing_behind(
+    tmp_path: Path, signum: signal.Signals, code: int
+) -> None:
+    """Ctrl-C (or SIGTERM) during a lesson: the namespace, the daemon and the
+    scratch directory go, and the exit status says which signal stopped it."""
+    before = scratch_directories()
+    lesson = subprocess.Popen(
+        [sys.executable, "-m", "ustack", "lesson", "run", "lost-final-ack", "-o", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    name = f"ustack-lesson{lesson.pid}-0"
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"/run/netns/{name}").exists():  # the lesson is under way
+            assert lesson.poll() is None and time.monotonic() < deadline, "no namespace made"
+            time.sleep(0.02)
+        lesson.send_signal(signum)
+        assert lesson.wait(timeout=30) == code
+    finally:
+        if lesson.poll() is None:
+            lesson.kill()
+            lesson.wait()
+    assert lesson.stderr is not None and b"Traceback" not in lesson.stderr.read()
+    assert not Path(f"/run/netns/{name}").exists()
+    assert scratch_directories() <= before  # its own (control socket, log) removed too
