@@ -136,7 +136,8 @@ LESSONS: tuple[Lesson, ...] = (
         "ustack sends a question and its FIN (FIN_WAIT_1); Linux ACKs it (FIN_WAIT_2; the ACK "
         "often rides on its first data) but has not closed: it answers with data, which "
         "ustack, half-closed, still receives and ACKs in "
-        "FIN_WAIT_2 (RFC 9293 3.10.7.4: 'receive data' is allowed in FIN-WAIT-1 and -2); only "
+        "FIN_WAIT_2 (RFC 9293 3.10.7.4: the segment text is processed in FIN-WAIT-1 and "
+        "FIN-WAIT-2 as in ESTABLISHED); only "
         "then Linux's FIN, ustack's ACK, TIME_WAIT.",
         port=9000,
         states=("ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT", "CLOSED"),
