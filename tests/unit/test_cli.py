@@ -313,3 +313,47 @@ def test_ss_shows_the_connections_that_agreed_to_ecn(
     assert cli.main(["ss", "--control", str(tmp_path / "c.sock")]) == 0
     agreed, plain = capsys.readouterr().out.splitlines()[1:]
     assert agreed.endswith(" ecn") and not plain.endswith(" ecn")
+
+
+# ---- ustack lesson -----------------------------------------------------------------------
+
+
+def test_lesson_lists_every_lesson_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    from ustack.study.lessons import LESSONS
+
+    for argv in (["lesson"], ["lesson", "list"]):
+        assert cli.main(argv) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split()[0] for line in lines] == [lesson.name for lesson in LESSONS]
+        assert all(lesson.title in line for lesson, line in zip(LESSONS, lines, strict=True))
+
+
+def test_lesson_run_takes_a_name_and_an_output_directory() -> None:
+    args = build_parser().parse_args(["lesson", "run", "handshake", "-o", "out"])
+    assert (args.lesson_action, args.name, args.output) == ("run", "handshake", Path("out"))
+    args = build_parser().parse_args(["lesson", "run", "closed-port"])
+    assert args.output is None  # ./lesson-closed-port
+
+
+def test_lesson_run_with_a_bad_name_lists_the_names(cli_error: Callable[..., str]) -> None:
+    err = cli_error(["lesson", "run", "three-way"])
+    assert "no lesson 'three-way'; the lessons: handshake, close-ustack-first" in err
+    assert "closed-port" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [(["lesson", "run"], "required: name"), (["lesson", "teach"], "invalid choice")],
+)
+def test_lesson_bad_arguments(
+    argv: list[str], expected: str, cli_error: Callable[..., str]
+) -> None:
+    assert expected in cli_error(argv)
+
+
+def test_lesson_run_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                               cli_error: Callable[..., str]) -> None:  # fmt: skip
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    err = cli_error(["lesson", "run", "handshake", "-o", str(tmp_path / "out")], code=1)
+    assert "ustack lesson needs root" in err
+    assert not (tmp_path / "out").exists()  # nothing touched

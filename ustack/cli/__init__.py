@@ -19,6 +19,7 @@ from ustack.cli.clients import (
     stats_command,
 )
 from ustack.cli.lab import lab_command, lab_plan
+from ustack.cli.lesson import lesson_command
 from ustack.cli.parser import build_parser
 from ustack.cli.serve_options import serve_config, setup_logging
 from ustack.daemon import serve
@@ -78,6 +79,7 @@ def _run(argv: list[str] | None) -> int:
             "report": report_command,
             "export": export_command,
             "lab": lab_command,
+            "lesson": lesson_command,
         }
         return commands[args.command](args)
     except (

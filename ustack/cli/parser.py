@@ -99,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_export_arguments(export_cmd)
 
+    lesson_cmd = commands.add_parser(
+        "lesson",
+        help="the textbook figures (handshake, closes, lost FIN, ...): list them, or run one "
+        "against real Linux tools in a throwaway namespace (root)",
+        description="ustack lesson [list]: the lessons, one line each. ustack lesson run NAME "
+        "[-o DIR]: play it in a new network namespace (the daemon with --trace and "
+        "--peer-states, Linux's nc, curl or Python sockets), write trace.jsonl, trace.pcapng, "
+        "ladder.txt, ladder.svg and report.html into DIR (default ./lesson-NAME), print what to "
+        "look for and the ladder with both ends' states; exit 1 if the run did not show it.",
+    )
+    lesson_actions = lesson_cmd.add_subparsers(dest="lesson_action", parser_class=Parser)
+    lesson_actions.add_parser("list", help="the lessons, one line each")
+    lesson_run = lesson_actions.add_parser("run", help="play one lesson")
+    lesson_run.add_argument("name", help="the lesson (see `ustack lesson list`)")
+    lesson_run.add_argument(
+        "-o", "--output", type=Path, metavar="DIR", help="where to write (default ./lesson-NAME)"
+    )
+
     connect_cmd = commands.add_parser(
         "connect", help="make the stack connect to HOST PORT; stdin/stdout like nc"
     )

@@ -178,9 +178,12 @@ def netns(prefix: str = NS_PREFIX, tag: str | None = None) -> Iterator[Netns]:
     """A fresh namespace with lo up, removed on exit (with what runs in it)."""
     tag = tag if tag is not None else str(next(_serial))
     name = f"{prefix}{os.getpid()}-{tag}"
-    _ip("netns", "add", name)
     ns = Netns(name)
     try:
+        # Inside the try: a Ctrl-C while `ip netns add` runs (the name already
+        # exists then) must not leave the namespace behind. The name is ours
+        # alone (our PID), so removing it cannot remove another run's.
+        _ip("netns", "add", name)
         _ip("-n", name, "link", "set", "lo", "up")
         yield ns
     finally:

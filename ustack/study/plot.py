@@ -132,7 +132,8 @@ def _time_sequence(ax: Axes, data: PlotData) -> None:
     _markers(ax, data, lambda marker: marker.seq)
     ax.set_xlabel("time since the connection's start (s)")
     ax.set_ylabel("relative sequence number (bytes)")
-    ax.legend(loc="upper left", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # (a SYN and a RST alone draw nothing named)
+        ax.legend(loc="upper left", fontsize=8)
 
 
 def _markers(ax: Axes, data: PlotData, height: Callable[[Any], float]) -> None:
