@@ -74,16 +74,13 @@ def test_nc_udp_to_closed_port_gets_port_unreachable(
 
 
 def test_python_udp_sees_port_unreachable(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
-    code = (
-        "import socket\n"
-        f"s = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
-        "s.settimeout(5)\n"
-        f"s.connect(('{family.stack}', 9999))\n"
-        "s.send(b'x')\n"
-        "try:\n"
-        "    s.recv(10)\n"
-        "except ConnectionRefusedError:\n"
-        "    print('refused')\n"
+    code = family.udp_client(
+        f"s.connect(('{family.stack}', 9999))",
+        "s.send(b'x')",
+        "try:",
+        "    s.recv(10)",
+        "except ConnectionRefusedError:",
+        "    print('refused')",
     )
     assert ns.python(code).stdout == b"refused\n"
     assert daemon.stats()[f"{family.udp}.out.port-unreachable"] == 1

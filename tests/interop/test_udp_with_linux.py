@@ -32,14 +32,11 @@ def test_nc_u_gets_its_line_back_from_udp_echo(
 def test_a_4000_byte_datagram_comes_back_whole_in_fragments_both_ways(
     ns: Netns, daemon: UstackDaemon, family: Family
 ) -> None:
-    code = (
-        "import socket\n"
-        f"s = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
-        "s.settimeout(5)\n"
-        "data = bytes(range(256)) * 15 + b'x' * 160\n"
-        f"s.sendto(data, ('{family.stack}', 7))\n"
-        "back, addr = s.recvfrom(65536)\n"
-        "print(len(back), back == data, addr[0], addr[1])\n"
+    code = family.udp_client(
+        "data = bytes(range(256)) * 15 + b'x' * 160",
+        f"s.sendto(data, ('{family.stack}', 7))",
+        "back, addr = s.recvfrom(65536)",
+        "print(len(back), back == data, addr[0], addr[1])",
     )
     assert ns.python(code).stdout.split() == [b"4000", b"True", family.stack.encode(), b"7"]
     stats = daemon.stats()
@@ -49,13 +46,10 @@ def test_a_4000_byte_datagram_comes_back_whole_in_fragments_both_ways(
 
 
 def test_daytime_and_discard(ns: Netns, daemon: UstackDaemon, family: Family) -> None:
-    code = (
-        "import socket\n"
-        f"s = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
-        "s.settimeout(5)\n"
-        f"s.sendto(b'dropped', ('{family.stack}', 9))\n"
-        f"s.sendto(b'', ('{family.stack}', 13))\n"
-        "print(s.recv(100).decode(), end='')\n"
+    code = family.udp_client(
+        f"s.sendto(b'dropped', ('{family.stack}', 9))",
+        f"s.sendto(b'', ('{family.stack}', 13))",
+        "print(s.recv(100).decode(), end='')",
     )
     line = ns.python(code).stdout
     assert line.endswith(b"-UTC\r\n") and b"," in line, line
@@ -107,16 +101,13 @@ def test_a_connected_linux_socket_gets_econnrefused_where_no_udp_service_is(
     ns: Netns, daemon: UstackDaemon, family: Family
 ) -> None:
     # chargen (19) and http (80) are TCP only: their UDP ports are closed.
-    code = (
-        "import socket\n"
-        f"s = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
-        "s.settimeout(5)\n"
-        f"s.connect(('{family.stack}', 19))\n"
-        "s.send(b'x')\n"
-        "try:\n"
-        "    s.recv(10)\n"
-        "except ConnectionRefusedError as exc:\n"
-        "    print(exc.errno)\n"
+    code = family.udp_client(
+        f"s.connect(('{family.stack}', 19))",
+        "s.send(b'x')",
+        "try:",
+        "    s.recv(10)",
+        "except ConnectionRefusedError as exc:",
+        "    print(exc.errno)",
     )
     assert ns.python(code).stdout.strip() == b"111"  # ECONNREFUSED
     stats = daemon.stats()
@@ -159,12 +150,10 @@ def test_a_ustack_endpoint_hears_net_unreachable_from_a_linux_router(
     ns: Netns, tmp_path: Path, family: Family
 ) -> None:
     ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", check=True)
-    code = (
-        "import socket, sys\n"
-        f"s = socket.socket(socket.{family.socket_family}, socket.SOCK_DGRAM)\n"
-        "s.settimeout(15)\n"
-        f"s.sendto(b'{BEYOND[family.name]} 9', ('{family.stack}', 5555))\n"
-        "print(s.recv(100).decode())\n"
+    code = family.udp_client(
+        f"s.sendto(b'{BEYOND[family.name]} 9', ('{family.stack}', 5555))",
+        "print(s.recv(100).decode())",
+        timeout=15,
     )
     with UstackDaemon.start(ns, tmp_path, program=(str(UDP_APP),)) as daemon:
         answer = ns.python(code, timeout=60).stdout.decode().strip()

@@ -62,6 +62,19 @@ class Family:
         """The socket module's name for it, for Python snippets run in a namespace."""
         return "AF_INET6" if ":" in self.stack else "AF_INET"
 
+    def udp_client(self, *lines: str, timeout: float = 5.0) -> str:
+        """A Python snippet for Netns.python: a UDP socket `s` of this family
+        with a timeout, then `lines`."""
+        return "\n".join(
+            (
+                "import socket",
+                f"s = socket.socket(socket.{self.socket_family}, socket.SOCK_DGRAM)",
+                f"s.settimeout({timeout})",
+                *lines,
+                "",
+            )
+        )
+
     def url(self, path: str = "/", port: int | None = None) -> str:
         return f"http://{self.host}{'' if port is None else f':{port}'}{path}"
 

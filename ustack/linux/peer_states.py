@@ -123,31 +123,49 @@ def state_name(kernel_name: str) -> str:
     return KERNEL_STATES.get(kernel_name, kernel_name.removeprefix("TCP_"))
 
 
+def _trace_fields(pattern: re.Pattern[str], line: str) -> tuple[float, dict[str, str]] | None:
+    """A trace_pipe line's timestamp and its `name=value` fields, if it is
+    an event `pattern` matches."""
+    match = pattern.search(line.rstrip())
+    if match is None:
+        return None
+    fields = dict(part.split("=", 1) for part in match.group(2).split() if "=" in part)
+    return float(match.group(1)), fields
+
+
+def _ends(fields: dict[str, str]) -> tuple[str, str] | None:
+    """(Linux's address, the remote one) of an event's socket, of either
+    family: the tracepoints fill saddr/daddr for AF_INET, saddrv6/daddrv6 for
+    AF_INET6 (include/trace/events/sock.h, tcp.h). KeyError if one is missing."""
+    family = fields["family"]
+    if family == "AF_INET":
+        return fields["saddr"], fields["daddr"]
+    if family == "AF_INET6":
+        return canonical_address(fields["saddrv6"]), canonical_address(fields["daddrv6"])
+    return None
+
+
+def _addresses(stack_address: str | Collection[str]) -> set[str]:
+    return {stack_address} if isinstance(stack_address, str) else set(stack_address)
+
+
 def parse_line(line: str, stack_address: str | Collection[str]) -> KernelStateChange | None:
     """The state change a trace_pipe line reports, if it is a TCP socket of
     Linux, IPv4 or IPv6, whose remote end is the stack (`stack_address`: one
     address in canonical text, or several: IPv4 and IPv6); None otherwise.
-
-    The tracepoint fills saddr/daddr for AF_INET and saddrv6/daddrv6 for
-    AF_INET6 (include/trace/events/sock.h); an AF_INET6 socket talking to an
-    IPv4 peer has v4-mapped v6 addresses and is reported as IPv4."""
-    stacks = {stack_address} if isinstance(stack_address, str) else set(stack_address)
-    match = _TRACE_LINE.search(line.rstrip())
-    if match is None:
+    An AF_INET6 socket talking to an IPv4 peer has v4-mapped v6 addresses
+    and is reported as IPv4."""
+    event = _trace_fields(_TRACE_LINE, line)
+    if event is None:
         return None
-    fields = dict(part.split("=", 1) for part in match.group(2).split() if "=" in part)
+    at, fields = event
+    stacks = _addresses(stack_address)
     try:
-        if fields["protocol"] != "IPPROTO_TCP":
-            return None
-        family = fields["family"]
-        if family == "AF_INET":
-            linux, stack = fields["saddr"], fields["daddr"]
-        elif family == "AF_INET6":
-            linux = canonical_address(fields["saddrv6"])
-            stack = canonical_address(fields["daddrv6"])
-        else:
+        ends = _ends(fields) if fields["protocol"] == "IPPROTO_TCP" else None
+        if ends is None:
             return None
         # The socket is Linux's: its own end is saddr, the stack is daddr.
+        linux, stack = ends
         if stack not in stacks or linux in stacks or linux in ("0.0.0.0", "::"):
             return None
         return KernelStateChange(
@@ -157,7 +175,7 @@ def parse_line(line: str, stack_address: str | Collection[str]) -> KernelStateCh
             stack_port=int(fields["dport"]),
             old=state_name(fields["oldstate"]),
             new=state_name(fields["newstate"]),
-            at=float(match.group(1)),
+            at=at,
         )
     except (KeyError, ValueError):
         return None
@@ -177,19 +195,16 @@ class SocketDestroyed:
 def parse_destroy_line(line: str, stack_address: str | Collection[str]) -> SocketDestroyed | None:
     """The socket a tcp_destroy_sock line names, IPv4 or IPv6, if its remote
     end is the stack or was cleared (a disconnected socket); None otherwise."""
-    stacks = {stack_address} if isinstance(stack_address, str) else set(stack_address)
-    match = _DESTROY_LINE.search(line.rstrip())
-    if match is None:
+    event = _trace_fields(_DESTROY_LINE, line)
+    if event is None:
         return None
-    fields = dict(part.split("=", 1) for part in match.group(2).split() if "=" in part)
+    _, fields = event
     try:
-        if fields["family"] == "AF_INET":
-            stack = fields["daddr"]
-        elif fields["family"] == "AF_INET6":
-            stack = canonical_address(fields["daddrv6"])
-        else:
+        ends = _ends(fields)
+        if ends is None:
             return None
-        if stack not in stacks and stack not in ("0.0.0.0", "::"):
+        stack = ends[1]
+        if stack not in _addresses(stack_address) and stack not in ("0.0.0.0", "::"):
             return None
         return SocketDestroyed(
             linux_port=int(fields["sport"]),

@@ -53,27 +53,23 @@ class SockDiag:
 
     def timewait_state(self, key: Key, stack: str) -> str | None:
         """The state of the timewait socket on this 4-tuple, if there is one."""
+        return next((state for state in self._lookup(key, stack).values() if state), None)
+
+    def holds(self, key: Key, stack: str) -> bool:
+        """Whether a socket of any state (a full one or a timewait one) holds
+        this 4-tuple in this namespace."""
+        return bool(self._lookup(key, stack))
+
+    def _lookup(self, key: Key, stack: str) -> dict[tuple[Key, str], str]:
+        """The sockets on this exact 4-tuple: one round trip."""
         linux, linux_port, stack_port = key
-        found = self._ask(
+        return self._ask(
             netlink.NLM_F_REQUEST, _ANY_STATE, _family(stack),
             # The socket's own end (Linux) is the source.
             idiag_sport=linux_port, idiag_src=_address(linux),
             idiag_dport=stack_port, idiag_dst=_address(stack),
             idiag_cookie=_NO_COOKIE,
         )  # fmt: skip
-        return next((state for state in found.values() if state), None)
-
-    def holds(self, key: Key, stack: str) -> bool:
-        """Whether a socket of any state (a full one or a timewait one) holds
-        this 4-tuple in this namespace: an exact lookup, one round trip."""
-        linux, linux_port, stack_port = key
-        found = self._ask(
-            netlink.NLM_F_REQUEST, _ANY_STATE, _family(stack),
-            idiag_sport=linux_port, idiag_src=_address(linux),
-            idiag_dport=stack_port, idiag_dst=_address(stack),
-            idiag_cookie=_NO_COOKIE,
-        )  # fmt: skip
-        return bool(found)
 
     def timewait_states(self, stack: str) -> dict[Key, str]:
         """Every socket in FIN_WAIT2 or TIME_WAIT whose remote end is `stack`."""
