@@ -100,6 +100,8 @@ async def open_stack(
     *,
     address: str | None = None,
     address6: str | None = "",
+    linux_side: str | None = None,
+    linux_side6: str | None = None,
     mtu: int | None = None,
     offload: bool | None = None,
     trace: Iterable[TraceLike] = (),
@@ -113,12 +115,16 @@ async def open_stack(
     serve` runs it (its defaults: tun0, 198.18.0.2 and 2001:2::2, Linux at
     198.18.0.1 and 2001:2::1, MTU 1500 on a new device, offloads on) without
     its services. `device` is created, or attached to if it exists (and then
-    left in place). `address6=None`: IPv4 only. `trace`: --trace paths;
+    left in place). `address6=None`: IPv4 only. `linux_side`, `linux_side6`:
+    the kernel's address and prefix on the device ("198.18.1.1/24", as
+    --linux-address), for a stack beside another one. `trace`: --trace paths;
     `faults`: --fault rules; `tcp`: the connections' TcpConfig; `record`:
     keep every trace event in `stack.events`; `config`: a whole ServeConfig."""
     serve_config = _config(
-        config, trace, faults, fault_seed, tcp, device=device, mtu=mtu, offload=offload
-    )
+        config, trace, faults, fault_seed, tcp, device=device, mtu=mtu, offload=offload,
+        linux_side=None if linux_side is None else ipaddress.IPv4Interface(linux_side),
+        linux_side6=None if linux_side6 is None else ipaddress.IPv6Interface(linux_side6),
+    )  # fmt: skip
     changes: dict[str, Any] = {}
     if address is not None:
         changes["address"] = ipaddress.IPv4Address(address)
