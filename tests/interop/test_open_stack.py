@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from ustack.linux.lab import IPV4 as IPV4_FAMILY
 from ustack.linux.lab import Family, Netns, UstackDaemon
 
 RUN_TIMEOUT = 60.0
@@ -182,3 +185,31 @@ def test_the_readme_library_example_runs_as_is_beside_a_daemon(
     assert lines[4:] == ["['TIME_WAIT']", "1"]
     assert (tmp_path / "library.jsonl").stat().st_size > 0
     assert ns.run("ip", "link", "show", "tun1").returncode != 0  # removed on the way out
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"), [("198.19.5.5", "ENETUNREACH"), ("198.19.7.7", "EHOSTUNREACH")]
+)
+def test_an_icmp_unreachable_fails_the_connect_with_its_errno(
+    ns: Netns, host: str, expected: str
+) -> None:
+    """Linux, forwarding in the namespace, answers a SYN it cannot route with
+    ICMP net unreachable (no route) or host unreachable (an unreachable
+    route); the connect fails with that errno (RFC 1122 4.2.3.9: a soft
+    error, reported when the SYNs give up: 2 retransmissions here). One
+    namespace each: Linux rate-limits these ICMPs per source (ip_error)."""
+    ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
+    ns.run("ip", "route", "add", "unreachable", "198.19.7.0/24", check=True)
+    body = f"""
+from ustack.tcp.connection import TcpConfig
+
+async def main():
+    quick = TcpConfig(initial_rto=0.2, syn_retries=2)
+    async with ustack.open_stack(tcp=quick) as stack:
+        try:
+            await step(stack.open_connection("{host}", 80))
+        except OSError as exc:
+            seen["error"] = [type(exc).__name__, errno.errorcode.get(exc.errno, "")]
+"""
+    seen = run_in(ns, IPV4_FAMILY, body)
+    assert seen["error"] == ["OSError", expected], seen
