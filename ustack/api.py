@@ -450,6 +450,10 @@ class TcpTransport(asyncio.Transport):
         if not self._pending:
             if self._closing:
                 conn.close(now)
+                # As a kernel socket's: once its FIN is queued, the transport
+                # is done (wait_closed returns); the connection lives on,
+                # orphaned, until its close completes (RFC 9293 3.10.4).
+                self._lose(None)
             elif self._eof_requested:
                 conn.shutdown(now)
         self._update_write_pause()

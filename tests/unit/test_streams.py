@@ -277,3 +277,24 @@ def test_a_peer_abort_is_connection_reset_for_the_reader() -> None:
         assert writer.transport.is_closing()
 
     on_pair(body)
+
+
+def test_wait_closed_returns_once_the_fin_is_queued_as_with_a_kernel_socket() -> None:
+    """A kernel socket's close() hands the FIN to the kernel and wait_closed()
+    returns at once, even if the peer has gone silent; the connection lives
+    on, orphaned, retransmitting its FIN (RFC 9293 3.10.4). So here."""
+
+    async def body(pair: MemoryPair) -> tuple[float, str]:
+        a, b = pair
+        await b.start_server(hold_open, port=PORT)
+        _, writer = await pair.run(a.open_connection(B_HOST, PORT))
+        b.faults.add(ustack.app.fault_rules(["drop:dir=in"])[0])  # b goes silent
+        start = pair.now
+        writer.write(b"last words")
+        writer.close()
+        await pair.run(writer.wait_closed(), limit=5.0)
+        return pair.now - start, a.connections()[0]["state"]
+
+    elapsed, state = on_pair(body)
+    assert elapsed == 0.0
+    assert state == "FIN_WAIT_1"  # still trying
