@@ -213,3 +213,43 @@ async def main():
 """
     seen = run_in(ns, IPV4_FAMILY, body)
     assert seen["error"] == ["OSError", expected], seen
+
+
+def test_a_slow_linux_reader_pauses_the_stack_writer(ns: Netns, family: Family) -> None:
+    """Flow control against the kernel: a Linux server that does not read
+    closes its window; ustack's writer buffers past the high-water mark
+    and drain() blocks, until Linux reads; then every byte arrives in order."""
+    body = """
+import hashlib
+
+async def main():
+    async with ustack.open_stack() as stack:
+        go, got = asyncio.Event(), []
+
+        async def slow_linux(reader, writer):
+            await go.wait()
+            got.append(await reader.read())
+            writer.close()
+
+        server = await asyncio.start_server(slow_linux, LINUX, 8001)
+        reader, writer = await step(stack.open_connection(LINUX, 8001))
+        payload = os.urandom(16 * 1024 * 1024)  # beyond Linux's largest receive buffer
+        writer.write(payload)
+        draining = asyncio.ensure_future(writer.drain())
+        conn = writer.get_extra_info("connection")
+        for _ in range(1000):  # until the kernel's window is closed (bounded: 10 s)
+            if conn.snd_wnd == 0:
+                break
+            await asyncio.sleep(0.01)
+        seen["window_closed"] = conn.snd_wnd == 0
+        seen["paused"] = not draining.done() and writer.transport.get_write_buffer_size() > 0
+        go.set()
+        await step(draining)
+        writer.write_eof()
+        await step(reader.read())
+        seen["same"] = hashlib.sha256(got[0]).digest() == hashlib.sha256(payload).digest()
+        writer.close()
+        server.close()
+"""
+    seen = run_in(ns, family, body)
+    assert seen == {"window_closed": True, "paused": True, "same": True}
