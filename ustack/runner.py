@@ -48,3 +48,9 @@ class StackRunner:
         self._timer = None
         self.stack.handle_timers(self.now())
         self.done()
+
+    def cancel_timer(self) -> None:
+        """The stack stops: its timer must not fire on a loop that runs on."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -167,9 +167,11 @@ class Stack:
         for ip in self._ip_layers:
             ip.handle_timers(now)
 
-    def connect(self, remote: int, remote_port: int, now: float) -> TcpConnection:
+    def connect(
+        self, remote: int, remote_port: int, now: float, config: TcpConfig | None = None
+    ) -> TcpConnection:
         """Active OPEN over the family of `remote`, refused at once (OSError
         ENETUNREACH, Unreachable) for an address no connection may be made
         with (check_destination) or of a family the stack does not have."""
         self._ip_for(remote).check_destination(remote)
-        return self.tcp.connect(remote, remote_port, now)
+        return self.tcp.connect(remote, remote_port, now, config=config)

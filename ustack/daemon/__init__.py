@@ -7,12 +7,9 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import ipaddress
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ustack.api import StackServer, open_connection, start_server
@@ -23,7 +20,13 @@ from ustack.daemon.reports import (
     format_counters,
     listening_endpoints,
 )
-from ustack.datagram import create_datagram_endpoint
+from ustack.daemon.running import (
+    DEFAULT_ADDRESS6,
+    READ_BATCH,
+    RunningStack,
+    ServeConfig,
+    default_services,
+)
 from ustack.linux.control import (
     CHUNK_ROWS,
     PROTOCOL_VERSION,
@@ -33,38 +36,27 @@ from ustack.linux.control import (
     error_reply,
 )
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
-from ustack.linux.tun import LinkConfig, LinkGone, TunLink
-from ustack.net.fragments import FragmentLimits
-from ustack.net.pmtu import DEFAULT_MIN_PMTU
-from ustack.net.ratelimit import IcmpLimits
+from ustack.linux.tun import LinkGone, TunLink
 from ustack.runner import StackRunner
-from ustack.services import SERVICES, UDP_SERVICES, HttpLimits, HttpService
-from ustack.stack import DEFAULT_ADDRESS, Stack
-from ustack.study.faults import (
-    FaultError,
-    FaultInjector,
-    FaultRule,
-    Verdict,
-    mark_ce,
-    parse_rule,
-)
-from ustack.study.sinks import TraceFilter, TraceRotation, TraceSinks, TraceSpec
-from ustack.tcp.connection import TcpConfig
+from ustack.services import SERVICES, UDP_SERVICES, HttpService
+from ustack.study.faults import FaultError, parse_rule
 from ustack.wire.address import format_address, format_endpoint, parse_address
-from ustack.wire.checksum import Buffer
-from ustack.wire.ipv6 import IPV6_VERSION
 
 # connection_row and fault_event are the reports module's, named here too (bench, tests).
-__all__ = ["Daemon", "ServeConfig", "connection_row", "fault_event", "serve"]
+__all__ = [
+    "DEFAULT_ADDRESS6",
+    "READ_BATCH",
+    "Daemon",
+    "ServeConfig",
+    "connection_row",
+    "default_services",
+    "fault_event",
+    "serve",
+]
 
 log = logging.getLogger("ustack")
 
-DEFAULT_ADDRESS6 = ipaddress.IPv6Address("2001:2::2")
-
-# Packets read per wake-up of the loop before other callbacks get a turn.
-READ_BATCH = 256
 PIPE_CHUNK = 64 * 1024
-GSO_SEGMENTS = 44  # 44 * 1460 bytes: one 64 KB super-segment per write
 # CPython collects its youngest generation every 700 net allocations: with 50
 # connections in flight, their objects are always alive then, get promoted, and
 # push the heap into full collections (the 25% rule), which walk every TIME_WAIT
@@ -73,31 +65,6 @@ GSO_SEGMENTS = 44  # 44 * 1460 bytes: one 64 KB super-segment per write
 # 26,000 connections (connect+close, ab -c 1, ab -c 50): GC time 626 -> 130 ms,
 # no full collection (5 before, up to 168 ms each); RSS the same.
 GC_YOUNG_THRESHOLD = 10_000
-
-
-def default_services() -> dict[str, int]:
-    return {name: port for name, (port, _) in SERVICES.items()}
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    link: LinkConfig = field(default_factory=LinkConfig)
-    address: ipaddress.IPv4Address = DEFAULT_ADDRESS
-    address6: ipaddress.IPv6Address | None = DEFAULT_ADDRESS6  # None: IPv4 only (--no-ipv6)
-    tcp: TcpConfig = field(default_factory=TcpConfig)  # its MSS is set from the MTU
-    services: dict[str, int] = field(default_factory=lambda: default_services())
-    control_path: Path | None = None
-    ready_fd: int | None = None
-    traces: list[TraceSpec] = field(default_factory=list)
-    peer_states: bool = False  # add the Linux peer's states (kernel tracepoint) to the trace
-    faults: list[FaultRule] = field(default_factory=list)
-    fault_seed: int | None = None
-    trace_filter: TraceFilter = field(default_factory=TraceFilter)
-    http: HttpLimits = field(default_factory=HttpLimits)
-    trace_rotation: TraceRotation = field(default_factory=TraceRotation)
-    fragments: FragmentLimits = field(default_factory=FragmentLimits)  # IPv4 reassembly
-    icmp: IcmpLimits = field(default_factory=IcmpLimits)  # the ICMP output rate limits
-    min_pmtu: int = DEFAULT_MIN_PMTU  # the least path MTU an ICMP may teach (Linux min_pmtu)
 
 
 class Daemon:
@@ -109,50 +76,19 @@ class Daemon:
         self.link = link
         self._stopped = asyncio.Event()
         self._exit_code = 0
-        self._traces = TraceSinks(config.traces, config.trace_filter, config.trace_rotation)
-        # A pcap shows the packets as on a wire: with the checksums filled in,
-        # those we take and those we send. Without one, with offloads, the
-        # kernel finishes our TCP checksums (or, delivering locally, needs none).
-        link.finish_checksums = self._traces.tap is not None
-        partial_checksums = link.offload and self._traces.tap is None
-        link.partial_tcp_checksums = partial_checksums
-        tcp = dataclasses.replace(
-            config.tcp,
-            mss=link.mtu - 40,  # IPv4 + TCP headers (TCP takes 20 more off for IPv6)
-            gso_segments=GSO_SEGMENTS if link.offload else 1,
-        )
-        self.faults = FaultInjector()
-        if config.fault_seed is not None:
-            self.faults.rng.seed(config.fault_seed)
-        for rule in config.faults:
-            self.faults.add(rule)
-        # IPv6 where the link has it (not with --no-ipv6, nor an MTU below 1280).
-        self.address6 = config.address6 if link.ipv6 else None
-        self.stack = Stack(
-            int(config.address),
-            self._transmit,
-            link.mtu,
-            tcp,
-            self._traces.tracer,
-            tap=self._traces.tap,
-            network=config.link.linux_side.network,
-            fragment_limits=config.fragments,
-            icmp_limits=config.icmp,
-            min_pmtu=config.min_pmtu,
-            address6=None if self.address6 is None else int(self.address6),
-        )
-        self.stack.tcp.partial_checksums = partial_checksums
-        self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`
-        self._link_gone: LinkGone | None = None
+        # The stack on its link, its traces, faults and read loop (shared with open_stack).
+        self.running = RunningStack(config, link)
+        self.running.on_link_gone = self._lost_link
+        self.stack = self.running.stack
+        self.faults = self.running.faults
+        self.address6 = self.running.address6
         self.runner: StackRunner | None = None
         self._peer_states: PeerStateWatcher | None = None
-        self._held: set[asyncio.TimerHandle] = set()  # delayed by the fault injector
         self._servers: list[StackServer] = []
-        self._udp_services: list[asyncio.DatagramTransport] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        runner = self.runner = StackRunner(self.stack, loop)
+        runner = self.runner = self.running.start()
         link = self.link
         control: ControlServer | None = None
         try:
@@ -162,10 +98,9 @@ class Daemon:
                 self._servers.append(await start_server(runner, handlers[name], port))
                 log.info("%s on port %d", name, port)
                 if name in UDP_SERVICES:
-                    udp, _ = await create_datagram_endpoint(
-                        runner, UDP_SERVICES[name], local_addr=("", port)
+                    await self.running.create_datagram_endpoint(
+                        UDP_SERVICES[name], local_addr=("", port)
                     )
-                    self._udp_services.append(udp)
                     log.info("%s on UDP port %d", name, port)
             if self.config.control_path is not None:
                 control = await ControlServer.start(
@@ -180,7 +115,6 @@ class Daemon:
                 )
             if self.config.peer_states:
                 self._start_peer_states(loop)
-            loop.add_reader(link.fd, self._on_readable)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._stop, signal.Signals(signum).name)
             loop.add_signal_handler(signal.SIGHUP, self._reopen)
@@ -188,25 +122,19 @@ class Daemon:
             log.info("stack at %s on %s, ready", addresses, link.name)
             notify_ready(self.config.ready_fd)
             await self._stopped.wait()
-            self._reset_all()
+            self.running.reset_all()
             await finish_tasks()
         finally:
-            loop.remove_reader(link.fd)
-            for handle in self._held:  # packets a delay fault still holds: dropped
-                handle.cancel()
-            for udp in self._udp_services:
-                udp.close()
             if self._peer_states is not None:
                 self._peer_states.stop()
             if control is not None:
                 await control.close()
-            link.close()
-            self._traces.close()
+            self.running.stop()  # reader, held packets, the link, the traces
             log.info("counters: %s", format_counters(self.stack.counters))
         return self._exit_code
 
     def _start_peer_states(self, loop: asyncio.AbstractEventLoop) -> None:
-        tracer = self._traces.tracer
+        tracer = self.running.tracer
         if tracer is None:
             raise PeerStatesError("--peer-states needs a text or jsonl --trace to write to")
         tcp = self.stack.tcp
@@ -224,109 +152,12 @@ class Daemon:
         self._peer_states.start()
         log.info("recording the Linux peers' states (sock:inet_sock_set_state)")
 
-    def _on_readable(self) -> None:
-        assert self.runner is not None
-        read, size = self.link.read, self.link.mtu
-        # Each family's ip.receive, as Stack.receive dispatches, one call less
-        # per packet (IPv6 to IPv4's, which counts it, on an IPv4-only stack).
-        receive4 = self.stack.ip.receive
-        receive6 = receive4 if self.stack.ip6 is None else self.stack.ip6.receive
-        clock = self.runner.now
-        faults = self.faults
-        try:
-            for _ in range(READ_BATCH):
-                got = read(size)
-                if got is None:
-                    break
-                packet, checksum_ok = got
-                if faults.rules:
-                    self._receive_with_faults(packet, checksum_ok)
-                elif packet and packet[0] >> 4 == IPV6_VERSION:
-                    receive6(packet, clock(), checksum_ok)  # each its own time: exact traces
-                else:
-                    receive4(packet, clock(), checksum_ok)
-        except LinkGone as exc:
-            self._lost_link(exc)
-        self.runner.done()
-        self._traces.settle()  # a pcapng writes the last packet read, with its reasons
-
-    def _lost_link(self, exc: LinkGone) -> bool:
+    def _lost_link(self, exc: LinkGone) -> None:
         """The device went away under us (deleted, or its namespace removed):
-        one line, then shut down with status 1. False: the packet is not sent."""
-        if self._link_gone is None:
-            self._link_gone = exc
-            log.error("error: %s", exc)
-            self._exit_code = 1
-            self._stopped.set()
-        return False
-
-    # ---- the fault injector, at the TUN boundary ------------------------------------------
-
-    def _transmit(self, packet: bytes, gso_size: int = 0) -> bool:
-        if not self.faults.rules:
-            try:
-                return self.link.write(packet, gso_size)
-            except LinkGone as exc:
-                return self._lost_link(exc)
-        return self._through_faults("out", packet, self._write, self._write, gso_size)
-
-    def _write(self, packet: bytes, gso_size: int) -> bool:
-        try:
-            return self.link.write(packet, gso_size)
-        except LinkGone as exc:
-            return self._lost_link(exc)
-
-    def _receive_with_faults(self, packet: Buffer, checksum_ok: bool) -> None:
-        self._through_faults("in", packet, self._receive_now, self._receive_late, checksum_ok)
-
-    def _through_faults(
-        self,
-        direction: str,
-        packet: Buffer,
-        now: Callable[..., object],
-        late: Callable[..., object],
-        *args: object,
-    ) -> bool:
-        """Each copy the fault rules leave of `packet` goes to `now` at once or
-        to `late` after the rule's delay; False once `now` says the link failed."""
-        verdict = self.faults.judge(direction, packet)
-        if verdict.rule is not None:
-            self._trace_fault(direction, packet, verdict)
-        if verdict.mark:
-            packet = bytes(mark_ce(packet))
-        for _ in range(verdict.copies):
-            if verdict.delay:
-                self._hold(verdict.delay, late, packet, *args)
-            elif now(packet, *args) is False:
-                return False
-        return True
-
-    def _hold(self, delay: float, callback: Callable[..., object], *args: object) -> None:
-        """Run `callback` later; shutdown cancels what has not run yet."""
-        loop = asyncio.get_running_loop()
-        if len(self._held) > 1000:  # forget the handles that have run
-            now = loop.time()
-            self._held = {handle for handle in self._held if handle.when() > now}
-        self._held.add(loop.call_later(delay, callback, *args))
-
-    def _receive_now(self, packet: Buffer, checksum_ok: bool) -> None:
-        assert self.runner is not None
-        self.stack.receive(packet, self.runner.now(), checksum_ok)
-
-    def _receive_late(self, packet: Buffer, checksum_ok: bool) -> None:
-        """A delayed copy arrives alone: flush what it caused (the read loop
-        does that for the packets it reads)."""
-        self._receive_now(packet, checksum_ok)
-        assert self.runner is not None
-        self.runner.done()
-        self._traces.settle()
-
-    def _trace_fault(self, direction: str, packet: Buffer, verdict: Verdict) -> None:
-        self.stack.counters[f"fault.{verdict.rule.action if verdict.rule else ''}"] += 1
-        tracer = self._traces.tracer
-        if tracer is None or verdict.rule is None or self.runner is None:
-            return
-        tracer(fault_event(self.stack, direction, packet, verdict, self.runner.now()))
+        one line, then shut down with status 1."""
+        log.error("error: %s", exc)
+        self._exit_code = 1
+        self._stopped.set()
 
     def _stop(self, why: str) -> None:
         log.info("%s: shutting down", why)
@@ -336,19 +167,8 @@ class Daemon:
         """SIGHUP, logrotate's convention: after `mv FILE FILE.1`, the log and
         the traces go on in a new FILE; the one moved aside is complete."""
         logs = reopen_log_files()
-        traces = self._traces.reopen()
+        traces = self.running.reopen_traces()
         log.info("SIGHUP: reopened %d log file(s) and %d trace file(s)", logs, traces)
-
-    def _reset_all(self) -> None:
-        """Going away: RST every connection so no peer waits for us (unless the
-        device is gone: then no RST can go out, and no peer is left to wait)."""
-        assert self.runner is not None
-        if self._link_gone is not None:
-            return
-        now = self.runner.now()
-        for conn in list(self.stack.tcp.connections.values()):
-            conn.abort(now)
-            self.stack.tcp.flush(conn)
 
     # ---- control commands ----------------------------------------------------------------
 

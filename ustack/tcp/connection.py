@@ -29,6 +29,8 @@ comments name the step of 3.10.7.4 each block implements.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ustack.counters import Counters
 from ustack.tcp import handshake, seq
 from ustack.tcp.config import DEFAULT_PEER_MSS, TcpConfig
@@ -195,6 +197,21 @@ class TcpConnection(TcbView):
         self.sender.fin_queued = True
         self._transition(Event.APP_CLOSE)
         self._output()
+
+    def set_keepalive(self, idle: float | None, interval: float, probes: int, now: float) -> None:
+        """SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT on an
+        open connection (RFC 1122 4.2.3.6): `idle` None turns it off; on, the
+        idle time starts again now (Linux re-arms it the same way)."""
+        self.now = now
+        self.config = dataclasses.replace(
+            self.config, keepalive_idle=idle, keepalive_interval=interval,
+            keepalive_probes=probes,
+        )  # fmt: skip
+        if idle is None:
+            self._timers.cancel(TimerKind.KEEPALIVE)
+        elif self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
+            self.keepalive.probes = 0
+            self.keepalive.start()
 
     def shutdown_read(self) -> None:
         """shutdown(SHUT_RD): nothing goes on the wire; later data is dropped."""

@@ -116,11 +116,13 @@ class TcpDemux:
         backlog: int = 128,
         now: float = 0.0,
         family: int | None = None,
+        config: TcpConfig | None = None,
     ) -> Listener:
-        """Passive OPEN on `port`, for both families (None) or one (4 or 6)."""
+        """Passive OPEN on `port`, for both families (None) or one (4 or 6);
+        `config`: its connections' (None: the demux's)."""
         if port in self.listeners:
             raise OSError(98, f"port {port} already has a listener")  # EADDRINUSE
-        listener = Listener(port, backlog, on_accept, family)
+        listener = Listener(port, backlog, on_accept, family, config)
         listener.transition(Event.APP_LISTEN, now, self.trace)
         self.listeners[port] = listener
         return listener
@@ -137,9 +139,15 @@ class TcpDemux:
             self.flush(conn)
 
     def connect(
-        self, remote: int, remote_port: int, now: float, local_port: int | None = None
+        self,
+        remote: int,
+        remote_port: int,
+        now: float,
+        local_port: int | None = None,
+        config: TcpConfig | None = None,
     ) -> TcpConnection:
-        """Active OPEN to remote:remote_port; the SYN goes out at once."""
+        """Active OPEN to remote:remote_port; the SYN goes out at once.
+        `config`: this connection's (its socket options; None: the demux's)."""
         if local_port is None:
             local_port = self._ephemeral_port(remote, remote_port)
         key = (remote, remote_port, local_port)
@@ -150,7 +158,7 @@ class TcpDemux:
                 errno.ENOBUFS,
                 f"connection table full ({self.config.max_connections} connections)",
             )
-        conn = self._new_connection(key, now)
+        conn = self._new_connection(key, now, config=config)
         conn.connect(now)
         self.flush(conn)
         return conn
@@ -329,7 +337,7 @@ class TcpDemux:
         iss = None
         if previous is not None and not seq.gt(self._isn_for(key, now), previous.snd_max):
             iss = seq.add(previous.snd_max, 1 << 17)  # above anything the old one sent
-        conn = self._new_connection(key, now, iss, passive=True)
+        conn = self._new_connection(key, now, iss, passive=True, config=listener.config)
         listener.embryonic.add(conn)
         self._listener_of[conn] = listener
         self._traced(conn, key, seg, now, conn.listen_accept)
@@ -364,7 +372,9 @@ class TcpDemux:
             )
             return True
         self._counters["tcp.syncookies.accepted"] += 1
-        conn = self._new_connection(key, now, seq.add(ack.ack, -1), passive=True)
+        conn = self._new_connection(
+            key, now, seq.add(ack.ack, -1), passive=True, config=listener.config
+        )
         irs = seq.add(ack.seq, -1)
         self._traced(conn, key, ack, now, lambda seg, t: conn.accept_cookie(seg, irs, peer_mss, t))
         if listener.state is State.LISTEN:
@@ -488,12 +498,17 @@ class TcpDemux:
         return len(self.connections) < self.config.max_connections
 
     def _new_connection(
-        self, key: Key, now: float, iss: int | None = None, passive: bool = False
+        self,
+        key: Key,
+        now: float,
+        iss: int | None = None,
+        passive: bool = False,
+        config: TcpConfig | None = None,
     ) -> TcpConnection:
         if iss is None:
             iss = self._isn_for(key, now)
         conn = TcpConnection(
-            conn_id=next(self._conn_ids), iss=iss, config=self.config, trace=self.trace
+            conn_id=next(self._conn_ids), iss=iss, config=config or self.config, trace=self.trace
         )
         conn.counters = self._counters
         if key[0] > IPV4_MAX:

@@ -45,9 +45,13 @@ class Listener:
         backlog: int,
         on_accept: Callable[[TcpConnection], None],
         family: int | None = None,
+        config: TcpConfig | None = None,
     ):
         self.port = port
         self.family = family
+        # Its connections' configuration (socket options set on a listening
+        # socket are inherited by the accepted ones); None: the demux's.
+        self.config = config
         self.backlog = backlog
         self.on_accept = on_accept
         self.state = State.CLOSED
