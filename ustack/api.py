@@ -236,7 +236,8 @@ _GONE = asyncio.Protocol()  # a lost transport's protocol: it is told nothing mo
 
 
 class TcpTransport(asyncio.Transport):
-    """One stack connection as an asyncio transport."""
+    """One stack connection as an asyncio transport; made, it takes the
+    connection's events."""
 
     def __init__(
         self,
@@ -271,6 +272,7 @@ class TcpTransport(asyncio.Transport):
         key = runner.stack.tcp.endpoints(conn)
         assert key is not None
         self._key = key  # the names are made when asked for (rarely)
+        runner.stack.tcp.attach(conn, self.on_event)  # the connection's events come here
 
     # ---- events from the connection -----------------------------------------------
 
@@ -470,18 +472,6 @@ class TcpTransport(asyncio.Transport):
             self._protocol.resume_writing()
 
 
-def _attach(
-    runner: StackRunner,
-    conn: TcpConnection,
-    protocol: asyncio.Protocol,
-    active: bool = True,
-    linger: int | None = None,
-) -> TcpTransport:
-    transport = TcpTransport(runner, conn, protocol, active, linger)
-    runner.stack.tcp.attach(conn, transport.on_event)
-    return transport
-
-
 async def open_connection(
     runner: StackRunner,
     host: str,
@@ -502,7 +492,7 @@ async def open_connection(
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     conn = runner.stack.connect(parse_address(host), port, runner.now(), config)
-    transport = _attach(runner, conn, protocol, linger=chosen.linger)
+    transport = TcpTransport(runner, conn, protocol, linger=chosen.linger)
     runner.done(conn)
     assert transport.connected is not None
     try:
@@ -599,7 +589,7 @@ async def start_server(
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, handler, loop=loop)
         # (its Connected event follows in this flush)
-        _attach(runner, conn, protocol, active=False, linger=chosen.linger)
+        TcpTransport(runner, conn, protocol, active=False, linger=chosen.linger)
 
     family = _listen_family(runner.stack, host)
     listener = runner.stack.tcp.listen(

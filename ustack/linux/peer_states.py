@@ -217,6 +217,15 @@ def parse_destroy_line(line: str, stack_address: str | Collection[str]) -> Socke
 
 # ---- tracefs ------------------------------------------------------------------------------
 
+
+def _disable(instance: Path, event: tuple[str, ...]) -> None:
+    """Turn one tracepoint off in our tracefs instance (a warning if it cannot be)."""
+    try:
+        _write(instance.joinpath("events", *event, "enable"), "0")
+    except OSError as exc:
+        log.warning("peer states: cannot disable %s: %s", "/".join(event), exc.strerror)
+
+
 _MS_NONE = 0
 
 
@@ -498,18 +507,12 @@ class PeerStateWatcher:
             self._notices.close()
             self._notices = None
         instance = self._instance
-        if instance is not None and self._destroy_traced:
-            try:
-                _write(instance.joinpath("events", *DESTROY_EVENT, "enable"), "0")
-            except OSError as exc:
-                log.warning("peer states: cannot disable tcp_destroy_sock: %s", exc.strerror)
-            self._destroy_traced = False
-        if instance is not None and self._enabled:
-            try:
-                _write(instance.joinpath("events", *EVENT, "enable"), "0")
-            except OSError as exc:
-                log.warning("peer states: cannot disable the tracepoint: %s", exc.strerror)
-            self._enabled = False
+        if instance is not None:
+            if self._destroy_traced:
+                _disable(instance, DESTROY_EVENT)
+            if self._enabled:
+                _disable(instance, EVENT)
+        self._destroy_traced = self._enabled = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
