@@ -14,7 +14,11 @@ so a change to the per-segment path shows as a change of calls:
   ACK, SND.UNA advance, RACK/SACK bookkeeping, send-buffer release) and the
   segments that ACK lets it send, per segment sent.
 
-    python bench/calls.py [--bytes N] [--mss N] [--family 4|6] [--json]
+With `--time`, the same transfer runs without the profiler and the figure is
+the wall time per data segment (both stacks, the whole exchange), best of 5:
+the machine and its load count there, so compare runs made side by side.
+
+    python bench/calls.py [--bytes N] [--mss N] [--family 4|6] [--json] [--time]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,7 +97,7 @@ def _profiler(path: Path, detail: bool) -> Callable[[FrameType, str, Any], None]
     return profile
 
 
-def run(total: int, mss: int, family: int, detail: bool) -> dict[str, Any]:
+def run(total: int, mss: int, family: int, detail: bool, profile: bool = True) -> dict[str, Any]:
     wire = Wire(family, mss)
     accepted: list[TcpConnection] = []
     wire.receiver.tcp.listen(PORT, accepted.append)
@@ -114,7 +119,7 @@ def run(total: int, mss: int, family: int, detail: bool) -> dict[str, Any]:
         for packet in packets:
             counting = bool(accepted) and client.state.name == "ESTABLISHED"
             data = len(packet) - header - ((packet[header - 20 + 12] >> 4) * 4 - 20) > 0
-            if counting:
+            if counting and profile:
                 path.packets_in += 1
                 path.data_segments_in += data
                 sys.setprofile(_profiler(path, detail))
@@ -122,7 +127,7 @@ def run(total: int, mss: int, family: int, detail: bool) -> dict[str, Any]:
             if to == "receiver" and accepted:
                 received += len(accepted[0].read(1 << 20, wire.now))
                 stack.tcp.flush(accepted[0])
-            if counting:
+            if counting and profile:
                 sys.setprofile(None)
         return True
 
@@ -156,11 +161,30 @@ def run(total: int, mss: int, family: int, detail: bool) -> dict[str, Any]:
         ),
         "data segments": receive_path.data_segments_in,
         "ACKs": send_path.packets_in,
+        "data segments sent": send_path.data_segments_out,
     }
     if detail:
         for name, path in paths.items():
             result[f"{name} functions"] = path.by_function
     return result
+
+
+def timed(total: int, mss: int, family: int, repeat: int = 5) -> dict[str, Any]:
+    """µs per data segment with no profiler, best of `repeat` whole transfers."""
+    best = float("inf")
+    segments = 1
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = run(total, mss, family, detail=False, profile=False)
+        best = min(best, time.perf_counter() - started)
+        segments = max(1, result["data segments sent"])
+    return {
+        "family": family,
+        "mss": mss,
+        "bytes": total,
+        "µs per data segment (best of 5, no profiler)": round(best * 1e6 / segments, 2),
+        "data segments": segments,
+    }
 
 
 def main() -> int:
@@ -170,8 +194,14 @@ def main() -> int:
     parser.add_argument("--family", type=int, choices=(4, 6), default=4)
     parser.add_argument("--detail", action="store_true", help="the most called functions")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--time", action="store_true", help="µs per data segment without the profiler, best of 5"
+    )
     args = parser.parse_args()
-    result = run(args.bytes, args.mss, args.family, args.detail)
+    if args.time:
+        result = timed(args.bytes, args.mss, args.family)
+    else:
+        result = run(args.bytes, args.mss, args.family, args.detail)
     for key, value in result.items():
         if isinstance(value, Counter):
             result[key] = value.most_common(25)
