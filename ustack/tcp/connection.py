@@ -40,6 +40,7 @@ from ustack.tcp.receiver import Receiver
 from ustack.tcp.recovery import Recovery
 from ustack.tcp.segment import Segment
 from ustack.tcp.sender import Sender
+from ustack.tcp.seq import HALF, MASK, MOD
 from ustack.tcp.states import (
     CAN_ACK,
     CAN_SEND,
@@ -106,6 +107,10 @@ class TcpConnection(TcbView):
         # ICMP soft errors, the path MTU, black holes (feedback.py).
         self.path = PathFeedback(self)
         self._timers = Timers(self)
+        # The timers' own dict (TimerKind -> deadline), read by the demux on
+        # every flush; and whether a flush of this connection is under way.
+        self.deadlines = self._timers.deadlines
+        self.flushing = False
         self.keepalive = Keepalive(self, self._timers)
         self.receiver = Receiver(self, self._timers)
         self.sender = Sender(self, self._timers, self.receiver, iss, not config.nagle)
@@ -345,7 +350,7 @@ class TcpConnection(TcbView):
         if self.ecn_ok and seg.payload:
             rcv.take_ecn(seg)
         self._receive_text_and_fin(seg.seq, seg.payload, seg.flags & FIN)
-        if self.state is State.FIN_WAIT_1 and snd.fin_acked():
+        if self.state is State.FIN_WAIT_1 and snd.fin_acked():  # (the state first: no call)
             # The segment acknowledged our FIN but its own FIN was not next in
             # sequence (old, beyond the window, or with data held past it):
             # step five's FIN-WAIT-2 after all.
@@ -389,15 +394,17 @@ class TcpConnection(TcbView):
         the segment is finished with."""
         ack = seg.ack
         snd = self.sender
-        if seq.gt(ack, snd.snd_max):
+        # Per segment, so RFC 9293 3.4's comparisons are inlined (seq.gt,
+        # seq.lt): SEG.ACK > SND.MAX, SEG.ACK < SND.UNA - MAX.SND.WND.
+        if 0 < ((ack - snd.snd_max) & MASK) < HALF:
             self.receiver.challenge_ack(Challenge.ACK_OF_UNSENT)
             return False
-        if seq.lt(ack, seq.add(snd.snd_una, -snd.max_snd_wnd)):
+        if 0 < ((snd.snd_una - snd.max_snd_wnd - ack) & MASK) < HALF:
             self.receiver.challenge_ack(Challenge.ACK_TOO_OLD)
             return False
         self.recovery.on_ack(seg)
         snd.update_window(seg)
-        if not snd.fin_acked():
+        if not (snd.fin_queued and snd.fin_acked()):  # (fin_queued first: no call per segment)
             return True
         state = self.state
         if state is State.FIN_WAIT_1:
@@ -528,7 +535,10 @@ class TcpConnection(TcbView):
                 # Bytes not yet sent, or the FIN right after the last byte:
                 # only then has send_data anything to do (the common case of
                 # a receiver answering data with a bare ACK skips it).
-                unsent = len(snd.buffer) - seq.diff(snd.snd_nxt, snd.buffer_seq)
+                sent = (snd.snd_nxt - snd.buffer_seq) & MASK  # seq.diff inlined: per segment
+                if sent > HALF:
+                    sent -= MOD
+                unsent = len(snd.buffer) - sent
                 if unsent > 0 or (unsent == 0 and snd.fin_queued):
                     snd.send_data(None)
         rcv = self.receiver

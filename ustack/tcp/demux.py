@@ -99,7 +99,6 @@ class TcpDemux:
         self.syncookies = syncookies  # None: a full backlog drops SYNs
         self._conn_ids = itertools.count(1)
         self._heap: TimerHeap[TcpConnection] = TimerHeap()
-        self._flushing: set[TcpConnection] = set()
         # Connections in TIME_WAIT, oldest first: the first to give way when
         # the table is full (TcpConfig.max_connections).
         self._time_wait: dict[TcpConnection, None] = {}
@@ -198,7 +197,11 @@ class TcpDemux:
             self.flush(conn)
             previous, conn = conn, None
         if conn is not None:
-            self._deliver(conn, key, seg, now)
+            if self.trace is None:
+                conn.receive(seg, now)  # (_deliver's untraced case inlined: per segment)
+                self.flush(conn)
+            else:
+                self._deliver(conn, key, seg, now)
             return
         listener = self.listeners.get(header.dst_port)
         if listener is not None and listener.hears(src):
@@ -395,10 +398,13 @@ class TcpDemux:
 
         Each round looks at the outbox and the event queue before taking
         them: most rounds, the last one of every flush, find both empty."""
-        key = self._keys.get(conn)
-        if key is None or conn in self._flushing:
+        # Twice per segment (after the input, after the read): membership
+        # tests and a flag on the connection, not dict.get and set.add/discard.
+        keys = self._keys
+        if conn not in keys or conn.flushing:
             return
-        self._flushing.add(conn)
+        key = keys[conn]
+        conn.flushing = True
         try:
             progressed = True
             while progressed:
@@ -416,7 +422,8 @@ class TcpDemux:
                             listener.on_accept(conn)
                         progressed = True
                 events = conn.events
-                if events and (app := self._apps.get(conn)) is not None:
+                if events and conn in self._apps:
+                    app = self._apps[conn]
                     progressed = True
                     while events:
                         event = events.pop(0)
@@ -429,14 +436,23 @@ class TcpDemux:
                             self._apps.pop(conn, None)
                             break
         finally:
-            self._flushing.discard(conn)
+            conn.flushing = False
         state = conn.state
         if state is State.CLOSED or state is State.LISTEN:
             self._forget(conn, key)
             return
         if state is State.TIME_WAIT and conn not in self._time_wait:
             self._time_wait[conn] = None
-        self._heap.schedule(conn, conn.get_timer())
+        # conn.get_timer() and TimerHeap.schedule inlined (twice per segment):
+        # nothing to do when the earliest deadline is the one already on the heap.
+        deadlines = conn.deadlines
+        deadline = min(deadlines.values()) if deadlines else None
+        scheduled = self._heap.scheduled
+        if deadline is None:
+            if conn in scheduled:
+                del scheduled[conn]
+        elif conn not in scheduled or scheduled[conn] != deadline:
+            self._heap.schedule(conn, deadline)
 
     def _send_out(self, conn: TcpConnection, key: Key) -> None:
         """Transmit what the connection queued."""
