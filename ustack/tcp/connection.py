@@ -111,6 +111,9 @@ class TcpConnection(TcbView):
         # every flush; and whether a flush of this connection is under way.
         self.deadlines = self._timers.deadlines
         self.flushing = False
+        # In a batch of segments read in one wake-up (TcpDemux.begin_batch):
+        # the ACK for in-order data waits for the batch's end (end_batch).
+        self.hold_acks = False
         self.keepalive = Keepalive(self, self._timers)
         self.receiver = Receiver(self, self._timers)
         self.sender = Sender(self, self._timers, self.receiver, iss, not config.nagle)
@@ -542,7 +545,16 @@ class TcpConnection(TcbView):
                 if unsent > 0 or (unsent == 0 and snd.fin_queued):
                     snd.send_data(None)
         rcv = self.receiver
-        if rcv.ack_now:
+        if rcv.ack_now and not (
+            # One ACK for the in-order data of a whole batch, as Linux's GRO
+            # gives (RFC 9293 3.10.7.4 and RFC 1122 4.2.3.2 let one ACK cover
+            # several segments). Not a duplicate ACK for data beyond a hole,
+            # a D-SACK or a challenge: those go at once (RFC 5681 4.2).
+            self.hold_acks
+            and rcv.ack_note is SegmentNote.NONE
+            and rcv.dsack is None
+            and not rcv.out_of_order.held_bytes
+        ):
             rcv.ack_now = False
             window = rcv.window_field()
             # SND.MAX, not SND.NXT: after a timeout SND.NXT went back, but the
@@ -550,6 +562,11 @@ class TcpConnection(TcbView):
             options = rcv.ack_options()
             self._emit(Segment(snd.snd_max, rcv.rcv_nxt, ACK, window, b"", options, rcv.ack_note))
         rcv.ack_note = SegmentNote.NONE
+
+    def end_batch(self) -> None:
+        """The batch of segments is over: the ACK it held, if any, goes now."""
+        self.hold_acks = False
+        self._output()
 
     def _emit(self, segment: Segment) -> None:
         """Every segment goes out through here (a test may wrap it)."""

@@ -99,6 +99,9 @@ class TcpDemux:
         self.syncookies = syncookies  # None: a full backlog drops SYNs
         self._conn_ids = itertools.count(1)
         self._heap: TimerHeap[TcpConnection] = TimerHeap()
+        # Between begin_batch and end_batch: the connections that took a
+        # segment, whose ACK waits for the batch's end.
+        self._batch: dict[TcpConnection, None] | None = None
         # Connections in TIME_WAIT, oldest first: the first to give way when
         # the table is full (TcpConfig.max_connections).
         self._time_wait: dict[TcpConnection, None] = {}
@@ -197,6 +200,10 @@ class TcpDemux:
             self.flush(conn)
             previous, conn = conn, None
         if conn is not None:
+            batch = self._batch
+            if batch is not None:
+                conn.hold_acks = True
+                batch[conn] = None
             if self.trace is None:
                 conn.receive(seg, now)  # (_deliver's untraced case inlined: per segment)
                 self.flush(conn)
@@ -385,6 +392,24 @@ class TcpDemux:
         if self.trace is not None:
             self.trace(self._segment_event(now, None, key, "out", rst, "CLOSED", "CLOSED"))
         self._transmit(key, rst)  # (the note is for the trace only)
+
+    # ---- batches -----------------------------------------------------------------
+
+    def begin_batch(self) -> None:
+        """Segments read in one wake-up follow, until end_batch: each
+        connection sends one ACK for the in-order data among them, after the
+        last (Linux's GRO hands TCP such a batch as one segment)."""
+        if self._batch is None:
+            self._batch = {}
+
+    def end_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        for conn in batch or ():
+            if conn in self._keys:
+                conn.end_batch()
+                self.flush(conn)
+            else:
+                conn.hold_acks = False
 
     # ---- output, events, life cycle ----------------------------------------------
 
