@@ -43,7 +43,7 @@ from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
-from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp, parse_tcp
+from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp_positional, parse_tcp
 
 # Hands a TCP segment (header + payload, checksum filled, `headroom` free
 # bytes in front) to IP: (dst, packet, gso_size, protocol, the IP ECN field).
@@ -482,7 +482,8 @@ class TcpDemux:
     def _send_out(self, conn: TcpConnection, key: Key) -> None:
         """Transmit what the connection queued."""
         counters = self._counters
-        for out in conn.segments_to_send():
+        out_segments, conn._outbox = conn._outbox, []  # (segments_to_send inlined: per segment)
+        for out in out_segments:
             if self.trace is not None:
                 state = str(conn.state)
                 self.trace(self._segment_event(conn.now, conn, key, "out", out, state, state))
@@ -587,21 +588,14 @@ class TcpDemux:
             src, headroom, send = self.address6, IPV6_HEADER_LENGTH, self._send6
         else:
             src, headroom, send = self.address, self.headroom, self._send
-        segment = build_tcp(
-            src=src,
-            dst=remote,
-            src_port=local_port,
-            dst_port=remote_port,
-            seq=seg.seq,
-            ack=seg.ack,
-            flags=seg.flags,
-            window=seg.window,
-            options=None if seg.options is NO_OPTIONS else seg.options,
-            payload=seg.payload,
-            headroom=headroom,
-            # (GSO needs it: the kernel sums each piece it cuts)
-            partial_checksum=self.partial_checksums or seg.gso_size > 0,
-        )
+        # build_tcp's arguments in place (per segment: no keyword matching);
+        # the checksum is partial with offloads, and for GSO, whose pieces
+        # the kernel sums each.
+        segment = build_tcp_positional(
+            src, remote, local_port, remote_port, seg.seq, seg.ack, seg.flags, seg.window,
+            None if seg.options is NO_OPTIONS else seg.options, seg.payload, 0, headroom,
+            self.partial_checksums or seg.gso_size > 0,
+        )  # fmt: skip
         send(remote, segment, seg.gso_size, PROTO_TCP, seg.ecn)
 
     def _segment_event(
