@@ -36,8 +36,8 @@ from typing import Any
 from tests import fuzz_ipv6 as v6
 from tests.fuzz_ipv6 import PEER6, PEER6_2, US6, is_ipv6
 from ustack.linux.tun import _finish_checksum
+from ustack.net.address_rules import is_unicast_host as _is_unicast_source
 from ustack.net.fragments import FragmentLimits
-from ustack.net.ipv4 import _is_unicast_source
 from ustack.stack import Stack
 from ustack.study.sinks import FanOut, JsonlWriter, PcapWriter, TextWriter
 from ustack.tcp import seq

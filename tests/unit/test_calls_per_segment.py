@@ -36,3 +36,18 @@ def test_calls_are_counted_over_a_whole_transfer(family: int) -> None:
     assert result["send path: calls per ACK in"] > 10
     # The stack's input, seen by the profiler once per packet at least.
     assert result["receiver functions"]["stack.py:receive"] >= segments
+
+
+def test_time_mode_runs_the_transfer_without_the_profiler() -> None:
+    result = _load().timed(200_000, 1460, 4, batch=False, repeat=1)
+    assert result["data segments"] >= 200_000 // 1448
+    assert result["µs per data segment (best of 1, no profiler)"] > 0
+    assert sys.getprofile() is None
+
+
+def test_batch_mode_sends_fewer_acks_for_the_same_segments() -> None:
+    calls = _load()
+    one_by_one = calls.run(200_000, 1460, 4, detail=False)
+    batched = calls.run(200_000, 1460, 4, detail=False, batch=True)
+    assert batched["data segments"] == one_by_one["data segments"]
+    assert batched["ACKs"] < one_by_one["ACKs"]

@@ -57,7 +57,7 @@ from ustack.wire.ipv4 import ECN_MASK, PROTO_TCP, PROTO_UDP
 from ustack.wire.ipv6 import (
     EXTENSION_HEADERS,
     FRAGMENT_HEADER_LENGTH,
-    IPV6_FIXED,
+    IPV6_FIXED_HALVES,
     IPV6_HEADER_LENGTH,
     IPV6_MIN_MTU,
     IPV6_VERSION,
@@ -152,24 +152,27 @@ class IPv6Layer(IpLayerBase, counter_suffix="6"):
             except MalformedPacket as exc:
                 counters.drop(Layer.IP6, exc, now)
             return
-        _, payload_length, _, _, src_bytes, dst_bytes = IPV6_FIXED.unpack_from(packet)
+        _, payload_length, next_header, _, src_high, src_low, dst_high, dst_low = (
+            IPV6_FIXED_HALVES.unpack_from(packet)
+        )
         total_length = IPV6_HEADER_LENGTH + payload_length
         if total_length > len(packet):
             why = f"payload length {payload_length}, {len(packet) - 40} bytes came"
             counters.drop(Layer.IP6, DropReason.IPV6_BAD_PAYLOAD_LENGTH, now, why)
             return
-        src = int.from_bytes(src_bytes, "big")
-        dst = int.from_bytes(dst_bytes, "big")
+        src = src_high << 64 | src_low
+        dst = dst_high << 64 | dst_low
         # (The hop limit is a forwarder's to decrement: a host takes any, as
         # Linux's ip6_rcv_core. ND's own 255, RFC 4861 7.1, would matter to a
         # node that acts on ND; this one only counts it.)
-        multicast = is_ipv6_multicast(dst)
+        # Per packet, so address_rules' tests are inlined: is_ipv6_multicast
+        # (ff00::/8, RFC 4291 2.7) and is_ipv6_unicast_host's embedded IPv4
+        # ranges (::/96, ::ffff:0:0/96, RFC 4291 2.5.5).
+        multicast = dst >> 120 == 0xFF
         if dst != self.address and not multicast:
             counters.drop(Layer.IP6, DropReason.NOT_FOR_US, now)
             return
-        if is_ipv6_multicast(src) or (
-            not is_ipv6_unicast_host(src) and not (src == 0 and multicast)
-        ):
+        if src >> 120 == 0xFF or (src >> 32 in (0, 0xFFFF) and not (src == 0 and multicast)):
             # The unspecified source is a node that has no address yet:
             # DAD's solicitations and MLD reports to a group (RFC 4861 7.2.2, RFC 3810 5.2.13).
             why = f"source {src:#x} ({Rule.RFC4291_ADDRESSES})"
@@ -177,6 +180,13 @@ class IPv6Layer(IpLayerBase, counter_suffix="6"):
             return
         if src == self.address:
             counters.drop(Layer.IP6, DropReason.LOCAL_SOURCE, now)
+            return
+        if next_header == PROTO_TCP and not multicast and self.tcp_input is not None:
+            # No extension header, TCP next (every segment of a connection):
+            # what _walk does for it, without the walk (RFC 8200 4.1).
+            ecn = (packet[1] >> 4) & ECN_MASK  # the traffic class's low bits (RFC 3168 5)
+            payload = memoryview(packet)[IPV6_HEADER_LENGTH:total_length]
+            self.tcp_input(src, dst, payload, now, checksum_ok, ecn)
             return
         try:
             self._walk(packet, total_length, src, dst, multicast, checksum_ok)

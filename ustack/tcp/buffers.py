@@ -125,24 +125,25 @@ class ReceiveBuffer:
         # A list, not a deque: one per connection, mostly empty (an empty
         # deque costs 760 bytes, a list 56); take() cuts its front at once.
         self._chunks: list[bytes] = []
-        self._size = 0
+        self.size = 0  # = len(self): read as an attribute on the per-segment path
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes, length: int) -> None:
+        """`data`, of `length` bytes (the caller has it: no len() twice per segment)."""
         self._chunks.append(data)
-        self._size += len(data)
+        self.size += length
 
     def take(self, max_bytes: int) -> bytes:
         """Up to max_bytes from the front."""
         chunks = self._chunks
         if not chunks:
             return b""
-        if max_bytes >= self._size:
+        if max_bytes >= self.size:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             chunks.clear()
-            self._size = 0
+            self.size = 0
             return data
         taken: list[bytes] = []
         need = max_bytes
@@ -158,9 +159,9 @@ class ReceiveBuffer:
                 chunks[whole] = chunk[need:]
                 need = 0
         del chunks[:whole]
-        self._size -= max_bytes
+        self.size -= max_bytes
         return b"".join(taken)
 
     def clear(self) -> None:
         self._chunks.clear()
-        self._size = 0
+        self.size = 0

@@ -42,6 +42,7 @@ from ustack.tcp.receiver import Receiver
 from ustack.tcp.recovery import Recovery
 from ustack.tcp.segment import Segment
 from ustack.tcp.sender import Sender
+from ustack.tcp.seq import HALF, MASK, MOD
 from ustack.tcp.states import (
     CAN_ACK,
     CAN_SEND,
@@ -108,6 +109,13 @@ class TcpConnection(TcbView):
         # ICMP soft errors, the path MTU, black holes (feedback.py).
         self.path = PathFeedback(self)
         self._timers = Timers(self)
+        # The timers' own dict (TimerKind -> deadline), read by the demux on
+        # every flush; and whether a flush of this connection is under way.
+        self.deadlines = self._timers.deadlines
+        self.flushing = False
+        # In a batch of segments read in one wake-up (TcpDemux.begin_batch):
+        # the ACK for in-order data waits for the batch's end (end_batch).
+        self.hold_acks = False
         self.keepalive = Keepalive(self, self._timers)
         self.receiver = Receiver(self, self._timers)
         self.sender = Sender(self, self._timers, self.receiver, iss, not config.nagle)
@@ -362,7 +370,7 @@ class TcpConnection(TcbView):
         if self.ecn_ok and seg.payload:
             rcv.take_ecn(seg)
         self._receive_text_and_fin(seg.seq, seg.payload, seg.flags & FIN)
-        if self.state is State.FIN_WAIT_1 and snd.fin_acked():
+        if self.state is State.FIN_WAIT_1 and snd.fin_acked():  # (the state first: no call)
             # The segment acknowledged our FIN but its own FIN was not next in
             # sequence (old, beyond the window, or with data held past it):
             # step five's FIN-WAIT-2 after all.
@@ -406,15 +414,17 @@ class TcpConnection(TcbView):
         the segment is finished with."""
         ack = seg.ack
         snd = self.sender
-        if seq.gt(ack, snd.snd_max):
+        # Per segment, so RFC 9293 3.4's comparisons are inlined (seq.gt,
+        # seq.lt): SEG.ACK > SND.MAX, SEG.ACK < SND.UNA - MAX.SND.WND.
+        if 0 < ((ack - snd.snd_max) & MASK) < HALF:
             self.receiver.challenge_ack(Challenge.ACK_OF_UNSENT)
             return False
-        if seq.lt(ack, seq.add(snd.snd_una, -snd.max_snd_wnd)):
+        if 0 < ((snd.snd_una - snd.max_snd_wnd - ack) & MASK) < HALF:
             self.receiver.challenge_ack(Challenge.ACK_TOO_OLD)
             return False
         self.recovery.on_ack(seg)
         snd.update_window(seg)
-        if not snd.fin_acked():
+        if not (snd.fin_queued and snd.fin_acked()):  # (fin_queued first: no call per segment)
             return True
         state = self.state
         if state is State.FIN_WAIT_1:
@@ -545,11 +555,23 @@ class TcpConnection(TcbView):
                 # Bytes not yet sent, or the FIN right after the last byte:
                 # only then has send_data anything to do (the common case of
                 # a receiver answering data with a bare ACK skips it).
-                unsent = len(snd.buffer) - seq.diff(snd.snd_nxt, snd.buffer_seq)
+                sent = (snd.snd_nxt - snd.buffer_seq) & MASK  # seq.diff inlined: per segment
+                if sent > HALF:
+                    sent -= MOD
+                unsent = len(snd.buffer) - sent
                 if unsent > 0 or (unsent == 0 and snd.fin_queued):
                     snd.send_data(None)
         rcv = self.receiver
-        if rcv.ack_now:
+        if rcv.ack_now and not (
+            # One ACK for the in-order data of a whole batch, as Linux's GRO
+            # gives (RFC 9293 3.10.7.4 and RFC 1122 4.2.3.2 let one ACK cover
+            # several segments). Not a duplicate ACK for data beyond a hole,
+            # a D-SACK or a challenge: those go at once (RFC 5681 4.2).
+            self.hold_acks
+            and rcv.ack_note is SegmentNote.NONE
+            and rcv.dsack is None
+            and not rcv.out_of_order.held_bytes
+        ):
             rcv.ack_now = False
             window = rcv.window_field()
             # SND.MAX, not SND.NXT: after a timeout SND.NXT went back, but the
@@ -557,6 +579,11 @@ class TcpConnection(TcbView):
             options = rcv.ack_options()
             self._emit(Segment(snd.snd_max, rcv.rcv_nxt, ACK, window, b"", options, rcv.ack_note))
         rcv.ack_note = SegmentNote.NONE
+
+    def end_batch(self) -> None:
+        """The batch of segments is over: the ACK it held, if any, goes now."""
+        self.hold_acks = False
+        self._output()
 
     def _emit(self, segment: Segment) -> None:
         """Every segment goes out through here (a test may wrap it)."""

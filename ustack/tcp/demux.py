@@ -43,7 +43,7 @@ from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
-from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp, parse_tcp
+from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp_positional, parse_tcp
 
 # Hands a TCP segment (header + payload, checksum filled, `headroom` free
 # bytes in front) to IP: (dst, packet, gso_size, protocol, the IP ECN field).
@@ -99,7 +99,9 @@ class TcpDemux:
         self.syncookies = syncookies  # None: a full backlog drops SYNs
         self._conn_ids = itertools.count(1)
         self._heap: TimerHeap[TcpConnection] = TimerHeap()
-        self._flushing: set[TcpConnection] = set()
+        # Between begin_batch and end_batch: the connections that took a
+        # segment, whose ACK waits for the batch's end.
+        self._batch: dict[TcpConnection, None] | None = None
         # Connections in TIME_WAIT, oldest first: the first to give way when
         # the table is full (TcpConfig.max_connections).
         self._time_wait: dict[TcpConnection, None] = {}
@@ -206,7 +208,15 @@ class TcpDemux:
             self.flush(conn)
             previous, conn = conn, None
         if conn is not None:
-            self._deliver(conn, key, seg, now)
+            batch = self._batch
+            if batch is not None:
+                conn.hold_acks = True
+                batch[conn] = None
+            if self.trace is None:
+                conn.receive(seg, now)  # (_deliver's untraced case inlined: per segment)
+                self.flush(conn)
+            else:
+                self._deliver(conn, key, seg, now)
             return
         listener = self.listeners.get(header.dst_port)
         if listener is not None and listener.hears(src):
@@ -393,6 +403,24 @@ class TcpDemux:
             self.trace(self._segment_event(now, None, key, "out", rst, "CLOSED", "CLOSED"))
         self._transmit(key, rst)  # (the note is for the trace only)
 
+    # ---- batches -----------------------------------------------------------------
+
+    def begin_batch(self) -> None:
+        """Segments read in one wake-up follow, until end_batch: each
+        connection sends one ACK for the in-order data among them, after the
+        last (Linux's GRO hands TCP such a batch as one segment)."""
+        if self._batch is None:
+            self._batch = {}
+
+    def end_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        for conn in batch or ():
+            if conn in self._keys:
+                conn.end_batch()
+                self.flush(conn)
+            else:
+                conn.hold_acks = False
+
     # ---- output, events, life cycle ----------------------------------------------
 
     def flush(self, conn: TcpConnection) -> None:
@@ -405,10 +433,13 @@ class TcpDemux:
 
         Each round looks at the outbox and the event queue before taking
         them: most rounds, the last one of every flush, find both empty."""
-        key = self._keys.get(conn)
-        if key is None or conn in self._flushing:
+        # Twice per segment (after the input, after the read): membership
+        # tests and a flag on the connection, not dict.get and set.add/discard.
+        keys = self._keys
+        if conn not in keys or conn.flushing:
             return
-        self._flushing.add(conn)
+        key = keys[conn]
+        conn.flushing = True
         try:
             progressed = True
             while progressed:
@@ -426,7 +457,8 @@ class TcpDemux:
                             listener.on_accept(conn)
                         progressed = True
                 events = conn.events
-                if events and (app := self._apps.get(conn)) is not None:
+                if events and conn in self._apps:
+                    app = self._apps[conn]
                     progressed = True
                     while events:
                         event = events.pop(0)
@@ -439,19 +471,29 @@ class TcpDemux:
                             self._apps.pop(conn, None)
                             break
         finally:
-            self._flushing.discard(conn)
+            conn.flushing = False
         state = conn.state
         if state is State.CLOSED or state is State.LISTEN:
             self._forget(conn, key)
             return
         if state is State.TIME_WAIT and conn not in self._time_wait:
             self._time_wait[conn] = None
-        self._heap.schedule(conn, conn.get_timer())
+        # conn.get_timer() and TimerHeap.schedule inlined (twice per segment):
+        # nothing to do when the earliest deadline is the one already on the heap.
+        deadlines = conn.deadlines
+        deadline = min(deadlines.values()) if deadlines else None
+        scheduled = self._heap.scheduled
+        if deadline is None:
+            if conn in scheduled:
+                del scheduled[conn]
+        elif conn not in scheduled or scheduled[conn] != deadline:
+            self._heap.schedule(conn, deadline)
 
     def _send_out(self, conn: TcpConnection, key: Key) -> None:
         """Transmit what the connection queued."""
         counters = self._counters
-        for out in conn.segments_to_send():
+        out_segments, conn._outbox = conn._outbox, []  # (segments_to_send inlined: per segment)
+        for out in out_segments:
             if self.trace is not None:
                 state = str(conn.state)
                 self.trace(self._segment_event(conn.now, conn, key, "out", out, state, state))
@@ -561,21 +603,14 @@ class TcpDemux:
             src, headroom, send = self.address6, IPV6_HEADER_LENGTH, self._send6
         else:
             src, headroom, send = self.address, self.headroom, self._send
-        segment = build_tcp(
-            src=src,
-            dst=remote,
-            src_port=local_port,
-            dst_port=remote_port,
-            seq=seg.seq,
-            ack=seg.ack,
-            flags=seg.flags,
-            window=seg.window,
-            options=None if seg.options is NO_OPTIONS else seg.options,
-            payload=seg.payload,
-            headroom=headroom,
-            # (GSO needs it: the kernel sums each piece it cuts)
-            partial_checksum=self.partial_checksums or seg.gso_size > 0,
-        )
+        # build_tcp's arguments in place (per segment: no keyword matching);
+        # the checksum is partial with offloads, and for GSO, whose pieces
+        # the kernel sums each.
+        segment = build_tcp_positional(
+            src, remote, local_port, remote_port, seg.seq, seg.ack, seg.flags, seg.window,
+            None if seg.options is NO_OPTIONS else seg.options, seg.payload, 0, headroom,
+            self.partial_checksums or seg.gso_size > 0,
+        )  # fmt: skip
         send(remote, segment, seg.gso_size, PROTO_TCP, seg.ecn)
 
     def _segment_event(

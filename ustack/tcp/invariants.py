@@ -124,7 +124,7 @@ class InvariantChecker:
             stray = set(table) - conns
             if stray:
                 raise InvariantError("table", f"demux.{name} holds connections not in the table")
-        if demux._flushing:
+        if any(conn.flushing for conn in conns):
             raise InvariantError("table", "a flush is still marked as running")
         if any(conn.state is not State.TIME_WAIT for conn in demux._time_wait):
             raise InvariantError("table", "demux._time_wait holds a connection not in TIME_WAIT")

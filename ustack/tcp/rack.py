@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 
 from ustack.tcp import seq
+from ustack.tcp.seq import HALF, MASK, MOD
 
 INFINITY = float("inf")
 
@@ -107,13 +108,44 @@ class Rack:
     def on_ack(self, ack: int, now: float) -> None:
         """SND.UNA moved to `ack`: entries below it are delivered and go."""
         log = self.log
-        while log and seq.le(log[0].end, ack):
-            self._drop(log.popleft(), now)
+        # Every ACK drops the entries it covers: one deque pop each, the rest
+        # inlined (seq.le, _drop, and _delivered's common case, a first
+        # transmission: RFC 8985 6.2 steps 2 and 3).
+        while log:
+            entry = log[0]
+            end = entry.end
+            if ((ack - end) & MASK) >= HALF:
+                break  # not END =< SEG.ACK (RFC 9293 3.4's comparison)
+            log.popleft()
+            if entry.sacked:
+                length = (end - entry.start) & MASK
+                self.sacked_bytes -= length - MOD if length > HALF else length
+            elif not entry.retransmitted:
+                sent_at = entry.sent_at
+                rtt = now - sent_at
+                if rtt < self.min_rtt:
+                    self.min_rtt = rtt
+                xmit_ts = self.xmit_ts
+                if sent_at > xmit_ts or (
+                    sent_at == xmit_ts and 0 < ((end - self.end_seq) & MASK) < HALF
+                ):  # RACK_sent_after
+                    self.xmit_ts, self.end_seq, self.rtt = sent_at, end, rtt
+                fack = self.fack
+                if fack is None or 0 < ((end - fack) & MASK) < HALF:
+                    self.fack = end
+                else:
+                    self.reordering_seen = True  # delivered below one delivered before
+            else:
+                self._delivered(entry, now)
+            if entry.retransmitted:
+                self.retransmitted_out -= 1
+            if entry.lost:
+                self.lost_out -= 1
         if not log:
             self.log = _NO_LOG  # all delivered: the connection's own log goes
             return
-        if seq.lt(log[0].start, ack):
-            head = log[0]
+        head = log[0]
+        if 0 < ((ack - head.start) & MASK) < HALF:  # seq.lt inlined: an ACK inside the head entry
             if head.sacked:
                 self.sacked_bytes -= seq.diff(ack, head.start)
             else:

@@ -18,16 +18,20 @@ from ustack.tcp import seq
 from ustack.tcp.buffers import ReassemblyQueue, ReceiveBuffer
 from ustack.tcp.events import DataReceived
 from ustack.tcp.segment import NO_OPTIONS, Segment
+from ustack.tcp.seq import HALF, MASK, MOD
 from ustack.tcp.states import State
 from ustack.tcp.timers import DELAYED_ACK, Timers
 from ustack.trace.vocabulary import Challenge, Note, OutOfWindow, SegmentNote
 from ustack.wire.ipv4 import ECN_CE
-from ustack.wire.tcp import CWR, RST, SYN, TcpOptions
+from ustack.wire.tcp import CWR, FIN, RST, SYN, TcpOptions
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection
 
 _NO_NOTE = SegmentNote.NONE
+# DataReceived has no fields (frozen): one instance serves every segment, so
+# the per-segment path builds no event object.
+_DATA_RECEIVED = DataReceived()
 
 
 class Receiver:
@@ -99,29 +103,37 @@ class Receiver:
         if stamps is None:
             return True  # accepted, as Linux does (behaviour 9)
         tsval = stamps[0]
-        if seq.lt(tsval, self.ts_recent) and not seg.flags & RST:
+        ts_recent = self.ts_recent
+        # Per segment, so RFC 9293 3.4's comparisons are inlined (seq.py's
+        # lt, le, ge): TSval < TS.Recent, SEG.SEQ =< RCV.NXT, TSval >= TS.Recent.
+        if 0 < ((ts_recent - tsval) & MASK) < HALF and not seg.flags & RST:
             if self.invalid_ack_allowed(seg, OutOfWindow.PAWS):
                 self.ack_now = True
             self._conn.decide(Note.PAWS)
             return False
-        if seq.le(seg.seq, self.rcv_nxt) and seq.ge(tsval, self.ts_recent):
+        if ((self.rcv_nxt - seg.seq) & MASK) < HALF and ((tsval - ts_recent) & MASK) < HALF:
             self.ts_recent = tsval
         return True
 
     def acceptable(self, seg: Segment) -> bool:
         """The four cases of the acceptability test (RFC 9293 3.10.7.4)."""
+        # Per segment, so RFC 9293 3.4's arithmetic is inlined (seq.diff,
+        # seq.in_window: RCV.NXT =< x < RCV.NXT+RCV.WND on the circle).
         rcv_nxt = self.rcv_nxt
-        window = seq.diff(self.rcv_adv, rcv_nxt)
-        length = seg.seg_len
+        window = (self.rcv_adv - rcv_nxt) & MASK
+        if window > HALF:
+            window -= MOD
+        start = seg.seq
         if window <= 0:
             # A zero window still takes the ACK, RST and FIN of a segment at
             # RCV.NXT (RFC 9293 3.10.7.4 "special allowance"; behaviour 27):
             # its text is trimmed away later.
-            return seg.seq == rcv_nxt
-        if length == 0:
-            return seq.in_window(seg.seq, rcv_nxt, window)
-        last = seq.add(seg.seq, length - 1)
-        return seq.in_window(seg.seq, rcv_nxt, window) or seq.in_window(last, rcv_nxt, window)
+            return start == rcv_nxt
+        if ((start - rcv_nxt) & MASK) < window:
+            return True  # the first byte (or an empty segment) is in the window
+        flags = seg.flags
+        length = len(seg.payload) + (flags & SYN != 0) + (flags & FIN != 0)  # SEG.LEN
+        return length != 0 and ((start + length - 1 - rcv_nxt) & MASK) < window
 
     def invalid_ack_allowed(
         self, seg: Segment | None, why: OutOfWindow, what: str | None = None
@@ -207,7 +219,10 @@ class Receiver:
         window (RFC 9293 3.10.7.4, seventh step): what lies before RCV.NXT was
         received before (a D-SACK tells the sender, RFC 2883 4.1.1), what lies
         past the window goes with the FIN after it. None: all of it is old."""
-        skip = seq.diff(self.rcv_nxt, start)
+        # Per segment: seq.diff inlined (RFC 9293 3.4), RCV.NXT - SEG.SEQ.
+        skip = (self.rcv_nxt - start) & MASK
+        if skip > HALF:
+            skip -= MOD
         if skip > 0:
             if payload:
                 self.report_duplicate(start, seq.add(start, min(skip, len(payload))))
@@ -215,7 +230,10 @@ class Receiver:
                 return None
             payload = payload[skip:]
             start = self.rcv_nxt
-        over = seq.diff(seq.add(start, len(payload)), self.rcv_adv)
+        # (seq.diff inlined: the end of the text past the advertised edge)
+        over = (start + len(payload) - self.rcv_adv) & MASK
+        if over > HALF:
+            over -= MOD
         if over > 0:
             payload = payload[: len(payload) - over]
             fin = 0  # the FIN lies beyond the window too
@@ -233,19 +251,27 @@ class Receiver:
                 self.report_duplicate(*duplicate)
             return False
         out_of_order = self.out_of_order
-        filled_hole = bool(out_of_order)
-        self._deliver(data)
-        # Data that waited beyond the hole may now follow.
-        while (ready := out_of_order.pop_ready(self.rcv_nxt)) is not None:
-            self._deliver(ready)
-        if filled_hole or out_of_order:
+        # held_bytes, not bool(out_of_order): no call per segment (entries are never empty).
+        filled_hole = out_of_order.held_bytes > 0
+        # _deliver inlined for the segment itself (per segment): RCV.NXT
+        # advances over it (seq.add) and it joins the receive buffer.
+        length = len(data)
+        self.rcv_nxt = (self.rcv_nxt + length) & MASK
+        if not self.read_shut:
+            self.buffer.append(data, length)
+            self._conn.events.append(_DATA_RECEIVED)
+        if filled_hole:
+            # Data that waited beyond the hole may now follow.
+            while (ready := out_of_order.pop_ready(self.rcv_nxt)) is not None:
+                self._deliver(ready)
+        if filled_hole or out_of_order.held_bytes:
             self.ack_now = True  # a hole (partly) filled: tell the sender at once
         else:
-            self.delay_ack(len(data))
+            self.delay_ack(length)
         held_fin = self.held_fin
         if held_fin == self.rcv_nxt:
             return True
-        if held_fin is not None and seq.lt(held_fin, self.rcv_nxt):
+        if held_fin is not None and seq.lt(held_fin, self.rcv_nxt):  # (rare: not inlined)
             # Data ran past the held FIN: the peer contradicted itself; its
             # FIN counts where it comes next (Linux drops such a FIN too).
             self.held_fin = None
@@ -277,10 +303,10 @@ class Receiver:
             self.report_duplicate(seg.seq, end if seq.lt(end, self.rcv_nxt) else self.rcv_nxt)
 
     def _deliver(self, data: bytes) -> None:
-        self.rcv_nxt = seq.add(self.rcv_nxt, len(data))
+        self.rcv_nxt = (self.rcv_nxt + len(data)) & MASK  # seq.add inlined: per segment
         if not self.read_shut:
-            self.buffer.append(data)
-            self._conn.events.append(DataReceived())
+            self.buffer.append(data, len(data))
+            self._conn.events.append(_DATA_RECEIVED)
 
     def hold_fin(self, fin_seq: int) -> None:
         """A FIN beyond a hole waits for the hole to fill."""
@@ -313,9 +339,20 @@ class Receiver:
 
     def window_update(self) -> None:
         """After a read: announce the window if it opened by enough to matter."""
-        promised = max(seq.diff(self.rcv_adv, self.rcv_nxt), 0)
-        config = self._conn.config
-        if self.free_space() - promised >= min(config.receive_buffer // 2, 2 * self._conn.mss):
+        # After every read, so inlined: RCV.WND promised (seq.diff, floored
+        # at 0), the free space, min() of the two thresholds.
+        promised = (self.rcv_adv - self.rcv_nxt) & MASK
+        if promised > HALF:
+            promised = 0  # the edge lies behind RCV.NXT (a negative diff)
+        conn = self._conn
+        buffer_size = conn.config.receive_buffer
+        free = buffer_size - self.buffer.size
+        if free < 0:
+            free = 0
+        threshold = buffer_size // 2
+        if 2 * conn.mss < threshold:
+            threshold = 2 * conn.mss
+        if free - promised >= threshold:
             self.ack_now = True
 
     @property
@@ -335,19 +372,32 @@ class Receiver:
     # ---- what each outgoing segment says -------------------------------------------
 
     def free_space(self) -> int:
-        return max(self._conn.config.receive_buffer - len(self.buffer), 0)
+        free = self._conn.config.receive_buffer - self.buffer.size
+        return free if free > 0 else 0
 
     def window_field(self) -> int:
         """The window to advertise, scaled; the right edge never moves left
         (RFC 9293 3.8.6.2.2) but by the scale's rounding, and it grows only
         by useful amounts (SWS)."""
+        # On every segment we send, so the arithmetic is inlined: free_space(),
+        # seq.diff floored at 0 (RFC 9293 3.4), and min()/max() as comparisons.
         conn = self._conn
         shift = self.rcv_shift
-        room = free = self.free_space()
-        promised = max(seq.diff(self.rcv_adv, self.rcv_nxt), 0)
-        if free - promised < min(conn.config.receive_buffer // 2, conn.mss):
+        buffer_size = conn.config.receive_buffer
+        free = buffer_size - self.buffer.size
+        if free < 0:
+            free = 0
+        room = free
+        rcv_nxt = self.rcv_nxt
+        promised = (self.rcv_adv - rcv_nxt) & MASK
+        if promised > HALF:
+            promised = 0  # the edge lies behind RCV.NXT (a negative diff)
+        threshold = buffer_size // 2
+        if conn.mss < threshold:
+            threshold = conn.mss
+        if free - promised < threshold:
             free = promised  # a small opening is not worth announcing yet
-        window = max(free, promised)
+        window = free if free > promised else promised
         if conn.state is State.SYN_RECEIVED:
             # A SYN,ACK may yet be resent, and it cannot say more than 65535:
             # promise no more before the handshake is over.
@@ -357,8 +407,13 @@ class Receiver:
         # let the edge creep on with each small segment, and the window never
         # closed (RFC 7323 Appendix F); there the edge goes back by < 1 unit.
         granule = (1 << shift) - 1
-        field = min((window + granule) >> shift, (room + granule) >> shift, 0xFFFF)
-        self.rcv_adv = seq.add(self.rcv_nxt, field << shift)
+        field = (window + granule) >> shift
+        room_field = (room + granule) >> shift
+        if room_field < field:
+            field = room_field
+        if field > 0xFFFF:
+            field = 0xFFFF
+        self.rcv_adv = (rcv_nxt + (field << shift)) & MASK
         return field
 
     def syn_window(self, advance: bool) -> int:
@@ -377,9 +432,13 @@ class Receiver:
         ts_ok = conn.ts_ok
         held_fin = self.held_fin
         dsack = self.dsack
-        sack = conn.sack_ok and (bool(self.out_of_order) or held_fin is not None)
-        if not (sack or ts_ok or dsack):
-            return NO_OPTIONS
+        sack = conn.sack_ok and (self.out_of_order.held_bytes > 0 or held_fin is not None)
+        if not sack and dsack is None:
+            # Every ACK in order: timestamps alone, built positionally, no
+            # list (RFC 7323 3.2: TSval is our clock, TSecr is TS.Recent).
+            if not ts_ok:
+                return NO_OPTIONS
+            return TcpOptions(None, None, False, (), (conn.ts_now(), self.ts_recent))
         blocks = self.out_of_order.blocks() if sack else []
         if sack and held_fin is not None:
             # A FIN held beyond a hole is reported too (it occupies sequence

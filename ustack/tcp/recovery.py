@@ -25,6 +25,7 @@ from ustack.tcp import congestion, seq
 from ustack.tcp.rack import Rack
 from ustack.tcp.rtt import RttEstimator
 from ustack.tcp.segment import Segment
+from ustack.tcp.seq import HALF, MASK, MOD
 from ustack.tcp.states import SENDS_DATA, State
 from ustack.tcp.timers import PROBE, REORDER, RETRANSMIT, Timers
 from ustack.trace.vocabulary import Note, Rule
@@ -126,13 +127,15 @@ class Recovery:
         rack = self.rack
         blocks = seg.options.sack_blocks if conn.sack_ok else ()
         new_sack = bool(blocks) and rack.on_sack(blocks, conn.now)
-        if seq.lt(self._snd.snd_una, ack):
+        # Per ACK, so RFC 9293 3.4's comparisons are inlined (seq.lt):
+        # SND.UNA < SEG.ACK, and TSecr not before the last timeout's TSval.
+        if 0 < ((ack - self._snd.snd_una) & MASK) < HALF:
             stamps = seg.options.timestamps
             if (
                 conn.ts_ok
                 and stamps is not None
                 and stamps[1]
-                and not seq.lt(stamps[1], self.ts_at_timeout)
+                and not 0 < ((self.ts_at_timeout - stamps[1]) & MASK) < HALF
             ):
                 # RFC 7323 4: the echo times this ACK. But the peer echoes the
                 # TSval of the last *acceptable* segment (4.3): after a timeout,
@@ -162,7 +165,7 @@ class Recovery:
         if rack.log:
             rack.on_ack(ack, now)
         timed = self.timed
-        if timed is not None and seq.gt(ack, timed[0]):
+        if timed is not None and 0 < ((ack - timed[0]) & MASK) < HALF:  # seq.gt inlined: per ACK
             self._rtt_sample(now - timed[1])
             self.timed = None
         self.retries = 0
@@ -190,16 +193,23 @@ class Recovery:
         if self.probe_high is not None and seq.ge(ack, self.probe_high):
             self.probe_high = None  # the probe's episode is over (RFC 8985 7.4)
         if snd.snd_una == snd.snd_max:
-            timers.cancel(RETRANSMIT)
-            timers.cancel(PROBE)
-            timers.cancel(REORDER)
+            deadlines = timers.deadlines
+            if RETRANSMIT in deadlines:  # (a test before each cancel: no call when not armed)
+                timers.cancel(RETRANSMIT)
+            if PROBE in deadlines:
+                timers.cancel(PROBE)
+            if REORDER in deadlines:
+                timers.cancel(REORDER)
         else:
             timers.arm(RETRANSMIT, self.rtt.rto)  # RFC 6298 5.3
             self.arm_probe()
 
     def _rtt_sample(self, rtt: float) -> None:
         self.rtt.sample(rtt)
-        self.rack.note_rtt(rtt)  # RACK.min_RTT, from every sample (the handshake's too)
+        rack = self.rack
+        # RACK.min_RTT, from every sample (the handshake's too): note_rtt inlined.
+        if rtt < rack.min_rtt:
+            rack.min_rtt = rtt
 
     def after_handshake(self) -> None:
         """RFC 6298 5.7: after a SYN (or SYN,ACK) was retransmitted, data
@@ -545,9 +555,14 @@ class Recovery:
             or conn.state not in SENDS_DATA
         ):
             return
-        pto = max(2 * srtt, 0.01)
+        pto = 2 * srtt
+        if pto < 0.01:
+            pto = 0.01  # (max() inlined: per ACK)
         snd = self._snd
-        if self.peer_delays_acks or seq.diff(snd.snd_max, snd.snd_una) < 2 * conn.mss:
+        flight = (snd.snd_max - snd.snd_una) & MASK  # seq.diff inlined: per ACK
+        if flight > HALF:
+            flight -= MOD
+        if self.peer_delays_acks or flight < 2 * conn.mss:
             # RFC 8985 7.2 adds WCDelAckT for a flight of one segment, as a
             # receiver need not ACK before a second full-sized one (RFC 5681
             # 4.2): so for any flight short of two full segments (1448 + 552

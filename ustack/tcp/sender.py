@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ustack.tcp import seq
 from ustack.tcp.events import SendSpace
 from ustack.tcp.segment import Segment
+from ustack.tcp.seq import HALF, MASK
 from ustack.tcp.states import State
 from ustack.tcp.timers import PERSIST, RETRANSMIT, Timers
 from ustack.trace.vocabulary import Note, SegmentNote
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 MAX_GSO_PAYLOAD = 65535 - 60 - 60  # an IP datagram less the largest IP and TCP headers
 
 _NONE = SegmentNote.NONE
+# SendSpace has no fields (frozen): one instance serves every ACK.
+_SEND_SPACE = SendSpace()
 _RETRANSMISSION = SegmentNote.RETRANSMISSION
 _ZERO_WINDOW_PROBE = SegmentNote.ZERO_WINDOW_PROBE
 
@@ -115,14 +118,21 @@ class Sender:
     def acked(self, ack: int) -> int:
         """SND.UNA moves to `ack`: the acknowledged bytes leave the buffer.
         Returns how many data bytes that was (not the SYN or the FIN)."""
+        # Per ACK, so RFC 9293 3.4's arithmetic is inlined (seq.diff, add, lt)
+        # and min()/max() are comparisons. The bytearray's front is cut in
+        # place: CPython moves its start, no copy (O(1) amortised).
         buffer = self.buffer
-        data_acked = min(max(seq.diff(ack, self.buffer_seq), 0), len(buffer))
+        data_acked = (ack - self.buffer_seq) & MASK
+        if data_acked > HALF:
+            data_acked = 0  # an ACK below the buffer's start (of the SYN): no data
+        elif data_acked > (held := len(buffer)):
+            data_acked = held  # (the FIN's sequence number is not data)
         if data_acked:
             del buffer[:data_acked]
-            self.buffer_seq = seq.add(self.buffer_seq, data_acked)
-            self._conn.events.append(SendSpace())
+            self.buffer_seq = (self.buffer_seq + data_acked) & MASK
+            self._conn.events.append(_SEND_SPACE)
         self.snd_una = ack
-        if seq.lt(self.snd_nxt, ack):
+        if 0 < ((ack - self.snd_nxt) & MASK) < HALF:
             self.snd_nxt = ack
         return data_acked
 
@@ -132,14 +142,21 @@ class Sender:
         """The window from the newest segment only (SND.WL1, SND.WL2)."""
         ack = seg.ack
         wl1 = self.snd_wl1
-        newer = seq.lt(wl1, seg.seq) or (wl1 == seg.seq and seq.le(self.snd_wl2, ack))
-        if newer and seq.le(self.snd_una, ack):
+        start = seg.seq
+        # Per segment, so RFC 9293 3.4's comparisons are inlined (3.10.7.4's
+        # SND.WL1 < SEG.SEQ, SND.WL2 =< SEG.ACK, SND.UNA =< SEG.ACK).
+        newer = 0 < ((start - wl1) & MASK) < HALF or (
+            wl1 == start and ((ack - self.snd_wl2) & MASK) < HALF
+        )
+        if newer and ((ack - self.snd_una) & MASK) < HALF:
             reopened = self.snd_wnd == 0 and seg.window > 0
-            self.snd_wnd = seg.window << self.snd_shift
-            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
-            self.snd_wl1, self.snd_wl2 = seg.seq, ack
-            if self.snd_wnd:
-                self._timers.cancel(PERSIST)
+            snd_wnd = self.snd_wnd = seg.window << self.snd_shift
+            if snd_wnd > self.max_snd_wnd:
+                self.max_snd_wnd = snd_wnd
+            self.snd_wl1, self.snd_wl2 = start, ack
+            if snd_wnd:
+                if PERSIST in self._timers.deadlines:  # (no call when not armed: most ACKs)
+                    self._timers.cancel(PERSIST)
                 self.window_probes = 0
                 if reopened:
                     self.snd_nxt = self.snd_una  # resend a probe byte the peer dropped

@@ -58,9 +58,11 @@ class Timers:
         owner = self._owner
         now = owner.now
         deadline = now + delay
-        if self.deadlines.get(kind) == deadline:
+        deadlines = self.deadlines
+        # (a membership test, not dict.get: armed on every ACK)
+        if kind in deadlines and deadlines[kind] == deadline:
             return  # set again at the same instant (e.g. the probe: ACK, then new data)
-        self.deadlines[kind] = deadline
+        deadlines[kind] = deadline
         if owner.trace is not None:
             owner.trace(TimerEvent(now, owner.conn_id, kind, _SET, deadline))
 

@@ -90,6 +90,10 @@ _DONT_FRAGMENT = 0x4000
 DONT_FRAGMENT = _DONT_FRAGMENT  # the flags-and-offset field of a whole datagram with DF
 _MORE_FRAGMENTS = 0x2000
 _FRAGMENT_OFFSET = 0x1FFF
+# (public names for IP's per-packet paths, which read the fields themselves)
+IPV4_DONT_FRAGMENT = _DONT_FRAGMENT
+IPV4_MORE_FRAGMENTS = _MORE_FRAGMENTS
+IPV4_FRAGMENT_OFFSET = _FRAGMENT_OFFSET
 
 IPV4_MIN_HEADER_LENGTH = IPV4_FIXED.size
 IPV4_CHECKSUM_OFFSET = 10  # after version_ihl .. protocol

@@ -97,6 +97,9 @@ IPV6_FIXED_FIELDS = (
     "version_class_flow", "payload_length", "next_header", "hop_limit", "src", "dst",
 )
 IPV6_FIXED = struct.Struct("!IHBB16s16s")
+# IPV6_FIXED with each address as two 64-bit halves: IP input makes the
+# addresses' integers from them with no int.from_bytes call per packet.
+IPV6_FIXED_HALVES = struct.Struct("!IHBBQQQQ")
 FRAGMENT_FIXED_FIELDS = ("next_header", "reserved", "offset_flags", "identification")
 FRAGMENT_FIXED = struct.Struct("!BBHI")
 # fmt: on

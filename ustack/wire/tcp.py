@@ -274,6 +274,11 @@ def _bad_option(kind: int, position: int, problem: str) -> MalformedPacket:
 # handshake (Linux writes them so), read in one go; then two 32-bit values.
 _NOP_NOP_TIMESTAMPS = OPT_NOP << 24 | OPT_NOP << 16 | OPT_TIMESTAMPS << 8 | TIMESTAMPS_LENGTH
 _NOP_NOP_TIMESTAMPS_STRUCT = struct.Struct("!III")
+# The fixed header and NOP, NOP, Timestamps in one struct: a segment after
+# the handshake is read (parse_tcp) and written (build_tcp) in one call.
+_TCP_WITH_TIMESTAMPS = struct.Struct("!HHIIBBHHHIII")
+_TIMESTAMPS_DATA_OFFSET = _TCP_WITH_TIMESTAMPS.size // 4  # 8 words
+_TIMESTAMPS_OFFSET_BYTE = _TIMESTAMPS_DATA_OFFSET << 4
 
 
 def _parse_tcp_options(segment: Buffer, position: int, end: int) -> TcpOptions:
@@ -333,7 +338,22 @@ def parse_tcp(segment: Buffer) -> TcpHeader:
 
     The checksum is not verified here: it needs the IP pseudo-header.
     """
-    if len(segment) < TCP_MIN_HEADER_LENGTH:
+    length = len(segment)
+    if (
+        length >= _TCP_WITH_TIMESTAMPS.size
+        and segment[TCP_DATA_OFFSET_BYTE] >> 4 == _TIMESTAMPS_DATA_OFFSET
+    ):
+        # Nearly every segment after a handshake with timestamps: the header
+        # and NOP, NOP, Timestamps in one unpack (what the general path reads).
+        (src_port, dst_port, seq, ack, _, flags, window, checksum, urgent, kinds, tsval, tsecr) = (
+            _TCP_WITH_TIMESTAMPS.unpack_from(segment)
+        )
+        if kinds == _NOP_NOP_TIMESTAMPS:
+            options = TcpOptions(None, None, False, (), (tsval, tsecr))
+            fields = (src_port, dst_port, seq, ack, _TIMESTAMPS_DATA_OFFSET, flags, window,
+                      checksum, urgent, options)  # fmt: skip
+            return tuple_new(TcpHeader, fields)
+    if length < TCP_MIN_HEADER_LENGTH:
         raise _tcp_error(segment)
     src_port, dst_port, seq, ack, offset_reserved, flags, window, checksum, urgent = (
         TCP_FIXED.unpack_from(segment)
@@ -341,7 +361,7 @@ def parse_tcp(segment: Buffer) -> TcpHeader:
     data_offset = offset_reserved >> 4  # the reserved nibble is not reported
     if data_offset == 5:
         options = TcpOptions()
-    elif data_offset < 5 or data_offset * 4 > len(segment):
+    elif data_offset < 5 or data_offset * 4 > length:
         raise _tcp_error(segment)
     else:
         options = _parse_tcp_options(segment, TCP_MIN_HEADER_LENGTH, data_offset * 4)
@@ -434,23 +454,64 @@ def build_tcp(
     `partial_checksum`: only the pseudo-header's sum goes in the field, the
     CHECKSUM_PARTIAL form a device with checksum offload completes (or, for
     the kernel's own delivery, has no need to)."""
-    encoded_options = _encode_tcp_options(options) if options is not None else b""
-    header_length = TCP_MIN_HEADER_LENGTH + len(encoded_options)
-    segment = bytearray(headroom + TCP_MIN_HEADER_LENGTH)
-    TCP_FIXED.pack_into(
-        segment,
-        headroom,
-        src_port,
-        dst_port,
-        seq,
-        ack,
-        header_length >> 2 << 4,  # data offset in words; reserved bits 0
-        flags,
-        window,
-        0,  # checksum: summed below, with the field 0
-        urgent,
-    )
-    segment += encoded_options
+    return build_tcp_positional(
+        src, dst, src_port, dst_port, seq, ack, flags, window, options, payload, urgent,
+        headroom, partial_checksum,
+    )  # fmt: skip
+
+
+def build_tcp_positional(
+    src: int,
+    dst: int,
+    src_port: int,
+    dst_port: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    options: TcpOptions | None,
+    payload: Buffer,
+    urgent: int,
+    headroom: int,
+    partial_checksum: bool,
+) -> bytearray:
+    """build_tcp with every argument in place: the TCP layer's per-segment
+    call (keyword arguments cost a dict's worth of matching per call)."""
+    if (
+        options is not None
+        and (stamps := options.timestamps) is not None
+        and options.mss is None
+        and options.window_scale is None
+        and not options.sack_permitted
+        and not options.sack_blocks
+        and not options.unknown
+    ):
+        # Timestamps alone, as on every segment after the handshake: header
+        # and NOP, NOP, Timestamps written in one call (the bytes
+        # _encode_tcp_options gives), no options object encoded apart.
+        segment = bytearray(headroom + _TCP_WITH_TIMESTAMPS.size)
+        _TCP_WITH_TIMESTAMPS.pack_into(
+            segment, headroom, src_port, dst_port, seq, ack, _TIMESTAMPS_OFFSET_BYTE, flags,
+            window, 0, urgent, _NOP_NOP_TIMESTAMPS, stamps[0], stamps[1],
+        )  # fmt: skip
+    else:
+        encoded_options = _encode_tcp_options(options) if options is not None else b""
+        header_length = TCP_MIN_HEADER_LENGTH + len(encoded_options)
+        segment = bytearray(headroom + TCP_MIN_HEADER_LENGTH)
+        TCP_FIXED.pack_into(
+            segment,
+            headroom,
+            src_port,
+            dst_port,
+            seq,
+            ack,
+            header_length >> 2 << 4,  # data offset in words; reserved bits 0
+            flags,
+            window,
+            0,  # checksum: summed below, with the field 0
+            urgent,
+        )
+        segment += encoded_options
     segment += payload  # += takes any buffer by its bytes, whatever a memoryview's format
     length = len(segment) - headroom
     if partial_checksum:

@@ -26,7 +26,9 @@ class Cubic:
 
     def on_ack(self, acked: int, now: float, srtt: float | None) -> None:
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, 2 * self.mss)  # slow start, as Reno
+            # Slow start, as Reno (RFC 3465's L = 2 SMSS); per ACK: no min() call.
+            limit = 2 * self.mss
+            self.cwnd += acked if acked < limit else limit
             return
         segments = self.cwnd / self.mss
         rtt = srtt if srtt else 0.1

@@ -19,7 +19,9 @@ class NewReno:
 
     def on_ack(self, acked: int, now: float, srtt: float | None) -> None:
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, 2 * self.mss)
+            # RFC 3465's L = 2 SMSS; per ACK: no min() call.
+            limit = 2 * self.mss
+            self.cwnd += acked if acked < limit else limit
             return
         # Congestion avoidance: one segment per window of acknowledged data.
         self._acked_in_ca += acked
