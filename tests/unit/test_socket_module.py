@@ -336,3 +336,9 @@ def test_http_client_unchanged_after_install(pair: us.SocketPair) -> None:
     assert kernel_socket.create_connection.__module__ == "socket"
     served()
     server.close()
+
+
+def test_the_one_line_needs_only_import_ustack() -> None:
+    import ustack
+
+    assert ustack.socket is us and callable(ustack.socket.install)
