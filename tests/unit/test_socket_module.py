@@ -342,3 +342,16 @@ def test_the_one_line_needs_only_import_ustack() -> None:
     import ustack
 
     assert ustack.socket is us and callable(ustack.socket.install)
+
+
+def test_non_blocking_connect_is_in_progress(pair: us.SocketPair) -> None:
+    server = server_on(pair.b, us.AF_INET6, 7009)
+    client = pair.a.socket(us.AF_INET6, us.SOCK_STREAM)
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError) as in_progress:
+        client.connect((B6, 7009))
+    assert in_progress.value.errno == errno.EINPROGRESS
+    conn, peer = server.accept()  # the handshake ended without the client waiting
+    assert peer[0] == A6
+    for sock in (client, conn, server):
+        sock.close()
