@@ -2,7 +2,8 @@
 
 `ustack.open_stack()` runs the stack on a TUN device from asyncio code, and
 `ustack.open_memory_pair()` two stacks talking in memory (ustack.app); both
-are imported when first used, so `import ustack` stays light."""
+are imported when first used, so `import ustack` stays light. `ustack.socket`
+(also imported when first used) is the socket API for synchronous code."""
 
 from __future__ import annotations
 
@@ -21,4 +22,6 @@ def __getattr__(name: str) -> Any:
     if name in ("open_stack", "open_memory_pair"):
         # By name: the layers below (which import this package) do not depend on it.
         return getattr(importlib.import_module("ustack.app"), name)
+    if name == "socket":  # ustack.socket: the socket API for synchronous code
+        return importlib.import_module("ustack.socket")
     raise AttributeError(f"module 'ustack' has no attribute {name!r}")
