@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.stream_handlers import recording_resets
 from ustack import services
 from ustack.api import WRITE_HIGH_WATER, StackServer, open_connection, start_server
 from ustack.runner import StackRunner
@@ -639,12 +640,7 @@ def test_a_cancelled_connect_leaves_nothing_behind(pair: Pair) -> None:
 
 def test_client_abort_resets_the_server_reader(pair: Pair) -> None:
     errors: list[BaseException] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.read()
-        except ConnectionResetError as exc:
-            errors.append(exc)
+    handler = recording_resets(errors)
 
     async def main() -> None:
         _reader, writer, handler_done = await connected(pair, handler, 5000)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import ustack
+from tests.stream_handlers import recording_resets
 from ustack.app import MemoryPair
 from ustack.tcp.congestion.cubic import Cubic
 from ustack.tcp.congestion.newreno import NewReno
@@ -158,12 +159,7 @@ def test_keepalive_turned_on_through_setsockopt() -> None:
 @pytest.mark.parametrize("how", ["option", "setsockopt"])
 def test_linger_zero_makes_close_a_reset(how: str) -> None:
     seen: list[BaseException] = []
-
-    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.read()
-        except ConnectionResetError as exc:
-            seen.append(exc)
+    server = recording_resets(seen)
 
     async def body(pair: MemoryPair) -> list[str]:
         a, b = pair

@@ -89,6 +89,21 @@ def _decision(words: str) -> Check:
     )
 
 
+def _lost_fin(state: str, look_for: str, port: int, states: tuple[str, ...]) -> Lesson:
+    """The lesson of ustack's FIN dropped once by a fault rule and
+    retransmitted from `state` when the retransmission timer fires."""
+    return Lesson(
+        f"lost-fin-{state.lower().replace('_', '-')}",
+        f"A lost FIN retransmitted from {state} (RFC 9293 3.10.4, RFC 6298 5)",
+        look_for,
+        port=port,
+        states=states,
+        rules=("RFC 6298 5.4-5.6",),
+        signs=(_retransmitted_fin_from(state),),
+        serve_args=("--fault", "drop:dir=out,flags=FIN,count=1"),
+    )
+
+
 LESSONS: tuple[Lesson, ...] = (
     Lesson(
         "handshake",
@@ -162,31 +177,23 @@ LESSONS: tuple[Lesson, ...] = (
         rules=("RFC 9293 3.10.7.4",),
         serve_args=("--fault", "delay:dir=both,port=9000,delay=0.25"),
     ),
-    Lesson(
-        "lost-fin-fin-wait-1",
-        "A lost FIN retransmitted from FIN_WAIT_1 (RFC 9293 3.10.4, RFC 6298 5)",
+    _lost_fin(
+        "FIN_WAIT_1",
         "ustack's first FIN is dropped by a fault rule (the crossed arrow, 'lost'): no ACK comes, "
         "ustack stays in FIN_WAIT_1 until the retransmission timer fires ('retransmit fired', "
         "RFC 6298 5.4-5.6) and resends the same FIN (same seq, 'retransmission'); then the close "
         "goes on as usual to TIME_WAIT.",
         port=13,
         states=("ESTABLISHED", "FIN_WAIT_1", "TIME_WAIT", "CLOSED"),
-        rules=("RFC 6298 5.4-5.6",),
-        signs=(_retransmitted_fin_from("FIN_WAIT_1"),),
-        serve_args=("--fault", "drop:dir=out,flags=FIN,count=1"),
     ),
-    Lesson(
-        "lost-fin-last-ack",
-        "A lost FIN retransmitted from LAST_ACK (RFC 9293 3.10.4, RFC 6298 5)",
+    _lost_fin(
+        "LAST_ACK",
         "A Linux client (nc -N) sends lines to ustack's echo and its FIN (ustack CLOSE_WAIT); echo "
         "finishes and closes: ustack's FIN is dropped by a fault rule (the crossed arrow); ustack "
         "waits in LAST_ACK until the retransmission timer fires (RFC 6298 5.4-5.6) and resends "
         "it; Linux's ACK of that one ends the connection.",
         port=7,
         states=("ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"),
-        rules=("RFC 6298 5.4-5.6",),
-        signs=(_retransmitted_fin_from("LAST_ACK"),),
-        serve_args=("--fault", "drop:dir=out,flags=FIN,count=1"),
     ),
     Lesson(
         "lost-final-ack",
