@@ -100,7 +100,7 @@ from socket import (
 )
 from typing import Any, TypeVar
 
-from ustack.api import LINGER, StreamOptions, TcpTransport, _attach
+from ustack.api import LINGER, StreamOptions, TcpTransport
 from ustack.daemon.running import RunningStack
 from ustack.datagram import UdpTransport, create_datagram_endpoint
 from ustack.net.udp import UdpEndpoint
@@ -791,7 +791,7 @@ class UstackSocket:
         config = options.config(runner.stack.tcp.config)
         state = _StreamState(runner.loop)
         conn = runner.stack.connect(remote, port, runner.now(), config)
-        transport = _attach(runner, conn, state, linger=linger)
+        transport = TcpTransport(runner, conn, state, linger=linger)
         runner.done(conn)
         self._stream = state
         self._connecting = transport
@@ -846,8 +846,8 @@ class UstackSocket:
         state = _ListenState(runner.loop)
 
         def on_accept(conn: Any) -> None:
-            _attach(runner, conn, _StreamState(runner.loop, state.on_connected),
-                    active=False, linger=linger)  # fmt: skip
+            stream = _StreamState(runner.loop, state.on_connected)
+            TcpTransport(runner, conn, stream, active=False, linger=linger)
 
         state.listener = tcp.listen(
             port, on_accept, backlog=backlog, now=runner.now(),
