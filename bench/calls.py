@@ -182,7 +182,7 @@ def run(
         "send path: calls per segment sent": round(send_path.calls / max(1, segments_sent), 1),
         "data segments": receive_path.data_segments_in,
         "ACKs": send_path.packets_in,
-        "data segments sent": send_path.data_segments_out,
+        "data segments sent": segments_sent,
     }
     if detail:
         for name, path in paths.items():
