@@ -11,6 +11,7 @@ from ustack.stack import Stack
 from ustack.wire.address import parse_address
 from ustack.wire.checksum import prefix_checksum
 from ustack.wire.ipv4 import (
+    DONT_FRAGMENT,
     ECN_CE,
     ECN_ECT0,
     ECN_NOT_ECT,
@@ -50,6 +51,7 @@ def test_output_header_is_build_ipv4_in_place_byte_for_byte() -> None:
         build_ipv4_in_place(
             expected, src=OURS, dst=dst, protocol=protocol, ttl=64,
             identification=identification, ecn=ecn,
+            flags_fragment=0 if protocol == PROTO_UDP else DONT_FRAGMENT,  # UDP: DF clear
         )  # fmt: skip
         assert packet == expected
         assert prefix_checksum(packet, IPV4_MIN_HEADER_LENGTH) == 0

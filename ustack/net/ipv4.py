@@ -306,8 +306,12 @@ class IPv4Layer(IpLayerBase):
             identification = self._next_ip_id(dst, protocol, self._now, 1)
             tos = ecn & ECN_MASK  # DSCP 0
             src = self.address
+            # UDP goes with DF clear, so that a narrower hop may fragment it
+            # (Linux's UDP default, IP_PMTUDISC_WANT, sets DF only once path
+            # MTU discovery is on the socket; ours has no PMTU feedback).
+            flags = 0 if protocol == PROTO_UDP else IPV4_DONT_FRAGMENT
             total = (
-                _FIRST_WORD + tos + total_length + identification + IPV4_DONT_FRAGMENT
+                _FIRST_WORD + tos + total_length + identification + flags
                 + _TTL_WORD + protocol
                 + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
             )  # fmt: skip
@@ -315,7 +319,7 @@ class IPv4Layer(IpLayerBase):
             total = (total & 0xFFFF) + (total >> 16)
             IPV4_FIXED.pack_into(
                 packet, 0, IPV4_PLAIN_FIRST_BYTE, tos, total_length, identification,
-                IPV4_DONT_FRAGMENT, DEFAULT_TTL, protocol, ~total & 0xFFFF, src, dst,
+                flags, DEFAULT_TTL, protocol, ~total & 0xFFFF, src, dst,
             )  # fmt: skip
             return
         # A GSO super-segment becomes several datagrams, one ID each.
@@ -331,10 +335,7 @@ class IPv4Layer(IpLayerBase):
             protocol=protocol,
             ttl=DEFAULT_TTL,
             identification=self._next_ip_id(dst, protocol, self._now, datagrams),
-            # UDP goes with DF clear, so that a narrower hop may fragment it
-            # (Linux's UDP default, IP_PMTUDISC_WANT, sets DF only once path
-            # MTU discovery is on the socket; ours has no PMTU feedback).
-            flags_fragment=0 if protocol == PROTO_UDP else DONT_FRAGMENT,
+            flags_fragment=DONT_FRAGMENT,  # a GSO super-segment is TCP
             ecn=ecn,
         )
 
