@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ustack.linux.lab import IPV4 as IPV4_FAMILY
-from ustack.linux.lab import Family, Netns, UstackDaemon
+from ustack.linux.lab import Family, Netns
 
 RUN_TIMEOUT = 60.0
 
@@ -164,27 +164,6 @@ async def main():
     assert seen["tun_after"] is False
     assert seen["tasks"] == 0
     assert seen["trace_lines"] > 5  # flushed: the handshake and the RST are in it
-
-
-def test_the_readme_library_example_runs_as_is_beside_a_daemon(
-    ns: Netns, daemon: UstackDaemon, tmp_path: Path
-) -> None:
-    """As inside `ustack lab`: the daemon holds tun0; the example opens tun1
-    beside it (its trace, a relative path, lands in the working directory)."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("## Using the stack as a library\n", 1)[1].split("\n## ", 1)[0]
-    code = section.split("```python\n")[1].split("```", 1)[0]
-    result = ns.run(
-        "sh", "-c", 'cd "$1" && exec "$2" -c "$3"', "sh", str(tmp_path), sys.executable, code,
-        timeout=RUN_TIMEOUT, check=True,
-    )  # fmt: skip
-    lines = result.stdout.decode().splitlines()
-    assert lines[:3] == ["b'HELLO, USTACK'", "ESTABLISHED", "b'AND BACK'"]
-    # Both FINs exchanged, ustack's first: its end waits in TIME_WAIT.
-    assert lines[3].startswith("TIME_WAIT srtt ") and int(lines[3].split("cwnd ")[1]) > 0
-    assert lines[4:] == ["['TIME_WAIT']", "1"]
-    assert (tmp_path / "library.jsonl").stat().st_size > 0
-    assert ns.run("ip", "link", "show", "tun1").returncode != 0  # removed on the way out
 
 
 @pytest.mark.parametrize(

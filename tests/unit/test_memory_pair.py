@@ -264,22 +264,6 @@ def test_import_ustack_stays_light() -> None:
     assert out == ["False", "False", "True"]
 
 
-def readme_blocks(section: str) -> list[str]:
-    """The Python code blocks of one README section."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    text = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
-
-
-def test_the_readme_memory_pair_example_runs_as_is() -> None:
-    code = readme_blocks("Using the stack as a library")[1]
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-    assert out.startswith("b'ping'\n")
-    assert "SYN_SENT" in out and "TIME_WAIT" in out and "2MSL timer expired" in out
-
-
 class _Collect(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.got: asyncio.Queue[tuple[bytes, object]] = asyncio.Queue()
