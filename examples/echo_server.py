@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import ustack
+from _second_device import STACK, STACK6, open_second_device
 
 
 async def main(count: int | None, port: int) -> None:
@@ -33,15 +33,9 @@ async def main(count: int | None, port: int) -> None:
         if count is not None and served >= count:
             done.set()
 
-    async with ustack.open_stack(
-        "tun1",
-        address="198.18.1.2",
-        linux_side="198.18.1.1/24",
-        address6="2001:2:0:1::2",
-        linux_side6="2001:2:0:1::1/64",
-    ) as stack:
+    async with open_second_device() as stack:
         await stack.start_server(echo, port=port)  # no host: hears both families
-        print(f"echo on 198.18.1.2 and 2001:2:0:1::2 port {port}", flush=True)
+        print(f"echo on {STACK} and {STACK6} port {port}", flush=True)
         await done.wait()  # forever without --count (Ctrl-C ends asyncio.run)
         await asyncio.sleep(0)  # the last handler's close goes out before the stack stops
 

@@ -16,19 +16,13 @@ import argparse
 import asyncio
 from urllib.parse import urlsplit
 
-import ustack
+from _second_device import open_second_device
 
 
 async def fetch(url: str) -> None:
     parts = urlsplit(url)
     host, port = parts.hostname or "198.18.1.1", parts.port or 80
-    async with ustack.open_stack(
-        "tun1",
-        address="198.18.1.2",
-        linux_side="198.18.1.1/24",
-        address6="2001:2:0:1::2",
-        linux_side6="2001:2:0:1::1/64",
-    ) as stack:
+    async with open_second_device() as stack:
         reader, writer = await stack.open_connection(host, port)
         conn = writer.get_extra_info("connection")  # the ustack TcpConnection
         authority = f"[{host}]" if ":" in host else host

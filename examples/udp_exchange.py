@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import ustack
+from _second_device import LINUX, LINUX6, open_second_device
 
 
 class Exchange(asyncio.DatagramProtocol):
@@ -31,14 +31,8 @@ class Exchange(asyncio.DatagramProtocol):
 
 
 async def main(port: int, wait: float) -> None:
-    async with ustack.open_stack(
-        "tun1",
-        address="198.18.1.2",
-        linux_side="198.18.1.1/24",
-        address6="2001:2:0:1::2",
-        linux_side6="2001:2:0:1::1/64",
-    ) as stack:
-        for name, linux in (("IPv4", "198.18.1.1"), ("IPv6", "2001:2:0:1::1")):
+    async with open_second_device() as stack:
+        for name, linux in (("IPv4", LINUX), ("IPv6", LINUX6)):
             transport, exchange = await stack.create_datagram_endpoint(
                 Exchange, remote_addr=(linux, port)
             )

@@ -43,7 +43,7 @@ from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
-from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp_positional, parse_tcp
+from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp, parse_tcp
 
 # Hands a TCP segment (header + payload, checksum filled, `headroom` free
 # bytes in front) to IP: (dst, packet, gso_size, protocol, the IP ECN field).
@@ -606,7 +606,7 @@ class TcpDemux:
         # build_tcp's arguments in place (per segment: no keyword matching);
         # the checksum is partial with offloads, and for GSO, whose pieces
         # the kernel sums each.
-        segment = build_tcp_positional(
+        segment = build_tcp(
             src, remote, local_port, remote_port, seg.seq, seg.ack, seg.flags, seg.window,
             None if seg.options is NO_OPTIONS else seg.options, seg.payload, 0, headroom,
             self.partial_checksums or seg.gso_size > 0,

@@ -432,7 +432,6 @@ def _encode_tcp_options(options: TcpOptions) -> bytes:
 
 
 def build_tcp(
-    *,
     src: int,
     dst: int,
     src_port: int,
@@ -448,35 +447,14 @@ def build_tcp(
     partial_checksum: bool = False,
 ) -> bytearray:
     """Header, options (NOP-padded) and payload, with the checksum over the
-    pseudo-header of `src` and `dst` (IPv4 addresses as integers) filled in.
+    pseudo-header of `src` and `dst` (addresses as integers) filled in.
     `headroom` bytes stay free in front, for the IP header to be written in
     place (the payload is copied once, here, and never again).
     `partial_checksum`: only the pseudo-header's sum goes in the field, the
     CHECKSUM_PARTIAL form a device with checksum offload completes (or, for
-    the kernel's own delivery, has no need to)."""
-    return build_tcp_positional(
-        src, dst, src_port, dst_port, seq, ack, flags, window, options, payload, urgent,
-        headroom, partial_checksum,
-    )  # fmt: skip
-
-
-def build_tcp_positional(
-    src: int,
-    dst: int,
-    src_port: int,
-    dst_port: int,
-    seq: int,
-    ack: int,
-    flags: int,
-    window: int,
-    options: TcpOptions | None,
-    payload: Buffer,
-    urgent: int,
-    headroom: int,
-    partial_checksum: bool,
-) -> bytearray:
-    """build_tcp with every argument in place: the TCP layer's per-segment
-    call (keyword arguments cost a dict's worth of matching per call)."""
+    the kernel's own delivery, has no need to). The TCP layer passes every
+    argument in place, once per segment (keywords cost a matching per call);
+    tests and tools name them."""
     if (
         options is not None
         and (stamps := options.timestamps) is not None
