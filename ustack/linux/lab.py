@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -416,6 +417,15 @@ class _Forwarded(Exception):
     pass
 
 
+def _path_with_our_scripts() -> str:
+    """PATH with this install's scripts directory first, so `ustack ss` inside the
+    lab talks with the same ustack as the daemon, also when the lab was started as
+    `python -m ustack` or through sudo, which resets PATH."""
+    scripts = sysconfig.get_path("scripts")
+    rest = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p != scripts]
+    return os.pathsep.join([scripts, *rest])
+
+
 def run_in_lab(
     command: Sequence[str],
     serve_args: Sequence[str] = (),
@@ -425,7 +435,8 @@ def run_in_lab(
     """Run `command` in a new namespace beside `ustack serve serve_args` (defaults:
     Linux side 198.18.0.1/24 and 2001:2::1/64, stack 198.18.0.2 and 2001:2::2
     (with --no-ipv6: IPv4 only); its control socket in the
-    environment as USTACK_CONTROL) and remove it all afterwards. The command's
+    environment as USTACK_CONTROL; the `ustack` command of this install first
+    on PATH) and remove it all afterwards. The command's
     exit status (128 + N when signal N ended it). SIGINT, SIGTERM and SIGHUP
     sent to us are passed on to the command (a terminal's Ctrl-C reaches it
     twice: harmless to programs that end on the first, ignored by a shell);
@@ -459,7 +470,12 @@ def run_in_lab(
                     f"{LINUX_ADDRESS6}/64, stack {STACK_ADDRESS} and {STACK_ADDRESS6}; "
                     f"daemon log {daemon.log}"
                 )
-            env = dict(os.environ, USTACK_CONTROL=str(daemon.control), USTACK_LAB=ns.name)
+            env = dict(
+                os.environ,
+                USTACK_CONTROL=str(daemon.control),
+                USTACK_LAB=ns.name,
+                PATH=_path_with_our_scripts(),
+            )
             child = subprocess.Popen(ns.command(*command), env=env)
             code = child.wait()
             if daemon.process.poll() is not None:
