@@ -231,6 +231,28 @@ def test_rtt_is_measured_from_the_echoed_timestamp() -> None:
     assert t.conn is not None and t.conn.srtt == 0.25 / 8
 
 
+@pytest.mark.parametrize("iss", [OUR_ISS, 0xF000_0000], ids=["low-iss", "high-iss"])
+def test_the_echo_times_the_newest_segment_whatever_half_of_the_circle_our_tsvals_are_on(
+    iss: int,
+) -> None:
+    # Our TSvals are offset by the ISS (RFC 7323 5.4 allows any start), so half
+    # the ISS values put them past 2**31; the echo must time those ACKs too.
+    t = TcpScript(listen=80, our_iss=iss, nagle=False)
+    t.send("S", seq=PEER_ISS, mss=1460, ts=(100, 0))
+    t.expect("S.", ack=P)
+    t.send(".", seq=P, ack=iss + 1, ts=(101, iss))
+    t.at(1.0)
+    t.write(b"x" * 100)  # timed by its sequence number too (Karn's one timer)
+    t.at(1.1)
+    t.write(b"y" * 100)
+    t.expect_many("P.", "P.")
+    t.at(1.35)
+    # One ACK for both, echoing the newer segment's TSval (RFC 7323 4.3): it
+    # was sent 250 ms ago, where the sequence-number timer would say 350.
+    t.send(".", seq=P, ack=iss + 201, ts=(102, (iss + 1100) & 0xFFFFFFFF))
+    assert t.conn is not None and t.conn.srtt == pytest.approx(0.25 / 8)
+
+
 def sack_sender() -> TcpScript:
     t = TcpScript(listen=80, congestion_control="newreno")
     t.establish(mss=MSS, win=65535, sack_permitted=True)

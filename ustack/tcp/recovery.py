@@ -78,7 +78,10 @@ class Recovery:
         self.timed: tuple[int, float] | None = None  # (SEQ being timed, when sent)
         self.retries = 0
         self.syn_retransmitted = False
-        self.ts_at_timeout = 0  # our TSval at the last retransmission timeout
+        # Our TSval at the last retransmission timeout; None before the first
+        # (a 0 would be "after" half of all TSvals on the circle, and their
+        # echoes would be refused as samples).
+        self.ts_at_timeout: int | None = None
         self.cc = congestion.make(
             config.congestion_control, config.mss, config.initial_window_segments * config.mss
         )
@@ -135,7 +138,10 @@ class Recovery:
                 conn.ts_ok
                 and stamps is not None
                 and stamps[1]
-                and not 0 < ((self.ts_at_timeout - stamps[1]) & MASK) < HALF
+                and (
+                    self.ts_at_timeout is None
+                    or not 0 < ((self.ts_at_timeout - stamps[1]) & MASK) < HALF
+                )
             ):
                 # RFC 7323 4: the echo times this ACK. But the peer echoes the
                 # TSval of the last *acceptable* segment (4.3): after a timeout,
