@@ -51,7 +51,7 @@ class Stack:
         trace: Tracer | None = None,
         isn: Callable[[int, int, int, int, float], int] | None = None,
         tap: PacketTap | None = None,
-        syncookies: bool = True,
+        syncookies: bool | SynCookies = True,
         network: ipaddress.IPv4Network | None = None,
         fragment_limits: FragmentLimits | None = None,
         icmp_limits: IcmpLimits | None = None,
@@ -66,7 +66,9 @@ class Stack:
         MTU an ICMP "fragmentation needed" may teach (Linux's min_pmtu).
         `address6`: the stack's IPv6 address (None: IPv4 only); IPv6 shares
         the MTU, the fragment and ICMP limits (its path MTU never goes below
-        1280, RFC 8200 5). `udp_limits`: the UDP endpoints' (UdpLimits)."""
+        1280, RFC 8200 5). `udp_limits`: the UDP endpoints' (UdpLimits).
+        `isn`, `syncookies`: a given ISN generator or SynCookies (their
+        secrets shared by the stacks that serve one address, one per queue)."""
         self.counters = Counters()
         self.counters.tracer = trace
         self.ip = IPv4Layer(
@@ -91,7 +93,11 @@ class Stack:
             config,
             trace,
             isn,
-            SynCookies() if syncookies else None,
+            syncookies
+            if isinstance(syncookies, SynCookies)
+            else SynCookies()
+            if syncookies
+            else None,
             headroom=IPV4_MIN_HEADER_LENGTH,  # IP writes its header there: no copy
             address6=address6,
             send6=None if self.ip6 is None else self.ip6.send_in_place,

@@ -357,3 +357,15 @@ def test_lesson_run_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     err = cli_error(["lesson", "run", "handshake", "-o", str(tmp_path / "out")], code=1)
     assert "ustack lesson needs root" in err
     assert not (tmp_path / "out").exists()  # nothing touched
+
+
+def test_queues_reach_the_config_and_refuse_what_one_worker_would_miss(
+    cli_error: Callable[..., str],
+) -> None:
+    assert serve_config(build_parser().parse_args(["serve"])).queues == 1
+    assert serve_config(build_parser().parse_args(["serve", "--queues", "4"])).queues == 4
+    for bad in ("0", "65", "two"):
+        assert "bad --queues" in cli_error(["serve", "--queues", bad])
+    for extra in (["--trace", "t.jsonl"], ["--fault", "drop:count=1"], ["--peer-states"]):
+        message = cli_error(["serve", "--queues", "2", *extra])
+        assert f"{extra[0]} needs --queues 1" in message

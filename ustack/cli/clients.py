@@ -81,13 +81,19 @@ def ss_lines(reply: dict[str, Any]) -> list[str]:
         timers = ",".join(f"{name}:{left:.3f}s" for name, left in row["timers"].items())
         lines.append(
             f"{row['state']:<13} {row['recv_queue']:>7} {row['send_queue']:>7}  "
-            f"{row['local']:<{width}} {row['remote']:<{width}} #{row['id']} "
+            f"{row['local']:<{width}} {row['remote']:<{width}} #{_conn_id(row)} "
             f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']} "
             f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s pmtu {row['pmtu']} mss {row['mss']}"
             + (" ecn" if row.get("ecn") else "")
             + (f" timers {timers}" if timers else "")
         )
     return lines
+
+
+def _conn_id(row: dict[str, Any]) -> str:
+    """A connection's number; with --queues > 1, its worker's queue first
+    (`q1.5`): each worker counts its own."""
+    return f"q{row['worker']}.{row['id']}" if "worker" in row else str(row["id"])
 
 
 def fault_command(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from ustack.cli.trace_options import (
     trace_specs,
 )
 from ustack.daemon import ServeConfig
+from ustack.daemon.running import MAX_QUEUES
 from ustack.linux.tun import LinkConfig
 from ustack.net.fragments import FragmentLimits
 from ustack.net.pmtu import DEFAULT_MIN_PMTU
@@ -193,6 +194,13 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         "repeated timeouts with no ICMP, a smaller MSS (1024, then halved)",
     )
     serve_cmd.add_argument(
+        "--queues",
+        metavar="N",
+        help="open the TUN with N queues (IFF_MULTI_QUEUE), one worker process each; the "
+        "kernel gives each flow to one queue by its hash (default 1; 1..64; no --trace, "
+        "--fault, --peer-states nor `ustack connect` with more than 1)",
+    )
+    serve_cmd.add_argument(
         "--no-offload",
         action="store_true",
         help="no GSO/TSO/checksum offload on the TUN: every segment as it goes on the wire",
@@ -268,6 +276,21 @@ def _add_rate_limit_options(serve_cmd: argparse.ArgumentParser) -> None:
         help="ACKs for out-of-window segments, PAWS rejects and challenges: one per MS ms "
         "per connection (default 500, Linux tcp_invalid_ratelimit; 0: every one)",
     )
+
+
+def _check_one_queue_options(args: argparse.Namespace, queues: int) -> None:
+    """What --queues > 1 does not do: traces (each worker would write its own,
+    with its own connection ids), peer states, fault rules."""
+    for flag, given in (
+        ("--trace", args.trace),
+        ("--fault", args.fault),
+        ("--peer-states", args.peer_states),
+    ):
+        if given:
+            raise UsageError(
+                f"{flag} needs --queues 1 (with --queues {queues} each worker holds only "
+                "its own flows: see docs/performance.md, Beyond one core)"
+            )
 
 
 def _icmp_limits(args: argparse.Namespace) -> IcmpLimits:
@@ -372,7 +395,11 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             raise UsageError(
                 f"bad --ready-fd {args.ready_fd}: not an open file descriptor"
             ) from None
+    queues = parse_count(args.queues, "--queues", 1, MAX_QUEUES, 1)
+    if queues > 1:
+        _check_one_queue_options(args, queues)
     return ServeConfig(
+        queues=queues,
         link=LinkConfig(
             device=args.device,
             linux_side=linux_side,

@@ -332,6 +332,10 @@ def serve(config: ServeConfig) -> int:
     # A LinkError goes to the caller, which reports it on one line.
     # SIGHUP (reopen the files) before the handler is in place: nothing to reopen yet.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if config.queues > 1:
+        from ustack.daemon.queues import serve_queues  # (it builds on this module)
+
+        return serve_queues(config)
     link = TunLink.open(config.link)
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from ustack.stack import DEFAULT_ADDRESS, Stack
 from ustack.study.faults import FaultInjector, FaultRule, Verdict, mark_ce
 from ustack.study.sinks import FanOut, TraceFilter, TraceRotation, TraceSinks, TraceSpec
 from ustack.tcp.connection import TcpConfig
+from ustack.tcp.isn import IsnGenerator
+from ustack.tcp.syncookies import SynCookies
 from ustack.trace.records import TraceEvent, Tracer
 from ustack.wire.checksum import Buffer
 from ustack.wire.ipv6 import IPV6_VERSION
@@ -45,6 +48,8 @@ _Protocol = TypeVar("_Protocol", bound=asyncio.BaseProtocol)
 DEFAULT_ADDRESS6 = ipaddress.IPv6Address("2001:2::2")
 # Packets read per wake-up of the loop before other callbacks get a turn.
 READ_BATCH = 256
+# --queues: a worker is a Python process of some 30 MB; the kernel allows 256 queues.
+MAX_QUEUES = 64
 GSO_SEGMENTS = 44  # 44 * 1460 bytes: one 64 KB super-segment per write
 
 
@@ -71,6 +76,20 @@ class ServeConfig:
     fragments: FragmentLimits = field(default_factory=FragmentLimits)  # IPv4 reassembly
     icmp: IcmpLimits = field(default_factory=IcmpLimits)  # the ICMP output rate limits
     min_pmtu: int = DEFAULT_MIN_PMTU  # the least path MTU an ICMP may teach (Linux min_pmtu)
+    queues: int = 1  # TUN queues, one worker process each (daemon/queues.py)
+    # The keys of the ISN (RFC 6528) and SYN-cookie (RFC 4987) hashes; None:
+    # random ones of its own. The workers of one device share them.
+    shared_secrets: SharedSecrets | None = None
+
+
+@dataclass(frozen=True)
+class SharedSecrets:
+    isn: bytes
+    syncookies: bytes
+
+    @classmethod
+    def new(cls) -> SharedSecrets:
+        return cls(secrets.token_bytes(16), secrets.token_bytes(16))
 
 
 class Link(Protocol):
@@ -123,6 +142,7 @@ class RunningStack:
             self.faults.add(rule)
         # IPv6 where the link has it (not with --no-ipv6, nor an MTU below 1280).
         self.address6 = config.address6 if link.ipv6 else None
+        shared = config.shared_secrets
         self.stack = Stack(
             int(config.address),
             self._transmit,
@@ -135,6 +155,8 @@ class RunningStack:
             icmp_limits=config.icmp,
             min_pmtu=config.min_pmtu,
             address6=None if self.address6 is None else int(self.address6),
+            isn=None if shared is None else IsnGenerator(shared.isn),
+            syncookies=True if shared is None else SynCookies(shared.syncookies),
         )
         self.stack.tcp.partial_checksums = partial_checksums
         self._traces.count_into(self.stack.counters)  # trace.write_errors, for `ustack stats`
@@ -350,4 +372,4 @@ class RunningStack:
         return self._traces.reopen()
 
 
-__all__ = ["Link", "RunningStack", "ServeConfig", "default_services"]
+__all__ = ["Link", "RunningStack", "ServeConfig", "SharedSecrets", "default_services"]

@@ -266,11 +266,19 @@ def read_reply(stream: BinaryIO, path: Path) -> dict[str, Any]:
             part: dict[str, Any] = json.loads(line)  # the daemon answers with an object
         except ValueError:
             raise ControlError(f"{path} answered {line[:60]!r}: not a ustack daemon?") from None
-        for key, value in part.items():
-            if isinstance(value, list) and isinstance(reply.get(key), list):
-                reply[key].extend(value)
-            else:
-                reply[key] = value
-        if not part.get("more"):
-            reply.pop("more", None)
+        if not merge_part(reply, part):
             return reply
+
+
+def merge_part(reply: dict[str, Any], part: dict[str, Any]) -> bool:
+    """Add one line of a reply to what came before (lists concatenated);
+    True while more lines follow ("more" is then taken out of `reply`)."""
+    for key, value in part.items():
+        if isinstance(value, list) and isinstance(reply.get(key), list):
+            reply[key].extend(value)
+        else:
+            reply[key] = value
+    if part.get("more"):
+        return True
+    reply.pop("more", None)
+    return False

@@ -114,31 +114,56 @@ class TunLink:
         self.partial_tcp_checksums = False
         self.name: str = tun.name
         self.fd: int = tun.fileno()
+        self.queue = 0  # which queue of a multi-queue device (open_queues)
 
     @classmethod
     def open(cls, config: LinkConfig) -> TunLink:
+        return cls.open_queues(config, 1)[0]
+
+    @classmethod
+    def open_queues(cls, config: LinkConfig, queues: int) -> list[TunLink]:
+        """`queues` > 1: the device with IFF_MULTI_QUEUE, one fd (one TunLink)
+        per queue. The kernel puts each packet it sends us on one queue, by
+        its flow's hash (drivers/net/tun.c tun_automq_select_queue), so one
+        reader per queue sees every packet of its flows. The device lives
+        while any queue is open."""
         if not os.path.exists(TUN_CLONE_DEVICE):
             raise LinkError(f"{TUN_CLONE_DEVICE} does not exist (is the tun module loaded?)")
+        tuns: list[pytun.TunTapDevice] = []
         with IPRoute() as ipr:
             existed = bool(ipr.link_lookup(ifname=config.device))
-            tun = _attach(config.device, existed, config.offload)
             try:
-                flags = fcntl.fcntl(tun.fileno(), fcntl.F_GETFL)
-                fcntl.fcntl(tun.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
-                if config.offload:
-                    _accept_offloads(tun.fileno())
+                for queue in range(queues):
+                    tun = _attach(config.device, existed or queue > 0, config.offload, queues > 1)
+                    tuns.append(tun)
+                    flags = fcntl.fcntl(tun.fileno(), fcntl.F_GETFL)
+                    fcntl.fcntl(tun.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+                    if config.offload:
+                        _accept_offloads(tun.fileno())
                 mtu, ipv6 = _configure(ipr, config, existed)
             except OSError as exc:
-                tun.close()
+                for tun in tuns:
+                    tun.close()
                 raise LinkError(f"cannot set up {config.device}: {exc.strerror or exc}") from None
             except BaseException:
-                tun.close()
+                for tun in tuns:
+                    tun.close()
                 raise
         verb = "created" if not existed else "attached to existing"
         offloads = ", offloads GSO/TSO/csum" if config.offload else ""
         linux_side = f"{config.linux_side} and {config.linux_side6}" if ipv6 else config.linux_side
-        log.info("%s %s, %s on the Linux side, mtu %d%s", verb, tun.name, linux_side, mtu, offloads)
-        return cls(tun, created=not existed, mtu=mtu, offload=config.offload, ipv6=ipv6)
+        many = f", {queues} queues" if queues > 1 else ""
+        log.info(
+            "%s %s, %s on the Linux side, mtu %d%s%s",
+            verb, tuns[0].name, linux_side, mtu, offloads, many,
+        )  # fmt: skip
+        links = [
+            cls(tun, created=not existed, mtu=mtu, offload=config.offload, ipv6=ipv6)
+            for tun in tuns
+        ]
+        for queue, link in enumerate(links):
+            link.queue = queue
+        return links
 
     def read(self, size: int = MAX_PACKET) -> tuple[Buffer, bool] | None:
         """One packet and whether its transport checksum is known good, or
@@ -190,9 +215,17 @@ class TunLink:
     def _gone(self, exc: OSError) -> LinkGone:
         return LinkGone(f"{self.name} went away ({exc.strerror or exc})")
 
-    def close(self) -> None:
-        """Close our fd: a device we created disappears with it."""
+    def forget(self) -> None:
+        """Close this process's fd without a word: another process (the
+        worker of this queue) holds the queue open."""
         self._tun.close()
+
+    def close(self) -> None:
+        """Close our fd: a device we created disappears with it (with its
+        last queue's, on a multi-queue device: queue 0's says so)."""
+        self._tun.close()
+        if self.queue:
+            return
         if self.created:
             log.info("removed %s", self.name)
         else:
@@ -250,8 +283,11 @@ def _accept_offloads(fd: int) -> None:
         fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
 
 
-def _attach(name: str, existed: bool, offload: bool = False) -> pytun.TunTapDevice:
+def _attach(
+    name: str, existed: bool, offload: bool = False, multi_queue: bool = False
+) -> pytun.TunTapDevice:
     flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
+    flags |= pytun.IFF_MULTI_QUEUE if multi_queue else 0
     try:
         return pytun.TunTapDevice(name=name, flags=flags)
     except pytun.Error as exc:
@@ -270,7 +306,10 @@ def _attach_failure(name: str, code: int | None, existed: bool, text: str) -> st
     if code == errno.EBUSY:
         return f"{name} is busy: another process has it open"
     if code == errno.EINVAL and existed:
-        return f"{name} exists and is not a TUN device"
+        return (
+            f"{name} exists and is not a TUN device, or not one with the same "
+            "queue mode (IFF_MULTI_QUEUE for --queues > 1)"
+        )
     if code == errno.ENOENT:
         return f"{TUN_CLONE_DEVICE} cannot be opened (is the tun module loaded?)"
     return f"cannot open TUN device {name}: {text}"
