@@ -7,10 +7,12 @@ The connection never reads a clock, a socket or the TUN. It is driven by
 first, which its driver pops), trace events (through `trace`) and one
 deadline (`get_timer()`).
 
-This module keeps the event processing of RFC 9293 3.10 (the calls, and
-SEGMENT ARRIVES step by step from SYN-RECEIVED on) and the state table; the
-opening (LISTEN, SYN-SENT) is handshake.py's; the rest is delegated, one
-concern per object, as gVisor's netstack splits its endpoint:
+This module keeps the event processing of RFC 9293 3.10 (SEGMENT ARRIVES
+step by step from SYN-RECEIVED on, the timeouts) and the state table; the
+user calls (OPEN, SEND, RECEIVE, CLOSE, ABORT) are user_calls.py's
+(`UserCalls`, this class's base); the opening (LISTEN, SYN-SENT) is
+handshake.py's; the rest is delegated, one concern per object, as gVisor's
+netstack splits its endpoint:
 
 - `sender` (sender.py): SND.*, the send buffer, segmentation, Nagle/SWS,
   the zero-window probe;
@@ -29,8 +31,6 @@ comments name the step of 3.10.7.4 each block implements.
 
 from __future__ import annotations
 
-import dataclasses
-
 from ustack.counters import Counters
 from ustack.tcp import handshake, seq
 from ustack.tcp.config import DEFAULT_PEER_MSS, TcpConfig
@@ -44,9 +44,6 @@ from ustack.tcp.segment import Segment
 from ustack.tcp.sender import Sender
 from ustack.tcp.seq import HALF, MASK, MOD
 from ustack.tcp.states import (
-    CAN_ACK,
-    CAN_SEND,
-    CLOSE_UNREAD_RESETS,
     PEER_MAY_RESET,
     RECEIVES_TEXT,
     SENDS_DATA,
@@ -55,6 +52,7 @@ from ustack.tcp.states import (
     State,
 )
 from ustack.tcp.timers import DELAYED_ACK, PERSIST, PROBE, REORDER, RETRANSMIT, Timers
+from ustack.tcp.user_calls import ConnectionClosedError, UserCalls
 from ustack.trace.records import Decision, StateChange, Tracer
 from ustack.trace.vocabulary import (
     Challenge,
@@ -80,11 +78,7 @@ _LINKS: dict[type, tuple[str, ...]] = {
 }
 
 
-class ConnectionClosedError(ConnectionError):
-    """send() or read() on a connection that can no longer do it."""
-
-
-class TcpConnection(TcbView):
+class TcpConnection(UserCalls, TcbView):
     def __init__(
         self, *, conn_id: int, iss: int, config: TcpConfig, trace: Tracer | None = None
     ) -> None:
@@ -132,12 +126,6 @@ class TcpConnection(TcbView):
 
     # ---- opening ----------------------------------------------------------
 
-    def connect(self, now: float) -> None:
-        """Active OPEN: send a SYN (RFC 9293 3.10.1)."""
-        self.now = now
-        self._transition(Event.APP_CONNECT)
-        self._output()
-
     def listen_accept(self, syn: Segment, now: float) -> None:
         """A listener hands us the SYN it received (RFC 9293 3.10.7.2)."""
         self.now = now
@@ -171,86 +159,6 @@ class TcpConnection(TcbView):
         """A new SYN above RCV.NXT takes over this TIME_WAIT 4-tuple (RFC 6191)."""
         self.now = now
         self._transition(Event.RCV_SYN_NEW_INCARNATION)
-
-    # ---- the application's calls -------------------------------------------
-
-    def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
-        """Queue data; returns how many bytes fit in the send buffer."""
-        self.now = now
-        if self.state is State.CLOSED:
-            raise ConnectionClosedError(self.error or "ENOTCONN")
-        if self.sender.fin_queued or self.state not in CAN_SEND:
-            raise BrokenPipeError("EPIPE: the sending side is shut down")
-        taken = self.sender.queue(data)
-        self._output()
-        return taken
-
-    def read(self, max_bytes: int, now: float) -> bytes:
-        """Up to max_bytes of received data; b"" means none waits (check at_eof)."""
-        self.now = now
-        data = self.receiver.buffer.take(max_bytes)
-        if data and self.state in CAN_ACK:
-            self.receiver.window_update()
-            self._output()
-        return data
-
-    def shutdown(self, now: float) -> None:
-        """shutdown(SHUT_WR): FIN after the queued data; we can still receive."""
-        self.now = now
-        if self.sender.fin_queued or self.state in (State.CLOSED, State.LISTEN):
-            return
-        if self.state is State.SYN_SENT:
-            self._transition(Event.APP_CLOSE)
-            return
-        self.sender.fin_queued = True
-        self._transition(Event.APP_CLOSE)
-        self._output()
-
-    def set_keepalive(self, idle: float | None, interval: float, probes: int, now: float) -> None:
-        """SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT on an
-        open connection (RFC 1122 4.2.3.6): `idle` None turns it off; on, the
-        idle time starts again now (Linux re-arms it the same way)."""
-        self.now = now
-        self.config = dataclasses.replace(
-            self.config, keepalive_idle=idle, keepalive_interval=interval,
-            keepalive_probes=probes,
-        )  # fmt: skip
-        if idle is None:
-            self._timers.cancel(TimerKind.KEEPALIVE)
-        elif self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
-            self.keepalive.probes = 0
-            self.keepalive.start()
-
-    def shutdown_read(self) -> None:
-        """shutdown(SHUT_RD): nothing goes on the wire; later data is dropped."""
-        self.receiver.shut()
-
-    def close(self, now: float) -> None:
-        """The application is done with the connection (RFC 9293 3.10.4).
-
-        Unread data makes it an abortive close (RST, RFC 9293 3.6 SHLD-3);
-        otherwise the FIN goes after any queued data, and the connection
-        lives on, orphaned, until the close completes."""
-        self.now = now
-        self.orphaned = True
-        if self.receiver.buffer and self.state in CLOSE_UNREAD_RESETS:
-            self._send_rst_ack()
-            self._transition(Event.APP_CLOSE_UNREAD)
-            return
-        self.shutdown(now)
-        if self.state is State.FIN_WAIT_2 and TimerKind.FIN_WAIT_2 not in self._timers.deadlines:
-            self._timers.arm(TimerKind.FIN_WAIT_2, self.config.fin_wait_2_timeout)
-
-    def abort(self, now: float) -> None:
-        """ABORT (RFC 9293 3.10.5), like SO_LINGER 0: RST and gone."""
-        self.now = now
-        self.orphaned = True
-        if self.state in (State.CLOSED, State.LISTEN, State.TIME_WAIT):
-            return
-        # RFC 9293 3.10.5: in CLOSING and LAST_ACK both FINs are out; just delete.
-        if self.state not in (State.SYN_SENT, State.CLOSING, State.LAST_ACK):
-            self._send_rst_ack()
-        self._transition(Event.APP_ABORT)
 
     # ---- segment arrival ---------------------------------------------------
 

@@ -1,11 +1,11 @@
 """TCP input and output around the connections: checksum, parse, delivery by
-4-tuple, what a listener does with a segment (RFC 9293 3.10.7.2), TIME_WAIT
-reopening (RFC 6191), ICMP errors to connections (RFC 5927 4.1), ephemeral
-ports, and every connection's timers.
+4-tuple, TIME_WAIT reopening (RFC 6191), ICMP errors to connections (RFC 5927
+4.1), ephemeral ports, and every connection's timers.
 
-A segment that matches no connection goes to a listener on its port
-(listen.py), or is answered the way RFC 9293 3.10.7.1 says a CLOSED endpoint
-answers (closed.py). ISNs come from isn.py (RFC 6528).
+A segment that matches no connection goes to a listener on its port (what
+the listener does with it, RFC 9293 3.10.7.2, is listen.py's
+`receive_in_listen`), or is answered the way RFC 9293 3.10.7.1 says a
+CLOSED endpoint answers (closed.py). ISNs come from isn.py (RFC 6528).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, Closed
 from ustack.tcp.feedback import LowerPathMtu, PathMtu, quoted_ports_and_seq
 from ustack.tcp.isn import IsnGenerator
-from ustack.tcp.listen import Listener
+from ustack.tcp.listen import Listener, receive_in_listen
 from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event, tcb_snapshot
 from ustack.tcp.states import Event, State
-from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
 from ustack.tcp.timers import TimerHeap
 from ustack.trace.records import (
@@ -43,7 +42,7 @@ from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
-from ustack.wire.tcp import ACK, FIN, RST, SYN, build_tcp, parse_tcp
+from ustack.wire.tcp import ACK, RST, SYN, build_tcp, parse_tcp
 
 # Hands a TCP segment (header + payload, checksum filled, `headroom` free
 # bytes in front) to IP: (dst, packet, gso_size, protocol, the IP ECN field).
@@ -220,7 +219,7 @@ class TcpDemux:
             return
         listener = self.listeners.get(header.dst_port)
         if listener is not None and listener.hears(src):
-            self._receive_in_listen(listener, key, seg, now, previous)
+            receive_in_listen(self, listener, key, seg, now, previous)
             return
         if self.trace is not None:
             self.trace(self._segment_event(now, None, key, "in", seg, "CLOSED", "CLOSED"))
@@ -292,105 +291,6 @@ class TcpDemux:
             and listener is not None
             and listener.hears(remote)
         )
-
-    def _receive_in_listen(
-        self,
-        listener: Listener,
-        key: Key,
-        seg: Segment,
-        now: float,
-        previous: TcpConnection | None,
-    ) -> None:
-        """RFC 9293 3.10.7.2."""
-        counters = self._counters
-        opens = seg.flags & (SYN | RST | ACK | FIN) == SYN and listener.has_room()
-        if self.trace is not None and not opens:
-            # A connection's first segment is traced with it; every other one here.
-            self.trace(self._segment_event(now, None, key, "in", seg, "LISTEN", "LISTEN"))
-        if seg.flags & RST:
-            counters.drop(Layer.TCP, DropReason.RST_TO_LISTENER, now)
-            return
-        if seg.flags & ACK:
-            if not seg.flags & (SYN | RST):
-                if self._accept_cookie(listener, key, seg, now):
-                    return
-                if listener.unverifiable_cookie(self.syncookies, seg, now):
-                    counters.drop(
-                        Layer.TCP, DropReason.SYNCOOKIE_UNVERIFIED, now, f"port {listener.port}"
-                    )
-                    return
-            self._reply_closed(key, seg, now)
-            return
-        if not seg.flags & SYN:
-            counters.drop(Layer.TCP, DropReason.LISTEN_NO_SYN, now)
-            return
-        if seg.flags & FIN:
-            # No connection starts with SYN+FIN (a scanner's probe): Linux's
-            # tcp_rcv_state_process discards it in LISTEN, and so do we.
-            counters.drop(Layer.TCP, DropReason.SYN_FIN, now)
-            return
-        if not listener.has_room():
-            if self.syncookies is None:
-                counters.drop(Layer.TCP, DropReason.BACKLOG_FULL, now, f"port {listener.port}")
-            else:
-                self._send_cookie(listener, key, seg, now)
-                listener.cookies_until = now + 2 * COOKIE_PERIOD
-            return
-        if not self._make_room(now):
-            # As Linux with a full accept queue (ListenOverflows, ListenDrops):
-            # silence, so the peer retries its SYN. No SYN cookie: its ACK
-            # would need a TCB as much as this SYN does.
-            if self.trace is not None:
-                self.trace(self._segment_event(now, None, key, "in", seg, "LISTEN", "LISTEN"))
-            counters.drop(Layer.TCP, DropReason.CONNECTION_LIMIT, now, f"port {listener.port}")
-            return
-        iss = None
-        if previous is not None and not seq.gt(self._isn_for(key, now), previous.snd_max):
-            iss = seq.add(previous.snd_max, 1 << 17)  # above anything the old one sent
-        conn = self._new_connection(key, now, iss, passive=True, config=listener.config)
-        listener.embryonic.add(conn)
-        self._listener_of[conn] = listener
-        self._traced(conn, key, seg, now, conn.listen_accept)
-        counters["tcp.passive-opens"] += 1
-        self.flush(conn)
-
-    def _send_cookie(self, listener: Listener, key: Key, syn: Segment, now: float) -> None:
-        """Backlog full: a stateless SYN,ACK whose ISS is a SYN cookie."""
-        assert self.syncookies is not None
-        remote, remote_port, local_port = key
-        ends = (self._local(remote), local_port, remote, remote_port)
-        ipv6 = remote > IPV4_MAX
-        synack = listener.cookie_synack(self.syncookies, ends, syn, self.config, now, ipv6)
-        self._counters["tcp.syncookies.sent"] += 1
-        if self.trace is not None:
-            self.trace(self._segment_event(now, None, key, "out", synack, "LISTEN", "LISTEN"))
-        self._transmit(key, synack)
-
-    def _accept_cookie(self, listener: Listener, key: Key, ack: Segment, now: float) -> bool:
-        """An ACK to a listener may complete a handshake we answered with a cookie."""
-        if self.syncookies is None:
-            return False
-        remote, remote_port, local_port = key
-        ends = (self._local(remote), local_port, remote, remote_port)
-        peer_mss = self.syncookies.check(ends, ack.ack, ack.seq, now)
-        if peer_mss is None:
-            return False
-        if not self._make_room(now):
-            # The peer thinks it is connected; its data, resent, may find room.
-            self._counters.drop(
-                Layer.TCP, DropReason.CONNECTION_LIMIT, now, f"port {listener.port}"
-            )
-            return True
-        self._counters["tcp.syncookies.accepted"] += 1
-        conn = self._new_connection(
-            key, now, seq.add(ack.ack, -1), passive=True, config=listener.config
-        )
-        irs = seq.add(ack.seq, -1)
-        self._traced(conn, key, ack, now, lambda seg, t: conn.accept_cookie(seg, irs, peer_mss, t))
-        if listener.state is State.LISTEN:
-            listener.on_accept(conn)
-        self.flush(conn)
-        return True
 
     def _reply_closed(self, key: Key, seg: Segment, now: float) -> None:
         reply = reset_for_closed_port(seg, len(seg.payload))
