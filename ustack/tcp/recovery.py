@@ -9,7 +9,7 @@ and when it goes again.
   6582), the pipe with it (RFC 6675);
 - the retransmission timeout and its back-off (RFC 6298 5);
 - undoing a needless cut when D-SACKs show every retransmission was
-  spurious (RFC 2883, RFC 3708, RFC 4015).
+  spurious (RFC 2883, RFC 3708, RFC 4015): dsack.py, Recovery's base.
 
 The connection hands it each acceptable ACK (`on_ack`, `ack_advanced`) and
 the timers it owns (retransmit, probe, reorder); the sender builds the
@@ -18,10 +18,10 @@ segments it resends.
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 from ustack.tcp import congestion, seq
+from ustack.tcp.dsack import DsackUndo, dsack_block
 from ustack.tcp.rack import Rack
 from ustack.tcp.rtt import RttEstimator
 from ustack.tcp.segment import Segment
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ustack.tcp.sender import Sender
 
 
-class Recovery:
+class Recovery(DsackUndo):
     __slots__ = (
         "_conn",
         "_rcv",
@@ -156,9 +156,9 @@ class Recovery:
         if rack.sacked_bytes or rack.retransmitted_out:
             self.detect_losses()  # (only then can a later segment be delivered before an earlier)
         if blocks:
-            dsack = _dsack_block(blocks, ack)
+            dsack = dsack_block(blocks, ack)
             if dsack is not None:
-                self._duplicate_reported(dsack)
+                self.duplicate_reported(dsack)
 
     def ack_advanced(self, ack: int) -> None:
         """SND.UNA moves to `ack`: free the acknowledged bytes, measure, re-arm."""
@@ -350,79 +350,6 @@ class Recovery:
             conn.counters["tcp.ecn.window-reduced"] += 1
         conn.decide(Note.ECN_WINDOW_REDUCED, cc=cc.name, ssthresh=cc.ssthresh, cwnd=cc.cwnd)
 
-    # ---- undo -----------------------------------------------------------------------
-
-    def _begin_undo(self) -> None:
-        """A loss episode begins: keep the congestion state before its cut."""
-        self.undo_cc = copy.copy(self.cc)
-        self.undo_marker = self._snd.snd_una
-        self.undo_bytes = 0
-
-    def _duplicate_reported(self, block: tuple[int, int]) -> None:
-        """A D-SACK (RFC 2883): the peer got these bytes twice. Reordering,
-        not loss, if they were resent: RACK widens its window (RFC 8985 6.2
-        step 4), and once every byte resent in the episode has come back
-        duplicated, no loss happened: the window cut is undone (RFC 3708
-        detection, RFC 4015 response; Linux's DSACK undo)."""
-        conn = self._conn
-        left, right = block
-        self.rack.on_dsack(conn.now, self.rtt.srtt or 0.0)
-        spurious = self._was_resent(left, right)
-        probe = self.probe_range
-        if probe is not None and seq.lt(left, probe[1]) and seq.lt(probe[0], right):
-            # The probe was needless: the peer's ACK was only late. From now
-            # on every PTO allows for its delayed ACK (arm_probe).
-            self.probe_range = None
-            self.peer_delays_acks = True
-            if conn.counters is not None:
-                conn.counters["tcp.loss-probes.spurious"] += 1
-        counters = conn.counters
-        if counters is not None:
-            counters["tcp.in.dsack"] += 1  # Linux's TCPDSACKRecv
-            if spurious:
-                counters["tcp.spurious-retransmits"] += 1
-        conn.decide(
-            Note.DSACK_RECEIVED,
-            left=left,
-            right=right,
-            what="a retransmission was needless" if spurious else "not one we resent lately",
-        )
-        if self.undo_cc is None or self.undo_bytes <= 0 or seq.lt(left, self.undo_marker):
-            return  # no episode, nothing resent in it, or a duplicate from before it
-        self.undo_bytes -= seq.diff(right, left)
-        if self.undo_bytes > 0 or self.rack.lost_out:
-            return
-        prior, cwnd = self.undo_cc, self.cc.cwnd
-        self.undo_cc = None
-        prior.cwnd = max(prior.cwnd, cwnd)
-        self.cc = prior
-        self.recover = None
-        if counters is not None:
-            counters["tcp.undo"] += 1  # Linux's TCPDSACKUndo
-        conn.decide(
-            Note.SPURIOUS_RETRANSMISSION,
-            marker=self.undo_marker,
-            cc=prior.name,
-            cwnd=prior.cwnd,
-            ssthresh=prior.ssthresh,
-        )
-
-    def note_resent(self, start: int, end: int) -> None:
-        """start..end went out again: remember it for the D-SACKs to come."""
-        resent = self.resent
-        resent.append((start, end))
-        if len(resent) > _RESENT_KEPT:
-            del resent[0]
-
-    def _was_resent(self, left: int, right: int) -> bool:
-        """Whether a D-SACKed left..right overlaps a stretch sent again lately
-        (then that retransmission counts once as spurious, RFC 3708 2)."""
-        for index, (start, end) in enumerate(self.resent):
-            if seq.lt(left, end) and seq.lt(start, right):
-                del self.resent[index]
-                return True
-        return False
-
     # ---- retransmission --------------------------------------------------------------
 
     def retransmit_lost(self) -> None:
@@ -597,17 +524,3 @@ class Recovery:
 # RFC 8985 7.2 WCDelAckT: the longest a peer may hold its ACK (its
 # recommended 200 ms; Linux's TCP_DELACK_MAX and tcp_rto_min alike).
 WORST_CASE_DELAYED_ACK = 0.2
-_RESENT_KEPT = 16  # retransmitted stretches remembered for D-SACK detection
-
-
-def _dsack_block(blocks: tuple[tuple[int, int], ...], ack: int) -> tuple[int, int] | None:
-    """The first block, if it reports a duplicate (RFC 2883 4): below the
-    cumulative ACK, or inside the second block."""
-    left, right = blocks[0]
-    if seq.le(right, ack):
-        return blocks[0]
-    if len(blocks) > 1:
-        outer_left, outer_right = blocks[1]
-        if seq.ge(left, outer_left) and seq.le(right, outer_right):
-            return blocks[0]
-    return None
