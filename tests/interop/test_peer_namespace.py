@@ -26,13 +26,8 @@ from test_peer_states import (
 )
 
 from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
-from ustack.linux.peer_states import (
-    FOREIGN_COUNTER,
-    HOLD_FOREIGN,
-    PeerStateWatcher,
-    SocketDestroyed,
-    parse_destroy_line,
-)
+from ustack.linux.peer_states import FOREIGN_COUNTER, HOLD_FOREIGN, PeerStateWatcher
+from ustack.linux.tracefs import SocketDestroyed, parse_destroy_line
 
 CONNECTIONS = 102  # per namespace, a third of each kind below
 OUR_PORTS = 20000  # the Linux clients' ports, outside the ephemeral range

@@ -22,7 +22,8 @@ import pytest
 from test_lifecycle import PASSIVE_CLOSE, ustack_connect_to_nc
 
 from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
-from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher, parse_line, state_name
+from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
+from ustack.linux.tracefs import parse_line, state_name
 from ustack.trace.records import PeerStateChange
 
 # The direct tests' own pair, so that other namespaces' tests (198.18.0.x) do not mix in.

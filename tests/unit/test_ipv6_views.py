@@ -30,7 +30,8 @@ from test_ladder import lost_fin_with_peer_states, passive_close, write_trace
 from ustack.cli.clients import ss_lines, stats_lines
 from ustack.counters import Counters
 from ustack.daemon.reports import connection_row, fault_event, listening_endpoints
-from ustack.linux.peer_states import canonical_address, parse_line
+from ustack.linux.sock_diag import canonical_address
+from ustack.linux.tracefs import parse_line
 from ustack.net.ipv6 import IPv6Layer
 from ustack.stack import Stack
 from ustack.study.explain import explain

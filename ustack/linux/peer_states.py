@@ -41,28 +41,39 @@ notices or tcp_destroy_sock nothing is filtered (a warning says so).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import ipaddress
 import itertools
 import logging
 import os
-import re
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-from ustack.linux.sock_diag import DestroyNotices, Key, SockDiag, canonical_address
+from ustack.linux.sock_diag import DestroyNotices, Key, SockDiag
+from ustack.linux.tracefs import (
+    INSTANCE_PREFIX,
+    TRACING_ROOT,
+    KernelStateChange,
+    SocketDestroyed,
+    disable_event,
+    mount_tracefs,
+    parse_destroy_line,
+    parse_line,
+    remove_stale_instances,
+    unmount,
+    write_file,
+)
+from ustack.linux.tracefs import (
+    PeerStatesError as PeerStatesError,  # (part of the watcher's interface)
+)
 from ustack.trace.records import PeerStateChange
 
 log = logging.getLogger("ustack.peer_states")
 
-TRACING_ROOT = Path("/sys/kernel/tracing")
 EVENT = ("sock", "inet_sock_set_state")
 DESTROY_EVENT = ("tcp", "tcp_destroy_sock")  # its cookie ties a gone socket to its namespace
-INSTANCE_PREFIX = "ustack-"
 # Written to our instance's trace_marker to wake the reader thread at stop.
 STOP_MARKER = "ustack-peer-states: stop"
 BUFFER_SIZE_KB = 512  # per CPU; state changes are small and read at once
@@ -75,210 +86,9 @@ HOLD_UNSEEN = 60.0  # a socket not found, not freed yet either
 NOTICES_LOST_COUNTER = "peer_states.notices-lost"  # ENOBUFS on the destroy notices
 FOREIGN_COUNTER = "peer_states.foreign"  # changes dropped: not our namespace's
 
-# The kernel's names (include/net/tcp_states.h) in ours (ustack.tcp.states.State).
-# TCP_NEW_SYN_RECV is a request socket: it is SYN_RECEIVED too.
-KERNEL_STATES = {
-    "TCP_ESTABLISHED": "ESTABLISHED",
-    "TCP_SYN_SENT": "SYN_SENT",
-    "TCP_SYN_RECV": "SYN_RECEIVED",
-    "TCP_FIN_WAIT1": "FIN_WAIT_1",
-    "TCP_FIN_WAIT2": "FIN_WAIT_2",
-    "TCP_TIME_WAIT": "TIME_WAIT",
-    "TCP_CLOSE": "CLOSED",
-    "TCP_CLOSE_WAIT": "CLOSE_WAIT",
-    "TCP_LAST_ACK": "LAST_ACK",
-    "TCP_LISTEN": "LISTEN",
-    "TCP_CLOSING": "CLOSING",
-    "TCP_NEW_SYN_RECV": "SYN_RECEIVED",
-}
 # The states a full socket leaves for CLOSE when a timewait socket takes over.
 _HANDOFF_FROM = frozenset({"FIN_WAIT_1", "FIN_WAIT_2", "CLOSING"})
-
-# "<task>-<pid> [cpu] flags  <seconds>: inet_sock_set_state: key=value ..."
-_TRACE_LINE = re.compile(r"\s(\d+\.\d+): inet_sock_set_state: (.*)$")
-_DESTROY_LINE = re.compile(r"\s(\d+\.\d+): tcp_destroy_sock: (.*)$")
-_INSTANCE_NAME = re.compile(rf"^{re.escape(INSTANCE_PREFIX)}(\d+)(?:-\d+)?$")
 _instance_serial = itertools.count()
-
-
-class PeerStatesError(Exception):
-    """Peer states cannot be watched; the message says why, on one line."""
-
-
-@dataclass(frozen=True, slots=True)
-class KernelStateChange:
-    """One tracepoint line about a Linux socket connected to the stack."""
-
-    linux: str
-    linux_port: int
-    stack: str
-    stack_port: int
-    old: str  # our state names
-    new: str
-    at: float | None = None  # the kernel's timestamp (CLOCK_MONOTONIC, like loop.time())
-
-
-def state_name(kernel_name: str) -> str:
-    """TCP_FIN_WAIT1 -> FIN_WAIT_1 and so on; an unknown name loses its TCP_ only."""
-    return KERNEL_STATES.get(kernel_name, kernel_name.removeprefix("TCP_"))
-
-
-def _trace_fields(pattern: re.Pattern[str], line: str) -> tuple[float, dict[str, str]] | None:
-    """A trace_pipe line's timestamp and its `name=value` fields, if it is
-    an event `pattern` matches."""
-    match = pattern.search(line.rstrip())
-    if match is None:
-        return None
-    fields = dict(part.split("=", 1) for part in match.group(2).split() if "=" in part)
-    return float(match.group(1)), fields
-
-
-def _ends(fields: dict[str, str]) -> tuple[str, str] | None:
-    """(Linux's address, the remote one) of an event's socket, of either
-    family: the tracepoints fill saddr/daddr for AF_INET, saddrv6/daddrv6 for
-    AF_INET6 (include/trace/events/sock.h, tcp.h). KeyError if one is missing."""
-    family = fields["family"]
-    if family == "AF_INET":
-        return fields["saddr"], fields["daddr"]
-    if family == "AF_INET6":
-        return canonical_address(fields["saddrv6"]), canonical_address(fields["daddrv6"])
-    return None
-
-
-def _addresses(stack_address: str | Collection[str]) -> set[str]:
-    return {stack_address} if isinstance(stack_address, str) else set(stack_address)
-
-
-def parse_line(line: str, stack_address: str | Collection[str]) -> KernelStateChange | None:
-    """The state change a trace_pipe line reports, if it is a TCP socket of
-    Linux, IPv4 or IPv6, whose remote end is the stack (`stack_address`: one
-    address in canonical text, or several: IPv4 and IPv6); None otherwise.
-    An AF_INET6 socket talking to an IPv4 peer has v4-mapped v6 addresses
-    and is reported as IPv4."""
-    event = _trace_fields(_TRACE_LINE, line)
-    if event is None:
-        return None
-    at, fields = event
-    stacks = _addresses(stack_address)
-    try:
-        ends = _ends(fields) if fields["protocol"] == "IPPROTO_TCP" else None
-        if ends is None:
-            return None
-        # The socket is Linux's: its own end is saddr, the stack is daddr.
-        linux, stack = ends
-        if stack not in stacks or linux in stacks or linux in ("0.0.0.0", "::"):
-            return None
-        return KernelStateChange(
-            linux=linux,
-            linux_port=int(fields["sport"]),
-            stack=stack,
-            stack_port=int(fields["dport"]),
-            old=state_name(fields["oldstate"]),
-            new=state_name(fields["newstate"]),
-            at=at,
-        )
-    except (KeyError, ValueError):
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class SocketDestroyed:
-    """A tcp:tcp_destroy_sock line: a Linux TCP socket freed, and its cookie.
-    A socket that disconnected (a refused connect) has lost its remote end:
-    `stack_port` is then 0; its own port is kept."""
-
-    linux_port: int
-    stack_port: int
-    cookie: int
-
-
-def parse_destroy_line(line: str, stack_address: str | Collection[str]) -> SocketDestroyed | None:
-    """The socket a tcp_destroy_sock line names, IPv4 or IPv6, if its remote
-    end is the stack or was cleared (a disconnected socket); None otherwise."""
-    event = _trace_fields(_DESTROY_LINE, line)
-    if event is None:
-        return None
-    _, fields = event
-    try:
-        ends = _ends(fields)
-        if ends is None:
-            return None
-        stack = ends[1]
-        if stack not in _addresses(stack_address) and stack not in ("0.0.0.0", "::"):
-            return None
-        return SocketDestroyed(
-            linux_port=int(fields["sport"]),
-            stack_port=int(fields["dport"]),
-            cookie=int(fields["sock_cookie"], 16),
-        )
-    except (KeyError, ValueError):
-        return None
-
-
-# ---- tracefs ------------------------------------------------------------------------------
-
-
-def _disable(instance: Path, event: tuple[str, ...]) -> None:
-    """Turn one tracepoint off in our tracefs instance (a warning if it cannot be)."""
-    try:
-        _write(instance.joinpath("events", *event, "enable"), "0")
-    except OSError as exc:
-        log.warning("peer states: cannot disable %s: %s", "/".join(event), exc.strerror)
-
-
-_MS_NONE = 0
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _mount_tracefs(root: Path) -> None:
-    if _libc().mount(b"nodev", os.fsencode(root), b"tracefs", _MS_NONE, None) != 0:
-        code = ctypes.get_errno()
-        hint = " (needs root)" if code in (errno.EPERM, errno.EACCES) else ""
-        raise PeerStatesError(f"cannot mount tracefs on {root}: {os.strerror(code)}{hint}")
-
-
-def _unmount(root: Path) -> None:
-    if _libc().umount2(os.fsencode(root), 0) != 0:
-        code = ctypes.get_errno()
-        log.warning("peer states: leaving tracefs mounted on %s: %s", root, os.strerror(code))
-
-
-def _write(path: Path, text: str) -> None:
-    with open(path, "w", encoding="ascii") as stream:
-        stream.write(text)
-
-
-def remove_stale_instances(root: Path = TRACING_ROOT) -> list[str]:
-    """Remove the instances of watchers whose process is gone (killed before
-    their stop); an instance in use cannot be removed. The names removed."""
-    removed: list[str] = []
-    try:
-        names = os.listdir(root / "instances")
-    except OSError:
-        return removed
-    for name in names:
-        match = _INSTANCE_NAME.match(name)
-        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
-            continue
-        try:
-            os.rmdir(root / "instances" / name)
-            removed.append(name)
-        except OSError:
-            pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---- the watcher ----------------------------------------------------------------------------
@@ -399,7 +209,7 @@ class PeerStateWatcher:
                 raise PeerStatesError(f"no tracefs at {root} (it has no instances/ directory)")
             if not root.is_dir():
                 raise PeerStatesError(f"no {root}: the kernel has no tracing (CONFIG_TRACING)")
-            _mount_tracefs(root)
+            mount_tracefs(root)
             self._mounted = True
             if not (root / "instances").is_dir():
                 raise PeerStatesError(f"tracefs on {root} has no instances/ directory")
@@ -433,7 +243,7 @@ class PeerStateWatcher:
                                (event / "filter",
                                 "(family == 2 || family == 10) && protocol == 6")):  # fmt: skip
             try:
-                _write(setting, value)  # nice to have: without them it still works
+                write_file(setting, value)  # nice to have: without them it still works
             except OSError as exc:
                 log.debug("peer states: cannot set %s: %s", setting, exc.strerror)
             else:
@@ -441,7 +251,7 @@ class PeerStateWatcher:
                     self._mono_clock = True
         try:
             self._fd = os.open(instance / "trace_pipe", os.O_RDONLY | os.O_CLOEXEC)
-            _write(event / "enable", "1")
+            write_file(event / "enable", "1")
             self._enabled = True
         except OSError as exc:
             raise PeerStatesError(
@@ -458,8 +268,8 @@ class PeerStateWatcher:
         notices: without either, other namespaces' sockets show too."""
         event = instance.joinpath("events", *DESTROY_EVENT)
         try:
-            _write(event / "filter", "family == 2 || family == 10")
-            _write(event / "enable", "1")
+            write_file(event / "filter", "family == 2 || family == 10")
+            write_file(event / "enable", "1")
             self._destroy_traced = True
             self._notices = DestroyNotices()
             self._loop.add_reader(self._notices.fileno(), self._read_notices)
@@ -488,7 +298,7 @@ class PeerStateWatcher:
             if not thread.is_alive():
                 break
             try:
-                _write(wake, value)
+                write_file(wake, value)
             except OSError as exc:
                 log.warning("peer states: cannot write %s: %s", wake, exc.strerror)
             thread.join(JOIN_TIMEOUT)
@@ -509,9 +319,9 @@ class PeerStateWatcher:
         instance = self._instance
         if instance is not None:
             if self._destroy_traced:
-                _disable(instance, DESTROY_EVENT)
+                disable_event(instance, DESTROY_EVENT)
             if self._enabled:
-                _disable(instance, EVENT)
+                disable_event(instance, EVENT)
         self._destroy_traced = self._enabled = False
         if self._fd is not None:
             os.close(self._fd)
@@ -523,7 +333,7 @@ class PeerStateWatcher:
             except OSError as exc:
                 log.warning("peer states: cannot remove %s: %s", instance, exc.strerror)
         if self._mounted and self._instance is None:
-            _unmount(self._root)
+            unmount(self._root)
             self._mounted = False
 
     # ---- the reader thread -----------------------------------------------------------------
