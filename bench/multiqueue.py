@@ -44,16 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ustack.linux import lab
 from ustack.linux.control import request
-from ustack.linux.lab import (
-    Netns,
-    UstackDaemon,
-    netns,
-    remove_stale_namespaces,
-    start_until_ready,
-    stop_process,
-    veth_pair,
-)
 
 BENCH = Path(__file__).resolve().parent
 STACK = "198.18.0.2"
@@ -65,7 +57,7 @@ SETUPS = ("q1", "q2", "kernel")
 @dataclass
 class Server:
     label: str
-    client_ns: Netns
+    client_ns: lab.Netns
     address: str
     pids: Callable[[], list[int]]  # the server's processes: parent first, then workers
 
@@ -87,11 +79,11 @@ def machine_busy() -> tuple[float, float]:
 
 @contextmanager
 def ustack_server(queues: int, workdir: Path) -> Iterator[Server]:
-    with netns("ustack-mq") as ns:
+    with lab.netns("ustack-mq") as ns:
         ns.run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535", check=True)
         private = workdir / f"q{queues}"
         private.mkdir(exist_ok=True)
-        daemon = UstackDaemon.start(
+        daemon = lab.UstackDaemon.start(
             ns, private, "--queues", str(queues), "--services", "discard,http",
             log_level="warning", msl=None, trace=False,
         )  # fmt: skip
@@ -108,11 +100,13 @@ def ustack_server(queues: int, workdir: Path) -> Iterator[Server]:
 
 @contextmanager
 def kernel_server(workdir: Path) -> Iterator[Server]:
-    with netns("ustack-mqc") as client, netns("ustack-mqs") as server:
-        veth_pair(client, server, ("mq0", "mq1"), (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
+    with lab.netns("ustack-mqc") as client, lab.netns("ustack-mqs") as server:
+        lab.veth_pair(
+            client, server, ("mq0", "mq1"), (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24")
+        )
         client.run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535", check=True)
         script = BENCH / "kernel_server.py"
-        process = start_until_ready(
+        process = lab.start_until_ready(
             lambda fd: server.command(sys.executable, str(script), "--address", KERNEL_SERVER,
                                       "--ready-fd", str(fd)),
             workdir / "kernel.log",
@@ -120,7 +114,7 @@ def kernel_server(workdir: Path) -> Iterator[Server]:
         try:
             yield Server("kernel", client, KERNEL_SERVER, lambda: [process.pid])
         finally:
-            stop_process(process, 10)
+            lab.stop_process(process, 10)
 
 
 def measured(server: Server, work: Callable[[], tuple[float, float]]) -> dict[str, Any]:
@@ -271,7 +265,7 @@ def main() -> int:
     else:
         if os.geteuid() != 0:
             parser.error("needs root (network namespaces)")
-        remove_stale_namespaces()
+        lab.remove_stale_namespaces()
         results = {label: [] for label in SETUPS}
         with tempfile.TemporaryDirectory(prefix="mq-bench-") as workdir:
             for rep in range(args.reps):
