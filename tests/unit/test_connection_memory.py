@@ -114,3 +114,44 @@ def test_a_connection_idle_after_an_exchange_costs_under_4_kb() -> None:
     idle, left = bytes_per_connection(exchange=True)
     assert idle < 4000, f"{idle:.0f} bytes per idle connection after an exchange"
     assert left < 500, f"{left:.0f} bytes per connection left after close"
+
+
+def bytes_per_time_wait() -> float:
+    """Bytes per connection in TIME_WAIT (we closed first, the peer's FIN
+    came), over COUNT connections after a warm-up; the timer structure and
+    the demux's tables included."""
+    server = Server()
+
+    def into_time_wait(port: int) -> TcpConnection:
+        conn = server.handshake(port)
+        conn.close(0.0)
+        server.stack.tcp.flush(conn)
+        server.ours[port] += 1
+        server.segment(port, FIN | ACK)
+        return conn
+
+    for port in range(1000, 1100):
+        into_time_wait(port)
+    server.stack.tcp.handle_timers(1000.0)
+    server.accepted.clear()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for port in range(2000, 2000 + COUNT):
+            into_time_wait(port)
+        server.accepted.clear()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert server.stack.tcp.queued() == {"TIME_WAIT": COUNT}
+    return (held - start) / COUNT
+
+
+def test_a_time_wait_costs_what_its_connection_keeps() -> None:
+    # Issue 18's target is 512 bytes (Linux's timewait socket is ~260): the
+    # connection is still kept whole in TIME_WAIT, so the bound is today's,
+    # to catch growth; a compact TIME_WAIT record would bring it down.
+    held = bytes_per_time_wait()
+    assert held < 3700, f"{held:.0f} bytes per TIME_WAIT"

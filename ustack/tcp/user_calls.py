@@ -32,7 +32,12 @@ class ConnectionClosedError(ConnectionError):
 class UserCalls:
     """The calls an application makes on a TcpConnection."""
 
-    if TYPE_CHECKING:  # what TcpConnection keeps and the calls use
+    if not TYPE_CHECKING:
+        # No slots of its own (TcpConnection lists them all), and none for
+        # mypy, which would otherwise check the calls' stores against this
+        # empty list rather than TcpConnection's.
+        __slots__ = ()
+    else:  # what TcpConnection keeps and the calls use
         now: float
         state: State
         error: str | None
