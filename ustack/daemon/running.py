@@ -77,6 +77,7 @@ class ServeConfig:
     icmp: IcmpLimits = field(default_factory=IcmpLimits)  # the ICMP output rate limits
     min_pmtu: int = DEFAULT_MIN_PMTU  # the least path MTU an ICMP may teach (Linux min_pmtu)
     queues: int = 1  # TUN queues, one worker process each (daemon/queues.py)
+    gc_stats: bool = False  # time the garbage collector's pauses (daemon/gc_pauses.py)
     # The keys of the ISN (RFC 6528) and SYN-cookie (RFC 4987) hashes; None:
     # random ones of its own. The workers of one device share them.
     shared_secrets: SharedSecrets | None = None
