@@ -304,8 +304,18 @@ class TcpTransport(asyncio.Transport):
         conn = self._conn
         if self._lost or not self._established:
             return
+        delivered = False
         while not self._paused_reading and conn.readable_bytes:
             self._protocol.data_received(conn.read(conn.readable_bytes, self._runner.now()))
+            delivered = True
+        if delivered and not self._push_scheduled:
+            # The application answers in its next step, which data_received
+            # has just scheduled (a StreamReader wakes its reader with
+            # call_soon): the push queued behind it sends the answer in that
+            # same loop turn, not one turn later (issue 18: one wake-up per
+            # request and response; the answer carries the ACK).
+            self._push_scheduled = True
+            self._runner.loop.call_soon(self._push)
         if conn.at_eof and not self._eof_delivered and not self._paused_reading:
             self._eof_delivered = True
             keep_open = self._protocol.eof_received()
@@ -436,6 +446,8 @@ class TcpTransport(asyncio.Transport):
 
     def _push(self, settle: bool = True) -> None:
         self._push_scheduled = False
+        if not (self._pending or self._closing or self._eof_requested or self._writing_paused):
+            return  # nothing written (an ACK's SendSpace, a read answered by nothing)
         conn, now = self._conn, self._runner.now()
         if self._lost or conn.state is State.CLOSED:
             return

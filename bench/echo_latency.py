@@ -1,0 +1,159 @@
+"""Echo round trips, ustack beside the kernel, with what each costs the server.
+
+Run as root from the repository, with the venv's Python:
+    python bench/echo_latency.py                              # this checkout and the kernel
+    python bench/echo_latency.py --tree /tmp/old --tree .     # two versions, alternated
+
+The client is bench/client.py pingpong (1 byte, TCP_NODELAY, send then wait
+for the byte back), as bench/run.py's echo rows. Each --tree runs `ustack
+serve` (services echo) from that checkout on a TUN in a namespace of its own;
+the kernel side is bench/kernel_server.py (the same echo handler on kernel
+sockets) over a veth pair. The targets take turns round by round, so that
+background load hits them alike. Per round and target it prints p50 and p99
+(us), and per exchange the server's CPU (us, /proc/PID/schedstat; of which
+in the kernel: sys_us, from /proc/PID/stat's ticks, coarse), its
+voluntary context switches (times it slept in epoll_wait and was woken), and
+its event loop's iterations, sleeping selects and callbacks run (counted by
+bench/loop_counts.py, through which both servers run). The counts are exact
+but for the connection's set-up and close, spread over the exchanges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ustack.linux.lab import (
+    Netns,
+    UstackDaemon,
+    netns,
+    remove_stale_namespaces,
+    start_until_ready,
+    stop_process,
+    veth_pair,
+)
+
+BENCH = Path(__file__).resolve().parent
+STACK = "198.18.0.2"
+KERNEL_CLIENT, KERNEL_SERVER = "198.19.0.1", "198.19.0.2"
+NS_PREFIX = "ustack-e"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Target:
+    label: str
+    client_ns: str
+    address: str
+    process: subprocess.Popen[bytes]
+    counts_file: Path
+    rows: dict[str, list[float]] = field(default_factory=dict)
+
+    def server_state(self) -> dict[str, float]:
+        pid = self.process.pid
+        cpu = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e3  # us
+        stime = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[12])
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        switches = next(int(line.split()[1]) for line in status if line.startswith("voluntary"))
+        lines = self.counts_file.read_text().splitlines() if self.counts_file.exists() else []
+        self.process.send_signal(signal.SIGUSR1)
+        for _ in range(200):  # the server writes a line when it takes the signal
+            time.sleep(0.01)
+            now = self.counts_file.read_text().splitlines() if self.counts_file.exists() else []
+            if len(now) > len(lines):
+                counts = json.loads(now[-1])
+                return {"cpu_us": cpu, "sys_us": stime * 1e6 / TICK, "switches": switches, **counts}
+        raise RuntimeError(f"{self.label}: no loop counts from pid {pid}")
+
+
+def start_ustack(lab: ExitStack, workdir: Path, tree: Path, index: int) -> Target:
+    ns = lab.enter_context(netns(NS_PREFIX, f"u{index}"))
+    private = workdir / f"ustack-{index}"
+    private.mkdir()
+    counts = private / "loop-counts.jsonl"
+    tree = tree.resolve()
+    env = {**os.environ, "PYTHONPATH": str(tree), "USTACK_LOOP_COUNTS": str(counts)}
+    daemon = UstackDaemon.start(
+        ns, private, "--services", "echo", "--linux-address", "198.18.0.1/24",
+        "--address", STACK, program=(str(BENCH / "loop_counts.py"),),
+        log_level="warning", msl=None, trace=False, control=False, env=env, cwd=tree,
+    )  # fmt: skip
+    lab.callback(stop_process, daemon.process)
+    return Target(f"ustack {tree.name}", ns.name, STACK, daemon.process, counts)
+
+
+def start_kernel(lab: ExitStack, workdir: Path) -> Target:
+    client, server = (lab.enter_context(netns(NS_PREFIX, tag)) for tag in ("kc", "ks"))
+    veth_pair(client, server, ("ek0", "ek1"), (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
+    counts = workdir / "kernel-loop-counts.jsonl"
+    env = {**os.environ, "USTACK_LOOP_COUNTS": str(counts)}
+    program = (sys.executable, str(BENCH / "loop_counts.py"), str(BENCH / "kernel_server.py"))
+    process = start_until_ready(
+        lambda fd: server.command(*program, "--address", KERNEL_SERVER, "--ready-fd", str(fd)),
+        workdir / "kernel-server.log",
+        env=env,
+    )
+    lab.callback(stop_process, process)
+    return Target("kernel", client.name, KERNEL_SERVER, process, counts)
+
+
+def measure(target: Target, pings: int, warmup: int) -> None:
+    before = target.server_state()
+    argv = Netns(target.client_ns).command(
+        sys.executable, str(BENCH / "client.py"), "pingpong", target.address, "7", str(pings),
+        "--warmup", str(warmup), "--deadline", "120",
+    )  # fmt: skip
+    out = json.loads(subprocess.run(argv, capture_output=True, check=True, timeout=180).stdout)
+    after = target.server_state()
+    exchanges = out["count"] + warmup
+    row = {"p50": out["p50_us"], "p99": out["p99_us"]}
+    for name in ("cpu_us", "sys_us", "switches", "iterations", "sleeps", "callbacks"):
+        row[name] = (after[name] - before[name]) / exchanges
+    for name, value in row.items():
+        target.rows.setdefault(name, []).append(value)
+    cells = " ".join(f"{name} {value:7.2f}" for name, value in row.items())
+    print(f"{target.label:28} {cells}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tree", type=Path, action="append", help="a checkout (repeatable)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pings", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--no-kernel", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    trees = args.tree or [BENCH.parent]
+    remove_stale_namespaces()
+    with tempfile.TemporaryDirectory(prefix="echo-latency-") as tmp, ExitStack() as lab:
+        workdir = Path(tmp)
+        targets = [start_ustack(lab, workdir, tree, i) for i, tree in enumerate(trees)]
+        if not args.no_kernel:
+            targets.append(start_kernel(lab, workdir))
+        for _ in range(args.rounds):
+            for target in targets:
+                measure(target, args.pings, args.warmup)
+        print("\nmedian [min-max] of the rounds")
+        for target in targets:
+            cells = " ".join(
+                f"{name} {statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
+                for name, v in target.rows.items()
+            )
+            print(f"{target.label:28} {cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
