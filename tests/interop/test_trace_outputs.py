@@ -476,6 +476,17 @@ def test_sighup_reopens_the_log_and_the_traces_moved_aside(ns: Netns, tmp_path: 
     with serving(ns, tmp_path, *arguments, "--log-file", str(log_file)) as daemon:
         with open_echo_connection(ns) as echo:
             curl(ns)  # a connection before the rotation
+            # curl is gone once it has the page; its last segments may still
+            # be on their way: the rotation waits until the connection is
+            # over (TIME_WAIT sends nothing unless asked, or it is gone).
+            wait_for(
+                lambda: all(
+                    row["state"] == "TIME_WAIT"
+                    for row in daemon.connections()
+                    if not row["local"].endswith(":7")
+                ),
+                "the first curl's connection over",
+            )
             for path, aside in moved.items():
                 path.rename(aside)
             daemon.process.send_signal(signal.SIGHUP)
