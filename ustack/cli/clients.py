@@ -21,7 +21,8 @@ def faults_doc() -> str:
 
 
 def stats_command(args: argparse.Namespace) -> int:
-    reply = request(control_path(args), "stats")
+    fields = {"gc_reset": True} if getattr(args, "gc_reset", False) else {}
+    reply = request(control_path(args), "stats", **fields)
     if args.json:
         print(json.dumps(reply, indent=2))
     elif not reply.get("ok"):
@@ -29,7 +30,19 @@ def stats_command(args: argparse.Namespace) -> int:
     else:
         for line in stats_lines(reply["counters"]):
             print(line)
+        if "gc" in reply:  # ustack serve --gc-stats
+            print(gc_line(reply["gc"]))
     return 0
+
+
+def gc_line(gc: dict[str, Any]) -> str:
+    """The collector's pauses on one line (ustack serve --gc-stats)."""
+    slow = ", ".join(f"{k[5:]} {v}" for k, v in gc.items() if k.startswith("over_"))
+    return (
+        f"gc: collections {'/'.join(map(str, gc['collections']))} (gen 0/1/2), "
+        f"longest pause {gc['max_ms']:.1f} ms (gen {gc['max_generation']}), "
+        f"total {gc['total_ms']:.1f} ms; pauses at least {slow}"
+    )
 
 
 # `ustack stats` shows the counters by family: IPv4's layers (ip, icmp), then

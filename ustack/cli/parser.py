@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")
     add_control_option(stats_cmd)
     stats_cmd.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    stats_cmd.add_argument(
+        "--gc-reset", action="store_true", help="zero the GC pause figures once shown (--gc-stats)"
+    )
 
     ss_cmd = commands.add_parser("ss", help="connections of a running daemon, like ss -tan")
     ss_cmd.add_argument("-d", "--device", default="tun0", help="the daemon's device")

@@ -134,6 +134,12 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         help="also trace the Linux peers' own states (kernel tracepoint; needs root)",
     )
     serve_cmd.add_argument(
+        "--gc-stats",
+        action="store_true",
+        help="time the garbage collector's pauses (longest, total, how many over 10, 20 and "
+        "200 ms), shown by ustack stats",
+    )
+    serve_cmd.add_argument(
         "--trace-host", action="append", default=[], help="trace only this address (IPv4 or IPv6)"
     )
     serve_cmd.add_argument(
@@ -396,6 +402,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         fragments=_fragment_limits(args),
         icmp=_icmp_limits(args),
         min_pmtu=parse_count(args.min_pmtu, "--min-pmtu", MIN_MTU, MAX_MTU, DEFAULT_MIN_PMTU),
+        gc_stats=args.gc_stats,
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ustack.api import StackServer, open_connection, start_server
+from ustack.daemon.gc_pauses import GcPauses
 from ustack.daemon.process import finish_tasks, notify_ready, reopen_log_files
 from ustack.daemon.reports import (
     connection_row,
@@ -85,12 +86,15 @@ class Daemon:
         self.runner: StackRunner | None = None
         self._peer_states: PeerStateWatcher | None = None
         self._servers: list[StackServer] = []
+        self.gc_pauses = GcPauses() if config.gc_stats else None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         runner = self.runner = self.running.start()
         link = self.link
         control: ControlServer | None = None
+        if self.gc_pauses is not None:
+            self.gc_pauses.install()
         try:
             handlers = {name: handler for name, (_, handler) in SERVICES.items()}
             handlers["http"] = HttpService(self.config.http)
@@ -125,6 +129,8 @@ class Daemon:
             self.running.reset_all()
             await finish_tasks()
         finally:
+            if self.gc_pauses is not None:
+                self.gc_pauses.remove()
             if self._peer_states is not None:
                 self._peer_states.stop()
             if control is not None:
@@ -172,12 +178,20 @@ class Daemon:
 
     # ---- control commands ----------------------------------------------------------------
 
-    def _stats(self, _request: dict[str, Any]) -> dict[str, Any]:
-        return {
+    def _stats(self, request: dict[str, Any]) -> dict[str, Any]:
+        """stats: counters, connections by state, handlers running; with
+        --gc-stats the collector's pauses too ("gc_reset": true zeroes them
+        once read, so a benchmark sees one phase's)."""
+        reply = {
             "counters": dict(sorted(self.stack.counters.items())),
             "connections": self.stack.tcp.queued(),
             "handlers": sum(len(server.handlers) for server in self._servers),  # running now
         }
+        if self.gc_pauses is not None:
+            reply["gc"] = self.gc_pauses.report()
+            if request.get("gc_reset") is True:
+                self.gc_pauses.reset()
+        return reply
 
     async def _connections(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The connection table, CHUNK_ROWS rows a part (20,000 rows in one

@@ -71,6 +71,7 @@ class ServeConfig:
     fragments: FragmentLimits = field(default_factory=FragmentLimits)  # IPv4 reassembly
     icmp: IcmpLimits = field(default_factory=IcmpLimits)  # the ICMP output rate limits
     min_pmtu: int = DEFAULT_MIN_PMTU  # the least path MTU an ICMP may teach (Linux min_pmtu)
+    gc_stats: bool = False  # time the garbage collector's pauses (daemon/gc_pauses.py)
 
 
 class Link(Protocol):
