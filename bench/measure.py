@@ -135,7 +135,7 @@ def client_py(
         sys.executable,
         str(BENCH / "client.py"),
         mode,
-        t.address,
+        t.address.strip("[]"),  # a socket address, not a URL's [2001:2::2]
         str(port),
         str(count),
         "--deadline",
@@ -181,7 +181,7 @@ def idle_memory(t: Target, count: int) -> Memory:
         sys.executable,
         str(BENCH / "client.py"),
         "hold",
-        t.address,
+        t.address.strip("[]"),
         str(ECHO),
         str(count),
         "--deadline",

@@ -45,6 +45,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import machine
+import results
 from measure import (  # bench/measure.py: scripts here run as python bench/NAME.py
     apache_bench,
     connect_rate,
@@ -69,7 +71,6 @@ from setups import (
     Target,
     log_step,
     over_ipv6,
-    run,
     set_kernel_mtu,
     start_kernel,
     start_ustack,
@@ -196,15 +197,27 @@ class Rotation:
         log_step(f"  {what} rep {rep + 1}/{self.reps} {t.label}: {fmt(value)}{extra}")
 
 
+# The rows also measured over IPv6 (unless --no-ipv6), each IPv6 rep right after
+# its IPv4 one, on the same servers: the same background load (issue 15's bar:
+# IPv6 within 10 % of IPv4; issue 18 item 8).
+IPV6_TWINS = ("down1500", "up1500", "send1500", "connect", "ab1", "ab1fail", "abN", "abNfail",
+              "p50", "p99")  # fmt: skip
+ORDER = ("down1500", "up1500", "send1500", "down64k", "up64k", "send64k", "connect", "ab1",
+         "ab1fail", "abN", "abNfail", "p50", "p99", "rss", "slab")  # fmt: skip
+
+
+def family(t: Target) -> str:
+    """The suffix of `t`'s rows: "v6" when reached over IPv6 ([2001:...])."""
+    return "v6" if t.address.startswith("[") else ""
+
+
 def benchmark(
-    s: Settings, res: Resources, workdir: Path, ustack_args: Sequence[str] = ()
-) -> tuple[list[Row], dict[str, Any]]:
+    s: Settings, res: Resources, workdir: Path, ustack_args: Sequence[str] = (), ipv6: bool = True
+) -> tuple[list[tuple[str, Row]], dict[str, Any]]:
     bulk = s.bulk_mb * MB
     rows = {
         "down1500": Row("download server->client, MTU 1500", "MB/s", "higher"),
         "up1500": Row("upload client->server, MTU 1500", "MB/s", "higher"),
-        "down1500v6": Row("download server->client, MTU 1500, IPv6", "MB/s", "higher"),
-        "up1500v6": Row("upload client->server, MTU 1500, IPv6", "MB/s", "higher"),
         "down64k": Row(f"download server->client, MTU {BIG_MTU}", "MB/s", "higher"),
         "up64k": Row(f"upload client->server, MTU {BIG_MTU}", "MB/s", "higher"),
         "send1500": Row("send client->server discard, MTU 1500", "MB/s", "higher"),
@@ -219,6 +232,14 @@ def benchmark(
         "rss": Row("idle conn: server process RSS", "KiB/conn", "", how="one"),
         "slab": Row("idle conn: kernel Slab", "KiB/conn", "", how="one"),
     }
+    if ipv6:
+        for key in IPV6_TWINS:
+            row = rows[key]
+            head, sep, tail = row.metric.partition(", median")  # "..., IPv6, median"
+            if not sep:
+                head, sep, tail = row.metric.partition(", all reps")
+            metric = f"{head}, IPv6{sep}{tail}"
+            rows[key + "v6"] = Row(metric, row.unit, row.better, how=row.how)
     rotation = Rotation(s.reps, s.row_budget)
     notes: dict[str, Any] = {"ab_problems": [], "connect_errors": [], "memory": [], "health": {}}
 
@@ -235,6 +256,13 @@ def benchmark(
     ustack = start_ustack(res, workdir, 1500, ustack_args)
     kernel = start_kernel(res, workdir)
     targets = (ustack, kernel)
+    targets6 = (over_ipv6(ustack, STACK_ADDRESS6), over_ipv6(kernel, KERNEL_SERVER6))
+
+    def both(key: str, measure: Callable[[Target], float], what: str) -> None:
+        plan = [(targets, rows[key], measure, what)]
+        if ipv6:
+            plan.append((targets6, rows[key + "v6"], measure, what.replace(" (", " IPv6 (", 1)))
+        rotation.rows(plan)
 
     # Memory first, on fresh servers: later phases leave freed memory that would be reused.
     for t in targets:
@@ -253,31 +281,31 @@ def benchmark(
 
     def ping(t: Target) -> float:
         p50, p99 = echo_latency(t, s.pings)
-        rows["p99"].of(t).append(p99)
+        rows["p99" + family(t)].of(t).append(p99)
         return p50
 
-    rotation.row(targets, rows["p50"], ping, "echo p50 (us)")
+    both("p50", ping, "echo p50 (us)")
 
     def connects(t: Target) -> float:
         rate, errors = connect_rate(t, s.connects)
         if errors:
-            notes["connect_errors"].append({t.label: errors})
+            notes["connect_errors"].append({t.label + family(t): errors})
         return rate
 
-    rotation.row(targets, rows["connect"], connects, "connect+close (conn/s)")
+    both("connect", connects, "connect+close (conn/s)")
 
     for key, conc in (("ab1", 1), ("abN", s.concurrency)):
 
         def ab(t: Target, conc: int = conc, key: str = key) -> float:
             result = apache_bench(t, s.requests, conc)
-            rows[key + "fail"].of(t).append(result.failed)
+            rows[key + "fail" + family(t)].of(t).append(result.failed)
             if result.problems:
                 notes["ab_problems"].append(
-                    {"target": t.label, "c": conc, "problems": result.problems}
+                    {"target": t.label + family(t), "c": conc, "problems": result.problems}
                 )
             return result.rate
 
-        rotation.row(targets, rows[key], ab, f"ab -c {conc} (req/s)")
+        both(key, ab, f"ab -c {conc} (req/s)")
 
     def download(t: Target) -> float:
         return curl_download(t, bulk, s.transfer_timeout, rotation.slow)
@@ -288,18 +316,9 @@ def benchmark(
     def send(t: Target) -> float:
         return send_rate(t, bulk, s.transfer_timeout, rotation.slow)
 
-    # The bulk rows over IPv6 too (issue 15: within 10 % of IPv4), same
-    # servers, each IPv6 rep right after its IPv4 one: the same background load.
-    targets6 = (over_ipv6(ustack, STACK_ADDRESS6), over_ipv6(kernel, KERNEL_SERVER6))
-    rotation.rows([
-        (targets, rows["down1500"], download, "download MTU 1500 (MB/s)"),
-        (targets6, rows["down1500v6"], download, "download MTU 1500 IPv6 (MB/s)"),
-    ])  # fmt: skip
-    rotation.rows([
-        (targets, rows["up1500"], upload_, "upload MTU 1500 (MB/s)"),
-        (targets6, rows["up1500v6"], upload_, "upload MTU 1500 IPv6 (MB/s)"),
-    ])  # fmt: skip
-    rotation.row(targets, rows["send1500"], send, "send to discard MTU 1500 (MB/s)")
+    both("down1500", download, "download MTU 1500 (MB/s)")
+    both("up1500", upload_, "upload MTU 1500 (MB/s)")
+    both("send1500", send, "send to discard MTU 1500 (MB/s)")
     for t in targets:
         notes["health"][f"{t.label} (MTU 1500 phase)"] = health(t)
 
@@ -316,19 +335,8 @@ def benchmark(
     upload.unlink()
 
     notes["losses"], notes["slow"] = rotation.losses, rotation.slow
-    order = ["down1500", "down1500v6", "up1500", "up1500v6", "send1500", "down64k", "up64k",
-             "send64k", "connect", "ab1", "ab1fail", "abN", "abNfail", "p50", "p99", "rss",
-             "slab"]  # fmt: skip
-    return [rows[k] for k in order], notes
-
-
-def revision() -> str:
-    """The commit benchmarked, and whether the working tree differs from it."""
-    try:
-        out = run(["git", "-C", str(BENCH.parent), "describe", "--always", "--dirty"], timeout=10)
-    except (BenchError, OSError):
-        return "unknown"
-    return out.stdout.decode().strip()
+    keys = [k for key in ORDER for k in (key, key + "v6") if k in rows]
+    return [(k, rows[k]) for k in keys], notes
 
 
 def preflight() -> None:
@@ -402,6 +410,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--json", type=Path, metavar="FILE", help="also write the table and details as JSON"
     )
     parser.add_argument(
+        "--save",
+        action="store_true",
+        help="also write the full results (every rep, the machine, the revision, the options)"
+        " to bench/results/DATE-REV.json, for bench/compare.py",
+    )
+    parser.add_argument(
+        "--note", default="", help="a remark kept in the results file (e.g. 'machine loaded')"
+    )
+    parser.add_argument(
+        "--no-ipv6", action="store_true", help="skip the IPv6 twins of the MTU 1500 rows"
+    )
+    parser.add_argument(
         "--ustack-arg",
         action="append",
         default=[],
@@ -444,13 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, on_signal)
     atexit.register(res.cleanup)
     started = time.monotonic()
+    machine_before = machine.info()
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ustack-bench-"))
     try:
         preflight()
         workdir.mkdir(parents=True, exist_ok=True)
         remove_stale_namespaces()
-        rows, notes = benchmark(s, res, workdir, args.ustack_arg)
+        rows, notes = benchmark(s, res, workdir, args.ustack_arg, ipv6=not args.no_ipv6)
     except (BenchError, LabError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 130 if isinstance(exc, Interrupted) else 1
@@ -459,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
-    rev = revision()
+    rev = results.revision()
 
     extra = f", ustack serve {' '.join(args.ustack_arg)}" if args.ustack_arg else ""
     print(
@@ -472,40 +493,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(latency: median of the reps' percentiles; memory: one measurement)"
     )
     print()
-    print(format_table(rows))
+    print(format_table([row for _, row in rows]))
     print()
     print_health(notes)
     print(f"elapsed {elapsed:.0f} s")
     problems = problem_count(notes)
+    info = machine.info()
+    info["load_average_before"] = machine_before["load_average"]
+    doc = results.document(
+        rows,
+        options={"settings": vars(s), "quick": args.quick, "ipv6": not args.no_ipv6,
+                 "ustack_args": args.ustack_arg, "note": args.note},
+        machine=info, notes=notes, elapsed=elapsed, problems=problems, revision=rev,
+    )  # fmt: skip
+    text = json.dumps(doc, indent=2) + "\n"
     if args.json:
-        document = {
-            "settings": vars(s),
-            "revision": rev,
-            "ustack_args": args.ustack_arg,
-            "elapsed_s": round(elapsed, 1),
-            "machine": {
-                "host": platform.node(),
-                "cpus": os.cpu_count(),
-                "kernel": platform.release(),
-                "python": platform.python_version(),
-            },
-            "rows": [
-                {
-                    "metric": r.metric,
-                    "unit": r.unit,
-                    "how": r.how,
-                    "ustack": r.value("ustack"),
-                    "kernel": r.value("kernel"),
-                    "ratio": r.ratio(),
-                    "ustack_reps": r.ustack,
-                    "kernel_reps": r.kernel,
-                }
-                for r in rows
-            ],
-            "notes": notes,
-            "problems": problems,
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        args.json.write_text(text)
+    if args.save:
+        path = results.save_path(doc)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        print(f"saved {path.relative_to(BENCH.parent)}")
     if args.strict and problems:
         print(f"bench: --strict: {problems} problem(s), see above", file=sys.stderr)
         return 3
