@@ -21,13 +21,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import results  # bench/results.py: scripts here run as python bench/NAME.py
 
 BENCH = Path(__file__).resolve().parent
 
 
-def fresh_run(run_args: list[str]) -> dict[str, object]:
+def fresh_run(run_args: list[str]) -> dict[str, Any]:
     """bench/run.py with `run_args`, its results read back from --json."""
     with tempfile.TemporaryDirectory(prefix="ustack-compare-") as folder:
         out = Path(folder) / "new.json"
