@@ -1,4 +1,4 @@
-"""The two setups of bench/run.py (and bench/connection_count.py, bench/profile.py):
+"""The two setups of bench/run.py (and bench/connection_count.py, bench/profile_daemon.py):
 ustack's daemon on its TUN, and the kernel reference server over a veth pair,
 each in network namespaces made here and removed at the end; the processes and
 namespaces a run created, and the small helpers every bench script shares."""
