@@ -4,6 +4,7 @@
     python bench/client.py pingpong HOST PORT N      # 1-byte echo ping-pong, latency
     python bench/client.py hold     HOST PORT K      # hold K idle connections open
     python bench/client.py send     HOST PORT BYTES  # bulk to a discard port, MB/s
+    python bench/client.py fill     HOST PORT N      # N connections the server closes first
 
 Each prints one JSON object on stdout. `hold` prints it once all K
 connections are established and have echoed one byte each, then keeps them
@@ -38,14 +39,62 @@ def connect_loop(host: str, port: int, count: int, deadline: float) -> dict[str,
     the server has taken every connection down before the next one starts."""
     errors: dict[str, int] = {}
     done = 0
+    lives: list[float] = []  # each connection's whole life, ms: a server's pause shows here
     start = time.perf_counter()
     for _ in range(count):
         if time.monotonic() > deadline:
             errors["deadline"] = errors.get("deadline", 0) + 1
             break
         try:
+            born = time.perf_counter()
             with socket.create_connection((host, port), timeout=SOCKET_TIMEOUT) as sock:
                 sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+            lives.append((time.perf_counter() - born) * 1000)
+            done += 1
+        except OSError as exc:
+            name = type(exc).__name__
+            errors[name] = errors.get(name, 0) + 1
+            if sum(errors.values()) > max(10, count // 10):
+                break
+    seconds = time.perf_counter() - start
+    lives.sort()
+    return {
+        "count": done,
+        "seconds": seconds,
+        "rate": done / seconds,
+        "errors": errors,
+        "p99_ms": percentile(lives, 0.99) if lives else None,
+        "max_ms": lives[-1] if lives else None,
+    }
+
+
+def fill(
+    host: str, port: int, count: int, first_port: int, source_host: str, deadline: float
+) -> dict[str, object]:
+    """`count` connections to a port whose server closes first (daytime):
+    read to its FIN, then close. The server keeps each in TIME_WAIT (RFC 793:
+    the side that closes first does); our end, closing second, is gone at
+    once. Each from its own source port, first_port, first_port + 1, ...
+    (wrapping within 1024..65535), so that no new connection meets one of the
+    server's TIME_WAITs; from `source_host` if given, an address of its own,
+    so that the ports are not taken by the other clients' TIME_WAITs."""
+    errors: dict[str, int] = {}
+    done = 0
+    start = time.perf_counter()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for i in range(count):
+        if time.monotonic() > deadline:
+            errors["deadline"] = errors.get("deadline", 0) + 1
+            break
+        source = 1024 + (first_port - 1024 + i) % (65536 - 1024)
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.settimeout(SOCKET_TIMEOUT)
+                sock.bind((source_host, source))
+                sock.connect((host, port))
                 while sock.recv(4096):
                     pass
             done += 1
@@ -138,11 +187,13 @@ def hold(host: str, port: int, count: int, deadline: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="bench/run.py's clients")
-    parser.add_argument("mode", choices=("connect", "pingpong", "hold", "send"))
+    parser.add_argument("mode", choices=("connect", "pingpong", "hold", "send", "fill"))
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("count", type=int)
     parser.add_argument("--warmup", type=int, default=100, help="pingpong: unmeasured rounds")
+    parser.add_argument("--first-port", type=int, default=1024, help="fill: the first source port")
+    parser.add_argument("--source", default="", help="fill: the source address")
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds for the whole run")
     args = parser.parse_args()
     deadline = time.monotonic() + args.deadline
@@ -150,6 +201,12 @@ def main() -> None:
         print(json.dumps(connect_loop(args.host, args.port, args.count, deadline)))
     elif args.mode == "pingpong":
         print(json.dumps(ping_pong(args.host, args.port, args.count, args.warmup, deadline)))
+    elif args.mode == "fill":
+        print(
+            json.dumps(
+                fill(args.host, args.port, args.count, args.first_port, args.source, deadline)
+            )
+        )
     elif args.mode == "send":
         print(json.dumps(send_bulk(args.host, args.port, args.count, deadline)))
     else:

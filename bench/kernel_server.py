@@ -4,7 +4,7 @@ Run (bench/run.py does it, inside its server namespace):
     python bench/kernel_server.py --address 198.19.0.2 --address 2001:2:1::2 --ready-fd FD
 
 The handlers are the very ones `ustack serve` runs (ustack.services: echo 7,
-discard 9, http 80 with GET /bytes/N and POST /upload), served here by asyncio
+discard 9, daytime 13, http 80 with GET /bytes/N and POST /upload), served here by asyncio
 on ordinary kernel sockets. So the application code, the event loop and the
 interpreter are the same on both sides of the comparison; only the TCP/IP stack
 under them differs. Stops on SIGINT/SIGTERM.
@@ -20,7 +20,7 @@ import signal
 
 from ustack.services import SERVICES
 
-PORTS = {"echo": 7, "discard": 9, "http": 80}
+PORTS = {"echo": 7, "discard": 9, "daytime": 13, "http": 80}
 BACKLOG = 128  # the same bound as ustack's listeners
 
 

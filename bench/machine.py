@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -19,3 +20,24 @@ def cpu_name() -> str:
 
 def describe() -> str:
     return f"CPU: {cpu_name()} | Python {platform.python_version()}"
+
+
+def info() -> dict[str, object]:
+    """The machine as a results file records it (bench/results/*.json): a
+    figure means little without the CPU, the kernel, the Python and how
+    loaded the machine was while it ran."""
+    try:
+        memory = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+        memory_kib: int | None = int(memory)
+    except (OSError, IndexError, ValueError):
+        memory_kib = None
+    return {
+        "host": platform.node(),
+        "cpu": cpu_name(),
+        "cpus": os.cpu_count(),
+        "memory_kib": memory_kib,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min
+    }

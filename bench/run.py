@@ -30,560 +30,58 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import dataclasses
 import hashlib
 import json
 import os
 import platform
-import re
-import select
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import machine
+import results
+from measure import (  # bench/measure.py: scripts here run as python bench/NAME.py
+    apache_bench,
+    connect_rate,
+    curl_download,
+    curl_upload,
+    echo_latency,
+    health,
+    idle_memory,
+    loss_snapshot,
+    send_rate,
+)
+from results import Row, fmt, format_table
+from setups import (
+    BENCH,
+    BIG_MTU,
+    KERNEL_SERVER6,
+    MB,
+    TOOLS,
+    BenchError,
+    Interrupted,
+    Resources,
+    Target,
+    log_step,
+    over_ipv6,
+    set_kernel_mtu,
+    start_kernel,
+    start_ustack,
+)
+
 from ustack.linux.lab import (
     STACK_ADDRESS6,
     LabError,
-    Netns,
-    UstackDaemon,
-    die_with_parent,
-    netns,
     remove_stale_namespaces,
-    start_until_ready,
     stop_process,
-    veth_pair,
 )
-
-BENCH = Path(__file__).resolve().parent
-NS_PREFIX = "ustack-b"
-USTACK_LINUX, USTACK_STACK = "198.18.0.1", "198.18.0.2"
-KERNEL_CLIENT, KERNEL_SERVER = "198.19.0.1", "198.19.0.2"
-KERNEL_CLIENT6, KERNEL_SERVER6 = "2001:2:1::1", "2001:2:1::2"  # RFC 5180's range, as the lab's
-LINUX_CC = "cubic"  # ustack's default congestion control; Linux's everywhere here
-ECHO, DISCARD = 7, 9
-BIG_MTU = 65535
-MB = 1_000_000  # MB/s here are 10^6 bytes per second, as curl reports them
-TOOLS = ("ip", "curl", "ab", "ss")
-
-
-class BenchError(Exception):
-    """A failure worth one clear line (and the run's cleanup), not a traceback."""
-
-
-class Interrupted(BenchError):
-    pass
-
-
-# ---- processes and namespaces, and their cleanup ------------------------------------------
-
-
-@dataclass
-class Resources:
-    """Everything this run created (namespaces and servers, from ustack.linux.lab),
-    removed exactly once, servers before their namespaces."""
-
-    lab: ExitStack = field(default_factory=ExitStack)
-    namespaces: dict[str, Netns] = field(default_factory=dict)
-    cleaned: bool = False
-
-    def netns(self, tag: str) -> str:
-        ns = self.lab.enter_context(netns(NS_PREFIX, tag))
-        self.namespaces[ns.name] = ns
-        # Room for many short connections from the clients (a per-namespace setting).
-        run(nsexec(ns.name, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"), timeout=10)
-        return ns.name
-
-    def server(self, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        self.lab.callback(stop_process, process)
-        return process
-
-    def remove_namespace(self, name: str) -> None:
-        """Ends what still runs in it, too."""
-        self.namespaces.pop(name).remove()
-
-    def cleanup(self) -> None:
-        if self.cleaned:
-            return
-        self.cleaned = True
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
-        try:
-            self.lab.close()
-        except (OSError, subprocess.TimeoutExpired, LabError) as exc:
-            print(f"bench: cleanup: {exc}", file=sys.stderr)
-
-
-def nsexec(ns: str, *argv: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, *argv]
-
-
-def run(
-    argv: Sequence[str], timeout: float, check: bool = True, input: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """subprocess.run with a timeout always, and failures as BenchError."""
-    try:
-        result = subprocess.run(
-            list(argv),
-            capture_output=True,
-            timeout=timeout,
-            input=input,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from None
-    if check and result.returncode != 0:
-        stderr = result.stderr.decode(errors="replace").strip()
-        raise BenchError(f"exit {result.returncode}: {' '.join(argv)}: {stderr[-500:]}")
-    return result
-
-
-def vm_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
-
-
-def slab_kib() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("Slab:"):
-            return int(line.split()[1])
-    raise BenchError("no Slab in /proc/meminfo")
-
-
-# ---- the two setups --------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    """One side of the comparison: where the clients run and whom they talk to."""
-
-    label: str
-    client_ns: str
-    server_ns: str
-    address: str
-    server: subprocess.Popen[bytes]
-    log: Path
-    control: Path | None = None  # ustack's control socket
-
-    @property
-    def pid(self) -> int:
-        return self.server.pid
-
-    def client(self, *argv: str) -> list[str]:
-        return nsexec(self.client_ns, *argv)
-
-    def alive(self) -> None:
-        if self.server.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise BenchError(
-                f"the {self.label} server died (exit {self.server.returncode}):\n{tail}"
-            )
-
-
-def start_ustack(res: Resources, workdir: Path, mtu: int, extra: Sequence[str] = ()) -> Target:
-    ns = res.netns(f"u{mtu}")
-    private = workdir / f"ustack-{mtu}"  # its own control socket and log
-    private.mkdir(exist_ok=True)
-    daemon = UstackDaemon.start(
-        Netns(ns), private, "--mtu", str(mtu), "--linux-address", f"{USTACK_LINUX}/24",
-        "--address", USTACK_STACK, "--services", "echo,discard,http", *extra,
-        log_level="info", msl=None, trace=False,
-    )  # fmt: skip
-    res.server(daemon.process)
-    check_pid_is(daemon.process.pid, "ustack")
-    linux_cc(ns, USTACK_STACK, "tun0")
-    linux_cc(ns, STACK_ADDRESS6, "tun0")
-    return Target("ustack", ns, ns, USTACK_STACK, daemon.process, daemon.log, daemon.control)
-
-
-def linux_cc(ns: str, peer: str, dev: str) -> None:
-    """Linux's TCP towards `peer` runs CUBIC, like ustack, whatever the
-    machine's default (often BBR): a host route's congctl, since a namespace's
-    sysctl may not be writable."""
-    host = f"{peer}/128" if ":" in peer else f"{peer}/32"
-    route = ["ip", "-n", ns, "route", "replace", host, "dev", dev]
-    run([*route, "congctl", "lock", LINUX_CC], timeout=10)
-
-
-def start_kernel(res: Resources, workdir: Path) -> Target:
-    client_ns, server_ns = res.netns("kc"), res.netns("ks")
-    veth_pair(Netns(client_ns), Netns(server_ns), ("bk0", "bk1"),
-              (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))  # fmt: skip
-    for ns, dev, address in (
-        (client_ns, "bk0", KERNEL_CLIENT6),
-        (server_ns, "bk1", KERNEL_SERVER6),
-    ):
-        run(["ip", "-n", ns, "addr", "add", f"{address}/64", "dev", dev, "nodad"], timeout=10)
-    for ns, dev, peer in (
-        (client_ns, "bk0", KERNEL_SERVER),
-        (server_ns, "bk1", KERNEL_CLIENT),
-        (client_ns, "bk0", KERNEL_SERVER6),
-        (server_ns, "bk1", KERNEL_CLIENT6),
-    ):
-        linux_cc(ns, peer, dev)
-    log = workdir / "kernel-server.log"
-    server = BENCH / "kernel_server.py"
-    process = start_until_ready(
-        lambda fd: nsexec(server_ns, sys.executable, str(server), "--address", KERNEL_SERVER,
-                          "--address", KERNEL_SERVER6, "--ready-fd", str(fd)),
-        log,
-    )  # fmt: skip
-    res.server(process)
-    check_pid_is(process.pid, "kernel_server")
-    return Target("kernel", client_ns, server_ns, KERNEL_SERVER, process, log)
-
-
-def over_ipv6(target: Target, address: str) -> Target:
-    """The same server and clients, reached at its IPv6 address (as a URL
-    writes it: [2001:2::2])."""
-    return dataclasses.replace(target, address=f"[{address}]")
-
-
-def set_kernel_mtu(target: Target, mtu: int) -> None:
-    for ns, dev in ((target.client_ns, "bk0"), (target.server_ns, "bk1")):
-        run(["ip", "-n", ns, "link", "set", dev, "mtu", str(mtu)], timeout=10)
-
-
-def check_pid_is(pid: int, word: str) -> None:
-    """`ip netns exec` execs its command, so the PID we hold is the server's own
-    (whose VmRSS we read): make sure."""
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    if word not in cmdline:
-        raise BenchError(f"pid {pid} is {cmdline!r}, not the {word} server")
-
-
-# ---- the measurements ---------------------------------------------------------------------
-
-
-def curl(t: Target, max_time: float, *argv: str) -> tuple[str, list[str]]:
-    """Run curl in the client namespace; (body, the -w fields). A transfer cut
-    at --max-time (exit 28) still reports what it moved, in what time."""
-    result = run(
-        t.client("curl", "-sS", "-g", "--max-time", f"{max_time:.0f}", *argv),
-        timeout=max_time + 15,
-        check=False,
-    )
-    out = result.stdout.decode(errors="replace")
-    if result.returncode not in (0, 28) or "\n@@" not in out:
-        stderr = result.stderr.decode(errors="replace").strip()
-        raise BenchError(f"{t.label}: curl {argv[-1]} exit {result.returncode}: {stderr}")
-    body, fields = out.rsplit("\n@@", 1)
-    return body, fields.split()
-
-
-def curl_download(t: Target, size: int, max_time: float, slow: list[str]) -> float:
-    url = f"http://{t.address}/bytes/{size}"
-    w = "\n@@%{http_code} %{size_download} %{time_total}"
-    _, (code, got, seconds) = curl(t, max_time, "-o", "/dev/null", "-w", w, url)
-    if int(got) < size and float(seconds) >= max_time - 1:
-        slow.append(f"{t.label}: GET {url} cut at {max_time:.0f} s after {got} bytes")
-    elif code != "200" or int(got) != size:
-        raise BenchError(f"{t.label}: download of {size} bytes got HTTP {code}, {got} bytes")
-    return int(got) / float(seconds) / MB
-
-
-def curl_upload(
-    t: Target, path: Path, size: int, digest: str, max_time: float, slow: list[str]
-) -> float:
-    url = f"http://{t.address}/upload"
-    w = "\n@@%{http_code} %{size_upload} %{time_total}"
-    # -T streams the file (POST by -X); no "Expect: 100-continue" and its 1 s wait.
-    # fmt: off
-    body, (code, sent, seconds) = curl(
-        t, max_time, "-X", "POST", "-T", str(path), "-H", "Expect:",
-        "-H", "Content-Type: application/octet-stream", "-w", w, url,
-    )
-    # fmt: on
-    if int(sent) < size and float(seconds) >= max_time - 1:
-        slow.append(f"{t.label}: POST {size} bytes cut at {max_time:.0f} s after {sent} bytes")
-    elif code != "200" or int(sent) != size or body.strip() != f"{size} {digest}":
-        raise BenchError(
-            f"{t.label}: upload of {size} bytes: HTTP {code}, sent {sent}, got {body!r}"
-        )
-    return int(sent) / float(seconds) / MB
-
-
-@dataclass
-class AbResult:
-    rate: float
-    failed: int
-    problems: list[str]
-
-
-def apache_bench(t: Target, requests: int, concurrency: int) -> AbResult:
-    timeout = 30 + requests / 50  # at least 50 requests/s
-    result = run(
-        t.client(
-            "ab",
-            "-q",
-            "-r",
-            "-s",
-            "10",
-            "-n",
-            str(requests),
-            "-c",
-            str(concurrency),
-            f"http://{t.address}/",
-        ),
-        timeout=timeout,
-        check=False,
-    )
-    text = result.stdout.decode(errors="replace")
-
-    def number(pattern: str) -> float | None:
-        match = re.search(pattern, text)
-        return float(match.group(1)) if match else None
-
-    rate = number(r"Requests per second:\s+([\d.]+)")
-    complete = number(r"Complete requests:\s+(\d+)") or 0
-    failed = int(number(r"Failed requests:\s+(\d+)") or 0)
-    non2xx = int(number(r"Non-2xx responses:\s+(\d+)") or 0)
-    problems = []
-    if result.returncode != 0 or rate is None:
-        stderr = result.stderr.decode(errors="replace").strip().splitlines()
-        problems.append(f"ab exit {result.returncode}: {stderr[-1] if stderr else text[-200:]}")
-    if complete < requests:
-        problems.append(f"only {complete:.0f} of {requests} requests completed")
-    if failed:
-        detail = re.search(r"\(Connect: .*\)", text)
-        problems.append(f"{failed} failed {detail.group(0) if detail else ''}".strip())
-    if non2xx:
-        problems.append(f"{non2xx} non-2xx responses")
-    return AbResult(rate or 0.0, failed + non2xx + max(0, requests - int(complete)), problems)
-
-
-def client_py(
-    t: Target, mode: str, port: int, count: int, timeout: float, *extra: str
-) -> dict[str, Any]:
-    argv = t.client(
-        sys.executable,
-        str(BENCH / "client.py"),
-        mode,
-        t.address,
-        str(port),
-        str(count),
-        "--deadline",
-        f"{timeout:.0f}",
-        *extra,
-    )
-    return json.loads(run(argv, timeout=timeout + 10).stdout)
-
-
-def connect_rate(t: Target, count: int) -> tuple[float, dict[str, int]]:
-    out = client_py(t, "connect", DISCARD, count, 30 + count / 50)
-    return out["rate"], out["errors"]
-
-
-def send_rate(t: Target, size: int, timeout: float, slow: list[str]) -> float:
-    """Bulk to the discard port (no SHA-256 in the way): MB/s until its FIN."""
-    out = client_py(t, "send", DISCARD, size, timeout)
-    if out["bytes"] < size:
-        slow.append(f"{t.label}: send to discard moved {out['bytes']} of {size} bytes")
-    return out["rate_mb_s"]
-
-
-def echo_latency(t: Target, count: int) -> tuple[float, float]:
-    out = client_py(t, "pingpong", ECHO, count, 30 + count / 500, "--warmup", "200")
-    return out["p50_us"], out["p99_us"]
-
-
-@dataclass
-class Memory:
-    rss_kib_per_conn: float
-    slab_kib_per_conn: float
-    established: int | None
-
-
-def idle_memory(t: Target, count: int) -> Memory:
-    """RSS of the server process and the kernel's Slab, before and while the
-    client holds `count` idle connections to the echo port."""
-    client_py(t, "pingpong", ECHO, 20, 30, "--warmup", "0")  # warm the code path first
-    time.sleep(0.5)
-    rss0, slab0 = vm_rss_kib(t.pid), slab_kib()
-    timeout = 30 + count / 100
-    argv = t.client(
-        sys.executable,
-        str(BENCH / "client.py"),
-        "hold",
-        t.address,
-        str(ECHO),
-        str(count),
-        "--deadline",
-        f"{timeout:.0f}",
-    )
-    holder = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        readable, _, _ = select.select([holder.stdout], [], [], timeout)
-        line = holder.stdout.readline() if readable else b""
-        if not line.startswith(b'{"held"'):
-            err = holder.stderr.read().decode(errors="replace") if holder.poll() is not None else ""
-            raise BenchError(
-                f"{t.label}: could not hold {count} connections: {line!r} {err[-500:]}"
-            )
-        time.sleep(1.0)  # let the server settle
-        rss1, slab1 = vm_rss_kib(t.pid), slab_kib()
-        established = None
-        if t.control is not None:
-            from ustack.linux.control import request
-
-            established = request(t.control, "stats")["connections"].get("ESTABLISHED", 0)
-        holder.stdin.write(b"go\n")
-        holder.stdin.flush()
-        holder.wait(30)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait(5)
-    return Memory((rss1 - rss0) / count, (slab1 - slab0) / count, established)
-
-
-# ---- after each phase: did anything go wrong? ---------------------------------------------
-
-LOG_PROBLEM = re.compile(r"Traceback|ERROR|WARNING|Exception|error:", re.IGNORECASE)
-
-
-def health(t: Target, settle: float = 5.0) -> dict[str, Any]:
-    """Connections left behind (other than TIME_WAIT and listeners), nonzero drop
-    counters, and suspicious lines in the server's log."""
-    report: dict[str, Any] = {}
-    deadline = time.monotonic() + settle
-    while True:
-        states = connection_states(t)
-        lingering = {s: n for s, n in states.items() if s not in ("TIME_WAIT", "LISTEN")}
-        if not lingering or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    report["states"] = states
-    if lingering:
-        report["lingering"] = lingering
-        if t.control is not None:
-            from ustack.linux.control import request
-
-            conns = request(t.control, "connections")["connections"]
-            report["lingering_detail"] = [c for c in conns if c["state"] in lingering][:10]
-    if t.control is not None:
-        from ustack.linux.control import request
-
-        counters = request(t.control, "stats")["counters"]
-        report["drops"] = {k: v for k, v in counters.items() if ".drop." in k and v}
-        report["counters"] = counters
-    lines = t.log.read_text(errors="replace").splitlines()
-    report["log_problems"] = [line for line in lines if LOG_PROBLEM.search(line)][:20]
-    return report
-
-
-def connection_states(t: Target) -> dict[str, int]:
-    if t.control is not None:
-        from ustack.linux.control import request
-
-        return dict(request(t.control, "stats")["connections"])
-    out = run(nsexec(t.server_ns, "ss", "-Htan"), timeout=10).stdout.decode()
-    names = {
-        "ESTAB": "ESTABLISHED",
-        "TIME-WAIT": "TIME_WAIT",
-        "CLOSE-WAIT": "CLOSE_WAIT",
-        "LAST-ACK": "LAST_ACK",
-        "FIN-WAIT-1": "FIN_WAIT_1",
-        "FIN-WAIT-2": "FIN_WAIT_2",
-        "SYN-RECV": "SYN_RECEIVED",
-        "CLOSING": "CLOSING",
-    }
-    states: dict[str, int] = {}
-    for line in out.splitlines():
-        state = names.get(line.split()[0], line.split()[0])
-        states[state] = states.get(state, 0) + 1
-    return states
-
-
-# ---- the table ----------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    metric: str
-    unit: str
-    better: str  # "higher", "lower" or "" (a count, a memory figure)
-    ustack: list[float] = field(default_factory=list)
-    kernel: list[float] = field(default_factory=list)
-    how: str = "best"  # best of the reps, their "median" or "sum", or "one" measurement
-
-    def value(self, side: str) -> float | None:
-        values = self.ustack if side == "ustack" else self.kernel
-        if not values:
-            return None
-        if self.how == "sum":
-            return sum(values)
-        if self.how == "one":
-            return values[0]
-        if self.how == "median":
-            return statistics.median(values)
-        return max(values) if self.better == "higher" else min(values)
-
-    def of(self, t: Target) -> list[float]:
-        """The list of `t`'s measurements."""
-        return self.ustack if t.label == "ustack" else self.kernel
-
-    def ratio(self) -> float | None:
-        u, k = self.value("ustack"), self.value("kernel")
-        if u is None or k is None or k == 0 or self.how == "sum":
-            return None
-        return u / k
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if value == 0:
-        return "0"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3f}"
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    header = ("metric", "ustack", "kernel", "ustack/kernel")
-    body = [
-        (
-            f"{r.metric} ({r.unit})",
-            fmt(r.value("ustack")),
-            fmt(r.value("kernel")),
-            "-" if r.ratio() is None else f"{r.ratio():.3f}",
-        )
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(4)]
-    lines = []
-    for n, line in enumerate([header, *body]):
-        cells = [line[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
 
 # ---- the run ------------------------------------------------------------------------------
 
@@ -619,45 +117,6 @@ SETTINGS_HELP = {  # the options, in --help's order
     " of what it moved",
     "row_budget": "seconds one side may spend on one row before its remaining reps are skipped",
 }
-
-
-def log_step(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def kernel_losses(ns: str, device: str) -> tuple[int, int]:
-    """(RetransSegs of the kernel's TCP, packets the device dropped) in one
-    namespace: /proc/net and, under `ip netns exec`, /sys are the namespace's own."""
-    stats = f"/sys/class/net/{device}/statistics"
-    argv = nsexec(ns, "cat", "/proc/net/snmp", f"{stats}/tx_dropped", f"{stats}/rx_dropped")
-    lines = run(argv, timeout=10).stdout.decode().splitlines()
-    tcp = [line.split() for line in lines if line.startswith("Tcp:")]
-    return int(tcp[1][tcp[0].index("RetransSegs")]), int(lines[-2]) + int(lines[-1])
-
-
-def loss_snapshot(t: Target) -> dict[str, int]:
-    """Counters that should not move on a lossless virtual link: retransmissions
-    by the server and by the clients' kernel, packets dropped by the TUN or veth
-    devices (a full queue), and (ustack) every drop counter of the stack."""
-    if t.control is None:
-        client, client_dev = kernel_losses(t.client_ns, "bk0")
-        server, server_dev = kernel_losses(t.server_ns, "bk1")
-        return {
-            "client retransmits": client,
-            "server retransmits": server,
-            "veth drops": client_dev + server_dev,
-        }
-    from ustack.linux.control import request
-
-    client, tun = kernel_losses(t.client_ns, "tun0")
-    counters = request(t.control, "stats")["counters"]
-    snapshot = {
-        "client retransmits": client,
-        "server retransmits": sum(v for k, v in counters.items() if "retransmit" in k),
-        "tun drops": tun,
-    }
-    snapshot.update({k: v for k, v in counters.items() if ".drop." in k})
-    return snapshot
 
 
 @dataclass
@@ -738,15 +197,27 @@ class Rotation:
         log_step(f"  {what} rep {rep + 1}/{self.reps} {t.label}: {fmt(value)}{extra}")
 
 
+# The rows also measured over IPv6 (unless --no-ipv6), each IPv6 rep right after
+# its IPv4 one, on the same servers: the same background load (issue 15's bar:
+# IPv6 within 10 % of IPv4; issue 18 item 8).
+IPV6_TWINS = ("down1500", "up1500", "send1500", "connect", "ab1", "ab1fail", "abN", "abNfail",
+              "p50", "p99")  # fmt: skip
+ORDER = ("down1500", "up1500", "send1500", "down64k", "up64k", "send64k", "connect", "ab1",
+         "ab1fail", "abN", "abNfail", "p50", "p99", "rss", "slab")  # fmt: skip
+
+
+def family(t: Target) -> str:
+    """The suffix of `t`'s rows: "v6" when reached over IPv6 ([2001:...])."""
+    return "v6" if t.address.startswith("[") else ""
+
+
 def benchmark(
-    s: Settings, res: Resources, workdir: Path, ustack_args: Sequence[str] = ()
-) -> tuple[list[Row], dict[str, Any]]:
+    s: Settings, res: Resources, workdir: Path, ustack_args: Sequence[str] = (), ipv6: bool = True
+) -> tuple[list[tuple[str, Row]], dict[str, Any]]:
     bulk = s.bulk_mb * MB
     rows = {
         "down1500": Row("download server->client, MTU 1500", "MB/s", "higher"),
         "up1500": Row("upload client->server, MTU 1500", "MB/s", "higher"),
-        "down1500v6": Row("download server->client, MTU 1500, IPv6", "MB/s", "higher"),
-        "up1500v6": Row("upload client->server, MTU 1500, IPv6", "MB/s", "higher"),
         "down64k": Row(f"download server->client, MTU {BIG_MTU}", "MB/s", "higher"),
         "up64k": Row(f"upload client->server, MTU {BIG_MTU}", "MB/s", "higher"),
         "send1500": Row("send client->server discard, MTU 1500", "MB/s", "higher"),
@@ -761,6 +232,14 @@ def benchmark(
         "rss": Row("idle conn: server process RSS", "KiB/conn", "", how="one"),
         "slab": Row("idle conn: kernel Slab", "KiB/conn", "", how="one"),
     }
+    if ipv6:
+        for key in IPV6_TWINS:
+            row = rows[key]
+            head, sep, tail = row.metric.partition(", median")  # "..., IPv6, median"
+            if not sep:
+                head, sep, tail = row.metric.partition(", all reps")
+            metric = f"{head}, IPv6{sep}{tail}"
+            rows[key + "v6"] = Row(metric, row.unit, row.better, how=row.how)
     rotation = Rotation(s.reps, s.row_budget)
     notes: dict[str, Any] = {"ab_problems": [], "connect_errors": [], "memory": [], "health": {}}
 
@@ -777,6 +256,13 @@ def benchmark(
     ustack = start_ustack(res, workdir, 1500, ustack_args)
     kernel = start_kernel(res, workdir)
     targets = (ustack, kernel)
+    targets6 = (over_ipv6(ustack, STACK_ADDRESS6), over_ipv6(kernel, KERNEL_SERVER6))
+
+    def both(key: str, measure: Callable[[Target], float], what: str) -> None:
+        plan = [(targets, rows[key], measure, what)]
+        if ipv6:
+            plan.append((targets6, rows[key + "v6"], measure, what.replace(" (", " IPv6 (", 1)))
+        rotation.rows(plan)
 
     # Memory first, on fresh servers: later phases leave freed memory that would be reused.
     for t in targets:
@@ -795,31 +281,31 @@ def benchmark(
 
     def ping(t: Target) -> float:
         p50, p99 = echo_latency(t, s.pings)
-        rows["p99"].of(t).append(p99)
+        rows["p99" + family(t)].of(t).append(p99)
         return p50
 
-    rotation.row(targets, rows["p50"], ping, "echo p50 (us)")
+    both("p50", ping, "echo p50 (us)")
 
     def connects(t: Target) -> float:
         rate, errors = connect_rate(t, s.connects)
         if errors:
-            notes["connect_errors"].append({t.label: errors})
+            notes["connect_errors"].append({t.label + family(t): errors})
         return rate
 
-    rotation.row(targets, rows["connect"], connects, "connect+close (conn/s)")
+    both("connect", connects, "connect+close (conn/s)")
 
     for key, conc in (("ab1", 1), ("abN", s.concurrency)):
 
         def ab(t: Target, conc: int = conc, key: str = key) -> float:
             result = apache_bench(t, s.requests, conc)
-            rows[key + "fail"].of(t).append(result.failed)
+            rows[key + "fail" + family(t)].of(t).append(result.failed)
             if result.problems:
                 notes["ab_problems"].append(
-                    {"target": t.label, "c": conc, "problems": result.problems}
+                    {"target": t.label + family(t), "c": conc, "problems": result.problems}
                 )
             return result.rate
 
-        rotation.row(targets, rows[key], ab, f"ab -c {conc} (req/s)")
+        both(key, ab, f"ab -c {conc} (req/s)")
 
     def download(t: Target) -> float:
         return curl_download(t, bulk, s.transfer_timeout, rotation.slow)
@@ -830,18 +316,9 @@ def benchmark(
     def send(t: Target) -> float:
         return send_rate(t, bulk, s.transfer_timeout, rotation.slow)
 
-    # The bulk rows over IPv6 too (issue 15: within 10 % of IPv4), same
-    # servers, each IPv6 rep right after its IPv4 one: the same background load.
-    targets6 = (over_ipv6(ustack, STACK_ADDRESS6), over_ipv6(kernel, KERNEL_SERVER6))
-    rotation.rows([
-        (targets, rows["down1500"], download, "download MTU 1500 (MB/s)"),
-        (targets6, rows["down1500v6"], download, "download MTU 1500 IPv6 (MB/s)"),
-    ])  # fmt: skip
-    rotation.rows([
-        (targets, rows["up1500"], upload_, "upload MTU 1500 (MB/s)"),
-        (targets6, rows["up1500v6"], upload_, "upload MTU 1500 IPv6 (MB/s)"),
-    ])  # fmt: skip
-    rotation.row(targets, rows["send1500"], send, "send to discard MTU 1500 (MB/s)")
+    both("down1500", download, "download MTU 1500 (MB/s)")
+    both("up1500", upload_, "upload MTU 1500 (MB/s)")
+    both("send1500", send, "send to discard MTU 1500 (MB/s)")
     for t in targets:
         notes["health"][f"{t.label} (MTU 1500 phase)"] = health(t)
 
@@ -858,19 +335,8 @@ def benchmark(
     upload.unlink()
 
     notes["losses"], notes["slow"] = rotation.losses, rotation.slow
-    order = ["down1500", "down1500v6", "up1500", "up1500v6", "send1500", "down64k", "up64k",
-             "send64k", "connect", "ab1", "ab1fail", "abN", "abNfail", "p50", "p99", "rss",
-             "slab"]  # fmt: skip
-    return [rows[k] for k in order], notes
-
-
-def revision() -> str:
-    """The commit benchmarked, and whether the working tree differs from it."""
-    try:
-        out = run(["git", "-C", str(BENCH.parent), "describe", "--always", "--dirty"], timeout=10)
-    except (BenchError, OSError):
-        return "unknown"
-    return out.stdout.decode().strip()
+    keys = [k for key in ORDER for k in (key, key + "v6") if k in rows]
+    return [(k, rows[k]) for k in keys], notes
 
 
 def preflight() -> None:
@@ -944,6 +410,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--json", type=Path, metavar="FILE", help="also write the table and details as JSON"
     )
     parser.add_argument(
+        "--save",
+        action="store_true",
+        help="also write the full results (every rep, the machine, the revision, the options)"
+        " to bench/results/DATE-REV.json, for bench/compare.py",
+    )
+    parser.add_argument(
+        "--note", default="", help="a remark kept in the results file (e.g. 'machine loaded')"
+    )
+    parser.add_argument(
+        "--no-ipv6", action="store_true", help="skip the IPv6 twins of the MTU 1500 rows"
+    )
+    parser.add_argument(
         "--ustack-arg",
         action="append",
         default=[],
@@ -986,13 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, on_signal)
     atexit.register(res.cleanup)
     started = time.monotonic()
+    machine_before = machine.info()
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ustack-bench-"))
     try:
         preflight()
         workdir.mkdir(parents=True, exist_ok=True)
         remove_stale_namespaces()
-        rows, notes = benchmark(s, res, workdir, args.ustack_arg)
+        rows, notes = benchmark(s, res, workdir, args.ustack_arg, ipv6=not args.no_ipv6)
     except (BenchError, LabError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 130 if isinstance(exc, Interrupted) else 1
@@ -1001,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
-    rev = revision()
+    rev = results.revision()
 
     extra = f", ustack serve {' '.join(args.ustack_arg)}" if args.ustack_arg else ""
     print(
@@ -1014,40 +493,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(latency: median of the reps' percentiles; memory: one measurement)"
     )
     print()
-    print(format_table(rows))
+    print(format_table([row for _, row in rows]))
     print()
     print_health(notes)
     print(f"elapsed {elapsed:.0f} s")
     problems = problem_count(notes)
+    info = machine.info()
+    info["load_average_before"] = machine_before["load_average"]
+    doc = results.document(
+        rows,
+        options={"settings": vars(s), "quick": args.quick, "ipv6": not args.no_ipv6,
+                 "ustack_args": args.ustack_arg, "note": args.note},
+        machine=info, notes=notes, elapsed=elapsed, problems=problems, revision=rev,
+    )  # fmt: skip
+    text = json.dumps(doc, indent=2) + "\n"
     if args.json:
-        document = {
-            "settings": vars(s),
-            "revision": rev,
-            "ustack_args": args.ustack_arg,
-            "elapsed_s": round(elapsed, 1),
-            "machine": {
-                "host": platform.node(),
-                "cpus": os.cpu_count(),
-                "kernel": platform.release(),
-                "python": platform.python_version(),
-            },
-            "rows": [
-                {
-                    "metric": r.metric,
-                    "unit": r.unit,
-                    "how": r.how,
-                    "ustack": r.value("ustack"),
-                    "kernel": r.value("kernel"),
-                    "ratio": r.ratio(),
-                    "ustack_reps": r.ustack,
-                    "kernel_reps": r.kernel,
-                }
-                for r in rows
-            ],
-            "notes": notes,
-            "problems": problems,
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        args.json.write_text(text)
+    if args.save:
+        path = results.save_path(doc)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        print(f"saved {path.relative_to(BENCH.parent)}")
     if args.strict and problems:
         print(f"bench: --strict: {problems} problem(s), see above", file=sys.stderr)
         return 3

@@ -1,0 +1,232 @@
+"""The two setups of bench/run.py (and bench/connection_count.py, bench/profile_daemon.py):
+ustack's daemon on its TUN, and the kernel reference server over a veth pair,
+each in network namespaces made here and removed at the end; the processes and
+namespaces a run created, and the small helpers every bench script shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ustack.linux.lab import (
+    STACK_ADDRESS6,
+    LabError,
+    Netns,
+    UstackDaemon,
+    die_with_parent,
+    netns,
+    start_until_ready,
+    stop_process,
+    veth_pair,
+)
+
+BENCH = Path(__file__).resolve().parent
+NS_PREFIX = "ustack-b"
+USTACK_LINUX, USTACK_STACK = "198.18.0.1", "198.18.0.2"
+KERNEL_CLIENT, KERNEL_SERVER = "198.19.0.1", "198.19.0.2"
+KERNEL_CLIENT6, KERNEL_SERVER6 = "2001:2:1::1", "2001:2:1::2"  # RFC 5180's range, as the lab's
+LINUX_CC = "cubic"  # ustack's default congestion control; Linux's everywhere here
+ECHO, DISCARD = 7, 9
+BIG_MTU = 65535
+MB = 1_000_000  # MB/s here are 10^6 bytes per second, as curl reports them
+TOOLS = ("ip", "curl", "ab", "ss")
+DAYTIME = 13  # RFC 867: one line, then the server closes first (its TIME_WAIT)
+
+
+class BenchError(Exception):
+    """A failure worth one clear line (and the run's cleanup), not a traceback."""
+
+
+class Interrupted(BenchError):
+    pass
+
+
+# ---- processes and namespaces, and their cleanup ------------------------------------------
+
+
+@dataclass
+class Resources:
+    """Everything this run created (namespaces and servers, from ustack.linux.lab),
+    removed exactly once, servers before their namespaces."""
+
+    lab: ExitStack = field(default_factory=ExitStack)
+    namespaces: dict[str, Netns] = field(default_factory=dict)
+    cleaned: bool = False
+
+    def netns(self, tag: str) -> str:
+        ns = self.lab.enter_context(netns(NS_PREFIX, tag))
+        self.namespaces[ns.name] = ns
+        # Room for many short connections from the clients (a per-namespace setting).
+        run(nsexec(ns.name, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"), timeout=10)
+        return ns.name
+
+    def server(self, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self.lab.callback(stop_process, process)
+        return process
+
+    def remove_namespace(self, name: str) -> None:
+        """Ends what still runs in it, too."""
+        self.namespaces.pop(name).remove()
+
+    def cleanup(self) -> None:
+        if self.cleaned:
+            return
+        self.cleaned = True
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        try:
+            self.lab.close()
+        except (OSError, subprocess.TimeoutExpired, LabError) as exc:
+            print(f"bench: cleanup: {exc}", file=sys.stderr)
+
+
+def nsexec(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def run(
+    argv: Sequence[str], timeout: float, check: bool = True, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """subprocess.run with a timeout always, and failures as BenchError."""
+    try:
+        result = subprocess.run(
+            list(argv),
+            capture_output=True,
+            timeout=timeout,
+            input=input,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from None
+    if check and result.returncode != 0:
+        stderr = result.stderr.decode(errors="replace").strip()
+        raise BenchError(f"exit {result.returncode}: {' '.join(argv)}: {stderr[-500:]}")
+    return result
+
+
+def vm_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def slab_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Slab:"):
+            return int(line.split()[1])
+    raise BenchError("no Slab in /proc/meminfo")
+
+
+# ---- the two setups --------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One side of the comparison: where the clients run and whom they talk to."""
+
+    label: str
+    client_ns: str
+    server_ns: str
+    address: str
+    server: subprocess.Popen[bytes]
+    log: Path
+    control: Path | None = None  # ustack's control socket
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def client(self, *argv: str) -> list[str]:
+        return nsexec(self.client_ns, *argv)
+
+    def alive(self) -> None:
+        if self.server.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise BenchError(
+                f"the {self.label} server died (exit {self.server.returncode}):\n{tail}"
+            )
+
+
+def start_ustack(res: Resources, workdir: Path, mtu: int, extra: Sequence[str] = ()) -> Target:
+    ns = res.netns(f"u{mtu}")
+    private = workdir / f"ustack-{mtu}"  # its own control socket and log
+    private.mkdir(exist_ok=True)
+    daemon = UstackDaemon.start(
+        Netns(ns), private, "--mtu", str(mtu), "--linux-address", f"{USTACK_LINUX}/24",
+        "--address", USTACK_STACK, "--services", "echo,discard,http", *extra,
+        log_level="info", msl=None, trace=False,
+    )  # fmt: skip
+    res.server(daemon.process)
+    check_pid_is(daemon.process.pid, "ustack")
+    linux_cc(ns, USTACK_STACK, "tun0")
+    linux_cc(ns, STACK_ADDRESS6, "tun0")
+    return Target("ustack", ns, ns, USTACK_STACK, daemon.process, daemon.log, daemon.control)
+
+
+def linux_cc(ns: str, peer: str, dev: str) -> None:
+    """Linux's TCP towards `peer` runs CUBIC, like ustack, whatever the
+    machine's default (often BBR): a host route's congctl, since a namespace's
+    sysctl may not be writable."""
+    host = f"{peer}/128" if ":" in peer else f"{peer}/32"
+    route = ["ip", "-n", ns, "route", "replace", host, "dev", dev]
+    run([*route, "congctl", "lock", LINUX_CC], timeout=10)
+
+
+def start_kernel(res: Resources, workdir: Path) -> Target:
+    client_ns, server_ns = res.netns("kc"), res.netns("ks")
+    veth_pair(Netns(client_ns), Netns(server_ns), ("bk0", "bk1"),
+              (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))  # fmt: skip
+    for ns, dev, address in (
+        (client_ns, "bk0", KERNEL_CLIENT6),
+        (server_ns, "bk1", KERNEL_SERVER6),
+    ):
+        run(["ip", "-n", ns, "addr", "add", f"{address}/64", "dev", dev, "nodad"], timeout=10)
+    for ns, dev, peer in (
+        (client_ns, "bk0", KERNEL_SERVER),
+        (server_ns, "bk1", KERNEL_CLIENT),
+        (client_ns, "bk0", KERNEL_SERVER6),
+        (server_ns, "bk1", KERNEL_CLIENT6),
+    ):
+        linux_cc(ns, peer, dev)
+    log = workdir / "kernel-server.log"
+    server = BENCH / "kernel_server.py"
+    process = start_until_ready(
+        lambda fd: nsexec(server_ns, sys.executable, str(server), "--address", KERNEL_SERVER,
+                          "--address", KERNEL_SERVER6, "--ready-fd", str(fd)),
+        log,
+    )  # fmt: skip
+    res.server(process)
+    check_pid_is(process.pid, "kernel_server")
+    return Target("kernel", client_ns, server_ns, KERNEL_SERVER, process, log)
+
+
+def over_ipv6(target: Target, address: str) -> Target:
+    """The same server and clients, reached at its IPv6 address (as a URL
+    writes it: [2001:2::2])."""
+    return dataclasses.replace(target, address=f"[{address}]")
+
+
+def set_kernel_mtu(target: Target, mtu: int) -> None:
+    for ns, dev in ((target.client_ns, "bk0"), (target.server_ns, "bk1")):
+        run(["ip", "-n", ns, "link", "set", dev, "mtu", str(mtu)], timeout=10)
+
+
+def check_pid_is(pid: int, word: str) -> None:
+    """`ip netns exec` execs its command, so the PID we hold is the server's own
+    (whose VmRSS we read): make sure."""
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    if word not in cmdline:
+        raise BenchError(f"pid {pid} is {cmdline!r}, not the {word} server")
+
+
+def log_step(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
