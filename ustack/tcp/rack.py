@@ -114,8 +114,8 @@ class Rack:
         """SND.UNA moved to `ack`: entries below it are delivered and go."""
         log = self.log
         # Every ACK drops the entries it covers: one deque pop each, the rest
-        # inlined (seq.le, _drop, and _delivered's common case, a first
-        # transmission: RFC 8985 6.2 steps 2 and 3).
+        # inlined (seq.le, the counts the entry leaves, and _delivered's
+        # common case, a first transmission: RFC 8985 6.2 steps 2 and 3).
         while log:
             entry = log[0]
             end = entry.end
@@ -199,16 +199,6 @@ class Rack:
             else:
                 ranges.append([entry.start, entry.end])
         return ranges
-
-    def _drop(self, entry: Sent, now: float) -> None:
-        if entry.sacked:
-            self.sacked_bytes -= seq.diff(entry.end, entry.start)
-        else:
-            self._delivered(entry, now)
-        if entry.retransmitted:
-            self.retransmitted_out -= 1
-        if entry.lost:
-            self.lost_out -= 1
 
     def _delivered(self, entry: Sent, now: float) -> None:
         """RFC 8985 6.2 steps 2 and 3, for one newly delivered entry."""
