@@ -29,8 +29,8 @@ from socket import (
 )
 from typing import TYPE_CHECKING, Any
 
-from ustack.api import LINGER, StreamOptions
 from ustack.sockets.loop_side import StreamState, on_loop, oserror
+from ustack.stream_options import LINGER, StreamOptions
 
 if TYPE_CHECKING:
     from ustack.socket import SocketStack

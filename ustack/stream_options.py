@@ -1,0 +1,168 @@
+"""Per-connection options for streams on the stack, as a kernel socket has
+them: TCP_NODELAY, SO_KEEPALIVE (with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT),
+SO_LINGER (0: close sends an RST) and TCP_CONGESTION (`StreamOptions`, the
+keywords of open_connection and start_server), and the socket-like object
+`get_extra_info("socket")` gives (`TcpSocketInfo`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from ustack.tcp.connection import TcpConfig
+from ustack.wire.address import is_ipv6
+
+if TYPE_CHECKING:
+    from ustack.api import TcpTransport
+
+
+LINGER = struct.Struct("ii")  # struct linger: l_onoff, l_linger
+# TCP_CONGESTION's names as Linux spells them, and ustack's for each.
+CONGESTION_NAMES = {"reno": "newreno", "newreno": "newreno", "cubic": "cubic"}
+LINUX_KEEPALIVE_IDLE = 7200.0  # tcp_keepalive_time: SO_KEEPALIVE alone waits 2 hours
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+    """Socket options of one connection (or of a server's connections), as
+    open_connection and start_server take them: `nodelay` (TCP_NODELAY: Nagle
+    off), `keepalive` (SO_KEEPALIVE) with `keepalive_idle`, `keepalive_interval`,
+    `keepalive_count` (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT), `linger`
+    (SO_LINGER: 0 makes close() send an RST), `congestion` (TCP_CONGESTION:
+    "reno" or "cubic"). None leaves the stack's default."""
+
+    nodelay: bool | None = None
+    keepalive: bool | None = None
+    keepalive_idle: float | None = None
+    keepalive_interval: float | None = None
+    keepalive_count: int | None = None
+    linger: int | None = None
+    congestion: str | None = None
+
+    def config(self, base: TcpConfig) -> TcpConfig | None:
+        """The connection's TcpConfig: `base` with these options; None if none changes it."""
+        changes: dict[str, Any] = {}
+        if self.nodelay is not None:
+            changes["nagle"] = not self.nodelay
+        if self.congestion is not None:
+            if self.congestion not in CONGESTION_NAMES:
+                known = ", ".join(sorted(CONGESTION_NAMES))
+                raise ValueError(f"unknown congestion control {self.congestion!r} ({known})")
+            changes["congestion_control"] = CONGESTION_NAMES[self.congestion]
+        if self.keepalive or (self.keepalive is None and self.keepalive_idle is not None):
+            changes["keepalive_idle"] = self.keepalive_idle or (
+                base.keepalive_idle or LINUX_KEEPALIVE_IDLE
+            )
+        elif self.keepalive is False:
+            changes["keepalive_idle"] = None
+        if self.keepalive_interval is not None:
+            changes["keepalive_interval"] = self.keepalive_interval
+        if self.keepalive_count is not None:
+            changes["keepalive_probes"] = self.keepalive_count
+        if self.linger is not None and self.linger < 0:
+            raise ValueError("linger is a number of seconds, 0 or more")
+        return dataclasses.replace(base, **changes) if changes else None
+
+
+class TcpSocketInfo:
+    """What get_extra_info("socket") gives, as asyncio's TransportSocket
+    does for a kernel socket: family, type, proto, getsockname, getpeername,
+    and getsockopt / setsockopt for the options ustack has per connection
+    (TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, SO_LINGER,
+    TCP_CONGESTION; SO_TYPE, SO_ERROR, SO_SNDBUF, SO_RCVBUF to read).
+    Others: OSError ENOPROTOOPT, as the kernel answers an unknown option."""
+
+    type = socket.SOCK_STREAM
+    proto = socket.IPPROTO_TCP
+
+    def __init__(self, transport: TcpTransport) -> None:
+        self._transport = transport
+        remote = transport._key[0]
+        self.family = socket.AF_INET6 if is_ipv6(remote) else socket.AF_INET
+
+    def __repr__(self) -> str:
+        return (
+            f"<ustack TcpSocketInfo family={self.family!r} laddr={self.getsockname()} "
+            f"raddr={self.getpeername()}>"
+        )
+
+    def fileno(self) -> int:
+        return -1  # no file descriptor: the connection lives in the stack
+
+    def getsockname(self) -> Any:
+        return self._transport.get_extra_info("sockname")
+
+    def getpeername(self) -> Any:
+        return self._transport.get_extra_info("peername")
+
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:
+        conn = self._transport._conn
+        config = conn.config
+        value: int | bytes
+        if (level, optname) == (socket.IPPROTO_TCP, socket.TCP_CONGESTION):
+            name = "reno" if config.congestion_control == "newreno" else config.congestion_control
+            return name.encode().ljust(buflen or 16, b"\0")[: buflen or 16]
+        if (level, optname) == (socket.SOL_SOCKET, socket.SO_LINGER):
+            linger = self._transport.linger
+            packed = LINGER.pack(linger is not None, linger or 0)
+            return packed if buflen else int(linger is not None)
+        if level == socket.IPPROTO_TCP and optname == socket.TCP_NODELAY:
+            value = int(conn.sender.nodelay)
+        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPIDLE:
+            value = int(config.keepalive_idle or LINUX_KEEPALIVE_IDLE)
+        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPINTVL:
+            value = int(config.keepalive_interval)
+        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPCNT:
+            value = config.keepalive_probes
+        elif level == socket.SOL_SOCKET and optname == socket.SO_KEEPALIVE:
+            value = int(config.keepalive_idle is not None)
+        elif level == socket.SOL_SOCKET and optname == socket.SO_TYPE:
+            value = socket.SOCK_STREAM
+        elif level == socket.SOL_SOCKET and optname == socket.SO_ERROR:
+            value = 0
+        elif level == socket.SOL_SOCKET and optname == socket.SO_SNDBUF:
+            value = config.send_buffer
+        elif level == socket.SOL_SOCKET and optname == socket.SO_RCVBUF:
+            value = config.receive_buffer
+        else:
+            raise OSError(errno.ENOPROTOOPT, os.strerror(errno.ENOPROTOOPT))
+        return value.to_bytes(4, "little") if buflen else value
+
+    def setsockopt(self, level: int, optname: int, value: int | bytes) -> None:
+        transport = self._transport
+        conn, now = transport._conn, transport._runner.now()
+        config = conn.config
+        number = int.from_bytes(value[:4], "little") if isinstance(value, bytes) else value
+        keepalive = (config.keepalive_idle, config.keepalive_interval, config.keepalive_probes)
+        if level == socket.IPPROTO_TCP and optname == socket.TCP_NODELAY:
+            conn.sender.nodelay = bool(number)
+            conn.config = dataclasses.replace(config, nagle=not number)
+            if number:  # as Linux: what Nagle held goes now
+                transport._push()
+            return
+        if level == socket.SOL_SOCKET and optname == socket.SO_LINGER:
+            if isinstance(value, bytes):
+                onoff, seconds = LINGER.unpack(value[: LINGER.size])
+            else:
+                onoff, seconds = int(bool(value)), 0
+            transport.linger = seconds if onoff else None
+            return
+        if level == socket.SOL_SOCKET and optname == socket.SO_KEEPALIVE:
+            idle = (config.keepalive_idle or LINUX_KEEPALIVE_IDLE) if number else None
+            conn.set_keepalive(idle, keepalive[1], keepalive[2], now)
+        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPIDLE:
+            conn.set_keepalive(float(number), keepalive[1], keepalive[2], now)
+        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPINTVL:
+            conn.config = dataclasses.replace(config, keepalive_interval=float(number))
+        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPCNT:
+            conn.config = dataclasses.replace(config, keepalive_probes=number)
+        elif (level, optname) == (socket.IPPROTO_TCP, socket.TCP_CONGESTION):
+            # ustack's congestion control is chosen when the connection opens.
+            raise OSError(errno.EISCONN, "congestion control is chosen at open (congestion=)")
+        else:
+            raise OSError(errno.ENOPROTOOPT, os.strerror(errno.ENOPROTOOPT))
+        transport._runner.done(conn)
