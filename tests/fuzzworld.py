@@ -318,8 +318,10 @@ class World:
                 raise FuzzFailure("app-events", f"{conn}: Closed, but still in {conn.state}")
             if gone:
                 del self.apps[conn]
-            elif "_emit" not in conn.__dict__:
-                conn._emit = _window_checked(conn, conn._emit)  # type: ignore[method-assign]
+            elif type(conn) is TcpConnection:
+                # (TcpConnection has __slots__: the check goes in as a subclass
+                # of the same layout, not as an attribute of the instance)
+                conn.__class__ = _WindowChecked
         if self.coverage is not None:
             self._note_coverage()
 
@@ -511,27 +513,25 @@ class World:
         return ""
 
 
-def _window_checked(
-    conn: TcpConnection, emit: Callable[[Segment], None]
-) -> Callable[[Segment], None]:
-    """Wraps a connection's _emit: no data beyond the peer's window (RFC 9293
-    3.8.6), except one segment at SND.UNA (a retransmission or a zero-window
-    probe, as Linux allows), checked with the TCB as it is at that moment."""
+class _WindowChecked(TcpConnection):
+    """A connection whose _emit checks: no data beyond the peer's window (RFC
+    9293 3.8.6), except one segment at SND.UNA (a retransmission or a
+    zero-window probe, as Linux allows), with the TCB as it is at that moment."""
 
-    def emit_checked(segment: Segment) -> None:
+    __slots__ = ()
+
+    def _emit(self, segment: Segment) -> None:
         size = len(segment.payload)
         if size and not segment.flags & RST:
             end = seq.add(segment.seq, size)
-            right = seq.add(conn.snd_una, conn.snd_wnd)
-            at_left_edge = segment.seq == conn.snd_una and size <= conn.mss
+            right = seq.add(self.snd_una, self.snd_wnd)
+            at_left_edge = segment.seq == self.snd_una and size <= self.mss
             if seq.gt(end, right) and not at_left_edge:
                 raise FuzzFailure(
                     "beyond-send-window",
-                    f"{conn}: {size} bytes at {segment.seq} end past SND.UNA+SND.WND {right}",
+                    f"{self}: {size} bytes at {segment.seq} end past SND.UNA+SND.WND {right}",
                 )
-        emit(segment)
-
-    return emit_checked
+        super()._emit(segment)
 
 
 def _accounts(counter: str) -> bool:

@@ -12,6 +12,8 @@ from ustack.tcp import seq
 
 
 class ReassemblyQueue:
+    __slots__ = ("_arrival", "_arrivals", "_data", "_origin", "_starts", "held_bytes")
+
     def __init__(self) -> None:
         # Entries sorted by their SEQ's distance from _origin (a RCV.NXT of the
         # past: every held SEQ lies ahead of it); entries never overlap.
@@ -120,6 +122,8 @@ def _latest_first(block: list[int]) -> int:
 class ReceiveBuffer:
     """In-order data waiting for the application: the segments' own bytes,
     kept as they came, so delivering them copies nothing until read() joins."""
+
+    __slots__ = ("_chunks", "size")
 
     def __init__(self) -> None:
         # A list, not a deque: one per connection, mostly empty (an empty

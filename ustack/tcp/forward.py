@@ -45,6 +45,8 @@ class TcbView:
     """The TCB variables (RFC 9293 3.3.1) and what the connection's parts
     keep, as read from outside: TcpConnection's base."""
 
+    __slots__ = ()
+
     iss: Forward[int] = Forward("sender.iss")
     snd_una: Forward[int] = Forward("sender.snd_una")
     snd_nxt: Forward[int] = Forward("sender.snd_nxt")

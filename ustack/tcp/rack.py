@@ -58,6 +58,11 @@ _NO_LOG: deque[Sent] = deque(maxlen=0)
 
 
 class Rack:
+    __slots__ = (
+        "_mult_raised_at", "_reo_wnd_persist", "end_seq", "fack", "log", "lost_out", "min_rtt",
+        "reo_wnd_mult", "reordering_seen", "retransmitted_out", "rtt", "sacked_bytes", "xmit_ts",
+    )  # fmt: skip
+
     def __init__(self) -> None:
         self.log: deque[Sent] = _NO_LOG
         # RACK.xmit_ts, RACK.end_seq: the most recently sent delivered segment;

@@ -8,6 +8,8 @@ CLOCK_GRANULARITY = 0.001  # G: our clock is a float of seconds; 1 ms is honest
 class RttEstimator:
     """SRTT, RTTVAR and RTO, as RFC 6298 section 2 computes them."""
 
+    __slots__ = ("max_rto", "min_rto", "rto", "rttvar", "srtt")
+
     def __init__(self, initial_rto: float, min_rto: float, max_rto: float) -> None:
         self.srtt: float | None = None
         self.rttvar = 0.0

@@ -11,6 +11,7 @@ class Cubic:
     Reno would be (the Reno-friendly region). Windows in segments inside,
     bytes outside."""
 
+    __slots__ = ("_epoch", "_k", "_w_est", "cwnd", "mss", "ssthresh", "w_max")
     name = "cubic"
     C = 0.4  # RFC 9438 4.1
     BETA = 0.7  # multiplicative decrease

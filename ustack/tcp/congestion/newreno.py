@@ -9,6 +9,7 @@ class NewReno:
     """RFC 5681 slow start and congestion avoidance, with appropriate byte
     counting (RFC 3465, L = 2*SMSS) in slow start."""
 
+    __slots__ = ("_acked_in_ca", "cwnd", "mss", "ssthresh")
     name = "newreno"
 
     def __init__(self, mss: int, initial_window: int) -> None:
