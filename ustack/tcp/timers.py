@@ -95,10 +95,21 @@ class Timers:
             yield kind
 
 
+# Stale entries the heap may hold beyond one per scheduled owner before it is
+# rebuilt: a little slack, so a small heap is not rebuilt on every push.
+_STALE_SLACK = 64
+
+
 class TimerHeap(Generic[Owner]):
     """Every connection's earliest deadline on one heap, for the demux. A
     connection rescheduled or forgotten leaves its old entry behind, skipped
-    when it comes up (lazy deletion): `scheduled` holds the one that counts."""
+    when it comes up (lazy deletion): `scheduled` holds the one that counts.
+
+    Stale entries would otherwise live until their deadline comes up (a
+    keep-alive's two hours), each holding its connection: once they outnumber
+    the live ones (plus a slack), the heap is rebuilt from the live ones, in
+    O(n) after at least n/2 pushes, so each operation stays O(log n) amortised
+    and the heap's size proportional to the connections that have a timer."""
 
     __slots__ = ("_order", "entries", "scheduled")
 
@@ -114,10 +125,34 @@ class TimerHeap(Generic[Owner]):
             self.scheduled.pop(owner, None)
         elif self.scheduled.get(owner) != deadline:
             self.scheduled[owner] = deadline
-            heapq.heappush(self.entries, (deadline, next(self._order), owner))
+            entries = self.entries
+            heapq.heappush(entries, (deadline, next(self._order), owner))
+            if len(entries) > 2 * len(self.scheduled) + _STALE_SLACK:
+                self.compact()
 
     def forget(self, owner: Owner) -> None:
-        self.scheduled.pop(owner, None)
+        scheduled = self.scheduled
+        if (
+            scheduled.pop(owner, None) is not None
+            and len(self.entries) > 2 * len(scheduled) + _STALE_SLACK
+        ):
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop the stale entries. Each live owner keeps the entry that would
+        come up first (its tie-break number too): what pops, and in which
+        order, is the same as before."""
+        scheduled = self.scheduled
+        live: dict[Owner, tuple[float, int, Owner]] = {}
+        for entry in self.entries:
+            deadline, order, owner = entry
+            if scheduled.get(owner) == deadline:
+                kept = live.get(owner)
+                if kept is None or order < kept[1]:
+                    live[owner] = entry
+        entries = list(live.values())
+        heapq.heapify(entries)
+        self.entries = entries
 
     def next_deadline(self) -> float | None:
         entries = self.entries
