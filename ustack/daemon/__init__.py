@@ -19,6 +19,7 @@ from ustack.daemon.reports import (
     fault_event,
     format_counters,
     listening_endpoints,
+    time_wait_row,
 )
 from ustack.daemon.running import (
     DEFAULT_ADDRESS6,
@@ -141,7 +142,7 @@ class Daemon:
 
         def conn_lookup(remote: str, remote_port: int, local_port: int) -> int | None:
             key = (parse_address(remote), remote_port, local_port)
-            conn = tcp.connections.get(key)
+            conn = tcp.connections.get(key) or tcp.time_wait_at(key)
             return conn.conn_id if conn is not None else None
 
         address6 = None if self.address6 is None else str(self.address6)
@@ -192,6 +193,13 @@ class Daemon:
                 if tcp.connections.get(key) is conn
             ]
             yield {"connections": rows}
+        now = self.runner.now() if self.runner else 0.0
+        rows = [
+            time_wait_row(tcp.address, record, now, tcp.address6)
+            for record in tcp.time_wait_records()
+        ]
+        for start in range(0, len(rows), CHUNK_ROWS):
+            yield {"connections": rows[start : start + CHUNK_ROWS]}
         listening = listening_endpoints(tcp.listeners, tcp.address, tcp.address6)
         yield {"connections": [], "listening": listening}
 
