@@ -679,13 +679,12 @@ class Generator:
         port = s.pick((80, 80, 80, 80, 7, 7, CLOSED_PORT))
         remote = self.remote()
         key = (remote, s.pick(PEER_PORTS), port)
-        waiting = [
-            k for k, c in sorted(self.w.tcp.connections.items()) if c.state is State.TIME_WAIT
-        ]
+        # (TIME_WAIT 4-tuples hold records, tcp/time_wait.py, not connections)
+        waiting = sorted(record.key for record in self.w.tcp.time_wait_records())
         if waiting and s.chance(64):
             key = s.pick(waiting)  # a SYN for a 4-tuple in TIME_WAIT
         iss = s.pick((1000, 1000, 0, MASK, MASK - 15, HALF - 1, HALF, s.u32()))
-        old = self.w.tcp.connections.get(key)
+        old = self.w.tcp.connections.get(key) or self.w.tcp.time_wait_at(key)
         if old is not None and s.chance(160):
             iss = (old.rcv_nxt + s.pick((1, 100_000, HALF - 1, -1))) & MASK  # a new incarnation?
         self.peers[key] = Peer(iss)

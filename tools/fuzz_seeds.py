@@ -25,6 +25,7 @@ from tests import fuzz_ipv6 as v6
 from tests import fuzzworld as fw
 from tests.attacks import ipv4_packet, tcp_segment
 from ustack.tcp.connection import TcpConnection
+from ustack.tcp.time_wait import TimeWait
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
 
@@ -92,7 +93,8 @@ class Seed:
     def stamp(self, key: Key = KEY) -> bytes:
         """The peer's timestamps, if the connection uses them."""
         conn = self.w.tcp.connections.get(key)
-        if conn is None or not conn.ts_ok:
+        record = self.w.tcp.time_wait_at(key)
+        if (conn is None or not conn.ts_ok) and (record is None or record.ts_recent is None):
             return b""
         self.tsval += 1
         last = self.w.last_out.get(key)
@@ -161,9 +163,10 @@ def every_flag_combination() -> Seed:
     s = Seed(1)
     s.handshake()
     for flags in range(256):  # on the connection while it lives, then on the closed tuple
-        conn = s.w.tcp.connections.get(KEY)
-        if conn is not None:
-            s.send(flags, conn.rcv_nxt, conn.snd_nxt, payload=b"f" if flags & 1 else b"")
+        conn = s.w.tcp.connections.get(KEY) or s.w.tcp.time_wait_at(KEY)
+        if conn is not None:  # (a TIME_WAIT record's SND.NXT is its SND.MAX)
+            nxt = conn.snd_max if isinstance(conn, TimeWait) else conn.snd_nxt
+            s.send(flags, conn.rcv_nxt, nxt, payload=b"f" if flags & 1 else b"")
         else:
             s.send(flags, 5000 + flags, 77, payload=b"x" * (flags % 3))
     listener: Key = (fw.PEER, 40003, 7)

@@ -164,7 +164,7 @@ class Pair:
     async def settle(self, timeout: float = 2.0) -> None:
         """Until both connection tables are empty (TIME_WAIT over). No event says
         so, hence polling, bounded."""
-        await until(lambda: not self.a.tcp.connections and not self.b.tcp.connections, timeout)
+        await until(lambda: not self.a.tcp.queued() and not self.b.tcp.queued(), timeout)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:

@@ -92,11 +92,15 @@ def ss_lines(reply: dict[str, Any]) -> list[str]:
         lines.append(f"{'LISTEN':<13} {0:>7} {0:>7}  {local:<{width}} {anyone}")
     for row in reply["connections"]:
         timers = ",".join(f"{name}:{left:.3f}s" for name, left in row["timers"].items())
+        # A TIME_WAIT keeps no send window, RTO or path (tcp/time_wait.py).
+        path = "" if row["pmtu"] is None else (
+            f" wnd {row['snd_wnd']} rto {row['rto']:.3f}s pmtu {row['pmtu']} mss {row['mss']}"
+        )  # fmt: skip
         lines.append(
             f"{row['state']:<13} {row['recv_queue']:>7} {row['send_queue']:>7}  "
             f"{row['local']:<{width}} {row['remote']:<{width}} #{_conn_id(row)} "
-            f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']} "
-            f"wnd {row['snd_wnd']} rto {row['rto']:.3f}s pmtu {row['pmtu']} mss {row['mss']}"
+            f"una {row['snd_una']} nxt {row['snd_nxt']} rcv {row['rcv_nxt']}"
+            + path
             + (" ecn" if row.get("ecn") else "")
             + (f" timers {timers}" if timers else "")
         )

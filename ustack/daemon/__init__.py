@@ -20,6 +20,7 @@ from ustack.daemon.reports import (
     fault_event,
     format_counters,
     listening_endpoints,
+    time_wait_row,
 )
 from ustack.daemon.running import (
     DEFAULT_ADDRESS6,
@@ -66,6 +67,22 @@ PIPE_CHUNK = 64 * 1024
 # 26,000 connections (connect+close, ab -c 1, ab -c 50): GC time 626 -> 130 ms,
 # no full collection (5 before, up to 168 ms each); RSS the same.
 GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Once the daemon is up (issue 18 item 4): what start-up made (modules,
+    the stack, its services) lives as long as the process, so it goes to the
+    permanent generation (gc.freeze), after one last collection so no garbage
+    is frozen with it; a full collection then walks only what came later:
+    some 1.1 objects per TIME_WAIT record (time_wait.py), 14 per open
+    connection. 50,000 TIME_WAITs: a full collection of about 5 ms, against
+    about 50 ms unfrozen with full connections in TIME_WAIT (tools/time_wait_load.py).
+    The young threshold: GC_YOUNG_THRESHOLD. What start-up made and later
+    drops in a cycle is not freed: nothing does that once it serves."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 class Daemon:
@@ -124,11 +141,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self._reopen)
             addresses = ", ".join(map(str, filter(None, (self.config.address, self.address6))))
             log.info("stack at %s on %s, ready", addresses, link.name)
-            # What start-up made (modules, services, tables: ~42,000 objects)
-            # lives as long as the daemon: out of every collection's walk
-            # (a full one at 10,000 TIME_WAITs: ~24 objects each, 70-80 ms).
-            gc.collect()
-            gc.freeze()
+            tune_gc()
             notify_ready(self.config.ready_fd)
             await self._stopped.wait()
             self.running.reset_all()
@@ -152,7 +165,7 @@ class Daemon:
 
         def conn_lookup(remote: str, remote_port: int, local_port: int) -> int | None:
             key = (parse_address(remote), remote_port, local_port)
-            conn = tcp.connections.get(key)
+            conn = tcp.connections.get(key) or tcp.time_wait_at(key)
             return conn.conn_id if conn is not None else None
 
         address6 = None if self.address6 is None else str(self.address6)
@@ -211,6 +224,13 @@ class Daemon:
                 if tcp.connections.get(key) is conn
             ]
             yield {"connections": rows}
+        now = self.runner.now() if self.runner else 0.0
+        rows = [
+            time_wait_row(tcp.address, record, now, tcp.address6)
+            for record in tcp.time_wait_records()
+        ]
+        for start in range(0, len(rows), CHUNK_ROWS):
+            yield {"connections": rows[start : start + CHUNK_ROWS]}
         listening = listening_endpoints(tcp.listeners, tcp.address, tcp.address6)
         yield {"connections": [], "listening": listening}
 
@@ -357,7 +377,7 @@ def serve(config: ServeConfig) -> int:
         return serve_queues(config)
     link = TunLink.open(config.link)
     _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)  # (and tune_gc once it is up)
     try:
         daemon = Daemon(config, link)
     except BaseException:

@@ -12,6 +12,7 @@ from ustack.study.packet_view import view
 from ustack.tcp import seq
 from ustack.tcp.connection import TcpConnection
 from ustack.tcp.segment import flag_string
+from ustack.tcp.time_wait import TimeWait
 from ustack.trace.records import FaultEvent, dotted
 from ustack.wire.address import format_endpoint, is_ipv6
 from ustack.wire.checksum import Buffer
@@ -59,6 +60,52 @@ def connection_row(
     }
 
 
+def time_wait_row(
+    address: int,
+    record: TimeWait,
+    now: float,
+    address6: int | None = None,
+) -> dict[str, Any]:
+    """A row for a 4-tuple in TIME_WAIT (tcp/time_wait.py): the keys of
+    connection_row, with what a TIME_WAIT record keeps (as ss(8) shows
+    little more than the timer of a Linux timewait socket): nothing queued,
+    no send window, RTO or path figures."""
+    remote, remote_port, local_port = record.key
+    local = address6 if is_ipv6(remote) and address6 is not None else address
+    return {
+        "id": record.conn_id,
+        "state": "TIME_WAIT",
+        "local": format_endpoint(local, local_port),
+        "remote": format_endpoint(remote, remote_port),
+        "send_queue": 0,
+        "recv_queue": 0,
+        "snd_una": (record.snd_max - record.iss) & 0xFFFFFFFF,
+        "snd_nxt": (record.snd_max - record.iss) & 0xFFFFFFFF,
+        "rcv_nxt": (record.rcv_nxt - record.irs) & 0xFFFFFFFF,
+        "iss": record.iss,
+        "irs": record.irs,
+        "snd_wnd": 0,
+        "rcv_wnd": record.rcv_wnd,
+        "rto": 0.0,
+        "pmtu": None,
+        "mss": None,
+        "srtt": None,
+        "ecn": False,
+        "timers": {name: round(deadline - now, 3) for name, deadline in record.timers().items()},
+    }
+
+
+def table_rows(stack: Stack, now: float) -> list[dict[str, Any]]:
+    """Every row of the connection table: connections, then TIME_WAIT records."""
+    tcp = stack.tcp
+    rows = [
+        connection_row(tcp.address, key, conn, now, tcp.address6)
+        for key, conn in tcp.connections.items()
+    ]
+    rows += [time_wait_row(tcp.address, tw, now, tcp.address6) for tw in tcp.time_wait_records()]
+    return rows
+
+
 def listening_endpoints(
     ports: Iterable[int], address: int, address6: int | None = None
 ) -> list[str]:
@@ -94,7 +141,10 @@ def fault_event(
         fields.update(local_port=local_port, remote_port=remote_port, seq=seq_no, ack=ack_no)
         flags = flag_string(bits)
         length = max(len(packet) - tcp - (offset >> 4) * 4, 0)
-        conn = stack.tcp.connections.get((remote_int, remote_port, local_port))
+        key = (remote_int, remote_port, local_port)
+        conn: TcpConnection | TimeWait | None = stack.tcp.connections.get(key)
+        if conn is None:
+            conn = stack.tcp.time_wait_at(key)
         rel_seq, rel_ack = seq_no, ack_no
         if conn is not None:
             conn_id = conn.conn_id

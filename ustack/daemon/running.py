@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ustack.api import ClientCallback, StackServer, open_connection, start_server
-from ustack.daemon.reports import connection_row, fault_event
+from ustack.daemon.reports import fault_event, table_rows
 from ustack.datagram import create_datagram_endpoint
 from ustack.linux.tun import LinkConfig, LinkGone
 from ustack.net.fragments import FragmentLimits
@@ -259,12 +259,8 @@ class RunningStack:
     def connections(self) -> list[dict[str, Any]]:
         """The connection table, as `ustack ss` shows it: one dict a connection
         (local, remote, state, srtt, cwnd, queues...)."""
-        tcp = self.stack.tcp
         now = self.runner.now() if self.runner is not None else 0.0
-        return [
-            connection_row(tcp.address, key, conn, now, tcp.address6)
-            for key, conn in tcp.connections.items()
-        ]
+        return table_rows(self.stack, now)
 
     # ---- the read loop: the one place packets come in ---------------------------------------
 

@@ -158,12 +158,6 @@ class TcpConnection(UserCalls, TcbView):
         else:
             self.path.remember(what, error, hard)
 
-    def end_time_wait(self, now: float) -> None:
-        """The connection table is full: this TIME_WAIT ends before its 2MSL
-        (Linux skips TIME_WAIT altogether beyond tcp_max_tw_buckets)."""
-        self.now = now
-        self._transition(Event.TIME_WAIT_RECLAIMED)
-
     def reopen(self, now: float) -> None:
         """A new SYN above RCV.NXT takes over this TIME_WAIT 4-tuple (RFC 6191)."""
         self.now = now

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from ustack.counters import Counters
-from ustack.tcp import seq
+from ustack.tcp import seq, time_wait
 from ustack.tcp.closed import reset_for_closed_port
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, Closed
@@ -27,6 +27,7 @@ from ustack.tcp.listen import Listener, receive_in_listen
 from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event, tcb_snapshot
 from ustack.tcp.states import Event, State
 from ustack.tcp.syncookies import SynCookies
+from ustack.tcp.time_wait import TimeWait
 from ustack.tcp.timers import TimerHeap
 from ustack.trace.records import (
     NewConnection,
@@ -98,12 +99,16 @@ class TcpDemux:
         self.syncookies = syncookies  # None: a full backlog drops SYNs
         self._conn_ids = itertools.count(1)
         self._heap: TimerHeap[TcpConnection] = TimerHeap()
-        # Between begin_batch and end_batch: the connections that took a
-        # segment, whose ACK waits for the batch's end.
-        self._batch: dict[TcpConnection, None] | None = None
-        # Connections in TIME_WAIT, oldest first: the first to give way when
-        # the table is full (TcpConfig.max_connections).
-        self._time_wait: dict[TcpConnection, None] = {}
+        # Between begin_batch and end_batch: the connections (and TIME_WAIT
+        # records, with the time of their segment) that took a segment, whose
+        # ACK waits for the batch's end.
+        self._batch: dict[TcpConnection | TimeWait, float | None] | None = None
+        # The 4-tuples in TIME_WAIT (time_wait.py's records, not connections),
+        # by their 2 MSL, each in the order of its deadline (a FIN again moves
+        # its record to the end): the first is the next to expire, and the
+        # first to give way when the table is full (TcpConfig.max_connections).
+        # O(1) each, whatever their number; one group in practice.
+        self._time_waits: dict[float, dict[Key, TimeWait]] = {}
         # The IP layer's path MTU cache (RFC 1191), when there is one.
         self.path_mtu: PathMtu | None = None
         self.lower_path_mtu: LowerPathMtu | None = None
@@ -152,7 +157,7 @@ class TcpDemux:
         if local_port is None:
             local_port = self._ephemeral_port(remote, remote_port)
         key = (remote, remote_port, local_port)
-        if key in self.connections:
+        if key in self.connections or self.time_wait_at(key) is not None:
             raise OSError(98, "that 4-tuple is in use")  # EADDRINUSE
         if not self._make_room(now):
             raise OSError(
@@ -201,8 +206,20 @@ class TcpDemux:
             seg.ecn = ecn
         key = (src, header.src_port, header.dst_port)
         conn = self.connections.get(key)
-        previous = None
-        if conn is not None and conn.state is State.TIME_WAIT and self._reopens(conn, seg):
+        previous: TcpConnection | TimeWait | None = None
+        if conn is None and self._time_waits:
+            record = self.time_wait_at(key)
+            if record is not None:
+                if not self._reopens(key, record.rcv_nxt, seg):
+                    time_wait.receive(self, record, seg, now)
+                    return
+                time_wait.end(self, record, Event.RCV_SYN_NEW_INCARNATION, now)
+                previous = record
+        elif (
+            conn is not None
+            and conn.state is State.TIME_WAIT  # (in a batch: its record comes at the end)
+            and self._reopens(key, conn.rcv_nxt, seg)
+        ):
             conn.reopen(now)
             self.flush(conn)
             previous, conn = conn, None
@@ -280,14 +297,14 @@ class TcpDemux:
         for event in held:
             self.trace(event)
 
-    def _reopens(self, conn: TcpConnection, seg: Segment) -> bool:
+    def _reopens(self, key: Key, rcv_nxt: int, seg: Segment) -> bool:
         """RFC 9293 3.10.7.4 note / RFC 6191: a SYN above RCV.NXT may start a
         new incarnation of a 4-tuple in TIME_WAIT (behaviour 46)."""
-        remote, _, local_port = self._keys[conn]
+        remote, _, local_port = key
         listener = self.listeners.get(local_port)
         return (
             seg.flags & (SYN | ACK | RST) == SYN
-            and seq.gt(seg.seq, conn.rcv_nxt)
+            and seq.gt(seg.seq, rcv_nxt)
             and listener is not None
             and listener.hears(remote)
         )
@@ -314,8 +331,14 @@ class TcpDemux:
 
     def end_batch(self) -> None:
         batch, self._batch = self._batch, None
-        for conn in batch or ():
-            if conn in self._keys:
+        for conn, when in (batch or {}).items():
+            if isinstance(conn, TimeWait):
+                if self.time_wait_at(conn.key) is conn:
+                    assert when is not None
+                    ack = conn.end_batch(when)
+                    if ack is not None:
+                        time_wait.send_ack(self, conn, ack, when)
+            elif conn in self._keys:
                 conn.end_batch()
                 self.flush(conn)
             else:
@@ -376,8 +399,9 @@ class TcpDemux:
         if state is State.CLOSED or state is State.LISTEN:
             self._forget(conn, key)
             return
-        if state is State.TIME_WAIT and conn not in self._time_wait:
-            self._time_wait[conn] = None
+        if state is State.TIME_WAIT and not conn.hold_acks:
+            time_wait.enter(self, conn, key)
+            return
         # conn.get_timer() and TimerHeap.schedule inlined (twice per segment):
         # nothing to do when the earliest deadline is the one already on the heap.
         deadlines = conn.deadlines
@@ -410,34 +434,69 @@ class TcpDemux:
         self._keys.pop(conn, None)
         self._apps.pop(conn, None)
         self._heap.forget(conn)
-        self._time_wait.pop(conn, None)
         listener = self._listener_of.pop(conn, None)
         if listener is not None:
             listener.embryonic.discard(conn)
         conn.release()
 
     def next_deadline(self) -> float | None:
-        return self._heap.next_deadline()
+        deadline = self._heap.next_deadline()
+        if self._time_waits:
+            record = time_wait.next_to_end(self)
+            if record is not None and (deadline is None or record.deadline < deadline):
+                deadline = record.deadline
+        return deadline
 
     def handle_timers(self, now: float) -> None:
-        while (conn := self._heap.pop_due(now)) is not None:
+        """Every timer due by `now`, the earliest first (a 2 MSL before a
+        connection's timer at the same instant)."""
+        heap = self._heap
+        while True:
+            if self._time_waits:
+                record = time_wait.next_to_end(self)
+                if record is not None and record.deadline <= now:
+                    next_conn = heap.next_deadline()
+                    if next_conn is None or record.deadline <= next_conn:
+                        time_wait.end(self, record, Event.TIMEOUT_2MSL, now)
+                        continue
+            conn = heap.pop_due(now)
+            if conn is None:
+                return
             conn.handle_timer(now)
             self.flush(conn)
+
+    # ---- TIME_WAIT (time_wait.py) ------------------------------------------------------
+
+    def time_wait_at(self, key: Key) -> TimeWait | None:
+        """The TIME_WAIT record of the 4-tuple `key`, if it is in TIME_WAIT."""
+        for group in self._time_waits.values():
+            record = group.get(key)
+            if record is not None:
+                return record
+        return None
+
+    def time_wait_records(self) -> list[TimeWait]:
+        """Every TIME_WAIT record, for the listings and the checks."""
+        return [record for group in self._time_waits.values() for record in group.values()]
 
     # ---- helpers ---------------------------------------------------------------
 
     def _make_room(self, now: float) -> bool:
         """Room for one more connection in the table: below the limit, or
         made by ending the oldest TIME_WAIT (counted)."""
-        if len(self.connections) < self.config.max_connections:
+        limit = self.config.max_connections
+        if self.table_size() < limit:
             return True
-        if not self._time_wait:
+        oldest = time_wait.next_to_end(self) if self._time_waits else None
+        if oldest is None:
             return False
-        oldest = next(iter(self._time_wait))
-        oldest.end_time_wait(now)
+        time_wait.end(self, oldest, Event.TIME_WAIT_RECLAIMED, now)
         self._counters["tcp.time-wait-reclaimed"] += 1
-        self.flush(oldest)  # forgets it
-        return len(self.connections) < self.config.max_connections
+        return self.table_size() < limit
+
+    def table_size(self) -> int:
+        """Connections and TIME_WAIT records: what max_connections bounds."""
+        return len(self.connections) + sum(len(group) for group in self._time_waits.values())
 
     def _new_connection(
         self,
@@ -490,7 +549,12 @@ class TcpDemux:
         start = random.randrange(len(EPHEMERAL_PORTS))
         for i in range(len(EPHEMERAL_PORTS)):
             port = EPHEMERAL_PORTS[(start + i) % len(EPHEMERAL_PORTS)]
-            if (remote, remote_port, port) not in self.connections and port not in self.listeners:
+            key = (remote, remote_port, port)
+            if (
+                key not in self.connections
+                and port not in self.listeners
+                and self.time_wait_at(key) is None
+            ):
                 return port
         raise OSError(99, "no free ephemeral port")  # EADDRNOTAVAIL
 
@@ -529,4 +593,8 @@ class TcpDemux:
 
     def queued(self) -> dict[str, int]:
         """Connections by state, for stats and leak checks."""
-        return dict(Counter(str(conn.state) for conn in self.connections.values()))
+        table = Counter(str(conn.state) for conn in self.connections.values())
+        waiting = sum(len(group) for group in self._time_waits.values())
+        if waiting:
+            table["TIME_WAIT"] += waiting
+        return dict(table)

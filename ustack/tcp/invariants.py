@@ -78,6 +78,7 @@ class InvariantChecker:
         for conn in conns:
             check_connection(conn, now, demux)
             self._check_movement(conn)
+        self._check_time_waits(now)
         for gone in [c for c in self._seen if c not in conns]:
             del self._seen[gone]
 
@@ -85,8 +86,9 @@ class InvariantChecker:
         """After every connection was closed and the clock ran past all its
         timers: nothing may be left in any table or on the timer heap."""
         demux = self.demux
-        if demux.connections:
+        if demux.connections or demux.time_wait_records():
             states = sorted(str(c.state) for c in demux.connections.values())
+            states += ["TIME_WAIT"] * len(demux.time_wait_records())
             raise InvariantError("leak", f"connections left: {states}")
         if demux.next_deadline() is not None or demux._heap.entries:
             raise InvariantError("leak", f"{len(demux._heap.entries)} timer heap entries left")
@@ -95,7 +97,7 @@ class InvariantChecker:
             "apps": demux._apps,
             "scheduled": demux._heap.scheduled,
             "listener_of": demux._listener_of,
-            "time_wait": demux._time_wait,
+            "time_waits": demux._time_waits,
         }
         for name, table in leftovers.items():
             if table:
@@ -118,7 +120,6 @@ class InvariantChecker:
             "_apps": demux._apps,
             "_heap.scheduled": scheduled,
             "_listener_of": demux._listener_of,
-            "_time_wait": demux._time_wait,
         }
         for name, table in tables.items():
             stray = set(table) - conns
@@ -126,8 +127,8 @@ class InvariantChecker:
                 raise InvariantError("table", f"demux.{name} holds connections not in the table")
         if any(conn.flushing for conn in conns):
             raise InvariantError("table", "a flush is still marked as running")
-        if any(conn.state is not State.TIME_WAIT for conn in demux._time_wait):
-            raise InvariantError("table", "demux._time_wait holds a connection not in TIME_WAIT")
+        if any(conn.state is State.TIME_WAIT and not conn.hold_acks for conn in conns):
+            raise InvariantError("table", "a connection in TIME_WAIT outside a batch, no record")
         heap: dict[TcpConnection, set[float]] = {}
         for deadline, _, conn in demux._heap.entries:
             heap.setdefault(conn, set()).add(deadline)
@@ -155,6 +156,25 @@ class InvariantChecker:
                     or conn.state is not State.SYN_RECEIVED
                 ):
                     raise InvariantError("listener", f"{listener} holds {conn} (key {filed})")
+
+    def _check_time_waits(self, now: float) -> None:
+        """The TIME_WAIT records (time_wait.py): one per 4-tuple, none also a
+        connection, each group in the order of its deadlines, none overdue."""
+        demux = self.demux
+        for duration, group in demux._time_waits.items():
+            if not group:
+                raise InvariantError("time-wait", f"an empty group for 2 MSL {duration}")
+            last = None
+            for key, record in group.items():
+                if record.key != key or key in demux.connections:
+                    raise InvariantError("time-wait", f"{record} under {key}, key {record.key}")
+                if 2 * record.config.msl != duration:
+                    raise InvariantError("time-wait", f"{record} in the group of {duration}")
+                if record.deadline < now:
+                    raise InvariantError("timer-overdue", f"{record}: 2 MSL over at {now}")
+                if last is not None and record.deadline < last:
+                    raise InvariantError("time-wait", f"{record} before an earlier deadline")
+                last = record.deadline
 
     def _check_movement(self, conn: TcpConnection) -> None:
         seen = self._seen.get(conn)

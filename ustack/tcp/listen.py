@@ -30,6 +30,7 @@ from ustack.wire.tcp import ACK, FIN, RST, SYN, TcpOptions
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection
     from ustack.tcp.demux import Key, TcpDemux
+    from ustack.tcp.time_wait import TimeWait
 
 # (local address, local port, remote address, remote port): what a cookie hashes.
 Ends = tuple[int, int, int, int]
@@ -124,7 +125,7 @@ def receive_in_listen(
     key: Key,
     seg: Segment,
     now: float,
-    previous: TcpConnection | None,
+    previous: TcpConnection | TimeWait | None,
 ) -> None:
     """RFC 9293 3.10.7.2."""
     counters = demux._counters

@@ -73,11 +73,15 @@ def options_dict(options: TcpOptions) -> dict[str, object]:
 
 
 class Numbered(Protocol):
-    """What the trace of a segment needs of its connection."""
+    """What the trace of a segment needs of its connection (or of its
+    TIME_WAIT record, time_wait.py)."""
 
-    conn_id: int
-    iss: int
-    irs: int
+    @property
+    def conn_id(self) -> int: ...
+    @property
+    def iss(self) -> int: ...
+    @property
+    def irs(self) -> int: ...
 
 
 def tcb_snapshot(conn: TcpConnection) -> dict[str, float]:

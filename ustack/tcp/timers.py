@@ -131,9 +131,10 @@ class TimerHeap(Generic[Owner]):
                 self.compact()
 
     def forget(self, owner: Owner) -> None:
+        scheduled = self.scheduled
         if (
-            self.scheduled.pop(owner, None) is not None
-            and len(self.entries) > 2 * len(self.scheduled) + _STALE_SLACK
+            scheduled.pop(owner, None) is not None
+            and len(self.entries) > 2 * len(scheduled) + _STALE_SLACK
         ):
             self.compact()
 
