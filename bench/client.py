@@ -23,6 +23,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 SOCKET_TIMEOUT = 5.0
 
@@ -33,25 +34,21 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def connect_loop(host: str, port: int, count: int, deadline: float) -> dict[str, object]:
-    """Open and close `count` connections one after the other. Each is a full
-    life: connect, our FIN (shutdown), wait for the server's FIN, close. So
-    the server has taken every connection down before the next one starts."""
+def one_after_another(
+    count: int, deadline: float, connection: Callable[[int], None]
+) -> dict[str, object]:
+    """`connection(i)` for i in 0..count-1, one after the other, until the
+    deadline. A connection that raises OSError is counted in "errors" by the
+    exception's name; more than a tenth of `count` (at least 10) ends the loop."""
     errors: dict[str, int] = {}
     done = 0
-    lives: list[float] = []  # each connection's whole life, ms: a server's pause shows here
     start = time.perf_counter()
-    for _ in range(count):
+    for i in range(count):
         if time.monotonic() > deadline:
             errors["deadline"] = errors.get("deadline", 0) + 1
             break
         try:
-            born = time.perf_counter()
-            with socket.create_connection((host, port), timeout=SOCKET_TIMEOUT) as sock:
-                sock.shutdown(socket.SHUT_WR)
-                while sock.recv(4096):
-                    pass
-            lives.append((time.perf_counter() - born) * 1000)
+            connection(i)
             done += 1
         except OSError as exc:
             name = type(exc).__name__
@@ -59,12 +56,27 @@ def connect_loop(host: str, port: int, count: int, deadline: float) -> dict[str,
             if sum(errors.values()) > max(10, count // 10):
                 break
     seconds = time.perf_counter() - start
+    return {"count": done, "seconds": seconds, "rate": done / seconds, "errors": errors}
+
+
+def connect_loop(host: str, port: int, count: int, deadline: float) -> dict[str, object]:
+    """Open and close `count` connections one after the other. Each is a full
+    life: connect, our FIN (shutdown), wait for the server's FIN, close. So
+    the server has taken every connection down before the next one starts."""
+    lives: list[float] = []  # each connection's whole life, ms: a server's pause shows here
+
+    def connection(_i: int) -> None:
+        born = time.perf_counter()
+        with socket.create_connection((host, port), timeout=SOCKET_TIMEOUT) as sock:
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
+        lives.append((time.perf_counter() - born) * 1000)
+
+    result = one_after_another(count, deadline, connection)
     lives.sort()
     return {
-        "count": done,
-        "seconds": seconds,
-        "rate": done / seconds,
-        "errors": errors,
+        **result,
         "p99_ms": percentile(lives, 0.99) if lives else None,
         "max_ms": lives[-1] if lives else None,
     }
@@ -80,31 +92,19 @@ def fill(
     (wrapping within 1024..65535), so that no new connection meets one of the
     server's TIME_WAITs; from `source_host` if given, an address of its own,
     so that the ports are not taken by the other clients' TIME_WAITs."""
-    errors: dict[str, int] = {}
-    done = 0
-    start = time.perf_counter()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for i in range(count):
-        if time.monotonic() > deadline:
-            errors["deadline"] = errors.get("deadline", 0) + 1
-            break
+
+    def connection(i: int) -> None:
         source = 1024 + (first_port - 1024 + i) % (65536 - 1024)
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.settimeout(SOCKET_TIMEOUT)
-                sock.bind((source_host, source))
-                sock.connect((host, port))
-                while sock.recv(4096):
-                    pass
-            done += 1
-        except OSError as exc:
-            name = type(exc).__name__
-            errors[name] = errors.get(name, 0) + 1
-            if sum(errors.values()) > max(10, count // 10):
-                break
-    seconds = time.perf_counter() - start
-    return {"count": done, "seconds": seconds, "rate": done / seconds, "errors": errors}
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.settimeout(SOCKET_TIMEOUT)
+            sock.bind((source_host, source))
+            sock.connect((host, port))
+            while sock.recv(4096):
+                pass
+
+    return one_after_another(count, deadline, connection)
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -34,17 +34,14 @@ connection life the client saw (a pause stops every connection).
 from __future__ import annotations
 
 import argparse
-import atexit
 import gc
 import json
-import signal
 import struct
 import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import machine  # bench/*.py: scripts here run as python bench/NAME.py
@@ -293,13 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     res = Resources()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, on_signal)
-    atexit.register(res.cleanup)
+    res.end_on_signals()
     started, before = time.monotonic(), machine.info()
     try:
         with tempfile.TemporaryDirectory(prefix="ustack-cc-") as folder:

@@ -33,6 +33,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from setups import (  # bench/setups.py: scripts here run as python bench/NAME.py
+    BENCH,
+    ECHO,
+    KERNEL_CLIENT,
+    KERNEL_SERVER,
+    USTACK_LINUX,
+    USTACK_STACK,
+)
+
 from ustack.linux.lab import (
     Netns,
     UstackDaemon,
@@ -43,9 +52,6 @@ from ustack.linux.lab import (
     veth_pair,
 )
 
-BENCH = Path(__file__).resolve().parent
-STACK = "198.18.0.2"
-KERNEL_CLIENT, KERNEL_SERVER = "198.19.0.1", "198.19.0.2"
 NS_PREFIX = "ustack-e"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -84,12 +90,12 @@ def start_ustack(lab: ExitStack, workdir: Path, tree: Path, index: int) -> Targe
     tree = tree.resolve()
     env = {**os.environ, "PYTHONPATH": str(tree), "USTACK_LOOP_COUNTS": str(counts)}
     daemon = UstackDaemon.start(
-        ns, private, "--services", "echo", "--linux-address", "198.18.0.1/24",
-        "--address", STACK, program=(str(BENCH / "loop_counts.py"),),
+        ns, private, "--services", "echo", "--linux-address", f"{USTACK_LINUX}/24",
+        "--address", USTACK_STACK, program=(str(BENCH / "loop_counts.py"),),
         log_level="warning", msl=None, trace=False, control=False, env=env, cwd=tree,
     )  # fmt: skip
     lab.callback(stop_process, daemon.process)
-    return Target(f"ustack {tree.name}", ns.name, STACK, daemon.process, counts)
+    return Target(f"ustack {tree.name}", ns.name, USTACK_STACK, daemon.process, counts)
 
 
 def start_kernel(lab: ExitStack, workdir: Path) -> Target:
@@ -110,7 +116,7 @@ def start_kernel(lab: ExitStack, workdir: Path) -> Target:
 def measure(target: Target, pings: int, warmup: int) -> None:
     before = target.server_state()
     argv = Netns(target.client_ns).command(
-        sys.executable, str(BENCH / "client.py"), "pingpong", target.address, "7", str(pings),
+        sys.executable, str(BENCH / "client.py"), "pingpong", target.address, str(ECHO), str(pings),
         "--warmup", str(warmup), "--deadline", "120",
     )  # fmt: skip
     out = json.loads(subprocess.run(argv, capture_output=True, check=True, timeout=180).stdout)

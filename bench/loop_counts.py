@@ -24,23 +24,20 @@ from typing import Any
 COUNTS = {"iterations": 0, "sleeps": 0, "events": 0, "callbacks": 0}
 
 
+def _count_calls(owner: Any, method: str, key: str) -> None:
+    """Each call of owner.method (one taking no argument) adds one to COUNTS[key]."""
+    original = getattr(owner, method)
+
+    def counted(self: Any) -> None:
+        COUNTS[key] += 1
+        original(self)
+
+    setattr(owner, method, counted)
+
+
 def _patch() -> None:
-    loop_class: Any = asyncio.BaseEventLoop
-    run_once = loop_class._run_once
-
-    def counted_run_once(self: Any) -> None:
-        COUNTS["iterations"] += 1
-        run_once(self)
-
-    loop_class._run_once = counted_run_once
-    handle_class: Any = asyncio.Handle
-    handle_run = handle_class._run
-
-    def counted_handle_run(self: Any) -> None:
-        COUNTS["callbacks"] += 1
-        handle_run(self)
-
-    handle_class._run = counted_handle_run
+    _count_calls(asyncio.BaseEventLoop, "_run_once", "iterations")
+    _count_calls(asyncio.Handle, "_run", "callbacks")
     select = selectors.EpollSelector.select
 
     def counted_select(self: Any, timeout: float | None = None) -> Any:

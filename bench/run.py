@@ -29,20 +29,17 @@ every row.
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
 import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import machine
@@ -456,13 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--concurrency: at most --requests")
 
     res = Resources()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, on_signal)
-    atexit.register(res.cleanup)
+    res.end_on_signals()
     started = time.monotonic()
     machine_before = machine.info()
     keep = args.workdir is not None

@@ -5,6 +5,7 @@ namespaces a run created, and the small helpers every bench script shares."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from ustack.linux.lab import (
     STACK_ADDRESS6,
@@ -74,6 +76,17 @@ class Resources:
     def remove_namespace(self, name: str) -> None:
         """Ends what still runs in it, too."""
         self.namespaces.pop(name).remove()
+
+    def end_on_signals(self) -> None:
+        """SIGINT, SIGTERM and SIGHUP raise Interrupted, so that the run ends
+        through its cleanup; the cleanup runs at exit too."""
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, on_signal)
+        atexit.register(self.cleanup)
 
     def cleanup(self) -> None:
         if self.cleaned:
