@@ -139,19 +139,17 @@ class TcpSocketInfo:
         number = int.from_bytes(value[:4], "little") if isinstance(value, bytes) else value
         keepalive = (config.keepalive_idle, config.keepalive_interval, config.keepalive_probes)
         if level == socket.IPPROTO_TCP and optname == socket.TCP_NODELAY:
-            conn.sender.nodelay = bool(number)
-            conn.config = dataclasses.replace(config, nagle=not number)
-            if number:  # as Linux: what Nagle held goes now
+            conn.set_nodelay(bool(number), now)
+            if number:  # as Linux: what Nagle held goes now, with what the transport holds
                 transport._push()
-            return
-        if level == socket.SOL_SOCKET and optname == socket.SO_LINGER:
+        elif level == socket.SOL_SOCKET and optname == socket.SO_LINGER:
             if isinstance(value, bytes):
                 onoff, seconds = LINGER.unpack(value[: LINGER.size])
             else:
                 onoff, seconds = int(bool(value)), 0
             transport.linger = seconds if onoff else None
             return
-        if level == socket.SOL_SOCKET and optname == socket.SO_KEEPALIVE:
+        elif level == socket.SOL_SOCKET and optname == socket.SO_KEEPALIVE:
             idle = (config.keepalive_idle or LINUX_KEEPALIVE_IDLE) if number else None
             conn.set_keepalive(idle, keepalive[1], keepalive[2], now)
         elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPIDLE:

@@ -76,9 +76,12 @@ def test_extra_info_names_the_ends_the_socket_and_the_connection(client: str, se
     on_pair(body)
 
 
-def acks_between_the_two_bytes(nodelay: bool | None, set_later: bool = False) -> int:
+def acks_between_the_two_bytes(
+    nodelay: bool | None, set_later: bool = False, set_while_held: bool = False
+) -> int:
     """Two 1-byte writes a loop turn apart: how many ACKs came in between the
-    segment of the first byte and that of the second."""
+    segment of the first byte and that of the second. `set_while_held`:
+    TCP_NODELAY set once Nagle holds the second byte."""
 
     async def body(pair: MemoryPair) -> int:
         a, b = pair
@@ -93,6 +96,11 @@ def acks_between_the_two_bytes(nodelay: bool | None, set_later: bool = False) ->
             await asyncio.sleep(0)
             writer.write(b"b")
             await writer.drain()
+            if set_while_held:
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         await pair.run(two_writes())
         await pair.run_until_idle(limit=1.0)
@@ -111,6 +119,12 @@ def test_nagle_holds_a_small_segment_until_the_ack_and_nodelay_does_not() -> Non
     assert acks_between_the_two_bytes(nodelay=None) == 1
     assert acks_between_the_two_bytes(nodelay=True) == 0
     assert acks_between_the_two_bytes(nodelay=None, set_later=True) == 0
+
+
+def test_nodelay_set_while_nagle_holds_data_sends_it_at_once() -> None:
+    # As Linux's tcp_sock_set_nodelay: turning Nagle off pushes what it held
+    # (tcp_push_pending_frames), it does not wait for the ACK.
+    assert acks_between_the_two_bytes(nodelay=None, set_while_held=True) == 0
 
 
 def test_keepalive_probes_a_silent_peer_then_times_out() -> None:

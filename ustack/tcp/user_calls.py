@@ -90,6 +90,16 @@ class UserCalls:
         self._transition(Event.APP_CLOSE)
         self._output()
 
+    def set_nodelay(self, on: bool, now: float) -> None:
+        """TCP_NODELAY on an open connection: Nagle (RFC 9293 3.7.4) off or
+        on. Turned off, what it holds goes now, as Linux's
+        tcp_sock_set_nodelay pushes the pending frames."""
+        self.now = now
+        self.sender.nodelay = on
+        self.config = dataclasses.replace(self.config, nagle=not on)
+        if on:
+            self._output()
+
     def set_keepalive(self, idle: float | None, interval: float, probes: int, now: float) -> None:
         """SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT on an
         open connection (RFC 1122 4.2.3.6): `idle` None turns it off; on, the
