@@ -1,0 +1,133 @@
+"""Bulk rates and the daemon's CPU per MB: the bulk rows of bench/run.py, alone.
+
+Run as root from the repository, with the venv's Python:
+    python bench/bulk_cpu.py --mtu 65535 --mb 1000           # this checkout and the kernel
+    python bench/bulk_cpu.py --tree /tmp/old --mtu 1500       # also another checkout's ustack/
+
+Each build given (this checkout as "new", `--tree DIR` as "old") runs its own
+`ustack serve --mtu M --services discard,http` in a namespace of
+ustack.linux.lab; the kernel reference is bench/run.py's (bench/kernel_server.py
+on a veth pair at the same MTU). The rows are bench/run.py's: download
+(`curl /bytes/N`), upload (`curl -T`, SHA-256 checked by the server) and send
+to discard (`bench/client.py send`). The targets take turns rep by rep, so
+background load hits all alike. For ustack, beside MB/s, the daemon's CPU per
+MB moved, from /proc/PID/schedstat (the scheduler's nanoseconds: much steadier
+than the rate on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from measure import curl_download, curl_upload, send_rate  # bench/*.py: run as python bench/NAME.py
+from setups import (
+    MB,
+    USTACK_LINUX,
+    USTACK_STACK,
+    Resources,
+    Target,
+    check_pid_is,
+    linux_cc,
+    set_kernel_mtu,
+    start_kernel,
+)
+
+from ustack.linux.lab import Netns, UstackDaemon, remove_stale_namespaces
+
+
+def cpu_ns(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+def start_build(res: Resources, workdir: Path, tag: str, mtu: int, tree: Path | None) -> Target:
+    ns = res.netns(f"{tag}{mtu}")
+    private = workdir / tag
+    private.mkdir(exist_ok=True)
+    env, cwd = dict(os.environ), None
+    if tree is not None:  # -m runs ustack from the working directory: the tree's
+        cwd = tree.resolve()
+        env["PYTHONPATH"] = str(cwd)
+    daemon = UstackDaemon.start(
+        Netns(ns), private, "--mtu", str(mtu), "--linux-address", f"{USTACK_LINUX}/24",
+        "--address", USTACK_STACK, "--services", "discard,http",
+        log_level="warning", msl=None, trace=False, control=False, env=env, cwd=cwd,
+    )  # fmt: skip
+    res.server(daemon.process)
+    check_pid_is(daemon.process.pid, "ustack")
+    linux_cc(ns, USTACK_STACK, "tun0")
+    return Target(tag, ns, ns, USTACK_STACK, daemon.process, daemon.log)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tree", type=Path, help="also run this checkout's ustack/ ('old')")
+    parser.add_argument("--mtu", type=int, default=65535)
+    parser.add_argument("--mb", type=int, default=200, help="MB per transfer")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rows", default="down,up,send", help="which rows, in this order")
+    parser.add_argument("--no-kernel", action="store_true")
+    parser.add_argument("--timeout", type=float, default=60, help="per transfer (s)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    remove_stale_namespaces()
+    size = args.mb * MB
+    res = Resources()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bulk-cpu-") as tmp:
+            workdir = Path(tmp)
+            targets = [start_build(res, workdir, "new", args.mtu, None)]
+            if args.tree is not None:
+                targets.append(start_build(res, workdir, "old", args.mtu, args.tree))
+            if not args.no_kernel:
+                kernel = start_kernel(res, workdir)
+                set_kernel_mtu(kernel, args.mtu)
+                targets.append(kernel)
+            upload = workdir / "upload.bin"
+            digest = hashlib.sha256()
+            with open(upload, "wb") as stream:
+                for _ in range(0, size, MB):
+                    chunk = os.urandom(MB)
+                    digest.update(chunk)
+                    stream.write(chunk)
+            rows: dict[str, Callable[[Target], float]] = {
+                "down": lambda t: curl_download(t, size, args.timeout, slow),
+                "up": lambda t: curl_upload(
+                    t, upload, size, digest.hexdigest(), args.timeout, slow
+                ),
+                "send": lambda t: send_rate(t, size, args.timeout, slow),
+            }
+            slow: list[str] = []
+            results: dict[str, list[float]] = {}
+            for _ in range(args.reps):
+                for row in args.rows.split(","):
+                    for t in targets:
+                        before = cpu_ns(t.pid) if t.label != "kernel" else 0
+                        rate = rows[row](t)
+                        results.setdefault(f"{row} {t.label} MB/s", []).append(round(rate))
+                        if t.label != "kernel":
+                            us_per_mb = (cpu_ns(t.pid) - before) / 1e3 / args.mb
+                            results.setdefault(f"{row} {t.label} us/MB", []).append(
+                                round(us_per_mb)
+                            )
+                        t.alive()
+            print(f"MTU {args.mtu}, {args.mb} MB per transfer")
+            for name, values in results.items():
+                print(f"{name:20} {' '.join(f'{v:7}' for v in values)}")
+            for line in slow:
+                print("slow:", line)
+            print(json.dumps(results))
+    finally:
+        res.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
