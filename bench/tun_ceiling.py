@@ -9,6 +9,7 @@ As root, from the repository, with the venv's Python:
     python bench/tun_ceiling.py                      # MTU 65535, offloads on, 1000 MB
     python bench/tun_ceiling.py --mtu 1500 --no-offload --mb 200
     python bench/tun_ceiling.py --all --mb 200 --json ceiling.json   # the four of them
+    python bench/tun_ceiling.py --all --copy         # each payload copied in (and summed)
 
 In a fresh namespace of ustack.linux.lab (removed at the end, also on failure):
 the TUN opened as `ustack serve` opens it (TunLink, LinkConfig's defaults:
@@ -21,7 +22,10 @@ would hand the link: with offloads a GSO super-segment of up to 64 KB with the
 partial checksum (MSS-sized pieces cut by the kernel), without them an
 MSS-sized segment with its full checksum. Per write only the sequence number
 is patched in place (and, without offloads, the checksum, updated for it:
-the payload never changes); timestamps once per burst. Writes go while the
+the payload never changes); timestamps once per burst. With --copy, each
+write's payload is first copied into the packet from an application buffer,
+as a stack that builds each segment copies it (ustack's build_tcp), and
+without offloads its checksum is summed in full. Writes go while the
 peer's window allows; then the ACKs waiting on the TUN are read, without
 blocking, and the window moves on. A gap (three duplicate ACKs, a RST, or no
 ACK for 2 s) aborts the run: there is no retransmission here.
@@ -63,7 +67,7 @@ from ustack.linux.tun import (
     _gso_header,  # the header TunLink.write puts on a super-segment: the daemon's bytes
 )
 from ustack.tcp.sender import MAX_GSO_PAYLOAD
-from ustack.wire.checksum import ones_sum, pseudo_header_sum
+from ustack.wire.checksum import ones_sum, pseudo_header_sum, transport_checksum
 from ustack.wire.ipv4 import PROTO_TCP, build_ipv4_in_place
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions, build_tcp, parse_tcp
 
@@ -73,6 +77,8 @@ ISS = 1_000_000
 MASK = 0xFFFFFFFF
 IP_HEADER, TCP_HEADER, TIMESTAMPS = 20, 20, 12  # our data segments: NOP, NOP, Timestamps
 SEQ_AT = IP_HEADER + 4  # in the IP packet
+CHECKSUM_AT = IP_HEADER + 16
+APP_BUFFER = 1 << 20  # --copy: the application's data, cycled
 TSVAL_AT = IP_HEADER + TCP_HEADER + 4  # after NOP, NOP, kind, length
 OUR_WINDOW, OUR_SCALE = 65535, 7
 STALL = 2.0  # seconds without an ACK that moves, with data in flight: a loss
@@ -95,6 +101,7 @@ listener.listen(1)
 os.write(ready, b"ready\\n")
 os.close(ready)
 conn, _ = listener.accept()
+start = resource.getrusage(resource.RUSAGE_SELF)
 buffer = bytearray(1 << 20)
 total = 0
 recv_into = conn.recv_into
@@ -105,7 +112,8 @@ while True:
     total += n
 usage = resource.getrusage(resource.RUSAGE_SELF)
 conn.close()
-print(json.dumps({"bytes": total, "user": usage.ru_utime, "sys": usage.ru_stime}), flush=True)
+user, sys_ = usage.ru_utime - start.ru_utime, usage.ru_stime - start.ru_stime
+print(json.dumps({"bytes": total, "user": user, "sys": sys_}), flush=True)
 """
 
 
@@ -274,7 +282,7 @@ class Writer:
                     return
         raise Aborted("no SYN-ACK in 5 s")
 
-    def transfer(self, total: int) -> dict[str, float]:
+    def transfer(self, total: int, copy: bool = False) -> dict[str, float]:
         """`total` bytes, then the FIN; the figures of the data phase."""
         sizes = plan(self.mtu, self.offload, self.peer_mss)
         base = ISS + 1  # the sequence number of offset 0
@@ -286,7 +294,7 @@ class Writer:
             # The sum with seq 0 and the checksum field 0: per write only seq changes.
             vnet = b""
             struct.pack_into("!I", packet, SEQ_AT, 0)
-            struct.pack_into("!H", packet, IP_HEADER + 16, 0)
+            struct.pack_into("!H", packet, CHECKSUM_AT, 0)
             tcp_length = len(packet) - IP_HEADER
             check_base = ones_sum(
                 memoryview(packet)[IP_HEADER:],
@@ -306,12 +314,38 @@ class Writer:
         pack_seq = struct.Struct("!I").pack_into
         pack_seq_checksum = SEQ_TO_CHECKSUM.pack_into
         writes = 0
+        # --copy: each write's payload copied in from the application's bytes
+        # (as a stack building each segment copies it), and its checksum
+        # summed in full without offloads
+        app_view = memoryview(os.urandom(APP_BUFFER + payload))
+        data_view = memoryview(packet)[len(packet) - payload :]
+        tcp_view = memoryview(packet)[IP_HEADER:]
+        checksum, pack_checksum = transport_checksum, struct.Struct("!H").pack_into
+        src, dst = self.src, self.dst
         while nxt < full_end:
             limit = min(una + wnd, full_end)
-            if self.offload:
+            if self.offload and not copy:
                 while nxt + payload <= limit:
                     pack_seq(packet, SEQ_AT, (base + nxt) & MASK)
                     writev(fd, vector)
+                    nxt += payload
+                    writes += 1
+            elif copy and self.offload:
+                while nxt + payload <= limit:
+                    at = nxt % APP_BUFFER
+                    data_view[:] = app_view[at : at + payload]
+                    pack_seq(packet, SEQ_AT, (base + nxt) & MASK)
+                    writev(fd, vector)
+                    nxt += payload
+                    writes += 1
+            elif copy:
+                while nxt + payload <= limit:
+                    at = nxt % APP_BUFFER
+                    data_view[:] = app_view[at : at + payload]
+                    pack_seq_checksum(packet, SEQ_AT, (base + nxt) & MASK, ack_number,
+                                      offset_byte, flags, window, 0)  # fmt: skip
+                    pack_checksum(packet, CHECKSUM_AT, checksum(src, dst, PROTO_TCP, tcp_view))
+                    write(fd, packet)
                     nxt += payload
                     writes += 1
             else:
@@ -333,7 +367,7 @@ class Writer:
             new = (self.tsval(), self.tsecr)
             if new != stamps:
                 TS_FIELDS.pack_into(packet, TSVAL_AT, *new)
-                if not self.offload:
+                if not self.offload and not copy:
                     check_base = replace_in_sum(check_base, stamps[0], new[0])
                     check_base = replace_in_sum(check_base, stamps[1], new[1])
                 stamps = new
@@ -430,15 +464,15 @@ def tun_drops() -> dict[str, int]:
     return {name: int((where / name).read_text()) for name in ("rx_dropped", "tx_dropped")}
 
 
-def writer_main(mtu: int, offload: bool, total: int) -> int:
+def writer_main(mtu: int, offload: bool, total: int, copy: bool) -> int:
     """Inside the namespace (the receiver listening): the whole transfer, then
     one JSON line of figures on stdout."""
     link = TunLink.open(LinkConfig(mtu=mtu, offload=offload))
     try:
         writer = Writer(link, link.mtu, link.offload)
         writer.handshake()
-        figures: dict[str, Any] = dict(writer.transfer(total))
-        figures.update(asdict(writer.counts), mtu=link.mtu, offload=link.offload)
+        figures: dict[str, Any] = dict(writer.transfer(total, copy))
+        figures.update(asdict(writer.counts), mtu=link.mtu, offload=link.offload, copy=copy)
         figures.update(tun_drops())
     except Aborted as exc:
         print(json.dumps({"aborted": str(exc), "tun": tun_drops()}), flush=True)
@@ -452,7 +486,7 @@ def writer_main(mtu: int, offload: bool, total: int) -> int:
 # ---- the run: namespace, receiver, writer -------------------------------------------------
 
 
-def one(mtu: int, offload: bool, total: int, workdir: Path) -> dict[str, Any]:
+def one(mtu: int, offload: bool, total: int, workdir: Path, copy: bool) -> dict[str, Any]:
     """One transfer in a namespace of its own, removed afterwards."""
     tag = f"{mtu}{'o' if offload else 'n'}"
     with netns(NS_PREFIX, tag) as ns:
@@ -464,7 +498,8 @@ def one(mtu: int, offload: bool, total: int, workdir: Path) -> dict[str, Any]:
         try:
             argv = ns.command(sys.executable, str(Path(__file__).resolve()), "--writer",
                               "--mtu", str(mtu), "--bytes", str(total),
-                              *(() if offload else ("--no-offload",)))  # fmt: skip
+                              *(() if offload else ("--no-offload",)),
+                              *(("--copy",) if copy else ()))  # fmt: skip
             done = run(argv, timeout=600, check=False)
             lines = done.stdout.decode().strip().splitlines()
             if done.returncode not in (0, 3) or not lines:
@@ -496,6 +531,9 @@ def summary(figures: dict[str, Any]) -> dict[str, float]:
     return {
         "mb_per_s": mb / seconds,
         "writer_cpu_ms_per_mb": cpu * 1000 / mb,
+        # the rate were the writer on its CPU all the time: the figure that
+        # holds on a shared machine, where MB/s follows what else runs
+        "mb_per_cpu_s": mb / cpu,
         "writer_user_ms_per_mb": cpu * user_share * 1000 / mb,
         "writer_sys_ms_per_mb": cpu * (1 - user_share) * 1000 / mb,
         "writer_on_cpu": cpu / seconds,
@@ -506,14 +544,16 @@ def summary(figures: dict[str, Any]) -> dict[str, float]:
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:
-    head = ("MTU", "offload", "MB/s", "writer ms/MB (user+sys)", "on CPU", "CPU wait",
-            "recv ms/MB", "writes/s", "KB/write", "segments", "ACKs read", "polls",
+    head = ("MTU", "offload", "copy", "MB/s", "MB/CPU-s", "writer ms/MB (user+sys)", "on CPU",
+            "CPU wait", "recv ms/MB", "writes/s", "KB/write", "segments", "ACKs read", "polls",
             "tun drops")  # fmt: skip
     rows = [head]
     for r in results:
         s = summary(r)
         rows.append((
-            str(r["mtu"]), "on" if r["offload"] else "off", f"{s['mb_per_s']:,.0f}",
+            str(r["mtu"]), "on" if r["offload"] else "off", "yes" if r["copy"] else "no",
+            f"{s['mb_per_s']:,.0f}",
+            f"{s['mb_per_cpu_s']:,.0f}",
             f"{s['writer_cpu_ms_per_mb']:.3f} ({s['writer_user_ms_per_mb']:.3f}"
             f"+{s['writer_sys_ms_per_mb']:.3f})",
             f"{s['writer_on_cpu']:.0%}", f"{s['writer_runqueue_wait']:.0%}",
@@ -534,13 +574,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--all", action="store_true", help="MTU 65535 and 1500, offloads on and off"
     )
+    parser.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy each write's payload in from a buffer (and sum it, without offloads)",
+    )
     parser.add_argument("--mb", type=float, default=1000, help="MB (10^6 bytes) to send")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.writer:
-        return writer_main(args.mtu, not args.no_offload, args.bytes)
+        return writer_main(args.mtu, not args.no_offload, args.bytes, args.copy)
     if os.geteuid() != 0:
         print("tun_ceiling: needs root (it makes a network namespace)", file=sys.stderr)
         return 2
@@ -563,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="ustack-ceiling-") as workdir:
             for mtu, offload in configs:
                 log_step(f"MTU {mtu}, offloads {'on' if offload else 'off'}: {args.mb:g} MB")
-                results.append(one(mtu, offload, total, Path(workdir)))
+                results.append(one(mtu, offload, total, Path(workdir), args.copy))
     except (BenchError, KeyboardInterrupt) as exc:
         print(f"tun_ceiling: {exc or 'interrupted'}", file=sys.stderr)
         return 1
