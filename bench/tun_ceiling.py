@@ -78,6 +78,7 @@ MASK = 0xFFFFFFFF
 IP_HEADER, TCP_HEADER, TIMESTAMPS = 20, 20, 12  # our data segments: NOP, NOP, Timestamps
 SEQ_AT = IP_HEADER + 4  # in the IP packet
 CHECKSUM_AT = IP_HEADER + 16
+TICK = os.sysconf("SC_CLK_TCK")
 APP_BUFFER = 1 << 20  # --copy: the application's data, cycled
 TSVAL_AT = IP_HEADER + TCP_HEADER + 4  # after NOP, NOP, kind, length
 OUR_WINDOW, OUR_SCALE = 65535, 7
@@ -304,7 +305,7 @@ class Writer:
         stamps = TS_FIELDS.unpack_from(packet, TSVAL_AT)
         state = {"una": 0, "nxt": 0, "wnd": self.syn_window, "dups": 0}
         full_end = total - total % sizes.payload
-        sched0, usage0 = schedstat(), resource.getrusage(resource.RUSAGE_SELF)
+        steal0, sched0, usage0 = steal(), schedstat(), resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         # -- the loop: as tight as Python goes ----------------------------------------------
         nxt, una, wnd = 0, 0, self.syn_window
@@ -384,7 +385,7 @@ class Writer:
         while state["una"] < total:
             self.take_acks(state, base, blocking=True)
         elapsed = time.perf_counter() - t0
-        usage1, sched1 = resource.getrusage(resource.RUSAGE_SELF), schedstat()
+        usage1, sched1, steal1 = resource.getrusage(resource.RUSAGE_SELF), schedstat(), steal()
         self.send(self.segment(base + total, FIN | ACK))
         state["nxt"] = total + 1
         while state["una"] < total + 1 or not self.peer_fin:
@@ -396,6 +397,7 @@ class Writer:
             "sys": usage1.ru_stime - usage0.ru_stime,
             "cpu": (sched1[0] - sched0[0]) / 1e9,
             "runqueue_wait": (sched1[1] - sched0[1]) / 1e9,
+            "steal": steal1 - steal0,
             "payload_per_write": sizes.payload,
             "mss": sizes.mss,
             "gso_size": sizes.gso_size,
@@ -457,6 +459,14 @@ def schedstat() -> tuple[int, int]:
     getrusage's user/sys split follows the clock ticks)."""
     on_cpu, waiting, _slices = Path("/proc/thread-self/schedstat").read_text().split()
     return int(on_cpu), int(waiting)
+
+
+def steal() -> float:
+    """CPU seconds the hypervisor took from this VM, all CPUs (/proc/stat):
+    time a guest's schedstat counts as on its CPU."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[8]) / TICK
 
 
 def tun_drops() -> dict[str, int]:
@@ -538,6 +548,7 @@ def summary(figures: dict[str, Any]) -> dict[str, float]:
         "writer_sys_ms_per_mb": cpu * (1 - user_share) * 1000 / mb,
         "writer_on_cpu": cpu / seconds,
         "writer_runqueue_wait": float(figures["runqueue_wait"]) / seconds,
+        "steal": float(figures["steal"]) / seconds,
         "receiver_cpu_ms_per_mb": receiver * 1000 / mb,
         "writes_per_s": int(figures["writes"]) / seconds,
     }
@@ -545,8 +556,8 @@ def summary(figures: dict[str, Any]) -> dict[str, float]:
 
 def table(results: Sequence[dict[str, Any]]) -> str:
     head = ("MTU", "offload", "copy", "MB/s", "MB/CPU-s", "writer ms/MB (user+sys)", "on CPU",
-            "CPU wait", "recv ms/MB", "writes/s", "KB/write", "segments", "ACKs read", "polls",
-            "tun drops")  # fmt: skip
+            "CPU wait", "steal", "recv ms/MB", "writes/s", "KB/write", "segments", "ACKs read",
+            "polls", "tun drops")  # fmt: skip
     rows = [head]
     for r in results:
         s = summary(r)
@@ -556,7 +567,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
             f"{s['mb_per_cpu_s']:,.0f}",
             f"{s['writer_cpu_ms_per_mb']:.3f} ({s['writer_user_ms_per_mb']:.3f}"
             f"+{s['writer_sys_ms_per_mb']:.3f})",
-            f"{s['writer_on_cpu']:.0%}", f"{s['writer_runqueue_wait']:.0%}",
+            f"{s['writer_on_cpu']:.0%}", f"{s['writer_runqueue_wait']:.0%}", f"{s['steal']:.0%}",
             f"{s['receiver_cpu_ms_per_mb']:.3f}", f"{s['writes_per_s']:,.0f}",
             f"{int(r['payload_per_write']) / 1000:.1f}", f"{r['segments']:,}",
             f"{r['acks']:,}", f"{r['waits']:,}", f"{r['rx_dropped']}/{r['tx_dropped']}",
@@ -580,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="copy each write's payload in from a buffer (and sum it, without offloads)",
     )
     parser.add_argument("--mb", type=float, default=1000, help="MB (10^6 bytes) to send")
+    parser.add_argument("--reps", type=int, default=1, help="each a fresh namespace; rotated")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
@@ -606,16 +618,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="ustack-ceiling-") as workdir:
-            for mtu, offload in configs:
-                log_step(f"MTU {mtu}, offloads {'on' if offload else 'off'}: {args.mb:g} MB")
-                results.append(one(mtu, offload, total, Path(workdir), args.copy))
+            for rep in range(args.reps):
+                for mtu, offload in configs:
+                    log_step(f"rep {rep + 1}/{args.reps}: MTU {mtu}, "
+                             f"offloads {'on' if offload else 'off'}: {args.mb:g} MB")  # fmt: skip
+                    results.append(one(mtu, offload, total, Path(workdir), args.copy))
     except (BenchError, KeyboardInterrupt) as exc:
         print(f"tun_ceiling: {exc or 'interrupted'}", file=sys.stderr)
         return 1
     load_after = os.getloadavg()
     print(f"{machine.describe()} | {os.cpu_count()} CPUs | load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")  # fmt: skip
-    print(table(results))
+    print(table(sorted(results, key=lambda r: (-r["mtu"], not r["offload"]))))
     if args.json:
         document = {
             "machine": machine.info(),
