@@ -45,6 +45,7 @@ import os
 import resource
 import select
 import signal
+import statistics
 import struct
 import sys
 import tempfile
@@ -578,6 +579,24 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def medians(results: Sequence[dict[str, Any]]) -> str:
+    """Per MTU and offload, the median of the reps' MB/s, MB per CPU-second
+    and writer ms/MB."""
+    groups: dict[tuple[int, bool], list[dict[str, float]]] = {}
+    for r in results:
+        groups.setdefault((r["mtu"], r["offload"]), []).append(summary(r))
+    lines = []
+    for (mtu, offload), runs in sorted(groups.items(), key=lambda g: (-g[0][0], not g[0][1])):
+        middle = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        copy = ", copy" if results[0]["copy"] else ""
+        lines.append(
+            f"MTU {mtu:>5}, offloads {'on ' if offload else 'off'}{copy}: median of {len(runs)}: "
+            f"{middle['mb_per_s']:,.0f} MB/s, {middle['mb_per_cpu_s']:,.0f} MB/CPU-s, "
+            f"writer {middle['writer_cpu_ms_per_mb']:.3f} ms/MB"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mtu", type=int, default=65535)
@@ -630,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{machine.describe()} | {os.cpu_count()} CPUs | load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")  # fmt: skip
     print(table(sorted(results, key=lambda r: (-r["mtu"], not r["offload"]))))
+    if args.reps > 1:
+        print(medians(results))
     if args.json:
         document = {
             "machine": machine.info(),
