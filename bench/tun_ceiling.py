@@ -59,7 +59,14 @@ import machine
 from setups import MB, USTACK_LINUX, USTACK_STACK, BenchError, log_step, run
 
 from ustack.daemon.running import GSO_SEGMENTS  # MSS per super-segment
-from ustack.linux.lab import netns, remove_stale_namespaces, start_until_ready, stop_process
+from ustack.linux.lab import (
+    LabError,
+    UstackDaemon,
+    netns,
+    remove_stale_namespaces,
+    start_until_ready,
+    stop_process,
+)
 from ustack.linux.tun import (
     PARTIAL_TCP_HEADER,
     VNET_HEADER_SIZE,
@@ -532,6 +539,59 @@ def one(mtu: int, offload: bool, total: int, workdir: Path, copy: bool) -> dict[
     return figures
 
 
+def daemon_reference(mtu: int, offload: bool, total: int, workdir: Path) -> dict[str, Any]:
+    """--daemon: ustack itself on the same path, for comparison: `ustack
+    serve` (http) in a namespace of its own, one `curl -o /dev/null` of
+    `total` bytes from the Linux side after a 1 MB warm-up, the daemon's CPU
+    from /proc/PID/schedstat around it (`ip netns exec` execs the daemon:
+    the PID is its own)."""
+    tag = f"d{mtu}{'o' if offload else 'n'}"
+    private = workdir / tag
+    private.mkdir()
+    extra = ("--mtu", str(mtu), "--services", "http", *(() if offload else ("--no-offload",)))
+    with (
+        netns(NS_PREFIX, tag) as ns,
+        UstackDaemon.start(ns, private, *extra, trace=False, log_level="info", msl=None) as daemon,
+    ):
+        url = f"http://{USTACK_STACK}/bytes/"
+        ns.run("curl", "-s", "-o", "/dev/null", f"{url}{MB}", timeout=30, check=True)
+        stat = Path(f"/proc/{daemon.process.pid}/schedstat")
+        counters = daemon.stats()
+        before = [int(x) for x in stat.read_text().split()[:2]]
+        done = ns.run("curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_total}",
+                      f"{url}{total}", timeout=600, check=True)  # fmt: skip
+        after = [int(x) for x in stat.read_text().split()[:2]]
+        counters = {k: v - counters.get(k, 0) for k, v in daemon.stats().items()}
+    size, seconds = done.stdout.split()
+    if int(size) != total:
+        raise BenchError(f"curl got {int(size)} bytes of {total} from the daemon")
+    cpu = (after[0] - before[0]) / 1e9
+    mb = total / MB
+    return {
+        "mtu": mtu,
+        "offload": offload,
+        "bytes": total,
+        "seconds": float(seconds),
+        "mb_per_s": mb / float(seconds),
+        "mb_per_cpu_s": mb / cpu,
+        "daemon_cpu_ms_per_mb": cpu * 1000 / mb,
+        "daemon_on_cpu": cpu / float(seconds),
+        "daemon_runqueue_wait": (after[1] - before[1]) / 1e9 / float(seconds),
+        "counters": {k: v for k, v in counters.items() if v},  # the stack's, during it
+    }
+
+
+def daemon_lines(references: Sequence[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"ustack daemon, MTU {r['mtu']:>5}, offloads {'on ' if r['offload'] else 'off'}: "
+        f"{r['mb_per_s']:,.0f} MB/s (curl), {r['mb_per_cpu_s']:,.0f} MB/CPU-s, daemon "
+        f"{r['daemon_cpu_ms_per_mb']:.3f} ms/MB, on CPU {r['daemon_on_cpu']:.0%}, "
+        f"CPU wait {r['daemon_runqueue_wait']:.0%}; segments out "
+        f"{r['counters'].get('tcp.out', 0):,}, in {r['counters'].get('tcp.in', 0):,}"
+        for r in sorted(references, key=lambda r: (-r["mtu"], not r["offload"]))
+    )
+
+
 def summary(figures: dict[str, Any]) -> dict[str, float]:
     """The per-MB and per-second figures of one transfer."""
     seconds, mb = float(figures["seconds"]), int(figures["bytes"]) / MB
@@ -611,6 +671,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--mb", type=float, default=1000, help="MB (10^6 bytes) to send")
     parser.add_argument("--reps", type=int, default=1, help="each a fresh namespace; rotated")
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help="each rep, ustack's daemon too: a curl download of as many bytes, its CPU per MB",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
@@ -635,6 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, on_signal)
     load_before = os.getloadavg()
     results: list[dict[str, Any]] = []
+    references: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="ustack-ceiling-") as workdir:
             for rep in range(args.reps):
@@ -642,7 +708,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log_step(f"rep {rep + 1}/{args.reps}: MTU {mtu}, "
                              f"offloads {'on' if offload else 'off'}: {args.mb:g} MB")  # fmt: skip
                     results.append(one(mtu, offload, total, Path(workdir), args.copy))
-    except (BenchError, KeyboardInterrupt) as exc:
+                    if args.daemon:
+                        log_step(f"rep {rep + 1}/{args.reps}: ustack's daemon, the same")
+                        references.append(daemon_reference(mtu, offload, total, Path(workdir)))
+    except (BenchError, LabError, KeyboardInterrupt) as exc:
         print(f"tun_ceiling: {exc or 'interrupted'}", file=sys.stderr)
         return 1
     load_after = os.getloadavg()
@@ -651,12 +720,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(sorted(results, key=lambda r: (-r["mtu"], not r["offload"]))))
     if args.reps > 1:
         print(medians(results))
+    if references:
+        print(daemon_lines(references))
     if args.json:
         document = {
             "machine": machine.info(),
             "load_before": load_before,
             "load_after": load_after,
             "results": [dict(r, **summary(r)) for r in results],
+            "daemon": references,
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     return 0
