@@ -546,8 +546,7 @@ def daemon_reference(mtu: int, offload: bool, total: int, workdir: Path) -> dict
     from /proc/PID/schedstat around it (`ip netns exec` execs the daemon:
     the PID is its own)."""
     tag = f"d{mtu}{'o' if offload else 'n'}"
-    private = workdir / tag
-    private.mkdir()
+    private = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=workdir))  # one per rep
     extra = ("--mtu", str(mtu), "--services", "http", *(() if offload else ("--no-offload",)))
     with (
         netns(NS_PREFIX, tag) as ns,
