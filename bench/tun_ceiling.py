@@ -10,6 +10,7 @@ As root, from the repository, with the venv's Python:
     python bench/tun_ceiling.py --mtu 1500 --no-offload --mb 200
     python bench/tun_ceiling.py --all --mb 200 --json ceiling.json   # the four of them
     python bench/tun_ceiling.py --all --copy         # each payload copied in (and summed)
+    python bench/tun_ceiling.py --all --reps 3 --daemon   # and ustack's daemon on the same path
 
 In a fresh namespace of ustack.linux.lab (removed at the end, also on failure):
 the TUN opened as `ustack serve` opens it (TunLink, LinkConfig's defaults:
@@ -33,7 +34,10 @@ ACK for 2 s) aborts the run: there is no retransmission here.
 Reported: MB/s from the first data write to the ACK of the last byte (MB =
 10^6 bytes), the writer's CPU per MB (user and sys: the kernel's receive path,
 TCP included, runs in the writer's write() on a TUN), the receiver's CPU per
-MB, writes a second and the segments they carry on the wire.
+MB, writes a second and the segments they carry on the wire. --daemon: after
+each transfer, ustack's daemon on the same path (a curl download of as many
+bytes), its CPU per MB, for comparison. Results and what they mean:
+bench/README.md.
 """
 
 from __future__ import annotations
