@@ -197,3 +197,28 @@ def test_without_mtu_probing_the_black_hole_stalls(tmp_path: Path) -> None:
         size, _ = finish(download(path.client, 1024 * 1024, max_time=8))
         assert size < 1024 * 1024  # curl gave up: the full-sized segments never pass
         assert daemon.stats().get("tcp.mtu-probing.fallback", 0) == 0
+
+
+def test_with_two_workers_each_connection_hears_its_icmp(tmp_path: Path) -> None:
+    """`serve --queues 2`: the kernel queues A's "fragmentation needed" by its
+    own addresses (A's and ours), so it reaches one worker whichever owns the
+    connection it quotes; that worker relays what it cannot place to the
+    other (daemon/icmp_relay.py). Without it, the downloads of the other
+    worker stall: full-sized segments never pass and no ICMP reaches them."""
+    size, count = 2 * 1024 * 1024, 8  # all 8 on one worker: odds 2^-7
+    with (
+        routed_path() as path,
+        UstackDaemon.start(path.a, tmp_path, "--queues", "2", trace=False) as daemon,
+    ):
+        curls = [download(path.client, size, max_time=30) for _ in range(count)]
+        got = [finish(curl, timeout=60) for curl in curls]
+        assert got == [(size, expected_sha256(size))] * count
+        reply = daemon.request("stats")
+        workers = [worker["counters"] for worker in reply["workers"]]
+        opened = [counters.get("tcp.passive-opens", 0) for counters in workers]
+        assert all(opened) and sum(opened) == count, opened  # both workers served some
+        lowered = [counters.get("tcp.pmtu.lowered", 0) for counters in workers]
+        assert all(lowered), lowered  # each worker's connections heard the narrow link
+        relayed = [counters.get("icmp.in.relayed-to-workers", 0) for counters in workers]
+        assert sum(relayed) >= 1, relayed
+        assert reply["counters"].get("icmp.drop.no-connection", 0) == 0

@@ -9,7 +9,7 @@ import dataclasses
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ustack.api import StackServer, open_connection, start_server
@@ -104,10 +104,14 @@ class Daemon:
         self._peer_states: PeerStateWatcher | None = None
         self._servers: list[StackServer] = []
         self.gc_pauses = GcPauses() if config.gc_stats else None
+        # Called with the runner once the stack runs on the loop (queues.py: the ICMP relay).
+        self.on_start: list[Callable[[StackRunner], None]] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         runner = self.runner = self.running.start()
+        for hook in self.on_start:
+            hook(runner)
         link = self.link
         control: ControlServer | None = None
         if self.gc_pauses is not None:

@@ -21,6 +21,9 @@ would see only its own flows, and trace ids would collide), and `connect`
 3 s idle, the hash may give them to another worker). docs/performance.md,
 "Beyond one core", says how each would be done.
 
+An ICMP error about one worker's flow may reach another (the kernel
+hashes it by its own addresses): icmp_relay.py passes it on.
+
 The parent watches: SIGINT or SIGTERM, or any worker's end, stops every
 worker (SIGTERM, SIGKILL after 10 s) and waits for each; a worker ends with
 its parent too (PR_SET_PDEATHSIG). The device goes with the last queue's fd.
@@ -40,6 +43,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -50,7 +54,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from ustack.daemon import GC_YOUNG_THRESHOLD, Daemon
+from ustack.daemon import GC_YOUNG_THRESHOLD, Daemon, icmp_relay
 from ustack.daemon.process import notify_ready, reopen_log_files
 from ustack.daemon.running import ServeConfig, SharedSecrets
 from ustack.linux.control import (
@@ -89,20 +93,26 @@ def serve_queues(config: ServeConfig) -> int:
     links = TunLink.open_queues(config.link, config.queues)
     private = Path(tempfile.mkdtemp(prefix="ustack-queues-"))  # 0700: the workers' sockets
     workers: list[Worker] = []
+    relay_pairs = icmp_relay.socket_pairs(config.queues)
     try:
         secrets = SharedSecrets.new()
         context = multiprocessing.get_context("fork")
         for link in links:
-            workers.append(_start_worker(context, config, link.queue, links, secrets, private))
+            workers.append(
+                _start_worker(context, config, link.queue, links, secrets, private, relay_pairs)
+            )
         for link in links:
             link.forget()  # each queue is its worker's now: the device ends with the last
         links = []
+        icmp_relay.close_pairs(relay_pairs)  # the workers' now
+        relay_pairs = []
         if not _wait_ready(workers):
             return 1
         return asyncio.run(QueueDaemon(config, workers).run())
     finally:
         for link in links:
             link.close()
+        icmp_relay.close_pairs(relay_pairs)
         _stop_now(workers)
         shutil.rmtree(private, ignore_errors=True)
 
@@ -114,6 +124,7 @@ def _start_worker(
     links: list[TunLink],
     secrets: SharedSecrets,
     private: Path,
+    relay_pairs: list[tuple[socket.socket, socket.socket]],
 ) -> Worker:
     read_end, write_end = os.pipe()
     control = None if config.control_path is None else private / f"w{index}.sock"
@@ -122,7 +133,7 @@ def _start_worker(
     )
     process = context.Process(
         target=_worker_main,
-        args=(own, links, index, config.ready_fd, os.getpid()),
+        args=(own, links, index, config.ready_fd, os.getpid(), relay_pairs),
         name=f"ustack-queue{index}",
     )
     try:
@@ -133,9 +144,15 @@ def _start_worker(
 
 
 def _worker_main(
-    config: ServeConfig, links: list[TunLink], index: int, parent_ready: int | None, parent: int
+    config: ServeConfig,
+    links: list[TunLink],
+    index: int,
+    parent_ready: int | None,
+    parent: int,
+    relay_pairs: list[tuple[socket.socket, socket.socket]],
 ) -> None:
-    """A worker: its queue, a whole Daemon on its own loop, until SIGTERM."""
+    """A worker: its queue, a whole Daemon on its own loop, until SIGTERM;
+    ICMP errors about flows of other workers relayed to them (icmp_relay.py)."""
     _end_with_parent(parent)
     os.environ.pop("NOTIFY_SOCKET", None)  # the parent tells systemd, once
     if parent_ready is not None:
@@ -148,16 +165,21 @@ def _worker_main(
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
     link = links[index]
+    relay = icmp_relay.IcmpRelay(relay_pairs, index)
     code = 1
     try:
         daemon = Daemon(config, link)
     except BaseException:
         link.close()
+        relay.close()
         raise
+    daemon.on_start.append(relay.start)
     try:
         code = asyncio.run(daemon.run())
     except Exception as exc:  # a control socket that cannot be made, ...: one line
         log.error("error: %s", exc)
+    finally:
+        relay.close()
     sys.exit(code)
 
 

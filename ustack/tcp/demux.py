@@ -17,11 +17,11 @@ from collections import Counter
 from collections.abc import Callable
 
 from ustack.counters import Counters
-from ustack.tcp import seq, time_wait
+from ustack.tcp import feedback, seq, time_wait
 from ustack.tcp.closed import reset_for_closed_port
 from ustack.tcp.connection import TcpConfig, TcpConnection
 from ustack.tcp.events import AppEvent, Closed
-from ustack.tcp.feedback import LowerPathMtu, PathMtu, quoted_ports_and_seq
+from ustack.tcp.feedback import LowerPathMtu, PathMtu
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.listen import Listener, receive_in_listen
 from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event, tcb_snapshot
@@ -37,7 +37,7 @@ from ustack.trace.records import (
     dotted,
 )
 from ustack.trace.vocabulary import DropReason, Layer, SegmentNote
-from ustack.wire.address import IPV4_MAX, format_endpoint
+from ustack.wire.address import IPV4_MAX
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
@@ -112,6 +112,11 @@ class TcpDemux:
         # The IP layer's path MTU cache (RFC 1191), when there is one.
         self.path_mtu: PathMtu | None = None
         self.lower_path_mtu: LowerPathMtu | None = None
+        # With `serve --queues` > 1: an ICMP error about no connection of
+        # ours goes to the other workers (daemon/icmp_relay.py): the kernel
+        # picks the queue of an ICMP error by its own addresses, not by the
+        # flow it quotes, so it may reach a worker that does not own the flow.
+        self.foreign_icmp_error: Callable[[int, int, int, Quote], None] | None = None
 
     # ---- the application's side --------------------------------------------
 
@@ -242,28 +247,11 @@ class TcpDemux:
             self.trace(self._segment_event(now, None, key, "in", seg, "CLOSED", "CLOSED"))
         self._reply_closed(key, seg, now)
 
-    def receive_icmp_error(self, type_: int, code: int, mtu: int, quote: Quote, now: float) -> None:
-        """An ICMP error quoting a segment we sent (RFC 1122 4.2.3.9). Acted on
-        only if it names a connection and a sequence number in SND.UNA..SND.NXT
-        (RFC 5927 4.1: else anyone could forge it); `mtu`: the path MTU a
-        "fragmentation needed" stands for (RFC 1191), else 0."""
-        counters = self._counters
-        local_port, remote_port, sequence = quoted_ports_and_seq(quote.transport)
-        key = (quote.dst, remote_port, local_port)
-        summary = f"about {format_endpoint(quote.dst, remote_port)} from port {local_port}"
-        layer = Layer.ICMP6 if quote.dst > IPV4_MAX else Layer.ICMP
-        conn = self.connections.get(key)
-        if conn is None or conn.state is State.TIME_WAIT:
-            counters.drop(layer, DropReason.NO_CONNECTION, now, summary)
-            return
-        reason = conn.path.icmp_error(
-            type_, code, mtu, quote.dst, sequence, now, counters, self.path_mtu, self.lower_path_mtu
-        )
-        if reason is None:
-            self.flush(conn)
-        else:
-            detail = f"{summary}, seq {sequence}" if reason is DropReason.BAD_SEQ else summary
-            counters.drop(layer, reason, now, detail)
+    def receive_icmp_error(
+        self, type_: int, code: int, mtu: int, quote: Quote, now: float, relayed: bool = False
+    ) -> None:
+        """An ICMP error quoting a segment we sent: feedback.receive_icmp_error."""
+        feedback.receive_icmp_error(self, type_, code, mtu, quote, now, relayed)
 
     def _deliver(self, conn: TcpConnection, key: Key, seg: Segment, now: float) -> None:
         if self.trace is None:

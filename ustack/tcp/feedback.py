@@ -30,7 +30,8 @@ from ustack.tcp.config import (
     MIN_PEER_MSS,
 )
 from ustack.tcp.states import SENDS_DATA, State
-from ustack.trace.vocabulary import DropReason, Note
+from ustack.trace.vocabulary import DropReason, Layer, Note
+from ustack.wire.address import IPV4_MAX, format_endpoint
 from ustack.wire.icmp import (
     ADMIN_PROHIBITED,
     DEST_UNREACH,
@@ -67,6 +68,8 @@ from ustack.wire.icmpv6 import TIME_EXCEEDED as V6_TIME_EXCEEDED
 if TYPE_CHECKING:
     from ustack.counters import Counters
     from ustack.tcp.connection import TcpConnection
+    from ustack.tcp.demux import TcpDemux
+    from ustack.wire.icmp import Quote
 
 # Linux's tcp_base_mss: the MSS black-hole detection falls back to first
 # (RFC 4821 7.2 suggests starting around 1024 bytes too).
@@ -350,3 +353,38 @@ class PathFeedback:
             return "ETIMEDOUT"
         self._conn.decide(Note.SOFT_ERROR_REPORTED, error=self.soft_error)
         return self.soft_error
+
+
+def receive_icmp_error(
+    demux: TcpDemux, type_: int, code: int, mtu: int, quote: Quote, now: float, relayed: bool
+) -> None:
+    """An ICMP error quoting a segment we sent (RFC 1122 4.2.3.9). Acted on
+    only if it names a connection and a sequence number in SND.UNA..SND.NXT
+    (RFC 5927 4.1: else anyone could forge it); `mtu`: the path MTU a
+    "fragmentation needed" stands for (RFC 1191), else 0. With no connection
+    for it, it goes to the other workers if there are (foreign_icmp_error:
+    `serve --queues`); `relayed`: it comes from one, which had none."""
+    counters = demux._counters
+    local_port, remote_port, sequence = quoted_ports_and_seq(quote.transport)
+    key = (quote.dst, remote_port, local_port)
+    summary = f"about {format_endpoint(quote.dst, remote_port)} from port {local_port}"
+    layer = Layer.ICMP6 if quote.dst > IPV4_MAX else Layer.ICMP
+    conn = demux.connections.get(key)
+    if conn is None:
+        prefix = "icmp6" if layer is Layer.ICMP6 else "icmp"
+        if relayed:
+            counters[f"{prefix}.in.relayed-not-here"] += 1  # another worker's, or nobody's
+        elif demux.foreign_icmp_error is not None and demux.time_wait_at(key) is None:
+            counters[f"{prefix}.in.relayed-to-workers"] += 1
+            demux.foreign_icmp_error(type_, code, mtu, quote)
+        else:
+            counters.drop(layer, DropReason.NO_CONNECTION, now, summary)
+        return
+    reason = conn.path.icmp_error(
+        type_, code, mtu, quote.dst, sequence, now, counters, demux.path_mtu, demux.lower_path_mtu
+    )
+    if reason is None:
+        demux.flush(conn)
+    else:
+        detail = f"{summary}, seq {sequence}" if reason is DropReason.BAD_SEQ else summary
+        counters.drop(layer, reason, now, detail)
