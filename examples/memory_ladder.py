@@ -37,7 +37,8 @@ async def main() -> None:
         print(f"t={pair.now:.3f} s, the client is", [row["state"] for row in a.connections()])
         await pair.run_until_idle()  # through TIME_WAIT (2MSL)
         print(f"t={pair.now:.3f} s, the client is", [row["state"] for row in a.connections()])
-        print(render_ascii(a.events))  # the client's view: every segment and state
+        # The client's view: every segment and state; the other end is ustack too.
+        print(render_ascii(a.events, peer_name="ustack b"))
 
 
 if __name__ == "__main__":

@@ -823,3 +823,14 @@ def test_zero_window_probes_are_told_as_probes_not_timeouts(tmp_path: Path) -> N
     drawn = render_ascii(events)
     assert drawn.count("(persist timer fired)") == 2 and "RTO fired" not in drawn
     assert drawn.count("len 1 (zero-window probe)") == 2
+
+
+def test_the_other_end_can_be_named_when_it_is_not_linux() -> None:
+    # A memory pair's other end is a second ustack: "Linux peer" would be wrong.
+    events = active_close().trace
+    for text in (
+        render_ascii(events, peer_name="ustack b"),
+        render_svg(events, peer_name="ustack b"),
+        render_mermaid(events, peer_name="ustack b"),
+    ):
+        assert "ustack b" in text and "Linux peer" not in text

@@ -44,6 +44,9 @@ class Row:
     note: str = ""
 
 
+PEER_NAME = "Linux peer"  # the other end, as the daemon meets it
+
+
 @dataclass
 class Ladder:
     conn: int
@@ -54,11 +57,12 @@ class Ladder:
     ustack_start: str
     rows: list[Row]
     windows: str = ""  # how to read the "win" numbers (scaled or not)
+    peer_name: str = PEER_NAME  # the other end's lifeline ("ustack b" for a memory pair)
 
     @property
     def title(self) -> str:
         how = {True: " (passive open)", False: " (active open)", None: ""}[self.passive]
-        return f"connection {self.conn}: Linux peer {self.peer} <-> ustack {self.us}{how}"
+        return f"connection {self.conn}: {self.peer_name} {self.peer} <-> ustack {self.us}{how}"
 
 
 # Timer notes: (when set, its delay at "{}" at the end; when fired), for every timer the core runs.
@@ -143,10 +147,14 @@ def window_legend(records: Iterable[Record]) -> str:
 
 
 def build_ladder(
-    events: Iterable[Record | TraceEvent], absolute: bool = False, conn: int | None = None
+    events: Iterable[Record | TraceEvent],
+    absolute: bool = False,
+    conn: int | None = None,
+    peer_name: str = PEER_NAME,
 ) -> Ladder:
     """The rows of one connection's ladder. `events` are that connection's
-    (see `choose_connection`), or a whole trace with `conn` to pick one."""
+    (see `choose_connection`), or a whole trace with `conn` to pick one;
+    `peer_name` names the other end's lifeline."""
     records = load.as_records(events)
     summary = load.choose_connection(records, conn)
     records = summary.events
@@ -157,6 +165,7 @@ def build_ladder(
         summary.conn, summary.peer, summary.us, summary.passive, peer_start, summary.first_state, []
     )
     ladder.windows = window_legend(records)
+    ladder.peer_name = peer_name
     rows = ladder.rows
 
     def ms(event: Record) -> float:
@@ -259,22 +268,28 @@ def build_ladder(
 # ---- the three drawings ----------------------------------------------------------------
 
 
-def render_ascii(events: Iterable[Record | TraceEvent], absolute: bool = False) -> str:
+def render_ascii(
+    events: Iterable[Record | TraceEvent], absolute: bool = False, peer_name: str = PEER_NAME
+) -> str:
     """The ladder as text for a terminal (100 columns for usual labels)."""
-    return draw_ascii(build_ladder(events, absolute))
+    return draw_ascii(build_ladder(events, absolute, peer_name=peer_name))
 
 
-def render_svg(events: Iterable[Record | TraceEvent], absolute: bool = False) -> str:
+def render_svg(
+    events: Iterable[Record | TraceEvent], absolute: bool = False, peer_name: str = PEER_NAME
+) -> str:
     """The ladder as a self-contained SVG: no fonts, scripts or links outside."""
-    return draw_svg(build_ladder(events, absolute))
+    return draw_svg(build_ladder(events, absolute, peer_name=peer_name))
 
 
-def render_mermaid(events: Iterable[Record | TraceEvent], absolute: bool = False) -> str:
+def render_mermaid(
+    events: Iterable[Record | TraceEvent], absolute: bool = False, peer_name: str = PEER_NAME
+) -> str:
     """The ladder as a Mermaid sequenceDiagram (GitHub renders it in Markdown)."""
-    return draw_mermaid(build_ladder(events, absolute))
+    return draw_mermaid(build_ladder(events, absolute, peer_name=peer_name))
 
 
-RENDERERS: dict[str, Callable[[Iterable[Record | TraceEvent], bool], str]] = {
+RENDERERS: dict[str, Callable[[Iterable[Record | TraceEvent], bool, str], str]] = {
     "ascii": render_ascii,
     "svg": render_svg,
     "mermaid": render_mermaid,
@@ -298,6 +313,11 @@ def add_ladder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--absolute", action="store_true", help="absolute sequence numbers (default: relative)"
     )
+    parser.add_argument(
+        "--peer-name",
+        default=PEER_NAME,
+        help=f"the other end's lifeline (default {PEER_NAME!r}; 'ustack b' for a second stack)",
+    )
 
 
 def _format_for(args: argparse.Namespace) -> str:
@@ -312,7 +332,7 @@ def _format_for(args: argparse.Namespace) -> str:
 def ladder_command(args: argparse.Namespace) -> int:
     try:
         summary = load.read_connection(args.trace, args.conn, args.max_line_bytes)
-        text = RENDERERS[_format_for(args)](summary.events, args.absolute)
+        text = RENDERERS[_format_for(args)](summary.events, args.absolute, args.peer_name)
     except load.TraceError as exc:
         return load.report_error(exc)
     if args.output is None:

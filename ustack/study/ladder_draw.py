@@ -39,7 +39,7 @@ def draw_ascii(ladder: Ladder) -> str:
     times = [f"{row.time_ms:.3f}" for row in ladder.rows]
     time_w = max(len("time ms"), *map(len, times))
     peers = [ladder.peer_start] + [row.peer_state for row in ladder.rows]
-    peer_w = max(len("Linux peer"), *map(len, peers))
+    peer_w = max(len(ladder.peer_name), *map(len, peers))
 
     def line(time: str, peer: str, middle: str, right: str) -> str:
         return f"{time:>{time_w}} {peer:>{peer_w}} |{middle}|  {right}".rstrip()
@@ -48,8 +48,8 @@ def draw_ascii(ladder: Ladder) -> str:
         ladder.title,
         ladder.windows,
         "",
-        # Each name stands on its lifeline: "Linux peer" ends on it, "ustack" starts on it.
-        f"{'time ms':>{time_w}} {'Linux peer':>{peer_w + 1}}{'':{span}}ustack",
+        # Each name stands on its lifeline: the peer's ends on it, "ustack" starts on it.
+        f"{'time ms':>{time_w}} {ladder.peer_name:>{peer_w + 1}}{'':{span}}ustack",
         line("", ladder.peer_start, blank, ladder.ustack_start),
     ]
     last_time: float | None = None
@@ -104,7 +104,7 @@ def draw_svg(ladder: Ladder) -> str:
     add(f'<rect width="{width:.0f}" height="{height:.0f}" fill="#ffffff"/>')
     add(_svg_text(12, 22, ladder.title, weight="bold"))
     add(_svg_text(12, 110, ladder.windows, colour="#555555"))
-    for x, name in ((peer_x, "Linux peer"), (us_x, "ustack")):
+    for x, name in ((peer_x, ladder.peer_name), (us_x, "ustack")):
         add(
             f'<rect x="{x - 60:.1f}" y="38" width="120" height="26" rx="4" fill="#eef2f7" '
             f'stroke="#44546a"/>'
@@ -205,7 +205,7 @@ def draw_mermaid(ladder: Ladder) -> str:
 
     out = [
         "sequenceDiagram",
-        "    participant P as Linux peer",
+        f"    participant P as {ladder.peer_name}",
         "    participant U as ustack",
         # No "<->" here: Mermaid passes note text through an HTML sanitizer.
         f"    Note over P,U: connection {ladder.conn}, {ladder.peer} - {ladder.us}",
