@@ -1,8 +1,13 @@
 """setuptools needs setup() for cffi_modules; everything else is in pyproject.toml.
 
-USTACK_MYPYC=1 (`USTACK_MYPYC=1 pip install .`) also compiles the sans-I/O
-TCP core (ustack/tcp) with mypyc: the same code, some 1.4x faster per
-segment. Opt-in, never the default: `ustack --version` says which build runs.
+USTACK_MYPYC=1 also compiles the sans-I/O TCP core (ustack/tcp) with mypyc:
+the same code, some 1.4x faster per segment. Opt-in, never the default;
+mypy must be in the build environment, so without build isolation:
+
+    pip install 'mypy>=1.10' 'setuptools>=77' cffi
+    USTACK_MYPYC=1 pip install --no-build-isolation -e .
+
+`ustack --version` says which build runs.
 """
 
 import os
@@ -20,10 +25,15 @@ COMPILED = sorted(
 
 ext_modules = []
 if os.environ.get("USTACK_MYPYC") == "1":
-    from mypyc.build import mypycify
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        raise SystemExit(
+            "USTACK_MYPYC=1 needs mypy where the build runs: pip install 'mypy>=1.10' "
+            "'setuptools>=77' cffi, then USTACK_MYPYC=1 pip install --no-build-isolation ..."
+        ) from None
 
-    # The isolated build environment has none of the dependencies (construct,
-    # ...): mypyc takes their types as Any, as mypy does for these untyped ones.
+    # construct and pytun carry no types: mypyc takes them as Any, as mypy does.
     flags = ["--ignore-missing-imports", "--no-warn-unused-ignores"]
     ext_modules = mypycify([*flags, *COMPILED], opt_level="3", group_name="ustack_tcp")
 else:
