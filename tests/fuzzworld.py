@@ -227,6 +227,7 @@ class World:
             address6=US6 if setup["mtu"] >= IPV6_MIN_MTU else None,
         )
         self.tcp = self.stack.tcp
+        self.tcp.connection_class = _WindowChecked
         if self.tcp.syncookies is not None:
             self.tcp.syncookies = SynCookies(b"ustack-fuzz-cook")  # reproducible cookies
         for port in LISTEN_PORTS:
@@ -318,10 +319,6 @@ class World:
                 raise FuzzFailure("app-events", f"{conn}: Closed, but still in {conn.state}")
             if gone:
                 del self.apps[conn]
-            elif type(conn) is TcpConnection:
-                # (TcpConnection has __slots__: the check goes in as a subclass
-                # of the same layout, not as an attribute of the instance)
-                conn.__class__ = _WindowChecked
         if self.coverage is not None:
             self._note_coverage()
 
@@ -516,7 +513,11 @@ class World:
 class _WindowChecked(TcpConnection):
     """A connection whose _emit checks: no data beyond the peer's window (RFC
     9293 3.8.6), except one segment at SND.UNA (a retransmission or a
-    zero-window probe, as Linux allows), with the TCB as it is at that moment."""
+    zero-window probe, as Linux allows), with the TCB as it is at that moment.
+    Every connection of the world is one (the demux's connection_class): a
+    subclass, not an attribute of the instance (TcpConnection has __slots__),
+    made so from the start, since the compiled build's instances cannot
+    change class."""
 
     __slots__ = ()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ustack.tcp import congestion
 from ustack.tcp.congestion import Cubic, NewReno, make
 
 MSS = 1000
@@ -41,7 +42,7 @@ def test_cubic_reduces_by_beta_and_remembers_w_max() -> None:
 def test_cubic_grows_back_to_w_max_at_k() -> None:
     cc = Cubic(MSS, 100 * MSS)
     cc.on_loss(0.0, 100 * MSS)
-    k = ((100 - 70) / Cubic.C) ** (1 / 3)  # RFC 9438 eq. 2: about 4.2 s
+    k = ((100 - 70) / Cubic(1000, 1000).C) ** (1 / 3)  # RFC 9438 eq. 2: about 4.2 s
     rtt, now = 0.1, 0.0  # long enough that the cubic curve, not Reno's line, leads
     while now < k:
         now += rtt
@@ -65,3 +66,20 @@ def test_make_rejects_unknown_names() -> None:
     assert make("newreno", MSS, MSS).name == "newreno"
     with pytest.raises(ValueError, match="unknown congestion control"):
         make("vegas", MSS, MSS)
+
+
+@pytest.mark.parametrize("name", sorted(congestion.ALGORITHMS))
+def test_copy_keeps_every_field_apart(name):
+    """cc.copy() (what an undo restores, dsack.py) is copy.copy's result:
+    every slot (or, compiled, every attribute mypyc lays out) the same, the
+    object apart."""
+    cc = congestion.make(name, 1000, 10_000)
+    for now in range(30):
+        cc.on_ack(1000, float(now), 0.05)
+    cc.on_loss(31.0, 20_000)
+    cc.on_ack(1000, 32.0, 0.05)
+    kind = type(cc)
+    fields = getattr(kind, "__slots__", None) or kind.__mypyc_attrs__
+    other = cc.copy()
+    assert other is not cc and type(other) is kind
+    assert [getattr(other, f) for f in fields] == [getattr(cc, f) for f in fields]

@@ -21,7 +21,7 @@ import tracemalloc
 
 from tools.time_wait_load import Pair
 from ustack.stack import Stack
-from ustack.tcp.connection import TcpConnection
+from ustack.tcp.connection import _LINKS, TcpConnection
 from ustack.tcp.time_wait import TimeWait
 from ustack.wire.ipv4 import PROTO_TCP, build_ipv4_in_place
 from ustack.wire.tcp import ACK, FIN, SYN, TcpOptions, build_tcp
@@ -203,3 +203,33 @@ def test_closed_connections_leave_no_cycle_for_the_collector() -> None:
     finally:
         gc.enable()
     assert found == 0
+
+
+def test_release_drops_every_link_back() -> None:
+    """TcpConnection.release() drops, in each part, exactly the slots that
+    refer back to the connection or another part: those of its __slots__
+    named like a link, which are also what the class lets be deleted
+    (__deletable__, for the compiled build). Checked on the pure classes'
+    declarations, read from the source of each class (compiled classes keep
+    neither list)."""
+    import ast
+    from pathlib import Path
+
+    import ustack
+
+    links = {"_conn", "_owner", "_timers", "_rcv", "_snd", "_recovery"}
+    for part, released in _LINKS.items():
+        slots: list[str] = []
+        deletable: list[str] = []
+        for klass in part.__mro__[:-1]:
+            source = Path(ustack.__path__[0], *klass.__module__.split(".")[1:]).with_suffix(".py")
+            tree = ast.parse(source.read_text())
+            (body,) = [n for n in tree.body if getattr(n, "name", "") == klass.__name__]
+            for statement in body.body:
+                if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
+                    name = statement.targets[0].id
+                    if name == "__slots__":
+                        slots += ast.literal_eval(statement.value)
+                    elif name == "__deletable__":
+                        deletable += ast.literal_eval(statement.value)
+        assert sorted(released) == sorted(n for n in slots if n in links) == sorted(deletable), part

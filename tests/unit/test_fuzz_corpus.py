@@ -95,3 +95,22 @@ def test_an_uncounted_packet_is_a_failure(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(world.stack.counters, "drop", lambda *args, **kwargs: None)
     with pytest.raises(fuzzworld.FuzzFailure, match="unaccounted"):
         world.apply(["packet", b"\x45\x00garbage"])
+
+
+def test_the_window_check_sees_every_data_segment(monkeypatch) -> None:
+    """The world's connections are all of the checking subclass (the demux's
+    connection_class), so its _emit runs for every segment: in the compiled
+    build too, where only a subclass made so from the start overrides."""
+    checked = []
+    emit = fuzzworld._WindowChecked._emit
+
+    def counting(self, segment) -> None:
+        checked.append(len(segment.payload))
+        emit(self, segment)
+
+    monkeypatch.setattr(fuzzworld._WindowChecked, "_emit", counting)
+    world = fuzzworld.replay(fuzzworld.load_case(CORPUS / "seed-sack-recovery.json"))
+    conns = list(world.tcp.connections.values())
+    assert all(type(conn) is fuzzworld._WindowChecked for conn in conns)
+    assert any(checked), "no data segment went through the check"
+    assert world.stack.counters["tcp.out"] >= len(checked) > 0

@@ -10,6 +10,7 @@ from ustack import __version__
 from ustack.cli.args import PORT, Parser, add_control_option, bounded_int, ip_address
 from ustack.cli.clients import faults_doc
 from ustack.cli.serve_options import add_serve_arguments
+from ustack.compiled import build
 from ustack.study.explain import add_explain_arguments
 from ustack.study.export import add_export_arguments
 from ustack.study.ladder import add_ladder_arguments
@@ -24,7 +25,7 @@ DESCRIPTION = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ustack", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"ustack {__version__}")
+    parser.add_argument("--version", action="version", version=f"ustack {__version__}, {build()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve_cmd = commands.add_parser("serve", help="run the stack on a TUN device (foreground)")

@@ -44,6 +44,9 @@ from ustack.wire.address import parse_address
 
 MIN_MTU = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MAX_MTU = 65535
+# TcpConfig's defaults, read from an instance: the compiled build's dataclass
+# (USTACK_MYPYC=1) keeps none on the class.
+_TCP_DEFAULTS = TcpConfig()
 
 
 def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
@@ -380,16 +383,18 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         ecn=args.ecn,
         nagle=not args.no_nagle,
         keepalive_idle=_keepalive(args.keepalive),
-        syn_retries=parse_count(args.syn_retries, "--syn-retries", 0, 127, TcpConfig.syn_retries),
+        syn_retries=parse_count(
+            args.syn_retries, "--syn-retries", 0, 127, _TCP_DEFAULTS.syn_retries
+        ),
         max_connections=parse_count(
-            args.max_connections, "--max-connections", 1, 10_000_000, TcpConfig.max_connections
+            args.max_connections, "--max-connections", 1, 10_000_000, _TCP_DEFAULTS.max_connections
         ),
         invalid_ack_ratelimit=parse_count(
             args.tcp_invalid_ratelimit,
             "--tcp-invalid-ratelimit",
             0,
             3_600_000,
-            int(TcpConfig.invalid_ack_ratelimit * 1000),
+            int(_TCP_DEFAULTS.invalid_ack_ratelimit * 1000),
         )
         / 1000,
         mtu_probing=args.mtu_probing,

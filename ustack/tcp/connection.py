@@ -31,12 +31,12 @@ comments name the step of 3.10.7.4 each block implements.
 
 from __future__ import annotations
 
+from ustack.compiled import mypyc_attr
 from ustack.counters import Counters
 from ustack.tcp import handshake, seq
 from ustack.tcp.config import DEFAULT_PEER_MSS, TcpConfig
 from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
 from ustack.tcp.feedback import PathFeedback
-from ustack.tcp.forward import TcbView
 from ustack.tcp.keepalive import Keepalive
 from ustack.tcp.receiver import Receiver
 from ustack.tcp.recovery import Recovery
@@ -70,22 +70,27 @@ __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
 
 
 # Each part's slots that refer back to the connection or to another part:
-# what release() drops (named once here, not looked up on every connection).
-_LINK_NAMES = {"_conn", "_owner", "_timers", "_rcv", "_snd", "_recovery"}
+# what release() drops, named once here (each class lists the same as its
+# __deletable__, which the compiled build needs and does not keep on the
+# class; tests/unit/test_connection_memory.py checks both against __slots__).
 _LINKS: dict[type, tuple[str, ...]] = {
-    part: tuple(name for name in part.__slots__ if name in _LINK_NAMES)
-    for part in (Sender, Receiver, Recovery, Keepalive, Timers, PathFeedback)
+    Sender: ("_conn", "_rcv", "_recovery", "_timers"),
+    Receiver: ("_conn", "_timers"),
+    Recovery: ("_rcv", "_timers", "_conn", "_snd"),
+    Keepalive: ("_conn", "_timers"),
+    Timers: ("_owner",),
+    PathFeedback: ("_conn",),
 }
 
 
-class TcpConnection(UserCalls, TcbView):
+@mypyc_attr(allow_interpreted_subclasses=True)  # the fuzzer's window check
+class TcpConnection(UserCalls):
     # No __dict__: some 200 bytes less per connection, and attribute reads
     # through slots. __weakref__: tests watch a connection being freed.
     __slots__ = (
-        "__weakref__", "_outbox", "_timers", "config", "conn_id", "counters", "deadlines",
-        "ecn_ok", "error", "events", "flushing", "hold_acks", "keepalive", "mss", "now",
-        "orphaned", "passive", "path", "peer_mss", "receiver", "recovery", "sack_ok", "sender",
-        "state", "trace", "ts_ok",
+        "__weakref__", "_outbox", "conn_id", "counters", "deadlines", "ecn_ok", "events",
+        "flushing", "hold_acks", "mss", "passive", "path", "peer_mss", "recovery", "sack_ok",
+        "trace", "ts_ok",
     )  # fmt: skip
 
     def __init__(

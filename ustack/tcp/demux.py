@@ -98,6 +98,9 @@ class TcpDemux:
         self._isn = isn or IsnGenerator()
         self.syncookies = syncookies  # None: a full backlog drops SYNs
         self._conn_ids = itertools.count(1)
+        # The class each new connection is made of: the fuzzer's checks go in
+        # as a subclass (tests/fuzzworld.py), so compiled or not they run.
+        self.connection_class: type[TcpConnection] = TcpConnection
         self._heap: TimerHeap[TcpConnection] = TimerHeap()
         # Between begin_batch and end_batch: the connections (and TIME_WAIT
         # records, with the time of their segment) that took a segment, whose
@@ -496,7 +499,7 @@ class TcpDemux:
     ) -> TcpConnection:
         if iss is None:
             iss = self._isn_for(key, now)
-        conn = TcpConnection(
+        conn = self.connection_class(
             conn_id=next(self._conn_ids), iss=iss, config=config or self.config, trace=self.trace
         )
         conn.counters = self._counters

@@ -11,7 +11,6 @@ use (undo_cc, undo_marker, undo_bytes, resent) is Recovery's.
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 from ustack.tcp import seq
@@ -30,28 +29,42 @@ _RESENT_KEPT = 16  # retransmitted stretches remembered for D-SACK detection
 class DsackUndo:
     """Recovery's D-SACK handling and undo."""
 
-    if not TYPE_CHECKING:
-        # No slots of its own (Recovery lists them all), and none for mypy,
-        # which would otherwise check these methods' stores against this
-        # empty list rather than Recovery's.
-        __slots__ = ()
-    else:  # what Recovery keeps and these use
-        _conn: TcpConnection
-        _snd: Sender
-        cc: congestion.CongestionControl
-        rack: Rack
-        rtt: RttEstimator
-        recover: int | None
-        probe_range: tuple[int, int] | None
-        peer_delays_acks: bool
-        undo_cc: congestion.CongestionControl | None
-        undo_marker: int
-        undo_bytes: int
-        resent: list[tuple[int, int]]
+    # The state these methods use is kept here (Recovery's __slots__ add
+    # the rest): one class body that mypy checks and mypyc compiles.
+    __slots__ = (
+        "_conn",
+        "_snd",
+        "cc",
+        "peer_delays_acks",
+        "probe_range",
+        "rack",
+        "recover",
+        "resent",
+        "rtt",
+        "undo_bytes",
+        "undo_cc",
+        "undo_marker",
+    )
+    # What Recovery's release() drops (TcpConnection.release; mypyc's list
+    # of the attributes that may be deleted).
+    __deletable__ = ("_conn", "_snd")
+
+    _conn: TcpConnection
+    _snd: Sender
+    cc: congestion.CongestionControl
+    rack: Rack
+    rtt: RttEstimator
+    recover: int | None
+    probe_range: tuple[int, int] | None
+    peer_delays_acks: bool
+    undo_cc: congestion.CongestionControl | None
+    undo_marker: int
+    undo_bytes: int
+    resent: list[tuple[int, int]]
 
     def _begin_undo(self) -> None:
         """A loss episode begins: keep the congestion state before its cut."""
-        self.undo_cc = copy.copy(self.cc)
+        self.undo_cc = self.cc.copy()
         self.undo_marker = self._snd.snd_una
         self.undo_bytes = 0
 

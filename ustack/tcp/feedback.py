@@ -171,6 +171,8 @@ class PathFeedback:
 
     __slots__ = ("_conn", "black_hole_mss", "default_peer_mss", "headers",
                  "path_mtu", "path_mtu_until", "soft_error")  # fmt: skip
+    # The links back that TcpConnection.release() drops (mypyc: deletable).
+    __deletable__ = ("_conn",)
 
     def __init__(self, conn: TcpConnection) -> None:
         self._conn = conn

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 class Keepalive:
     __slots__ = ("_conn", "_timers", "last_heard", "probes")
+    # The links back that TcpConnection.release() drops (mypyc: deletable).
+    __deletable__ = ("_conn", "_timers")
 
     def __init__(self, conn: TcpConnection, timers: Timers) -> None:
         self._conn = conn

@@ -57,6 +57,8 @@ class Receiver:
         "ts_recent",
         "unacked_bytes",
     )
+    # The links back that TcpConnection.release() drops (mypyc: deletable).
+    __deletable__ = ("_conn", "_timers")
 
     def __init__(self, conn: TcpConnection, timers: Timers) -> None:
         self._conn = conn

@@ -39,30 +39,20 @@ if TYPE_CHECKING:
 
 class Recovery(DsackUndo):
     __slots__ = (
-        "_conn",
         "_rcv",
-        "_snd",
         "_timers",
-        "cc",
         "cwr_pending",
         "dupacks",
         "ecn_high",
-        "peer_delays_acks",
         "probe_high",
-        "probe_range",
-        "rack",
-        "recover",
         "recovery_high",
-        "resent",
         "retries",
-        "rtt",
         "syn_retransmitted",
         "timed",
         "ts_at_timeout",
-        "undo_bytes",
-        "undo_cc",
-        "undo_marker",
     )
+    # The links back that TcpConnection.release() drops (mypyc: deletable).
+    __deletable__ = ("_rcv", "_timers")
 
     def __init__(
         self, conn: TcpConnection, timers: Timers, sender: Sender, receiver: Receiver

@@ -58,6 +58,8 @@ class Sender:
         "snd_wnd",
         "window_probes",
     )
+    # The links back that TcpConnection.release() drops (mypyc: deletable).
+    __deletable__ = ("_conn", "_rcv", "_recovery", "_timers")
 
     def __init__(
         self, conn: TcpConnection, timers: Timers, receiver: Receiver, iss: int, nodelay: bool

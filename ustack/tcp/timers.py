@@ -49,6 +49,8 @@ class Timers:
     (`RETRANSMIT in timers.deadlines`); changes go through arm and cancel."""
 
     __slots__ = ("_owner", "deadlines")
+    # The links back that TcpConnection.release() drops (mypyc: deletable).
+    __deletable__ = ("_owner",)
 
     def __init__(self, owner: Clocked) -> None:
         self._owner = owner

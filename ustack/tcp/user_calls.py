@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from ustack.compiled import mypyc_attr
+from ustack.tcp.forward import TcbView
 from ustack.tcp.states import CAN_ACK, CAN_SEND, CLOSE_UNREAD_RESETS, Event, State
 from ustack.trace.vocabulary import TimerKind
 
@@ -25,32 +27,41 @@ if TYPE_CHECKING:
     from ustack.tcp.timers import Timers
 
 
+@mypyc_attr(native_class=False)  # (mypyc: a native class cannot derive ConnectionError)
 class ConnectionClosedError(ConnectionError):
     """send() or read() on a connection that can no longer do it."""
 
 
-class UserCalls:
+@mypyc_attr(allow_interpreted_subclasses=True)
+class UserCalls(TcbView):
     """The calls an application makes on a TcpConnection."""
 
-    if not TYPE_CHECKING:
-        # No slots of its own (TcpConnection lists them all), and none for
-        # mypy, which would otherwise check the calls' stores against this
-        # empty list rather than TcpConnection's.
-        __slots__ = ()
-    else:  # what TcpConnection keeps and the calls use
-        now: float
-        state: State
-        error: str | None
-        orphaned: bool
-        config: TcpConfig
-        sender: Sender
-        receiver: Receiver
-        keepalive: Keepalive
-        _timers: Timers
+    # The state the calls use is kept here (TcpConnection's __slots__ add
+    # the rest): one class body that mypy checks and mypyc compiles.
+    __slots__ = (
+        "_timers", "config", "error", "keepalive", "now", "orphaned", "receiver", "sender",
+        "state",
+    )  # fmt: skip
 
-        def _transition(self, event: Event, error: str | None = None) -> None: ...
-        def _output(self) -> None: ...
-        def _send_rst_ack(self) -> None: ...
+    now: float
+    state: State
+    error: str | None
+    orphaned: bool
+    config: TcpConfig
+    sender: Sender
+    receiver: Receiver
+    keepalive: Keepalive
+    _timers: Timers
+
+    # TcpConnection's (connection.py), which the calls use.
+    def _transition(self, event: Event, error: str | None = None) -> None:
+        raise NotImplementedError
+
+    def _output(self) -> None:
+        raise NotImplementedError
+
+    def _send_rst_ack(self) -> None:
+        raise NotImplementedError
 
     def connect(self, now: float) -> None:
         """Active OPEN: send a SYN (RFC 9293 3.10.1)."""

@@ -37,6 +37,12 @@ class CongestionControl(Protocol):
     def on_timeout(self, now: float, flight: int) -> None:
         """A retransmission timeout: cwnd collapses to one segment."""
 
+    def copy(self) -> CongestionControl:
+        """The state as it is now, apart (what an undo restores: dsack.py).
+        A method, not copy.copy: the compiled build's classes have no
+        __reduce__ that copy can use."""
+        ...
+
 
 ALGORITHMS: dict[str, type[NewReno] | type[Cubic]] = {"newreno": NewReno, "cubic": Cubic}
 

@@ -71,3 +71,12 @@ class Cubic:
         self.on_loss(now, flight)
         self.cwnd = self.mss
         self._epoch = None
+
+    def copy(self) -> Cubic:
+        other = Cubic(self.mss, self.cwnd)
+        other.ssthresh = self.ssthresh
+        other.w_max = self.w_max
+        other._k = self._k
+        other._epoch = self._epoch
+        other._w_est = self._w_est
+        return other

@@ -38,6 +38,12 @@ class NewReno:
     def on_recovery_end(self, now: float) -> None:
         self.cwnd = self.ssthresh
 
+    def copy(self) -> NewReno:
+        other = NewReno(self.mss, self.cwnd)
+        other.ssthresh = self.ssthresh
+        other._acked_in_ca = self._acked_in_ca
+        return other
+
     def on_timeout(self, now: float, flight: int) -> None:
         self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.mss  # the loss window (RFC 5681 3.1)
