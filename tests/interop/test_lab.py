@@ -3,8 +3,13 @@ daemon, its output and exit status passed through, nothing left afterwards."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from ustack.linux.lab import Family
 
@@ -35,3 +40,33 @@ def test_the_commands_exit_status_and_the_daemons_control_socket() -> None:
     result = _ustack_lab("--", "sh", "-c", "ustack ss && exit 3")
     assert result.returncode == 3, result.stderr
     assert "198.18.0.2:80" in result.stdout  # `ustack ss` found the lab's daemon
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_set_up_stops_the_lab_before_the_command(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    """Ctrl-C (or SIGTERM) while the namespace and the daemon are being made:
+    exit 128 + N, the command never runs, nothing left. The signal may land
+    in the fork of the daemon (a fork hook, where Python only prints an
+    exception): the lab must stop all the same."""
+    marker = tmp_path / "ran"
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "ustack", "lab", "--", "sh", "-c", f"touch {marker}; sleep 30"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    name = f"ustack-lab{lab.pid}-0"
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"/run/netns/{name}").exists():  # the set-up is under way
+            assert lab.poll() is None and time.monotonic() < deadline, "no namespace made"
+            time.sleep(0.005)
+        lab.send_signal(signum)
+        assert lab.wait(timeout=20) == 128 + signum
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.wait()
+    assert lab.stderr is not None and b"Traceback" not in lab.stderr.read()
+    assert not Path(f"/run/netns/{name}").exists()
+    assert not marker.exists()

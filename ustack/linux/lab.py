@@ -450,15 +450,26 @@ def run_in_lab(
     child: subprocess.Popen[bytes] | None = None
     daemon: UstackDaemon | None = None
 
+    stops: list[int] = []
+
     def forward(signum: int, _frame: object) -> None:
         if child is not None and child.poll() is None:
             child.send_signal(signum)
         else:
+            stops.append(signum)
             raise _Forwarded(signum)
+
+    def unraisable(report: Any) -> None:
+        # A stop raised in a fork hook (the daemon's Popen with preexec_fn
+        # runs logging's at-fork lock release) is only printed by Python,
+        # "Exception ignored": `stops` keeps it, checked before the command.
+        if not issubclass(report.exc_type, _Forwarded):
+            previous_hook(report)
 
     previous = {
         s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         with netns("ustack-lab") as ns:
             daemon = UstackDaemon.start(
@@ -476,6 +487,8 @@ def run_in_lab(
                 USTACK_LAB=ns.name,
                 PATH=_path_with_our_scripts(),
             )
+            if stops:
+                raise _Forwarded(stops[0])
             child = subprocess.Popen(ns.command(*command), env=env)
             code = child.wait()
             if daemon.process.poll() is not None:
@@ -488,6 +501,7 @@ def run_in_lab(
     except _Forwarded as stopped:
         return 128 + int(stopped.args[0])
     finally:
+        sys.unraisablehook = previous_hook
         if daemon is not None:
             daemon.stop()
         for signum, handler in previous.items():
