@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ustack.compiled import build, stale
+from ustack.cli.compiled_check import stale
+from ustack.compiled import build
 
 
 def make(path: Path, mtime: float) -> None:

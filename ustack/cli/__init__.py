@@ -18,11 +18,11 @@ from ustack.cli.clients import (
     ss_command,
     stats_command,
 )
+from ustack.cli.compiled_check import warn_if_stale
 from ustack.cli.lab import lab_command, lab_plan
 from ustack.cli.lesson import lesson_command
 from ustack.cli.parser import build_parser
 from ustack.cli.serve_options import serve_config, setup_logging
-from ustack.compiled import build, stale
 from ustack.daemon import serve
 from ustack.linux.control import ControlError
 from ustack.linux.lab import LabError
@@ -61,14 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    if build() != "pure Python" and (edited := stale()):
-        names = ", ".join(path.name for path in edited[:3]) + (", ..." if len(edited) > 3 else "")
-        print(
-            f"ustack: warning: the compiled (mypyc) core is older than its sources ({names}): "
-            "those edits do not run; build again (USTACK_MYPYC=1 pip install "
-            "--no-build-isolation -e .) or go back to pure Python (pip install -e .)",
-            file=sys.stderr,
-        )
+    warn_if_stale()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
