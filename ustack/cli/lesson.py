@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from ustack.cli.args import UsageError
 from ustack.linux.lab import (
@@ -204,8 +203,12 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 class _Stopped(BaseException):
-    """SIGINT, SIGTERM or SIGHUP during a lesson (a BaseException, as
-    KeyboardInterrupt: no `except Exception` on the way may take it)."""
+    """SIGTERM or SIGHUP during a lesson (a BaseException, as KeyboardInterrupt
+    for SIGINT: no `except Exception` on the way may take it)."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
 
 
 def play(lesson: Lesson, out: Path) -> str:
@@ -239,32 +242,14 @@ def run_lesson(lesson: Lesson, out: Path) -> int:
     remove_stale_namespaces()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stops: list[int] = []
-
-    def stop(signum: int, _frame: object) -> None:
-        stops.append(signum)
-        raise _Stopped(signum)
-
-    def unraisable(report: Any) -> None:
-        # A stop raised where Python can only print it, "Exception ignored":
-        # in a fork hook (subprocess with preexec_fn runs logging's at-fork
-        # lock release). The lesson runs on; `stops` says it was asked to end.
-        if not issubclass(report.exc_type, _Stopped):
-            previous_hook(report)
-
-    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.signal(s, stop) for s in stopping}
-    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         failure = play(lesson, out)
     except _Stopped as stopped:
         return 128 + int(stopped.args[0])
     finally:
-        sys.unraisablehook = previous_hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if stops:  # (swallowed as above): cleaned up all the same, the status says which signal
-        return 128 + stops[0]
     return show(lesson, out, failure)
 
 

@@ -117,6 +117,14 @@ def remove_stale_namespaces() -> None:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+# The same for a server started by start_until_ready, without Python in the
+# child: util-linux's setpriv sets PR_SET_PDEATHSIG and execs the server. A
+# preexec_fn would run the parent's at-fork hooks (logging's lock release),
+# where a signal's exception (Ctrl-C) is only printed, "Exception ignored",
+# and the run it should have stopped went on (a lesson ended 0 after SIGINT).
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "TERM", "--")
+
+
 def die_with_parent() -> None:
     """In a child before exec: SIGTERM when the process that started it dies,
     however it dies, so that a killed run leaves no daemon behind."""
@@ -233,7 +241,7 @@ def start_until_ready(
     try:
         with open(log, "wb") as log_file:
             process = subprocess.Popen(
-                list(argv_with_fd(ready_w)),
+                [*DIE_WITH_PARENT, *argv_with_fd(ready_w)],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -241,7 +249,6 @@ def start_until_ready(
                 env=None if env is None else dict(env),
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
     finally:
         os.close(ready_w)
@@ -450,26 +457,15 @@ def run_in_lab(
     child: subprocess.Popen[bytes] | None = None
     daemon: UstackDaemon | None = None
 
-    stops: list[int] = []
-
     def forward(signum: int, _frame: object) -> None:
         if child is not None and child.poll() is None:
             child.send_signal(signum)
         else:
-            stops.append(signum)
             raise _Forwarded(signum)
-
-    def unraisable(report: Any) -> None:
-        # A stop raised in a fork hook (the daemon's Popen with preexec_fn
-        # runs logging's at-fork lock release) is only printed by Python,
-        # "Exception ignored": `stops` keeps it, checked before the command.
-        if not issubclass(report.exc_type, _Forwarded):
-            previous_hook(report)
 
     previous = {
         s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
-    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         with netns("ustack-lab") as ns:
             daemon = UstackDaemon.start(
@@ -487,8 +483,6 @@ def run_in_lab(
                 USTACK_LAB=ns.name,
                 PATH=_path_with_our_scripts(),
             )
-            if stops:
-                raise _Forwarded(stops[0])
             child = subprocess.Popen(ns.command(*command), env=env)
             code = child.wait()
             if daemon.process.poll() is not None:
@@ -501,7 +495,6 @@ def run_in_lab(
     except _Forwarded as stopped:
         return 128 + int(stopped.args[0])
     finally:
-        sys.unraisablehook = previous_hook
         if daemon is not None:
             daemon.stop()
         for signum, handler in previous.items():
