@@ -7,26 +7,6 @@ from __future__ import annotations
 import errno
 import io
 import socket as _socket
-from socket import (
-    AF_INET6,
-    IPPROTO_IPV6,
-    IPPROTO_TCP,
-    IPV6_V6ONLY,
-    SO_ERROR,
-    SO_KEEPALIVE,
-    SO_LINGER,
-    SO_RCVBUF,
-    SO_REUSEADDR,
-    SO_REUSEPORT,
-    SO_SNDBUF,
-    SO_TYPE,
-    SOCK_STREAM,
-    SOL_SOCKET,
-    TCP_KEEPCNT,
-    TCP_KEEPIDLE,
-    TCP_KEEPINTVL,
-    TCP_NODELAY,
-)
 from typing import TYPE_CHECKING, Any
 
 from ustack.sockets.loop_side import StreamState, on_loop, oserror
@@ -34,6 +14,28 @@ from ustack.stream_options import LINGER, StreamOptions
 
 if TYPE_CHECKING:
     from ustack.socket import SocketStack
+
+# The options a socket takes, as the (level, optname) pairs of setsockopt.
+_SOL, _TCP = _socket.SOL_SOCKET, _socket.IPPROTO_TCP
+REUSEADDR = (_SOL, _socket.SO_REUSEADDR)
+REUSEPORT = (_SOL, _socket.SO_REUSEPORT)
+KEEPALIVE = (_SOL, _socket.SO_KEEPALIVE)
+BROADCAST = (_SOL, _socket.SO_BROADCAST)
+LINGER_OPTION = (_SOL, _socket.SO_LINGER)  # its value packed as stream_options.LINGER
+RCVBUF = (_SOL, _socket.SO_RCVBUF)
+SNDBUF = (_SOL, _socket.SO_SNDBUF)
+SOCKET_TYPE = (_SOL, _socket.SO_TYPE)  # read only
+SOCKET_ERROR = (_SOL, _socket.SO_ERROR)  # read only
+NODELAY = (_TCP, _socket.TCP_NODELAY)
+KEEPIDLE = (_TCP, _socket.TCP_KEEPIDLE)
+KEEPINTVL = (_TCP, _socket.TCP_KEEPINTVL)
+KEEPCNT = (_TCP, _socket.TCP_KEEPCNT)
+V6ONLY = (_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY)
+_FLAGS = {REUSEADDR, REUSEPORT, KEEPALIVE, NODELAY, BROADCAST}  # read back as 0 or 1
+_KEEPALIVE_TIMES = {KEEPIDLE, KEEPINTVL, KEEPCNT}
+_SETTABLE = _FLAGS | _KEEPALIVE_TIMES | {LINGER_OPTION, RCVBUF, SNDBUF, V6ONLY}
+# What reaches an open connection at once (the stream's own setsockopt).
+_LIVE = _KEEPALIVE_TIMES | {KEEPALIVE, NODELAY, LINGER_OPTION}
 
 
 class SocketOptions:
@@ -51,18 +53,14 @@ class SocketOptions:
 
     def _stream_options(self) -> tuple[StreamOptions, int | None]:
         opts = self._options
-        linger = opts.get((SOL_SOCKET, SO_LINGER))
+        linger = opts.get(LINGER_OPTION)
         seconds = None if linger is None or not linger[0] else linger[1]
         options = StreamOptions(
-            nodelay=bool(opts[IPPROTO_TCP, TCP_NODELAY])
-            if (IPPROTO_TCP, TCP_NODELAY) in opts
-            else None,
-            keepalive=bool(opts[SOL_SOCKET, SO_KEEPALIVE])
-            if (SOL_SOCKET, SO_KEEPALIVE) in opts
-            else None,
-            keepalive_idle=opts.get((IPPROTO_TCP, TCP_KEEPIDLE)),
-            keepalive_interval=opts.get((IPPROTO_TCP, TCP_KEEPINTVL)),
-            keepalive_count=opts.get((IPPROTO_TCP, TCP_KEEPCNT)),
+            nodelay=bool(opts[NODELAY]) if NODELAY in opts else None,
+            keepalive=bool(opts[KEEPALIVE]) if KEEPALIVE in opts else None,
+            keepalive_idle=opts.get(KEEPIDLE),
+            keepalive_interval=opts.get(KEEPINTVL),
+            keepalive_count=opts.get(KEEPCNT),
             linger=seconds,
         )
         return options, seconds
@@ -71,7 +69,8 @@ class SocketOptions:
 
     def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
         self._check_open()
-        if (level, optname) == (SOL_SOCKET, SO_LINGER):
+        option = (level, optname)
+        if option == LINGER_OPTION:
             if isinstance(value, int):
                 onoff, seconds = int(bool(value)), 0
             else:
@@ -81,69 +80,55 @@ class SocketOptions:
             stored = int.from_bytes(bytes(value)[:4], "little")
         else:
             stored = int(value)
-        known = {
-            (SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_REUSEPORT), (SOL_SOCKET, SO_KEEPALIVE),
-            (SOL_SOCKET, SO_LINGER), (SOL_SOCKET, SO_RCVBUF), (SOL_SOCKET, SO_SNDBUF),
-            (IPPROTO_TCP, TCP_NODELAY), (IPPROTO_TCP, TCP_KEEPIDLE),
-            (IPPROTO_TCP, TCP_KEEPINTVL), (IPPROTO_TCP, TCP_KEEPCNT),
-            (IPPROTO_IPV6, IPV6_V6ONLY), (_socket.SOL_SOCKET, _socket.SO_BROADCAST),
-        }  # fmt: skip
-        if (level, optname) not in known:
+        if option not in _SETTABLE:
             raise oserror(errno.ENOPROTOOPT)
-        if level == IPPROTO_TCP and self.type != SOCK_STREAM:
+        if level == _TCP and self.type != _socket.SOCK_STREAM:
             raise oserror(errno.EOPNOTSUPP)
-        if (level, optname) == (IPPROTO_IPV6, IPV6_V6ONLY) and self.family != AF_INET6:
+        if option == V6ONLY and self.family != _socket.AF_INET6:
             raise oserror(errno.ENOPROTOOPT)
-        self._options[level, optname] = stored
+        self._options[option] = stored
         stream = self._stream
-        live = {
-            (SOL_SOCKET, SO_KEEPALIVE), (IPPROTO_TCP, TCP_NODELAY), (IPPROTO_TCP, TCP_KEEPIDLE),
-            (IPPROTO_TCP, TCP_KEEPINTVL), (IPPROTO_TCP, TCP_KEEPCNT), (SOL_SOCKET, SO_LINGER),
-        }  # fmt: skip
-        if stream is not None and stream.transport is not None and (level, optname) in live:
+        if stream is not None and stream.transport is not None and option in _LIVE:
             transport = stream.transport
-            wire = LINGER.pack(*stored) if optname == SO_LINGER and level == SOL_SOCKET else stored
+            wire = LINGER.pack(*stored) if option == LINGER_OPTION else stored
             self._stack.call(
                 on_loop(lambda: transport.get_extra_info("socket").setsockopt(level, optname, wire))
             )
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
         self._check_open()
+        option = (level, optname)
         value: Any
-        if (level, optname) == (SOL_SOCKET, SO_TYPE):
+        if option == SOCKET_TYPE:
             value = self.type
-        elif (level, optname) == (SOL_SOCKET, SO_ERROR):
+        elif option == SOCKET_ERROR:
             stream = self._stream
             value = 0
             if stream is not None and stream.error is not None:
                 value, stream.error = stream.error.errno or errno.EIO, None
-        elif (level, optname) in ((SOL_SOCKET, SO_RCVBUF), (SOL_SOCKET, SO_SNDBUF)):
-            if (level, optname) in self._options:
-                value = 2 * self._options[level, optname]  # as Linux: doubled for its bookkeeping
+        elif option in (RCVBUF, SNDBUF):
+            if option in self._options:
+                value = 2 * self._options[option]  # as Linux: doubled for its bookkeeping
             else:
                 config = self._stack.running.stack.tcp.config
-                value = config.receive_buffer if optname == SO_RCVBUF else config.send_buffer
-        elif (level, optname) == (SOL_SOCKET, SO_LINGER):
-            onoff, seconds = self._options.get((level, optname), (0, 0))
+                value = config.receive_buffer if option == RCVBUF else config.send_buffer
+        elif option == LINGER_OPTION:
+            onoff, seconds = self._options.get(option, (0, 0))
             packed = LINGER.pack(onoff, seconds)
             return packed if buflen else onoff
-        elif (level, optname) == (IPPROTO_IPV6, IPV6_V6ONLY):
-            if self.family != AF_INET6:
+        elif option == V6ONLY:
+            if self.family != _socket.AF_INET6:
                 raise oserror(errno.ENOPROTOOPT)
-            value = self._options.get((level, optname), 0)
-        elif (level, optname) in (
-            (SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_REUSEPORT), (SOL_SOCKET, SO_KEEPALIVE),
-            (IPPROTO_TCP, TCP_NODELAY), (_socket.SOL_SOCKET, _socket.SO_BROADCAST),
-        ):  # fmt: skip
-            value = int(bool(self._options.get((level, optname), 0)))
-        elif (level, optname) in ((IPPROTO_TCP, TCP_KEEPIDLE), (IPPROTO_TCP, TCP_KEEPINTVL),
-                                  (IPPROTO_TCP, TCP_KEEPCNT)):  # fmt: skip
+            value = self._options.get(option, 0)
+        elif option in _FLAGS:
+            value = int(bool(self._options.get(option, 0)))
+        elif option in _KEEPALIVE_TIMES:
             stream = self._stream
             if stream is not None and stream.transport is not None:
                 info = stream.transport.get_extra_info("socket")
                 value = self._stack.call(on_loop(lambda: info.getsockopt(level, optname)))
             else:
-                value = self._options.get((level, optname), 0)
+                value = self._options.get(option, 0)
         else:
             raise oserror(errno.ENOPROTOOPT)
         return int(value).to_bytes(4, "little") if buflen else value

@@ -9,24 +9,6 @@ import errno
 import os
 import random
 import socket as _socket
-from socket import (
-    AF_INET,
-    AF_INET6,
-    IPPROTO_IPV6,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
-    IPV6_V6ONLY,
-    SHUT_RD,
-    SHUT_RDWR,
-    SHUT_WR,
-    SO_LINGER,
-    SOCK_DGRAM,
-    SOCK_STREAM,
-    SOL_SOCKET,
-    SOMAXCONN,
-    getaddrinfo,
-    getdefaulttimeout,
-)
 from typing import TYPE_CHECKING, Any
 
 from ustack.api import TcpTransport
@@ -43,7 +25,7 @@ from ustack.sockets.loop_side import (
     oserror,
     with_errno,
 )
-from ustack.sockets.options import SocketOptions
+from ustack.sockets.options import LINGER_OPTION, V6ONLY, SocketOptions
 from ustack.wire.address import is_ipv6, parse_address
 
 if TYPE_CHECKING:
@@ -58,16 +40,16 @@ class UstackSocket(SocketOptions):
 
     def __init__(
         self,
-        family: int = AF_INET,
-        type: int = SOCK_STREAM,
+        family: int = _socket.AF_INET,
+        type: int = _socket.SOCK_STREAM,
         proto: int = 0,
         *,
         stack: SocketStack | None = None,
     ) -> None:
-        if family not in (AF_INET, AF_INET6):
+        if family not in (_socket.AF_INET, _socket.AF_INET6):
             raise oserror(errno.EAFNOSUPPORT)
         kind = type & ~(_socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC)
-        if kind not in (SOCK_STREAM, SOCK_DGRAM):
+        if kind not in (_socket.SOCK_STREAM, _socket.SOCK_DGRAM):
             raise oserror(errno.ESOCKTNOSUPPORT)
         if stack is None:
             from ustack.socket import default_stack  # (the module that imports this one)
@@ -76,8 +58,12 @@ class UstackSocket(SocketOptions):
         self._stack = stack
         self.family = family
         self.type = kind
-        self.proto = proto or (IPPROTO_TCP if kind == SOCK_STREAM else IPPROTO_UDP)
-        self._timeout: float | None = 0.0 if type & _socket.SOCK_NONBLOCK else getdefaulttimeout()
+        self.proto = proto or (
+            _socket.IPPROTO_TCP if kind == _socket.SOCK_STREAM else _socket.IPPROTO_UDP
+        )
+        self._timeout: float | None = (
+            0.0 if type & _socket.SOCK_NONBLOCK else _socket.getdefaulttimeout()
+        )
         self._closed = False  # close() was called (makefile() objects may keep it open)
         self._gone = False  # really closed: every call raises EBADF
         self._io_refs = 0
@@ -136,7 +122,7 @@ class UstackSocket(SocketOptions):
                 state.closed_locally = True
                 state.notify()
         if self._stream is not None and self._stream.transport is not None:
-            linger = self._options.get((SOL_SOCKET, SO_LINGER))
+            linger = self._options.get(LINGER_OPTION)
             transport = self._stream.transport
             if linger is not None and linger == (1, 0):
                 transport.abort()
@@ -181,17 +167,17 @@ class UstackSocket(SocketOptions):
 
     def _parse(self, address: Any) -> tuple[int, int]:
         if not isinstance(address, tuple) or len(address) not in (
-            (2,) if self.family == AF_INET else (2, 3, 4)
+            (2,) if self.family == _socket.AF_INET else (2, 3, 4)
         ):
-            family = "AF_INET" if self.family == AF_INET else "AF_INET6"
+            family = "AF_INET" if self.family == _socket.AF_INET else "AF_INET6"
             raise TypeError(f"{family} address must be a tuple (host, port)")
         host, port = address[0], int(address[1])
         try:
             remote = parse_address(host)
         except ValueError:
-            resolved = getaddrinfo(host, port, self.family, self.type)
+            resolved = _socket.getaddrinfo(host, port, self.family, self.type)
             remote = parse_address(str(resolved[0][4][0]))
-        if is_ipv6(remote) != (self.family == AF_INET6):
+        if is_ipv6(remote) != (self.family == _socket.AF_INET6):
             raise oserror(errno.EAFNOSUPPORT)
         return remote, port
 
@@ -202,7 +188,7 @@ class UstackSocket(SocketOptions):
         host, port = str(address[0]), int(address[1])
         if host not in ("", "0.0.0.0", "::"):
             self._parse(address)  # (the family's check)
-        if self.type == SOCK_DGRAM:
+        if self.type == _socket.SOCK_DGRAM:
             self._stack.call(self._open_udp((host, port), None))
         self._bound = (host, port)
 
@@ -215,7 +201,7 @@ class UstackSocket(SocketOptions):
         host, port = self._bound or ("", 0)
         if self._listen is not None:
             port = self._listen.listener.port
-        if self.family == AF_INET6:
+        if self.family == _socket.AF_INET6:
             return (host or "::", port, 0, 0)
         return (host or "0.0.0.0", port)
 
@@ -233,7 +219,7 @@ class UstackSocket(SocketOptions):
 
     def connect(self, address: Any) -> None:
         self._check_open()
-        if self.type == SOCK_DGRAM:
+        if self.type == _socket.SOCK_DGRAM:
             remote, port = self._parse(address)
             self._stack.call(self._connect_udp(address[0], port))
             return
@@ -283,9 +269,9 @@ class UstackSocket(SocketOptions):
 
     # ---- stream: listening ------------------------------------------------------------
 
-    def listen(self, backlog: int = SOMAXCONN) -> None:
+    def listen(self, backlog: int = _socket.SOMAXCONN) -> None:
         self._check_open()
-        if self.type != SOCK_STREAM:
+        if self.type != _socket.SOCK_STREAM:
             raise oserror(errno.EOPNOTSUPP)
         if self._stream is not None:
             raise oserror(errno.EINVAL)
@@ -294,10 +280,10 @@ class UstackSocket(SocketOptions):
         self._stack.call(self._start_listening(max(backlog, 1)))
 
     def _listen_family(self, host: str) -> int | None:
-        if self.family == AF_INET:
+        if self.family == _socket.AF_INET:
             return 4
         if host in ("", "::"):
-            return 6 if self._options.get((IPPROTO_IPV6, IPV6_V6ONLY)) else None
+            return 6 if self._options.get(V6ONLY) else None
         return 6
 
     async def _start_listening(self, backlog: int) -> None:
@@ -328,11 +314,11 @@ class UstackSocket(SocketOptions):
         state = self._stack.call(self._accept(self._listen, self._timeout))
         assert state.transport is not None
         peer = state.transport.get_extra_info("peername")
-        family = AF_INET6 if len(peer) == 4 else AF_INET
-        sock = UstackSocket(family, SOCK_STREAM, stack=self._stack)
+        family = _socket.AF_INET6 if len(peer) == 4 else _socket.AF_INET
+        sock = UstackSocket(family, _socket.SOCK_STREAM, stack=self._stack)
         sock._stream = state
         sock._options = {
-            key: value for key, value in self._options.items() if key[0] != IPPROTO_IPV6
+            key: value for key, value in self._options.items() if key[0] != _socket.IPPROTO_IPV6
         }
         return sock, peer
 
@@ -351,7 +337,7 @@ class UstackSocket(SocketOptions):
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
-        if self.type == SOCK_DGRAM:
+        if self.type == _socket.SOCK_DGRAM:
             return self.recvfrom(bufsize, flags)[0]
         state = self._connected()
         return self._stack.call(self._recv(state, bufsize, self._timeout))
@@ -369,7 +355,7 @@ class UstackSocket(SocketOptions):
         return len(data)
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
-        if self.type == SOCK_STREAM:
+        if self.type == _socket.SOCK_STREAM:
             return self.recv(bufsize, flags), None
         self._check_open()
         if self._udp is None:
@@ -384,7 +370,7 @@ class UstackSocket(SocketOptions):
         return len(data), address
 
     def send(self, data: Any, flags: int = 0) -> int:
-        if self.type == SOCK_DGRAM:
+        if self.type == _socket.SOCK_DGRAM:
             self._check_open()
             if (
                 self._udp_transport is None
@@ -420,7 +406,7 @@ class UstackSocket(SocketOptions):
         if address is None:
             address = flags_or_address
         self._check_open()
-        if self.type == SOCK_STREAM:
+        if self.type == _socket.SOCK_STREAM:
             return self.send(data)
         remote = self._parse(address)
         if self._udp is None:
@@ -442,20 +428,20 @@ class UstackSocket(SocketOptions):
 
     def shutdown(self, how: int) -> None:
         self._check_open()
-        if self.type == SOCK_DGRAM:
+        if self.type == _socket.SOCK_DGRAM:
             raise oserror(errno.ENOTCONN)
         state = self._connected()
 
         def in_loop() -> None:
             transport = state.transport
             assert transport is not None
-            if how in (SHUT_RD, SHUT_RDWR):
+            if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
                 state.read_shut = True
                 state.notify()
-            if how in (SHUT_WR, SHUT_RDWR) and not transport.is_closing():
+            if how in (_socket.SHUT_WR, _socket.SHUT_RDWR) and not transport.is_closing():
                 transport.write_eof()
 
-        if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+        if how not in (_socket.SHUT_RD, _socket.SHUT_WR, _socket.SHUT_RDWR):
             raise oserror(errno.EINVAL)
         self._stack.call(on_loop(in_loop))
 
@@ -466,12 +452,12 @@ class UstackSocket(SocketOptions):
             raise oserror(errno.EINVAL)
         runner = self._stack.runner
         host = local[0]
-        if host in ("", "::") and self.family == AF_INET:
+        if host in ("", "::") and self.family == _socket.AF_INET:
             host = "0.0.0.0"
-        if host == "" and self.family == AF_INET6:
+        if host == "" and self.family == _socket.AF_INET6:
             host = "::"
         family = self.family
-        if host == "::" and not self._options.get((IPPROTO_IPV6, IPV6_V6ONLY)):
+        if host == "::" and not self._options.get(V6ONLY):
             family = 0  # dual stack, as Linux's AF_INET6 without IPV6_V6ONLY
             host = ""
         state = DatagramState(runner.loop)
