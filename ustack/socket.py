@@ -94,7 +94,7 @@ from socket import (
     setdefaulttimeout,
     timeout,
 )
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ustack.daemon.running import RunningStack
 from ustack.sockets.loop_side import oserror
@@ -102,6 +102,7 @@ from ustack.sockets.socket_object import UstackSocket
 from ustack.wire.address import is_ipv6, parse_address
 
 T = TypeVar("T")
+P = ParamSpec("P")
 _GLOBAL_DEFAULT_TIMEOUT: Any = _socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
 
 # ---- the stack on its thread -------------------------------------------------------------
@@ -345,37 +346,21 @@ def memory_pair(**options: Any) -> SocketPair:
 # ---- the socket module's functions -------------------------------------------------------
 
 
-def socket(family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0) -> UstackSocket:
-    """socket.socket on the module's stack."""
-    return default_stack().socket(family, type, proto)
+def _on_module_stack(method: Callable[Concatenate[SocketStack, P], T]) -> Callable[P, T]:
+    """A SocketStack method as the module's function of that name, on the
+    module's stack: its signature written once, in SocketStack."""
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return method(default_stack(), *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = method.__name__
+    call.__doc__ = f"socket.{method.__name__} on the module's stack."
+    return call
 
 
-def create_connection(
-    address: tuple[str, int],
-    timeout: float | None = _GLOBAL_DEFAULT_TIMEOUT,
-    source_address: Any = None,
-    *,
-    all_errors: bool = False,
-) -> UstackSocket:
-    """socket.create_connection on the module's stack."""
-    return default_stack().create_connection(
-        address, timeout, source_address, all_errors=all_errors
-    )
-
-
-def create_server(
-    address: tuple[str, int],
-    *,
-    family: int = AF_INET,
-    backlog: int | None = None,
-    reuse_port: bool = False,
-    dualstack_ipv6: bool = False,
-) -> UstackSocket:
-    """socket.create_server on the module's stack."""
-    return default_stack().create_server(
-        address, family=family, backlog=backlog, reuse_port=reuse_port,
-        dualstack_ipv6=dualstack_ipv6,
-    )  # fmt: skip
+socket = _on_module_stack(SocketStack.socket)
+create_connection = _on_module_stack(SocketStack.create_connection)
+create_server = _on_module_stack(SocketStack.create_server)
 
 
 _SAVED: dict[str, Any] = {}
