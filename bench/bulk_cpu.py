@@ -17,7 +17,6 @@ than the rate on a shared machine).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -35,11 +34,13 @@ from setups import (
     Target,
     check_pid_is,
     linux_cc,
+    parse_as_root,
+    rows_parser,
     set_kernel_mtu,
     start_kernel,
 )
 
-from ustack.linux.lab import Netns, UstackDaemon, remove_stale_namespaces
+from ustack.linux.lab import Netns, UstackDaemon
 
 
 def cpu_ns(pid: int) -> int:
@@ -66,18 +67,12 @@ def start_build(res: Resources, workdir: Path, tag: str, mtu: int, tree: Path | 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tree", type=Path, help="also run this checkout's ustack/ ('old')")
+    parser = rows_parser(__doc__, "down,up,send", "also run this checkout's ustack/ ('old')")
     parser.add_argument("--mtu", type=int, default=65535)
     parser.add_argument("--mb", type=int, default=200, help="MB per transfer")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--rows", default="down,up,send", help="which rows, in this order")
     parser.add_argument("--no-kernel", action="store_true")
     parser.add_argument("--timeout", type=float, default=60, help="per transfer (s)")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("needs root (network namespaces)")
-    remove_stale_namespaces()
+    args = parse_as_root(parser)
     size = args.mb * MB
     res = Resources()
     try:

@@ -29,9 +29,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ustack.linux.lab import UstackDaemon, netns, remove_stale_namespaces
+from setups import BENCH, parse_as_root, rows_parser  # bench/*.py: run as python bench/NAME.py
 
-BENCH = Path(__file__).resolve().parent
+from ustack.linux.lab import UstackDaemon, netns
+
 STACK, LINUX = "198.18.0.2", "198.18.0.1"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -51,17 +52,11 @@ def in_ns(ns: str, *argv: str, timeout: float = 600) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tree", type=Path, help="run the daemon's ustack from this directory")
+    parser = rows_parser(__doc__, "connect,ab1,ab50", "run the daemon's ustack from this directory")
     parser.add_argument("--connects", type=int, default=5000)
     parser.add_argument("--requests", type=int, default=5000, help="ab -n")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--rows", default="connect,ab1,ab50", help="which rows, in this order")
     parser.add_argument("--ustack-arg", action="append", default=[], help="passed to serve")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("needs root (a network namespace)")
-    remove_stale_namespaces()
+    args = parse_as_root(parser)
     with tempfile.TemporaryDirectory(prefix="conn-cpu-") as workdir, netns("ustack-c") as lab:
         ns = lab.name
         in_ns(ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")

@@ -5,8 +5,10 @@ namespaces a run created, and the small helpers every bench script shares."""
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from ustack.linux.lab import (
     UstackDaemon,
     die_with_parent,
     netns,
+    remove_stale_namespaces,
     start_until_ready,
     stop_process,
     veth_pair,
@@ -243,3 +246,23 @@ def check_pid_is(pid: int, word: str) -> None:
 
 def log_step(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def rows_parser(doc: str | None, rows: str, tree: str) -> argparse.ArgumentParser:
+    """The options the CPU-per-unit benches (bulk_cpu, conn_cpu) share: which
+    rows, how many rounds of them, and another checkout's ustack/ to run."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--tree", type=Path, help=tree)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rows", default=rows, help="which rows, in this order")
+    return parser
+
+
+def parse_as_root(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, once it is sure the bench can make its namespaces (and
+    those a killed run left behind are gone)."""
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    remove_stale_namespaces()
+    return args
