@@ -6,11 +6,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.stopped_midway import stop_midway
 from ustack.linux.lab import Family
 
 
@@ -51,22 +51,6 @@ def test_a_signal_during_the_set_up_stops_the_lab_before_the_command(
     in the fork of the daemon (a fork hook, where Python only prints an
     exception): the lab must stop all the same."""
     marker = tmp_path / "ran"
-    lab = subprocess.Popen(
-        [sys.executable, "-m", "ustack", "lab", "--", "sh", "-c", f"touch {marker}; sleep 30"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    name = f"ustack-lab{lab.pid}-0"
-    try:
-        deadline = time.monotonic() + 30
-        while not Path(f"/run/netns/{name}").exists():  # the set-up is under way
-            assert lab.poll() is None and time.monotonic() < deadline, "no namespace made"
-            time.sleep(0.005)
-        lab.send_signal(signum)
-        assert lab.wait(timeout=20) == 128 + signum
-    finally:
-        if lab.poll() is None:
-            lab.kill()
-            lab.wait()
-    assert lab.stderr is not None and b"Traceback" not in lab.stderr.read()
-    assert not Path(f"/run/netns/{name}").exists()
+    lab = ["lab", "--", "sh", "-c", f"touch {marker}; sleep 30"]
+    assert stop_midway(lab, "ustack-lab", signum) == 128 + signum
     assert not marker.exists()

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.stopped_midway import stop_midway
 from ustack.cli.lesson import run_lesson
 from ustack.study.lessons import LESSONS, Lesson, ustack_states
 
@@ -122,22 +120,6 @@ def test_a_lesson_stopped_midway_leaves_nothing_behind(
     """Ctrl-C (or SIGTERM) during a lesson: the namespace, the daemon and the
     scratch directory go, and the exit status says which signal stopped it."""
     before = scratch_directories()
-    lesson = subprocess.Popen(
-        [sys.executable, "-m", "ustack", "lesson", "run", "lost-final-ack", "-o", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    name = f"ustack-lesson{lesson.pid}-0"
-    try:
-        deadline = time.monotonic() + 30
-        while not Path(f"/run/netns/{name}").exists():  # the lesson is under way
-            assert lesson.poll() is None and time.monotonic() < deadline, "no namespace made"
-            time.sleep(0.02)
-        lesson.send_signal(signum)
-        assert lesson.wait(timeout=30) == code
-    finally:
-        if lesson.poll() is None:
-            lesson.kill()
-            lesson.wait()
-    assert lesson.stderr is not None and b"Traceback" not in lesson.stderr.read()
-    assert not Path(f"/run/netns/{name}").exists()
+    lesson = ["lesson", "run", "lost-final-ack", "-o", str(tmp_path)]
+    assert stop_midway(lesson, "ustack-lesson", signum) == code
     assert scratch_directories() <= before  # its own (control socket, log) removed too
