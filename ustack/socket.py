@@ -97,6 +97,7 @@ from socket import (
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ustack.daemon.running import RunningStack
+from ustack.sockets import socket_object
 from ustack.sockets.loop_side import oserror
 from ustack.sockets.socket_object import UstackSocket
 from ustack.wire.address import is_ipv6, parse_address
@@ -306,6 +307,9 @@ def default_stack() -> SocketStack:
     except RuntimeError:  # another thread started it meanwhile
         assert _default is not None
         return _default[1]
+
+
+socket_object.default_stack = default_stack  # for a UstackSocket made without a stack
 
 
 class SocketPair:

@@ -9,6 +9,7 @@ import errno
 import os
 import random
 import socket as _socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ustack.api import TcpTransport
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 
 EPHEMERAL = (49152, 65535)  # where a listen() on port 0 picks (RFC 6335 6)
 
+# The stack of a socket made without one: ustack.socket sets it to its
+# default_stack when imported (it imports this module, not the reverse).
+default_stack: Callable[[], SocketStack] | None = None
+
 
 class UstackSocket(SocketOptions):
     """socket.socket's interface on a ustack stack (SOCK_STREAM: TCP,
@@ -52,8 +57,8 @@ class UstackSocket(SocketOptions):
         if kind not in (_socket.SOCK_STREAM, _socket.SOCK_DGRAM):
             raise oserror(errno.ESOCKTNOSUPPORT)
         if stack is None:
-            from ustack.socket import default_stack  # (the module that imports this one)
-
+            if default_stack is None:
+                raise RuntimeError("import ustack.socket to have a default stack")
             stack = default_stack()
         self._stack = stack
         self.family = family
