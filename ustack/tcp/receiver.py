@@ -365,13 +365,15 @@ class Receiver:
     # ---- the application's side --------------------------------------------------
 
     def after_read(self, defer: bool) -> None:
-        """After a read, as Linux's tcp_cleanup_rbuf: the ACK that waits for
-        the delayed-ACK timer goes now when more than a full segment waits
-        for it, or when the read emptied the buffer of a short segment and
-        the connection is not interactive (or of a second short segment, in
-        any case): the sender may be holding its next small segment for
-        that ACK (Nagle, RFC 896), and the application, which has the data,
-        may have nothing to answer. `defer`: the application's turn follows
+        """After a read, as Linux's tcp_cleanup_rbuf (RFC 1122 4.2.3.2 and
+        RFC 9293 3.8.6.3 only bound the delay: when it ends sooner is the
+        stack's choice, and Linux clients count on Linux's): the ACK that
+        waits for the delayed-ACK timer goes now when more than a full
+        segment waits for it, or when the read emptied the buffer of a short
+        segment and the connection is not interactive (or of a second short
+        segment, in any case): the sender may be holding its next small
+        segment for that ACK (Nagle, RFC 896), and the application, which
+        has the data, may have nothing to answer. `defer`: the application's turn follows
         the read, and an answer written in it should carry the ACK
         (UserCalls.send_deferred_ack sends it if none did). Otherwise the
         window, if it opened by enough to matter, is announced."""
