@@ -425,7 +425,14 @@ class TcpConnection(UserCalls):
             elif kind is REORDER:
                 self.recovery.detect_losses()
             elif kind is DELAYED_ACK:
-                self.receiver.ack_now = True
+                rcv = self.receiver
+                rcv.ack_now = True
+                if rcv.interactive:
+                    # No answer came in time to carry the ACK: the exchange is
+                    # not request and answer after all (Linux leaves pingpong
+                    # mode here, tcp_delack_timer_handler).
+                    rcv.interactive = False
+                    self.decide(Note.NOT_INTERACTIVE)
             elif kind is TimerKind.TIME_WAIT:
                 self._transition(Event.TIMEOUT_2MSL)
             elif kind is TimerKind.FIN_WAIT_2 and self.state is State.FIN_WAIT_2:
@@ -510,6 +517,8 @@ class TcpConnection(UserCalls):
         self._outbox.append(segment)
         if segment.flags & ACK and segment.ack == rcv.rcv_nxt:
             rcv.unacked_bytes = 0  # whatever it carries, it acknowledges all we have
+            rcv.pushed = 0
+            rcv.ack_deferred = False
             if DELAYED_ACK in self._timers.deadlines:
                 self._timers.cancel(DELAYED_ACK)
 

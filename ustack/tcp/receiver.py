@@ -1,7 +1,8 @@
 """The receive side of a connection: RCV.NXT and the window we advertise,
 the receive buffer, the reassembly queue and a FIN held beyond a hole,
-TS.Recent, delayed ACKs and the SACK blocks we send (RFC 9293 3.3.1,
-3.8.6.2.2, 3.8.6.3; RFC 7323; RFC 2018).
+TS.Recent, delayed ACKs (and when a read or an answer ends the delay, as
+Linux) and the SACK blocks we send (RFC 9293 3.3.1, 3.8.6.2.2, 3.8.6.3;
+RFC 1122 4.2.3.2; RFC 7323; RFC 2018).
 
 The connection keeps the state machine: the receiver takes text that the
 seventh step (RFC 9293 3.10.7.4) accepted, tells it when a held FIN has come
@@ -12,6 +13,7 @@ when an ACK is due at once; the connection's output sends it.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from ustack.tcp import seq
@@ -38,18 +40,22 @@ class Receiver:
     __slots__ = (
         "_conn",
         "_timers",
+        "ack_deferred",
         "ack_note",
         "ack_now",
         "buffer",
         "challenges",
+        "data_at",
         "dsack",
         "ece_pending",
         "fin_received",
         "held_fin",
+        "interactive",
         "irs",
         "last_hold",
         "last_oow_ack",
         "out_of_order",
+        "pushed",
         "rcv_adv",
         "rcv_nxt",
         "rcv_shift",
@@ -79,6 +85,17 @@ class Receiver:
         self.read_shut = False
         self.ts_recent = 0  # TS.Recent: the peer's latest TSval worth echoing
         self.unacked_bytes = 0  # received since our last ACK (delayed ACK)
+        # Delayed ACK in interactive use, as Linux decides it (after_read,
+        # sender.py's send_data, the timer in connection.py):
+        # short segments since our last ACK (Linux's ICSK_ACK_PUSHED: 1, a
+        # second one, ICSK_ACK_PUSHED2: 2); the time in-order data last came
+        # (icsk_ack.lrcvtime); whether the connection is interactive, its
+        # answers carrying the ACKs (pingpong mode); and whether a read made
+        # an ACK due that waits for the application's turn to end.
+        self.pushed = 0
+        self.data_at = -math.inf
+        self.interactive = False
+        self.ack_deferred = False
         self.ack_now = False  # an ACK is due at once
         self.ack_note = _NO_NOTE  # why the next pure ACK goes out, when it is special
         self.challenges: tuple[float, int] = (0.0, 0)  # (second started, count)
@@ -266,9 +283,17 @@ class Receiver:
             # Data that waited beyond the hole may now follow.
             while (ready := out_of_order.pop_ready(self.rcv_nxt)) is not None:
                 self._deliver(ready)
+        conn = self._conn
+        self.data_at = conn.now
         if filled_hole or out_of_order.held_bytes:
             self.ack_now = True  # a hole (partly) filled: tell the sender at once
         else:
+            if length < conn.mss:
+                # Shorter than a full segment: the end of a write, "pushed"
+                # (Linux's tcp_measure_rcv_mss); the read that takes it may
+                # ACK at once (after_read). A second one before our ACK
+                # always may (ICSK_ACK_PUSHED2).
+                self.pushed = 2 if self.pushed else 1
             self.delay_ack(length)
         held_fin = self.held_fin
         if held_fin == self.rcv_nxt:
@@ -339,14 +364,44 @@ class Receiver:
 
     # ---- the application's side --------------------------------------------------
 
-    def window_update(self) -> None:
-        """After a read: announce the window if it opened by enough to matter."""
+    def after_read(self, defer: bool) -> None:
+        """After a read, as Linux's tcp_cleanup_rbuf (RFC 1122 4.2.3.2 and
+        RFC 9293 3.8.6.3 only bound the delay: when it ends sooner is the
+        stack's choice, and Linux clients count on Linux's): the ACK that
+        waits for the delayed-ACK timer goes now when more than a full
+        segment waits for it, or when the read emptied the buffer of a short
+        segment and the connection is not interactive (or of a second short
+        segment, in any case): the sender may be holding its next small
+        segment for that ACK (Nagle, RFC 896), and the application, which
+        has the data, may have nothing to answer. `defer`: the application's turn follows
+        the read, and an answer written in it should carry the ACK
+        (UserCalls.send_deferred_ack sends it if none did). Otherwise the
+        window, if it opened by enough to matter, is announced."""
+        conn = self._conn
+        pushed = self.pushed
+        if self.ack_now:
+            return  # an ACK goes now anyway
+        if (pushed and self.buffer.size == 0 and (pushed == 2 or not self.interactive)) or (
+            self.unacked_bytes > conn.mss
+        ):
+            if conn.trace is not None:
+                what = (
+                    "a second short segment"
+                    if pushed == 2
+                    else "a short segment"
+                    if pushed
+                    else "more than a full segment not yet acknowledged"
+                )
+                conn.decide(Note.ACK_ON_READ, what=what)
+            if not defer:
+                self.ack_now = True
+                return
+            self.ack_deferred = True
         # After every read, so inlined: RCV.WND promised (seq.diff, floored
         # at 0), the free space, min() of the two thresholds.
         promised = (self.rcv_adv - self.rcv_nxt) & MASK
         if promised > HALF:
             promised = 0  # the edge lies behind RCV.NXT (a negative diff)
-        conn = self._conn
         buffer_size = conn.config.receive_buffer
         free = buffer_size - self.buffer.size
         if free < 0:

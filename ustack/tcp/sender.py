@@ -329,6 +329,14 @@ class Sender:
                 break
         if sent_new:
             recovery.arm_probe()  # (RFC 8985 7.2: restarted by each new transmission)
+            if not rcv.interactive and conn.now - rcv.data_at < conn.config.delayed_ack:
+                # An answer, sent within the delayed-ACK time of the data it
+                # answers: the connection is interactive (Linux's pingpong
+                # mode, tcp_event_data_sent). A read no longer ACKs a short
+                # segment at once: the next answer will carry the ACK.
+                rcv.interactive = True
+                if conn.trace is not None:
+                    conn.decide(Note.INTERACTIVE)
         stalled = self.snd_wnd == 0 and seq.diff(self.fin_seq, self.snd_nxt) > 0
         if stalled and self.snd_una == self.snd_max and PERSIST not in timers.deadlines:
             timers.arm(PERSIST, recovery.rtt.rto)

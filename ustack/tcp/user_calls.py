@@ -80,14 +80,34 @@ class UserCalls(TcbView):
         self._output()
         return taken
 
-    def read(self, max_bytes: int, now: float) -> bytes:
-        """Up to max_bytes of received data; b"" means none waits (check at_eof)."""
+    def read(self, max_bytes: int, now: float, defer_ack: bool = False) -> bytes:
+        """Up to max_bytes of received data; b"" means none waits (check at_eof).
+
+        The read may make an ACK due (Receiver.after_read: Linux's
+        tcp_cleanup_rbuf). `defer_ack`: the caller hands the data to an
+        application whose turn comes next (the asyncio transport), and
+        calls send_deferred_ack once that turn is over: an answer written
+        in it carries the ACK, one segment instead of two."""
         self.now = now
-        data = self.receiver.buffer.take(max_bytes)
+        rcv = self.receiver
+        data = rcv.buffer.take(max_bytes)
         if data and self.state in CAN_ACK:
-            self.receiver.window_update()
+            rcv.after_read(defer_ack)
             self._output()
         return data
+
+    def send_deferred_ack(self, now: float) -> None:
+        """The application's turn after a read(defer_ack=True) is over: the
+        ACK that read made due goes now, unless a segment sent since (the
+        answer) carried it."""
+        rcv = self.receiver
+        if not rcv.ack_deferred:
+            return
+        self.now = now
+        rcv.ack_deferred = False
+        if self.state in CAN_ACK:
+            rcv.ack_now = True
+            self._output()
 
     def shutdown(self, now: float) -> None:
         """shutdown(SHUT_WR): FIN after the queued data; we can still receive."""

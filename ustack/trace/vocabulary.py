@@ -60,6 +60,9 @@ class Rule(enum.StrEnum):
     RFC4291_ADDRESSES = "RFC 4291 2.5.5, 2.7"
     RFC4443_ICMP_ERRORS = "RFC 4443 2.4(e)"  # when no ICMPv6 error may go
     RFC4443_ICMP_RATE = "RFC 4443 2.4(f)"  # ICMPv6 errors rate-limited
+    # When a delayed ACK goes (RFC 1122 4.2.3.2 leaves it open within 0.5 s),
+    # as Linux decides it: tcp_cleanup_rbuf, pingpong mode.
+    RFC1122_DELAYED_ACK = "RFC 1122 4.2.3.2 (Linux's delayed ACK)"
 
 
 class TimerKind(enum.StrEnum):
@@ -235,6 +238,22 @@ class Note(_TextAndRule, enum.Enum):
         "ECE: congestion on the path, once this window; {cc} ssthresh {ssthresh}, "
         "cwnd {cwnd}, CWR on the next new data",
         Rule.RFC3168_SENDER,
+    )
+    # Delayed ACK in interactive use, as Linux (RFC 1122 4.2.3.2)
+    ACK_ON_READ = (
+        "the application read {what}: the ACK goes now or on its answer, not at the "
+        "delayed-ACK timer (Linux tcp_cleanup_rbuf)",
+        Rule.RFC1122_DELAYED_ACK,
+    )
+    INTERACTIVE = (
+        "data sent within the delayed-ACK time of data received: interactive, a read "
+        "no longer ACKs short segments at once, the answers carry the ACKs (Linux pingpong mode)",
+        Rule.RFC1122_DELAYED_ACK,
+    )
+    NOT_INTERACTIVE = (
+        "the delayed-ACK timer fired, no answer carried the ACK: not interactive any more "
+        "(Linux tcp_delack_timer_handler)",
+        Rule.RFC1122_DELAYED_ACK,
     )
 
 
