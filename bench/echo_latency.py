@@ -27,7 +27,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -36,21 +35,14 @@ from pathlib import Path
 from setups import (  # bench/setups.py: scripts here run as python bench/NAME.py
     BENCH,
     ECHO,
-    KERNEL_CLIENT,
     KERNEL_SERVER,
-    USTACK_LINUX,
     USTACK_STACK,
+    kernel_over_veth,
+    ustack_from_tree,
+    versions_and_kernel,
 )
 
-from ustack.linux.lab import (
-    Netns,
-    UstackDaemon,
-    netns,
-    remove_stale_namespaces,
-    start_until_ready,
-    stop_process,
-    veth_pair,
-)
+from ustack.linux.lab import Netns
 
 NS_PREFIX = "ustack-e"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -83,33 +75,19 @@ class Target:
 
 
 def start_ustack(lab: ExitStack, workdir: Path, tree: Path, index: int) -> Target:
-    ns = lab.enter_context(netns(NS_PREFIX, f"u{index}"))
-    private = workdir / f"ustack-{index}"
-    private.mkdir()
-    counts = private / "loop-counts.jsonl"
-    tree = tree.resolve()
-    env = {**os.environ, "PYTHONPATH": str(tree), "USTACK_LOOP_COUNTS": str(counts)}
-    daemon = UstackDaemon.start(
-        ns, private, "--services", "echo", "--linux-address", f"{USTACK_LINUX}/24",
-        "--address", USTACK_STACK, program=(str(BENCH / "loop_counts.py"),),
-        log_level="warning", msl=None, trace=False, control=False, env=env, cwd=tree,
+    counts = workdir / f"ustack-{index}-loop-counts.jsonl"
+    ns, process = ustack_from_tree(
+        lab, workdir, NS_PREFIX, tree, index, "echo", program=(str(BENCH / "loop_counts.py"),),
+        env={"USTACK_LOOP_COUNTS": str(counts)},
     )  # fmt: skip
-    lab.callback(stop_process, daemon.process)
-    return Target(f"ustack {tree.name}", ns.name, USTACK_STACK, daemon.process, counts)
+    return Target(f"ustack {tree.resolve().name}", ns.name, USTACK_STACK, process, counts)
 
 
 def start_kernel(lab: ExitStack, workdir: Path) -> Target:
-    client, server = (lab.enter_context(netns(NS_PREFIX, tag)) for tag in ("kc", "ks"))
-    veth_pair(client, server, ("ek0", "ek1"), (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
     counts = workdir / "kernel-loop-counts.jsonl"
-    env = {**os.environ, "USTACK_LOOP_COUNTS": str(counts)}
     program = (sys.executable, str(BENCH / "loop_counts.py"), str(BENCH / "kernel_server.py"))
-    process = start_until_ready(
-        lambda fd: server.command(*program, "--address", KERNEL_SERVER, "--ready-fd", str(fd)),
-        workdir / "kernel-server.log",
-        env=env,
-    )
-    lab.callback(stop_process, process)
+    env = {**os.environ, "USTACK_LOOP_COUNTS": str(counts)}
+    client, _, process = kernel_over_veth(lab, workdir, NS_PREFIX, ("ek0", "ek1"), program, env)
     return Target("kernel", client.name, KERNEL_SERVER, process, counts)
 
 
@@ -141,13 +119,9 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
-    trees = args.tree or [BENCH.parent]
-    remove_stale_namespaces()
-    with tempfile.TemporaryDirectory(prefix="echo-latency-") as tmp, ExitStack() as lab:
-        workdir = Path(tmp)
-        targets = [start_ustack(lab, workdir, tree, i) for i, tree in enumerate(trees)]
-        if not args.no_kernel:
-            targets.append(start_kernel(lab, workdir))
+    with versions_and_kernel(
+        "echo-latency", args.tree or [], not args.no_kernel, start_ustack, start_kernel
+    ) as targets:
         for _ in range(args.rounds):
             for target in targets:
                 measure(target, args.pings, args.warmup)

@@ -12,12 +12,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 from ustack.linux.lab import (
     STACK_ADDRESS6,
@@ -266,3 +268,79 @@ def parse_as_root(parser: argparse.ArgumentParser) -> argparse.Namespace:
         parser.error("needs root (network namespaces)")
     remove_stale_namespaces()
     return args
+
+
+def ustack_from_tree(
+    lab: ExitStack,
+    workdir: Path,
+    prefix: str,
+    tree: Path,
+    index: int,
+    services: str,
+    *,
+    program: Sequence[str] = ("-m", "ustack"),
+    env: Mapping[str, str] | None = None,
+) -> tuple[Netns, subprocess.Popen[bytes]]:
+    """`ustack serve --services SERVICES` run from the checkout `tree` on a TUN
+    in a namespace of its own (PREFIX-uINDEX), the lab's usual addresses;
+    stopped when `lab` closes. (echo_latency, two_writes: versions side by side.)"""
+    ns = lab.enter_context(netns(prefix, f"u{index}"))
+    private = workdir / f"ustack-{index}"
+    private.mkdir()
+    tree = tree.resolve()
+    daemon = UstackDaemon.start(
+        ns, private, "--services", services, "--linux-address", f"{USTACK_LINUX}/24",
+        "--address", USTACK_STACK, program=program, log_level="warning", msl=None,
+        trace=False, control=False, env={**os.environ, **(env or {}), "PYTHONPATH": str(tree)},
+        cwd=tree,
+    )  # fmt: skip
+    lab.callback(stop_process, daemon.process)
+    return ns, daemon.process
+
+
+def kernel_over_veth(
+    lab: ExitStack,
+    workdir: Path,
+    prefix: str,
+    devices: tuple[str, str],
+    program: Sequence[str],
+    env: Mapping[str, str] | None = None,
+) -> tuple[Netns, Netns, subprocess.Popen[bytes]]:
+    """The kernel reference server (`program`, bench/kernel_server.py or a
+    wrapper of it) in a namespace (PREFIX-ks) across a veth pair from its
+    client's (PREFIX-kc); stopped when `lab` closes."""
+    client, server = (lab.enter_context(netns(prefix, tag)) for tag in ("kc", "ks"))
+    veth_pair(client, server, devices, (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
+    process = start_until_ready(
+        lambda fd: server.command(*program, "--address", KERNEL_SERVER, "--ready-fd", str(fd)),
+        workdir / "kernel-server.log",
+        env=env,
+    )
+    lab.callback(stop_process, process)
+    return client, server, process
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def versions_and_kernel(
+    name: str,
+    trees: Sequence[Path],
+    kernel: bool,
+    start_ustack: Callable[[ExitStack, Path, Path, int], T],
+    start_kernel: Callable[[ExitStack, Path], T],
+) -> Iterator[list[T]]:
+    """The targets of a side-by-side bench (echo_latency, two_writes): a
+    daemon from each checkout in `trees` (this one if none), then the kernel
+    unless not `kernel`; all stopped, their namespaces and scratch directory
+    removed, on leaving."""
+    remove_stale_namespaces()
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp, ExitStack() as lab:
+        workdir = Path(tmp)
+        targets = [
+            start_ustack(lab, workdir, tree, i) for i, tree in enumerate(trees or [BENCH.parent])
+        ]
+        if kernel:
+            targets.append(start_kernel(lab, workdir))
+        yield targets

@@ -45,7 +45,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import termios
 import time
 from contextlib import ExitStack
@@ -55,21 +54,14 @@ from pathlib import Path
 from setups import (  # bench/setups.py: scripts here run as python bench/NAME.py
     BENCH,
     DISCARD,
-    KERNEL_CLIENT,
     KERNEL_SERVER,
-    USTACK_LINUX,
     USTACK_STACK,
+    kernel_over_veth,
+    ustack_from_tree,
+    versions_and_kernel,
 )
 
-from ustack.linux.lab import (
-    Netns,
-    UstackDaemon,
-    netns,
-    remove_stale_namespaces,
-    start_until_ready,
-    stop_process,
-    veth_pair,
-)
+from ustack.linux.lab import Netns, stop_process
 
 NS_PREFIX = "ustack-w"
 HTTP = 80
@@ -167,30 +159,14 @@ class Target:
 
 
 def start_ustack(lab: ExitStack, workdir: Path, tree: Path, index: int) -> Target:
-    ns = lab.enter_context(netns(NS_PREFIX, f"u{index}"))
-    private = workdir / f"ustack-{index}"
-    private.mkdir()
-    tree = tree.resolve()
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    daemon = UstackDaemon.start(
-        ns, private, "--services", "discard,http", "--linux-address", f"{USTACK_LINUX}/24",
-        "--address", USTACK_STACK, log_level="warning", msl=None, trace=False, control=False,
-        env=env, cwd=tree,
-    )  # fmt: skip
-    lab.callback(stop_process, daemon.process)
-    return Target(f"ustack {tree.name}", ns.name, ns.name, "tun0", USTACK_STACK)
+    ns, _ = ustack_from_tree(lab, workdir, NS_PREFIX, tree, index, "discard,http")
+    return Target(f"ustack {tree.resolve().name}", ns.name, ns.name, "tun0", USTACK_STACK)
 
 
 def start_kernel(lab: ExitStack, workdir: Path) -> Target:
-    client_ns, server = (lab.enter_context(netns(NS_PREFIX, tag)) for tag in ("kc", "ks"))
-    veth_pair(client_ns, server, ("ew0", "ew1"), (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
     program = (sys.executable, str(BENCH / "kernel_server.py"))
-    process = start_until_ready(
-        lambda fd: server.command(*program, "--address", KERNEL_SERVER, "--ready-fd", str(fd)),
-        workdir / "kernel-server.log",
-    )
-    lab.callback(stop_process, process)
-    return Target("kernel", client_ns.name, server.name, "ew1", KERNEL_SERVER)
+    client, server, _ = kernel_over_veth(lab, workdir, NS_PREFIX, ("ew0", "ew1"), program)
+    return Target("kernel", client.name, server.name, "ew1", KERNEL_SERVER)
 
 
 def measure(target: Target, pattern: str, count: int, pcap: Path | None, index: int) -> None:
@@ -251,14 +227,10 @@ def main() -> int:
         parser.error("needs root (network namespaces)")
     if args.pcap is not None:
         args.pcap.mkdir(parents=True, exist_ok=True)
-    trees = args.tree or [BENCH.parent]
     patterns = args.pattern or list(PATTERNS)
-    remove_stale_namespaces()
-    with tempfile.TemporaryDirectory(prefix="two-writes-") as tmp, ExitStack() as lab:
-        workdir = Path(tmp)
-        targets = [start_ustack(lab, workdir, tree, i) for i, tree in enumerate(trees)]
-        if not args.no_kernel:
-            targets.append(start_kernel(lab, workdir))
+    with versions_and_kernel(
+        "two-writes", args.tree or [], not args.no_kernel, start_ustack, start_kernel
+    ) as targets:
         for round_ in range(args.rounds):
             for pattern in patterns:
                 for target in targets:

@@ -44,6 +44,17 @@ def script() -> TcpScript:
     return t
 
 
+def interactive_script() -> TcpScript:
+    """A connection made interactive: a request (4 bytes) read and answered
+    (4 bytes) at once."""
+    t = script()
+    t.send("P.", seq=P, ack=U, payload=b"ping")
+    t.read()
+    t.write(b"pong")
+    t.expect_many(".", "P.")
+    return t
+
+
 def kinds(t: TcpScript) -> list[str]:
     return [e.kind for e in t.trace if isinstance(e, Decision)]
 
@@ -93,11 +104,7 @@ def test_an_answer_makes_the_connection_interactive_and_carries_the_next_ack() -
 
 
 def test_the_delayed_ack_timer_ends_interactive_mode() -> None:
-    t = script()
-    t.send("P.", seq=P, ack=U, payload=b"ping")
-    t.read()
-    t.write(b"pong")
-    t.expect_many(".", "P.")
+    t = interactive_script()
     t.send("P.", seq=P + 4, ack=U + 4, payload=b"head")  # a request in two pieces
     t.read()
     t.expect_none()  # interactive: the ACK waits for an answer that does not come
@@ -111,11 +118,7 @@ def test_the_delayed_ack_timer_ends_interactive_mode() -> None:
 
 
 def test_a_second_short_segment_is_acked_on_read_even_when_interactive() -> None:
-    t = script()
-    t.send("P.", seq=P, ack=U, payload=b"ping")
-    t.read()
-    t.write(b"pong")
-    t.expect_many(".", "P.")
+    t = interactive_script()
     t.send("P.", seq=P + 4, ack=U + 4, payload=b"one")
     t.send("P.", seq=P + 7, ack=U + 4, payload=b"two")  # before our ACK (ICSK_ACK_PUSHED2)
     t.expect_none()
@@ -124,11 +127,7 @@ def test_a_second_short_segment_is_acked_on_read_even_when_interactive() -> None
 
 
 def test_more_than_a_full_segment_unacknowledged_is_acked_on_read() -> None:
-    t = script()
-    t.send("P.", seq=P, ack=U, payload=b"ping")
-    t.read()
-    t.write(b"pong")
-    t.expect_many(".", "P.")
+    t = interactive_script()
     full = t.conn.mss  # type: ignore[union-attr]
     t.send(".", seq=P + 4, ack=U + 4, payload=b"a" * full)
     t.send("P.", seq=P + 4 + full, ack=U + 4, payload=b"b" * 100)
