@@ -37,6 +37,7 @@ from ustack.linux.control import (
     encode,
     error_reply,
 )
+from ustack.linux.memory import pin_malloc_thresholds
 from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
 from ustack.linux.tun import LinkGone, TunLink
 from ustack.runner import StackRunner
@@ -375,6 +376,8 @@ def serve(config: ServeConfig) -> int:
     # A LinkError goes to the caller, which reports it on one line.
     # SIGHUP (reopen the files) before the handler is in place: nothing to reopen yet.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if not pin_malloc_thresholds():  # (before the workers fork: they inherit it)
+        log.info("the C library's malloc thresholds stay its own (no glibc mallopt)")
     if config.queues > 1:
         from ustack.daemon.queues import serve_queues  # (it builds on this module)
 
