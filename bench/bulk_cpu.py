@@ -47,6 +47,13 @@ def cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults (proc(5) stat minflt): a daemon whose
+    buffers are faulted in afresh at every refill shows hundreds per MB
+    (docs/performance.md, the allocator)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
 def start_build(res: Resources, workdir: Path, tag: str, mtu: int, tree: Path | None) -> Target:
     ns = res.netns(f"{tag}{mtu}")
     private = workdir / tag
@@ -104,13 +111,18 @@ def main() -> int:
             for _ in range(args.reps):
                 for row in args.rows.split(","):
                     for t in targets:
-                        before = cpu_ns(t.pid) if t.label != "kernel" else 0
+                        ours = t.label != "kernel"
+                        before = (cpu_ns(t.pid), minor_faults(t.pid)) if ours else (0, 0)
                         rate = rows[row](t)
                         results.setdefault(f"{row} {t.label} MB/s", []).append(round(rate))
-                        if t.label != "kernel":
-                            us_per_mb = (cpu_ns(t.pid) - before) / 1e3 / args.mb
+                        if ours:
+                            us_per_mb = (cpu_ns(t.pid) - before[0]) / 1e3 / args.mb
+                            faults = (minor_faults(t.pid) - before[1]) / args.mb
                             results.setdefault(f"{row} {t.label} us/MB", []).append(
                                 round(us_per_mb)
+                            )
+                            results.setdefault(f"{row} {t.label} faults/MB", []).append(
+                                round(faults)
                             )
                         t.alive()
             print(f"MTU {args.mtu}, {args.mb} MB per transfer")
