@@ -1,0 +1,129 @@
+"""Bulk at MTU 1500 with nc, each way, ustack beside the kernel in the same run.
+
+Run as root from the repository, with the venv's Python:
+    python bench/nc_bulk.py                 # 1 GB each way, 3 rounds
+    python bench/nc_bulk.py --mb 200 --rounds 1
+
+Issue 18's MTU 1500 target is the kernel's own nc figure each way. Two
+ways, each timed from the Linux client's start to its exit:
+
+- Linux -> server: `head -c N /dev/zero | nc -N SERVER 9` into ustack's
+  discard service, and into an `nc -l` that writes to /dev/null in a kernel
+  namespace across a veth pair;
+- server -> Linux: `nc -d SERVER PORT > /dev/null` taking ustack's
+  HTTP /bytes/N (an HTTP/1.0 GET sent first, the head's ~100 bytes counted
+  as nothing), and from the kernel an `nc -l -N` fed by `head -c N
+  /dev/zero`.
+
+ustack runs on its defaults (MTU 1500, offloads on) in a namespace of its
+own; the kernel's two namespaces are joined by a veth pair at MTU 1500. The
+targets take turns, round by round. MB/s here are 10^6 bytes per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from setups import (  # bench/setups.py: scripts here run as python bench/NAME.py
+    DISCARD,
+    KERNEL_CLIENT,
+    KERNEL_SERVER,
+    MB,
+    USTACK_STACK,
+    parse_as_root,
+    ustack_from_tree,
+)
+
+from ustack.linux.lab import Netns, netns, stop_process, veth_pair
+
+NS_PREFIX = "ustack-n"
+KERNEL_PORT = 9000
+
+
+def timed(ns: Netns, shell: str, timeout: float) -> float:
+    """Seconds `shell` took in `ns`; it must exit 0."""
+    start = time.perf_counter()
+    subprocess.run(ns.command("sh", "-c", shell), check=True, timeout=timeout)
+    return time.perf_counter() - start
+
+
+def ustack_rounds(ns: Netns, size: int, timeout: float) -> tuple[float, float]:
+    to_server = timed(ns, f"head -c {size} /dev/zero | nc -N {USTACK_STACK} {DISCARD}", timeout)
+    get = f"printf 'GET /bytes/{size} HTTP/1.0\\r\\n\\r\\n'"
+    from_server = timed(ns, f"{get} | nc -N {USTACK_STACK} 80 > /dev/null", timeout)
+    return to_server, from_server
+
+
+def kernel_rounds(client: Netns, server: Netns, size: int, timeout: float) -> tuple[float, float]:
+    def with_listener(listener: str, client_side: str) -> float:
+        process = subprocess.Popen(server.command("sh", "-c", listener))
+        try:
+            for _ in range(200):  # until it listens
+                listening = subprocess.run(
+                    server.command("ss", "-Htln", f"sport = :{KERNEL_PORT}"),
+                    capture_output=True, text=True, check=True,
+                ).stdout  # fmt: skip
+                if listening.strip():
+                    break
+                time.sleep(0.01)
+            return timed(client, client_side, timeout)
+        finally:
+            process.wait(timeout=timeout)
+            stop_process(process)
+
+    to_server = with_listener(
+        f"nc -l {KERNEL_SERVER} {KERNEL_PORT} > /dev/null",
+        f"head -c {size} /dev/zero | nc -N {KERNEL_SERVER} {KERNEL_PORT}",
+    )
+    from_server = with_listener(
+        f"head -c {size} /dev/zero | nc -N -l {KERNEL_SERVER} {KERNEL_PORT}",
+        f"nc -d {KERNEL_SERVER} {KERNEL_PORT} > /dev/null",
+    )
+    return to_server, from_server
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=int, default=1000, help="MB per transfer")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=120, help="per transfer (s)")
+    args = parse_as_root(parser)
+    size = args.mb * MB
+    rates: dict[str, list[float]] = {}
+    with ExitStack() as lab:
+        workdir = Path(lab.enter_context(tempfile.TemporaryDirectory(prefix="nc-bulk-")))
+        ustack_ns, _ = ustack_from_tree(
+            lab, workdir, NS_PREFIX, Path(__file__).resolve().parent.parent, 0, "discard,http"
+        )
+        client, server = (lab.enter_context(netns(NS_PREFIX, tag)) for tag in ("kc", "ks"))
+        veth_pair(client, server, ("en0", "en1"), (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
+        for _ in range(args.rounds):
+            ours = ustack_rounds(ustack_ns, size, args.timeout)
+            kernel = kernel_rounds(client, server, size, args.timeout)
+            for name, seconds in (
+                ("Linux -> ustack", ours[0]), ("ustack -> Linux", ours[1]),
+                ("Linux -> kernel", kernel[0]), ("kernel -> Linux", kernel[1]),
+            ):  # fmt: skip
+                rates.setdefault(name, []).append(args.mb / seconds)
+    print(f"nc, MTU 1500, {args.mb} MB per transfer, {args.rounds} rounds (MB/s)")
+    for name, values in rates.items():
+        cells = " ".join(f"{v:7.0f}" for v in values)
+        print(f"{name:16} {cells}   median {statistics.median(values):.0f}")
+    for way, ours, kernel in (
+        ("Linux -> server", "Linux -> ustack", "Linux -> kernel"),
+        ("server -> Linux", "ustack -> Linux", "kernel -> Linux"),
+    ):
+        ratio = statistics.median(rates[ours]) / statistics.median(rates[kernel])
+        print(f"{way}: ustack/kernel {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
