@@ -10,10 +10,10 @@ ways, each timed from the Linux client's start to its exit:
 - Linux -> server: `head -c N /dev/zero | nc -N SERVER 9` into ustack's
   discard service, and into an `nc -l` that writes to /dev/null in a kernel
   namespace across a veth pair;
-- server -> Linux: `nc -d SERVER PORT > /dev/null` taking ustack's
-  HTTP /bytes/N (an HTTP/1.0 GET sent first, the head's ~100 bytes counted
-  as nothing), and from the kernel an `nc -l -N` fed by `head -c N
-  /dev/zero`.
+- server -> Linux: `printf 'GET /bytes/N HTTP/1.0...' | nc -N SERVER 80 >
+  /dev/null` taking ustack's HTTP /bytes/N (the head's ~100 bytes counted
+  as nothing), and `nc -d SERVER PORT > /dev/null` taking what a kernel
+  `nc -l -N` fed by `head -c N /dev/zero` sends.
 
 ustack runs on its defaults (MTU 1500, offloads on) in a namespace of its
 own; the kernel's two namespaces are joined by a veth pair at MTU 1500. The

@@ -20,8 +20,8 @@ Three patterns, N exchanges each, on the server's own services:
   write(20 bytes), then wait until the kernel says both are acknowledged
   (SIOCOUTQ at 0). Nothing ever answers.
 - http: one keep-alive connection to the HTTP port (80); POST /upload with
-  the head in one write and a 40-byte body in a second, as Python's
-  http.client sent them before 3.x joined small bodies to the head; then
+  the head in one write and a 40-byte body in a second, as a client that
+  writes a request's head and body apart sends them; then
   read the answer. The server answers once it has the body, so the
   connection is interactive (Linux's pingpong mode).
 - http-new: the same request on a new connection each time.

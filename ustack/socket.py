@@ -47,6 +47,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import errno
+import inspect
 import socket as _socket
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -359,6 +360,10 @@ def _on_module_stack(method: Callable[Concatenate[SocketStack, P], T]) -> Callab
 
     call.__name__ = call.__qualname__ = method.__name__
     call.__doc__ = f"socket.{method.__name__} on the module's stack."
+    signature = inspect.signature(method)  # for help() and inspect: without `self`
+    call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[1:]
+    )
     return call
 
 

@@ -22,8 +22,8 @@ def minor_faults(pid: int) -> int:
 def test_a_download_does_not_fault_the_buffers_in_again(ns: Netns, tmp_path: Path) -> None:
     """Started in the allocator state that faults (the mmap threshold at its
     initial 128 KiB, which MALLOC_MMAP_THRESHOLD_ fixes and keeps there),
-    the daemon without the pin took 860 minor faults per MB of a download
-    at MTU 1500 (and ran at a third of the speed); with it, next to none."""
+    the daemon without the pin took 483 minor faults per MB of this
+    download (857 in a 1 GB one at a third of the speed); with it, none."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     with UstackDaemon.start(ns, tmp_path, trace=False, env=env) as daemon:
         url = "http://198.18.0.2/bytes/"

@@ -377,7 +377,7 @@ def serve(config: ServeConfig) -> int:
     # SIGHUP (reopen the files) before the handler is in place: nothing to reopen yet.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if not pin_malloc_thresholds():  # (before the workers fork: they inherit it)
-        log.info("the C library's malloc thresholds stay its own (no glibc mallopt)")
+        log.info("malloc's thresholds are not pinned (the C library refused mallopt)")
     if config.queues > 1:
         from ustack.daemon.queues import serve_queues  # (it builds on this module)
 
