@@ -117,6 +117,11 @@ class HttpLimits:
     body_timeout: float = 60.0  # s a request body may stall (no byte arriving)
     max_head: int = 16 * 1024  # bytes of request line and headers -> 431
     max_request_line: int = 8 * 1024  # -> 414
+    linger_timeout: float = 2.0  # s a refused request's rest is read and dropped (RFC 9112 9.6)
+
+
+# What a refused request may still send before we close: read and dropped.
+LINGER_BYTES = 1024 * 1024
 
 
 class BadRequest(Exception):
@@ -178,15 +183,15 @@ class HttpService:
             body_length = _content_length(request.headers)
         except TimeoutError:
             await _respond(writer, 408, b"request head not received in time\n", keep_alive=False)
-            return False
+            return await self._linger(reader, writer)
         except BadRequest as exc:
             await _respond(writer, exc.status, f"{exc}\n".encode(), keep_alive=False)
-            return False
+            return await self._linger(reader, writer)
         keep_alive = _keeps_alive(request) and number < limits.max_requests
         method = request.method
         if request.target == "/upload" and method in ("POST", "PUT"):
             if not await _continue(writer, request, body_length):
-                return False
+                return await self._linger(reader, writer)
             digest = await self._consume(reader, body_length)
             body = f"{body_length} {digest}\n".encode()
             await _respond(writer, 200, body, keep_alive, "text/plain")
@@ -195,10 +200,10 @@ class HttpService:
             # Refused before its body is read (RFC 9110 10.1.1): then we close.
             keep = keep_alive and not body_length
             await _respond(writer, 405, b"method not allowed\n", keep, extra="Allow: GET, HEAD")
-            return keep
+            return keep or await self._linger(reader, writer)
         if body_length:  # a GET with a body: read and forget it
             if not await _continue(writer, request, body_length):
-                return False
+                return await self._linger(reader, writer)
             await self._consume(reader, body_length)
         head_only = method == "HEAD"
         resource = _resource(request.target)
@@ -207,6 +212,24 @@ class HttpService:
         else:
             await _send_resource(writer, request, resource, keep_alive, head_only)
         return keep_alive
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """After a refusal that closes the connection with the request maybe
+        not all read (RFC 9112 9.6, "tear-down"): our FIN now, then read and
+        drop what the client still sends, until its FIN, LINGER_BYTES or
+        linger_timeout, and only then close. Closed at once with its data
+        unread, the connection would answer with a RST, which may erase the
+        response from the client's buffers before it reads it. False: the
+        connection ends."""
+        taken = 0
+        try:
+            writer.write_eof()
+            async with asyncio.timeout(self.limits.linger_timeout):
+                while taken < LINGER_BYTES and (data := await reader.read(CHUNK)):
+                    taken += len(data)
+        except (OSError, TimeoutError):
+            pass  # reset, or the client kept on: close all the same
+        return False
 
     async def _consume(self, reader: asyncio.StreamReader, length: int) -> str:
         """Read and hash a body; TimeoutError if it stalls body_timeout."""

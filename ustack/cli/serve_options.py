@@ -251,6 +251,7 @@ HTTP_OPTIONS = {  # field: (help, what a value is)
     "body_timeout": ("seconds a request body may stall", "seconds"),
     "max_head": (f"bytes of request head, at most {STREAM_LIMIT} (else 431)", "bytes"),
     "max_request_line": ("bytes of request line (else 414)", "bytes"),
+    "linger_timeout": ("seconds the rest of a refused request is read before closing", "seconds"),
 }
 
 
