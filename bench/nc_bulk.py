@@ -3,6 +3,7 @@
 Run as root from the repository, with the venv's Python:
     python bench/nc_bulk.py                 # 1 GB each way, 3 rounds
     python bench/nc_bulk.py --mb 200 --rounds 1
+    python bench/nc_bulk.py --tree /tmp/old --tree .   # two versions beside the kernel
 
 Issue 18's MTU 1500 target is the kernel's own nc figure each way. Two
 ways, each timed from the Linux client's start to its exit:
@@ -32,6 +33,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from setups import (  # bench/setups.py: scripts here run as python bench/NAME.py
+    BENCH,
     DISCARD,
     KERNEL_CLIENT,
     KERNEL_SERVER,
@@ -94,34 +96,40 @@ def main() -> int:
     parser.add_argument("--mb", type=int, default=1000, help="MB per transfer")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120, help="per transfer (s)")
+    parser.add_argument(
+        "--tree", type=Path, action="append", help="run ustack from this checkout (repeatable)"
+    )
     args = parse_as_root(parser)
     size = args.mb * MB
     rates: dict[str, list[float]] = {}
     with ExitStack() as lab:
         workdir = Path(lab.enter_context(tempfile.TemporaryDirectory(prefix="nc-bulk-")))
-        ustack_ns, _ = ustack_from_tree(
-            lab, workdir, NS_PREFIX, Path(__file__).resolve().parent.parent, 0, "discard,http"
-        )
+        trees = args.tree or [BENCH.parent]
+        ours = {
+            f"ustack {tree.resolve().name}": ustack_from_tree(
+                lab, workdir, NS_PREFIX, tree, i, "discard,http"
+            )[0]
+            for i, tree in enumerate(trees)
+        }
         client, server = (lab.enter_context(netns(NS_PREFIX, tag)) for tag in ("kc", "ks"))
         veth_pair(client, server, ("en0", "en1"), (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
         for _ in range(args.rounds):
-            ours = ustack_rounds(ustack_ns, size, args.timeout)
-            kernel = kernel_rounds(client, server, size, args.timeout)
-            for name, seconds in (
-                ("Linux -> ustack", ours[0]), ("ustack -> Linux", ours[1]),
-                ("Linux -> kernel", kernel[0]), ("kernel -> Linux", kernel[1]),
-            ):  # fmt: skip
-                rates.setdefault(name, []).append(args.mb / seconds)
+            times = {label: ustack_rounds(ns, size, args.timeout) for label, ns in ours.items()}
+            times["kernel"] = kernel_rounds(client, server, size, args.timeout)
+            for label, (to_server, from_server) in times.items():
+                rates.setdefault(f"Linux -> {label}", []).append(args.mb / to_server)
+                rates.setdefault(f"{label} -> Linux", []).append(args.mb / from_server)
     print(f"nc, MTU 1500, {args.mb} MB per transfer, {args.rounds} rounds (MB/s)")
     for name, values in rates.items():
         cells = " ".join(f"{v:7.0f}" for v in values)
-        print(f"{name:16} {cells}   median {statistics.median(values):.0f}")
-    for way, ours, kernel in (
-        ("Linux -> server", "Linux -> ustack", "Linux -> kernel"),
-        ("server -> Linux", "ustack -> Linux", "kernel -> Linux"),
-    ):
-        ratio = statistics.median(rates[ours]) / statistics.median(rates[kernel])
-        print(f"{way}: ustack/kernel {ratio:.2f}")
+        print(f"{name:24} {cells}   median {statistics.median(values):.0f}")
+    for label in ours:
+        for way, mine, kernel in (
+            ("Linux -> server", f"Linux -> {label}", "Linux -> kernel"),
+            ("server -> Linux", f"{label} -> Linux", "kernel -> Linux"),
+        ):
+            ratio = statistics.median(rates[mine]) / statistics.median(rates[kernel])
+            print(f"{way}: {label}/kernel {ratio:.2f}")
     return 0
 
 

@@ -376,7 +376,10 @@ class Receiver:
         has the data, may have nothing to answer. `defer`: the application's turn follows
         the read, and an answer written in it should carry the ACK
         (UserCalls.send_deferred_ack sends it if none did). Otherwise the
-        window, if it opened by enough to matter, is announced."""
+        window is announced once the one the peer knows has shrunk to half
+        the buffer or less and the read at least doubles it (Linux's rule,
+        tcp_cleanup_rbuf), by no less than receiver SWS avoidance allows
+        (RFC 9293 3.8.6.2.2): a reader that keeps up adds no ACK of its own."""
         conn = self._conn
         pushed = self.pushed
         if self.ack_now:
@@ -409,7 +412,7 @@ class Receiver:
         threshold = buffer_size // 2
         if 2 * conn.mss < threshold:
             threshold = 2 * conn.mss
-        if free - promised >= threshold:
+        if 2 * promised <= buffer_size and free >= 2 * promised and free - promised >= threshold:
             self.ack_now = True
 
     @property
