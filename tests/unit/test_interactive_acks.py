@@ -198,3 +198,22 @@ def test_a_client_that_writes_twice_does_not_wait_for_the_delayed_ack() -> None:
     # 200 ms while the peer may delay its ACK) resent the second piece and
     # its duplicate was ACKed at once; the delayed ACK would have taken 0.5 s.
     assert statistics.median(times) < 0.1, times
+
+
+def test_a_read_announces_the_window_only_once_the_peers_view_of_it_has_halved() -> None:
+    """Linux's tcp_cleanup_rbuf: a read sends a window update when the window
+    the peer knows is down to half the buffer or less and the read at least
+    doubles it, not whenever the window grew by two segments (a reader that
+    keeps up would add an ACK of its own to every read)."""
+    t = script()  # 65,535 bytes of buffer, unscaled
+    for i in range(10):  # 14,600 bytes, ACKed every second segment
+        t.send(".", seq=P + i * MSS, ack=U, payload=b"a" * MSS)
+    assert len(t.expect_many(*["."] * 5)) == 5
+    assert t.read() == b"a" * 10 * MSS
+    t.expect_none()  # the peer still sees 50,935 of 65,535: no update
+    for i in range(10, 34):  # 35,040 unread: the peer's window under half
+        t.send(".", seq=P + i * MSS, ack=U, payload=b"b" * MSS)
+    last = t.expect_many(*["."] * 12)[-1]
+    assert last.window == 65535 - 24 * MSS
+    t.read()
+    t.expect(".", ack=P + 34 * MSS, win=65535)  # the update: the window whole again
