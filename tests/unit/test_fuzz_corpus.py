@@ -110,7 +110,6 @@ def test_the_window_check_sees_every_data_segment(monkeypatch) -> None:
 
     monkeypatch.setattr(fuzzworld._WindowChecked, "_emit", counting)
     world = fuzzworld.replay(fuzzworld.load_case(CORPUS / "seed-sack-recovery.json"))
-    conns = list(world.tcp.connections.values())
-    assert all(type(conn) is fuzzworld._WindowChecked for conn in conns)
+    assert world.tcp.connection_class is fuzzworld._WindowChecked
     assert any(checked), "no data segment went through the check"
-    assert world.stack.counters["tcp.out"] >= len(checked) > 0
+    assert world.stack.counters["tcp.out"] >= len(checked)
