@@ -40,18 +40,7 @@ from setups import (
     start_kernel,
 )
 
-from ustack.linux.lab import Netns, UstackDaemon
-
-
-def cpu_ns(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-
-
-def minor_faults(pid: int) -> int:
-    """The process's minor page faults (proc(5) stat minflt): a daemon whose
-    buffers are faulted in afresh at every refill shows hundreds per MB
-    (docs/performance.md, the allocator)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+from ustack.linux.lab import Netns, UstackDaemon, process_costs
 
 
 def start_build(res: Resources, workdir: Path, tag: str, mtu: int, tree: Path | None) -> Target:
@@ -74,7 +63,7 @@ def start_build(res: Resources, workdir: Path, tag: str, mtu: int, tree: Path | 
 
 
 def main() -> int:
-    parser = rows_parser(__doc__, "down,up,send", "also run this checkout's ustack/ ('old')")
+    parser = rows_parser(__doc__, "down,up,send", "also run another checkout's ustack/ ('old')")
     parser.add_argument("--mtu", type=int, default=65535)
     parser.add_argument("--mb", type=int, default=200, help="MB per transfer")
     parser.add_argument("--no-kernel", action="store_true")
@@ -99,6 +88,7 @@ def main() -> int:
                     chunk = os.urandom(MB)
                     digest.update(chunk)
                     stream.write(chunk)
+            slow: list[str] = []
             rows: dict[str, Callable[[Target], float]] = {
                 "down": lambda t: curl_download(t, size, args.timeout, slow),
                 "up": lambda t: curl_upload(
@@ -106,18 +96,21 @@ def main() -> int:
                 ),
                 "send": lambda t: send_rate(t, size, args.timeout, slow),
             }
-            slow: list[str] = []
             results: dict[str, list[float]] = {}
             for _ in range(args.reps):
                 for row in args.rows.split(","):
                     for t in targets:
                         ours = t.label != "kernel"
-                        before = (cpu_ns(t.pid), minor_faults(t.pid)) if ours else (0, 0)
+                        before = process_costs(t.pid) if ours else None
                         rate = rows[row](t)
                         results.setdefault(f"{row} {t.label} MB/s", []).append(round(rate))
                         if ours:
-                            us_per_mb = (cpu_ns(t.pid) - before[0]) / 1e3 / args.mb
-                            faults = (minor_faults(t.pid) - before[1]) / args.mb
+                            assert before is not None
+                            after = process_costs(t.pid)
+                            us_per_mb = (after.cpu_ns - before.cpu_ns) / 1e3 / args.mb
+                            # Hundreds per MB: the allocator refaults the
+                            # buffers (docs/performance.md, "Two speeds").
+                            faults = (after.minor_faults - before.minor_faults) / args.mb
                             results.setdefault(f"{row} {t.label} us/MB", []).append(
                                 round(us_per_mb)
                             )

@@ -31,17 +31,15 @@ from pathlib import Path
 
 from setups import BENCH, parse_as_root, rows_parser  # bench/*.py: run as python bench/NAME.py
 
-from ustack.linux.lab import UstackDaemon, netns
+from ustack.linux.lab import UstackDaemon, netns, process_costs
 
 STACK, LINUX = "198.18.0.2", "198.18.0.1"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(all CPU, of which sys) of the process's main thread, in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
-    return total, int(stat[12]) / TICK
+    costs = process_costs(pid)
+    return costs.cpu_ns / 1e9, costs.system_s
 
 
 def in_ns(ns: str, *argv: str, timeout: float = 600) -> str:

@@ -42,10 +42,9 @@ from setups import (  # bench/setups.py: scripts here run as python bench/NAME.p
     versions_and_kernel,
 )
 
-from ustack.linux.lab import Netns
+from ustack.linux.lab import Netns, process_costs
 
 NS_PREFIX = "ustack-e"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -59,8 +58,7 @@ class Target:
 
     def server_state(self) -> dict[str, float]:
         pid = self.process.pid
-        cpu = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e3  # us
-        stime = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[12])
+        costs = process_costs(pid)
         status = Path(f"/proc/{pid}/status").read_text().splitlines()
         switches = next(int(line.split()[1]) for line in status if line.startswith("voluntary"))
         lines = self.counts_file.read_text().splitlines() if self.counts_file.exists() else []
@@ -70,7 +68,10 @@ class Target:
             now = self.counts_file.read_text().splitlines() if self.counts_file.exists() else []
             if len(now) > len(lines):
                 counts = json.loads(now[-1])
-                return {"cpu_us": cpu, "sys_us": stime * 1e6 / TICK, "switches": switches, **counts}
+                return {
+                    "cpu_us": costs.cpu_ns / 1e3, "sys_us": costs.system_s * 1e6,
+                    "switches": switches, **counts,
+                }  # fmt: skip
         raise RuntimeError(f"{self.label}: no loop counts from pid {pid}")
 
 

@@ -67,17 +67,18 @@ def kernel_rounds(client: Netns, server: Netns, size: int, timeout: float) -> tu
     def with_listener(listener: str, client_side: str) -> float:
         process = subprocess.Popen(server.command("sh", "-c", listener))
         try:
-            for _ in range(200):  # until it listens
-                listening = subprocess.run(
-                    server.command("ss", "-Htln", f"sport = :{KERNEL_PORT}"),
-                    capture_output=True, text=True, check=True,
-                ).stdout  # fmt: skip
-                if listening.strip():
-                    break
+            deadline = time.monotonic() + 5
+            while not subprocess.run(
+                server.command("ss", "-Htln", f"sport = :{KERNEL_PORT}"),
+                capture_output=True, text=True, check=True,
+            ).stdout.strip():  # fmt: skip
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"nc -l is not listening on {KERNEL_PORT} after 5 s")
                 time.sleep(0.01)
-            return timed(client, client_side, timeout)
+            seconds = timed(client, client_side, timeout)
+            process.wait(timeout=timeout)  # (it ends with the transfer)
+            return seconds
         finally:
-            process.wait(timeout=timeout)
             stop_process(process)
 
     to_server = with_listener(

@@ -9,14 +9,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from ustack.linux.lab import Netns, UstackDaemon
+from ustack.linux.lab import Netns, UstackDaemon, process_costs
 
 MB = 1_000_000
-
-
-def minor_faults(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[7])  # minflt, proc(5)
 
 
 def test_a_download_does_not_fault_the_buffers_in_again(ns: Netns, tmp_path: Path) -> None:
@@ -27,10 +22,12 @@ def test_a_download_does_not_fault_the_buffers_in_again(ns: Netns, tmp_path: Pat
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     with UstackDaemon.start(ns, tmp_path, trace=False, env=env) as daemon:
         url = "http://198.18.0.2/bytes/"
-        subprocess.run(ns.command("curl", "-sf", "-o", "/dev/null", f"{url}{MB}"), check=True)
-        before = minor_faults(daemon.process.pid)
+        subprocess.run(
+            ns.command("curl", "-sf", "-o", "/dev/null", f"{url}{MB}"), check=True, timeout=60
+        )
+        before = process_costs(daemon.process.pid).minor_faults
         subprocess.run(
             ns.command("curl", "-sf", "-o", "/dev/null", f"{url}{50 * MB}"), check=True, timeout=60
         )
-        per_mb = (minor_faults(daemon.process.pid) - before) / 50
+        per_mb = (process_costs(daemon.process.pid).minor_faults - before) / 50
     assert per_mb < 20, f"{per_mb:.0f} minor faults per MB downloaded"

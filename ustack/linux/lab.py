@@ -279,6 +279,25 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> int:
     return process.returncode
 
 
+@dataclass(frozen=True)
+class ProcessCosts:
+    """What a process has cost so far (the benches' and tests' CPU and
+    page-fault figures): its main thread's time on a CPU (schedstat, in ns:
+    much steadier than rates on a shared machine), its time in the kernel
+    (stat's stime, in seconds, clock-tick coarse) and its minor page faults
+    (stat's minflt)."""
+
+    cpu_ns: int
+    system_s: float
+    minor_faults: int
+
+
+def process_costs(pid: int) -> ProcessCosts:
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # proc(5)
+    on_cpu = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    return ProcessCosts(on_cpu, int(stat[12]) / os.sysconf("SC_CLK_TCK"), int(stat[7]))
+
+
 @dataclass
 class UstackDaemon:
     """`ustack serve` running inside a namespace."""
