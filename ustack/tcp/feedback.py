@@ -372,11 +372,14 @@ def receive_icmp_error(
     summary = f"about {format_endpoint(quote.dst, remote_port)} from port {local_port}"
     layer = Layer.ICMP6 if quote.dst > IPV4_MAX else Layer.ICMP
     conn = demux.connections.get(key)
-    if conn is None:
+    # In TIME_WAIT (a record, or a connection not yet handed to one) nothing
+    # of ours is in flight: nothing to act on, and nothing for other workers.
+    if conn is None or conn.state is State.TIME_WAIT:
         prefix = "icmp6" if layer is Layer.ICMP6 else "icmp"
+        ours = conn is not None or demux.time_wait_at(key) is not None
         if relayed:
             counters[f"{prefix}.in.relayed-not-here"] += 1  # another worker's, or nobody's
-        elif demux.foreign_icmp_error is not None and demux.time_wait_at(key) is None:
+        elif demux.foreign_icmp_error is not None and not ours:
             counters[f"{prefix}.in.relayed-to-workers"] += 1
             demux.foreign_icmp_error(type_, code, mtu, quote)
         else:
