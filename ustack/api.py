@@ -105,7 +105,6 @@ class TcpTransport(asyncio.Transport):
         self._protocol = protocol
         self._pending = bytearray()  # written by the app, not yet in the send buffer
         self._push_scheduled = False
-        self._ack_deferred = False  # data went to the protocol since the last push
         self._eof_requested = False
         self._closing = False
         self._paused_reading = False
@@ -163,16 +162,14 @@ class TcpTransport(asyncio.Transport):
             data = conn.read(conn.readable_bytes, self._runner.now(), True)
             self._protocol.data_received(data)
             delivered = True
-        if delivered:
-            self._ack_deferred = True
-            if not self._push_scheduled:
-                # The application answers in its next step, which data_received
-                # has just scheduled (a StreamReader wakes its reader with
-                # call_soon): the push queued behind it sends the answer in that
-                # same loop turn, not one turn later (issue 18: one wake-up per
-                # request and response; the answer carries the ACK).
-                self._push_scheduled = True
-                self._runner.loop.call_soon(self._push)
+        if delivered and not self._push_scheduled:
+            # The application answers in its next step, which data_received
+            # has just scheduled (a StreamReader wakes its reader with
+            # call_soon): the push queued behind it sends the answer in that
+            # same loop turn, not one turn later (issue 18: one wake-up per
+            # request and response; the answer carries the ACK).
+            self._push_scheduled = True
+            self._runner.loop.call_soon(self._push)
         if conn.at_eof and not self._eof_delivered and not self._paused_reading:
             self._eof_delivered = True
             keep_open = self._protocol.eof_received()
@@ -303,17 +300,13 @@ class TcpTransport(asyncio.Transport):
 
     def _push(self, settle: bool = True) -> None:
         self._push_scheduled = False
-        # The ACK a read left for the application's answer (TcpConnection.read's
-        # defer_ack): this push comes after the application's step, unless a
-        # SendSpace made it (settle False, inside the stack's own flush).
-        deferred = settle and self._ack_deferred
-        if deferred:
-            self._ack_deferred = False
+        # An ACK a read left for the application's answer (TcpConnection.read's
+        # defer_ack) is settled by a push after the application's step, not by
+        # one a SendSpace made (settle False, inside the stack's own flush).
         if not (self._pending or self._closing or self._eof_requested or self._writing_paused):
             # Nothing written (an ACK's SendSpace, a read answered by nothing):
             # an ACK the read left for the answer goes alone.
-            if deferred:
-                self._conn.send_deferred_ack(self._runner.now())
+            if settle and self._conn.send_deferred_ack(self._runner.now()):
                 self._runner.done(self._conn)
             return
         conn, now = self._conn, self._runner.now()
@@ -338,7 +331,7 @@ class TcpTransport(asyncio.Transport):
                 self._lose(None)
             elif self._eof_requested:
                 conn.shutdown(now)
-        if deferred:
+        if settle:
             conn.send_deferred_ack(now)  # (the answer carried it, unless Nagle holds the answer)
         self._update_write_pause()
         if settle:

@@ -139,9 +139,7 @@ class TcpSocketInfo:
         number = int.from_bytes(value[:4], "little") if isinstance(value, bytes) else value
         keepalive = (config.keepalive_idle, config.keepalive_interval, config.keepalive_probes)
         if level == socket.IPPROTO_TCP and optname == socket.TCP_NODELAY:
-            conn.set_nodelay(bool(number), now)
-            if number:  # as Linux: what Nagle held goes now, with what the transport holds
-                transport._push()
+            conn.set_nodelay(bool(number), now)  # (what Nagle held goes now, as Linux)
         elif level == socket.SOL_SOCKET and optname == socket.SO_LINGER:
             if isinstance(value, bytes):
                 onoff, seconds = LINGER.unpack(value[: LINGER.size])

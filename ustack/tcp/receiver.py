@@ -412,7 +412,9 @@ class Receiver:
         threshold = buffer_size // 2
         if 2 * conn.mss < threshold:
             threshold = 2 * conn.mss
-        if 2 * promised <= buffer_size and free >= 2 * promised and free - promised >= threshold:
+        # free >= 2 * promised: the read at least doubles the window, which
+        # (free being at most the buffer) the peer sees as half of it or less.
+        if free >= 2 * promised and free - promised >= threshold:
             self.ack_now = True
 
     @property

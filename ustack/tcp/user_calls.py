@@ -96,18 +96,20 @@ class UserCalls(TcbView):
             self._output()
         return data
 
-    def send_deferred_ack(self, now: float) -> None:
+    def send_deferred_ack(self, now: float) -> bool:
         """The application's turn after a read(defer_ack=True) is over: the
         ACK that read made due goes now, unless a segment sent since (the
-        answer) carried it."""
+        answer) carried it. Whether it went."""
         rcv = self.receiver
         if not rcv.ack_deferred:
-            return
+            return False
         self.now = now
         rcv.ack_deferred = False
-        if self.state in CAN_ACK:
-            rcv.ack_now = True
-            self._output()
+        if self.state not in CAN_ACK:
+            return False
+        rcv.ack_now = True
+        self._output()
+        return True
 
     def shutdown(self, now: float) -> None:
         """shutdown(SHUT_WR): FIN after the queued data; we can still receive."""
@@ -127,7 +129,6 @@ class UserCalls(TcbView):
         tcp_sock_set_nodelay pushes the pending frames."""
         self.now = now
         self.sender.nodelay = on
-        self.config = dataclasses.replace(self.config, nagle=not on)
         if on:
             self._output()
 
