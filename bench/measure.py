@@ -28,7 +28,7 @@ from setups import (  # bench/setups.py: scripts here run as python bench/NAME.p
     vm_rss_kib,
 )
 
-from ustack.linux.lab import die_with_parent
+from ustack.linux.lab import DIE_WITH_PARENT
 
 
 def curl(t: Target, max_time: float, *argv: str) -> tuple[str, list[str]]:
@@ -188,12 +188,11 @@ def idle_memory(t: Target, count: int) -> Memory:
         f"{timeout:.0f}",
     )
     holder = subprocess.Popen(
-        argv,
+        [*DIE_WITH_PARENT, *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=die_with_parent,
     )
     try:
         assert holder.stdout is not None and holder.stdin is not None

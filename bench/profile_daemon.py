@@ -36,7 +36,7 @@ from pathlib import Path
 import results  # bench/*.py: scripts here run as python bench/NAME.py
 from setups import MB, BenchError, Resources, Target, log_step, start_ustack
 
-from ustack.linux.lab import LabError, die_with_parent, remove_stale_namespaces
+from ustack.linux.lab import DIE_WITH_PARENT, LabError, remove_stale_namespaces
 
 RATE = 200  # samples a second: py-spy's default is 100; 200 costs the daemon little
 TOP = 20
@@ -60,9 +60,9 @@ def workload_argv(t: Target, name: str) -> list[str]:
 def record(t: Target, name: str, seconds: int, raw: Path) -> int:
     """py-spy on the daemon for `seconds`, the workload repeated meanwhile; runs done."""
     spy = subprocess.Popen(
-        [py_spy(), "record", "--pid", str(t.pid), "--rate", str(RATE), "--duration",
-         str(seconds), "--nonblocking", "--format", "raw", "--output", str(raw)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
+        [*DIE_WITH_PARENT, py_spy(), "record", "--pid", str(t.pid), "--rate", str(RATE),
+         "--duration", str(seconds), "--nonblocking", "--format", "raw", "--output", str(raw)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     runs = 0
     deadline = time.monotonic() + seconds + 30

@@ -22,11 +22,11 @@ from types import FrameType
 from typing import TypeVar
 
 from ustack.linux.lab import (
+    DIE_WITH_PARENT,
     STACK_ADDRESS6,
     LabError,
     Netns,
     UstackDaemon,
-    die_with_parent,
     netns,
     remove_stale_namespaces,
     start_until_ready,
@@ -115,12 +115,11 @@ def run(
     """subprocess.run with a timeout always, and failures as BenchError."""
     try:
         result = subprocess.run(
-            list(argv),
+            [*DIE_WITH_PARENT, *argv],
             capture_output=True,
             timeout=timeout,
             input=input,
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
     except subprocess.TimeoutExpired:
         raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from None

@@ -12,7 +12,6 @@ but its own TUN (or its own veth pair).
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import os
@@ -117,19 +116,14 @@ def remove_stale_namespaces() -> None:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-# The same for a server started by start_until_ready, without Python in the
-# child: util-linux's setpriv sets PR_SET_PDEATHSIG and execs the server. A
-# preexec_fn would run the parent's at-fork hooks (logging's lock release),
-# where a signal's exception (Ctrl-C) is only printed, "Exception ignored",
-# and the run it should have stopped went on (a lesson ended 0 after SIGINT).
+# A child that gets SIGTERM when the process that started it dies, however
+# it dies, so that a killed run leaves no daemon behind, and without Python
+# in the child: util-linux's setpriv sets PR_SET_PDEATHSIG and execs the
+# command (prefix argv with it). A preexec_fn would run the parent's at-fork
+# hooks (logging's lock release), where a signal's exception (Ctrl-C) is only
+# printed, "Exception ignored", and the run it should have stopped went on (a
+# lesson ended 0 after SIGINT).
 DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "TERM", "--")
-
-
-def die_with_parent() -> None:
-    """In a child before exec: SIGTERM when the process that started it dies,
-    however it dies, so that a killed run leaves no daemon behind."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
