@@ -378,20 +378,13 @@ _SAVED: dict[str, Any] = {}
 def install(stack: SocketStack | None = None) -> None:
     """The one line: socket.create_connection and socket.create_server make
     ustack sockets from now on (on `stack`, or the module's). uninstall() undoes it."""
-    chosen = stack
-
-    def connect(*args: Any, **kwargs: Any) -> UstackSocket:
-        return (chosen or default_stack()).create_connection(*args, **kwargs)
-
-    def serve(*args: Any, **kwargs: Any) -> UstackSocket:
-        return (chosen or default_stack()).create_server(*args, **kwargs)
-
     if not _SAVED:
         _SAVED.update(
             create_connection=_socket.create_connection, create_server=_socket.create_server
         )
-    _socket.create_connection = connect  # type: ignore[assignment]
-    _socket.create_server = serve  # type: ignore[assignment]
+    # The module's own functions start its stack at the first call, not now.
+    _socket.create_connection = stack.create_connection if stack is not None else create_connection  # type: ignore[assignment]
+    _socket.create_server = stack.create_server if stack is not None else create_server  # type: ignore[assignment]
 
 
 def uninstall() -> None:
