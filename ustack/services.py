@@ -182,11 +182,9 @@ class HttpService:
                 request = await _read_head(reader, start, limits)
             body_length = _content_length(request.headers)
         except TimeoutError:
-            await _respond(writer, 408, b"request head not received in time\n", keep_alive=False)
-            return await self._linger(reader, writer)
+            return await self._refuse(reader, writer, 408, b"request head not received in time\n")
         except BadRequest as exc:
-            await _respond(writer, exc.status, f"{exc}\n".encode(), keep_alive=False)
-            return await self._linger(reader, writer)
+            return await self._refuse(reader, writer, exc.status, f"{exc}\n".encode())
         keep_alive = _keeps_alive(request) and number < limits.max_requests
         method = request.method
         if request.target == "/upload" and method in ("POST", "PUT"):
@@ -198,9 +196,11 @@ class HttpService:
             return keep_alive
         if method not in ("GET", "HEAD"):
             # Refused before its body is read (RFC 9110 10.1.1): then we close.
-            keep = keep_alive and not body_length
-            await _respond(writer, 405, b"method not allowed\n", keep, extra="Allow: GET, HEAD")
-            return keep or await self._linger(reader, writer)
+            refused, allow = b"method not allowed\n", "Allow: GET, HEAD"
+            if body_length or not keep_alive:
+                return await self._refuse(reader, writer, 405, refused, allow)
+            await _respond(writer, 405, refused, keep_alive=True, extra=allow)
+            return True
         if body_length:  # a GET with a body: read and forget it
             if not await _continue(writer, request, body_length):
                 return await self._linger(reader, writer)
@@ -212,6 +212,18 @@ class HttpService:
         else:
             await _send_resource(writer, request, resource, keep_alive, head_only)
         return keep_alive
+
+    async def _refuse(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        status: int,
+        reason: bytes,
+        extra: str = "",
+    ) -> bool:
+        """A refusal that closes the connection: its answer, then _linger."""
+        await _respond(writer, status, reason, keep_alive=False, extra=extra)
+        return await self._linger(reader, writer)
 
     async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """After a refusal that closes the connection with the request maybe
