@@ -467,6 +467,10 @@ class TcpScript:
     def decisions(self) -> list[str]:
         return [e.what for e in self.trace if isinstance(e, Decision)]
 
+    def decision_kinds(self) -> list[str]:
+        """The kinds of the decisions traced (Note members' kind), in order."""
+        return [e.kind for e in self.trace if isinstance(e, Decision)]
+
     def app_events(self, conn: TcpConnection | None = None) -> list[str]:
         conn = conn or self.conn
         assert conn is not None

@@ -24,10 +24,6 @@ U = OUR_ISS + 1
 MSS = 1000
 
 
-def notes(t: TcpScript) -> list[str]:
-    return [e.kind for e in t.trace if isinstance(e, Decision)]
-
-
 def ecn_sender(family: Family, **config: object) -> TcpScript:
     """We send, ECN agreed passively: peer MSS 1000, a large window; NewReno
     for exact numbers."""
@@ -53,7 +49,7 @@ def test_passive_ecn_agreed_when_the_syn_asks(family: Family) -> None:
     conn = t.conn
     assert conn is not None and conn.ecn_ok and conn.state is State.ESTABLISHED
     assert t.stack.counters["tcp.ecn.agreed"] == 1
-    assert "ecn_agreed" in notes(t)
+    assert "ecn_agreed" in t.decision_kinds()
     t.write(b"hello")
     data = t.expect("P.", seq=U, payload=b"hello")
     assert data.ecn == ECN_ECT0  # new data is ECN-capable (6.1.2)
@@ -86,11 +82,11 @@ def test_no_ecn_when_off_or_when_the_syn_itself_is_ect(family: Family) -> None:
     off = TcpScript(family=family, listen=80, ecn="off")
     off.send("SEW", seq=PEER_ISS)
     off.expect("S.", ack=P)
-    assert "ecn_not_agreed" in notes(off)
+    assert "ecn_not_agreed" in off.decision_kinds()
     marked = TcpScript(family=family, listen=80)
     marked.send("SEW", seq=PEER_ISS, ecn=ECN_ECT0)  # a SYN must not be ECT: the path rewrites
     marked.expect("S.", ack=P)
-    assert "ecn_not_agreed" in notes(marked)
+    assert "ecn_not_agreed" in marked.decision_kinds()
 
 
 def test_active_ecn_asks_with_ece_and_cwr_and_agrees_on_ece_alone(family: Family) -> None:
@@ -194,7 +190,7 @@ def test_ece_is_ignored_when_not_agreed(family: Family) -> None:
     cwnd = conn.cwnd
     t.send(".E", seq=P, ack=U + 1000)
     assert conn.cwnd >= cwnd
-    assert "ecn_window_reduced" not in notes(t)
+    assert "ecn_window_reduced" not in t.decision_kinds()
     assert t.stack.counters["tcp.ecn.ece-received"] == 0
 
 
@@ -222,7 +218,7 @@ def test_ce_is_echoed_on_every_ack_until_cwr_and_acked_at_once(family: Family) -
     counters = t.stack.counters
     assert counters["tcp.ecn.ce-received"] == 1
     assert counters["tcp.ecn.cwr-received"] == 1
-    kinds = notes(t)
+    kinds = t.decision_kinds()
     assert kinds.index("ce_received") < kinds.index("cwr_received")
     rules = {e.kind: e.rule for e in t.trace if isinstance(e, Decision)}
     assert rules["ce_received"] == rules["cwr_received"] == Rule.RFC3168_RECEIVER
@@ -344,7 +340,7 @@ def test_the_reduction_goes_through_the_congestion_module(algorithm: str, family
         "cubic": lambda cwnd: cwnd * 7 // 10,
     }
     assert conn.ssthresh == want[algorithm](10 * MSS) == conn.cwnd
-    assert Note.ECN_WINDOW_REDUCED.kind in notes(t)
+    assert Note.ECN_WINDOW_REDUCED.kind in t.decision_kinds()
 
 
 # ---- the fault injector's mark: the interop tests' congested router -----------------------

@@ -18,7 +18,7 @@ from tcpscript import IPV6, OUR_ISS, PEER, PEER_ISS, PEER_PORT, US, Family, TcpS
 from ustack.net.pmtu import PmtuCache, plateau_below
 from ustack.tcp.events import Closed
 from ustack.tcp.states import Event, State
-from ustack.trace.records import Decision, Drop
+from ustack.trace.records import Drop
 from ustack.wire.icmp import (
     DEST_UNREACH,
     FRAG_NEEDED,
@@ -59,10 +59,6 @@ def sending(t: TcpScript, size: int) -> list[int]:
     return [len(out.payload) for out in t.sent()]
 
 
-def notes(t: TcpScript) -> list[str]:
-    return [e.kind for e in t.trace if isinstance(e, Decision)]
-
-
 def drops(t: TcpScript) -> list[str]:
     return [str(e.reason) for e in t.trace if isinstance(e, Drop)]
 
@@ -96,7 +92,7 @@ def test_fragmentation_needed_lowers_the_mss_and_resends_at_once(
     assert conn.recovery.cc.cwnd == cwnd  # no congestion response (RFC 1191, Linux)
     assert t.ip.pmtu.lookup(t.peer, t.now) == 1280
     assert t.stack.counters["tcp.pmtu.lowered"] == 1
-    assert "path_mtu_lowered" in notes(t)
+    assert "path_mtu_lowered" in t.decision_kinds()
     # Once that is acknowledged, new data goes at the new size too.
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1 + 4 * big)
     t.sent()
@@ -126,7 +122,7 @@ def test_the_path_mtu_never_grows_from_an_icmp(family: Family) -> None:
     assert conn.path_mtu == 1280
     t.expect_none()
     assert t.stack.counters["tcp.pmtu.not-lower"] == 1
-    assert "path_mtu_not_lower" in notes(t)
+    assert "path_mtu_not_lower" in t.decision_kinds()
 
 
 def test_an_old_style_message_without_mtu_uses_the_plateau_below() -> None:
@@ -196,7 +192,7 @@ def test_a_connection_grows_back_when_what_it_learnt_expires() -> None:
     t.at(700.0)  # RFC 1191 6.3: 10 minutes after, try the full size again
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1 + 1460)
     assert (conn.path_mtu, conn.mss) == (1500, 1460)
-    assert "path_mtu_expired" in notes(t)
+    assert "path_mtu_expired" in t.decision_kinds()
     assert sending(t, 1460) == [1460]
 
 
@@ -270,11 +266,11 @@ def test_a_soft_error_is_reported_when_the_connect_times_out(family: Family) -> 
     t.expect("S", seq=OUR_ISS)
     t.icmp_error("host-unreachable", OUR_ISS, dport=8080, sport=50000)
     assert conn.state is State.SYN_SENT  # soft: RFC 1122 says MUST NOT abort
-    assert "icmp_soft_error" in notes(t)
+    assert "icmp_soft_error" in t.decision_kinds()
     t.at(20.0)
     assert conn.state is State.CLOSED
     assert t.apps[conn].events[-1] == Closed("EHOSTUNREACH")
-    assert "soft_error_reported" in notes(t)
+    assert "soft_error_reported" in t.decision_kinds()
 
 
 def test_a_soft_error_is_reported_when_data_times_out(family: Family) -> None:
@@ -316,7 +312,7 @@ def test_port_unreachable_in_established_does_not_abort(family: Family) -> None:
     t.icmp_error("port-unreachable", OUR_ISS + 1)
     assert conn.state is State.ESTABLISHED
     assert conn.soft_error == "ECONNREFUSED"
-    assert "icmp_hard_error_kept" in notes(t)
+    assert "icmp_hard_error_kept" in t.decision_kinds()
     t.expect_none()
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 101)
     assert conn.state is State.ESTABLISHED
@@ -348,7 +344,7 @@ def test_black_hole_detection_falls_back_to_a_smaller_mss() -> None:
     assert sizes == [1460, 1460, 1460, 1024]  # after 3 timeouts: tcp_base_mss
     assert t.conn is not None and t.conn.mss == 1024
     assert t.stack.counters["tcp.mtu-probing.fallback"] == 1
-    assert "black_hole_fallback" in notes(t)
+    assert "black_hole_fallback" in t.decision_kinds()
     # Still nothing: halve again at the next timeout.
     t.at(t.tcp.next_deadline() or 0.0)
     assert next(len(o.payload) for o in t.sent()) == 512
@@ -360,7 +356,7 @@ def test_no_black_hole_detection_without_the_switch() -> None:
     sending(t, 3 * 1460)
     t.at(200.0)
     assert conn.mss == 1460
-    assert "black_hole_fallback" not in notes(t)
+    assert "black_hole_fallback" not in t.decision_kinds()
     assert t.stack.counters["tcp.mtu-probing.fallback"] == 0
 
 

@@ -30,7 +30,6 @@ from tcpscript import OUR_ISS, PEER_ISS, TcpScript
 
 import ustack
 from ustack.tcp.config import TcpConfig
-from ustack.trace.records import Decision
 from ustack.trace.vocabulary import Note
 
 P = PEER_ISS + 1
@@ -55,10 +54,6 @@ def interactive_script() -> TcpScript:
     return t
 
 
-def kinds(t: TcpScript) -> list[str]:
-    return [e.kind for e in t.trace if isinstance(e, Decision)]
-
-
 def test_a_short_segment_is_acked_when_the_application_reads_it() -> None:
     t = script()
     t.send("P.", seq=P, ack=U, payload=b"a" * 20)
@@ -66,7 +61,7 @@ def test_a_short_segment_is_acked_when_the_application_reads_it() -> None:
     t.at(0.001)
     assert t.read() == b"a" * 20
     t.expect(".", ack=P + 20)  # at the read, 39 ms before the timer
-    assert kinds(t) == [Note.ACK_ON_READ.kind]
+    assert t.decision_kinds() == [Note.ACK_ON_READ.kind]
     # The second piece, which Nagle held for that ACK, is acknowledged alike.
     t.send("P.", seq=P + 20, ack=U, payload=b"b" * 20)
     t.at(0.002)
@@ -92,7 +87,7 @@ def test_an_answer_makes_the_connection_interactive_and_carries_the_next_ack() -
     t.expect(".", ack=P + 4)  # not interactive yet: the read ACKs
     t.write(b"pong")  # an answer within the delayed-ACK time of the request
     t.expect("P.", ack=P + 4, payload=b"pong")
-    assert Note.INTERACTIVE.kind in kinds(t)
+    assert Note.INTERACTIVE.kind in t.decision_kinds()
     t.send("P.", seq=P + 4, ack=U + 4, payload=b"ping")
     t.read()
     t.expect_none()  # interactive: the ACK waits for the answer...
@@ -110,7 +105,7 @@ def test_the_delayed_ack_timer_ends_interactive_mode() -> None:
     t.expect_none()  # interactive: the ACK waits for an answer that does not come
     t.at(0.04)
     t.expect(".", ack=P + 8)  # the timer's ACK (Linux waits for its own alike)...
-    assert kinds(t)[-1] == Note.NOT_INTERACTIVE.kind
+    assert t.decision_kinds()[-1] == Note.NOT_INTERACTIVE.kind
     t.send("P.", seq=P + 8, ack=U + 4, payload=b"body")
     t.at(0.041)
     t.read()
