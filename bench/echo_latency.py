@@ -87,7 +87,7 @@ def start_ustack(lab: ExitStack, workdir: Path, tree: Path, index: int) -> Targe
 def start_kernel(lab: ExitStack, workdir: Path) -> Target:
     counts = workdir / "kernel-loop-counts.jsonl"
     program = (sys.executable, str(BENCH / "loop_counts.py"), str(BENCH / "kernel_server.py"))
-    env = {**os.environ, "USTACK_LOOP_COUNTS": str(counts)}
+    env = {"USTACK_LOOP_COUNTS": str(counts)}
     client, _, process = kernel_over_veth(lab, workdir, NS_PREFIX, ("ek0", "ek1"), program, env)
     return Target("kernel", client.name, KERNEL_SERVER, process, counts)
 

@@ -35,15 +35,15 @@ from pathlib import Path
 from setups import (  # bench/setups.py: scripts here run as python bench/NAME.py
     BENCH,
     DISCARD,
-    KERNEL_CLIENT,
     KERNEL_SERVER,
     MB,
     USTACK_STACK,
+    kernel_pair,
     parse_as_root,
     ustack_from_tree,
 )
 
-from ustack.linux.lab import Netns, netns, stop_process, veth_pair
+from ustack.linux.lab import Netns, stop_process
 
 NS_PREFIX = "ustack-n"
 KERNEL_PORT = 9000
@@ -112,8 +112,7 @@ def main() -> int:
             )[0]
             for i, tree in enumerate(trees)
         }
-        client, server = (lab.enter_context(netns(NS_PREFIX, tag)) for tag in ("kc", "ks"))
-        veth_pair(client, server, ("en0", "en1"), (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
+        client, server = kernel_pair(lab, NS_PREFIX, ("en0", "en1"))
         for _ in range(args.rounds):
             times = {label: ustack_rounds(ns, size, args.timeout) for label, ns in ours.items()}
             times["kernel"] = kernel_rounds(client, server, size, args.timeout)

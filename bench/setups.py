@@ -297,6 +297,15 @@ def ustack_from_tree(
     return ns, daemon.process
 
 
+def kernel_pair(lab: ExitStack, prefix: str, devices: tuple[str, str]) -> tuple[Netns, Netns]:
+    """A kernel client's namespace (PREFIX-kc) and a kernel server's
+    (PREFIX-ks) joined by a veth pair with the benches' kernel addresses;
+    removed when `lab` closes."""
+    client, server = (lab.enter_context(netns(prefix, tag)) for tag in ("kc", "ks"))
+    veth_pair(client, server, devices, (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
+    return client, server
+
+
 def kernel_over_veth(
     lab: ExitStack,
     workdir: Path,
@@ -307,13 +316,12 @@ def kernel_over_veth(
 ) -> tuple[Netns, Netns, subprocess.Popen[bytes]]:
     """The kernel reference server (`program`, bench/kernel_server.py or a
     wrapper of it) in a namespace (PREFIX-ks) across a veth pair from its
-    client's (PREFIX-kc); stopped when `lab` closes."""
-    client, server = (lab.enter_context(netns(prefix, tag)) for tag in ("kc", "ks"))
-    veth_pair(client, server, devices, (f"{KERNEL_CLIENT}/24", f"{KERNEL_SERVER}/24"))
+    client's (PREFIX-kc), with `env` added to ours; stopped when `lab` closes."""
+    client, server = kernel_pair(lab, prefix, devices)
     process = start_until_ready(
         lambda fd: server.command(*program, "--address", KERNEL_SERVER, "--ready-fd", str(fd)),
         workdir / "kernel-server.log",
-        env=env,
+        env={**os.environ, **(env or {})},
     )
     lab.callback(stop_process, process)
     return client, server, process
