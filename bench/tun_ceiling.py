@@ -78,7 +78,9 @@ from ustack.linux.tun import (
     TunLink,
     _gso_header,  # the header TunLink.write puts on a super-segment: the daemon's bytes
 )
+from ustack.tcp import seq
 from ustack.tcp.sender import MAX_GSO_PAYLOAD
+from ustack.tcp.seq import MASK
 from ustack.wire.checksum import ones_sum, pseudo_header_sum, transport_checksum
 from ustack.wire.ipv4 import PROTO_TCP, build_ipv4_in_place
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions, build_tcp, parse_tcp
@@ -86,7 +88,6 @@ from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions, build_tcp, pars
 NS_PREFIX = "ustack-ceil"
 PORT, CLIENT_PORT = 5001, 40000
 ISS = 1_000_000
-MASK = 0xFFFFFFFF
 IP_HEADER, TCP_HEADER, TIMESTAMPS = 20, 20, 12  # our data segments: NOP, NOP, Timestamps
 SEQ_AT = IP_HEADER + 4  # in the IP packet
 CHECKSUM_AT = IP_HEADER + 16
@@ -187,8 +188,7 @@ def una_of(ack: int, base: int, nxt: int) -> int:
     acknowledges, with `nxt` the offset of the next byte to send: sequence
     numbers wrap at 2^32, offsets do not (the signed distance from nxt, as
     RFC 1982 compares them). Above nxt: an ACK of data not sent."""
-    ahead = (ack - base - nxt) & MASK
-    return nxt + (ahead - (1 << 32) if ahead >= 1 << 31 else ahead)
+    return nxt + seq.diff(ack, (base + nxt) & MASK)
 
 
 # ---- the writer, inside the namespace ---------------------------------------------------
@@ -363,12 +363,12 @@ class Writer:
                     writes += 1
             else:
                 while nxt + payload <= limit:
-                    seq = (base + nxt) & MASK
-                    # checksum_with(check_base, seq), inlined
-                    s = check_base + (seq >> 16) + (seq & 0xFFFF)
+                    number = (base + nxt) & MASK
+                    # checksum_with(check_base, number), inlined
+                    s = check_base + (number >> 16) + (number & 0xFFFF)
                     s = (s & 0xFFFF) + (s >> 16)
                     s = (s & 0xFFFF) + (s >> 16)
-                    pack_seq_checksum(packet, SEQ_AT, seq, ack_number, offset_byte, flags,
+                    pack_seq_checksum(packet, SEQ_AT, number, ack_number, offset_byte, flags,
                                       window, ~s & 0xFFFF)  # fmt: skip
                     write(fd, packet)
                     nxt += payload
