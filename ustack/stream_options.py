@@ -24,6 +24,24 @@ LINGER = struct.Struct("ii")  # struct linger: l_onoff, l_linger
 # TCP_CONGESTION's names as Linux spells them, and ustack's for each.
 CONGESTION_NAMES = {"reno": "newreno", "newreno": "newreno", "cubic": "cubic"}
 LINUX_KEEPALIVE_IDLE = 7200.0  # tcp_keepalive_time: SO_KEEPALIVE alone waits 2 hours
+# The socket options, as the (level, optname) pairs of setsockopt (the
+# stream's socket-like object here, ustack.socket's sockets in sockets/).
+_SOL, _TCP = socket.SOL_SOCKET, socket.IPPROTO_TCP
+REUSEADDR = (_SOL, socket.SO_REUSEADDR)
+REUSEPORT = (_SOL, socket.SO_REUSEPORT)
+KEEPALIVE = (_SOL, socket.SO_KEEPALIVE)
+BROADCAST = (_SOL, socket.SO_BROADCAST)
+LINGER_OPTION = (_SOL, socket.SO_LINGER)  # its value packed as LINGER
+RCVBUF = (_SOL, socket.SO_RCVBUF)
+SNDBUF = (_SOL, socket.SO_SNDBUF)
+SOCKET_TYPE = (_SOL, socket.SO_TYPE)  # read only
+SOCKET_ERROR = (_SOL, socket.SO_ERROR)  # read only
+NODELAY = (_TCP, socket.TCP_NODELAY)
+KEEPIDLE = (_TCP, socket.TCP_KEEPIDLE)
+KEEPINTVL = (_TCP, socket.TCP_KEEPINTVL)
+KEEPCNT = (_TCP, socket.TCP_KEEPCNT)
+CONGESTION = (_TCP, socket.TCP_CONGESTION)
+V6ONLY = (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,30 +121,31 @@ class TcpSocketInfo:
         conn = self._transport._conn
         config = conn.config
         value: int | bytes
-        if (level, optname) == (socket.IPPROTO_TCP, socket.TCP_CONGESTION):
+        option = (level, optname)
+        if option == CONGESTION:
             name = "reno" if config.congestion_control == "newreno" else config.congestion_control
             return name.encode().ljust(buflen or 16, b"\0")[: buflen or 16]
-        if (level, optname) == (socket.SOL_SOCKET, socket.SO_LINGER):
+        if option == LINGER_OPTION:
             linger = self._transport.linger
             packed = LINGER.pack(linger is not None, linger or 0)
             return packed if buflen else int(linger is not None)
-        if level == socket.IPPROTO_TCP and optname == socket.TCP_NODELAY:
+        if option == NODELAY:
             value = int(conn.sender.nodelay)
-        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPIDLE:
+        elif option == KEEPIDLE:
             value = int(config.keepalive_idle or LINUX_KEEPALIVE_IDLE)
-        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPINTVL:
+        elif option == KEEPINTVL:
             value = int(config.keepalive_interval)
-        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPCNT:
+        elif option == KEEPCNT:
             value = config.keepalive_probes
-        elif level == socket.SOL_SOCKET and optname == socket.SO_KEEPALIVE:
+        elif option == KEEPALIVE:
             value = int(config.keepalive_idle is not None)
-        elif level == socket.SOL_SOCKET and optname == socket.SO_TYPE:
+        elif option == SOCKET_TYPE:
             value = socket.SOCK_STREAM
-        elif level == socket.SOL_SOCKET and optname == socket.SO_ERROR:
+        elif option == SOCKET_ERROR:
             value = 0
-        elif level == socket.SOL_SOCKET and optname == socket.SO_SNDBUF:
+        elif option == SNDBUF:
             value = config.send_buffer
-        elif level == socket.SOL_SOCKET and optname == socket.SO_RCVBUF:
+        elif option == RCVBUF:
             value = config.receive_buffer
         else:
             raise OSError(errno.ENOPROTOOPT, os.strerror(errno.ENOPROTOOPT))
@@ -137,26 +156,27 @@ class TcpSocketInfo:
         conn, now = transport._conn, transport._runner.now()
         config = conn.config
         number = int.from_bytes(value[:4], "little") if isinstance(value, bytes) else value
+        option = (level, optname)
         keepalive = (config.keepalive_idle, config.keepalive_interval, config.keepalive_probes)
-        if level == socket.IPPROTO_TCP and optname == socket.TCP_NODELAY:
+        if option == NODELAY:
             conn.set_nodelay(bool(number), now)  # (what Nagle held goes now, as Linux)
-        elif level == socket.SOL_SOCKET and optname == socket.SO_LINGER:
+        elif option == LINGER_OPTION:
             if isinstance(value, bytes):
                 onoff, seconds = LINGER.unpack(value[: LINGER.size])
             else:
                 onoff, seconds = int(bool(value)), 0
             transport.linger = seconds if onoff else None
             return
-        elif level == socket.SOL_SOCKET and optname == socket.SO_KEEPALIVE:
+        elif option == KEEPALIVE:
             idle = (config.keepalive_idle or LINUX_KEEPALIVE_IDLE) if number else None
             conn.set_keepalive(idle, keepalive[1], keepalive[2], now)
-        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPIDLE:
+        elif option == KEEPIDLE:
             conn.set_keepalive(float(number), keepalive[1], keepalive[2], now)
-        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPINTVL:
+        elif option == KEEPINTVL:
             conn.config = dataclasses.replace(config, keepalive_interval=float(number))
-        elif level == socket.IPPROTO_TCP and optname == socket.TCP_KEEPCNT:
+        elif option == KEEPCNT:
             conn.config = dataclasses.replace(config, keepalive_probes=number)
-        elif (level, optname) == (socket.IPPROTO_TCP, socket.TCP_CONGESTION):
+        elif option == CONGESTION:
             # ustack's congestion control is chosen when the connection opens.
             raise OSError(errno.EISCONN, "congestion control is chosen at open (congestion=)")
         else:

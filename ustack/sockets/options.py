@@ -10,27 +10,28 @@ import socket as _socket
 from typing import TYPE_CHECKING, Any
 
 from ustack.sockets.loop_side import StreamState, on_loop, oserror
-from ustack.stream_options import LINGER, StreamOptions
+from ustack.stream_options import (
+    BROADCAST,
+    KEEPALIVE,
+    KEEPCNT,
+    KEEPIDLE,
+    KEEPINTVL,
+    LINGER,
+    LINGER_OPTION,
+    NODELAY,
+    RCVBUF,
+    REUSEADDR,
+    REUSEPORT,
+    SNDBUF,
+    SOCKET_ERROR,
+    SOCKET_TYPE,
+    V6ONLY,
+    StreamOptions,
+)
 
 if TYPE_CHECKING:
     from ustack.socket import SocketStack
 
-# The options a socket takes, as the (level, optname) pairs of setsockopt.
-_SOL, _TCP = _socket.SOL_SOCKET, _socket.IPPROTO_TCP
-REUSEADDR = (_SOL, _socket.SO_REUSEADDR)
-REUSEPORT = (_SOL, _socket.SO_REUSEPORT)
-KEEPALIVE = (_SOL, _socket.SO_KEEPALIVE)
-BROADCAST = (_SOL, _socket.SO_BROADCAST)
-LINGER_OPTION = (_SOL, _socket.SO_LINGER)  # its value packed as stream_options.LINGER
-RCVBUF = (_SOL, _socket.SO_RCVBUF)
-SNDBUF = (_SOL, _socket.SO_SNDBUF)
-SOCKET_TYPE = (_SOL, _socket.SO_TYPE)  # read only
-SOCKET_ERROR = (_SOL, _socket.SO_ERROR)  # read only
-NODELAY = (_TCP, _socket.TCP_NODELAY)
-KEEPIDLE = (_TCP, _socket.TCP_KEEPIDLE)
-KEEPINTVL = (_TCP, _socket.TCP_KEEPINTVL)
-KEEPCNT = (_TCP, _socket.TCP_KEEPCNT)
-V6ONLY = (_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY)
 _FLAGS = {REUSEADDR, REUSEPORT, KEEPALIVE, NODELAY, BROADCAST}  # read back as 0 or 1
 _KEEPALIVE_TIMES = {KEEPIDLE, KEEPINTVL, KEEPCNT}
 _SETTABLE = _FLAGS | _KEEPALIVE_TIMES | {LINGER_OPTION, RCVBUF, SNDBUF, V6ONLY}
@@ -82,7 +83,7 @@ class SocketOptions:
             stored = int(value)
         if option not in _SETTABLE:
             raise oserror(errno.ENOPROTOOPT)
-        if level == _TCP and self.type != _socket.SOCK_STREAM:
+        if level == _socket.IPPROTO_TCP and self.type != _socket.SOCK_STREAM:
             raise oserror(errno.EOPNOTSUPP)
         if option == V6ONLY and self.family != _socket.AF_INET6:
             raise oserror(errno.ENOPROTOOPT)

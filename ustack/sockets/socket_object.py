@@ -26,7 +26,8 @@ from ustack.sockets.loop_side import (
     oserror,
     with_errno,
 )
-from ustack.sockets.options import LINGER_OPTION, V6ONLY, SocketOptions
+from ustack.sockets.options import SocketOptions
+from ustack.stream_options import LINGER_OPTION, V6ONLY
 from ustack.wire.address import is_ipv6, parse_address
 
 if TYPE_CHECKING:
