@@ -32,6 +32,8 @@ def stop_midway(argv: list[str], namespace_prefix: str, signum: signal.Signals) 
         if command.poll() is None:
             command.kill()
             command.wait()
-    assert command.stderr is not None and b"Traceback" not in command.stderr.read()
+    assert command.stderr is not None
+    stderr = command.stderr.read()
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")
     assert not namespace.exists()
     return status
