@@ -81,9 +81,8 @@ class Stack:
                 # RFC 8200 5: IPv6 needs links of 1280 bytes (Linux turns it off below).
                 raise ValueError(f"IPv6 needs an MTU of {IPV6_MIN_MTU} or more, not {mtu}")
             self.ip6 = IPv6Layer(
-                address6, transmit, self.counters, mtu, fragment_limits, icmp_limits,
-                max(min_pmtu, IPV6_MIN_MTU),
-            )  # fmt: skip
+                address6, transmit, self.counters, mtu, None, fragment_limits, icmp_limits, min_pmtu
+            )
             self.ip6.tap = tap
         config = tcp_config or TcpConfig(mss=mtu - 40)
         self.tcp = TcpDemux(

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from ipaddress import IPv4Network, IPv6Network
 from typing import TypeVar
 
 from ustack.counters import Counters
 from ustack.net.fragments import FragmentFamily, FragmentLimits, Reassembly
-from ustack.net.pmtu import PmtuCache
-from ustack.net.ratelimit import IcmpRateLimiter
+from ustack.net.pmtu import DEFAULT_MIN_PMTU, PmtuCache
+from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
 from ustack.trace.records import PacketTap
 from ustack.trace.vocabulary import DropReason, Layer, Rule
 from ustack.wire.address import format_address
@@ -81,32 +82,49 @@ class IpLayerBase:
         cls.PORT_UNREACHABLE_COUNTER = f"udp{counter_suffix}.out.port-unreachable"
         cls.REASSEMBLY_TIME_EXCEEDED_COUNTER = f"icmp{counter_suffix}.out.reassembly-time-exceeded"
 
+    FRAGMENTS: FragmentFamily  # how the family's fragments are keyed and checked
+    FRAGMENT_LIMITS: FragmentLimits  # the reassembly limits when none are given
+    MIN_PMTU: int  # no ICMP teaches a path MTU below this (RFC 791: 68; RFC 8200 5: 1280)
+    ICMPV6: bool  # the rate limit's ICMP types are ICMPv6's
+
     def __init__(
         self,
         address: int,
         transmit: Callable[..., bool],  # (packet) or (packet, gso_size) -> sent?
         counters: Counters,
-        mtu: int,
-        pmtu: PmtuCache,
-        icmp_limiter: IcmpRateLimiter,
-        fragments: FragmentFamily,
-        fragment_limits: FragmentLimits | None,
+        mtu: int = 1500,
+        network: IPv4Network | IPv6Network | None = None,
+        fragment_limits: FragmentLimits | None = None,
+        icmp_limits: IcmpLimits | None = None,
+        min_pmtu: int = DEFAULT_MIN_PMTU,
     ) -> None:
-        """What both families hold; each layer adds its own (IP IDs, flow
-        labels, broadcasts) after calling this."""
+        """`network`: the link's subnet (the Linux side's); `min_pmtu`: the
+        least path MTU an ICMP error may teach (Linux's min_pmtu), never
+        below the family's MIN_PMTU. Each layer adds its own (IP IDs, flow
+        labels, broadcasts) in _init_family."""
         self.address = address
         self.mtu = mtu
-        self.pmtu = pmtu  # what ICMP taught us, per destination (RFC 1191, RFC 8201)
+        # What ICMP taught us, per destination (RFC 1191, RFC 8201).
+        self.pmtu = PmtuCache(mtu, max(min_pmtu, self.MIN_PMTU))
         self._transmit = transmit
         self._counters = counters
-        self.icmp_limiter = icmp_limiter
+        self.icmp_limiter = IcmpRateLimiter(icmp_limits, ipv6=self.ICMPV6)
         self._now = 0.0  # of the packet being handled, for the trace
         self.tcp_input: TcpInput | None = None
         self.tcp_error: TcpErrorInput | None = None
         self.udp_input: UdpInput | None = None
         self.udp_error: UdpErrorInput | None = None
         self.tap: PacketTap | None = None  # sees every packet in and out (pcap)
-        self.fragments = Reassembly(counters, self._send_time_exceeded, fragment_limits, fragments)
+        self.fragments = Reassembly(
+            counters,
+            self._send_time_exceeded,
+            fragment_limits or self.FRAGMENT_LIMITS,
+            self.FRAGMENTS,
+        )
+        self._init_family(network)
+
+    def _init_family(self, network: IPv4Network | IPv6Network | None) -> None:
+        raise NotImplementedError
 
     # ---- output ---------------------------------------------------------
 

@@ -6,17 +6,14 @@ upper layer's prefix), so a user can see exactly why it was dropped.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
-from collections.abc import Callable
+from ipaddress import IPv4Network, IPv6Network
 
-from ustack.counters import Counters
 from ustack.net.address_rules import icmp_error_forbidden
 from ustack.net.fragments import IPV4_FAMILY, FragmentLimits
 from ustack.net.ip_common import IpLayerBase, Unreachable
 from ustack.net.ip_id import IpIdentifiers
-from ustack.net.pmtu import DEFAULT_MIN_PMTU, PmtuCache
-from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
+from ustack.net.pmtu import MIN_IPV4_MTU
 from ustack.trace.vocabulary import DropReason, Layer, Rule
 from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum
 from ustack.wire.errors import MalformedPacket
@@ -61,7 +58,7 @@ _FIRST_WORD = IPV4_PLAIN_FIRST_BYTE << 8
 _TTL_WORD = DEFAULT_TTL << 8
 
 
-def subnet_broadcasts(network: ipaddress.IPv4Network | None) -> frozenset[int]:
+def subnet_broadcasts(network: IPv4Network | None) -> frozenset[int]:
     """The directed broadcast of the link's subnet and its 0-host form, which
     RFC 1122 3.3.6 asks hosts to take as a broadcast too; a /31 or /32 has
     neither (RFC 3021)."""
@@ -79,30 +76,16 @@ class IPv4Layer(IpLayerBase):
     HEADER_LENGTH = IPV4_MIN_HEADER_LENGTH  # what we send carries no options
     TIME_EXCEEDED = TIME_EXCEEDED
 
-    def __init__(
-        self,
-        address: int,
-        transmit: Callable[..., bool],  # (packet) or (packet, gso_size) -> sent?
-        counters: Counters,
-        mtu: int = 1500,
-        network: ipaddress.IPv4Network | None = None,
-        fragment_limits: FragmentLimits | None = None,
-        icmp_limits: IcmpLimits | None = None,
-        min_pmtu: int = DEFAULT_MIN_PMTU,
-    ) -> None:
-        super().__init__(
-            address,
-            transmit,
-            counters,
-            mtu,
-            PmtuCache(mtu, min_pmtu),  # from ICMP "fragmentation needed" (RFC 1191)
-            IcmpRateLimiter(icmp_limits),
-            IPV4_FAMILY,
-            fragment_limits,
-        )
+    FRAGMENTS = IPV4_FAMILY
+    FRAGMENT_LIMITS = FragmentLimits()
+    MIN_PMTU = MIN_IPV4_MTU
+    ICMPV6 = False
+
+    def _init_family(self, network: IPv4Network | IPv6Network | None) -> None:
+        assert not isinstance(network, IPv6Network)
         # The link's subnet (the Linux side's), for its broadcast addresses.
         self.broadcasts = subnet_broadcasts(network)
-        self.ip_ids = IpIdentifiers(address)  # per destination (RFC 6864, RFC 7739)
+        self.ip_ids = IpIdentifiers(self.address)  # per destination (RFC 6864, RFC 7739)
         self._next_ip_id = self.ip_ids.next  # bound once: the per-segment path
 
     # ---- input ----------------------------------------------------------

@@ -16,20 +16,17 @@ resolve.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from ipaddress import IPv4Network, IPv6Network
 
-from ustack.counters import Counters
 from ustack.net.address_rules import (
     icmpv6_error_forbidden,
     is_ipv6_multicast,
     is_ipv6_unicast_host,
 )
 from ustack.net.flow_label import FlowLabels
-from ustack.net.fragments import IPV6_FAMILY, IPV6_FRAGMENT_LIMITS, FragmentLimits
+from ustack.net.fragments import IPV6_FAMILY, IPV6_FRAGMENT_LIMITS
 from ustack.net.ip_common import IpLayerBase, Unreachable
 from ustack.net.ip_id import IpIdentifiers
-from ustack.net.pmtu import PmtuCache
-from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
 from ustack.trace.vocabulary import DropReason, Layer, Rule
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
@@ -108,34 +105,19 @@ class IPv6Layer(IpLayerBase, counter_suffix="6"):
     HEADER_LENGTH = IPV6_HEADER_LENGTH
     TIME_EXCEEDED = TIME_EXCEEDED
 
-    def __init__(
-        self,
-        address: int,
-        transmit: Callable[..., bool],  # (packet) or (packet, gso_size) -> sent?
-        counters: Counters,
-        mtu: int = 1500,
-        fragment_limits: FragmentLimits | None = None,
-        icmp_limits: IcmpLimits | None = None,
-        min_pmtu: int = IPV6_MIN_MTU,
-    ) -> None:
-        if not is_ipv6_unicast_host(address):
-            raise ValueError(f"{address:#x} is no IPv6 unicast address (RFC 4291 2.5.5)")
-        super().__init__(
-            address,
-            transmit,
-            counters,
-            mtu,
-            # What Packet Too Big taught us, never below 1280 (RFC 8201 4).
-            PmtuCache(mtu, max(min_pmtu, IPV6_MIN_MTU)),
-            IcmpRateLimiter(icmp_limits, ipv6=True),
-            IPV6_FAMILY,
-            fragment_limits or IPV6_FRAGMENT_LIMITS,
-        )
+    FRAGMENTS = IPV6_FAMILY
+    FRAGMENT_LIMITS = IPV6_FRAGMENT_LIMITS
+    MIN_PMTU = IPV6_MIN_MTU  # what Packet Too Big teaches, never below 1280 (RFC 8201 4)
+    ICMPV6 = True
+
+    def _init_family(self, network: IPv4Network | IPv6Network | None) -> None:
+        if not is_ipv6_unicast_host(self.address):
+            raise ValueError(f"{self.address:#x} is no IPv6 unicast address (RFC 4291 2.5.5)")
         # 32-bit fragment IDs, per destination and unpredictable (RFC 7739).
-        self.fragment_ids = IpIdentifiers(address, bits=32)
-        self.flow_labels = FlowLabels(address)  # RFC 6437
+        self.fragment_ids = IpIdentifiers(self.address, bits=32)
+        self.flow_labels = FlowLabels(self.address)  # RFC 6437
         # The solicited-node multicast address of ours (RFC 4291 2.7.1).
-        self.solicited_node = 0xFF02_0000_0000_0000_0000_0001_FF00_0000 | address & 0xFFFFFF
+        self.solicited_node = 0xFF02_0000_0000_0000_0000_0001_FF00_0000 | self.address & 0xFFFFFF
 
     # ---- input ----------------------------------------------------------
 
