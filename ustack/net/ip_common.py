@@ -235,6 +235,31 @@ class IpLayerBase:
         self._counters.drop(self.ICMP_LAYER, refused, self._now, self.RATE_RULE)
         return True
 
+    def _receive_icmp_error(self, type_: int, code: int, rest: int, data: memoryview) -> None:
+        """An ICMP error (RFC 1122 3.2.2.1, RFC 4443 3): to TCP or UDP if it
+        quotes one of our datagrams, with the path MTU it stands for."""
+        if self._error_ignored(type_, code):
+            return
+        quote = self._parse_or_drop(self._parse_quote, data, self.ICMP_LAYER)
+        handler = None if quote is None else self._quote_handler(quote)
+        if quote is None or handler is None:
+            return
+        handler(type_, code, self._error_path_mtu(type_, code, rest, quote), quote, self._now)
+
+    @staticmethod
+    def _parse_quote(data: Buffer) -> Quote:
+        """The quoted datagram in an error's data (the family's parse_quote)."""
+        raise NotImplementedError
+
+    def _error_ignored(self, type_: int, code: int) -> bool:
+        """True, counted, for an error the family does not act on."""
+        raise NotImplementedError
+
+    def _error_path_mtu(self, type_: int, code: int, rest: int, quote: Quote) -> int:
+        """The path MTU a "fragmentation needed" or "packet too big" error
+        teaches (`rest`: its second word); 0 for the other errors."""
+        raise NotImplementedError
+
     def _quote_handler(self, quote: Quote) -> TcpErrorInput | None:
         """Who hears an ICMP error: TCP or UDP, if it quotes a datagram we
         sent (our address as its source) of theirs (the transport then finds

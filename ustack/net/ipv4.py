@@ -27,6 +27,7 @@ from ustack.wire.icmp import (
     PRECEDENCE_CUTOFF,
     SOURCE_QUENCH,
     TIME_EXCEEDED,
+    Quote,
     build_icmp,
     parse_icmp,
     parse_quote,
@@ -200,28 +201,22 @@ class IPv4Layer(IpLayerBase):
         # fragmented itself.
         self.send(src, PROTO_ICMP, reply)
 
-    def _receive_icmp_error(self, type_: int, code: int, rest: int, data: memoryview) -> None:
-        """An ICMP error: the quote must be of a datagram we sent (our address
-        as its source), and TCP's (the transport finds the connection and
-        checks the sequence number, RFC 5927 4.1) or UDP's (to the endpoint
-        that sent it) before anything is done."""
-        counters = self._counters
-        now = self._now
+    _parse_quote = staticmethod(parse_quote)
+
+    def _error_ignored(self, type_: int, code: int) -> bool:
         if type_ == SOURCE_QUENCH:
-            counters.drop(Layer.ICMP, DropReason.SOURCE_QUENCH, now)  # RFC 6633: ignored
-            return
+            self._counters.drop(Layer.ICMP, DropReason.SOURCE_QUENCH, self._now)  # RFC 6633
+            return True
         if type_ == DEST_UNREACH and code > PRECEDENCE_CUTOFF:
-            counters.drop(Layer.ICMP, DropReason.UNHANDLED_ERROR, now, f"code {code}")
-            return
-        quote = self._parse_or_drop(parse_quote, data, Layer.ICMP)
-        handler = None if quote is None else self._quote_handler(quote)
-        if quote is None or handler is None:
-            return
-        mtu = 0
+            self._counters.drop(Layer.ICMP, DropReason.UNHANDLED_ERROR, self._now, f"code {code}")
+            return True
+        return False
+
+    def _error_path_mtu(self, type_: int, code: int, rest: int, quote: Quote) -> int:
         if type_ == DEST_UNREACH and code == FRAG_NEEDED:
             # RFC 1191 4: the next-hop MTU is the low 16 bits of the second word.
-            mtu = self.pmtu.candidate(rest & 0xFFFF, quote.total_length)
-        handler(type_, code, mtu, quote, now)
+            return self.pmtu.candidate(rest & 0xFFFF, quote.total_length)
+        return 0
 
     def _send_port_unreachable(self, packet: Buffer) -> None:
         self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)

@@ -30,7 +30,7 @@ from ustack.net.ip_id import IpIdentifiers
 from ustack.trace.vocabulary import DropReason, Layer, Rule
 from ustack.wire.checksum import Buffer, transport_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.icmp import ICMP_HEADER_LENGTH, parse_icmp
+from ustack.wire.icmp import ICMP_HEADER_LENGTH, Quote, parse_icmp
 from ustack.wire.icmpv6 import (
     DEST_UNREACH,
     ECHO_REPLY,
@@ -372,22 +372,20 @@ class IPv6Layer(IpLayerBase, counter_suffix="6"):
         )  # fmt: skip
         self.send(src, NH_ICMPV6, reply)
 
-    def _receive_icmp_error(self, type_: int, code: int, rest: int, data: memoryview) -> None:
-        """An ICMPv6 error (RFC 4443 3): to TCP or UDP if it quotes one of our datagrams."""
-        now = self._now
+    _parse_quote = staticmethod(parse_quote_ipv6)
+
+    def _error_ignored(self, type_: int, code: int) -> bool:
         if type_ == DEST_UNREACH and code > REJECT_ROUTE:
-            self._counters.drop(Layer.ICMP6, DropReason.UNHANDLED_ERROR, now, f"code {code}")
-            return
-        quote = self._parse_or_drop(parse_quote_ipv6, data, Layer.ICMP6)
-        handler = None if quote is None else self._quote_handler(quote)
-        if quote is None or handler is None:
-            return
-        mtu = 0
+            self._counters.drop(Layer.ICMP6, DropReason.UNHANDLED_ERROR, self._now, f"code {code}")
+            return True
+        return False
+
+    def _error_path_mtu(self, type_: int, code: int, rest: int, quote: Quote) -> int:
         if type_ == PACKET_TOO_BIG:
             # RFC 8201 4: the MTU is the whole second word, and a path MTU
             # never goes below 1280 whatever the message says.
-            mtu = max(rest, IPV6_MIN_MTU)
-        handler(type_, code, mtu, quote, now)
+            return max(rest, IPV6_MIN_MTU)
+        return 0
 
     def _send_port_unreachable(self, packet: Buffer) -> None:
         self.send_icmp_error(DEST_UNREACH, PORT_UNREACH, packet)
