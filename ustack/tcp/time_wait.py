@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ustack.counters import Counters
@@ -67,6 +68,18 @@ _ECE = 2  # RFC 3168 6.1.3: ECE on every ACK until the peer's CWR
 _HOLD_ACKS = 4  # in a batch: a plain ACK waits for its end
 _ACK_NOW = 8  # an ACK is due (held in a batch)
 _NO_LIMITS = (None, 0.0, 0)  # no invalid-segment ACK sent yet, no challenge ACK
+
+
+class _Number:
+    """One of a record's packed numbers, read as an attribute."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __get__(self, record: TimeWait, owner: type[TimeWait]) -> int:
+        return int(_NUMBERS.unpack(record.numbers)[self.index])
 
 
 class TimeWait:
@@ -117,31 +130,17 @@ class TimeWait:
         self.tcb = tcb_snapshot(conn) if traced else None
 
     # The numbers, as the trace (segment_event), the listings and the demux read them.
-    @property
-    def iss(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[0])
-
-    @property
-    def irs(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[1])
-
-    @property
-    def snd_max(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[2])
-
-    @property
-    def rcv_nxt(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[3])
+    iss = _Number(0)
+    irs = _Number(1)
+    snd_max = _Number(2)
+    rcv_nxt = _Number(3)
+    conn_id = _Number(7)
 
     @property
     def rcv_wnd(self) -> int:
         """The window our ACKs advertise, scaled."""
         numbers = _NUMBERS.unpack(self.numbers)
         return int(numbers[5]) << int(numbers[6])
-
-    @property
-    def conn_id(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[7])
 
     # ---- what comes in ----------------------------------------------------------------
 
@@ -296,21 +295,19 @@ def _acceptable(seg: Segment, rcv_nxt: int, window: int) -> bool:
     return length != 0 and ((start + length - 1 - rcv_nxt) & MASK) < window
 
 
+@dataclass(slots=True)
 class _Answer:
     """What one segment makes a record answer: whether an ACK is due, its
     note (a challenge) and D-SACK, the decisions traced, the limits of RFC
     5961 7 updated. Lives for one call."""
 
-    __slots__ = ("ack", "conn_id", "dsack", "note", "now", "record", "trace")
-
-    def __init__(self, record: TimeWait, now: float, trace: Trace, conn_id: int) -> None:
-        self.record = record
-        self.now = now
-        self.trace = trace
-        self.conn_id = conn_id
-        self.ack = False
-        self.note = _NO_NOTE
-        self.dsack: tuple[int, int] | None = None
+    record: TimeWait
+    now: float
+    trace: Trace
+    conn_id: int
+    ack: bool = False
+    note: SegmentNote = _NO_NOTE
+    dsack: tuple[int, int] | None = None
 
     def decide(self, note: Note, rule: Rule | None = None, **values: object) -> None:
         if self.trace is not None:
