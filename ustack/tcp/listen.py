@@ -8,6 +8,7 @@ SYN when that backlog is full: a stateless SYN,ACK whose ISS is a SYN cookie
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ustack.tcp import seq
@@ -36,29 +37,22 @@ if TYPE_CHECKING:
 Ends = tuple[int, int, int, int]
 
 
+@dataclass(eq=False, repr=False)  # each one is itself (the demux's sets and dicts)
 class Listener:
     """A passive OPEN on one port, with a bounded backlog (half-open plus
     not yet accepted connections). It hears both families unless `family`
     says 4 or 6 (a socket bound to one family's address, or IPV6_V6ONLY)."""
 
-    def __init__(
-        self,
-        port: int,
-        backlog: int,
-        on_accept: Callable[[TcpConnection], None],
-        family: int | None = None,
-        config: TcpConfig | None = None,
-    ):
-        self.port = port
-        self.family = family
-        # Its connections' configuration (socket options set on a listening
-        # socket are inherited by the accepted ones); None: the demux's.
-        self.config = config
-        self.backlog = backlog
-        self.on_accept = on_accept
-        self.state = State.CLOSED
-        self.embryonic: set[TcpConnection] = set()
-        self.cookies_until = 0.0  # the last SYN cookie it sent is good until then
+    port: int
+    backlog: int
+    on_accept: Callable[[TcpConnection], None]
+    family: int | None = None
+    # Its connections' configuration (socket options set on a listening
+    # socket are inherited by the accepted ones); None: the demux's.
+    config: TcpConfig | None = None
+    state: State = State.CLOSED
+    embryonic: set[TcpConnection] = field(default_factory=set)
+    cookies_until: float = 0.0  # the last SYN cookie it sent is good until then
 
     def __repr__(self) -> str:
         family = "" if self.family is None else f" IPv{self.family}"
