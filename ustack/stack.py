@@ -120,7 +120,7 @@ class Stack:
             else lambda dst, datagram, now: ip6.send(dst, PROTO_UDP, datagram, now=now),
             _udp_error,
             None if ip6 is None else ip6.pmtu.lower,
-            udp_limits,
+            udp_limits or UdpLimits(),
             trace,
             lambda dst: self._ip_for(dst).check_destination(dst),
         )

@@ -121,34 +121,26 @@ class UdpEndpoint:
         self.layer.close(self)
 
 
+@dataclass(eq=False)
 class UdpLayer:
-    """The UDP endpoints of a stack, and UDP in and out for both families."""
+    """The UDP endpoints of a stack, and UDP in and out for both families.
+    `send6`, `address6`: None for a stack without IPv6; `error_meaning`:
+    an ICMP error's errno for an endpoint (None: errors are only counted);
+    `lower_path_mtu`: where an ICMPv6 Packet Too Big goes (RFC 8201);
+    `check_route`: raises for a destination no datagram may go to."""
 
-    def __init__(
-        self,
-        counters: Counters,
-        address: int,
-        send4: DatagramOutput,
-        address6: int | None = None,
-        send6: DatagramOutput | None = None,
-        error_meaning: ErrorMeaning | None = None,
-        lower_path_mtu: LowerPathMtu | None = None,
-        limits: UdpLimits | None = None,
-        tracer: Tracer | None = None,
-        check_destination: CheckDestination | None = None,
-    ) -> None:
-        self.counters = counters
-        self.address = address
-        self.address6 = address6
-        self._send4 = send4
-        self._send6 = send6
-        self._error_meaning = error_meaning
-        self._lower_path_mtu = lower_path_mtu
-        self.limits = limits or UdpLimits()
-        self.tracer = tracer
-        self._check_route = check_destination
-        self.endpoints: dict[int, list[UdpEndpoint]] = {}  # by local port
-        self._count = 0
+    counters: Counters
+    address: int
+    send4: DatagramOutput
+    address6: int | None = None
+    send6: DatagramOutput | None = None
+    error_meaning: ErrorMeaning | None = None
+    lower_path_mtu: LowerPathMtu | None = None
+    limits: UdpLimits = field(default_factory=UdpLimits)
+    tracer: Tracer | None = None
+    check_route: CheckDestination | None = None
+    endpoints: dict[int, list[UdpEndpoint]] = field(default_factory=dict)  # by local port
+    _count: int = field(default=0, init=False)  # endpoints, all ports together
 
     # ---- endpoints ------------------------------------------------------
 
@@ -241,8 +233,8 @@ class UdpLayer:
             raise OSError(
                 errno.EAFNOSUPPORT, f"{format_address(remote)}: not this endpoint's address family"
             )
-        if self._check_route is not None:
-            self._check_route(remote)
+        if self.check_route is not None:
+            self.check_route(remote)
 
     # ---- output ---------------------------------------------------------
 
@@ -287,10 +279,10 @@ class UdpLayer:
         self.counters[f"{prefix}.out"] += 1
         self._trace(now, "out", src, endpoint.local_port, remote, remote_port, len(data))
         if ipv6:
-            assert self._send6 is not None
-            self._send6(remote, datagram, now)
+            assert self.send6 is not None
+            self.send6(remote, datagram, now)
         else:
-            self._send4(remote, datagram, now)
+            self.send4(remote, datagram, now)
 
     # ---- input ----------------------------------------------------------
 
@@ -374,12 +366,12 @@ class UdpLayer:
         path MTU first (RFC 8201 4), so the next datagrams go in smaller
         fragments, whoever sent this one."""
         ipv6 = is_ipv6(quote.src)
-        if mtu and ipv6 and self._lower_path_mtu is not None:
-            self._lower_path_mtu(quote.dst, mtu, now)
+        if mtu and ipv6 and self.lower_path_mtu is not None:
+            self.lower_path_mtu(quote.dst, mtu, now)
         src_port = int.from_bytes(quote.transport[0:2], "big")
         dst_port = int.from_bytes(quote.transport[2:4], "big")
         endpoint = self.lookup(quote.src, src_port, quote.dst, dst_port)
-        error = None if self._error_meaning is None else self._error_meaning(type_, code, ipv6)
+        error = None if self.error_meaning is None else self.error_meaning(type_, code, ipv6)
         if endpoint is None or error is None:
             self.counters.drop(Layer.UDP, DropReason.NO_CONNECTION, now, f"port {src_port}")
             return
