@@ -112,9 +112,10 @@ class Family:
         ip = parse_ipv4(packet)
         return ip.src, ip.dst, ip.protocol, ip.ecn, packet[ip.header_length : ip.total_length]
 
-    def icmp_error(self, kind: str, quote: bytes, mtu: int = 0) -> bytes:
-        """The router's ICMP (ICMPv6) error `kind` quoting `quote`, to us."""
-        type_, code = self.errors[kind]
+    def icmp_error(self, kind: str | tuple[int, int], quote: bytes, mtu: int = 0) -> bytes:
+        """The router's ICMP (ICMPv6) error `kind` (a name, or the family's
+        (type, code)) quoting `quote`, to us."""
+        type_, code = self.errors[kind] if isinstance(kind, str) else kind
         if self.ipv6:
             message = icmpv6.build_icmpv6(
                 src=self.router, dst=self.us, type=type_, code=code, rest=mtu, payload=quote
@@ -296,7 +297,7 @@ class TcpScript:
 
     def icmp_error(
         self,
-        kind: str,
+        kind: str | tuple[int, int],
         seq: int,
         mtu: int = 0,
         quoted_length: int = 1500,
@@ -305,7 +306,7 @@ class TcpScript:
         dport: int = PEER_PORT,
     ) -> TcpScript:
         """A router's ICMP error of `kind` ("port-unreachable", "host-unreachable",
-        "time-exceeded", "too-big" with the `mtu`) in the script's family,
+        "time-exceeded", "too-big" with the `mtu`, or a (type, code)) in the script's family,
         about a TCP segment from us of `quoted_length` bytes, `seq` its SEQ:
         the quote is its IP header and the first 8 bytes of TCP."""
         family = self.family

@@ -10,7 +10,6 @@ Too Big for the path MTU, RFC 8201), with the same expectations."""
 from __future__ import annotations
 
 import errno
-import struct
 
 import pytest
 from tcpscript import IPV6, OUR_ISS, PEER, PEER_ISS, PEER_PORT, US, Family, TcpScript
@@ -25,32 +24,9 @@ from ustack.wire.icmp import (
     SOURCE_QUENCH,
     build_icmp,
 )
-from ustack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, build_ipv4
+from ustack.wire.ipv4 import PROTO_ICMP, build_ipv4
 
 ROUTER = 0xC6120101  # 198.18.1.1, a hop on the way
-
-
-def icmp_error(
-    t: TcpScript,
-    type_: int,
-    code: int,
-    seq: int,
-    mtu: int = 0,
-    quoted_length: int = 1500,
-    quoted_src: int = US,
-    sport: int | None = None,
-    dport: int = PEER_PORT,
-) -> None:
-    """A router's ICMP error about a TCP segment from us, `seq` its SEQ."""
-    tcp8 = struct.pack("!HHI", sport or t.local_port, dport, seq & 0xFFFFFFFF)
-    quote = bytearray(
-        build_ipv4(src=quoted_src, dst=PEER, protocol=PROTO_TCP, payload_length=quoted_length - 20)
-    )
-    quote += tcp8
-    message = build_icmp(type=type_, code=code, rest=mtu, payload=bytes(quote))
-    packet = build_ipv4(src=ROUTER, dst=US, protocol=PROTO_ICMP, payload_length=len(message))
-    t.stack.receive(packet + message, t.now)
-    t.checker.check(t.now)
 
 
 def sending(t: TcpScript, size: int) -> list[int]:
@@ -129,7 +105,7 @@ def test_an_old_style_message_without_mtu_uses_the_plateau_below() -> None:
     t = TcpScript()
     conn = t.establish(mss=1460)
     sending(t, 1460)
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=0, quoted_length=1500)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=0, quoted_length=1500)
     assert conn.path_mtu == 1492  # RFC 1191 7: the plateau below 1500
     assert plateau_below(1492) == 1006 and plateau_below(68) == 68
 
@@ -140,7 +116,7 @@ def test_min_pmtu_floors_a_tiny_mtu_and_keeps_emsgsize(min_pmtu: int, expected: 
     t.stack.ip.pmtu.min_pmtu = min_pmtu
     conn = t.establish(mss=1460)
     sending(t, 1460)
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=100)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=100)
     assert conn.path_mtu == expected
     assert conn.mss == expected - 40
     # As Linux: the path is narrower than we go; a timeout would say so.
@@ -169,7 +145,7 @@ def test_the_cache_entry_expires_after_ten_minutes() -> None:
     t = TcpScript()
     t.establish(mss=1460)
     sending(t, 1460)
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=1280)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=1280)
     t.sent()
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1 + 1460)
     t.at(t.now + 601.0)
@@ -182,7 +158,7 @@ def test_a_connection_grows_back_when_what_it_learnt_expires() -> None:
     conn = t.establish(mss=1460)
     sending(t, 1460)
     t.at(100.0)
-    icmp_error(t, DEST_UNREACH, FRAG_NEEDED, OUR_ISS + 1, mtu=1280)
+    t.icmp_error("too-big", OUR_ISS + 1, mtu=1280)
     t.sent()
     t.send(".", seq=PEER_ISS + 1, ack=OUR_ISS + 1 + 1460)
     assert (conn.path_mtu, conn.mss) == (1280, 1240)
@@ -251,7 +227,7 @@ def test_source_quench_is_ignored_and_counted() -> None:
     t = TcpScript()
     conn = t.establish(mss=1460)
     sending(t, 1460)
-    icmp_error(t, SOURCE_QUENCH, 0, OUR_ISS + 1)
+    t.icmp_error((SOURCE_QUENCH, 0), OUR_ISS + 1)
     t.expect_none()
     assert conn.soft_error is None
     assert t.stack.counters["icmp.drop.source-quench"] == 1  # RFC 6633
