@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import struct
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from typing import Any
 
 import machine  # bench/*.py: scripts here run as python bench/NAME.py
 import results
+from hand_peer import Server
 from measure import client_py, idle_memory
 from results import Row, fmt, format_table
 from setups import (
@@ -67,7 +67,6 @@ from setups import (
 from ustack.linux.control import request
 from ustack.linux.lab import LabError, remove_stale_namespaces
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.unit's Server
 USTACK_ARGS = ("--services", "echo,discard,daytime", "--msl", "300", "--gc-stats",
                "--max-connections", "200000")  # fmt: skip
 TW_BUCKETS = 262144  # the kernel server's netns: room for the largest count
@@ -84,7 +83,6 @@ def traced_bytes(count: int = 1000) -> dict[str, float]:
     """tracemalloc's bytes per idle ESTABLISHED connection and per TIME_WAIT,
     over `count` connections of a Stack driven by hand (the stack closes
     first, the peer's FIN+ACK answers: TIME_WAIT, RFC 9293 3.6)."""
-    from tests.unit.test_connection_memory import Server
     from ustack.wire.tcp import ACK, FIN
 
     server = Server()
@@ -267,11 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="levels 1000,5000; 500 connects; 1 rep"
     )
-    parser.add_argument(
-        "--save", action="store_true", help="bench/results/DATE-REV-connections.json"
-    )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
-    parser.add_argument("--note", default="", help="a remark kept in the results file")
+    results.add_output_options(parser, "connections")
     parser.add_argument("--traced-only", action="store_true", help="the in-process figures alone")
     args = parser.parse_args(argv)
     if args.quick:
@@ -336,14 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     doc = results.document(rows, options=options, machine=info, notes=notes, elapsed=elapsed,
                            problems=len(notes["connect_errors"]), revision=rev)  # fmt: skip
-    text = json.dumps(doc, indent=2) + "\n"
-    if args.json:
-        args.json.write_text(text)
-    if args.save:
-        path = results.save_path(doc, "connections")
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-        print(f"saved {path}")
+    results.write_outputs(doc, args, "connections")
     return 0
 
 

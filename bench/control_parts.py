@@ -10,7 +10,7 @@ import argparse
 import statistics
 import time
 
-from tests.unit.test_connection_memory import Server
+from bench.hand_peer import Server
 from ustack.daemon import connection_row
 from ustack.linux.control import CHUNK_ROWS, PROTOCOL_VERSION, encode
 

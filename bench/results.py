@@ -4,6 +4,7 @@ rep of both sides), the printed table, the document --json and --save write
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -153,6 +154,35 @@ def save_path(doc: dict[str, Any], kind: str = "", folder: Path = RESULTS) -> Pa
         n += 1
         path = folder / f"{stem}-{n}.json"
     return path
+
+
+def add_output_options(parser: argparse.ArgumentParser, kind: str = "") -> None:
+    """--json, --save and --note: where a run's results document goes (write_outputs)."""
+    saved = f"bench/results/DATE-REV{f'-{kind}' if kind else ''}.json"
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help=f"also write them (every rep, the machine, the revision, the options) to {saved},"
+        " for bench/compare.py",
+    )
+    parser.add_argument(
+        "--note", default="", help="a remark kept in the results (e.g. 'machine loaded')"
+    )
+
+
+def write_outputs(
+    doc: dict[str, Any], args: argparse.Namespace, kind: str = "", folder: Path = RESULTS
+) -> None:
+    """The results document to --json and, with --save, to bench/results/."""
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.json:
+        args.json.write_text(text)
+    if args.save:
+        path = save_path(doc, kind, folder)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        print(f"saved {path}")
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -57,7 +56,6 @@ from measure import (  # bench/measure.py: scripts here run as python bench/NAME
 )
 from results import Row, fmt, format_table
 from setups import (
-    BENCH,
     BIG_MTU,
     KERNEL_SERVER6,
     MB,
@@ -403,18 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default, quick = getattr(DEFAULTS, name), getattr(QUICK, name)
         given = f"{default}" if default == quick else f"{default}; quick {quick}"
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"{about} ({given})")
-    parser.add_argument(
-        "--json", type=Path, metavar="FILE", help="also write the table and details as JSON"
-    )
-    parser.add_argument(
-        "--save",
-        action="store_true",
-        help="also write the full results (every rep, the machine, the revision, the options)"
-        " to bench/results/DATE-REV.json, for bench/compare.py",
-    )
-    parser.add_argument(
-        "--note", default="", help="a remark kept in the results file (e.g. 'machine loaded')"
-    )
+    results.add_output_options(parser)
     parser.add_argument(
         "--no-ipv6", action="store_true", help="skip the IPv6 twins of the MTU 1500 rows"
     )
@@ -497,14 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "ustack_args": args.ustack_arg, "note": args.note},
         machine=info, notes=notes, elapsed=elapsed, problems=problems, revision=rev,
     )  # fmt: skip
-    text = json.dumps(doc, indent=2) + "\n"
-    if args.json:
-        args.json.write_text(text)
-    if args.save:
-        path = results.save_path(doc)
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-        print(f"saved {path.relative_to(BENCH.parent)}")
+    results.write_outputs(doc, args)
     if args.strict and problems:
         print(f"bench: --strict: {problems} problem(s), see above", file=sys.stderr)
         return 3

@@ -3,12 +3,7 @@ the top functions by own and total samples, and the speedscope document."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))  # the bench scripts import each other as python bench/NAME.py
-import profile_daemon as profile  # noqa: E402
+import profile_daemon as profile
 
 RAW = """\
 run (asyncio/base_events.py:600);on_readable (daemon/running.py:250);receive (stack.py:10) 6

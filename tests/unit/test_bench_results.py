@@ -5,17 +5,14 @@ kept in bench/results/ must load too."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
+import compare
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))  # the bench scripts import each other as python bench/NAME.py
-import compare  # noqa: E402
-import results  # noqa: E402
-from results import Row  # noqa: E402
+import results
+from results import Row
 
 
 def doc(rows: list[tuple[str, Row]], revision: str = "abc1234", date: str = "2026-12-07") -> dict:
@@ -132,9 +129,21 @@ def test_compare_prints_the_rows_and_exits_4_on_a_regression(
 
 
 def test_the_kept_results_files_load() -> None:
-    kept = [p for p in sorted((BENCH / "results").glob("*.json")) if "speedscope" not in p.name]
+    kept = [p for p in sorted(results.RESULTS.glob("*.json")) if "speedscope" not in p.name]
     assert kept, "bench/results/ keeps at least one run's results"
     for path in kept:
         d = results.load(path)
         assert d["machine"]["cpus"] and d["revision"] and d["rows"]
         assert all(len(row["ustack_reps"]) >= 1 for row in d["rows"] if row["ustack"] is not None)
+
+
+def test_the_output_options_write_the_document_where_asked(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    results.add_output_options(parser, "connections")
+    args = parser.parse_args(["--json", str(tmp_path / "out.json"), "--save", "--note", "hot"])
+    assert args.note == "hot"
+    written = doc([rate([1.0], [2.0])])
+    results.write_outputs(written, args, "connections", folder=tmp_path)
+    saved = tmp_path / "2026-12-07-abc1234-connections.json"
+    assert json.loads(saved.read_text()) == json.loads((tmp_path / "out.json").read_text())
+    assert results.load(saved)["rows"] == written["rows"]

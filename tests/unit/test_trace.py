@@ -8,7 +8,7 @@ second connection on port 7 that the peer resets, a SYN to the closed port 9
 an ICMP echo. The writers (JSON lines, text, pcap), the filters and the fan-out
 are checked on that material; scapy reads the pcap back as the independent
 oracle. Last, a bulk transfer between two stacks in-process, read through its
-trace (the workload of bench/trace.py).
+trace (the workload of bench/trace_cost.py).
 """
 
 from __future__ import annotations
@@ -783,7 +783,7 @@ def test_trace_sinks_filter_every_output(session: Session, tmp_path: Path) -> No
     assert len(captured) == len(segments(echo, ECHO_CONN)) == 4
 
 
-# ---- found with the trace while benchmarking (bench/trace.py) ----------------------------------
+# ---- found with the trace while benchmarking (bench/trace_cost.py) -------------------------------
 
 
 class BackToBack:

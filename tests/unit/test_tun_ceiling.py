@@ -4,18 +4,13 @@ sizes, the checksum patched per write, and SND.UNA across the wrap of 2^32."""
 from __future__ import annotations
 
 import struct
-import sys
-from pathlib import Path
 
 import pytest
+import tun_ceiling as ceiling
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))  # the bench scripts import each other as python bench/NAME.py
-import tun_ceiling as ceiling  # noqa: E402
-
-from ustack.wire.checksum import transport_checksum  # noqa: E402
-from ustack.wire.ipv4 import PROTO_TCP  # noqa: E402
-from ustack.wire.tcp import ACK, TcpOptions, build_tcp  # noqa: E402
+from ustack.wire.checksum import transport_checksum
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.tcp import ACK, TcpOptions, build_tcp
 
 SRC, DST = 0xC6120002, 0xC6120001
 

@@ -1,6 +1,6 @@
 """What tracing costs the TCP core, per segment.
 
-Run: python bench/trace.py
+Run: python bench/trace_cost.py
 
 Two Stack instances are wired back to back in this process (no asyncio, no
 TUN, no sockets): each one's transmit callable queues the packet for the
