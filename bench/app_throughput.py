@@ -30,7 +30,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -191,7 +192,8 @@ def main() -> int:
         return 0
     if os.geteuid() != 0:
         parser.error("needs root (a network namespace)")
-    from ustack.linux.lab import netns, remove_stale_namespaces
+    from ustack.linux.lab import netns
+    from ustack.linux.lab import remove_stale_namespaces
 
     remove_stale_namespaces()
     with netns("ustack-t") as ns:

@@ -25,22 +25,24 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from measure import curl_download, curl_upload, send_rate  # bench/*.py: run as python bench/NAME.py
-from setups import (
-    MB,
-    USTACK_LINUX,
-    USTACK_STACK,
-    Resources,
-    Target,
-    check_pid_is,
-    linux_cc,
-    parse_as_root,
-    rows_parser,
-    set_kernel_mtu,
-    start_kernel,
-)
+from measure import curl_download  # bench/*.py: run as python bench/NAME.py
+from measure import curl_upload  # bench/*.py: run as python bench/NAME.py
+from measure import send_rate  # bench/*.py: run as python bench/NAME.py
+from setups import MB
+from setups import USTACK_LINUX
+from setups import USTACK_STACK
+from setups import Resources
+from setups import Target
+from setups import check_pid_is
+from setups import linux_cc
+from setups import parse_as_root
+from setups import rows_parser
+from setups import set_kernel_mtu
+from setups import start_kernel
 
-from ustack.linux.lab import Netns, UstackDaemon, process_costs
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import process_costs
 
 
 def start_build(res: Resources, workdir: Path, tag: str, mtu: int, tree: Path | None) -> Target:

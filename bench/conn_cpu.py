@@ -29,9 +29,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from setups import BENCH, parse_as_root, rows_parser  # bench/*.py: run as python bench/NAME.py
+from setups import BENCH  # bench/*.py: run as python bench/NAME.py
+from setups import parse_as_root  # bench/*.py: run as python bench/NAME.py
+from setups import rows_parser  # bench/*.py: run as python bench/NAME.py
 
-from ustack.linux.lab import UstackDaemon, netns, process_costs
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import process_costs
 
 STACK, LINUX = "198.18.0.2", "198.18.0.1"
 

@@ -46,26 +46,28 @@ from typing import Any
 import machine  # bench/*.py: scripts here run as python bench/NAME.py
 import results
 from hand_peer import Server
-from measure import client_py, idle_memory
-from results import Row, fmt, format_table
-from setups import (
-    DAYTIME,
-    DISCARD,
-    BenchError,
-    Interrupted,
-    Resources,
-    Target,
-    log_step,
-    nsexec,
-    run,
-    slab_kib,
-    start_kernel,
-    start_ustack,
-    vm_rss_kib,
-)
+from measure import client_py
+from measure import idle_memory
+from results import Row
+from results import fmt
+from results import format_table
+from setups import DAYTIME
+from setups import DISCARD
+from setups import BenchError
+from setups import Interrupted
+from setups import Resources
+from setups import Target
+from setups import log_step
+from setups import nsexec
+from setups import run
+from setups import slab_kib
+from setups import start_kernel
+from setups import start_ustack
+from setups import vm_rss_kib
 
 from ustack.linux.control import request
-from ustack.linux.lab import LabError, remove_stale_namespaces
+from ustack.linux.lab import LabError
+from ustack.linux.lab import remove_stale_namespaces
 
 USTACK_ARGS = ("--services", "echo,discard,daytime", "--msl", "300", "--gc-stats",
                "--max-connections", "200000")  # fmt: skip
@@ -83,7 +85,8 @@ def traced_bytes(count: int = 1000) -> dict[str, float]:
     """tracemalloc's bytes per idle ESTABLISHED connection and per TIME_WAIT,
     over `count` connections of a Stack driven by hand (the stack closes
     first, the peer's FIN+ACK answers: TIME_WAIT, RFC 9293 3.6)."""
-    from ustack.wire.tcp import ACK, FIN
+    from ustack.wire.tcp import ACK
+    from ustack.wire.tcp import FIN
 
     server = Server()
     for port in range(1000, 1100):  # warm-up: tables and caches

@@ -12,7 +12,9 @@ import time
 
 from bench.hand_peer import Server
 from ustack.daemon import connection_row
-from ustack.linux.control import CHUNK_ROWS, PROTOCOL_VERSION, encode
+from ustack.linux.control import CHUNK_ROWS
+from ustack.linux.control import PROTOCOL_VERSION
+from ustack.linux.control import encode
 
 
 def main() -> None:

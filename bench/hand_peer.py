@@ -9,8 +9,13 @@ import struct
 
 from ustack.stack import Stack
 from ustack.tcp.connection import TcpConnection
-from ustack.wire.ipv4 import PROTO_TCP, build_ipv4_in_place
-from ustack.wire.tcp import ACK, FIN, SYN, TcpOptions, build_tcp
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import build_ipv4_in_place
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TcpOptions
+from ustack.wire.tcp import build_tcp
 
 US, PEER = 0xC6120002, 0xC6120001
 SYN_OPTIONS = TcpOptions(mss=1460, window_scale=7, sack_permitted=True, timestamps=(1, 0))

@@ -21,15 +21,18 @@ from typing import Any
 
 import construct
 
-from ustack.wire.ipv4 import (
-    IPV4_HEADER,
-    PROTO_TCP,
-    build_ipv4,
-    build_ipv4_in_place,
-    ipv4_plain_fields,
-    parse_ipv4,
-)
-from ustack.wire.tcp import ACK, SYN, TCP_HEADER, TcpOptions, build_tcp, parse_tcp
+from ustack.wire.ipv4 import IPV4_HEADER
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import build_ipv4
+from ustack.wire.ipv4 import build_ipv4_in_place
+from ustack.wire.ipv4 import ipv4_plain_fields
+from ustack.wire.ipv4 import parse_ipv4
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TCP_HEADER
+from ustack.wire.tcp import TcpOptions
+from ustack.wire.tcp import build_tcp
+from ustack.wire.tcp import parse_tcp
 
 REPEATS = 5
 MIN_REPEAT_SECONDS = 0.1

@@ -15,18 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from setups import (  # bench/setups.py: scripts here run as python bench/NAME.py
-    BENCH,
-    DISCARD,
-    ECHO,
-    MB,
-    BenchError,
-    Target,
-    nsexec,
-    run,
-    slab_kib,
-    vm_rss_kib,
-)
+from setups import BENCH  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import DISCARD  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import ECHO  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import MB  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import BenchError  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import Target  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import nsexec  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import run  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import slab_kib  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import vm_rss_kib  # bench/setups.py: scripts here run as python bench/NAME.py
 
 from ustack.linux.lab import DIE_WITH_PARENT
 

@@ -32,18 +32,17 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from setups import (  # bench/setups.py: scripts here run as python bench/NAME.py
-    BENCH,
-    DISCARD,
-    KERNEL_SERVER,
-    MB,
-    USTACK_STACK,
-    kernel_pair,
-    parse_as_root,
-    ustack_from_tree,
-)
+from setups import BENCH  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import DISCARD  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import KERNEL_SERVER  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import MB  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import USTACK_STACK  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import kernel_pair  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import parse_as_root  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import ustack_from_tree  # bench/setups.py: scripts here run as python bench/NAME.py
 
-from ustack.linux.lab import Netns, stop_process
+from ustack.linux.lab import Netns
+from ustack.linux.lab import stop_process
 
 NS_PREFIX = "ustack-n"
 KERNEL_PORT = 9000

@@ -34,9 +34,16 @@ from collections import Counter
 from pathlib import Path
 
 import results  # bench/*.py: scripts here run as python bench/NAME.py
-from setups import MB, BenchError, Resources, Target, log_step, start_ustack
+from setups import MB
+from setups import BenchError
+from setups import Resources
+from setups import Target
+from setups import log_step
+from setups import start_ustack
 
-from ustack.linux.lab import DIE_WITH_PARENT, LabError, remove_stale_namespaces
+from ustack.linux.lab import DIE_WITH_PARENT
+from ustack.linux.lab import LabError
+from ustack.linux.lab import remove_stale_namespaces
 
 RATE = 200  # samples a second: py-spy's default is 100; 200 costs the daemon little
 TOP = 20

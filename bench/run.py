@@ -36,47 +36,45 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import machine
 import results
-from measure import (  # bench/measure.py: scripts here run as python bench/NAME.py
-    apache_bench,
-    connect_rate,
-    curl_download,
-    curl_upload,
-    echo_latency,
-    health,
-    idle_memory,
-    loss_snapshot,
-    send_rate,
-)
-from results import Row, fmt, format_table
-from setups import (
-    BIG_MTU,
-    KERNEL_SERVER6,
-    MB,
-    TOOLS,
-    BenchError,
-    Interrupted,
-    Resources,
-    Target,
-    log_step,
-    over_ipv6,
-    set_kernel_mtu,
-    start_kernel,
-    start_ustack,
-)
+from measure import apache_bench  # bench/measure.py: scripts here run as python bench/NAME.py
+from measure import connect_rate  # bench/measure.py: scripts here run as python bench/NAME.py
+from measure import curl_download  # bench/measure.py: scripts here run as python bench/NAME.py
+from measure import curl_upload  # bench/measure.py: scripts here run as python bench/NAME.py
+from measure import echo_latency  # bench/measure.py: scripts here run as python bench/NAME.py
+from measure import health  # bench/measure.py: scripts here run as python bench/NAME.py
+from measure import idle_memory  # bench/measure.py: scripts here run as python bench/NAME.py
+from measure import loss_snapshot  # bench/measure.py: scripts here run as python bench/NAME.py
+from measure import send_rate  # bench/measure.py: scripts here run as python bench/NAME.py
+from results import Row
+from results import fmt
+from results import format_table
+from setups import BIG_MTU
+from setups import KERNEL_SERVER6
+from setups import MB
+from setups import TOOLS
+from setups import BenchError
+from setups import Interrupted
+from setups import Resources
+from setups import Target
+from setups import log_step
+from setups import over_ipv6
+from setups import set_kernel_mtu
+from setups import start_kernel
+from setups import start_ustack
 
-from ustack.linux.lab import (
-    STACK_ADDRESS6,
-    LabError,
-    remove_stale_namespaces,
-    stop_process,
-)
+from ustack.linux.lab import STACK_ADDRESS6
+from ustack.linux.lab import LabError
+from ustack.linux.lab import remove_stale_namespaces
+from ustack.linux.lab import stop_process
 
 # ---- the run ------------------------------------------------------------------------------
 

@@ -14,25 +14,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
+from contextlib import ExitStack
+from contextlib import contextmanager
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from ustack.linux.lab import (
-    DIE_WITH_PARENT,
-    STACK_ADDRESS6,
-    LabError,
-    Netns,
-    UstackDaemon,
-    netns,
-    remove_stale_namespaces,
-    start_until_ready,
-    stop_process,
-    veth_pair,
-)
+from ustack.linux.lab import DIE_WITH_PARENT
+from ustack.linux.lab import STACK_ADDRESS6
+from ustack.linux.lab import LabError
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import remove_stale_namespaces
+from ustack.linux.lab import start_until_ready
+from ustack.linux.lab import stop_process
+from ustack.linux.lab import veth_pair
 
 BENCH = Path(__file__).resolve().parent
 NS_PREFIX = "ustack-b"

@@ -39,10 +39,17 @@ import machine  # bench/machine.py: scripts here run as python bench/NAME.py
 
 from ustack.stack import Stack
 from ustack.study.pcapng import PcapngWriter
-from ustack.study.sinks import JsonlWriter, PcapWriter, TextWriter
-from ustack.tcp.connection import TcpConfig, TcpConnection
-from ustack.tcp.events import AppEvent, DataReceived, SendSpace
-from ustack.trace.records import PacketTap, TraceEvent, Tracer
+from ustack.study.sinks import JsonlWriter
+from ustack.study.sinks import PcapWriter
+from ustack.study.sinks import TextWriter
+from ustack.tcp.connection import TcpConfig
+from ustack.tcp.connection import TcpConnection
+from ustack.tcp.events import AppEvent
+from ustack.tcp.events import DataReceived
+from ustack.tcp.events import SendSpace
+from ustack.trace.records import PacketTap
+from ustack.trace.records import TraceEvent
+from ustack.trace.records import Tracer
 
 CLIENT = 0xC6120001  # 198.18.0.1
 SERVER = 0xC6120002  # 198.18.0.2

@@ -55,35 +55,49 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import machine
-from setups import MB, USTACK_LINUX, USTACK_STACK, BenchError, log_step, run
+from setups import MB
+from setups import USTACK_LINUX
+from setups import USTACK_STACK
+from setups import BenchError
+from setups import log_step
+from setups import run
 
 from ustack.daemon.running import GSO_SEGMENTS  # MSS per super-segment
-from ustack.linux.lab import (
-    LabError,
-    UstackDaemon,
-    netns,
-    remove_stale_namespaces,
-    start_until_ready,
-    stop_process,
-)
+from ustack.linux.lab import LabError
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import remove_stale_namespaces
+from ustack.linux.lab import start_until_ready
+from ustack.linux.lab import stop_process
+from ustack.linux.tun import PARTIAL_TCP_HEADER
+from ustack.linux.tun import VNET_HEADER_SIZE
+from ustack.linux.tun import LinkConfig
+from ustack.linux.tun import TunLink
 from ustack.linux.tun import (
-    PARTIAL_TCP_HEADER,
-    VNET_HEADER_SIZE,
-    LinkConfig,
-    TunLink,
     _gso_header,  # the header TunLink.write puts on a super-segment: the daemon's bytes
 )
 from ustack.tcp import seq
 from ustack.tcp.sender import MAX_GSO_PAYLOAD
 from ustack.tcp.seq import MASK
-from ustack.wire.checksum import ones_sum, pseudo_header_sum, transport_checksum
-from ustack.wire.ipv4 import PROTO_TCP, build_ipv4_in_place
-from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions, build_tcp, parse_tcp
+from ustack.wire.checksum import ones_sum
+from ustack.wire.checksum import pseudo_header_sum
+from ustack.wire.checksum import transport_checksum
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import build_ipv4_in_place
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import PSH
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TcpOptions
+from ustack.wire.tcp import build_tcp
+from ustack.wire.tcp import parse_tcp
 
 NS_PREFIX = "ustack-ceil"
 PORT, CLIENT_PORT = 5001, 40000

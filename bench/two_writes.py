@@ -48,20 +48,20 @@ import sys
 import termios
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
-from setups import (  # bench/setups.py: scripts here run as python bench/NAME.py
-    BENCH,
-    DISCARD,
-    KERNEL_SERVER,
-    USTACK_STACK,
-    kernel_over_veth,
-    ustack_from_tree,
-    versions_and_kernel,
-)
+from setups import BENCH  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import DISCARD  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import KERNEL_SERVER  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import USTACK_STACK  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import kernel_over_veth  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import ustack_from_tree  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import versions_and_kernel  # bench/setups.py: scripts here run as python bench/NAME.py
 
-from ustack.linux.lab import Netns, stop_process
+from ustack.linux.lab import Netns
+from ustack.linux.lab import stop_process
 
 NS_PREFIX = "ustack-w"
 HTTP = 80

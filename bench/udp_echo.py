@@ -19,7 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ustack.linux.lab import Netns, UstackDaemon, netns, veth_pair
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import veth_pair
 
 LINUX_CLIENT, LINUX_SERVER = "198.18.2.1", "198.18.2.2"
 

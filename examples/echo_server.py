@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from _second_device import STACK, STACK6, open_second_device
+from _second_device import STACK
+from _second_device import STACK6
+from _second_device import open_second_device
 
 
 async def main(count: int | None, port: int) -> None:

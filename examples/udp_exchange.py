@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from _second_device import LINUX, LINUX6, open_second_device
+from _second_device import LINUX
+from _second_device import LINUX6
+from _second_device import open_second_device
 
 
 class Exchange(asyncio.DatagramProtocol):

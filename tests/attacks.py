@@ -24,15 +24,19 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 from ustack.linux.control import request
-from ustack.wire.checksum import internet_checksum, transport_checksum
+from ustack.wire.checksum import internet_checksum
+from ustack.wire.checksum import transport_checksum
 
 if TYPE_CHECKING:
-    from ustack.linux.lab import Netns, UstackDaemon
+    from ustack.linux.lab import Netns
+    from ustack.linux.lab import UstackDaemon
 
 SPOOF_NET = ipaddress.IPv4Network("198.19.0.0/16")  # not local to the namespace
 ETH_P_IP = 0x0800

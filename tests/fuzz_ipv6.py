@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
+from typing import Protocol
 
 from ustack.wire.checksum import transport_checksum
-from ustack.wire.ipv4 import PROTO_TCP, PROTO_UDP
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
 
 US6 = 0x2001_0002_0000_0000_0000_0000_0000_0002  # 2001:2::2
 PEER6 = 0x2001_0002_0000_0000_0000_0000_0000_0001  # 2001:2::1

@@ -28,31 +28,58 @@ from __future__ import annotations
 import json
 import struct
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tests import fuzz_ipv6 as v6
-from tests.fuzz_ipv6 import PEER6, PEER6_2, US6, is_ipv6
+from tests.fuzz_ipv6 import PEER6
+from tests.fuzz_ipv6 import PEER6_2
+from tests.fuzz_ipv6 import US6
+from tests.fuzz_ipv6 import is_ipv6
 from ustack.linux.tun import _finish_checksum
 from ustack.net.address_rules import is_unicast_host as _is_unicast_source
 from ustack.net.fragments import FragmentLimits
 from ustack.stack import Stack
-from ustack.study.sinks import FanOut, JsonlWriter, PcapWriter, TextWriter
+from ustack.study.sinks import FanOut
+from ustack.study.sinks import JsonlWriter
+from ustack.study.sinks import PcapWriter
+from ustack.study.sinks import TextWriter
 from ustack.tcp import seq
-from ustack.tcp.connection import ConnectionClosedError, TcpConfig, TcpConnection
-from ustack.tcp.events import AppEvent, Closed, DataReceived, EndOfStream
-from ustack.tcp.invariants import InvariantChecker, InvariantError
+from ustack.tcp.connection import ConnectionClosedError
+from ustack.tcp.connection import TcpConfig
+from ustack.tcp.connection import TcpConnection
+from ustack.tcp.events import AppEvent
+from ustack.tcp.events import Closed
+from ustack.tcp.events import DataReceived
+from ustack.tcp.events import EndOfStream
+from ustack.tcp.invariants import InvariantChecker
+from ustack.tcp.invariants import InvariantError
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import State
 from ustack.tcp.syncookies import SynCookies
-from ustack.wire.checksum import internet_checksum, transport_checksum
+from ustack.wire.checksum import internet_checksum
+from ustack.wire.checksum import transport_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, parse_ipv4
-from ustack.wire.ipv6 import IPV6_MIN_MTU, parse_ipv6
-from ustack.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, parse_tcp
+from ustack.wire.ipv4 import PROTO_ICMP
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
+from ustack.wire.ipv4 import parse_ipv4
+from ustack.wire.ipv6 import IPV6_MIN_MTU
+from ustack.wire.ipv6 import parse_ipv6
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import CWR
+from ustack.wire.tcp import ECE
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import PSH
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import URG
+from ustack.wire.tcp import parse_tcp
 
 US = 0xC6120002  # 198.18.0.2
 PEER = 0xC6120001  # 198.18.0.1
@@ -1409,7 +1436,8 @@ def describe_packet(packet: bytes) -> str:
         tcp = parse_tcp(packet[header_length:total_length])
     except MalformedPacket as exc:
         return f"malformed TCP: {exc.reason}"
-    from ustack.tcp.segment import flag_string, options_dict
+    from ustack.tcp.segment import flag_string
+    from ustack.tcp.segment import options_dict
 
     length = total_length - header_length - tcp.header_length
     return (

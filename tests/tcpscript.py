@@ -27,20 +27,34 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from ustack.stack import Stack
-from ustack.tcp.connection import TcpConfig, TcpConnection
+from ustack.tcp.connection import TcpConfig
+from ustack.tcp.connection import TcpConnection
 from ustack.tcp.events import AppEvent
 from ustack.tcp.invariants import InvariantChecker
 from ustack.tcp.segment import flag_string
-from ustack.tcp.states import Event, State
-from ustack.trace.records import Decision, StateChange, TraceEvent
-from ustack.wire import icmp, icmpv6
-from ustack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, build_ipv4, parse_ipv4
-from ustack.wire.ipv6 import IPV6_HEADER_LENGTH, NH_ICMPV6, build_ipv6, parse_ipv6
-from ustack.wire.tcp import TcpOptions, build_tcp, parse_tcp
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
+from ustack.trace.records import Decision
+from ustack.trace.records import StateChange
+from ustack.trace.records import TraceEvent
+from ustack.wire import icmp
+from ustack.wire import icmpv6
+from ustack.wire.ipv4 import PROTO_ICMP
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import build_ipv4
+from ustack.wire.ipv4 import parse_ipv4
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
+from ustack.wire.ipv6 import NH_ICMPV6
+from ustack.wire.ipv6 import build_ipv6
+from ustack.wire.ipv6 import parse_ipv6
+from ustack.wire.tcp import TcpOptions
+from ustack.wire.tcp import build_tcp
+from ustack.wire.tcp import parse_tcp
 
 US = 0xC6120002  # 198.18.0.2, the stack
 PEER = 0xC6120001  # 198.18.0.1, the Linux side

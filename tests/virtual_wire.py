@@ -9,7 +9,10 @@ IPv4 (a whole Stack) and IPv6 (an IPv6Layer) packet tests share.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, Protocol, SupportsBytes, TypeVar
+from typing import Generic
+from typing import Protocol
+from typing import SupportsBytes
+from typing import TypeVar
 
 from ustack.trace.records import TraceEvent
 

@@ -23,11 +23,17 @@ from typing import Any
 
 from tests import fuzz_ipv6 as v6
 from tests import fuzzworld as fw
-from tests.attacks import ipv4_packet, tcp_segment
+from tests.attacks import ipv4_packet
+from tests.attacks import tcp_segment
 from ustack.tcp.connection import TcpConnection
 from ustack.tcp.time_wait import TimeWait
 from ustack.wire.ipv4 import PROTO_TCP
-from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import PSH
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import URG
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -62,8 +62,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tools.common import add_run_arguments, check_can_run, tool_parser
-from ustack.linux.lab import NS_PREFIX, STACK_ADDRESS, Netns, UstackDaemon, netns
+from tools.common import add_run_arguments
+from tools.common import check_can_run
+from tools.common import tool_parser
+from ustack.linux.lab import NS_PREFIX
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
 
 MiB = 1 << 20
 CHUNK = 1 << 20

@@ -54,25 +54,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from tools.common import (
-    add_run_arguments,
-    check_can_run,
-    in_workdir,
-    print_result,
-    run_with_daemon,
-    tool_parser,
-)
-from tools.losstest import (
-    add_fault_arguments,
-    fault_arguments_rules,
-    parse_size,
-    pattern_sha256,
-)
-from tools.scale import fd_count, rss_kib, stable_fd_count
+from tools.common import add_run_arguments
+from tools.common import check_can_run
+from tools.common import in_workdir
+from tools.common import print_result
+from tools.common import run_with_daemon
+from tools.common import tool_parser
+from tools.losstest import add_fault_arguments
+from tools.losstest import fault_arguments_rules
+from tools.losstest import parse_size
+from tools.losstest import pattern_sha256
+from tools.scale import fd_count
+from tools.scale import rss_kib
+from tools.scale import stable_fd_count
 
 HERE = Path(__file__).resolve()
 STACK = "198.18.0.2"

@@ -39,7 +39,9 @@ import tempfile
 from pathlib import Path
 
 from tests.attacks import flood_with_curls
-from ustack.linux.lab import UstackDaemon, netns, remove_stale_namespaces
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import remove_stale_namespaces
 
 
 def main(argv: list[str] | None = None) -> int:

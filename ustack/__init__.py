@@ -8,12 +8,14 @@ are imported when first used, so `import ustack` stays light. `ustack.socket`
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from ustack.app import open_memory_pair, open_stack
+    from ustack.app import open_memory_pair
+    from ustack.app import open_stack
 
 __all__ = ["__version__", "open_memory_pair", "open_stack"]
 

@@ -14,17 +14,27 @@ import asyncio
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from collections.abc import Callable
 from typing import Any
 
 from ustack.runner import StackRunner
 from ustack.stack import Stack
-from ustack.stream_options import StreamOptions, TcpSocketInfo
+from ustack.stream_options import StreamOptions
+from ustack.stream_options import TcpSocketInfo
 from ustack.tcp.connection import TcpConnection
-from ustack.tcp.events import AppEvent, Closed, Connected, DataReceived, EndOfStream, SendSpace
+from ustack.tcp.events import AppEvent
+from ustack.tcp.events import Closed
+from ustack.tcp.events import Connected
+from ustack.tcp.events import DataReceived
+from ustack.tcp.events import EndOfStream
+from ustack.tcp.events import SendSpace
 from ustack.tcp.listen import Listener
 from ustack.tcp.states import State
-from ustack.wire.address import format_address, format_endpoint, is_ipv6, parse_address
+from ustack.wire.address import format_address
+from ustack.wire.address import format_endpoint
+from ustack.wire.address import is_ipv6
+from ustack.wire.address import parse_address
 
 log = logging.getLogger("ustack.api")
 

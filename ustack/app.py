@@ -26,17 +26,27 @@ import contextlib
 import dataclasses
 import ipaddress
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Coroutine
+from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+from typing import TypeVar
 
-from ustack.daemon.running import RunningStack, ServeConfig
-from ustack.linux.tun import LinkConfig, TunLink
+from ustack.daemon.running import RunningStack
+from ustack.daemon.running import ServeConfig
+from ustack.linux.tun import LinkConfig
+from ustack.linux.tun import TunLink
 from ustack.runner import StackRunner
 from ustack.stack import Stack
-from ustack.study.faults import FaultRule, parse_rule
-from ustack.study.sinks import TraceSpec, format_for
-from ustack.tcp.connection import TcpConfig, TcpConnection
+from ustack.study.faults import FaultRule
+from ustack.study.faults import parse_rule
+from ustack.study.sinks import TraceSpec
+from ustack.study.sinks import format_for
+from ustack.tcp.connection import TcpConfig
+from ustack.tcp.connection import TcpConnection
 from ustack.wire.checksum import Buffer
 
 T = TypeVar("T")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ustack.trace.records import Drop, Tracer
-from ustack.trace.vocabulary import DropReason, Layer
+from ustack.trace.records import Drop
+from ustack.trace.records import Tracer
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
 from ustack.wire.errors import MalformedPacket
 
 

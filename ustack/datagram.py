@@ -22,11 +22,17 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
+from typing import TypeVar
 
-from ustack.net.udp import IPV4, IPV6, ReceivedDatagram, UdpEndpoint
+from ustack.net.udp import IPV4
+from ustack.net.udp import IPV6
+from ustack.net.udp import ReceivedDatagram
+from ustack.net.udp import UdpEndpoint
 from ustack.runner import StackRunner
-from ustack.wire.address import format_address, is_ipv6, parse_address
+from ustack.wire.address import format_address
+from ustack.wire.address import is_ipv6
+from ustack.wire.address import parse_address
 
 _Protocol = TypeVar("_Protocol", bound=asyncio.BaseProtocol)
 

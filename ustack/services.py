@@ -12,7 +12,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 log = logging.getLogger("ustack.services")

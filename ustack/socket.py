@@ -50,58 +50,62 @@ import errno
 import inspect
 import socket as _socket
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
-from socket import (
-    AF_INET,
-    AF_INET6,
-    AF_UNSPEC,
-    AI_PASSIVE,
-    IPPROTO_IP,
-    IPPROTO_IPV6,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
-    IPV6_V6ONLY,
-    SHUT_RD,
-    SHUT_RDWR,
-    SHUT_WR,
-    SO_ERROR,
-    SO_KEEPALIVE,
-    SO_LINGER,
-    SO_RCVBUF,
-    SO_REUSEADDR,
-    SO_REUSEPORT,
-    SO_SNDBUF,
-    SO_TYPE,
-    SOCK_DGRAM,
-    SOCK_STREAM,
-    SOL_SOCKET,
-    SOMAXCONN,
-    TCP_KEEPCNT,
-    TCP_KEEPIDLE,
-    TCP_KEEPINTVL,
-    TCP_NODELAY,
-    error,
-    gaierror,
-    getaddrinfo,
-    getdefaulttimeout,
-    gethostname,
-    herror,
-    htons,
-    inet_aton,
-    inet_ntoa,
-    inet_ntop,
-    inet_pton,
-    ntohs,
-    setdefaulttimeout,
-    timeout,
-)
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Coroutine
+from socket import AF_INET
+from socket import AF_INET6
+from socket import AF_UNSPEC
+from socket import AI_PASSIVE
+from socket import IPPROTO_IP
+from socket import IPPROTO_IPV6
+from socket import IPPROTO_TCP
+from socket import IPPROTO_UDP
+from socket import IPV6_V6ONLY
+from socket import SHUT_RD
+from socket import SHUT_RDWR
+from socket import SHUT_WR
+from socket import SO_ERROR
+from socket import SO_KEEPALIVE
+from socket import SO_LINGER
+from socket import SO_RCVBUF
+from socket import SO_REUSEADDR
+from socket import SO_REUSEPORT
+from socket import SO_SNDBUF
+from socket import SO_TYPE
+from socket import SOCK_DGRAM
+from socket import SOCK_STREAM
+from socket import SOL_SOCKET
+from socket import SOMAXCONN
+from socket import TCP_KEEPCNT
+from socket import TCP_KEEPIDLE
+from socket import TCP_KEEPINTVL
+from socket import TCP_NODELAY
+from socket import error
+from socket import gaierror
+from socket import getaddrinfo
+from socket import getdefaulttimeout
+from socket import gethostname
+from socket import herror
+from socket import htons
+from socket import inet_aton
+from socket import inet_ntoa
+from socket import inet_ntop
+from socket import inet_pton
+from socket import ntohs
+from socket import setdefaulttimeout
+from socket import timeout
+from typing import Any
+from typing import Concatenate
+from typing import ParamSpec
+from typing import TypeVar
 
 from ustack.daemon.running import RunningStack
 from ustack.sockets import socket_object
 from ustack.sockets.loop_side import oserror
 from ustack.sockets.socket_object import UstackSocket
-from ustack.wire.address import is_ipv6, parse_address
+from ustack.wire.address import is_ipv6
+from ustack.wire.address import parse_address
 
 T = TypeVar("T")
 P = ParamSpec("P")

@@ -5,7 +5,8 @@ Its asyncio driver is `ustack.runner.StackRunner`."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 
 from ustack.counters import Counters
 from ustack.net.fragments import FragmentLimits
@@ -14,16 +15,21 @@ from ustack.net.ipv4 import IPv4Layer
 from ustack.net.ipv6 import IPv6Layer
 from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
-from ustack.net.udp import UdpLayer, UdpLimits
-from ustack.tcp.connection import TcpConfig, TcpConnection
+from ustack.net.udp import UdpLayer
+from ustack.net.udp import UdpLimits
+from ustack.tcp.connection import TcpConfig
+from ustack.tcp.connection import TcpConnection
 from ustack.tcp.demux import TcpDemux
 from ustack.tcp.feedback import meaning
 from ustack.tcp.syncookies import SynCookies
-from ustack.trace.records import PacketTap, Tracer
+from ustack.trace.records import PacketTap
+from ustack.trace.records import Tracer
 from ustack.wire.address import IPV4_MAX
 from ustack.wire.checksum import Buffer
-from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH, PROTO_UDP
-from ustack.wire.ipv6 import IPV6_MIN_MTU, IPV6_VERSION
+from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH
+from ustack.wire.ipv4 import PROTO_UDP
+from ustack.wire.ipv6 import IPV6_MIN_MTU
+from ustack.wire.ipv6 import IPV6_VERSION
 
 DEFAULT_ADDRESS = ipaddress.IPv4Address("198.18.0.2")
 

@@ -11,7 +11,8 @@ import errno
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 from ustack.tcp.connection import TcpConfig
 from ustack.wire.address import is_ipv6

@@ -3,14 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from ustack.linux.lab import (
-    FAMILIES,
-    Family,
-    Netns,
-    UstackDaemon,
-    netns,
-    remove_stale_namespaces,
-)
+from ustack.linux.lab import FAMILIES
+from ustack.linux.lab import Family
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import remove_stale_namespaces
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -26,7 +26,8 @@ import sys
 import pytun
 
 from ustack import services
-from ustack.api import open_connection, start_server
+from ustack.api import open_connection
+from ustack.api import start_server
 from ustack.runner import StackRunner
 from ustack.stack import Stack
 

@@ -9,7 +9,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from ustack.linux.lab import Netns, UstackDaemon, process_costs
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import process_costs
 
 MB = 1_000_000
 

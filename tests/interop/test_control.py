@@ -14,21 +14,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from ustack.linux.control import request
-from ustack.linux.lab import (
-    STACK_ADDRESS,
-    STACK_ADDRESS6,
-    Netns,
-    UstackDaemon,
-    netns,
-    ping,
-    start_until_ready,
-    stop_process,
-)
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS6
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import ping
+from ustack.linux.lab import start_until_ready
+from ustack.linux.lab import stop_process
 
 _DIGITS_5000 = b"9" * 5000
 BAD_REQUESTS = [

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 # A Python client in the namespace: N connections to the echo service, each
 # proven open by an echo, then "open" on stdout; then it waits on every one

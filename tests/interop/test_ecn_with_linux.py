@@ -27,7 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 SEED = 20261205
 SIZE = 1 << 20  # each way

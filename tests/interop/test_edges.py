@@ -22,9 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
-from ustack.wire.ipv4 import PROTO_TCP, build_ipv4
-from ustack.wire.tcp import FIN, SYN, build_tcp
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import build_ipv4
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import build_tcp
 
 pytestmark = pytest.mark.netns
 

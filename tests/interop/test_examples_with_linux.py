@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from examples_harness import example, python_env, readme_block
+from examples_harness import example
+from examples_harness import python_env
+from examples_harness import readme_block
 
-from ustack.linux.lab import Netns, UstackDaemon
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 RUN_TIMEOUT = 60.0
 STACK, STACK6 = "198.18.1.2", "2001:2:0:1::2"  # the examples' tun1

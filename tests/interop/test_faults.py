@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 
 def segments(daemon: UstackDaemon, port: int) -> list[dict[str, Any]]:

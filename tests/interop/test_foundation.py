@@ -8,19 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.inet import ICMP
+from scapy.layers.inet import IP
+from scapy.layers.inet import TCP
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest
+from scapy.layers.inet6 import IPv6
 
-from ustack.linux.lab import (
-    LINUX_ADDRESS,
-    LINUX_ADDRESS6,
-    STACK_ADDRESS,
-    STACK_ADDRESS6,
-    Family,
-    Netns,
-    UstackDaemon,
-    ping,
-)
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import LINUX_ADDRESS6
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS6
+from ustack.linux.lab import Family
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import ping
 
 
 def test_ping_gets_three_replies(ns: Netns, daemon: UstackDaemon, family: Family) -> None:

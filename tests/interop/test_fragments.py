@@ -22,19 +22,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP
+from scapy.layers.inet import UDP
 
-from ustack.linux.lab import (
-    IPV4,
-    LINUX_ADDRESS,
-    STACK_ADDRESS,
-    Family,
-    Netns,
-    UstackDaemon,
-    netns,
-    ping,
-    veth_pair,
-)
+from ustack.linux.lab import IPV4
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Family
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import ping
+from ustack.linux.lab import veth_pair
 
 CLIENT = "198.18.1.2"
 ROUTER = "198.18.1.1"

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from ustack import services
-from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 pytestmark = pytest.mark.netns
 

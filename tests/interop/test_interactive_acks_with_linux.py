@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 from ustack.tcp.config import TcpConfig
 
 pytestmark = pytest.mark.netns

@@ -16,15 +16,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_path_mtu import BIG, IPV6_PLAN, expected_sha256, finish, routed_path
+from test_path_mtu import BIG
+from test_path_mtu import IPV6_PLAN
+from test_path_mtu import expected_sha256
+from test_path_mtu import finish
+from test_path_mtu import routed_path
 
-from ustack.linux.lab import (
-    LINUX_ADDRESS6,
-    STACK_ADDRESS6,
-    Netns,
-    UstackDaemon,
-    ping,
-)
+from ustack.linux.lab import LINUX_ADDRESS6
+from ustack.linux.lab import STACK_ADDRESS6
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import ping
 
 pytestmark = pytest.mark.netns
 

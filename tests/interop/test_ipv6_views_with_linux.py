@@ -17,7 +17,10 @@ from typing import Any
 
 from test_trace_outputs import serving
 
-from ustack.linux.lab import LINUX_ADDRESS6, STACK_ADDRESS, STACK_ADDRESS6, Netns
+from ustack.linux.lab import LINUX_ADDRESS6
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS6
+from ustack.linux.lab import Netns
 
 US = f"[{STACK_ADDRESS6}]"
 PEER = f"[{LINUX_ADDRESS6}]"

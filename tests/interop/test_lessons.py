@@ -17,7 +17,9 @@ import pytest
 
 from tests.stopped_midway import stop_midway
 from ustack.cli.lesson import run_lesson
-from ustack.study.lessons import LESSONS, Lesson, ustack_states
+from ustack.study.lessons import LESSONS
+from ustack.study.lessons import Lesson
+from ustack.study.lessons import ustack_states
 
 pytestmark = pytest.mark.netns
 

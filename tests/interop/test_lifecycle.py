@@ -10,7 +10,12 @@ import sys
 from pathlib import Path
 
 from tools.losstest import pattern_sha256
-from ustack.linux.lab import IPV4, LINUX_ADDRESS, STACK_ADDRESS, Family, Netns, UstackDaemon
+from ustack.linux.lab import IPV4
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Family
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 PASSIVE_CLOSE = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
 ACTIVE_CLOSE = ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2",

@@ -23,8 +23,11 @@ import re
 import time
 from pathlib import Path
 
-from tools.losstest import fault_rules, pattern_sha256
-from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
+from tools.losstest import fault_rules
+from tools.losstest import pattern_sha256
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 SEED = 20261125  # the injector's random choices; the same seed, the same decisions
 MiB = 1 << 20

@@ -21,7 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 from ustack.tcp import seq
 
 ECHO = 7

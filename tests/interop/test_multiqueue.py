@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ustack.linux.lab import STACK_ADDRESS, STACK_ADDRESS6, Netns, UstackDaemon
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS6
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 HELD = 40  # connections held open at once: all on one queue has odds 2^-39
 

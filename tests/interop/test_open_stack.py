@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from ustack.linux.lab import IPV4 as IPV4_FAMILY
-from ustack.linux.lab import Family, Netns
+from ustack.linux.lab import Family
+from ustack.linux.lab import Netns
 
 RUN_TIMEOUT = 60.0
 

@@ -15,14 +15,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ustack import services
-from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon, netns, veth_pair
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import veth_pair
 
 pytestmark = pytest.mark.netns
 

@@ -13,21 +13,26 @@ import time
 from pathlib import Path
 
 import pytest
-from test_peer_states import (
-    ENDS,
-    LINUX,
-    LINUX6,
-    NS_PREFIX,
-    STACK,
-    STACK6,
-    Recorder,
-    in_netns,
-    run_python,
-)
+from test_peer_states import ENDS
+from test_peer_states import LINUX
+from test_peer_states import LINUX6
+from test_peer_states import NS_PREFIX
+from test_peer_states import STACK
+from test_peer_states import STACK6
+from test_peer_states import Recorder
+from test_peer_states import in_netns
+from test_peer_states import run_python
 
-from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
-from ustack.linux.peer_states import FOREIGN_COUNTER, HOLD_FOREIGN, PeerStateWatcher
-from ustack.linux.tracefs import SocketDestroyed, parse_destroy_line
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.peer_states import FOREIGN_COUNTER
+from ustack.linux.peer_states import HOLD_FOREIGN
+from ustack.linux.peer_states import PeerStateWatcher
+from ustack.linux.tracefs import SocketDestroyed
+from ustack.linux.tracefs import parse_destroy_line
 
 CONNECTIONS = 102  # per namespace, a third of each kind below
 OUR_PORTS = 20000  # the Linux clients' ports, outside the ephemeral range

@@ -14,16 +14,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable
+from collections.abc import Coroutine
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+from typing import TypeVar
 
 import pytest
-from test_lifecycle import PASSIVE_CLOSE, ustack_connect_to_nc
+from test_lifecycle import PASSIVE_CLOSE
+from test_lifecycle import ustack_connect_to_nc
 
-from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon, netns
-from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
-from ustack.linux.tracefs import parse_line, state_name
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.peer_states import PeerStatesError
+from ustack.linux.peer_states import PeerStateWatcher
+from ustack.linux.tracefs import parse_line
+from ustack.linux.tracefs import state_name
 from ustack.trace.records import PeerStateChange
 
 # The direct tests' own pair, so that other namespaces' tests (198.18.0.x) do not mix in.

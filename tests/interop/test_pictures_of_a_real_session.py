@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from ustack.linux.lab import STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 from ustack.study import load
-from ustack.study.plot import connection_plot_data, render
-from ustack.study.report import REPORT_BUDGET, build_report
+from ustack.study.plot import connection_plot_data
+from ustack.study.plot import render
+from ustack.study.report import REPORT_BUDGET
+from ustack.study.report import build_report
 
 pytestmark = pytest.mark.netns
 

@@ -23,16 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from ustack.linux.lab import (
-    LINUX_ADDRESS,
-    STACK_ADDRESS,
-    Netns,
-    UstackDaemon,
-    netns,
-    start_until_ready,
-    stop_process,
-    veth_pair,
-)
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import start_until_ready
+from ustack.linux.lab import stop_process
+from ustack.linux.lab import veth_pair
 
 pytestmark = pytest.mark.netns
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tools import scale
-from ustack.linux.lab import Netns, UstackDaemon
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 CONNECTIONS, ROUNDS = 10_000, 3
 OPTIONS = scale.ScaleOptions(connections=CONNECTIONS, rounds=ROUNDS)

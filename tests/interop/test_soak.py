@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tools import soak
 from tools.losstest import fault_rules
-from ustack.linux.lab import Netns, UstackDaemon
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 SEED = 20261125
 SECONDS = 45

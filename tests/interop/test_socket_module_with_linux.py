@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ustack.linux.lab import Family, Netns
+from ustack.linux.lab import Family
+from ustack.linux.lab import Netns
 
 RUN_TIMEOUT = 90.0
 

@@ -20,7 +20,10 @@ from pathlib import Path
 import jsonschema
 
 from ustack import cli
-from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, Netns, UstackDaemon
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,11 @@ from typing import Any
 
 import pytest
 
-from ustack.linux.lab import LINUX_ADDRESS, STACK_ADDRESS, DaemonFailed, Netns, UstackDaemon
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import DaemonFailed
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 HANDSHAKE_AND_CLOSE = [
     ("LISTEN", "SYN_RECEIVED"),

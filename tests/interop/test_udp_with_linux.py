@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ustack.linux.lab import Family, Netns, UstackDaemon
+from ustack.linux.lab import Family
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
 
 UDP_APP = Path(__file__).resolve().parents[1] / "udp_app.py"
 

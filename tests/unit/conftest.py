@@ -3,7 +3,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from tcpscript import FAMILIES, Family
+from tcpscript import FAMILIES
+from tcpscript import Family
 
 from ustack.cli import main
 

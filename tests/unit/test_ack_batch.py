@@ -11,8 +11,10 @@ from ustack.stack import Stack
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.connection import TcpConnection
 from ustack.wire.address import parse_address
-from ustack.wire.ipv4 import IPV4_FIXED, IPV4_MIN_HEADER_LENGTH
-from ustack.wire.tcp import ACK, parse_tcp
+from ustack.wire.ipv4 import IPV4_FIXED
+from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import parse_tcp
 
 CLIENT = parse_address("198.18.0.1")
 SERVER = parse_address("198.18.0.2")

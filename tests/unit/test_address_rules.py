@@ -17,8 +17,13 @@ import pytest
 from ustack.api import open_connection
 from ustack.runner import StackRunner
 from ustack.stack import Stack
-from ustack.wire.ipv4 import PROTO_TCP, build_ipv4
-from ustack.wire.tcp import ACK, FIN, SYN, build_tcp, parse_tcp
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import build_ipv4
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import build_tcp
+from ustack.wire.tcp import parse_tcp
 
 US = int(ipaddress.IPv4Address("198.18.0.2"))
 PEER = int(ipaddress.IPv4Address("198.18.0.1"))

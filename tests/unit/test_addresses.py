@@ -7,21 +7,24 @@ import ipaddress
 from functools import partial
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
-from peers import PEER6, US4, US6
+from peers import PEER6
+from peers import US4
+from peers import US6
 from scapy.layers.inet import TCP
-from scapy.layers.inet6 import UDP, ICMPv6EchoRequest, IPv6
+from scapy.layers.inet6 import UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest
+from scapy.layers.inet6 import IPv6
 
 from ustack.trace.records import dotted
 from ustack.wire import checksum as cs
 from ustack.wire import checksum_ref as ref
-from ustack.wire.address import (
-    format_address,
-    format_endpoint,
-    is_ipv6,
-    parse_address,
-)
+from ustack.wire.address import format_address
+from ustack.wire.address import format_endpoint
+from ustack.wire.address import is_ipv6
+from ustack.wire.address import parse_address
 
 # IPv6 addresses outside ::/96 and ::ffff:0:0/96: the ones the layer handles.
 ipv6_addresses = st.integers(2**32, 2**128 - 1).filter(lambda a: a >> 32 not in (0, 0xFFFF))

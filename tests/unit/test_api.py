@@ -19,18 +19,28 @@ import os
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Coroutine
+from collections.abc import Iterator
+from typing import Any
+from typing import TypeVar
 
 import pytest
 
 from tests.stream_handlers import recording_resets
 from ustack import services
-from ustack.api import WRITE_HIGH_WATER, StackServer, open_connection, start_server
+from ustack.api import WRITE_HIGH_WATER
+from ustack.api import StackServer
+from ustack.api import open_connection
+from ustack.api import start_server
 from ustack.runner import StackRunner
 from ustack.stack import Stack
 from ustack.tcp.connection import TcpConfig
-from ustack.wire.tcp import ACK, FIN, RST, SYN
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
 
 A_ADDR = 0xC6120001
 B_ADDR = 0xC6120002

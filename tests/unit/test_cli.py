@@ -9,11 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from ustack import cli
-from ustack.cli import build_parser, clients, serve_config
+from ustack.cli import build_parser
+from ustack.cli import clients
+from ustack.cli import serve_config
 from ustack.cli.args import fault_rule
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ustack.tcp import congestion
-from ustack.tcp.congestion import Cubic, NewReno, make
+from ustack.tcp.congestion import Cubic
+from ustack.tcp.congestion import NewReno
+from ustack.tcp.congestion import make
 
 MSS = 1000
 

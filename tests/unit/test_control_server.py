@@ -12,13 +12,11 @@ from typing import Any
 
 import pytest
 
-from ustack.linux.control import (
-    CHUNK_ROWS,
-    PROTOCOL_VERSION,
-    ControlError,
-    ControlServer,
-    request,
-)
+from ustack.linux.control import CHUNK_ROWS
+from ustack.linux.control import PROTOCOL_VERSION
+from ustack.linux.control import ControlError
+from ustack.linux.control import ControlServer
+from ustack.linux.control import request
 
 
 def _stats(_request: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ import pytest
 import ustack
 from ustack.app import MemoryPair
 from ustack.datagram import UdpTransport
-from ustack.services import UdpDaytime, UdpDiscard, UdpEcho
+from ustack.services import UdpDaytime
+from ustack.services import UdpDiscard
+from ustack.services import UdpEcho
 
 A_HOST, B_HOST = "198.18.0.1", "198.18.0.2"
 A_HOST6, B_HOST6 = "2001:2::1", "2001:2::2"

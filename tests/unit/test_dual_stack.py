@@ -10,27 +10,28 @@ from __future__ import annotations
 import errno
 
 import pytest
-from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
-from tcpscript import (
-    IPV4,
-    IPV6,
-    OUR_ISS,
-    PEER,
-    PEER6,
-    PEER_ISS,
-    PEER_PORT,
-    US,
-    US6,
-    Family,
-    TcpScript,
-)
+from scapy.layers.inet import IP
+from scapy.layers.inet import TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6ExtHdrFragment
+from tcpscript import IPV4
+from tcpscript import IPV6
+from tcpscript import OUR_ISS
+from tcpscript import PEER
+from tcpscript import PEER6
+from tcpscript import PEER_ISS
+from tcpscript import PEER_PORT
+from tcpscript import US
+from tcpscript import US6
+from tcpscript import Family
+from tcpscript import TcpScript
 
 from ustack.net.ip_common import Unreachable
 from ustack.stack import Stack
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.syncookies import SynCookies
-from ustack.trace.records import NewConnection, SegmentEvent
+from ustack.trace.records import NewConnection
+from ustack.trace.records import SegmentEvent
 from ustack.wire.address import format_address
 
 

@@ -9,15 +9,27 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, PEER_PORT, Family, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import PEER_PORT
+from tcpscript import Family
+from tcpscript import TcpScript
 
 from ustack.daemon import connection_row
-from ustack.study.faults import FaultInjector, mark_ce, parse_rule
+from ustack.study.faults import FaultInjector
+from ustack.study.faults import mark_ce
+from ustack.study.faults import parse_rule
 from ustack.tcp.states import State
-from ustack.trace.records import Decision, SegmentEvent
-from ustack.trace.vocabulary import Note, Rule
+from ustack.trace.records import Decision
+from ustack.trace.records import SegmentEvent
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import Rule
 from ustack.wire.checksum import internet_checksum
-from ustack.wire.ipv4 import ECN_CE, ECN_ECT0, ECN_NOT_ECT, build_ipv4, parse_ipv4
+from ustack.wire.ipv4 import ECN_CE
+from ustack.wire.ipv4 import ECN_ECT0
+from ustack.wire.ipv4 import ECN_NOT_ECT
+from ustack.wire.ipv4 import build_ipv4
+from ustack.wire.ipv4 import parse_ipv4
 
 P = PEER_ISS + 1
 U = OUR_ISS + 1

@@ -9,16 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from examples_harness import (
-    EXAMPLE_RUNS,
-    README_RUNS,
-    TEST_FILES,
-    example,
-    example_files,
-    python_env,
-    readme_block,
-    readme_python_blocks,
-)
+from examples_harness import EXAMPLE_RUNS
+from examples_harness import README_RUNS
+from examples_harness import TEST_FILES
+from examples_harness import example
+from examples_harness import example_files
+from examples_harness import python_env
+from examples_harness import readme_block
+from examples_harness import readme_python_blocks
 
 RUN_TIMEOUT = 60.0
 

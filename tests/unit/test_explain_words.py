@@ -20,17 +20,18 @@ from typing import Any
 
 import pytest
 import tcpscript
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import TcpScript
 from test_transition_coverage import script_test_runs
 
-from ustack.study.explain import event_sentences, told_segments
-from ustack.study.load import (
-    Record,
-    as_records,
-    choose_connection,
-    connections,
-    relative_numbers,
-)
+from ustack.study.explain import event_sentences
+from ustack.study.explain import told_segments
+from ustack.study.load import Record
+from ustack.study.load import as_records
+from ustack.study.load import choose_connection
+from ustack.study.load import connections
+from ustack.study.load import relative_numbers
 from ustack.trace.vocabulary import SegmentNote
 
 P = PEER_ISS + 1

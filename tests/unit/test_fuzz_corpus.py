@@ -15,7 +15,8 @@ from pathlib import Path
 import fuzzworld
 import pytest
 
-from ustack.tcp.invariants import InvariantChecker, InvariantError
+from ustack.tcp.invariants import InvariantChecker
+from ustack.tcp.invariants import InvariantError
 from ustack.tcp.states import State
 
 CORPUS = Path(__file__).resolve().parent.parent / "fuzz_corpus"

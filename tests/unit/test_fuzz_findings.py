@@ -7,7 +7,9 @@ test_fuzz_corpus.py; these scripts say what was wrong and what is right.
 from __future__ import annotations
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import TcpScript
 
 from ustack.tcp.states import State
 

@@ -13,101 +13,105 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from construct import Container, Struct, Switch, Transformed
+from construct import Container
+from construct import Struct
+from construct import Switch
+from construct import Transformed
 from construct.core import bytes2bits
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck
+from hypothesis import assume
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from ustack.wire.checksum import internet_checksum, transport_checksum
-from ustack.wire.codec import construct_build, construct_parse
+from ustack.wire.checksum import internet_checksum
+from ustack.wire.checksum import transport_checksum
+from ustack.wire.codec import construct_build
+from ustack.wire.codec import construct_parse
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.icmp import (
-    DEST_UNREACH,
-    ECHO_REPLY,
-    ECHO_REQUEST,
-    FRAG_NEEDED,
-    ICMP_CHECKSUM_OFFSET,
-    ICMP_FIXED,
-    ICMP_FIXED_FIELDS,
-    ICMP_HEADER,
-    ICMP_HEADER_LENGTH,
-    PORT_UNREACH,
-    TIME_EXCEEDED,
-    IcmpHeader,
-    build_icmp,
-    parse_icmp,
-)
-from ustack.wire.ipv4 import (
-    IPV4_CHECKSUM_OFFSET,
-    IPV4_FIXED,
-    IPV4_FIXED_FIELDS,
-    IPV4_HEADER,
-    IPV4_MIN_HEADER_LENGTH,
-    IPV4_PLAIN_FIRST_BYTE,
-    PROTO_ICMP,
-    PROTO_TCP,
-    PROTO_UDP,
-    IPv4Header,
-    build_ipv4,
-    build_ipv4_in_place,
-    ipv4_plain_fields,
-    parse_ipv4,
-)
-from ustack.wire.tcp import (
-    ACK,
-    CWR,
-    ECE,
-    FIN,
-    MSS_LENGTH,
-    MSS_OPTION,
-    OPT_EOL,
-    OPT_MSS,
-    OPT_NOP,
-    OPT_SACK,
-    OPT_SACK_PERMITTED,
-    OPT_TIMESTAMPS,
-    OPT_WINDOW_SCALE,
-    PSH,
-    RST,
-    SACK_BLOCK,
-    SACK_PERMITTED_LENGTH,
-    SACK_PERMITTED_OPTION,
-    SYN,
-    TCP_CHECKSUM_OFFSET,
-    TCP_DATA_OFFSET_BYTE,
-    TCP_FIXED,
-    TCP_FIXED_FIELDS,
-    TCP_HEADER,
-    TCP_MIN_HEADER_LENGTH,
-    TCP_OPTION,
-    TCP_OPTION_MSS,
-    TCP_OPTION_SACK_PERMITTED,
-    TCP_OPTION_TIMESTAMPS,
-    TCP_OPTION_WINDOW_SCALE,
-    TCP_SACK_BLOCK,
-    TIMESTAMPS_LENGTH,
-    TIMESTAMPS_OPTION,
-    URG,
-    WINDOW_SCALE_LENGTH,
-    WINDOW_SCALE_OPTION,
-    TcpHeader,
-    TcpOptions,
-    build_tcp,
-    parse_tcp,
-)
-from ustack.wire.udp import (
-    UDP_FIXED,
-    UDP_FIXED_FIELDS,
-    UDP_HEADER,
-    UDP_HEADER_LENGTH,
-    UdpHeader,
-    parse_udp,
-)
+from ustack.wire.icmp import DEST_UNREACH
+from ustack.wire.icmp import ECHO_REPLY
+from ustack.wire.icmp import ECHO_REQUEST
+from ustack.wire.icmp import FRAG_NEEDED
+from ustack.wire.icmp import ICMP_CHECKSUM_OFFSET
+from ustack.wire.icmp import ICMP_FIXED
+from ustack.wire.icmp import ICMP_FIXED_FIELDS
+from ustack.wire.icmp import ICMP_HEADER
+from ustack.wire.icmp import ICMP_HEADER_LENGTH
+from ustack.wire.icmp import PORT_UNREACH
+from ustack.wire.icmp import TIME_EXCEEDED
+from ustack.wire.icmp import IcmpHeader
+from ustack.wire.icmp import build_icmp
+from ustack.wire.icmp import parse_icmp
+from ustack.wire.ipv4 import IPV4_CHECKSUM_OFFSET
+from ustack.wire.ipv4 import IPV4_FIXED
+from ustack.wire.ipv4 import IPV4_FIXED_FIELDS
+from ustack.wire.ipv4 import IPV4_HEADER
+from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH
+from ustack.wire.ipv4 import IPV4_PLAIN_FIRST_BYTE
+from ustack.wire.ipv4 import PROTO_ICMP
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
+from ustack.wire.ipv4 import IPv4Header
+from ustack.wire.ipv4 import build_ipv4
+from ustack.wire.ipv4 import build_ipv4_in_place
+from ustack.wire.ipv4 import ipv4_plain_fields
+from ustack.wire.ipv4 import parse_ipv4
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import CWR
+from ustack.wire.tcp import ECE
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import MSS_LENGTH
+from ustack.wire.tcp import MSS_OPTION
+from ustack.wire.tcp import OPT_EOL
+from ustack.wire.tcp import OPT_MSS
+from ustack.wire.tcp import OPT_NOP
+from ustack.wire.tcp import OPT_SACK
+from ustack.wire.tcp import OPT_SACK_PERMITTED
+from ustack.wire.tcp import OPT_TIMESTAMPS
+from ustack.wire.tcp import OPT_WINDOW_SCALE
+from ustack.wire.tcp import PSH
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SACK_BLOCK
+from ustack.wire.tcp import SACK_PERMITTED_LENGTH
+from ustack.wire.tcp import SACK_PERMITTED_OPTION
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TCP_CHECKSUM_OFFSET
+from ustack.wire.tcp import TCP_DATA_OFFSET_BYTE
+from ustack.wire.tcp import TCP_FIXED
+from ustack.wire.tcp import TCP_FIXED_FIELDS
+from ustack.wire.tcp import TCP_HEADER
+from ustack.wire.tcp import TCP_MIN_HEADER_LENGTH
+from ustack.wire.tcp import TCP_OPTION
+from ustack.wire.tcp import TCP_OPTION_MSS
+from ustack.wire.tcp import TCP_OPTION_SACK_PERMITTED
+from ustack.wire.tcp import TCP_OPTION_TIMESTAMPS
+from ustack.wire.tcp import TCP_OPTION_WINDOW_SCALE
+from ustack.wire.tcp import TCP_SACK_BLOCK
+from ustack.wire.tcp import TIMESTAMPS_LENGTH
+from ustack.wire.tcp import TIMESTAMPS_OPTION
+from ustack.wire.tcp import URG
+from ustack.wire.tcp import WINDOW_SCALE_LENGTH
+from ustack.wire.tcp import WINDOW_SCALE_OPTION
+from ustack.wire.tcp import TcpHeader
+from ustack.wire.tcp import TcpOptions
+from ustack.wire.tcp import build_tcp
+from ustack.wire.tcp import parse_tcp
+from ustack.wire.udp import UDP_FIXED
+from ustack.wire.udp import UDP_FIXED_FIELDS
+from ustack.wire.udp import UDP_HEADER
+from ustack.wire.udp import UDP_HEADER_LENGTH
+from ustack.wire.udp import UdpHeader
+from ustack.wire.udp import parse_udp
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     logging.getLogger("scapy").setLevel(logging.ERROR)
-    from scapy.layers.inet import ICMP, IP, TCP, UDP, TCPOptions
+    from scapy.layers.inet import ICMP
+    from scapy.layers.inet import IP
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet import TCPOptions
     from scapy.packet import Raw
 
 settings.register_profile(

@@ -7,26 +7,32 @@ import asyncio
 import gc
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_api import (
-    B_HOST,
-    Pair,
-    http_request,
-    http_response,
-    make_pair,
-    pair,
-    pattern_bytes,
-    step,
-    until,
-)
+from test_api import B_HOST
+from test_api import Pair
+from test_api import http_request
+from test_api import http_response
+from test_api import make_pair
+from test_api import pair
+from test_api import pattern_bytes
+from test_api import step
+from test_api import until
 
 from ustack import services
-from ustack.api import StackServer, TcpTransport, open_connection, start_server
-from ustack.cli import build_parser, serve_config
-from ustack.services import HttpLimits, HttpService, byte_range
+from ustack.api import StackServer
+from ustack.api import TcpTransport
+from ustack.api import open_connection
+from ustack.api import start_server
+from ustack.cli import build_parser
+from ustack.cli import serve_config
+from ustack.services import HttpLimits
+from ustack.services import HttpService
+from ustack.services import byte_range
 from ustack.tcp.connection import TcpConnection
 
 __all__ = ["make_pair", "pair"]  # the fixtures, used by name

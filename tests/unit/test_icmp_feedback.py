@@ -12,19 +12,27 @@ from __future__ import annotations
 import errno
 
 import pytest
-from tcpscript import IPV6, OUR_ISS, PEER, PEER_ISS, PEER_PORT, US, Family, TcpScript
+from tcpscript import IPV6
+from tcpscript import OUR_ISS
+from tcpscript import PEER
+from tcpscript import PEER_ISS
+from tcpscript import PEER_PORT
+from tcpscript import US
+from tcpscript import Family
+from tcpscript import TcpScript
 
-from ustack.net.pmtu import PmtuCache, plateau_below
+from ustack.net.pmtu import PmtuCache
+from ustack.net.pmtu import plateau_below
 from ustack.tcp.events import Closed
-from ustack.tcp.states import Event, State
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
 from ustack.trace.records import Drop
-from ustack.wire.icmp import (
-    DEST_UNREACH,
-    FRAG_NEEDED,
-    SOURCE_QUENCH,
-    build_icmp,
-)
-from ustack.wire.ipv4 import PROTO_ICMP, build_ipv4
+from ustack.wire.icmp import DEST_UNREACH
+from ustack.wire.icmp import FRAG_NEEDED
+from ustack.wire.icmp import SOURCE_QUENCH
+from ustack.wire.icmp import build_icmp
+from ustack.wire.ipv4 import PROTO_ICMP
+from ustack.wire.ipv4 import build_ipv4
 
 ROUTER = 0xC6120101  # 198.18.1.1, a hop on the way
 

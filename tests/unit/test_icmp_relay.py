@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import socket
 
-from tcpscript import IPV6, OUR_ISS, PEER_PORT, Family, TcpScript
+from tcpscript import IPV6
+from tcpscript import OUR_ISS
+from tcpscript import PEER_PORT
+from tcpscript import Family
+from tcpscript import TcpScript
 
 from ustack.daemon import icmp_relay
 from ustack.wire.icmp import Quote

@@ -26,7 +26,9 @@ import statistics
 import time
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import TcpScript
 
 import ustack
 from ustack.tcp.config import TcpConfig

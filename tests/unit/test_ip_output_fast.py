@@ -10,17 +10,15 @@ import random
 from ustack.stack import Stack
 from ustack.wire.address import parse_address
 from ustack.wire.checksum import prefix_checksum
-from ustack.wire.ipv4 import (
-    DONT_FRAGMENT,
-    ECN_CE,
-    ECN_ECT0,
-    ECN_NOT_ECT,
-    IPV4_FIXED,
-    IPV4_MIN_HEADER_LENGTH,
-    PROTO_TCP,
-    PROTO_UDP,
-    build_ipv4_in_place,
-)
+from ustack.wire.ipv4 import DONT_FRAGMENT
+from ustack.wire.ipv4 import ECN_CE
+from ustack.wire.ipv4 import ECN_ECT0
+from ustack.wire.ipv4 import ECN_NOT_ECT
+from ustack.wire.ipv4 import IPV4_FIXED
+from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
+from ustack.wire.ipv4 import build_ipv4_in_place
 
 OURS = parse_address("198.18.0.2")
 PEER = parse_address("198.18.0.1")

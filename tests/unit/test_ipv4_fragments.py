@@ -10,20 +10,24 @@ from __future__ import annotations
 import random
 
 import pytest
-from scapy.layers.inet import (
-    ICMP,
-    IP,
-    TCP,
-    UDP,
-    IPerror,
-    defragment,
-    fragment,
-)
+from scapy.layers.inet import ICMP
+from scapy.layers.inet import IP
+from scapy.layers.inet import TCP
+from scapy.layers.inet import UDP
+from scapy.layers.inet import IPerror
+from scapy.layers.inet import defragment
+from scapy.layers.inet import fragment
 from scapy.packet import Raw
-from tcpscript import OUR_ISS, PEER, PEER_ISS, US, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER
+from tcpscript import PEER_ISS
+from tcpscript import US
+from tcpscript import TcpScript
 from virtual_wire import VirtualWire
 
-from ustack.net.fragments import DATAGRAM_OVERHEAD, FRAGMENT_OVERHEAD, FragmentLimits
+from ustack.net.fragments import DATAGRAM_OVERHEAD
+from ustack.net.fragments import FRAGMENT_OVERHEAD
+from ustack.net.fragments import FragmentLimits
 from ustack.stack import Stack
 from ustack.trace.records import Drop
 

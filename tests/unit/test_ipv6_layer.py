@@ -7,38 +7,40 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 from peers import PEER6 as PEER
 from peers import PEER6_TEXT as PEER_TEXT
 from peers import US6 as US
 from peers import US6_TEXT as US_TEXT
-from scapy.layers.inet import TCP, UDP
-from scapy.layers.inet6 import (
-    HBHOptUnknown,
-    ICMPv6DestUnreach,
-    ICMPv6EchoReply,
-    ICMPv6EchoRequest,
-    ICMPv6MLReport2,
-    ICMPv6ND_NS,
-    ICMPv6ND_RS,
-    ICMPv6PacketTooBig,
-    ICMPv6ParamProblem,
-    ICMPv6TimeExceeded,
-    IPv6,
-    IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop,
-    IPv6ExtHdrRouting,
-    RouterAlert,
-    defragment6,
-    fragment6,
-)
+from scapy.layers.inet import TCP
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import HBHOptUnknown
+from scapy.layers.inet6 import ICMPv6DestUnreach
+from scapy.layers.inet6 import ICMPv6EchoReply
+from scapy.layers.inet6 import ICMPv6EchoRequest
+from scapy.layers.inet6 import ICMPv6MLReport2
+from scapy.layers.inet6 import ICMPv6ND_NS
+from scapy.layers.inet6 import ICMPv6ND_RS
+from scapy.layers.inet6 import ICMPv6PacketTooBig
+from scapy.layers.inet6 import ICMPv6ParamProblem
+from scapy.layers.inet6 import ICMPv6TimeExceeded
+from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6ExtHdrDestOpt
+from scapy.layers.inet6 import IPv6ExtHdrFragment
+from scapy.layers.inet6 import IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import IPv6ExtHdrRouting
+from scapy.layers.inet6 import RouterAlert
+from scapy.layers.inet6 import defragment6
+from scapy.layers.inet6 import fragment6
 from virtual_wire import VirtualWire
 
 from ustack.counters import Counters
 from ustack.net.address_rules import icmpv6_error_forbidden
-from ustack.net.fragments import DATAGRAM_OVERHEAD, FRAGMENT_OVERHEAD, FragmentLimits
+from ustack.net.fragments import DATAGRAM_OVERHEAD
+from ustack.net.fragments import FRAGMENT_OVERHEAD
+from ustack.net.fragments import FragmentLimits
 from ustack.net.ipv4 import Unreachable
 from ustack.net.ipv6 import IPv6Layer
 from ustack.trace.records import Drop

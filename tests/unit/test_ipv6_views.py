@@ -17,37 +17,48 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import (
-    ICMPv6EchoRequest,
-    IPv6,
-    IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop,
-)
-from test_ladder import lost_fin_with_peer_states, passive_close, write_trace
+from scapy.layers.inet import IP
+from scapy.layers.inet import TCP
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest
+from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6ExtHdrDestOpt
+from scapy.layers.inet6 import IPv6ExtHdrFragment
+from scapy.layers.inet6 import IPv6ExtHdrHopByHop
+from test_ladder import lost_fin_with_peer_states
+from test_ladder import passive_close
+from test_ladder import write_trace
 
-from ustack.cli.clients import ss_lines, stats_lines
+from ustack.cli.clients import ss_lines
+from ustack.cli.clients import stats_lines
 from ustack.counters import Counters
-from ustack.daemon.reports import connection_row, fault_event, listening_endpoints
+from ustack.daemon.reports import connection_row
+from ustack.daemon.reports import fault_event
+from ustack.daemon.reports import listening_endpoints
 from ustack.linux.sock_diag import canonical_address
 from ustack.linux.tracefs import parse_line
 from ustack.net.ipv6 import IPv6Layer
 from ustack.stack import Stack
 from ustack.study.explain import explain
-from ustack.study.faults import FaultError, FaultInjector, Verdict, mark_ce, parse_rule
+from ustack.study.faults import FaultError
+from ustack.study.faults import FaultInjector
+from ustack.study.faults import Verdict
+from ustack.study.faults import mark_ce
+from ustack.study.faults import parse_rule
 from ustack.study.ladder import render_ascii
-from ustack.study.load import choose_connection, connections, load_trace
+from ustack.study.load import choose_connection
+from ustack.study.load import connections
+from ustack.study.load import load_trace
 from ustack.study.packet_view import view
-from ustack.study.sinks import PcapWriter, TextWriter, TraceFilter
-from ustack.trace.records import (
-    NewConnection,
-    PeerStateChange,
-    SegmentEvent,
-    TraceEvent,
-    endpoint,
-    four_tuple_text,
-)
+from ustack.study.sinks import PcapWriter
+from ustack.study.sinks import TextWriter
+from ustack.study.sinks import TraceFilter
+from ustack.trace.records import NewConnection
+from ustack.trace.records import PeerStateChange
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import TraceEvent
+from ustack.trace.records import endpoint
+from ustack.trace.records import four_tuple_text
 from ustack.wire.address import parse_address
 
 US4, PEER4 = "198.18.0.2", "198.18.0.1"

@@ -9,35 +9,34 @@ from hypothesis import strategies as st
 from peers import PEER6 as PEER
 from peers import US6 as US
 from scapy.layers.inet import TCP
-from scapy.layers.inet6 import (
-    ICMPv6EchoRequest,
-    IPv6,
-    IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop,
-    IPv6ExtHdrRouting,
-)
+from scapy.layers.inet6 import ICMPv6EchoRequest
+from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6ExtHdrDestOpt
+from scapy.layers.inet6 import IPv6ExtHdrFragment
+from scapy.layers.inet6 import IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import IPv6ExtHdrRouting
 
-from ustack.wire.codec import construct_build, construct_parse
+from ustack.wire.codec import construct_build
+from ustack.wire.codec import construct_parse
 from ustack.wire.icmp import parse_icmp
-from ustack.wire.icmpv6 import ECHO_REQUEST, build_icmpv6, parse_quote_ipv6
-from ustack.wire.ipv6 import (
-    FRAGMENT_FIXED,
-    FRAGMENT_FIXED_FIELDS,
-    FRAGMENT_HEADER,
-    IPV6_FIXED,
-    IPV6_FIXED_FIELDS,
-    IPV6_HEADER,
-    NH_FRAGMENT,
-    OPTIONS_HEADER,
-    ROUTING_HEADER,
-    build_ipv6,
-    build_ipv6_in_place,
-    fragment_header,
-    parse_fragment_header,
-    parse_ipv6,
-    remove_fragment_header,
-)
+from ustack.wire.icmpv6 import ECHO_REQUEST
+from ustack.wire.icmpv6 import build_icmpv6
+from ustack.wire.icmpv6 import parse_quote_ipv6
+from ustack.wire.ipv6 import FRAGMENT_FIXED
+from ustack.wire.ipv6 import FRAGMENT_FIXED_FIELDS
+from ustack.wire.ipv6 import FRAGMENT_HEADER
+from ustack.wire.ipv6 import IPV6_FIXED
+from ustack.wire.ipv6 import IPV6_FIXED_FIELDS
+from ustack.wire.ipv6 import IPV6_HEADER
+from ustack.wire.ipv6 import NH_FRAGMENT
+from ustack.wire.ipv6 import OPTIONS_HEADER
+from ustack.wire.ipv6 import ROUTING_HEADER
+from ustack.wire.ipv6 import build_ipv6
+from ustack.wire.ipv6 import build_ipv6_in_place
+from ustack.wire.ipv6 import fragment_header
+from ustack.wire.ipv6 import parse_fragment_header
+from ustack.wire.ipv6 import parse_ipv6
+from ustack.wire.ipv6 import remove_fragment_header
 
 addresses = st.integers(2**32, 2**128 - 1)
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from ustack.cli import build_parser, lab_plan
+from ustack.cli import build_parser
+from ustack.cli import lab_plan
 
 
 def plan(*argv: str) -> tuple[list[str], list[str]]:

@@ -11,25 +11,33 @@ import argparse
 import dataclasses
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import TcpScript
 
-from ustack.study.explain import add_explain_arguments, explain, explain_command
-from ustack.study.ladder import (
-    add_ladder_arguments,
-    build_ladder,
-    ladder_command,
-    render_ascii,
-    render_mermaid,
-    render_svg,
-)
-from ustack.study.load import TraceError, choose_connection, connections, load_trace
+from ustack.study.explain import add_explain_arguments
+from ustack.study.explain import explain
+from ustack.study.explain import explain_command
+from ustack.study.ladder import add_ladder_arguments
+from ustack.study.ladder import build_ladder
+from ustack.study.ladder import ladder_command
+from ustack.study.ladder import render_ascii
+from ustack.study.ladder import render_mermaid
+from ustack.study.ladder import render_svg
+from ustack.study.load import TraceError
+from ustack.study.load import choose_connection
+from ustack.study.load import connections
+from ustack.study.load import load_trace
 from ustack.study.sinks import JsonlWriter
-from ustack.trace.records import PeerStateChange, SegmentEvent, TraceEvent
+from ustack.trace.records import PeerStateChange
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import TraceEvent
 
 P = PEER_ISS + 1
 U = OUR_ISS + 1

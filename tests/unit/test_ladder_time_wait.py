@@ -14,11 +14,20 @@ import re
 from pathlib import Path
 
 from tcpscript import TcpScript
-from test_ladder import LOST, P, U, arrows, handshake, trace_of
+from test_ladder import LOST
+from test_ladder import P
+from test_ladder import U
+from test_ladder import arrows
+from test_ladder import handshake
+from test_ladder import trace_of
 
 from ustack.study.explain import explain
-from ustack.study.ladder import build_ladder, render_ascii, render_mermaid, render_svg
-from ustack.trace.records import SegmentEvent, TraceEvent
+from ustack.study.ladder import build_ladder
+from ustack.study.ladder import render_ascii
+from ustack.study.ladder import render_mermaid
+from ustack.study.ladder import render_svg
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import TraceEvent
 
 
 def lost_final_ack_in_time_wait() -> list[TraceEvent]:

@@ -12,9 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from ustack.cli.lesson import SCENARIOS, show
-from ustack.study.lessons import LESSONS, find_lesson, missing, the_connection
-from ustack.study.load import Record, load_trace
+from ustack.cli.lesson import SCENARIOS
+from ustack.cli.lesson import show
+from ustack.study.lessons import LESSONS
+from ustack.study.lessons import find_lesson
+from ustack.study.lessons import missing
+from ustack.study.lessons import the_connection
+from ustack.study.load import Record
+from ustack.study.load import load_trace
 
 TRACES = Path(__file__).parent.parent / "lesson_traces"
 

@@ -9,19 +9,21 @@ from typing import Any
 
 import pytest
 
-from ustack.linux.tun import (
-    VNET_F_NEEDS_CSUM,
-    VNET_GSO_TCPV4,
-    VNET_GSO_TCPV6,
-    VNET_HEADER,
-    TunLink,
-    _finish_checksum,
-    _gso_header,
-)
-from ustack.wire.checksum import pseudo_header_sum, transport_checksum
-from ustack.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4
+from ustack.linux.tun import VNET_F_NEEDS_CSUM
+from ustack.linux.tun import VNET_GSO_TCPV4
+from ustack.linux.tun import VNET_GSO_TCPV6
+from ustack.linux.tun import VNET_HEADER
+from ustack.linux.tun import TunLink
+from ustack.linux.tun import _finish_checksum
+from ustack.linux.tun import _gso_header
+from ustack.wire.checksum import pseudo_header_sum
+from ustack.wire.checksum import transport_checksum
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
+from ustack.wire.ipv4 import build_ipv4
 from ustack.wire.ipv6 import build_ipv6
-from ustack.wire.tcp import ACK, build_tcp
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import build_tcp
 
 
 @dataclass(frozen=True)

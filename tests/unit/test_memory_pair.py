@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 
 import ustack
-from ustack.app import MemoryPair, Stuck
+from ustack.app import MemoryPair
+from ustack.app import Stuck
 from ustack.daemon.running import RunningStack
 from ustack.study.ladder import render_ascii
 from ustack.study.load import load_trace
 from ustack.tcp.connection import TcpConfig
 from ustack.tcp.states import State
-from ustack.trace.records import SegmentEvent, StateChange, TraceEvent
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import StateChange
+from ustack.trace.records import TraceEvent
 
 A_HOST, B_HOST = "198.18.0.1", "198.18.0.2"
 B_HOST6 = "2001:2::2"

@@ -20,20 +20,25 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP
+from scapy.layers.inet import TCP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import PcapNgReader
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import TcpScript
 
-from ustack.study.pcapng import (
-    NOTE_RULES,
-    PcapngWriter,
-    enhanced_packet_block,
-    pcapng_header,
-    segment_comment,
-)
-from ustack.study.sinks import TraceRotation, TraceSinks, TraceSpec, format_for
-from ustack.trace.records import SegmentEvent, TraceEvent
+from ustack.study.pcapng import NOTE_RULES
+from ustack.study.pcapng import PcapngWriter
+from ustack.study.pcapng import enhanced_packet_block
+from ustack.study.pcapng import pcapng_header
+from ustack.study.pcapng import segment_comment
+from ustack.study.sinks import TraceRotation
+from ustack.study.sinks import TraceSinks
+from ustack.study.sinks import TraceSpec
+from ustack.study.sinks import format_for
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import TraceEvent
 from ustack.trace.vocabulary import SegmentNote
 
 CLOSED_PORT_SPORT = 40002

@@ -8,13 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript, bulk_sender
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import TcpScript
+from tcpscript import bulk_sender
 
 from ustack.compiled import build
-from ustack.study.load import as_records, choose_connection
-from ustack.study.plot_data import PlotData, decimate, plot_data
+from ustack.study.load import as_records
+from ustack.study.load import choose_connection
+from ustack.study.plot_data import PlotData
+from ustack.study.plot_data import decimate
+from ustack.study.plot_data import plot_data
 from ustack.study.report import select_rows
-from ustack.trace.records import PeerStateChange, SegmentEvent
+from ustack.trace.records import PeerStateChange
+from ustack.trace.records import SegmentEvent
 
 P = PEER_ISS + 1
 U = OUR_ISS + 1

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from test_ladder import write_trace
-from test_plot_data import fast_retransmit, long_transfer
+from test_plot_data import fast_retransmit
+from test_plot_data import long_transfer
 
 from ustack import cli
 from ustack.study import report

@@ -4,7 +4,8 @@ marked lost, when, and what the pipe holds. The connection-level stories
 
 from __future__ import annotations
 
-from ustack.tcp.rack import Rack, sent_after
+from ustack.tcp.rack import Rack
+from ustack.tcp.rack import sent_after
 
 MSS = 1000
 

@@ -23,25 +23,35 @@ import struct
 import pytest
 from peers import PEER4 as PEER
 from peers import US4 as US
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import TcpScript
 
-from ustack.net.address_rules import icmp_error_forbidden, is_unicast_host
-from ustack.net.ip_id import BUCKETS, IpIdentifiers
-from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
+from ustack.net.address_rules import icmp_error_forbidden
+from ustack.net.address_rules import is_unicast_host
+from ustack.net.ip_id import BUCKETS
+from ustack.net.ip_id import IpIdentifiers
+from ustack.net.ratelimit import IcmpLimits
+from ustack.net.ratelimit import IcmpRateLimiter
 from ustack.stack import Stack
-from ustack.trace.records import Decision, Drop, TraceEvent
-from ustack.trace.vocabulary import DropReason, Layer
-from ustack.wire.icmp import (
-    DEST_UNREACH,
-    ECHO_REPLY,
-    ECHO_REQUEST,
-    FRAG_NEEDED,
-    PORT_UNREACH,
-    TIME_EXCEEDED,
-    build_icmp,
-    parse_icmp,
-)
-from ustack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, build_ipv4, parse_ipv4
+from ustack.trace.records import Decision
+from ustack.trace.records import Drop
+from ustack.trace.records import TraceEvent
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.wire.icmp import DEST_UNREACH
+from ustack.wire.icmp import ECHO_REPLY
+from ustack.wire.icmp import ECHO_REQUEST
+from ustack.wire.icmp import FRAG_NEEDED
+from ustack.wire.icmp import PORT_UNREACH
+from ustack.wire.icmp import TIME_EXCEEDED
+from ustack.wire.icmp import build_icmp
+from ustack.wire.icmp import parse_icmp
+from ustack.wire.ipv4 import PROTO_ICMP
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
+from ustack.wire.ipv4 import build_ipv4
+from ustack.wire.ipv4 import parse_ipv4
 
 NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 

@@ -17,14 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
-from test_ladder import lost_fin_with_peer_states, passive_close, write_trace
+from test_ladder import lost_fin_with_peer_states
+from test_ladder import passive_close
+from test_ladder import write_trace
 from test_trace import jsonl_lines
 
 from ustack.cli import main
 from ustack.study.load import MAX_LINE_BYTES
-from ustack.trace.records import FaultEvent, TraceEvent
+from ustack.trace.records import FaultEvent
+from ustack.trace.records import TraceEvent
 from ustack.trace.vocabulary import FaultAction
 
 

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ustack.cli import UsageError, build_parser, lab_plan, serve_config
+from ustack.cli import UsageError
+from ustack.cli import build_parser
+from ustack.cli import lab_plan
+from ustack.cli import serve_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)

@@ -11,7 +11,8 @@ import http.server
 import socket as kernel_socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import pytest

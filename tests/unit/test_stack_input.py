@@ -5,9 +5,15 @@ scapy is the independent oracle: it builds what we receive and dissects what we 
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
+from scapy.layers.inet import ICMP
+from scapy.layers.inet import IP
+from scapy.layers.inet import TCP
+from scapy.layers.inet import UDP
+from scapy.layers.inet import IPerror
+from scapy.layers.inet import UDPerror
 
 from ustack.stack import Stack
 

@@ -11,7 +11,8 @@ import errno
 import hashlib
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,7 +23,8 @@ from ustack.app import MemoryPair
 from ustack.tcp.congestion.cubic import Cubic
 from ustack.tcp.congestion.newreno import NewReno
 from ustack.tcp.states import State
-from ustack.trace.records import SegmentEvent, TraceEvent
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import TraceEvent
 from ustack.trace.vocabulary import SegmentNote
 
 A_HOST, B_HOST, A_HOST6, B_HOST6 = "198.18.0.1", "198.18.0.2", "2001:2::1", "2001:2::2"

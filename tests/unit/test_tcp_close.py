@@ -10,7 +10,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, Family, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import Family
+from tcpscript import TcpScript
 
 from ustack.tcp.events import Closed
 from ustack.tcp.states import State

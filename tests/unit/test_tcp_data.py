@@ -4,7 +4,10 @@ which behaviour of the checklist."""
 
 from __future__ import annotations
 
-from tcpscript import OUR_ISS, PEER_ISS, Family, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import Family
+from tcpscript import TcpScript
 
 from ustack.tcp.states import State
 from ustack.trace.records import SegmentEvent

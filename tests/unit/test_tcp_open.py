@@ -9,7 +9,11 @@ from __future__ import annotations
 import errno
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, PEER_PORT, Family, TcpScript
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import PEER_PORT
+from tcpscript import Family
+from tcpscript import TcpScript
 
 from ustack.tcp.events import Closed
 from ustack.tcp.isn import IsnGenerator

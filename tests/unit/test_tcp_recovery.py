@@ -4,7 +4,10 @@ recovery, SACK blocks for held data (RFC 5681, 6582, 2018, 9293 3.8.6.3)."""
 from __future__ import annotations
 
 import pytest
-from tcpscript import OUR_ISS, PEER_ISS, TcpScript, bulk_sender
+from tcpscript import OUR_ISS
+from tcpscript import PEER_ISS
+from tcpscript import TcpScript
+from tcpscript import bulk_sender
 
 from ustack.tcp.connection import TcpConnection
 

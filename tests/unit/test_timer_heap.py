@@ -9,7 +9,8 @@ import heapq
 import itertools
 import random
 
-from ustack.tcp.timers import _STALE_SLACK, TimerHeap
+from ustack.tcp.timers import _STALE_SLACK
+from ustack.tcp.timers import TimerHeap
 
 
 class Owner:

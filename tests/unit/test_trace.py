@@ -20,47 +20,58 @@ import re
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP
-from scapy.utils import PcapReader, rdpcap
-from tcpscript import OUR_ISS, PEER, PEER_ISS, US, WINDOW, AppLog, TcpScript, canonical_flags
+from scapy.layers.inet import ICMP
+from scapy.layers.inet import IP
+from scapy.layers.inet import TCP
+from scapy.utils import PcapReader
+from scapy.utils import rdpcap
+from tcpscript import OUR_ISS
+from tcpscript import PEER
+from tcpscript import PEER_ISS
+from tcpscript import US
+from tcpscript import WINDOW
+from tcpscript import AppLog
+from tcpscript import TcpScript
+from tcpscript import canonical_flags
 
 from ustack.stack import Stack
-from ustack.study.sinks import (
-    FanOut,
-    Filtered,
-    FilteredTap,
-    JsonlWriter,
-    PcapWriter,
-    TextWriter,
-    TraceFile,
-    TraceFilter,
-    TraceRotation,
-    TraceSinks,
-    TraceSpec,
-    format_for,
-)
+from ustack.study.sinks import FanOut
+from ustack.study.sinks import Filtered
+from ustack.study.sinks import FilteredTap
+from ustack.study.sinks import JsonlWriter
+from ustack.study.sinks import PcapWriter
+from ustack.study.sinks import TextWriter
+from ustack.study.sinks import TraceFile
+from ustack.study.sinks import TraceFilter
+from ustack.study.sinks import TraceRotation
+from ustack.study.sinks import TraceSinks
+from ustack.study.sinks import TraceSpec
+from ustack.study.sinks import format_for
 from ustack.tcp.connection import TcpConnection
-from ustack.tcp.events import AppEvent, DataReceived, SendSpace
-from ustack.trace.records import (
-    TRACE_SCHEMA_VERSION,
-    Decision,
-    Drop,
-    FaultEvent,
-    NewConnection,
-    PeerStateChange,
-    SegmentEvent,
-    StateChange,
-    TimerEvent,
-    TraceEvent,
-    dotted,
-    event_dict,
-)
+from ustack.tcp.events import AppEvent
+from ustack.tcp.events import DataReceived
+from ustack.tcp.events import SendSpace
+from ustack.trace.records import TRACE_SCHEMA_VERSION
+from ustack.trace.records import Decision
+from ustack.trace.records import Drop
+from ustack.trace.records import FaultEvent
+from ustack.trace.records import NewConnection
+from ustack.trace.records import PeerStateChange
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import StateChange
+from ustack.trace.records import TimerEvent
+from ustack.trace.records import TraceEvent
+from ustack.trace.records import dotted
+from ustack.trace.records import event_dict
 
 US_DOTTED = dotted(US)  # 198.18.0.2
 PEER_DOTTED = dotted(PEER)  # 198.18.0.1

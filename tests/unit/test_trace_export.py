@@ -20,15 +20,22 @@ from typing import Any
 
 import jsonschema
 import pytest
-from test_ladder import lost_fin_with_peer_states, write_trace
+from test_ladder import lost_fin_with_peer_states
+from test_ladder import write_trace
 from test_plot_data import fast_retransmit
 from test_trace import run_session
 
 from ustack import cli
 from ustack.study.export import RECORD_SEPARATOR
-from ustack.study.schema import schema_text, trace_schema
-from ustack.trace.records import DatagramEvent, FaultEvent, SegmentEvent, TraceEvent
-from ustack.trace.vocabulary import LOST_NOTE, FaultAction, SegmentNote
+from ustack.study.schema import schema_text
+from ustack.study.schema import trace_schema
+from ustack.trace.records import DatagramEvent
+from ustack.trace.records import FaultEvent
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import TraceEvent
+from ustack.trace.vocabulary import LOST_NOTE
+from ustack.trace.vocabulary import FaultAction
+from ustack.trace.vocabulary import SegmentNote
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "docs" / "trace-schema.json"

@@ -10,13 +10,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import tcpscript
 
-from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.tcp.states import TRANSITIONS
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
 from ustack.trace.records import StateChange
 
 SCRIPT_MODULES = [

@@ -10,7 +10,9 @@ import tun_ceiling as ceiling
 
 from ustack.wire.checksum import transport_checksum
 from ustack.wire.ipv4 import PROTO_TCP
-from ustack.wire.tcp import ACK, TcpOptions, build_tcp
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import TcpOptions
+from ustack.wire.tcp import build_tcp
 
 SRC, DST = 0xC6120002, 0xC6120001
 

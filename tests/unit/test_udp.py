@@ -9,28 +9,31 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror, defragment, fragment
-from scapy.layers.inet6 import (
-    ICMPv6DestUnreach,
-    ICMPv6PacketTooBig,
-    IPv6,
-    IPv6ExtHdrFragment,
-    defragment6,
-)
+from scapy.layers.inet import ICMP
+from scapy.layers.inet import IP
+from scapy.layers.inet import UDP
+from scapy.layers.inet import IPerror
+from scapy.layers.inet import UDPerror
+from scapy.layers.inet import defragment
+from scapy.layers.inet import fragment
+from scapy.layers.inet6 import ICMPv6DestUnreach
+from scapy.layers.inet6 import ICMPv6PacketTooBig
+from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6ExtHdrFragment
+from scapy.layers.inet6 import defragment6
 from scapy.packet import Packet
 
-from ustack.net.udp import (
-    EPHEMERAL_PORTS,
-    MAX_PAYLOAD_V4,
-    MAX_PAYLOAD_V6,
-    ReceivedDatagram,
-    ReceivedError,
-    UdpLimits,
-)
+from ustack.net.udp import EPHEMERAL_PORTS
+from ustack.net.udp import MAX_PAYLOAD_V4
+from ustack.net.udp import MAX_PAYLOAD_V6
+from ustack.net.udp import ReceivedDatagram
+from ustack.net.udp import ReceivedError
+from ustack.net.udp import UdpLimits
 from ustack.stack import Stack
 from ustack.study.pcapng import PcapngWriter
 from ustack.study.sinks import format_event
-from ustack.trace.records import DatagramEvent, TraceEvent
+from ustack.trace.records import DatagramEvent
+from ustack.trace.records import TraceEvent
 from ustack.wire.address import parse_address
 from ustack.wire.checksum import transport_checksum
 from ustack.wire.udp import UDP_FIXED

@@ -14,39 +14,40 @@ import string
 from pathlib import Path
 
 import pytest
-from test_trace import jsonl_lines, text_lines
+from test_trace import jsonl_lines
+from test_trace import text_lines
 
 from ustack.counters import Counters
-from ustack.study import ladder, sentences
-from ustack.study.decode import decision_note, is_lost, segment_note
+from ustack.study import ladder
+from ustack.study import sentences
+from ustack.study.decode import decision_note
+from ustack.study.decode import is_lost
+from ustack.study.decode import segment_note
 from ustack.study.explain import explain
-from ustack.study.load import as_records, load_trace
-from ustack.trace.records import (
-    _KINDS,
-    READABLE_SCHEMAS,
-    TRACE_SCHEMA_VERSION,
-    Decision,
-    Drop,
-    FaultEvent,
-    SegmentEvent,
-    TimerEvent,
-    TraceEvent,
-    event_dict,
-)
-from ustack.trace.vocabulary import (
-    LOSS_RULES,
-    LOST_NOTE,
-    Challenge,
-    DropReason,
-    FaultAction,
-    Layer,
-    Note,
-    OutOfWindow,
-    Rule,
-    SegmentNote,
-    TimerAction,
-    TimerKind,
-)
+from ustack.study.load import as_records
+from ustack.study.load import load_trace
+from ustack.trace.records import _KINDS
+from ustack.trace.records import READABLE_SCHEMAS
+from ustack.trace.records import TRACE_SCHEMA_VERSION
+from ustack.trace.records import Decision
+from ustack.trace.records import Drop
+from ustack.trace.records import FaultEvent
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import TimerEvent
+from ustack.trace.records import TraceEvent
+from ustack.trace.records import event_dict
+from ustack.trace.vocabulary import LOSS_RULES
+from ustack.trace.vocabulary import LOST_NOTE
+from ustack.trace.vocabulary import Challenge
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import FaultAction
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import OutOfWindow
+from ustack.trace.vocabulary import Rule
+from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import TimerAction
+from ustack.trace.vocabulary import TimerKind
 from ustack.wire.errors import MalformedPacket
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trace-format.md"

@@ -11,18 +11,18 @@ import signal
 import sys
 
 from ustack.cli.args import UsageError
-from ustack.cli.clients import (
-    config_command,
-    connect_command,
-    fault_command,
-    ss_command,
-    stats_command,
-)
+from ustack.cli.clients import config_command
+from ustack.cli.clients import connect_command
+from ustack.cli.clients import fault_command
+from ustack.cli.clients import ss_command
+from ustack.cli.clients import stats_command
 from ustack.cli.compiled_check import warn_if_stale
-from ustack.cli.lab import lab_command, lab_plan
+from ustack.cli.lab import lab_command
+from ustack.cli.lab import lab_plan
 from ustack.cli.lesson import lesson_command
 from ustack.cli.parser import build_parser
-from ustack.cli.serve_options import serve_config, setup_logging
+from ustack.cli.serve_options import serve_config
+from ustack.cli.serve_options import setup_logging
 from ustack.daemon import serve
 from ustack.linux.control import ControlError
 from ustack.linux.lab import LabError

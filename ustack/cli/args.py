@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from ustack.linux.control import ControlError
-from ustack.study.faults import FaultError, FaultRule, parse_rule
-from ustack.wire.address import format_address, parse_address
+from ustack.study.faults import FaultError
+from ustack.study.faults import FaultRule
+from ustack.study.faults import parse_rule
+from ustack.wire.address import format_address
+from ustack.wire.address import parse_address
 
 ROOT_CONTROL_DIR = Path("/run/ustack")
 

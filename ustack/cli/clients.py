@@ -10,10 +10,15 @@ import sys
 import threading
 from typing import Any
 
-from ustack.cli.args import control_path, fault_rule, parse_seconds
-from ustack.linux.control import ControlError, encode, request
+from ustack.cli.args import control_path
+from ustack.cli.args import fault_rule
+from ustack.cli.args import parse_seconds
+from ustack.linux.control import ControlError
+from ustack.linux.control import encode
+from ustack.linux.control import request
 from ustack.study.faults import __doc__ as faults_module_doc
-from ustack.wire.address import format_endpoint, parse_address
+from ustack.wire.address import format_endpoint
+from ustack.wire.address import parse_address
 
 
 def faults_doc() -> str:

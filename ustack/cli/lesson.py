@@ -20,37 +20,38 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ustack.cli.args import UsageError
-from ustack.linux.lab import (
-    LINUX_ADDRESS,
-    STACK_ADDRESS,
-    LabError,
-    Netns,
-    UstackDaemon,
-    netns,
-    remove_stale_namespaces,
-)
+from ustack.linux.lab import LINUX_ADDRESS
+from ustack.linux.lab import STACK_ADDRESS
+from ustack.linux.lab import LabError
+from ustack.linux.lab import Netns
+from ustack.linux.lab import UstackDaemon
+from ustack.linux.lab import netns
+from ustack.linux.lab import remove_stale_namespaces
 from ustack.study import load
 from ustack.study.ladder import build_ladder
-from ustack.study.ladder_draw import draw_ascii, draw_svg
-from ustack.study.lessons import (
-    LESSONS,
-    Lesson,
-    find_lesson,
-    lesson_names,
-    missing,
-    peer_states,
-    the_connection,
-    ustack_states,
-)
-from ustack.study.plot import EXTRA_MISSING, PlotUnavailable
+from ustack.study.ladder_draw import draw_ascii
+from ustack.study.ladder_draw import draw_svg
+from ustack.study.lessons import LESSONS
+from ustack.study.lessons import Lesson
+from ustack.study.lessons import find_lesson
+from ustack.study.lessons import lesson_names
+from ustack.study.lessons import missing
+from ustack.study.lessons import peer_states
+from ustack.study.lessons import the_connection
+from ustack.study.lessons import ustack_states
+from ustack.study.plot import EXTRA_MISSING
+from ustack.study.plot import PlotUnavailable
 from ustack.study.report import build_report
-from ustack.wire.ipv4 import PROTO_TCP, build_ipv4
-from ustack.wire.tcp import SYN, build_tcp
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import build_ipv4
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import build_tcp
 
 Scenario = Callable[[Netns, UstackDaemon], None]
 LINUX_PORT = 9000  # where the Linux servers listen for `ustack connect`

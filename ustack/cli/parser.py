@@ -7,7 +7,11 @@ import argparse
 from pathlib import Path
 
 from ustack import __version__
-from ustack.cli.args import PORT, Parser, add_control_option, bounded_int, ip_address
+from ustack.cli.args import PORT
+from ustack.cli.args import Parser
+from ustack.cli.args import add_control_option
+from ustack.cli.args import bounded_int
+from ustack.cli.args import ip_address
 from ustack.cli.clients import faults_doc
 from ustack.cli.serve_options import add_serve_arguments
 from ustack.compiled import build

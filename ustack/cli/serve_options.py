@@ -11,32 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from ustack.api import STREAM_LIMIT
-from ustack.cli.args import (
-    PORT,
-    UsageError,
-    add_control_option,
-    bounded_int,
-    check_device,
-    control_path,
-    fault_rule,
-    parse_count,
-    parse_seconds,
-)
-from ustack.cli.trace_options import (
-    MAX_TRACE_KEEP,
-    MIN_TRACE_BYTES,
-    trace_hosts,
-    trace_rotation,
-    trace_specs,
-)
+from ustack.cli.args import PORT
+from ustack.cli.args import UsageError
+from ustack.cli.args import add_control_option
+from ustack.cli.args import bounded_int
+from ustack.cli.args import check_device
+from ustack.cli.args import control_path
+from ustack.cli.args import fault_rule
+from ustack.cli.args import parse_count
+from ustack.cli.args import parse_seconds
+from ustack.cli.trace_options import MAX_TRACE_KEEP
+from ustack.cli.trace_options import MIN_TRACE_BYTES
+from ustack.cli.trace_options import trace_hosts
+from ustack.cli.trace_options import trace_rotation
+from ustack.cli.trace_options import trace_specs
 from ustack.daemon import ServeConfig
 from ustack.daemon.running import MAX_QUEUES
 from ustack.linux.tun import LinkConfig
 from ustack.net.fragments import FragmentLimits
 from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
-from ustack.services import SERVICES, HttpLimits
-from ustack.study.sinks import TRACE_FORMATS, TraceFilter
+from ustack.services import SERVICES
+from ustack.services import HttpLimits
+from ustack.study.sinks import TRACE_FORMATS
+from ustack.study.sinks import TraceFilter
 from ustack.tcp import congestion
 from ustack.tcp.config import ECN_MODES
 from ustack.tcp.connection import TcpConfig

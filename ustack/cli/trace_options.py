@@ -8,9 +8,13 @@ import os
 import stat
 from pathlib import Path
 
-from ustack.cli.args import UsageError, parse_count
-from ustack.study.sinks import TraceRotation, TraceSpec, format_for
-from ustack.wire.address import format_address, parse_address
+from ustack.cli.args import UsageError
+from ustack.cli.args import parse_count
+from ustack.study.sinks import TraceRotation
+from ustack.study.sinks import TraceSpec
+from ustack.study.sinks import format_for
+from ustack.wire.address import format_address
+from ustack.wire.address import parse_address
 
 # Kernel filesystems whose files are knobs and reports, not places for a trace.
 PSEUDO_FILESYSTEMS = frozenset(

@@ -9,41 +9,47 @@ import dataclasses
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
-from ustack.api import StackServer, open_connection, start_server
+from ustack.api import StackServer
+from ustack.api import open_connection
+from ustack.api import start_server
 from ustack.daemon.gc_pauses import GcPauses
-from ustack.daemon.process import finish_tasks, notify_ready, reopen_log_files
-from ustack.daemon.reports import (
-    connection_row,
-    fault_event,
-    format_counters,
-    listening_endpoints,
-    time_wait_row,
-)
-from ustack.daemon.running import (
-    DEFAULT_ADDRESS6,
-    READ_BATCH,
-    RunningStack,
-    ServeConfig,
-    default_services,
-)
-from ustack.linux.control import (
-    CHUNK_ROWS,
-    PROTOCOL_VERSION,
-    ControlRequestError,
-    ControlServer,
-    encode,
-    error_reply,
-)
+from ustack.daemon.process import finish_tasks
+from ustack.daemon.process import notify_ready
+from ustack.daemon.process import reopen_log_files
+from ustack.daemon.reports import connection_row
+from ustack.daemon.reports import fault_event
+from ustack.daemon.reports import format_counters
+from ustack.daemon.reports import listening_endpoints
+from ustack.daemon.reports import time_wait_row
+from ustack.daemon.running import DEFAULT_ADDRESS6
+from ustack.daemon.running import READ_BATCH
+from ustack.daemon.running import RunningStack
+from ustack.daemon.running import ServeConfig
+from ustack.daemon.running import default_services
+from ustack.linux.control import CHUNK_ROWS
+from ustack.linux.control import PROTOCOL_VERSION
+from ustack.linux.control import ControlRequestError
+from ustack.linux.control import ControlServer
+from ustack.linux.control import encode
+from ustack.linux.control import error_reply
 from ustack.linux.memory import pin_malloc_thresholds
-from ustack.linux.peer_states import PeerStatesError, PeerStateWatcher
-from ustack.linux.tun import LinkGone, TunLink
+from ustack.linux.peer_states import PeerStatesError
+from ustack.linux.peer_states import PeerStateWatcher
+from ustack.linux.tun import LinkGone
+from ustack.linux.tun import TunLink
 from ustack.runner import StackRunner
-from ustack.services import SERVICES, UDP_SERVICES, HttpService
-from ustack.study.faults import FaultError, parse_rule
-from ustack.wire.address import format_address, format_endpoint, parse_address
+from ustack.services import SERVICES
+from ustack.services import UDP_SERVICES
+from ustack.services import HttpService
+from ustack.study.faults import FaultError
+from ustack.study.faults import parse_rule
+from ustack.wire.address import format_address
+from ustack.wire.address import format_endpoint
+from ustack.wire.address import parse_address
 
 # connection_row and fault_event are the reports module's, named here too (bench, tests).
 __all__ = [

@@ -49,22 +49,25 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from ustack.daemon import GC_YOUNG_THRESHOLD, Daemon, icmp_relay
-from ustack.daemon.process import notify_ready, reopen_log_files
-from ustack.daemon.running import ServeConfig, SharedSecrets
-from ustack.linux.control import (
-    CHUNK_ROWS,
-    ControlRequestError,
-    ControlServer,
-    encode,
-    error_reply,
-    merge_part,
-)
+from ustack.daemon import GC_YOUNG_THRESHOLD
+from ustack.daemon import Daemon
+from ustack.daemon import icmp_relay
+from ustack.daemon.process import notify_ready
+from ustack.daemon.process import reopen_log_files
+from ustack.daemon.running import ServeConfig
+from ustack.daemon.running import SharedSecrets
+from ustack.linux.control import CHUNK_ROWS
+from ustack.linux.control import ControlRequestError
+from ustack.linux.control import ControlServer
+from ustack.linux.control import encode
+from ustack.linux.control import error_reply
+from ustack.linux.control import merge_part
 from ustack.linux.tun import TunLink
 
 log = logging.getLogger("ustack")

@@ -13,8 +13,10 @@ from ustack.tcp import seq
 from ustack.tcp.connection import TcpConnection
 from ustack.tcp.segment import flag_string
 from ustack.tcp.time_wait import TimeWait
-from ustack.trace.records import FaultEvent, dotted
-from ustack.wire.address import format_endpoint, is_ipv6
+from ustack.trace.records import FaultEvent
+from ustack.trace.records import dotted
+from ustack.wire.address import format_endpoint
+from ustack.wire.address import is_ipv6
 from ustack.wire.checksum import Buffer
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.tcp import TCP_FIXED

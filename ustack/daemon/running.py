@@ -19,26 +19,44 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
+from typing import Protocol
+from typing import TypeVar
 
-from ustack.api import ClientCallback, StackServer, open_connection, start_server
-from ustack.daemon.reports import fault_event, table_rows
+from ustack.api import ClientCallback
+from ustack.api import StackServer
+from ustack.api import open_connection
+from ustack.api import start_server
+from ustack.daemon.reports import fault_event
+from ustack.daemon.reports import table_rows
 from ustack.datagram import create_datagram_endpoint
-from ustack.linux.tun import LinkConfig, LinkGone
+from ustack.linux.tun import LinkConfig
+from ustack.linux.tun import LinkGone
 from ustack.net.fragments import FragmentLimits
 from ustack.net.pmtu import DEFAULT_MIN_PMTU
 from ustack.net.ratelimit import IcmpLimits
 from ustack.runner import StackRunner
-from ustack.services import SERVICES, HttpLimits
-from ustack.stack import DEFAULT_ADDRESS, Stack
-from ustack.study.faults import FaultInjector, FaultRule, Verdict, mark_ce
-from ustack.study.sinks import FanOut, TraceFilter, TraceRotation, TraceSinks, TraceSpec
+from ustack.services import SERVICES
+from ustack.services import HttpLimits
+from ustack.stack import DEFAULT_ADDRESS
+from ustack.stack import Stack
+from ustack.study.faults import FaultInjector
+from ustack.study.faults import FaultRule
+from ustack.study.faults import Verdict
+from ustack.study.faults import mark_ce
+from ustack.study.sinks import FanOut
+from ustack.study.sinks import TraceFilter
+from ustack.study.sinks import TraceRotation
+from ustack.study.sinks import TraceSinks
+from ustack.study.sinks import TraceSpec
 from ustack.tcp.connection import TcpConfig
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.syncookies import SynCookies
-from ustack.trace.records import TraceEvent, Tracer
+from ustack.trace.records import TraceEvent
+from ustack.trace.records import Tracer
 from ustack.wire.checksum import Buffer
 from ustack.wire.ipv6 import IPV6_VERSION
 

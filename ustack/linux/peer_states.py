@@ -47,27 +47,28 @@ import itertools
 import logging
 import os
 import threading
-from collections import Counter, deque
+from collections import Counter
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from ustack.linux.sock_diag import DestroyNotices, Key, SockDiag
-from ustack.linux.tracefs import (
-    INSTANCE_PREFIX,
-    TRACING_ROOT,
-    KernelStateChange,
-    SocketDestroyed,
-    disable_event,
-    mount_tracefs,
-    parse_destroy_line,
-    parse_line,
-    remove_stale_instances,
-    unmount,
-    write_file,
-)
+from ustack.linux.sock_diag import DestroyNotices
+from ustack.linux.sock_diag import Key
+from ustack.linux.sock_diag import SockDiag
+from ustack.linux.tracefs import INSTANCE_PREFIX
+from ustack.linux.tracefs import TRACING_ROOT
+from ustack.linux.tracefs import KernelStateChange
 from ustack.linux.tracefs import (
     PeerStatesError as PeerStatesError,  # (part of the watcher's interface)
 )
+from ustack.linux.tracefs import SocketDestroyed
+from ustack.linux.tracefs import disable_event
+from ustack.linux.tracefs import mount_tracefs
+from ustack.linux.tracefs import parse_destroy_line
+from ustack.linux.tracefs import parse_line
+from ustack.linux.tracefs import remove_stale_instances
+from ustack.linux.tracefs import unmount
+from ustack.linux.tracefs import write_file
 from ustack.trace.records import PeerStateChange
 
 log = logging.getLogger("ustack.peer_states")

@@ -31,8 +31,10 @@ import pytun
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ustack.wire.checksum import Buffer, ones_sum
-from ustack.wire.ipv4 import IPV4_PLAIN_FIRST_BYTE, PROTO_TCP
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import ones_sum
+from ustack.wire.ipv4 import IPV4_PLAIN_FIRST_BYTE
+from ustack.wire.ipv4 import PROTO_TCP
 
 log = logging.getLogger("ustack.link")
 

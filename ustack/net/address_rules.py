@@ -16,16 +16,16 @@ from collections.abc import Container
 
 from ustack.trace.vocabulary import DropReason
 from ustack.wire.address import is_embedded_ipv4
-from ustack.wire.icmp import ICMP_ERROR_TYPES, NR_ICMP_TYPES
-from ustack.wire.icmpv6 import (
-    PACKET_TOO_BIG,
-    PARAMETER_PROBLEM,
-    UNRECOGNIZED_OPTION,
-    is_error_type,
-    upper_layer,
-)
+from ustack.wire.icmp import ICMP_ERROR_TYPES
+from ustack.wire.icmp import NR_ICMP_TYPES
+from ustack.wire.icmpv6 import PACKET_TOO_BIG
+from ustack.wire.icmpv6 import PARAMETER_PROBLEM
+from ustack.wire.icmpv6 import UNRECOGNIZED_OPTION
+from ustack.wire.icmpv6 import is_error_type
+from ustack.wire.icmpv6 import upper_layer
 from ustack.wire.ipv4 import PROTO_ICMP
-from ustack.wire.ipv6 import IPV6_HEADER_LENGTH, NH_ICMPV6
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
+from ustack.wire.ipv6 import NH_ICMPV6
 
 _FRAGMENT_OFFSET_MASK = 0x1FFF
 

@@ -38,14 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ustack.counters import Counters
-from ustack.trace.vocabulary import DropReason, Layer, Rule
-from ustack.wire.checksum import Buffer, prefix_checksum
-from ustack.wire.ipv6 import (
-    FRAGMENT_HEADER_LENGTH,
-    IPV6_HEADER_LENGTH,
-    PAYLOAD_LENGTH_OFFSET,
-    remove_fragment_header,
-)
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import Rule
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import prefix_checksum
+from ustack.wire.ipv6 import FRAGMENT_HEADER_LENGTH
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
+from ustack.wire.ipv6 import PAYLOAD_LENGTH_OFFSET
+from ustack.wire.ipv6 import remove_fragment_header
 
 IPV4_MAX_LENGTH = 0xFFFF  # RFC 791: the total length field
 # What is charged against the cap besides the data, as Linux charges an skb's

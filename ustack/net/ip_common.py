@@ -13,20 +13,31 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network
+from ipaddress import IPv6Network
 from typing import TypeVar
 
 from ustack.counters import Counters
-from ustack.net.fragments import FragmentFamily, FragmentLimits, Reassembly
-from ustack.net.pmtu import DEFAULT_MIN_PMTU, PmtuCache
-from ustack.net.ratelimit import IcmpLimits, IcmpRateLimiter
+from ustack.net.fragments import FragmentFamily
+from ustack.net.fragments import FragmentLimits
+from ustack.net.fragments import Reassembly
+from ustack.net.pmtu import DEFAULT_MIN_PMTU
+from ustack.net.pmtu import PmtuCache
+from ustack.net.ratelimit import IcmpLimits
+from ustack.net.ratelimit import IcmpRateLimiter
 from ustack.trace.records import PacketTap
-from ustack.trace.vocabulary import DropReason, Layer, Rule
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import Rule
 from ustack.wire.address import format_address
-from ustack.wire.checksum import Buffer, transport_checksum
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import transport_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.icmp import REASSEMBLY_TIME_EXCEEDED, Quote
-from ustack.wire.ipv4 import ECN_NOT_ECT, PROTO_TCP, PROTO_UDP
+from ustack.wire.icmp import REASSEMBLY_TIME_EXCEEDED
+from ustack.wire.icmp import Quote
+from ustack.wire.ipv4 import ECN_NOT_ECT
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
 from ustack.wire.udp import parse_udp
 
 _Header = TypeVar("_Header")

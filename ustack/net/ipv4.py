@@ -7,47 +7,50 @@ upper layer's prefix), so a user can see exactly why it was dropped.
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network
+from ipaddress import IPv6Network
 
 from ustack.net.address_rules import icmp_error_forbidden
-from ustack.net.fragments import IPV4_FAMILY, FragmentLimits
-from ustack.net.ip_common import IpLayerBase, Unreachable
+from ustack.net.fragments import IPV4_FAMILY
+from ustack.net.fragments import FragmentLimits
+from ustack.net.ip_common import IpLayerBase
+from ustack.net.ip_common import Unreachable
 from ustack.net.ip_id import IpIdentifiers
 from ustack.net.pmtu import MIN_IPV4_MTU
-from ustack.trace.vocabulary import DropReason, Layer, Rule
-from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import Rule
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import internet_checksum
+from ustack.wire.checksum import prefix_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.icmp import (
-    DEST_UNREACH,
-    ECHO_REPLY,
-    ECHO_REQUEST,
-    FRAG_NEEDED,
-    PARAMETER_PROBLEM,
-    PORT_UNREACH,
-    PRECEDENCE_CUTOFF,
-    SOURCE_QUENCH,
-    TIME_EXCEEDED,
-    Quote,
-    build_icmp,
-    parse_icmp,
-    parse_quote,
-)
-from ustack.wire.ipv4 import (
-    DONT_FRAGMENT,
-    ECN_MASK,
-    IPV4_DONT_FRAGMENT,
-    IPV4_FIXED,
-    IPV4_FRAGMENT_OFFSET,
-    IPV4_MIN_HEADER_LENGTH,
-    IPV4_MORE_FRAGMENTS,
-    IPV4_PLAIN_FIRST_BYTE,
-    PROTO_ICMP,
-    PROTO_TCP,
-    PROTO_UDP,
-    build_ipv4_in_place,
-    fragment_field,
-    parse_ipv4,
-)
+from ustack.wire.icmp import DEST_UNREACH
+from ustack.wire.icmp import ECHO_REPLY
+from ustack.wire.icmp import ECHO_REQUEST
+from ustack.wire.icmp import FRAG_NEEDED
+from ustack.wire.icmp import PARAMETER_PROBLEM
+from ustack.wire.icmp import PORT_UNREACH
+from ustack.wire.icmp import PRECEDENCE_CUTOFF
+from ustack.wire.icmp import SOURCE_QUENCH
+from ustack.wire.icmp import TIME_EXCEEDED
+from ustack.wire.icmp import Quote
+from ustack.wire.icmp import build_icmp
+from ustack.wire.icmp import parse_icmp
+from ustack.wire.icmp import parse_quote
+from ustack.wire.ipv4 import DONT_FRAGMENT
+from ustack.wire.ipv4 import ECN_MASK
+from ustack.wire.ipv4 import IPV4_DONT_FRAGMENT
+from ustack.wire.ipv4 import IPV4_FIXED
+from ustack.wire.ipv4 import IPV4_FRAGMENT_OFFSET
+from ustack.wire.ipv4 import IPV4_MIN_HEADER_LENGTH
+from ustack.wire.ipv4 import IPV4_MORE_FRAGMENTS
+from ustack.wire.ipv4 import IPV4_PLAIN_FIRST_BYTE
+from ustack.wire.ipv4 import PROTO_ICMP
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
+from ustack.wire.ipv4 import build_ipv4_in_place
+from ustack.wire.ipv4 import fragment_field
+from ustack.wire.ipv4 import parse_ipv4
 
 # RFC 1122 3.2.2: an ICMP error quotes the offending datagram, as much as fits
 # in a 576-byte datagram (RFC 1812 4.3.2.3).

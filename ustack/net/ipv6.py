@@ -16,60 +16,64 @@ resolve.
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network
+from ipaddress import IPv6Network
 
-from ustack.net.address_rules import (
-    icmpv6_error_forbidden,
-    is_ipv6_multicast,
-    is_ipv6_unicast_host,
-)
+from ustack.net.address_rules import icmpv6_error_forbidden
+from ustack.net.address_rules import is_ipv6_multicast
+from ustack.net.address_rules import is_ipv6_unicast_host
 from ustack.net.flow_label import FlowLabels
-from ustack.net.fragments import IPV6_FAMILY, IPV6_FRAGMENT_LIMITS
-from ustack.net.ip_common import IpLayerBase, Unreachable
+from ustack.net.fragments import IPV6_FAMILY
+from ustack.net.fragments import IPV6_FRAGMENT_LIMITS
+from ustack.net.ip_common import IpLayerBase
+from ustack.net.ip_common import Unreachable
 from ustack.net.ip_id import IpIdentifiers
-from ustack.trace.vocabulary import DropReason, Layer, Rule
-from ustack.wire.checksum import Buffer, transport_checksum
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import Rule
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import transport_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.icmp import ICMP_HEADER_LENGTH, Quote, parse_icmp
-from ustack.wire.icmpv6 import (
-    DEST_UNREACH,
-    ECHO_REPLY,
-    ECHO_REQUEST,
-    ERRONEOUS_HEADER_FIELD,
-    HEADER_CHAIN_INCOMPLETE,
-    MLD_TYPES,
-    NEIGHBOR_DISCOVERY_TYPES,
-    PACKET_TOO_BIG,
-    PARAMETER_PROBLEM,
-    PORT_UNREACH,
-    REJECT_ROUTE,
-    TIME_EXCEEDED,
-    UNRECOGNIZED_NEXT_HEADER,
-    UNRECOGNIZED_OPTION,
-    build_icmpv6,
-    is_error_type,
-    parse_quote_ipv6,
-)
-from ustack.wire.ipv4 import ECN_MASK, PROTO_TCP, PROTO_UDP
-from ustack.wire.ipv6 import (
-    EXTENSION_HEADERS,
-    FRAGMENT_HEADER_LENGTH,
-    IPV6_FIXED_HALVES,
-    IPV6_HEADER_LENGTH,
-    IPV6_MIN_MTU,
-    IPV6_VERSION,
-    NH_DESTINATION,
-    NH_FRAGMENT,
-    NH_HOP_BY_HOP,
-    NH_ICMPV6,
-    NH_NONE,
-    NH_ROUTING,
-    PAYLOAD_LENGTH_OFFSET,
-    build_ipv6_in_place,
-    fragment_header,
-    parse_fragment_header,
-    parse_ipv6,
-)
+from ustack.wire.icmp import ICMP_HEADER_LENGTH
+from ustack.wire.icmp import Quote
+from ustack.wire.icmp import parse_icmp
+from ustack.wire.icmpv6 import DEST_UNREACH
+from ustack.wire.icmpv6 import ECHO_REPLY
+from ustack.wire.icmpv6 import ECHO_REQUEST
+from ustack.wire.icmpv6 import ERRONEOUS_HEADER_FIELD
+from ustack.wire.icmpv6 import HEADER_CHAIN_INCOMPLETE
+from ustack.wire.icmpv6 import MLD_TYPES
+from ustack.wire.icmpv6 import NEIGHBOR_DISCOVERY_TYPES
+from ustack.wire.icmpv6 import PACKET_TOO_BIG
+from ustack.wire.icmpv6 import PARAMETER_PROBLEM
+from ustack.wire.icmpv6 import PORT_UNREACH
+from ustack.wire.icmpv6 import REJECT_ROUTE
+from ustack.wire.icmpv6 import TIME_EXCEEDED
+from ustack.wire.icmpv6 import UNRECOGNIZED_NEXT_HEADER
+from ustack.wire.icmpv6 import UNRECOGNIZED_OPTION
+from ustack.wire.icmpv6 import build_icmpv6
+from ustack.wire.icmpv6 import is_error_type
+from ustack.wire.icmpv6 import parse_quote_ipv6
+from ustack.wire.ipv4 import ECN_MASK
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
+from ustack.wire.ipv6 import EXTENSION_HEADERS
+from ustack.wire.ipv6 import FRAGMENT_HEADER_LENGTH
+from ustack.wire.ipv6 import IPV6_FIXED_HALVES
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
+from ustack.wire.ipv6 import IPV6_MIN_MTU
+from ustack.wire.ipv6 import IPV6_VERSION
+from ustack.wire.ipv6 import NH_DESTINATION
+from ustack.wire.ipv6 import NH_FRAGMENT
+from ustack.wire.ipv6 import NH_HOP_BY_HOP
+from ustack.wire.ipv6 import NH_ICMPV6
+from ustack.wire.ipv6 import NH_NONE
+from ustack.wire.ipv6 import NH_ROUTING
+from ustack.wire.ipv6 import PAYLOAD_LENGTH_OFFSET
+from ustack.wire.ipv6 import build_ipv6_in_place
+from ustack.wire.ipv6 import fragment_header
+from ustack.wire.ipv6 import parse_fragment_header
+from ustack.wire.ipv6 import parse_ipv6
 
 # RFC 4443 2.4(c): an error quotes as much of the offending packet as fits
 # in the minimum MTU.

@@ -33,8 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ustack.trace.vocabulary import DropReason
-from ustack.wire.icmp import DEST_UNREACH, FRAG_NEEDED, NR_ICMP_TYPES
-from ustack.wire.icmpv6 import PACKET_TOO_BIG, is_error_type
+from ustack.wire.icmp import DEST_UNREACH
+from ustack.wire.icmp import FRAG_NEEDED
+from ustack.wire.icmp import NR_ICMP_TYPES
+from ustack.wire.icmpv6 import PACKET_TOO_BIG
+from ustack.wire.icmpv6 import is_error_type
 
 XRLIM_BURST_FACTOR = 6  # include/net/inetpeer.h: a burst of 6 messages per destination
 # inet_getpeer: a new peer's rate_last is 60 s back, so its first message

@@ -18,16 +18,23 @@ import errno
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 from ustack.counters import Counters
-from ustack.trace.records import DatagramEvent, Tracer
-from ustack.trace.vocabulary import DropReason, Layer
-from ustack.wire.address import IPV4_MAX, format_address, is_ipv6
-from ustack.wire.checksum import Buffer, transport_checksum
+from ustack.trace.records import DatagramEvent
+from ustack.trace.records import Tracer
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.wire.address import IPV4_MAX
+from ustack.wire.address import format_address
+from ustack.wire.address import is_ipv6
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import transport_checksum
 from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_UDP
-from ustack.wire.udp import UDP_FIXED, UDP_HEADER_LENGTH
+from ustack.wire.udp import UDP_FIXED
+from ustack.wire.udp import UDP_HEADER_LENGTH
 
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux's ip_local_port_range, as TCP's
 # The largest UDP payload: 65,535 less the IPv4 header (20) and UDP's (8);

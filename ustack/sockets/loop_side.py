@@ -9,7 +9,8 @@ import errno
 import os
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
+from typing import TypeVar
 
 from ustack.api import TcpTransport
 

@@ -7,27 +7,28 @@ from __future__ import annotations
 import errno
 import io
 import socket as _socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
-from ustack.sockets.loop_side import StreamState, on_loop, oserror
-from ustack.stream_options import (
-    BROADCAST,
-    KEEPALIVE,
-    KEEPCNT,
-    KEEPIDLE,
-    KEEPINTVL,
-    LINGER,
-    LINGER_OPTION,
-    NODELAY,
-    RCVBUF,
-    REUSEADDR,
-    REUSEPORT,
-    SNDBUF,
-    SOCKET_ERROR,
-    SOCKET_TYPE,
-    V6ONLY,
-    StreamOptions,
-)
+from ustack.sockets.loop_side import StreamState
+from ustack.sockets.loop_side import on_loop
+from ustack.sockets.loop_side import oserror
+from ustack.stream_options import BROADCAST
+from ustack.stream_options import KEEPALIVE
+from ustack.stream_options import KEEPCNT
+from ustack.stream_options import KEEPIDLE
+from ustack.stream_options import KEEPINTVL
+from ustack.stream_options import LINGER
+from ustack.stream_options import LINGER_OPTION
+from ustack.stream_options import NODELAY
+from ustack.stream_options import RCVBUF
+from ustack.stream_options import REUSEADDR
+from ustack.stream_options import REUSEPORT
+from ustack.stream_options import SNDBUF
+from ustack.stream_options import SOCKET_ERROR
+from ustack.stream_options import SOCKET_TYPE
+from ustack.stream_options import V6ONLY
+from ustack.stream_options import StreamOptions
 
 if TYPE_CHECKING:
     from ustack.socket import SocketStack

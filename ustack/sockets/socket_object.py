@@ -10,25 +10,27 @@ import os
 import random
 import socket as _socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 from ustack.api import TcpTransport
-from ustack.datagram import UdpTransport, create_datagram_endpoint
+from ustack.datagram import UdpTransport
+from ustack.datagram import create_datagram_endpoint
 from ustack.net.udp import UdpEndpoint
 
 # ---- the socket --------------------------------------------------------------------------
-from ustack.sockets.loop_side import (
-    Address,
-    DatagramState,
-    ListenState,
-    StreamState,
-    on_loop,
-    oserror,
-    with_errno,
-)
+from ustack.sockets.loop_side import Address
+from ustack.sockets.loop_side import DatagramState
+from ustack.sockets.loop_side import ListenState
+from ustack.sockets.loop_side import StreamState
+from ustack.sockets.loop_side import on_loop
+from ustack.sockets.loop_side import oserror
+from ustack.sockets.loop_side import with_errno
 from ustack.sockets.options import SocketOptions
-from ustack.stream_options import LINGER_OPTION, V6ONLY
-from ustack.wire.address import is_ipv6, parse_address
+from ustack.stream_options import LINGER_OPTION
+from ustack.stream_options import V6ONLY
+from ustack.wire.address import is_ipv6
+from ustack.wire.address import parse_address
 
 if TYPE_CHECKING:
     from ustack.socket import SocketStack

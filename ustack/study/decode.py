@@ -14,7 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ustack.trace import records as trace_records
-from ustack.trace.vocabulary import LOST_NOTE, Note, SegmentNote
+from ustack.trace.vocabulary import LOST_NOTE
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import SegmentNote
 
 Record = dict[str, Any]
 

@@ -10,33 +10,34 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from collections.abc import Sequence
 
-from ustack.study.decode import is_lost, segment_note
-from ustack.study.load import (
-    Record,
-    TraceError,
-    add_trace_arguments,
-    as_records,
-    choose_connection,
-    read_connection,
-    relative_numbers,
-    report_error,
-)
-from ustack.study.sentences import (
-    Context,
-    Item,
-    incoming_step,
-    is_app_call,
-    outgoing_step,
-    peer_step,
-    plain_step,
-    state_step,
-    timer_step,
-)
+from ustack.study.decode import is_lost
+from ustack.study.decode import segment_note
+from ustack.study.load import Record
+from ustack.study.load import TraceError
+from ustack.study.load import add_trace_arguments
+from ustack.study.load import as_records
+from ustack.study.load import choose_connection
+from ustack.study.load import read_connection
+from ustack.study.load import relative_numbers
+from ustack.study.load import report_error
+from ustack.study.sentences import Context
+from ustack.study.sentences import Item
+from ustack.study.sentences import incoming_step
+from ustack.study.sentences import is_app_call
+from ustack.study.sentences import outgoing_step
+from ustack.study.sentences import peer_step
+from ustack.study.sentences import plain_step
+from ustack.study.sentences import state_step
+from ustack.study.sentences import timer_step
 from ustack.tcp.states import Event
 from ustack.trace.records import TraceEvent
-from ustack.trace.vocabulary import LOSS_RULES, SegmentNote, TimerAction, TimerKind
+from ustack.trace.vocabulary import LOSS_RULES
+from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import TimerAction
+from ustack.trace.vocabulary import TimerKind
 
 
 def explain(events: Iterable[Record | TraceEvent]) -> list[str]:

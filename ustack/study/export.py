@@ -22,14 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+from typing import Any
 
 from ustack import __version__
-from ustack.study.load import Record, TraceError, add_trace_arguments, open_trace, report_error
+from ustack.study.load import Record
+from ustack.study.load import TraceError
+from ustack.study.load import add_trace_arguments
+from ustack.study.load import open_trace
+from ustack.study.load import report_error
 from ustack.trace.records import TRACE_SCHEMA_VERSION
-from ustack.trace.vocabulary import TimerAction, TimerKind
+from ustack.trace.vocabulary import TimerAction
+from ustack.trace.vocabulary import TimerKind
 
 QLOG_VERSION = "0.3"
 RECORD_SEPARATOR = "\x1e"  # RFC 7464 2: each JSON text is preceded by RS, ended by LF

@@ -25,15 +25,24 @@ from __future__ import annotations
 
 import random
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
 from typing import Any
 
 from ustack.study.packet_view import view
 from ustack.trace.vocabulary import FaultAction
-from ustack.wire.address import format_address, parse_address
-from ustack.wire.checksum import Buffer, internet_checksum
+from ustack.wire.address import format_address
+from ustack.wire.address import parse_address
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import internet_checksum
 from ustack.wire.ipv4 import PROTO_TCP
-from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import PSH
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import URG
 
 ACTIONS = tuple(FaultAction)
 DIRECTIONS = ("in", "out", "both")

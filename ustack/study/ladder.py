@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ustack.study import load
-from ustack.study.decode import decision_note, is_lost
-from ustack.study.ladder_draw import draw_ascii, draw_mermaid, draw_svg
+from ustack.study.decode import decision_note
+from ustack.study.decode import is_lost
+from ustack.study.ladder_draw import draw_ascii
+from ustack.study.ladder_draw import draw_mermaid
+from ustack.study.ladder_draw import draw_svg
 from ustack.study.load import Record
 from ustack.trace.records import TraceEvent
-from ustack.trace.vocabulary import LOST_NOTE, Note, TimerAction, TimerKind
+from ustack.trace.vocabulary import LOST_NOTE
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import TimerAction
+from ustack.trace.vocabulary import TimerKind
 
 FORMATS = ("ascii", "svg", "mermaid")
 

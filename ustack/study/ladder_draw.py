@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 if TYPE_CHECKING:
-    from ustack.study.ladder import Ladder, Row
+    from ustack.study.ladder import Ladder
+    from ustack.study.ladder import Row
 
 
 # ---- ASCII -----------------------------------------------------------------------------

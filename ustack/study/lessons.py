@@ -10,16 +10,16 @@ differently) says so instead of printing a wrong picture.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
 
-from ustack.study.load import (
-    ConnectionSummary,
-    Record,
-    as_records,
-    choose_connection,
-    connections,
-)
+from ustack.study.load import ConnectionSummary
+from ustack.study.load import Record
+from ustack.study.load import as_records
+from ustack.study.load import choose_connection
+from ustack.study.load import connections
 
 Check = Callable[[Sequence[Record]], bool]
 

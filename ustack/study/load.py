@@ -24,15 +24,21 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import IO
 
-from ustack.study.decode import RECORD_CLASSES, parse_event, parse_line
+from ustack.study.decode import RECORD_CLASSES
 from ustack.study.decode import Record as Record  # the readers' one name for a record
+from ustack.study.decode import parse_event
+from ustack.study.decode import parse_line
 from ustack.trace import records as trace_records
-from ustack.trace.vocabulary import LOST_NOTE, FaultAction
+from ustack.trace.vocabulary import LOST_NOTE
+from ustack.trace.vocabulary import FaultAction
 
 _MASK = 0xFFFFFFFF
 

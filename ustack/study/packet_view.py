@@ -13,15 +13,15 @@ import ipaddress
 import struct
 from typing import NamedTuple
 
-from ustack.wire.address import format_address, is_ipv6
+from ustack.wire.address import format_address
+from ustack.wire.address import is_ipv6
 from ustack.wire.checksum import Buffer
-from ustack.wire.ipv4 import PROTO_TCP, PROTO_UDP
-from ustack.wire.ipv6 import (
-    EXTENSION_HEADERS,
-    IPV6_HEADER_LENGTH,
-    NH_FRAGMENT,
-    extension_length,
-)
+from ustack.wire.ipv4 import PROTO_TCP
+from ustack.wire.ipv4 import PROTO_UDP
+from ustack.wire.ipv6 import EXTENSION_HEADERS
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
+from ustack.wire.ipv6 import NH_FRAGMENT
+from ustack.wire.ipv6 import extension_length
 
 IPV4_MIN_HEADER = 20
 # Version and IHL, flags and fragment offset, protocol, source, destination:

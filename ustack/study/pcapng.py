@@ -31,15 +31,16 @@ import time
 from collections.abc import Callable
 
 from ustack import __version__
-from ustack.study.sinks import BinaryStream, format_event
-from ustack.trace.records import (
-    DatagramEvent,
-    FaultEvent,
-    PeerStateChange,
-    SegmentEvent,
-    TraceEvent,
-)
-from ustack.trace.vocabulary import FaultAction, Rule, SegmentNote
+from ustack.study.sinks import BinaryStream
+from ustack.study.sinks import format_event
+from ustack.trace.records import DatagramEvent
+from ustack.trace.records import FaultEvent
+from ustack.trace.records import PeerStateChange
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import TraceEvent
+from ustack.trace.vocabulary import FaultAction
+from ustack.trace.vocabulary import Rule
+from ustack.trace.vocabulary import SegmentNote
 
 LINKTYPE_RAW = 101  # raw IP: IPv4 or IPv6 by the first nibble
 SNAPLEN = 65535

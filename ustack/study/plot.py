@@ -16,10 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
 
 from ustack.study import load
-from ustack.study.plot_data import KINDS, PlotData, plot_data
+from ustack.study.plot_data import KINDS
+from ustack.study.plot_data import PlotData
+from ustack.study.plot_data import plot_data
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -15,12 +15,19 @@ connection's first event, as Wireshark's "relative to the start" option.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
 from typing import Any
 
-from ustack.study.decode import decision_note, is_lost, segment_note
+from ustack.study.decode import decision_note
+from ustack.study.decode import is_lost
+from ustack.study.decode import segment_note
 from ustack.study.load import Record
-from ustack.trace.vocabulary import Note, SegmentNote, TimerAction, TimerKind
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import TimerAction
+from ustack.trace.vocabulary import TimerKind
 
 _MASK = 0xFFFFFFFF
 

@@ -33,11 +33,15 @@ from typing import Any
 from ustack.study import load
 from ustack.study.decode import is_lost
 from ustack.study.explain import event_sentences
-from ustack.study.ladder import build_ladder, window_legend
+from ustack.study.ladder import build_ladder
+from ustack.study.ladder import window_legend
 from ustack.study.ladder_draw import draw_svg
-from ustack.study.plot import EXTRA_MISSING, PlotUnavailable, connection_plot_data
+from ustack.study.plot import EXTRA_MISSING
+from ustack.study.plot import PlotUnavailable
+from ustack.study.plot import connection_plot_data
 from ustack.study.plot import render_with_frame as render_graph
-from ustack.study.plot_data import KINDS, decimate
+from ustack.study.plot_data import KINDS
+from ustack.study.plot_data import decimate
 
 REPORT_BUDGET = 5_000_000  # bytes of HTML, for a transfer of any length
 MAX_ROWS = 1500  # events in the table and arrows in the ladder

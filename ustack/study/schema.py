@@ -17,16 +17,17 @@ import sys
 from typing import Any
 
 from ustack.study.decode import RECORD_CLASSES
-from ustack.tcp.states import Event, State
-from ustack.trace.records import READABLE_SCHEMAS, TCB_FIELDS, TRACE_SCHEMA_VERSION
-from ustack.trace.vocabulary import (
-    FaultAction,
-    Layer,
-    Note,
-    SegmentNote,
-    TimerAction,
-    TimerKind,
-)
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
+from ustack.trace.records import READABLE_SCHEMAS
+from ustack.trace.records import TCB_FIELDS
+from ustack.trace.records import TRACE_SCHEMA_VERSION
+from ustack.trace.vocabulary import FaultAction
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import TimerAction
+from ustack.trace.vocabulary import TimerKind
 
 SCHEMA_ID = f"urn:ustack:trace-schema:{TRACE_SCHEMA_VERSION}"
 

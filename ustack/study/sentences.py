@@ -6,12 +6,20 @@ a trace's events into steps (an `Item` each); this module words them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
-from ustack.study.decode import decision_note, is_lost, segment_note
+from ustack.study.decode import decision_note
+from ustack.study.decode import is_lost
+from ustack.study.decode import segment_note
 from ustack.study.load import Record
-from ustack.tcp.states import TRANSITIONS, Event, State
-from ustack.trace.vocabulary import Note, Rule, SegmentNote, TimerKind
+from ustack.tcp.states import TRANSITIONS
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import Rule
+from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import TimerKind
 
 # The sections a step cites besides the rules the trace names.
 _HANDSHAKE = "RFC 9293 3.5"

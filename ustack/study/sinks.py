@@ -15,32 +15,36 @@ import os
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Protocol
 
 from ustack.study.packet_view import view
-from ustack.trace.records import (
-    TRACE_SCHEMA_VERSION,
-    DatagramEvent,
-    Decision,
-    Drop,
-    FaultEvent,
-    NewConnection,
-    PacketTap,
-    PeerStateChange,
-    SegmentEvent,
-    StateChange,
-    TimerEvent,
-    TraceEvent,
-    Tracer,
-    endpoint,
-    event_dict,
-    four_tuple_text,
-)
+from ustack.trace.records import TRACE_SCHEMA_VERSION
+from ustack.trace.records import DatagramEvent
+from ustack.trace.records import Decision
+from ustack.trace.records import Drop
+from ustack.trace.records import FaultEvent
+from ustack.trace.records import NewConnection
+from ustack.trace.records import PacketTap
+from ustack.trace.records import PeerStateChange
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import StateChange
+from ustack.trace.records import TimerEvent
+from ustack.trace.records import TraceEvent
+from ustack.trace.records import Tracer
+from ustack.trace.records import endpoint
+from ustack.trace.records import event_dict
+from ustack.trace.records import four_tuple_text
 from ustack.trace.vocabulary import FaultAction
-from ustack.wire.address import format_address, parse_address
+from ustack.wire.address import format_address
+from ustack.wire.address import parse_address
 
 if TYPE_CHECKING:
     from ustack.study.pcapng import PcapngWriter
@@ -498,7 +502,8 @@ class TraceSinks:
         self, specs: list[TraceSpec], trace_filter: TraceFilter | None, rotation: TraceRotation
     ) -> None:
         # (pcapng builds on this module's text lines: imported here, not at the top)
-        from ustack.study.pcapng import PcapngWriter, pcapng_header
+        from ustack.study.pcapng import PcapngWriter
+        from ustack.study.pcapng import pcapng_header
 
         tracers: list[Tracer] = []
         taps: list[PacketTap] = []

@@ -10,7 +10,11 @@ from typing import NamedTuple
 
 from ustack.tcp import seq
 from ustack.tcp.segment import Segment
-from ustack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TcpHeader
 
 
 class ResetReply(NamedTuple):

@@ -33,38 +33,53 @@ from __future__ import annotations
 
 from ustack.compiled import mypyc_attr
 from ustack.counters import Counters
-from ustack.tcp import handshake, seq
-from ustack.tcp.config import DEFAULT_PEER_MSS, TcpConfig
-from ustack.tcp.events import AppEvent, Closed, Connected, EndOfStream
+from ustack.tcp import handshake
+from ustack.tcp import seq
+from ustack.tcp.config import DEFAULT_PEER_MSS
+from ustack.tcp.config import TcpConfig
+from ustack.tcp.events import AppEvent
+from ustack.tcp.events import Closed
+from ustack.tcp.events import Connected
+from ustack.tcp.events import EndOfStream
 from ustack.tcp.feedback import PathFeedback
 from ustack.tcp.keepalive import Keepalive
 from ustack.tcp.receiver import Receiver
 from ustack.tcp.recovery import Recovery
 from ustack.tcp.segment import Segment
 from ustack.tcp.sender import Sender
-from ustack.tcp.seq import HALF, MASK, MOD
-from ustack.tcp.states import (
-    PEER_MAY_RESET,
-    RECEIVES_TEXT,
-    SENDS_DATA,
-    TRANSITIONS,
-    Event,
-    State,
-)
-from ustack.tcp.timers import DELAYED_ACK, PERSIST, PROBE, REORDER, RETRANSMIT, Timers
-from ustack.tcp.user_calls import ConnectionClosedError, UserCalls
-from ustack.trace.records import Decision, StateChange, Tracer
-from ustack.trace.vocabulary import (
-    Challenge,
-    DropReason,
-    Layer,
-    Note,
-    OutOfWindow,
-    Rule,
-    SegmentNote,
-    TimerKind,
-)
-from ustack.wire.tcp import ACK, ECE, FIN, RST, SYN
+from ustack.tcp.seq import HALF
+from ustack.tcp.seq import MASK
+from ustack.tcp.seq import MOD
+from ustack.tcp.states import PEER_MAY_RESET
+from ustack.tcp.states import RECEIVES_TEXT
+from ustack.tcp.states import SENDS_DATA
+from ustack.tcp.states import TRANSITIONS
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
+from ustack.tcp.timers import DELAYED_ACK
+from ustack.tcp.timers import PERSIST
+from ustack.tcp.timers import PROBE
+from ustack.tcp.timers import REORDER
+from ustack.tcp.timers import RETRANSMIT
+from ustack.tcp.timers import Timers
+from ustack.tcp.user_calls import ConnectionClosedError
+from ustack.tcp.user_calls import UserCalls
+from ustack.trace.records import Decision
+from ustack.trace.records import StateChange
+from ustack.trace.records import Tracer
+from ustack.trace.vocabulary import Challenge
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import OutOfWindow
+from ustack.trace.vocabulary import Rule
+from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import TimerKind
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import ECE
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
 
 __all__ = ["ConnectionClosedError", "TcpConfig", "TcpConnection"]
 

@@ -17,33 +17,48 @@ from collections import Counter
 from collections.abc import Callable
 
 from ustack.counters import Counters
-from ustack.tcp import feedback, seq, time_wait
+from ustack.tcp import feedback
+from ustack.tcp import seq
+from ustack.tcp import time_wait
 from ustack.tcp.closed import reset_for_closed_port
-from ustack.tcp.connection import TcpConfig, TcpConnection
-from ustack.tcp.events import AppEvent, Closed
-from ustack.tcp.feedback import LowerPathMtu, PathMtu
+from ustack.tcp.connection import TcpConfig
+from ustack.tcp.connection import TcpConnection
+from ustack.tcp.events import AppEvent
+from ustack.tcp.events import Closed
+from ustack.tcp.feedback import LowerPathMtu
+from ustack.tcp.feedback import PathMtu
 from ustack.tcp.isn import IsnGenerator
-from ustack.tcp.listen import Listener, receive_in_listen
-from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event, tcb_snapshot
-from ustack.tcp.states import Event, State
+from ustack.tcp.listen import Listener
+from ustack.tcp.listen import receive_in_listen
+from ustack.tcp.segment import NO_OPTIONS
+from ustack.tcp.segment import Segment
+from ustack.tcp.segment import segment_event
+from ustack.tcp.segment import tcb_snapshot
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
 from ustack.tcp.syncookies import SynCookies
 from ustack.tcp.time_wait import TimeWait
 from ustack.tcp.timers import TimerHeap
-from ustack.trace.records import (
-    NewConnection,
-    SegmentEvent,
-    TraceEvent,
-    Tracer,
-    dotted,
-)
-from ustack.trace.vocabulary import DropReason, Layer, SegmentNote
+from ustack.trace.records import NewConnection
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import TraceEvent
+from ustack.trace.records import Tracer
+from ustack.trace.records import dotted
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import SegmentNote
 from ustack.wire.address import IPV4_MAX
-from ustack.wire.checksum import Buffer, transport_checksum
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import transport_checksum
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.icmp import Quote
 from ustack.wire.ipv4 import PROTO_TCP
 from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
-from ustack.wire.tcp import ACK, RST, SYN, build_tcp, parse_tcp
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import build_tcp
+from ustack.wire.tcp import parse_tcp
 
 # Hands a TCP segment (header + payload, checksum filled, `headroom` free
 # bytes in front) to IP: (dst, packet, gso_size, protocol, the IP ECN field).

@@ -19,40 +19,41 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from ustack.tcp import seq
-from ustack.tcp.config import (
-    DEFAULT_PEER_MSS,
-    DEFAULT_PEER_MSS_IPV6,
-    IPV4_TCP_HEADERS,
-    IPV6_TCP_HEADERS,
-    MIN_PEER_MSS,
-)
-from ustack.tcp.states import SENDS_DATA, State
-from ustack.trace.vocabulary import DropReason, Layer, Note
-from ustack.wire.address import IPV4_MAX, format_endpoint
-from ustack.wire.icmp import (
-    ADMIN_PROHIBITED,
-    DEST_UNREACH,
-    FRAG_NEEDED,
-    HOST_ISOLATED,
-    HOST_PROHIBITED,
-    HOST_UNKNOWN,
-    HOST_UNREACH,
-    HOST_UNREACH_FOR_TOS,
-    NET_PROHIBITED,
-    NET_UNKNOWN,
-    NET_UNREACH,
-    NET_UNREACH_FOR_TOS,
-    PARAMETER_PROBLEM,
-    PORT_UNREACH,
-    PRECEDENCE_CUTOFF,
-    PRECEDENCE_VIOLATION,
-    PROTO_UNREACH,
-    SOURCE_ROUTE_FAILED,
-    TIME_EXCEEDED,
-)
+from ustack.tcp.config import DEFAULT_PEER_MSS
+from ustack.tcp.config import DEFAULT_PEER_MSS_IPV6
+from ustack.tcp.config import IPV4_TCP_HEADERS
+from ustack.tcp.config import IPV6_TCP_HEADERS
+from ustack.tcp.config import MIN_PEER_MSS
+from ustack.tcp.states import SENDS_DATA
+from ustack.tcp.states import State
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import Note
+from ustack.wire.address import IPV4_MAX
+from ustack.wire.address import format_endpoint
+from ustack.wire.icmp import ADMIN_PROHIBITED
+from ustack.wire.icmp import DEST_UNREACH
+from ustack.wire.icmp import FRAG_NEEDED
+from ustack.wire.icmp import HOST_ISOLATED
+from ustack.wire.icmp import HOST_PROHIBITED
+from ustack.wire.icmp import HOST_UNKNOWN
+from ustack.wire.icmp import HOST_UNREACH
+from ustack.wire.icmp import HOST_UNREACH_FOR_TOS
+from ustack.wire.icmp import NET_PROHIBITED
+from ustack.wire.icmp import NET_UNKNOWN
+from ustack.wire.icmp import NET_UNREACH
+from ustack.wire.icmp import NET_UNREACH_FOR_TOS
+from ustack.wire.icmp import PARAMETER_PROBLEM
+from ustack.wire.icmp import PORT_UNREACH
+from ustack.wire.icmp import PRECEDENCE_CUTOFF
+from ustack.wire.icmp import PRECEDENCE_VIOLATION
+from ustack.wire.icmp import PROTO_UNREACH
+from ustack.wire.icmp import SOURCE_ROUTE_FAILED
+from ustack.wire.icmp import TIME_EXCEEDED
 from ustack.wire.icmpv6 import ADDRESS_UNREACH as V6_ADDRESS_UNREACH
 from ustack.wire.icmpv6 import ADMIN_PROHIBITED as V6_ADMIN_PROHIBITED
 from ustack.wire.icmpv6 import BEYOND_SCOPE as V6_BEYOND_SCOPE

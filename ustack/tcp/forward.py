@@ -4,7 +4,11 @@ of them, the TCB as read from outside."""
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, overload
+from typing import TYPE_CHECKING
+from typing import ClassVar
+from typing import Generic
+from typing import TypeVar
+from typing import overload
 
 from ustack.compiled import mypyc_attr
 

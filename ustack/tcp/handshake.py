@@ -9,16 +9,28 @@ scaling and timestamps (RFC 7323 2.2, 3.2), SACK (RFC 2018 2) and ECN
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from ustack.tcp import seq
-from ustack.tcp.config import DEFAULT_PEER_MSS, MAX_WINDOW_SHIFT, MIN_PEER_MSS, TcpConfig
+from ustack.tcp.config import DEFAULT_PEER_MSS
+from ustack.tcp.config import MAX_WINDOW_SHIFT
+from ustack.tcp.config import MIN_PEER_MSS
+from ustack.tcp.config import TcpConfig
 from ustack.tcp.events import Connected
 from ustack.tcp.segment import Segment
-from ustack.tcp.states import Event, State
-from ustack.trace.vocabulary import Note, SegmentNote
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import SegmentNote
 from ustack.wire.ipv4 import ECN_NOT_ECT
-from ustack.wire.tcp import ACK, CWR, ECE, FIN, RST, SYN, TcpOptions
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import CWR
+from ustack.wire.tcp import ECE
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TcpOptions
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection

@@ -16,7 +16,9 @@ behaviour seen on the wire. Sequence numbers compare on the circle (seq.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sized
 from typing import NoReturn
 
 from ustack.tcp import seq

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from ustack.tcp import seq
 from ustack.tcp.segment import Segment
 from ustack.tcp.timers import Timers
-from ustack.trace.vocabulary import SegmentNote, TimerKind
+from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import TimerKind
 from ustack.wire.tcp import ACK
 
 if TYPE_CHECKING:

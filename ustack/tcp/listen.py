@@ -8,29 +8,39 @@ SYN when that backlog is full: a stateless SYN,ACK whose ISS is a SYN cookie
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from ustack.tcp import seq
-from ustack.tcp.config import (
-    DEFAULT_PEER_MSS,
-    DEFAULT_PEER_MSS_IPV6,
-    IPV4_TCP_HEADERS,
-    IPV6_TCP_HEADERS,
-    TcpConfig,
-)
+from ustack.tcp.config import DEFAULT_PEER_MSS
+from ustack.tcp.config import DEFAULT_PEER_MSS_IPV6
+from ustack.tcp.config import IPV4_TCP_HEADERS
+from ustack.tcp.config import IPV6_TCP_HEADERS
+from ustack.tcp.config import TcpConfig
 from ustack.tcp.segment import Segment
-from ustack.tcp.states import TRANSITIONS, Event, State
+from ustack.tcp.states import TRANSITIONS
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
 from ustack.tcp.syncookies import PERIOD as COOKIE_PERIOD
 from ustack.tcp.syncookies import SynCookies
-from ustack.trace.records import StateChange, Tracer
-from ustack.trace.vocabulary import DropReason, Layer, SegmentNote
-from ustack.wire.address import IPV4_MAX, is_ipv6
-from ustack.wire.tcp import ACK, FIN, RST, SYN, TcpOptions
+from ustack.trace.records import StateChange
+from ustack.trace.records import Tracer
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import SegmentNote
+from ustack.wire.address import IPV4_MAX
+from ustack.wire.address import is_ipv6
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TcpOptions
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection
-    from ustack.tcp.demux import Key, TcpDemux
+    from ustack.tcp.demux import Key
+    from ustack.tcp.demux import TcpDemux
     from ustack.tcp.time_wait import TimeWait
 
 # (local address, local port, remote address, remote port): what a cookie hashes.

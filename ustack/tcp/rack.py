@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections import deque
 
 from ustack.tcp import seq
-from ustack.tcp.seq import HALF, MASK, MOD
+from ustack.tcp.seq import HALF
+from ustack.tcp.seq import MASK
+from ustack.tcp.seq import MOD
 
 INFINITY = float("inf")
 

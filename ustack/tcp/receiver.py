@@ -17,15 +17,27 @@ import math
 from typing import TYPE_CHECKING
 
 from ustack.tcp import seq
-from ustack.tcp.buffers import ReassemblyQueue, ReceiveBuffer
+from ustack.tcp.buffers import ReassemblyQueue
+from ustack.tcp.buffers import ReceiveBuffer
 from ustack.tcp.events import DataReceived
-from ustack.tcp.segment import NO_OPTIONS, Segment
-from ustack.tcp.seq import HALF, MASK, MOD
+from ustack.tcp.segment import NO_OPTIONS
+from ustack.tcp.segment import Segment
+from ustack.tcp.seq import HALF
+from ustack.tcp.seq import MASK
+from ustack.tcp.seq import MOD
 from ustack.tcp.states import State
-from ustack.tcp.timers import DELAYED_ACK, Timers
-from ustack.trace.vocabulary import Challenge, Note, OutOfWindow, SegmentNote
+from ustack.tcp.timers import DELAYED_ACK
+from ustack.tcp.timers import Timers
+from ustack.trace.vocabulary import Challenge
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import OutOfWindow
+from ustack.trace.vocabulary import SegmentNote
 from ustack.wire.ipv4 import ECN_CE
-from ustack.wire.tcp import CWR, FIN, RST, SYN, TcpOptions
+from ustack.wire.tcp import CWR
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TcpOptions
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection

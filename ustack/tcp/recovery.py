@@ -20,16 +20,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ustack.tcp import congestion, seq
-from ustack.tcp.dsack import DsackUndo, dsack_block
+from ustack.tcp import congestion
+from ustack.tcp import seq
+from ustack.tcp.dsack import DsackUndo
+from ustack.tcp.dsack import dsack_block
 from ustack.tcp.rack import Rack
 from ustack.tcp.rtt import RttEstimator
 from ustack.tcp.segment import Segment
-from ustack.tcp.seq import HALF, MASK, MOD
-from ustack.tcp.states import SENDS_DATA, State
-from ustack.tcp.timers import PROBE, REORDER, RETRANSMIT, Timers
-from ustack.trace.vocabulary import Note, Rule
-from ustack.wire.tcp import ECE, FIN, SYN
+from ustack.tcp.seq import HALF
+from ustack.tcp.seq import MASK
+from ustack.tcp.seq import MOD
+from ustack.tcp.states import SENDS_DATA
+from ustack.tcp.states import State
+from ustack.tcp.timers import PROBE
+from ustack.tcp.timers import REORDER
+from ustack.tcp.timers import RETRANSMIT
+from ustack.tcp.timers import Timers
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import Rule
+from ustack.wire.tcp import ECE
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import SYN
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection

@@ -5,14 +5,25 @@ Ports and addresses are not here: the demultiplexer has matched them already.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from dataclasses import field
+from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ustack.tcp import seq
 from ustack.tcp.congestion.newreno import INITIAL_SSTHRESH
-from ustack.trace.records import SegmentEvent, dotted
+from ustack.trace.records import SegmentEvent
+from ustack.trace.records import dotted
 from ustack.trace.vocabulary import SegmentNote
-from ustack.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpOptions
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import CWR
+from ustack.wire.tcp import ECE
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import PSH
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import URG
+from ustack.wire.tcp import TcpOptions
 
 if TYPE_CHECKING:  # (the connection imports this module)
     from ustack.tcp.connection import TcpConnection

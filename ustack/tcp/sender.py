@@ -15,12 +15,23 @@ from typing import TYPE_CHECKING
 from ustack.tcp import seq
 from ustack.tcp.events import SendSpace
 from ustack.tcp.segment import Segment
-from ustack.tcp.seq import HALF, MASK
+from ustack.tcp.seq import HALF
+from ustack.tcp.seq import MASK
 from ustack.tcp.states import State
-from ustack.tcp.timers import PERSIST, RETRANSMIT, Timers
-from ustack.trace.vocabulary import Note, SegmentNote
-from ustack.wire.ipv4 import ECN_ECT0, ECN_NOT_ECT
-from ustack.wire.tcp import ACK, CWR, ECE, FIN, PSH, SYN, TcpOptions
+from ustack.tcp.timers import PERSIST
+from ustack.tcp.timers import RETRANSMIT
+from ustack.tcp.timers import Timers
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import SegmentNote
+from ustack.wire.ipv4 import ECN_ECT0
+from ustack.wire.ipv4 import ECN_NOT_ECT
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import CWR
+from ustack.wire.tcp import ECE
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import PSH
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TcpOptions
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection

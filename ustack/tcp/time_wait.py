@@ -29,22 +29,34 @@ from typing import TYPE_CHECKING
 
 from ustack.counters import Counters
 from ustack.tcp import seq
-from ustack.tcp.segment import NO_OPTIONS, Segment, segment_event, tcb_snapshot
-from ustack.tcp.seq import HALF, MASK
-from ustack.tcp.states import TRANSITIONS, Event, State
-from ustack.trace.records import Decision, StateChange, TimerEvent, TraceEvent
-from ustack.trace.vocabulary import (
-    Challenge,
-    DropReason,
-    Layer,
-    Note,
-    OutOfWindow,
-    Rule,
-    SegmentNote,
-    TimerAction,
-    TimerKind,
-)
-from ustack.wire.tcp import ACK, ECE, FIN, RST, SYN, TcpOptions
+from ustack.tcp.segment import NO_OPTIONS
+from ustack.tcp.segment import Segment
+from ustack.tcp.segment import segment_event
+from ustack.tcp.segment import tcb_snapshot
+from ustack.tcp.seq import HALF
+from ustack.tcp.seq import MASK
+from ustack.tcp.states import TRANSITIONS
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
+from ustack.trace.records import Decision
+from ustack.trace.records import StateChange
+from ustack.trace.records import TimerEvent
+from ustack.trace.records import TraceEvent
+from ustack.trace.vocabulary import Challenge
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import Note
+from ustack.trace.vocabulary import OutOfWindow
+from ustack.trace.vocabulary import Rule
+from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import TimerAction
+from ustack.trace.vocabulary import TimerKind
+from ustack.wire.tcp import ACK
+from ustack.wire.tcp import ECE
+from ustack.wire.tcp import FIN
+from ustack.wire.tcp import RST
+from ustack.wire.tcp import SYN
+from ustack.wire.tcp import TcpOptions
 
 if TYPE_CHECKING:
     from ustack.tcp.connection import TcpConnection

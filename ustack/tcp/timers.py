@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
+from collections.abc import Iterator
 from operator import itemgetter
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
+from typing import Protocol
+from typing import TypeVar
 
-from ustack.trace.records import TimerEvent, Tracer
-from ustack.trace.vocabulary import TimerAction, TimerKind
+from ustack.trace.records import TimerEvent
+from ustack.trace.records import Tracer
+from ustack.trace.vocabulary import TimerAction
+from ustack.trace.vocabulary import TimerKind
 
 # Module-level names for the members the per-segment path uses: a global is
 # cheaper to look up than an Enum class attribute (an EnumType lookup).

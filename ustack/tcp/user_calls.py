@@ -16,7 +16,11 @@ from typing import TYPE_CHECKING
 
 from ustack.compiled import mypyc_attr
 from ustack.tcp.forward import TcbView
-from ustack.tcp.states import CAN_ACK, CAN_SEND, CLOSE_UNREAD_RESETS, Event, State
+from ustack.tcp.states import CAN_ACK
+from ustack.tcp.states import CAN_SEND
+from ustack.tcp.states import CLOSE_UNREAD_RESETS
+from ustack.tcp.states import Event
+from ustack.tcp.states import State
 from ustack.trace.vocabulary import TimerKind
 
 if TYPE_CHECKING:

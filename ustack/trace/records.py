@@ -17,20 +17,20 @@ import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
-from ustack.trace.vocabulary import (
-    DropReason,
-    FaultAction,
-    Layer,
-    SegmentNote,
-    TimerAction,
-    TimerKind,
-)
+from ustack.trace.vocabulary import DropReason
+from ustack.trace.vocabulary import FaultAction
+from ustack.trace.vocabulary import Layer
+from ustack.trace.vocabulary import SegmentNote
+from ustack.trace.vocabulary import TimerAction
+from ustack.trace.vocabulary import TimerKind
 from ustack.wire.address import format_address
 
 if TYPE_CHECKING:  # annotations only: the trace sits below the TCP core
-    from ustack.tcp.states import Event, State
+    from ustack.tcp.states import Event
+    from ustack.tcp.states import State
 
 TRACE_SCHEMA_VERSION = 5
 # Schemas the readers accept: 2 lacks Decision.kind, which readers treat as "";

@@ -9,7 +9,8 @@ len(data), which counts items in a memoryview whose itemsize is not 1.
 
 from __future__ import annotations
 
-from ustack.wire._checksum import ffi, lib
+from ustack.wire._checksum import ffi
+from ustack.wire._checksum import lib
 from ustack.wire.address import IPV4_MAX
 
 Buffer = bytes | bytearray | memoryview

@@ -20,7 +20,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from construct import Construct, ConstructError, Container  # type: ignore[import-untyped]
+from construct import Construct
+from construct import ConstructError
+from construct import Container
 
 from ustack.wire.checksum import Buffer
 from ustack.wire.errors import MalformedPacket

@@ -10,10 +10,19 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from construct import Bytes, Int8ub, Int16ub, Struct, Switch, this  # type: ignore[import-untyped]
+from construct import Bytes
+from construct import Int8ub
+from construct import Int16ub
+from construct import Struct
+from construct import Switch
+from construct import this
 
-from ustack.wire.checksum import Buffer, internet_checksum
-from ustack.wire.codec import ErrorReasons, pack_checksum, register_error_reasons, tuple_new
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import internet_checksum
+from ustack.wire.codec import ErrorReasons
+from ustack.wire.codec import pack_checksum
+from ustack.wire.codec import register_error_reasons
+from ustack.wire.codec import tuple_new
 from ustack.wire.errors import MalformedPacket
 
 # Types.

@@ -9,25 +9,22 @@ building and checking need the two addresses.
 
 from __future__ import annotations
 
-from ustack.wire.checksum import Buffer, transport_checksum
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import transport_checksum
 from ustack.wire.codec import pack_checksum
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.icmp import (
-    ICMP_CHECKSUM_OFFSET,
-    ICMP_FIXED,
-    ICMP_HEADER_LENGTH,
-    QUOTED_TRANSPORT_MIN,
-    Quote,
-)
-from ustack.wire.ipv6 import (
-    EXTENSION_HEADERS,
-    IPV6_FIXED,
-    IPV6_HEADER_LENGTH,
-    IPV6_VERSION,
-    NH_FRAGMENT,
-    NH_ICMPV6,
-    extension_length,
-)
+from ustack.wire.icmp import ICMP_CHECKSUM_OFFSET
+from ustack.wire.icmp import ICMP_FIXED
+from ustack.wire.icmp import ICMP_HEADER_LENGTH
+from ustack.wire.icmp import QUOTED_TRANSPORT_MIN
+from ustack.wire.icmp import Quote
+from ustack.wire.ipv6 import EXTENSION_HEADERS
+from ustack.wire.ipv6 import IPV6_FIXED
+from ustack.wire.ipv6 import IPV6_HEADER_LENGTH
+from ustack.wire.ipv6 import IPV6_VERSION
+from ustack.wire.ipv6 import NH_FRAGMENT
+from ustack.wire.ipv6 import NH_ICMPV6
+from ustack.wire.ipv6 import extension_length
 
 # Error types (RFC 4443 2.1: below 128) and their codes.
 DEST_UNREACH = 1

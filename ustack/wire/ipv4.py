@@ -10,30 +10,28 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from construct import (  # type: ignore[import-untyped]
-    BitsInteger,
-    BitStruct,
-    Bytes,
-    Const,
-    ExprValidator,
-    Flag,
-    Int8ub,
-    Int16ub,
-    Int32ub,
-    Nibble,
-    Struct,
-    obj_,
-    this,
-)
+from construct import BitsInteger
+from construct import BitStruct
+from construct import Bytes
+from construct import Const
+from construct import ExprValidator
+from construct import Flag
+from construct import Int8ub
+from construct import Int16ub
+from construct import Int32ub
+from construct import Nibble
+from construct import Struct
+from construct import obj_
+from construct import this
 
-from ustack.wire.checksum import Buffer, internet_checksum, prefix_checksum
-from ustack.wire.codec import (
-    MAX_OPTIONS_LENGTH,
-    ErrorReasons,
-    pack_checksum,
-    register_error_reasons,
-    tuple_new,
-)
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import internet_checksum
+from ustack.wire.checksum import prefix_checksum
+from ustack.wire.codec import MAX_OPTIONS_LENGTH
+from ustack.wire.codec import ErrorReasons
+from ustack.wire.codec import pack_checksum
+from ustack.wire.codec import register_error_reasons
+from ustack.wire.codec import tuple_new
 from ustack.wire.errors import MalformedPacket
 
 # Protocol numbers of the payloads we handle (the IANA registry).

@@ -12,25 +12,26 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from construct import (  # type: ignore[import-untyped]
-    BitsInteger,
-    BitStruct,
-    Bytes,
-    BytesInteger,
-    Const,
-    Flag,
-    Int8ub,
-    Int16ub,
-    Int32ub,
-    Nibble,
-    Struct,
-    this,
-)
+from construct import BitsInteger
+from construct import BitStruct
+from construct import Bytes
+from construct import BytesInteger
+from construct import Const
+from construct import Flag
+from construct import Int8ub
+from construct import Int16ub
+from construct import Int32ub
+from construct import Nibble
+from construct import Struct
+from construct import this
 
 from ustack.wire.checksum import Buffer
-from ustack.wire.codec import ErrorReasons, register_error_reasons, tuple_new
+from ustack.wire.codec import ErrorReasons
+from ustack.wire.codec import register_error_reasons
+from ustack.wire.codec import tuple_new
 from ustack.wire.errors import MalformedPacket
-from ustack.wire.ipv4 import ECN_MASK, ECN_NOT_ECT
+from ustack.wire.ipv4 import ECN_MASK
+from ustack.wire.ipv4 import ECN_NOT_ECT
 
 IPV6_VERSION = 6
 # Next header values (the IANA protocol numbers) RFC 8200 4 and 4.1 name.

@@ -12,39 +12,39 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any
+from typing import BinaryIO
+from typing import NamedTuple
 
-from construct import (  # type: ignore[import-untyped]
-    Array,
-    BitStruct,
-    Bytes,
-    Const,
-    Container,
-    ExprValidator,
-    FixedSized,
-    Int8ub,
-    Int16ub,
-    Int32ub,
-    ListContainer,
-    Nibble,
-    Pass,
-    SizeofError,
-    Struct,
-    Subconstruct,
-    Switch,
-    obj_,
-    this,
-)
-from construct.core import stream_read_entire  # type: ignore[import-untyped]
+from construct import Array
+from construct import BitStruct
+from construct import Bytes
+from construct import Const
+from construct import Container
+from construct import ExprValidator
+from construct import FixedSized
+from construct import Int8ub
+from construct import Int16ub
+from construct import Int32ub
+from construct import ListContainer
+from construct import Nibble
+from construct import Pass
+from construct import SizeofError
+from construct import Struct
+from construct import Subconstruct
+from construct import Switch
+from construct import obj_
+from construct import this
+from construct.core import stream_read_entire
 
-from ustack.wire.checksum import Buffer, pseudo_header_sum, transport_checksum
-from ustack.wire.codec import (
-    MAX_OPTIONS_LENGTH,
-    ErrorReasons,
-    pack_checksum,
-    register_error_reasons,
-    tuple_new,
-)
+from ustack.wire.checksum import Buffer
+from ustack.wire.checksum import pseudo_header_sum
+from ustack.wire.checksum import transport_checksum
+from ustack.wire.codec import MAX_OPTIONS_LENGTH
+from ustack.wire.codec import ErrorReasons
+from ustack.wire.codec import pack_checksum
+from ustack.wire.codec import register_error_reasons
+from ustack.wire.codec import tuple_new
 from ustack.wire.errors import MalformedPacket
 from ustack.wire.ipv4 import PROTO_TCP
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from construct import Int16ub, Struct  # type: ignore[import-untyped]
+from construct import Int16ub
+from construct import Struct
 
 from ustack.wire.checksum import Buffer
-from ustack.wire.codec import ErrorReasons, register_error_reasons, tuple_new
+from ustack.wire.codec import ErrorReasons
+from ustack.wire.codec import register_error_reasons
+from ustack.wire.codec import tuple_new
 from ustack.wire.errors import MalformedPacket
 
 UDP_HEADER = Struct(

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from ustack.tcp.congestion.cubic import Cubic
-from ustack.tcp.congestion.newreno import INITIAL_SSTHRESH, NewReno
+from ustack.tcp.congestion.newreno import INITIAL_SSTHRESH
+from ustack.tcp.congestion.newreno import NewReno
 
 __all__ = ["ALGORITHMS", "INITIAL_SSTHRESH", "CongestionControl", "Cubic", "NewReno", "make"]
 
