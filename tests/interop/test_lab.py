@@ -14,26 +14,37 @@ from tests.stopped_midway import stop_midway
 from ustack.linux.lab import Family
 
 
-def _lab_namespaces() -> list[str]:
+def _namespaces_of(pid: int) -> list[str]:
+    """The namespaces the lab of process `pid` made (ustack-lab<pid>-N): other
+    labs may run beside the test."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listing.splitlines() if line.startswith("ustack-lab")]
+    ours = f"ustack-lab{pid}-"
+    return [line.split()[0] for line in listing.splitlines() if line.startswith(ours)]
 
 
 def _ustack_lab(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ustack", "lab", *argv], capture_output=True, text=True, timeout=60
-    )
+    """`ustack lab *argv`, checked to leave none of its namespaces behind."""
+    command = subprocess.Popen(
+        [sys.executable, "-m", "ustack", "lab", *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = command.communicate(timeout=60)
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    assert _namespaces_of(command.pid) == []
+    return subprocess.CompletedProcess(command.args, command.returncode, stdout, stderr)
 
 
 def test_curl_in_a_lab_gets_the_page_and_leaves_no_namespace(family: Family) -> None:
     """`ustack lab -- curl -s http://198.18.0.2/`, and over IPv6
     `ustack lab -- curl -s -g 'http://[2001:2::2]/'` (the daemon is ready to
     answer over IPv6 as soon as over IPv4: the Linux address needs no DAD)."""
-    before = _lab_namespaces()
     result = _ustack_lab("--", "curl", "-s", "-g", family.url())
     assert result.returncode == 0, result.stderr
     assert "Hello from ustack" in result.stdout
-    assert [name for name in _lab_namespaces() if name not in before] == []
 
 
 def test_the_commands_exit_status_and_the_daemons_control_socket() -> None:
