@@ -109,11 +109,14 @@ def _ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
     return result
 
 
+def _namespace_names() -> list[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listing.splitlines() if line.split()]
+
+
 def remove_stale_namespaces() -> None:
     """Namespaces of earlier runs (ustack-<kind><pid>-...) whose process is gone."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        name = line.split()[0] if line.split() else ""
+    for name in _namespace_names():
         match = _OURS.fullmatch(name)
         if match and not Path(f"/proc/{match[1]}").exists():
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
@@ -190,6 +193,12 @@ class Netns:
         if Path(f"/run/netns/{self.name}").exists():
             self.end_processes()
             _ip("netns", "del", self.name, check=False)
+
+
+def our_namespaces(prefix: str = NS_PREFIX) -> list[Netns]:
+    """The namespaces netns(prefix) made in this process that exist now."""
+    ours = f"{prefix}{os.getpid()}-"
+    return [Netns(name) for name in _namespace_names() if name.startswith(ours)]
 
 
 @contextmanager
