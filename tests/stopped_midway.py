@@ -1,6 +1,7 @@
-"""A `ustack` command stopped by a signal while it runs in its namespace, and
-what every such command owes: the exit status, no traceback, no namespace
-left."""
+"""A `ustack` command run as a user runs it, in a TMPDIR of its own, and what
+every such command owes: no traceback, nothing left in its TMPDIR (other
+commands on the machine may be using theirs); stopped by a signal while it
+runs in its namespace, the exit status 128 + N and no namespace left."""
 
 from __future__ import annotations
 
@@ -11,44 +12,67 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+USTACK = (sys.executable, "-m", "ustack")
 
-def stop_midway(argv: list[str], namespace_prefix: str, signum: signal.Signals) -> int:
-    """Run `python -m ustack *argv` in its own session, send it `signum` once
-    its first namespace (`{namespace_prefix}{pid}-0`) exists, and return its
-    exit status, having checked that it printed no traceback, that the
-    namespace is gone and that it left nothing in its temporary directory
-    (a TMPDIR of its own: other commands on the machine may be using theirs)."""
+
+@dataclass
+class Finished:
+    pid: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_clean(
+    argv: list[str],
+    during: Callable[[subprocess.Popen[str]], None] | None = None,
+    timeout: float = 60,
+) -> Finished:
+    """Run `argv` (USTACK + its arguments for the command) in its own session
+    and TMPDIR, `during(process)` while it runs, and wait for its end, having
+    checked that it printed no traceback and left its TMPDIR empty."""
     scratch = Path(tempfile.mkdtemp(prefix="ustack-stop-"))  # short: socket paths go in it
     try:
-        status = _stop(argv, namespace_prefix, signum, scratch)
+        process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            env={**os.environ, "TMPDIR": str(scratch)}, text=True, errors="replace",
+        )  # fmt: skip
+        try:
+            if during is not None:
+                during(process)
+            stdout, stderr = process.communicate(timeout=timeout)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert "Traceback" not in stderr, stderr
         assert not list(scratch.iterdir()), "left behind in its TMPDIR"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return status
+    return Finished(process.pid, process.returncode, stdout, stderr)
 
 
-def _stop(argv: list[str], namespace_prefix: str, signum: signal.Signals, scratch: Path) -> int:
-    command = subprocess.Popen(
-        [sys.executable, "-m", "ustack", *argv],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-        env={**os.environ, "TMPDIR": str(scratch)},
-    )  # fmt: skip
-    namespace = Path(f"/run/netns/{namespace_prefix}{command.pid}-0")
-    try:
+def first_namespace(prefix: str, pid: int) -> Path:
+    """The first namespace the command `pid` makes (ustack.linux.lab.netns)."""
+    return Path(f"/run/netns/{prefix}{pid}-0")
+
+
+def stop_midway(argv: list[str], namespace_prefix: str, signum: signal.Signals) -> int:
+    """`ustack *argv` (run_clean), sent `signum` once its first namespace
+    exists: its exit status, the namespace checked gone."""
+
+    def stop(process: subprocess.Popen[str]) -> None:
+        namespace = first_namespace(namespace_prefix, process.pid)
         deadline = time.monotonic() + 30
         while not namespace.exists():  # the command is under way
-            assert command.poll() is None and time.monotonic() < deadline, "no namespace made"
+            assert process.poll() is None and time.monotonic() < deadline, "no namespace made"
             time.sleep(0.005)
-        command.send_signal(signum)
-        status = command.wait(timeout=30)
-    finally:
-        if command.poll() is None:
-            command.kill()
-            command.wait()
-    assert command.stderr is not None
-    stderr = command.stderr.read()
-    assert b"Traceback" not in stderr, stderr.decode(errors="replace")
-    assert not namespace.exists()
-    return status
+        process.send_signal(signum)
+
+    finished = run_clean([*USTACK, *argv], stop)
+    assert not first_namespace(namespace_prefix, finished.pid).exists()
+    return finished.returncode

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.stopped_midway import USTACK
+from tests.stopped_midway import Finished
+from tests.stopped_midway import run_clean
 from tests.stopped_midway import stop_midway
 from ustack.linux.lab import Family
 
@@ -22,20 +24,11 @@ def _namespaces_of(pid: int) -> list[str]:
     return [line.split()[0] for line in listing.splitlines() if line.startswith(ours)]
 
 
-def _ustack_lab(*argv: str) -> subprocess.CompletedProcess[str]:
-    """`ustack lab *argv`, checked to leave none of its namespaces behind."""
-    command = subprocess.Popen(
-        [sys.executable, "-m", "ustack", "lab", *argv],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        stdout, stderr = command.communicate(timeout=60)
-    finally:
-        if command.poll() is None:
-            command.kill()
-            command.wait()
-    assert _namespaces_of(command.pid) == []
-    return subprocess.CompletedProcess(command.args, command.returncode, stdout, stderr)
+def _ustack_lab(*argv: str) -> Finished:
+    """`ustack lab *argv` (run_clean), checked to leave none of its namespaces."""
+    lab = run_clean([*USTACK, "lab", *argv])
+    assert _namespaces_of(lab.pid) == []
+    return lab
 
 
 def test_curl_in_a_lab_gets_the_page_and_leaves_no_namespace(family: Family) -> None:

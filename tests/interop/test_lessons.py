@@ -8,17 +8,15 @@ Each lesson makes its own namespace (as `ustack lesson` does): no fixture."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.stopped_midway import first_namespace
+from tests.stopped_midway import run_clean
 from tests.stopped_midway import stop_midway
 from ustack.cli.lesson import run_lesson
 from ustack.study.lessons import LESSONS
@@ -152,22 +150,7 @@ def test_a_stop_signal_at_any_moment_leaves_nothing_behind(
     (never released: the clean-up's wait hung); a second one in the clean-up
     (cut short: the namespace left). The lesson still exits 128 + N,
     silently, nothing left (tests/lesson_signalled_within.py)."""
-    scratch = Path(tempfile.mkdtemp(prefix="ustack-stop-"))  # its TMPDIR, as stop_midway's
-    try:
-        lesson = subprocess.Popen(
-            [sys.executable, str(SIGNALLED_WITHIN), where, str(int(signum)), str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-            env={**os.environ, "TMPDIR": str(scratch)},
-        )  # fmt: skip
-        try:
-            _, stderr = lesson.communicate(timeout=60)
-        finally:
-            if lesson.poll() is None:
-                lesson.kill()
-                lesson.wait()
-        assert b"Traceback" not in stderr, stderr.decode(errors="replace")
-        assert lesson.returncode == 128 + signum
-        assert not Path(f"/run/netns/ustack-lesson{lesson.pid}-0").exists()
-        assert not list(scratch.iterdir()), "left behind in its TMPDIR"
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    argv = [sys.executable, str(SIGNALLED_WITHIN), where, str(int(signum)), str(tmp_path)]
+    lesson = run_clean(argv)
+    assert lesson.returncode == 128 + signum
+    assert not first_namespace("ustack-lesson", lesson.pid).exists()
