@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,26 @@ def test_a_signal_during_the_set_up_stops_the_lab_before_the_command(
     lab = ["lab", "--", "sh", "-c", f"touch {marker}; sleep 30"]
     assert stop_midway(lab, "ustack-lab", signum) == 128 + signum
     assert not marker.exists()
+
+
+SIGNALLED_WITHIN = Path(__file__).resolve().parents[1] / "signalled_within.py"
+
+
+@pytest.mark.parametrize(
+    ("where", "signum"),
+    [("finalizer", signal.SIGINT), ("finalizer", signal.SIGTERM), ("lock", signal.SIGTERM)],
+    ids=["finalizer-SIGINT", "finalizer-SIGTERM", "lock-SIGTERM"],
+)
+def test_a_stop_signal_at_any_moment_of_the_set_up_stops_the_lab(
+    tmp_path: Path, where: str, signum: signal.Signals
+) -> None:
+    """A stop signal during the set-up at the worst moments for a handler that
+    raises (tests/signalled_within.py): in a finalizer (Python can only print
+    the exception there, and the set-up went on to run the command), just
+    after subprocess took a waitpid lock (never released: the clean-up hung).
+    The lab exits 128 + N, silently, the command never run, nothing left."""
+    argv = [sys.executable, str(SIGNALLED_WITHIN), "lab", where, str(int(signum)), str(tmp_path)]
+    lab = run_clean(argv)
+    assert lab.returncode == 128 + signum
+    assert not (tmp_path / "ran").exists()
+    assert _namespaces_of(lab.pid) == []

@@ -125,7 +125,7 @@ def test_a_lesson_stopped_midway_leaves_nothing_behind(
     assert stop_midway(lesson, "ustack-lesson", signum) == code
 
 
-SIGNALLED_WITHIN = Path(__file__).resolve().parents[1] / "lesson_signalled_within.py"
+SIGNALLED_WITHIN = Path(__file__).resolve().parents[1] / "signalled_within.py"
 
 
 @pytest.mark.parametrize(
@@ -149,8 +149,8 @@ def test_a_stop_signal_at_any_moment_leaves_nothing_behind(
     lesson played on to exit 0); just after subprocess took a waitpid lock
     (never released: the clean-up's wait hung); a second one in the clean-up
     (cut short: the namespace left). The lesson still exits 128 + N,
-    silently, nothing left (tests/lesson_signalled_within.py)."""
-    argv = [sys.executable, str(SIGNALLED_WITHIN), where, str(int(signum)), str(tmp_path)]
+    silently, nothing left (tests/signalled_within.py)."""
+    argv = [sys.executable, str(SIGNALLED_WITHIN), "lesson", where, str(int(signum)), str(tmp_path)]
     lesson = run_clean(argv)
     assert lesson.returncode == 128 + signum
     assert not first_namespace("ustack-lesson", lesson.pid).exists()

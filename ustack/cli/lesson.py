@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -31,9 +29,9 @@ from ustack.linux.lab import LINUX_ADDRESS
 from ustack.linux.lab import STACK_ADDRESS
 from ustack.linux.lab import LabError
 from ustack.linux.lab import Netns
+from ustack.linux.lab import Stopper
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
-from ustack.linux.lab import our_namespaces
 from ustack.linux.lab import remove_stale_namespaces
 from ustack.study import load
 from ustack.study.ladder import build_ladder
@@ -206,7 +204,6 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 NS_KIND = "ustack-lesson"  # the lesson's namespace: ustack-lesson<pid>-<n>
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def play(lesson: Lesson, out: Path) -> str:
@@ -233,62 +230,20 @@ def play(lesson: Lesson, out: Path) -> str:
     return failure
 
 
-def _play_in_a_thread(lesson: Lesson, out: Path, stops: list[int]) -> str | BaseException:
-    """play() in a thread of its own, while this one, the main thread, where
-    Python runs signal handlers, waits: what play() returned or raised. Once a
-    stop signal is in `stops`, what runs in the lesson's namespaces is ended:
-    every wait of play() is on one of those processes (a command, a server,
-    the daemon), so it fails at once and play() unwinds through its own
-    clean-up, in its thread, which no signal interrupts.
-
-    (The handler raised an exception in the main thread before. Python raises
-    it between any two bytecodes: in a finalizer, which can only print it
-    ("Exception ignored in: Popen.__del__", a traceback; the lesson played on,
-    CI saw it), or just after subprocess took a Popen's waitpid lock, which then
-    stayed taken, and the clean-up's wait() hung for ever.)"""
-    outcome: list[str | BaseException] = []
-
-    def player() -> None:
-        try:
-            outcome.append(play(lesson, out))
-        except BaseException as exc:  # the caller's to raise
-            outcome.append(exc)
-
-    thread = threading.Thread(target=player, name="ustack-lesson")
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.05)
-        if stops:  # (again each time: play() may have started something since)
-            for ns in our_namespaces(NS_KIND):
-                ns.end_processes()
-    return outcome[0]
-
-
 def run_lesson(lesson: Lesson, out: Path) -> int:
     """`ustack lesson run NAME`: 0 if the run showed what the lesson is about;
     128 + N if signal N (SIGINT, SIGTERM, SIGHUP) stopped it, everything
-    removed all the same."""
+    removed all the same (the Stopper: play() in a thread of its own)."""
     if os.geteuid() != 0:
         raise LabError("ustack lesson needs root (it makes a network namespace): use sudo")
     remove_stale_namespaces()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stops: list[int] = []
-
-    def stop(signum: int, _frame: object) -> None:
-        stops.append(signum)  # only noted: raising here is what went wrong (above)
-
-    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
-    try:
-        outcome = _play_in_a_thread(lesson, out, stops)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if stops:  # whatever play() made of its processes ending
-        return 128 + stops[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return show(lesson, out, outcome)
+    stopper = Stopper(NS_KIND)
+    failure = stopper.run(lambda: play(lesson, out))
+    if failure is None:  # whatever play() made of its processes ending
+        return 128 + stopper.stopped
+    return show(lesson, out, failure)
 
 
 def show(lesson: Lesson, out: Path, failure: str = "") -> int:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from typing import TypeVar
 
 from ustack.linux.control import request
 
@@ -442,11 +444,85 @@ def ping(
     return ns.run("ping", "-n", "-c", str(count), "-W", "2", "-i", "0.2", *extra, address)
 
 
+# ---- stop signals: a run in a thread, the signal only noted -----------------------------
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_T = TypeVar("_T")
+
+
+class Stopper:
+    """SIGINT, SIGTERM and SIGHUP during a run in namespaces `prefix`<pid>-N
+    (`ustack lab`, `ustack lesson`). The run goes in a thread of its own; the
+    main thread, where Python runs signal handlers, only notes a signal, and
+    then, outside the handler: passes it on to `child` while that runs (the
+    lab's command), or else stops the run, ending what runs in its namespaces.
+    Every wait of a run is on one of those processes (a command, a server, the
+    daemon), so it fails at once and the run unwinds through its own clean-up,
+    in its thread, which no signal interrupts.
+
+    (A handler that raised before could not be made safe: Python raises
+    between any two bytecodes, in a finalizer, which can only print it
+    ("Exception ignored in: Popen.__del__", a traceback; the lesson played on,
+    CI saw it), or just after subprocess took a Popen's waitpid lock, which
+    then stayed taken, and the clean-up's wait() hung for ever.)"""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        # Held by the run while it starts a `child`, so that a stop is decided
+        # either before (and the run sees `stopped`) or after (and it goes to the child).
+        self.lock = threading.Lock()
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stopped = 0  # the signal that stopped the run; 0: none
+        self._noted: list[int] = []
+
+    def run(self, work: Callable[[], _T]) -> _T | None:
+        """work() in a thread: what it returned (or raised, raised here), or
+        None once a signal stopped it (`stopped` says which)."""
+        outcome: list[tuple[bool, Any]] = []
+
+        def in_thread() -> None:
+            try:
+                outcome.append((True, work()))
+            except BaseException as exc:  # the caller's to raise
+                outcome.append((False, exc))
+
+        def note(signum: int, _frame: object) -> None:
+            self._noted.append(signum)
+
+        previous = {s: signal.signal(s, note) for s in STOP_SIGNALS}
+        try:
+            thread = threading.Thread(target=in_thread, name=self.prefix)
+            thread.start()
+            while thread.is_alive():
+                thread.join(0.05)
+                self._act()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if self.stopped:
+            return None
+        returned, value = outcome[0]
+        if not returned:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _act(self) -> None:
+        with self.lock:
+            while self._noted:
+                signum = self._noted.pop(0)
+                child = self.child
+                if self.stopped:
+                    pass
+                elif child is not None and child.poll() is None:
+                    child.send_signal(signum)
+                else:
+                    self.stopped = signum
+            if self.stopped:  # (again each time: the run may have started something since)
+                for ns in our_namespaces(self.prefix):
+                    ns.end_processes()
+
+
 # ---- `ustack lab`: one command in a throwaway namespace with a daemon on defaults ----------
-
-
-class _Forwarded(Exception):
-    pass
 
 
 def _path_with_our_scripts() -> str:
@@ -476,21 +552,23 @@ def run_in_lab(
     if os.geteuid() != 0:
         raise LabError("ustack lab needs root (it makes a network namespace): run it with sudo")
     remove_stale_namespaces()
+    stopper = Stopper("ustack-lab")
+    code = stopper.run(lambda: _lab(command, serve_args, workdir, announce, stopper))
+    return 128 + stopper.stopped if code is None else code
+
+
+def _lab(
+    command: Sequence[str],
+    serve_args: Sequence[str],
+    workdir: Path | None,
+    announce: Callable[[str], None] | None,
+    stopper: Stopper,
+) -> int | None:
+    """run_in_lab's run, in the stopper's thread; None if stopped before the command."""
     scratch = workdir is None
     where = Path(tempfile.mkdtemp(prefix="ustack-lab-")) if workdir is None else workdir
     where.mkdir(parents=True, exist_ok=True)
-    child: subprocess.Popen[bytes] | None = None
     daemon: UstackDaemon | None = None
-
-    def forward(signum: int, _frame: object) -> None:
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-        else:
-            raise _Forwarded(signum)
-
-    previous = {
-        s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
     try:
         with netns("ustack-lab") as ns:
             daemon = UstackDaemon.start(
@@ -508,7 +586,10 @@ def run_in_lab(
                 USTACK_LAB=ns.name,
                 PATH=_path_with_our_scripts(),
             )
-            child = subprocess.Popen(ns.command(*command), env=env)
+            with stopper.lock:  # a signal from now on goes to the command
+                if stopper.stopped:
+                    return None
+                child = stopper.child = subprocess.Popen(ns.command(*command), env=env)
             code = child.wait()
             if daemon.process.poll() is not None:
                 sys.stderr.write(
@@ -517,12 +598,8 @@ def run_in_lab(
                 )
             daemon.stop()
             return 128 - code if code < 0 else code
-    except _Forwarded as stopped:
-        return 128 + int(stopped.args[0])
     finally:
         if daemon is not None:
             daemon.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         if scratch:
             shutil.rmtree(where, ignore_errors=True)

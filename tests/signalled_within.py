@@ -1,14 +1,15 @@
-"""`ustack lesson run lost-final-ack`, stopped by signals it sends itself at
-fixed points, as a signal arriving just then would (Python runs its handler
-at once, inside os.kill, when os.kill runs in the main thread):
+"""`ustack lesson run lost-final-ack` (KIND "lesson") or `ustack lab -- sh -c
+'touch OUTPUT_DIRECTORY/ran; sleep 30'` (KIND "lab"), stopped by signals it
+sends itself at fixed points, as a signal arriving just then would (Python
+runs its handler at once, inside os.kill, when os.kill runs in the main thread):
 
-    python tests/lesson_signalled_within.py WHERE SIGNUM OUTPUT_DIRECTORY
+    python tests/signalled_within.py KIND WHERE SIGNUM OUTPUT_DIRECTORY
 
 WHERE: "finalizer", in the first Popen.__del__ once the lesson's namespace
 exists (that of `ip netns add`, as subprocess.run returns), where Python
 cannot propagate an exception; "lock", as soon as a Popen's waitpid lock is
 taken, before subprocess's try that releases it; "clean-up", a first signal
-as the scenario's nc starts and a second as the namespace's processes are
+as the lesson's nc starts and a second as the namespace's processes are
 ended.
 """
 
@@ -25,8 +26,8 @@ from typing import Any
 from ustack.cli import main
 from ustack.linux.lab import Netns
 
-where, signum, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-namespace = Path(f"/run/netns/ustack-lesson{os.getpid()}-0")
+kind, where, signum, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+namespace = Path(f"/run/netns/ustack-{kind}{os.getpid()}-0")
 sent: list[str] = []
 
 
@@ -91,4 +92,6 @@ elif where == "lock":
 else:
     signal_first(Netns, "run")
     signal_first(Netns, "end_processes")
-raise SystemExit(main(["lesson", "run", "lost-final-ack", "-o", out]))
+if kind == "lesson":
+    raise SystemExit(main(["lesson", "run", "lost-final-ack", "-o", out]))
+raise SystemExit(main(["lab", "--", "sh", "-c", f"touch {out}/ran; sleep 30"]))
