@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ustack.compiled import mypyc_attr
 from ustack.counters import Counters
 from ustack.tcp import seq
 from ustack.tcp.segment import NO_OPTIONS
@@ -82,6 +83,7 @@ _ACK_NOW = 8  # an ACK is due (held in a batch)
 _NO_LIMITS = (None, 0.0, 0)  # no invalid-segment ACK sent yet, no challenge ACK
 
 
+@mypyc_attr(native_class=False)  # (mypyc 1.x compiles a native __get__ returning int wrongly)
 class _Number:
     """One of a record's packed numbers, read as an attribute."""
 

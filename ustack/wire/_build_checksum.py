@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cffi import FFI  # type: ignore[import-untyped]
+from cffi import FFI
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
