@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ustack.compiled import mypyc_attr
 from ustack.counters import Counters
 from ustack.tcp import seq
 from ustack.tcp.segment import NO_OPTIONS
@@ -83,19 +82,6 @@ _ACK_NOW = 8  # an ACK is due (held in a batch)
 _NO_LIMITS = (None, 0.0, 0)  # no invalid-segment ACK sent yet, no challenge ACK
 
 
-@mypyc_attr(native_class=False)  # (mypyc 1.x compiles a native __get__ returning int wrongly)
-class _Number:
-    """One of a record's packed numbers, read as an attribute."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __get__(self, record: TimeWait, owner: type[TimeWait]) -> int:
-        return int(_NUMBERS.unpack(record.numbers)[self.index])
-
-
 class TimeWait:
     """One 4-tuple in TIME-WAIT. The demux hands it each segment for its
     4-tuple (`receive`) and its 2 MSL expiry (`close`), and sends the ACK
@@ -144,17 +130,31 @@ class TimeWait:
         self.tcb = tcb_snapshot(conn) if traced else None
 
     # The numbers, as the trace (segment_event), the listings and the demux read them.
-    iss = _Number(0)
-    irs = _Number(1)
-    snd_max = _Number(2)
-    rcv_nxt = _Number(3)
-    conn_id = _Number(7)
+    @property
+    def iss(self) -> int:
+        return int(_NUMBERS.unpack(self.numbers)[0])
+
+    @property
+    def irs(self) -> int:
+        return int(_NUMBERS.unpack(self.numbers)[1])
+
+    @property
+    def snd_max(self) -> int:
+        return int(_NUMBERS.unpack(self.numbers)[2])
+
+    @property
+    def rcv_nxt(self) -> int:
+        return int(_NUMBERS.unpack(self.numbers)[3])
 
     @property
     def rcv_wnd(self) -> int:
         """The window our ACKs advertise, scaled."""
         numbers = _NUMBERS.unpack(self.numbers)
         return int(numbers[5]) << int(numbers[6])
+
+    @property
+    def conn_id(self) -> int:
+        return int(_NUMBERS.unpack(self.numbers)[7])
 
     # ---- what comes in ----------------------------------------------------------------
 
