@@ -49,25 +49,27 @@ _TCP_DEFAULTS = TcpConfig()
 
 def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
     """Every `ustack serve` option, in the order `ustack serve --help` lists them."""
-    serve_cmd.add_argument("-d", "--device", default="tun0", help="TUN device (default: tun0)")
+    serve_cmd.add_argument(
+        "-d", "--device", default="tun0", help="TUN device (default: %(default)s)"
+    )
     serve_cmd.add_argument(
         "--linux-address",
         default="198.18.0.1/24",
-        help="the kernel's address and prefix on the TUN (default: 198.18.0.1/24)",
+        help="the kernel's address and prefix on the TUN (default: %(default)s)",
     )
     serve_cmd.add_argument(
-        "-a", "--address", default="198.18.0.2", help="the stack's address (default: 198.18.0.2)"
+        "-a", "--address", default="198.18.0.2", help="the stack's address (default: %(default)s)"
     )
     serve_cmd.add_argument(
         "--linux-address6",
         default="2001:2::1/64",
-        help="the kernel's IPv6 address and prefix on the TUN (default: 2001:2::1/64)",
+        help="the kernel's IPv6 address and prefix on the TUN (default: %(default)s)",
     )
     serve_cmd.add_argument(
         "--address6",
         default="2001:2::2",
         metavar="ADDRESS",
-        help="the stack's IPv6 address (default: 2001:2::2)",
+        help="the stack's IPv6 address (default: %(default)s)",
     )
     serve_cmd.add_argument(
         "--no-ipv6",
@@ -85,12 +87,14 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         f"(default: {','.join(f'{n}:{p}' for n, (p, _) in SERVICES.items())})",
     )
     serve_cmd.add_argument(
-        "--msl", default="30", help="maximum segment lifetime, s; TIME_WAIT is 2*MSL (default 30)"
+        "--msl",
+        default="30",
+        help="maximum segment lifetime, s; TIME_WAIT is 2*MSL (default %(default)s)",
     )
     serve_cmd.add_argument(
         "--fin-timeout",
         default="60",
-        help="an orphaned FIN_WAIT_2 is dropped after this many seconds (default 60)",
+        help="an orphaned FIN_WAIT_2 is dropped after this many seconds (default %(default)s)",
     )
     serve_cmd.add_argument(
         "--time-wait-rst",
@@ -148,7 +152,7 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         "--congestion",
         choices=sorted(congestion.ALGORITHMS),
         default="cubic",
-        help="congestion control (default: cubic, as Linux)",
+        help="congestion control (default: %(default)s, as Linux)",
     )
     serve_cmd.add_argument(
         "--ecn",
@@ -236,7 +240,7 @@ def add_serve_arguments(serve_cmd: argparse.ArgumentParser) -> None:
         "--trace-keep",
         default="1",
         metavar="K",
-        help=f"rotated trace files kept: FILE.1..FILE.K (1..{MAX_TRACE_KEEP}, default 1)",
+        help=f"rotated trace files kept: FILE.1..FILE.K (1..{MAX_TRACE_KEEP}, default %(default)s)",
     )
 
 
