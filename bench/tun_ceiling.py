@@ -70,6 +70,7 @@ from setups import run
 
 from ustack.daemon.running import GSO_SEGMENTS  # MSS per super-segment
 from ustack.linux.lab import LabError
+from ustack.linux.lab import Stopper
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
 from ustack.linux.lab import remove_stale_namespaces
@@ -709,16 +710,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else [(args.mtu, not args.no_offload)]
     )
     remove_stale_namespaces()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
-
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # through the cleanup, as Ctrl-C
-        signal.signal(signum, on_signal)
     load_before = os.getloadavg()
-    results: list[dict[str, Any]] = []
-    references: list[dict[str, Any]] = []
-    try:
+
+    def measure() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        results: list[dict[str, Any]] = []
+        references: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="ustack-ceiling-") as workdir:
             for rep in range(args.reps):
                 for mtu, offload in configs:
@@ -728,9 +724,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if args.daemon:
                         log_step(f"rep {rep + 1}/{args.reps}: ustack's daemon, the same")
                         references.append(daemon_reference(mtu, offload, total, Path(workdir)))
-    except (BenchError, LabError, KeyboardInterrupt) as exc:
-        print(f"tun_ceiling: {exc or 'interrupted'}", file=sys.stderr)
+        return results, references
+
+    stopper = Stopper(NS_PREFIX)  # Ctrl-C, SIGTERM, SIGHUP: the namespaces go, as in `ustack lab`
+    try:
+        measured = stopper.run(measure)
+    except (BenchError, LabError) as exc:
+        print(f"tun_ceiling: {exc}", file=sys.stderr)
         return 1
+    if measured is None:
+        print(f"tun_ceiling: stopped by {signal.Signals(stopper.stopped).name}", file=sys.stderr)
+        return 128 + stopper.stopped
+    results, references = measured
     load_after = os.getloadavg()
     print(f"{machine.describe()} | {os.cpu_count()} CPUs | load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")  # fmt: skip
