@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ustack.linux.lab import our_namespaces
+
 USTACK = (sys.executable, "-m", "ustack")
 
 
@@ -63,7 +65,7 @@ def first_namespace(prefix: str, pid: int) -> Path:
 
 def stop_midway(argv: list[str], namespace_prefix: str, signum: signal.Signals) -> int:
     """`ustack *argv` (run_clean), sent `signum` once its first namespace
-    exists: its exit status, the namespace checked gone."""
+    exists: its exit status, its namespaces checked gone."""
 
     def stop(process: subprocess.Popen[str]) -> None:
         namespace = first_namespace(namespace_prefix, process.pid)
@@ -74,5 +76,5 @@ def stop_midway(argv: list[str], namespace_prefix: str, signum: signal.Signals) 
         process.send_signal(signum)
 
     finished = run_clean([*USTACK, *argv], stop)
-    assert not first_namespace(namespace_prefix, finished.pid).exists()
+    assert our_namespaces(namespace_prefix, finished.pid) == []
     return finished.returncode

@@ -4,7 +4,6 @@ daemon, its output and exit status passed through, nothing left afterwards."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,20 +14,13 @@ from tests.stopped_midway import Finished
 from tests.stopped_midway import run_clean
 from tests.stopped_midway import stop_midway
 from ustack.linux.lab import Family
-
-
-def _namespaces_of(pid: int) -> list[str]:
-    """The namespaces the lab of process `pid` made (ustack-lab<pid>-N): other
-    labs may run beside the test."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    ours = f"ustack-lab{pid}-"
-    return [line.split()[0] for line in listing.splitlines() if line.startswith(ours)]
+from ustack.linux.lab import our_namespaces
 
 
 def _ustack_lab(*argv: str) -> Finished:
     """`ustack lab *argv` (run_clean), checked to leave none of its namespaces."""
     lab = run_clean([*USTACK, "lab", *argv])
-    assert _namespaces_of(lab.pid) == []
+    assert our_namespaces("ustack-lab", lab.pid) == []
     return lab
 
 
@@ -81,4 +73,4 @@ def test_a_stop_signal_at_any_moment_of_the_set_up_stops_the_lab(
     lab = run_clean(argv)
     assert lab.returncode == 128 + signum
     assert not (tmp_path / "ran").exists()
-    assert _namespaces_of(lab.pid) == []
+    assert our_namespaces("ustack-lab", lab.pid) == []

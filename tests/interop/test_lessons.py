@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.stopped_midway import first_namespace
 from tests.stopped_midway import run_clean
 from tests.stopped_midway import stop_midway
 from ustack.cli.lesson import run_lesson
+from ustack.linux.lab import our_namespaces
 from ustack.study.lessons import LESSONS
 from ustack.study.lessons import Lesson
 from ustack.study.lessons import ustack_states
@@ -153,4 +153,4 @@ def test_a_stop_signal_at_any_moment_leaves_nothing_behind(
     argv = [sys.executable, str(SIGNALLED_WITHIN), "lesson", where, str(int(signum)), str(tmp_path)]
     lesson = run_clean(argv)
     assert lesson.returncode == 128 + signum
-    assert not first_namespace("ustack-lesson", lesson.pid).exists()
+    assert our_namespaces("ustack-lesson", lesson.pid) == []

@@ -197,9 +197,10 @@ class Netns:
             _ip("netns", "del", self.name, check=False)
 
 
-def our_namespaces(prefix: str = NS_PREFIX) -> list[Netns]:
-    """The namespaces netns(prefix) made in this process that exist now."""
-    ours = f"{prefix}{os.getpid()}-"
+def our_namespaces(prefix: str = NS_PREFIX, pid: int | None = None) -> list[Netns]:
+    """The namespaces netns(prefix) made in this process (or process `pid`)
+    that exist now."""
+    ours = f"{prefix}{os.getpid() if pid is None else pid}-"
     return [Netns(name) for name in _namespace_names() if name.startswith(ours)]
 
 
@@ -508,12 +509,10 @@ class Stopper:
 
     def _act(self) -> None:
         with self.lock:
-            while self._noted:
+            while self._noted and not self.stopped:
                 signum = self._noted.pop(0)
                 child = self.child
-                if self.stopped:
-                    pass
-                elif child is not None and child.poll() is None:
+                if child is not None and child.poll() is None:
                     child.send_signal(signum)
                 else:
                     self.stopped = signum

@@ -85,6 +85,8 @@ class IpLayerBase:
     UDP_ZERO_CHECKSUM_OK: bool
     HEADER_LENGTH: int  # the fixed header send() leaves room for: 20, 40
     TIME_EXCEEDED: int  # the family's ICMP type (RFC 792: 11; RFC 4443: 3)
+    DEST_UNREACH: int  # the family's Destination Unreachable type (RFC 792: 3; RFC 4443: 1)
+    LAST_UNREACH_CODE: int  # the last of its codes we know (RFC 1812 5.2.7.1: 15; RFC 4443 3.1: 6)
 
     def __init_subclass__(cls, counter_suffix: str = "", **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -263,8 +265,14 @@ class IpLayerBase:
         raise NotImplementedError
 
     def _error_ignored(self, type_: int, code: int) -> bool:
-        """True, counted, for an error the family does not act on."""
-        raise NotImplementedError
+        """True, counted, for an error the family does not act on: here a
+        Destination Unreachable code it does not know."""
+        if type_ == self.DEST_UNREACH and code > self.LAST_UNREACH_CODE:
+            self._counters.drop(
+                self.ICMP_LAYER, DropReason.UNHANDLED_ERROR, self._now, f"code {code}"
+            )
+            return True
+        return False
 
     def _error_path_mtu(self, type_: int, code: int, rest: int, quote: Quote) -> int:
         """The path MTU a "fragmentation needed" or "packet too big" error

@@ -79,6 +79,8 @@ class IPv4Layer(IpLayerBase):
     UDP_ZERO_CHECKSUM_OK = True  # RFC 768: zero, the sender computed none
     HEADER_LENGTH = IPV4_MIN_HEADER_LENGTH  # what we send carries no options
     TIME_EXCEEDED = TIME_EXCEEDED
+    DEST_UNREACH = DEST_UNREACH
+    LAST_UNREACH_CODE = PRECEDENCE_CUTOFF
 
     FRAGMENTS = IPV4_FAMILY
     FRAGMENT_LIMITS = FragmentLimits()
@@ -210,10 +212,7 @@ class IPv4Layer(IpLayerBase):
         if type_ == SOURCE_QUENCH:
             self._counters.drop(Layer.ICMP, DropReason.SOURCE_QUENCH, self._now)  # RFC 6633
             return True
-        if type_ == DEST_UNREACH and code > PRECEDENCE_CUTOFF:
-            self._counters.drop(Layer.ICMP, DropReason.UNHANDLED_ERROR, self._now, f"code {code}")
-            return True
-        return False
+        return super()._error_ignored(type_, code)
 
     def _error_path_mtu(self, type_: int, code: int, rest: int, quote: Quote) -> int:
         if type_ == DEST_UNREACH and code == FRAG_NEEDED:

@@ -108,6 +108,8 @@ class IPv6Layer(IpLayerBase, counter_suffix="6"):
     UDP_ZERO_CHECKSUM_OK = False  # RFC 8200 8.1
     HEADER_LENGTH = IPV6_HEADER_LENGTH
     TIME_EXCEEDED = TIME_EXCEEDED
+    DEST_UNREACH = DEST_UNREACH
+    LAST_UNREACH_CODE = REJECT_ROUTE
 
     FRAGMENTS = IPV6_FAMILY
     FRAGMENT_LIMITS = IPV6_FRAGMENT_LIMITS
@@ -377,12 +379,6 @@ class IPv6Layer(IpLayerBase, counter_suffix="6"):
         self.send(src, NH_ICMPV6, reply)
 
     _parse_quote = staticmethod(parse_quote_ipv6)
-
-    def _error_ignored(self, type_: int, code: int) -> bool:
-        if type_ == DEST_UNREACH and code > REJECT_ROUTE:
-            self._counters.drop(Layer.ICMP6, DropReason.UNHANDLED_ERROR, self._now, f"code {code}")
-            return True
-        return False
 
     def _error_path_mtu(self, type_: int, code: int, rest: int, quote: Quote) -> int:
         if type_ == PACKET_TOO_BIG:

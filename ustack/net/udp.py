@@ -128,7 +128,7 @@ class UdpEndpoint:
         self.layer.close(self)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)  # (its endpoints and counters would be its repr)
 class UdpLayer:
     """The UDP endpoints of a stack, and UDP in and out for both families.
     `send6`, `address6`: None for a stack without IPv6; `error_meaning`:
