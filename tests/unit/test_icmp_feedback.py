@@ -31,6 +31,7 @@ from ustack.wire.icmp import DEST_UNREACH
 from ustack.wire.icmp import FRAG_NEEDED
 from ustack.wire.icmp import SOURCE_QUENCH
 from ustack.wire.icmp import build_icmp
+from ustack.wire.icmpv6 import DEST_UNREACH as ICMPV6_DEST_UNREACH
 from ustack.wire.ipv4 import PROTO_ICMP
 from ustack.wire.ipv4 import build_ipv4
 
@@ -239,6 +240,21 @@ def test_source_quench_is_ignored_and_counted() -> None:
     t.expect_none()
     assert conn.soft_error is None
     assert t.stack.counters["icmp.drop.source-quench"] == 1  # RFC 6633
+
+
+def test_an_unknown_destination_unreachable_code_is_dropped_and_counted(family: Family) -> None:
+    """Codes past the last the family defines (ICMP 15, RFC 1812 5.2.7.1;
+    ICMPv6 6, RFC 4443 3.1): counted by the IP layer before anything else is
+    looked at (here a quote not of ours, which would count otherwise)."""
+    t = TcpScript(family=family)
+    conn = t.establish(mss=1460)
+    sending(t, 1460)
+    kind = (ICMPV6_DEST_UNREACH, 7) if family is IPV6 else (DEST_UNREACH, 16)
+    t.icmp_error(kind, OUR_ISS + 1, quoted_src=t.peer)
+    t.expect_none()
+    assert conn.soft_error is None
+    assert t.stack.counters[f"{family.icmp}.drop.unhandled-error"] == 1
+    assert t.stack.counters[f"{family.icmp}.drop.quote-not-ours"] == 0
 
 
 # ---- soft and hard errors (RFC 1122 4.2.3.9, RFC 5461) --------------------------------------
