@@ -129,7 +129,7 @@ def test_no_per_connection_object_has_a_dict() -> None:
     pair.run()
     (record,) = pair.a.tcp.time_wait_records()
     assert not hasattr(record, "__dict__")
-    assert isinstance(record, TimeWait) and record.conn_id == conn.conn_id
+    assert isinstance(record, TimeWait) and record.unpacked().conn_id == conn.conn_id
 
 
 def test_closed_connections_leave_no_cycle_for_the_collector() -> None:

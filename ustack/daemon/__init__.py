@@ -47,6 +47,7 @@ from ustack.services import UDP_SERVICES
 from ustack.services import HttpService
 from ustack.study.faults import FaultError
 from ustack.study.faults import parse_rule
+from ustack.tcp.time_wait import numbered_at
 from ustack.wire.address import format_address
 from ustack.wire.address import format_endpoint
 from ustack.wire.address import parse_address
@@ -176,7 +177,7 @@ class Daemon:
 
         def conn_lookup(remote: str, remote_port: int, local_port: int) -> int | None:
             key = (parse_address(remote), remote_port, local_port)
-            conn = tcp.connections.get(key) or tcp.time_wait_at(key)
+            conn = numbered_at(tcp, key)
             return conn.conn_id if conn is not None else None
 
         address6 = None if self.address6 is None else str(self.address6)

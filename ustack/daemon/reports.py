@@ -13,6 +13,7 @@ from ustack.tcp import seq
 from ustack.tcp.connection import TcpConnection
 from ustack.tcp.segment import flag_string
 from ustack.tcp.time_wait import TimeWait
+from ustack.tcp.time_wait import numbered_at
 from ustack.trace.records import FaultEvent
 from ustack.trace.records import dotted
 from ustack.wire.address import format_endpoint
@@ -74,20 +75,21 @@ def time_wait_row(
     no send window, RTO or path figures."""
     remote, remote_port, local_port = record.key
     local = address6 if is_ipv6(remote) and address6 is not None else address
+    numbers = record.unpacked()
     return {
-        "id": record.conn_id,
+        "id": numbers.conn_id,
         "state": "TIME_WAIT",
         "local": format_endpoint(local, local_port),
         "remote": format_endpoint(remote, remote_port),
         "send_queue": 0,
         "recv_queue": 0,
-        "snd_una": (record.snd_max - record.iss) & 0xFFFFFFFF,
-        "snd_nxt": (record.snd_max - record.iss) & 0xFFFFFFFF,
-        "rcv_nxt": (record.rcv_nxt - record.irs) & 0xFFFFFFFF,
-        "iss": record.iss,
-        "irs": record.irs,
+        "snd_una": (numbers.snd_max - numbers.iss) & 0xFFFFFFFF,
+        "snd_nxt": (numbers.snd_max - numbers.iss) & 0xFFFFFFFF,
+        "rcv_nxt": (numbers.rcv_nxt - numbers.irs) & 0xFFFFFFFF,
+        "iss": numbers.iss,
+        "irs": numbers.irs,
         "snd_wnd": 0,
-        "rcv_wnd": record.rcv_wnd,
+        "rcv_wnd": numbers.window << numbers.shift,  # as advertised, scaled
         "rto": 0.0,
         "pmtu": None,
         "mss": None,
@@ -144,9 +146,7 @@ def fault_event(
         flags = flag_string(bits)
         length = max(len(packet) - tcp - (offset >> 4) * 4, 0)
         key = (remote_int, remote_port, local_port)
-        conn: TcpConnection | TimeWait | None = stack.tcp.connections.get(key)
-        if conn is None:
-            conn = stack.tcp.time_wait_at(key)
+        conn = numbered_at(stack.tcp, key)
         rel_seq, rel_ack = seq_no, ack_no
         if conn is not None:
             conn_id = conn.conn_id

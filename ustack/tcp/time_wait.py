@@ -26,10 +26,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from ustack.counters import Counters
 from ustack.tcp import seq
 from ustack.tcp.segment import NO_OPTIONS
+from ustack.tcp.segment import Numbered
 from ustack.tcp.segment import Segment
 from ustack.tcp.segment import segment_event
 from ustack.tcp.segment import tcb_snapshot
@@ -69,11 +71,22 @@ _TIME_WAIT = TimerKind.TIME_WAIT
 _NO_NOTE = SegmentNote.NONE
 
 
-# The numbers that never change in TIME-WAIT, packed in one bytes object
-# (some 60 bytes, where seven ints cost some 250): ISS, IRS, SND.MAX, RCV.NXT,
-# the too-old ACK bound, the window field, our window scale, the connection's
-# number.
-_NUMBERS = struct.Struct("=IIIIIHBQ")
+class Numbers(NamedTuple):
+    """The numbers that never change in TIME-WAIT. A record keeps them
+    packed in one bytes object (_NUMBERS: some 60 bytes, where eight ints
+    cost some 250) and reads them back as this."""
+
+    iss: int
+    irs: int
+    snd_max: int  # = SND.NXT = SND.UNA: our FIN is acknowledged
+    rcv_nxt: int
+    too_old: int  # RFC 5961 5.2: an ACK below SND.UNA - MAX.SND.WND is too old
+    window: int  # the window field of our ACKs
+    shift: int  # our window scale (RFC 7323 2.3)
+    conn_id: int  # the connection's number in the trace
+
+
+_NUMBERS = struct.Struct("=IIIIIHBQ")  # Numbers' fields, in their order
 # `flags` bits.
 _SACK_OK = 1  # SACK agreed (RFC 2018): D-SACK blocks on our ACKs
 _ECE = 2  # RFC 3168 6.1.3: ECE on every ACK until the peer's CWR
@@ -101,14 +114,18 @@ class TimeWait:
         # ACK would say (window_field keeps the right edge where it was; with
         # the buffer unchanged it gives the same field again and again).
         window = rcv.window_field()
-        # Our ACKs carry SND.MAX (connection._output): with our FIN acknowledged,
-        # SND.UNA = SND.NXT = SND.MAX. RFC 5961 5.2: an ACK below SND.UNA -
-        # MAX.SND.WND is too old.
-        too_old = (snd.snd_una - snd.max_snd_wnd) & MASK
-        self.numbers = _NUMBERS.pack(
-            snd.iss, rcv.irs, snd.snd_max, rcv.rcv_nxt, too_old, window, rcv.rcv_shift,
-            conn.conn_id,
-        )  # fmt: skip
+        # Our ACKs carry SND.MAX (connection._output).
+        numbers = Numbers(
+            iss=snd.iss,
+            irs=rcv.irs,
+            snd_max=snd.snd_max,
+            rcv_nxt=rcv.rcv_nxt,
+            too_old=(snd.snd_una - snd.max_snd_wnd) & MASK,
+            window=window,
+            shift=rcv.rcv_shift,
+            conn_id=conn.conn_id,
+        )
+        self.numbers = _NUMBERS.pack(*numbers)
         self.ts_recent: int | None = rcv.ts_recent if conn.ts_ok else None  # PAWS, RFC 7323 5.3
         self.flags = (
             (_SACK_OK if conn.sack_ok else 0)
@@ -129,32 +146,14 @@ class TimeWait:
         self.deadline = conn.deadlines[_TIME_WAIT]
         self.tcb = tcb_snapshot(conn) if traced else None
 
-    # The numbers, as the trace (segment_event), the listings and the demux read them.
-    @property
-    def iss(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[0])
-
-    @property
-    def irs(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[1])
+    def unpacked(self) -> Numbers:
+        """The numbers, as the trace (segment_event), the listings and the demux read them."""
+        return Numbers._make(_NUMBERS.unpack(self.numbers))
 
     @property
     def snd_max(self) -> int:
+        """As TcpConnection.snd_max (RFC 6191: a new incarnation's ISS starts above it)."""
         return int(_NUMBERS.unpack(self.numbers)[2])
-
-    @property
-    def rcv_nxt(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[3])
-
-    @property
-    def rcv_wnd(self) -> int:
-        """The window our ACKs advertise, scaled."""
-        numbers = _NUMBERS.unpack(self.numbers)
-        return int(numbers[5]) << int(numbers[6])
-
-    @property
-    def conn_id(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[7])
 
     # ---- what comes in ----------------------------------------------------------------
 
@@ -162,8 +161,9 @@ class TimeWait:
         """RFC 9293 3.10.7.4 in TIME-WAIT, the connection's steps in its
         order. Returns the ACK to send, True (nothing to send), or False: the
         record is closed (a RST honoured, RFC 1337 off)."""
-        iss, _, snd_max, rcv_nxt, too_old, window, shift, conn_id = _NUMBERS.unpack(self.numbers)
-        answer = _Answer(self, now, trace, conn_id)
+        numbers = self.unpacked()
+        rcv_nxt = numbers.rcv_nxt
+        answer = _Answer(self, now, trace, numbers)
         flags = seg.flags
         if flags & FIN and not flags & RST and seq.add(seg.seq, len(seg.payload) + 1) == rcv_nxt:
             # The peer lost our last ACK and resent its FIN: ACK again, and
@@ -173,9 +173,9 @@ class TimeWait:
             if deadline != self.deadline:  # (set again at the same instant: no event)
                 self.deadline = deadline
                 if trace is not None:
-                    trace(TimerEvent(now, conn_id, _TIME_WAIT, TimerAction.SET, deadline))
+                    trace(TimerEvent(now, numbers.conn_id, _TIME_WAIT, TimerAction.SET, deadline))
             answer.decide(Note.FIN_AGAIN_IN_TIME_WAIT)
-            return answer.output(iss, snd_max, rcv_nxt, window)
+            return answer.output()
         stamps = seg.options.timestamps
         ts_recent = self.ts_recent
         if ts_recent is not None and stamps is not None:
@@ -186,11 +186,10 @@ class TimeWait:
                     answer.ack = True
                 answer.decide(Note.PAWS)
                 answer.report_old_duplicate(seg, rcv_nxt, counters)
-                reason = DropReason.TIME_WAIT_PAWS
-                return answer.drop(reason, counters, iss, snd_max, rcv_nxt, window)
+                return answer.drop(DropReason.TIME_WAIT_PAWS, counters)
             if ((rcv_nxt - seg.seq) & MASK) < HALF and ((tsval - ts_recent) & MASK) < HALF:
                 self.ts_recent = tsval  # RFC 7323 4.3: at the window's left edge
-        if not _acceptable(seg, rcv_nxt, window << shift):
+        if not _acceptable(seg, rcv_nxt, numbers.window << numbers.shift):
             if flags & RST:
                 answer.decide(Note.OUTSIDE_WINDOW)
                 reason = DropReason.TIME_WAIT_RST
@@ -218,17 +217,17 @@ class TimeWait:
         elif not flags & ACK:
             answer.decide(Note.NO_ACK_FLAG)
             reason = DropReason.TIME_WAIT_NO_ACK
-        elif 0 < ((seg.ack - snd_max) & MASK) < HALF:
+        elif 0 < ((seg.ack - numbers.snd_max) & MASK) < HALF:
             answer.challenge(Challenge.ACK_OF_UNSENT, counters)
             reason = DropReason.TIME_WAIT_BAD_ACK
-        elif 0 < ((too_old - seg.ack) & MASK) < HALF:
+        elif 0 < ((numbers.too_old - seg.ack) & MASK) < HALF:
             answer.challenge(Challenge.ACK_TOO_OLD, counters)
             reason = DropReason.TIME_WAIT_BAD_ACK
         else:
             # Both FINs are through: an ACK or data now is late, nothing to take
             # (Linux's tcp_timewait_state_process discards it too).
             reason = DropReason.TIME_WAIT_LATE
-        return answer.drop(reason, counters, iss, snd_max, rcv_nxt, window)
+        return answer.drop(reason, counters)
 
     def end_batch(self, now: float) -> Segment | None:
         """The batch is over: the plain ACK it held, if any."""
@@ -236,24 +235,22 @@ class TimeWait:
         self.flags = flags & ~(_HOLD_ACKS | _ACK_NOW)
         if not flags & _ACK_NOW:
             return None
-        iss, _, snd_max, rcv_nxt, _, window, _, _ = _NUMBERS.unpack(self.numbers)
-        return self._ack(now, iss, snd_max, rcv_nxt, window, _NO_NOTE, None)
+        return self._ack(now, self.unpacked(), _NO_NOTE, None)
 
     def hold_acks(self) -> None:
         """A batch begins for this record (TcpDemux.begin_batch)."""
         self.flags |= _HOLD_ACKS
 
     def _ack(
-        self, now: float, iss: int, snd_max: int, rcv_nxt: int, window: int,
-        note: SegmentNote, dsack: tuple[int, int] | None,
-    ) -> Segment:  # fmt: skip
+        self, now: float, numbers: Numbers, note: SegmentNote, dsack: tuple[int, int] | None
+    ) -> Segment:
         """The ACK, as the connection built it (connection._output, _emit,
         Receiver.ack_options)."""
         ts_recent = self.ts_recent
         flags = self.flags
         held = self.held if flags & _SACK_OK else ()
         options = NO_OPTIONS
-        stamps = None if ts_recent is None else ((int(now * 1000) + iss) & MASK, ts_recent)
+        stamps = None if ts_recent is None else ((int(now * 1000) + numbers.iss) & MASK, ts_recent)
         if held or dsack is not None:
             blocks = list(held)
             if dsack is not None:
@@ -263,7 +260,7 @@ class TimeWait:
         elif stamps is not None:
             options = TcpOptions(None, None, False, (), stamps)
         bits = ACK | ECE if flags & _ECE else ACK
-        return Segment(snd_max, rcv_nxt, bits, window, b"", options, note)
+        return Segment(numbers.snd_max, numbers.rcv_nxt, bits, numbers.window, b"", options, note)
 
     # ---- the end ------------------------------------------------------------------------
 
@@ -273,7 +270,7 @@ class TimeWait:
         connection traced it: the timer fired or cancelled, the state change."""
         if trace is None:
             return
-        conn_id = self.conn_id
+        conn_id = self.unpacked().conn_id
         fired = event is Event.TIMEOUT_2MSL
         action = TimerAction.FIRED if fired else TimerAction.CANCELLED
         change = TRANSITIONS[(State.TIME_WAIT, event)]
@@ -294,7 +291,8 @@ class TimeWait:
         return {_TIME_WAIT: self.deadline}
 
     def __repr__(self) -> str:
-        return f"<TimeWait {self.conn_id} snd_nxt={self.snd_max} rcv_nxt={self.rcv_nxt}>"
+        numbers = self.unpacked()
+        return f"<TimeWait {numbers.conn_id} snd_nxt={numbers.snd_max} rcv_nxt={numbers.rcv_nxt}>"
 
 
 def _acceptable(seg: Segment, rcv_nxt: int, window: int) -> bool:
@@ -318,7 +316,7 @@ class _Answer:
     record: TimeWait
     now: float
     trace: Trace
-    conn_id: int
+    numbers: Numbers
     ack: bool = False
     note: SegmentNote = _NO_NOTE
     dsack: tuple[int, int] | None = None
@@ -326,7 +324,7 @@ class _Answer:
     def decide(self, note: Note, rule: Rule | None = None, **values: object) -> None:
         if self.trace is not None:
             what = note.sentence(**values)
-            self.trace(Decision(self.now, self.conn_id, what, rule or note.rule, note.kind))
+            self.trace(Decision(self.now, self.numbers.conn_id, what, rule or note.rule, note.kind))
 
     def invalid_ack_allowed(
         self, seg: Segment | None, why: OutOfWindow, counters: Counters, what: str | None = None
@@ -379,15 +377,12 @@ class _Answer:
         counters["tcp.out.dsack-old"] += 1  # (always below RCV.NXT here)
         self.decide(Note.DSACK_SENT, left=left, right=right, where="below RCV.NXT")
 
-    def drop(
-        self, reason: DropReason, counters: Counters, iss: int, snd_max: int, rcv_nxt: int,
-        window: int,
-    ) -> Segment | bool:  # fmt: skip
+    def drop(self, reason: DropReason, counters: Counters) -> Segment | bool:
         """The segment is counted as a drop of TIME-WAIT; the ACK it earned, if any."""
         counters.drop(Layer.TCP, reason, self.now)
-        return self.output(iss, snd_max, rcv_nxt, window)
+        return self.output()
 
-    def output(self, iss: int, snd_max: int, rcv_nxt: int, window: int) -> Segment | bool:
+    def output(self) -> Segment | bool:
         """The ACK due, at once, or at the batch's end for a plain one (as
         the connection holds it in a batch, TcpDemux.begin_batch)."""
         record = self.record
@@ -398,7 +393,7 @@ class _Answer:
             record.flags = flags | _ACK_NOW
             return True
         record.flags = flags & ~_ACK_NOW
-        return record._ack(self.now, iss, snd_max, rcv_nxt, window, self.note, self.dsack)
+        return record._ack(self.now, self.numbers, self.note, self.dsack)
 
 
 # ---- the demux's records: functions of the demux, as listen.py's -----------------
@@ -415,6 +410,16 @@ def enter(demux: TcpDemux, conn: TcpConnection, key: Key) -> None:
     conn.state = State.CLOSED
     conn.deadlines.clear()
     demux._time_waits.setdefault(2 * conn.config.msl, {})[key] = record
+
+
+def numbered_at(demux: TcpDemux, key: Key) -> Numbered | None:
+    """What the trace reads (the number, ISS, IRS) of the connection of
+    `key`, or of its TIME-WAIT record."""
+    conn = demux.connections.get(key)
+    if conn is not None:
+        return conn
+    record = demux.time_wait_at(key)
+    return None if record is None else record.unpacked()
 
 
 def next_to_end(demux: TcpDemux) -> TimeWait | None:
@@ -443,7 +448,8 @@ def receive(demux: TcpDemux, record: TimeWait, seg: Segment, now: float) -> None
         after = "CLOSED" if still is False else "TIME_WAIT"
         tcb = None if record.tcb is None else dict(record.tcb)
         local = demux._local(record.key[0])
-        trace(segment_event(now, record, local, record.key, "in", seg, "TIME_WAIT", after, tcb))
+        numbers = record.unpacked()
+        trace(segment_event(now, numbers, local, record.key, "in", seg, "TIME_WAIT", after, tcb))
         for event in held:
             trace(event)
     if still is False:
@@ -463,8 +469,9 @@ def send_ack(demux: TcpDemux, record: TimeWait, ack: Segment, now: float) -> Non
     if demux.trace is not None:
         tcb = None if record.tcb is None else dict(record.tcb)
         local = demux._local(key[0])
-        demux.trace(segment_event(now, record, local, key, "out", ack, "TIME_WAIT",
-                                 "TIME_WAIT", tcb))  # fmt: skip
+        numbers = record.unpacked()
+        demux.trace(segment_event(now, numbers, local, key, "out", ack, "TIME_WAIT",
+                                  "TIME_WAIT", tcb))  # fmt: skip
     demux._counters["tcp.out"] += 1
     demux._transmit(key, ack)
 
