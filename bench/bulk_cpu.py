@@ -31,15 +31,18 @@ from measure import send_rate  # bench/*.py: run as python bench/NAME.py
 from setups import MB
 from setups import USTACK_LINUX
 from setups import USTACK_STACK
+from setups import BenchError
 from setups import Resources
 from setups import Target
 from setups import check_pid_is
+from setups import failed
 from setups import linux_cc
 from setups import parse_as_root
 from setups import rows_parser
 from setups import set_kernel_mtu
 from setups import start_kernel
 
+from ustack.linux.lab import LabError
 from ustack.linux.lab import Netns
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import process_costs
@@ -73,7 +76,8 @@ def main() -> int:
     args = parse_as_root(parser)
     size = args.mb * MB
     res = Resources()
-    try:
+
+    def measure() -> None:
         with tempfile.TemporaryDirectory(prefix="bulk-cpu-") as tmp:
             workdir = Path(tmp)
             targets = [start_build(res, workdir, "new", args.mtu, None)]
@@ -126,8 +130,11 @@ def main() -> int:
             for line in slow:
                 print("slow:", line)
             print(json.dumps(results))
-    finally:
-        res.cleanup()
+
+    try:
+        res.run_stoppable(measure)
+    except (BenchError, LabError) as exc:
+        return failed(exc)
     return 0
 
 

@@ -54,9 +54,9 @@ from results import format_table
 from setups import DAYTIME
 from setups import DISCARD
 from setups import BenchError
-from setups import Interrupted
 from setups import Resources
 from setups import Target
+from setups import failed
 from setups import log_step
 from setups import nsexec
 from setups import run
@@ -287,19 +287,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     res = Resources()
-    res.end_on_signals()
     started, before = time.monotonic(), machine.info()
-    try:
+
+    def measure() -> tuple[list[tuple[str, Row]], dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="ustack-cc-") as folder:
             remove_stale_namespaces()
-            rows, notes = series(levels, args.connects, args.reps, args.idle_conns,
-                                 Path(folder), res)  # fmt: skip
-            res.cleanup()
+            try:
+                return series(levels, args.connects, args.reps, args.idle_conns, Path(folder), res)
+            finally:
+                res.cleanup()  # (before the folder goes: the daemons' sockets are in it)
+
+    try:
+        rows, notes = res.run_stoppable(measure)
     except (BenchError, LabError) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, Interrupted) else 1
-    finally:
-        res.cleanup()
+        return failed(exc)
     rows.append(
         (
             "traced_est",

@@ -23,7 +23,6 @@ the daemon's own, a little noisy where a sample catches a frame mid-change.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from setups import MB
 from setups import BenchError
 from setups import Resources
 from setups import Target
+from setups import failed
 from setups import log_step
 from setups import start_ustack
 
@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     if not set(names) <= {"download", "ab"} or not 1 <= args.seconds <= 600:
         parser.error("--workloads: download and/or ab; --seconds 1..600")
     res = Resources()
-    atexit.register(res.cleanup)
     stem = f"profile-{time.strftime('%Y-%m-%d')}-{results.revision()}"
-    try:
+
+    def measure() -> None:
         py_spy()
         remove_stale_namespaces()
         with tempfile.TemporaryDirectory(prefix="ustack-profile-") as folder:
@@ -184,12 +184,13 @@ def main(argv: list[str] | None = None) -> int:
                 (args.out / f"{stem}-{name}.txt").write_text(f"{title}\n{top(stacks)}")
                 print(f"{name}: {raw.with_suffix('.speedscope.json')}, {raw.with_suffix('.txt')}")
                 print(top(stacks))
-            res.cleanup()
-    except (BenchError, LabError, subprocess.TimeoutExpired) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        res.cleanup()
+
+    try:
+        res.run_stoppable(measure)
+    except subprocess.TimeoutExpired as exc:
+        return failed(BenchError(str(exc)))
+    except (BenchError, LabError) as exc:
+        return failed(exc)
     return 0
 
 

@@ -62,9 +62,9 @@ from setups import KERNEL_SERVER6
 from setups import MB
 from setups import TOOLS
 from setups import BenchError
-from setups import Interrupted
 from setups import Resources
 from setups import Target
+from setups import failed
 from setups import log_step
 from setups import over_ipv6
 from setups import set_kernel_mtu
@@ -438,21 +438,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--concurrency: at most --requests")
 
     res = Resources()
-    res.end_on_signals()
     started = time.monotonic()
     machine_before = machine.info()
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ustack-bench-"))
-    try:
+
+    def measure() -> tuple[list[tuple[str, Row]], dict[str, Any]]:
         preflight()
         workdir.mkdir(parents=True, exist_ok=True)
         remove_stale_namespaces()
-        rows, notes = benchmark(s, res, workdir, args.ustack_arg, ipv6=not args.no_ipv6)
+        return benchmark(s, res, workdir, args.ustack_arg, ipv6=not args.no_ipv6)
+
+    try:
+        rows, notes = res.run_stoppable(measure)
     except (BenchError, LabError) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, Interrupted) else 1
+        return failed(exc)
     finally:
-        res.cleanup()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started

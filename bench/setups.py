@@ -6,7 +6,6 @@ namespaces a run created, and the small helpers every bench script shares."""
 from __future__ import annotations
 
 import argparse
-import atexit
 import dataclasses
 import os
 import signal
@@ -23,13 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
-from types import FrameType
 from typing import TypeVar
+from typing import cast
 
 from ustack.linux.lab import DIE_WITH_PARENT
 from ustack.linux.lab import STACK_ADDRESS6
 from ustack.linux.lab import LabError
 from ustack.linux.lab import Netns
+from ustack.linux.lab import Stopper
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
 from ustack.linux.lab import remove_stale_namespaces
@@ -55,7 +55,11 @@ class BenchError(Exception):
 
 
 class Interrupted(BenchError):
-    pass
+    """A stop signal ended the run (after its clean-up): exit 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 # ---- processes and namespaces, and their cleanup ------------------------------------------
@@ -85,27 +89,45 @@ class Resources:
         """Ends what still runs in it, too."""
         self.namespaces.pop(name).remove()
 
-    def end_on_signals(self) -> None:
-        """SIGINT, SIGTERM and SIGHUP raise Interrupted, so that the run ends
-        through its cleanup; the cleanup runs at exit too."""
+    def run_stoppable(self, work: Callable[[], T]) -> T:
+        """work(), then the clean-up, as `ustack lab` runs (the lab's Stopper):
+        in a thread, while a stop signal (SIGINT, SIGTERM, SIGHUP) only ends
+        what runs in this run's namespaces; work() then fails at its next wait
+        on one of those processes and unwinds through the clean-up, which no
+        signal interrupts. Raises Interrupted after a stop. (A handler that
+        raised could land in a finalizer, which only prints it, or in a lock
+        that then stayed taken: a traceback or a hang.)"""
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+        def work_then_clean_up() -> T:
+            try:
+                return work()
+            finally:
+                self.cleanup()
 
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, on_signal)
-        atexit.register(self.cleanup)
+        stopper = Stopper(NS_PREFIX)
+        result = stopper.run(work_then_clean_up)
+        if stopper.stopped:
+            raise Interrupted(stopper.stopped)
+        return cast(T, result)
 
     def cleanup(self) -> None:
         if self.cleaned:
             return
         self.cleaned = True
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
         try:
             self.lab.close()
         except (OSError, subprocess.TimeoutExpired, LabError) as exc:
             print(f"bench: cleanup: {exc}", file=sys.stderr)
+
+
+def failed(exc: BenchError | LabError) -> int:
+    """One line on stderr for what ended the run; its exit status: 128 + N
+    after stop signal N, else 1."""
+    if isinstance(exc, Interrupted):
+        print(f"bench: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    print(f"bench: error: {exc}", file=sys.stderr)
+    return 1
 
 
 def nsexec(ns: str, *argv: str) -> list[str]:

@@ -58,23 +58,19 @@ def run_clean(
     return Finished(process.pid, process.returncode, stdout, stderr)
 
 
-def first_namespace(prefix: str, pid: int) -> Path:
-    """The first namespace the command `pid` makes (ustack.linux.lab.netns)."""
-    return Path(f"/run/netns/{prefix}{pid}-0")
-
-
 def stop_midway(argv: list[str], namespace_prefix: str, signum: signal.Signals) -> int:
-    """`ustack *argv` (run_clean), sent `signum` once its first namespace
-    exists: its exit status, its namespaces checked gone."""
+    """`argv` (run_clean), sent `signum` once it has made a namespace
+    (ustack.linux.lab.netns: `namespace_prefix`<pid>-<tag>): its exit
+    status, its namespaces checked gone."""
 
     def stop(process: subprocess.Popen[str]) -> None:
-        namespace = first_namespace(namespace_prefix, process.pid)
+        made = f"{namespace_prefix}{process.pid}-*"
         deadline = time.monotonic() + 30
-        while not namespace.exists():  # the command is under way
+        while not any(Path("/run/netns").glob(made)):  # the command is under way
             assert process.poll() is None and time.monotonic() < deadline, "no namespace made"
             time.sleep(0.005)
         process.send_signal(signum)
 
-    finished = run_clean([*USTACK, *argv], stop)
+    finished = run_clean(argv, stop)
     assert our_namespaces(namespace_prefix, finished.pid) == []
     return finished.returncode

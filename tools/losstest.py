@@ -26,7 +26,7 @@ run is removed by the interop tests' stale-namespace sweep):
   5. at the end: the daemon still alive, no Traceback in its log.
 
 Exit code: 0 all good; 1 corruption (wrong length or sha256); 2 a transfer
-failed or timed out (curl's --max-time, --timeout; also Ctrl-C); 3 the daemon
+failed or timed out (curl's --max-time, --timeout; also Ctrl-C, SIGTERM, SIGHUP); 3 the daemon
 misbehaved (died, a Traceback in its log, connections left 30 s after a
 transfer). With several, the lowest code wins. On any failure the work
 directory (daemon log, trace if asked) is kept and its path printed.
@@ -68,15 +68,12 @@ from tools.common import tool_parser
 from ustack.linux.lab import NS_PREFIX
 from ustack.linux.lab import STACK_ADDRESS
 from ustack.linux.lab import Netns
+from ustack.linux.lab import Stopper
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
 
 MiB = 1 << 20
 CHUNK = 1 << 20
-
-
-class Interrupted(Exception):
-    pass
 
 
 def parse_size(text: str) -> int:
@@ -397,129 +394,134 @@ def main(argv: list[str] | None = None) -> int:
     linux_cc = args.linux_cc or (sysctl / "tcp_congestion_control").read_text().strip()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
 
-    def interrupted(signum: int, _frame: Any) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
-
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="losstest-"))
     workdir.mkdir(parents=True, exist_ok=True)
     run = Run(workdir)
     results: list[dict[str, Any]] = []
     problems: list[tuple[int, str]] = []  # (exit code, what); the lowest code wins
-    during = 0  # Tracebacks in the daemon log before we stopped it
-    try:
-        run.make_namespace()
-        run.start_daemon(rules, seed, args.trace, args.offload)
-        if args.linux_cc is not None:
-            run.set_linux_cc(args.linux_cc)
-        print(
-            f"ustack losstest: {args.size} bytes ({args.size / MiB:g} MiB) each way; "
-            f"loss {args.loss:g}, reorder {args.reorder:g} (delay {args.delay * 1000:g} ms), "
-            f"duplicate {args.duplicate:g}, both directions; seed {seed}"
-        )
-        offloads = "on" if args.offload else "off"
-        print(
-            f"  namespace {run.ns and run.ns.name}, workdir {workdir}, TUN offloads {offloads}, "
-            f"Linux congestion control {linux_cc}"
-        )
-        print(f"  rules: {' '.join(rules) or 'none'}")
-        url = f"http://{STACK_ADDRESS}"
-        if args.direction in ("both", "down"):
-            expected = pattern_sha256(args.size)
+    # Ctrl-C, SIGTERM, SIGHUP: the run goes on in a thread while its
+    # namespace's processes are ended (the lab's Stopper, as `ustack lab`
+    # stops), so that it fails at its next wait and unwinds through close().
+    stopper = Stopper(NS_PREFIX)
+    closed: list[tuple[int, int | None, bool]] = []  # (Tracebacks before the stop, exit, running)
 
-            def check_download(code: int, _head: bytes, digest: str, received: int) -> Any:
-                if code != 0:
-                    return False, f"received {received} of {args.size} bytes"
-                if received != args.size:
-                    return False, f"length {received}, expected {args.size}"
-                if digest != expected:
-                    return False, f"sha256 {digest}, expected {expected}"
-                return True, ""
-
-            results.append(
-                transfer(
-                    run,
-                    "download",
-                    ["-o", "-", f"{url}/bytes/{args.size}"],
-                    args.size,
-                    args.timeout,
-                    check_download,
-                )
+    def exercise() -> None:
+        during = 0  # Tracebacks in the daemon log before we stopped it
+        try:
+            run.make_namespace()
+            run.start_daemon(rules, seed, args.trace, args.offload)
+            if args.linux_cc is not None:
+                run.set_linux_cc(args.linux_cc)
+            print(
+                f"ustack losstest: {args.size} bytes ({args.size / MiB:g} MiB) each way; "
+                f"loss {args.loss:g}, reorder {args.reorder:g} (delay {args.delay * 1000:g} ms), "
+                f"duplicate {args.duplicate:g}, both directions; seed {seed}"
             )
-        if args.direction in ("both", "up"):
-            body = workdir / "upload.bin"
-            body.write_bytes(random.Random(seed).randbytes(args.size))
-            sent = hashlib.sha256(body.read_bytes()).hexdigest()
+            offloads = "on" if args.offload else "off"
+            print(
+                f"  namespace {run.ns and run.ns.name}, workdir {workdir}, "
+                f"TUN offloads {offloads}, Linux congestion control {linux_cc}"
+            )
+            print(f"  rules: {' '.join(rules) or 'none'}")
+            url = f"http://{STACK_ADDRESS}"
+            if args.direction in ("both", "down"):
+                expected = pattern_sha256(args.size)
 
-            def check_upload(code: int, head: bytes, _digest: str, _received: int) -> Any:
-                if code != 0:
-                    return False, ""
-                reply = head.decode(errors="replace").split()
-                if reply != [str(args.size), sent]:
-                    return False, f"reply {' '.join(reply)!r}, expected '{args.size} {sent}'"
-                return True, ""
+                def check_download(code: int, _head: bytes, digest: str, received: int) -> Any:
+                    if code != 0:
+                        return False, f"received {received} of {args.size} bytes"
+                    if received != args.size:
+                        return False, f"length {received}, expected {args.size}"
+                    if digest != expected:
+                        return False, f"sha256 {digest}, expected {expected}"
+                    return True, ""
 
-            try:
                 results.append(
                     transfer(
                         run,
-                        "upload",
-                        [
-                            "-H",
-                            "Expect:",
-                            "-H",
-                            "Content-Type: application/octet-stream",
-                            "--data-binary",
-                            f"@{body}",
-                            "-o",
-                            "-",
-                            f"{url}/upload",
-                        ],
+                        "download",
+                        ["-o", "-", f"{url}/bytes/{args.size}"],
                         args.size,
                         args.timeout,
-                        check_upload,
+                        check_download,
                     )
                 )
-            finally:
-                body.unlink(missing_ok=True)
-        for result in results:
-            if not result["ok"]:
-                code = 1 if result["code"] == 0 else 2  # wrong bytes / no (complete) transfer
-                problems.append((code, f"{result['name']} failed (curl exit {result['code']})"))
-            if result["left"]:
-                problems.append((3, f"connections left after the {result['name']}"))
-        if run.daemon is not None and run.daemon.process.poll() is not None:
-            problems.append((3, f"the daemon died (exit {run.daemon.process.returncode})"))
-        else:
-            total = run.counters()
-            print(
-                "  daemon totals: "
-                + ", ".join(
-                    f"{k}={v}"
-                    for k, v in total.items()
-                    if k.startswith(("fault.", "tcp.out", "tcp.in")) or ".drop." in k
+            if args.direction in ("both", "up"):
+                body = workdir / "upload.bin"
+                body.write_bytes(random.Random(seed).randbytes(args.size))
+                sent = hashlib.sha256(body.read_bytes()).hexdigest()
+
+                def check_upload(code: int, head: bytes, _digest: str, _received: int) -> Any:
+                    if code != 0:
+                        return False, ""
+                    reply = head.decode(errors="replace").split()
+                    if reply != [str(args.size), sent]:
+                        return False, f"reply {' '.join(reply)!r}, expected '{args.size} {sent}'"
+                    return True, ""
+
+                try:
+                    results.append(
+                        transfer(
+                            run,
+                            "upload",
+                            [
+                                "-H",
+                                "Expect:",
+                                "-H",
+                                "Content-Type: application/octet-stream",
+                                "--data-binary",
+                                f"@{body}",
+                                "-o",
+                                "-",
+                                f"{url}/upload",
+                            ],
+                            args.size,
+                            args.timeout,
+                            check_upload,
+                        )
+                    )
+                finally:
+                    body.unlink(missing_ok=True)
+            for result in results:
+                if not result["ok"]:
+                    code = 1 if result["code"] == 0 else 2  # wrong bytes / no (complete) transfer
+                    problems.append((code, f"{result['name']} failed (curl exit {result['code']})"))
+                if result["left"]:
+                    problems.append((3, f"connections left after the {result['name']}"))
+            if run.daemon is not None and run.daemon.process.poll() is not None:
+                problems.append((3, f"the daemon died (exit {run.daemon.process.returncode})"))
+            else:
+                total = run.counters()
+                print(
+                    "  daemon totals: "
+                    + ", ".join(
+                        f"{k}={v}"
+                        for k, v in total.items()
+                        if k.startswith(("fault.", "tcp.out", "tcp.in")) or ".drop." in k
+                    )
                 )
-            )
-            # Let the last delayed packets (held --delay seconds) go out before the
-            # SIGTERM: one still held then is a separate, known shutdown race.
-            time.sleep(min(1.0, 2 * args.delay + 0.1))
-        during = run.log_text().count("Traceback")
-    except (KeyboardInterrupt, Interrupted) as exc:
-        problems.append((2, f"interrupted ({exc or 'SIGINT'})"))
-    except Exception as exc:  # a setup failure: report it, clean up anyway
-        problems.append((2, f"{type(exc).__name__}: {exc}"))
-    finally:
-        during = during or run.log_text().count("Traceback")  # also after a setup failure
-        exit_code, was_running = run.close()
+                # Let the last delayed packets (held --delay seconds) go out before the
+                # SIGTERM: one still held then is a separate, known shutdown race.
+                time.sleep(min(1.0, 2 * args.delay + 0.1))
+            during = run.log_text().count("Traceback")
+        except Exception as exc:  # a setup failure: report it, clean up anyway
+            if not stopper.stopped:  # (after a stop, what failed failed by it)
+                problems.append((2, f"{type(exc).__name__}: {exc}"))
+        finally:
+            during = during or run.log_text().count("Traceback")  # also after a setup failure
+            closed.append((during, *run.close()))
+
+    stopper.run(exercise)
+    if stopper.stopped:
+        problems.append((2, f"interrupted ({signal.Signals(stopper.stopped).name})"))
+    during, exit_code, was_running = closed[0]
     log = run.log_text()
     tracebacks = log.count("Traceback")
     if during:
         problems.append((3, f"{during} Traceback(s) in the daemon log during the transfers"))
     if tracebacks > during:
         problems.append((3, f"{tracebacks - during} Traceback(s) in the daemon log at shutdown"))
-    if exit_code not in (0, None):
+    if exit_code not in (0, None) and not stopper.stopped:
         when = "on SIGTERM" if was_running else "by itself, before we stopped it"
         problems.append((3, f"the daemon exited {exit_code} {when}"))
     status = min((code for code, _ in problems), default=0)

@@ -49,7 +49,7 @@ def test_a_signal_during_the_set_up_stops_the_lab_before_the_command(
     exception): the lab must stop all the same."""
     marker = tmp_path / "ran"
     lab = ["lab", "--", "sh", "-c", f"touch {marker}; sleep 30"]
-    assert stop_midway(lab, "ustack-lab", signum) == 128 + signum
+    assert stop_midway([*USTACK, *lab], "ustack-lab", signum) == 128 + signum
     assert not marker.exists()
 
 

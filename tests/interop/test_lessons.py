@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.stopped_midway import USTACK
 from tests.stopped_midway import run_clean
 from tests.stopped_midway import stop_midway
 from ustack.cli.lesson import run_lesson
@@ -122,7 +123,7 @@ def test_a_lesson_stopped_midway_leaves_nothing_behind(
     lesson = ["lesson", "run", "lost-final-ack", "-o", str(tmp_path)]
     # (stop_midway also checks that its scratch directory, with the control
     # socket and the log, is gone)
-    assert stop_midway(lesson, "ustack-lesson", signum) == code
+    assert stop_midway([*USTACK, *lesson], "ustack-lesson", signum) == code
 
 
 SIGNALLED_WITHIN = Path(__file__).resolve().parents[1] / "signalled_within.py"
