@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,58 +77,51 @@ def main() -> int:
     res = Resources()
 
     def measure() -> None:
-        with tempfile.TemporaryDirectory(prefix="bulk-cpu-") as tmp:
-            workdir = Path(tmp)
-            targets = [start_build(res, workdir, "new", args.mtu, None)]
-            if args.tree is not None:
-                targets.append(start_build(res, workdir, "old", args.mtu, args.tree))
-            if not args.no_kernel:
-                kernel = start_kernel(res, workdir)
-                set_kernel_mtu(kernel, args.mtu)
-                targets.append(kernel)
-            upload = workdir / "upload.bin"
-            digest = hashlib.sha256()
-            with open(upload, "wb") as stream:
-                for _ in range(0, size, MB):
-                    chunk = os.urandom(MB)
-                    digest.update(chunk)
-                    stream.write(chunk)
-            slow: list[str] = []
-            rows: dict[str, Callable[[Target], float]] = {
-                "down": lambda t: curl_download(t, size, args.timeout, slow),
-                "up": lambda t: curl_upload(
-                    t, upload, size, digest.hexdigest(), args.timeout, slow
-                ),
-                "send": lambda t: send_rate(t, size, args.timeout, slow),
-            }
-            results: dict[str, list[float]] = {}
-            for _ in range(args.reps):
-                for row in args.rows.split(","):
-                    for t in targets:
-                        ours = t.label != "kernel"
-                        before = process_costs(t.pid) if ours else None
-                        rate = rows[row](t)
-                        results.setdefault(f"{row} {t.label} MB/s", []).append(round(rate))
-                        if ours:
-                            assert before is not None
-                            after = process_costs(t.pid)
-                            us_per_mb = (after.cpu_ns - before.cpu_ns) / 1e3 / args.mb
-                            # Hundreds per MB: the allocator refaults the
-                            # buffers (docs/performance.md, "Two speeds").
-                            faults = (after.minor_faults - before.minor_faults) / args.mb
-                            results.setdefault(f"{row} {t.label} us/MB", []).append(
-                                round(us_per_mb)
-                            )
-                            results.setdefault(f"{row} {t.label} faults/MB", []).append(
-                                round(faults)
-                            )
-                        t.alive()
-            print(f"MTU {args.mtu}, {args.mb} MB per transfer")
-            for name, values in results.items():
-                print(f"{name:20} {' '.join(f'{v:7}' for v in values)}")
-            for line in slow:
-                print("slow:", line)
-            print(json.dumps(results))
+        workdir = res.workdir("bulk-cpu-")
+        targets = [start_build(res, workdir, "new", args.mtu, None)]
+        if args.tree is not None:
+            targets.append(start_build(res, workdir, "old", args.mtu, args.tree))
+        if not args.no_kernel:
+            kernel = start_kernel(res, workdir)
+            set_kernel_mtu(kernel, args.mtu)
+            targets.append(kernel)
+        upload = workdir / "upload.bin"
+        digest = hashlib.sha256()
+        with open(upload, "wb") as stream:
+            for _ in range(0, size, MB):
+                chunk = os.urandom(MB)
+                digest.update(chunk)
+                stream.write(chunk)
+        slow: list[str] = []
+        rows: dict[str, Callable[[Target], float]] = {
+            "down": lambda t: curl_download(t, size, args.timeout, slow),
+            "up": lambda t: curl_upload(t, upload, size, digest.hexdigest(), args.timeout, slow),
+            "send": lambda t: send_rate(t, size, args.timeout, slow),
+        }
+        results: dict[str, list[float]] = {}
+        for _ in range(args.reps):
+            for row in args.rows.split(","):
+                for t in targets:
+                    ours = t.label != "kernel"
+                    before = process_costs(t.pid) if ours else None
+                    rate = rows[row](t)
+                    results.setdefault(f"{row} {t.label} MB/s", []).append(round(rate))
+                    if ours:
+                        assert before is not None
+                        after = process_costs(t.pid)
+                        us_per_mb = (after.cpu_ns - before.cpu_ns) / 1e3 / args.mb
+                        # Hundreds per MB: the allocator refaults the
+                        # buffers (docs/performance.md, "Two speeds").
+                        faults = (after.minor_faults - before.minor_faults) / args.mb
+                        results.setdefault(f"{row} {t.label} us/MB", []).append(round(us_per_mb))
+                        results.setdefault(f"{row} {t.label} faults/MB", []).append(round(faults))
+                    t.alive()
+        print(f"MTU {args.mtu}, {args.mb} MB per transfer")
+        for name, values in results.items():
+            print(f"{name:20} {' '.join(f'{v:7}' for v in values)}")
+        for line in slow:
+            print("slow:", line)
+        print(json.dumps(results))
 
     try:
         res.run_stoppable(measure)

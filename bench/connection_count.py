@@ -37,7 +37,6 @@ import argparse
 import gc
 import struct
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -290,12 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     started, before = time.monotonic(), machine.info()
 
     def measure() -> tuple[list[tuple[str, Row]], dict[str, Any]]:
-        with tempfile.TemporaryDirectory(prefix="ustack-cc-") as folder:
-            remove_stale_namespaces()
-            try:
-                return series(levels, args.connects, args.reps, args.idle_conns, Path(folder), res)
-            finally:
-                res.cleanup()  # (before the folder goes: the daemons' sockets are in it)
+        remove_stale_namespaces()
+        workdir = res.workdir("ustack-cc-")
+        return series(levels, args.connects, args.reps, args.idle_conns, workdir, res)
 
     try:
         rows, notes = res.run_stoppable(measure)

@@ -27,7 +27,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -170,20 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     def measure() -> None:
         py_spy()
         remove_stale_namespaces()
-        with tempfile.TemporaryDirectory(prefix="ustack-profile-") as folder:
-            ustack = start_ustack(res, Path(folder), 1500)
-            args.out.mkdir(parents=True, exist_ok=True)
-            for name in names:
-                log_step(f"profiling the daemon for {args.seconds} s during {name}")
-                raw = args.out / f"{stem}-{name}.collapsed"
-                runs = record(ustack, name, args.seconds, raw)
-                stacks = parse_collapsed(raw.read_text())
-                title = f"ustack serve during {name} ({runs} runs), {results.revision()}"
-                document = speedscope(stacks, title)
-                (args.out / f"{stem}-{name}.speedscope.json").write_text(json.dumps(document))
-                (args.out / f"{stem}-{name}.txt").write_text(f"{title}\n{top(stacks)}")
-                print(f"{name}: {raw.with_suffix('.speedscope.json')}, {raw.with_suffix('.txt')}")
-                print(top(stacks))
+        ustack = start_ustack(res, res.workdir("ustack-profile-"), 1500)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            log_step(f"profiling the daemon for {args.seconds} s during {name}")
+            raw = args.out / f"{stem}-{name}.collapsed"
+            runs = record(ustack, name, args.seconds, raw)
+            stacks = parse_collapsed(raw.read_text())
+            title = f"ustack serve during {name} ({runs} runs), {results.revision()}"
+            document = speedscope(stacks, title)
+            (args.out / f"{stem}-{name}.speedscope.json").write_text(json.dumps(document))
+            (args.out / f"{stem}-{name}.txt").write_text(f"{title}\n{top(stacks)}")
+            print(f"{name}: {raw.with_suffix('.speedscope.json')}, {raw.with_suffix('.txt')}")
+            print(top(stacks))
 
     try:
         res.run_stoppable(measure)

@@ -34,7 +34,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -440,12 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = Resources()
     started = time.monotonic()
     machine_before = machine.info()
-    keep = args.workdir is not None
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ustack-bench-"))
 
     def measure() -> tuple[list[tuple[str, Row]], dict[str, Any]]:
         preflight()
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = res.workdir("ustack-bench-", keep=args.workdir)
         remove_stale_namespaces()
         return benchmark(s, res, workdir, args.ustack_arg, ipv6=not args.no_ipv6)
 
@@ -453,9 +450,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, notes = res.run_stoppable(measure)
     except (BenchError, LabError) as exc:
         return failed(exc)
-    finally:
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
     rev = results.revision()
 

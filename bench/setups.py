@@ -74,6 +74,14 @@ class Resources:
     namespaces: dict[str, Netns] = field(default_factory=dict)
     cleaned: bool = False
 
+    def workdir(self, prefix: str, keep: Path | None = None) -> Path:
+        """A folder for the run's files (the servers' sockets and logs): `keep`,
+        or a temporary one removed by the clean-up, after the servers."""
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            return keep
+        return Path(self.lab.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+
     def netns(self, tag: str) -> str:
         ns = self.lab.enter_context(netns(NS_PREFIX, tag))
         self.namespaces[ns.name] = ns

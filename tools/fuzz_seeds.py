@@ -295,9 +295,10 @@ def time_wait() -> Seed:
     s.app("close")
     s.peer()  # FIN_WAIT_2
     s.peer(ACK | FIN)  # TIME_WAIT
-    conn = s.conn()
-    rcv_nxt = conn.rcv_nxt
-    s.send(ACK | FIN, rcv_nxt - 1, conn.snd_max)  # the FIN again
+    record = s.w.tcp.time_wait_at(KEY)  # (a record now, tcp/time_wait.py)
+    assert record is not None
+    rcv_nxt = record.rcv_nxt
+    s.send(ACK | FIN, rcv_nxt - 1, record.snd_max)  # the FIN again
     s.send(RST, rcv_nxt, 0)  # ignored (RFC 1337)
     s.send(SYN, rcv_nxt - 5, 0, options=LINUX_SYN)  # an old SYN
     s.send(SYN, rcv_nxt + 100_000, 0, options=LINUX_SYN)  # a new incarnation

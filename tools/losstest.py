@@ -514,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     stopper.run(exercise)
     if stopper.stopped:
         problems.append((2, f"interrupted ({signal.Signals(stopper.stopped).name})"))
-    during, exit_code, was_running = closed[0]
+    # (nothing closed: close() itself failed after a stop, which swallowed it)
+    during, exit_code, was_running = closed[0] if closed else (0, None, False)
     log = run.log_text()
     tracebacks = log.count("Traceback")
     if during:

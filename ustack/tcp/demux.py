@@ -233,7 +233,7 @@ class TcpDemux:
         if conn is None and self._time_waits:
             record = self.time_wait_at(key)
             if record is not None:
-                if not self._reopens(key, record.unpacked().rcv_nxt, seg):
+                if not self._reopens(key, record.rcv_nxt, seg):
                     time_wait.receive(self, record, seg, now)
                     return
                 time_wait.end(self, record, Event.RCV_SYN_NEW_INCARNATION, now)

@@ -150,10 +150,15 @@ class TimeWait:
         """The numbers, as the trace (segment_event), the listings and the demux read them."""
         return Numbers._make(_NUMBERS.unpack(self.numbers))
 
+    # Where the 4-tuple's two sequence spaces stand, read as of a connection
+    # (RFC 6191: a new incarnation's ISS starts above SND.MAX; the fuzzer).
     @property
     def snd_max(self) -> int:
-        """As TcpConnection.snd_max (RFC 6191: a new incarnation's ISS starts above it)."""
         return int(_NUMBERS.unpack(self.numbers)[2])
+
+    @property
+    def rcv_nxt(self) -> int:
+        return int(_NUMBERS.unpack(self.numbers)[3])
 
     # ---- what comes in ----------------------------------------------------------------
 
