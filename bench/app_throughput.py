@@ -35,6 +35,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from ustack.linux.lab import stoppable
+
 MB = 1_000_000
 PORT = 5001
 LINUX, STACK = "198.18.0.1", "198.18.0.2"
@@ -202,4 +204,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    inside = "--inside" in sys.argv  # (the run itself, in the namespace)
+    sys.exit(main() if inside else stoppable(main, "app_throughput"))

@@ -36,6 +36,7 @@ from setups import rows_parser  # bench/*.py: run as python bench/NAME.py
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
 from ustack.linux.lab import process_costs
+from ustack.linux.lab import stoppable
 
 STACK, LINUX = "198.18.0.2", "198.18.0.1"
 
@@ -108,4 +109,4 @@ def measure(args: argparse.Namespace, ns: str, pid: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stoppable(main, "conn_cpu"))

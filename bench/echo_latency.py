@@ -43,6 +43,7 @@ from setups import versions_and_kernel  # bench/setups.py: scripts here run as p
 
 from ustack.linux.lab import Netns
 from ustack.linux.lab import process_costs
+from ustack.linux.lab import stoppable
 
 NS_PREFIX = "ustack-e"
 
@@ -137,4 +138,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stoppable(main, "echo_latency"))

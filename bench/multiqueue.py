@@ -48,6 +48,7 @@ from typing import Any
 
 from ustack.linux import lab
 from ustack.linux.control import request
+from ustack.linux.lab import stoppable
 
 BENCH = Path(__file__).resolve().parent
 STACK = "198.18.0.2"
@@ -284,4 +285,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stoppable(main, "multiqueue"))

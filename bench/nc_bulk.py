@@ -43,6 +43,7 @@ from setups import ustack_from_tree  # bench/setups.py: scripts here run as pyth
 
 from ustack.linux.lab import Netns
 from ustack.linux.lab import stop_process
+from ustack.linux.lab import stoppable
 
 NS_PREFIX = "ustack-n"
 KERNEL_PORT = 9000
@@ -133,4 +134,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stoppable(main, "nc_bulk"))

@@ -62,6 +62,7 @@ from setups import versions_and_kernel  # bench/setups.py: scripts here run as p
 
 from ustack.linux.lab import Netns
 from ustack.linux.lab import stop_process
+from ustack.linux.lab import stoppable
 
 NS_PREFIX = "ustack-w"
 HTTP = 80
@@ -243,4 +244,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    inside = sys.argv[1:2] == ["client"]  # (a pattern's client, in the namespace)
+    sys.exit(main() if inside else stoppable(main, "two_writes"))

@@ -22,6 +22,7 @@ from pathlib import Path
 from ustack.linux.lab import Netns
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
+from ustack.linux.lab import stoppable
 from ustack.linux.lab import veth_pair
 
 LINUX_CLIENT, LINUX_SERVER = "198.18.2.1", "198.18.2.2"
@@ -114,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(stoppable(main, "udp_echo"))

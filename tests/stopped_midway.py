@@ -52,23 +52,25 @@ def run_clean(
                 process.kill()
                 process.wait()
         assert "Traceback" not in stderr, stderr
-        assert not list(scratch.iterdir()), "left behind in its TMPDIR"
+        # (A tool keeps the folder of a run that failed or was stopped, for its
+        # log, and says so: "kept PATH".)
+        left = [path for path in scratch.iterdir() if f"kept {path}" not in stdout]
+        assert not left, f"left behind in its TMPDIR: {left}"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return Finished(process.pid, process.returncode, stdout, stderr)
 
 
-def stop_midway(argv: list[str], namespace_prefix: str, signum: signal.Signals) -> int:
+def stop_midway(argv: list[str], namespace_prefix: str | None, signum: signal.Signals) -> int:
     """`argv` (run_clean), sent `signum` once it has made a namespace
-    (ustack.linux.lab.netns: `namespace_prefix`<pid>-<tag>): its exit
-    status, its namespaces checked gone."""
+    (ustack.linux.lab.netns: `namespace_prefix`<pid>-<tag>; None: of any
+    kind): its exit status, its namespaces checked gone."""
 
     def stop(process: subprocess.Popen[str]) -> None:
-        made = f"{namespace_prefix}{process.pid}-*"
         deadline = time.monotonic() + 30
-        while not any(Path("/run/netns").glob(made)):  # the command is under way
+        while not our_namespaces(namespace_prefix, process.pid):  # the command is under way
             assert process.poll() is None and time.monotonic() < deadline, "no namespace made"
-            time.sleep(0.005)
+            time.sleep(0.01)
         process.send_signal(signum)
 
     finished = run_clean(argv, stop)

@@ -69,6 +69,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ustack.linux.lab import stoppable
+
 STACK = "198.18.0.2"
 ECHO, HTTP = 7, 80
 SOURCE_BASE = 101  # Linux-side source addresses 198.18.0.101, .102, ...
@@ -805,4 +807,5 @@ def _as_dict(report: Report) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    inside = sys.argv[1:2] in (["_client"], ["_probe"])  # its helpers, in the namespace
+    sys.exit(main() if inside else stoppable(main, "scale"))

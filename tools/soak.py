@@ -72,6 +72,7 @@ from tools.losstest import pattern_sha256
 from tools.scale import fd_count
 from tools.scale import rss_kib
 from tools.scale import stable_fd_count
+from ustack.linux.lab import stoppable
 
 HERE = Path(__file__).resolve()
 STACK = "198.18.0.2"
@@ -500,4 +501,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stoppable(main, "soak"))

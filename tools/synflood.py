@@ -42,6 +42,7 @@ from tests.attacks import flood_with_curls
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
 from ustack.linux.lab import remove_stale_namespaces
+from ustack.linux.lab import stoppable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,4 +88,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stoppable(main, "synflood"))

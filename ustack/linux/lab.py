@@ -17,12 +17,9 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -197,11 +194,15 @@ class Netns:
             _ip("netns", "del", self.name, check=False)
 
 
-def our_namespaces(prefix: str = NS_PREFIX, pid: int | None = None) -> list[Netns]:
+def our_namespaces(prefix: str | None = NS_PREFIX, pid: int | None = None) -> list[Netns]:
     """The namespaces netns(prefix) made in this process (or process `pid`)
-    that exist now."""
-    ours = f"{prefix}{os.getpid() if pid is None else pid}-"
-    return [Netns(name) for name in _namespace_names() if name.startswith(ours)]
+    that exist now; with `prefix` None, those of every kind."""
+    pid = os.getpid() if pid is None else pid
+    if prefix is None:
+        names = [n for n in _namespace_names() if (m := _OURS.fullmatch(n)) and m[1] == str(pid)]
+    else:
+        names = [n for n in _namespace_names() if n.startswith(f"{prefix}{pid}-")]
+    return [Netns(name) for name in names]
 
 
 @contextmanager
@@ -453,7 +454,8 @@ _T = TypeVar("_T")
 
 class Stopper:
     """SIGINT, SIGTERM and SIGHUP during a run in namespaces `prefix`<pid>-N
-    (`ustack lab`, `ustack lesson`). The run goes in a thread of its own; the
+    (`ustack lab`, `ustack lesson`; `prefix` None: of every kind, stoppable).
+    The run goes in a thread of its own; the
     main thread, where Python runs signal handlers, only notes a signal, and
     then, outside the handler: passes it on to `child` while that runs (the
     lab's command), or else stops the run, ending what runs in its namespaces.
@@ -467,7 +469,7 @@ class Stopper:
     CI saw it), or just after subprocess took a Popen's waitpid lock, which
     then stayed taken, and the clean-up's wait() hung for ever.)"""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str | None) -> None:
         self.prefix = prefix
         # Held by the run while it starts a `child`, so that a stop is decided
         # either before (and the run sees `stopped`) or after (and it goes to the child).
@@ -492,7 +494,7 @@ class Stopper:
 
         previous = {s: signal.signal(s, note) for s in STOP_SIGNALS}
         try:
-            thread = threading.Thread(target=in_thread, name=self.prefix)
+            thread = threading.Thread(target=in_thread, name=self.prefix or "ustack")
             thread.start()
             while thread.is_alive():
                 thread.join(0.05)
@@ -521,84 +523,13 @@ class Stopper:
                     ns.end_processes()
 
 
-# ---- `ustack lab`: one command in a throwaway namespace with a daemon on defaults ----------
-
-
-def _path_with_our_scripts() -> str:
-    """PATH with this install's scripts directory first, so `ustack ss` inside the
-    lab talks with the same ustack as the daemon, also when the lab was started as
-    `python -m ustack` or through sudo, which resets PATH."""
-    scripts = sysconfig.get_path("scripts")
-    rest = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p != scripts]
-    return os.pathsep.join([scripts, *rest])
-
-
-def run_in_lab(
-    command: Sequence[str],
-    serve_args: Sequence[str] = (),
-    workdir: Path | None = None,
-    announce: Callable[[str], None] | None = None,
-) -> int:
-    """Run `command` in a new namespace beside `ustack serve serve_args` (defaults:
-    Linux side 198.18.0.1/24 and 2001:2::1/64, stack 198.18.0.2 and 2001:2::2
-    (with --no-ipv6: IPv4 only); its control socket in the
-    environment as USTACK_CONTROL; the `ustack` command of this install first
-    on PATH) and remove it all afterwards. The command's
-    exit status (128 + N when signal N ended it). SIGINT, SIGTERM and SIGHUP
-    sent to us are passed on to the command (a terminal's Ctrl-C reaches it
-    twice: harmless to programs that end on the first, ignored by a shell);
-    before the command runs they stop the set-up, which is undone."""
-    if os.geteuid() != 0:
-        raise LabError("ustack lab needs root (it makes a network namespace): run it with sudo")
-    remove_stale_namespaces()
-    stopper = Stopper("ustack-lab")
-    code = stopper.run(lambda: _lab(command, serve_args, workdir, announce, stopper))
-    return 128 + stopper.stopped if code is None else code
-
-
-def _lab(
-    command: Sequence[str],
-    serve_args: Sequence[str],
-    workdir: Path | None,
-    announce: Callable[[str], None] | None,
-    stopper: Stopper,
-) -> int | None:
-    """run_in_lab's run, in the stopper's thread; None if stopped before the command."""
-    scratch = workdir is None
-    where = Path(tempfile.mkdtemp(prefix="ustack-lab-")) if workdir is None else workdir
-    where.mkdir(parents=True, exist_ok=True)
-    daemon: UstackDaemon | None = None
-    try:
-        with netns("ustack-lab") as ns:
-            daemon = UstackDaemon.start(
-                ns, where, *serve_args, trace=False, log_level="info", msl=None
-            )
-            if announce is not None:
-                announce(
-                    f"ustack lab: namespace {ns.name}, Linux {LINUX_ADDRESS}/24 and "
-                    f"{LINUX_ADDRESS6}/64, stack {STACK_ADDRESS} and {STACK_ADDRESS6}; "
-                    f"daemon log {daemon.log}"
-                )
-            env = dict(
-                os.environ,
-                USTACK_CONTROL=str(daemon.control),
-                USTACK_LAB=ns.name,
-                PATH=_path_with_our_scripts(),
-            )
-            with stopper.lock:  # a signal from now on goes to the command
-                if stopper.stopped:
-                    return None
-                child = stopper.child = subprocess.Popen(ns.command(*command), env=env)
-            code = child.wait()
-            if daemon.process.poll() is not None:
-                sys.stderr.write(
-                    f"ustack lab: the daemon died during the command "
-                    f"(exit {daemon.process.returncode}):\n{daemon.log_text()[-2000:]}"
-                )
-            daemon.stop()
-            return 128 - code if code < 0 else code
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        if scratch:
-            shutil.rmtree(where, ignore_errors=True)
+def stoppable(main: Callable[[], int | None], name: str) -> int:
+    """A script's main() (bench/, tools/) stopped as `ustack lab` stops: under
+    a Stopper of this process's namespaces of every kind. Its exit status, or
+    after stop signal N one line, `name: stopped by SIGINT`, and 128 + N."""
+    stopper = Stopper(None)
+    status = stopper.run(main)
+    if stopper.stopped:
+        print(f"{name}: stopped by {signal.Signals(stopper.stopped).name}", file=sys.stderr)
+        return 128 + stopper.stopped
+    return status or 0
