@@ -273,10 +273,24 @@ def run_atheris(args: argparse.Namespace) -> int:
 
 
 def replay_cases(paths: list[Path]) -> int:
+    """Replay each case file (every *.json of a folder named); a file that is
+    not a case counts as a failure, told in one line."""
     fw = _load_target()
+    paths = [
+        case
+        for path in paths
+        for case in (sorted(path.glob("*.json")) if path.is_dir() else [path])
+    ]
     failed = 0
     for path in paths:
-        case = fw.load_case(path)
+        try:
+            case = fw.load_case(path)
+            if not isinstance(case, dict) or not {"setup", "actions"} <= case.keys():
+                raise ValueError("no setup and actions")
+        except (OSError, ValueError) as exc:  # (json's errors are ValueErrors)
+            failed += 1
+            print(f"FAIL {path}: not a case: {exc}")
+            continue
         try:
             world = fw.replay(case)
         except fw.FuzzFailure as failure:

@@ -10,11 +10,13 @@ so CI exercises it; the long, coverage-guided run is `tools/fuzz.py`.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import fuzzworld
 import pytest
 
+from tools import fuzz
 from ustack.tcp.invariants import InvariantChecker
 from ustack.tcp.invariants import InvariantError
 from ustack.tcp.states import State
@@ -38,6 +40,27 @@ def test_corpus_case_replays_cleanly(path: Path) -> None:
     packets = [action for action in case["actions"] if action[0] == "packet"]
     counters = world.stack.counters
     assert counters["ip.in"] + counters["ip6.in"] == len(packets)  # every packet went in
+
+
+def test_replay_takes_a_folder_and_tells_a_file_that_is_no_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m tools.fuzz --replay DIR FILE...`: the folder's cases are
+    replayed; a file that is not a case (no JSON, no actions, missing) is a
+    failure told in one line, not a traceback."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    shutil.copy(CORPUS / "seed-keepalive.json", folder)
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "text.json").write_text("not JSON")
+    assert fuzz.replay_cases([folder]) == 0
+    others = [tmp_path / "empty.json", tmp_path / "text.json", tmp_path / "gone.json"]
+    assert fuzz.replay_cases([folder, *others]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "ok   seed-keepalive.json" in out[0] and out[-1] == "1/4 cases pass"
+    assert [line.split(":")[0] for line in out if line.startswith("FAIL")] == [
+        f"FAIL {path}" for path in others
+    ]
 
 
 def test_short_fuzz_run_finds_nothing() -> None:
