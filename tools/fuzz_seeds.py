@@ -431,15 +431,22 @@ def about(build: Callable[[], Seed]) -> str:
     return " ".join(summary.split()).rstrip(".")
 
 
+def written(name: str) -> tuple[fw.Case, str]:
+    """Seed `name` as built on today's stack: its case and the corpus file's text."""
+    build = SEEDS[name]
+    case = build().case()
+    return case, fw.case_to_json(case, f"Hand-made (tools/fuzz_seeds.py): {about(build)}.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=ROOT / "tests" / "fuzz_corpus")
     args = parser.parse_args()
     args.corpus.mkdir(parents=True, exist_ok=True)
-    for name, build in SEEDS.items():
-        case = build().case()
+    for name in SEEDS:
+        case, text = written(name)
         path = args.corpus / f"seed-{name}.json"
-        path.write_text(fw.case_to_json(case, f"Hand-made (tools/fuzz_seeds.py): {about(build)}."))
+        path.write_text(text)
         counters = fw.replay(case).stack.counters
         packets = counters["ip.in"] + counters["ip6.in"]
         print(f"{path.name}: {len(case['actions'])} actions, {packets} packets in")

@@ -17,6 +17,7 @@ import fuzzworld
 import pytest
 
 from tools import fuzz
+from tools import fuzz_seeds
 from ustack.tcp.invariants import InvariantChecker
 from ustack.tcp.invariants import InvariantError
 from ustack.tcp.states import State
@@ -61,6 +62,17 @@ def test_replay_takes_a_folder_and_tells_a_file_that_is_no_case(
     assert [line.split(":")[0] for line in out if line.startswith("FAIL")] == [
         f"FAIL {path}" for path in others
     ]
+
+
+@pytest.mark.parametrize("name", list(fuzz_seeds.SEEDS))
+def test_a_hand_made_seed_is_what_fuzz_seeds_writes_today(name: str) -> None:
+    """tools/fuzz_seeds.py aims each seed at a corner with packets built from
+    the live TCB (window edges, the closing ACK of a recovery): a change of
+    the stack or of the setups that moves them shows here, and the corpus is
+    written again (python -m tools.fuzz_seeds) instead of drifting off its
+    corners unseen."""
+    _case, text = fuzz_seeds.written(name)
+    assert text == (CORPUS / f"seed-{name}.json").read_text(), "python -m tools.fuzz_seeds"
 
 
 def test_short_fuzz_run_finds_nothing() -> None:
