@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,7 +176,10 @@ _DIGITS_5000 = "9" * 5000
         # export: a format is needed; the readers' numbers
         (["export", "t.jsonl"], "one of the arguments --qlog is required"),
         (["export", "t.jsonl", "--qlog", "--conn", "one"], "--conn: invalid int value: 'one'"),
-        (["export", "t.jsonl", "--qlog", "--max-line-bytes", "10"], "want a number of bytes >= 64"),
+        (
+            ["export", "t.jsonl", "--qlog", "--max-line-bytes", "10"],
+            "want a number of bytes from 64 to 1073741824",
+        ),
         (["export", "--qlog"], "the following arguments are required: trace"),
         (["serve", "--trace-host", "nobody"], "bad --trace-host"),
         (["serve", "--trace-host", "::ffff:198.18.0.1"], "bad --trace-host"),
@@ -248,6 +253,11 @@ _DIGITS_5000 = "9" * 5000
         (["serve", "--http-max-head", "0"], "bad --http-max-head '0'"),
         (["serve", "--http-head-timeout", "nan"], "bad --http-head-timeout nan"),
         (["ladder", "--max-line-bytes", _DIGITS_5000, "t.jsonl"], "want a number of bytes"),
+        (["ladder", "--max-line-bytes", "9" * 23, "t.jsonl"], "from 64 to 1073741824"),
+        # a folder to write in: a file there, or nowhere to write
+        (["lab", "--workdir", "/proc/version", "--", "true"], "--workdir /proc/version: not a"),
+        (["lab", "--workdir", "/proc/sys/net", "--", "true"], "--workdir /proc/sys/net: No such"),
+        (["lesson", "run", "handshake", "-o", "/proc/version"], "-o /proc/version: not a folder"),
     ],
 )
 def test_every_bad_value_is_a_usage_error(
@@ -372,3 +382,18 @@ def test_queues_reach_the_config_and_refuse_what_one_worker_would_miss(
     for extra in (["--trace", "t.jsonl"], ["--fault", "drop:count=1"], ["--peer-states"]):
         message = cli_error(["serve", "--queues", "2", *extra])
         assert f"{extra[0]} needs --queues 1" in message
+
+
+def test_output_to_a_full_disk_is_one_line_and_exit_1() -> None:
+    """`ustack explain T >/dev/full` (or ladder, lesson list): the write fails;
+    one line on stderr, exit code 1, no traceback (also none at exit, from
+    what stdout still held)."""
+    trace = Path(__file__).resolve().parents[1] / "lesson_traces" / "closed-port.jsonl"
+    for argv in (["explain", str(trace)], ["ladder", str(trace)], ["lesson", "list"]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "ustack", *argv], stdout=full, stderr=subprocess.PIPE,
+                text=True, timeout=60,
+            )  # fmt: skip
+        assert done.returncode == 1, argv
+        assert done.stderr == "ustack: error: [Errno 28] No space left on device\n", argv

@@ -369,4 +369,4 @@ def test_the_line_limit_is_an_option(tmp_path: Path) -> None:
     # A usage error (its exit status is cli.py's: 1 today, 2 for usage errors soon).
     code, out, err = run(["ladder", str(path), "--max-line-bytes", "lots"])
     assert code != 0 and out == "" and err.count("\n") == 1
-    assert "--max-line-bytes: want a number of bytes >= 64, not 'lots'" in err
+    assert "--max-line-bytes: want a number of bytes from 64 to 1073741824, not 'lots'" in err

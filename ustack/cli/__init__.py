@@ -54,10 +54,23 @@ def main(argv: list[str] | None = None) -> int:
         # `ustack ss | head -1`: the reader has what it wanted. Stop quietly, as
         # `ls` does (killed by SIGPIPE: 128 + 13); stdout goes to /dev/null so
         # that the flush at exit does not fail again (the Python docs' recipe).
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _stdout_to_devnull()
         return 128 + signal.SIGPIPE
+    except OSError as exc:
+        # Output to a full disk (`ustack explain T >/dev/full`), or another
+        # system call that failed where no command looked for it: one line.
+        print(f"ustack: error: {exc}", file=sys.stderr)
+        try:
+            sys.stdout.flush()
+        except OSError:  # what stdout still holds cannot go anywhere either
+            _stdout_to_devnull()
+        return 1
+
+
+def _stdout_to_devnull() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _run(argv: list[str] | None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -131,3 +132,18 @@ def parse_seconds(text: str, flag: str) -> float:
     if not 0 <= value <= 86400:
         raise UsageError(f"bad {flag} {text}: want 0..86400 seconds")
     return value
+
+
+def writable_folder(path: Path, flag: str) -> Path:
+    """`path` as a folder to write in (made if missing), or a UsageError that
+    says why not: a file there, no such parent, nothing writable (a file is
+    made and removed there to know: /proc and read-only mounts let root pass
+    access(2) and then refuse)."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+    return path

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ustack.cli.args import UsageError
+from ustack.cli.args import writable_folder
 from ustack.cli.parser import build_parser
 from ustack.cli.serve_options import serve_config
 from ustack.linux.lab import LINUX_ADDRESS
@@ -41,6 +42,8 @@ def lab_plan(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         raise UsageError("lab: --control, --no-control and --ready-fd are the lab's own")
     serve.no_control = True  # the lab gives the daemon a control socket of its own
     serve_config(serve)
+    if args.workdir is not None:
+        writable_folder(args.workdir, "--workdir")
     return command, serve_args
 
 

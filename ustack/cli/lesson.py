@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ustack.cli.args import UsageError
+from ustack.cli.args import writable_folder
 from ustack.linux.lab import LINUX_ADDRESS
 from ustack.linux.lab import STACK_ADDRESS
 from ustack.linux.lab import LabError
@@ -237,8 +238,7 @@ def run_lesson(lesson: Lesson, out: Path) -> int:
     if os.geteuid() != 0:
         raise LabError("ustack lesson needs root (it makes a network namespace): use sudo")
     remove_stale_namespaces()
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out.resolve(), "-o")
     stopper = Stopper(NS_KIND)
     failure = stopper.run(lambda: play(lesson, out))
     if failure is None:  # whatever play() made of its processes ending

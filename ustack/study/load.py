@@ -45,6 +45,7 @@ _MASK = 0xFFFFFFFF
 # The longest line read: an event is a few hundred bytes; a longer line is
 # skipped (and counted) without being held in memory whole.
 MAX_LINE_BYTES = 1 << 20
+MAX_LINE_LIMIT = 1 << 30  # --max-line-bytes at most (a line is read whole into memory)
 
 
 class TraceError(Exception):
@@ -435,8 +436,10 @@ def _line_limit(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 64:
-        raise argparse.ArgumentTypeError(f"want a number of bytes >= 64, not {text!r}")
+    if not 64 <= value <= MAX_LINE_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"want a number of bytes from 64 to {MAX_LINE_LIMIT}, not {text!r}"
+        )
     return value
 
 
