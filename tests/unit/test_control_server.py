@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,58 @@ def test_a_chunked_reply_comes_in_lines_and_is_read_as_one(tmp_path: Path) -> No
     assert lines[4]["counters"] == {"ip.in": 1}  # the next request on the same connection
     assert joined["rows"] == list(range(total)) and joined["tail"] == "x"
     assert "more" not in joined
+
+
+class _NotADaemon:
+    """Something else listening at a control path: each connection gets
+    `line` whatever it asks, and is closed."""
+
+    def __init__(self, path: Path, line: bytes) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        self.line = line
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(self.line)
+
+
+CLIENTS = [["stats"], ["ss"], ["fault", "list"], ["config"], ["connect", "198.18.0.1", "80"]]
+OTHER_REPLIES = [b"[1]\n", b"5\n", b"null\n", b'"ok"\n']
+OBJECTS_OF_ANOTHER_SHAPE = [
+    b'{"ok": true}\n',
+    b'{"ok": true, "counters": 5, "listening": 5, "rules": 5, "msl": 1}\n',
+    b'{"ok": true, "listening": [1], "connections": [{"id": 1}], "rules": [1]}\n',
+]
+
+
+# (An ok object to connect is a connection made: the splice starts.)
+CASES = [
+    (argv, line)
+    for argv in CLIENTS
+    for line in OTHER_REPLIES + ([] if argv[0] == "connect" else OBJECTS_OF_ANOTHER_SHAPE)
+]
+
+
+@pytest.mark.parametrize(("argv", "line"), CASES)
+def test_a_client_facing_another_server_says_so_in_one_line(
+    tmp_path: Path, argv: list[str], line: bytes, cli_error: Callable[..., str]
+) -> None:
+    """`ustack ss --control PATH` where something else answers: a reply that
+    is no JSON object, or an object without what the command reads, is one
+    line and exit 1, never a traceback (the printing read the fields)."""
+    path = tmp_path / "other.sock"
+    other = _NotADaemon(path, line)
+    try:
+        error = cli_error([*argv, "--control", str(path)], code=1)
+    finally:
+        other.sock.close()
+    assert "not a ustack daemon" in error

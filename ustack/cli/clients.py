@@ -4,10 +4,12 @@ stats, ss, fault, config and connect."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ustack.cli.args import control_path
@@ -25,6 +27,23 @@ def faults_doc() -> str:
     return (faults_module_doc or "").split("\n\n", 1)[-1]
 
 
+def reading_replies(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """A client command whose reply has another shape than a ustack daemon's
+    (something else listens at the path) ends in a ControlError, one line,
+    not a traceback from deep in the printing."""
+
+    @functools.wraps(command)
+    def checked(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            what = f"{type(exc).__name__}: {exc}"
+            raise ControlError(f"not a ustack daemon's reply ({what})") from None
+
+    return checked
+
+
+@reading_replies
 def stats_command(args: argparse.Namespace) -> int:
     fields = {"gc_reset": True} if getattr(args, "gc_reset", False) else {}
     reply = request(control_path(args), "stats", **fields)
@@ -72,6 +91,7 @@ def stats_lines(counters: dict[str, int]) -> list[str]:
     return [f"{name:<{width}}  {counters[name]}" for name in ordered]
 
 
+@reading_replies
 def ss_command(args: argparse.Namespace) -> int:
     reply = request(control_path(args), "connections")
     if not reply.get("ok"):
@@ -118,6 +138,7 @@ def _conn_id(row: dict[str, Any]) -> str:
     return f"q{row['worker']}.{row['id']}" if "worker" in row else str(row["id"])
 
 
+@reading_replies
 def fault_command(args: argparse.Namespace) -> int:
     path = control_path(args)
     if args.do in ("list", "clear"):
@@ -155,6 +176,7 @@ def fault_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@reading_replies
 def config_command(args: argparse.Namespace) -> int:
     path = control_path(args)
     fields = {
@@ -172,6 +194,7 @@ def config_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@reading_replies
 def connect_command(args: argparse.Namespace) -> int:
     """Splice stdin/stdout with a connection the daemon opens (half-close aware)."""
     path = control_path(args)

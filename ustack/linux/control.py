@@ -266,9 +266,11 @@ def read_reply(stream: BinaryIO, path: Path) -> dict[str, Any]:
         if not line:
             raise ControlError(f"the daemon at {path} closed the connection without a reply")
         try:
-            part: dict[str, Any] = json.loads(line)  # the daemon answers with an object
+            part = json.loads(line)
         except ValueError:
-            raise ControlError(f"{path} answered {line[:60]!r}: not a ustack daemon?") from None
+            part = None
+        if not isinstance(part, dict):  # the daemon answers with an object
+            raise ControlError(f"{path} answered {line[:60]!r}: not a ustack daemon?")
         if not merge_part(reply, part):
             return reply
 
