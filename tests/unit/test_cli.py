@@ -397,3 +397,22 @@ def test_output_to_a_full_disk_is_one_line_and_exit_1() -> None:
             )  # fmt: skip
         assert done.returncode == 1, argv
         assert done.stderr == "ustack: error: [Errno 28] No space left on device\n", argv
+
+
+def test_a_log_that_cannot_be_written_is_told_once_not_a_traceback_per_line() -> None:
+    """`ustack serve --log-file F` on a full disk: the lines are lost, and the
+    first loss is one line on stderr (Python's own handler printed "--- Logging
+    error ---" and a traceback for each line)."""
+    program = (
+        "import logging, pathlib\n"
+        "from ustack.cli.serve_options import setup_logging\n"
+        "setup_logging('info', pathlib.Path('/dev/full'))\n"
+        "for i in range(3): logging.getLogger('ustack.test').info('line %d', i)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert done.stderr == (
+        "ustack: cannot write the log ([Errno 28] No space left on device): lines are lost\n"
+    )

@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from ustack.api import STREAM_LIMIT
 from ustack.cli.args import PORT
@@ -514,11 +513,42 @@ def _services(text: str) -> dict[str, int]:
     return chosen
 
 
+class _SaysOnceWhenWritesFail:
+    """Mixed into the log's handler: a line that cannot be written (a full
+    disk, a closed stderr) is lost, and the first such loss is told in one
+    line on stderr; not Python's "--- Logging error ---" and a traceback for
+    every line."""
+
+    told = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.told:
+            return
+        self.told = True
+        try:
+            sys.stderr.write(
+                f"ustack: cannot write the log ({sys.exc_info()[1]}): lines are lost\n"
+            )
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr is what fails: nowhere to tell
+            pass
+
+
+class _LogStream(_SaysOnceWhenWritesFail, logging.StreamHandler):  # type: ignore[type-arg]
+    pass
+
+
+class _LogFile(_SaysOnceWhenWritesFail, logging.FileHandler):
+    pass
+
+
 def setup_logging(level: str, log_file: Path | None = None) -> None:
     # Under systemd the journal stamps each line; elsewhere we do.
     stamp = "" if os.environ.get("JOURNAL_STREAM") and log_file is None else "%(asctime)s "
-    where: dict[str, Any] = {"stream": sys.stderr} if log_file is None else {"filename": log_file}
     try:
-        logging.basicConfig(level=level.upper(), format=stamp + "%(name)s: %(message)s", **where)
+        handler = _LogStream(sys.stderr) if log_file is None else _LogFile(log_file)
     except OSError as exc:
         raise UsageError(f"cannot open --log-file {log_file}: {exc.strerror}") from None
+    logging.basicConfig(
+        level=level.upper(), format=stamp + "%(name)s: %(message)s", handlers=[handler]
+    )
