@@ -57,6 +57,7 @@ from ustack.cli.args import fault_rule
         (["serve", "--min-pmtu", "67"], "bad --min-pmtu '67'"),
         (["serve", "--min-pmtu", "big"], "bad --min-pmtu 'big'"),
         (["frobnicate"], "invalid choice"),
+        (["fault", "bogus"], "(choose from 'drop', 'delay', 'duplicate', 'mark', 'list', 'clear')"),
         ([], "required"),
     ],
 )

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=faults_doc(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fault_cmd.add_argument("do", choices=[*FaultAction, "list", "clear"])
+    fault_cmd.add_argument(
+        "do", choices=[*(action.value for action in FaultAction), "list", "clear"]
+    )
     fault_cmd.add_argument("--dir", choices=["in", "out", "both"])
     fault_cmd.add_argument("--flags", help="e.g. FIN, SYN+ACK")
     fault_cmd.add_argument("--only", action="store_true", help="exactly these flags")
