@@ -37,13 +37,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -297,6 +300,10 @@ def replay_cases(paths: list[Path]) -> int:
             failed += 1
             print(f"FAIL {path.name}: {failure.signature}\n{failure.message}")
             continue
+        except (KeyError, TypeError, ValueError) as exc:  # its setup (actions fail as FuzzFailure)
+            failed += 1
+            print(f"FAIL {path}: not a case: its setup: {type(exc).__name__}: {exc}")
+            continue
         packets = sum(1 for action in case["actions"] if action[0] == "packet")
         print(f"ok   {path.name}: {packets} packets, {dict(world.stack.counters)['ip.in']} in")
     print(f"{len(paths) - failed}/{len(paths)} cases pass")
@@ -315,13 +322,36 @@ def run_input(path: Path) -> int:
     return 0
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"want a whole number >= {low}, not {text!r}")
+        return value
+
+    return whole
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 3600:  # (NaN fails too) setitimer takes no more
+        raise argparse.ArgumentTypeError(f"want seconds in (0, 3600], not {text!r}")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--inputs", type=int, default=100_000, help="inputs to run")
+    parser.add_argument("--inputs", type=_at_least(1), default=100_000, help="inputs to run")
     parser.add_argument("--engine", choices=("atheris", "random"), default=None)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--max-len", type=int, default=512, help="bytes per input")
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds per input")
+    parser.add_argument("--max-len", type=_at_least(1), default=512, help="bytes per input")
+    parser.add_argument("--timeout", type=_seconds, default=20.0, help="seconds per input")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--no-minimize", action="store_true")
@@ -332,7 +362,10 @@ def main() -> int:
     if args.replay is not None:
         return replay_cases(args.replay or sorted(args.corpus.glob("*.json")))
     if args.run_input is not None:
-        return run_input(args.run_input)
+        try:
+            return run_input(args.run_input)
+        except OSError as exc:
+            parser.error(f"--run-input {args.run_input}: {exc.strerror or exc}")
     if args.worker:
         run_atheris_worker(args)
         return 0
@@ -345,7 +378,12 @@ def main() -> int:
             print("fuzz: atheris is not installed; using the random engine", file=sys.stderr)
         else:
             engine = "atheris"
-    args.work.mkdir(parents=True, exist_ok=True)
+    elif engine == "atheris" and importlib.util.find_spec("atheris") is None:
+        parser.error("--engine atheris: atheris is not installed (pip install atheris)")
+    try:
+        args.work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--work {args.work}: {exc.strerror or exc}")
     return run_atheris(args) if engine == "atheris" else run_random(args)
 
 

@@ -11,6 +11,8 @@ so CI exercises it; the long, coverage-guided run is `tools/fuzz.py`.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import fuzzworld
@@ -54,11 +56,12 @@ def test_replay_takes_a_folder_and_tells_a_file_that_is_no_case(
     shutil.copy(CORPUS / "seed-keepalive.json", folder)
     (tmp_path / "empty.json").write_text("{}")
     (tmp_path / "text.json").write_text("not JSON")
+    (tmp_path / "no-setup.json").write_text('{"setup": {}, "actions": []}')
     assert fuzz.replay_cases([folder]) == 0
-    others = [tmp_path / "empty.json", tmp_path / "text.json", tmp_path / "gone.json"]
+    others = [tmp_path / name for name in ("empty.json", "text.json", "no-setup.json", "gone.json")]
     assert fuzz.replay_cases([folder, *others]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert "ok   seed-keepalive.json" in out[0] and out[-1] == "1/4 cases pass"
+    assert "ok   seed-keepalive.json" in out[0] and out[-1] == "1/5 cases pass"
     assert [line.split(":")[0] for line in out if line.startswith("FAIL")] == [
         f"FAIL {path}" for path in others
     ]
@@ -73,6 +76,23 @@ def test_a_hand_made_seed_is_what_fuzz_seeds_writes_today(name: str) -> None:
     corners unseen."""
     _case, text = fuzz_seeds.written(name)
     assert text == (CORPUS / f"seed-{name}.json").read_text(), "python -m tools.fuzz_seeds"
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--max-len", "0"], "argument --max-len: want a whole number >= 1, not '0'"),
+        (["--timeout", "nan"], "argument --timeout: want seconds in (0, 3600], not 'nan'"),
+        (["--run-input", "/"], "--run-input /: Is a directory"),
+        (["--work", "/proc/version", "--inputs", "1"], "--work /proc/version: File exists"),
+    ],
+)
+def test_a_bad_fuzz_argument_is_one_line(argv: list[str], error: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.fuzz", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == f"fuzz.py: error: {error}"
 
 
 def test_short_fuzz_run_finds_nothing() -> None:
