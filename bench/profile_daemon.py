@@ -40,6 +40,7 @@ from setups import failed
 from setups import log_step
 from setups import start_ustack
 
+from ustack.cli.args import folder_to_write
 from ustack.linux.lab import DIE_WITH_PARENT
 from ustack.linux.lab import LabError
 from ustack.linux.lab import remove_stale_namespaces
@@ -158,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=20, help="sampled per workload (20)")
     parser.add_argument("--workloads", default="download,ab", help="download, ab or both")
-    parser.add_argument("--out", type=Path, default=results.RESULTS, help="bench/results/")
+    parser.add_argument(
+        "--out", type=folder_to_write, default=results.RESULTS, help="bench/results/"
+    )
     args = parser.parse_args(argv)
     names = args.workloads.split(",")
     if not set(names) <= {"download", "ab"} or not 1 <= args.seconds <= 600:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from typing import Protocol
 
+from ustack.cli.args import file_to_write
+
 
 class Labelled(Protocol):
     label: str  # "ustack" or "kernel"
@@ -161,7 +163,9 @@ def save_path(doc: dict[str, Any], kind: str = "", folder: Path = RESULTS) -> Pa
 def add_output_options(parser: argparse.ArgumentParser, kind: str = "") -> None:
     """--json, --save and --note: where a run's results document goes (write_outputs)."""
     saved = f"bench/results/DATE-REV{f'-{kind}' if kind else ''}.json"
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--json", type=file_to_write, metavar="FILE", help="also write the results here"
+    )
     parser.add_argument(
         "--save",
         action="store_true",

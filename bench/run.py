@@ -70,6 +70,7 @@ from setups import set_kernel_mtu
 from setups import start_kernel
 from setups import start_ustack
 
+from ustack.cli.args import folder_to_write
 from ustack.linux.lab import STACK_ADDRESS6
 from ustack.linux.lab import LabError
 from ustack.linux.lab import remove_stale_namespaces
@@ -416,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         " short, connections left behind, problems in a server's log (for CI)",
     )
     parser.add_argument(
-        "--workdir", type=Path, help="keep the server logs here (default: a temporary dir)"
+        "--workdir",
+        type=folder_to_write,
+        help="keep the server logs here (default: a temporary dir)",
     )
     args = parser.parse_args(argv)
 

@@ -68,6 +68,7 @@ from setups import BenchError
 from setups import log_step
 from setups import run
 
+from ustack.cli.args import file_to_write
 from ustack.daemon.running import GSO_SEGMENTS  # MSS per super-segment
 from ustack.linux.lab import LabError
 from ustack.linux.lab import Stopper
@@ -694,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="each rep, ustack's daemon too: a curl download of as many bytes, its CPU per MB",
     )
-    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--json", type=file_to_write, help="write the figures here")
     parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -60,6 +60,7 @@ from setups import kernel_over_veth  # bench/setups.py: scripts here run as pyth
 from setups import ustack_from_tree  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import versions_and_kernel  # bench/setups.py: scripts here run as python bench/NAME.py
 
+from ustack.cli.args import folder_to_write
 from ustack.linux.lab import Netns
 from ustack.linux.lab import stop_process
 from ustack.linux.lab import stoppable
@@ -219,7 +220,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pattern", choices=PATTERNS, action="append", help="default: all")
     parser.add_argument("--no-kernel", action="store_true")
-    parser.add_argument("--pcap", type=Path, help="a directory for each run's packets (tshark)")
+    parser.add_argument(
+        "--pcap", type=folder_to_write, help="a directory for each run's packets (tshark)"
+    )
     args = parser.parse_args()
     if args.command == "client":
         client(args.pattern, args.host, args.count)

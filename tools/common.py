@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from typing import TypeVar
 
+from ustack.cli.args import file_to_write
 from ustack.linux.lab import Netns
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
@@ -45,7 +46,7 @@ def add_run_arguments(
     if seed_help is not None:
         parser.add_argument("--seed", type=int, default=None, help=seed_help)
     if json_help is not None:
-        parser.add_argument("--json", type=Path, help=json_help)
+        parser.add_argument("--json", type=file_to_write, help=json_help)
 
 
 def check_can_run(parser: argparse.ArgumentParser, tool: str, commands: Sequence[str]) -> None:

@@ -25,6 +25,7 @@ from tests import fuzz_ipv6 as v6
 from tests import fuzzworld as fw
 from tests.attacks import ipv4_packet
 from tests.attacks import tcp_segment
+from ustack.cli.args import folder_to_write
 from ustack.tcp.connection import TcpConnection
 from ustack.tcp.time_wait import TimeWait
 from ustack.wire.ipv4 import PROTO_TCP
@@ -440,7 +441,7 @@ def written(name: str) -> tuple[fw.Case, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=ROOT / "tests" / "fuzz_corpus")
+    parser.add_argument("--corpus", type=folder_to_write, default=ROOT / "tests" / "fuzz_corpus")
     args = parser.parse_args()
     args.corpus.mkdir(parents=True, exist_ok=True)
     for name in SEEDS:

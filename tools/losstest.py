@@ -65,6 +65,7 @@ from typing import Any
 from tools.common import add_run_arguments
 from tools.common import check_can_run
 from tools.common import tool_parser
+from ustack.cli.args import folder_to_write
 from ustack.linux.lab import NS_PREFIX
 from ustack.linux.lab import STACK_ADDRESS
 from ustack.linux.lab import Netns
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workdir",
-        type=Path,
+        type=folder_to_write,
         help="keep the daemon log etc. here (default: a temporary directory, "
         "removed unless something failed)",
     )

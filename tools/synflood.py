@@ -39,6 +39,7 @@ import tempfile
 from pathlib import Path
 
 from tests.attacks import flood_with_curls
+from ustack.cli.args import folder_to_write
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
 from ustack.linux.lab import remove_stale_namespaces
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-bound-mib", type=float, default=32, help="allowed RSS growth")
     parser.add_argument("--trace", action="store_true", help="trace the legitimate client")
     parser.add_argument(
-        "--keep", type=Path, help="keep the daemon's log and trace in this directory"
+        "--keep", type=folder_to_write, help="keep the daemon's log and trace in this directory"
     )
     args = parser.parse_args(argv)
     remove_stale_namespaces()

@@ -38,6 +38,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+from ustack.cli.args import file_to_write
 from ustack.stack import Stack
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.connection import TcpConnection
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", default="1000,10000,50000")
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--memory-count", type=int, default=5000)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", type=file_to_write, default=None)
     parser.add_argument(
         "--untuned", action="store_true", help="CPython's GC settings, not the daemon's"
     )

@@ -3,6 +3,7 @@ anything touches the system; a failure at run time is one line and exit code 1."
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import subprocess
@@ -20,6 +21,8 @@ from ustack.cli import build_parser
 from ustack.cli import clients
 from ustack.cli import serve_config
 from ustack.cli.args import fault_rule
+from ustack.cli.args import file_to_write
+from ustack.cli.args import folder_to_write
 
 
 @pytest.mark.parametrize(
@@ -417,3 +420,24 @@ def test_a_log_that_cannot_be_written_is_told_once_not_a_traceback_per_line() ->
     assert done.stderr == (
         "ustack: cannot write the log ([Errno 28] No space left on device): lines are lost\n"
     )
+
+
+def test_output_paths_are_checked_as_the_command_line_is_read(tmp_path: Path) -> None:
+    """folder_to_write and file_to_write, the argparse types of the tools' and
+    benchmarks' --workdir, --json, --keep ...: a bad path is a usage error at
+    once, not a traceback after a long run."""
+    made = folder_to_write(str(tmp_path / "new" / "folder"))
+    assert made.is_dir() and not list(made.iterdir())  # (the probe file is gone)
+    for text, why in [("/proc/version", "not a folder"), ("/proc/sys/x", "No such file")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"{text}: {why}"):
+            folder_to_write(text)
+    assert file_to_write(str(tmp_path / "r.json")) == tmp_path / "r.json"
+    assert not (tmp_path / "r.json").exists()  # made later, by the run
+    bad = [
+        (str(tmp_path), "a folder, not a file"),
+        ("/no/such/r.json", "no folder /no/such"),
+        ("/proc/r.json", "/proc/r.json: "),  # /proc takes no file
+    ]
+    for text, why in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            file_to_write(text)
