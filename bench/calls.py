@@ -38,6 +38,7 @@ from dataclasses import field
 from types import FrameType
 from typing import Any
 
+from ustack.cli.args import bounded_int
 from ustack.stack import Stack
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.connection import TcpConnection
@@ -209,8 +210,8 @@ def timed(total: int, mss: int, family: int, batch: bool, repeat: int = 5) -> di
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bytes", type=int, default=4_000_000)
-    parser.add_argument("--mss", type=int, default=1460)
+    parser.add_argument("--bytes", type=bounded_int(1, 10**10), default=4_000_000)
+    parser.add_argument("--mss", type=bounded_int(536, 65495), default=1460)  # (RFC 9293's floor)
     parser.add_argument("--family", type=int, choices=(4, 6), default=4)
     parser.add_argument("--detail", action="store_true", help="the most called functions")
     parser.add_argument("--json", action="store_true")

@@ -10,6 +10,7 @@ calls (>= MIN_SECONDS per run); the best run is the least disturbed one.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import random
 import sys
@@ -50,6 +51,9 @@ def row(name: str, size: int, c_func: Callable[[], object], py_func: Callable[[]
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0]
+    ).parse_args()  # (--help; no options)
     print(
         f"CPU: {machine.cpu_name()} | Python {platform.python_version()}"
         f" ({platform.python_implementation()}, {sys.platform})"

@@ -11,6 +11,7 @@ import statistics
 import time
 
 from bench.hand_peer import Server
+from ustack.cli.args import bounded_int
 from ustack.daemon import connection_row
 from ustack.linux.control import CHUNK_ROWS
 from ustack.linux.control import PROTOCOL_VERSION
@@ -19,7 +20,7 @@ from ustack.linux.control import encode
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--connections", type=bounded_int(1, 200_000), default=10_000)
     args = parser.parse_args()
     server = Server()
     for port in range(10_000, 10_000 + args.connections):

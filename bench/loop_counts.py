@@ -59,6 +59,8 @@ def _patch() -> None:
 def main() -> None:
     """`loop_counts.py serve ...` runs `ustack serve ...`; `loop_counts.py
     SCRIPT.py ...` runs that script (bench/kernel_server.py), both counted."""
+    if len(sys.argv) < 2:
+        sys.exit("usage: loop_counts.py serve [ARG ...] | SCRIPT.py [ARG ...]")
     _patch()
     if sys.argv[1].endswith(".py"):
         sys.argv = sys.argv[1:]

@@ -27,6 +27,7 @@ of the machine does not fall on one mode only.
 
 from __future__ import annotations
 
+import argparse
 import io
 import platform
 import sys
@@ -169,6 +170,9 @@ def transfer(mode: Mode, segments: int) -> tuple[float, int]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0]
+    ).parse_args()  # (--help; no options)
     print(
         f"CPU: {machine.cpu_name()} | Python {platform.python_version()}"
         f" ({platform.python_implementation()}, {sys.platform})"

@@ -38,6 +38,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+from ustack.cli.args import bounded_int
 from ustack.cli.args import file_to_write
 from ustack.stack import Stack
 from ustack.tcp.config import TcpConfig
@@ -210,11 +211,17 @@ def at_count(count: int, cycles: int, tune: bool) -> dict[str, Any]:
     }
 
 
+def _counts(text: str) -> list[int]:
+    """--counts: TIME_WAIT counts, comma-separated (e.g. 1000,10000)."""
+    one = bounded_int(1, 10**7)
+    return [one(part) for part in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", default="1000,10000,50000")
-    parser.add_argument("--cycles", type=int, default=2000)
-    parser.add_argument("--memory-count", type=int, default=5000)
+    parser.add_argument("--counts", type=_counts, default=[1000, 10000, 50000])
+    parser.add_argument("--cycles", type=bounded_int(1, 10**7), default=2000)
+    parser.add_argument("--memory-count", type=bounded_int(1, 10**7), default=5000)
     parser.add_argument("--json", type=file_to_write, default=None)
     parser.add_argument(
         "--untuned", action="store_true", help="CPython's GC settings, not the daemon's"
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"bytes per TIME_WAIT: {report['bytes_per_time_wait']}")
     print(f"bytes per idle ESTABLISHED connection (one end): {report['bytes_per_established']}")
-    for count in (int(x) for x in args.counts.split(",")):
+    for count in args.counts:
         row = at_count(count, args.cycles, not args.untuned)
         report["rows"].append(row)
         print(json.dumps(row))
