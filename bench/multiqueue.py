@@ -264,7 +264,11 @@ def main() -> int:
     if args.model_only:
         if args.json is None:
             parser.error("--model-only reads --json FILE")
-        results = json.loads(args.json.read_text())
+        try:
+            _report(json.loads(args.json.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            parser.error(f"--json {args.json}: not a run's results ({type(exc).__name__}: {exc})")
+        return 0
     else:
         if os.geteuid() != 0:
             parser.error("needs root (network namespaces)")
@@ -278,10 +282,14 @@ def main() -> int:
                     results[label].append(run_setup(label, args, Path(workdir)))
         if args.json is not None:
             args.json.write_text(json.dumps(results, indent=1))
+    _report(results)
+    return 0
+
+
+def _report(results: dict[str, list[dict[str, Any]]]) -> None:
     report(results)
     for row in ("ab50", "connect"):
         print(json.dumps(model(results, row)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -196,7 +196,12 @@ def load(path: Path) -> dict[str, Any]:
     doc = json.loads(path.read_text())
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"{path}: not a bench results file ({FORMAT})")
+    shapes = {"rows": list, "machine": dict, "options": dict, "revision": str, "date": str}
+    if wrong := sorted(key for key, kind in shapes.items() if not isinstance(doc.get(key), kind)):
+        raise ValueError(f"{path}: no {', '.join(wrong)} of the right kind")
     for row in doc["rows"]:
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: a row that is not an object: {row!r:.40}")
         missing = {"key", "metric", "better", "how", "ustack_reps", "kernel_reps"} - set(row)
         if missing:
             raise ValueError(f"{path}: row {row.get('key')!r} lacks {sorted(missing)}")

@@ -66,6 +66,18 @@ def test_load_refuses_other_json(tmp_path: Path) -> None:
     other.write_text(json.dumps(d))
     with pytest.raises(ValueError, match="lacks"):
         results.load(other)
+    # The right format, the wrong shape (bench/compare.py read it: TypeError, KeyError)
+    for key, value, said in [("rows", 5, "no rows"), ("machine", None, "no machine")]:
+        d = doc([rate([1], [1])])
+        d[key] = value
+        other.write_text(json.dumps(d))
+        with pytest.raises(ValueError, match=said):
+            results.load(other)
+    d = doc([rate([1], [1])])
+    d["rows"] = [5]
+    other.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="a row that is not an object"):
+        results.load(other)
 
 
 def verdicts(old: dict, new: dict) -> dict[tuple[str, str], str]:
