@@ -72,6 +72,8 @@ from ustack.linux.lab import Netns
 from ustack.linux.lab import Stopper
 from ustack.linux.lab import UstackDaemon
 from ustack.linux.lab import netns
+from ustack.study.faults import FaultError
+from ustack.study.faults import parse_rule
 
 MiB = 1 << 20
 CHUNK = 1 << 20
@@ -145,7 +147,13 @@ def fault_arguments_rules(parser: argparse.ArgumentParser, args: argparse.Namesp
     add up to more than 1)."""
     if args.loss + args.reorder + args.duplicate > 1:
         parser.error("--loss + --reorder + --duplicate must be at most 1")
-    return fault_rules(args.loss, args.reorder, args.duplicate, args.delay)
+    rules = fault_rules(args.loss, args.reorder, args.duplicate, args.delay)
+    for rule in rules:  # as the daemon will read them (a bad --delay: here, not in the namespace)
+        try:
+            parse_rule(rule)
+        except FaultError as exc:
+            parser.error(f"--delay {args.delay:g}: {exc}")
+    return rules
 
 
 def pattern_sha256(length: int) -> str:
