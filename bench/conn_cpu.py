@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from setups import BENCH  # bench/*.py: run as python bench/NAME.py
+from setups import check_serve_args  # bench/setups.py
 from setups import parse_as_root  # bench/*.py: run as python bench/NAME.py
 from setups import rows_parser  # bench/*.py: run as python bench/NAME.py
 
@@ -60,6 +61,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000, help="ab -n")
     parser.add_argument("--ustack-arg", action="append", default=[], help="passed to serve")
     args = parse_as_root(parser)
+    check_serve_args(parser, args.ustack_arg)
     with tempfile.TemporaryDirectory(prefix="conn-cpu-") as workdir, netns("ustack-c") as lab:
         ns = lab.name
         in_ns(ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")

@@ -37,6 +37,7 @@ from setups import BENCH  # bench/setups.py: scripts here run as python bench/NA
 from setups import ECHO  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import KERNEL_SERVER  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import USTACK_STACK  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import checkout  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import kernel_over_veth  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import ustack_from_tree  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import versions_and_kernel  # bench/setups.py: scripts here run as python bench/NAME.py
@@ -113,7 +114,7 @@ def measure(target: Target, pings: int, warmup: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tree", type=Path, action="append", help="a checkout (repeatable)")
+    parser.add_argument("--tree", type=checkout, action="append", help="a checkout (repeatable)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pings", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=200)

@@ -37,6 +37,7 @@ from setups import DISCARD  # bench/setups.py: scripts here run as python bench/
 from setups import KERNEL_SERVER  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import MB  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import USTACK_STACK  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import checkout  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import kernel_pair  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import parse_as_root  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import ustack_from_tree  # bench/setups.py: scripts here run as python bench/NAME.py
@@ -98,7 +99,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120, help="per transfer (s)")
     parser.add_argument(
-        "--tree", type=Path, action="append", help="run ustack from this checkout (repeatable)"
+        "--tree", type=checkout, action="append", help="run ustack from this checkout (repeatable)"
     )
     args = parse_as_root(parser)
     size = args.mb * MB

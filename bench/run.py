@@ -63,6 +63,7 @@ from setups import TOOLS
 from setups import BenchError
 from setups import Resources
 from setups import Target
+from setups import check_serve_args
 from setups import failed
 from setups import log_step
 from setups import over_ipv6
@@ -422,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep the server logs here (default: a temporary dir)",
     )
     args = parser.parse_args(argv)
+    check_serve_args(parser, args.ustack_arg)
 
     base = QUICK if args.quick else DEFAULTS
     s = Settings(

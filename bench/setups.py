@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import TypeVar
 from typing import cast
 
+from ustack.cli import UsageError
+from ustack.cli import build_parser
+from ustack.cli import serve_config
 from ustack.linux.lab import DIE_WITH_PARENT
 from ustack.linux.lab import STACK_ADDRESS6
 from ustack.linux.lab import LabError
@@ -282,11 +285,30 @@ def log_step(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def checkout(text: str) -> Path:
+    """argparse type of --tree: a checkout whose ustack/ a run starts."""
+    path = Path(text)
+    if not (path / "ustack" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text}: not a checkout of ustack (no ustack/__init__.py)"
+        )
+    return path
+
+
+def check_serve_args(parser: argparse.ArgumentParser, serve_args: Sequence[str]) -> None:
+    """--ustack-arg ...: read by `ustack serve`'s own parser before anything
+    starts (a bad one failed in the first daemon, after the namespaces)."""
+    try:
+        serve_config(build_parser().parse_args(["serve", *serve_args]))
+    except UsageError as exc:
+        parser.error(f"--ustack-arg: {exc}")
+
+
 def rows_parser(doc: str | None, rows: str, tree: str) -> argparse.ArgumentParser:
     """The options the CPU-per-unit benches (bulk_cpu, conn_cpu) share: which
     rows, how many rounds of them, and another checkout's ustack/ to run."""
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
-    parser.add_argument("--tree", type=Path, help=tree)
+    parser.add_argument("--tree", type=checkout, help=tree)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rows", default=rows, help="which rows, in this order")
     return parser

@@ -56,6 +56,7 @@ from setups import BENCH  # bench/setups.py: scripts here run as python bench/NA
 from setups import DISCARD  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import KERNEL_SERVER  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import USTACK_STACK  # bench/setups.py: scripts here run as python bench/NAME.py
+from setups import checkout  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import kernel_over_veth  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import ustack_from_tree  # bench/setups.py: scripts here run as python bench/NAME.py
 from setups import versions_and_kernel  # bench/setups.py: scripts here run as python bench/NAME.py
@@ -215,7 +216,7 @@ def main() -> int:
     run_client.add_argument("pattern", choices=PATTERNS)
     run_client.add_argument("host")
     run_client.add_argument("count", type=int)
-    parser.add_argument("--tree", type=Path, action="append", help="a checkout (repeatable)")
+    parser.add_argument("--tree", type=checkout, action="append", help="a checkout (repeatable)")
     parser.add_argument("--exchanges", type=int, default=20, help="per pattern and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pattern", choices=PATTERNS, action="append", help="default: all")
