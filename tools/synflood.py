@@ -58,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", type=folder_to_write, help="keep the daemon's log and trace in this directory"
     )
     args = parser.parse_args(argv)
+    limits = {"count": (1, 10**8), "rate": (0, 10**7), "curl_every": (0.001, 3600),
+              "max_time": (0.1, 3600), "rss_bound_mib": (0, 10**6)}  # fmt: skip
+    for name, (low, high) in limits.items():
+        if not low <= getattr(args, name) <= high:  # (NaN fails too)
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: want {low}..{high}")
     remove_stale_namespaces()
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="synflood-") as scratch, netns() as ns:
         workdir = args.keep or scratch
         extra = ["--services", "http", "--log-level", "info"]
