@@ -11,9 +11,7 @@ calls (>= MIN_SECONDS per run); the best run is the least disturbed one.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
-import sys
 import timeit
 from collections.abc import Callable
 
@@ -51,13 +49,8 @@ def row(name: str, size: int, c_func: Callable[[], object], py_func: Callable[[]
 
 
 def main() -> None:
-    argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0]
-    ).parse_args()  # (--help; no options)
-    print(
-        f"CPU: {machine.cpu_name()} | Python {platform.python_version()}"
-        f" ({platform.python_implementation()}, {sys.platform})"
-    )
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # (--help)
+    print(machine.describe())
     rng = random.Random(1071)
     header = (
         f"{'function':<20} {'bytes':>7} {'C ns/call':>12} {'C GB/s':>8}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -19,7 +20,8 @@ def cpu_name() -> str:
 
 
 def describe() -> str:
-    return f"CPU: {cpu_name()} | Python {platform.python_version()}"
+    python = f"{platform.python_version()} ({platform.python_implementation()}, {sys.platform})"
+    return f"CPU: {cpu_name()} | Python {python}"
 
 
 def info() -> dict[str, object]:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -170,13 +168,8 @@ def transfer(mode: Mode, segments: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0]
-    ).parse_args()  # (--help; no options)
-    print(
-        f"CPU: {machine.cpu_name()} | Python {platform.python_version()}"
-        f" ({platform.python_implementation()}, {sys.platform})"
-    )
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # (--help)
+    print(machine.describe())
     transfer(MODES[0], 200)  # warm-up: imports, caches, the compiled header structs
     best: dict[str, float] = {mode.name: float("inf") for mode in MODES}
     handled: dict[str, int] = {}
