@@ -284,6 +284,9 @@ def replay_cases(paths: list[Path]) -> int:
         for path in paths
         for case in (sorted(path.glob("*.json")) if path.is_dir() else [path])
     ]
+    if not paths:
+        print("no case to replay (an empty folder?)")
+        return 1
     failed = 0
     for path in paths:
         try:

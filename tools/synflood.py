@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         if not low <= getattr(args, name) <= high:  # (NaN fails too)
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: want {low}..{high}")
     remove_stale_namespaces()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="synflood-") as scratch, netns() as ns:
         workdir = args.keep or scratch
         extra = ["--services", "http", "--log-level", "info"]

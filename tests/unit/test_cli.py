@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -426,13 +427,23 @@ def test_output_paths_are_checked_as_the_command_line_is_read(tmp_path: Path) ->
     """folder_to_write and file_to_write, the argparse types of the tools' and
     benchmarks' --workdir, --json, --keep ...: a bad path is a usage error at
     once, not a traceback after a long run."""
-    made = folder_to_write(str(tmp_path / "new" / "folder"))
-    assert made.is_dir() and not list(made.iterdir())  # (the probe file is gone)
+    new = folder_to_write(str(tmp_path / "new" / "folder"))
+    assert new == tmp_path / "new" / "folder"
+    assert list(tmp_path.iterdir()) == []  # nothing made yet (the run makes it), no probe left
     for text, why in [("/proc/version", "not a folder"), ("/proc/sys/x", "No such file")]:
         with pytest.raises(argparse.ArgumentTypeError, match=f"{text}: {why}"):
             folder_to_write(text)
     assert file_to_write(str(tmp_path / "r.json")) == tmp_path / "r.json"
     assert not (tmp_path / "r.json").exists()  # made later, by the run
+    # Files that exist and take writes, where no new file could be made:
+    # /dev/stdout, a process substitution's /dev/fd/N.
+    assert file_to_write("/dev/stdout") == Path("/dev/stdout")
+    read, write = os.pipe()
+    try:
+        assert file_to_write(f"/dev/fd/{write}") == Path(f"/dev/fd/{write}")
+    finally:
+        os.close(read)
+        os.close(write)
     bad = [
         (str(tmp_path), "a folder, not a file"),
         ("/no/such/r.json", "no folder /no/such"),
@@ -441,3 +452,24 @@ def test_output_paths_are_checked_as_the_command_line_is_read(tmp_path: Path) ->
     for text, why in bad:
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             file_to_write(text)
+
+
+def test_a_stop_signal_ignored_from_the_start_stays_ignored() -> None:
+    """`nohup python -m tools.soak ...` outlives its terminal: a SIGHUP it
+    was started to ignore does not stop a run under the lab's Stopper."""
+    program = (
+        "import os, signal, sys, time\n"
+        "from ustack.linux.lab import stoppable\n"
+        "def main():\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    time.sleep(0.3)\n"
+        "    return 7\n"
+        "sys.exit(stoppable(main, 'demo'))\n"
+    )
+    ignored = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )  # fmt: skip
+    assert (ignored.returncode, ignored.stderr) == (7, "")
+    caught = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert (caught.returncode, caught.stderr) == (128 + signal.SIGHUP, "demo: stopped by SIGHUP\n")

@@ -58,6 +58,8 @@ def test_replay_takes_a_folder_and_tells_a_file_that_is_no_case(
     (tmp_path / "text.json").write_text("not JSON")
     (tmp_path / "no-setup.json").write_text('{"setup": {}, "actions": []}')
     assert fuzz.replay_cases([folder]) == 0
+    (tmp_path / "nothing").mkdir()
+    assert fuzz.replay_cases([tmp_path / "nothing"]) == 1  # no case replayed: no pass
     others = [tmp_path / name for name in ("empty.json", "text.json", "no-setup.json", "gone.json")]
     assert fuzz.replay_cases([folder, *others]) == 1
     out = capsys.readouterr().out.splitlines()

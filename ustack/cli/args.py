@@ -135,27 +135,32 @@ def parse_seconds(text: str, flag: str) -> float:
 
 
 def writable_folder(path: Path, flag: str) -> Path:
-    """`path` as a folder to write in (made if missing), or a UsageError that
-    says why not."""
+    """`path` as a folder to write in (the run makes it if missing), or a
+    UsageError that says why not."""
     if (why := _why_no_folder(path)) is not None:
         raise UsageError(f"{flag} {path}: {why}")
     return path
 
 
 def folder_to_write(text: str) -> Path:
-    """argparse type: a folder to write in (made if missing), checked as the
-    command line is read, not after a long run."""
+    """argparse type: a folder to write in (the run makes it if missing),
+    checked as the command line is read, not after a long run."""
     if (why := _why_no_folder(Path(text))) is not None:
         raise argparse.ArgumentTypeError(f"{text}: {why}")
     return Path(text)
 
 
 def file_to_write(text: str) -> Path:
-    """argparse type: a file to write (made or replaced later), in a folder
-    that exists and takes files; checked as the command line is read."""
+    """argparse type: a file to write: one that exists and takes writes
+    (/dev/stdout, /dev/fd/N too), or a new one in a folder that takes files;
+    checked as the command line is read."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: a folder, not a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{text}: not writable")
+        return path
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: no folder {path.parent}")
     if (why := _why_no_folder(path.parent)) is not None:
@@ -164,15 +169,15 @@ def file_to_write(text: str) -> Path:
 
 
 def _why_no_folder(path: Path) -> str | None:
-    """Why `path` cannot be a folder to write in (made if missing), or None:
-    a file there, no such parent, nothing writable (a file is made and removed
-    there to know: /proc and read-only mounts let root pass access(2) and then
-    refuse)."""
-    if path.exists() and not path.is_dir():
-        return "not a folder"
+    """Why `path` cannot be a folder to write in, or None. Nothing is made:
+    a file there, or the nearest folder that exists takes no file (one is
+    made and removed there to know: /proc and read-only mounts let root pass
+    access(2) and then refuse)."""
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        return "not a folder" if existing == path else f"{existing} is not a folder"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as exc:
         return str(exc.strerror or exc)
     return None

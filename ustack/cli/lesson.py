@@ -239,6 +239,7 @@ def run_lesson(lesson: Lesson, out: Path) -> int:
         raise LabError("ustack lesson needs root (it makes a network namespace): use sudo")
     remove_stale_namespaces()
     out = writable_folder(out.resolve(), "-o")
+    out.mkdir(parents=True, exist_ok=True)
     stopper = Stopper(NS_KIND)
     failure = stopper.run(lambda: play(lesson, out))
     if failure is None:  # whatever play() made of its processes ending

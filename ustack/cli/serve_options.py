@@ -522,6 +522,9 @@ class _SaysOnceWhenWritesFail:
     told = False
 
     def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a bad format, say: Python's report
+            super().handleError(record)  # type: ignore[misc]
+            return
         if self.told:
             return
         self.told = True

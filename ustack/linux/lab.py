@@ -492,7 +492,10 @@ class Stopper:
         def note(signum: int, _frame: object) -> None:
             self._noted.append(signum)
 
-        previous = {s: signal.signal(s, note) for s in STOP_SIGNALS}
+        # A signal ignored from the start stays ignored: `nohup ustack lab ...`
+        # and `nohup python -m tools.soak` outlive their terminal (SIGHUP).
+        caught = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+        previous = {s: signal.signal(s, note) for s in caught}
         try:
             thread = threading.Thread(target=in_thread, name=self.prefix or "ustack")
             thread.start()
