@@ -471,5 +471,8 @@ def test_a_stop_signal_ignored_from_the_start_stays_ignored() -> None:
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
     )  # fmt: skip
     assert (ignored.returncode, ignored.stderr) == (7, "")
-    caught = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    caught = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # (we may run under nohup)
+    )  # fmt: skip
     assert (caught.returncode, caught.stderr) == (128 + signal.SIGHUP, "demo: stopped by SIGHUP\n")
