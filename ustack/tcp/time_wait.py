@@ -154,11 +154,11 @@ class TimeWait:
     # (RFC 6191: a new incarnation's ISS starts above SND.MAX; the fuzzer).
     @property
     def snd_max(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[2])
+        return self.unpacked().snd_max
 
     @property
     def rcv_nxt(self) -> int:
-        return int(_NUMBERS.unpack(self.numbers)[3])
+        return self.unpacked().rcv_nxt
 
     # ---- what comes in ----------------------------------------------------------------
 
